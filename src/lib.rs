@@ -1,0 +1,5 @@
+//! ringproxy: a stateless Redis and memcached proxy over a twemproxy-compatible consistent-hash ring.
+#![forbid(unsafe_code)]
+
+pub mod protocol;
+pub mod ring;

@@ -1,0 +1,449 @@
+//! Client requests: arrays of bulk strings, and inline commands.
+//!
+//! The parser is resumable: when a request is incomplete it remembers how far it got (argument
+//! count, arguments seen, the offset where the next one starts), so a 500 MB request arriving in
+//! 64 KB reads is scanned once, not once per read.
+
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+use thiserror::Error;
+
+use super::{encode, parse_int};
+
+/// Bounds on what one client request may claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Most arguments in one request (Redis: 1,048,576).
+    pub max_args: usize,
+    /// Largest single argument in bytes (Redis' proto-max-bulk-len: 512 MB).
+    pub max_bulk_bytes: usize,
+    /// Longest inline command line, and longest `*`/`$` header line (Redis: 64 KB).
+    pub max_inline_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_args: 1024 * 1024,
+            max_bulk_bytes: 512 * 1024 * 1024,
+            max_inline_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Malformed client input: the client gets `-ERR Protocol error: …` and the connection closes.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    #[error("invalid multibulk length")]
+    InvalidMultibulkLength,
+    #[error("invalid bulk length")]
+    InvalidBulkLength,
+    #[error("expected '$', got '{}'", char::from(*.0))]
+    ExpectedBulk(u8),
+    #[error("expected CRLF after bulk string")]
+    MissingCrlf,
+    #[error("too big inline request")]
+    InlineTooBig,
+    #[error("too big mbulk count string")]
+    HeaderTooBig,
+    #[error("unbalanced quotes in request")]
+    UnbalancedQuotes,
+}
+
+/// One complete request. `frame` is the request in RESP form (the client's own bytes for a
+/// multibulk request), so it can be forwarded to a backend as it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    frame: Bytes,
+    args: Vec<Range<usize>>,
+}
+
+impl Request {
+    /// Builds a request from its arguments (inline commands, and tests).
+    pub fn from_args<'a>(args: impl ExactSizeIterator<Item = &'a [u8]>) -> Request {
+        let mut buf = BytesMut::new();
+        encode::array(&mut buf, args.len());
+        let mut ranges = Vec::with_capacity(args.len());
+        for a in args {
+            encode::bulk_header(&mut buf, a.len());
+            ranges.push(buf.len()..buf.len() + a.len());
+            buf.extend_from_slice(a);
+            buf.extend_from_slice(b"\r\n");
+        }
+        Request { frame: buf.freeze(), args: ranges }
+    }
+
+    pub fn frame(&self) -> &Bytes {
+        &self.frame
+    }
+
+    pub fn argc(&self) -> usize {
+        self.args.len()
+    }
+
+    pub fn arg(&self, i: usize) -> &[u8] {
+        &self.frame[self.args[i].clone()]
+    }
+
+    /// The argument as a zero-copy slice of the frame.
+    pub fn arg_bytes(&self, i: usize) -> Bytes {
+        self.frame.slice(self.args[i].clone())
+    }
+
+    pub fn args(&self) -> impl ExactSizeIterator<Item = &[u8]> + Clone {
+        self.args.iter().map(|r| &self.frame[r.clone()])
+    }
+}
+
+/// Where the parser stopped inside an incomplete multibulk request.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Arguments the array header announced.
+    argc: usize,
+    /// Arguments found so far.
+    args: Vec<Range<usize>>,
+    /// Offset of the next unparsed byte.
+    pos: usize,
+}
+
+#[derive(Debug)]
+pub struct RequestParser {
+    limits: Limits,
+    progress: Option<Progress>,
+}
+
+impl RequestParser {
+    pub fn new(limits: Limits) -> RequestParser {
+        RequestParser { limits, progress: None }
+    }
+
+    /// Takes one complete request off the front of `buf`. `Ok(None)`: more bytes are needed
+    /// (what was scanned is remembered). Empty requests (`*0`, blank lines) are skipped.
+    pub fn parse(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
+        loop {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            let parsed = if buf[0] == b'*' || self.progress.is_some() {
+                self.parse_multibulk(buf)?
+            } else {
+                self.parse_inline(buf)?
+            };
+            match parsed {
+                Step::Done(req) => return Ok(Some(req)),
+                Step::Empty => continue,
+                Step::Incomplete => return Ok(None),
+            }
+        }
+    }
+
+    /// True while a request has been started but not finished: a close now loses it.
+    pub fn is_mid_request(&self, buf: &BytesMut) -> bool {
+        self.progress.is_some() || !buf.is_empty()
+    }
+
+    fn parse_multibulk(&mut self, buf: &mut BytesMut) -> Result<Step, ProtocolError> {
+        let limits = self.limits;
+        let progress = match &mut self.progress {
+            Some(p) => p,
+            None => {
+                let Some((n, next)) = header_line(buf, 0, limits.max_inline_bytes)? else {
+                    return Ok(Step::Incomplete);
+                };
+                let n = parse_int(n).ok_or(ProtocolError::InvalidMultibulkLength)?;
+                if n > limits.max_args as i64 {
+                    return Err(ProtocolError::InvalidMultibulkLength);
+                }
+                if n <= 0 {
+                    let _ = buf.split_to(next);
+                    return Ok(Step::Empty);
+                }
+                let argc = n as usize;
+                self.progress.insert(Progress {
+                    argc,
+                    args: Vec::with_capacity(argc.min(64)),
+                    pos: next,
+                })
+            }
+        };
+        while progress.args.len() < progress.argc {
+            let pos = progress.pos;
+            if pos >= buf.len() {
+                return Ok(Step::Incomplete);
+            }
+            if buf[pos] != b'$' {
+                return Err(ProtocolError::ExpectedBulk(buf[pos]));
+            }
+            let Some((len, start)) = header_line(buf, pos, limits.max_inline_bytes)? else {
+                return Ok(Step::Incomplete);
+            };
+            let len = parse_int(len).ok_or(ProtocolError::InvalidBulkLength)?;
+            if len < 0 || len > limits.max_bulk_bytes as i64 {
+                return Err(ProtocolError::InvalidBulkLength);
+            }
+            let end = start + len as usize;
+            if buf.len() < end + 2 {
+                // Room for the whole argument now, so the next reads do not reallocate again.
+                buf.reserve(end + 2 - buf.len());
+                return Ok(Step::Incomplete);
+            }
+            if &buf[end..end + 2] != b"\r\n" {
+                return Err(ProtocolError::MissingCrlf);
+            }
+            progress.args.push(start..end);
+            progress.pos = end + 2;
+        }
+        let Progress { args, pos, .. } = self.progress.take().expect("progress was set above");
+        let frame = buf.split_to(pos).freeze();
+        Ok(Step::Done(Request { frame, args }))
+    }
+
+    fn parse_inline(&mut self, buf: &mut BytesMut) -> Result<Step, ProtocolError> {
+        let Some(nl) = memchr::memchr(b'\n', buf) else {
+            if buf.len() > self.limits.max_inline_bytes {
+                return Err(ProtocolError::InlineTooBig);
+            }
+            return Ok(Step::Incomplete);
+        };
+        if nl > self.limits.max_inline_bytes {
+            return Err(ProtocolError::InlineTooBig);
+        }
+        let line = buf.split_to(nl + 1);
+        let words = split_inline(&line[..nl])?;
+        if words.is_empty() {
+            return Ok(Step::Empty);
+        }
+        if words.len() > self.limits.max_args {
+            return Err(ProtocolError::InvalidMultibulkLength);
+        }
+        Ok(Step::Done(Request::from_args(words.iter().map(Vec::as_slice))))
+    }
+}
+
+enum Step {
+    Done(Request),
+    Empty,
+    Incomplete,
+}
+
+/// The digits of a `*n` / `$n` line starting at `at`, and the offset after its CRLF.
+fn header_line(buf: &[u8], at: usize, max: usize) -> Result<Option<(&[u8], usize)>, ProtocolError> {
+    let window = &buf[at..buf.len().min(at + max + 2)];
+    match memchr::memchr(b'\n', window) {
+        Some(nl) if nl >= 2 && window[nl - 1] == b'\r' => Ok(Some((&window[1..nl - 1], at + nl + 1))),
+        Some(_) => Err(if window[0] == b'*' {
+            ProtocolError::InvalidMultibulkLength
+        } else {
+            ProtocolError::InvalidBulkLength
+        }),
+        None if window.len() >= max + 2 => Err(ProtocolError::HeaderTooBig),
+        None => Ok(None),
+    }
+}
+
+/// Splits an inline command as redis-server does: words separated by blanks, with "double" and
+/// 'single' quoted words (double quotes take \n \r \t \" \\ and \xHH escapes).
+fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut words = Vec::new();
+    let mut i = 0;
+    while i < line.len() {
+        if line[i].is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        let mut word = Vec::new();
+        match line[i] {
+            q @ (b'"' | b'\'') => {
+                i += 1;
+                loop {
+                    let Some(&c) = line.get(i) else {
+                        return Err(ProtocolError::UnbalancedQuotes);
+                    };
+                    i += 1;
+                    if c == q {
+                        break;
+                    }
+                    if c == b'\\' && i < line.len() {
+                        let e = line[i];
+                        i += 1;
+                        if q == b'\'' {
+                            word.push(if e == b'\'' { e } else { c });
+                            if e != b'\'' {
+                                word.push(e);
+                            }
+                            continue;
+                        }
+                        match e {
+                            b'n' => word.push(b'\n'),
+                            b'r' => word.push(b'\r'),
+                            b't' => word.push(b'\t'),
+                            b'a' => word.push(7),
+                            b'b' => word.push(8),
+                            b'x' if i + 1 < line.len()
+                                && line[i].is_ascii_hexdigit()
+                                && line[i + 1].is_ascii_hexdigit() =>
+                            {
+                                let hex = std::str::from_utf8(&line[i..i + 2]).unwrap_or("0");
+                                word.push(u8::from_str_radix(hex, 16).unwrap_or(0));
+                                i += 2;
+                            }
+                            other => word.push(other),
+                        }
+                    } else {
+                        word.push(c);
+                    }
+                }
+                if line.get(i).is_some_and(|c| !c.is_ascii_whitespace()) {
+                    return Err(ProtocolError::UnbalancedQuotes);
+                }
+            }
+            _ => {
+                while i < line.len() && !line[i].is_ascii_whitespace() {
+                    word.push(line[i]);
+                    i += 1;
+                }
+            }
+        }
+        words.push(word);
+    }
+    Ok(words)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse_all(input: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, ProtocolError> {
+        let mut p = RequestParser::new(Limits::default());
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        while let Some(r) = p.parse(&mut buf)? {
+            out.push(r.args().map(<[u8]>::to_vec).collect());
+        }
+        Ok(out)
+    }
+
+    fn words(ws: &[&str]) -> Vec<Vec<u8>> {
+        ws.iter().map(|w| w.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn multibulk_and_inline() {
+        let got = parse_all(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nPING\r\n\r\n*0\r\nSET a \"b c\"\r\n").unwrap();
+        assert_eq!(got, vec![words(&["GET", "k"]), words(&["PING"]), words(&["SET", "a", "b c"])]);
+    }
+
+    #[test]
+    fn frame_is_the_clients_bytes_and_inline_is_reencoded() {
+        let mut p = RequestParser::new(Limits::default());
+        let mut buf = BytesMut::from(&b"*1\r\n$4\r\nPING\r\nECHO hi\n"[..]);
+        assert_eq!(&p.parse(&mut buf).unwrap().unwrap().frame()[..], b"*1\r\n$4\r\nPING\r\n");
+        let inline = p.parse(&mut buf).unwrap().unwrap();
+        assert_eq!(&inline.frame()[..], b"*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\n");
+        assert_eq!(inline.arg(1), b"hi");
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn inline_quoting() {
+        assert_eq!(
+            parse_all(b"SET k \"a\\x41\\n\" 'it\\'s'\r\n").unwrap(),
+            vec![vec![b"SET".to_vec(), b"k".to_vec(), b"aA\n".to_vec(), b"it's".to_vec()]]
+        );
+        assert_eq!(parse_all(b"SET k \"open\r\n"), Err(ProtocolError::UnbalancedQuotes));
+        assert_eq!(parse_all(b"SET k \"a\"b\r\n"), Err(ProtocolError::UnbalancedQuotes));
+    }
+
+    #[test]
+    fn bad_input_errors() {
+        let cases: [(&[u8], ProtocolError); 7] = [
+            (b"*x\r\n", ProtocolError::InvalidMultibulkLength),
+            (b"*2000000\r\n", ProtocolError::InvalidMultibulkLength),
+            (b"*1\r\n$1073741824\r\n", ProtocolError::InvalidBulkLength),
+            (b"*1\r\n$-3\r\n", ProtocolError::InvalidBulkLength),
+            (b"*1\r\n*1\r\n", ProtocolError::ExpectedBulk(b'*')),
+            (b"*1\r\n$1\r\nab\r\n", ProtocolError::MissingCrlf),
+            (b"*1\n", ProtocolError::InvalidMultibulkLength),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse_all(input), Err(want), "{:?}", String::from_utf8_lossy(input));
+        }
+        assert_eq!(parse_all(&vec![b'a'; 70_000]), Err(ProtocolError::InlineTooBig));
+        let mut long_header = b"*".to_vec();
+        long_header.extend(vec![b'1'; 70_000]);
+        assert_eq!(parse_all(&long_header), Err(ProtocolError::HeaderTooBig));
+    }
+
+    #[test]
+    fn nested_arrays_are_rejected_at_once() {
+        let nested = b"*1\r\n".repeat(100_000);
+        assert_eq!(parse_all(&nested), Err(ProtocolError::ExpectedBulk(b'*')));
+    }
+
+    #[test]
+    fn incomplete_input_waits_and_resumes() {
+        let mut p = RequestParser::new(Limits::default());
+        let mut buf = BytesMut::from(&b"*2\r\n$3\r\nSET\r\n$5\r\nhel"[..]);
+        assert_eq!(p.parse(&mut buf), Ok(None));
+        assert!(p.is_mid_request(&buf));
+        buf.extend_from_slice(b"lo\r\n");
+        let r = p.parse(&mut buf).unwrap().unwrap();
+        assert_eq!(r.arg(1), b"hello");
+        assert!(!p.is_mid_request(&buf));
+    }
+
+    fn request_strategy() -> impl Strategy<Value = Vec<Vec<Vec<u8>>>> {
+        let arg = prop::collection::vec(any::<u8>(), 0..40);
+        let req = prop::collection::vec(arg, 1..6);
+        prop::collection::vec(req, 1..4)
+    }
+
+    proptest! {
+        /// Every byte split of a valid pipeline parses to the same requests.
+        #[test]
+        fn split_anywhere_parses_the_same(reqs in request_strategy()) {
+            let mut wire = BytesMut::new();
+            for r in &reqs {
+                encode::command(&mut wire, r.iter().map(Vec::as_slice));
+            }
+            for cut in 0..=wire.len() {
+                let mut p = RequestParser::new(Limits::default());
+                let mut buf = BytesMut::from(&wire[..cut]);
+                let mut got = Vec::new();
+                while let Some(r) = p.parse(&mut buf).unwrap() {
+                    got.push(r.args().map(<[u8]>::to_vec).collect::<Vec<_>>());
+                }
+                buf.extend_from_slice(&wire[cut..]);
+                while let Some(r) = p.parse(&mut buf).unwrap() {
+                    got.push(r.args().map(<[u8]>::to_vec).collect::<Vec<_>>());
+                }
+                prop_assert_eq!(&got, &reqs);
+                prop_assert!(buf.is_empty());
+            }
+        }
+
+        /// Random bytes never panic, and every request they yield is well-formed.
+        #[test]
+        fn random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..300)) {
+            let mut p = RequestParser::new(Limits { max_args: 8, max_bulk_bytes: 64, max_inline_bytes: 64 });
+            let mut buf = BytesMut::from(&data[..]);
+            while let Ok(Some(r)) = p.parse(&mut buf) {
+                prop_assert!(r.argc() >= 1 && r.argc() <= 8);
+                prop_assert!(r.args().all(|a| a.len() <= 64));
+            }
+        }
+
+        /// A request built from arguments reads back as those arguments.
+        #[test]
+        fn from_args_round_trips(args in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..20), 1..6)) {
+            let r = Request::from_args(args.iter().map(Vec::as_slice));
+            prop_assert_eq!(r.args().map(<[u8]>::to_vec).collect::<Vec<_>>(), args.clone());
+            let mut buf = BytesMut::from(&r.frame()[..]);
+            let again = RequestParser::new(Limits::default()).parse(&mut buf).unwrap().unwrap();
+            prop_assert_eq!(again, r);
+        }
+    }
+}

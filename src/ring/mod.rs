@@ -1,0 +1,259 @@
+//! Key → server placement: twemproxy's ketama, modula and random distributions over its hash
+//! functions, with hash tags.
+
+mod hash;
+
+use std::cell::Cell;
+use std::fmt;
+use std::str::FromStr;
+
+pub use hash::HashFn;
+
+/// How keys spread over the servers of a pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Distribution {
+    Ketama,
+    Modula,
+    Random,
+}
+
+impl Distribution {
+    pub fn name(self) -> &'static str {
+        match self {
+            Distribution::Ketama => "ketama",
+            Distribution::Modula => "modula",
+            Distribution::Random => "random",
+        }
+    }
+}
+
+impl fmt::Display for Distribution {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Distribution {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "ketama" => Ok(Distribution::Ketama),
+            "modula" => Ok(Distribution::Modula),
+            "random" => Ok(Distribution::Random),
+            _ => Err(()),
+        }
+    }
+}
+
+/// One server as the ring sees it.
+#[derive(Clone, Debug)]
+pub struct RingMember<'a> {
+    /// The ketama identity (name, or `host:port`, or `host` for port 11211).
+    pub identity: &'a str,
+    pub weight: u32,
+    /// Ejected servers take no part in the ring.
+    pub live: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Point {
+    value: u32,
+    server: u32,
+}
+
+/// An immutable continuum: built when the topology loads or a server is ejected or returns.
+#[derive(Clone, Debug)]
+pub struct Ring {
+    hash: HashFn,
+    distribution: Distribution,
+    hash_tag: Option<[u8; 2]>,
+    points: Vec<Point>,
+    servers: usize,
+}
+
+const KETAMA_POINTS_PER_SERVER: f32 = 160.0;
+
+impl Ring {
+    pub fn new(
+        hash: HashFn,
+        distribution: Distribution,
+        hash_tag: Option<[u8; 2]>,
+        members: &[RingMember<'_>],
+    ) -> Ring {
+        let live: Vec<(u32, &RingMember<'_>)> = members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.live)
+            .map(|(i, m)| (i as u32, m))
+            .collect();
+        let points = match distribution {
+            Distribution::Ketama => ketama_points(&live),
+            Distribution::Modula => live
+                .iter()
+                .flat_map(|&(i, m)| (0..m.weight).map(move |_| Point { value: 0, server: i }))
+                .collect(),
+            Distribution::Random => live.iter().map(|&(i, _)| Point { value: 0, server: i }).collect(),
+        };
+        Ring {
+            hash,
+            distribution,
+            hash_tag,
+            points,
+            servers: members.len(),
+        }
+    }
+
+    /// The part of `key` that is hashed: the text between the hash-tag characters when both are
+    /// present and enclose at least one byte, else the whole key (twemproxy's rule).
+    pub fn hashed_part<'k>(&self, key: &'k [u8]) -> &'k [u8] {
+        let Some([open, close]) = self.hash_tag else {
+            return key;
+        };
+        let Some(start) = memchr::memchr(open, key) else {
+            return key;
+        };
+        match memchr::memchr(close, &key[start + 1..]) {
+            Some(len) if len > 0 => &key[start + 1..start + 1 + len],
+            _ => key,
+        }
+    }
+
+    /// The hash twemproxy dispatches on: 0 for a single-server pool or an empty key.
+    pub fn key_hash(&self, key: &[u8]) -> u32 {
+        let part = self.hashed_part(key);
+        if self.servers == 1 || part.is_empty() {
+            return 0;
+        }
+        self.hash.hash(part)
+    }
+
+    /// The index (in the configured server list) of the server owning `key`, or `None` when no
+    /// server is live.
+    pub fn server_for(&self, key: &[u8]) -> Option<usize> {
+        if self.points.is_empty() {
+            return None;
+        }
+        let point = match self.distribution {
+            Distribution::Ketama => {
+                let h = self.key_hash(key);
+                let i = self.points.partition_point(|p| p.value < h);
+                self.points[if i == self.points.len() { 0 } else { i }]
+            }
+            Distribution::Modula => {
+                self.points[self.key_hash(key) as usize % self.points.len()]
+            }
+            Distribution::Random => self.points[random_below(self.points.len())],
+        };
+        Some(point.server as usize)
+    }
+
+    /// How many servers currently hold points.
+    pub fn live_servers(&self) -> usize {
+        let mut seen: Vec<u32> = self.points.iter().map(|p| p.server).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        seen.len()
+    }
+}
+
+/// twemproxy's `ketama_update`: weights as a share of the live total, in single-precision
+/// arithmetic, four points per md5 of `"<identity>-<i>"`.
+fn ketama_points(live: &[(u32, &RingMember<'_>)]) -> Vec<Point> {
+    let total: u32 = live.iter().map(|(_, m)| m.weight).sum();
+    let nlive = live.len() as f32;
+    let mut points = Vec::with_capacity(live.len() * 160);
+    for &(server, m) in live {
+        let pct = m.weight as f32 / total as f32;
+        let share = f64::from(pct * KETAMA_POINTS_PER_SERVER / 4.0 * nlive) + 0.000_000_000_1;
+        let per_server = ((share as f32).floor() as u32) * 4;
+        for i in 0..per_server / 4 {
+            let label = format!("{}-{}", m.identity, i);
+            for value in hash::md5_points(label.as_bytes()) {
+                points.push(Point { value, server });
+            }
+        }
+    }
+    // A stable sort keeps equal values in server order, as qsort happens to on these inputs.
+    points.sort_by_key(|p| p.value);
+    points
+}
+
+thread_local! {
+    static RANDOM_STATE: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A cheap per-thread xorshift for the `random` distribution: placement, not security.
+fn random_below(n: usize) -> usize {
+    RANDOM_STATE.with(|s| {
+        let mut x = s.get();
+        if x == 0 {
+            x = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64)
+                | 1;
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        (x % n as u64) as usize
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members<'a>(ids: &[&'a str]) -> Vec<RingMember<'a>> {
+        ids.iter()
+            .map(|id| RingMember { identity: id, weight: 1, live: true })
+            .collect()
+    }
+
+    #[test]
+    fn hash_tag_takes_the_enclosed_part() {
+        let ring = Ring::new(HashFn::Fnv1a64, Distribution::Ketama, Some(*b"{}"), &members(&["a", "b"]));
+        assert_eq!(ring.hashed_part(b"user:{42}:name"), b"42");
+        assert_eq!(ring.hashed_part(b"user:{}:name"), b"user:{}:name");
+        assert_eq!(ring.hashed_part(b"user:{42"), b"user:{42");
+        assert_eq!(ring.hashed_part(b"plain"), b"plain");
+        assert_eq!(ring.server_for(b"a{x}"), ring.server_for(b"b{x}"));
+    }
+
+    #[test]
+    fn ketama_points_follow_weights() {
+        let m = vec![
+            RingMember { identity: "a", weight: 1, live: true },
+            RingMember { identity: "b", weight: 3, live: true },
+        ];
+        let ring = Ring::new(HashFn::Md5, Distribution::Ketama, None, &m);
+        let count = |s| ring.points.iter().filter(|p| p.server == s).count();
+        assert_eq!((count(0), count(1)), (80, 240));
+    }
+
+    #[test]
+    fn ejected_servers_get_no_keys_and_others_keep_theirs_mostly() {
+        let mut m = members(&["a", "b", "c"]);
+        let full = Ring::new(HashFn::Fnv1a64, Distribution::Ketama, None, &m);
+        m[1].live = false;
+        let ejected = Ring::new(HashFn::Fnv1a64, Distribution::Ketama, None, &m);
+        assert_eq!(ejected.live_servers(), 2);
+        for i in 0..1000 {
+            let key = format!("k{i}");
+            assert_ne!(ejected.server_for(key.as_bytes()), Some(1));
+        }
+        m.iter_mut().for_each(|m| m.live = false);
+        assert_eq!(Ring::new(HashFn::Md5, Distribution::Ketama, None, &m).server_for(b"x"), None);
+        assert_eq!(full.live_servers(), 3);
+    }
+
+    #[test]
+    fn random_spreads_over_live_servers() {
+        let ring = Ring::new(HashFn::Md5, Distribution::Random, None, &members(&["a", "b", "c"]));
+        let mut seen = [false; 3];
+        for _ in 0..300 {
+            seen[ring.server_for(b"same-key").unwrap()] = true;
+        }
+        assert_eq!(seen, [true; 3]);
+    }
+}
