@@ -88,9 +88,15 @@ impl fmt::Display for HashFn {
 }
 
 impl FromStr for HashFn {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        HashFn::ALL.into_iter().find(|h| h.name() == s).ok_or(())
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        HashFn::ALL
+            .into_iter()
+            .find(|h| h.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = HashFn::ALL.iter().map(|h| h.name()).collect();
+                format!("unknown hash '{s}' (expected one of: {})", names.join(", "))
+            })
     }
 }
 
@@ -109,7 +115,9 @@ pub fn md5_u32(data: &[u8], alignment: usize) -> u32 {
 /// All four little-endian u32 words of `md5(data)`: one ketama point group.
 pub fn md5_points(data: &[u8]) -> [u32; 4] {
     let d = Md5::digest(data);
-    std::array::from_fn(|i| u32::from_le_bytes([d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]]))
+    std::array::from_fn(|i| {
+        u32::from_le_bytes([d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]])
+    })
 }
 
 /// CRC-16/XMODEM's table (polynomial 0x1021), as twemproxy 0.5 uses it.
@@ -120,7 +128,11 @@ const CRC16_TABLE: [u16; 256] = {
         let mut crc = (i as u16) << 8;
         let mut bit = 0;
         while bit < 8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
             bit += 1;
         }
         table[i] = crc;
@@ -346,7 +358,10 @@ mod tests {
     fn golden_vectors_from_twemproxy() {
         let text = include_str!("../../testdata/twemproxy/hash-vectors.tsv");
         let mut checked = [0usize; 12];
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
             let cols: Vec<&str> = line.split('\t').collect();
             let f: HashFn = cols[0].parse().unwrap();
             let key = unhex(cols[1]);
@@ -354,7 +369,10 @@ mod tests {
             assert_eq!(f.hash(&key), want, "{f} of {:?}", cols[1]);
             checked[HashFn::ALL.iter().position(|&h| h == f).unwrap()] += 1;
         }
-        assert!(checked.iter().all(|&n| n >= 80), "rows per function: {checked:?}");
+        assert!(
+            checked.iter().all(|&n| n >= 80),
+            "rows per function: {checked:?}"
+        );
     }
 
     #[test]

@@ -34,13 +34,15 @@ impl fmt::Display for Distribution {
 }
 
 impl FromStr for Distribution {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "ketama" => Ok(Distribution::Ketama),
             "modula" => Ok(Distribution::Modula),
             "random" => Ok(Distribution::Random),
-            _ => Err(()),
+            _ => Err(format!(
+                "unknown distribution '{s}' (expected ketama, modula or random)"
+            )),
         }
     }
 }
@@ -90,9 +92,20 @@ impl Ring {
             Distribution::Ketama => ketama_points(&live),
             Distribution::Modula => live
                 .iter()
-                .flat_map(|&(i, m)| (0..m.weight).map(move |_| Point { value: 0, server: i }))
+                .flat_map(|&(i, m)| {
+                    (0..m.weight).map(move |_| Point {
+                        value: 0,
+                        server: i,
+                    })
+                })
                 .collect(),
-            Distribution::Random => live.iter().map(|&(i, _)| Point { value: 0, server: i }).collect(),
+            Distribution::Random => live
+                .iter()
+                .map(|&(i, _)| Point {
+                    value: 0,
+                    server: i,
+                })
+                .collect(),
         };
         Ring {
             hash,
@@ -139,9 +152,7 @@ impl Ring {
                 let i = self.points.partition_point(|p| p.value < h);
                 self.points[if i == self.points.len() { 0 } else { i }]
             }
-            Distribution::Modula => {
-                self.points[self.key_hash(key) as usize % self.points.len()]
-            }
+            Distribution::Modula => self.points[self.key_hash(key) as usize % self.points.len()],
             Distribution::Random => self.points[random_below(self.points.len())],
         };
         Some(point.server as usize)
@@ -206,13 +217,22 @@ mod tests {
 
     fn members<'a>(ids: &[&'a str]) -> Vec<RingMember<'a>> {
         ids.iter()
-            .map(|id| RingMember { identity: id, weight: 1, live: true })
+            .map(|id| RingMember {
+                identity: id,
+                weight: 1,
+                live: true,
+            })
             .collect()
     }
 
     #[test]
     fn hash_tag_takes_the_enclosed_part() {
-        let ring = Ring::new(HashFn::Fnv1a64, Distribution::Ketama, Some(*b"{}"), &members(&["a", "b"]));
+        let ring = Ring::new(
+            HashFn::Fnv1a64,
+            Distribution::Ketama,
+            Some(*b"{}"),
+            &members(&["a", "b"]),
+        );
         assert_eq!(ring.hashed_part(b"user:{42}:name"), b"42");
         assert_eq!(ring.hashed_part(b"user:{}:name"), b"user:{}:name");
         assert_eq!(ring.hashed_part(b"user:{42"), b"user:{42");
@@ -223,8 +243,16 @@ mod tests {
     #[test]
     fn ketama_points_follow_weights() {
         let m = vec![
-            RingMember { identity: "a", weight: 1, live: true },
-            RingMember { identity: "b", weight: 3, live: true },
+            RingMember {
+                identity: "a",
+                weight: 1,
+                live: true,
+            },
+            RingMember {
+                identity: "b",
+                weight: 3,
+                live: true,
+            },
         ];
         let ring = Ring::new(HashFn::Md5, Distribution::Ketama, None, &m);
         let count = |s| ring.points.iter().filter(|p| p.server == s).count();
@@ -243,13 +271,21 @@ mod tests {
             assert_ne!(ejected.server_for(key.as_bytes()), Some(1));
         }
         m.iter_mut().for_each(|m| m.live = false);
-        assert_eq!(Ring::new(HashFn::Md5, Distribution::Ketama, None, &m).server_for(b"x"), None);
+        assert_eq!(
+            Ring::new(HashFn::Md5, Distribution::Ketama, None, &m).server_for(b"x"),
+            None
+        );
         assert_eq!(full.live_servers(), 3);
     }
 
     #[test]
     fn random_spreads_over_live_servers() {
-        let ring = Ring::new(HashFn::Md5, Distribution::Random, None, &members(&["a", "b", "c"]));
+        let ring = Ring::new(
+            HashFn::Md5,
+            Distribution::Random,
+            None,
+            &members(&["a", "b", "c"]),
+        );
         let mut seen = [false; 3];
         for _ in 0..300 {
             seen[ring.server_for(b"same-key").unwrap()] = true;

@@ -37,7 +37,10 @@ pub fn simple(buf: &mut BytesMut, s: &str) {
 /// the reply stays one line.
 pub fn error(buf: &mut BytesMut, msg: &str) {
     buf.put_u8(b'-');
-    buf.extend(msg.bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
+    buf.extend(
+        msg.bytes()
+            .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+    );
     buf.put_slice(b"\r\n");
 }
 

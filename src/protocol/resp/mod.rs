@@ -33,7 +33,10 @@ mod tests {
         use super::parse_int;
         assert_eq!(parse_int(b"0"), Some(0));
         assert_eq!(parse_int(b"-1"), Some(-1));
-        assert_eq!(parse_int(b"123456789012345678"), Some(123_456_789_012_345_678));
+        assert_eq!(
+            parse_int(b"123456789012345678"),
+            Some(123_456_789_012_345_678)
+        );
         for bad in [&b""[..], b"-", b"1a", b" 1", b"+1", b"1234567890123456789"] {
             assert_eq!(parse_int(bad), None, "{bad:?}");
         }

@@ -31,7 +31,11 @@ pub struct ReplyScanner {
 
 impl ReplyScanner {
     pub fn new(max_depth: usize) -> ReplyScanner {
-        ReplyScanner { max_depth, pos: 0, open: Vec::new() }
+        ReplyScanner {
+            max_depth,
+            pos: 0,
+            open: Vec::new(),
+        }
     }
 
     /// The length of the complete reply at the front of `buf`, or `None` if more bytes are needed.
@@ -173,9 +177,19 @@ mod tests {
         for c in cases {
             let mut with_tail = c.to_vec();
             with_tail.extend_from_slice(b"+NEXT\r\n");
-            assert_eq!(scan_once(&with_tail), Ok(Some(c.len())), "{:?}", String::from_utf8_lossy(c));
+            assert_eq!(
+                scan_once(&with_tail),
+                Ok(Some(c.len())),
+                "{:?}",
+                String::from_utf8_lossy(c)
+            );
             for cut in 0..c.len() {
-                assert_eq!(scan_once(&c[..cut]), Ok(None), "cut {cut} of {:?}", String::from_utf8_lossy(c));
+                assert_eq!(
+                    scan_once(&c[..cut]),
+                    Ok(None),
+                    "cut {cut} of {:?}",
+                    String::from_utf8_lossy(c)
+                );
             }
         }
     }
@@ -192,7 +206,10 @@ mod tests {
     #[test]
     fn nesting_is_capped_without_recursion() {
         let deep = b"*1\r\n".repeat(100_000);
-        assert_eq!(ReplyScanner::new(128).scan(&deep), Err(ReplyError::TooDeep(128)));
+        assert_eq!(
+            ReplyScanner::new(128).scan(&deep),
+            Err(ReplyError::TooDeep(128))
+        );
         let mut ok = b"*1\r\n".repeat(128);
         ok.extend_from_slice(b":1\r\n");
         assert_eq!(ReplyScanner::new(128).scan(&ok), Ok(Some(ok.len())));
@@ -213,26 +230,48 @@ mod tests {
     fn split_array_gives_elements() {
         let r = Bytes::from_static(b"*3\r\n$1\r\na\r\n$-1\r\n*1\r\n:1\r\n");
         let parts = split_array(&r, 8).unwrap();
-        assert_eq!(parts, vec![&b"$1\r\na\r\n"[..], b"$-1\r\n", b"*1\r\n:1\r\n"]);
+        assert_eq!(
+            parts,
+            vec![&b"$1\r\na\r\n"[..], b"$-1\r\n", b"*1\r\n:1\r\n"]
+        );
         assert_eq!(split_array(&Bytes::from_static(b"-ERR x\r\n"), 8), None);
     }
 
     fn frame_strategy() -> impl Strategy<Value = OwnedFrame> {
         use redis_protocol::resp3::types::OwnedFrame as F;
         let leaf = prop_oneof![
-            "[a-z]{0,8}".prop_map(|s| F::SimpleString { data: s.into_bytes(), attributes: None }),
-            "[a-z]{0,8}".prop_map(|s| F::SimpleError { data: s.into(), attributes: None }),
-            any::<i64>().prop_map(|n| F::Number { data: n, attributes: None }),
-            prop::collection::vec(any::<u8>(), 0..16)
-                .prop_map(|d| F::BlobString { data: d, attributes: None }),
+            "[a-z]{0,8}".prop_map(|s| F::SimpleString {
+                data: s.into_bytes(),
+                attributes: None
+            }),
+            "[a-z]{0,8}".prop_map(|s| F::SimpleError {
+                data: s.into(),
+                attributes: None
+            }),
+            any::<i64>().prop_map(|n| F::Number {
+                data: n,
+                attributes: None
+            }),
+            prop::collection::vec(any::<u8>(), 0..16).prop_map(|d| F::BlobString {
+                data: d,
+                attributes: None
+            }),
             Just(F::Null),
-            any::<bool>().prop_map(|b| F::Boolean { data: b, attributes: None }),
+            any::<bool>().prop_map(|b| F::Boolean {
+                data: b,
+                attributes: None
+            }),
         ];
         leaf.prop_recursive(4, 32, 4, |inner| {
             prop_oneof![
-                prop::collection::vec(inner.clone(), 0..4)
-                    .prop_map(|v| F::Array { data: v, attributes: None }),
-                prop::collection::vec(inner.clone(), 0..4).prop_map(|v| F::Push { data: v, attributes: None }),
+                prop::collection::vec(inner.clone(), 0..4).prop_map(|v| F::Array {
+                    data: v,
+                    attributes: None
+                }),
+                prop::collection::vec(inner.clone(), 0..4).prop_map(|v| F::Push {
+                    data: v,
+                    attributes: None
+                }),
             ]
         })
     }

@@ -71,7 +71,10 @@ impl Request {
             buf.extend_from_slice(a);
             buf.extend_from_slice(b"\r\n");
         }
-        Request { frame: buf.freeze(), args: ranges }
+        Request {
+            frame: buf.freeze(),
+            args: ranges,
+        }
     }
 
     pub fn frame(&self) -> &Bytes {
@@ -115,7 +118,10 @@ pub struct RequestParser {
 
 impl RequestParser {
     pub fn new(limits: Limits) -> RequestParser {
-        RequestParser { limits, progress: None }
+        RequestParser {
+            limits,
+            progress: None,
+        }
     }
 
     /// Takes one complete request off the front of `buf`. `Ok(None)`: more bytes are needed
@@ -217,7 +223,9 @@ impl RequestParser {
         if words.len() > self.limits.max_args {
             return Err(ProtocolError::InvalidMultibulkLength);
         }
-        Ok(Step::Done(Request::from_args(words.iter().map(Vec::as_slice))))
+        Ok(Step::Done(Request::from_args(
+            words.iter().map(Vec::as_slice),
+        )))
     }
 }
 
@@ -231,7 +239,9 @@ enum Step {
 fn header_line(buf: &[u8], at: usize, max: usize) -> Result<Option<(&[u8], usize)>, ProtocolError> {
     let window = &buf[at..buf.len().min(at + max + 2)];
     match memchr::memchr(b'\n', window) {
-        Some(nl) if nl >= 2 && window[nl - 1] == b'\r' => Ok(Some((&window[1..nl - 1], at + nl + 1))),
+        Some(nl) if nl >= 2 && window[nl - 1] == b'\r' => {
+            Ok(Some((&window[1..nl - 1], at + nl + 1)))
+        }
         Some(_) => Err(if window[0] == b'*' {
             ProtocolError::InvalidMultibulkLength
         } else {
@@ -332,15 +342,26 @@ mod tests {
 
     #[test]
     fn multibulk_and_inline() {
-        let got = parse_all(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nPING\r\n\r\n*0\r\nSET a \"b c\"\r\n").unwrap();
-        assert_eq!(got, vec![words(&["GET", "k"]), words(&["PING"]), words(&["SET", "a", "b c"])]);
+        let got = parse_all(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nPING\r\n\r\n*0\r\nSET a \"b c\"\r\n")
+            .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                words(&["GET", "k"]),
+                words(&["PING"]),
+                words(&["SET", "a", "b c"])
+            ]
+        );
     }
 
     #[test]
     fn frame_is_the_clients_bytes_and_inline_is_reencoded() {
         let mut p = RequestParser::new(Limits::default());
         let mut buf = BytesMut::from(&b"*1\r\n$4\r\nPING\r\nECHO hi\n"[..]);
-        assert_eq!(&p.parse(&mut buf).unwrap().unwrap().frame()[..], b"*1\r\n$4\r\nPING\r\n");
+        assert_eq!(
+            &p.parse(&mut buf).unwrap().unwrap().frame()[..],
+            b"*1\r\n$4\r\nPING\r\n"
+        );
         let inline = p.parse(&mut buf).unwrap().unwrap();
         assert_eq!(&inline.frame()[..], b"*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\n");
         assert_eq!(inline.arg(1), b"hi");
@@ -351,10 +372,21 @@ mod tests {
     fn inline_quoting() {
         assert_eq!(
             parse_all(b"SET k \"a\\x41\\n\" 'it\\'s'\r\n").unwrap(),
-            vec![vec![b"SET".to_vec(), b"k".to_vec(), b"aA\n".to_vec(), b"it's".to_vec()]]
+            vec![vec![
+                b"SET".to_vec(),
+                b"k".to_vec(),
+                b"aA\n".to_vec(),
+                b"it's".to_vec()
+            ]]
         );
-        assert_eq!(parse_all(b"SET k \"open\r\n"), Err(ProtocolError::UnbalancedQuotes));
-        assert_eq!(parse_all(b"SET k \"a\"b\r\n"), Err(ProtocolError::UnbalancedQuotes));
+        assert_eq!(
+            parse_all(b"SET k \"open\r\n"),
+            Err(ProtocolError::UnbalancedQuotes)
+        );
+        assert_eq!(
+            parse_all(b"SET k \"a\"b\r\n"),
+            Err(ProtocolError::UnbalancedQuotes)
+        );
     }
 
     #[test]
@@ -369,9 +401,17 @@ mod tests {
             (b"*1\n", ProtocolError::InvalidMultibulkLength),
         ];
         for (input, want) in cases {
-            assert_eq!(parse_all(input), Err(want), "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                parse_all(input),
+                Err(want),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
-        assert_eq!(parse_all(&vec![b'a'; 70_000]), Err(ProtocolError::InlineTooBig));
+        assert_eq!(
+            parse_all(&vec![b'a'; 70_000]),
+            Err(ProtocolError::InlineTooBig)
+        );
         let mut long_header = b"*".to_vec();
         long_header.extend(vec![b'1'; 70_000]);
         assert_eq!(parse_all(&long_header), Err(ProtocolError::HeaderTooBig));

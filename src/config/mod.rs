@@ -1,0 +1,322 @@
+//! The YAML topology: ringproxy's own schema and twemproxy's `nutcracker.yml`, both loaded into
+//! one validated [`Config`]. Every mistake is reported as `FILE:LINE:COLUMN: what is wrong`.
+
+mod raw;
+mod values;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_saphyr::{Location, Spanned};
+use thiserror::Error;
+
+use crate::protocol::resp::Limits;
+use crate::ring::{Distribution, HashFn};
+pub use values::{Address, Failover, HashTag, Protocol, ReadFrom};
+
+/// A configuration mistake, with where it is when that is known.
+#[derive(Debug, Error)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
+        } else {
+            write!(f, "{}: {}", self.file, self.message)
+        }
+    }
+}
+
+/// A mistake found after parsing, at a place in the file.
+struct Invalid {
+    at: Location,
+    message: String,
+}
+
+fn invalid(at: Location, message: impl Into<String>) -> Invalid {
+    Invalid {
+        at,
+        message: message.into(),
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub admin_listen: Option<Address>,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    pub pools: Vec<PoolConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failed checks that mark a node down.
+    pub failures: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendAuth {
+    pub username: Option<String>,
+    pub password: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    pub name: String,
+    pub listen: Address,
+    pub protocol: Protocol,
+    pub hash: HashFn,
+    pub distribution: Distribution,
+    pub hash_tag: Option<HashTag>,
+    pub timeout: Duration,
+    pub server_connections: usize,
+    pub preconnect: bool,
+    pub read_from: ReadFrom,
+    pub failover: Failover,
+    /// With `failover: eject`: consecutive failures that take a server off the ring…
+    pub failure_limit: u32,
+    /// …and how long it stays off.
+    pub retry_timeout: Duration,
+    pub health_check: HealthCheck,
+    /// Clients must AUTH with this password first.
+    pub client_password: Option<String>,
+    /// Sent on every backend connection.
+    pub backend_auth: Option<BackendAuth>,
+    /// Backend database selected on every backend connection; clients still see database 0.
+    pub db: u32,
+    pub client_connections: Option<u32>,
+    pub backlog: u32,
+    pub limits: Limits,
+    /// Requests one client may have in flight before the proxy stops reading from it.
+    pub max_pipeline: usize,
+    /// Deepest nesting accepted in a backend reply.
+    pub max_reply_depth: usize,
+    pub servers: Vec<ServerConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// How logs, errors and metrics name the server.
+    pub name: String,
+    /// What the ketama ring hashes: the name if one was given, else the address as written
+    /// (the host alone for port 11211, as libmemcached does).
+    pub identity: String,
+    pub weight: u32,
+    pub master: Address,
+    pub replicas: Vec<Address>,
+}
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
+pub const DEFAULT_GRACE: Duration = Duration::from_millis(5000);
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&file, &text)
+    }
+
+    /// Parses either format: a file with top-level `pools:` or `admin:` keys is ringproxy's
+    /// schema, anything else a twemproxy file whose top-level keys are pool names.
+    pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+        let at_file = |at: Location, message: String| ConfigError {
+            file: file.to_string(),
+            line: at.line(),
+            column: at.column(),
+            message,
+        };
+        let from_serde = |e: serde_saphyr::Error| {
+            at_file(e.location().unwrap_or(Location::UNKNOWN), serde_message(&e))
+        };
+        let parts = if is_ringproxy_format(text) {
+            serde_saphyr::from_str::<raw::File>(text)
+                .map_err(from_serde)?
+                .into_parts()
+        } else {
+            serde_saphyr::from_str::<raw::TwemproxyFile>(text)
+                .map_err(from_serde)?
+                .into_parts()
+        };
+        parts
+            .and_then(validate)
+            .map_err(|i| at_file(i.at, i.message))
+    }
+
+    /// A one-screen summary of pools and servers, for `--check-config`.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        if let Some(a) = &self.admin_listen {
+            out.push_str(&format!(
+                "admin: http://{a}/ (health, ready, metrics, topology)\n"
+            ));
+        }
+        for p in &self.pools {
+            out.push_str(&format!(
+                "pool {} listen {} protocol {} hash {} distribution {}{} timeout {} ms read_from {} failover {}\n",
+                p.name,
+                p.listen,
+                p.protocol,
+                p.hash,
+                p.distribution,
+                p.hash_tag.map(|t| format!(" hash_tag {t}")).unwrap_or_default(),
+                p.timeout.as_millis(),
+                p.read_from,
+                p.failover,
+            ));
+            for s in &p.servers {
+                let replicas = if s.replicas.is_empty() {
+                    String::new()
+                } else {
+                    let list: Vec<String> = s.replicas.iter().map(ToString::to_string).collect();
+                    format!(" replicas {}", list.join(","))
+                };
+                out.push_str(&format!(
+                    "  server {} weight {} master {}{} (ring identity \"{}\")\n",
+                    s.name, s.weight, s.master, replicas, s.identity
+                ));
+            }
+        }
+        out
+    }
+}
+
+fn is_ringproxy_format(text: &str) -> bool {
+    text.lines()
+        .any(|l| l.starts_with("pools:") || l.starts_with("admin:"))
+}
+
+/// serde-saphyr's message without its own location suffix or source snippet: we print the
+/// location ourselves, in front.
+fn serde_message(e: &serde_saphyr::Error) -> String {
+    let text = e.without_snippet().to_string();
+    let first = text.lines().next().unwrap_or_default();
+    match first.rfind(" at line ") {
+        Some(i) => first[..i].to_string(),
+        None => first.to_string(),
+    }
+}
+
+/// Cross-field checks that no single value can make.
+fn validate(parts: raw::Parts) -> Result<Config, Invalid> {
+    let mut listens: HashMap<Address, String> = HashMap::new();
+    if let Some(admin) = &parts.admin_listen {
+        listens.insert(admin.value.clone(), "admin".to_string());
+    }
+    let mut pools = Vec::new();
+    for (name, pool) in parts.pools {
+        if let Some(other) = listens.insert(pool.listen.value.clone(), name.clone()) {
+            return Err(invalid(
+                pool.listen.referenced,
+                format!(
+                    "listen address {} is already used by {other}",
+                    pool.listen.value
+                ),
+            ));
+        }
+        pools.push(pool.into_config(name)?);
+    }
+    if pools.is_empty() {
+        return Err(invalid(Location::UNKNOWN, "no pools are configured"));
+    }
+    Ok(Config {
+        admin_listen: parts.admin_listen.map(|a| a.value),
+        shutdown_grace: parts.shutdown_grace,
+        pools,
+    })
+}
+
+/// A pool as parsed, before the checks that span its fields.
+struct PoolParts {
+    listen: Spanned<Address>,
+    at: Location,
+    config: PoolConfig,
+    servers: Vec<Spanned<raw::Server>>,
+}
+
+impl PoolParts {
+    fn into_config(self, name: String) -> Result<PoolConfig, Invalid> {
+        let mut config = self.config;
+        config.name = name;
+        config.listen = self.listen.value;
+        if self.servers.is_empty() {
+            return Err(invalid(
+                self.at,
+                format!("pool '{}' has no servers", config.name),
+            ));
+        }
+        if config.protocol == Protocol::Memcache {
+            return Err(invalid(
+                self.at,
+                format!(
+                    "pool '{}': protocol memcache is not supported yet",
+                    config.name
+                ),
+            ));
+        }
+        let mut seen: HashMap<String, ()> = HashMap::new();
+        for s in self.servers {
+            let server = s.value.into_server_config();
+            if seen.insert(server.name.clone(), ()).is_some() {
+                return Err(invalid(
+                    s.referenced,
+                    format!("duplicate server name '{}'", server.name),
+                ));
+            }
+            if config.read_from == ReadFrom::Replica && server.replicas.is_empty() {
+                return Err(invalid(
+                    s.referenced,
+                    format!(
+                        "server '{}' has no replicas but the pool reads from replicas",
+                        server.name
+                    ),
+                ));
+            }
+            config.servers.push(server);
+        }
+        Ok(config)
+    }
+}
+
+impl PoolConfig {
+    /// The pool's ring with the servers for which `live` is true.
+    pub fn ring(&self, live: &[bool]) -> crate::ring::Ring {
+        let members: Vec<crate::ring::RingMember<'_>> = self
+            .servers
+            .iter()
+            .zip(live)
+            .map(|(s, &live)| crate::ring::RingMember {
+                identity: &s.identity,
+                weight: s.weight,
+                live,
+            })
+            .collect();
+        crate::ring::Ring::new(
+            self.hash,
+            self.distribution,
+            self.hash_tag.map(|t| t.0),
+            &members,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,403 @@
+//! The two file formats as serde reads them, and their defaults.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_saphyr::{Location, Spanned};
+
+use super::values::parse_weight;
+use super::*;
+
+/// What both formats reduce to before cross-field validation.
+pub(super) struct Parts {
+    pub admin_listen: Option<Spanned<Address>>,
+    pub shutdown_grace: Duration,
+    pub pools: Vec<(String, PoolParts)>,
+}
+
+/// ringproxy's own schema.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct File {
+    admin: Option<Admin>,
+    shutdown_grace_ms: Option<u64>,
+    pools: BTreeMap<String, Spanned<Pool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Admin {
+    listen: Spanned<Address>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Pool {
+    listen: Spanned<Address>,
+    protocol: Option<Protocol>,
+    hash: Option<HashFn>,
+    distribution: Option<Distribution>,
+    hash_tag: Option<HashTag>,
+    timeout_ms: Option<u64>,
+    server_connections: Option<Connections>,
+    preconnect: Option<bool>,
+    read_from: Option<ReadFrom>,
+    failover: Option<Failover>,
+    server_failure_limit: Option<u32>,
+    server_retry_timeout_ms: Option<u64>,
+    health_check: Option<RawHealthCheck>,
+    auth: Option<ClientAuth>,
+    backend_auth: Option<RawBackendAuth>,
+    db: Option<u32>,
+    client_connections: Option<u32>,
+    backlog: Option<u32>,
+    limits: Option<RawLimits>,
+    servers: Vec<Spanned<Server>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    failures: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientAuth {
+    password: Option<String>,
+    password_env: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackendAuth {
+    username: Option<String>,
+    password: Option<String>,
+    password_env: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_args: Option<usize>,
+    max_bulk_bytes: Option<usize>,
+    max_inline_bytes: Option<usize>,
+    max_pipeline: Option<usize>,
+    max_reply_depth: Option<usize>,
+}
+
+/// A count of connections: at least 1.
+struct Connections(usize);
+
+impl<'de> Deserialize<'de> for Connections {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u32::deserialize(d)? {
+            0 => Err(de::Error::custom("server_connections must be at least 1")),
+            n => Ok(Connections(n as usize)),
+        }
+    }
+}
+
+/// An unchanged twemproxy `nutcracker.yml`: pools at the top level.
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub(super) struct TwemproxyFile(BTreeMap<String, Spanned<TwemproxyPool>>);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TwemproxyPool {
+    listen: Spanned<Address>,
+    hash: Option<HashFn>,
+    hash_tag: Option<HashTag>,
+    distribution: Option<Distribution>,
+    timeout: Option<u64>,
+    backlog: Option<u32>,
+    preconnect: Option<bool>,
+    redis: Option<bool>,
+    redis_auth: Option<String>,
+    redis_db: Option<u32>,
+    server_connections: Option<Connections>,
+    auto_eject_hosts: Option<bool>,
+    server_retry_timeout: Option<u64>,
+    server_failure_limit: Option<u32>,
+    client_connections: Option<u32>,
+    tcpkeepalive: Option<bool>,
+    reuseport: Option<bool>,
+    servers: Vec<Spanned<Server>>,
+}
+
+/// A server entry: twemproxy's `host:port:weight [name]` string, or a map with replicas.
+pub(super) struct Server {
+    name: Option<String>,
+    /// The address part as written, for the ring identity of unnamed servers.
+    written: String,
+    weight: u32,
+    master: Address,
+    replicas: Vec<Address>,
+}
+
+impl Server {
+    pub(super) fn into_server_config(self) -> ServerConfig {
+        let identity = match &self.name {
+            Some(n) => n.clone(),
+            None if self.master.port == 11211 => self.master.host.clone(),
+            None => self.written.clone(),
+        };
+        ServerConfig {
+            name: self.name.unwrap_or_else(|| self.written.clone()),
+            identity,
+            weight: self.weight,
+            master: self.master,
+            replicas: self.replicas,
+        }
+    }
+
+    fn parse_short(s: &str) -> Result<Server, String> {
+        let mut words = s.split_whitespace();
+        let addr_weight = words.next().ok_or("empty server entry")?;
+        let name = words.next().map(str::to_string);
+        if words.next().is_some() {
+            return Err(format!(
+                "bad server '{s}' (expected \"host:port:weight [name]\")"
+            ));
+        }
+        let (addr, weight) = addr_weight
+            .rsplit_once(':')
+            .filter(|(a, _)| a.contains(':'))
+            .ok_or_else(|| format!("bad server '{s}' (expected \"host:port:weight [name]\")"))?;
+        Ok(Server {
+            name,
+            written: addr.to_string(),
+            weight: parse_weight(weight)?,
+            master: addr.parse()?,
+            replicas: Vec::new(),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerMap {
+    name: Option<String>,
+    weight: Option<u32>,
+    master: String,
+    #[serde(default)]
+    replicas: Vec<Address>,
+}
+
+impl<'de> Deserialize<'de> for Server {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ServerVisitor;
+        impl<'de> Visitor<'de> for ServerVisitor {
+            type Value = Server;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "\"host:port:weight [name]\" or a map with name, weight, master, replicas",
+                )
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Server, E> {
+                Server::parse_short(s).map_err(E::custom)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Server, A::Error> {
+                let m = ServerMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let weight = match m.weight {
+                    Some(0) => return Err(de::Error::custom("weight must be at least 1")),
+                    w => w.unwrap_or(1),
+                };
+                Ok(Server {
+                    name: m.name,
+                    master: m.master.parse().map_err(de::Error::custom)?,
+                    written: m.master,
+                    weight,
+                    replicas: m.replicas,
+                })
+            }
+        }
+        d.deserialize_any(ServerVisitor)
+    }
+}
+
+/// Reads a secret given inline or through an environment variable.
+fn secret(
+    value: Option<String>,
+    env: Option<String>,
+    at: Location,
+    what: &str,
+) -> Result<Option<String>, Invalid> {
+    match (value, env) {
+        (Some(_), Some(_)) => Err(invalid(
+            at,
+            format!("{what}: give password or password_env, not both"),
+        )),
+        (Some(v), None) => Ok(Some(v)),
+        (None, Some(var)) => std::env::var(&var)
+            .map(Some)
+            .map_err(|_| invalid(at, format!("{what}: environment variable {var} is not set"))),
+        (None, None) => Ok(None),
+    }
+}
+
+fn millis(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+/// The pool defaults shared by both formats (twemproxy's where it has one).
+fn base_pool(listen: &Spanned<Address>) -> PoolConfig {
+    PoolConfig {
+        name: String::new(),
+        listen: listen.value.clone(),
+        protocol: Protocol::Redis,
+        hash: HashFn::Fnv1a64,
+        distribution: Distribution::Ketama,
+        hash_tag: None,
+        timeout: DEFAULT_TIMEOUT,
+        server_connections: 1,
+        preconnect: false,
+        read_from: ReadFrom::Master,
+        failover: Failover::None,
+        failure_limit: 2,
+        retry_timeout: millis(30_000),
+        health_check: HealthCheck {
+            interval: millis(1000),
+            timeout: millis(500),
+            failures: 3,
+        },
+        client_password: None,
+        backend_auth: None,
+        db: 0,
+        client_connections: None,
+        backlog: 512,
+        limits: Limits::default(),
+        max_pipeline: 1024,
+        max_reply_depth: 128,
+        servers: Vec::new(),
+    }
+}
+
+impl File {
+    pub(super) fn into_parts(self) -> Result<Parts, Invalid> {
+        let mut pools = Vec::new();
+        for (name, pool) in self.pools {
+            let at = pool.referenced;
+            let p = pool.value;
+            let mut c = base_pool(&p.listen);
+            c.protocol = p.protocol.unwrap_or(c.protocol);
+            c.hash = p.hash.unwrap_or(c.hash);
+            c.distribution = p.distribution.unwrap_or(c.distribution);
+            c.hash_tag = p.hash_tag;
+            c.timeout = p.timeout_ms.map_or(c.timeout, millis);
+            c.server_connections = p.server_connections.map_or(1, |n| n.0);
+            c.preconnect = p.preconnect.unwrap_or(false);
+            c.read_from = p.read_from.unwrap_or(c.read_from);
+            c.failover = p.failover.unwrap_or(c.failover);
+            c.failure_limit = p.server_failure_limit.unwrap_or(c.failure_limit).max(1);
+            c.retry_timeout = p.server_retry_timeout_ms.map_or(c.retry_timeout, millis);
+            if let Some(h) = p.health_check {
+                c.health_check = HealthCheck {
+                    interval: h.interval_ms.map_or(c.health_check.interval, millis),
+                    timeout: h.timeout_ms.map_or(c.health_check.timeout, millis),
+                    failures: h.failures.unwrap_or(c.health_check.failures).max(1),
+                };
+            }
+            if let Some(a) = p.auth {
+                c.client_password = secret(a.password, a.password_env, at, "auth")?;
+            }
+            if let Some(b) = p.backend_auth {
+                let password = secret(b.password, b.password_env, at, "backend_auth")?
+                    .ok_or_else(|| invalid(at, "backend_auth needs a password or password_env"))?;
+                c.backend_auth = Some(BackendAuth {
+                    username: b.username,
+                    password,
+                });
+            }
+            c.db = p.db.unwrap_or(0);
+            c.client_connections = p.client_connections.filter(|&n| n > 0);
+            c.backlog = p.backlog.unwrap_or(c.backlog);
+            if let Some(l) = p.limits {
+                c.limits.max_args = l.max_args.unwrap_or(c.limits.max_args);
+                c.limits.max_bulk_bytes = l.max_bulk_bytes.unwrap_or(c.limits.max_bulk_bytes);
+                c.limits.max_inline_bytes = l.max_inline_bytes.unwrap_or(c.limits.max_inline_bytes);
+                c.max_pipeline = l.max_pipeline.unwrap_or(c.max_pipeline).max(1);
+                c.max_reply_depth = l.max_reply_depth.unwrap_or(c.max_reply_depth).max(1);
+            }
+            pools.push((
+                name,
+                PoolParts {
+                    listen: p.listen,
+                    at,
+                    config: c,
+                    servers: p.servers,
+                },
+            ));
+        }
+        Ok(Parts {
+            admin_listen: self.admin.map(|a| a.listen),
+            shutdown_grace: self.shutdown_grace_ms.map_or(DEFAULT_GRACE, millis),
+            pools,
+        })
+    }
+}
+
+impl TwemproxyFile {
+    pub(super) fn into_parts(self) -> Result<Parts, Invalid> {
+        let mut pools = Vec::new();
+        for (name, pool) in self.0 {
+            let at = pool.referenced;
+            let p = pool.value;
+            let mut c = base_pool(&p.listen);
+            c.protocol = if p.redis.unwrap_or(false) {
+                Protocol::Redis
+            } else {
+                Protocol::Memcache
+            };
+            c.hash = p.hash.unwrap_or(c.hash);
+            c.distribution = p.distribution.unwrap_or(c.distribution);
+            c.hash_tag = p.hash_tag;
+            c.timeout = p.timeout.map_or(c.timeout, millis);
+            c.server_connections = p.server_connections.map_or(1, |n| n.0);
+            c.preconnect = p.preconnect.unwrap_or(false);
+            if p.auto_eject_hosts.unwrap_or(false) {
+                c.failover = Failover::Eject;
+            }
+            c.failure_limit = p.server_failure_limit.unwrap_or(c.failure_limit).max(1);
+            c.retry_timeout = p.server_retry_timeout.map_or(c.retry_timeout, millis);
+            c.client_password = p.redis_auth.clone();
+            c.backend_auth = p.redis_auth.map(|password| BackendAuth {
+                username: None,
+                password,
+            });
+            c.db = p.redis_db.unwrap_or(0);
+            c.client_connections = p.client_connections.filter(|&n| n > 0);
+            c.backlog = p.backlog.unwrap_or(c.backlog);
+            // Accepted for compatibility; ringproxy always sets TCP keepalive and does not use
+            // SO_REUSEPORT.
+            let _ = (p.tcpkeepalive, p.reuseport);
+            pools.push((
+                name,
+                PoolParts {
+                    listen: p.listen,
+                    at,
+                    config: c,
+                    servers: p.servers,
+                },
+            ));
+        }
+        Ok(Parts {
+            admin_listen: None,
+            shutdown_grace: DEFAULT_GRACE,
+            pools,
+        })
+    }
+}
+
+#[cfg(test)]
+impl Server {
+    pub(super) fn parse_short_for_test(s: &str) -> ServerConfig {
+        Server::parse_short(s).unwrap().into_server_config()
+    }
+}

@@ -1,0 +1,156 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse("test.yml", text)
+}
+
+fn error_of(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+const FULL: &str = "admin:
+  listen: 127.0.0.1:9191
+pools:
+  main:
+    listen: 127.0.0.1:6380
+    protocol: redis
+    hash: fnv1a_64
+    distribution: ketama
+    hash_tag: \"{}\"
+    timeout_ms: 250
+    server_connections: 2
+    read_from: replica_preferred
+    failover: eject
+    health_check: { interval_ms: 100, timeout_ms: 50, failures: 2 }
+    servers:
+      - name: shard-a
+        weight: 1
+        master: 127.0.0.1:7000
+        replicas: [127.0.0.1:7100]
+      - 127.0.0.1:7001:2 shard-b
+      - 127.0.0.1:7002:1
+";
+
+#[test]
+fn full_schema() {
+    let c = parse(FULL).unwrap();
+    assert_eq!(
+        c.admin_listen.as_ref().unwrap().to_string(),
+        "127.0.0.1:9191"
+    );
+    let p = &c.pools[0];
+    assert_eq!(p.name, "main");
+    assert_eq!(p.hash_tag, Some(HashTag(*b"{}")));
+    assert_eq!(p.timeout, Duration::from_millis(250));
+    assert_eq!(p.server_connections, 2);
+    assert_eq!(p.read_from, ReadFrom::ReplicaPreferred);
+    assert_eq!(p.failover, Failover::Eject);
+    assert_eq!(p.health_check.failures, 2);
+    let ids: Vec<&str> = p.servers.iter().map(|s| s.identity.as_str()).collect();
+    assert_eq!(ids, ["shard-a", "shard-b", "127.0.0.1:7002"]);
+    assert_eq!(p.servers[0].replicas[0].to_string(), "127.0.0.1:7100");
+    assert_eq!(p.servers[1].weight, 2);
+    assert!(
+        c.summary()
+            .contains("server shard-b weight 2 master 127.0.0.1:7001")
+    );
+}
+
+#[test]
+fn twemproxy_file_as_is() {
+    let c = parse(
+        "alpha:
+  listen: 127.0.0.1:22121
+  hash: fnv1a_64
+  hash_tag: \"{}\"
+  distribution: ketama
+  auto_eject_hosts: true
+  redis: true
+  redis_auth: secret
+  redis_db: 2
+  server_retry_timeout: 2000
+  server_failure_limit: 1
+  timeout: 400
+  backlog: 1024
+  preconnect: true
+  server_connections: 1
+  client_connections: 100
+  servers:
+   - 127.0.0.1:6379:1 server1
+   - 127.0.0.1:6380:1
+mc:
+  listen: 127.0.0.1:22122
+  redis: false
+  servers:
+   - 127.0.0.1:11211:1
+",
+    );
+    // memcache pools come with the memcache protocol; the error names that pool.
+    let err = c.unwrap_err().to_string();
+    assert!(
+        err.contains("protocol memcache is not supported yet"),
+        "{err}"
+    );
+}
+
+#[test]
+fn twemproxy_redis_pool() {
+    let c = parse(
+        "alpha:
+  listen: 127.0.0.1:22121
+  auto_eject_hosts: true
+  redis: true
+  redis_auth: secret
+  redis_db: 2
+  server_retry_timeout: 2000
+  server_failure_limit: 1
+  timeout: 400
+  servers:
+   - 127.0.0.1:6379:1 server1
+   - 127.0.0.1:6380:1
+",
+    )
+    .unwrap();
+    let p = &c.pools[0];
+    assert_eq!(p.failover, Failover::Eject);
+    assert_eq!(p.client_password.as_deref(), Some("secret"));
+    assert_eq!(p.backend_auth.as_ref().unwrap().password, "secret");
+    assert_eq!((p.db, p.failure_limit), (2, 1));
+    assert_eq!(p.retry_timeout, Duration::from_millis(2000));
+    assert_eq!(p.servers[1].identity, "127.0.0.1:6380");
+}
+
+#[test]
+fn memcache_port_identity_is_the_host() {
+    let s = raw::Server::parse_short_for_test("10.0.0.1:11211:1");
+    assert_eq!(s.identity, "10.0.0.1");
+}
+
+#[test]
+fn mistakes_are_located() {
+    let pool = |body: &str| format!("pools:\n  p:\n    listen: 127.0.0.1:6380\n{body}");
+    let cases: Vec<(String, &str)> = vec![
+        (pool("    servers: [127.0.0.1:7000:1]\n    colour: red\n"), "test.yml:5:5: unknown field `colour`"),
+        (pool("    hash: sha1\n    servers: [127.0.0.1:7000:1]\n"), "test.yml:4:11: unknown hash 'sha1'"),
+        (pool("    servers:\n      - 127.0.0.1:7000:0\n"), "test.yml:5:9: weight must be at least 1"),
+        (pool("    servers:\n      - nohost\n"), "test.yml:5:9: bad server 'nohost'"),
+        (pool("    servers:\n      - { master: 'x:y' }\n"), "bad address 'x:y'"),
+        (pool("    servers:\n      - 127.0.0.1:7000:1 a\n      - 127.0.0.1:7001:1 a\n"), "test.yml:6:9: duplicate server name 'a'"),
+        (pool("    hash_tag: \"{\"\n    servers: [127.0.0.1:7000:1]\n"), "must be exactly two characters"),
+        (pool("    failover: promote\n    servers: [127.0.0.1:7000:1]\n"), "not supported yet"),
+        (pool("    servers: []\n"), "has no servers"),
+        (pool("    read_from: replica\n    servers: [127.0.0.1:7000:1]\n"), "has no replicas"),
+        ("pools:\n  p:\n    listen: 127.0.0.1:6380\n".to_string(), "missing field `servers`"),
+        (
+            "pools:\n  a:\n    listen: 127.0.0.1:6380\n    servers: [127.0.0.1:7000:1]\n  b:\n    listen: 127.0.0.1:6380\n    servers: [127.0.0.1:7000:1]\n".to_string(),
+            "test.yml:6:13: listen address 127.0.0.1:6380 is already used by a",
+        ),
+        ("pools:\n  a:\n    listen: nowhere\n    servers: [127.0.0.1:7000:1]\n".to_string(), "test.yml:3:13: bad address 'nowhere'"),
+        ("pools: {}\n".to_string(), "no pools are configured"),
+        ("alpha:\n  listen: 127.0.0.1:1\n  redis: true\n  servers: [127.0.0.1:7000:1]\n  nope: 1\n".to_string(), "test.yml:5:3: unknown field `nope`"),
+    ];
+    for (text, want) in cases {
+        let err = error_of(&text);
+        assert!(err.contains(want), "want {want:?} in {err:?} for\n{text}");
+    }
+}

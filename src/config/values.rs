@@ -1,0 +1,235 @@
+//! Configuration values that check themselves as they are read, so a bad one is reported at its
+//! own line and column.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, de};
+
+use crate::ring::{Distribution, HashFn};
+
+/// Implements `Deserialize` through `FromStr`, turning its message into a located serde error.
+macro_rules! deserialize_from_str {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(de::Error::custom)
+            }
+        }
+    )*};
+}
+
+deserialize_from_str!(
+    Address,
+    Protocol,
+    ReadFrom,
+    Failover,
+    HashTag,
+    HashFn,
+    Distribution
+);
+
+/// `host:port`, kept as written: the host may be a name resolved when connecting.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Address {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl FromStr for Address {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("bad address '{s}' (expected host:port)");
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let valid_host = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if !valid_host || port == 0 {
+            return Err(bad());
+        }
+        Ok(Address {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Redis,
+    Memcache,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Redis => "redis",
+            Protocol::Memcache => "memcache",
+        })
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "redis" => Ok(Protocol::Redis),
+            "memcache" => Ok(Protocol::Memcache),
+            _ => Err(format!(
+                "unknown protocol '{s}' (expected redis or memcache)"
+            )),
+        }
+    }
+}
+
+/// Where read commands go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadFrom {
+    Master,
+    Replica,
+    /// A replica while one is up, else the master.
+    ReplicaPreferred,
+}
+
+impl fmt::Display for ReadFrom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReadFrom::Master => "master",
+            ReadFrom::Replica => "replica",
+            ReadFrom::ReplicaPreferred => "replica_preferred",
+        })
+    }
+}
+
+impl FromStr for ReadFrom {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "master" => Ok(ReadFrom::Master),
+            "replica" => Ok(ReadFrom::Replica),
+            "replica_preferred" => Ok(ReadFrom::ReplicaPreferred),
+            _ => Err(format!(
+                "unknown read_from '{s}' (expected master, replica or replica_preferred)"
+            )),
+        }
+    }
+}
+
+/// What happens to a server that keeps failing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failover {
+    /// Its keys get error replies until it returns.
+    None,
+    /// It leaves the ring for the retry timeout and its keys rehash to the others (twemproxy's
+    /// `auto_eject_hosts`).
+    Eject,
+}
+
+impl fmt::Display for Failover {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Failover::None => "none",
+            Failover::Eject => "eject",
+        })
+    }
+}
+
+impl FromStr for Failover {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Failover::None),
+            "eject" => Ok(Failover::Eject),
+            "promote" | "sentinel" => Err(format!(
+                "failover '{s}' is not supported yet (use none or eject)"
+            )),
+            _ => Err(format!("unknown failover '{s}' (expected none or eject)")),
+        }
+    }
+}
+
+/// Two characters that enclose the hashed part of a key, like `{}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashTag(pub [u8; 2]);
+
+impl fmt::Display for HashTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{}{}\"", char::from(self.0[0]), char::from(self.0[1]))
+    }
+}
+
+impl FromStr for HashTag {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.as_bytes() {
+            &[open, close] => Ok(HashTag([open, close])),
+            _ => Err(format!(
+                "hash_tag '{s}' must be exactly two characters, like \"{{}}\""
+            )),
+        }
+    }
+}
+
+/// A server weight: a whole number from 1.
+pub fn parse_weight(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(0) => Err("weight must be at least 1".to_string()),
+        Ok(w) => Ok(w),
+        Err(_) => Err(format!("bad weight '{s}'")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            "127.0.0.1:6379".parse::<Address>().unwrap().to_string(),
+            "127.0.0.1:6379"
+        );
+        assert_eq!("[::1]:6379".parse::<Address>().unwrap().host, "::1");
+        assert_eq!("localhost:1".parse::<Address>().unwrap().port, 1);
+        for bad in [
+            "", "6379", "host:", ":6379", "a b:1", "h:0", "h:70000", "h:x",
+        ] {
+            assert!(bad.parse::<Address>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn enums_and_tags() {
+        assert_eq!(
+            "replica_preferred".parse::<ReadFrom>(),
+            Ok(ReadFrom::ReplicaPreferred)
+        );
+        assert!(
+            "promote"
+                .parse::<Failover>()
+                .unwrap_err()
+                .contains("not supported")
+        );
+        assert_eq!("{}".parse::<HashTag>(), Ok(HashTag(*b"{}")));
+        assert!("{".parse::<HashTag>().is_err());
+        assert_eq!(parse_weight("3"), Ok(3));
+        assert!(parse_weight("0").is_err());
+    }
+}
