@@ -245,7 +245,7 @@ mod tests {
                 attributes: None
             }),
             "[a-z]{0,8}".prop_map(|s| F::SimpleError {
-                data: s.into(),
+                data: s,
                 attributes: None
             }),
             any::<i64>().prop_map(|n| F::Number {
