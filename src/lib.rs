@@ -1,6 +1,12 @@
 //! ringproxy: a stateless Redis and memcached proxy over a twemproxy-compatible consistent-hash ring.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod backend;
+pub mod command;
 pub mod config;
+pub mod metrics;
 pub mod protocol;
 pub mod ring;
+pub mod server;
+pub mod topology;

@@ -71,6 +71,7 @@ pub struct Ring {
     hash_tag: Option<[u8; 2]>,
     points: Vec<Point>,
     servers: usize,
+    live: Vec<bool>,
 }
 
 const KETAMA_POINTS_PER_SERVER: f32 = 160.0;
@@ -113,6 +114,7 @@ impl Ring {
             hash_tag,
             points,
             servers: members.len(),
+            live: members.iter().map(|m| m.live).collect(),
         }
     }
 
@@ -160,10 +162,12 @@ impl Ring {
 
     /// How many servers currently hold points.
     pub fn live_servers(&self) -> usize {
-        let mut seen: Vec<u32> = self.points.iter().map(|p| p.server).collect();
-        seen.sort_unstable();
-        seen.dedup();
-        seen.len()
+        (0..self.servers).filter(|&i| self.contains(i)).count()
+    }
+
+    /// Whether server `index` holds points (is not ejected).
+    pub fn contains(&self, index: usize) -> bool {
+        self.live.get(index).copied().unwrap_or(false)
     }
 }
 

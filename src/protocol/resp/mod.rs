@@ -5,10 +5,11 @@ mod reply;
 mod request;
 
 pub use reply::{ReplyError, ReplyScanner, split_array};
+
 pub use request::{Limits, ProtocolError, Request, RequestParser};
 
 /// Parses a decimal integer as RESP writes it (optional `-`, digits only).
-pub(crate) fn parse_int(digits: &[u8]) -> Option<i64> {
+pub fn parse_int(digits: &[u8]) -> Option<i64> {
     let (neg, digits) = match digits.split_first() {
         Some((b'-', rest)) => (true, rest),
         _ => (false, digits),

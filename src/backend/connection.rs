@@ -1,0 +1,239 @@
+//! One pipelined backend connection: requests from many sessions are written in batches, replies
+//! are matched to them in order, and every request is bounded by the pool's timeout.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::{Instant, sleep_until, timeout};
+
+use super::{ConnSettings, Failure, Job, NodeShared, ReplyTo};
+use crate::protocol::resp::ReplyScanner;
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Requests taken off the queue for one write.
+const MAX_BATCH: usize = 1024;
+
+/// The connection's life: connect (now with preconnect, else on the first request), serve until
+/// the connection fails, fail what was in flight, and reconnect, backing off while the node
+/// refuses. Ends when the node is dropped and nothing is in flight.
+pub(super) async fn run(
+    shared: Arc<NodeShared>,
+    settings: Arc<ConnSettings>,
+    mut rx: UnboundedReceiver<Job>,
+) {
+    let mut queued: VecDeque<Job> = VecDeque::new();
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        if queued.is_empty() && !settings.preconnect {
+            match rx.recv().await {
+                Some(job) => queued.push_back(job),
+                None => return,
+            }
+        }
+        match connect(&settings).await {
+            Ok(stream) => {
+                backoff = FIRST_BACKOFF;
+                shared.metrics.connects.inc();
+                shared.metrics.connections.inc();
+                let ended = serve(stream, &shared, &settings, &mut rx, &mut queued).await;
+                shared.metrics.connections.dec();
+                match ended {
+                    Some(failure) => {
+                        tracing::warn!(node = %shared.label, "backend connection failed: {failure}");
+                        shared.record_failure();
+                    }
+                    None => return,
+                }
+            }
+            Err(why) => {
+                tracing::warn!(node = %shared.label, "cannot connect: {why}");
+                shared.record_failure();
+                let failure = Failure::Unreachable(why);
+                fail_all(&shared, queued.drain(..).map(|j| j.reply_to), &failure);
+                // Until the next attempt, requests fail at once instead of waiting.
+                let retry_at = Instant::now() + backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                loop {
+                    tokio::select! {
+                        _ = sleep_until(retry_at) => break,
+                        job = rx.recv() => match job {
+                            Some(job) => job.reply_to.send(Err(shared.error(failure.clone()))),
+                            None => return,
+                        },
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Opens a connection and runs the handshake, within the pool's timeout.
+pub(super) async fn connect(settings: &ConnSettings) -> Result<TcpStream, String> {
+    let attempt = async {
+        let addr = (settings.addr.host.as_str(), settings.addr.port);
+        let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        socket2::SockRef::from(&stream)
+            .set_keepalive(true)
+            .map_err(|e| e.to_string())?;
+        if settings.handshake_replies > 0 {
+            stream
+                .write_all(&settings.handshake)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut buf = BytesMut::with_capacity(256);
+            for _ in 0..settings.handshake_replies {
+                let reply = read_reply(&mut stream, &mut buf, settings.max_reply_depth).await?;
+                if reply.first() == Some(&b'-') {
+                    let text = String::from_utf8_lossy(&reply[1..]).trim_end().to_string();
+                    return Err(format!("handshake refused: {text}"));
+                }
+            }
+        }
+        Ok(stream)
+    };
+    timeout(settings.timeout, attempt)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no connection within {} ms",
+                settings.timeout.as_millis()
+            ))
+        })
+}
+
+/// Reads one complete reply from a stream that has nothing else in flight.
+pub(super) async fn read_reply(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    depth: usize,
+) -> Result<BytesMut, String> {
+    let mut scanner = ReplyScanner::new(depth);
+    loop {
+        if let Some(len) = scanner.scan(buf).map_err(|e| e.to_string())? {
+            return Ok(buf.split_to(len));
+        }
+        if stream.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
+            return Err("connection closed".to_string());
+        }
+    }
+}
+
+fn fail_all(shared: &NodeShared, requests: impl Iterator<Item = ReplyTo>, failure: &Failure) {
+    let mut n = 0;
+    for to in requests {
+        to.send(Err(shared.error(failure.clone())));
+        n += 1;
+    }
+    shared.metrics.errors.inc_by(n);
+}
+
+/// Serves one established connection. Returns why it ended, or `None` when the node was dropped
+/// and every request in flight was answered.
+async fn serve(
+    stream: TcpStream,
+    shared: &NodeShared,
+    settings: &ConnSettings,
+    rx: &mut UnboundedReceiver<Job>,
+    queued: &mut VecDeque<Job>,
+) -> Option<Failure> {
+    let (mut reader, mut writer) = stream.into_split();
+    let mut in_flight: VecDeque<(ReplyTo, Instant)> = VecDeque::new();
+    let mut read_buf = BytesMut::with_capacity(16 * 1024);
+    let mut write_buf = BytesMut::with_capacity(16 * 1024);
+    let mut scanner = ReplyScanner::new(settings.max_reply_depth);
+    let mut accepting = true;
+    let failure = loop {
+        if !queued.is_empty() {
+            let deadline = Instant::now() + settings.timeout;
+            shared.metrics.requests.inc_by(queued.len() as u64);
+            for job in queued.drain(..) {
+                write_buf.extend_from_slice(&job.payload);
+                in_flight.push_back((job.reply_to, deadline));
+            }
+            if writer.write_all(&write_buf).await.is_err() {
+                break Failure::Closed;
+            }
+            write_buf.clear();
+        }
+        if !accepting && in_flight.is_empty() {
+            return None;
+        }
+        let oldest = in_flight.front().map(|(_, deadline)| *deadline);
+        tokio::select! {
+            biased;
+            read = read_more(&mut reader, &mut read_buf) => {
+                if !read {
+                    break Failure::Closed;
+                }
+                if let Err(failure) = answer(&mut scanner, &mut read_buf, &mut in_flight) {
+                    break failure;
+                }
+                shared.record_success();
+            }
+            job = rx.recv(), if accepting => match job {
+                Some(job) => {
+                    queued.push_back(job);
+                    while queued.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(job) => queued.push_back(job),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                None => accepting = false,
+            },
+            _ = sleep_until(oldest.unwrap_or_else(Instant::now)), if oldest.is_some() => {
+                if let Some((to, _)) = in_flight.pop_front() {
+                    shared.metrics.errors.inc();
+                    to.send(Err(shared.error(Failure::Timeout(settings.timeout))));
+                }
+                break Failure::Aborted;
+            }
+        }
+    };
+    // FIFO matching is lost with the connection: everything in flight fails.
+    let report = if failure == Failure::Aborted {
+        Failure::Timeout(settings.timeout)
+    } else {
+        failure.clone()
+    };
+    fail_all(shared, in_flight.drain(..).map(|(to, _)| to), &failure);
+    Some(report)
+}
+
+/// Reads what is available; false when the backend closed the connection.
+async fn read_more(reader: &mut OwnedReadHalf, buf: &mut BytesMut) -> bool {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(16 * 1024);
+    }
+    matches!(reader.read_buf(buf).await, Ok(n) if n > 0)
+}
+
+/// Hands every complete reply in `buf` to the request waiting for it.
+fn answer(
+    scanner: &mut ReplyScanner,
+    buf: &mut BytesMut,
+    in_flight: &mut VecDeque<(ReplyTo, Instant)>,
+) -> Result<(), Failure> {
+    loop {
+        match scanner.scan(buf) {
+            Ok(Some(len)) => {
+                let reply = buf.split_to(len).freeze();
+                let (to, _) = in_flight
+                    .pop_front()
+                    .ok_or_else(|| Failure::BadReply("a reply nobody asked for".to_string()))?;
+                to.send(Ok(reply));
+            }
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(Failure::BadReply(e.to_string())),
+        }
+    }
+}

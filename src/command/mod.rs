@@ -1,0 +1,127 @@
+//! The Redis command table: for each command it routes, where its keys are, whether it writes,
+//! and how the proxy handles it.
+
+mod table;
+
+pub use table::TABLE;
+
+/// How the proxy handles a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Routed to the shard of its keys; several keys must share one shard.
+    Keyed,
+    /// Keys split by shard and the replies merged in key order.
+    Split(Merge),
+    /// Answered by the proxy itself.
+    Local,
+}
+
+/// How the per-shard replies of a split command become one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Merge {
+    /// MGET: the values, in key order.
+    Values,
+    /// DEL, UNLINK, EXISTS, TOUCH: the sum of the counts.
+    Sum,
+    /// MSET: OK when every shard said OK.
+    AllOk,
+}
+
+#[derive(Debug)]
+pub struct Command {
+    /// Upper case, as the table is sorted.
+    pub name: &'static str,
+    /// Redis' arity: N means exactly N arguments (name included), -N at least N.
+    pub arity: i32,
+    pub write: bool,
+    pub kind: Kind,
+    /// Key positions as in Redis' COMMAND: first, last (negative counts from the end), step.
+    pub first_key: usize,
+    pub last_key: isize,
+    pub key_step: usize,
+}
+
+impl Command {
+    /// Whether `argc` arguments (name included) fit the arity.
+    pub fn arity_ok(&self, argc: usize) -> bool {
+        if self.arity >= 0 {
+            argc == self.arity as usize
+        } else {
+            argc >= self.arity.unsigned_abs() as usize
+        }
+    }
+
+    /// The argument positions of the keys in a request of `argc` arguments.
+    pub fn key_positions(&self, argc: usize) -> impl Iterator<Item = usize> + use<> {
+        let last = if self.last_key < 0 {
+            argc as isize + self.last_key
+        } else {
+            self.last_key.min(argc as isize - 1)
+        };
+        let (first, step) = (self.first_key, self.key_step.max(1));
+        let end = if self.first_key == 0 {
+            0
+        } else {
+            (last + 1).max(0) as usize
+        };
+        (first..end).step_by(step)
+    }
+}
+
+/// Looks a command up by name, in any letter case, without allocating.
+pub fn lookup(name: &[u8]) -> Option<&'static Command> {
+    let mut upper = [0u8; 24];
+    let upper = upper.get_mut(..name.len())?;
+    for (u, &c) in upper.iter_mut().zip(name) {
+        *u = c.to_ascii_uppercase();
+    }
+    TABLE
+        .binary_search_by(|c| c.name.as_bytes().cmp(upper))
+        .ok()
+        .map(|i| &TABLE[i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_sorted_and_unique() {
+        for w in TABLE.windows(2) {
+            assert!(w[0].name < w[1].name, "{} then {}", w[0].name, w[1].name);
+        }
+    }
+
+    #[test]
+    fn lookup_ignores_case() {
+        assert_eq!(lookup(b"get").unwrap().name, "GET");
+        assert_eq!(lookup(b"MgEt").unwrap().kind, Kind::Split(Merge::Values));
+        assert!(lookup(b"nosuchcommand").is_none());
+        assert!(lookup(b"averyveryverylongnamethatisnotacommand").is_none());
+    }
+
+    #[test]
+    fn key_positions() {
+        let keys = |name: &[u8], argc| {
+            lookup(name)
+                .unwrap()
+                .key_positions(argc)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(b"GET", 2), [1]);
+        assert_eq!(keys(b"MSET", 5), [1, 3]);
+        assert_eq!(keys(b"MGET", 4), [1, 2, 3]);
+        assert_eq!(keys(b"RENAME", 3), [1, 2]);
+        assert_eq!(keys(b"BITOP", 5), [2, 3, 4]);
+        assert_eq!(keys(b"XGROUP", 4), [2]);
+        assert_eq!(keys(b"PING", 1), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn arity() {
+        let get = lookup(b"GET").unwrap();
+        assert!(get.arity_ok(2) && !get.arity_ok(1) && !get.arity_ok(3));
+        let mset = lookup(b"MSET").unwrap();
+        assert!(mset.arity_ok(3) && mset.arity_ok(5) && !mset.arity_ok(2));
+    }
+}

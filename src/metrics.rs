@@ -1,0 +1,163 @@
+//! Prometheus metrics. Handles are resolved once, when the topology is built, so the hot path only
+//! increments atomics it already holds.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabels {
+    pub pool: String,
+    pub server: String,
+    pub role: String,
+    pub address: String,
+}
+
+/// The metric families, registered once.
+pub struct Metrics {
+    registry: Registry,
+    client_connections: Family<PoolLabels, Gauge>,
+    client_connections_total: Family<PoolLabels, Counter>,
+    client_requests: Family<PoolLabels, Counter>,
+    client_errors: Family<PoolLabels, Counter>,
+    server_requests: Family<ServerLabels, Counter>,
+    server_errors: Family<ServerLabels, Counter>,
+    server_connections: Family<ServerLabels, Gauge>,
+    server_connects: Family<ServerLabels, Counter>,
+    server_ejections: Family<ServerLabels, Counter>,
+    server_up: Family<ServerLabels, Gauge>,
+}
+
+/// One pool's handles.
+#[derive(Clone, Debug)]
+pub struct PoolMetrics {
+    pub client_connections: Gauge,
+    pub client_connections_total: Counter,
+    pub requests: Counter,
+    /// Error replies the proxy made for clients (protocol errors, unsupported commands,
+    /// backend failures).
+    pub errors: Counter,
+}
+
+/// One backend node's handles.
+#[derive(Clone, Debug)]
+pub struct ServerMetrics {
+    pub requests: Counter,
+    /// Requests that got no reply from the node: timeouts, refused or lost connections.
+    pub errors: Counter,
+    pub connections: Gauge,
+    pub connects: Counter,
+    pub ejections: Counter,
+    pub up: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("ringproxy");
+        let m = Metrics {
+            client_connections: Family::default(),
+            client_connections_total: Family::default(),
+            client_requests: Family::default(),
+            client_errors: Family::default(),
+            server_requests: Family::default(),
+            server_errors: Family::default(),
+            server_connections: Family::default(),
+            server_connects: Family::default(),
+            server_ejections: Family::default(),
+            server_up: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "client_connections",
+            "Open client connections",
+            m.client_connections.clone(),
+        );
+        registry.register(
+            "client_connections_accepted",
+            "Client connections accepted",
+            m.client_connections_total.clone(),
+        );
+        registry.register(
+            "client_requests",
+            "Requests received from clients",
+            m.client_requests.clone(),
+        );
+        registry.register(
+            "client_errors",
+            "Error replies made by the proxy",
+            m.client_errors.clone(),
+        );
+        registry.register(
+            "server_requests",
+            "Requests sent to a backend",
+            m.server_requests.clone(),
+        );
+        registry.register(
+            "server_errors",
+            "Backend requests that failed (timeout, connection)",
+            m.server_errors.clone(),
+        );
+        registry.register(
+            "server_connections",
+            "Open backend connections",
+            m.server_connections.clone(),
+        );
+        registry.register(
+            "server_connects",
+            "Backend connections established",
+            m.server_connects.clone(),
+        );
+        registry.register(
+            "server_ejections",
+            "Times a server was taken off the ring",
+            m.server_ejections.clone(),
+        );
+        registry.register(
+            "server_up",
+            "1 while the server passes health checks",
+            m.server_up.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn pool(&self, pool: &str) -> PoolMetrics {
+        let l = PoolLabels {
+            pool: pool.to_string(),
+        };
+        PoolMetrics {
+            client_connections: self.client_connections.get_or_create(&l).clone(),
+            client_connections_total: self.client_connections_total.get_or_create(&l).clone(),
+            requests: self.client_requests.get_or_create(&l).clone(),
+            errors: self.client_errors.get_or_create(&l).clone(),
+        }
+    }
+
+    pub fn server(&self, labels: ServerLabels) -> ServerMetrics {
+        let l = &labels;
+        ServerMetrics {
+            requests: self.server_requests.get_or_create(l).clone(),
+            errors: self.server_errors.get_or_create(l).clone(),
+            connections: self.server_connections.get_or_create(l).clone(),
+            connects: self.server_connects.get_or_create(l).clone(),
+            ejections: self.server_ejections.get_or_create(l).clone(),
+            up: self.server_up.get_or_create(l).clone(),
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

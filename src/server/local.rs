@@ -1,0 +1,345 @@
+//! Commands the proxy answers itself: the connection handshake of standard clients (HELLO, AUTH,
+//! SELECT 0, CLIENT SETNAME/SETINFO, PING, ECHO, COMMAND, INFO) and QUIT.
+
+use bytes::{Bytes, BytesMut};
+
+use super::merge::Gather;
+use super::session::Session;
+use crate::command::{Command, Kind, TABLE};
+use crate::protocol::resp::{Request, encode, parse_int};
+
+/// What the proxy remembers about a client.
+#[derive(Debug)]
+pub(super) struct ClientState {
+    pub authenticated: bool,
+    /// After HELLO 3: the client reads RESP3 and its backend requests use RESP3 connections.
+    pub resp3: bool,
+    pub name: Option<Bytes>,
+}
+
+impl ClientState {
+    pub(super) fn new(authenticated: bool) -> ClientState {
+        ClientState {
+            authenticated,
+            resp3: false,
+            name: None,
+        }
+    }
+}
+
+/// The protocol level the proxy speaks, reported by HELLO.
+const SERVED_REDIS_VERSION: &str = "7.0.0";
+
+/// Runs a local command. Returns true for QUIT.
+pub(super) fn run(s: &mut Session, cmd: &Command, req: &Request) -> bool {
+    let upper = cmd.name;
+    let allowed_before_auth = matches!(upper, "AUTH" | "HELLO" | "QUIT");
+    if !allowed_before_auth && !s.client().authenticated {
+        s.out().error("NOAUTH Authentication required.");
+        return false;
+    }
+    match upper {
+        "PING" => ping(s, req),
+        "ECHO" => {
+            let mut b = BytesMut::new();
+            encode::bulk(&mut b, req.arg(1));
+            s.out().ready(b.freeze());
+        }
+        "QUIT" => {
+            s.out().ready(Bytes::from_static(b"+OK\r\n"));
+            return true;
+        }
+        "SELECT" => match parse_int(req.arg(1)) {
+            Some(0) => s.out().ready(Bytes::from_static(b"+OK\r\n")),
+            Some(_) => s.out().error("ERR ringproxy serves database 0 only"),
+            None => s.out().error("ERR value is not an integer or out of range"),
+        },
+        "AUTH" => auth(s, req),
+        "HELLO" => hello(s, req),
+        "CLIENT" => client(s, req),
+        "COMMAND" => command(s, req),
+        "INFO" => info(s, req),
+        _ => s.out().error(&format!("ERR unsupported command '{upper}'")),
+    }
+    false
+}
+
+fn ping(s: &mut Session, req: &Request) {
+    match req.argc() {
+        1 => s.out().ready(Bytes::from_static(b"+PONG\r\n")),
+        2 => {
+            let mut b = BytesMut::new();
+            encode::bulk(&mut b, req.arg(1));
+            s.out().ready(b.freeze());
+        }
+        _ => s
+            .out()
+            .error("ERR wrong number of arguments for 'ping' command"),
+    }
+}
+
+/// Checks a username/password pair against the pool's password (user `default`).
+fn check_password(s: &mut Session, user: &[u8], password: &[u8]) -> bool {
+    let ok = match &s.pool().config.client_password {
+        Some(p) => user == b"default" && password == p.as_bytes(),
+        None => false,
+    };
+    if ok {
+        s.client().authenticated = true;
+    } else {
+        s.out()
+            .error("WRONGPASS invalid username-password pair or user is disabled.");
+    }
+    ok
+}
+
+fn auth(s: &mut Session, req: &Request) {
+    if req.argc() > 3 {
+        s.out()
+            .error("ERR wrong number of arguments for 'auth' command");
+        return;
+    }
+    if s.pool().config.client_password.is_none() {
+        s.out().error(
+            "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+        );
+        return;
+    }
+    let (user, password) = if req.argc() == 3 {
+        (req.arg(1), req.arg(2))
+    } else {
+        (&b"default"[..], req.arg(1))
+    };
+    if check_password(s, user, password) {
+        s.out().ready(Bytes::from_static(b"+OK\r\n"));
+    }
+}
+
+fn hello(s: &mut Session, req: &Request) {
+    let mut resp3 = s.client().resp3;
+    let mut i = 1;
+    if req.argc() > 1 {
+        match parse_int(req.arg(1)) {
+            Some(2) => resp3 = false,
+            Some(3) => resp3 = true,
+            Some(_) => return s.out().error("NOPROTO unsupported protocol version"),
+            None => {
+                return s
+                    .out()
+                    .error("ERR Protocol version is not an integer or out of range");
+            }
+        }
+        i = 2;
+    }
+    let mut name = None;
+    while i < req.argc() {
+        let opt = req.arg(i).to_ascii_uppercase();
+        if opt == b"AUTH" && i + 2 < req.argc() {
+            if !check_password(s, req.arg(i + 1), req.arg(i + 2)) {
+                return;
+            }
+            i += 3;
+        } else if opt == b"SETNAME" && i + 1 < req.argc() {
+            if !valid_name(req.arg(i + 1)) {
+                return s.out().error(
+                    "ERR Client names cannot contain spaces, newlines or special characters.",
+                );
+            }
+            name = Some(req.arg_bytes(i + 1));
+            i += 2;
+        } else {
+            let shown = String::from_utf8_lossy(req.arg(i)).to_string();
+            return s
+                .out()
+                .error(&format!("ERR Syntax error in HELLO option '{shown}'"));
+        }
+    }
+    if !s.client().authenticated {
+        return s.out().error(
+            "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+        );
+    }
+    if name.is_some() {
+        s.client().name = name;
+    }
+    s.client().resp3 = resp3;
+    let id = s.id as i64;
+    let mut b = BytesMut::new();
+    encode::map(&mut b, 8, resp3);
+    for (k, v) in [
+        ("server", "redis"),
+        ("version", SERVED_REDIS_VERSION),
+        ("proxy", concat!("ringproxy ", env!("CARGO_PKG_VERSION"))),
+    ] {
+        encode::bulk(&mut b, k.as_bytes());
+        encode::bulk(&mut b, v.as_bytes());
+    }
+    encode::bulk(&mut b, b"proto");
+    encode::integer(&mut b, if resp3 { 3 } else { 2 });
+    encode::bulk(&mut b, b"id");
+    encode::integer(&mut b, id);
+    for (k, v) in [("mode", "standalone"), ("role", "master")] {
+        encode::bulk(&mut b, k.as_bytes());
+        encode::bulk(&mut b, v.as_bytes());
+    }
+    encode::bulk(&mut b, b"modules");
+    encode::array(&mut b, 0);
+    s.out().ready(b.freeze());
+}
+
+fn valid_name(name: &[u8]) -> bool {
+    name.iter().all(|&c| (b'!'..=b'~').contains(&c))
+}
+
+fn client(s: &mut Session, req: &Request) {
+    let sub = req.arg(1).to_ascii_uppercase();
+    match (&sub[..], req.argc()) {
+        (b"SETNAME", 3) => {
+            if !valid_name(req.arg(2)) {
+                return s.out().error(
+                    "ERR Client names cannot contain spaces, newlines or special characters.",
+                );
+            }
+            s.client().name = (!req.arg(2).is_empty()).then(|| req.arg_bytes(2));
+            s.out().ready(Bytes::from_static(b"+OK\r\n"));
+        }
+        (b"GETNAME", 2) => {
+            let mut b = BytesMut::new();
+            let resp3 = s.client().resp3;
+            match &s.client().name {
+                Some(n) => encode::bulk(&mut b, n),
+                None => encode::null(&mut b, resp3),
+            }
+            s.out().ready(b.freeze());
+        }
+        // Library name and version: accepted, as a server does, and not needed by the proxy.
+        (b"SETINFO", 4) => s.out().ready(Bytes::from_static(b"+OK\r\n")),
+        (b"ID", 2) => {
+            let mut b = BytesMut::new();
+            encode::integer(&mut b, s.id as i64);
+            s.out().ready(b.freeze());
+        }
+        (b"SETNAME" | b"GETNAME" | b"SETINFO" | b"ID", _) => {
+            let shown = String::from_utf8_lossy(&sub).to_lowercase();
+            s.out().error(&format!(
+                "ERR wrong number of arguments for 'client|{shown}' command"
+            ));
+        }
+        _ => {
+            let shown = String::from_utf8_lossy(&sub).to_string();
+            s.out()
+                .error(&format!("ERR unsupported command 'CLIENT {shown}'"));
+        }
+    }
+}
+
+fn command_entry(b: &mut BytesMut, c: &Command) {
+    encode::array(b, 6);
+    encode::bulk(b, c.name.to_ascii_lowercase().as_bytes());
+    encode::integer(b, i64::from(c.arity));
+    let flag: &str = match (c.kind, c.write) {
+        (Kind::Local, _) => "fast",
+        (_, true) => "write",
+        (_, false) => "readonly",
+    };
+    encode::array(b, 1);
+    encode::simple(b, flag);
+    encode::integer(b, c.first_key as i64);
+    encode::integer(b, c.last_key as i64);
+    encode::integer(b, c.key_step as i64);
+}
+
+fn command(s: &mut Session, req: &Request) {
+    let resp3 = s.client().resp3;
+    let mut b = BytesMut::new();
+    let sub = if req.argc() > 1 {
+        req.arg(1).to_ascii_uppercase()
+    } else {
+        Vec::new()
+    };
+    match &sub[..] {
+        b"" => {
+            encode::array(&mut b, TABLE.len());
+            TABLE.iter().for_each(|c| command_entry(&mut b, c));
+        }
+        b"COUNT" => encode::integer(&mut b, TABLE.len() as i64),
+        b"LIST" => {
+            encode::array(&mut b, TABLE.len());
+            TABLE
+                .iter()
+                .for_each(|c| encode::bulk(&mut b, c.name.to_ascii_lowercase().as_bytes()));
+        }
+        b"INFO" => {
+            encode::array(&mut b, req.argc() - 2);
+            for i in 2..req.argc() {
+                match crate::command::lookup(req.arg(i)) {
+                    Some(c) => command_entry(&mut b, c),
+                    None => encode::null(&mut b, resp3),
+                }
+            }
+        }
+        // Clients ask for docs only to show help; none is an acceptable answer.
+        b"DOCS" => encode::map(&mut b, 0, resp3),
+        _ => {
+            let shown = String::from_utf8_lossy(&sub).to_string();
+            return s
+                .out()
+                .error(&format!("ERR unsupported command 'COMMAND {shown}'"));
+        }
+    }
+    s.out().ready(b.freeze());
+}
+
+/// INFO: the proxy's own sections; with Server or Keyspace asked for, every shard's INFO is
+/// fetched for the backend version and the summed key counts.
+fn info(s: &mut Session, req: &Request) {
+    let wanted: Vec<String> = req
+        .args()
+        .skip(1)
+        .map(|a| String::from_utf8_lossy(a).to_lowercase())
+        .collect();
+    let all = wanted.is_empty()
+        || wanted
+            .iter()
+            .any(|w| matches!(w.as_str(), "all" | "default" | "everything"));
+    let want = |section: &str| all || wanted.iter().any(|w| w == section);
+    let pool = s.pool().clone();
+    let c = &pool.config;
+    let mut rest = String::new();
+    if want("clients") {
+        rest.push_str(&format!(
+            "# Clients\r\nconnected_clients:{}\r\n",
+            pool.metrics.client_connections.get()
+        ));
+    }
+    if want("proxy") {
+        let ring = pool.ring.load();
+        rest.push_str(&format!(
+            "# Proxy\r\nproxy:ringproxy\r\nproxy_version:{}\r\npool:{}\r\nhash:{}\r\ndistribution:{}\r\nservers:{}\r\nservers_on_ring:{}\r\ntotal_commands_processed:{}\r\n",
+            env!("CARGO_PKG_VERSION"),
+            c.name,
+            c.hash,
+            c.distribution,
+            c.servers.len(),
+            ring.live_servers(),
+            pool.metrics.requests.get(),
+        ));
+    }
+    let server = want("server").then(|| {
+        format!(
+            "ringproxy_version:{}\r\nredis_mode:standalone\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            c.listen.port,
+            pool.started.elapsed().as_secs(),
+        )
+    });
+    let keyspace = want("keyspace");
+    if server.is_none() && !keyspace {
+        let mut b = BytesMut::new();
+        encode::bulk(&mut b, rest.as_bytes());
+        return s.out().ready(b.freeze());
+    }
+    let gather = Gather::info(server, rest, keyspace, pool.shards.len());
+    s.broadcast(Bytes::from_static(b"*1\r\n$4\r\nINFO\r\n"), gather);
+}

@@ -1,0 +1,8 @@
+//! The client side: listeners, one session task per client, fan-out and merging.
+
+mod listener;
+mod local;
+mod merge;
+mod session;
+
+pub use listener::{bind, serve_pool};

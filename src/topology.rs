@@ -1,0 +1,189 @@
+//! Pools, their shards (a master and its replicas) and their live rings.
+//!
+//! Sessions read a pool's ring through an `ArcSwap`: a lock-free load per request. Only the
+//! ejector task of a pool ever writes it, when a server leaves or rejoins the ring.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+
+use crate::backend::{EjectHook, Node, Role};
+use crate::config::{Config, Failover, PoolConfig, ReadFrom};
+use crate::metrics::{Metrics, PoolMetrics, ServerLabels};
+use crate::ring::Ring;
+
+/// Everything the proxy serves, built once from the configuration.
+pub struct Topology {
+    pub pools: Vec<Arc<Pool>>,
+    pub metrics: Metrics,
+}
+
+pub struct Pool {
+    pub config: PoolConfig,
+    pub ring: Arc<ArcSwap<Ring>>,
+    pub shards: Vec<Shard>,
+    pub metrics: PoolMetrics,
+    pub started: std::time::Instant,
+}
+
+pub struct Shard {
+    pub name: String,
+    pub master: Node,
+    pub replicas: Vec<Node>,
+}
+
+impl Topology {
+    /// Starts every node's tasks. Must run inside a Tokio runtime.
+    pub fn start(config: &Config) -> Topology {
+        let metrics = Metrics::default();
+        let pools = config
+            .pools
+            .iter()
+            .map(|p| Arc::new(Pool::start(p, &metrics)))
+            .collect();
+        Topology { pools, metrics }
+    }
+
+    /// Whether every pool can serve every key: a reachable master for every shard on its ring.
+    /// `Err` says which cannot.
+    pub fn readiness(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        for pool in &self.pools {
+            let ring = pool.ring.load();
+            if ring.live_servers() == 0 {
+                problems.push(format!(
+                    "pool {}: no server is on the ring",
+                    pool.config.name
+                ));
+            }
+            for (i, shard) in pool.shards.iter().enumerate() {
+                if ring.contains(i) && !shard.master.is_up() {
+                    problems.push(format!(
+                        "pool {}: master of {} is unreachable",
+                        pool.config.name,
+                        shard.master.label()
+                    ));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+impl Pool {
+    fn start(config: &PoolConfig, metrics: &Metrics) -> Pool {
+        let live = vec![true; config.servers.len()];
+        let ring = Arc::new(ArcSwap::from_pointee(config.ring(&live)));
+        let eject_tx = (config.failover == Failover::Eject).then(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(eject_servers(config.clone(), ring.clone(), rx));
+            tx
+        });
+        let node = |server_name: &str, role: Role, addr: &crate::config::Address, eject| {
+            let labels = ServerLabels {
+                pool: config.name.clone(),
+                server: server_name.to_string(),
+                role: role.to_string(),
+                address: addr.to_string(),
+            };
+            Node::start(
+                config,
+                server_name,
+                role,
+                addr.clone(),
+                metrics.server(labels),
+                eject,
+            )
+        };
+        let shards = config
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let eject = eject_tx.as_ref().map(|tx| EjectHook {
+                    tx: tx.clone(),
+                    shard: i,
+                    failure_limit: config.failure_limit,
+                });
+                Shard {
+                    name: s.name.clone(),
+                    master: node(&s.name, Role::Master, &s.master, eject),
+                    replicas: s
+                        .replicas
+                        .iter()
+                        .map(|r| node(&s.name, Role::Replica, r, None))
+                        .collect(),
+                }
+            })
+            .collect();
+        Pool {
+            config: config.clone(),
+            ring,
+            shards,
+            metrics: metrics.pool(&config.name),
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Shard {
+    /// The node a command goes to: writes to the master, reads as the pool's `read_from` says.
+    /// `spread` picks among replicas.
+    pub fn node_for(&self, write: bool, read_from: ReadFrom, spread: usize) -> &Node {
+        if write || self.replicas.is_empty() || read_from == ReadFrom::Master {
+            return &self.master;
+        }
+        let start = spread % self.replicas.len();
+        let mut candidates = self
+            .replicas
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(self.replicas.len());
+        match read_from {
+            ReadFrom::Replica => &self.replicas[start],
+            _ => candidates.find(|r| r.is_up()).unwrap_or(&self.master),
+        }
+    }
+}
+
+/// twemproxy's auto-eject: a shard reported here leaves the ring for the retry timeout, then
+/// rejoins; its keys rehash to the others meanwhile.
+async fn eject_servers(
+    config: PoolConfig,
+    ring: Arc<ArcSwap<Ring>>,
+    mut rx: mpsc::UnboundedReceiver<usize>,
+) {
+    let mut out_until: Vec<Option<Instant>> = vec![None; config.servers.len()];
+    loop {
+        let next_return = out_until.iter().flatten().min().copied();
+        tokio::select! {
+            shard = rx.recv() => match shard {
+                Some(i) => {
+                    if out_until[i].is_none() {
+                        tracing::warn!(pool = %config.name, server = %config.servers[i].name, "ejecting server for {} ms", config.retry_timeout.as_millis());
+                    }
+                    out_until[i] = Some(Instant::now() + config.retry_timeout);
+                }
+                None => return,
+            },
+            _ = sleep_until(next_return.unwrap_or_else(Instant::now)), if next_return.is_some() => {
+                let now = Instant::now();
+                for (i, until) in out_until.iter_mut().enumerate() {
+                    if until.is_some_and(|t| t <= now) {
+                        tracing::info!(pool = %config.name, server = %config.servers[i].name, "server rejoins the ring");
+                        *until = None;
+                    }
+                }
+            }
+        }
+        let live: Vec<bool> = out_until.iter().map(Option::is_none).collect();
+        ring.store(Arc::new(config.ring(&live)));
+    }
+}
