@@ -1,0 +1,281 @@
+//! Real servers for integration tests: redis-server, nutcracker and ringproxy itself, each on a
+//! free loopback port, waited for until it answers, and stopped on drop.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A fresh directory for one test's files, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "ringproxy-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Polls `ready` until it holds, failing the test after `limit`. This waits for a condition
+/// (a server answering), never for a fixed time.
+pub fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Sends raw bytes and reads the raw reply bytes until `expect_len` bytes are in, or the
+/// connection closes.
+pub struct Raw {
+    pub stream: TcpStream,
+}
+
+impl Raw {
+    pub fn connect(port: u16) -> Raw {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Raw { stream }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads exactly `n` bytes.
+    pub fn read_n(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        self.stream.read_exact(&mut buf).unwrap();
+        buf
+    }
+
+    /// Sends `request` and expects exactly `reply` back.
+    pub fn roundtrip(&mut self, request: &[u8], reply: &[u8]) {
+        self.send(request);
+        let got = self.read_n(reply.len());
+        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(reply), "reply to {:?}", String::from_utf8_lossy(request));
+    }
+
+    /// Reads one CRLF-terminated line.
+    pub fn read_line(&mut self) -> String {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            if self.stream.read(&mut byte).unwrap() == 0 {
+                break;
+            }
+            line.push(byte[0]);
+        }
+        String::from_utf8_lossy(&line).to_string()
+    }
+
+    /// True once the peer has closed the connection (reads to EOF, or a reset when the peer
+    /// closed with our bytes unread).
+    pub fn is_closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        match self.stream.read_to_end(&mut rest) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    }
+}
+
+pub fn command(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+fn answers_ping(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    // A server with a password answers -NOAUTH: it is up all the same.
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf).is_ok() && (&buf == b"+PONG\r\n" || buf.starts_with(b"-NOAUTH"))
+}
+
+/// A redis-server process.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Redis {
+        let port = free_port();
+        let mut r = Redis { port, child: None, args: extra.iter().map(|s| s.to_string()).collect() };
+        r.restart();
+        r
+    }
+
+    /// Starts (again) on the same port.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--enable-debug-command", "yes"])
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test installs it)");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until("redis-server", Duration::from_secs(10), || answers_ping(port));
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A direct connection, bypassing the proxy.
+    pub fn client(&self) -> redis::Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).unwrap().get_connection().unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Any child process, killed on drop.
+pub struct Process {
+    pub child: Child,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// twemproxy (Debian's nutcracker) on a config file; `port` is its listen port.
+pub fn nutcracker(config: &Path, port: u16) -> Process {
+    let stats = free_port();
+    let child = Command::new("nutcracker")
+        .args(["-c", config.to_str().unwrap(), "-s", &stats.to_string(), "-a", "127.0.0.1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nutcracker must be installed (scripts/test installs it)");
+    wait_until("nutcracker", Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).is_ok());
+    Process { child }
+}
+
+/// ringproxy itself, from the binary cargo built for the tests.
+pub struct Proxy {
+    pub process: Process,
+    pub admin: u16,
+    _dir: TempDir,
+}
+
+impl Proxy {
+    /// Starts ringproxy on `config` (YAML), serving admin on a free port, and waits until the
+    /// admin endpoint answers /health and `ready_port` accepts connections.
+    pub fn start(config: &str, ready_port: u16) -> Proxy {
+        let dir = TempDir::new("proxy");
+        let path = dir.write("config.yaml", config);
+        let admin = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_ringproxy"))
+            .args(["--config", path.to_str().unwrap(), "--admin-listen", &format!("127.0.0.1:{admin}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let proxy = Proxy { process: Process { child }, admin, _dir: dir };
+        wait_until("ringproxy", Duration::from_secs(10), || {
+            http_get(admin, "/health").is_some_and(|(status, _)| status == 200)
+                && TcpStream::connect(("127.0.0.1", ready_port)).is_ok()
+        });
+        proxy
+    }
+
+    pub fn http(&self, path: &str) -> (u16, String) {
+        http_get(self.admin, path).expect("admin endpoint answers")
+    }
+
+    /// Waits until /ready says `ready`.
+    pub fn wait_ready(&self, ready: bool) {
+        wait_until("readiness", Duration::from_secs(20), || (self.http("/ready").0 == 200) == ready);
+    }
+
+    /// Resident memory of the proxy process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+/// A tiny HTTP GET: (status, body), or `None` if nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// A ringproxy YAML pool over `servers` (ringproxy's schema) with extra pool lines.
+pub fn pool_config(port: u16, servers: &[String], extra: &str) -> String {
+    let mut yaml = format!("pools:\n  main:\n    listen: 127.0.0.1:{port}\n{extra}    servers:\n");
+    for s in servers {
+        yaml.push_str(&format!("      - {s}\n"));
+    }
+    yaml
+}
