@@ -1,0 +1,89 @@
+//! The same unchanged nutcracker.yml run by twemproxy (nutcracker) and by ringproxy puts every
+//! key on the same backend.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+
+/// 10,000 keys: ASCII, UTF-8 and raw bytes ≥ 0x80, of varied lengths.
+fn keys() -> Vec<Vec<u8>> {
+    (0..10_000u32)
+        .map(|i| match i % 4 {
+            0 => format!("user:{i}").into_bytes(),
+            1 => format!("ключ-{i}-ü").into_bytes(),
+            2 => {
+                let mut k = vec![0xff, 0x80, (i % 256) as u8];
+                k.extend_from_slice(&i.to_le_bytes());
+                k
+            }
+            _ => format!("session/{:08x}/{}", i.wrapping_mul(2_654_435_761), "x".repeat((i % 50) as usize)).into_bytes(),
+        })
+        .collect()
+}
+
+/// Writes every key through the proxy on `port`, then asks each backend which keys it holds.
+fn placement(port: u16, backends: &[Redis], keys: &[Vec<u8>]) -> HashMap<Vec<u8>, usize> {
+    // Raw RESP: twemproxy cannot answer the handshake that client libraries send.
+    let mut conn = Raw::connect(port);
+    for chunk in keys.chunks(500) {
+        let pipeline: Vec<u8> = chunk.iter().flat_map(|k| command(&[b"SET", k, b"1"])).collect();
+        conn.roundtrip(&pipeline, &b"+OK\r\n".repeat(chunk.len()));
+    }
+    let mut placed = HashMap::new();
+    for (i, b) in backends.iter().enumerate() {
+        let held: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query(&mut b.client()).unwrap();
+        for k in held {
+            assert!(placed.insert(k, i).is_none(), "a key on two backends");
+        }
+    }
+    assert_eq!(placed.len(), keys.len());
+    placed
+}
+
+fn same_placement(server_lines: &[&str]) {
+    let backends: Vec<Redis> = (0..3).map(|_| Redis::start()).collect();
+    let port = free_port();
+    let mut yaml = format!(
+        "alpha:\n  listen: 127.0.0.1:{port}\n  hash: fnv1a_64\n  distribution: ketama\n  redis: true\n  timeout: 2000\n  servers:\n"
+    );
+    for (b, line) in backends.iter().zip(server_lines) {
+        yaml.push_str(&format!("   - {}:{line}\n", b.addr()));
+    }
+    let dir = TempDir::new("compat");
+    let file = dir.write("nutcracker.yml", &yaml);
+    let keys = keys();
+
+    let twemproxy = nutcracker(&file, port);
+    let by_twemproxy = placement(port, &backends, &keys);
+    drop(twemproxy);
+    for b in &backends {
+        redis::cmd("FLUSHALL").query::<()>(&mut b.client()).unwrap();
+    }
+
+    let proxy = Proxy::start(&std::fs::read_to_string(&file).unwrap(), port);
+    let by_ringproxy = placement(port, &backends, &keys);
+    drop(proxy);
+
+    let moved = keys.iter().filter(|k| by_twemproxy[*k] != by_ringproxy[*k]).count();
+    assert_eq!(moved, 0, "keys placed differently for servers {server_lines:?}");
+    let mut per_backend = [0; 3];
+    by_ringproxy.values().for_each(|&i| per_backend[i] += 1);
+    assert!(per_backend.iter().all(|&n| n > 0), "every backend holds keys: {per_backend:?}");
+}
+
+#[test]
+fn named_servers_with_unequal_weights() {
+    same_placement(&["1 alpha", "2 beta", "3 gamma"]);
+}
+
+#[test]
+fn unnamed_servers_with_equal_weights() {
+    same_placement(&["1", "1", "1"]);
+}
+
+#[test]
+fn unnamed_servers_with_unequal_weights() {
+    same_placement(&["3", "1", "2"]);
+}
