@@ -105,7 +105,8 @@ pub struct EjectHook {
 /// What a node's connection and health tasks share with the node.
 #[derive(Debug)]
 pub(crate) struct NodeShared {
-    /// `shard-a (127.0.0.1:7000)`: how errors and logs name the node.
+    /// `shard-a (127.0.0.1:7000)`, or `shard-a (127.0.0.1:7100, replica)`: how errors and logs
+    /// name the node.
     label: Arc<str>,
     up: AtomicBool,
     failures: AtomicU32,
@@ -192,7 +193,11 @@ impl Node {
         metrics: ServerMetrics,
         eject: Option<EjectHook>,
     ) -> Node {
-        let label: Arc<str> = format!("{server_name} ({addr})").into();
+        let label: Arc<str> = match role {
+            Role::Master => format!("{server_name} ({addr})"),
+            Role::Replica => format!("{server_name} ({addr}, replica)"),
+        }
+        .into();
         let shared = Arc::new(NodeShared {
             label,
             up: AtomicBool::new(false),
