@@ -9,7 +9,11 @@ use common::*;
 
 fn setup() -> (Vec<Redis>, u16, Proxy) {
     let shards: Vec<Redis> = (0..3).map(|_| Redis::start()).collect();
-    let servers: Vec<String> = shards.iter().enumerate().map(|(i, r)| format!("{}:1 s{i}", r.addr())).collect();
+    let servers: Vec<String> = shards
+        .iter()
+        .enumerate()
+        .map(|(i, r)| format!("{}:1 s{i}", r.addr()))
+        .collect();
     let port = free_port();
     let proxy = Proxy::start(&pool_config(port, &servers, ""), port);
     (shards, port, proxy)
@@ -19,17 +23,32 @@ fn setup() -> (Vec<Redis>, u16, Proxy) {
 fn redis_py_sync_asyncio_hiredis_and_resp3() {
     let (_shards, port, _proxy) = setup();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/clients.py");
-    let out = Command::new("python3").args([script, &port.to_string()]).output().expect("python3 (scripts/test installs it)");
+    let out = Command::new("python3")
+        .args([script, &port.to_string()])
+        .output()
+        .expect("python3 (scripts/test installs it)");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 7, "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("ok ")).count(),
+        7,
+        "{stdout}"
+    );
 }
 
 #[test]
 fn redis_cli_works_unchanged() {
     let (_shards, port, _proxy) = setup();
     let cli = |args: &[&str]| {
-        let out = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().unwrap();
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
         assert!(out.status.success());
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
@@ -43,12 +62,29 @@ fn redis_cli_works_unchanged() {
 fn redis_benchmark_runs_through_the_proxy() {
     let (_shards, port, _proxy) = setup();
     let out = Command::new("redis-benchmark")
-        .args(["-p", &port.to_string(), "-n", "2000", "-c", "10", "-r", "1000", "-P", "4", "-t", "set,get,mset", "-q"])
+        .args([
+            "-p",
+            &port.to_string(),
+            "-n",
+            "2000",
+            "-c",
+            "10",
+            "-r",
+            "1000",
+            "-P",
+            "4",
+            "-t",
+            "set,get,mset",
+            "-q",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     for test in ["SET", "GET", "MSET (10 keys)"] {
-        assert!(stdout.contains(&format!("{test}: ")) && stdout.contains("requests per second"), "{test} in {stdout}");
+        assert!(
+            stdout.contains(&format!("{test}: ")) && stdout.contains("requests per second"),
+            "{test} in {stdout}"
+        );
     }
 }

@@ -4,7 +4,10 @@ mod common;
 
 /// The value of the sample named exactly `name` in a Prometheus text exposition.
 fn metric(text: &str, name: &str) -> u64 {
-    text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 use std::time::Duration;
@@ -21,10 +24,18 @@ struct Setup {
 
 fn setup(extra: &str) -> Setup {
     let shards: Vec<Redis> = (0..3).map(|_| Redis::start()).collect();
-    let servers: Vec<String> = shards.iter().enumerate().map(|(i, r)| format!("{}:1 shard-{i}", r.addr())).collect();
+    let servers: Vec<String> = shards
+        .iter()
+        .enumerate()
+        .map(|(i, r)| format!("{}:1 shard-{i}", r.addr()))
+        .collect();
     let port = free_port();
     let proxy = Proxy::start(&pool_config(port, &servers, extra), port);
-    Setup { shards, port, proxy }
+    Setup {
+        shards,
+        port,
+        proxy,
+    }
 }
 
 impl Setup {
@@ -33,12 +44,17 @@ impl Setup {
     }
 
     fn client(&self) -> redis::Connection {
-        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).unwrap().get_connection().unwrap()
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
+            .unwrap()
+            .get_connection()
+            .unwrap()
     }
 
     /// Which shard holds `key`, asking each directly.
     fn holder(&self, key: &str) -> Option<usize> {
-        self.shards.iter().position(|s| s.client().exists::<_, bool>(key).unwrap())
+        self.shards
+            .iter()
+            .position(|s| s.client().exists::<_, bool>(key).unwrap())
     }
 
     /// A key that lives on shard `i`.
@@ -64,12 +80,21 @@ fn handshake_commands_are_answered_by_the_proxy() {
     r.roundtrip(&command(&[b"PING", b"hi"]), b"$2\r\nhi\r\n");
     r.roundtrip(&command(&[b"ECHO", b"x y"]), b"$3\r\nx y\r\n");
     r.roundtrip(&command(&[b"SELECT", b"0"]), b"+OK\r\n");
-    r.roundtrip(&command(&[b"SELECT", b"1"]), b"-ERR ringproxy serves database 0 only\r\n");
+    r.roundtrip(
+        &command(&[b"SELECT", b"1"]),
+        b"-ERR ringproxy serves database 0 only\r\n",
+    );
     r.roundtrip(&command(&[b"CLIENT", b"GETNAME"]), b"$-1\r\n");
     r.roundtrip(&command(&[b"CLIENT", b"SETNAME", b"app"]), b"+OK\r\n");
     r.roundtrip(&command(&[b"CLIENT", b"GETNAME"]), b"$3\r\napp\r\n");
-    r.roundtrip(&command(&[b"CLIENT", b"SETINFO", b"LIB-NAME", b"x"]), b"+OK\r\n");
-    r.roundtrip(&command(&[b"CLIENT", b"KILL", b"x"]), b"-ERR unsupported command 'CLIENT KILL'\r\n");
+    r.roundtrip(
+        &command(&[b"CLIENT", b"SETINFO", b"LIB-NAME", b"x"]),
+        b"+OK\r\n",
+    );
+    r.roundtrip(
+        &command(&[b"CLIENT", b"KILL", b"x"]),
+        b"-ERR unsupported command 'CLIENT KILL'\r\n",
+    );
     r.send(&command(&[b"CLIENT", b"ID"]));
     assert!(r.read_line().starts_with(':'));
     r.send(&command(&[b"COMMAND", b"COUNT"]));
@@ -92,7 +117,10 @@ fn handshake_commands_are_answered_by_the_proxy() {
         }
     }
     r.roundtrip(&command(&[b"GET", b"missing"]), b"_\r\n");
-    r.roundtrip(&command(&[b"HELLO", b"4"]), b"-NOPROTO unsupported protocol version\r\n");
+    r.roundtrip(
+        &command(&[b"HELLO", b"4"]),
+        b"-NOPROTO unsupported protocol version\r\n",
+    );
     r.send(&command(&[b"HELLO", b"2"]));
     assert_eq!(r.read_line(), "*16\r\n");
     for _ in 0..16 {
@@ -122,10 +150,20 @@ fn pipeline_across_shards_keeps_request_order() {
         expected.extend(format!("${}\r\n{value}\r\n+PONG\r\n", value.len()).bytes());
     }
     r.send(&pipeline);
-    assert_eq!(String::from_utf8_lossy(&r.read_n(expected.len())), String::from_utf8_lossy(&expected));
-    let per_shard: Vec<usize> = s.shards.iter().map(|sh| redis::cmd("DBSIZE").query(&mut sh.client()).unwrap()).collect();
+    assert_eq!(
+        String::from_utf8_lossy(&r.read_n(expected.len())),
+        String::from_utf8_lossy(&expected)
+    );
+    let per_shard: Vec<usize> = s
+        .shards
+        .iter()
+        .map(|sh| redis::cmd("DBSIZE").query(&mut sh.client()).unwrap())
+        .collect();
     assert_eq!(per_shard.iter().sum::<usize>(), 500);
-    assert!(per_shard.iter().all(|&n| n > 100), "keys spread over every shard: {per_shard:?}");
+    assert!(
+        per_shard.iter().all(|&n| n > 100),
+        "keys spread over every shard: {per_shard:?}"
+    );
 }
 
 #[test]
@@ -133,8 +171,13 @@ fn multi_key_commands_split_and_merge_in_key_order() {
     let s = setup("");
     let mut c = s.client();
     // twemproxy's fnv1a_64 puts similar short keys on one shard; these spread.
-    let keys: Vec<String> = (0..100u64).map(|i| format!("{:x}:user", i.wrapping_mul(0x9e37_79b9_7f4a_7c15))).collect();
-    let pairs: Vec<(String, String)> = keys.iter().map(|k| (k.clone(), format!("{k}-value"))).collect();
+    let keys: Vec<String> = (0..100u64)
+        .map(|i| format!("{:x}:user", i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+        .collect();
+    let pairs: Vec<(String, String)> = keys
+        .iter()
+        .map(|k| (k.clone(), format!("{k}-value")))
+        .collect();
     let _: () = c.mset(&pairs).unwrap();
     let mut asked = keys.clone();
     asked.insert(50, "absent".to_string());
@@ -179,9 +222,18 @@ fn unsupported_and_cross_shard_commands_get_errors_and_the_connection_stays() {
     let a = s.key_on(0, "a");
     let b = s.key_on(1, "b");
     let mut r = s.raw();
-    r.roundtrip(&command(&[b"BLPOP", b"q", b"0"]), b"-ERR unsupported command 'BLPOP'\r\n");
-    r.roundtrip(&command(&[b"FLUSHALL"]), b"-ERR unsupported command 'FLUSHALL'\r\n");
-    r.roundtrip(&command(&[b"GET"]), b"-ERR wrong number of arguments for 'get' command\r\n");
+    r.roundtrip(
+        &command(&[b"BLPOP", b"q", b"0"]),
+        b"-ERR unsupported command 'BLPOP'\r\n",
+    );
+    r.roundtrip(
+        &command(&[b"FLUSHALL"]),
+        b"-ERR unsupported command 'FLUSHALL'\r\n",
+    );
+    r.roundtrip(
+        &command(&[b"GET"]),
+        b"-ERR wrong number of arguments for 'get' command\r\n",
+    );
     r.roundtrip(
         &command(&[b"RENAME", a.as_bytes(), b.as_bytes()]),
         b"-CROSSSLOT Keys in request don't hash to the same shard (command 'rename'); use a hash tag\r\n",
@@ -198,8 +250,14 @@ fn hash_tags_keep_related_keys_together() {
         let from = format!("{{order{i}}}:pending");
         let to = format!("{{order{i}}}:done");
         r.roundtrip(&command(&[b"SET", from.as_bytes(), b"x"]), b"+OK\r\n");
-        r.roundtrip(&command(&[b"RENAME", from.as_bytes(), to.as_bytes()]), b"+OK\r\n");
-        assert_eq!(s.holder(&to), s.holder(&format!("{{order{i}}}")).or(s.holder(&to)));
+        r.roundtrip(
+            &command(&[b"RENAME", from.as_bytes(), to.as_bytes()]),
+            b"+OK\r\n",
+        );
+        assert_eq!(
+            s.holder(&to),
+            s.holder(&format!("{{order{i}}}")).or(s.holder(&to))
+        );
     }
 }
 
@@ -207,16 +265,30 @@ fn hash_tags_keep_related_keys_together() {
 fn pool_password_is_required() {
     let s = setup("    auth: { password: s3cret }\n");
     let mut r = s.raw();
-    r.roundtrip(&command(&[b"GET", b"k"]), b"-NOAUTH Authentication required.\r\n");
-    r.roundtrip(&command(&[b"PING"]), b"-NOAUTH Authentication required.\r\n");
-    r.roundtrip(&command(&[b"AUTH", b"wrong"]), b"-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+    r.roundtrip(
+        &command(&[b"GET", b"k"]),
+        b"-NOAUTH Authentication required.\r\n",
+    );
+    r.roundtrip(
+        &command(&[b"PING"]),
+        b"-NOAUTH Authentication required.\r\n",
+    );
+    r.roundtrip(
+        &command(&[b"AUTH", b"wrong"]),
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+    );
     r.roundtrip(&command(&[b"AUTH", b"s3cret"]), b"+OK\r\n");
     r.roundtrip(&command(&[b"GET", b"k"]), b"$-1\r\n");
     let mut r = s.raw();
-    r.send(&command(&[b"HELLO", b"3", b"AUTH", b"default", b"s3cret", b"SETNAME", b"me"]));
+    r.send(&command(&[
+        b"HELLO", b"3", b"AUTH", b"default", b"s3cret", b"SETNAME", b"me",
+    ]));
     assert_eq!(r.read_line(), "%8\r\n");
     let mut r = s.raw();
-    r.roundtrip(&command(&[b"AUTH", b"other", b"s3cret"]), b"-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+    r.roundtrip(
+        &command(&[b"AUTH", b"other", b"s3cret"]),
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+    );
 }
 
 #[test]
@@ -226,15 +298,30 @@ fn malformed_input_closes_only_that_client() {
     steady.roundtrip(&command(&[b"SET", b"steady", b"1"]), b"+OK\r\n");
     let rss_before = s.proxy.rss_kib();
     let cases: [(&[u8], &[u8]); 4] = [
-        (b"*1\r\n$4\r\nPING\r\n*x\r\n", b"+PONG\r\n-ERR Protocol error: invalid multibulk length\r\n"),
-        (b"*2\r\n$3\r\nGET\r\n$1073741824\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
-        (b"*1\r\n*1\r\n*1\r\n", b"-ERR Protocol error: expected '$', got '*'\r\n"),
-        (b"*1\r\n$4\r\nPINGxx", b"-ERR Protocol error: expected CRLF after bulk string\r\n"),
+        (
+            b"*1\r\n$4\r\nPING\r\n*x\r\n",
+            b"+PONG\r\n-ERR Protocol error: invalid multibulk length\r\n",
+        ),
+        (
+            b"*2\r\n$3\r\nGET\r\n$1073741824\r\n",
+            b"-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"*1\r\n*1\r\n*1\r\n",
+            b"-ERR Protocol error: expected '$', got '*'\r\n",
+        ),
+        (
+            b"*1\r\n$4\r\nPINGxx",
+            b"-ERR Protocol error: expected CRLF after bulk string\r\n",
+        ),
     ];
     for (input, reply) in cases {
         let mut r = s.raw();
         r.send(input);
-        assert_eq!(String::from_utf8_lossy(&r.read_n(reply.len())), String::from_utf8_lossy(reply));
+        assert_eq!(
+            String::from_utf8_lossy(&r.read_n(reply.len())),
+            String::from_utf8_lossy(reply)
+        );
         assert!(r.is_closed());
     }
     // 100,000 nested arrays: rejected at the first nested header, nothing recursed.
@@ -250,26 +337,36 @@ fn malformed_input_closes_only_that_client() {
     // Garbage bytes read as inline commands: error replies (unknown commands, then a protocol
     // error), never a crash.
     let mut r = s.raw();
-    let garbage: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     r.send(&garbage);
     let line = r.read_line();
     assert!(line.starts_with("-ERR "), "{line}");
     drop(r);
     steady.roundtrip(&command(&[b"GET", b"steady"]), b"$1\r\n1\r\n");
     let rss_after = s.proxy.rss_kib();
-    assert!(rss_after < rss_before + 32 * 1024, "rss grew from {rss_before} KiB to {rss_after} KiB");
+    assert!(
+        rss_after < rss_before + 32 * 1024,
+        "rss grew from {rss_before} KiB to {rss_after} KiB"
+    );
 }
 
 #[test]
 fn inline_commands_work() {
     let s = setup("");
     let mut r = s.raw();
-    r.roundtrip(b"SET inline \"a b\"\r\nGET inline\r\n", b"+OK\r\n$3\r\na b\r\n");
+    r.roundtrip(
+        b"SET inline \"a b\"\r\nGET inline\r\n",
+        b"+OK\r\n$3\r\na b\r\n",
+    );
 }
 
 #[test]
 fn dead_backend_gives_errors_for_its_keys_only_and_its_return_is_noticed() {
-    let mut s = setup("    timeout_ms: 500\n    health_check: { interval_ms: 50, timeout_ms: 200, failures: 1 }\n");
+    let mut s = setup(
+        "    timeout_ms: 500\n    health_check: { interval_ms: 50, timeout_ms: 200, failures: 1 }\n",
+    );
     let keys: Vec<String> = (0..3).map(|i| s.key_on(i, &format!("s{i}-"))).collect();
     let mut r = s.raw();
     for k in &keys {
@@ -309,7 +406,11 @@ fn slow_backend_times_out_with_an_error_reply() {
     let mut r = s.raw();
     r.send(&command(&[b"GET", key.as_bytes()]));
     let line = r.read_line();
-    assert!(line.starts_with("-ERR backend shard-0 (127.0.0.1:") && line.contains("timed out after 200 ms"), "{line}");
+    assert!(
+        line.starts_with("-ERR backend shard-0 (127.0.0.1:")
+            && line.contains("timed out after 200 ms"),
+        "{line}"
+    );
     assert_eq!(direct.read_line(), "+OK\r\n");
     wait_until("shard-0 answering again", Duration::from_secs(10), || {
         r.send(&command(&[b"GET", key.as_bytes()]));
@@ -324,15 +425,28 @@ fn eject_takes_a_failing_server_off_the_ring_and_back() {
     );
     let key = s.key_on(2, "ej");
     s.shards[2].kill();
-    wait_until("shard-2 ejected", Duration::from_secs(10), || s.proxy.http("/topology").1.contains("\"name\":\"shard-2\",\"identity\":\"shard-2\",\"weight\":1,\"on_ring\":false"));
+    wait_until("shard-2 ejected", Duration::from_secs(10), || {
+        s.proxy.http("/topology").1.contains(
+            "\"name\":\"shard-2\",\"identity\":\"shard-2\",\"weight\":1,\"on_ring\":false",
+        )
+    });
     // While it is out, its keys rehash to the others and writes succeed.
     let mut r = s.raw();
     r.roundtrip(&command(&[b"SET", key.as_bytes(), b"moved"]), b"+OK\r\n");
-    assert!(s.shards[..2].iter().any(|sh| sh.client().exists::<_, bool>(&key).unwrap()));
+    assert!(
+        s.shards[..2]
+            .iter()
+            .any(|sh| sh.client().exists::<_, bool>(&key).unwrap())
+    );
     let (status, _) = s.proxy.http("/ready");
     assert_eq!(status, 200, "ready: every shard on the ring has its master");
     s.shards[2].restart();
-    wait_until("shard-2 back on the ring", Duration::from_secs(10), || s.proxy.http("/topology").1.contains("\"name\":\"shard-2\",\"identity\":\"shard-2\",\"weight\":1,\"on_ring\":true"));
+    wait_until("shard-2 back on the ring", Duration::from_secs(10), || {
+        s.proxy
+            .http("/topology")
+            .1
+            .contains("\"name\":\"shard-2\",\"identity\":\"shard-2\",\"weight\":1,\"on_ring\":true")
+    });
     r.roundtrip(&command(&[b"SET", key.as_bytes(), b"home"]), b"+OK\r\n");
     assert!(s.shards[2].client().exists::<_, bool>(&key).unwrap());
 }
@@ -356,7 +470,13 @@ fn reads_go_to_replicas_and_writes_to_masters() {
     assert!(master.client().exists::<_, bool>("w").unwrap());
     assert!(!replica.client().exists::<_, bool>("w").unwrap());
     let (_, topology) = proxy.http("/topology");
-    assert!(topology.contains(&format!("\"replicas\":[{{\"address\":\"{}\"", replica.addr())), "{topology}");
+    assert!(
+        topology.contains(&format!(
+            "\"replicas\":[{{\"address\":\"{}\"",
+            replica.addr()
+        )),
+        "{topology}"
+    );
 }
 
 #[test]
@@ -368,11 +488,20 @@ fn admin_endpoint_reports_health_readiness_metrics_and_topology() {
     r.roundtrip(&command(&[b"SET", b"m", b"1"]), b"+OK\r\n");
     let (status, metrics) = s.proxy.http("/metrics");
     assert_eq!(status, 200);
-    assert!(metrics.contains("ringproxy_client_requests_total{pool=\"main\"} 1"), "{metrics}");
-    assert!(metrics.contains("ringproxy_client_connections{pool=\"main\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("ringproxy_client_requests_total{pool=\"main\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ringproxy_client_connections{pool=\"main\"} 1"),
+        "{metrics}"
+    );
     for i in 0..3 {
         // preconnect: every master has its connection before any request.
-        let line = format!("ringproxy_server_connections{{pool=\"main\",server=\"shard-{i}\",role=\"master\",address=\"{}\"}} 1", s.shards[i].addr());
+        let line = format!(
+            "ringproxy_server_connections{{pool=\"main\",server=\"shard-{i}\",role=\"master\",address=\"{}\"}} 1",
+            s.shards[i].addr()
+        );
         assert!(metrics.contains(&line), "{line} in {metrics}");
     }
     let (status, topology) = s.proxy.http("/topology");
@@ -402,13 +531,26 @@ fn sigterm_finishes_requests_in_flight_and_exits_zero() {
     let key = s.key_on(0, "drain");
     let mut direct = Raw::connect(s.shards[0].port);
     direct.send(&command(&[b"DEBUG", b"SLEEP", b"0.5"]));
-    let requests = |proxy: &Proxy| metric(&proxy.http("/metrics").1, "ringproxy_client_requests_total{pool=\"main\"}");
+    let requests = |proxy: &Proxy| {
+        metric(
+            &proxy.http("/metrics").1,
+            "ringproxy_client_requests_total{pool=\"main\"}",
+        )
+    };
     let before = requests(&s.proxy);
     let mut r = s.raw();
     r.send(&command(&[b"GET", key.as_bytes()]));
-    wait_until("request in flight", Duration::from_secs(5), || requests(&s.proxy) > before);
+    wait_until("request in flight", Duration::from_secs(5), || {
+        requests(&s.proxy) > before
+    });
     let pid = s.proxy.process.child.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     assert_eq!(r.read_line(), "$-1\r\n");
     assert!(r.is_closed());
     let status = s.proxy.process.child.wait().unwrap();
@@ -425,7 +567,10 @@ fn twemproxy_style_backend_auth_and_db() {
     );
     let _proxy = Proxy::start(&config, port);
     let mut r = Raw::connect(port);
-    r.roundtrip(&command(&[b"SET", b"k", b"v"]), b"-NOAUTH Authentication required.\r\n");
+    r.roundtrip(
+        &command(&[b"SET", b"k", b"v"]),
+        b"-NOAUTH Authentication required.\r\n",
+    );
     r.roundtrip(&command(&[b"AUTH", b"pw"]), b"+OK\r\n");
     r.roundtrip(&command(&[b"SET", b"k", b"v"]), b"+OK\r\n");
     let mut direct = Raw::connect(shard.port);
@@ -438,30 +583,54 @@ fn twemproxy_style_backend_auth_and_db() {
 fn bad_backend_password_is_reported() {
     let shard = Redis::start_with(&["--requirepass", "right"]);
     let port = free_port();
-    let config = pool_config(port, &[format!("{}:1 only", shard.addr())], "    backend_auth: { password: wrong }\n");
+    let config = pool_config(
+        port,
+        &[format!("{}:1 only", shard.addr())],
+        "    backend_auth: { password: wrong }\n",
+    );
     let _proxy = Proxy::start(&config, port);
     let mut r = Raw::connect(port);
     r.send(&command(&[b"GET", b"k"]));
     let line = r.read_line();
-    assert!(line.starts_with("-ERR backend only (") && line.contains("handshake refused: WRONGPASS"), "{line}");
+    assert!(
+        line.starts_with("-ERR backend only (") && line.contains("handshake refused: WRONGPASS"),
+        "{line}"
+    );
 }
 
 #[test]
 fn config_mistakes_exit_64_with_the_place() {
     let dir = TempDir::new("badconfig");
-    let path = dir.write("bad.yaml", "pools:\n  p:\n    listen: 127.0.0.1:1\n    hash: sha1\n    servers: [127.0.0.1:2:1]\n");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringproxy")).args(["--config", path.to_str().unwrap()]).output().unwrap();
+    let path = dir.write(
+        "bad.yaml",
+        "pools:\n  p:\n    listen: 127.0.0.1:1\n    hash: sha1\n    servers: [127.0.0.1:2:1]\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringproxy"))
+        .args(["--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("{}:4:11: unknown hash 'sha1'", path.display())), "{stderr}");
-    let good = dir.write("good.yaml", "pools:\n  p:\n    listen: 127.0.0.1:1\n    servers: [127.0.0.1:2:1 one]\n");
+    assert!(
+        stderr.contains(&format!("{}:4:11: unknown hash 'sha1'", path.display())),
+        "{stderr}"
+    );
+    let good = dir.write(
+        "good.yaml",
+        "pools:\n  p:\n    listen: 127.0.0.1:1\n    servers: [127.0.0.1:2:1 one]\n",
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringproxy"))
         .args(["--check-config", "--config", good.to_str().unwrap()])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("server one weight 1 master 127.0.0.1:2"));
-    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_ringproxy")).args(["--config", "/nonexistent.yaml"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("server one weight 1 master 127.0.0.1:2")
+    );
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_ringproxy"))
+        .args(["--config", "/nonexistent.yaml"])
+        .output()
+        .unwrap();
     assert_eq!(missing.status.code(), Some(64));
 }
 
@@ -469,10 +638,18 @@ fn config_mistakes_exit_64_with_the_place() {
 fn client_connections_limit_is_enforced() {
     let shard = Redis::start();
     let port = free_port();
-    let config = format!("alpha:\n  listen: 127.0.0.1:{port}\n  redis: true\n  client_connections: 1\n  servers:\n   - {}:1\n", shard.addr());
+    let config = format!(
+        "alpha:\n  listen: 127.0.0.1:{port}\n  redis: true\n  client_connections: 1\n  servers:\n   - {}:1\n",
+        shard.addr()
+    );
     let _proxy = Proxy::start(&config, port);
     // The readiness probe's connection must be gone before the limit is tested.
-    wait_until("no clients", Duration::from_secs(5), || _proxy.http("/metrics").1.contains("ringproxy_client_connections{pool=\"alpha\"} 0"));
+    wait_until("no clients", Duration::from_secs(5), || {
+        _proxy
+            .http("/metrics")
+            .1
+            .contains("ringproxy_client_connections{pool=\"alpha\"} 0")
+    });
     let mut first = Raw::connect(port);
     first.roundtrip(b"PING\r\n", b"+PONG\r\n");
     let mut second = Raw::connect(port);

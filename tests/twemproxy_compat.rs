@@ -18,7 +18,12 @@ fn keys() -> Vec<Vec<u8>> {
                 k.extend_from_slice(&i.to_le_bytes());
                 k
             }
-            _ => format!("session/{:08x}/{}", i.wrapping_mul(2_654_435_761), "x".repeat((i % 50) as usize)).into_bytes(),
+            _ => format!(
+                "session/{:08x}/{}",
+                i.wrapping_mul(2_654_435_761),
+                "x".repeat((i % 50) as usize)
+            )
+            .into_bytes(),
         })
         .collect()
 }
@@ -28,7 +33,10 @@ fn placement(port: u16, backends: &[Redis], keys: &[Vec<u8>]) -> HashMap<Vec<u8>
     // Raw RESP: twemproxy cannot answer the handshake that client libraries send.
     let mut conn = Raw::connect(port);
     for chunk in keys.chunks(500) {
-        let pipeline: Vec<u8> = chunk.iter().flat_map(|k| command(&[b"SET", k, b"1"])).collect();
+        let pipeline: Vec<u8> = chunk
+            .iter()
+            .flat_map(|k| command(&[b"SET", k, b"1"]))
+            .collect();
         conn.roundtrip(&pipeline, &b"+OK\r\n".repeat(chunk.len()));
     }
     let mut placed = HashMap::new();
@@ -66,11 +74,20 @@ fn same_placement(server_lines: &[&str]) {
     let by_ringproxy = placement(port, &backends, &keys);
     drop(proxy);
 
-    let moved = keys.iter().filter(|k| by_twemproxy[*k] != by_ringproxy[*k]).count();
-    assert_eq!(moved, 0, "keys placed differently for servers {server_lines:?}");
+    let moved = keys
+        .iter()
+        .filter(|k| by_twemproxy[*k] != by_ringproxy[*k])
+        .count();
+    assert_eq!(
+        moved, 0,
+        "keys placed differently for servers {server_lines:?}"
+    );
     let mut per_backend = [0; 3];
     by_ringproxy.values().for_each(|&i| per_backend[i] += 1);
-    assert!(per_backend.iter().all(|&n| n > 0), "every backend holds keys: {per_backend:?}");
+    assert!(
+        per_backend.iter().all(|&n| n > 0),
+        "every backend holds keys: {per_backend:?}"
+    );
 }
 
 #[test]

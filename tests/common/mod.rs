@@ -11,7 +11,11 @@ use std::time::{Duration, Instant};
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A fresh directory for one test's files, removed on drop.
@@ -61,7 +65,9 @@ pub struct Raw {
 impl Raw {
     pub fn connect(port: u16) -> Raw {
         let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         stream.set_nodelay(true).unwrap();
         Raw { stream }
     }
@@ -81,7 +87,12 @@ impl Raw {
     pub fn roundtrip(&mut self, request: &[u8], reply: &[u8]) {
         self.send(request);
         let got = self.read_n(reply.len());
-        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(reply), "reply to {:?}", String::from_utf8_lossy(request));
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(reply),
+            "reply to {:?}",
+            String::from_utf8_lossy(request)
+        );
     }
 
     /// Reads one CRLF-terminated line.
@@ -119,7 +130,9 @@ pub fn command(args: &[&[u8]]) -> Vec<u8> {
 }
 
 fn answers_ping(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
     if s.write_all(b"PING\r\n").is_err() {
         return false;
@@ -143,7 +156,11 @@ impl Redis {
 
     pub fn start_with(extra: &[&str]) -> Redis {
         let port = free_port();
-        let mut r = Redis { port, child: None, args: extra.iter().map(|s| s.to_string()).collect() };
+        let mut r = Redis {
+            port,
+            child: None,
+            args: extra.iter().map(|s| s.to_string()).collect(),
+        };
         r.restart();
         r
     }
@@ -151,7 +168,16 @@ impl Redis {
     /// Starts (again) on the same port.
     pub fn restart(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .args(["--enable-debug-command", "yes"])
             .args(&self.args)
             .stdout(Stdio::null())
@@ -160,7 +186,9 @@ impl Redis {
             .expect("redis-server must be installed (scripts/test installs it)");
         self.child = Some(child);
         let port = self.port;
-        wait_until("redis-server", Duration::from_secs(10), || answers_ping(port));
+        wait_until("redis-server", Duration::from_secs(10), || {
+            answers_ping(port)
+        });
     }
 
     pub fn kill(&mut self) {
@@ -176,7 +204,10 @@ impl Redis {
 
     /// A direct connection, bypassing the proxy.
     pub fn client(&self) -> redis::Connection {
-        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).unwrap().get_connection().unwrap()
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
+            .unwrap()
+            .get_connection()
+            .unwrap()
     }
 }
 
@@ -202,12 +233,21 @@ impl Drop for Process {
 pub fn nutcracker(config: &Path, port: u16) -> Process {
     let stats = free_port();
     let child = Command::new("nutcracker")
-        .args(["-c", config.to_str().unwrap(), "-s", &stats.to_string(), "-a", "127.0.0.1"])
+        .args([
+            "-c",
+            config.to_str().unwrap(),
+            "-s",
+            &stats.to_string(),
+            "-a",
+            "127.0.0.1",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("nutcracker must be installed (scripts/test installs it)");
-    wait_until("nutcracker", Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).is_ok());
+    wait_until("nutcracker", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
     Process { child }
 }
 
@@ -226,12 +266,21 @@ impl Proxy {
         let path = dir.write("config.yaml", config);
         let admin = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_ringproxy"))
-            .args(["--config", path.to_str().unwrap(), "--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args([
+                "--config",
+                path.to_str().unwrap(),
+                "--admin-listen",
+                &format!("127.0.0.1:{admin}"),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let proxy = Proxy { process: Process { child }, admin, _dir: dir };
+        let proxy = Proxy {
+            process: Process { child },
+            admin,
+            _dir: dir,
+        };
         wait_until("ringproxy", Duration::from_secs(10), || {
             http_get(admin, "/health").is_some_and(|(status, _)| status == 200)
                 && TcpStream::connect(("127.0.0.1", ready_port)).is_ok()
@@ -245,12 +294,15 @@ impl Proxy {
 
     /// Waits until /ready says `ready`.
     pub fn wait_ready(&self, ready: bool) {
-        wait_until("readiness", Duration::from_secs(20), || (self.http("/ready").0 == 200) == ready);
+        wait_until("readiness", Duration::from_secs(20), || {
+            (self.http("/ready").0 == 200) == ready
+        });
     }
 
     /// Resident memory of the proxy process, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.child.id())).unwrap();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.process.child.id())).unwrap();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -263,11 +315,15 @@ impl Proxy {
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
