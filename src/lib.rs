@@ -1,6 +1,8 @@
 //! ringproxy: a stateless Redis and memcached proxy over a twemproxy-compatible consistent-hash ring.
 #![forbid(unsafe_code)]
 
+mod keyword;
+
 pub mod admin;
 pub mod backend;
 pub mod command;

@@ -8,15 +8,7 @@ use std::process::Command;
 use common::*;
 
 fn setup() -> (Vec<Redis>, u16, Proxy) {
-    let shards: Vec<Redis> = (0..3).map(|_| Redis::start()).collect();
-    let servers: Vec<String> = shards
-        .iter()
-        .enumerate()
-        .map(|(i, r)| format!("{}:1 s{i}", r.addr()))
-        .collect();
-    let port = free_port();
-    let proxy = Proxy::start(&pool_config(port, &servers, ""), port);
-    (shards, port, proxy)
+    three_shards("s", "")
 }
 
 #[test]

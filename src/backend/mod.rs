@@ -15,6 +15,7 @@ use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::{Address, PoolConfig};
+use crate::keyword::keywords;
 use crate::metrics::ServerMetrics;
 use crate::protocol::resp::encode;
 
@@ -79,18 +80,10 @@ pub struct BackendError {
     pub failure: Failure,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Master,
-    Replica,
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Role::Master => "master",
-            Role::Replica => "replica",
-        })
+keywords! {
+    pub enum Role ("role") {
+        Master = "master",
+        Replica = "replica",
     }
 }
 

@@ -279,62 +279,66 @@ fn base_pool(listen: &Spanned<Address>) -> PoolConfig {
     }
 }
 
+impl Pool {
+    /// Applies the pool's settings over the defaults.
+    fn into_parts(self, at: Location) -> Result<PoolParts, Invalid> {
+        let p = self;
+        let mut c = base_pool(&p.listen);
+        c.protocol = p.protocol.unwrap_or(c.protocol);
+        c.hash = p.hash.unwrap_or(c.hash);
+        c.distribution = p.distribution.unwrap_or(c.distribution);
+        c.hash_tag = p.hash_tag;
+        c.timeout = p.timeout_ms.map_or(c.timeout, millis);
+        c.server_connections = p.server_connections.map_or(1, |n| n.0);
+        c.preconnect = p.preconnect.unwrap_or(false);
+        c.read_from = p.read_from.unwrap_or(c.read_from);
+        c.failover = p.failover.unwrap_or(c.failover);
+        c.failure_limit = p.server_failure_limit.unwrap_or(c.failure_limit).max(1);
+        c.retry_timeout = p.server_retry_timeout_ms.map_or(c.retry_timeout, millis);
+        if let Some(h) = p.health_check {
+            c.health_check = HealthCheck {
+                interval: h.interval_ms.map_or(c.health_check.interval, millis),
+                timeout: h.timeout_ms.map_or(c.health_check.timeout, millis),
+                failures: h.failures.unwrap_or(c.health_check.failures).max(1),
+            };
+        }
+        if let Some(a) = p.auth {
+            c.client_password = secret(a.password, a.password_env, at, "auth")?;
+        }
+        if let Some(b) = p.backend_auth {
+            let password = secret(b.password, b.password_env, at, "backend_auth")?
+                .ok_or_else(|| invalid(at, "backend_auth needs a password or password_env"))?;
+            c.backend_auth = Some(BackendAuth {
+                username: b.username,
+                password,
+            });
+        }
+        c.db = p.db.unwrap_or(0);
+        c.client_connections = p.client_connections.filter(|&n| n > 0);
+        c.backlog = p.backlog.unwrap_or(c.backlog);
+        if let Some(l) = p.limits {
+            c.limits.max_args = l.max_args.unwrap_or(c.limits.max_args);
+            c.limits.max_bulk_bytes = l.max_bulk_bytes.unwrap_or(c.limits.max_bulk_bytes);
+            c.limits.max_inline_bytes = l.max_inline_bytes.unwrap_or(c.limits.max_inline_bytes);
+            c.max_pipeline = l.max_pipeline.unwrap_or(c.max_pipeline).max(1);
+            c.max_reply_depth = l.max_reply_depth.unwrap_or(c.max_reply_depth).max(1);
+        }
+        Ok(PoolParts {
+            listen: p.listen,
+            at,
+            config: c,
+            servers: p.servers,
+        })
+    }
+}
+
 impl File {
     pub(super) fn into_parts(self) -> Result<Parts, Invalid> {
-        let mut pools = Vec::new();
-        for (name, pool) in self.pools {
-            let at = pool.referenced;
-            let p = pool.value;
-            let mut c = base_pool(&p.listen);
-            c.protocol = p.protocol.unwrap_or(c.protocol);
-            c.hash = p.hash.unwrap_or(c.hash);
-            c.distribution = p.distribution.unwrap_or(c.distribution);
-            c.hash_tag = p.hash_tag;
-            c.timeout = p.timeout_ms.map_or(c.timeout, millis);
-            c.server_connections = p.server_connections.map_or(1, |n| n.0);
-            c.preconnect = p.preconnect.unwrap_or(false);
-            c.read_from = p.read_from.unwrap_or(c.read_from);
-            c.failover = p.failover.unwrap_or(c.failover);
-            c.failure_limit = p.server_failure_limit.unwrap_or(c.failure_limit).max(1);
-            c.retry_timeout = p.server_retry_timeout_ms.map_or(c.retry_timeout, millis);
-            if let Some(h) = p.health_check {
-                c.health_check = HealthCheck {
-                    interval: h.interval_ms.map_or(c.health_check.interval, millis),
-                    timeout: h.timeout_ms.map_or(c.health_check.timeout, millis),
-                    failures: h.failures.unwrap_or(c.health_check.failures).max(1),
-                };
-            }
-            if let Some(a) = p.auth {
-                c.client_password = secret(a.password, a.password_env, at, "auth")?;
-            }
-            if let Some(b) = p.backend_auth {
-                let password = secret(b.password, b.password_env, at, "backend_auth")?
-                    .ok_or_else(|| invalid(at, "backend_auth needs a password or password_env"))?;
-                c.backend_auth = Some(BackendAuth {
-                    username: b.username,
-                    password,
-                });
-            }
-            c.db = p.db.unwrap_or(0);
-            c.client_connections = p.client_connections.filter(|&n| n > 0);
-            c.backlog = p.backlog.unwrap_or(c.backlog);
-            if let Some(l) = p.limits {
-                c.limits.max_args = l.max_args.unwrap_or(c.limits.max_args);
-                c.limits.max_bulk_bytes = l.max_bulk_bytes.unwrap_or(c.limits.max_bulk_bytes);
-                c.limits.max_inline_bytes = l.max_inline_bytes.unwrap_or(c.limits.max_inline_bytes);
-                c.max_pipeline = l.max_pipeline.unwrap_or(c.max_pipeline).max(1);
-                c.max_reply_depth = l.max_reply_depth.unwrap_or(c.max_reply_depth).max(1);
-            }
-            pools.push((
-                name,
-                PoolParts {
-                    listen: p.listen,
-                    at,
-                    config: c,
-                    servers: p.servers,
-                },
-            ));
-        }
+        let pools = self
+            .pools
+            .into_iter()
+            .map(|(name, pool)| Ok((name, pool.value.into_parts(pool.referenced)?)))
+            .collect::<Result<_, Invalid>>()?;
         Ok(Parts {
             admin_listen: self.admin.map(|a| a.listen),
             shutdown_grace: self.shutdown_grace_ms.map_or(DEFAULT_GRACE, millis),
@@ -343,50 +347,59 @@ impl File {
     }
 }
 
-impl TwemproxyFile {
-    pub(super) fn into_parts(self) -> Result<Parts, Invalid> {
-        let mut pools = Vec::new();
-        for (name, pool) in self.0 {
-            let at = pool.referenced;
-            let p = pool.value;
-            let mut c = base_pool(&p.listen);
-            c.protocol = if p.redis.unwrap_or(false) {
+impl From<TwemproxyPool> for Pool {
+    /// twemproxy's keys in ringproxy's terms: `redis_auth` is both the clients' password and
+    /// the backends', `auto_eject_hosts` is `failover: eject`.
+    fn from(t: TwemproxyPool) -> Pool {
+        // Accepted for compatibility: ringproxy always sets TCP keepalive on backend connections
+        // and does not use SO_REUSEPORT.
+        let _ = (t.tcpkeepalive, t.reuseport);
+        Pool {
+            listen: t.listen,
+            protocol: Some(if t.redis.unwrap_or(false) {
                 Protocol::Redis
             } else {
                 Protocol::Memcache
-            };
-            c.hash = p.hash.unwrap_or(c.hash);
-            c.distribution = p.distribution.unwrap_or(c.distribution);
-            c.hash_tag = p.hash_tag;
-            c.timeout = p.timeout.map_or(c.timeout, millis);
-            c.server_connections = p.server_connections.map_or(1, |n| n.0);
-            c.preconnect = p.preconnect.unwrap_or(false);
-            if p.auto_eject_hosts.unwrap_or(false) {
-                c.failover = Failover::Eject;
-            }
-            c.failure_limit = p.server_failure_limit.unwrap_or(c.failure_limit).max(1);
-            c.retry_timeout = p.server_retry_timeout.map_or(c.retry_timeout, millis);
-            c.client_password = p.redis_auth.clone();
-            c.backend_auth = p.redis_auth.map(|password| BackendAuth {
+            }),
+            hash: t.hash,
+            distribution: t.distribution,
+            hash_tag: t.hash_tag,
+            timeout_ms: t.timeout,
+            server_connections: t.server_connections,
+            preconnect: t.preconnect,
+            read_from: None,
+            failover: t
+                .auto_eject_hosts
+                .unwrap_or(false)
+                .then_some(Failover::Eject),
+            server_failure_limit: t.server_failure_limit,
+            server_retry_timeout_ms: t.server_retry_timeout,
+            health_check: None,
+            auth: t.redis_auth.clone().map(|password| ClientAuth {
+                password: Some(password),
+                password_env: None,
+            }),
+            backend_auth: t.redis_auth.map(|password| RawBackendAuth {
                 username: None,
-                password,
-            });
-            c.db = p.redis_db.unwrap_or(0);
-            c.client_connections = p.client_connections.filter(|&n| n > 0);
-            c.backlog = p.backlog.unwrap_or(c.backlog);
-            // Accepted for compatibility; ringproxy always sets TCP keepalive and does not use
-            // SO_REUSEPORT.
-            let _ = (p.tcpkeepalive, p.reuseport);
-            pools.push((
-                name,
-                PoolParts {
-                    listen: p.listen,
-                    at,
-                    config: c,
-                    servers: p.servers,
-                },
-            ));
+                password: Some(password),
+                password_env: None,
+            }),
+            db: t.redis_db,
+            client_connections: t.client_connections,
+            backlog: t.backlog,
+            limits: None,
+            servers: t.servers,
         }
+    }
+}
+
+impl TwemproxyFile {
+    pub(super) fn into_parts(self) -> Result<Parts, Invalid> {
+        let pools = self
+            .0
+            .into_iter()
+            .map(|(name, pool)| Ok((name, Pool::from(pool.value).into_parts(pool.referenced)?)))
+            .collect::<Result<_, Invalid>>()?;
         Ok(Parts {
             admin_listen: None,
             shutdown_grace: DEFAULT_GRACE,

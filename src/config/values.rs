@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, de};
 
+use crate::keyword::keywords;
 use crate::ring::{Distribution, HashFn};
 
 /// Implements `Deserialize` through `FromStr`, turning its message into a located serde error.
@@ -20,15 +21,7 @@ macro_rules! deserialize_from_str {
     )*};
 }
 
-deserialize_from_str!(
-    Address,
-    Protocol,
-    ReadFrom,
-    Failover,
-    HashTag,
-    HashFn,
-    Distribution
-);
+deserialize_from_str!(Address, Protocol, ReadFrom, HashTag, HashFn, Distribution);
 
 /// `host:port`, kept as written: the host may be a name resolved when connecting.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -71,97 +64,43 @@ impl FromStr for Address {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    Redis,
-    Memcache,
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Redis => "redis",
-            Protocol::Memcache => "memcache",
-        })
+keywords! {
+    pub enum Protocol ("protocol") {
+        Redis = "redis",
+        Memcache = "memcache",
     }
 }
 
-impl FromStr for Protocol {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "redis" => Ok(Protocol::Redis),
-            "memcache" => Ok(Protocol::Memcache),
-            _ => Err(format!(
-                "unknown protocol '{s}' (expected redis or memcache)"
-            )),
-        }
+keywords! {
+    /// Where read commands go.
+    pub enum ReadFrom ("read_from") {
+        Master = "master",
+        Replica = "replica",
+        /// A replica while one is up, else the master.
+        ReplicaPreferred = "replica_preferred",
     }
 }
 
-/// Where read commands go.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadFrom {
-    Master,
-    Replica,
-    /// A replica while one is up, else the master.
-    ReplicaPreferred,
-}
-
-impl fmt::Display for ReadFrom {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ReadFrom::Master => "master",
-            ReadFrom::Replica => "replica",
-            ReadFrom::ReplicaPreferred => "replica_preferred",
-        })
+keywords! {
+    /// What happens to a server that keeps failing.
+    pub enum Failover ("failover") {
+        /// Its keys get error replies until it returns.
+        None = "none",
+        /// It leaves the ring for the retry timeout and its keys rehash to the others
+        /// (twemproxy's `auto_eject_hosts`).
+        Eject = "eject",
     }
 }
 
-impl FromStr for ReadFrom {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "master" => Ok(ReadFrom::Master),
-            "replica" => Ok(ReadFrom::Replica),
-            "replica_preferred" => Ok(ReadFrom::ReplicaPreferred),
-            _ => Err(format!(
-                "unknown read_from '{s}' (expected master, replica or replica_preferred)"
-            )),
-        }
-    }
-}
-
-/// What happens to a server that keeps failing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Failover {
-    /// Its keys get error replies until it returns.
-    None,
-    /// It leaves the ring for the retry timeout and its keys rehash to the others (twemproxy's
-    /// `auto_eject_hosts`).
-    Eject,
-}
-
-impl fmt::Display for Failover {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Failover::None => "none",
-            Failover::Eject => "eject",
-        })
-    }
-}
-
-impl FromStr for Failover {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "none" => Ok(Failover::None),
-            "eject" => Ok(Failover::Eject),
-            "promote" | "sentinel" => Err(format!(
+impl<'de> Deserialize<'de> for Failover {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "promote" || s == "sentinel" {
+            return Err(de::Error::custom(format!(
                 "failover '{s}' is not supported yet (use none or eject)"
-            )),
-            _ => Err(format!("unknown failover '{s}' (expected none or eject)")),
+            )));
         }
+        s.parse().map_err(de::Error::custom)
     }
 }
 
@@ -221,11 +160,12 @@ mod tests {
             "replica_preferred".parse::<ReadFrom>(),
             Ok(ReadFrom::ReplicaPreferred)
         );
+        assert_eq!("eject".parse::<Failover>(), Ok(Failover::Eject));
         assert!(
             "promote"
                 .parse::<Failover>()
                 .unwrap_err()
-                .contains("not supported")
+                .contains("expected one of: none, eject")
         );
         assert_eq!("{}".parse::<HashTag>(), Ok(HashTag(*b"{}")));
         assert!("{".parse::<HashTag>().is_err());

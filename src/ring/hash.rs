@@ -4,64 +4,32 @@
 //! (`(uint32_t)(char)0xff == 0xffffffff`). Reproducing that is what makes placement compatible;
 //! `signed` below is that conversion.
 
-use std::fmt;
-use std::str::FromStr;
-
 use crc::{CRC_32_ISO_HDLC, Crc};
 use md5::{Digest, Md5};
 
+use crate::keyword::keywords;
+
 const CRC32: Crc<u32> = Crc::<u32>::new(&CRC_32_ISO_HDLC);
 
-/// A key hash function, named as in twemproxy's configuration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HashFn {
-    OneAtATime,
-    Md5,
-    Crc16,
-    Crc32,
-    Crc32a,
-    Fnv164,
-    Fnv1a64,
-    Fnv132,
-    Fnv1a32,
-    Hsieh,
-    Murmur,
-    Jenkins,
+keywords! {
+    /// A key hash function, named as in twemproxy's configuration.
+    pub enum HashFn ("hash") {
+        OneAtATime = "one_at_a_time",
+        Md5 = "md5",
+        Crc16 = "crc16",
+        Crc32 = "crc32",
+        Crc32a = "crc32a",
+        Fnv164 = "fnv1_64",
+        Fnv1a64 = "fnv1a_64",
+        Fnv132 = "fnv1_32",
+        Fnv1a32 = "fnv1a_32",
+        Hsieh = "hsieh",
+        Murmur = "murmur",
+        Jenkins = "jenkins",
+    }
 }
 
 impl HashFn {
-    pub const ALL: [HashFn; 12] = [
-        HashFn::OneAtATime,
-        HashFn::Md5,
-        HashFn::Crc16,
-        HashFn::Crc32,
-        HashFn::Crc32a,
-        HashFn::Fnv164,
-        HashFn::Fnv1a64,
-        HashFn::Fnv132,
-        HashFn::Fnv1a32,
-        HashFn::Hsieh,
-        HashFn::Murmur,
-        HashFn::Jenkins,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            HashFn::OneAtATime => "one_at_a_time",
-            HashFn::Md5 => "md5",
-            HashFn::Crc16 => "crc16",
-            HashFn::Crc32 => "crc32",
-            HashFn::Crc32a => "crc32a",
-            HashFn::Fnv164 => "fnv1_64",
-            HashFn::Fnv1a64 => "fnv1a_64",
-            HashFn::Fnv132 => "fnv1_32",
-            HashFn::Fnv1a32 => "fnv1a_32",
-            HashFn::Hsieh => "hsieh",
-            HashFn::Murmur => "murmur",
-            HashFn::Jenkins => "jenkins",
-        }
-    }
-
     pub fn hash(self, key: &[u8]) -> u32 {
         match self {
             HashFn::OneAtATime => one_at_a_time(key),
@@ -78,25 +46,6 @@ impl HashFn {
             HashFn::Murmur => murmur(key),
             HashFn::Jenkins => jenkins(key),
         }
-    }
-}
-
-impl fmt::Display for HashFn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for HashFn {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        HashFn::ALL
-            .into_iter()
-            .find(|h| h.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = HashFn::ALL.iter().map(|h| h.name()).collect();
-                format!("unknown hash '{s}' (expected one of: {})", names.join(", "))
-            })
     }
 }
 
@@ -377,7 +326,7 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for f in HashFn::ALL {
+        for &f in HashFn::ALL {
             assert_eq!(f.name().parse::<HashFn>(), Ok(f));
         }
         assert!("sha1".parse::<HashFn>().is_err());

@@ -4,46 +4,17 @@
 mod hash;
 
 use std::cell::Cell;
-use std::fmt;
-use std::str::FromStr;
 
 pub use hash::HashFn;
 
-/// How keys spread over the servers of a pool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Distribution {
-    Ketama,
-    Modula,
-    Random,
-}
+use crate::keyword::keywords;
 
-impl Distribution {
-    pub fn name(self) -> &'static str {
-        match self {
-            Distribution::Ketama => "ketama",
-            Distribution::Modula => "modula",
-            Distribution::Random => "random",
-        }
-    }
-}
-
-impl fmt::Display for Distribution {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Distribution {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "ketama" => Ok(Distribution::Ketama),
-            "modula" => Ok(Distribution::Modula),
-            "random" => Ok(Distribution::Random),
-            _ => Err(format!(
-                "unknown distribution '{s}' (expected ketama, modula or random)"
-            )),
-        }
+keywords! {
+    /// How keys spread over the servers of a pool.
+    pub enum Distribution ("distribution") {
+        Ketama = "ketama",
+        Modula = "modula",
+        Random = "random",
     }
 }
 

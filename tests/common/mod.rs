@@ -178,7 +178,6 @@ impl Redis {
                 "--appendonly",
                 "no",
             ])
-            .args(["--enable-debug-command", "yes"])
             .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -334,4 +333,18 @@ pub fn pool_config(port: u16, servers: &[String], extra: &str) -> String {
         yaml.push_str(&format!("      - {s}\n"));
     }
     yaml
+}
+
+/// Three redis-server shards (named `{name}0`..`{name}2`) behind one ringproxy pool with `extra`
+/// pool lines: the shards, the pool's port and the proxy.
+pub fn three_shards(name: &str, extra: &str) -> (Vec<Redis>, u16, Proxy) {
+    let shards: Vec<Redis> = (0..3).map(|_| Redis::start()).collect();
+    let servers: Vec<String> = shards
+        .iter()
+        .enumerate()
+        .map(|(i, r)| format!("{}:1 {name}{i}", r.addr()))
+        .collect();
+    let port = free_port();
+    let proxy = Proxy::start(&pool_config(port, &servers, extra), port);
+    (shards, port, proxy)
 }
