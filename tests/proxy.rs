@@ -337,8 +337,17 @@ fn malformed_input_closes_only_that_client() {
     let line = r.read_line();
     assert!(line.starts_with("-ERR "), "{line}");
     drop(r);
+    // Clients that announce 500 MB arguments and send nothing more reserve little.
+    let claimers: Vec<Raw> = (0..8)
+        .map(|_| {
+            let mut r = s.raw();
+            r.send(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$500000000\r\nabc");
+            r
+        })
+        .collect();
     steady.roundtrip(&command(&[b"GET", b"steady"]), b"$1\r\n1\r\n");
     let rss_after = s.proxy.rss_kib();
+    drop(claimers);
     assert!(
         rss_after < rss_before + 32 * 1024,
         "rss grew from {rss_before} KiB to {rss_after} KiB"
@@ -652,4 +661,17 @@ fn client_connections_limit_is_enforced() {
     assert_eq!(second.read_line(), "-ERR max number of clients reached\r\n");
     assert!(second.is_closed());
     first.roundtrip(b"PING\r\n", b"+PONG\r\n");
+}
+
+#[test]
+fn a_client_that_stops_sending_still_gets_its_replies() {
+    let s = setup("");
+    let mut r = s.raw();
+    r.send(b"SET half-closed yes\r\nGET half-closed\r\nOBJECT HELP\r\n");
+    r.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(r.read_line(), "+OK\r\n");
+    assert_eq!(r.read_line(), "$3\r\n");
+    assert_eq!(r.read_line(), "yes\r\n");
+    // OBJECT HELP has no key: any shard answers it.
+    assert!(r.read_line().starts_with('*'));
 }

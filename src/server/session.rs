@@ -164,13 +164,15 @@ impl Session {
                     }
                 }
                 read = read_some(&mut reader, &mut read_buf), if can_read => {
-                    if !read {
+                    if read {
+                        closing = self.handle_input(&mut read_buf);
+                    } else {
+                        // The client is done sending: answer what it asked, then close.
                         if self.parser.is_mid_request(&read_buf) {
                             tracing::debug!(session = self.id, "client closed in the middle of a request");
                         }
-                        return;
+                        closing = true;
                     }
-                    closing = self.handle_input(&mut read_buf);
                 }
                 _ = shutdown.cancelled(), if !closing => closing = true,
             }
@@ -260,8 +262,13 @@ impl Session {
     }
 
     fn forward_keyed(&mut self, ring: &Ring, cmd: &Command, req: Request) {
+        // A keyed command without keys (OBJECT HELP, XINFO HELP) can go to any shard.
         let mut shard = None;
-        for pos in cmd.key_positions(req.argc()) {
+        let mut keys = cmd.key_positions(req.argc()).peekable();
+        if keys.peek().is_none() {
+            shard = ring.server_for(b"");
+        }
+        for pos in keys {
             let s = ring.server_for(req.arg(pos));
             if shard.is_some() && s != shard {
                 self.out.error(&format!(

@@ -11,6 +11,9 @@ use thiserror::Error;
 
 use super::{encode, parse_int};
 
+/// The most the parser reserves ahead for an argument still arriving.
+const MAX_EAGER_RESERVE: usize = 1024 * 1024;
+
 /// Bounds on what one client request may claim.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -190,8 +193,9 @@ impl RequestParser {
             }
             let end = start + len as usize;
             if buf.len() < end + 2 {
-                // Room for the whole argument now, so the next reads do not reallocate again.
-                buf.reserve(end + 2 - buf.len());
+                // Room for (a bounded part of) the argument now, so a large one is not copied
+                // at every read; a client that only claims a large size reserves little.
+                buf.reserve((end + 2 - buf.len()).min(MAX_EAGER_RESERVE));
                 return Ok(Step::Incomplete);
             }
             if &buf[end..end + 2] != b"\r\n" {
