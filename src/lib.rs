@@ -12,3 +12,4 @@ pub mod protocol;
 pub mod ring;
 pub mod server;
 pub mod topology;
+pub mod workers;

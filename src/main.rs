@@ -8,6 +8,7 @@ use std::sync::Arc;
 use clap::Parser;
 use ringproxy::config::{Address, Config};
 use ringproxy::topology::Topology;
+use ringproxy::workers::Workers;
 use ringproxy::{admin, server};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,6 +31,10 @@ struct Args {
     /// Serve the admin HTTP endpoint here (overrides `admin.listen`).
     #[arg(long)]
     admin_listen: Option<Address>,
+    /// Worker threads serving clients, each with its own backend connections
+    /// (default: one per CPU).
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -56,14 +61,22 @@ fn main() -> ExitCode {
         println!("configuration OK");
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // The main thread accepts clients and runs health checks and the admin endpoint; the
+    // workers serve the clients.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, workers)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringproxy: {e:#}");
@@ -72,9 +85,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, workers: usize) -> anyhow::Result<()> {
     use anyhow::Context;
-    let topology = Arc::new(Topology::start(&config));
+    let workers = Arc::new(Workers::start(workers).context("cannot start the worker threads")?);
+    let topology = Arc::new(Topology::start(&config, &workers));
     let shutdown = CancellationToken::new();
     let sessions = TaskTracker::new();
     for pool in &topology.pools {
@@ -90,6 +104,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(server::serve_pool(
             pool.clone(),
             listener,
+            workers.clone(),
             shutdown.clone(),
             sessions.clone(),
         ));
@@ -114,6 +129,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             config.shutdown_grace.as_millis()
         );
     }
+    workers.stop();
     Ok(())
 }
 

@@ -13,6 +13,7 @@ use crate::backend::{EjectHook, Node, Role};
 use crate::config::{Config, Failover, PoolConfig, ReadFrom};
 use crate::metrics::{Metrics, PoolMetrics, ServerLabels};
 use crate::ring::Ring;
+use crate::workers::Workers;
 
 /// Everything the proxy serves, built once from the configuration.
 pub struct Topology {
@@ -35,13 +36,14 @@ pub struct Shard {
 }
 
 impl Topology {
-    /// Starts every node's tasks. Must run inside a Tokio runtime.
-    pub fn start(config: &Config) -> Topology {
+    /// Starts every node's connections on the workers, and health checks and ejection on the
+    /// current runtime.
+    pub fn start(config: &Config, workers: &Workers) -> Topology {
         let metrics = Metrics::default();
         let pools = config
             .pools
             .iter()
-            .map(|p| Arc::new(Pool::start(p, &metrics)))
+            .map(|p| Arc::new(Pool::start(p, &metrics, workers)))
             .collect();
         Topology { pools, metrics }
     }
@@ -77,7 +79,7 @@ impl Topology {
 }
 
 impl Pool {
-    fn start(config: &PoolConfig, metrics: &Metrics) -> Pool {
+    fn start(config: &PoolConfig, metrics: &Metrics, workers: &Workers) -> Pool {
         let live = vec![true; config.servers.len()];
         let ring = Arc::new(ArcSwap::from_pointee(config.ring(&live)));
         let eject_tx = (config.failover == Failover::Eject).then(|| {
@@ -93,6 +95,7 @@ impl Pool {
                 address: addr.to_string(),
             };
             Node::start(
+                workers,
                 config,
                 server_name,
                 role,

@@ -493,9 +493,9 @@ fn admin_endpoint_reports_health_readiness_metrics_and_topology() {
         "{metrics}"
     );
     for i in 0..3 {
-        // preconnect: every master has its connection before any request.
+        // preconnect: every master has one connection per worker before any request.
         let line = format!(
-            "ringproxy_server_connections{{pool=\"main\",server=\"shard-{i}\",role=\"master\",address=\"{}\"}} 1",
+            "ringproxy_server_connections{{pool=\"main\",server=\"shard-{i}\",role=\"master\",address=\"{}\"}} {PROXY_WORKERS}",
             s.shards[i].addr()
         );
         assert!(metrics.contains(&line), "{line} in {metrics}");

@@ -150,6 +150,11 @@ async fn serve(
     let mut write_buf = BytesMut::with_capacity(16 * 1024);
     let mut scanner = ReplyScanner::new(settings.max_reply_depth);
     let mut accepting = true;
+    // One timer for the connection, armed at or before the oldest request's deadline and moved
+    // only when it fires early: requests share one timeout, so deadlines only grow.
+    let timer = sleep_until(Instant::now());
+    tokio::pin!(timer);
+    let mut armed = false;
     let failure = loop {
         if !queued.is_empty() {
             let deadline = Instant::now() + settings.timeout;
@@ -166,7 +171,10 @@ async fn serve(
         if !accepting && in_flight.is_empty() {
             return None;
         }
-        let oldest = in_flight.front().map(|(_, deadline)| *deadline);
+        if !armed && let Some((_, deadline)) = in_flight.front() {
+            timer.as_mut().reset(*deadline);
+            armed = true;
+        }
         tokio::select! {
             biased;
             read = read_more(&mut reader, &mut read_buf) => {
@@ -190,12 +198,19 @@ async fn serve(
                 }
                 None => accepting = false,
             },
-            _ = sleep_until(oldest.unwrap_or_else(Instant::now)), if oldest.is_some() => {
-                if let Some((to, _)) = in_flight.pop_front() {
-                    shared.metrics.errors.inc();
-                    to.send(Err(shared.error(Failure::Timeout(settings.timeout))));
+            _ = &mut timer, if armed => {
+                armed = false;
+                match in_flight.front() {
+                    Some((_, deadline)) if *deadline <= Instant::now() => {
+                        if let Some((to, _)) = in_flight.pop_front() {
+                            shared.metrics.errors.inc();
+                            to.send(Err(shared.error(Failure::Timeout(settings.timeout))));
+                        }
+                        break Failure::Aborted;
+                    }
+                    // Fired for a request answered since: re-armed for the oldest one above.
+                    _ => {}
                 }
-                break Failure::Aborted;
             }
         }
     };

@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use std::sync::Mutex;
 use thiserror::Error;
+
+use tokio::sync::Notify;
 use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -18,20 +21,53 @@ use crate::config::{Address, PoolConfig};
 use crate::keyword::keywords;
 use crate::metrics::ServerMetrics;
 use crate::protocol::resp::encode;
+use crate::workers::Workers;
 
-/// Where a backend's reply goes: the requesting session's channel, with the session's token.
+/// Where one session's backend replies land: a queue it drains when woken. Replies for many
+/// sessions are delivered by a backend connection without any lock they all share.
+#[derive(Debug, Default)]
+pub struct Inbox {
+    queue: Mutex<Vec<Completion>>,
+    ready: Notify,
+}
+
+impl Inbox {
+    fn push(&self, completion: Completion) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(completion);
+        self.ready.notify_one();
+    }
+
+    /// Waits until a reply has arrived since the last `take`.
+    pub async fn wait(&self) {
+        self.ready.notified().await;
+    }
+
+    /// Swaps the queued replies into `into` (which must be empty), so the caller's buffer is
+    /// reused and an idle session's inbox holds no memory.
+    pub fn take(&self, into: &mut Vec<Completion>) {
+        std::mem::swap(
+            &mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()),
+            into,
+        );
+    }
+}
+
+/// Where a backend's reply goes: the requesting session's inbox, with the session's token.
 #[derive(Debug)]
 pub struct ReplyTo {
-    pub tx: UnboundedSender<Completion>,
+    pub inbox: Arc<Inbox>,
     pub token: u64,
 }
 
 impl ReplyTo {
     fn send(self, result: Result<Bytes, BackendError>) {
-        // A session that has gone away no longer needs the reply.
-        let _ = self.tx.send(Completion {
+        // A session that has gone away no longer reads its inbox; the reply is dropped with it.
+        self.inbox.push(Completion {
             token: self.token,
-            result,
+            result: result.map_err(Box::new),
         });
     }
 }
@@ -47,7 +83,7 @@ pub struct Job {
 #[derive(Debug)]
 pub struct Completion {
     pub token: u64,
-    pub result: Result<Bytes, BackendError>,
+    pub result: Result<Bytes, Box<BackendError>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,13 +193,18 @@ struct ConnSettings {
     max_reply_depth: usize,
 }
 
-/// A backend server: its connections (RESP2, and RESP3 for clients that said HELLO 3) and state.
+/// One worker's connections to a node: RESP2, and RESP3 for clients that said HELLO 3.
+struct WorkerConns {
+    resp2: Vec<UnboundedSender<Job>>,
+    resp3: Vec<UnboundedSender<Job>>,
+}
+
+/// A backend server: each worker's connections to it, and its shared state.
 pub struct Node {
     pub role: Role,
     pub addr: Address,
     shared: Arc<NodeShared>,
-    resp2: Vec<UnboundedSender<Job>>,
-    resp3: Vec<UnboundedSender<Job>>,
+    per_worker: Vec<WorkerConns>,
     _stop_health: DropGuard,
 }
 
@@ -176,9 +217,10 @@ impl fmt::Debug for Node {
 }
 
 impl Node {
-    /// Starts the node's connection tasks (connecting now only with `preconnect`) and its health
-    /// checker. Must run inside a Tokio runtime.
+    /// Starts the node's connection tasks on every worker (connecting now only with
+    /// `preconnect`) and its health checker on the current runtime.
     pub fn start(
+        workers: &Workers,
         pool: &PoolConfig,
         server_name: &str,
         role: Role,
@@ -209,17 +251,22 @@ impl Node {
                 max_reply_depth: pool.max_reply_depth,
             })
         };
-        let spawn_set = |settings: Arc<ConnSettings>| {
+        let (resp2_settings, resp3_settings) = (settings(false), settings(true));
+        let spawn_set = |worker: &tokio::runtime::Handle, settings: &Arc<ConnSettings>| {
             (0..pool.server_connections)
                 .map(|_| {
                     let (tx, rx) = mpsc::unbounded_channel();
-                    tokio::spawn(connection::run(shared.clone(), settings.clone(), rx));
+                    worker.spawn(connection::run(shared.clone(), settings.clone(), rx));
                     tx
                 })
                 .collect()
         };
-        let resp2 = spawn_set(settings(false));
-        let resp3 = spawn_set(settings(true));
+        let per_worker = (0..workers.len())
+            .map(|w| WorkerConns {
+                resp2: spawn_set(workers.handle(w), &resp2_settings),
+                resp3: spawn_set(workers.handle(w), &resp3_settings),
+            })
+            .collect();
         let stop = CancellationToken::new();
         tokio::spawn(health::run(
             shared.clone(),
@@ -231,8 +278,7 @@ impl Node {
             role,
             addr,
             shared,
-            resp2,
-            resp3,
+            per_worker,
             _stop_health: stop.drop_guard(),
         }
     }
@@ -246,10 +292,11 @@ impl Node {
         self.shared.up.load(Ordering::Relaxed)
     }
 
-    /// Queues a request on one of the node's connections; `spread` (a session id, say) picks
-    /// which, so a session's requests stay in order on one connection.
-    pub fn send(&self, job: Job, resp3: bool, spread: usize) {
-        let conns = if resp3 { &self.resp3 } else { &self.resp2 };
+    /// Queues a request on one of the worker's connections to the node; `spread` (a session
+    /// id, say) picks which, so a session's requests stay in order on one connection.
+    pub fn send(&self, job: Job, worker: usize, resp3: bool, spread: usize) {
+        let conns = &self.per_worker[worker];
+        let conns = if resp3 { &conns.resp3 } else { &conns.resp2 };
         if let Err(mpsc::error::SendError(job)) = conns[spread % conns.len()].send(job) {
             job.reply_to.send(Err(self.shared.error(Failure::Closed)));
         }

@@ -6,13 +6,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use socket2::{Domain, Socket, Type};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::session::Session;
 use crate::config::Address;
 use crate::topology::Pool;
+use crate::workers::Workers;
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -32,20 +34,23 @@ pub async fn bind(addr: &Address, backlog: u32) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Accepts clients until `shutdown` fires; every session is spawned on `tracker` and told of
-/// the shutdown too, so it can finish what is in flight.
+/// Accepts clients until `shutdown` fires and hands them to the workers in turn. Every session
+/// is tracked by `tracker` and has its own shutdown signal, so it can finish what is in flight.
 pub async fn serve_pool(
     pool: Arc<Pool>,
     listener: TcpListener,
+    workers: Arc<Workers>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let mut signals: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut next_worker = 0;
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let (mut stream, peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
                 // Out of file descriptors and the like: keep serving the clients we have.
@@ -57,6 +62,7 @@ pub async fn serve_pool(
         if let Some(limit) = pool.config.client_connections
             && pool.metrics.client_connections.get() >= i64::from(limit)
         {
+            let mut stream = stream;
             tracker.spawn(async move {
                 let _ = stream
                     .write_all(b"-ERR max number of clients reached\r\n")
@@ -64,16 +70,34 @@ pub async fn serve_pool(
             });
             continue;
         }
+        // The socket moves to the worker's own reactor.
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
         let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(pool = %pool.config.name, session = id, %peer, "client connected");
+        let worker = next_worker;
+        next_worker = (next_worker + 1) % workers.len();
+        tracing::debug!(pool = %pool.config.name, session = id, worker, %peer, "client connected");
         let metrics = pool.metrics.clone();
         metrics.client_connections.inc();
         metrics.client_connections_total.inc();
-        let (session, replies) = Session::new(id, pool.clone());
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            session.run(stream, replies, shutdown).await;
-            metrics.client_connections.dec();
-        });
+        let session = Session::new(id, worker, pool.clone());
+        let (signal, stop) = oneshot::channel();
+        // Signals of finished sessions are dropped whenever the list has doubled.
+        if signals.len() >= 64 && signals.len().is_power_of_two() {
+            signals.retain(|s| !s.is_closed());
+        }
+        signals.push(signal);
+        workers
+            .handle(worker)
+            .spawn(tracker.track_future(async move {
+                if let Ok(stream) = TcpStream::from_std(stream) {
+                    session.run(stream, stop).await;
+                }
+                metrics.client_connections.dec();
+            }));
+    }
+    for signal in signals {
+        let _ = signal.send(());
     }
 }

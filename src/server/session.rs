@@ -8,12 +8,11 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::oneshot;
 
 use super::local::{self, ClientState};
 use super::merge::Gather;
-use crate::backend::{Completion, Job, ReplyTo};
+use crate::backend::{Completion, Inbox, Job, ReplyTo};
 use crate::command::{self, Command, Kind};
 use crate::protocol::resp::{Request, RequestParser, encode};
 use crate::ring::Ring;
@@ -37,7 +36,7 @@ pub(super) struct Outbox {
     slots: VecDeque<Slot>,
     /// Sequence number of `slots[0]`.
     first_seq: u64,
-    tx: UnboundedSender<Completion>,
+    inbox: Arc<Inbox>,
     buf: BytesMut,
     pub(super) errors: u64,
 }
@@ -63,7 +62,7 @@ impl Outbox {
     /// Where a backend sends the reply to part `part` of the next request.
     pub(super) fn reply_to(&self, part: usize) -> ReplyTo {
         ReplyTo {
-            tx: self.tx.clone(),
+            inbox: self.inbox.clone(),
             token: (self.next_seq() << PART_BITS) | part as u64,
         }
     }
@@ -81,7 +80,7 @@ impl Outbox {
             Ok(reply) => Ok(reply),
             Err(e) => {
                 self.errors += 1;
-                Err(e)
+                Err(*e)
             }
         };
         match slot {
@@ -116,6 +115,8 @@ pub(super) fn error_reply(msg: &str) -> Bytes {
 
 pub(super) struct Session {
     pub(super) id: u64,
+    /// The worker thread this session runs on: it uses that worker's backend connections.
+    worker: usize,
     pool: Arc<Pool>,
     parser: RequestParser,
     client: ClientState,
@@ -123,43 +124,41 @@ pub(super) struct Session {
 }
 
 impl Session {
-    pub(super) fn new(id: u64, pool: Arc<Pool>) -> (Session, UnboundedReceiver<Completion>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let session = Session {
+    pub(super) fn new(id: u64, worker: usize, pool: Arc<Pool>) -> Session {
+        Session {
             id,
+            worker,
             parser: RequestParser::new(pool.config.limits),
             client: ClientState::new(pool.config.client_password.is_none()),
             out: Outbox {
                 slots: VecDeque::new(),
                 first_seq: 0,
-                tx,
+                inbox: Arc::default(),
                 buf: BytesMut::new(),
                 errors: 0,
             },
             pool,
-        };
-        (session, rx)
+        }
     }
 
     /// Serves the client until it leaves, sends QUIT, sends malformed input, or `shutdown` fires
     /// (then what is in flight is answered first).
-    pub(super) async fn run(
-        mut self,
-        stream: TcpStream,
-        mut replies: UnboundedReceiver<Completion>,
-        shutdown: CancellationToken,
-    ) {
+    pub(super) async fn run(mut self, stream: TcpStream, shutdown: oneshot::Receiver<()>) {
         let _ = stream.set_nodelay(true);
         let (mut reader, mut writer) = stream.into_split();
         let mut read_buf = BytesMut::new();
+        let mut completions = Vec::new();
+        let inbox = self.out.inbox.clone();
         let mut closing = false;
+        tokio::pin!(shutdown);
         loop {
             let can_read = !closing && self.out.slots.len() < self.pool.config.max_pipeline;
+            let waiting = !self.out.slots.is_empty();
             tokio::select! {
                 biased;
-                Some(c) = replies.recv() => {
-                    self.out.complete(c);
-                    while let Ok(c) = replies.try_recv() {
+                _ = inbox.wait(), if waiting => {
+                    inbox.take(&mut completions);
+                    for c in completions.drain(..) {
                         self.out.complete(c);
                     }
                 }
@@ -174,7 +173,7 @@ impl Session {
                         closing = true;
                     }
                 }
-                _ = shutdown.cancelled(), if !closing => closing = true,
+                _ = &mut shutdown, if !closing => closing = true,
             }
             self.out.collect_ready();
             if !self.out.buf.is_empty() {
@@ -197,6 +196,7 @@ impl Session {
                 if read_buf.is_empty() {
                     read_buf = BytesMut::new();
                     self.out.buf = BytesMut::new();
+                    completions = Vec::new();
                 }
             }
         }
@@ -299,7 +299,7 @@ impl Session {
             payload,
             reply_to: self.out.reply_to(part),
         };
-        node.send(job, self.client.resp3, self.id as usize);
+        node.send(job, self.worker, self.client.resp3, self.id as usize);
     }
 
     fn split(&mut self, ring: &Ring, cmd: &Command, merge: command::Merge, req: Request) {

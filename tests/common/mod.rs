@@ -250,6 +250,10 @@ pub fn nutcracker(config: &Path, port: u16) -> Process {
     Process { child }
 }
 
+/// Worker threads of every proxy the tests start: more than one, so sessions on different
+/// workers share backends.
+pub const PROXY_WORKERS: usize = 2;
+
 /// ringproxy itself, from the binary cargo built for the tests.
 pub struct Proxy {
     pub process: Process,
@@ -258,8 +262,9 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Starts ringproxy on `config` (YAML), serving admin on a free port, and waits until the
-    /// admin endpoint answers /health and `ready_port` accepts connections.
+    /// Starts ringproxy on `config` (YAML) with `PROXY_WORKERS` workers, serving admin on a free
+    /// port, and waits until the admin endpoint answers /health and `ready_port` accepts
+    /// connections.
     pub fn start(config: &str, ready_port: u16) -> Proxy {
         let dir = TempDir::new("proxy");
         let path = dir.write("config.yaml", config);
@@ -270,6 +275,8 @@ impl Proxy {
                 path.to_str().unwrap(),
                 "--admin-listen",
                 &format!("127.0.0.1:{admin}"),
+                "--workers",
+                &PROXY_WORKERS.to_string(),
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
