@@ -8,6 +8,7 @@ pub mod backend;
 pub mod command;
 pub mod config;
 pub mod metrics;
+pub mod net;
 pub mod protocol;
 pub mod ring;
 pub mod server;

@@ -8,17 +8,18 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{Instant, sleep_until, timeout};
 
-use super::{ConnSettings, Failure, Job, NodeShared, ReplyTo};
+use super::{ConnSettings, Delivery, Failure, Job, NodeShared, ReplyTo};
+use crate::net;
 use crate::protocol::resp::ReplyScanner;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Requests taken off the queue for one write.
 const MAX_BATCH: usize = 1024;
+const READ_CHUNK: usize = 16 * 1024;
 
 /// The connection's life: connect (now with preconnect, else on the first request), serve until
 /// the connection fails, fail what was in flight, and reconnect, backing off while the node
@@ -144,11 +145,11 @@ async fn serve(
     rx: &mut UnboundedReceiver<Job>,
     queued: &mut VecDeque<Job>,
 ) -> Option<Failure> {
-    let (mut reader, mut writer) = stream.into_split();
     let mut in_flight: VecDeque<(ReplyTo, Instant)> = VecDeque::new();
     let mut read_buf = BytesMut::with_capacity(16 * 1024);
     let mut write_buf = BytesMut::with_capacity(16 * 1024);
     let mut scanner = ReplyScanner::new(settings.max_reply_depth);
+    let mut delivery = Delivery::default();
     let mut accepting = true;
     // One timer for the connection, armed at or before the oldest request's deadline and moved
     // only when it fires early: requests share one timeout, so deadlines only grow.
@@ -163,7 +164,7 @@ async fn serve(
                 write_buf.extend_from_slice(&job.payload);
                 in_flight.push_back((job.reply_to, deadline));
             }
-            if writer.write_all(&write_buf).await.is_err() {
+            if net::write_all(&stream, &write_buf).await.is_err() {
                 break Failure::Closed;
             }
             write_buf.clear();
@@ -177,11 +178,11 @@ async fn serve(
         }
         tokio::select! {
             biased;
-            read = read_more(&mut reader, &mut read_buf) => {
-                if !read {
+            read = net::read_some(&stream, &mut read_buf, READ_CHUNK) => {
+                if !matches!(read, Ok(n) if n > 0) {
                     break Failure::Closed;
                 }
-                if let Err(failure) = answer(&mut scanner, &mut read_buf, &mut in_flight) {
+                if let Err(failure) = answer(&mut scanner, &mut read_buf, &mut in_flight, &mut delivery) {
                     break failure;
                 }
                 shared.record_success();
@@ -224,31 +225,26 @@ async fn serve(
     Some(report)
 }
 
-/// Reads what is available; false when the backend closed the connection.
-async fn read_more(reader: &mut OwnedReadHalf, buf: &mut BytesMut) -> bool {
-    if buf.capacity() - buf.len() < 4096 {
-        buf.reserve(16 * 1024);
-    }
-    matches!(reader.read_buf(buf).await, Ok(n) if n > 0)
-}
-
 /// Hands every complete reply in `buf` to the request waiting for it.
 fn answer(
     scanner: &mut ReplyScanner,
     buf: &mut BytesMut,
     in_flight: &mut VecDeque<(ReplyTo, Instant)>,
+    delivery: &mut Delivery,
 ) -> Result<(), Failure> {
-    loop {
+    let outcome = loop {
         match scanner.scan(buf) {
             Ok(Some(len)) => {
                 let reply = buf.split_to(len).freeze();
-                let (to, _) = in_flight
-                    .pop_front()
-                    .ok_or_else(|| Failure::BadReply("a reply nobody asked for".to_string()))?;
-                to.send(Ok(reply));
+                let Some((to, _)) = in_flight.pop_front() else {
+                    break Err(Failure::BadReply("a reply nobody asked for".to_string()));
+                };
+                delivery.add(to, Ok(reply));
             }
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(Failure::BadReply(e.to_string())),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(Failure::BadReply(e.to_string())),
         }
-    }
+    };
+    delivery.flush();
+    outcome
 }

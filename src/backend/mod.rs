@@ -40,6 +40,15 @@ impl Inbox {
         self.ready.notify_one();
     }
 
+    /// Moves all of `completions` in at once: one lock and one wakeup for a run of replies.
+    fn push_all(&self, completions: &mut Vec<Completion>) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .append(completions);
+        self.ready.notify_one();
+    }
+
     /// Waits until a reply has arrived since the last `take`.
     pub async fn wait(&self) {
         self.ready.notified().await;
@@ -69,6 +78,37 @@ impl ReplyTo {
             token: self.token,
             result: result.map_err(Box::new),
         });
+    }
+}
+
+/// Replies read from one backend connection, grouped while consecutive replies go to the same
+/// session (a pipelining client's usually do), so each group costs one lock and one wakeup.
+#[derive(Default)]
+struct Delivery {
+    inbox: Option<Arc<Inbox>>,
+    run: Vec<Completion>,
+}
+
+impl Delivery {
+    fn add(&mut self, to: ReplyTo, result: Result<Bytes, BackendError>) {
+        if self
+            .inbox
+            .as_ref()
+            .is_some_and(|i| !Arc::ptr_eq(i, &to.inbox))
+        {
+            self.flush();
+        }
+        self.run.push(Completion {
+            token: to.token,
+            result: result.map_err(Box::new),
+        });
+        self.inbox.get_or_insert(to.inbox);
+    }
+
+    fn flush(&mut self) {
+        if let Some(inbox) = self.inbox.take() {
+            inbox.push_all(&mut self.run);
+        }
     }
 }
 

@@ -68,17 +68,40 @@ impl Command {
     }
 }
 
-/// Looks a command up by name, in any letter case, without allocating.
-pub fn lookup(name: &[u8]) -> Option<&'static Command> {
-    let mut upper = [0u8; 24];
-    let upper = upper.get_mut(..name.len())?;
-    for (u, &c) in upper.iter_mut().zip(name) {
-        *u = c.to_ascii_uppercase();
+/// Slots in the lookup index: a power of two well above the table's size, so probes are short.
+const INDEX_SLOTS: usize = 1024;
+
+/// FNV-1a over the upper-cased name: the lookup index's hash.
+fn name_hash(name: &[u8]) -> usize {
+    name.iter().fold(0x811c_9dc5_u32, |h, &c| {
+        (h ^ u32::from(c.to_ascii_uppercase())).wrapping_mul(0x0100_0193)
+    }) as usize
+}
+
+/// Open-addressing index from name hash to table position, built on first use.
+static INDEX: std::sync::LazyLock<Box<[u16; INDEX_SLOTS]>> = std::sync::LazyLock::new(|| {
+    let mut index = Box::new([u16::MAX; INDEX_SLOTS]);
+    for (i, c) in TABLE.iter().enumerate() {
+        let mut slot = name_hash(c.name.as_bytes()) % INDEX_SLOTS;
+        while index[slot] != u16::MAX {
+            slot = (slot + 1) % INDEX_SLOTS;
+        }
+        index[slot] = i as u16;
     }
-    TABLE
-        .binary_search_by(|c| c.name.as_bytes().cmp(upper))
-        .ok()
-        .map(|i| &TABLE[i])
+    index
+});
+
+/// Looks a command up by name, in any letter case, without allocating: one hash, usually one
+/// comparison.
+pub fn lookup(name: &[u8]) -> Option<&'static Command> {
+    let mut slot = name_hash(name) % INDEX_SLOTS;
+    loop {
+        let command = TABLE.get(usize::from(INDEX[slot]))?;
+        if command.name.as_bytes().eq_ignore_ascii_case(name) {
+            return Some(command);
+        }
+        slot = (slot + 1) % INDEX_SLOTS;
+    }
 }
 
 #[cfg(test)]
@@ -87,6 +110,7 @@ mod tests {
 
     #[test]
     fn table_is_sorted_and_unique() {
+        assert!(TABLE.len() < INDEX_SLOTS / 2);
         for w in TABLE.windows(2) {
             assert!(w[0].name < w[1].name, "{} then {}", w[0].name, w[1].name);
         }
@@ -97,6 +121,13 @@ mod tests {
         assert_eq!(lookup(b"get").unwrap().name, "GET");
         assert_eq!(lookup(b"MgEt").unwrap().kind, Kind::Split(Merge::Values));
         assert!(lookup(b"nosuchcommand").is_none());
+        assert!(lookup(b"").is_none());
+        for c in TABLE {
+            assert_eq!(
+                lookup(c.name.to_ascii_lowercase().as_bytes()).unwrap().name,
+                c.name
+            );
+        }
         assert!(lookup(b"averyveryverylongnamethatisnotacommand").is_none());
     }
 

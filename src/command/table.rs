@@ -1,4 +1,4 @@
-//! The commands ringproxy serves, sorted by name for binary search. Positions follow Redis'
+//! The commands ringproxy serves, sorted by name. Positions follow Redis'
 //! `COMMAND` output: first key, last key (negative: from the end), step.
 
 use super::{Command, Kind, Merge};

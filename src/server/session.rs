@@ -5,15 +5,14 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::oneshot;
 
 use super::local::{self, ClientState};
 use super::merge::Gather;
 use crate::backend::{Completion, Inbox, Job, ReplyTo};
 use crate::command::{self, Command, Kind};
+use crate::net;
 use crate::protocol::resp::{Request, RequestParser, encode};
 use crate::ring::Ring;
 use crate::topology::Pool;
@@ -145,7 +144,6 @@ impl Session {
     /// (then what is in flight is answered first).
     pub(super) async fn run(mut self, stream: TcpStream, shutdown: oneshot::Receiver<()>) {
         let _ = stream.set_nodelay(true);
-        let (mut reader, mut writer) = stream.into_split();
         let mut read_buf = BytesMut::new();
         let mut completions = Vec::new();
         let inbox = self.out.inbox.clone();
@@ -162,8 +160,8 @@ impl Session {
                         self.out.complete(c);
                     }
                 }
-                read = read_some(&mut reader, &mut read_buf), if can_read => {
-                    if read {
+                read = net::read_some(&stream, &mut read_buf, READ_CHUNK), if can_read => {
+                    if matches!(read, Ok(n) if n > 0) {
                         closing = self.handle_input(&mut read_buf);
                     } else {
                         // The client is done sending: answer what it asked, then close.
@@ -177,7 +175,7 @@ impl Session {
             }
             self.out.collect_ready();
             if !self.out.buf.is_empty() {
-                if writer.write_all(&self.out.buf).await.is_err() {
+                if net::write_all(&stream, &self.out.buf).await.is_err() {
                     return;
                 }
                 self.out.buf.clear();
@@ -361,24 +359,5 @@ impl Session {
             self.send(s, true, payload.clone(), s);
         }
         self.out.slots.push_back(Slot::Gathering(Box::new(gather)));
-    }
-}
-
-/// Waits for the client to send something, then reads it. Buffers are allocated only once
-/// data is there, so an idle client holds none. False when the client has gone.
-async fn read_some(reader: &mut OwnedReadHalf, buf: &mut BytesMut) -> bool {
-    loop {
-        if reader.readable().await.is_err() {
-            return false;
-        }
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
-        match reader.try_read_buf(buf) {
-            Ok(0) => return false,
-            Ok(_) => return true,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(_) => return false,
-        }
     }
 }

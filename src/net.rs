@@ -1,0 +1,47 @@
+//! Socket reads and writes with as few system calls as the data allows.
+//!
+//! Tokio learns that a socket is drained only from a read that fails with `WouldBlock`, which
+//! costs one wasted `read` per wakeup. A read that leaves room in the buffer has drained the
+//! socket already, so its readiness is cleared at once. This is sound on the single-threaded
+//! worker runtimes: their I/O driver runs only between task polls, so no readiness event can
+//! arrive between the read and the clearing; data that comes later raises a new event.
+
+use std::io;
+
+use bytes::BytesMut;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+/// Reads what the socket has, waiting for it if need be. `Ok(0)` means the peer closed.
+pub async fn read_some(stream: &TcpStream, buf: &mut BytesMut, chunk: usize) -> io::Result<usize> {
+    loop {
+        if buf.capacity() - buf.len() < chunk / 4 {
+            buf.reserve(chunk);
+        }
+        let room = buf.capacity() - buf.len();
+        match stream.try_read_buf(buf) {
+            Ok(n) => {
+                if n > 0 && n < room {
+                    let _ = stream.try_io(Interest::READABLE, || {
+                        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                    });
+                }
+                return Ok(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.readable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes all of `data`: one `write` when the socket takes it, as is usual.
+pub async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match stream.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
