@@ -12,16 +12,26 @@ use bytes::BytesMut;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+/// The most a read buffer grows by at once.
+const MAX_READ_CHUNK: usize = 64 * 1024;
+
 /// Reads what the socket has, waiting for it if need be. `Ok(0)` means the peer closed.
-pub async fn read_some(stream: &TcpStream, buf: &mut BytesMut, chunk: usize) -> io::Result<usize> {
+/// `chunk` is how much room to make in `buf`; it doubles each time a read fills the room.
+pub async fn read_some(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    chunk: &mut usize,
+) -> io::Result<usize> {
     loop {
-        if buf.capacity() - buf.len() < chunk / 4 {
-            buf.reserve(chunk);
+        if buf.capacity() - buf.len() < *chunk / 4 {
+            buf.reserve(*chunk);
         }
         let room = buf.capacity() - buf.len();
         match stream.try_read_buf(buf) {
             Ok(n) => {
-                if n > 0 && n < room {
+                if n == room {
+                    *chunk = (*chunk * 2).min(MAX_READ_CHUNK);
+                } else if n > 0 {
                     let _ = stream.try_io(Interest::READABLE, || {
                         Err::<(), _>(io::ErrorKind::WouldBlock.into())
                     });

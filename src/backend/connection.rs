@@ -19,7 +19,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Requests taken off the queue for one write.
 const MAX_BATCH: usize = 1024;
-const READ_CHUNK: usize = 16 * 1024;
+const FIRST_READ_CHUNK: usize = 16 * 1024;
 
 /// The connection's life: connect (now with preconnect, else on the first request), serve until
 /// the connection fails, fail what was in flight, and reconnect, backing off while the node
@@ -146,7 +146,8 @@ async fn serve(
     queued: &mut VecDeque<Job>,
 ) -> Option<Failure> {
     let mut in_flight: VecDeque<(ReplyTo, Instant)> = VecDeque::new();
-    let mut read_buf = BytesMut::with_capacity(16 * 1024);
+    let mut read_buf = BytesMut::new();
+    let mut read_chunk = FIRST_READ_CHUNK;
     let mut write_buf = BytesMut::with_capacity(16 * 1024);
     let mut scanner = ReplyScanner::new(settings.max_reply_depth);
     let mut delivery = Delivery::default();
@@ -178,7 +179,7 @@ async fn serve(
         }
         tokio::select! {
             biased;
-            read = net::read_some(&stream, &mut read_buf, READ_CHUNK) => {
+            read = net::read_some(&stream, &mut read_buf, &mut read_chunk) => {
                 if !matches!(read, Ok(n) if n > 0) {
                     break Failure::Closed;
                 }

@@ -78,10 +78,8 @@ pub async fn serve_pool(
         let worker = next_worker;
         next_worker = (next_worker + 1) % workers.len();
         tracing::debug!(pool = %pool.config.name, session = id, worker, %peer, "client connected");
-        let metrics = pool.metrics.clone();
-        metrics.client_connections.inc();
-        metrics.client_connections_total.inc();
-        let session = Session::new(id, worker, pool.clone());
+        pool.metrics.client_connections.inc();
+        pool.metrics.client_connections_total.inc();
         let (signal, stop) = oneshot::channel();
         // Signals of finished sessions are dropped whenever the list has doubled.
         if signals.len() >= 64 && signals.len().is_power_of_two() {
@@ -90,14 +88,26 @@ pub async fn serve_pool(
         signals.push(signal);
         workers
             .handle(worker)
-            .spawn(tracker.track_future(async move {
-                if let Ok(stream) = TcpStream::from_std(stream) {
-                    session.run(stream, stop).await;
-                }
-                metrics.client_connections.dec();
-            }));
+            .spawn(tracker.track_future(serve_client(id, worker, pool.clone(), stream, stop)));
     }
     for signal in signals {
         let _ = signal.send(());
     }
+}
+
+/// One client's task, on its worker. The session is built here, not captured, so the task holds
+/// one copy of it.
+async fn serve_client(
+    id: u64,
+    worker: usize,
+    pool: Arc<Pool>,
+    stream: std::net::TcpStream,
+    stop: oneshot::Receiver<()>,
+) {
+    if let Ok(stream) = TcpStream::from_std(stream) {
+        Session::new(id, worker, pool.clone())
+            .run(stream, stop)
+            .await;
+    }
+    pool.metrics.client_connections.dec();
 }

@@ -19,7 +19,16 @@ use crate::topology::Pool;
 
 /// Bits of a token that number the parts of a fanned-out request; the rest is its sequence.
 const PART_BITS: u32 = 20;
-const READ_CHUNK: usize = 16 * 1024;
+/// A fresh read buffer's size: small, so a burst of idle clients costs little; it doubles
+/// while reads fill it.
+const FIRST_READ_CHUNK: usize = 1024;
+
+/// How a burst of requests ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Burst {
+    Idle,
+    Close,
+}
 
 /// A request's place in the reply order.
 enum Slot {
@@ -142,13 +151,40 @@ impl Session {
 
     /// Serves the client until it leaves, sends QUIT, sends malformed input, or `shutdown` fires
     /// (then what is in flight is answered first).
-    pub(super) async fn run(mut self, stream: TcpStream, shutdown: oneshot::Receiver<()>) {
+    ///
+    /// Between bursts of requests the task holds only the session itself: the buffers and the
+    /// larger state of a burst live in a future allocated while the client is active, so
+    /// thousands of idle clients cost little memory.
+    pub(super) async fn run(mut self, stream: TcpStream, mut shutdown: oneshot::Receiver<()>) {
         let _ = stream.set_nodelay(true);
+        let mut read_chunk = FIRST_READ_CHUNK;
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => return,
+                ready = stream.readable() => if ready.is_err() {
+                    return;
+                },
+            }
+            let burst = Box::pin(self.burst(&stream, &mut shutdown, &mut read_chunk));
+            if burst.await == Burst::Close {
+                return;
+            }
+        }
+    }
+
+    /// Serves requests until nothing is in flight and nothing is buffered (`Burst::Idle`) or
+    /// the connection is to close.
+    async fn burst(
+        &mut self,
+        stream: &TcpStream,
+        shutdown: &mut oneshot::Receiver<()>,
+        read_chunk: &mut usize,
+    ) -> Burst {
         let mut read_buf = BytesMut::new();
         let mut completions = Vec::new();
         let inbox = self.out.inbox.clone();
         let mut closing = false;
-        tokio::pin!(shutdown);
         loop {
             let can_read = !closing && self.out.slots.len() < self.pool.config.max_pipeline;
             let waiting = !self.out.slots.is_empty();
@@ -160,7 +196,7 @@ impl Session {
                         self.out.complete(c);
                     }
                 }
-                read = net::read_some(&stream, &mut read_buf, READ_CHUNK), if can_read => {
+                read = net::read_some(stream, &mut read_buf, read_chunk), if can_read => {
                     if matches!(read, Ok(n) if n > 0) {
                         closing = self.handle_input(&mut read_buf);
                     } else {
@@ -171,12 +207,12 @@ impl Session {
                         closing = true;
                     }
                 }
-                _ = &mut shutdown, if !closing => closing = true,
+                _ = &mut *shutdown, if !closing => closing = true,
             }
             self.out.collect_ready();
             if !self.out.buf.is_empty() {
-                if net::write_all(&stream, &self.out.buf).await.is_err() {
-                    return;
+                if net::write_all(stream, &self.out.buf).await.is_err() {
+                    return Burst::Close;
                 }
                 self.out.buf.clear();
             }
@@ -188,13 +224,12 @@ impl Session {
             }
             if self.out.slots.is_empty() {
                 if closing {
-                    return;
+                    return Burst::Close;
                 }
-                // Idle: give the buffers back so thousands of idle clients cost little memory.
                 if read_buf.is_empty() {
-                    read_buf = BytesMut::new();
                     self.out.buf = BytesMut::new();
-                    completions = Vec::new();
+                    self.out.slots = VecDeque::new();
+                    return Burst::Idle;
                 }
             }
         }
