@@ -65,6 +65,20 @@ impl Setup {
     }
 }
 
+/// Reads HELLO's reply (eight fields, the last an empty module list) and returns its header.
+fn hello_reply(r: &mut Raw) -> String {
+    let header = r.read_line();
+    for _ in 0..16 {
+        let line = r.read_line();
+        if line.starts_with('$') {
+            r.read_line();
+        } else if line.starts_with('*') {
+            assert_eq!(line, "*0\r\n");
+        }
+    }
+    header
+}
+
 #[test]
 fn handshake_commands_are_answered_by_the_proxy() {
     let s = setup("");
@@ -100,28 +114,14 @@ fn handshake_commands_are_answered_by_the_proxy() {
     r.roundtrip(&command(&[b"COMMAND", b"DOCS"]), b"*0\r\n");
     // HELLO 3 switches this client to RESP3: a map, and `_` for null.
     r.send(&command(&[b"HELLO", b"3"]));
-    assert_eq!(r.read_line(), "%8\r\n");
-    for _ in 0..16 {
-        let line = r.read_line();
-        if line.starts_with('$') {
-            r.read_line();
-        } else if line.starts_with('*') {
-            assert_eq!(line, "*0\r\n");
-        }
-    }
+    assert_eq!(hello_reply(&mut r), "%8\r\n");
     r.roundtrip(&command(&[b"GET", b"missing"]), b"_\r\n");
     r.roundtrip(
         &command(&[b"HELLO", b"4"]),
         b"-NOPROTO unsupported protocol version\r\n",
     );
     r.send(&command(&[b"HELLO", b"2"]));
-    assert_eq!(r.read_line(), "*16\r\n");
-    for _ in 0..16 {
-        let line = r.read_line();
-        if line.starts_with('$') {
-            r.read_line();
-        }
-    }
+    assert_eq!(hello_reply(&mut r), "*16\r\n");
     r.roundtrip(&command(&[b"GET", b"missing"]), b"$-1\r\n");
     r.roundtrip(&command(&[b"QUIT"]), b"+OK\r\n");
     assert!(r.is_closed());
@@ -665,4 +665,37 @@ fn a_client_that_stops_sending_still_gets_its_replies() {
     assert_eq!(r.read_line(), "yes\r\n");
     // OBJECT HELP has no key: any shard answers it.
     assert!(r.read_line().starts_with('*'));
+}
+
+#[test]
+fn replica_preferred_falls_back_to_the_master() {
+    // Standalone servers, so where a read went is visible.
+    let master = Redis::start();
+    let mut replica = Redis::start();
+    let _: () = master.client().set("k", "from-master").unwrap();
+    let _: () = replica.client().set("k", "from-replica").unwrap();
+    let port = free_port();
+    let config = format!(
+        "pools:\n  main:\n    listen: 127.0.0.1:{port}\n    read_from: replica_preferred\n    health_check: {{ interval_ms: 50, timeout_ms: 200, failures: 1 }}\n    servers:\n      - {{ name: one, master: \"{}\", replicas: [\"{}\"] }}\n",
+        master.addr(),
+        replica.addr()
+    );
+    let proxy = Proxy::start(&config, port);
+    let replica_state = |up: bool| {
+        format!(
+            "\"replicas\":[{{\"address\":\"{}\",\"up\":{up}}}",
+            replica.addr()
+        )
+    };
+    let (shown_up, shown_down) = (replica_state(true), replica_state(false));
+    wait_until("replica up", Duration::from_secs(10), || {
+        proxy.http("/topology").1.contains(&shown_up)
+    });
+    let mut r = Raw::connect(port);
+    r.roundtrip(&command(&[b"GET", b"k"]), b"$12\r\nfrom-replica\r\n");
+    replica.kill();
+    wait_until("replica down", Duration::from_secs(10), || {
+        proxy.http("/topology").1.contains(&shown_down)
+    });
+    r.roundtrip(&command(&[b"GET", b"k"]), b"$11\r\nfrom-master\r\n");
 }

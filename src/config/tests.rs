@@ -56,10 +56,8 @@ fn full_schema() {
     );
 }
 
-#[test]
-fn twemproxy_file_as_is() {
-    let c = parse(
-        "alpha:
+/// A twemproxy file using every key it has for a redis pool.
+const TWEMPROXY_REDIS: &str = "alpha:
   listen: 127.0.0.1:22121
   hash: fnv1a_64
   hash_tag: \"{}\"
@@ -75,49 +73,42 @@ fn twemproxy_file_as_is() {
   preconnect: true
   server_connections: 1
   client_connections: 100
+  tcpkeepalive: true
+  reuseport: false
   servers:
    - 127.0.0.1:6379:1 server1
    - 127.0.0.1:6380:1
-mc:
-  listen: 127.0.0.1:22122
-  redis: false
-  servers:
-   - 127.0.0.1:11211:1
-",
-    );
-    // memcache pools come with the memcache protocol; the error names that pool.
-    let err = c.unwrap_err().to_string();
-    assert!(
-        err.contains("protocol memcache is not supported yet"),
-        "{err}"
-    );
-}
+";
 
 #[test]
-fn twemproxy_redis_pool() {
-    let c = parse(
-        "alpha:
-  listen: 127.0.0.1:22121
-  auto_eject_hosts: true
-  redis: true
-  redis_auth: secret
-  redis_db: 2
-  server_retry_timeout: 2000
-  server_failure_limit: 1
-  timeout: 400
-  servers:
-   - 127.0.0.1:6379:1 server1
-   - 127.0.0.1:6380:1
-",
-    )
-    .unwrap();
+fn twemproxy_redis_pool_as_is() {
+    let c = parse(TWEMPROXY_REDIS).unwrap();
     let p = &c.pools[0];
     assert_eq!(p.failover, Failover::Eject);
     assert_eq!(p.client_password.as_deref(), Some("secret"));
     assert_eq!(p.backend_auth.as_ref().unwrap().password, "secret");
     assert_eq!((p.db, p.failure_limit), (2, 1));
     assert_eq!(p.retry_timeout, Duration::from_millis(2000));
+    assert_eq!(p.timeout, Duration::from_millis(400));
+    assert_eq!(
+        (p.backlog, p.client_connections, p.preconnect),
+        (1024, Some(100), true)
+    );
+    assert_eq!(p.hash_tag, Some(HashTag(*b"{}")));
+    assert_eq!(p.servers[0].identity, "server1");
     assert_eq!(p.servers[1].identity, "127.0.0.1:6380");
+}
+
+#[test]
+fn twemproxy_memcache_pool_is_refused_for_now() {
+    let text = format!(
+        "{TWEMPROXY_REDIS}mc:\n  listen: 127.0.0.1:22122\n  servers:\n   - 127.0.0.1:11211:1\n"
+    );
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(
+        err.contains("pool 'mc': protocol memcache is not supported yet"),
+        "{err}"
+    );
 }
 
 #[test]
