@@ -5,15 +5,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::session::error_reply;
 use crate::backend::BackendError;
 use crate::command::Merge;
-use crate::protocol::resp::{encode, parse_int, split_array};
+use crate::protocol::resp::{ReplyScanner, encode, parse_int};
 
 /// What to make of the parts.
 enum Plan {
-    /// A split MGET/MSET/DEL…: `order[i]` is (part, index within the part) of key i.
-    Split {
-        merge: Merge,
-        order: Vec<(usize, usize)>,
-    },
+    /// A split MGET/MSET/DEL…: `key_parts[i]` is the part that key i went to; within a part,
+    /// keys keep their order.
+    Split { merge: Merge, key_parts: Vec<u32> },
     /// INFO: a Server section with the lowest backend version, the proxy's own sections, then
     /// the shards' keyspace counts summed.
     Info {
@@ -35,10 +33,10 @@ impl Gather {
     pub(super) fn split(
         merge: Merge,
         parts: usize,
-        order: Vec<(usize, usize)>,
+        key_parts: Vec<u32>,
         max_depth: usize,
     ) -> Gather {
-        Gather::new(Plan::Split { merge, order }, parts, max_depth)
+        Gather::new(Plan::Split { merge, key_parts }, parts, max_depth)
     }
 
     pub(super) fn info(
@@ -85,7 +83,7 @@ impl Gather {
                 rest,
                 keyspace,
             } => merge_info(server.as_deref(), rest, *keyspace, &parts),
-            Plan::Split { merge, order } => {
+            Plan::Split { merge, key_parts } => {
                 // A failed shard fails the whole request, as a single server would.
                 let mut replies = Vec::with_capacity(parts.len());
                 for p in parts {
@@ -96,7 +94,7 @@ impl Gather {
                     }
                 }
                 match merge {
-                    Merge::Values => merge_values(&replies, order, self.max_depth),
+                    Merge::Values => merge_values(&replies, key_parts, self.max_depth),
                     Merge::Sum => merge_sum(&replies),
                     Merge::AllOk => replies
                         .into_iter()
@@ -108,22 +106,28 @@ impl Gather {
     }
 }
 
-fn merge_values(replies: &[Bytes], order: &[(usize, usize)], max_depth: usize) -> Bytes {
-    let mut elements = Vec::with_capacity(replies.len());
+/// MGET: walks each part's array reply with a cursor, taking the next value of key i's part,
+/// so the values come out in key order without collecting them first.
+fn merge_values(replies: &[Bytes], key_parts: &[u32], max_depth: usize) -> Bytes {
+    const NOT_AN_ARRAY: &str = "a backend answered MGET with something other than an array";
+    let mut cursors = Vec::with_capacity(replies.len());
     for r in replies {
-        match split_array(r, max_depth) {
-            Some(e) => elements.push(e),
-            None => {
-                return error_reply("a backend answered MGET with something other than an array");
-            }
-        }
+        let header_end = match (r.first(), memchr::memchr(b'\n', r)) {
+            (Some(b'*'), Some(nl)) => nl + 1,
+            _ => return error_reply(NOT_AN_ARRAY),
+        };
+        cursors.push(header_end);
     }
-    let mut out = BytesMut::new();
-    encode::array(&mut out, order.len());
-    for &(part, i) in order {
-        match elements[part].get(i) {
-            Some(e) => out.put_slice(e),
-            None => return error_reply("a backend answered MGET with too few values"),
+    let mut out = BytesMut::with_capacity(replies.iter().map(Bytes::len).sum::<usize>() + 16);
+    encode::array(&mut out, key_parts.len());
+    for &part in key_parts {
+        let (reply, cursor) = (&replies[part as usize], &mut cursors[part as usize]);
+        match ReplyScanner::new(max_depth).scan(&reply[*cursor..]) {
+            Ok(Some(len)) => {
+                out.put_slice(&reply[*cursor..*cursor + len]);
+                *cursor += len;
+            }
+            _ => return error_reply("a backend answered MGET with too few values"),
         }
     }
     out.freeze()
@@ -225,11 +229,34 @@ mod tests {
     #[test]
     fn values_follow_key_order() {
         // Keys 0 and 2 on part 1, key 1 on part 0.
-        let mut g = Gather::split(Merge::Values, 2, vec![(1, 0), (0, 0), (1, 1)], 8);
+        let mut g = Gather::split(Merge::Values, 2, vec![1, 0, 1], 8);
         assert_eq!(g.add(1, Ok(b("*2\r\n$1\r\na\r\n$-1\r\n"))), None);
         assert_eq!(
             g.add(0, Ok(b("*1\r\n$1\r\nb\r\n"))).unwrap(),
             b("*3\r\n$1\r\na\r\n$1\r\nb\r\n$-1\r\n")
+        );
+    }
+
+    #[test]
+    fn short_or_odd_backend_replies_are_errors() {
+        let mut g = Gather::split(Merge::Values, 2, vec![0, 1, 1], 8);
+        g.add(0, Ok(b("*1\r\n$1\r\na\r\n")));
+        let merged = g.add(1, Ok(b("*1\r\n$1\r\nb\r\n"))).unwrap();
+        assert_eq!(
+            merged,
+            b("-ERR a backend answered MGET with too few values\r\n")
+        );
+        let mut g = Gather::split(Merge::Values, 2, vec![0, 1], 8);
+        g.add(0, Ok(b("+OK\r\n")));
+        let merged = g.add(1, Ok(b("*1\r\n$1\r\nb\r\n"))).unwrap();
+        assert!(
+            merged.starts_with(b"-ERR a backend answered MGET with something other than an array")
+        );
+        let mut g = Gather::split(Merge::Sum, 2, vec![], 8);
+        g.add(0, Ok(b(":1\r\n")));
+        assert_eq!(
+            g.add(1, Ok(b("+OK\r\n"))).unwrap(),
+            b("-ERR a backend answered with something other than an integer\r\n")
         );
     }
 
@@ -256,7 +283,7 @@ mod tests {
             g.add(1, Err(err)).unwrap(),
             b("-ERR backend s (h:1) connection closed\r\n")
         );
-        let mut g = Gather::split(Merge::Values, 2, vec![(0, 0), (1, 0)], 8);
+        let mut g = Gather::split(Merge::Values, 2, vec![0, 1], 8);
         g.add(0, Ok(b("-WRONGTYPE x\r\n")));
         assert_eq!(
             g.add(1, Ok(b("*1\r\n$1\r\na\r\n"))).unwrap(),

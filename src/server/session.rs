@@ -337,42 +337,59 @@ impl Session {
 
     fn split(&mut self, ring: &Ring, cmd: &Command, merge: command::Merge, req: Request) {
         let step = cmd.key_step;
-        // Which shard each key goes to, grouped: (shard, argument positions of its keys).
-        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
-        let mut order = Vec::with_capacity(req.argc() / step);
+        // The part (one per shard, in order of first use) of every key, and each part's shard.
+        let mut key_parts: Vec<u32> = Vec::with_capacity(req.argc() / step);
+        let mut part_shards: Vec<usize> = Vec::new();
         for pos in cmd.key_positions(req.argc()) {
             let Some(s) = ring.server_for(req.arg(pos)) else {
                 self.out
                     .error("ERR no server is available for the key (all are ejected)");
                 return;
             };
-            let g = match groups.iter().position(|(gs, _)| *gs == s) {
-                Some(g) => g,
+            let part = match part_shards.iter().position(|&ps| ps == s) {
+                Some(part) => part,
                 None => {
-                    groups.push((s, Vec::new()));
-                    groups.len() - 1
+                    part_shards.push(s);
+                    part_shards.len() - 1
                 }
             };
-            order.push((g, groups[g].1.len()));
-            groups[g].1.push(pos);
+            key_parts.push(part as u32);
         }
-        if let [(s, _)] = groups[..] {
+        if let [s] = part_shards[..] {
             self.send(s, cmd.write, req.frame().clone(), 0);
             self.out.slots.push_back(Slot::Forwarded);
             return;
         }
-        let gather = Gather::split(merge, groups.len(), order, self.pool.config.max_reply_depth);
-        for (part, (s, positions)) in groups.iter().enumerate() {
-            let mut payload = BytesMut::new();
-            encode::array(&mut payload, 1 + positions.len() * step);
-            encode::bulk(&mut payload, req.arg(0));
-            for &pos in positions {
+        // Every part's request in one buffer, sent as slices of it.
+        let mut payloads = BytesMut::with_capacity(req.frame().len() + 16 * part_shards.len());
+        let mut ends = Vec::with_capacity(part_shards.len());
+        for part in 0..part_shards.len() as u32 {
+            let keys = key_parts.iter().filter(|&&p| p == part).count();
+            encode::array(&mut payloads, 1 + keys * step);
+            encode::bulk(&mut payloads, req.arg(0));
+            for (pos, _) in cmd
+                .key_positions(req.argc())
+                .zip(&key_parts)
+                .filter(|(_, p)| **p == part)
+            {
                 for i in pos..pos + step {
-                    encode::bulk(&mut payload, req.arg(i));
+                    encode::bulk(&mut payloads, req.arg(i));
                 }
             }
-            self.send(*s, cmd.write, payload.freeze(), part);
+            ends.push(payloads.len());
         }
+        let payloads = payloads.freeze();
+        let mut start = 0;
+        for (part, (&s, &end)) in part_shards.iter().zip(&ends).enumerate() {
+            self.send(s, cmd.write, payloads.slice(start..end), part);
+            start = end;
+        }
+        let gather = Gather::split(
+            merge,
+            part_shards.len(),
+            key_parts,
+            self.pool.config.max_reply_depth,
+        );
         self.out.slots.push_back(Slot::Gathering(Box::new(gather)));
     }
 

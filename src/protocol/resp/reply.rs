@@ -1,7 +1,6 @@
 //! Backend replies: an iterative scanner that finds where one complete reply ends, for every
 //! RESP2 and RESP3 type, without recursion and with a cap on nesting.
 
-use bytes::Bytes;
 use thiserror::Error;
 
 use super::parse_int;
@@ -125,24 +124,6 @@ impl ReplyScanner {
     }
 }
 
-/// The elements of a complete array reply as zero-copy slices; `None` when `reply` is not an
-/// array (an error, say).
-pub fn split_array(reply: &Bytes, max_depth: usize) -> Option<Vec<Bytes>> {
-    if reply.first() != Some(&b'*') {
-        return None;
-    }
-    let nl = memchr::memchr(b'\n', reply)?;
-    let n = parse_int(&reply[1..nl.checked_sub(1)?])?;
-    let mut pos = nl + 1;
-    let mut out = Vec::with_capacity(n.max(0) as usize);
-    for _ in 0..n.max(0) {
-        let len = ReplyScanner::new(max_depth).scan(&reply[pos..]).ok()??;
-        out.push(reply.slice(pos..pos + len));
-        pos += len;
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,17 +205,6 @@ mod tests {
         }
         assert_eq!(s.scan(whole), Ok(Some(whole.len())));
         assert_eq!(s.scan(b":7\r\n"), Ok(Some(4)));
-    }
-
-    #[test]
-    fn split_array_gives_elements() {
-        let r = Bytes::from_static(b"*3\r\n$1\r\na\r\n$-1\r\n*1\r\n:1\r\n");
-        let parts = split_array(&r, 8).unwrap();
-        assert_eq!(
-            parts,
-            vec![&b"$1\r\na\r\n"[..], b"$-1\r\n", b"*1\r\n:1\r\n"]
-        );
-        assert_eq!(split_array(&Bytes::from_static(b"-ERR x\r\n"), 8), None);
     }
 
     fn frame_strategy() -> impl Strategy<Value = OwnedFrame> {
