@@ -447,19 +447,25 @@ fn eject_takes_a_failing_server_off_the_ring_and_back() {
     assert!(s.shards[2].client().exists::<_, bool>(&key).unwrap());
 }
 
-#[test]
-fn reads_go_to_replicas_and_writes_to_masters() {
-    // The "replica" is a standalone server here, so where each command went is visible.
+/// One shard whose "replica" is a standalone server holding `k = from-replica`, so where each
+/// command went is visible; `extra` pool lines set the read policy.
+fn master_and_replica(extra: &str) -> (Redis, Redis, u16, Proxy) {
     let master = Redis::start();
     let replica = Redis::start();
     let _: () = replica.client().set("k", "from-replica").unwrap();
     let port = free_port();
-    let config = format!(
-        "pools:\n  main:\n    listen: 127.0.0.1:{port}\n    read_from: replica\n    servers:\n      - {{ name: one, master: \"{}\", replicas: [\"{}\"] }}\n",
+    let server = format!(
+        "{{ name: one, master: \"{}\", replicas: [\"{}\"] }}",
         master.addr(),
         replica.addr()
     );
-    let proxy = Proxy::start(&config, port);
+    let proxy = Proxy::start(&pool_config(port, &[server], extra), port);
+    (master, replica, port, proxy)
+}
+
+#[test]
+fn reads_go_to_replicas_and_writes_to_masters() {
+    let (master, replica, port, proxy) = master_and_replica("    read_from: replica\n");
     let mut r = Raw::connect(port);
     r.roundtrip(&command(&[b"GET", b"k"]), b"$12\r\nfrom-replica\r\n");
     r.roundtrip(&command(&[b"SET", b"w", b"1"]), b"+OK\r\n");
@@ -669,18 +675,10 @@ fn a_client_that_stops_sending_still_gets_its_replies() {
 
 #[test]
 fn replica_preferred_falls_back_to_the_master() {
-    // Standalone servers, so where a read went is visible.
-    let master = Redis::start();
-    let mut replica = Redis::start();
-    let _: () = master.client().set("k", "from-master").unwrap();
-    let _: () = replica.client().set("k", "from-replica").unwrap();
-    let port = free_port();
-    let config = format!(
-        "pools:\n  main:\n    listen: 127.0.0.1:{port}\n    read_from: replica_preferred\n    health_check: {{ interval_ms: 50, timeout_ms: 200, failures: 1 }}\n    servers:\n      - {{ name: one, master: \"{}\", replicas: [\"{}\"] }}\n",
-        master.addr(),
-        replica.addr()
+    let (master, mut replica, port, proxy) = master_and_replica(
+        "    read_from: replica_preferred\n    health_check: { interval_ms: 50, timeout_ms: 200, failures: 1 }\n",
     );
-    let proxy = Proxy::start(&config, port);
+    let _: () = master.client().set("k", "from-master").unwrap();
     let replica_state = |up: bool| {
         format!(
             "\"replicas\":[{{\"address\":\"{}\",\"up\":{up}}}",
