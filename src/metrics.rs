@@ -5,7 +5,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
@@ -58,73 +58,41 @@ pub struct ServerMetrics {
     pub up: Gauge,
 }
 
+/// A metric family, created and registered in one step.
+fn family<F: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> F {
+    let family = F::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("ringproxy");
-        let m = Metrics {
-            client_connections: Family::default(),
-            client_connections_total: Family::default(),
-            client_requests: Family::default(),
-            client_errors: Family::default(),
-            server_requests: Family::default(),
-            server_errors: Family::default(),
-            server_connections: Family::default(),
-            server_connects: Family::default(),
-            server_ejections: Family::default(),
-            server_up: Family::default(),
-            registry: Registry::default(),
-        };
-        registry.register(
-            "client_connections",
-            "Open client connections",
-            m.client_connections.clone(),
-        );
-        registry.register(
-            "client_connections_accepted",
-            "Client connections accepted",
-            m.client_connections_total.clone(),
-        );
-        registry.register(
-            "client_requests",
-            "Requests received from clients",
-            m.client_requests.clone(),
-        );
-        registry.register(
-            "client_errors",
-            "Error replies made by the proxy",
-            m.client_errors.clone(),
-        );
-        registry.register(
-            "server_requests",
-            "Requests sent to a backend",
-            m.server_requests.clone(),
-        );
-        registry.register(
-            "server_errors",
-            "Backend requests that failed (timeout, connection)",
-            m.server_errors.clone(),
-        );
-        registry.register(
-            "server_connections",
-            "Open backend connections",
-            m.server_connections.clone(),
-        );
-        registry.register(
-            "server_connects",
-            "Backend connections established",
-            m.server_connects.clone(),
-        );
-        registry.register(
-            "server_ejections",
-            "Times a server was taken off the ring",
-            m.server_ejections.clone(),
-        );
-        registry.register(
-            "server_up",
-            "1 while the server passes health checks",
-            m.server_up.clone(),
-        );
-        Metrics { registry, ..m }
+        let r = &mut Registry::with_prefix("ringproxy");
+        Metrics {
+            client_connections: family(r, "client_connections", "Open client connections"),
+            client_connections_total: family(
+                r,
+                "client_connections_accepted",
+                "Client connections accepted",
+            ),
+            client_requests: family(r, "client_requests", "Requests received from clients"),
+            client_errors: family(r, "client_errors", "Error replies made by the proxy"),
+            server_requests: family(r, "server_requests", "Requests sent to a backend"),
+            server_errors: family(
+                r,
+                "server_errors",
+                "Backend requests that failed (timeout, connection)",
+            ),
+            server_connections: family(r, "server_connections", "Open backend connections"),
+            server_connects: family(r, "server_connects", "Backend connections established"),
+            server_ejections: family(
+                r,
+                "server_ejections",
+                "Times a server was taken off the ring",
+            ),
+            server_up: family(r, "server_up", "1 while the server passes health checks"),
+            registry: std::mem::take(r),
+        }
     }
 }
 

@@ -241,7 +241,6 @@ struct WorkerConns {
 
 /// A backend server: each worker's connections to it, and its shared state.
 pub struct Node {
-    pub role: Role,
     pub addr: Address,
     shared: Arc<NodeShared>,
     per_worker: Vec<WorkerConns>,
@@ -315,7 +314,6 @@ impl Node {
             stop.clone(),
         ));
         Node {
-            role,
             addr,
             shared,
             per_worker,
