@@ -27,6 +27,7 @@ pub struct Metrics {
     client_connections_total: Family<PoolLabels, Counter>,
     client_requests: Family<PoolLabels, Counter>,
     client_errors: Family<PoolLabels, Counter>,
+    past_exptime: Family<PoolLabels, Counter>,
     server_requests: Family<ServerLabels, Counter>,
     server_errors: Family<ServerLabels, Counter>,
     server_connections: Family<ServerLabels, Gauge>,
@@ -44,6 +45,8 @@ pub struct PoolMetrics {
     /// Error replies the proxy made for clients (protocol errors, unsupported commands,
     /// backend failures).
     pub errors: Counter,
+    /// memcache writes whose exptime was an absolute time already past.
+    pub past_exptime: Counter,
 }
 
 /// One backend node's handles.
@@ -77,6 +80,11 @@ impl Default for Metrics {
             ),
             client_requests: family(r, "client_requests", "Requests received from clients"),
             client_errors: family(r, "client_errors", "Error replies made by the proxy"),
+            past_exptime: family(
+                r,
+                "past_exptime_writes",
+                "memcache writes with an exptime over 30 days that is already past",
+            ),
             server_requests: family(r, "server_requests", "Requests sent to a backend"),
             server_errors: family(
                 r,
@@ -106,6 +114,7 @@ impl Metrics {
             client_connections_total: self.client_connections_total.get_or_create(&l).clone(),
             requests: self.client_requests.get_or_create(&l).clone(),
             errors: self.client_errors.get_or_create(&l).clone(),
+            past_exptime: self.past_exptime.get_or_create(&l).clone(),
         }
     }
 

@@ -9,8 +9,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
-use crate::backend::{EjectHook, Node, Role};
-use crate::config::{Config, Failover, PoolConfig, ReadFrom};
+use crate::backend::{EjectHook, Node, NodeHealth, NodeSpec, Role};
+use crate::config::{Config, Failover, PoolConfig, Protocol, ReadFrom};
 use crate::metrics::{Metrics, PoolMetrics, ServerLabels};
 use crate::ring::Ring;
 use crate::workers::Workers;
@@ -33,6 +33,9 @@ pub struct Shard {
     pub name: String,
     pub master: Node,
     pub replicas: Vec<Node>,
+    /// A memcache shard with replicas: writes go to every node, and reads and writes go on
+    /// while any node is up.
+    pub replicated: bool,
 }
 
 impl Topology {
@@ -61,7 +64,9 @@ impl Topology {
                 ));
             }
             for (i, shard) in pool.shards.iter().enumerate() {
-                if ring.contains(i) && !shard.master.is_up() {
+                let serving = shard.master.is_up()
+                    || (shard.replicated && shard.replicas.iter().any(Node::is_up));
+                if ring.contains(i) && !serving {
                     problems.push(format!(
                         "pool {}: master of {} is unreachable",
                         pool.config.name,
@@ -82,49 +87,63 @@ impl Pool {
     fn start(config: &PoolConfig, metrics: &Metrics, workers: &Workers) -> Pool {
         let live = vec![true; config.servers.len()];
         let ring = Arc::new(ArcSwap::from_pointee(config.ring(&live)));
-        let eject_tx = (config.failover == Failover::Eject).then(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(eject_servers(config.clone(), ring.clone(), rx));
-            tx
-        });
-        let node = |server_name: &str, role: Role, addr: &crate::config::Address, eject| {
+        let (eject_tx, eject_rx) = mpsc::unbounded_channel();
+        let replicated = config.protocol == Protocol::Memcache;
+        let node = |server_name: &str, role: Role, addr: &crate::config::Address, eject, flush| {
             let labels = ServerLabels {
                 pool: config.name.clone(),
                 server: server_name.to_string(),
                 role: role.to_string(),
                 address: addr.to_string(),
             };
-            Node::start(
-                workers,
-                config,
+            let spec = NodeSpec {
                 server_name,
                 role,
-                addr.clone(),
-                metrics.server(labels),
+                addr: addr.clone(),
+                metrics: metrics.server(labels),
                 eject,
-            )
+                flush_when_back: flush,
+            };
+            Node::start(workers, config, spec)
         };
         let shards = config
             .servers
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let eject = eject_tx.as_ref().map(|tx| EjectHook {
-                    tx: tx.clone(),
+                let eject = (config.failover == Failover::Eject).then(|| EjectHook {
+                    tx: eject_tx.clone(),
                     shard: i,
                     failure_limit: config.failure_limit,
                 });
+                let replicated = replicated && !s.replicas.is_empty();
                 Shard {
                     name: s.name.clone(),
-                    master: node(&s.name, Role::Master, &s.master, eject),
+                    master: node(&s.name, Role::Master, &s.master, eject, replicated),
                     replicas: s
                         .replicas
                         .iter()
-                        .map(|r| node(&s.name, Role::Replica, r, None))
+                        .map(|r| node(&s.name, Role::Replica, r, None, replicated))
                         .collect(),
+                    replicated,
                 }
             })
-            .collect();
+            .collect::<Vec<Shard>>();
+        if config.failover == Failover::Eject {
+            let standbys = shards
+                .iter()
+                .map(|s| match s.replicated {
+                    true => s.replicas.iter().map(Node::health).collect(),
+                    false => Vec::new(),
+                })
+                .collect();
+            tokio::spawn(eject_servers(
+                config.clone(),
+                ring.clone(),
+                standbys,
+                eject_rx,
+            ));
+        }
         Pool {
             config: config.clone(),
             ring,
@@ -136,9 +155,37 @@ impl Pool {
 }
 
 impl Shard {
+    /// The master, then the replicas.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        std::iter::once(&self.master).chain(&self.replicas)
+    }
+
     /// The node a command goes to: writes to the master, reads as the pool's `read_from` says.
-    /// `spread` picks among replicas.
+    /// `spread` picks among replicas. A replicated shard reads from the first node in that
+    /// order that is in service.
     pub fn node_for(&self, write: bool, read_from: ReadFrom, spread: usize) -> &Node {
+        if self.replicated && !write {
+            let start = spread % self.replicas.len();
+            let replicas = self
+                .replicas
+                .iter()
+                .cycle()
+                .skip(start)
+                .take(self.replicas.len());
+            let preferred: &Node = match read_from {
+                ReadFrom::Master => &self.master,
+                _ => &self.replicas[start],
+            };
+            let in_service = match read_from {
+                ReadFrom::Master => std::iter::once(&self.master)
+                    .chain(replicas)
+                    .find(|n| n.is_up()),
+                _ => replicas
+                    .chain(std::iter::once(&self.master))
+                    .find(|n| n.is_up()),
+            };
+            return in_service.unwrap_or(preferred);
+        }
         if write || self.replicas.is_empty() || read_from == ReadFrom::Master {
             return &self.master;
         }
@@ -157,10 +204,12 @@ impl Shard {
 }
 
 /// twemproxy's auto-eject: a shard reported here leaves the ring for the retry timeout, then
-/// rejoins; its keys rehash to the others meanwhile.
+/// rejoins; its keys rehash to the others meanwhile. A replicated shard stays while one of its
+/// `standbys` is up: its keys are served there without moving.
 async fn eject_servers(
     config: PoolConfig,
     ring: Arc<ArcSwap<Ring>>,
+    standbys: Vec<Vec<NodeHealth>>,
     mut rx: mpsc::UnboundedReceiver<usize>,
 ) {
     let mut out_until: Vec<Option<Instant>> = vec![None; config.servers.len()];
@@ -168,6 +217,7 @@ async fn eject_servers(
         let next_return = out_until.iter().flatten().min().copied();
         tokio::select! {
             shard = rx.recv() => match shard {
+                Some(i) if standbys[i].iter().any(NodeHealth::is_up) => continue,
                 Some(i) => {
                     if out_until[i].is_none() {
                         tracing::warn!(pool = %config.name, server = %config.servers[i].name, "ejecting server for {} ms", config.retry_timeout.as_millis());

@@ -10,9 +10,7 @@ fn unhex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-/// The pool YAML that each file's header holds verbatim, turned into a redis pool when it is a
-/// memcache one (the ring does not depend on the protocol; memcache pools load once that
-/// protocol lands).
+/// The pool YAML that each file's header holds verbatim.
 fn pool_yaml(text: &str) -> String {
     let mut yaml = String::new();
     let mut in_config = false;
@@ -25,9 +23,6 @@ fn pool_yaml(text: &str) -> String {
             yaml.push_str(&line[4..]);
             yaml.push('\n');
         }
-    }
-    if !yaml.contains("redis: true") {
-        yaml = yaml.replacen("\n", "\n  redis: true\n", 1);
     }
     yaml
 }

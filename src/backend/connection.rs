@@ -13,7 +13,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use super::{ConnSettings, Delivery, Failure, Job, NodeShared, ReplyTo};
 use crate::net;
-use crate::protocol::resp::ReplyScanner;
+use crate::protocol::{ReplyKind, memcache, resp};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -91,7 +91,7 @@ pub(super) async fn connect(settings: &ConnSettings) -> Result<TcpStream, String
                 .map_err(|e| e.to_string())?;
             let mut buf = BytesMut::with_capacity(256);
             for _ in 0..settings.handshake_replies {
-                let reply = read_reply(&mut stream, &mut buf, settings.max_reply_depth).await?;
+                let reply = read_reply(&mut stream, &mut buf, settings, ReplyKind::Resp).await?;
                 if reply.first() == Some(&b'-') {
                     let text = String::from_utf8_lossy(&reply[1..]).trim_end().to_string();
                     return Err(format!("handshake refused: {text}"));
@@ -110,15 +110,39 @@ pub(super) async fn connect(settings: &ConnSettings) -> Result<TcpStream, String
         })
 }
 
+/// Finds where each reply ends, in the protocol of the request it answers.
+struct Framer {
+    resp: resp::ReplyScanner,
+    memcache: memcache::ReplyScanner,
+}
+
+impl Framer {
+    fn new(settings: &ConnSettings) -> Framer {
+        Framer {
+            resp: resp::ReplyScanner::new(settings.max_reply_depth),
+            memcache: memcache::ReplyScanner::default(),
+        }
+    }
+
+    /// The length of the complete reply at the start of `buf`, if it is complete.
+    fn scan(&mut self, buf: &[u8], kind: ReplyKind) -> Result<Option<usize>, String> {
+        match kind {
+            ReplyKind::Resp => self.resp.scan(buf).map_err(|e| e.to_string()),
+            ReplyKind::Memcache(shape) => self.memcache.scan(buf, shape).map_err(|e| e.to_string()),
+        }
+    }
+}
+
 /// Reads one complete reply from a stream that has nothing else in flight.
 pub(super) async fn read_reply(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
-    depth: usize,
+    settings: &ConnSettings,
+    kind: ReplyKind,
 ) -> Result<BytesMut, String> {
-    let mut scanner = ReplyScanner::new(depth);
+    let mut framer = Framer::new(settings);
     loop {
-        if let Some(len) = scanner.scan(buf).map_err(|e| e.to_string())? {
+        if let Some(len) = framer.scan(buf, kind)? {
             return Ok(buf.split_to(len));
         }
         if stream.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
@@ -145,11 +169,11 @@ async fn serve(
     rx: &mut UnboundedReceiver<Job>,
     queued: &mut VecDeque<Job>,
 ) -> Option<Failure> {
-    let mut in_flight: VecDeque<(ReplyTo, Instant)> = VecDeque::new();
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut read_buf = BytesMut::new();
     let mut read_chunk = FIRST_READ_CHUNK;
     let mut write_buf = BytesMut::with_capacity(16 * 1024);
-    let mut scanner = ReplyScanner::new(settings.max_reply_depth);
+    let mut framer = Framer::new(settings);
     let mut delivery = Delivery::default();
     let mut accepting = true;
     // One timer for the connection, armed at or before the oldest request's deadline and moved
@@ -163,7 +187,11 @@ async fn serve(
             shared.metrics.requests.inc_by(queued.len() as u64);
             for job in queued.drain(..) {
                 write_buf.extend_from_slice(&job.payload);
-                in_flight.push_back((job.reply_to, deadline));
+                in_flight.push_back(InFlight {
+                    reply_to: job.reply_to,
+                    kind: job.kind,
+                    deadline,
+                });
             }
             if net::write_all(&stream, &write_buf).await.is_err() {
                 break Failure::Closed;
@@ -173,8 +201,8 @@ async fn serve(
         if !accepting && in_flight.is_empty() {
             return None;
         }
-        if !armed && let Some((_, deadline)) = in_flight.front() {
-            timer.as_mut().reset(*deadline);
+        if !armed && let Some(oldest) = in_flight.front() {
+            timer.as_mut().reset(oldest.deadline);
             armed = true;
         }
         tokio::select! {
@@ -183,7 +211,7 @@ async fn serve(
                 if !matches!(read, Ok(n) if n > 0) {
                     break Failure::Closed;
                 }
-                if let Err(failure) = answer(&mut scanner, &mut read_buf, &mut in_flight, &mut delivery) {
+                if let Err(failure) = answer(&mut framer, &mut read_buf, &mut in_flight, &mut delivery) {
                     break failure;
                 }
                 shared.record_success();
@@ -203,10 +231,10 @@ async fn serve(
             _ = &mut timer, if armed => {
                 armed = false;
                 match in_flight.front() {
-                    Some((_, deadline)) if *deadline <= Instant::now() => {
-                        if let Some((to, _)) = in_flight.pop_front() {
+                    Some(oldest) if oldest.deadline <= Instant::now() => {
+                        if let Some(oldest) = in_flight.pop_front() {
                             shared.metrics.errors.inc();
-                            to.send(Err(shared.error(Failure::Timeout(settings.timeout))));
+                            oldest.reply_to.send(Err(shared.error(Failure::Timeout(settings.timeout))));
                         }
                         break Failure::Aborted;
                     }
@@ -222,28 +250,40 @@ async fn serve(
     } else {
         failure.clone()
     };
-    fail_all(shared, in_flight.drain(..).map(|(to, _)| to), &failure);
+    fail_all(shared, in_flight.drain(..).map(|f| f.reply_to), &failure);
     Some(report)
+}
+
+/// A request written to the backend and not answered yet.
+struct InFlight {
+    reply_to: ReplyTo,
+    kind: ReplyKind,
+    deadline: Instant,
 }
 
 /// Hands every complete reply in `buf` to the request waiting for it.
 fn answer(
-    scanner: &mut ReplyScanner,
+    framer: &mut Framer,
     buf: &mut BytesMut,
-    in_flight: &mut VecDeque<(ReplyTo, Instant)>,
+    in_flight: &mut VecDeque<InFlight>,
     delivery: &mut Delivery,
 ) -> Result<(), Failure> {
     let outcome = loop {
-        match scanner.scan(buf) {
+        if buf.is_empty() {
+            break Ok(());
+        }
+        let Some(kind) = in_flight.front().map(|f| f.kind) else {
+            break Err(Failure::BadReply("a reply nobody asked for".to_string()));
+        };
+        match framer.scan(buf, kind) {
             Ok(Some(len)) => {
                 let reply = buf.split_to(len).freeze();
-                let Some((to, _)) = in_flight.pop_front() else {
-                    break Err(Failure::BadReply("a reply nobody asked for".to_string()));
-                };
-                delivery.add(to, Ok(reply));
+                if let Some(f) = in_flight.pop_front() {
+                    delivery.add(f.reply_to, Ok(reply));
+                }
             }
             Ok(None) => break Ok(()),
-            Err(e) => break Err(Failure::BadReply(e.to_string())),
+            Err(e) => break Err(Failure::BadReply(e)),
         }
     };
     delivery.flush();

@@ -1,7 +1,8 @@
-//! Periodic health checks: PING on a connection of their own, so a dead node is noticed without
-//! client traffic and a returning one without a restart.
+//! Periodic health checks: PING (memcache: `version`) on a connection of their own, so a dead
+//! node is noticed without client traffic and a returning one without a restart.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -11,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::{connect, read_reply};
 use super::{ConnSettings, NodeShared};
-use crate::config::HealthCheck;
+use crate::config::{HealthCheck, Protocol};
+use crate::protocol::ReplyKind;
+use crate::protocol::memcache::ReplyShape;
 
 pub(super) async fn run(
     shared: Arc<NodeShared>,
@@ -28,9 +31,17 @@ pub(super) async fn run(
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let passed = timeout(check.timeout, ping(&mut conn, &settings))
-            .await
-            .unwrap_or(Err(()));
+        let passed = timeout(check.timeout, async {
+            ping(&mut conn, &settings).await?;
+            if shared.stale.load(Ordering::Relaxed) {
+                flush(&mut conn, &settings).await?;
+                tracing::info!(node = %shared.label, "flushed before serving again");
+                shared.stale.store(false, Ordering::Relaxed);
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or(Err(()));
         match passed {
             Ok(()) => {
                 failed_in_a_row = 0;
@@ -49,21 +60,42 @@ pub(super) async fn run(
     }
 }
 
-/// PING, expecting PONG; a node still loading its data set answers -LOADING and is not healthy.
+/// PING, expecting PONG (a node still loading its data set answers -LOADING and is not
+/// healthy); memcache: `version`, expecting `VERSION …`.
 async fn ping(conn: &mut Option<TcpStream>, settings: &ConnSettings) -> Result<(), ()> {
+    match settings.protocol {
+        Protocol::Redis => ask(conn, settings, b"*1\r\n$4\r\nPING\r\n", b"+PONG\r\n").await,
+        Protocol::Memcache => ask(conn, settings, b"version\r\n", b"VERSION ").await,
+    }
+}
+
+/// Empties a memcached node that may have missed writes.
+async fn flush(conn: &mut Option<TcpStream>, settings: &ConnSettings) -> Result<(), ()> {
+    ask(conn, settings, b"flush_all\r\n", b"OK\r\n").await
+}
+
+/// Sends `request` on the checker's connection (opening it if needed) and expects a reply that
+/// starts with `expected`.
+async fn ask(
+    conn: &mut Option<TcpStream>,
+    settings: &ConnSettings,
+    request: &[u8],
+    expected: &[u8],
+) -> Result<(), ()> {
     if conn.is_none() {
         *conn = Some(connect(settings).await.map_err(|_| ())?);
     }
     let stream = conn.as_mut().ok_or(())?;
-    stream
-        .write_all(b"*1\r\n$4\r\nPING\r\n")
-        .await
-        .map_err(|_| ())?;
+    stream.write_all(request).await.map_err(|_| ())?;
+    let kind = match settings.protocol {
+        Protocol::Redis => ReplyKind::Resp,
+        Protocol::Memcache => ReplyKind::Memcache(ReplyShape::Line),
+    };
     let mut buf = BytesMut::with_capacity(64);
-    let reply = read_reply(stream, &mut buf, settings.max_reply_depth)
+    let reply = read_reply(stream, &mut buf, settings, kind)
         .await
         .map_err(|_| ())?;
-    if &reply[..] == b"+PONG\r\n" {
+    if reply.starts_with(expected) {
         Ok(())
     } else {
         Err(())

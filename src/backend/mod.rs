@@ -17,9 +17,10 @@ use tokio::sync::Notify;
 use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::config::{Address, PoolConfig};
+use crate::config::{Address, PoolConfig, Protocol};
 use crate::keyword::keywords;
 use crate::metrics::ServerMetrics;
+use crate::protocol::ReplyKind;
 use crate::protocol::resp::encode;
 use crate::workers::Workers;
 
@@ -112,10 +113,12 @@ impl Delivery {
     }
 }
 
-/// One request for a node: bytes to send as they are, and where the reply goes.
+/// One request for a node: bytes to send as they are, how its reply is framed, and where the
+/// reply goes.
 #[derive(Debug)]
 pub struct Job {
     pub payload: Bytes,
+    pub kind: ReplyKind,
     pub reply_to: ReplyTo,
 }
 
@@ -181,6 +184,11 @@ pub(crate) struct NodeShared {
     failures: AtomicU32,
     metrics: ServerMetrics,
     eject: Option<EjectHook>,
+    /// A node of a replicated memcache shard: after any failure it may have missed writes, so
+    /// it is taken out of service at once and emptied (`flush_all`) before it serves again.
+    flush_when_back: bool,
+    /// Failed since its last flush.
+    stale: AtomicBool,
 }
 
 impl NodeShared {
@@ -193,6 +201,10 @@ impl NodeShared {
 
     /// A connection attempt, request or health check failed.
     fn record_failure(&self) {
+        if self.flush_when_back && !self.stale.swap(true, Ordering::Relaxed) {
+            tracing::warn!(node = %self.label, "out of service until it is back and flushed: it may miss writes");
+            self.set_up(false);
+        }
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(hook) = &self.eject
             && n >= hook.failure_limit
@@ -225,6 +237,7 @@ impl NodeShared {
 #[derive(Debug)]
 struct ConnSettings {
     addr: Address,
+    protocol: Protocol,
     timeout: Duration,
     /// AUTH / SELECT / HELLO sent on every new connection, and how many replies they produce.
     handshake: Bytes,
@@ -233,10 +246,31 @@ struct ConnSettings {
     max_reply_depth: usize,
 }
 
-/// One worker's connections to a node: RESP2, and RESP3 for clients that said HELLO 3.
+/// One worker's connections to a node: RESP2 (or memcache), and RESP3 for clients that said
+/// HELLO 3.
 struct WorkerConns {
     resp2: Vec<UnboundedSender<Job>>,
     resp3: Vec<UnboundedSender<Job>>,
+}
+
+/// What a node is in its pool.
+pub struct NodeSpec<'a> {
+    pub server_name: &'a str,
+    pub role: Role,
+    pub addr: Address,
+    pub metrics: ServerMetrics,
+    pub eject: Option<EjectHook>,
+    /// See [`NodeShared::flush_when_back`].
+    pub flush_when_back: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeHealth(Arc<NodeShared>);
+
+impl NodeHealth {
+    pub fn is_up(&self) -> bool {
+        self.0.up.load(Ordering::Relaxed)
+    }
 }
 
 /// A backend server: each worker's connections to it, and its shared state.
@@ -258,15 +292,15 @@ impl fmt::Debug for Node {
 impl Node {
     /// Starts the node's connection tasks on every worker (connecting now only with
     /// `preconnect`) and its health checker on the current runtime.
-    pub fn start(
-        workers: &Workers,
-        pool: &PoolConfig,
-        server_name: &str,
-        role: Role,
-        addr: Address,
-        metrics: ServerMetrics,
-        eject: Option<EjectHook>,
-    ) -> Node {
+    pub fn start(workers: &Workers, pool: &PoolConfig, spec: NodeSpec<'_>) -> Node {
+        let NodeSpec {
+            server_name,
+            role,
+            addr,
+            metrics,
+            eject,
+            flush_when_back,
+        } = spec;
         let label: Arc<str> = match role {
             Role::Master => format!("{server_name} ({addr})"),
             Role::Replica => format!("{server_name} ({addr}, replica)"),
@@ -278,11 +312,14 @@ impl Node {
             failures: AtomicU32::new(0),
             metrics,
             eject,
+            flush_when_back,
+            stale: AtomicBool::new(false),
         });
         let settings = |resp3: bool| {
             let (handshake, handshake_replies) = handshake(pool, resp3);
             Arc::new(ConnSettings {
                 addr: addr.clone(),
+                protocol: pool.protocol,
                 timeout: pool.timeout,
                 handshake,
                 handshake_replies,
@@ -303,7 +340,11 @@ impl Node {
         let per_worker = (0..workers.len())
             .map(|w| WorkerConns {
                 resp2: spawn_set(workers.handle(w), &resp2_settings),
-                resp3: spawn_set(workers.handle(w), &resp3_settings),
+                // memcache has one protocol level: no second set of connections.
+                resp3: match pool.protocol {
+                    Protocol::Redis => spawn_set(workers.handle(w), &resp3_settings),
+                    Protocol::Memcache => Vec::new(),
+                },
             })
             .collect();
         let stop = CancellationToken::new();
@@ -330,11 +371,20 @@ impl Node {
         self.shared.up.load(Ordering::Relaxed)
     }
 
+    /// A handle that tells whether the node is up, for tasks that outlive a borrow of it.
+    pub fn health(&self) -> NodeHealth {
+        NodeHealth(self.shared.clone())
+    }
+
     /// Queues a request on one of the worker's connections to the node; `spread` (a session
     /// id, say) picks which, so a session's requests stay in order on one connection.
     pub fn send(&self, job: Job, worker: usize, resp3: bool, spread: usize) {
         let conns = &self.per_worker[worker];
-        let conns = if resp3 { &conns.resp3 } else { &conns.resp2 };
+        let conns = if resp3 && !conns.resp3.is_empty() {
+            &conns.resp3
+        } else {
+            &conns.resp2
+        };
         if let Err(mpsc::error::SendError(job)) = conns[spread % conns.len()].send(job) {
             job.reply_to.send(Err(self.shared.error(Failure::Closed)));
         }
@@ -345,6 +395,9 @@ impl Node {
 fn handshake(pool: &PoolConfig, resp3: bool) -> (Bytes, usize) {
     let mut buf = BytesMut::new();
     let mut replies = 0;
+    if pool.protocol == Protocol::Memcache {
+        return (buf.freeze(), replies);
+    }
     if let Some(auth) = &pool.backend_auth {
         match &auth.username {
             Some(user) => encode::command(

@@ -105,6 +105,12 @@ pub struct PoolConfig {
     pub max_pipeline: usize,
     /// Deepest nesting accepted in a backend reply.
     pub max_reply_depth: usize,
+    /// memcache: the largest value a storage command may carry.
+    pub item_size_max: usize,
+    /// Whether commands that empty every server (memcache `flush_all`) are forwarded.
+    pub allow_flush: bool,
+    /// memcache: refuse writes whose exptime is an absolute time already past.
+    pub reject_past_exptime: bool,
     pub servers: Vec<ServerConfig>,
 }
 
@@ -248,12 +254,34 @@ fn validate(parts: raw::Parts) -> Result<Config, Invalid> {
 struct PoolParts {
     listen: Spanned<Address>,
     at: Location,
+    /// Whether a memcache-only setting was given.
+    memcache_only: bool,
     config: PoolConfig,
     servers: Vec<Spanned<raw::Server>>,
 }
 
 impl PoolParts {
+    /// A setting that the pool's protocol has no use for.
+    fn protocol_mismatch(&self, c: &PoolConfig) -> Option<&'static str> {
+        match c.protocol {
+            Protocol::Memcache if c.client_password.is_some() => {
+                Some("auth is for redis pools: memcached's text protocol has no AUTH")
+            }
+            Protocol::Memcache if c.backend_auth.is_some() => {
+                Some("backend_auth is for redis pools: memcached's text protocol has no AUTH")
+            }
+            Protocol::Memcache if c.db != 0 => Some("db is for redis pools"),
+            Protocol::Redis if self.memcache_only => {
+                Some("item_size_max and reject_past_exptime are for memcache pools")
+            }
+            _ => None,
+        }
+    }
+
     fn into_config(self, name: String) -> Result<PoolConfig, Invalid> {
+        if let Some(why) = self.protocol_mismatch(&self.config) {
+            return Err(invalid(self.at, format!("pool '{name}': {why}")));
+        }
         let mut config = self.config;
         config.name = name;
         config.listen = self.listen.value;
@@ -261,15 +289,6 @@ impl PoolParts {
             return Err(invalid(
                 self.at,
                 format!("pool '{}' has no servers", config.name),
-            ));
-        }
-        if config.protocol == Protocol::Memcache {
-            return Err(invalid(
-                self.at,
-                format!(
-                    "pool '{}': protocol memcache is not supported yet",
-                    config.name
-                ),
             ));
         }
         let mut seen: HashMap<String, ()> = HashMap::new();

@@ -55,6 +55,9 @@ struct Pool {
     client_connections: Option<u32>,
     backlog: Option<u32>,
     limits: Option<RawLimits>,
+    item_size_max: Option<usize>,
+    allow_flush: Option<bool>,
+    reject_past_exptime: Option<bool>,
     servers: Vec<Spanned<Server>>,
 }
 
@@ -275,6 +278,9 @@ fn base_pool(listen: &Spanned<Address>) -> PoolConfig {
         limits: Limits::default(),
         max_pipeline: 1024,
         max_reply_depth: 128,
+        item_size_max: 1024 * 1024,
+        allow_flush: false,
+        reject_past_exptime: false,
         servers: Vec::new(),
     }
 }
@@ -323,9 +329,14 @@ impl Pool {
             c.max_pipeline = l.max_pipeline.unwrap_or(c.max_pipeline).max(1);
             c.max_reply_depth = l.max_reply_depth.unwrap_or(c.max_reply_depth).max(1);
         }
+        let memcache_only = p.item_size_max.is_some() || p.reject_past_exptime.is_some();
+        c.item_size_max = p.item_size_max.unwrap_or(c.item_size_max);
+        c.allow_flush = p.allow_flush.unwrap_or(false);
+        c.reject_past_exptime = p.reject_past_exptime.unwrap_or(false);
         Ok(PoolParts {
             listen: p.listen,
             at,
+            memcache_only,
             config: c,
             servers: p.servers,
         })
@@ -388,6 +399,9 @@ impl From<TwemproxyPool> for Pool {
             client_connections: t.client_connections,
             backlog: t.backlog,
             limits: None,
+            item_size_max: None,
+            allow_flush: None,
+            reject_past_exptime: None,
             servers: t.servers,
         }
     }

@@ -100,15 +100,64 @@ fn twemproxy_redis_pool_as_is() {
 }
 
 #[test]
-fn twemproxy_memcache_pool_is_refused_for_now() {
+fn twemproxy_pool_without_redis_is_memcache() {
     let text = format!(
-        "{TWEMPROXY_REDIS}mc:\n  listen: 127.0.0.1:22122\n  servers:\n   - 127.0.0.1:11211:1\n"
+        "{TWEMPROXY_REDIS}mc:\n  listen: 127.0.0.1:22122\n  auto_eject_hosts: true\n  servers:\n   - 127.0.0.1:11211:1\n"
     );
-    let err = parse(&text).unwrap_err().to_string();
-    assert!(
-        err.contains("pool 'mc': protocol memcache is not supported yet"),
-        "{err}"
+    let config = parse(&text).unwrap();
+    let mc = config.pools.iter().find(|p| p.name == "mc").unwrap();
+    assert_eq!(mc.protocol, Protocol::Memcache);
+    assert_eq!(mc.failover, Failover::Eject);
+    assert_eq!(mc.servers[0].identity, "127.0.0.1");
+    assert_eq!(mc.item_size_max, 1024 * 1024);
+    assert!(!mc.allow_flush && !mc.reject_past_exptime);
+}
+
+#[test]
+fn memcache_settings() {
+    let text = "pools:\n  mc:\n    listen: 127.0.0.1:22122\n    protocol: memcache\n    item_size_max: 2048\n    allow_flush: true\n    reject_past_exptime: true\n    servers:\n      - { name: a, master: 127.0.0.1:11211, replicas: [127.0.0.1:11212] }\n";
+    let mc = &parse(text).unwrap().pools[0];
+    assert_eq!(
+        (mc.item_size_max, mc.allow_flush, mc.reject_past_exptime),
+        (2048, true, true)
     );
+    assert_eq!(mc.servers[0].replicas.len(), 1);
+}
+
+#[test]
+fn settings_of_the_other_protocol_are_refused() {
+    let pool = |protocol: &str, body: &str| {
+        format!(
+            "pools:\n  p:\n    listen: 127.0.0.1:6380\n    protocol: {protocol}\n{body}    servers: [127.0.0.1:7000:1]\n"
+        )
+    };
+    let cases = [
+        (
+            pool("memcache", "    auth: { password: x }\n"),
+            "pool 'p': auth is for redis pools",
+        ),
+        (
+            pool("memcache", "    backend_auth: { password: x }\n"),
+            "pool 'p': backend_auth is for redis pools",
+        ),
+        (
+            pool("memcache", "    db: 2\n"),
+            "pool 'p': db is for redis pools",
+        ),
+        (
+            pool("redis", "    item_size_max: 10\n"),
+            "pool 'p': item_size_max and reject_past_exptime are for memcache pools",
+        ),
+        (
+            pool("redis", "    reject_past_exptime: true\n"),
+            "are for memcache pools",
+        ),
+    ];
+    for (text, want) in cases {
+        let err = error_of(&text);
+        assert!(err.contains(want), "want {want:?} in {err:?}");
+        assert!(err.starts_with("test.yml:3:"), "{err}");
+    }
 }
 
 #[test]

@@ -11,8 +11,10 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::memcache::Memcache;
+use super::resp::Resp;
 use super::session::Session;
-use crate::config::Address;
+use crate::config::{Address, Protocol};
 use crate::topology::Pool;
 use crate::workers::Workers;
 
@@ -59,14 +61,17 @@ pub async fn serve_pool(
                 continue;
             }
         };
+        let protocol = pool.config.protocol;
         if let Some(limit) = pool.config.client_connections
             && pool.metrics.client_connections.get() >= i64::from(limit)
         {
             let mut stream = stream;
             tracker.spawn(async move {
-                let _ = stream
-                    .write_all(b"-ERR max number of clients reached\r\n")
-                    .await;
+                let refusal: &[u8] = match protocol {
+                    Protocol::Redis => b"-ERR max number of clients reached\r\n",
+                    Protocol::Memcache => b"SERVER_ERROR max number of clients reached\r\n",
+                };
+                let _ = stream.write_all(refusal).await;
             });
             continue;
         }
@@ -105,9 +110,16 @@ async fn serve_client(
     stop: oneshot::Receiver<()>,
 ) {
     if let Ok(stream) = TcpStream::from_std(stream) {
-        Session::new(id, worker, pool.clone())
-            .run(stream, stop)
-            .await;
+        match pool.config.protocol {
+            Protocol::Redis => {
+                let session: Session<Resp> = Session::new(id, worker, pool.clone());
+                session.run(stream, stop).await;
+            }
+            Protocol::Memcache => {
+                let session: Session<Memcache> = Session::new(id, worker, pool.clone());
+                session.run(stream, stop).await;
+            }
+        }
     }
     pool.metrics.client_connections.dec();
 }

@@ -4,7 +4,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::merge::Gather;
-use super::session::Session;
+use super::resp::RespSession;
 use crate::command::{Command, Kind, TABLE};
 use crate::protocol::resp::{Request, encode, parse_int};
 
@@ -31,7 +31,7 @@ impl ClientState {
 const SERVED_REDIS_VERSION: &str = "7.0.0";
 
 /// Runs a local command. Returns true for QUIT.
-pub(super) fn run(s: &mut Session, cmd: &Command, req: &Request) -> bool {
+pub(super) fn run(s: &mut RespSession, cmd: &Command, req: &Request) -> bool {
     let upper = cmd.name;
     let allowed_before_auth = matches!(upper, "AUTH" | "HELLO" | "QUIT");
     if !allowed_before_auth && !s.client().authenticated {
@@ -64,7 +64,7 @@ pub(super) fn run(s: &mut Session, cmd: &Command, req: &Request) -> bool {
     false
 }
 
-fn ping(s: &mut Session, req: &Request) {
+fn ping(s: &mut RespSession, req: &Request) {
     match req.argc() {
         1 => s.out().ready(Bytes::from_static(b"+PONG\r\n")),
         2 => {
@@ -79,8 +79,8 @@ fn ping(s: &mut Session, req: &Request) {
 }
 
 /// Checks a username/password pair against the pool's password (user `default`).
-fn check_password(s: &mut Session, user: &[u8], password: &[u8]) -> bool {
-    let ok = match &s.pool().config.client_password {
+fn check_password(s: &mut RespSession, user: &[u8], password: &[u8]) -> bool {
+    let ok = match &s.pool.config.client_password {
         Some(p) => user == b"default" && password == p.as_bytes(),
         None => false,
     };
@@ -93,13 +93,13 @@ fn check_password(s: &mut Session, user: &[u8], password: &[u8]) -> bool {
     ok
 }
 
-fn auth(s: &mut Session, req: &Request) {
+fn auth(s: &mut RespSession, req: &Request) {
     if req.argc() > 3 {
         s.out()
             .error("ERR wrong number of arguments for 'auth' command");
         return;
     }
-    if s.pool().config.client_password.is_none() {
+    if s.pool.config.client_password.is_none() {
         s.out().error(
             "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
         );
@@ -115,7 +115,7 @@ fn auth(s: &mut Session, req: &Request) {
     }
 }
 
-fn hello(s: &mut Session, req: &Request) {
+fn hello(s: &mut RespSession, req: &Request) {
     let mut resp3 = s.client().resp3;
     let mut i = 1;
     if req.argc() > 1 {
@@ -191,7 +191,7 @@ fn valid_name(name: &[u8]) -> bool {
     name.iter().all(|&c| (b'!'..=b'~').contains(&c))
 }
 
-fn client(s: &mut Session, req: &Request) {
+fn client(s: &mut RespSession, req: &Request) {
     let sub = req.arg(1).to_ascii_uppercase();
     match (&sub[..], req.argc()) {
         (b"SETNAME", 3) => {
@@ -249,7 +249,7 @@ fn command_entry(b: &mut BytesMut, c: &Command) {
     encode::integer(b, c.key_step as i64);
 }
 
-fn command(s: &mut Session, req: &Request) {
+fn command(s: &mut RespSession, req: &Request) {
     let resp3 = s.client().resp3;
     let mut b = BytesMut::new();
     let sub = if req.argc() > 1 {
@@ -292,7 +292,7 @@ fn command(s: &mut Session, req: &Request) {
 
 /// INFO: the proxy's own sections; with Server or Keyspace asked for, every shard's INFO is
 /// fetched for the backend version and the summed key counts.
-fn info(s: &mut Session, req: &Request) {
+fn info(s: &mut RespSession, req: &Request) {
     let wanted: Vec<String> = req
         .args()
         .skip(1)
@@ -303,7 +303,7 @@ fn info(s: &mut Session, req: &Request) {
             .iter()
             .any(|w| matches!(w.as_str(), "all" | "default" | "everything"));
     let want = |section: &str| all || wanted.iter().any(|w| w == section);
-    let pool = s.pool().clone();
+    let pool = s.pool.clone();
     let c = &pool.config;
     let mut rest = String::new();
     if want("clients") {

@@ -2,10 +2,17 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::session::error_reply;
+use super::session::{backend_error, error_reply};
 use crate::backend::BackendError;
 use crate::command::Merge;
+use crate::config::Protocol;
+use crate::protocol::memcache::Verb;
 use crate::protocol::resp::{ReplyScanner, encode, parse_int};
+
+/// A RESP `-ERR` reply the proxy makes while merging.
+fn resp_error(msg: &str) -> Bytes {
+    error_reply(Protocol::Redis, &format!("ERR {msg}"))
+}
 
 /// What to make of the parts.
 enum Plan {
@@ -19,6 +26,21 @@ enum Plan {
         rest: String,
         keyspace: bool,
     },
+    /// A memcache get split by shard: `line` is the client's command line, whose keys start
+    /// at token `first_key`; key i went to part `key_parts[i]`.
+    Values {
+        line: Bytes,
+        first_key: usize,
+        key_parts: Vec<u32>,
+    },
+    /// One memcache write sent to a shard's nodes: the reply of the first of the first
+    /// `candidates` parts that answered (the master's, unless it failed). Later parts are
+    /// invalidations whose replies do not count.
+    FirstAnswer { candidates: usize },
+    /// memcache `flush_all` on every node: the first failure, else the first reply.
+    Broadcast,
+    /// memcache `stats backends`: every node's counters, prefixed with its name.
+    Stats { nodes: Vec<String> },
 }
 
 /// Collects one reply per part; the merged reply is ready when the last arrives.
@@ -27,6 +49,9 @@ pub(super) struct Gather {
     parts: Vec<Option<Result<Bytes, BackendError>>>,
     missing: usize,
     max_depth: usize,
+    /// A memcache command sent with `noreply` or `q`: the merged reply is dropped when the
+    /// command would not have shown it.
+    quiet: Option<Verb>,
 }
 
 impl Gather {
@@ -56,12 +81,52 @@ impl Gather {
         )
     }
 
+    /// A memcache get of keys on `key_parts.len()` shards.
+    pub(super) fn values(
+        line: Bytes,
+        first_key: usize,
+        key_parts: Vec<u32>,
+        parts: usize,
+    ) -> Gather {
+        Gather::new(
+            Plan::Values {
+                line,
+                first_key,
+                key_parts,
+            },
+            parts,
+            1,
+        )
+    }
+
+    /// A memcache write on `parts` nodes, answered by the first of the first `candidates`
+    /// that answers.
+    pub(super) fn first_answer(parts: usize, candidates: usize, quiet: Option<Verb>) -> Gather {
+        let mut g = Gather::new(Plan::FirstAnswer { candidates }, parts, 1);
+        g.quiet = quiet;
+        g
+    }
+
+    /// A memcache command on every node.
+    pub(super) fn broadcast(parts: usize, quiet: Option<Verb>) -> Gather {
+        let mut g = Gather::new(Plan::Broadcast, parts, 1);
+        g.quiet = quiet;
+        g
+    }
+
+    /// memcache `stats` of every node in `nodes`.
+    pub(super) fn stats(nodes: Vec<String>) -> Gather {
+        let parts = nodes.len();
+        Gather::new(Plan::Stats { nodes }, parts, 1)
+    }
+
     fn new(plan: Plan, parts: usize, max_depth: usize) -> Gather {
         Gather {
             plan,
             parts: (0..parts).map(|_| None).collect(),
             missing: parts,
             max_depth,
+            quiet: None,
         }
     }
 
@@ -72,7 +137,14 @@ impl Gather {
             self.missing -= 1;
         }
         *slot = Some(reply);
-        (self.missing == 0).then(|| self.merge())
+        if self.missing > 0 {
+            return None;
+        }
+        let merged = self.merge();
+        Some(match self.quiet {
+            Some(verb) if verb.quiet_hides(&merged) => Bytes::new(),
+            _ => merged,
+        })
     }
 
     fn merge(&mut self) -> Bytes {
@@ -83,6 +155,24 @@ impl Gather {
                 rest,
                 keyspace,
             } => merge_info(server.as_deref(), rest, *keyspace, &parts),
+            Plan::Values {
+                line,
+                first_key,
+                key_parts,
+            } => merge_memcache_values(line, *first_key, key_parts, parts),
+            Plan::FirstAnswer { candidates } => first_answer(parts.into_iter().take(*candidates)),
+            Plan::Broadcast => {
+                let failed = parts.iter().position(|p| match p {
+                    Ok(r) => crate::protocol::memcache::is_error_line(r),
+                    Err(_) => true,
+                });
+                match parts.into_iter().nth(failed.unwrap_or(0)) {
+                    Some(Ok(reply)) => reply,
+                    Some(Err(e)) => backend_error(Protocol::Memcache, &e),
+                    None => error_reply(Protocol::Memcache, "SERVER_ERROR no node answered"),
+                }
+            }
+            Plan::Stats { nodes } => merge_stats(nodes, &parts),
             Plan::Split { merge, key_parts } => {
                 // A failed shard fails the whole request, as a single server would.
                 let mut replies = Vec::with_capacity(parts.len());
@@ -90,7 +180,7 @@ impl Gather {
                     match p {
                         Ok(r) if r.first() == Some(&b'-') => return r,
                         Ok(r) => replies.push(r),
-                        Err(e) => return error_reply(&e.to_string()),
+                        Err(e) => return backend_error(Protocol::Redis, &e),
                     }
                 }
                 match merge {
@@ -114,7 +204,7 @@ fn merge_values(replies: &[Bytes], key_parts: &[u32], max_depth: usize) -> Bytes
     for r in replies {
         let header_end = match (r.first(), memchr::memchr(b'\n', r)) {
             (Some(b'*'), Some(nl)) => nl + 1,
-            _ => return error_reply(NOT_AN_ARRAY),
+            _ => return resp_error(NOT_AN_ARRAY),
         };
         cursors.push(header_end);
     }
@@ -127,9 +217,108 @@ fn merge_values(replies: &[Bytes], key_parts: &[u32], max_depth: usize) -> Bytes
                 out.put_slice(&reply[*cursor..*cursor + len]);
                 *cursor += len;
             }
-            _ => return error_reply("a backend answered MGET with too few values"),
+            _ => return resp_error("a backend answered MGET with too few values"),
         }
     }
+    out.freeze()
+}
+
+/// A memcache get: each part's `VALUE` blocks are walked with a cursor and taken in the order
+/// of the client's keys (a missed key has none), then one `END`. An error from any part is
+/// the reply, as memcached answers a get with a bad key.
+fn merge_memcache_values(
+    line: &[u8],
+    first_key: usize,
+    key_parts: &[u32],
+    parts: Vec<Result<Bytes, BackendError>>,
+) -> Bytes {
+    let mut replies = Vec::with_capacity(parts.len());
+    for p in parts {
+        match p {
+            Ok(r) if r.starts_with(b"VALUE ") || &r[..] == b"END\r\n" => replies.push(r),
+            Ok(r) => return r,
+            Err(e) => return backend_error(Protocol::Memcache, &e),
+        }
+    }
+    let mut cursors = vec![0; replies.len()];
+    let mut out = BytesMut::with_capacity(replies.iter().map(Bytes::len).sum::<usize>());
+    let keys = line
+        .split(|&b| b == b' ')
+        .filter(|t| !t.is_empty())
+        .skip(first_key);
+    for (key, &part) in keys.zip(key_parts) {
+        let (reply, cursor) = (&replies[part as usize], &mut cursors[part as usize]);
+        let rest = &reply[*cursor..];
+        let Some(block) = value_block(rest).filter(|_| value_key(rest) == Some(key)) else {
+            continue;
+        };
+        out.put_slice(&rest[..block]);
+        *cursor += block;
+    }
+    out.put_slice(b"END\r\n");
+    out.freeze()
+}
+
+/// The key of the `VALUE` line at the start of `reply`.
+fn value_key(reply: &[u8]) -> Option<&[u8]> {
+    reply
+        .strip_prefix(b"VALUE ")?
+        .split(|&b| b == b' ')
+        .find(|t| !t.is_empty())
+}
+
+/// The length of the `VALUE` line and data block at the start of `reply` (the backend
+/// connection has checked their framing).
+fn value_block(reply: &[u8]) -> Option<usize> {
+    let nl = memchr::memchr(b'\n', reply)?;
+    let len = reply[..nl]
+        .trim_ascii_end()
+        .split(|&b| b == b' ')
+        .filter(|t| !t.is_empty())
+        .nth(3)
+        .and_then(crate::protocol::memcache::parse_decimal)?;
+    Some(nl + 1 + len as usize + 2).filter(|&end| end <= reply.len())
+}
+
+fn first_answer(parts: impl Iterator<Item = Result<Bytes, BackendError>>) -> Bytes {
+    let mut first_error = None;
+    for p in parts {
+        match p {
+            Ok(r) => return r,
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => backend_error(Protocol::Memcache, &e),
+        None => error_reply(Protocol::Memcache, "SERVER_ERROR no node answered"),
+    }
+}
+
+/// Every node's `STAT` lines as `STAT <node>:<name> <value>`, then one `END`.
+fn merge_stats(nodes: &[String], parts: &[Result<Bytes, BackendError>]) -> Bytes {
+    let mut out = BytesMut::new();
+    for (node, part) in nodes.iter().zip(parts) {
+        match part {
+            Ok(reply) => {
+                for line in reply.split(|&b| b == b'\n') {
+                    if let Some(stat) = line.strip_prefix(b"STAT ") {
+                        out.put_slice(b"STAT ");
+                        out.put_slice(node.as_bytes());
+                        out.put_u8(b':');
+                        out.put_slice(stat.trim_ascii_end());
+                        out.put_slice(b"\r\n");
+                    }
+                }
+            }
+            Err(e) => {
+                let error = e.failure.to_string().replace(' ', "_");
+                out.put_slice(format!("STAT {node}:error {error}\r\n").as_bytes());
+            }
+        }
+    }
+    out.put_slice(b"END\r\n");
     out.freeze()
 }
 
@@ -141,7 +330,7 @@ fn merge_sum(replies: &[Bytes]) -> Bytes {
             .flatten();
         match n {
             Some(n) => sum += n,
-            None => return error_reply("a backend answered with something other than an integer"),
+            None => return resp_error("a backend answered with something other than an integer"),
         }
     }
     let mut out = BytesMut::new();

@@ -2,7 +2,9 @@
 
 mod listener;
 mod local;
+mod memcache;
 mod merge;
+mod resp;
 mod session;
 
 pub use listener::{bind, serve_pool};

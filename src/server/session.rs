@@ -1,5 +1,6 @@
 //! One client connection: parse pipelined requests, route each to its shard, and write replies
-//! in request order, batched into one write per wakeup.
+//! in request order, batched into one write per wakeup. The protocol is a [`Frontend`]: RESP
+//! or memcache.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -8,13 +9,11 @@ use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use super::local::{self, ClientState};
 use super::merge::Gather;
-use crate::backend::{Completion, Inbox, Job, ReplyTo};
-use crate::command::{self, Command, Kind};
-use crate::net;
-use crate::protocol::resp::{Request, RequestParser, encode};
-use crate::ring::Ring;
+use crate::backend::{BackendError, Completion, Inbox, Job, ReplyTo};
+use crate::config::Protocol;
+use crate::protocol::memcache::Verb;
+use crate::protocol::{ReplyKind, resp::encode};
 use crate::topology::Pool;
 
 /// Bits of a token that number the parts of a fanned-out request; the rest is its sequence.
@@ -22,6 +21,18 @@ const PART_BITS: u32 = 20;
 /// A fresh read buffer's size: small, so a burst of idle clients costs little; it doubles
 /// while reads fill it.
 const FIRST_READ_CHUNK: usize = 1024;
+
+/// A client protocol: how requests are parsed and routed.
+pub(super) trait Frontend: Sized {
+    fn new(pool: &Pool) -> Self;
+
+    /// Parses and routes every complete request in `buf`. Returns true when the session must
+    /// close after the queued replies (quit, malformed input).
+    fn handle_input(s: &mut Session<Self>, buf: &mut BytesMut) -> bool;
+
+    /// Whether `buf` (what is left unparsed) ends in the middle of a request.
+    fn is_mid_request(&self, buf: &BytesMut) -> bool;
+}
 
 /// How a burst of requests ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -35,6 +46,9 @@ enum Slot {
     Ready(Bytes),
     /// One backend reply is awaited and becomes the client's reply as it is.
     Forwarded,
+    /// A memcache request sent with `noreply` or `q`: the reply is dropped when the command
+    /// would not have shown it.
+    Quiet(Verb),
     /// Several parts are awaited and merged.
     Gathering(Box<Gather>),
 }
@@ -46,6 +60,7 @@ pub(super) struct Outbox {
     first_seq: u64,
     inbox: Arc<Inbox>,
     buf: BytesMut,
+    protocol: Protocol,
     pub(super) errors: u64,
 }
 
@@ -59,12 +74,26 @@ impl Outbox {
         self.slots.push_back(Slot::Ready(reply));
     }
 
-    /// Queues an error reply the proxy made (`msg` starts with its code).
+    /// Queues an error reply the proxy made (`msg` starts with its code: `ERR …`,
+    /// `CLIENT_ERROR …`).
     pub(super) fn error(&mut self, msg: &str) {
-        let mut b = BytesMut::with_capacity(msg.len() + 3);
-        encode::error(&mut b, msg);
         self.errors += 1;
-        self.ready(b.freeze());
+        self.ready(error_reply(self.protocol, msg));
+    }
+
+    /// Queues the slot of a request sent to one backend.
+    pub(super) fn forwarded(&mut self) {
+        self.slots.push_back(Slot::Forwarded);
+    }
+
+    /// Queues the slot of a memcache request whose client asked for no reply.
+    pub(super) fn quiet(&mut self, verb: Verb) {
+        self.slots.push_back(Slot::Quiet(verb));
+    }
+
+    /// Queues the slot of a request whose parts `gather` merges.
+    pub(super) fn gathering(&mut self, gather: Gather) {
+        self.slots.push_back(Slot::Gathering(Box::new(gather)));
     }
 
     /// Where a backend sends the reply to part `part` of the next request.
@@ -93,7 +122,15 @@ impl Outbox {
         };
         match slot {
             Slot::Forwarded => {
-                *slot = Slot::Ready(reply.unwrap_or_else(|e| error_reply(&e.to_string())))
+                *slot = Slot::Ready(reply.unwrap_or_else(|e| backend_error(self.protocol, &e)))
+            }
+            Slot::Quiet(verb) => {
+                let shown = match reply {
+                    Ok(r) if !verb.quiet_hides(&r) => r,
+                    Err(e) if verb.is_meta() => backend_error(self.protocol, &e),
+                    _ => Bytes::new(),
+                };
+                *slot = Slot::Ready(shown);
             }
             Slot::Gathering(g) => {
                 if let Some(merged) = g.add(part, reply) {
@@ -115,41 +152,55 @@ impl Outbox {
     }
 }
 
-pub(super) fn error_reply(msg: &str) -> Bytes {
-    let mut b = BytesMut::with_capacity(msg.len() + 8);
-    encode::error(&mut b, &format!("ERR {msg}"));
+/// An error reply in the client's protocol; `msg` starts with its code.
+pub(super) fn error_reply(protocol: Protocol, msg: &str) -> Bytes {
+    let mut b = BytesMut::with_capacity(msg.len() + 3);
+    match protocol {
+        Protocol::Redis => encode::error(&mut b, msg),
+        Protocol::Memcache => {
+            b.extend_from_slice(msg.as_bytes());
+            b.extend_from_slice(b"\r\n");
+        }
+    }
     b.freeze()
 }
 
-pub(super) struct Session {
+/// The reply for a request its backend did not answer.
+pub(super) fn backend_error(protocol: Protocol, e: &BackendError) -> Bytes {
+    match protocol {
+        Protocol::Redis => error_reply(protocol, &format!("ERR {e}")),
+        Protocol::Memcache => error_reply(protocol, &format!("SERVER_ERROR {e}")),
+    }
+}
+
+pub(super) struct Session<F> {
     pub(super) id: u64,
     /// The worker thread this session runs on: it uses that worker's backend connections.
     worker: usize,
-    pool: Arc<Pool>,
-    parser: RequestParser,
-    client: ClientState,
-    out: Outbox,
+    pub(super) pool: Arc<Pool>,
+    pub(super) out: Outbox,
+    pub(super) fe: F,
 }
 
-impl Session {
-    pub(super) fn new(id: u64, worker: usize, pool: Arc<Pool>) -> Session {
+impl<F: Frontend> Session<F> {
+    pub(super) fn new(id: u64, worker: usize, pool: Arc<Pool>) -> Session<F> {
         Session {
             id,
             worker,
-            parser: RequestParser::new(pool.config.limits),
-            client: ClientState::new(pool.config.client_password.is_none()),
+            fe: F::new(&pool),
             out: Outbox {
                 slots: VecDeque::new(),
                 first_seq: 0,
                 inbox: Arc::default(),
                 buf: BytesMut::new(),
+                protocol: pool.config.protocol,
                 errors: 0,
             },
             pool,
         }
     }
 
-    /// Serves the client until it leaves, sends QUIT, sends malformed input, or `shutdown` fires
+    /// Serves the client until it leaves, quits, sends malformed input, or `shutdown` fires
     /// (then what is in flight is answered first).
     ///
     /// Between bursts of requests the task holds only the session itself: the buffers and the
@@ -196,12 +247,12 @@ impl Session {
                         self.out.complete(c);
                     }
                 }
-                read = net::read_some(stream, &mut read_buf, read_chunk), if can_read => {
+                read = crate::net::read_some(stream, &mut read_buf, read_chunk), if can_read => {
                     if matches!(read, Ok(n) if n > 0) {
-                        closing = self.handle_input(&mut read_buf);
+                        closing = F::handle_input(self, &mut read_buf);
                     } else {
                         // The client is done sending: answer what it asked, then close.
-                        if self.parser.is_mid_request(&read_buf) {
+                        if self.fe.is_mid_request(&read_buf) {
                             tracing::debug!(session = self.id, "client closed in the middle of a request");
                         }
                         closing = true;
@@ -211,7 +262,7 @@ impl Session {
             }
             self.out.collect_ready();
             if !self.out.buf.is_empty() {
-                if net::write_all(stream, &self.out.buf).await.is_err() {
+                if crate::net::write_all(stream, &self.out.buf).await.is_err() {
                     return Burst::Close;
                 }
                 self.out.buf.clear();
@@ -234,182 +285,37 @@ impl Session {
             }
         }
     }
+}
 
-    /// Parses and dispatches every complete request in `buf`. Returns true when the session must
-    /// close after the queued replies (QUIT, malformed input).
-    fn handle_input(&mut self, buf: &mut BytesMut) -> bool {
-        let ring = self.pool.ring.load();
-        let mut count = 0;
-        let closing = loop {
-            match self.parser.parse(buf) {
-                Ok(Some(req)) => {
-                    count += 1;
-                    if self.dispatch(&ring, req) {
-                        break true;
-                    }
-                }
-                Ok(None) => break false,
-                Err(e) => {
-                    self.out.error(&format!("ERR Protocol error: {e}"));
-                    break true;
-                }
-            }
-        };
-        self.pool.metrics.requests.inc_by(count);
-        closing
-    }
-
-    /// Routes one request. Returns true for QUIT.
-    fn dispatch(&mut self, ring: &Ring, req: Request) -> bool {
-        let name = req.arg(0);
-        let Some(cmd) = command::lookup(name) else {
-            if !self.client.authenticated {
-                self.out.error("NOAUTH Authentication required.");
-            } else {
-                let shown = String::from_utf8_lossy(name);
-                self.out
-                    .error(&format!("ERR unsupported command '{shown}'"));
-            }
-            return false;
-        };
-        if !cmd.arity_ok(req.argc()) {
-            self.out.error(&format!(
-                "ERR wrong number of arguments for '{}' command",
-                cmd.name.to_ascii_lowercase()
-            ));
-            return false;
-        }
-        if cmd.kind == Kind::Local {
-            return local::run(self, cmd, &req);
-        }
-        if !self.client.authenticated {
-            self.out.error("NOAUTH Authentication required.");
-            return false;
-        }
-        match cmd.kind {
-            Kind::Keyed => self.forward_keyed(ring, cmd, req),
-            Kind::Split(merge) => self.split(ring, cmd, merge, req),
-            Kind::Local => {}
-        }
-        false
-    }
-
-    fn forward_keyed(&mut self, ring: &Ring, cmd: &Command, req: Request) {
-        // A keyed command without keys (OBJECT HELP, XINFO HELP) can go to any shard.
-        let mut shard = None;
-        let mut keys = cmd.key_positions(req.argc()).peekable();
-        if keys.peek().is_none() {
-            shard = ring.server_for(b"");
-        }
-        for pos in keys {
-            let s = ring.server_for(req.arg(pos));
-            if shard.is_some() && s != shard {
-                self.out.error(&format!(
-                    "CROSSSLOT Keys in request don't hash to the same shard (command '{}'); use a hash tag",
-                    cmd.name.to_ascii_lowercase()
-                ));
-                return;
-            }
-            shard = s;
-        }
-        match shard {
-            Some(s) => {
-                self.send(s, cmd.write, req.frame().clone(), 0);
-                self.out.slots.push_back(Slot::Forwarded);
-            }
-            None => self
-                .out
-                .error("ERR no server is available for the key (all are ejected)"),
-        }
-    }
-
-    /// Sends part `part` of the next request to shard `s`. The request's slot is queued after
-    /// all its parts are sent.
-    fn send(&mut self, s: usize, write: bool, payload: Bytes, part: usize) {
+impl<F> Session<F> {
+    /// Sends part `part` of the next request to shard `s` (the node `write` and the pool's
+    /// `read_from` choose). The request's slot is queued after all its parts are sent.
+    pub(super) fn send(
+        &self,
+        s: usize,
+        write: bool,
+        job: (Bytes, ReplyKind),
+        part: usize,
+        resp3: bool,
+    ) {
         let shard = &self.pool.shards[s];
         let node = shard.node_for(write, self.pool.config.read_from, self.id as usize);
+        self.send_to(node, job, part, resp3);
+    }
+
+    /// Sends part `part` of the next request to `node`.
+    pub(super) fn send_to(
+        &self,
+        node: &crate::backend::Node,
+        (payload, kind): (Bytes, ReplyKind),
+        part: usize,
+        resp3: bool,
+    ) {
         let job = Job {
             payload,
+            kind,
             reply_to: self.out.reply_to(part),
         };
-        node.send(job, self.worker, self.client.resp3, self.id as usize);
-    }
-
-    fn split(&mut self, ring: &Ring, cmd: &Command, merge: command::Merge, req: Request) {
-        let step = cmd.key_step;
-        // The part (one per shard, in order of first use) of every key, and each part's shard.
-        let mut key_parts: Vec<u32> = Vec::with_capacity(req.argc() / step);
-        let mut part_shards: Vec<usize> = Vec::new();
-        for pos in cmd.key_positions(req.argc()) {
-            let Some(s) = ring.server_for(req.arg(pos)) else {
-                self.out
-                    .error("ERR no server is available for the key (all are ejected)");
-                return;
-            };
-            let part = match part_shards.iter().position(|&ps| ps == s) {
-                Some(part) => part,
-                None => {
-                    part_shards.push(s);
-                    part_shards.len() - 1
-                }
-            };
-            key_parts.push(part as u32);
-        }
-        if let [s] = part_shards[..] {
-            self.send(s, cmd.write, req.frame().clone(), 0);
-            self.out.slots.push_back(Slot::Forwarded);
-            return;
-        }
-        // Every part's request in one buffer, sent as slices of it.
-        let mut payloads = BytesMut::with_capacity(req.frame().len() + 16 * part_shards.len());
-        let mut ends = Vec::with_capacity(part_shards.len());
-        for part in 0..part_shards.len() as u32 {
-            let keys = key_parts.iter().filter(|&&p| p == part).count();
-            encode::array(&mut payloads, 1 + keys * step);
-            encode::bulk(&mut payloads, req.arg(0));
-            for (pos, _) in cmd
-                .key_positions(req.argc())
-                .zip(&key_parts)
-                .filter(|(_, p)| **p == part)
-            {
-                for i in pos..pos + step {
-                    encode::bulk(&mut payloads, req.arg(i));
-                }
-            }
-            ends.push(payloads.len());
-        }
-        let payloads = payloads.freeze();
-        let mut start = 0;
-        for (part, (&s, &end)) in part_shards.iter().zip(&ends).enumerate() {
-            self.send(s, cmd.write, payloads.slice(start..end), part);
-            start = end;
-        }
-        let gather = Gather::split(
-            merge,
-            part_shards.len(),
-            key_parts,
-            self.pool.config.max_reply_depth,
-        );
-        self.out.slots.push_back(Slot::Gathering(Box::new(gather)));
-    }
-
-    pub(super) fn pool(&self) -> &Arc<Pool> {
-        &self.pool
-    }
-
-    pub(super) fn client(&mut self) -> &mut ClientState {
-        &mut self.client
-    }
-
-    pub(super) fn out(&mut self) -> &mut Outbox {
-        &mut self.out
-    }
-
-    /// Sends the same request to every shard's master and gathers the replies with `gather`.
-    pub(super) fn broadcast(&mut self, payload: Bytes, gather: Gather) {
-        for s in 0..self.pool.shards.len() {
-            self.send(s, true, payload.clone(), s);
-        }
-        self.out.slots.push_back(Slot::Gathering(Box::new(gather)));
+        node.send(job, self.worker, resp3, self.id as usize);
     }
 }

@@ -1,0 +1,139 @@
+//! Framing memcached's replies on a backend connection: how long the reply at the front of the
+//! buffer is, given the shape its request calls for.
+
+use memchr::memchr;
+use thiserror::Error;
+
+use super::{ReplyShape, parse_decimal};
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct ReplyError(&'static str);
+
+/// Finds where replies end. Resumable: lines already known to belong to an unfinished
+/// multi-line reply are not scanned again when more bytes arrive.
+#[derive(Debug, Default)]
+pub struct ReplyScanner {
+    /// Bytes of the current reply already scanned.
+    pos: usize,
+}
+
+/// An error line ends any reply: memcached sends it instead of what was asked for.
+pub fn is_error_line(line: &[u8]) -> bool {
+    line.starts_with(b"ERROR")
+        || line.starts_with(b"CLIENT_ERROR")
+        || line.starts_with(b"SERVER_ERROR")
+}
+
+/// The data length in `VALUE <key> <flags> <bytes> [<cas>]` (token 3) or `VA <size> …` (token 1).
+fn data_len(line: &[u8], token: usize) -> Result<usize, ReplyError> {
+    let line = line.strip_suffix(b"\r\n").unwrap_or(line);
+    line.split(|&b| b == b' ')
+        .filter(|t| !t.is_empty())
+        .nth(token)
+        .and_then(parse_decimal)
+        .map(|n| n as usize)
+        .ok_or(ReplyError("a value line without a length"))
+}
+
+impl ReplyScanner {
+    /// The length of the complete reply at the start of `buf`, or `None` until it is complete.
+    pub fn scan(&mut self, buf: &[u8], shape: ReplyShape) -> Result<Option<usize>, ReplyError> {
+        loop {
+            let Some(nl) = memchr(b'\n', &buf[self.pos..]) else {
+                return Ok(None);
+            };
+            let line_end = self.pos + nl + 1;
+            let line = &buf[self.pos..line_end];
+            let first = self.pos == 0;
+            let end = match shape {
+                ReplyShape::Line => line_end,
+                ReplyShape::Meta if line.starts_with(b"VA ") => {
+                    let end = line_end + data_len(line, 1)? + 2;
+                    if buf.len() < end {
+                        return Ok(None);
+                    }
+                    end
+                }
+                ReplyShape::Meta => line_end,
+                ReplyShape::Values | ReplyShape::Stats if line == b"END\r\n" => line_end,
+                ReplyShape::Values if line.starts_with(b"VALUE ") => {
+                    let end = line_end + data_len(line, 3)? + 2;
+                    if buf.len() < end {
+                        return Ok(None);
+                    }
+                    if &buf[end - 2..end] != b"\r\n" {
+                        return Err(ReplyError("a value without its CRLF"));
+                    }
+                    self.pos = end;
+                    continue;
+                }
+                ReplyShape::Stats if line.starts_with(b"STAT ") => {
+                    self.pos = line_end;
+                    continue;
+                }
+                _ if first && is_error_line(line) => line_end,
+                ReplyShape::Values => return Err(ReplyError("an unexpected line in a get reply")),
+                ReplyShape::Stats => return Err(ReplyError("an unexpected line in a stats reply")),
+            };
+            self.pos = 0;
+            return Ok(Some(end));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every reply is found at its full length, and at no shorter prefix.
+    fn check(reply: &[u8], shape: ReplyShape) {
+        let mut scanner = ReplyScanner::default();
+        for cut in 0..reply.len() {
+            assert_eq!(scanner.scan(&reply[..cut], shape), Ok(None), "cut {cut}");
+        }
+        let mut buf = reply.to_vec();
+        buf.extend_from_slice(b"NEXT\r\n");
+        assert_eq!(scanner.scan(&buf, shape), Ok(Some(reply.len())));
+        assert_eq!(
+            ReplyScanner::default().scan(&buf, shape),
+            Ok(Some(reply.len()))
+        );
+    }
+
+    #[test]
+    fn frames_every_shape() {
+        check(b"STORED\r\n", ReplyShape::Line);
+        check(b"END\r\n", ReplyShape::Values);
+        check(
+            b"VALUE a 0 2\r\nhi\r\nVALUE b 5 3 99\r\nEND\r\nEND\r\n",
+            ReplyShape::Values,
+        );
+        check(
+            b"CLIENT_ERROR bad command line format\r\n",
+            ReplyShape::Values,
+        );
+        check(b"VA 2 t-1\r\nhi\r\n", ReplyShape::Meta);
+        check(b"EN\r\n", ReplyShape::Meta);
+        check(b"STAT pid 1\r\nSTAT uptime 2\r\nEND\r\n", ReplyShape::Stats);
+        check(b"SERVER_ERROR busy\r\n", ReplyShape::Stats);
+    }
+
+    #[test]
+    fn odd_replies_are_errors() {
+        let mut s = ReplyScanner::default();
+        assert!(s.scan(b"VALUE a 0 x\r\n", ReplyShape::Values).is_err());
+        let mut s = ReplyScanner::default();
+        assert!(
+            s.scan(b"VALUE a 0 1\r\nxyz\r\n", ReplyShape::Values)
+                .is_err()
+        );
+        let mut s = ReplyScanner::default();
+        assert!(s.scan(b"STORED\r\n", ReplyShape::Values).is_err());
+        let mut s = ReplyScanner::default();
+        assert!(
+            s.scan(b"STAT a 1\r\nSTORED\r\n", ReplyShape::Stats)
+                .is_err()
+        );
+    }
+}

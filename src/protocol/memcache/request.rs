@@ -1,0 +1,528 @@
+//! memcached text and meta requests from clients: framed, checked as memcached checks them, and
+//! handed on as zero-copy slices of the read buffer.
+
+use bytes::{Bytes, BytesMut};
+use memchr::memchr;
+use thiserror::Error;
+
+use super::{Verb, parse_decimal};
+
+/// memcached's longest key.
+pub const MAX_KEY_BYTES: usize = 250;
+/// memcached closes a connection whose command line has no newline within this many bytes,
+/// unless it is a multi-key get.
+const MAX_LINE_BYTES: usize = 2048;
+/// Tokens remembered per line: enough for every command's fixed fields. Keys of a long
+/// multi-get are walked with [`Request::tokens`].
+const MAX_TOKENS: usize = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest value accepted in a storage command; larger ones are refused before they are
+    /// forwarded (memcached's `-I`, 1 MB by default).
+    pub item_size_max: usize,
+    /// Longest multi-key get line.
+    pub max_get_line: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            item_size_max: 1024 * 1024,
+            max_get_line: 64 * 1024,
+        }
+    }
+}
+
+/// Input after which memcached closes the connection.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("line too long")]
+    LineTooLong,
+}
+
+/// One framed client command.
+#[derive(Debug)]
+pub struct Request {
+    pub verb: Verb,
+    /// The command line with its newline, then the data block of a storage command.
+    frame: Bytes,
+    /// Length of the command line without `\r\n`.
+    line_len: usize,
+    /// `noreply` (text) or `q` (meta), and where its token is in the line.
+    quiet: Option<(usize, usize)>,
+}
+
+/// What the parser made of one command.
+#[derive(Debug)]
+pub enum Parsed {
+    Request(Request),
+    /// A command memcached refuses with `reply` (`ERROR`, `CLIENT_ERROR …`, `SERVER_ERROR …`);
+    /// `silent` when it carried `noreply`, for memcached then says nothing.
+    Reject {
+        reply: &'static str,
+        silent: bool,
+    },
+}
+
+pub const ERROR: &str = "ERROR";
+pub const BAD_FORMAT: &str = "CLIENT_ERROR bad command line format";
+pub const BAD_CHUNK: &str = "CLIENT_ERROR bad data chunk";
+pub const TOO_LARGE: &str = "SERVER_ERROR object too large for cache";
+
+/// Frames commands out of a client's byte stream, remembering data it must skip.
+#[derive(Debug)]
+pub struct RequestParser {
+    limits: Limits,
+    /// Bytes of a refused value still to be discarded, as memcached swallows them.
+    swallow: usize,
+}
+
+/// The start and end of the first space-separated tokens of `line`, how many tokens there
+/// are, and the last one's span.
+fn tokenize(line: &[u8]) -> ([(usize, usize); MAX_TOKENS], usize, (usize, usize)) {
+    let mut spans = [(0, 0); MAX_TOKENS];
+    let mut n = 0;
+    let mut last = (0, 0);
+    for (start, end) in token_spans(line) {
+        if n < MAX_TOKENS {
+            spans[n] = (start, end);
+        }
+        last = (start, end);
+        n += 1;
+    }
+    (spans, n, last)
+}
+
+/// The span of a meta command's `q` flag among the tokens from `first_flag` on.
+fn quiet_flag(line: &[u8], first_flag: usize) -> Option<(usize, usize)> {
+    token_spans(line)
+        .skip(first_flag)
+        .find(|&(s, e)| &line[s..e] == b"q")
+}
+
+fn token_spans(line: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut pos = 0;
+    std::iter::from_fn(move || {
+        while pos < line.len() && line[pos] == b' ' {
+            pos += 1;
+        }
+        if pos == line.len() {
+            return None;
+        }
+        let start = pos;
+        pos += memchr(b' ', &line[pos..]).unwrap_or(line.len() - pos);
+        Some((start, pos))
+    })
+}
+
+fn is_multi_get(line: &[u8]) -> bool {
+    let start = line.iter().position(|&b| b != b' ').unwrap_or(line.len());
+    let rest = &line[start..];
+    rest.starts_with(b"get ") || rest.starts_with(b"gets ")
+}
+
+/// Whether `s` is a number memcached's `strtoul`/`strtol` checks accept for a field.
+fn numeric(s: &[u8], negative_ok: bool, max: u64) -> bool {
+    let digits = match s.split_first() {
+        Some((b'-', rest)) if negative_ok => rest,
+        _ => s,
+    };
+    parse_decimal(digits).is_some_and(|n| n <= max)
+}
+
+impl RequestParser {
+    pub fn new(limits: Limits) -> RequestParser {
+        RequestParser { limits, swallow: 0 }
+    }
+
+    /// Whether `buf` holds the start of a command that is not complete yet.
+    pub fn is_mid_request(&self, buf: &[u8]) -> bool {
+        !buf.is_empty() || self.swallow > 0
+    }
+
+    /// Takes the next command out of `buf`, or returns `None` until one is complete.
+    pub fn parse(&mut self, buf: &mut BytesMut) -> Result<Option<Parsed>, ParseError> {
+        if self.swallow > 0 {
+            let n = self.swallow.min(buf.len());
+            let _ = buf.split_to(n);
+            self.swallow -= n;
+            if self.swallow > 0 {
+                return Ok(None);
+            }
+        }
+        let Some(nl) = memchr(b'\n', buf) else {
+            let limit = if is_multi_get(buf) {
+                self.limits.max_get_line
+            } else {
+                MAX_LINE_BYTES
+            };
+            return if buf.len() > limit {
+                Err(ParseError::LineTooLong)
+            } else {
+                Ok(None)
+            };
+        };
+        let line_len = if nl > 0 && buf[nl - 1] == b'\r' {
+            nl - 1
+        } else {
+            nl
+        };
+        let line = &buf[..line_len];
+        let (spans, n, last) = tokenize(line);
+        let token = |i: usize| &line[spans[i].0..spans[i].1];
+        let verb = match n {
+            0 => None,
+            _ => std::str::from_utf8(token(0))
+                .ok()
+                .and_then(|v| v.parse::<Verb>().ok()),
+        };
+        let reject = |reply, silent| Ok(Some(Parsed::Reject { reply, silent }));
+        let Some(verb) = verb else {
+            let _ = buf.split_to(nl + 1);
+            return reject(ERROR, false);
+        };
+        let last_is_noreply = n > 1 && &line[last.0..last.1] == b"noreply";
+        let mut quiet = None;
+        let mut data_len = 0;
+        let checked: Result<(), &'static str> = match verb {
+            Verb::Set | Verb::Add | Verb::Replace | Verb::Append | Verb::Prepend | Verb::Cas => {
+                let fields = if verb == Verb::Cas { 6 } else { 5 };
+                if n != fields && n != fields + 1 {
+                    Err(ERROR)
+                } else {
+                    if last_is_noreply {
+                        quiet = Some(last);
+                    }
+                    let ok = token(1).len() <= MAX_KEY_BYTES
+                        && numeric(token(2), false, u32::MAX.into())
+                        && numeric(token(3), true, i32::MAX as u64)
+                        && numeric(token(4), false, i32::MAX as u64 - 2)
+                        && (verb != Verb::Cas || numeric(token(5), false, u64::MAX));
+                    if ok {
+                        data_len = parse_decimal(token(4)).unwrap_or(0) as usize;
+                        Ok(())
+                    } else {
+                        Err(BAD_FORMAT)
+                    }
+                }
+            }
+            Verb::MetaSet => {
+                if n < 2 {
+                    Err(ERROR)
+                } else if n < 3 || token(1).len() > MAX_KEY_BYTES {
+                    Err(BAD_FORMAT)
+                } else {
+                    match parse_decimal(token(2)).filter(|&l| l <= i32::MAX as u64 - 2) {
+                        Some(len) => {
+                            data_len = len as usize;
+                            quiet = quiet_flag(line, 3);
+                            Ok(())
+                        }
+                        None => Err(BAD_FORMAT),
+                    }
+                }
+            }
+            Verb::Get | Verb::Gets | Verb::Gat | Verb::Gats => {
+                let first_key = if matches!(verb, Verb::Gat | Verb::Gats) {
+                    2
+                } else {
+                    1
+                };
+                if n < 2 {
+                    Err(ERROR)
+                } else if token_spans(line)
+                    .skip(first_key)
+                    .any(|(s, e)| e - s > MAX_KEY_BYTES)
+                {
+                    Err(BAD_FORMAT)
+                } else {
+                    Ok(())
+                }
+            }
+            Verb::Incr | Verb::Decr | Verb::Touch => {
+                if n == 3 || n == 4 {
+                    if last_is_noreply {
+                        quiet = Some(last);
+                    }
+                    Ok(())
+                } else {
+                    Err(ERROR)
+                }
+            }
+            Verb::Delete => {
+                if (2..=4).contains(&n) {
+                    if last_is_noreply {
+                        quiet = Some(last);
+                    }
+                    Ok(())
+                } else {
+                    Err(ERROR)
+                }
+            }
+            Verb::FlushAll | Verb::Verbosity => {
+                let fields = if verb == Verb::FlushAll { 1..=3 } else { 2..=3 };
+                if fields.contains(&n) {
+                    if last_is_noreply {
+                        quiet = Some(last);
+                    }
+                    Ok(())
+                } else {
+                    Err(ERROR)
+                }
+            }
+            Verb::MetaGet | Verb::MetaDelete | Verb::MetaArithmetic | Verb::MetaDebug => {
+                if n < 2 {
+                    Err(ERROR)
+                } else {
+                    quiet = quiet_flag(line, 2);
+                    Ok(())
+                }
+            }
+            _ => Ok(()),
+        };
+        let silent = last_is_noreply && !verb.is_meta();
+        if let Err(reply) = checked {
+            let _ = buf.split_to(nl + 1);
+            return reject(reply, silent);
+        }
+        if data_len > self.limits.item_size_max {
+            let _ = buf.split_to(nl + 1);
+            self.swallow = data_len + 2;
+            return self.parse_after_refusal(buf, TOO_LARGE, silent);
+        }
+        let frame_len = if verb.has_data() {
+            nl + 1 + data_len + 2
+        } else {
+            nl + 1
+        };
+        if buf.len() < frame_len {
+            return Ok(None);
+        }
+        let frame = buf.split_to(frame_len).freeze();
+        if verb.has_data() && &frame[frame_len - 2..] != b"\r\n" {
+            return reject(BAD_CHUNK, silent);
+        }
+        Ok(Some(Parsed::Request(Request {
+            verb,
+            frame,
+            line_len,
+            quiet,
+        })))
+    }
+
+    /// Starts swallowing a refused value, and reports the refusal.
+    fn parse_after_refusal(
+        &mut self,
+        buf: &mut BytesMut,
+        reply: &'static str,
+        silent: bool,
+    ) -> Result<Option<Parsed>, ParseError> {
+        let n = self.swallow.min(buf.len());
+        let _ = buf.split_to(n);
+        self.swallow -= n;
+        Ok(Some(Parsed::Reject { reply, silent }))
+    }
+}
+
+impl Request {
+    /// The command line without its newline.
+    pub fn line(&self) -> &[u8] {
+        &self.frame[..self.line_len]
+    }
+
+    /// The line's space-separated tokens, the command name first.
+    pub fn tokens(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let line = self.line();
+        token_spans(line).map(move |(s, e)| &line[s..e])
+    }
+
+    /// Token `i` of the line, if there is one.
+    pub fn token(&self, i: usize) -> Option<&[u8]> {
+        self.tokens().nth(i)
+    }
+
+    /// Whether the client asked for no reply: `noreply` on a text command, `q` on a meta one.
+    pub fn is_quiet(&self) -> bool {
+        self.quiet.is_some()
+    }
+
+    /// The request as a backend should get it: without `noreply` or `q`, so every request is
+    /// answered and replies stay matched to requests; the proxy drops what the client asked
+    /// not to see. Zero-copy unless there is such a token.
+    pub fn forwarded(&self) -> Bytes {
+        let Some((start, end)) = self.quiet else {
+            return self.frame.clone();
+        };
+        let mut out = BytesMut::with_capacity(self.frame.len());
+        out.extend_from_slice(&self.frame[..start]);
+        out.extend_from_slice(&self.frame[end..]);
+        out.freeze()
+    }
+
+    /// The whole request as the client sent it.
+    pub fn frame(&self) -> &Bytes {
+        &self.frame
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(input: &[u8], limits: Limits) -> Vec<String> {
+        let mut parser = RequestParser::new(limits);
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        while let Some(p) = parser.parse(&mut buf).unwrap() {
+            out.push(match p {
+                Parsed::Request(r) => format!(
+                    "{}:{}",
+                    r.verb,
+                    String::from_utf8_lossy(&r.forwarded()).escape_debug()
+                ),
+                Parsed::Reject { reply, silent } => format!("reject:{reply}:{silent}"),
+            });
+        }
+        out
+    }
+
+    fn parse(input: &[u8]) -> Vec<String> {
+        parse_all(input, Limits::default())
+    }
+
+    #[test]
+    fn frames_text_commands() {
+        assert_eq!(
+            parse(b"set a 0 0 2\r\nhi\r\nget a b\r\n  gets  a\n"),
+            [
+                "set:set a 0 0 2\\r\\nhi\\r\\n",
+                "get:get a b\\r\\n",
+                "gets:  gets  a\\n"
+            ]
+        );
+    }
+
+    #[test]
+    fn noreply_and_quiet_tokens_are_removed_for_the_backend() {
+        assert_eq!(
+            parse(b"set a 0 0 2 noreply\r\nhi\r\ndelete a noreply\r\nmg a v q k\r\nms a 2 q T5\r\nhi\r\n"),
+            [
+                "set:set a 0 0 2 \\r\\nhi\\r\\n",
+                "delete:delete a \\r\\n",
+                "mg:mg a v  k\\r\\n",
+                "ms:ms a 2  T5\\r\\nhi\\r\\n"
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_commands_get_memcacheds_replies() {
+        let key = "k".repeat(251);
+        let cases: Vec<(Vec<u8>, Vec<&str>)> = vec![
+            (b"foo\r\n".to_vec(), vec!["reject:ERROR:false"]),
+            (b"\r\n".to_vec(), vec!["reject:ERROR:false"]),
+            (b"get\r\n".to_vec(), vec!["reject:ERROR:false"]),
+            (
+                b"set a 0 0 x\r\nhi\r\n".to_vec(),
+                vec![
+                    "reject:CLIENT_ERROR bad command line format:false",
+                    "reject:ERROR:false",
+                ],
+            ),
+            (
+                b"set a 0 0 x noreply\r\n".to_vec(),
+                vec!["reject:CLIENT_ERROR bad command line format:true"],
+            ),
+            (
+                b"set a 0 0 -1\r\n".to_vec(),
+                vec!["reject:CLIENT_ERROR bad command line format:false"],
+            ),
+            (
+                b"set a 0 0 2\r\nhello\r\n".to_vec(),
+                vec![
+                    "reject:CLIENT_ERROR bad data chunk:false",
+                    "reject:ERROR:false",
+                ],
+            ),
+            (b"set a 0 0\r\n".to_vec(), vec!["reject:ERROR:false"]),
+            (
+                format!("get a {key}\r\n").into_bytes(),
+                vec!["reject:CLIENT_ERROR bad command line format:false"],
+            ),
+            (
+                b"ms a\r\n".to_vec(),
+                vec!["reject:CLIENT_ERROR bad command line format:false"],
+            ),
+            (b"mg\r\n".to_vec(), vec!["reject:ERROR:false"]),
+            (
+                b"ms a 2 q\r\nhello\r\n".to_vec(),
+                vec![
+                    "reject:CLIENT_ERROR bad data chunk:false",
+                    "reject:ERROR:false",
+                ],
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse(&input), want, "{}", String::from_utf8_lossy(&input));
+        }
+    }
+
+    #[test]
+    fn too_large_values_are_refused_and_swallowed() {
+        let limits = Limits {
+            item_size_max: 4,
+            ..Limits::default()
+        };
+        let mut parser = RequestParser::new(limits);
+        let mut buf = BytesMut::from(&b"set a 0 0 10\r\n0123"[..]);
+        assert!(matches!(
+            parser.parse(&mut buf).unwrap(),
+            Some(Parsed::Reject {
+                reply: TOO_LARGE,
+                silent: false
+            })
+        ));
+        assert!(parser.parse(&mut buf).unwrap().is_none());
+        assert!(parser.is_mid_request(&buf));
+        buf.extend_from_slice(b"456789\r\nget a\r\n");
+        assert!(matches!(
+            parser.parse(&mut buf).unwrap(),
+            Some(Parsed::Request(Request {
+                verb: Verb::Get,
+                ..
+            }))
+        ));
+        assert_eq!(
+            parse_all(b"ms a 5 q\r\n12345\r\nmn\r\n", limits),
+            [
+                "reject:SERVER_ERROR object too large for cache:false",
+                "mn:mn\\r\\n"
+            ]
+        );
+    }
+
+    #[test]
+    fn long_lines_without_newline_close_the_connection() {
+        let mut parser = RequestParser::new(Limits::default());
+        let mut buf = BytesMut::from(&[b'x'; 2049][..]);
+        assert_eq!(parser.parse(&mut buf).unwrap_err(), ParseError::LineTooLong);
+        let mut buf = BytesMut::from(&b"get "[..]);
+        buf.extend_from_slice(&[b'k'; 4000]);
+        assert!(parser.parse(&mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn tokens_walk_every_key() {
+        let mut buf = BytesMut::from(&b"get a  b c\r\n"[..]);
+        let Some(Parsed::Request(r)) = RequestParser::new(Limits::default())
+            .parse(&mut buf)
+            .unwrap()
+        else {
+            panic!("not a request");
+        };
+        let keys: Vec<&[u8]> = r.tokens().skip(1).collect();
+        assert_eq!(keys, [&b"a"[..], b"b", b"c"]);
+        assert_eq!(r.token(2), Some(&b"b"[..]));
+    }
+}

@@ -1,0 +1,218 @@
+//! The Redis side of a session: RESP requests routed by the command table, split by shard
+//! where their keys are, or answered by the proxy.
+
+use bytes::{Bytes, BytesMut};
+
+use super::local::{self, ClientState};
+use super::merge::Gather;
+use super::session::{Frontend, Outbox, Session};
+use crate::command::{self, Command, Kind};
+use crate::protocol::ReplyKind;
+use crate::protocol::resp::{Request, RequestParser, encode};
+use crate::ring::Ring;
+use crate::topology::Pool;
+
+/// A Redis client's parser and what the proxy remembers about it.
+pub(super) struct Resp {
+    parser: RequestParser,
+    client: ClientState,
+}
+
+pub(super) type RespSession = Session<Resp>;
+
+impl Frontend for Resp {
+    fn new(pool: &Pool) -> Resp {
+        Resp {
+            parser: RequestParser::new(pool.config.limits),
+            client: ClientState::new(pool.config.client_password.is_none()),
+        }
+    }
+
+    fn handle_input(s: &mut RespSession, buf: &mut BytesMut) -> bool {
+        s.handle_input(buf)
+    }
+
+    fn is_mid_request(&self, buf: &BytesMut) -> bool {
+        self.parser.is_mid_request(buf)
+    }
+}
+
+impl RespSession {
+    /// Parses and dispatches every complete request in `buf`. Returns true when the session must
+    /// close after the queued replies (QUIT, malformed input).
+    fn handle_input(&mut self, buf: &mut BytesMut) -> bool {
+        let ring = self.pool.ring.load();
+        let mut count = 0;
+        let closing = loop {
+            match self.fe.parser.parse(buf) {
+                Ok(Some(req)) => {
+                    count += 1;
+                    if self.dispatch(&ring, req) {
+                        break true;
+                    }
+                }
+                Ok(None) => break false,
+                Err(e) => {
+                    self.out.error(&format!("ERR Protocol error: {e}"));
+                    break true;
+                }
+            }
+        };
+        self.pool.metrics.requests.inc_by(count);
+        closing
+    }
+
+    /// Routes one request. Returns true for QUIT.
+    fn dispatch(&mut self, ring: &Ring, req: Request) -> bool {
+        let name = req.arg(0);
+        let Some(cmd) = command::lookup(name) else {
+            if !self.fe.client.authenticated {
+                self.out.error("NOAUTH Authentication required.");
+            } else {
+                let shown = String::from_utf8_lossy(name);
+                self.out
+                    .error(&format!("ERR unsupported command '{shown}'"));
+            }
+            return false;
+        };
+        if !cmd.arity_ok(req.argc()) {
+            self.out.error(&format!(
+                "ERR wrong number of arguments for '{}' command",
+                cmd.name.to_ascii_lowercase()
+            ));
+            return false;
+        }
+        if cmd.kind == Kind::Local {
+            return local::run(self, cmd, &req);
+        }
+        if !self.fe.client.authenticated {
+            self.out.error("NOAUTH Authentication required.");
+            return false;
+        }
+        match cmd.kind {
+            Kind::Keyed => self.forward_keyed(ring, cmd, req),
+            Kind::Split(merge) => self.split(ring, cmd, merge, req),
+            Kind::Local => {}
+        }
+        false
+    }
+
+    fn forward_keyed(&mut self, ring: &Ring, cmd: &Command, req: Request) {
+        // A keyed command without keys (OBJECT HELP, XINFO HELP) can go to any shard.
+        let mut shard = None;
+        let mut keys = cmd.key_positions(req.argc()).peekable();
+        if keys.peek().is_none() {
+            shard = ring.server_for(b"");
+        }
+        for pos in keys {
+            let s = ring.server_for(req.arg(pos));
+            if shard.is_some() && s != shard {
+                self.out.error(&format!(
+                    "CROSSSLOT Keys in request don't hash to the same shard (command '{}'); use a hash tag",
+                    cmd.name.to_ascii_lowercase()
+                ));
+                return;
+            }
+            shard = s;
+        }
+        match shard {
+            Some(s) => {
+                self.send_resp(s, cmd.write, req.frame().clone(), 0);
+                self.out.forwarded();
+            }
+            None => self
+                .out
+                .error("ERR no server is available for the key (all are ejected)"),
+        }
+    }
+
+    fn split(&mut self, ring: &Ring, cmd: &Command, merge: command::Merge, req: Request) {
+        let step = cmd.key_step;
+        // The part (one per shard, in order of first use) of every key, and each part's shard.
+        let mut key_parts: Vec<u32> = Vec::with_capacity(req.argc() / step);
+        let mut part_shards: Vec<usize> = Vec::new();
+        for pos in cmd.key_positions(req.argc()) {
+            let Some(s) = ring.server_for(req.arg(pos)) else {
+                self.out
+                    .error("ERR no server is available for the key (all are ejected)");
+                return;
+            };
+            let part = match part_shards.iter().position(|&ps| ps == s) {
+                Some(part) => part,
+                None => {
+                    part_shards.push(s);
+                    part_shards.len() - 1
+                }
+            };
+            key_parts.push(part as u32);
+        }
+        if let [s] = part_shards[..] {
+            self.send_resp(s, cmd.write, req.frame().clone(), 0);
+            self.out.forwarded();
+            return;
+        }
+        // Every part's request in one buffer, sent as slices of it.
+        let mut payloads = BytesMut::with_capacity(req.frame().len() + 16 * part_shards.len());
+        let mut ends = Vec::with_capacity(part_shards.len());
+        for part in 0..part_shards.len() as u32 {
+            let keys = key_parts.iter().filter(|&&p| p == part).count();
+            encode::array(&mut payloads, 1 + keys * step);
+            encode::bulk(&mut payloads, req.arg(0));
+            for (pos, _) in cmd
+                .key_positions(req.argc())
+                .zip(&key_parts)
+                .filter(|(_, p)| **p == part)
+            {
+                for i in pos..pos + step {
+                    encode::bulk(&mut payloads, req.arg(i));
+                }
+            }
+            ends.push(payloads.len());
+        }
+        let payloads = payloads.freeze();
+        let mut start = 0;
+        for (part, (&s, &end)) in part_shards.iter().zip(&ends).enumerate() {
+            self.send_resp(s, cmd.write, payloads.slice(start..end), part);
+            start = end;
+        }
+        let gather = Gather::split(
+            merge,
+            part_shards.len(),
+            key_parts,
+            self.pool.config.max_reply_depth,
+        );
+        self.out.gathering(gather);
+    }
+
+    fn send_resp(&self, s: usize, write: bool, payload: Bytes, part: usize) {
+        self.send(
+            s,
+            write,
+            (payload, ReplyKind::Resp),
+            part,
+            self.fe.client.resp3,
+        );
+    }
+
+    pub(super) fn client(&mut self) -> &mut ClientState {
+        &mut self.fe.client
+    }
+
+    pub(super) fn out(&mut self) -> &mut Outbox {
+        &mut self.out
+    }
+
+    /// Sends the same request to every shard's master and gathers the replies with `gather`.
+    pub(super) fn broadcast(&mut self, payload: Bytes, gather: Gather) {
+        for s in 0..self.pool.shards.len() {
+            self.send(
+                s,
+                true,
+                (payload.clone(), ReplyKind::Resp),
+                s,
+                self.fe.client.resp3,
+            );
+        }
+        self.out.gathering(gather);
+    }
+}
