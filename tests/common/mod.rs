@@ -142,51 +142,77 @@ fn answers_ping(port: u16) -> bool {
     s.read_exact(&mut buf).is_ok() && (&buf == b"+PONG\r\n" || buf.starts_with(b"-NOAUTH"))
 }
 
-/// A redis-server process.
-pub struct Redis {
+/// Which server program a [`Server`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    Redis,
+    Memcached,
+}
+
+/// A redis-server or memcached process on a free loopback port.
+pub struct Server {
     pub port: u16,
+    program: Program,
     child: Option<Child>,
     args: Vec<String>,
 }
 
-impl Redis {
-    pub fn start() -> Redis {
-        Redis::start_with(&[])
+/// The name most tests know a redis-server by.
+pub type Redis = Server;
+
+impl Server {
+    /// A redis-server.
+    pub fn start() -> Server {
+        Server::start_with(&[])
     }
 
-    pub fn start_with(extra: &[&str]) -> Redis {
-        let port = free_port();
-        let mut r = Redis {
-            port,
+    /// A redis-server with extra arguments.
+    pub fn start_with(extra: &[&str]) -> Server {
+        Server::spawn(Program::Redis, extra)
+    }
+
+    pub fn memcached() -> Server {
+        Server::spawn(Program::Memcached, &[])
+    }
+
+    pub fn memcached_with(extra: &[&str]) -> Server {
+        Server::spawn(Program::Memcached, extra)
+    }
+
+    fn spawn(program: Program, extra: &[&str]) -> Server {
+        let mut server = Server {
+            port: free_port(),
+            program,
             child: None,
             args: extra.iter().map(|s| s.to_string()).collect(),
         };
-        r.restart();
-        r
+        server.restart();
+        server
     }
 
     /// Starts (again) on the same port.
     pub fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let port = self.port.to_string();
+        let (name, args): (&str, Vec<&str>) = match self.program {
+            Program::Redis => (
+                "redis-server",
+                vec!["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            ),
+            // `-u` only matters (and is required) when the tests run as root.
+            Program::Memcached => ("memcached", vec!["-p", &port, "-l", "127.0.0.1", "-U", "0", "-u", "root"]),
+        };
+        let child = Command::new(name)
+            .args(args)
             .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server must be installed (scripts/test installs it)");
+            .unwrap_or_else(|e| panic!("{name} must be installed (scripts/test installs it): {e}"));
         self.child = Some(child);
-        let port = self.port;
-        wait_until("redis-server", Duration::from_secs(10), || {
-            answers_ping(port)
+        let (port, program) = (self.port, self.program);
+        wait_until(name, Duration::from_secs(10), || match program {
+            Program::Redis => answers_ping(port),
+            Program::Memcached => answers_version(port),
         });
     }
 
@@ -201,7 +227,7 @@ impl Redis {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// A direct connection, bypassing the proxy.
+    /// A direct redis connection, bypassing the proxy.
     pub fn client(&self) -> redis::Connection {
         redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
             .unwrap()
@@ -210,10 +236,19 @@ impl Redis {
     }
 }
 
-impl Drop for Redis {
+impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn answers_version(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut buf = [0u8; 8];
+    s.write_all(b"version\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"VERSION "
 }
 
 /// Any child process, killed on drop.
