@@ -160,31 +160,46 @@ impl Shard {
         std::iter::once(&self.master).chain(&self.replicas)
     }
 
+    /// Node `i` of [`Shard::nodes`].
+    pub fn node(&self, i: usize) -> &Node {
+        match i {
+            0 => &self.master,
+            _ => &self.replicas[(i - 1) % self.replicas.len()],
+        }
+    }
+
+    /// For a replicated shard, the index (in [`Shard::nodes`]) of the node a read goes to: the
+    /// first in service in `read_from`'s order, else the first in that order.
+    pub fn read_index(&self, read_from: ReadFrom, spread: usize) -> usize {
+        let replicas = self.replicas.len().max(1);
+        let start = spread % replicas;
+        // The k-th node in preference order.
+        let nth = |k: usize| match read_from {
+            ReadFrom::Master if k == 0 => 0,
+            ReadFrom::Master => 1 + (start + k - 1) % replicas,
+            _ if k < replicas => 1 + (start + k) % replicas,
+            _ => 0,
+        };
+        (0..=replicas)
+            .map(nth)
+            .find(|&i| self.node(i).is_up())
+            .unwrap_or(nth(0))
+    }
+
+    /// The node after `failed` to retry a read on: the next one in service, else the next.
+    pub fn retry_index(&self, failed: usize) -> usize {
+        let n = 1 + self.replicas.len();
+        (1..n)
+            .map(|k| (failed + k) % n)
+            .find(|&i| self.node(i).is_up())
+            .unwrap_or((failed + 1) % n)
+    }
+
     /// The node a command goes to: writes to the master, reads as the pool's `read_from` says.
-    /// `spread` picks among replicas. A replicated shard reads from the first node in that
-    /// order that is in service.
+    /// `spread` picks among replicas.
     pub fn node_for(&self, write: bool, read_from: ReadFrom, spread: usize) -> &Node {
         if self.replicated && !write {
-            let start = spread % self.replicas.len();
-            let replicas = self
-                .replicas
-                .iter()
-                .cycle()
-                .skip(start)
-                .take(self.replicas.len());
-            let preferred: &Node = match read_from {
-                ReadFrom::Master => &self.master,
-                _ => &self.replicas[start],
-            };
-            let in_service = match read_from {
-                ReadFrom::Master => std::iter::once(&self.master)
-                    .chain(replicas)
-                    .find(|n| n.is_up()),
-                _ => replicas
-                    .chain(std::iter::once(&self.master))
-                    .find(|n| n.is_up()),
-            };
-            return in_service.unwrap_or(preferred);
+            return self.node(self.read_index(read_from, spread));
         }
         if write || self.replicas.is_empty() || read_from == ReadFrom::Master {
             return &self.master;

@@ -67,7 +67,8 @@ fn holder(servers: &[Server], key: &str) -> Vec<usize> {
 fn every_command_and_error_is_answered_as_memcached_answers_it() {
     let direct = Server::memcached();
     let behind = Server::memcached();
-    let (port, _proxy) = memcache_pool(&[format!("{}:1", behind.addr())], "    allow_flush: true\n");
+    let (port, _proxy) =
+        memcache_pool(&[format!("{}:1", behind.addr())], "    allow_flush: true\n");
     let long_key = "k".repeat(251);
     let big = vec![b'v'; 2 * 1024 * 1024];
     let mut too_large = b"set big 0 0 2097152\r\n".to_vec();
@@ -128,7 +129,11 @@ fn gets_across_shards_come_back_in_key_order_with_one_end() {
         want.push_str(&format!("VALUE {k} {i} {}\r\n{k}\r\n", k.len()));
     }
     // The key asked twice is answered twice, as memcached does.
-    want.push_str(&format!("VALUE {0} 1 {1}\r\n{0}\r\n", keys[1], keys[1].len()));
+    want.push_str(&format!(
+        "VALUE {0} 1 {1}\r\n{0}\r\n",
+        keys[1],
+        keys[1].len()
+    ));
     want.push_str("END\r\n");
     let got = exchange_on(
         &mut c,
@@ -136,11 +141,17 @@ fn gets_across_shards_come_back_in_key_order_with_one_end() {
     );
     assert_eq!(text(&got), want);
     // gets carries each server's CAS value; every value comes once.
-    let got = text(&exchange_on(&mut c, format!("gets {}\r\n", keys.join(" ")).as_bytes()));
+    let got = text(&exchange_on(
+        &mut c,
+        format!("gets {}\r\n", keys.join(" ")).as_bytes(),
+    ));
     assert_eq!(got.matches("VALUE ").count(), 80);
     assert_eq!(got.matches("END\r\n").count(), 1);
     // A key too long anywhere in the get: memcached's error, alone.
-    let got = exchange_on(&mut c, format!("get {} {}\r\n", keys[1], "k".repeat(251)).as_bytes());
+    let got = exchange_on(
+        &mut c,
+        format!("get {} {}\r\n", keys[1], "k".repeat(251)).as_bytes(),
+    );
     assert_eq!(text(&got), "CLIENT_ERROR bad command line format\r\n");
 }
 
@@ -180,7 +191,10 @@ fn quiet_meta_pipelines_across_shards_end_at_mn() {
         assert_eq!(text(&exchange(port, script.as_bytes())), "STORED\r\n");
         let encoded = base64(plain.as_bytes());
         assert_eq!(
-            text(&exchange(port, format!("mg {encoded} b v k\r\n").as_bytes())),
+            text(&exchange(
+                port,
+                format!("mg {encoded} b v k\r\n").as_bytes()
+            )),
             format!("VA 1 k{plain}\r\nz\r\n")
         );
     }
@@ -208,9 +222,15 @@ fn noreply_pipelines_stay_in_step() {
     let mut c = Raw::connect(port);
     let mut script = Vec::new();
     for i in 0..500 {
-        script.extend_from_slice(format!("set nr{i} 0 0 {}\r\n{i}\r\n", i.to_string().len()).as_bytes());
-        script.extend_from_slice(format!("set nr{i} 0 0 {} noreply\r\n{i}\r\n", i.to_string().len()).as_bytes());
-        script.extend_from_slice(format!("incr nr{i} 1 noreply\r\ndelete gone{i} noreply\r\n").as_bytes());
+        script.extend_from_slice(
+            format!("set nr{i} 0 0 {}\r\n{i}\r\n", i.to_string().len()).as_bytes(),
+        );
+        script.extend_from_slice(
+            format!("set nr{i} 0 0 {} noreply\r\n{i}\r\n", i.to_string().len()).as_bytes(),
+        );
+        script.extend_from_slice(
+            format!("incr nr{i} 1 noreply\r\ndelete gone{i} noreply\r\n").as_bytes(),
+        );
         // A malformed noreply command is silent too.
         script.extend_from_slice(b"incr x y noreply\r\n");
     }
@@ -230,7 +250,9 @@ fn values_over_item_size_max_are_refused_before_forwarding() {
     let mut script = format!("set big 0 0 1001\r\n{}\r\n", "v".repeat(1001)).into_bytes();
     script.extend_from_slice(format!("ms big 1001 T0\r\n{}\r\n", "v".repeat(1001)).as_bytes());
     script.extend_from_slice(format!("set ok 0 0 1000\r\n{}\r\n", "v".repeat(1000)).as_bytes());
-    script.extend_from_slice(format!("set big 0 0 1001 noreply\r\n{}\r\n", "v".repeat(1001)).as_bytes());
+    script.extend_from_slice(
+        format!("set big 0 0 1001 noreply\r\n{}\r\n", "v".repeat(1001)).as_bytes(),
+    );
     script.extend_from_slice(b"get big\r\n");
     assert_eq!(
         text(&exchange_on(&mut c, &script)),
@@ -239,25 +261,36 @@ fn values_over_item_size_max_are_refused_before_forwarding() {
     // Not one byte of the refused values reached memcached.
     let stats = text(&exchange(servers[0].port, b"stats\r\n"));
     assert!(stats.contains("STAT cmd_set 1\r\n"), "{stats}");
-    assert!(proxy.http("/metrics").1.contains("ringproxy_client_errors_total{pool=\"main\"} 2"));
+    assert!(
+        proxy
+            .http("/metrics")
+            .1
+            .contains("ringproxy_client_errors_total{pool=\"main\"} 2")
+    );
 }
 
 #[test]
 fn past_absolute_exptimes_are_counted_and_can_be_refused() {
     let past = 30 * 24 * 3600 + 1;
     let (_servers, port, proxy) = shards(1, "");
-    let script = format!("set e 0 {past} 1\r\nx\r\nget e\r\nset f 0 100 1\r\nx\r\nget f\r\nms g 1 T{past}\r\nx\r\n");
+    let script = format!(
+        "set e 0 {past} 1\r\nx\r\nget e\r\nset f 0 100 1\r\nx\r\nget f\r\nms g 1 T{past}\r\nx\r\n"
+    );
     // Accepted (memcached expires it at once), counted and logged.
     assert_eq!(
         text(&exchange(port, script.as_bytes())),
         "STORED\r\nEND\r\nSTORED\r\nVALUE f 0 1\r\nx\r\nEND\r\nHD\r\n"
     );
-    assert!(proxy.http("/metrics").1.contains("ringproxy_past_exptime_writes_total{pool=\"main\"} 2"));
+    assert!(
+        proxy
+            .http("/metrics")
+            .1
+            .contains("ringproxy_past_exptime_writes_total{pool=\"main\"} 2")
+    );
 
     let (_servers, port, proxy) = shards(1, "    reject_past_exptime: true\n");
-    let refusal = format!(
-        "CLIENT_ERROR exptime {past} is in the past: over 2592000 s it is a Unix time\r\n"
-    );
+    let refusal =
+        format!("CLIENT_ERROR exptime {past} is in the past: over 2592000 s it is a Unix time\r\n");
     let script = format!(
         "set e 0 {past} 1\r\nx\r\nset e 0 {past} 1 noreply\r\nx\r\ntouch f {past}\r\ngat {past} f\r\nmg f T{past} v\r\nset f 0 -1 1\r\nx\r\nget e\r\n"
     );
@@ -265,7 +298,12 @@ fn past_absolute_exptimes_are_counted_and_can_be_refused() {
         text(&exchange(port, script.as_bytes())),
         format!("{0}{0}{0}{0}STORED\r\nEND\r\n", refusal)
     );
-    assert!(proxy.http("/metrics").1.contains("ringproxy_past_exptime_writes_total{pool=\"main\"} 5"));
+    assert!(
+        proxy
+            .http("/metrics")
+            .1
+            .contains("ringproxy_past_exptime_writes_total{pool=\"main\"} 5")
+    );
 }
 
 #[test]
@@ -294,7 +332,13 @@ fn flush_all_reaches_every_server_only_when_allowed() {
 fn stats_are_the_proxys_and_per_backend_under_backends() {
     let (_servers, port, _proxy) = shards(2, "");
     let own = text(&exchange(port, b"stats\r\n"));
-    for stat in ["STAT pid ", "STAT uptime ", "STAT version ringproxy-", "STAT curr_connections 1\r\n", "STAT nodes_up "] {
+    for stat in [
+        "STAT pid ",
+        "STAT uptime ",
+        "STAT version ringproxy-",
+        "STAT curr_connections 1\r\n",
+        "STAT nodes_up ",
+    ] {
         assert!(own.contains(stat), "{stat} in {own}");
     }
     assert!(own.ends_with("END\r\n"));
@@ -304,8 +348,14 @@ fn stats_are_the_proxys_and_per_backend_under_backends() {
     assert_eq!(backends.matches("END\r\n").count(), 1);
     let settings = text(&exchange(port, b"stats backends settings\r\n"));
     assert!(settings.contains("STAT mc1:item_size_max "), "{settings}");
-    assert!(text(&exchange(port, b"stats items\r\n")).starts_with("CLIENT_ERROR stats items is not served"));
-    assert!(text(&exchange(port, b"shutdown\r\n")).starts_with("CLIENT_ERROR 'shutdown' is not supported"));
+    assert!(
+        text(&exchange(port, b"stats items\r\n"))
+            .starts_with("CLIENT_ERROR stats items is not served")
+    );
+    assert!(
+        text(&exchange(port, b"shutdown\r\n"))
+            .starts_with("CLIENT_ERROR 'shutdown' is not supported")
+    );
 }
 
 #[test]
@@ -318,7 +368,13 @@ fn overlong_lines_close_only_their_connection() {
     assert!(c.is_closed());
     // A long multi-get line is fine.
     let keys: Vec<String> = (0..500).map(|i| format!("long-get-key-{i}")).collect();
-    assert_eq!(text(&exchange_on(&mut other, format!("get {}\r\n", keys.join(" ")).as_bytes())), "END\r\n");
+    assert_eq!(
+        text(&exchange_on(
+            &mut other,
+            format!("get {}\r\n", keys.join(" ")).as_bytes()
+        )),
+        "END\r\n"
+    );
 }
 
 #[test]
@@ -338,17 +394,32 @@ fn a_dead_server_gives_errors_then_is_ejected_and_its_keys_rehash() {
     assert!(!on_dead.is_empty() && !elsewhere.is_empty());
     servers[0].kill();
     wait_until("ejection", Duration::from_secs(10), || {
-        proxy.http("/metrics").1.contains("ringproxy_server_ejections_total{pool=\"main\",server=\"mc0\"")
+        proxy
+            .http("/metrics")
+            .1
+            .contains("ringproxy_server_ejections_total{pool=\"main\",server=\"mc0\"")
             && exchange(port, format!("get {}\r\n", on_dead[0]).as_bytes()) == b"END\r\n"
     });
     // The dead server's keys miss and can be written again elsewhere; the others still hit.
     let mut c = Raw::connect(port);
     for k in &on_dead {
-        assert_eq!(text(&exchange_on(&mut c, format!("get {k}\r\n").as_bytes())), "END\r\n");
-        assert_eq!(text(&exchange_on(&mut c, format!("set {k} 0 0 1\r\ny\r\nget {k}\r\n").as_bytes())), format!("STORED\r\nVALUE {k} 0 1\r\ny\r\nEND\r\n"));
+        assert_eq!(
+            text(&exchange_on(&mut c, format!("get {k}\r\n").as_bytes())),
+            "END\r\n"
+        );
+        assert_eq!(
+            text(&exchange_on(
+                &mut c,
+                format!("set {k} 0 0 1\r\ny\r\nget {k}\r\n").as_bytes()
+            )),
+            format!("STORED\r\nVALUE {k} 0 1\r\ny\r\nEND\r\n")
+        );
     }
     for k in &elsewhere {
-        assert_eq!(text(&exchange_on(&mut c, format!("get {k}\r\n").as_bytes())), format!("VALUE {k} 0 1\r\nx\r\nEND\r\n"));
+        assert_eq!(
+            text(&exchange_on(&mut c, format!("get {k}\r\n").as_bytes())),
+            format!("VALUE {k} 0 1\r\nx\r\nEND\r\n")
+        );
     }
 }
 
@@ -361,7 +432,10 @@ fn load(port: u16, stop: &std::sync::atomic::AtomicBool) -> (u64, Vec<String>) {
         let key = format!("r{}", done % 50);
         let value = done.to_string();
         let script = format!("set {key} 0 0 {}\r\n{value}\r\nget {key}\r\n", value.len());
-        let want = format!("STORED\r\nVALUE {key} 0 {}\r\n{value}\r\nEND\r\n", value.len());
+        let want = format!(
+            "STORED\r\nVALUE {key} 0 {}\r\n{value}\r\nEND\r\n",
+            value.len()
+        );
         let got = text(&exchange_on(&mut c, script.as_bytes()));
         if got != want {
             failures.push(got);
@@ -377,7 +451,11 @@ fn a_replicated_server_keeps_serving_from_its_replica_when_the_master_dies() {
     let replica = Server::memcached();
     let other = Server::memcached();
     let servers = [
-        format!("{{ name: rep, master: {}, replicas: [{}] }}", master.addr(), replica.addr()),
+        format!(
+            "{{ name: rep, master: {}, replicas: [{}] }}",
+            master.addr(),
+            replica.addr()
+        ),
         format!("{{ name: solo, master: {} }}", other.addr()),
     ];
     let (port, proxy) = memcache_pool(
@@ -389,7 +467,13 @@ fn a_replicated_server_keeps_serving_from_its_replica_when_the_master_dies() {
     let mut keys = Vec::new();
     for i in 0..40 {
         let key = format!("w{i}");
-        assert_eq!(text(&exchange(port, format!("set {key} 0 0 1\r\nx\r\n").as_bytes())), "STORED\r\n");
+        assert_eq!(
+            text(&exchange(
+                port,
+                format!("set {key} 0 0 1\r\nx\r\n").as_bytes()
+            )),
+            "STORED\r\n"
+        );
         keys.push(key);
     }
     let on_rep: Vec<&String> = keys
@@ -398,7 +482,10 @@ fn a_replicated_server_keeps_serving_from_its_replica_when_the_master_dies() {
         .collect();
     assert!(!on_rep.is_empty());
     for k in &on_rep {
-        assert_eq!(exchange(replica.port, format!("mg {k} v\r\n").as_bytes()), b"VA 1\r\nx\r\n");
+        assert_eq!(
+            exchange(replica.port, format!("mg {k} v\r\n").as_bytes()),
+            b"VA 1\r\nx\r\n"
+        );
     }
     // Load runs while the master dies.
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -415,19 +502,33 @@ fn a_replicated_server_keeps_serving_from_its_replica_when_the_master_dies() {
         });
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let (done, failures) = loader.join().unwrap();
-        assert!(failures.is_empty(), "{} of {done} failed: {:?}", failures.len(), &failures[..failures.len().min(3)]);
+        assert!(
+            failures.is_empty(),
+            "{} of {done} failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(3)]
+        );
     });
     // The shard was not ejected: its keys did not move.
     assert!(!proxy.http("/metrics").1.contains("ringproxy_server_ejections_total{pool=\"main\",server=\"rep\",role=\"master\",address=\"127.0.0.1:1"));
     for k in &on_rep {
-        assert_eq!(text(&exchange(port, format!("get {k}\r\n").as_bytes())), format!("VALUE {k} 0 1\r\nx\r\nEND\r\n"));
+        assert_eq!(
+            text(&exchange(port, format!("get {k}\r\n").as_bytes())),
+            format!("VALUE {k} 0 1\r\nx\r\nEND\r\n")
+        );
     }
     // The master returns empty; it is flushed before it serves, and reads go back to it.
     master.restart();
     wait_until("master back", Duration::from_secs(10), || {
-        proxy.http("/metrics").1.contains(&format!("ringproxy_server_up{{pool=\"main\",server=\"rep\",role=\"master\",address=\"{}\"}} 1", master.addr()))
+        proxy.http("/metrics").1.contains(&format!(
+            "ringproxy_server_up{{pool=\"main\",server=\"rep\",role=\"master\",address=\"{}\"}} 1",
+            master.addr()
+        ))
     });
-    assert_eq!(text(&exchange(port, b"set back 0 0 1\r\nb\r\nget back\r\n")), "STORED\r\nVALUE back 0 1\r\nb\r\nEND\r\n");
+    assert_eq!(
+        text(&exchange(port, b"set back 0 0 1\r\nb\r\nget back\r\n")),
+        "STORED\r\nVALUE back 0 1\r\nb\r\nEND\r\n"
+    );
 }
 
 fn stat(port: u16, name: &str) -> u64 {
@@ -445,5 +546,8 @@ fn a_client_that_leaves_mid_value_does_not_disturb_others() {
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.write_all(b"set half 0 0 100\r\nonly a little").unwrap();
     drop(c);
-    assert_eq!(text(&exchange(port, b"get half\r\nset ok 0 0 1\r\n1\r\n")), "END\r\nSTORED\r\n");
+    assert_eq!(
+        text(&exchange(port, b"get half\r\nset ok 0 0 1\r\n1\r\n")),
+        "END\r\nSTORED\r\n"
+    );
 }

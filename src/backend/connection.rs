@@ -47,8 +47,7 @@ pub(super) async fn run(
                 shared.metrics.connections.dec();
                 match ended {
                     Some(failure) => {
-                        tracing::warn!(node = %shared.label, "backend connection failed: {failure}");
-                        shared.record_failure();
+                        tracing::warn!(node = %shared.label, "backend connection failed: {failure}")
                     }
                     None => return,
                 }
@@ -244,6 +243,8 @@ async fn serve(
             }
         }
     };
+    // Recorded before the requests in flight fail, so a retry sees the node's new state.
+    shared.record_failure();
     // FIFO matching is lost with the connection: everything in flight fails.
     let report = if failure == Failure::Aborted {
         Failure::Timeout(settings.timeout)

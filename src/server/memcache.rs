@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 
 use super::merge::Gather;
-use super::session::{Frontend, Session};
+use super::session::{FailoverRead, Frontend, Session};
 use crate::protocol::ReplyKind;
 use crate::protocol::memcache::{
     Limits, MAX_KEY_BYTES, Parsed, ReplyShape, Request, RequestParser, Verb, decode_base64,
@@ -200,15 +200,32 @@ impl McSession {
         };
         let kind = ReplyKind::Memcache(req.verb.reply_shape());
         let quiet = req.is_quiet().then_some(req.verb);
-        if self.pool.shards[s].replicated && req.verb.is_write() {
-            self.replicate(s, req, kind, quiet);
-            return;
+        match (self.pool.shards[s].replicated, req.verb.is_write()) {
+            (true, true) => self.replicate(s, req, kind, quiet),
+            (true, false) => self.failover_read(s, (req.forwarded(), kind), quiet),
+            (false, write) => {
+                self.send(s, write, (req.forwarded(), kind), 0, false);
+                match quiet {
+                    Some(verb) => self.out.quiet(verb),
+                    None => self.out.forwarded(),
+                }
+            }
         }
-        self.send(s, req.verb.is_write(), (req.forwarded(), kind), 0, false);
-        match quiet {
-            Some(verb) => self.out.quiet(verb),
-            None => self.out.forwarded(),
-        }
+    }
+
+    /// A read on a replicated shard: to the node `read_from` prefers among those in
+    /// service, and on to the next if that node fails.
+    fn failover_read(&mut self, s: usize, job: (Bytes, ReplyKind), quiet: Option<Verb>) {
+        let shard = &self.pool.shards[s];
+        let node = shard.read_index(self.pool.config.read_from, self.id as usize);
+        self.send_to(shard.node(node), job.clone(), 0, false);
+        self.out.failover(FailoverRead {
+            shard: s,
+            node,
+            retries_left: shard.replicas.len(),
+            job,
+            quiet,
+        });
     }
 
     /// A write to a replicated shard goes to the master and every replica; the client gets
@@ -260,6 +277,9 @@ impl McSession {
         match part_shards[..] {
             // `gat 10` with no key: memcached answers END.
             [] => self.out.ready(Bytes::from_static(b"END\r\n")),
+            [s] if self.pool.shards[s].replicated => {
+                self.failover_read(s, (req.frame().clone(), kind), None)
+            }
             [s] => {
                 self.send(s, false, (req.frame().clone(), kind), 0, false);
                 self.out.forwarded();

@@ -51,6 +51,19 @@ enum Slot {
     Quiet(Verb),
     /// Several parts are awaited and merged.
     Gathering(Box<Gather>),
+    /// A read on a replicated memcache shard, tried on the next node if one fails.
+    Failover(Box<FailoverRead>),
+}
+
+/// A read on a replicated shard and where it has been tried.
+pub(super) struct FailoverRead {
+    pub(super) shard: usize,
+    /// The node (index in `Shard::nodes`) it was last sent to.
+    pub(super) node: usize,
+    /// Further nodes it may be tried on.
+    pub(super) retries_left: usize,
+    pub(super) job: (Bytes, ReplyKind),
+    pub(super) quiet: Option<Verb>,
 }
 
 /// Replies owed to the client, in request order.
@@ -62,6 +75,8 @@ pub(super) struct Outbox {
     buf: BytesMut,
     protocol: Protocol,
     pub(super) errors: u64,
+    /// Sequence numbers of failover reads whose node failed, to be sent to the next node.
+    retries: Vec<u64>,
 }
 
 impl Outbox {
@@ -91,6 +106,11 @@ impl Outbox {
         self.slots.push_back(Slot::Quiet(verb));
     }
 
+    /// Queues the slot of a read that moves to another node of its shard if its node fails.
+    pub(super) fn failover(&mut self, read: FailoverRead) {
+        self.slots.push_back(Slot::Failover(Box::new(read)));
+    }
+
     /// Queues the slot of a request whose parts `gather` merges.
     pub(super) fn gathering(&mut self, gather: Gather) {
         self.slots.push_back(Slot::Gathering(Box::new(gather)));
@@ -98,9 +118,13 @@ impl Outbox {
 
     /// Where a backend sends the reply to part `part` of the next request.
     pub(super) fn reply_to(&self, part: usize) -> ReplyTo {
+        self.reply_to_seq(self.next_seq(), part)
+    }
+
+    fn reply_to_seq(&self, seq: u64, part: usize) -> ReplyTo {
         ReplyTo {
             inbox: self.inbox.clone(),
-            token: (self.next_seq() << PART_BITS) | part as u64,
+            token: (seq << PART_BITS) | part as u64,
         }
     }
 
@@ -113,6 +137,12 @@ impl Outbox {
         else {
             return;
         };
+        if let (Slot::Failover(read), Err(_)) = (&*slot, &c.result)
+            && read.retries_left > 0
+        {
+            self.retries.push(seq);
+            return;
+        }
         let reply = match c.result {
             Ok(reply) => Ok(reply),
             Err(e) => {
@@ -121,17 +151,9 @@ impl Outbox {
             }
         };
         match slot {
-            Slot::Forwarded => {
-                *slot = Slot::Ready(reply.unwrap_or_else(|e| backend_error(self.protocol, &e)))
-            }
-            Slot::Quiet(verb) => {
-                let shown = match reply {
-                    Ok(r) if !verb.quiet_hides(&r) => r,
-                    Err(e) if verb.is_meta() => backend_error(self.protocol, &e),
-                    _ => Bytes::new(),
-                };
-                *slot = Slot::Ready(shown);
-            }
+            Slot::Forwarded => *slot = Slot::Ready(shown(self.protocol, None, reply)),
+            Slot::Quiet(verb) => *slot = Slot::Ready(shown(self.protocol, Some(*verb), reply)),
+            Slot::Failover(read) => *slot = Slot::Ready(shown(self.protocol, read.quiet, reply)),
             Slot::Gathering(g) => {
                 if let Some(merged) = g.add(part, reply) {
                     *slot = Slot::Ready(merged);
@@ -149,6 +171,18 @@ impl Outbox {
             }
             self.first_seq += 1;
         }
+    }
+}
+
+/// What the client sees of a single backend reply: the reply or an error, unless it asked for
+/// quiet and the command would not have shown it.
+fn shown(protocol: Protocol, quiet: Option<Verb>, reply: Result<Bytes, BackendError>) -> Bytes {
+    match (quiet, reply) {
+        (None, Ok(r)) => r,
+        (None, Err(e)) => backend_error(protocol, &e),
+        (Some(verb), Ok(r)) if !verb.quiet_hides(&r) => r,
+        (Some(verb), Err(e)) if verb.is_meta() => backend_error(protocol, &e),
+        (Some(_), _) => Bytes::new(),
     }
 }
 
@@ -195,6 +229,7 @@ impl<F: Frontend> Session<F> {
                 buf: BytesMut::new(),
                 protocol: pool.config.protocol,
                 errors: 0,
+                retries: Vec::new(),
             },
             pool,
         }
@@ -246,6 +281,9 @@ impl<F: Frontend> Session<F> {
                     for c in completions.drain(..) {
                         self.out.complete(c);
                     }
+                    if !self.out.retries.is_empty() {
+                        self.retry_reads();
+                    }
                 }
                 read = crate::net::read_some(stream, &mut read_buf, read_chunk), if can_read => {
                     if matches!(read, Ok(n) if n > 0) {
@@ -288,6 +326,28 @@ impl<F: Frontend> Session<F> {
 }
 
 impl<F> Session<F> {
+    /// Sends every failover read whose node failed to the next node of its shard.
+    fn retry_reads(&mut self) {
+        for seq in std::mem::take(&mut self.out.retries) {
+            let reply_to = self.out.reply_to_seq(seq, 0);
+            let index = (seq - self.out.first_seq) as usize;
+            let Some(Slot::Failover(read)) = self.out.slots.get_mut(index) else {
+                continue;
+            };
+            let shard = &self.pool.shards[read.shard];
+            read.node = shard.retry_index(read.node);
+            read.retries_left -= 1;
+            let job = Job {
+                payload: read.job.0.clone(),
+                kind: read.job.1,
+                reply_to,
+            };
+            shard
+                .node(read.node)
+                .send(job, self.worker, false, self.id as usize);
+        }
+    }
+
     /// Sends part `part` of the next request to shard `s` (the node `write` and the pool's
     /// `read_from` choose). The request's slot is queued after all its parts are sent.
     pub(super) fn send(

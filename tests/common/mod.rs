@@ -196,10 +196,22 @@ impl Server {
         let (name, args): (&str, Vec<&str>) = match self.program {
             Program::Redis => (
                 "redis-server",
-                vec!["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                vec![
+                    "--port",
+                    &port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ],
             ),
             // `-u` only matters (and is required) when the tests run as root.
-            Program::Memcached => ("memcached", vec!["-p", &port, "-l", "127.0.0.1", "-U", "0", "-u", "root"]),
+            Program::Memcached => (
+                "memcached",
+                vec!["-p", &port, "-l", "127.0.0.1", "-U", "0", "-u", "root"],
+            ),
         };
         let child = Command::new(name)
             .args(args)
