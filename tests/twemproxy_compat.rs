@@ -1,5 +1,5 @@
 //! The same unchanged nutcracker.yml run by twemproxy (nutcracker) and by ringproxy puts every
-//! key on the same backend.
+//! key on the same backend, for redis pools and for memcache pools.
 
 mod common;
 
@@ -50,28 +50,115 @@ fn placement(port: u16, backends: &[Redis], keys: &[Vec<u8>]) -> HashMap<Vec<u8>
     placed
 }
 
+/// Writes every key through a memcache proxy on `port`, then asks each backend which keys it
+/// holds.
+fn memcache_placement(port: u16, backends: &[Server], keys: &[Vec<u8>]) -> HashMap<Vec<u8>, usize> {
+    let mut conn = Raw::connect(port);
+    for chunk in keys.chunks(500) {
+        let pipeline: Vec<u8> = chunk
+            .iter()
+            .flat_map(|k| [&b"set "[..], k, b" 0 0 1\r\n1\r\n"].concat())
+            .collect();
+        conn.roundtrip(&pipeline, &b"STORED\r\n".repeat(chunk.len()));
+    }
+    let mut placed = HashMap::new();
+    for (i, b) in backends.iter().enumerate() {
+        let mut direct = Raw::connect(b.port);
+        for chunk in keys.chunks(500) {
+            let pipeline: Vec<u8> = chunk
+                .iter()
+                .flat_map(|k| [&b"mg "[..], k, b"\r\n"].concat())
+                .collect();
+            direct.send(&pipeline);
+            for k in chunk {
+                if direct.read_line() == "HD\r\n" {
+                    assert!(
+                        placed.insert(k.clone(), i).is_none(),
+                        "a key on two backends"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(placed.len(), keys.len());
+    placed
+}
+
+/// The same 10,000 keys as memcached accepts them: the raw-byte ones keep bytes ≥ 0x80 but
+/// lose those below 0x21.
+fn memcache_keys() -> Vec<Vec<u8>> {
+    keys()
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| match i % 4 {
+            2 => [
+                &[0xff, 0x80, 0xc0 | (i % 64) as u8][..],
+                i.to_string().as_bytes(),
+            ]
+            .concat(),
+            _ => k,
+        })
+        .collect()
+}
+
 fn same_placement(server_lines: &[&str]) {
     let backends: Vec<Redis> = (0..3).map(|_| Redis::start()).collect();
+    let keys = keys();
+    let run = |port: u16| placement(port, &backends, &keys);
+    let flush = || {
+        for b in &backends {
+            redis::cmd("FLUSHALL").query::<()>(&mut b.client()).unwrap();
+        }
+    };
+    compare(
+        "  redis: true\n",
+        &backends,
+        server_lines,
+        &keys,
+        run,
+        flush,
+    );
+}
+
+fn same_memcache_placement(server_lines: &[&str]) {
+    let backends: Vec<Server> = (0..3).map(|_| Server::memcached()).collect();
+    let keys = memcache_keys();
+    let run = |port: u16| memcache_placement(port, &backends, &keys);
+    let flush = || {
+        for b in &backends {
+            Raw::connect(b.port).roundtrip(b"flush_all\r\n", b"OK\r\n");
+        }
+    };
+    compare("", &backends, server_lines, &keys, run, flush);
+}
+
+/// Runs nutcracker, then ringproxy, on one unchanged file with `protocol_line` and the
+/// `backends` as `server_lines`, and compares where `place` finds each key.
+fn compare(
+    protocol_line: &str,
+    backends: &[Server],
+    server_lines: &[&str],
+    keys: &[Vec<u8>],
+    place: impl Fn(u16) -> HashMap<Vec<u8>, usize>,
+    flush: impl Fn(),
+) {
     let port = free_port();
     let mut yaml = format!(
-        "alpha:\n  listen: 127.0.0.1:{port}\n  hash: fnv1a_64\n  distribution: ketama\n  redis: true\n  timeout: 2000\n  servers:\n"
+        "alpha:\n  listen: 127.0.0.1:{port}\n  hash: fnv1a_64\n  distribution: ketama\n{protocol_line}  timeout: 2000\n  servers:\n"
     );
     for (b, line) in backends.iter().zip(server_lines) {
         yaml.push_str(&format!("   - {}:{line}\n", b.addr()));
     }
     let dir = TempDir::new("compat");
     let file = dir.write("nutcracker.yml", &yaml);
-    let keys = keys();
 
     let twemproxy = nutcracker(&file, port);
-    let by_twemproxy = placement(port, &backends, &keys);
+    let by_twemproxy = place(port);
     drop(twemproxy);
-    for b in &backends {
-        redis::cmd("FLUSHALL").query::<()>(&mut b.client()).unwrap();
-    }
+    flush();
 
     let proxy = Proxy::start(&std::fs::read_to_string(&file).unwrap(), port);
-    let by_ringproxy = placement(port, &backends, &keys);
+    let by_ringproxy = place(port);
     drop(proxy);
 
     let moved = keys
@@ -103,4 +190,14 @@ fn unnamed_servers_with_equal_weights() {
 #[test]
 fn unnamed_servers_with_unequal_weights() {
     same_placement(&["3", "1", "2"]);
+}
+
+#[test]
+fn memcache_named_servers_with_unequal_weights() {
+    same_memcache_placement(&["1 alpha", "2 beta", "3 gamma"]);
+}
+
+#[test]
+fn memcache_unnamed_servers_with_unequal_weights() {
+    same_memcache_placement(&["3", "1", "2"]);
 }
