@@ -1,5 +1,5 @@
 //! Standard clients, unchanged, through ringproxy: redis-py (sync, asyncio, hiredis, RESP3),
-//! redis-cli and redis-benchmark.
+//! redis-cli and redis-benchmark; pymemcache and libmemcached's memccp, memccat and memcslap.
 
 mod common;
 
@@ -11,12 +11,25 @@ fn setup() -> (Vec<Redis>, u16, Proxy) {
     three_shards("s", "")
 }
 
-#[test]
-fn redis_py_sync_asyncio_hiredis_and_resp3() {
-    let (_shards, port, _proxy) = setup();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/clients.py");
+/// Three memcached servers behind a memcache pool.
+fn memcache_setup() -> (Vec<Server>, u16, Proxy) {
+    let servers: Vec<Server> = (0..3).map(|_| Server::memcached()).collect();
+    let entries: Vec<String> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{}:1 mc{i}", s.addr()))
+        .collect();
+    let port = free_port();
+    let config = pool_config(port, &entries, "    protocol: memcache\n    hash: md5\n");
+    let proxy = Proxy::start(&config, port);
+    (servers, port, proxy)
+}
+
+/// Runs a Python client script against `port`; returns its "ok" lines.
+fn python(script: &str, port: u16) -> Vec<String> {
+    let path = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("python3")
-        .args([script, &port.to_string()])
+        .args([&path, &port.to_string()])
         .output()
         .expect("python3 (scripts/test installs it)");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -25,11 +38,96 @@ fn redis_py_sync_asyncio_hiredis_and_resp3() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(
-        stdout.lines().filter(|l| l.starts_with("ok ")).count(),
-        7,
-        "{stdout}"
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("ok "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn redis_py_sync_asyncio_hiredis_and_resp3() {
+    let (_shards, port, _proxy) = setup();
+    assert_eq!(python("clients.py", port).len(), 7);
+}
+
+#[test]
+fn pymemcache_single_and_pooled_clients() {
+    let (servers, port, _proxy) = memcache_setup();
+    assert_eq!(python("memcache_clients.py", port).len(), 2);
+    // The keys really were spread over the servers.
+    for s in &servers {
+        let mut c = Raw::connect(s.port);
+        c.send(b"stats\r\n");
+        let stats = std::iter::from_fn(|| Some(c.read_line()))
+            .take_while(|l| l != "END\r\n")
+            .find(|l| l.starts_with("STAT cmd_set "))
+            .unwrap();
+        let sets: u64 = stats.trim_end()["STAT cmd_set ".len()..].parse().unwrap();
+        assert!(sets > 100, "{stats}");
+    }
+}
+
+#[test]
+fn libmemcached_tools_copy_read_and_load() {
+    let (_servers, port, _proxy) = memcache_setup();
+    let servers = format!("--servers=127.0.0.1:{port}");
+    let dir = TempDir::new("memccp");
+    let mut files = Vec::new();
+    for i in 0..20 {
+        let body = format!("file {i} {}", "x".repeat(i * 100));
+        files.push((format!("f{i}.txt"), body.clone()));
+        dir.write(&format!("f{i}.txt"), &body);
+    }
+    let paths: Vec<String> = files
+        .iter()
+        .map(|(name, _)| dir.0.join(name).to_string_lossy().to_string())
+        .collect();
+    let out = Command::new("memccp")
+        .arg(&servers)
+        .args(&paths)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
+    let out = Command::new("memccat")
+        .arg(&servers)
+        .args(&names)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want: String = files.iter().map(|(_, body)| body.as_str()).collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).replace('\n', ""), want);
+
+    for test in ["set", "get", "mget"] {
+        let out = Command::new("memcslap")
+            .args([
+                &servers,
+                "--concurrency=4",
+                "--execute-number=2000",
+                &format!("--test={test}"),
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{test}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("Time to {test} ")),
+            "{test}: {stdout}"
+        );
+    }
 }
 
 #[test]
