@@ -33,6 +33,7 @@ pub struct Metrics {
     server_connections: Family<ServerLabels, Gauge>,
     server_connects: Family<ServerLabels, Counter>,
     server_ejections: Family<ServerLabels, Counter>,
+    server_flushes: Family<ServerLabels, Counter>,
     server_up: Family<ServerLabels, Gauge>,
 }
 
@@ -58,6 +59,8 @@ pub struct ServerMetrics {
     pub connections: Gauge,
     pub connects: Counter,
     pub ejections: Counter,
+    /// Times a node of a replicated memcache shard was emptied before serving again.
+    pub flushes: Counter,
     pub up: Gauge,
 }
 
@@ -98,6 +101,11 @@ impl Default for Metrics {
                 "server_ejections",
                 "Times a server was taken off the ring",
             ),
+            server_flushes: family(
+                r,
+                "server_flushes",
+                "Times a replicated memcache node was flushed after missing writes",
+            ),
             server_up: family(r, "server_up", "1 while the server passes health checks"),
             registry: std::mem::take(r),
         }
@@ -126,6 +134,7 @@ impl Metrics {
             connections: self.server_connections.get_or_create(l).clone(),
             connects: self.server_connects.get_or_create(l).clone(),
             ejections: self.server_ejections.get_or_create(l).clone(),
+            flushes: self.server_flushes.get_or_create(l).clone(),
             up: self.server_up.get_or_create(l).clone(),
         }
     }

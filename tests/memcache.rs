@@ -551,3 +551,44 @@ fn a_client_that_leaves_mid_value_does_not_disturb_others() {
         "END\r\nSTORED\r\n"
     );
 }
+
+#[test]
+fn a_replicated_node_that_missed_writes_is_flushed_before_it_serves_again() {
+    let master = Server::memcached();
+    let replica = Server::memcached();
+    let servers = [format!(
+        "{{ name: rep, master: {}, replicas: [{}] }}",
+        master.addr(),
+        replica.addr()
+    )];
+    let (port, proxy) = memcache_pool(
+        &servers,
+        "    timeout_ms: 200\n    health_check: { interval_ms: 50, timeout_ms: 50, failures: 1 }\n",
+    );
+    proxy.wait_ready(true);
+    assert_eq!(
+        text(&exchange(port, b"set k 0 0 3\r\nold\r\n")),
+        "STORED\r\n"
+    );
+    // The master stops answering: the write lands on the replica alone.
+    master.signal("-STOP");
+    assert_eq!(
+        text(&exchange(port, b"set k 0 0 3\r\nnew\r\nget k\r\n")),
+        "STORED\r\nVALUE k 0 3\r\nnew\r\nEND\r\n"
+    );
+    // It comes back still holding the old value; it is emptied before reads return to it.
+    master.signal("-CONT");
+    let labels = format!(
+        "{{pool=\"main\",server=\"rep\",role=\"master\",address=\"{}\"}}",
+        master.addr()
+    );
+    wait_until("master flushed", Duration::from_secs(10), || {
+        proxy
+            .http("/metrics")
+            .1
+            .contains(&format!("ringproxy_server_flushes_total{labels} 1"))
+    });
+    assert_eq!(exchange(master.port, b"mg k v\r\n"), b"EN\r\n");
+    let got = text(&exchange(port, b"get k\r\n"));
+    assert_ne!(got, "VALUE k 0 3\r\nold\r\nEND\r\n");
+}

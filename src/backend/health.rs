@@ -35,6 +35,7 @@ pub(super) async fn run(
             ping(&mut conn, &settings).await?;
             if shared.stale.load(Ordering::Relaxed) {
                 flush(&mut conn, &settings).await?;
+                shared.metrics.flushes.inc();
                 tracing::info!(node = %shared.label, "flushed before serving again");
                 shared.stale.store(false, Ordering::Relaxed);
             }

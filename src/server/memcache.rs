@@ -125,8 +125,9 @@ impl McSession {
             Verb::Verbosity => self.out.ready(Bytes::from_static(b"OK\r\n")),
             Verb::Stats => self.stats(&req),
             Verb::FlushAll => self.flush_all(&req),
-            Verb::Get | Verb::Gets | Verb::Gat | Verb::Gats => {
-                if self.exptime_allowed(&req, b"") {
+            Verb::Get | Verb::Gets => self.get(ring, &req),
+            Verb::Gat | Verb::Gats => {
+                if self.exptime_allowed(&req, req.token(2).unwrap_or_default()) {
                     self.get(ring, &req);
                 }
             }

@@ -239,6 +239,14 @@ impl Server {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the process: a server that is there but does not
+    /// answer, then comes back with its data.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success());
+    }
+
     /// A direct redis connection, bypassing the proxy.
     pub fn client(&self) -> redis::Connection {
         redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))

@@ -369,6 +369,93 @@ impl Request {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// What a parser made of a stream, as comparable text.
+    fn outcomes(parser: &mut RequestParser, buf: &mut BytesMut, out: &mut Vec<String>) {
+        while let Some(p) = parser.parse(buf).unwrap() {
+            out.push(match p {
+                Parsed::Request(r) => format!("{}:{:?}:{}", r.verb, r.forwarded(), r.is_quiet()),
+                Parsed::Reject { reply, silent } => format!("reject:{reply}:{silent}"),
+            });
+        }
+    }
+
+    /// Commands of every shape, well-formed or not, with values of any bytes.
+    fn command_strategy() -> impl Strategy<Value = Vec<u8>> {
+        let key = "[a-z0-9:]{1,12}";
+        let value = prop::collection::vec(any::<u8>(), 0..40);
+        prop_oneof![
+            (key, value.clone(), any::<bool>()).prop_map(|(k, v, noreply)| {
+                let nr = if noreply { " noreply" } else { "" };
+                [
+                    format!("set {k} 5 0 {}{nr}\r\n", v.len()).as_bytes(),
+                    &v,
+                    b"\r\n",
+                ]
+                .concat()
+            }),
+            (key, value.clone(), any::<bool>()).prop_map(|(k, v, quiet)| {
+                let q = if quiet { " q" } else { "" };
+                [
+                    format!("ms {k} {} T0{q}\r\n", v.len()).as_bytes(),
+                    &v,
+                    b"\r\n",
+                ]
+                .concat()
+            }),
+            prop::collection::vec(key, 1..6)
+                .prop_map(|ks| format!("get {}\r\n", ks.join(" ")).into_bytes()),
+            (key, any::<bool>()).prop_map(|(k, q)| format!(
+                "mg {k} v k{}\r\n",
+                if q { " q" } else { "" }
+            )
+            .into_bytes()),
+            key.prop_map(|k| format!("delete {k} noreply\r\n").into_bytes()),
+            Just(b"mn\r\n".to_vec()),
+            Just(b"bogus command\r\n".to_vec()),
+            Just(b"set k 0 0 x\r\n".to_vec()),
+            // Refused as too large, and swallowed.
+            Just([&b"set big 0 0 70\r\n"[..], &[b'v'; 70], b"\r\n"].concat()),
+            // A data block without its CRLF.
+            Just(b"set k 0 0 1\r\nxy\r\n".to_vec()),
+        ]
+    }
+
+    proptest! {
+        /// Every byte split of a pipeline parses to the same outcomes.
+        #[test]
+        fn split_anywhere_parses_the_same(cmds in prop::collection::vec(command_strategy(), 1..8)) {
+            let wire: Vec<u8> = cmds.concat();
+            let limits = Limits { item_size_max: 64, ..Limits::default() };
+            let mut whole = Vec::new();
+            outcomes(&mut RequestParser::new(limits), &mut BytesMut::from(&wire[..]), &mut whole);
+            for cut in 0..=wire.len() {
+                let mut parser = RequestParser::new(limits);
+                let mut buf = BytesMut::from(&wire[..cut]);
+                let mut got = Vec::new();
+                outcomes(&mut parser, &mut buf, &mut got);
+                buf.extend_from_slice(&wire[cut..]);
+                outcomes(&mut parser, &mut buf, &mut got);
+                prop_assert_eq!(&got, &whole);
+                prop_assert!(buf.is_empty() && !parser.is_mid_request(&buf));
+            }
+        }
+
+        /// Random bytes never panic, and every request they yield is framed whole.
+        #[test]
+        fn random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..300)) {
+            let mut parser = RequestParser::new(Limits { item_size_max: 64, max_get_line: 128 });
+            let mut buf = BytesMut::from(&data[..]);
+            while let Ok(Some(p)) = parser.parse(&mut buf) {
+                if let Parsed::Request(r) = p {
+                    prop_assert!(r.frame().ends_with(b"\n"));
+                    prop_assert!(!r.verb.has_data() || r.frame().ends_with(b"\r\n"));
+                    prop_assert!(r.line().len() < r.frame().len());
+                }
+            }
+        }
+    }
 
     fn parse_all(input: &[u8], limits: Limits) -> Vec<String> {
         let mut parser = RequestParser::new(limits);
