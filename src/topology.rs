@@ -27,7 +27,12 @@ pub struct Pool {
     pub shards: Vec<Shard>,
     pub metrics: PoolMetrics,
     pub started: std::time::Instant,
+    pub scripts: Scripts,
 }
+
+/// The scripts clients loaded with SCRIPT LOAD, by SHA1 (lower-case hex), to load again on a
+/// node that lost them (a restart). Locked only by SCRIPT LOAD and on a NOSCRIPT reply.
+pub type Scripts = Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, bytes::Bytes>>>;
 
 pub struct Shard {
     pub name: String,
@@ -150,6 +155,7 @@ impl Pool {
             shards,
             metrics: metrics.pool(&config.name),
             started: std::time::Instant::now(),
+            scripts: Scripts::default(),
         }
     }
 }
@@ -198,22 +204,25 @@ impl Shard {
     /// The node a command goes to: writes to the master, reads as the pool's `read_from` says.
     /// `spread` picks among replicas.
     pub fn node_for(&self, write: bool, read_from: ReadFrom, spread: usize) -> &Node {
+        self.node(self.node_index_for(write, read_from, spread))
+    }
+
+    /// [`Shard::node_for`]'s node, as an index in [`Shard::nodes`].
+    pub fn node_index_for(&self, write: bool, read_from: ReadFrom, spread: usize) -> usize {
         if self.replicated && !write {
-            return self.node(self.read_index(read_from, spread));
+            return self.read_index(read_from, spread);
         }
-        if write || self.replicas.is_empty() || read_from == ReadFrom::Master {
-            return &self.master;
+        let replicas = self.replicas.len();
+        if write || replicas == 0 || read_from == ReadFrom::Master {
+            return 0;
         }
-        let start = spread % self.replicas.len();
-        let mut candidates = self
-            .replicas
-            .iter()
-            .cycle()
-            .skip(start)
-            .take(self.replicas.len());
+        let start = spread % replicas;
         match read_from {
-            ReadFrom::Replica => &self.replicas[start],
-            _ => candidates.find(|r| r.is_up()).unwrap_or(&self.master),
+            ReadFrom::Replica => 1 + start,
+            _ => (0..replicas)
+                .map(|k| 1 + (start + k) % replicas)
+                .find(|&i| self.node(i).is_up())
+                .unwrap_or(0),
         }
     }
 }

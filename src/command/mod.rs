@@ -12,8 +12,32 @@ pub enum Kind {
     Keyed,
     /// Keys split by shard and the replies merged in key order.
     Split(Merge),
+    /// Scripts and functions: the keys are the `numkeys` arguments after argument 2, and must
+    /// share one shard.
+    Script,
+    /// A command over the whole keyspace or every node, each handled on its own terms.
+    Keyspace(Fanout),
     /// Answered by the proxy itself.
     Local,
+}
+
+/// The commands that reach every shard (or one chosen by a cursor).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fanout {
+    /// SCAN: one shard at a time, the shard encoded in the cursor.
+    Scan,
+    /// KEYS: every shard, if the pool allows it.
+    Keys,
+    /// DBSIZE: every shard, summed.
+    DbSize,
+    /// RANDOMKEY: a key from some shard that has one.
+    RandomKey,
+    /// FLUSHDB, FLUSHALL: every shard, if the pool allows it.
+    Flush,
+    /// SCRIPT LOAD / EXISTS / FLUSH: every node, so EVALSHA works wherever its keys land.
+    Script,
+    /// FUNCTION LOAD / DELETE / FLUSH / RESTORE: every master (replicas get them by replication).
+    Function,
 }
 
 /// How the per-shard replies of a split command become one.
@@ -21,10 +45,16 @@ pub enum Kind {
 pub enum Merge {
     /// MGET: the values, in key order.
     Values,
-    /// DEL, UNLINK, EXISTS, TOUCH: the sum of the counts.
+    /// DEL, UNLINK, EXISTS, TOUCH, DBSIZE: the sum of the counts.
     Sum,
-    /// MSET: OK when every shard said OK.
-    AllOk,
+    /// MSET, FLUSHDB, SCRIPT LOAD…: the first shard's reply, when no shard gave an error.
+    Same,
+    /// KEYS: every shard's array, one after another.
+    Concat,
+    /// RANDOMKEY: the first reply that is not nil.
+    FirstNonNil,
+    /// SCRIPT EXISTS: 1 at a position only where every node said 1.
+    AllOf,
 }
 
 #[derive(Debug)]
@@ -48,6 +78,15 @@ impl Command {
             argc == self.arity as usize
         } else {
             argc >= self.arity.unsigned_abs() as usize
+        }
+    }
+
+    /// Whether the command may change data. Scripts are run on masters unless they are the
+    /// read-only variants (`*_RO`), whatever COMMAND says of them.
+    pub fn writes(&self) -> bool {
+        match self.kind {
+            Kind::Script => !self.name.ends_with("_RO"),
+            _ => self.write,
         }
     }
 

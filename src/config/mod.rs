@@ -107,8 +107,11 @@ pub struct PoolConfig {
     pub max_reply_depth: usize,
     /// memcache: the largest value a storage command may carry.
     pub item_size_max: usize,
-    /// Whether commands that empty every server (memcache `flush_all`) are forwarded.
+    /// Whether commands that empty every server (FLUSHDB, FLUSHALL, memcache `flush_all`) are
+    /// forwarded.
     pub allow_flush: bool,
+    /// Whether KEYS, which scans every shard at once, is forwarded.
+    pub allow_keys: bool,
     /// memcache: refuse writes whose exptime is an absolute time already past.
     pub reject_past_exptime: bool,
     pub servers: Vec<ServerConfig>,
@@ -271,6 +274,7 @@ impl PoolParts {
                 Some("backend_auth is for redis pools: memcached's text protocol has no AUTH")
             }
             Protocol::Memcache if c.db != 0 => Some("db is for redis pools"),
+            Protocol::Memcache if c.allow_keys => Some("allow_keys is for redis pools"),
             Protocol::Redis if self.memcache_only => {
                 Some("item_size_max and reject_past_exptime are for memcache pools")
             }

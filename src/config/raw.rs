@@ -57,6 +57,7 @@ struct Pool {
     limits: Option<RawLimits>,
     item_size_max: Option<usize>,
     allow_flush: Option<bool>,
+    allow_keys: Option<bool>,
     reject_past_exptime: Option<bool>,
     servers: Vec<Spanned<Server>>,
 }
@@ -280,6 +281,7 @@ fn base_pool(listen: &Spanned<Address>) -> PoolConfig {
         max_reply_depth: 128,
         item_size_max: 1024 * 1024,
         allow_flush: false,
+        allow_keys: false,
         reject_past_exptime: false,
         servers: Vec::new(),
     }
@@ -322,6 +324,10 @@ impl Pool {
         c.db = p.db.unwrap_or(0);
         c.client_connections = p.client_connections.filter(|&n| n > 0);
         c.backlog = p.backlog.unwrap_or(c.backlog);
+        if c.protocol == Protocol::Memcache {
+            // The longest multi-get line: libmemcached's mget puts every key on one line.
+            c.limits.max_inline_bytes = crate::protocol::memcache::Limits::default().max_get_line;
+        }
         if let Some(l) = p.limits {
             c.limits.max_args = l.max_args.unwrap_or(c.limits.max_args);
             c.limits.max_bulk_bytes = l.max_bulk_bytes.unwrap_or(c.limits.max_bulk_bytes);
@@ -332,6 +338,7 @@ impl Pool {
         let memcache_only = p.item_size_max.is_some() || p.reject_past_exptime.is_some();
         c.item_size_max = p.item_size_max.unwrap_or(c.item_size_max);
         c.allow_flush = p.allow_flush.unwrap_or(false);
+        c.allow_keys = p.allow_keys.unwrap_or(false);
         c.reject_past_exptime = p.reject_past_exptime.unwrap_or(false);
         Ok(PoolParts {
             listen: p.listen,
@@ -401,6 +408,7 @@ impl From<TwemproxyPool> for Pool {
             limits: None,
             item_size_max: None,
             allow_flush: None,
+            allow_keys: None,
             reject_past_exptime: None,
             servers: t.servers,
         }

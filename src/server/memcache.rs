@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 
 use super::merge::Gather;
-use super::session::{FailoverRead, Frontend, Session};
+use super::session::{Frontend, Resend, ResendWhen, Session};
 use crate::protocol::ReplyKind;
 use crate::protocol::memcache::{
     Limits, MAX_KEY_BYTES, Parsed, ReplyShape, Request, RequestParser, Verb, decode_base64,
@@ -220,12 +220,14 @@ impl McSession {
         let shard = &self.pool.shards[s];
         let node = shard.read_index(self.pool.config.read_from, self.id as usize);
         self.send_to(shard.node(node), job.clone(), 0, false);
-        self.out.failover(FailoverRead {
+        self.out.resend(Resend {
             shard: s,
             node,
             retries_left: shard.replicas.len(),
             job,
             quiet,
+            when: ResendWhen::NodeFails,
+            resp3: false,
         });
     }
 

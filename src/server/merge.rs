@@ -41,6 +41,8 @@ enum Plan {
     Broadcast,
     /// memcache `stats backends`: every node's counters, prefixed with its name.
     Stats { nodes: Vec<String> },
+    /// SCAN on one shard of `shards`: the cursor re-encoded with the shard.
+    Scan { shard: usize, shards: usize },
 }
 
 /// Collects one reply per part; the merged reply is ready when the last arrives.
@@ -52,7 +54,11 @@ pub(super) struct Gather {
     /// A memcache command sent with `noreply` or `q`: the merged reply is dropped when the
     /// command would not have shown it.
     quiet: Option<Verb>,
+    record: Option<Record>,
 }
+
+/// Sees a merged reply on its way to the client.
+pub(super) type Record = Box<dyn Fn(&[u8]) + Send>;
 
 impl Gather {
     pub(super) fn split(
@@ -114,6 +120,18 @@ impl Gather {
         g
     }
 
+    /// SCAN of shard `shard`.
+    pub(super) fn scan(shard: usize, shards: usize) -> Gather {
+        Gather::new(Plan::Scan { shard, shards }, 1, 1)
+    }
+
+    /// Shows the merged reply, unless it is an error, to `record` on its way to the client
+    /// (SCRIPT LOAD: the script's SHA).
+    pub(super) fn recording(mut self, record: Record) -> Gather {
+        self.record = Some(record);
+        self
+    }
+
     /// memcache `stats` of every node in `nodes`.
     pub(super) fn stats(nodes: Vec<String>) -> Gather {
         let parts = nodes.len();
@@ -127,6 +145,7 @@ impl Gather {
             missing: parts,
             max_depth,
             quiet: None,
+            record: None,
         }
     }
 
@@ -141,6 +160,11 @@ impl Gather {
             return None;
         }
         let merged = self.merge();
+        if let Some(record) = &self.record
+            && merged.first() != Some(&b'-')
+        {
+            record(&merged);
+        }
         Some(match self.quiet {
             Some(verb) if verb.quiet_hides(&merged) => Bytes::new(),
             _ => merged,
@@ -186,14 +210,117 @@ impl Gather {
                 match merge {
                     Merge::Values => merge_values(&replies, key_parts, self.max_depth),
                     Merge::Sum => merge_sum(&replies),
-                    Merge::AllOk => replies
-                        .into_iter()
-                        .find(|r| &r[..] != b"+OK\r\n")
-                        .unwrap_or_else(|| Bytes::from_static(b"+OK\r\n")),
+                    Merge::Same => replies.swap_remove(0),
+                    Merge::Concat => merge_concat(&replies, self.max_depth),
+                    Merge::FirstNonNil => {
+                        let nil = |r: &Bytes| &r[..] == b"$-1\r\n" || &r[..] == b"_\r\n";
+                        match replies.iter().position(|r| !nil(r)) {
+                            Some(i) => replies.swap_remove(i),
+                            None => replies.swap_remove(0),
+                        }
+                    }
+                    Merge::AllOf => merge_all_of(&replies),
                 }
             }
+            Plan::Scan { shard, shards } => match parts.into_iter().next() {
+                Some(Ok(reply)) => merge_scan(reply, *shard, *shards),
+                Some(Err(e)) => backend_error(Protocol::Redis, &e),
+                None => resp_error("no reply to SCAN"),
+            },
         }
     }
+}
+
+/// The elements of an array reply: its length and where they start.
+fn array_body(reply: &[u8]) -> Option<(usize, usize)> {
+    let nl = memchr::memchr(b'\n', reply)?;
+    if reply.first() != Some(&b'*') {
+        return None;
+    }
+    let n = parse_int(&reply[1..nl.checked_sub(1)?])?;
+    Some((usize::try_from(n).ok()?, nl + 1))
+}
+
+/// KEYS: the shards' arrays as one.
+fn merge_concat(replies: &[Bytes], _max_depth: usize) -> Bytes {
+    let mut total = 0;
+    let mut bodies = Vec::with_capacity(replies.len());
+    for r in replies {
+        let Some((n, start)) = array_body(r) else {
+            return resp_error("a backend answered with something other than an array");
+        };
+        total += n;
+        bodies.push(&r[start..]);
+    }
+    let mut out = BytesMut::with_capacity(bodies.iter().map(|b| b.len()).sum::<usize>() + 16);
+    encode::array(&mut out, total);
+    bodies.iter().for_each(|b| out.put_slice(b));
+    out.freeze()
+}
+
+/// SCRIPT EXISTS: 1 where every node has the script.
+fn merge_all_of(replies: &[Bytes]) -> Bytes {
+    let mut all: Option<Vec<bool>> = None;
+    for r in replies {
+        let Some((n, start)) = array_body(r) else {
+            return resp_error("a backend answered with something other than an array");
+        };
+        let flags: Vec<bool> = r[start..]
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| l.starts_with(b":1"))
+            .collect();
+        if flags.len() != n {
+            return resp_error("a backend answered SCRIPT EXISTS with an odd array");
+        }
+        all = Some(match all {
+            None => flags,
+            Some(prev) => prev.iter().zip(&flags).map(|(a, b)| *a && *b).collect(),
+        });
+    }
+    let all = all.unwrap_or_default();
+    let mut out = BytesMut::new();
+    encode::array(&mut out, all.len());
+    all.iter()
+        .for_each(|&f| encode::integer(&mut out, i64::from(f)));
+    out.freeze()
+}
+
+/// SCAN on shard `shard` of `shards`: the backend's cursor re-encoded so the next call comes
+/// back to the same shard, or moves to the next one when this one is done (0 after the last).
+fn merge_scan(reply: Bytes, shard: usize, shards: usize) -> Bytes {
+    const ODD: &str = "a backend answered SCAN with something other than a cursor and keys";
+    let Some((2, start)) = array_body(&reply) else {
+        return resp_error(ODD);
+    };
+    let rest = &reply[start..];
+    let Some(nl) = memchr::memchr(b'\n', rest) else {
+        return resp_error(ODD);
+    };
+    let cursor_start = nl + 1;
+    let Some(cursor_end) = memchr::memchr(b'\r', &rest[cursor_start..]).map(|e| cursor_start + e)
+    else {
+        return resp_error(ODD);
+    };
+    let Some(backend) = std::str::from_utf8(&rest[cursor_start..cursor_end])
+        .ok()
+        .and_then(|c| c.parse::<u64>().ok())
+    else {
+        return resp_error(ODD);
+    };
+    let next = match backend {
+        0 if shard + 1 == shards => Some(0),
+        0 => Some(shard as u64 + 1),
+        c => c.checked_mul(shards as u64).map(|c| c + shard as u64),
+    };
+    let Some(next) = next else {
+        return resp_error("a backend's SCAN cursor is too large to encode its shard");
+    };
+    let mut out = BytesMut::with_capacity(reply.len() + 8);
+    encode::array(&mut out, 2);
+    encode::bulk(&mut out, next.to_string().as_bytes());
+    out.put_slice(&rest[cursor_end + 2..]);
+    out.freeze()
 }
 
 /// MGET: walks each part's array reply with a cursor, taking the next value of key i's part,
@@ -455,7 +582,7 @@ mod tests {
         g.add(0, Ok(b(":2\r\n")));
         g.add(2, Ok(b(":0\r\n")));
         assert_eq!(g.add(1, Ok(b(":5\r\n"))).unwrap(), b(":7\r\n"));
-        let mut g = Gather::split(Merge::AllOk, 2, vec![], 8);
+        let mut g = Gather::split(Merge::Same, 2, vec![], 8);
         g.add(0, Ok(b("+OK\r\n")));
         assert_eq!(g.add(1, Ok(b("+OK\r\n"))).unwrap(), b("+OK\r\n"));
     }

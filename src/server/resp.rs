@@ -3,6 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::keyspace;
 use super::local::{self, ClientState};
 use super::merge::Gather;
 use super::session::{Frontend, Outbox, Session};
@@ -92,6 +93,8 @@ impl RespSession {
         match cmd.kind {
             Kind::Keyed => self.forward_keyed(ring, cmd, req),
             Kind::Split(merge) => self.split(ring, cmd, merge, req),
+            Kind::Script => keyspace::script(self, ring, cmd, &req),
+            Kind::Keyspace(fanout) => keyspace::run(self, fanout, &req),
             Kind::Local => {}
         }
         false
@@ -210,6 +213,20 @@ impl RespSession {
                 true,
                 (payload.clone(), ReplyKind::Resp),
                 s,
+                self.fe.client.resp3,
+            );
+        }
+        self.out.gathering(gather);
+    }
+
+    /// Sends the same request to every node, replicas included, and gathers the replies.
+    pub(super) fn broadcast_nodes(&mut self, payload: Bytes, gather: Gather) {
+        let nodes = self.pool.shards.iter().flat_map(|s| s.nodes());
+        for (part, node) in nodes.enumerate() {
+            self.send_to(
+                node,
+                (payload.clone(), ReplyKind::Resp),
+                part,
                 self.fe.client.resp3,
             );
         }

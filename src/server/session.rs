@@ -10,11 +10,11 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use super::merge::Gather;
-use crate::backend::{BackendError, Completion, Inbox, Job, ReplyTo};
+use crate::backend::{BackendError, Completion, Inbox, Job, Node, ReplyTo};
 use crate::config::Protocol;
 use crate::protocol::memcache::Verb;
 use crate::protocol::{ReplyKind, resp::encode};
-use crate::topology::Pool;
+use crate::topology::{Pool, Scripts};
 
 /// Bits of a token that number the parts of a fanned-out request; the rest is its sequence.
 const PART_BITS: u32 = 20;
@@ -51,19 +51,36 @@ enum Slot {
     Quiet(Verb),
     /// Several parts are awaited and merged.
     Gathering(Box<Gather>),
-    /// A read on a replicated memcache shard, tried on the next node if one fails.
-    Failover(Box<FailoverRead>),
+    /// A request the proxy may send again: its reply is awaited as part 0.
+    Resend(Box<Resend>),
 }
 
-/// A read on a replicated shard and where it has been tried.
-pub(super) struct FailoverRead {
+/// A request that is sent again when its first answer is not the last word.
+pub(super) struct Resend {
     pub(super) shard: usize,
     /// The node (index in `Shard::nodes`) it was last sent to.
     pub(super) node: usize,
-    /// Further nodes it may be tried on.
+    /// How many more times it may be sent.
     pub(super) retries_left: usize,
     pub(super) job: (Bytes, ReplyKind),
     pub(super) quiet: Option<Verb>,
+    pub(super) when: ResendWhen,
+    /// Sent on the node's RESP3 connections (a client that said HELLO 3).
+    pub(super) resp3: bool,
+}
+
+pub(super) enum ResendWhen {
+    /// The node failed: a read on a replicated memcache shard moves to the next node.
+    NodeFails,
+    /// The node answered NOSCRIPT to an EVALSHA of this SHA, and the pool knows the script:
+    /// it is loaded there again first.
+    NoScript { sha: Bytes },
+}
+
+/// A resend to make: the request's sequence number and, for a lost script, its SCRIPT LOAD.
+struct Retry {
+    seq: u64,
+    reload: Option<Bytes>,
 }
 
 /// Replies owed to the client, in request order.
@@ -75,8 +92,10 @@ pub(super) struct Outbox {
     buf: BytesMut,
     protocol: Protocol,
     pub(super) errors: u64,
-    /// Sequence numbers of failover reads whose node failed, to be sent to the next node.
-    retries: Vec<u64>,
+    /// Requests to send again.
+    retries: Vec<Retry>,
+    /// The pool's scripts, consulted when a node has lost one.
+    scripts: Scripts,
 }
 
 impl Outbox {
@@ -106,9 +125,9 @@ impl Outbox {
         self.slots.push_back(Slot::Quiet(verb));
     }
 
-    /// Queues the slot of a read that moves to another node of its shard if its node fails.
-    pub(super) fn failover(&mut self, read: FailoverRead) {
-        self.slots.push_back(Slot::Failover(Box::new(read)));
+    /// Queues the slot of a request that may be sent again.
+    pub(super) fn resend(&mut self, resend: Resend) {
+        self.slots.push_back(Slot::Resend(Box::new(resend)));
     }
 
     /// Queues the slot of a request whose parts `gather` merges.
@@ -137,11 +156,15 @@ impl Outbox {
         else {
             return;
         };
-        if let (Slot::Failover(read), Err(_)) = (&*slot, &c.result)
-            && read.retries_left > 0
-        {
-            self.retries.push(seq);
-            return;
+        if let Slot::Resend(resend) = slot {
+            if part != 0 {
+                // The reply to a SCRIPT LOAD sent before the request again.
+                return;
+            }
+            if let Some(retry) = retry(resend, &c.result, &self.scripts, seq) {
+                self.retries.push(retry);
+                return;
+            }
         }
         let reply = match c.result {
             Ok(reply) => Ok(reply),
@@ -153,7 +176,7 @@ impl Outbox {
         match slot {
             Slot::Forwarded => *slot = Slot::Ready(shown(self.protocol, None, reply)),
             Slot::Quiet(verb) => *slot = Slot::Ready(shown(self.protocol, Some(*verb), reply)),
-            Slot::Failover(read) => *slot = Slot::Ready(shown(self.protocol, read.quiet, reply)),
+            Slot::Resend(resend) => *slot = Slot::Ready(shown(self.protocol, resend.quiet, reply)),
             Slot::Gathering(g) => {
                 if let Some(merged) = g.add(part, reply) {
                     *slot = Slot::Ready(merged);
@@ -171,6 +194,32 @@ impl Outbox {
             }
             self.first_seq += 1;
         }
+    }
+}
+
+/// Whether `result` calls for sending `resend` again, and how.
+fn retry(
+    resend: &Resend,
+    result: &Result<Bytes, Box<BackendError>>,
+    scripts: &Scripts,
+    seq: u64,
+) -> Option<Retry> {
+    if resend.retries_left == 0 {
+        return None;
+    }
+    match (&resend.when, result) {
+        (ResendWhen::NodeFails, Err(_)) => Some(Retry { seq, reload: None }),
+        (ResendWhen::NoScript { sha }, Ok(reply)) if reply.starts_with(b"-NOSCRIPT") => {
+            let scripts = scripts.lock().unwrap_or_else(|p| p.into_inner());
+            let body = scripts.get(&sha.to_ascii_lowercase())?;
+            let mut load = BytesMut::new();
+            encode::command(&mut load, [&b"SCRIPT"[..], b"LOAD", body].into_iter());
+            Some(Retry {
+                seq,
+                reload: Some(load.freeze()),
+            })
+        }
+        _ => None,
     }
 }
 
@@ -230,6 +279,7 @@ impl<F: Frontend> Session<F> {
                 protocol: pool.config.protocol,
                 errors: 0,
                 retries: Vec::new(),
+                scripts: pool.scripts.clone(),
             },
             pool,
         }
@@ -282,7 +332,7 @@ impl<F: Frontend> Session<F> {
                         self.out.complete(c);
                     }
                     if !self.out.retries.is_empty() {
-                        self.retry_reads();
+                        self.resend();
                     }
                 }
                 read = crate::net::read_some(stream, &mut read_buf, read_chunk), if can_read => {
@@ -326,25 +376,30 @@ impl<F: Frontend> Session<F> {
 }
 
 impl<F> Session<F> {
-    /// Sends every failover read whose node failed to the next node of its shard.
-    fn retry_reads(&mut self) {
-        for seq in std::mem::take(&mut self.out.retries) {
-            let reply_to = self.out.reply_to_seq(seq, 0);
+    /// Sends again what asked for it: a failed read to the next node of its shard, an EVALSHA
+    /// to its node after loading the script there.
+    fn resend(&mut self) {
+        for Retry { seq, reload } in std::mem::take(&mut self.out.retries) {
             let index = (seq - self.out.first_seq) as usize;
-            let Some(Slot::Failover(read)) = self.out.slots.get_mut(index) else {
+            let Some(Slot::Resend(resend)) = self.out.slots.get(index) else {
                 continue;
             };
-            let shard = &self.pool.shards[read.shard];
-            read.node = shard.retry_index(read.node);
-            read.retries_left -= 1;
-            let job = Job {
-                payload: read.job.0.clone(),
-                kind: read.job.1,
-                reply_to,
+            let shard = &self.pool.shards[resend.shard];
+            let node = match reload {
+                Some(_) => resend.node,
+                None => shard.retry_index(resend.node),
             };
-            shard
-                .node(read.node)
-                .send(job, self.worker, false, self.id as usize);
+            let (job, resp3) = (resend.job.clone(), resend.resp3);
+            if let Some(load) = reload {
+                let load = (load, ReplyKind::Resp);
+                self.send_job_to(shard.node(node), load, self.out.reply_to_seq(seq, 1), resp3);
+            }
+            let reply_to = self.out.reply_to_seq(seq, 0);
+            self.send_job_to(shard.node(node), job, reply_to, resp3);
+            if let Some(Slot::Resend(resend)) = self.out.slots.get_mut(index) {
+                resend.node = node;
+                resend.retries_left -= 1;
+            }
         }
     }
 
@@ -364,17 +419,21 @@ impl<F> Session<F> {
     }
 
     /// Sends part `part` of the next request to `node`.
-    pub(super) fn send_to(
+    pub(super) fn send_to(&self, node: &Node, job: (Bytes, ReplyKind), part: usize, resp3: bool) {
+        self.send_job_to(node, job, self.out.reply_to(part), resp3);
+    }
+
+    fn send_job_to(
         &self,
-        node: &crate::backend::Node,
+        node: &Node,
         (payload, kind): (Bytes, ReplyKind),
-        part: usize,
+        reply_to: ReplyTo,
         resp3: bool,
     ) {
         let job = Job {
             payload,
             kind,
-            reply_to: self.out.reply_to(part),
+            reply_to,
         };
         node.send(job, self.worker, resp3, self.id as usize);
     }

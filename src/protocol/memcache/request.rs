@@ -21,7 +21,8 @@ pub struct Limits {
     /// Largest value accepted in a storage command; larger ones are refused before they are
     /// forwarded (memcached's `-I`, 1 MB by default).
     pub item_size_max: usize,
-    /// Longest multi-key get line.
+    /// Longest multi-key get line (memcached sets none; libmemcached's mget sends every key
+    /// on one line).
     pub max_get_line: usize,
 }
 
@@ -29,7 +30,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             item_size_max: 1024 * 1024,
-            max_get_line: 64 * 1024,
+            max_get_line: 16 * 1024 * 1024,
         }
     }
 }
@@ -76,6 +77,9 @@ pub struct RequestParser {
     limits: Limits,
     /// Bytes of a refused value still to be discarded, as memcached swallows them.
     swallow: usize,
+    /// Bytes at the start of the buffer known to hold no newline: a long multi-get line is
+    /// scanned once, not again with every read.
+    no_newline: usize,
 }
 
 /// The start and end of the first space-separated tokens of `line`, how many tokens there
@@ -133,7 +137,11 @@ fn numeric(s: &[u8], negative_ok: bool, max: u64) -> bool {
 
 impl RequestParser {
     pub fn new(limits: Limits) -> RequestParser {
-        RequestParser { limits, swallow: 0 }
+        RequestParser {
+            limits,
+            swallow: 0,
+            no_newline: 0,
+        }
     }
 
     /// Whether `buf` holds the start of a command that is not complete yet.
@@ -151,7 +159,8 @@ impl RequestParser {
                 return Ok(None);
             }
         }
-        let Some(nl) = memchr(b'\n', buf) else {
+        let Some(nl) = memchr(b'\n', &buf[self.no_newline..]).map(|i| self.no_newline + i) else {
+            self.no_newline = buf.len();
             let limit = if is_multi_get(buf) {
                 self.limits.max_get_line
             } else {
@@ -163,6 +172,7 @@ impl RequestParser {
                 Ok(None)
             };
         };
+        self.no_newline = 0;
         let line_len = if nl > 0 && buf[nl - 1] == b'\r' {
             nl - 1
         } else {

@@ -1,0 +1,189 @@
+//! Redis commands that reach beyond one key's shard: scripts and functions routed by their
+//! declared keys, and the whole-keyspace commands (SCAN, KEYS, DBSIZE, RANDOMKEY, FLUSHDB,
+//! FLUSHALL, SCRIPT, FUNCTION) fanned out and merged.
+
+use bytes::BytesMut;
+
+use super::merge::Gather;
+use super::resp::RespSession;
+use super::session::{Resend, ResendWhen};
+use crate::command::{Command, Fanout, Merge};
+use crate::protocol::ReplyKind;
+use crate::protocol::resp::{Request, encode, parse_int};
+use crate::ring::Ring;
+
+/// EVAL, EVALSHA, FCALL and their read-only forms: to the one shard of the declared keys.
+pub(super) fn script(s: &mut RespSession, ring: &Ring, cmd: &Command, req: &Request) {
+    let declared = match parse_int(req.arg(2)) {
+        None => return s.out.error("ERR value is not an integer or out of range"),
+        Some(n) if n < 0 => return s.out.error("ERR Number of keys can't be negative"),
+        Some(n) if n as usize > req.argc() - 3 => {
+            return s
+                .out
+                .error("ERR Number of keys can't be greater than number of args");
+        }
+        Some(n) => n as usize,
+    };
+    let mut shard = None;
+    for pos in 3..3 + declared {
+        let owner = ring.server_for(req.arg(pos));
+        if shard.is_some() && owner != shard {
+            return s.out.error(&format!(
+                "CROSSSLOT Keys in request don't hash to the same shard (command '{}'); use a hash tag",
+                cmd.name.to_ascii_lowercase()
+            ));
+        }
+        shard = owner;
+    }
+    // A script without keys runs on the shard an empty key maps to.
+    let Some(shard) = shard.or_else(|| ring.server_for(b"")) else {
+        return s
+            .out
+            .error("ERR no server is available for the key (all are ejected)");
+    };
+    let write = cmd.writes();
+    let resp3 = s.client().resp3;
+    let job = (req.frame().clone(), ReplyKind::Resp);
+    if !matches!(cmd.name, "EVALSHA" | "EVALSHA_RO") {
+        s.send(shard, write, job, 0, resp3);
+        return s.out.forwarded();
+    }
+    let node = s.pool.shards[shard].node_index_for(write, s.pool.config.read_from, s.id as usize);
+    s.send_to(s.pool.shards[shard].node(node), job.clone(), 0, resp3);
+    s.out.resend(Resend {
+        shard,
+        node,
+        retries_left: 1,
+        job,
+        quiet: None,
+        when: ResendWhen::NoScript {
+            sha: req.arg_bytes(1),
+        },
+        resp3,
+    });
+}
+
+/// The whole-keyspace commands.
+pub(super) fn run(s: &mut RespSession, fanout: Fanout, req: &Request) {
+    let shards = s.pool.shards.len();
+    let depth = s.pool.config.max_reply_depth;
+    let all = |merge| Gather::split(merge, shards, Vec::new(), depth);
+    match fanout {
+        Fanout::Scan => scan(s, req),
+        Fanout::Keys if !s.pool.config.allow_keys => s.out.error(
+            "ERR KEYS would scan every shard; the pool needs allow_keys: true (or use SCAN)",
+        ),
+        Fanout::Keys => s.broadcast(req.frame().clone(), all(Merge::Concat)),
+        Fanout::DbSize => s.broadcast(req.frame().clone(), all(Merge::Sum)),
+        Fanout::RandomKey => s.broadcast(req.frame().clone(), all(Merge::FirstNonNil)),
+        Fanout::Flush if !s.pool.config.allow_flush => s.out.error(&format!(
+            "ERR {} would empty every shard; the pool needs allow_flush: true",
+            String::from_utf8_lossy(req.arg(0)).to_ascii_uppercase()
+        )),
+        Fanout::Flush => s.broadcast(req.frame().clone(), all(Merge::Same)),
+        Fanout::Script => script_admin(s, req),
+        Fanout::Function => function_admin(s, req),
+    }
+}
+
+/// SCAN: the client's cursor is `backend cursor × shards + shard`, so iteration walks shard 0
+/// to the last, each exactly once, and a cursor of 0 starts and ends it.
+fn scan(s: &mut RespSession, req: &Request) {
+    let shards = s.pool.shards.len() as u64;
+    let Some(cursor) = std::str::from_utf8(req.arg(1))
+        .ok()
+        .and_then(|c| c.parse::<u64>().ok())
+    else {
+        return s.out.error("ERR invalid cursor");
+    };
+    let (shard, backend) = ((cursor % shards) as usize, cursor / shards);
+    let mut payload = BytesMut::with_capacity(req.frame().len() + 16);
+    let backend = backend.to_string();
+    encode::array(&mut payload, req.argc());
+    encode::bulk(&mut payload, req.arg(0));
+    encode::bulk(&mut payload, backend.as_bytes());
+    req.args()
+        .skip(2)
+        .for_each(|a| encode::bulk(&mut payload, a));
+    let resp3 = s.client().resp3;
+    s.send(shard, false, (payload.freeze(), ReplyKind::Resp), 0, resp3);
+    s.out.gathering(Gather::scan(shard, shards as usize));
+}
+
+/// SCRIPT LOAD / EXISTS / FLUSH on every node, replicas included (scripts are not
+/// replicated), so EVALSHA and EVALSHA_RO find them wherever they run.
+fn script_admin(s: &mut RespSession, req: &Request) {
+    let sub = req.arg(1).to_ascii_uppercase();
+    let nodes = s.pool.shards.iter().map(|sh| 1 + sh.replicas.len()).sum();
+    let depth = s.pool.config.max_reply_depth;
+    let gather = |merge| Gather::split(merge, nodes, Vec::new(), depth);
+    match &sub[..] {
+        b"LOAD" if req.argc() == 3 => {
+            let scripts = s.pool.scripts.clone();
+            let body = req.arg_bytes(2);
+            let record = move |reply: &[u8]| {
+                // `$40\r\n<sha>\r\n`, or `+<sha>` in RESP3 verbatim forms: take the hex.
+                let sha: Vec<u8> = reply
+                    .split(|&b| b == b'\n')
+                    .map(<[u8]>::trim_ascii)
+                    .find(|l| l.len() == 40 && l.iter().all(u8::is_ascii_hexdigit))
+                    .map(<[u8]>::to_ascii_lowercase)
+                    .unwrap_or_default();
+                if !sha.is_empty() {
+                    scripts
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(sha, body.clone());
+                }
+            };
+            s.broadcast_nodes(
+                req.frame().clone(),
+                gather(Merge::Same).recording(Box::new(record)),
+            );
+        }
+        b"EXISTS" if req.argc() >= 3 => {
+            s.broadcast_nodes(req.frame().clone(), gather(Merge::AllOf))
+        }
+        b"FLUSH" if req.argc() <= 3 => {
+            s.pool
+                .scripts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            s.broadcast_nodes(req.frame().clone(), gather(Merge::Same));
+        }
+        _ => unsupported_sub(s, req, "SCRIPT LOAD, EXISTS and FLUSH are served"),
+    }
+}
+
+/// FUNCTION LOAD / DELETE / FLUSH / RESTORE on every master; LIST, DUMP and STATS from the
+/// first shard (every master holds the same libraries when they are loaded through the proxy).
+fn function_admin(s: &mut RespSession, req: &Request) {
+    let sub = req.arg(1).to_ascii_uppercase();
+    let shards = s.pool.shards.len();
+    let depth = s.pool.config.max_reply_depth;
+    match &sub[..] {
+        b"LOAD" | b"DELETE" | b"FLUSH" | b"RESTORE" => s.broadcast(
+            req.frame().clone(),
+            Gather::split(Merge::Same, shards, Vec::new(), depth),
+        ),
+        b"LIST" | b"DUMP" | b"STATS" => {
+            let resp3 = s.client().resp3;
+            s.send(0, false, (req.frame().clone(), ReplyKind::Resp), 0, resp3);
+            s.out.forwarded();
+        }
+        _ => unsupported_sub(
+            s,
+            req,
+            "FUNCTION LOAD, DELETE, FLUSH, RESTORE, LIST, DUMP and STATS are served",
+        ),
+    }
+}
+
+fn unsupported_sub(s: &mut RespSession, req: &Request, served: &str) {
+    let shown = String::from_utf8_lossy(req.arg(1)).to_ascii_uppercase();
+    let name = String::from_utf8_lossy(req.arg(0)).to_ascii_uppercase();
+    s.out.error(&format!(
+        "ERR unsupported command '{name} {shown}' ({served})"
+    ));
+}

@@ -1,0 +1,338 @@
+//! Scripts, functions and whole-keyspace commands through ringproxy with real redis-server
+//! shards: routing by declared keys, SCRIPT LOAD everywhere, NOSCRIPT recovery, SCAN over every
+//! shard, and the commands a pool must allow.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::*;
+use redis::{Commands, Value};
+
+fn connect(port: u16) -> redis::Connection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap()
+}
+
+/// Keys that spread over the shards (twemproxy's fnv1a_64 puts similar short keys together).
+fn spread_key(prefix: &str, i: u64) -> String {
+    format!("{prefix}:{:x}", i.wrapping_mul(2_654_435_761) % (1 << 32))
+}
+
+fn error_of(result: redis::RedisResult<Value>) -> String {
+    result.unwrap_err().to_string()
+}
+
+#[test]
+fn scripts_run_on_the_shard_of_their_keys() {
+    let (shards, port, _proxy) = three_shards("s", "");
+    let mut c = connect(port);
+    let script = "redis.call('SET', KEYS[1], ARGV[1]); return redis.call('GET', KEYS[1])";
+    // Keys on every shard: each script runs where its key lives.
+    for i in 0..30 {
+        let key = spread_key("script", i);
+        let got: String = redis::cmd("EVAL")
+            .arg(script)
+            .arg(1)
+            .arg(&key)
+            .arg(i)
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(got, i.to_string());
+    }
+    let holders: HashSet<usize> = (0..30)
+        .map(|i| {
+            shards
+                .iter()
+                .position(|s| {
+                    s.client()
+                        .exists::<_, bool>(spread_key("script", i))
+                        .unwrap()
+                })
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(holders.len(), 3, "the keys span every shard");
+    // Keys of two shards: refused; with a hash tag: one shard, fine.
+    let err = error_of(
+        redis::cmd("EVAL")
+            .arg("return 1")
+            .arg(2)
+            .arg(spread_key("script", 0))
+            .arg(spread_key("script", 1))
+            .query(&mut c),
+    );
+    assert!(
+        err.contains("CROSSSLOT") || err.contains("same shard"),
+        "{err}"
+    );
+    let n: i64 = redis::cmd("EVAL")
+        .arg("return redis.call('INCR', KEYS[1]) + redis.call('INCR', KEYS[2])")
+        .arg(2)
+        .arg("{tag}a")
+        .arg("{tag}b")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(n, 2);
+    for (numkeys, want) in [
+        ("x", "not an integer"),
+        ("-1", "can't be negative"),
+        ("5", "can't be greater than number of args"),
+    ] {
+        let err = error_of(
+            redis::cmd("EVAL")
+                .arg("return 1")
+                .arg(numkeys)
+                .arg("k")
+                .query(&mut c),
+        );
+        assert!(err.contains(want), "{numkeys}: {err}");
+    }
+    // Read-only scripts and no keys at all.
+    let v: i64 = redis::cmd("EVAL_RO")
+        .arg("return 7")
+        .arg(0)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(v, 7);
+}
+
+#[test]
+fn script_load_reaches_every_node_and_a_lost_script_is_loaded_again() {
+    let (mut shards, port, _proxy) = three_shards("s", "");
+    let mut c = connect(port);
+    let body = "return redis.call('INCRBY', KEYS[1], ARGV[1])";
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(body)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(sha.len(), 40);
+    for s in &shards {
+        let exists: Vec<i64> = redis::cmd("SCRIPT")
+            .arg("EXISTS")
+            .arg(&sha)
+            .query(&mut s.client())
+            .unwrap();
+        assert_eq!(exists, [1]);
+    }
+    let exists: Vec<i64> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(&sha)
+        .arg("0".repeat(40))
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(exists, [1, 0]);
+    let keys: Vec<String> = (0..30).map(|i| spread_key("sha", i)).collect();
+    for k in &keys {
+        let n: i64 = redis::cmd("EVALSHA")
+            .arg(&sha)
+            .arg(1)
+            .arg(k)
+            .arg(5)
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(n, 5);
+    }
+    // Every shard restarts and forgets its scripts: EVALSHA still works.
+    for s in &mut shards {
+        s.kill();
+        s.restart();
+    }
+    for k in &keys {
+        let n: i64 = redis::cmd("EVALSHA")
+            .arg(&sha)
+            .arg(1)
+            .arg(k)
+            .arg(3)
+            .query_with_retry(&mut c);
+        assert_eq!(n, 3, "{k}");
+    }
+    // A script the proxy never saw loaded: NOSCRIPT, as from one server.
+    let err = error_of(
+        redis::cmd("EVALSHA")
+            .arg("f".repeat(40))
+            .arg(1)
+            .arg("k")
+            .query(&mut c),
+    );
+    assert!(err.to_uppercase().contains("NOSCRIPT"), "{err}");
+    // SCRIPT FLUSH empties every node and the proxy's memory of them.
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut c).unwrap();
+    let err = error_of(
+        redis::cmd("EVALSHA")
+            .arg(&sha)
+            .arg(1)
+            .arg("k")
+            .arg(1)
+            .query(&mut c),
+    );
+    assert!(err.to_uppercase().contains("NOSCRIPT"), "{err}");
+    let err = error_of(redis::cmd("SCRIPT").arg("KILL").query(&mut c));
+    assert!(err.contains("unsupported command 'SCRIPT KILL'"), "{err}");
+}
+
+/// Retries while the connection between proxy and a restarted shard is re-established.
+trait QueryWithRetry {
+    fn query_with_retry(&self, c: &mut redis::Connection) -> i64;
+}
+
+impl QueryWithRetry for redis::Cmd {
+    fn query_with_retry(&self, c: &mut redis::Connection) -> i64 {
+        let mut last = None;
+        for _ in 0..200 {
+            match self.query::<i64>(c) {
+                Ok(n) => return n,
+                Err(e) if e.to_string().contains("backend") => {
+                    last = Some(e);
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("backend did not come back: {last:?}");
+    }
+}
+
+#[test]
+fn functions_load_on_every_master_and_fcall_routes_by_key() {
+    let (shards, port, _proxy) = three_shards("s", "");
+    let mut c = connect(port);
+    let library = "#!lua name=ringlib\nredis.register_function('bump', function(keys, args) return redis.call('INCR', keys[1]) end)\nredis.register_function{function_name='peek', callback=function(keys, args) return redis.call('GET', keys[1]) end, flags={'no-writes'}}";
+    let name: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(library)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(name, "ringlib");
+    for s in &shards {
+        let list: Value = redis::cmd("FUNCTION")
+            .arg("LIST")
+            .query(&mut s.client())
+            .unwrap();
+        assert!(format!("{list:?}").contains("ringlib"));
+    }
+    for i in 0..20 {
+        let key = spread_key("fn", i);
+        let n: i64 = redis::cmd("FCALL")
+            .arg("bump")
+            .arg(1)
+            .arg(&key)
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(n, 1);
+        let v: String = redis::cmd("FCALL_RO")
+            .arg("peek")
+            .arg(1)
+            .arg(&key)
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(v, "1");
+    }
+    let list: Value = redis::cmd("FUNCTION").arg("LIST").query(&mut c).unwrap();
+    assert!(format!("{list:?}").contains("ringlib"));
+    let _: () = redis::cmd("FUNCTION")
+        .arg("DELETE")
+        .arg("ringlib")
+        .query(&mut c)
+        .unwrap();
+    let err = error_of(
+        redis::cmd("FCALL")
+            .arg("bump")
+            .arg(1)
+            .arg(spread_key("fn", 0))
+            .query(&mut c),
+    );
+    assert!(err.contains("Function not found"), "{err}");
+}
+
+#[test]
+fn scan_visits_every_key_of_every_shard_once() {
+    let (shards, port, _proxy) = three_shards("s", "");
+    let mut c = connect(port);
+    let keys: HashSet<String> = (0..2000).map(|i| format!("scan:{i}")).collect();
+    let mut pipe = redis::pipe();
+    for k in &keys {
+        pipe.set(k, 1).ignore();
+    }
+    pipe.set("other", 1)
+        .ignore()
+        .hset("scan:hash", "f", "v")
+        .ignore();
+    let _: () = pipe.query(&mut c).unwrap();
+    for s in &shards {
+        let n: i64 = redis::cmd("DBSIZE").query(&mut s.client()).unwrap();
+        assert!(n > 100, "every shard holds keys");
+    }
+    // MATCH, COUNT and TYPE pass through; the cursor walks every shard.
+    let mut seen = Vec::new();
+    let mut cursor = "0".to_string();
+    let mut calls = 0;
+    loop {
+        let (next, batch): (String, Vec<String>) = redis::cmd("SCAN")
+            .arg(&cursor)
+            .arg("MATCH")
+            .arg("scan:*")
+            .arg("COUNT")
+            .arg(100)
+            .arg("TYPE")
+            .arg("string")
+            .query(&mut c)
+            .unwrap();
+        seen.extend(batch);
+        calls += 1;
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+    }
+    assert!(calls > 3, "{calls} calls");
+    let unique: HashSet<String> = seen.iter().cloned().collect();
+    assert_eq!(unique, keys, "every key, and only the matching strings");
+    assert_eq!(seen.len(), keys.len(), "no key twice");
+    // redis-py-style iteration through the crate's scan helper agrees.
+    let all: HashSet<String> = c.scan::<String>().unwrap().map(Result::unwrap).collect();
+    assert_eq!(all.len(), keys.len() + 2);
+    let err = error_of(redis::cmd("SCAN").arg("x").query(&mut c));
+    assert!(err.contains("invalid cursor"), "{err}");
+    // DBSIZE sums the shards; RANDOMKEY finds a key.
+    let n: i64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
+    assert_eq!(n, 2002);
+    let k: String = redis::cmd("RANDOMKEY").query(&mut c).unwrap();
+    assert!(keys.contains(&k) || k == "other" || k == "scan:hash", "{k}");
+}
+
+#[test]
+fn keys_and_flush_need_the_pool_to_allow_them() {
+    let (_shards, port, _proxy) = three_shards("s", "");
+    let mut c = connect(port);
+    let _: () = c.set("k1", 1).unwrap();
+    let err = error_of(redis::cmd("KEYS").arg("*").query(&mut c));
+    assert!(err.contains("allow_keys: true"), "{err}");
+    for cmd in ["FLUSHDB", "FLUSHALL"] {
+        let err = error_of(redis::cmd(cmd).query(&mut c));
+        assert!(err.contains("allow_flush: true"), "{err}");
+    }
+    assert_eq!(c.get::<_, i64>("k1").unwrap(), 1, "nothing was flushed");
+
+    let (_shards, port, _proxy) =
+        three_shards("s", "    allow_keys: true\n    allow_flush: true\n");
+    let mut c = connect(port);
+    let mut pipe = redis::pipe();
+    for i in 0..100 {
+        pipe.set(format!("k:{i}"), i).ignore();
+    }
+    let _: () = pipe.query(&mut c).unwrap();
+    let mut all: Vec<String> = redis::cmd("KEYS").arg("k:*").query(&mut c).unwrap();
+    all.sort();
+    let mut want: Vec<String> = (0..100).map(|i| format!("k:{i}")).collect();
+    want.sort();
+    assert_eq!(all, want);
+    let _: () = redis::cmd("FLUSHDB").query(&mut c).unwrap();
+    let n: i64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
+    assert_eq!(n, 0);
+    let v: Value = redis::cmd("RANDOMKEY").query(&mut c).unwrap();
+    assert_eq!(v, Value::Nil);
+}
