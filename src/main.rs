@@ -35,10 +35,18 @@ struct Args {
     /// (default: one per CPU).
     #[arg(long)]
     workers: Option<usize>,
+    /// Print which Redis commands are served, restricted or refused (the README's lists) and
+    /// exit.
+    #[arg(long)]
+    commands: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.commands {
+        print!("{}", ringproxy::command::markdown());
+        return ExitCode::SUCCESS;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

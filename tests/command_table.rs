@@ -6,7 +6,8 @@ mod common;
 
 use common::Redis;
 use redis::Value;
-use ringproxy::command::{Kind, TABLE};
+use ringproxy::command::{Kind, Movable, TABLE, UNSUPPORTED, lookup, markdown};
+use ringproxy::protocol::resp::Request;
 
 /// (name, arity, write, first key, last key, step) as the server reports it.
 fn spec(v: &Value) -> (String, i64, bool, i64, i64, i64) {
@@ -34,6 +35,21 @@ fn spec(v: &Value) -> (String, i64, bool, i64, i64, i64) {
         int(&fields[4]),
         int(&fields[5]),
     )
+}
+
+/// Whether the server flags the entry `movablekeys`.
+fn movable(v: &Value) -> bool {
+    let Value::Array(fields) = v else {
+        return false;
+    };
+    match &fields[2] {
+        Value::Array(f) | Value::Set(f) => f.iter().any(|f| match f {
+            Value::SimpleString(s) => s == "movablekeys",
+            Value::BulkString(b) => b == b"movablekeys",
+            _ => false,
+        }),
+        _ => false,
+    }
 }
 
 /// For a container command (OBJECT, XINFO, XGROUP), the key position its subcommands share.
@@ -90,7 +106,21 @@ fn every_routed_command_matches_the_server() {
             "{} arity: proxy {} server {arity}",
             cmd.name, cmd.arity
         );
-        if let Kind::Script | Kind::Keyspace(_) = cmd.kind {
+        if cmd.movable != Movable::None || cmd.kind == Kind::Script {
+            assert!(
+                movable(entry),
+                "{}: the server has no movable keys",
+                cmd.name
+            );
+            if cmd.first_key > 0 {
+                assert_eq!(
+                    (cmd.first_key as i64, cmd.last_key as i64),
+                    (first, last),
+                    "{}",
+                    cmd.name
+                );
+            }
+        } else if let Kind::Keyspace(_) = cmd.kind {
             // Scripts declare their keys in numkeys; keyspace commands take none.
             assert_eq!(first, 0, "{} keys", cmd.name);
         } else if first == 0 {
@@ -117,4 +147,124 @@ fn every_routed_command_matches_the_server() {
         checked += 1;
     }
     assert!(checked > 140, "{checked} commands checked");
+}
+
+#[test]
+fn every_server_command_is_served_or_refused_with_a_reason() {
+    let server = Redis::start();
+    let mut conn = server.client();
+    let names: Vec<String> = redis::cmd("COMMAND").arg("LIST").query(&mut conn).unwrap();
+    let mut missing = Vec::new();
+    for name in names.iter().filter(|n| !n.contains('|')) {
+        let upper = name.to_uppercase();
+        let served = TABLE.iter().any(|c| c.name == upper);
+        let refused = UNSUPPORTED.iter().any(|(n, _)| *n == upper);
+        assert!(!(served && refused), "{upper} is both served and refused");
+        if !served && !refused {
+            missing.push(upper);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "neither served nor refused: {missing:?}"
+    );
+    for (name, why) in UNSUPPORTED {
+        assert!(
+            names.iter().any(|n| n.eq_ignore_ascii_case(name)),
+            "{name} is not a command"
+        );
+        assert!(!why.is_empty());
+    }
+}
+
+/// The proxy's keys of `args`, as argument values.
+fn proxy_keys(args: &[&str]) -> Vec<String> {
+    let req = Request::from_args(args.iter().map(|a| a.as_bytes()));
+    let cmd = lookup(args[0].as_bytes()).unwrap();
+    cmd.key_positions(req.argc())
+        .chain(cmd.movable_keys(&req))
+        .map(|i| args[i].to_string())
+        .collect()
+}
+
+#[test]
+fn movable_keys_are_where_the_server_finds_them() {
+    let server = Redis::start();
+    let mut conn = server.client();
+    let cases: &[&[&str]] = &[
+        &["ZUNION", "2", "a", "b", "WEIGHTS", "1", "2"],
+        &["ZINTER", "3", "a", "b", "c"],
+        &["ZDIFF", "1", "a", "WITHSCORES"],
+        &["ZINTERCARD", "2", "a", "b", "LIMIT", "5"],
+        &["SINTERCARD", "2", "a", "b"],
+        &["LMPOP", "2", "a", "b", "LEFT", "COUNT", "3"],
+        &["ZMPOP", "1", "a", "MIN"],
+        &["ZUNIONSTORE", "dest", "2", "a", "b", "AGGREGATE", "SUM"],
+        &["ZINTERSTORE", "dest", "1", "a"],
+        &["ZDIFFSTORE", "dest", "2", "a", "b"],
+        &["XREAD", "COUNT", "2", "STREAMS", "s1", "s2", "0", "0"],
+        &["XREAD", "STREAMS", "s1", "$"],
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "g",
+            "c",
+            "COUNT",
+            "1",
+            "STREAMS",
+            "s1",
+            "s2",
+            ">",
+            ">",
+        ],
+        &["XREADGROUP", "GROUP", "STREAMS", "c", "STREAMS", "s1", ">"],
+        &["SORT", "list"],
+        &[
+            "SORT", "list", "BY", "STORE", "LIMIT", "0", "10", "GET", "#", "STORE", "dest",
+        ],
+        &["SORT", "list", "ALPHA", "STORE", "dest"],
+        &["GEORADIUS", "geo", "0", "0", "10", "km"],
+        &["GEORADIUS", "geo", "0", "0", "10", "km", "STORE", "dest"],
+        &[
+            "GEORADIUS",
+            "geo",
+            "0",
+            "0",
+            "10",
+            "km",
+            "STOREDIST",
+            "dist",
+        ],
+        &["GEORADIUSBYMEMBER", "geo", "m", "10", "km", "STORE", "dest"],
+        &[
+            "GEORADIUS",
+            "geo",
+            "0",
+            "0",
+            "10",
+            "km",
+            "STORE",
+            "STORE",
+            "dest",
+        ],
+    ];
+    for args in cases {
+        let server_keys: Vec<String> = redis::cmd("COMMAND")
+            .arg("GETKEYS")
+            .arg(*args)
+            .query(&mut conn)
+            .unwrap();
+        assert_eq!(proxy_keys(args), server_keys, "{args:?}");
+    }
+}
+
+#[test]
+fn readme_lists_the_commands_of_the_table() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let lists = markdown();
+    assert!(
+        readme.contains(&lists),
+        "README.md must hold the command lists as `ringproxy --commands` prints them:\n{lists}"
+    );
 }

@@ -217,11 +217,19 @@ fn unsupported_and_cross_shard_commands_get_errors_and_the_connection_stays() {
     let mut r = s.raw();
     r.roundtrip(
         &command(&[b"BLPOP", b"q", b"0"]),
-        b"-ERR unsupported command 'BLPOP'\r\n",
+        b"-ERR unsupported command 'BLPOP': blocking commands are not served yet\r\n",
     );
     r.roundtrip(
         &command(&[b"FLUSHALL"]),
-        b"-ERR unsupported command 'FLUSHALL'\r\n",
+        b"-ERR FLUSHALL would empty every shard; the pool needs allow_flush: true\r\n",
+    );
+    r.roundtrip(
+        &command(&[b"NOSUCHCOMMAND"]),
+        b"-ERR unknown command 'NOSUCHCOMMAND'\r\n",
+    );
+    r.roundtrip(
+        &command(&[b"XREAD", b"BLOCK", b"0", b"STREAMS", b"s", b"$"]),
+        b"-ERR unsupported command 'XREAD' with BLOCK: blocking commands are not served yet\r\n",
     );
     r.roundtrip(
         &command(&[b"GET"]),

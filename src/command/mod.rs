@@ -5,6 +5,8 @@ mod table;
 
 pub use table::TABLE;
 
+use crate::protocol::resp::{Request, parse_int};
+
 /// How the proxy handles a command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -69,6 +71,29 @@ pub struct Command {
     pub first_key: usize,
     pub last_key: isize,
     pub key_step: usize,
+    /// More keys that only the arguments tell (COMMAND's `movablekeys`).
+    pub movable: Movable,
+}
+
+/// Where the keys of a command with `movablekeys` are, beyond its COMMAND range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Movable {
+    None,
+    /// A count at `count_at`, then that many keys (ZUNION, SINTERCARD, LMPOP, ZUNIONSTORE…).
+    Counted {
+        count_at: usize,
+    },
+    /// After the `STREAMS` keyword, searched from `from`: the first half of the rest (XREAD,
+    /// XREADGROUP).
+    Streams {
+        from: usize,
+    },
+    /// SORT: the argument after `STORE`, skipping BY / GET patterns and LIMIT's numbers.
+    SortStore,
+    /// GEORADIUS…: the argument after `STORE` or `STOREDIST`, searched from `from`.
+    GeoStore {
+        from: usize,
+    },
 }
 
 impl Command {
@@ -90,6 +115,53 @@ impl Command {
         }
     }
 
+    /// The positions of the keys only the arguments of `req` tell (see [`Movable`]); for a
+    /// command without such keys, none, and nothing is allocated.
+    pub fn movable_keys(&self, req: &Request) -> Vec<usize> {
+        let argc = req.argc();
+        let is = |i: usize, word: &[u8]| req.arg(i).eq_ignore_ascii_case(word);
+        match self.movable {
+            Movable::None => Vec::new(),
+            Movable::Counted { count_at } if count_at < argc => {
+                let n = parse_int(req.arg(count_at)).map_or(0, |n| n.max(0) as usize);
+                (count_at + 1..(count_at + 1).saturating_add(n).min(argc)).collect()
+            }
+            Movable::Counted { .. } => Vec::new(),
+            Movable::Streams { from } => match (from..argc).find(|&i| is(i, b"STREAMS")) {
+                Some(at) => (at + 1..at + 1 + (argc - at - 1) / 2).collect(),
+                None => Vec::new(),
+            },
+            Movable::SortStore => {
+                let mut store = None;
+                let mut i = 2;
+                while i < argc {
+                    if is(i, b"LIMIT") {
+                        i += 2;
+                    } else if is(i, b"GET") || is(i, b"BY") {
+                        i += 1;
+                    } else if is(i, b"STORE") && i + 1 < argc {
+                        store = Some(i + 1);
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                store.into_iter().collect()
+            }
+            Movable::GeoStore { from } => {
+                let mut store = None;
+                let mut i = from;
+                while i + 1 < argc {
+                    if is(i, b"STORE") || is(i, b"STOREDIST") {
+                        store = Some(i + 1);
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                store.into_iter().collect()
+            }
+        }
+    }
+
     /// The argument positions of the keys in a request of `argc` arguments.
     pub fn key_positions(&self, argc: usize) -> impl Iterator<Item = usize> + use<> {
         let last = if self.last_key < 0 {
@@ -105,6 +177,130 @@ impl Command {
         };
         (first..end).step_by(step)
     }
+}
+
+/// Redis commands the proxy does not serve, and why. Every command of a Redis 7 server is
+/// either in [`TABLE`] or here (a test checks it against a real server).
+pub static UNSUPPORTED: &[(&str, &str)] = &[
+    ("ACL", ADMIN),
+    ("ASKING", CLUSTER),
+    ("BGREWRITEAOF", ADMIN),
+    ("BGSAVE", ADMIN),
+    ("BLMOVE", BLOCKING),
+    ("BLMPOP", BLOCKING),
+    ("BLPOP", BLOCKING),
+    ("BRPOP", BLOCKING),
+    ("BRPOPLPUSH", BLOCKING),
+    ("BZMPOP", BLOCKING),
+    ("BZPOPMAX", BLOCKING),
+    ("BZPOPMIN", BLOCKING),
+    ("CLUSTER", CLUSTER),
+    ("CONFIG", ADMIN),
+    ("DEBUG", ADMIN),
+    ("DISCARD", TRANSACTIONS),
+    ("EXEC", TRANSACTIONS),
+    ("FAILOVER", ADMIN),
+    ("LASTSAVE", ADMIN),
+    ("LATENCY", ADMIN),
+    ("LOLWUT", ONE_SERVER),
+    ("MEMORY", ADMIN),
+    ("MIGRATE", CLUSTER),
+    ("MODULE", ADMIN),
+    ("MONITOR", ADMIN),
+    ("MOVE", DATABASES),
+    ("MULTI", TRANSACTIONS),
+    ("PFDEBUG", ADMIN),
+    ("PFSELFTEST", ADMIN),
+    ("PSUBSCRIBE", PUBSUB),
+    ("PSYNC", ADMIN),
+    ("PUBLISH", PUBSUB),
+    ("PUBSUB", PUBSUB),
+    ("PUNSUBSCRIBE", PUBSUB),
+    ("READONLY", CLUSTER),
+    ("READWRITE", CLUSTER),
+    ("REPLCONF", ADMIN),
+    ("REPLICAOF", ADMIN),
+    ("RESET", "resetting a connection's state is not served yet"),
+    ("RESTORE-ASKING", CLUSTER),
+    ("ROLE", ADMIN),
+    ("SAVE", ADMIN),
+    ("SHUTDOWN", ADMIN),
+    ("SLAVEOF", ADMIN),
+    ("SLOWLOG", ADMIN),
+    ("SPUBLISH", PUBSUB),
+    ("SSUBSCRIBE", PUBSUB),
+    ("SUBSCRIBE", PUBSUB),
+    ("SUNSUBSCRIBE", PUBSUB),
+    ("SWAPDB", DATABASES),
+    ("SYNC", ADMIN),
+    ("TIME", ONE_SERVER),
+    ("UNSUBSCRIBE", PUBSUB),
+    ("UNWATCH", TRANSACTIONS),
+    ("WAIT", BLOCKING),
+    ("WATCH", TRANSACTIONS),
+];
+
+const ADMIN: &str = "server administration: connect to the server itself";
+const BLOCKING: &str = "blocking commands are not served yet";
+const CLUSTER: &str = "Redis Cluster and migration commands address one server, not the pool";
+const DATABASES: &str = "the proxy serves database 0 only";
+const ONE_SERVER: &str = "the answer of one server; ask the server itself";
+const PUBSUB: &str = "Pub/Sub is not served yet";
+const TRANSACTIONS: &str = "transactions are not served yet";
+
+/// Why the proxy does not serve `name`, if it is a Redis command it knows of.
+pub fn unsupported_reason(name: &[u8]) -> Option<&'static str> {
+    UNSUPPORTED
+        .iter()
+        .find(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
+        .map(|(_, why)| *why)
+}
+
+/// The README's command lists, made from the table: what is served anywhere, what needs its
+/// keys on one shard, what reaches every shard, what the proxy answers, and what it refuses.
+pub fn markdown() -> String {
+    let names = |pick: &dyn Fn(&Command) -> bool| {
+        let list: Vec<&str> = TABLE.iter().filter(|c| pick(c)).map(|c| c.name).collect();
+        list.join(", ")
+    };
+    let multi_key = |c: &Command| {
+        c.kind == Kind::Script
+            || (c.kind == Kind::Keyed
+                && (c.movable != Movable::None || c.last_key != c.first_key as isize))
+    };
+    let mut out = String::new();
+    out.push_str(&format!(
+        "- **Served, routed by key**: {}.\n",
+        names(&|c| c.kind == Kind::Keyed && !multi_key(c))
+    ));
+    out.push_str(&format!(
+        "- **Split by shard and merged in key order**: {}.\n",
+        names(&|c| matches!(c.kind, Kind::Split(_)))
+    ));
+    out.push_str(&format!(
+        "- **Served when all keys share one shard** (else `-CROSSSLOT`): {}.\n",
+        names(&multi_key)
+    ));
+    out.push_str(&format!(
+        "- **Every shard or node**: {}.\n",
+        names(&|c| matches!(c.kind, Kind::Keyspace(_)))
+    ));
+    out.push_str(&format!(
+        "- **Answered by the proxy**: {}.\n",
+        names(&|c| c.kind == Kind::Local)
+    ));
+    let mut reasons: Vec<&str> = UNSUPPORTED.iter().map(|(_, why)| *why).collect();
+    reasons.sort_unstable();
+    reasons.dedup();
+    for why in reasons {
+        let list: Vec<&str> = UNSUPPORTED
+            .iter()
+            .filter(|(_, w)| *w == why)
+            .map(|(n, _)| *n)
+            .collect();
+        out.push_str(&format!("- **Refused** ({why}): {}.\n", list.join(", ")));
+    }
+    out
 }
 
 /// Slots in the lookup index: a power of two well above the table's size, so probes are short.

@@ -1,7 +1,7 @@
 //! The commands ringproxy serves, sorted by name. Positions follow Redis'
 //! `COMMAND` output: first key, last key (negative: from the end), step.
 
-use super::{Command, Fanout, Kind, Merge};
+use super::{Command, Fanout, Kind, Merge, Movable};
 
 const fn c(
     name: &'static str,
@@ -20,7 +20,29 @@ const fn c(
         first_key,
         last_key,
         key_step,
+        movable: Movable::None,
     }
+}
+
+/// A command whose keys are (also) where its arguments say.
+const fn m(
+    name: &'static str,
+    arity: i32,
+    write: bool,
+    first_key: usize,
+    movable: Movable,
+) -> Command {
+    let mut command = c(
+        name,
+        arity,
+        write,
+        Kind::Keyed,
+        first_key,
+        first_key as isize,
+        first_key,
+    );
+    command.movable = movable;
+    command
 }
 
 pub static TABLE: &[Command] = &[
@@ -65,6 +87,14 @@ pub static TABLE: &[Command] = &[
     c("GEODIST", -4, false, Kind::Keyed, 1, 1, 1),
     c("GEOHASH", -2, false, Kind::Keyed, 1, 1, 1),
     c("GEOPOS", -2, false, Kind::Keyed, 1, 1, 1),
+    m("GEORADIUS", -6, true, 1, Movable::GeoStore { from: 5 }),
+    m(
+        "GEORADIUSBYMEMBER",
+        -5,
+        true,
+        1,
+        Movable::GeoStore { from: 4 },
+    ),
     c("GEORADIUSBYMEMBER_RO", -5, false, Kind::Keyed, 1, 1, 1),
     c("GEORADIUS_RO", -6, false, Kind::Keyed, 1, 1, 1),
     c("GEOSEARCH", -7, false, Kind::Keyed, 1, 1, 1),
@@ -102,6 +132,7 @@ pub static TABLE: &[Command] = &[
     c("LINSERT", 5, true, Kind::Keyed, 1, 1, 1),
     c("LLEN", 2, false, Kind::Keyed, 1, 1, 1),
     c("LMOVE", 5, true, Kind::Keyed, 1, 2, 1),
+    m("LMPOP", -4, true, 0, Movable::Counted { count_at: 1 }),
     c("LPOP", -2, true, Kind::Keyed, 1, 1, 1),
     c("LPOS", -3, false, Kind::Keyed, 1, 1, 1),
     c("LPUSH", -3, true, Kind::Keyed, 1, 1, 1),
@@ -154,11 +185,13 @@ pub static TABLE: &[Command] = &[
     c("SETNX", 3, true, Kind::Keyed, 1, 1, 1),
     c("SETRANGE", 4, true, Kind::Keyed, 1, 1, 1),
     c("SINTER", -2, false, Kind::Keyed, 1, -1, 1),
+    m("SINTERCARD", -3, false, 0, Movable::Counted { count_at: 1 }),
     c("SINTERSTORE", -3, true, Kind::Keyed, 1, -1, 1),
     c("SISMEMBER", 3, false, Kind::Keyed, 1, 1, 1),
     c("SMEMBERS", 2, false, Kind::Keyed, 1, 1, 1),
     c("SMISMEMBER", -3, false, Kind::Keyed, 1, 1, 1),
     c("SMOVE", 4, true, Kind::Keyed, 1, 2, 1),
+    m("SORT", -2, true, 1, Movable::SortStore),
     c("SORT_RO", -2, false, Kind::Keyed, 1, 1, 1),
     c("SPOP", -2, true, Kind::Keyed, 1, 1, 1),
     c("SRANDMEMBER", -2, false, Kind::Keyed, 1, 1, 1),
@@ -182,14 +215,22 @@ pub static TABLE: &[Command] = &[
     c("XLEN", 2, false, Kind::Keyed, 1, 1, 1),
     c("XPENDING", -3, false, Kind::Keyed, 1, 1, 1),
     c("XRANGE", -4, false, Kind::Keyed, 1, 1, 1),
+    m("XREAD", -4, false, 0, Movable::Streams { from: 1 }),
+    m("XREADGROUP", -7, true, 0, Movable::Streams { from: 4 }),
     c("XREVRANGE", -4, false, Kind::Keyed, 1, 1, 1),
     c("XSETID", -3, true, Kind::Keyed, 1, 1, 1),
     c("XTRIM", -4, true, Kind::Keyed, 1, 1, 1),
     c("ZADD", -4, true, Kind::Keyed, 1, 1, 1),
     c("ZCARD", 2, false, Kind::Keyed, 1, 1, 1),
     c("ZCOUNT", 4, false, Kind::Keyed, 1, 1, 1),
+    m("ZDIFF", -3, false, 0, Movable::Counted { count_at: 1 }),
+    m("ZDIFFSTORE", -4, true, 1, Movable::Counted { count_at: 2 }),
     c("ZINCRBY", 4, true, Kind::Keyed, 1, 1, 1),
+    m("ZINTER", -3, false, 0, Movable::Counted { count_at: 1 }),
+    m("ZINTERCARD", -3, false, 0, Movable::Counted { count_at: 1 }),
+    m("ZINTERSTORE", -4, true, 1, Movable::Counted { count_at: 2 }),
     c("ZLEXCOUNT", 4, false, Kind::Keyed, 1, 1, 1),
+    m("ZMPOP", -4, true, 0, Movable::Counted { count_at: 1 }),
     c("ZMSCORE", -3, false, Kind::Keyed, 1, 1, 1),
     c("ZPOPMAX", -2, true, Kind::Keyed, 1, 1, 1),
     c("ZPOPMIN", -2, true, Kind::Keyed, 1, 1, 1),
@@ -209,4 +250,6 @@ pub static TABLE: &[Command] = &[
     c("ZREVRANK", -3, false, Kind::Keyed, 1, 1, 1),
     c("ZSCAN", -3, false, Kind::Keyed, 1, 1, 1),
     c("ZSCORE", 3, false, Kind::Keyed, 1, 1, 1),
+    m("ZUNION", -3, false, 0, Movable::Counted { count_at: 1 }),
+    m("ZUNIONSTORE", -4, true, 1, Movable::Counted { count_at: 2 }),
 ];

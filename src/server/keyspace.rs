@@ -24,22 +24,8 @@ pub(super) fn script(s: &mut RespSession, ring: &Ring, cmd: &Command, req: &Requ
         }
         Some(n) => n as usize,
     };
-    let mut shard = None;
-    for pos in 3..3 + declared {
-        let owner = ring.server_for(req.arg(pos));
-        if shard.is_some() && owner != shard {
-            return s.out.error(&format!(
-                "CROSSSLOT Keys in request don't hash to the same shard (command '{}'); use a hash tag",
-                cmd.name.to_ascii_lowercase()
-            ));
-        }
-        shard = owner;
-    }
-    // A script without keys runs on the shard an empty key maps to.
-    let Some(shard) = shard.or_else(|| ring.server_for(b"")) else {
-        return s
-            .out
-            .error("ERR no server is available for the key (all are ejected)");
+    let Some(shard) = s.shard_of_keys(ring, cmd, 3..3 + declared, req) else {
+        return;
     };
     let write = cmd.writes();
     let resp3 = s.client().resp3;

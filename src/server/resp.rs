@@ -7,7 +7,7 @@ use super::keyspace;
 use super::local::{self, ClientState};
 use super::merge::Gather;
 use super::session::{Frontend, Outbox, Session};
-use crate::command::{self, Command, Kind};
+use crate::command::{self, Command, Kind, Movable};
 use crate::protocol::ReplyKind;
 use crate::protocol::resp::{Request, RequestParser, encode};
 use crate::ring::Ring;
@@ -71,8 +71,12 @@ impl RespSession {
                 self.out.error("NOAUTH Authentication required.");
             } else {
                 let shown = String::from_utf8_lossy(name);
-                self.out
-                    .error(&format!("ERR unsupported command '{shown}'"));
+                match command::unsupported_reason(name) {
+                    Some(why) => self
+                        .out
+                        .error(&format!("ERR unsupported command '{shown}': {why}")),
+                    None => self.out.error(&format!("ERR unknown command '{shown}'")),
+                }
             }
             return false;
         };
@@ -101,32 +105,55 @@ impl RespSession {
     }
 
     fn forward_keyed(&mut self, ring: &Ring, cmd: &Command, req: Request) {
-        // A keyed command without keys (OBJECT HELP, XINFO HELP) can go to any shard.
+        if let Movable::Streams { from } = cmd.movable
+            && (from..req.argc())
+                .map(|i| req.arg(i))
+                .take_while(|a| !a.eq_ignore_ascii_case(b"STREAMS"))
+                .any(|a| a.eq_ignore_ascii_case(b"BLOCK"))
+        {
+            return self.out.error(&format!(
+                "ERR unsupported command '{}' with BLOCK: blocking commands are not served yet",
+                cmd.name
+            ));
+        }
+        let movable = cmd.movable_keys(&req);
+        let keys = cmd.key_positions(req.argc()).chain(movable);
+        if let Some(s) = self.shard_of_keys(ring, cmd, keys, &req) {
+            self.send_resp(s, cmd.write, req.frame().clone(), 0);
+            self.out.forwarded();
+        }
+    }
+
+    /// The one shard of the keys at `positions` (any shard when there are none), or `None`
+    /// after queueing the error: the keys span shards, or no server is left.
+    pub(super) fn shard_of_keys(
+        &mut self,
+        ring: &Ring,
+        cmd: &Command,
+        positions: impl Iterator<Item = usize>,
+        req: &Request,
+    ) -> Option<usize> {
         let mut shard = None;
-        let mut keys = cmd.key_positions(req.argc()).peekable();
-        if keys.peek().is_none() {
+        let mut positions = positions.peekable();
+        if positions.peek().is_none() {
             shard = ring.server_for(b"");
         }
-        for pos in keys {
+        for pos in positions {
             let s = ring.server_for(req.arg(pos));
             if shard.is_some() && s != shard {
                 self.out.error(&format!(
                     "CROSSSLOT Keys in request don't hash to the same shard (command '{}'); use a hash tag",
                     cmd.name.to_ascii_lowercase()
                 ));
-                return;
+                return None;
             }
             shard = s;
         }
-        match shard {
-            Some(s) => {
-                self.send_resp(s, cmd.write, req.frame().clone(), 0);
-                self.out.forwarded();
-            }
-            None => self
-                .out
-                .error("ERR no server is available for the key (all are ejected)"),
+        if shard.is_none() {
+            self.out
+                .error("ERR no server is available for the key (all are ejected)");
         }
+        shard
     }
 
     fn split(&mut self, ring: &Ring, cmd: &Command, merge: command::Merge, req: Request) {
