@@ -293,6 +293,59 @@ fn pool_password_is_required() {
 }
 
 #[test]
+fn acl_style_users_with_a_password_from_the_environment() {
+    let backend = Redis::start();
+    let port = free_port();
+    let extra = "    users:\n      - { name: app, password: app-pw }\n      - { name: ops, password_env: RINGPROXY_OPS_PASSWORD }\n";
+    let config = pool_config(port, &[format!("{}:1", backend.addr())], extra);
+    let proxy = Proxy::start_with_env(&config, port, &[("RINGPROXY_OPS_PASSWORD", "ops-from-env")]);
+    let mut r = Raw::connect(port);
+    r.roundtrip(
+        &command(&[b"GET", b"k"]),
+        b"-NOAUTH Authentication required.\r\n",
+    );
+    for (user, password) in [
+        (&b"default"[..], &b"app-pw"[..]),
+        (b"app", b"wrong"),
+        (b"ops", b"app-pw"),
+    ] {
+        r.roundtrip(
+            &command(&[b"AUTH", user, password]),
+            b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+        );
+    }
+    r.roundtrip(
+        &command(&[b"AUTH", b"app-pw"]),
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+    );
+    r.roundtrip(&command(&[b"AUTH", b"ops", b"ops-from-env"]), b"+OK\r\n");
+    r.roundtrip(&command(&[b"SET", b"k", b"1"]), b"+OK\r\n");
+    let mut r = Raw::connect(port);
+    r.send(&command(&[b"HELLO", b"3", b"AUTH", b"app", b"app-pw"]));
+    assert_eq!(r.read_line(), "%8\r\n");
+    // A standard client with a username connects unchanged.
+    let mut client = redis::Client::open(format!("redis://app:app-pw@127.0.0.1:{port}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    assert_eq!(
+        redis::cmd("GET")
+            .arg("k")
+            .query::<String>(&mut client)
+            .unwrap(),
+        "1"
+    );
+    // Passwords never show on the admin endpoint.
+    for path in ["/topology", "/metrics", "/ready"] {
+        let body = proxy.http(path).1;
+        assert!(
+            !body.contains("app-pw") && !body.contains("ops-from-env"),
+            "{path}: {body}"
+        );
+    }
+}
+
+#[test]
 fn malformed_input_closes_only_that_client() {
     let s = setup("");
     let mut steady = s.raw();

@@ -68,10 +68,33 @@ pub struct HealthCheck {
     pub failures: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientUser {
+    pub name: String,
+    pub password: String,
+}
+
+/// Passwords stay out of logs and debug output.
+impl fmt::Debug for ClientUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientUser")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
 pub struct BackendAuth {
     pub username: Option<String>,
     pub password: String,
+}
+
+impl fmt::Debug for BackendAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackendAuth")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -92,8 +115,9 @@ pub struct PoolConfig {
     /// …and how long it stays off.
     pub retry_timeout: Duration,
     pub health_check: HealthCheck,
-    /// Clients must AUTH with this password first.
-    pub client_password: Option<String>,
+    /// Who may connect: clients must AUTH as one of these first, unless there are none. The
+    /// pool's `auth` password is user `default`.
+    pub client_users: Vec<ClientUser>,
     /// Sent on every backend connection.
     pub backend_auth: Option<BackendAuth>,
     /// Backend database selected on every backend connection; clients still see database 0.
@@ -267,8 +291,8 @@ impl PoolParts {
     /// A setting that the pool's protocol has no use for.
     fn protocol_mismatch(&self, c: &PoolConfig) -> Option<&'static str> {
         match c.protocol {
-            Protocol::Memcache if c.client_password.is_some() => {
-                Some("auth is for redis pools: memcached's text protocol has no AUTH")
+            Protocol::Memcache if !c.client_users.is_empty() => {
+                Some("auth and users are for redis pools: memcached's text protocol has no AUTH")
             }
             Protocol::Memcache if c.backend_auth.is_some() => {
                 Some("backend_auth is for redis pools: memcached's text protocol has no AUTH")

@@ -50,6 +50,7 @@ struct Pool {
     server_retry_timeout_ms: Option<u64>,
     health_check: Option<RawHealthCheck>,
     auth: Option<ClientAuth>,
+    users: Option<Vec<RawUser>>,
     backend_auth: Option<RawBackendAuth>,
     db: Option<u32>,
     client_connections: Option<u32>,
@@ -73,6 +74,14 @@ struct RawHealthCheck {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClientAuth {
+    password: Option<String>,
+    password_env: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
     password: Option<String>,
     password_env: Option<String>,
 }
@@ -271,7 +280,7 @@ fn base_pool(listen: &Spanned<Address>) -> PoolConfig {
             timeout: millis(500),
             failures: 3,
         },
-        client_password: None,
+        client_users: Vec::new(),
         backend_auth: None,
         db: 0,
         client_connections: None,
@@ -310,8 +319,25 @@ impl Pool {
                 failures: h.failures.unwrap_or(c.health_check.failures).max(1),
             };
         }
-        if let Some(a) = p.auth {
-            c.client_password = secret(a.password, a.password_env, at, "auth")?;
+        if let Some(a) = p.auth
+            && let Some(password) = secret(a.password, a.password_env, at, "auth")?
+        {
+            c.client_users.push(ClientUser {
+                name: "default".to_string(),
+                password,
+            });
+        }
+        for u in p.users.unwrap_or_default() {
+            let what = format!("user '{}'", u.name);
+            let password = secret(u.password, u.password_env, at, &what)?
+                .ok_or_else(|| invalid(at, format!("{what} needs a password or password_env")))?;
+            if c.client_users.iter().any(|known| known.name == u.name) {
+                return Err(invalid(at, format!("{what} is given twice")));
+            }
+            c.client_users.push(ClientUser {
+                name: u.name,
+                password,
+            });
         }
         if let Some(b) = p.backend_auth {
             let password = secret(b.password, b.password_env, at, "backend_auth")?
@@ -397,6 +423,7 @@ impl From<TwemproxyPool> for Pool {
                 password: Some(password),
                 password_env: None,
             }),
+            users: None,
             backend_auth: t.redis_auth.map(|password| RawBackendAuth {
                 username: None,
                 password: Some(password),

@@ -85,7 +85,13 @@ fn twemproxy_redis_pool_as_is() {
     let c = parse(TWEMPROXY_REDIS).unwrap();
     let p = &c.pools[0];
     assert_eq!(p.failover, Failover::Eject);
-    assert_eq!(p.client_password.as_deref(), Some("secret"));
+    assert_eq!(
+        p.client_users,
+        [ClientUser {
+            name: "default".to_string(),
+            password: "secret".to_string()
+        }]
+    );
     assert_eq!(p.backend_auth.as_ref().unwrap().password, "secret");
     assert_eq!((p.db, p.failure_limit), (2, 1));
     assert_eq!(p.retry_timeout, Duration::from_millis(2000));
@@ -134,7 +140,7 @@ fn settings_of_the_other_protocol_are_refused() {
     let cases = [
         (
             pool("memcache", "    auth: { password: x }\n"),
-            "pool 'p': auth is for redis pools",
+            "pool 'p': auth and users are for redis pools",
         ),
         (
             pool("memcache", "    backend_auth: { password: x }\n"),
@@ -193,4 +199,36 @@ fn mistakes_are_located() {
         let err = error_of(&text);
         assert!(err.contains(want), "want {want:?} in {err:?} for\n{text}");
     }
+}
+
+#[test]
+fn client_users_with_passwords_from_the_environment() {
+    // PATH is set wherever tests run (setting a variable here would need unsafe code).
+    let from_env = std::env::var("PATH").unwrap();
+    let text = "pools:\n  p:\n    listen: 127.0.0.1:6380\n    auth: { password: pool-pass }\n    users:\n      - { name: app, password: app-pass }\n      - { name: ops, password_env: PATH }\n    servers: [127.0.0.1:7000:1]\n";
+    let p = &parse(text).unwrap().pools[0];
+    let users: Vec<(&str, &str)> = p
+        .client_users
+        .iter()
+        .map(|u| (u.name.as_str(), u.password.as_str()))
+        .collect();
+    assert_eq!(
+        users,
+        [
+            ("default", "pool-pass"),
+            ("app", "app-pass"),
+            ("ops", from_env.as_str())
+        ]
+    );
+    assert!(
+        !format!("{p:?}").contains("app-pass"),
+        "passwords stay out of debug output"
+    );
+    let twice = "pools:\n  p:\n    listen: 127.0.0.1:6380\n    users: [{ name: a, password: x }, { name: a, password: y }]\n    servers: [127.0.0.1:7000:1]\n";
+    assert!(error_of(twice).contains("user 'a' is given twice"));
+    let unset = "pools:\n  p:\n    listen: 127.0.0.1:6380\n    users: [{ name: a, password_env: RINGPROXY_TEST_UNSET_VARIABLE }]\n    servers: [127.0.0.1:7000:1]\n";
+    assert!(
+        error_of(unset)
+            .contains("user 'a': environment variable RINGPROXY_TEST_UNSET_VARIABLE is not set")
+    );
 }

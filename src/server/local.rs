@@ -78,12 +78,18 @@ fn ping(s: &mut RespSession, req: &Request) {
     }
 }
 
-/// Checks a username/password pair against the pool's password (user `default`).
+/// Checks a username/password pair against the pool's users (the pool password is user
+/// `default`), comparing every password in full so the time taken tells nothing.
 fn check_password(s: &mut RespSession, user: &[u8], password: &[u8]) -> bool {
-    let ok = match &s.pool.config.client_password {
-        Some(p) => user == b"default" && password == p.as_bytes(),
-        None => false,
-    };
+    let ok = s
+        .pool
+        .config
+        .client_users
+        .iter()
+        .filter(|u| u.name.as_bytes() == user)
+        .fold(false, |ok, u| {
+            ok | same_secret(u.password.as_bytes(), password)
+        });
     if ok {
         s.client().authenticated = true;
     } else {
@@ -93,13 +99,18 @@ fn check_password(s: &mut RespSession, user: &[u8], password: &[u8]) -> bool {
     ok
 }
 
+/// Equality that looks at every byte whatever differs first.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
 fn auth(s: &mut RespSession, req: &Request) {
     if req.argc() > 3 {
         s.out()
             .error("ERR wrong number of arguments for 'auth' command");
         return;
     }
-    if s.pool.config.client_password.is_none() {
+    if s.pool.config.client_users.is_empty() {
         s.out().error(
             "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
         );

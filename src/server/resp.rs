@@ -25,7 +25,7 @@ impl Frontend for Resp {
     fn new(pool: &Pool) -> Resp {
         Resp {
             parser: RequestParser::new(pool.config.limits),
-            client: ClientState::new(pool.config.client_password.is_none()),
+            client: ClientState::new(pool.config.client_users.is_empty()),
         }
     }
 

@@ -321,6 +321,11 @@ impl Proxy {
     /// port, and waits until the admin endpoint answers /health and `ready_port` accepts
     /// connections.
     pub fn start(config: &str, ready_port: u16) -> Proxy {
+        Proxy::start_with_env(config, ready_port, &[])
+    }
+
+    /// [`Proxy::start`] with environment variables set for the proxy process.
+    pub fn start_with_env(config: &str, ready_port: u16, env: &[(&str, &str)]) -> Proxy {
         let dir = TempDir::new("proxy");
         let path = dir.write("config.yaml", config);
         let admin = free_port();
@@ -333,6 +338,7 @@ impl Proxy {
                 "--workers",
                 &PROXY_WORKERS.to_string(),
             ])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
