@@ -23,11 +23,13 @@ const FIRST_READ_CHUNK: usize = 16 * 1024;
 
 /// The connection's life: connect (now with preconnect, else on the first request), serve until
 /// the connection fails, fail what was in flight, and reconnect, backing off while the node
-/// refuses. Ends when the node is dropped and nothing is in flight.
+/// refuses. Ends when the node is dropped and nothing is in flight; a `reserved` connection
+/// ends as soon as its client drops it, in flight or not.
 pub(super) async fn run(
     shared: Arc<NodeShared>,
     settings: Arc<ConnSettings>,
     mut rx: UnboundedReceiver<Job>,
+    reserved: bool,
 ) {
     let mut queued: VecDeque<Job> = VecDeque::new();
     let mut backoff = FIRST_BACKOFF;
@@ -43,13 +45,24 @@ pub(super) async fn run(
                 backoff = FIRST_BACKOFF;
                 shared.metrics.connects.inc();
                 shared.metrics.connections.inc();
-                let ended = serve(stream, &shared, &settings, &mut rx, &mut queued).await;
+                let ended = serve(stream, &shared, &settings, &mut rx, &mut queued, reserved).await;
                 shared.metrics.connections.dec();
                 match ended {
                     Some(failure) => {
                         tracing::warn!(node = %shared.label, "backend connection failed: {failure}")
                     }
                     None => return,
+                }
+                if reserved {
+                    // Its client's state (WATCH, a transaction) died with it: a new
+                    // connection would silently lack it. What was sent to it fails, and so
+                    // does anything sent later.
+                    rx.close();
+                    let pending = queued
+                        .drain(..)
+                        .chain(std::iter::from_fn(|| rx.try_recv().ok()));
+                    fail_all(&shared, pending.map(|j| j.reply_to), &Failure::Closed);
+                    return;
                 }
             }
             Err(why) => {
@@ -167,6 +180,7 @@ async fn serve(
     settings: &ConnSettings,
     rx: &mut UnboundedReceiver<Job>,
     queued: &mut VecDeque<Job>,
+    reserved: bool,
 ) -> Option<Failure> {
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut read_buf = BytesMut::new();
@@ -182,14 +196,14 @@ async fn serve(
     let mut armed = false;
     let failure = loop {
         if !queued.is_empty() {
-            let deadline = Instant::now() + settings.timeout;
+            let now = Instant::now();
             shared.metrics.requests.inc_by(queued.len() as u64);
             for job in queued.drain(..) {
                 write_buf.extend_from_slice(&job.payload);
                 in_flight.push_back(InFlight {
                     reply_to: job.reply_to,
                     kind: job.kind,
-                    deadline,
+                    deadline: now + job.timeout.unwrap_or(settings.timeout),
                 });
             }
             if net::write_all(&stream, &write_buf).await.is_err() {
@@ -225,6 +239,9 @@ async fn serve(
                         }
                     }
                 }
+                // A reserved connection's client is gone: close now, so a blocked command
+                // does not keep the connection.
+                None if reserved => return None,
                 None => accepting = false,
             },
             _ = &mut timer, if armed => {

@@ -120,6 +120,8 @@ pub struct Job {
     pub payload: Bytes,
     pub kind: ReplyKind,
     pub reply_to: ReplyTo,
+    /// Instead of the pool's timeout (a reserved connection's blocking command).
+    pub timeout: Option<Duration>,
 }
 
 /// A backend's reply (one complete RESP value) or why there is none.
@@ -251,7 +253,39 @@ struct ConnSettings {
 struct WorkerConns {
     resp2: Vec<UnboundedSender<Job>>,
     resp3: Vec<UnboundedSender<Job>>,
+    /// Reserved connections given back, ready for the next client that needs one: RESP2 at 0,
+    /// RESP3 at 1. Only this worker's sessions use them.
+    idle: [Mutex<Vec<UnboundedSender<Job>>>; 2],
 }
+
+/// Reserved connections kept open per node, worker and protocol level once given back.
+const MAX_IDLE_RESERVED: usize = 16;
+
+/// A connection to one node that serves one client alone (a blocking command, a transaction)
+/// until it is given back with [`Node::give_back`]. Dropped instead, it closes at once, even
+/// with a request in flight: a blocked command is not left holding it.
+#[derive(Debug)]
+pub struct Reserved {
+    tx: UnboundedSender<Job>,
+    resp3: bool,
+}
+
+impl Reserved {
+    /// Queues a request on the connection; `timeout` replaces the pool's (`None`: no limit,
+    /// for a command that blocks until its client's timeout).
+    pub fn send(&self, mut job: Job, timeout: Option<Duration>) {
+        job.timeout = Some(timeout.unwrap_or(NO_TIMEOUT));
+        if let Err(mpsc::error::SendError(job)) = self.tx.send(job) {
+            job.reply_to.send(Err(BackendError {
+                node: "reserved connection".into(),
+                failure: Failure::Closed,
+            }));
+        }
+    }
+}
+
+/// "No timeout": far enough ahead to never fire, near enough not to overflow an `Instant`.
+const NO_TIMEOUT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// What a node is in its pool.
 pub struct NodeSpec<'a> {
@@ -278,6 +312,8 @@ pub struct Node {
     pub addr: Address,
     shared: Arc<NodeShared>,
     per_worker: Vec<WorkerConns>,
+    /// How new connections are opened: RESP2 (or memcache) at 0, RESP3 at 1.
+    settings: [Arc<ConnSettings>; 2],
     _stop_health: DropGuard,
 }
 
@@ -332,7 +368,7 @@ impl Node {
             (0..pool.server_connections)
                 .map(|_| {
                     let (tx, rx) = mpsc::unbounded_channel();
-                    worker.spawn(connection::run(shared.clone(), settings.clone(), rx));
+                    worker.spawn(connection::run(shared.clone(), settings.clone(), rx, false));
                     tx
                 })
                 .collect()
@@ -345,6 +381,7 @@ impl Node {
                     Protocol::Redis => spawn_set(workers.handle(w), &resp3_settings),
                     Protocol::Memcache => Vec::new(),
                 },
+                idle: Default::default(),
             })
             .collect();
         let stop = CancellationToken::new();
@@ -358,6 +395,7 @@ impl Node {
             addr,
             shared,
             per_worker,
+            settings: [resp2_settings, resp3_settings],
             _stop_health: stop.drop_guard(),
         }
     }
@@ -374,6 +412,33 @@ impl Node {
     /// A handle that tells whether the node is up, for tasks that outlive a borrow of it.
     pub fn health(&self) -> NodeHealth {
         NodeHealth(self.shared.clone())
+    }
+
+    /// A connection of `worker`'s to the node for one client alone: an idle one given back
+    /// earlier, or a new one. Must be called on that worker's runtime.
+    pub fn reserve(&self, worker: usize, resp3: bool) -> Reserved {
+        let idle = &self.per_worker[worker].idle[usize::from(resp3)];
+        let reused = {
+            let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+            std::iter::from_fn(|| idle.pop()).find(|tx| !tx.is_closed())
+        };
+        let tx = reused.unwrap_or_else(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let settings = self.settings[usize::from(resp3)].clone();
+            tokio::spawn(connection::run(self.shared.clone(), settings, rx, true));
+            tx
+        });
+        Reserved { tx, resp3 }
+    }
+
+    /// Takes back a reserved connection whose client is done with it and left it as it found
+    /// it (nothing in flight, no WATCH, not subscribed), for the next client to reserve.
+    pub fn give_back(&self, worker: usize, reserved: Reserved) {
+        let idle = &self.per_worker[worker].idle[usize::from(reserved.resp3)];
+        let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_RESERVED && !reserved.tx.is_closed() {
+            idle.push(reserved.tx);
+        }
     }
 
     /// Queues a request on one of the worker's connections to the node; `spread` (a session

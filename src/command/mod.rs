@@ -19,8 +19,20 @@ pub enum Kind {
     Script,
     /// A command over the whole keyspace or every node, each handled on its own terms.
     Keyspace(Fanout),
+    /// Waits on the backend until data comes or its timeout passes: sent on a connection
+    /// reserved for the client while it waits.
+    Blocking(BlockTimeout),
     /// Answered by the proxy itself.
     Local,
+}
+
+/// Where a blocking command's timeout is, in seconds (0: wait forever).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockTimeout {
+    /// The last argument (BLPOP, BLMOVE…).
+    Last,
+    /// Argument 1 (BLMPOP, BZMPOP).
+    First,
 }
 
 /// The commands that reach every shard (or one chosen by a cursor).
@@ -186,14 +198,6 @@ pub static UNSUPPORTED: &[(&str, &str)] = &[
     ("ASKING", CLUSTER),
     ("BGREWRITEAOF", ADMIN),
     ("BGSAVE", ADMIN),
-    ("BLMOVE", BLOCKING),
-    ("BLMPOP", BLOCKING),
-    ("BLPOP", BLOCKING),
-    ("BRPOP", BLOCKING),
-    ("BRPOPLPUSH", BLOCKING),
-    ("BZMPOP", BLOCKING),
-    ("BZPOPMAX", BLOCKING),
-    ("BZPOPMIN", BLOCKING),
     ("CLUSTER", CLUSTER),
     ("CONFIG", ADMIN),
     ("DEBUG", ADMIN),
@@ -236,12 +240,14 @@ pub static UNSUPPORTED: &[(&str, &str)] = &[
     ("TIME", ONE_SERVER),
     ("UNSUBSCRIBE", PUBSUB),
     ("UNWATCH", TRANSACTIONS),
-    ("WAIT", BLOCKING),
+    (
+        "WAIT",
+        "WAIT counts one connection's writes; the proxy's backend connections are shared",
+    ),
     ("WATCH", TRANSACTIONS),
 ];
 
 const ADMIN: &str = "server administration: connect to the server itself";
-const BLOCKING: &str = "blocking commands are not served yet";
 const CLUSTER: &str = "Redis Cluster and migration commands address one server, not the pool";
 const DATABASES: &str = "the proxy serves database 0 only";
 const ONE_SERVER: &str = "the answer of one server; ask the server itself";
@@ -263,15 +269,15 @@ pub fn markdown() -> String {
         let list: Vec<&str> = TABLE.iter().filter(|c| pick(c)).map(|c| c.name).collect();
         list.join(", ")
     };
+    let keyed = |c: &Command| matches!(c.kind, Kind::Keyed | Kind::Blocking(_));
     let multi_key = |c: &Command| {
         c.kind == Kind::Script
-            || (c.kind == Kind::Keyed
-                && (c.movable != Movable::None || c.last_key != c.first_key as isize))
+            || (keyed(c) && (c.movable != Movable::None || c.last_key != c.first_key as isize))
     };
     let mut out = String::new();
     out.push_str(&format!(
         "- **Served, routed by key**: {}.\n",
-        names(&|c| c.kind == Kind::Keyed && !multi_key(c))
+        names(&|c| keyed(c) && !multi_key(c))
     ));
     out.push_str(&format!(
         "- **Split by shard and merged in key order**: {}.\n",
@@ -280,6 +286,10 @@ pub fn markdown() -> String {
     out.push_str(&format!(
         "- **Served when all keys share one shard** (else `-CROSSSLOT`): {}.\n",
         names(&multi_key)
+    ));
+    out.push_str(&format!(
+        "- **Blocking, each on a connection reserved while it waits**: {}.\n",
+        names(&|c| matches!(c.kind, Kind::Blocking(_)))
     ));
     out.push_str(&format!(
         "- **Every shard or node**: {}.\n",

@@ -1,7 +1,7 @@
 //! The commands ringproxy serves, sorted by name. Positions follow Redis'
 //! `COMMAND` output: first key, last key (negative: from the end), step.
 
-use super::{Command, Fanout, Kind, Merge, Movable};
+use super::{BlockTimeout, Command, Fanout, Kind, Merge, Movable};
 
 const fn c(
     name: &'static str,
@@ -22,6 +22,28 @@ const fn c(
         key_step,
         movable: Movable::None,
     }
+}
+
+/// A blocking command with its timeout at `timeout`.
+const fn b(
+    name: &'static str,
+    arity: i32,
+    first_key: usize,
+    last_key: isize,
+    timeout: BlockTimeout,
+    movable: Movable,
+) -> Command {
+    let mut command = c(
+        name,
+        arity,
+        true,
+        Kind::Blocking(timeout),
+        first_key,
+        last_key,
+        1,
+    );
+    command.movable = movable;
+    command
 }
 
 /// A command whose keys are (also) where its arguments say.
@@ -53,6 +75,28 @@ pub static TABLE: &[Command] = &[
     c("BITFIELD_RO", -2, false, Kind::Keyed, 1, 1, 1),
     c("BITOP", -4, true, Kind::Keyed, 2, -1, 1),
     c("BITPOS", -3, false, Kind::Keyed, 1, 1, 1),
+    b("BLMOVE", 6, 1, 2, BlockTimeout::Last, Movable::None),
+    b(
+        "BLMPOP",
+        -5,
+        0,
+        0,
+        BlockTimeout::First,
+        Movable::Counted { count_at: 2 },
+    ),
+    b("BLPOP", -3, 1, -2, BlockTimeout::Last, Movable::None),
+    b("BRPOP", -3, 1, -2, BlockTimeout::Last, Movable::None),
+    b("BRPOPLPUSH", 4, 1, 2, BlockTimeout::Last, Movable::None),
+    b(
+        "BZMPOP",
+        -5,
+        0,
+        0,
+        BlockTimeout::First,
+        Movable::Counted { count_at: 2 },
+    ),
+    b("BZPOPMAX", -3, 1, -2, BlockTimeout::Last, Movable::None),
+    b("BZPOPMIN", -3, 1, -2, BlockTimeout::Last, Movable::None),
     c("CLIENT", -2, false, Kind::Local, 0, 0, 0),
     c("COMMAND", -1, false, Kind::Local, 0, 0, 0),
     c("COPY", -3, true, Kind::Keyed, 1, 2, 1),

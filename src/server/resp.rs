@@ -7,7 +7,11 @@ use super::keyspace;
 use super::local::{self, ClientState};
 use super::merge::Gather;
 use super::session::{Frontend, Outbox, Session};
-use crate::command::{self, Command, Kind, Movable};
+use std::time::Duration;
+
+use super::session::Held;
+use crate::backend::Job;
+use crate::command::{self, BlockTimeout, Command, Kind, Movable};
 use crate::protocol::ReplyKind;
 use crate::protocol::resp::{Request, RequestParser, encode};
 use crate::ring::Ring;
@@ -99,6 +103,14 @@ impl RespSession {
             Kind::Split(merge) => self.split(ring, cmd, merge, req),
             Kind::Script => keyspace::script(self, ring, cmd, &req),
             Kind::Keyspace(fanout) => keyspace::run(self, fanout, &req),
+            Kind::Blocking(at) => {
+                let timeout = match at {
+                    BlockTimeout::Last => req.arg(req.argc() - 1),
+                    BlockTimeout::First => req.arg(1),
+                };
+                let timeout = wait_limit(timeout, 1.0);
+                self.forward_blocking(ring, cmd, req, timeout);
+            }
             Kind::Local => {}
         }
         false
@@ -106,15 +118,13 @@ impl RespSession {
 
     fn forward_keyed(&mut self, ring: &Ring, cmd: &Command, req: Request) {
         if let Movable::Streams { from } = cmd.movable
-            && (from..req.argc())
-                .map(|i| req.arg(i))
-                .take_while(|a| !a.eq_ignore_ascii_case(b"STREAMS"))
-                .any(|a| a.eq_ignore_ascii_case(b"BLOCK"))
+            && let Some(at) = (from..req.argc())
+                .take_while(|&i| !req.arg(i).eq_ignore_ascii_case(b"STREAMS"))
+                .find(|&i| req.arg(i).eq_ignore_ascii_case(b"BLOCK"))
         {
-            return self.out.error(&format!(
-                "ERR unsupported command '{}' with BLOCK: blocking commands are not served yet",
-                cmd.name
-            ));
+            // XREAD … BLOCK milliseconds.
+            let timeout = wait_limit(req.arg((at + 1).min(req.argc() - 1)), 0.001);
+            return self.forward_blocking(ring, cmd, req, timeout);
         }
         let movable = cmd.movable_keys(&req);
         let keys = cmd.key_positions(req.argc()).chain(movable);
@@ -122,6 +132,47 @@ impl RespSession {
             self.send_resp(s, cmd.write, req.frame().clone(), 0);
             self.out.forwarded();
         }
+    }
+
+    /// A command that may wait on its backend: on a connection reserved for this client until
+    /// the reply comes, so no other client waits behind it; waiting as long as the command's
+    /// own timeout (`wait`; `None`: forever) plus the pool's.
+    fn forward_blocking(
+        &mut self,
+        ring: &Ring,
+        cmd: &Command,
+        req: Request,
+        wait: Option<Duration>,
+    ) {
+        let movable = cmd.movable_keys(&req);
+        let keys = cmd.key_positions(req.argc()).chain(movable);
+        let Some(shard) = self.shard_of_keys(ring, cmd, keys, &req) else {
+            return;
+        };
+        let resp3 = self.fe.client.resp3;
+        let node = self.pool.shards[shard].node_index_for(
+            cmd.write,
+            self.pool.config.read_from,
+            self.id as usize,
+        );
+        let conn = self.pool.shards[shard]
+            .node(node)
+            .reserve(self.worker, resp3);
+        let seq = self.out.next_seq();
+        let job = Job {
+            payload: req.frame().clone(),
+            kind: ReplyKind::Resp,
+            reply_to: self.out.reply_to(0),
+            timeout: None,
+        };
+        conn.send(job, wait.map(|w| w + self.pool.config.timeout));
+        self.out.forwarded();
+        self.held.push(Held {
+            shard,
+            node,
+            conn,
+            until: Some(seq),
+        });
     }
 
     /// The one shard of the keys at `positions` (any shard when there are none), or `None`
@@ -258,5 +309,19 @@ impl RespSession {
             );
         }
         self.out.gathering(gather);
+    }
+}
+
+/// A blocking command's own timeout, given in `unit` seconds: `None` for 0 (wait forever). A
+/// timeout that is not a positive number is the backend's to refuse, at once.
+fn wait_limit(timeout: &[u8], unit: f64) -> Option<Duration> {
+    let seconds = std::str::from_utf8(timeout)
+        .ok()
+        .and_then(|t| t.parse::<f64>().ok())
+        .filter(|t| t.is_finite());
+    match seconds {
+        Some(0.0) => None,
+        Some(t) if t > 0.0 => Some(Duration::from_secs_f64((t * unit).min(1e9))),
+        _ => Some(Duration::ZERO),
     }
 }

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use super::merge::Gather;
-use crate::backend::{BackendError, Completion, Inbox, Job, Node, ReplyTo};
+use crate::backend::{BackendError, Completion, Inbox, Job, Node, ReplyTo, Reserved};
 use crate::config::Protocol;
 use crate::protocol::memcache::Verb;
 use crate::protocol::{ReplyKind, resp::encode};
@@ -99,7 +99,7 @@ pub(super) struct Outbox {
 }
 
 impl Outbox {
-    fn next_seq(&self) -> u64 {
+    pub(super) fn next_seq(&self) -> u64 {
         self.first_seq + self.slots.len() as u64
     }
 
@@ -256,13 +256,26 @@ pub(super) fn backend_error(protocol: Protocol, e: &BackendError) -> Bytes {
     }
 }
 
+/// A connection reserved for this session, and when it is given back.
+pub(super) struct Held {
+    pub(super) shard: usize,
+    /// The node, as an index in `Shard::nodes`.
+    pub(super) node: usize,
+    pub(super) conn: Reserved,
+    /// Given back once the reply with this sequence number is written; `None`: kept until
+    /// the session says (a WATCH until EXEC).
+    pub(super) until: Option<u64>,
+}
+
 pub(super) struct Session<F> {
     pub(super) id: u64,
     /// The worker thread this session runs on: it uses that worker's backend connections.
-    worker: usize,
+    pub(super) worker: usize,
     pub(super) pool: Arc<Pool>,
     pub(super) out: Outbox,
     pub(super) fe: F,
+    /// Reserved connections; dropped with the session, they close.
+    pub(super) held: Vec<Held>,
 }
 
 impl<F: Frontend> Session<F> {
@@ -281,6 +294,7 @@ impl<F: Frontend> Session<F> {
                 retries: Vec::new(),
                 scripts: pool.scripts.clone(),
             },
+            held: Vec::new(),
             pool,
         }
     }
@@ -339,9 +353,14 @@ impl<F: Frontend> Session<F> {
                     if matches!(read, Ok(n) if n > 0) {
                         closing = F::handle_input(self, &mut read_buf);
                     } else {
-                        // The client is done sending: answer what it asked, then close.
+                        // The client is done sending: answer what it asked, then close; but
+                        // like Redis, do not wait on its blocking commands, which may never
+                        // return (their reserved connections close with the session).
                         if self.fe.is_mid_request(&read_buf) {
                             tracing::debug!(session = self.id, "client closed in the middle of a request");
+                        }
+                        if self.held.iter().any(|h| h.until.is_some()) {
+                            return Burst::Close;
                         }
                         closing = true;
                     }
@@ -349,6 +368,9 @@ impl<F: Frontend> Session<F> {
                 _ = &mut *shutdown, if !closing => closing = true,
             }
             self.out.collect_ready();
+            if !self.held.is_empty() {
+                self.give_back_done();
+            }
             if !self.out.buf.is_empty() {
                 if crate::net::write_all(stream, &self.out.buf).await.is_err() {
                     return Burst::Close;
@@ -376,6 +398,22 @@ impl<F: Frontend> Session<F> {
 }
 
 impl<F> Session<F> {
+    /// Gives back every reserved connection whose last reply has been written: each was left
+    /// as it was found, with nothing in flight.
+    fn give_back_done(&mut self) {
+        let first_unanswered = self.out.first_seq;
+        let mut i = 0;
+        while i < self.held.len() {
+            if self.held[i].until.is_some_and(|seq| seq < first_unanswered) {
+                let held = self.held.swap_remove(i);
+                let node = self.pool.shards[held.shard].node(held.node);
+                node.give_back(self.worker, held.conn);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     /// Sends again what asked for it: a failed read to the next node of its shard, an EVALSHA
     /// to its node after loading the script there.
     fn resend(&mut self) {
@@ -434,6 +472,7 @@ impl<F> Session<F> {
             payload,
             kind,
             reply_to,
+            timeout: None,
         };
         node.send(job, self.worker, resp3, self.id as usize);
     }
