@@ -545,6 +545,13 @@ fn admin_endpoint_reports_health_readiness_metrics_and_topology() {
     s.proxy.wait_ready(true);
     let mut r = s.raw();
     r.roundtrip(&command(&[b"SET", b"m", b"1"]), b"+OK\r\n");
+    // The connection that probed the listener at start may take a moment to be counted out.
+    wait_until("one client", Duration::from_secs(10), || {
+        s.proxy
+            .http("/metrics")
+            .1
+            .contains("ringproxy_client_connections{pool=\"main\"} 1")
+    });
     let (status, metrics) = s.proxy.http("/metrics");
     assert_eq!(status, 200);
     assert!(

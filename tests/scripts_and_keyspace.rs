@@ -27,7 +27,7 @@ fn error_of(result: redis::RedisResult<Value>) -> String {
 
 #[test]
 fn scripts_run_on_the_shard_of_their_keys() {
-    let (shards, port, _proxy) = three_shards("s", "");
+    let (shards, port, _proxy) = three_shards("s", "    hash_tag: \"{}\"\n");
     let mut c = connect(port);
     let script = "redis.call('SET', KEYS[1], ARGV[1]); return redis.call('GET', KEYS[1])";
     // Keys on every shard: each script runs where its key lives.

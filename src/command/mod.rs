@@ -19,6 +19,8 @@ pub enum Kind {
     Script,
     /// A command over the whole keyspace or every node, each handled on its own terms.
     Keyspace(Fanout),
+    /// MULTI, EXEC, DISCARD, WATCH, UNWATCH.
+    Transaction,
     /// Waits on the backend until data comes or its timeout passes: sent on a connection
     /// reserved for the client while it waits.
     Blocking(BlockTimeout),
@@ -201,8 +203,6 @@ pub static UNSUPPORTED: &[(&str, &str)] = &[
     ("CLUSTER", CLUSTER),
     ("CONFIG", ADMIN),
     ("DEBUG", ADMIN),
-    ("DISCARD", TRANSACTIONS),
-    ("EXEC", TRANSACTIONS),
     ("FAILOVER", ADMIN),
     ("LASTSAVE", ADMIN),
     ("LATENCY", ADMIN),
@@ -212,7 +212,6 @@ pub static UNSUPPORTED: &[(&str, &str)] = &[
     ("MODULE", ADMIN),
     ("MONITOR", ADMIN),
     ("MOVE", DATABASES),
-    ("MULTI", TRANSACTIONS),
     ("PFDEBUG", ADMIN),
     ("PFSELFTEST", ADMIN),
     ("PSUBSCRIBE", PUBSUB),
@@ -239,12 +238,10 @@ pub static UNSUPPORTED: &[(&str, &str)] = &[
     ("SYNC", ADMIN),
     ("TIME", ONE_SERVER),
     ("UNSUBSCRIBE", PUBSUB),
-    ("UNWATCH", TRANSACTIONS),
     (
         "WAIT",
         "WAIT counts one connection's writes; the proxy's backend connections are shared",
     ),
-    ("WATCH", TRANSACTIONS),
 ];
 
 const ADMIN: &str = "server administration: connect to the server itself";
@@ -252,7 +249,6 @@ const CLUSTER: &str = "Redis Cluster and migration commands address one server, 
 const DATABASES: &str = "the proxy serves database 0 only";
 const ONE_SERVER: &str = "the answer of one server; ask the server itself";
 const PUBSUB: &str = "Pub/Sub is not served yet";
-const TRANSACTIONS: &str = "transactions are not served yet";
 
 /// Why the proxy does not serve `name`, if it is a Redis command it knows of.
 pub fn unsupported_reason(name: &[u8]) -> Option<&'static str> {
@@ -290,6 +286,10 @@ pub fn markdown() -> String {
     out.push_str(&format!(
         "- **Blocking, each on a connection reserved while it waits**: {}.\n",
         names(&|c| matches!(c.kind, Kind::Blocking(_)))
+    ));
+    out.push_str(&format!(
+        "- **Transactions, pinned to the shard of their first key**: {}.\n",
+        names(&|c| c.kind == Kind::Transaction)
     ));
     out.push_str(&format!(
         "- **Every shard or node**: {}.\n",

@@ -43,6 +43,8 @@ enum Plan {
     Stats { nodes: Vec<String> },
     /// SCAN on one shard of `shards`: the cursor re-encoded with the shard.
     Scan { shard: usize, shards: usize },
+    /// A transaction sent as MULTI, its commands and EXEC: EXEC's reply, the last part's.
+    Last,
 }
 
 /// Collects one reply per part; the merged reply is ready when the last arrives.
@@ -118,6 +120,11 @@ impl Gather {
         let mut g = Gather::new(Plan::Broadcast, parts, 1);
         g.quiet = quiet;
         g
+    }
+
+    /// A transaction of `parts` requests, answered by the last.
+    pub(super) fn last(parts: usize) -> Gather {
+        Gather::new(Plan::Last, parts, 1)
     }
 
     /// SCAN of shard `shard`.
@@ -221,6 +228,17 @@ impl Gather {
                     }
                     Merge::AllOf => merge_all_of(&replies),
                 }
+            }
+            Plan::Last => {
+                // A lost connection fails the whole transaction, whichever part saw it.
+                let mut last = None;
+                for part in parts {
+                    match part {
+                        Err(e) => return backend_error(Protocol::Redis, &e),
+                        Ok(reply) => last = Some(reply),
+                    }
+                }
+                last.unwrap_or_else(|| resp_error("no reply to EXEC"))
             }
             Plan::Scan { shard, shards } => match parts.into_iter().next() {
                 Some(Ok(reply)) => merge_scan(reply, *shard, *shards),

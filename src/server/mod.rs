@@ -7,5 +7,6 @@ mod memcache;
 mod merge;
 mod resp;
 mod session;
+mod transaction;
 
 pub use listener::{bind, serve_pool};

@@ -7,6 +7,7 @@ use super::keyspace;
 use super::local::{self, ClientState};
 use super::merge::Gather;
 use super::session::{Frontend, Outbox, Session};
+use super::transaction::{self, Transaction};
 use std::time::Duration;
 
 use super::session::Held;
@@ -21,6 +22,7 @@ use crate::topology::Pool;
 pub(super) struct Resp {
     parser: RequestParser,
     client: ClientState,
+    pub(super) tx: Transaction,
 }
 
 pub(super) type RespSession = Session<Resp>;
@@ -30,6 +32,7 @@ impl Frontend for Resp {
         Resp {
             parser: RequestParser::new(pool.config.limits),
             client: ClientState::new(pool.config.client_users.is_empty()),
+            tx: Transaction::default(),
         }
     }
 
@@ -70,6 +73,10 @@ impl RespSession {
     /// Routes one request. Returns true for QUIT.
     fn dispatch(&mut self, ring: &Ring, req: Request) -> bool {
         let name = req.arg(0);
+        if self.fe.tx.in_multi() && !name.eq_ignore_ascii_case(b"QUIT") {
+            transaction::queue(self, ring, command::lookup(name), req);
+            return false;
+        }
         let Some(cmd) = command::lookup(name) else {
             if !self.fe.client.authenticated {
                 self.out.error("NOAUTH Authentication required.");
@@ -103,6 +110,7 @@ impl RespSession {
             Kind::Split(merge) => self.split(ring, cmd, merge, req),
             Kind::Script => keyspace::script(self, ring, cmd, &req),
             Kind::Keyspace(fanout) => keyspace::run(self, fanout, &req),
+            Kind::Transaction => transaction::run(self, ring, cmd, req),
             Kind::Blocking(at) => {
                 let timeout = match at {
                     BlockTimeout::Last => req.arg(req.argc() - 1),

@@ -140,7 +140,7 @@ impl Outbox {
         self.reply_to_seq(self.next_seq(), part)
     }
 
-    fn reply_to_seq(&self, seq: u64, part: usize) -> ReplyTo {
+    pub(super) fn reply_to_seq(&self, seq: u64, part: usize) -> ReplyTo {
         ReplyTo {
             inbox: self.inbox.clone(),
             token: (seq << PART_BITS) | part as u64,

@@ -1,0 +1,211 @@
+//! MULTI / EXEC / DISCARD / WATCH / UNWATCH. A transaction is pinned to one shard: the shard of
+//! its first key (or of its WATCH). The proxy queues the commands itself, answering `+QUEUED`,
+//! and at EXEC sends MULTI, the commands and EXEC in one write on a backend connection
+//! reserved for the client, given back once EXEC is answered. WATCH reserves that connection
+//! early and keeps it until EXEC, DISCARD or UNWATCH.
+
+use bytes::{Bytes, BytesMut};
+
+use super::merge::Gather;
+use super::resp::RespSession;
+use super::session::Held;
+use crate::backend::{Job, Reserved};
+use crate::command::{Command, Kind};
+use crate::protocol::ReplyKind;
+use crate::protocol::resp::{Request, encode};
+use crate::ring::Ring;
+
+/// A client's open transaction, if any.
+#[derive(Debug, Default)]
+pub(super) struct Transaction {
+    /// The shard every key must map to, once a key or WATCH chose it.
+    shard: Option<usize>,
+    /// Between MULTI and EXEC / DISCARD: the queued requests.
+    queued: Option<Vec<Bytes>>,
+    /// A command was refused while queueing: EXEC aborts.
+    aborted: bool,
+    /// The connection WATCH reserved on the shard's master.
+    watching: Option<Reserved>,
+}
+
+impl Transaction {
+    pub(super) fn in_multi(&self) -> bool {
+        self.queued.is_some()
+    }
+}
+
+const EXECABORT: &str = "EXECABORT Transaction discarded because of previous errors.";
+
+/// The transaction commands themselves, outside MULTI.
+pub(super) fn run(s: &mut RespSession, ring: &Ring, cmd: &Command, req: Request) {
+    match cmd.name {
+        "MULTI" => {
+            s.fe.tx.queued = Some(Vec::new());
+            s.out.ready(Bytes::from_static(b"+OK\r\n"));
+        }
+        "EXEC" => s.out.error("ERR EXEC without MULTI"),
+        "DISCARD" => s.out.error("ERR DISCARD without MULTI"),
+        "WATCH" => watch(s, ring, cmd, &req),
+        "UNWATCH" => match (s.fe.tx.watching.take(), s.fe.tx.shard.take()) {
+            (Some(conn), Some(shard)) => send_on(s, shard, conn, vec![req.frame().clone()]),
+            _ => s.out.ready(Bytes::from_static(b"+OK\r\n")),
+        },
+        _ => s.out.error("ERR unknown transaction command"),
+    }
+}
+
+/// A request between MULTI and EXEC: EXEC and DISCARD end the transaction; anything else is
+/// checked and queued, or refused and the transaction marked to abort.
+pub(super) fn queue(s: &mut RespSession, ring: &Ring, cmd: Option<&Command>, req: Request) {
+    let refuse = |s: &mut RespSession, msg: &str| {
+        s.fe.tx.aborted = true;
+        s.out.error(msg);
+    };
+    let Some(cmd) = cmd else {
+        let shown = String::from_utf8_lossy(req.arg(0)).to_string();
+        return refuse(s, &format!("ERR unknown command '{shown}'"));
+    };
+    if !cmd.arity_ok(req.argc()) {
+        let name = cmd.name.to_ascii_lowercase();
+        return refuse(
+            s,
+            &format!("ERR wrong number of arguments for '{name}' command"),
+        );
+    }
+    match (cmd.name, cmd.kind) {
+        ("EXEC", _) => return exec(s, ring),
+        ("DISCARD", _) => return discard(s),
+        ("MULTI", _) => return s.out.error("ERR MULTI calls can not be nested"),
+        ("WATCH", _) => return s.out.error("ERR WATCH inside MULTI is not allowed"),
+        ("PING" | "ECHO", _)
+        | (_, Kind::Keyed | Kind::Split(_) | Kind::Script | Kind::Blocking(_)) => {}
+        ("UNWATCH", _) => {}
+        _ => {
+            let name = cmd.name;
+            return refuse(
+                s,
+                &format!("ERR '{name}' cannot run inside a transaction through the proxy"),
+            );
+        }
+    }
+    let mut keys: Vec<usize> = cmd.key_positions(req.argc()).collect();
+    keys.extend(cmd.movable_keys(&req));
+    if cmd.kind == Kind::Script {
+        let declared = crate::protocol::resp::parse_int(req.arg(2))
+            .unwrap_or(0)
+            .max(0) as usize;
+        keys.extend((3..3 + declared).take_while(|&i| i < req.argc()));
+    }
+    for pos in keys {
+        let Some(owner) = ring.server_for(req.arg(pos)) else {
+            return refuse(
+                s,
+                "ERR no server is available for the key (all are ejected)",
+            );
+        };
+        match s.fe.tx.shard {
+            Some(pinned) if pinned != owner => {
+                let name = cmd.name.to_ascii_lowercase();
+                return refuse(
+                    s,
+                    &format!(
+                        "CROSSSLOT Keys in request don't hash to the shard of the transaction (command '{name}'); use a hash tag"
+                    ),
+                );
+            }
+            _ => s.fe.tx.shard = Some(owner),
+        }
+    }
+    if let Some(queued) = &mut s.fe.tx.queued {
+        queued.push(req.frame().clone());
+    }
+    s.out.ready(Bytes::from_static(b"+QUEUED\r\n"));
+}
+
+/// WATCH: on a connection reserved on the keys' shard, kept until the transaction ends.
+fn watch(s: &mut RespSession, ring: &Ring, cmd: &Command, req: &Request) {
+    let keys = cmd.key_positions(req.argc());
+    let Some(shard) = s.shard_of_keys(ring, cmd, keys, req) else {
+        return;
+    };
+    if s.fe.tx.shard.is_some_and(|pinned| pinned != shard) {
+        return s.out.error(
+            "CROSSSLOT Keys in request don't hash to the shard of earlier WATCHed keys; use a hash tag",
+        );
+    }
+    s.fe.tx.shard = Some(shard);
+    let resp3 = s.client().resp3;
+    let conn = match s.fe.tx.watching.take() {
+        Some(conn) => conn,
+        None => s.pool.shards[shard].master.reserve(s.worker, resp3),
+    };
+    let seq = s.out.next_seq();
+    conn.send(job(s, req.frame().clone(), seq, 0), None);
+    s.out.forwarded();
+    s.fe.tx.watching = Some(conn);
+}
+
+/// EXEC: the queued commands between MULTI and EXEC, in one write on the reserved connection;
+/// the client gets EXEC's reply.
+fn exec(s: &mut RespSession, ring: &Ring) {
+    let tx = std::mem::take(&mut s.fe.tx);
+    if tx.aborted {
+        // Dropping a WATCH connection closes it, which unwatches.
+        return s.out.error(EXECABORT);
+    }
+    let Some(shard) = tx.shard.or_else(|| ring.server_for(b"")) else {
+        return s
+            .out
+            .error("ERR no server is available for the key (all are ejected)");
+    };
+    let resp3 = s.client().resp3;
+    let conn = match tx.watching {
+        Some(conn) => conn,
+        None => s.pool.shards[shard].master.reserve(s.worker, resp3),
+    };
+    let mut requests = vec![command(b"MULTI")];
+    requests.extend(tx.queued.unwrap_or_default());
+    requests.push(command(b"EXEC"));
+    send_on(s, shard, conn, requests);
+}
+
+/// DISCARD: the queue is dropped; a WATCH ends with an UNWATCH, whose reply is DISCARD's.
+fn discard(s: &mut RespSession) {
+    let tx = std::mem::take(&mut s.fe.tx);
+    match (tx.watching, tx.shard) {
+        (Some(conn), Some(shard)) => send_on(s, shard, conn, vec![command(b"UNWATCH")]),
+        _ => s.out.ready(Bytes::from_static(b"+OK\r\n")),
+    }
+}
+
+/// Sends `requests` on `conn` (to `shard`'s master) as the parts of the next reply, which is
+/// the last part's, and gives the connection back once that reply is written.
+fn send_on(s: &mut RespSession, shard: usize, conn: Reserved, requests: Vec<Bytes>) {
+    let seq = s.out.next_seq();
+    let parts = requests.len();
+    for (part, payload) in requests.into_iter().enumerate() {
+        conn.send(job(s, payload, seq, part), Some(s.pool.config.timeout));
+    }
+    s.out.gathering(Gather::last(parts));
+    s.held.push(Held {
+        shard,
+        node: 0,
+        conn,
+        until: Some(seq),
+    });
+}
+
+fn job(s: &RespSession, payload: Bytes, seq: u64, part: usize) -> Job {
+    Job {
+        payload,
+        kind: ReplyKind::Resp,
+        reply_to: s.out.reply_to_seq(seq, part),
+        timeout: None,
+    }
+}
+
+fn command(name: &[u8]) -> Bytes {
+    let mut b = BytesMut::new();
+    encode::command(&mut b, [name].into_iter());
+    b.freeze()
+}
