@@ -202,12 +202,9 @@ fn a_client_that_leaves_while_watching_closes_its_connection() {
 }
 
 #[test]
-fn redis_py_lock_stock_script_and_transactions_under_concurrency() {
+fn redis_py_lock_stock_script_transactions_and_pubsub_under_concurrency() {
     let (_shards, port, _proxy) = three_shards("s", TAGS);
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/python/locks_and_stock.py"
-    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/concurrency.py");
     let out = Command::new("python3")
         .args([script, &port.to_string()])
         .output()
@@ -220,7 +217,7 @@ fn redis_py_lock_stock_script_and_transactions_under_concurrency() {
     );
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok ")).count(),
-        3,
+        5,
         "{stdout}"
     );
 }

@@ -3,6 +3,9 @@
 
 mod connection;
 mod health;
+mod subscriber;
+
+pub use subscriber::{Subscriber, Topic};
 
 use std::fmt;
 use std::sync::Arc;
@@ -429,6 +432,13 @@ impl Node {
             tx
         });
         Reserved { tx, resp3 }
+    }
+
+    /// A subscriber connection for one client, delivering its messages to `inbox` as
+    /// completions with `token`. Must be called on the client's worker runtime.
+    pub fn subscriber(&self, resp3: bool, inbox: Arc<Inbox>, token: u64) -> Subscriber {
+        let settings = self.settings[usize::from(resp3)].clone();
+        Subscriber::start(self.shared.clone(), settings, inbox, token)
     }
 
     /// Takes back a reserved connection whose client is done with it and left it as it found

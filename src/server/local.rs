@@ -65,6 +65,14 @@ pub(super) fn run(s: &mut RespSession, cmd: &Command, req: &Request) -> bool {
 }
 
 fn ping(s: &mut RespSession, req: &Request) {
+    if s.fe.pubsub.active() && !s.client().resp3 {
+        // In RESP2 subscribed mode PING answers as a message would.
+        let mut b = BytesMut::new();
+        encode::array(&mut b, 2);
+        encode::bulk(&mut b, b"pong");
+        encode::bulk(&mut b, if req.argc() > 1 { req.arg(1) } else { b"" });
+        return s.out().ready(b.freeze());
+    }
     match req.argc() {
         1 => s.out().ready(Bytes::from_static(b"+PONG\r\n")),
         2 => {

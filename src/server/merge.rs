@@ -227,6 +227,22 @@ impl Gather {
                         }
                     }
                     Merge::AllOf => merge_all_of(&replies),
+                    Merge::PairSums => merge_pair_sums(&replies, self.max_depth),
+                    Merge::Max => {
+                        let counts = replies
+                            .iter()
+                            .map(|r| parse_int(r.strip_prefix(b":")?.strip_suffix(b"\r\n")?));
+                        match counts.collect::<Option<Vec<i64>>>() {
+                            Some(counts) => {
+                                let mut out = BytesMut::new();
+                                encode::integer(&mut out, counts.into_iter().max().unwrap_or(0));
+                                out.freeze()
+                            }
+                            None => resp_error(
+                                "a backend answered with something other than an integer",
+                            ),
+                        }
+                    }
                 }
             }
             Plan::Last => {
@@ -273,6 +289,47 @@ fn merge_concat(replies: &[Bytes], _max_depth: usize) -> Bytes {
     let mut out = BytesMut::with_capacity(bodies.iter().map(|b| b.len()).sum::<usize>() + 16);
     encode::array(&mut out, total);
     bodies.iter().for_each(|b| out.put_slice(b));
+    out.freeze()
+}
+
+/// PUBSUB NUMSUB: every shard lists the same channels in the same order; the counts are summed.
+fn merge_pair_sums(replies: &[Bytes], max_depth: usize) -> Bytes {
+    const ODD: &str = "a backend answered PUBSUB NUMSUB with an odd array";
+    let mut names: Vec<&[u8]> = Vec::new();
+    let mut sums: Vec<i64> = Vec::new();
+    for r in replies {
+        let Some((n, mut at)) = array_body(r) else {
+            return resp_error(ODD);
+        };
+        for i in 0..n {
+            let Ok(Some(len)) = ReplyScanner::new(max_depth).scan(&r[at..]) else {
+                return resp_error(ODD);
+            };
+            let element = &r[at..at + len];
+            at += len;
+            if i % 2 == 0 {
+                if names.len() <= i / 2 {
+                    names.push(element);
+                    sums.push(0);
+                }
+            } else {
+                let Some(count) = element
+                    .strip_prefix(b":")
+                    .and_then(|e| e.strip_suffix(b"\r\n"))
+                    .and_then(parse_int)
+                else {
+                    return resp_error(ODD);
+                };
+                sums[i / 2] += count;
+            }
+        }
+    }
+    let mut out = BytesMut::new();
+    encode::array(&mut out, names.len() * 2);
+    for (name, sum) in names.iter().zip(&sums) {
+        out.put_slice(name);
+        encode::integer(&mut out, *sum);
+    }
     out.freeze()
 }
 

@@ -5,6 +5,7 @@ mod listener;
 mod local;
 mod memcache;
 mod merge;
+mod pubsub;
 mod resp;
 mod session;
 mod transaction;

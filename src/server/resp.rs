@@ -6,6 +6,7 @@ use bytes::{Bytes, BytesMut};
 use super::keyspace;
 use super::local::{self, ClientState};
 use super::merge::Gather;
+use super::pubsub::{self, PubSub};
 use super::session::{Frontend, Outbox, Session};
 use super::transaction::{self, Transaction};
 use std::time::Duration;
@@ -23,6 +24,7 @@ pub(super) struct Resp {
     parser: RequestParser,
     client: ClientState,
     pub(super) tx: Transaction,
+    pub(super) pubsub: PubSub,
 }
 
 pub(super) type RespSession = Session<Resp>;
@@ -33,6 +35,7 @@ impl Frontend for Resp {
             parser: RequestParser::new(pool.config.limits),
             client: ClientState::new(pool.config.client_users.is_empty()),
             tx: Transaction::default(),
+            pubsub: PubSub::default(),
         }
     }
 
@@ -42,6 +45,10 @@ impl Frontend for Resp {
 
     fn is_mid_request(&self, buf: &BytesMut) -> bool {
         self.parser.is_mid_request(buf)
+    }
+
+    fn wants(&self, message: &[u8]) -> bool {
+        self.pubsub.wants(message)
     }
 }
 
@@ -98,6 +105,16 @@ impl RespSession {
             ));
             return false;
         }
+        if self.fe.pubsub.active()
+            && !self.fe.client.resp3
+            && !pubsub::allowed_while_subscribed(cmd.name)
+        {
+            self.out.error(&format!(
+                "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+                cmd.name.to_ascii_lowercase()
+            ));
+            return false;
+        }
         if cmd.kind == Kind::Local {
             return local::run(self, cmd, &req);
         }
@@ -111,6 +128,7 @@ impl RespSession {
             Kind::Script => keyspace::script(self, ring, cmd, &req),
             Kind::Keyspace(fanout) => keyspace::run(self, fanout, &req),
             Kind::Transaction => transaction::run(self, ring, cmd, req),
+            Kind::PubSub => pubsub::run(self, ring, cmd, req),
             Kind::Blocking(at) => {
                 let timeout = match at {
                     BlockTimeout::Last => req.arg(req.argc() - 1),

@@ -18,6 +18,8 @@ use crate::topology::{Pool, Scripts};
 
 /// Bits of a token that number the parts of a fanned-out request; the rest is its sequence.
 const PART_BITS: u32 = 20;
+/// The token of Pub/Sub messages, which answer no request.
+pub(super) const PUSH_TOKEN: u64 = u64::MAX;
 /// A fresh read buffer's size: small, so a burst of idle clients costs little; it doubles
 /// while reads fill it.
 const FIRST_READ_CHUNK: usize = 1024;
@@ -32,6 +34,12 @@ pub(super) trait Frontend: Sized {
 
     /// Whether `buf` (what is left unparsed) ends in the middle of a request.
     fn is_mid_request(&self, buf: &BytesMut) -> bool;
+
+    /// Whether a Pub/Sub message is still for the client: one sent before its unsubscription
+    /// reached the backend is not.
+    fn wants(&self, _message: &[u8]) -> bool {
+        true
+    }
 }
 
 /// How a burst of requests ended.
@@ -96,6 +104,8 @@ pub(super) struct Outbox {
     retries: Vec<Retry>,
     /// The pool's scripts, consulted when a node has lost one.
     scripts: Scripts,
+    /// Subscribed to Pub/Sub: messages may arrive at any time.
+    pub(super) listening: bool,
 }
 
 impl Outbox {
@@ -133,6 +143,11 @@ impl Outbox {
     /// Queues the slot of a request whose parts `gather` merges.
     pub(super) fn gathering(&mut self, gather: Gather) {
         self.slots.push_back(Slot::Gathering(Box::new(gather)));
+    }
+
+    /// The inbox the session reads, for connections that deliver to it unasked (Pub/Sub).
+    pub(super) fn inbox(&self) -> &Arc<Inbox> {
+        &self.inbox
     }
 
     /// Where a backend sends the reply to part `part` of the next request.
@@ -293,6 +308,7 @@ impl<F: Frontend> Session<F> {
                 errors: 0,
                 retries: Vec::new(),
                 scripts: pool.scripts.clone(),
+                listening: false,
             },
             held: Vec::new(),
             pool,
@@ -308,6 +324,7 @@ impl<F: Frontend> Session<F> {
     pub(super) async fn run(mut self, stream: TcpStream, mut shutdown: oneshot::Receiver<()>) {
         let _ = stream.set_nodelay(true);
         let mut read_chunk = FIRST_READ_CHUNK;
+        let inbox = self.out.inbox.clone();
         loop {
             tokio::select! {
                 biased;
@@ -315,10 +332,24 @@ impl<F: Frontend> Session<F> {
                 ready = stream.readable() => if ready.is_err() {
                     return;
                 },
+                _ = inbox.wait(), if self.out.listening => {}
             }
             let burst = Box::pin(self.burst(&stream, &mut shutdown, &mut read_chunk));
             if burst.await == Burst::Close {
                 return;
+            }
+        }
+    }
+
+    /// Takes in replies, and Pub/Sub messages, which are written as they come.
+    fn complete_all(&mut self, completions: &mut Vec<Completion>) {
+        for c in completions.drain(..) {
+            if c.token != PUSH_TOKEN {
+                self.out.complete(c);
+            } else if let Ok(message) = c.result
+                && self.fe.wants(&message)
+            {
+                self.out.buf.extend_from_slice(&message);
             }
         }
     }
@@ -335,16 +366,25 @@ impl<F: Frontend> Session<F> {
         let mut completions = Vec::new();
         let inbox = self.out.inbox.clone();
         let mut closing = false;
+        if self.out.listening {
+            // Messages that arrived while the session was idle.
+            inbox.take(&mut completions);
+            self.complete_all(&mut completions);
+            if !self.out.buf.is_empty() {
+                if crate::net::write_all(stream, &self.out.buf).await.is_err() {
+                    return Burst::Close;
+                }
+                self.out.buf.clear();
+            }
+        }
         loop {
             let can_read = !closing && self.out.slots.len() < self.pool.config.max_pipeline;
-            let waiting = !self.out.slots.is_empty();
+            let waiting = !self.out.slots.is_empty() || self.out.listening;
             tokio::select! {
                 biased;
                 _ = inbox.wait(), if waiting => {
                     inbox.take(&mut completions);
-                    for c in completions.drain(..) {
-                        self.out.complete(c);
-                    }
+                    self.complete_all(&mut completions);
                     if !self.out.retries.is_empty() {
                         self.resend();
                     }

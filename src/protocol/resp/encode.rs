@@ -67,6 +67,15 @@ pub fn array(buf: &mut BytesMut, len: usize) {
     line(buf, b'*', len as i64);
 }
 
+/// An out-of-band message header: a push (`>n`) in RESP3, an array in RESP2.
+pub fn push(buf: &mut BytesMut, len: usize, resp3: bool) {
+    if resp3 {
+        line(buf, b'>', len as i64);
+    } else {
+        array(buf, len);
+    }
+}
+
 /// A map header: `%n` in RESP3, an array of 2n in RESP2.
 pub fn map(buf: &mut BytesMut, pairs: usize, resp3: bool) {
     if resp3 {

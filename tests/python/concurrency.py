@@ -1,4 +1,5 @@
-"""redis-py's Lock and a stock-selling Lua script through ringproxy, under concurrency.
+"""redis-py through ringproxy under concurrency: transactions, Lock, a stock-selling Lua script,
+and Pub/Sub with patterns across shards (sync and asyncio).
 
 Usage: locks_and_stock.py PORT. Prints one line per check; exits non-zero on the first failure.
 """
@@ -119,6 +120,60 @@ def check_transactions():
     print("ok transactions")
 
 
+def check_pubsub_sync():
+    """Channels of every shard and a pattern: each message arrives once, on the right channel."""
+    r = redis.Redis(port=PORT, decode_responses=True)
+    p = r.pubsub()
+    channels = [f"events:{i * 2654435761 % 2**32:x}" for i in range(60)]
+    p.subscribe(*channels[:30])
+    p.psubscribe("events:*")
+    confirmations = [p.get_message(timeout=5) for _ in range(31)]
+    assert all(c and c["type"] in ("subscribe", "psubscribe") for c in confirmations), confirmations
+    assert confirmations[-1]["data"] == 31
+    # Wait until every shard holds the subscriptions: a probe reaches the pattern everywhere.
+    for ch in channels:
+        while r.publish(ch, "probe") < 1:
+            pass
+    sent = {}
+    for i, ch in enumerate(channels):
+        sent[ch] = r.publish(ch, f"m{i}")
+        assert sent[ch] == (2 if i < 30 else 1), (ch, sent[ch])
+    got = []
+    while len(got) < 90:
+        m = p.get_message(timeout=5)
+        assert m is not None, f"only {len(got)} messages"
+        if m["data"] != "probe":
+            got.append((m["type"], m["channel"], m["data"]))
+    assert sorted(g for g in got if g[0] == "message") == sorted(("message", ch, f"m{i}") for i, ch in enumerate(channels[:30]))
+    assert sorted(g for g in got if g[0] == "pmessage") == sorted(("pmessage", ch, f"m{i}") for i, ch in enumerate(channels))
+    p.close()
+    print("ok pubsub sync")
+
+
+async def check_pubsub_async():
+    r = redis.asyncio.Redis(port=PORT, decode_responses=True)
+    p = r.pubsub()
+    await p.psubscribe("async:*")
+    assert (await p.get_message(timeout=5))["type"] == "psubscribe"
+    channels = [f"async:{i * 2654435761 % 2**32:x}" for i in range(30)]
+    for ch in channels:
+        while await r.publish(ch, "probe") < 1:
+            pass
+        await r.publish(ch, "hello " + ch)
+    got = set()
+    while len(got) < len(channels):
+        m = await p.get_message(timeout=5)
+        assert m is not None, f"only {len(got)} messages"
+        if m["data"] != "probe":
+            assert m["data"] == "hello " + m["channel"], m
+            got.add(m["channel"])
+    await p.aclose()
+    await r.aclose()
+    print("ok pubsub asyncio")
+
+
 check_transactions()
 check_lock()
 asyncio.run(check_stock())
+check_pubsub_sync()
+asyncio.run(check_pubsub_async())

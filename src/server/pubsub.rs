@@ -1,0 +1,255 @@
+//! Pub/Sub. A channel lives on the shard its name hashes to, so PUBLISH and SUBSCRIBE meet
+//! there; a pattern is subscribed on every shard, and since a message is published on one
+//! shard only, it is delivered once. Each client has its own subscriber connection per shard
+//! it listens to; the proxy answers SUBSCRIBE and UNSUBSCRIBE itself, counting the client's
+//! subscriptions across shards as one Redis would.
+
+use bytes::{Bytes, BytesMut};
+
+use super::merge::Gather;
+use super::resp::RespSession;
+use super::session::PUSH_TOKEN;
+use crate::backend::{Subscriber, Topic};
+use crate::command::{Command, Merge};
+use crate::protocol::ReplyKind;
+use crate::protocol::resp::{Request, encode};
+use crate::ring::Ring;
+
+/// A client's subscriptions, in the order it made them, and its subscriber connections, by
+/// shard.
+#[derive(Debug, Default)]
+pub(super) struct PubSub {
+    channels: Vec<Bytes>,
+    patterns: Vec<Bytes>,
+    shard_channels: Vec<Bytes>,
+    subscribers: Vec<Option<Subscriber>>,
+}
+
+impl PubSub {
+    /// Whether the client is subscribed to anything.
+    pub(super) fn active(&self) -> bool {
+        !(self.channels.is_empty() && self.patterns.is_empty() && self.shard_channels.is_empty())
+    }
+
+    /// Whether `message` (`message`, `pmessage` or `smessage`, RESP2 or RESP3) is for one of
+    /// the client's current subscriptions.
+    pub(super) fn wants(&self, message: &[u8]) -> bool {
+        let mut elements = bulk_elements(message);
+        let (Some(kind), Some(name)) = (elements.next(), elements.next()) else {
+            return false;
+        };
+        let set = match kind {
+            b"message" => &self.channels,
+            b"pmessage" => &self.patterns,
+            b"smessage" => &self.shard_channels,
+            _ => return false,
+        };
+        set.iter().any(|n| n == name)
+    }
+
+    fn set(&mut self, topic: Topic) -> &mut Vec<Bytes> {
+        match topic {
+            Topic::Channel => &mut self.channels,
+            Topic::Pattern => &mut self.patterns,
+            Topic::ShardChannel => &mut self.shard_channels,
+        }
+    }
+
+    /// The count a confirmation reports: channels and patterns together, shard channels apart.
+    fn count(&self, topic: Topic) -> usize {
+        match topic {
+            Topic::ShardChannel => self.shard_channels.len(),
+            _ => self.channels.len() + self.patterns.len(),
+        }
+    }
+}
+
+/// The bulk strings of an array or push frame, in order.
+fn bulk_elements(frame: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = memchr::memchr(b'\n', frame).map_or(&[][..], |nl| &frame[nl + 1..]);
+    std::iter::from_fn(move || {
+        let nl = memchr::memchr(b'\n', rest)?;
+        let len: usize = std::str::from_utf8(rest.strip_prefix(b"$")?.get(..nl.checked_sub(2)?)?)
+            .ok()?
+            .parse()
+            .ok()?;
+        let element = rest.get(nl + 1..nl + 1 + len)?;
+        rest = rest.get(nl + 1 + len + 2..)?;
+        Some(element)
+    })
+}
+
+/// Commands a RESP2 client may send while subscribed.
+pub(super) fn allowed_while_subscribed(name: &str) -> bool {
+    matches!(
+        name,
+        "SUBSCRIBE"
+            | "UNSUBSCRIBE"
+            | "PSUBSCRIBE"
+            | "PUNSUBSCRIBE"
+            | "SSUBSCRIBE"
+            | "SUNSUBSCRIBE"
+            | "PING"
+            | "QUIT"
+    )
+}
+
+pub(super) fn run(s: &mut RespSession, ring: &Ring, cmd: &Command, req: Request) {
+    let names = || (1..req.argc()).map(|i| req.arg_bytes(i)).collect();
+    match cmd.name {
+        "SUBSCRIBE" => subscribe(s, ring, Topic::Channel, names()),
+        "PSUBSCRIBE" => subscribe(s, ring, Topic::Pattern, names()),
+        "SSUBSCRIBE" => subscribe(s, ring, Topic::ShardChannel, names()),
+        "UNSUBSCRIBE" => unsubscribe(s, ring, Topic::Channel, names()),
+        "PUNSUBSCRIBE" => unsubscribe(s, ring, Topic::Pattern, names()),
+        "SUNSUBSCRIBE" => unsubscribe(s, ring, Topic::ShardChannel, names()),
+        "PUBLISH" | "SPUBLISH" => {
+            let Some(shard) = ring.server_for(req.arg(1)) else {
+                return s
+                    .out
+                    .error("ERR no server is available for the channel (all are ejected)");
+            };
+            let resp3 = s.client().resp3;
+            s.send(
+                shard,
+                true,
+                (req.frame().clone(), ReplyKind::Resp),
+                0,
+                resp3,
+            );
+            s.out.forwarded();
+        }
+        _ => pubsub_introspection(s, &req),
+    }
+}
+
+/// The shards a subscription lives on: its channel's, or every shard for a pattern.
+fn shards_of(ring: &Ring, shards: usize, topic: Topic, name: &[u8]) -> Vec<usize> {
+    match topic {
+        Topic::Pattern => (0..shards).collect(),
+        _ => ring.server_for(name).into_iter().collect(),
+    }
+}
+
+fn subscribe(s: &mut RespSession, ring: &Ring, topic: Topic, names: Vec<Bytes>) {
+    let shards = s.pool.shards.len();
+    let resp3 = s.client().resp3;
+    let mut per_shard: Vec<Vec<Bytes>> = vec![Vec::new(); shards];
+    let mut confirmations = BytesMut::new();
+    for name in names {
+        for shard in shards_of(ring, shards, topic, &name) {
+            per_shard[shard].push(name.clone());
+        }
+        let set = s.fe.pubsub.set(topic);
+        if !set.contains(&name) {
+            set.push(name.clone());
+        }
+        let count = s.fe.pubsub.count(topic);
+        confirm(&mut confirmations, topic, true, Some(&name), count, resp3);
+    }
+    let inbox = s.out.inbox().clone();
+    s.fe.pubsub.subscribers.resize_with(shards, || None);
+    for (shard, names) in per_shard.into_iter().enumerate() {
+        if names.is_empty() {
+            continue;
+        }
+        let subscriber = s.fe.pubsub.subscribers[shard].get_or_insert_with(|| {
+            s.pool.shards[shard]
+                .master
+                .subscriber(resp3, inbox.clone(), PUSH_TOKEN)
+        });
+        subscriber.subscribe(topic, names);
+    }
+    s.out.listening = true;
+    s.out.ready(confirmations.freeze());
+}
+
+fn unsubscribe(s: &mut RespSession, ring: &Ring, topic: Topic, names: Vec<Bytes>) {
+    let shards = s.pool.shards.len();
+    let resp3 = s.client().resp3;
+    let names: Vec<Bytes> = if names.is_empty() {
+        s.fe.pubsub.set(topic).to_vec()
+    } else {
+        names
+    };
+    let mut confirmations = BytesMut::new();
+    if names.is_empty() {
+        let count = s.fe.pubsub.count(topic);
+        confirm(&mut confirmations, topic, false, None, count, resp3);
+    }
+    let mut per_shard: Vec<Vec<Bytes>> = vec![Vec::new(); shards];
+    for name in names {
+        let set = s.fe.pubsub.set(topic);
+        if let Some(at) = set.iter().position(|n| *n == name) {
+            set.remove(at);
+            for shard in shards_of(ring, shards, topic, &name) {
+                per_shard[shard].push(name.clone());
+            }
+        }
+        let count = s.fe.pubsub.count(topic);
+        confirm(&mut confirmations, topic, false, Some(&name), count, resp3);
+    }
+    if s.fe.pubsub.active() {
+        for (shard, names) in per_shard.into_iter().enumerate() {
+            if let Some(Some(subscriber)) = s.fe.pubsub.subscribers.get(shard)
+                && !names.is_empty()
+            {
+                subscriber.unsubscribe(topic, names);
+            }
+        }
+    } else {
+        // Nothing left: the subscriber connections close.
+        s.fe.pubsub.subscribers.clear();
+        s.out.listening = false;
+    }
+    s.out.ready(confirmations.freeze());
+}
+
+/// `["subscribe", channel, count]` and its kin, as a push in RESP3.
+fn confirm(
+    out: &mut BytesMut,
+    topic: Topic,
+    subscribe: bool,
+    name: Option<&[u8]>,
+    count: usize,
+    resp3: bool,
+) {
+    let kind: &[u8] = match (topic, subscribe) {
+        (Topic::Channel, true) => b"subscribe",
+        (Topic::Channel, false) => b"unsubscribe",
+        (Topic::Pattern, true) => b"psubscribe",
+        (Topic::Pattern, false) => b"punsubscribe",
+        (Topic::ShardChannel, true) => b"ssubscribe",
+        (Topic::ShardChannel, false) => b"sunsubscribe",
+    };
+    encode::push(out, 3, resp3);
+    encode::bulk(out, kind);
+    match name {
+        Some(name) => encode::bulk(out, name),
+        None => encode::null(out, resp3),
+    }
+    encode::integer(out, count as i64);
+}
+
+/// PUBSUB CHANNELS / SHARDCHANNELS / NUMSUB / SHARDNUMSUB / NUMPAT over every shard.
+fn pubsub_introspection(s: &mut RespSession, req: &Request) {
+    let sub = req.arg(1).to_ascii_uppercase();
+    let merge = match &sub[..] {
+        b"CHANNELS" | b"SHARDCHANNELS" => Merge::Concat,
+        b"NUMSUB" | b"SHARDNUMSUB" => Merge::PairSums,
+        // Every client's pattern is held on every shard: the largest count is the number.
+        b"NUMPAT" => Merge::Max,
+        _ => {
+            let shown = String::from_utf8_lossy(req.arg(1)).to_ascii_uppercase();
+            return s.out.error(&format!(
+                "ERR unsupported command 'PUBSUB {shown}' (CHANNELS, NUMSUB, NUMPAT, SHARDCHANNELS and SHARDNUMSUB are served)"
+            ));
+        }
+    };
+    let shards = s.pool.shards.len();
+    let depth = s.pool.config.max_reply_depth;
+    s.broadcast(
+        req.frame().clone(),
+        Gather::split(merge, shards, Vec::new(), depth),
+    );
+}

@@ -1,0 +1,240 @@
+//! Pub/Sub through ringproxy with real redis-server shards: channels on the shard their name
+//! hashes to, patterns on every shard with each message delivered once, RESP2 subscribed-mode
+//! rules, RESP3 pushes, introspection, and resubscription after a shard restarts.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use redis::Commands;
+
+fn connect(port: u16) -> redis::Connection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap()
+}
+
+/// Channels whose names put them on every shard, found by asking the shards.
+fn channels_on_every_shard(shards: &[Redis], port: u16, prefix: &str) -> Vec<String> {
+    let mut c = connect(port);
+    let mut found: Vec<Option<String>> = vec![None; shards.len()];
+    for i in 0..2000u64 {
+        let name = format!("{prefix}{:x}", i.wrapping_mul(2_654_435_761) % (1 << 32));
+        let _: () = c.set(&name, 1).unwrap();
+        let shard = shards
+            .iter()
+            .position(|s| s.client().exists::<_, bool>(&name).unwrap())
+            .unwrap();
+        let _: () = c.del(&name).unwrap();
+        found[shard].get_or_insert(name);
+        if found.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    found.into_iter().map(Option::unwrap).collect()
+}
+
+fn push3(kind: &str, name: &str, count: i64) -> Vec<u8> {
+    format!(
+        "*3\r\n${}\r\n{kind}\r\n${}\r\n{name}\r\n:{count}\r\n",
+        kind.len(),
+        name.len()
+    )
+    .into_bytes()
+}
+
+fn message(channel: &str, payload: &str) -> Vec<u8> {
+    format!(
+        "*3\r\n$7\r\nmessage\r\n${}\r\n{channel}\r\n${}\r\n{payload}\r\n",
+        channel.len(),
+        payload.len()
+    )
+    .into_bytes()
+}
+
+#[test]
+fn channels_and_patterns_across_shards_in_resp2() {
+    let (shards, port, _proxy) = three_shards("s", "");
+    let channels = channels_on_every_shard(&shards, port, "news.");
+    let mut sub = Raw::connect(port);
+    let mut publisher = connect(port);
+    let mut subscribe = vec![&b"SUBSCRIBE"[..]];
+    subscribe.extend(channels.iter().map(|c| c.as_bytes()));
+    let want: Vec<u8> = channels
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| push3("subscribe", c, i as i64 + 1))
+        .collect();
+    sub.roundtrip(&command(&subscribe), &want);
+    // Only the subscribed-mode commands are allowed; PING answers as a message.
+    sub.roundtrip(
+        &command(&[b"GET", b"k"]),
+        b"-ERR Can't execute 'get': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n",
+    );
+    sub.roundtrip(&command(&[b"PING"]), b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+    for (i, c) in channels.iter().enumerate() {
+        wait_until("subscriber registered", Duration::from_secs(10), || {
+            publisher.publish::<_, _, i64>(c, "probe").unwrap() == 1
+        });
+        let _: i64 = publisher.publish(c, format!("hello {i}")).unwrap();
+    }
+    // Probes may have been delivered while waiting for the subscription: skip them.
+    for (i, c) in channels.iter().enumerate() {
+        loop {
+            let got = read_message(&mut sub);
+            if got == message(c, "probe") {
+                continue;
+            }
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(&message(c, &format!("hello {i}")))
+            );
+            break;
+        }
+    }
+    // A pattern spans every shard; each message comes once.
+    sub.roundtrip(
+        &command(&[b"PSUBSCRIBE", b"news.*"]),
+        &push3("psubscribe", "news.*", channels.len() as i64 + 1),
+    );
+    sub.roundtrip(
+        &command(&[b"UNSUBSCRIBE"]),
+        &channels
+            .iter()
+            .enumerate()
+            .flat_map(|(i, c)| push3("unsubscribe", c, (channels.len() - i) as i64))
+            .collect::<Vec<u8>>(),
+    );
+    for c in &channels {
+        wait_until("only the pattern receives", Duration::from_secs(10), || {
+            let subscribers: Vec<(String, i64)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(c)
+                .query(&mut publisher)
+                .unwrap();
+            subscribers[0].1 == 0 && publisher.publish::<_, _, i64>(c, "probe").unwrap() == 1
+        });
+    }
+    for c in &channels {
+        let n: i64 = publisher.publish(c, "via pattern").unwrap();
+        assert_eq!(n, 1, "one receiver: the pattern on the channel's shard");
+    }
+    let mut delivered = 0;
+    while delivered < channels.len() {
+        let got = String::from_utf8_lossy(&read_message(&mut sub)).to_string();
+        assert!(
+            got.starts_with("*4\r\n$8\r\npmessage\r\n$6\r\nnews.*\r\n"),
+            "{got}"
+        );
+        if got.ends_with("via pattern\r\n") {
+            delivered += 1;
+        }
+    }
+    // Last unsubscription: back to normal commands.
+    sub.roundtrip(
+        &command(&[b"PUNSUBSCRIBE"]),
+        &push3("punsubscribe", "news.*", 0),
+    );
+    sub.roundtrip(&command(&[b"GET", b"nothing"]), b"$-1\r\n");
+    sub.roundtrip(
+        &command(&[b"UNSUBSCRIBE"]),
+        b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n",
+    );
+}
+
+/// Reads one RESP array frame (a message) from a raw connection.
+fn read_message(c: &mut Raw) -> Vec<u8> {
+    let header = c.read_line();
+    let n: usize = header[1..header.len() - 2].parse().unwrap();
+    let mut frame = header.into_bytes();
+    for _ in 0..n {
+        let len_line = c.read_line();
+        let len: usize = len_line[1..len_line.len() - 2].parse().unwrap();
+        frame.extend_from_slice(len_line.as_bytes());
+        frame.extend_from_slice(&c.read_n(len + 2));
+    }
+    frame
+}
+
+#[test]
+fn resp3_clients_get_pushes_and_keep_issuing_commands() {
+    let (_shards, port, _proxy) = three_shards("s", "");
+    let mut sub = Raw::connect(port);
+    sub.send(&command(&[b"HELLO", b"3"]));
+    assert_eq!(sub.read_line(), "%8\r\n");
+    // The reply ends with the empty module list.
+    while sub.read_line() != "*0\r\n" {}
+    sub.roundtrip(
+        &command(&[b"SUBSCRIBE", b"r3"]),
+        b">3\r\n$9\r\nsubscribe\r\n$2\r\nr3\r\n:1\r\n",
+    );
+    sub.roundtrip(&command(&[b"SET", b"r3key", b"v"]), b"+OK\r\n");
+    let mut publisher = connect(port);
+    wait_until("subscriber registered", Duration::from_secs(10), || {
+        publisher.publish::<_, _, i64>("r3", "x").unwrap() == 1
+    });
+    assert_eq!(sub.read_line(), ">3\r\n");
+    assert_eq!(sub.read_line(), "$7\r\n");
+}
+
+#[test]
+fn introspection_and_resubscription_after_a_shard_restart() {
+    let (mut shards, port, _proxy) = three_shards("s", "");
+    let channels = channels_on_every_shard(&shards, port, "intro.");
+    let mut client = connect(port);
+    let mut pubsub = client.as_pubsub();
+    for c in &channels {
+        pubsub.subscribe(c).unwrap();
+    }
+    pubsub.psubscribe("intro.*").unwrap();
+    let mut c = connect(port);
+    wait_until("subscriptions registered", Duration::from_secs(10), || {
+        let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channels)
+            .query(&mut c)
+            .unwrap();
+        counts.iter().map(|(_, n)| n).sum::<i64>() == channels.len() as i64
+    });
+    let mut listed: Vec<String> = redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .arg("intro.*")
+        .query(&mut c)
+        .unwrap();
+    listed.sort();
+    let mut want = channels.clone();
+    want.sort();
+    assert_eq!(listed, want);
+    let numpat: i64 = redis::cmd("PUBSUB").arg("NUMPAT").query(&mut c).unwrap();
+    assert_eq!(numpat, 1);
+    // A shard restarts: the proxy subscribes again there, and messages flow.
+    shards[0].kill();
+    shards[0].restart();
+    pubsub
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    wait_until("resubscribed", Duration::from_secs(20), || {
+        let receivers: i64 = c.publish(&channels[0], "after restart").unwrap_or(0);
+        receivers == 2
+    });
+    let mut got = None;
+    wait_until("message after restart", Duration::from_secs(10), || {
+        if let Ok(m) = pubsub.get_message() {
+            let payload: String = m.get_payload().unwrap();
+            if payload == "after restart" {
+                got = Some(m.get_channel_name().to_string());
+            }
+        }
+        got.is_some()
+    });
+    assert_eq!(got.unwrap(), channels[0]);
+    // The client leaves: its subscriber connections close.
+    drop(pubsub);
+    drop(client);
+    wait_until("subscriptions gone", Duration::from_secs(10), || {
+        let n: i64 = redis::cmd("PUBSUB").arg("NUMPAT").query(&mut c).unwrap();
+        n == 0
+    });
+}
