@@ -144,7 +144,9 @@ fn a_client_that_leaves_while_blocked_frees_the_backend_connection() {
 
 #[test]
 fn reserved_connections_are_reused_not_opened_per_command() {
-    let (shards, port, _proxy) = three_shards("s", "");
+    let (shards, port, proxy) = three_shards("s", "");
+    // Health checks have opened their connections.
+    proxy.wait_ready(true);
     let mut c = connect(port);
     // Every connection the loop needs is open before counting.
     let _: () = c.rpush("ready-queue", "warm").unwrap();

@@ -25,26 +25,6 @@ fn memcache_setup() -> (Vec<Server>, u16, Proxy) {
     (servers, port, proxy)
 }
 
-/// Runs a Python client script against `port`; returns its "ok" lines.
-fn python(script: &str, port: u16) -> Vec<String> {
-    let path = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("python3")
-        .args([&path, &port.to_string()])
-        .output()
-        .expect("python3 (scripts/test installs it)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .filter(|l| l.starts_with("ok "))
-        .map(str::to_string)
-        .collect()
-}
-
 #[test]
 fn redis_py_sync_asyncio_hiredis_and_resp3() {
     let (_shards, port, _proxy) = setup();
@@ -83,49 +63,36 @@ fn libmemcached_tools_copy_read_and_load() {
         .iter()
         .map(|(name, _)| dir.0.join(name).to_string_lossy().to_string())
         .collect();
-    let out = Command::new("memccp")
-        .arg(&servers)
-        .args(&paths)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
-    let out = Command::new("memccat")
-        .arg(&servers)
-        .args(&names)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let want: String = files.iter().map(|(_, body)| body.as_str()).collect();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).replace('\n', ""), want);
-
-    for test in ["set", "get", "mget"] {
-        let out = Command::new("memcslap")
-            .args([
-                &servers,
-                "--concurrency=4",
-                "--execute-number=2000",
-                &format!("--test={test}"),
-            ])
+    // Runs a libmemcached tool against the proxy; its output.
+    let tool = |name: &str, args: &[String]| {
+        let out = Command::new(name)
+            .arg(&servers)
+            .args(args)
             .output()
             .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
-            "{test}: {stdout}{}",
+            "{name}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    tool("memccp", &paths);
+    let names: Vec<String> = files.iter().map(|(name, _)| name.clone()).collect();
+    let copied = tool("memccat", &names);
+    let want: String = files.iter().map(|(_, body)| body.as_str()).collect();
+    assert_eq!(copied.replace('\n', ""), want);
+
+    for test in ["set", "get", "mget"] {
+        let args = [
+            "--concurrency=4",
+            "--execute-number=2000",
+            &format!("--test={test}"),
+        ];
+        let report = tool("memcslap", &args.map(String::from));
         assert!(
-            stdout.contains(&format!("Time to {test} ")),
-            "{test}: {stdout}"
+            report.contains(&format!("Time to {test} ")),
+            "{test}: {report}"
         );
     }
 }

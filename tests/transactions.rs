@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -20,19 +19,18 @@ fn connect(port: u16) -> redis::Connection {
         .unwrap()
 }
 
-fn connected_clients(shards: &[Redis]) -> i64 {
+/// Backend connections whose last command was `command`, over every shard.
+fn connections_last_running(shards: &[Redis], command: &str) -> usize {
     shards
         .iter()
         .map(|s| {
-            let info: String = redis::cmd("INFO")
-                .arg("clients")
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
                 .query(&mut s.client())
                 .unwrap();
-            info.lines()
-                .find_map(|l| l.strip_prefix("connected_clients:"))
-                .and_then(|v| v.trim().parse::<i64>().ok())
-                .unwrap()
-                - 1
+            list.lines()
+                .filter(|l| l.contains(&format!(" cmd={command} ")))
+                .count()
         })
         .sum()
 }
@@ -133,7 +131,9 @@ fn keys_of_another_shard_abort_the_transaction() {
 
 #[test]
 fn watch_aborts_on_a_concurrent_change_and_pipelines_work() {
-    let (shards, port, _proxy) = three_shards("s", TAGS);
+    let (shards, port, proxy) = three_shards("s", TAGS);
+    // Health checks have opened their connections.
+    proxy.wait_ready(true);
     let mut c = connect(port);
     let mut other = connect(port);
     let _: () = c.set("{w}balance", 10).unwrap();
@@ -189,35 +189,17 @@ fn watch_aborts_on_a_concurrent_change_and_pipelines_work() {
 #[test]
 fn a_client_that_leaves_while_watching_closes_its_connection() {
     let (shards, port, _proxy) = three_shards("s", TAGS);
-    let idle = connected_clients(&shards);
     let mut r = Raw::connect(port);
     r.roundtrip(&command(&[b"WATCH", b"{x}k"]), b"+OK\r\n");
-    wait_until("watch connection open", Duration::from_secs(10), || {
-        connected_clients(&shards) == idle + 1
-    });
+    assert_eq!(connections_last_running(&shards, "watch"), 1);
     drop(r);
     wait_until("watch connection closed", Duration::from_secs(10), || {
-        connected_clients(&shards) == idle
+        connections_last_running(&shards, "watch") == 0
     });
 }
 
 #[test]
 fn redis_py_lock_stock_script_transactions_and_pubsub_under_concurrency() {
     let (_shards, port, _proxy) = three_shards("s", TAGS);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/concurrency.py");
-    let out = Command::new("python3")
-        .args([script, &port.to_string()])
-        .output()
-        .expect("python3 (scripts/test installs it)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        stdout.lines().filter(|l| l.starts_with("ok ")).count(),
-        5,
-        "{stdout}"
-    );
+    assert_eq!(python("concurrency.py", port).len(), 5);
 }

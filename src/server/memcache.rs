@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 
 use super::merge::Gather;
-use super::session::{Frontend, Resend, ResendWhen, Session};
+use super::session::{Frontend, Resend, ResendWhen, Session, parts_by_shard};
 use crate::protocol::ReplyKind;
 use crate::protocol::memcache::{
     Limits, MAX_KEY_BYTES, Parsed, ReplyShape, Request, RequestParser, Verb, decode_base64,
@@ -260,23 +260,12 @@ impl McSession {
             1
         };
         let kind = ReplyKind::Memcache(ReplyShape::Values);
-        let mut key_parts: Vec<u32> = Vec::new();
-        let mut part_shards: Vec<usize> = Vec::new();
-        for key in req.tokens().skip(first_key) {
-            let Some(s) = ring.server_for(key) else {
-                self.out
-                    .error("SERVER_ERROR no server is available for the key (all are ejected)");
-                return;
-            };
-            let part = match part_shards.iter().position(|&ps| ps == s) {
-                Some(part) => part,
-                None => {
-                    part_shards.push(s);
-                    part_shards.len() - 1
-                }
-            };
-            key_parts.push(part as u32);
-        }
+        let Some((key_parts, part_shards)) = parts_by_shard(ring, req.tokens().skip(first_key))
+        else {
+            return self
+                .out
+                .error("SERVER_ERROR no server is available for the key (all are ejected)");
+        };
         match part_shards[..] {
             // `gat 10` with no key: memcached answers END.
             [] => self.out.ready(Bytes::from_static(b"END\r\n")),

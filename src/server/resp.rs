@@ -7,11 +7,10 @@ use super::keyspace;
 use super::local::{self, ClientState};
 use super::merge::Gather;
 use super::pubsub::{self, PubSub};
-use super::session::{Frontend, Outbox, Session};
+use super::session::{Frontend, Held, Outbox, Session, parts_by_shard};
 use super::transaction::{self, Transaction};
 use std::time::Duration;
 
-use super::session::Held;
 use crate::backend::Job;
 use crate::command::{self, BlockTimeout, Command, Kind, Movable};
 use crate::protocol::ReplyKind;
@@ -235,24 +234,12 @@ impl RespSession {
 
     fn split(&mut self, ring: &Ring, cmd: &Command, merge: command::Merge, req: Request) {
         let step = cmd.key_step;
-        // The part (one per shard, in order of first use) of every key, and each part's shard.
-        let mut key_parts: Vec<u32> = Vec::with_capacity(req.argc() / step);
-        let mut part_shards: Vec<usize> = Vec::new();
-        for pos in cmd.key_positions(req.argc()) {
-            let Some(s) = ring.server_for(req.arg(pos)) else {
-                self.out
-                    .error("ERR no server is available for the key (all are ejected)");
-                return;
-            };
-            let part = match part_shards.iter().position(|&ps| ps == s) {
-                Some(part) => part,
-                None => {
-                    part_shards.push(s);
-                    part_shards.len() - 1
-                }
-            };
-            key_parts.push(part as u32);
-        }
+        let keys = cmd.key_positions(req.argc()).map(|pos| req.arg(pos));
+        let Some((key_parts, part_shards)) = parts_by_shard(ring, keys) else {
+            return self
+                .out
+                .error("ERR no server is available for the key (all are ejected)");
+        };
         if let [s] = part_shards[..] {
             self.send_resp(s, cmd.write, req.frame().clone(), 0);
             self.out.forwarded();

@@ -238,6 +238,28 @@ fn retry(
     }
 }
 
+/// Groups keys by shard for a split request: the part of every key (one part per shard, in
+/// order of first use) and each part's shard. `None` when a key has no server left.
+pub(super) fn parts_by_shard<'a>(
+    ring: &crate::ring::Ring,
+    keys: impl Iterator<Item = &'a [u8]>,
+) -> Option<(Vec<u32>, Vec<usize>)> {
+    let mut key_parts = Vec::with_capacity(keys.size_hint().0);
+    let mut part_shards: Vec<usize> = Vec::new();
+    for key in keys {
+        let shard = ring.server_for(key)?;
+        let part = match part_shards.iter().position(|&s| s == shard) {
+            Some(part) => part,
+            None => {
+                part_shards.push(shard);
+                part_shards.len() - 1
+            }
+        };
+        key_parts.push(part as u32);
+    }
+    Some((key_parts, part_shards))
+}
+
 /// What the client sees of a single backend reply: the reply or an error, unless it asked for
 /// quiet and the command would not have shown it.
 fn shown(protocol: Protocol, quiet: Option<Verb>, reply: Result<Bytes, BackendError>) -> Bytes {

@@ -416,3 +416,23 @@ pub fn three_shards(name: &str, extra: &str) -> (Vec<Redis>, u16, Proxy) {
     let proxy = Proxy::start(&pool_config(port, &servers, extra), port);
     (shards, port, proxy)
 }
+
+/// Runs `tests/python/<script> PORT` and returns its "ok …" lines; fails on a non-zero exit.
+pub fn python(script: &str, port: u16) -> Vec<String> {
+    let path = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("python3")
+        .args([&path, &port.to_string()])
+        .output()
+        .expect("python3 (scripts/test installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("ok "))
+        .map(str::to_string)
+        .collect()
+}
