@@ -140,7 +140,10 @@ fn watch(s: &mut RespSession, ring: &Ring, cmd: &Command, req: &Request) {
         None => s.pool.shards[shard].master.reserve(s.worker, resp3),
     };
     let seq = s.out.next_seq();
-    conn.send(job(s, req.frame().clone(), seq, 0), None);
+    conn.send(
+        job(s, req.frame().clone(), seq, 0),
+        Some(s.pool.config.timeout),
+    );
     s.out.forwarded();
     s.fe.tx.watching = Some(conn);
 }
