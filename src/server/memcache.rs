@@ -259,23 +259,24 @@ impl McSession {
         } else {
             1
         };
+        const NO_SERVER: &str = "SERVER_ERROR no server is available for the key (all are ejected)";
         let kind = ReplyKind::Memcache(ReplyShape::Values);
+        let mut keys = req.tokens().skip(first_key);
+        if let (Some(key), None) = (keys.next(), keys.next()) {
+            // The common single-key get: nothing to group.
+            return match ring.server_for(key) {
+                Some(s) => self.get_from(s, req, kind),
+                None => self.out.error(NO_SERVER),
+            };
+        }
         let Some((key_parts, part_shards)) = parts_by_shard(ring, req.tokens().skip(first_key))
         else {
-            return self
-                .out
-                .error("SERVER_ERROR no server is available for the key (all are ejected)");
+            return self.out.error(NO_SERVER);
         };
         match part_shards[..] {
             // `gat 10` with no key: memcached answers END.
             [] => self.out.ready(Bytes::from_static(b"END\r\n")),
-            [s] if self.pool.shards[s].replicated => {
-                self.failover_read(s, (req.frame().clone(), kind), None)
-            }
-            [s] => {
-                self.send(s, false, (req.frame().clone(), kind), 0, false);
-                self.out.forwarded();
-            }
+            [s] => self.get_from(s, req, kind),
             _ => {
                 let head: Vec<&[u8]> = req.tokens().take(first_key).collect();
                 let mut payloads =
@@ -307,6 +308,15 @@ impl McSession {
                     .gathering(Gather::values(line, first_key, key_parts, parts));
             }
         }
+    }
+
+    /// A get whose keys all live on shard `s`: forwarded as it is.
+    fn get_from(&mut self, s: usize, req: &Request, kind: ReplyKind) {
+        if self.pool.shards[s].replicated {
+            return self.failover_read(s, (req.frame().clone(), kind), None);
+        }
+        self.send(s, false, (req.frame().clone(), kind), 0, false);
+        self.out.forwarded();
     }
 
     /// `flush_all` empties every node, if the pool allows a command that reaches them all.
