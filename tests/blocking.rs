@@ -9,47 +9,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use redis::{Commands, Value};
 
-fn connect(port: u16) -> redis::Connection {
-    redis::Client::open(format!("redis://127.0.0.1:{port}/"))
-        .unwrap()
-        .get_connection()
-        .unwrap()
-}
-
-fn info_field(server: &Redis, section: &str, field: &str) -> i64 {
-    let info: String = redis::cmd("INFO")
-        .arg(section)
-        .query(&mut server.client())
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap()
-}
-
 fn blocked_clients(shards: &[Redis]) -> i64 {
     shards
         .iter()
         .map(|s| info_field(s, "clients", "blocked_clients"))
         .sum()
-}
-
-/// Two keys that live on different shards.
-fn keys_on_two_shards(shards: &[Redis], c: &mut redis::Connection) -> (String, String) {
-    let holder = |c: &mut redis::Connection, key: &str| {
-        let _: () = c.set(key, 1).unwrap();
-        shards
-            .iter()
-            .position(|s| s.client().exists::<_, bool>(key).unwrap())
-            .unwrap()
-    };
-    let first = "two-shards:0".to_string();
-    let home = holder(c, &first);
-    let other = (1..1000)
-        .map(|i| format!("two-shards:{:x}", i * 2_654_435_761u64 % (1 << 32)))
-        .find(|k| holder(c, k) != home)
-        .unwrap();
-    (first, other)
 }
 
 #[test]

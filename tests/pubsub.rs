@@ -9,13 +9,6 @@ use std::time::Duration;
 use common::*;
 use redis::Commands;
 
-fn connect(port: u16) -> redis::Connection {
-    redis::Client::open(format!("redis://127.0.0.1:{port}/"))
-        .unwrap()
-        .get_connection()
-        .unwrap()
-}
-
 /// Channels whose names put them on every shard, found by asking the shards.
 fn channels_on_every_shard(shards: &[Redis], port: u16, prefix: &str) -> Vec<String> {
     let mut c = connect(port);
@@ -80,19 +73,25 @@ fn channels_and_patterns_across_shards_in_resp2() {
         });
         let _: i64 = publisher.publish(c, format!("hello {i}")).unwrap();
     }
-    // Probes may have been delivered while waiting for the subscription: skip them.
-    for (i, c) in channels.iter().enumerate() {
-        loop {
-            let got = read_message(&mut sub);
-            if got == message(c, "probe") {
-                continue;
-            }
-            assert_eq!(
-                String::from_utf8_lossy(&got),
-                String::from_utf8_lossy(&message(c, &format!("hello {i}")))
-            );
-            break;
+    // Probes may have been delivered while waiting for the subscription: skip them. Messages
+    // from different shards may arrive in any order between them.
+    let mut want: Vec<Vec<u8>> = channels
+        .iter()
+        .enumerate()
+        .map(|(i, c)| message(c, &format!("hello {i}")))
+        .collect();
+    while !want.is_empty() {
+        let got = read_message(&mut sub);
+        if channels.iter().any(|c| got == message(c, "probe")) {
+            continue;
         }
+        let at = want.iter().position(|w| *w == got);
+        assert!(
+            at.is_some(),
+            "unexpected {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        want.swap_remove(at.unwrap_or_default());
     }
     // A pattern spans every shard; each message comes once.
     sub.roundtrip(

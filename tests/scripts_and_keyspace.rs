@@ -9,13 +9,6 @@ use std::collections::HashSet;
 use common::*;
 use redis::{Commands, Value};
 
-fn connect(port: u16) -> redis::Connection {
-    redis::Client::open(format!("redis://127.0.0.1:{port}/"))
-        .unwrap()
-        .get_connection()
-        .unwrap()
-}
-
 /// Keys that spread over the shards (twemproxy's fnv1a_64 puts similar short keys together).
 fn spread_key(prefix: &str, i: u64) -> String {
     format!("{prefix}:{:x}", i.wrapping_mul(2_654_435_761) % (1 << 32))

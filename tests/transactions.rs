@@ -12,13 +12,6 @@ use redis::{Commands, Value};
 /// Pools with `{…}` hash tags, so keys can be put together.
 const TAGS: &str = "    hash_tag: \"{}\"\n";
 
-fn connect(port: u16) -> redis::Connection {
-    redis::Client::open(format!("redis://127.0.0.1:{port}/"))
-        .unwrap()
-        .get_connection()
-        .unwrap()
-}
-
 /// Backend connections whose last command was `command`, over every shard.
 fn connections_last_running(shards: &[Redis], command: &str) -> usize {
     shards
@@ -38,16 +31,7 @@ fn connections_last_running(shards: &[Redis], command: &str) -> usize {
 fn connections_received(shards: &[Redis]) -> i64 {
     shards
         .iter()
-        .map(|s| {
-            let info: String = redis::cmd("INFO")
-                .arg("stats")
-                .query(&mut s.client())
-                .unwrap();
-            info.lines()
-                .find_map(|l| l.strip_prefix("total_connections_received:"))
-                .and_then(|v| v.trim().parse::<i64>().ok())
-                .unwrap()
-        })
+        .map(|s| info_field(s, "stats", "total_connections_received"))
         .sum()
 }
 
@@ -94,20 +78,7 @@ fn multi_exec_on_one_shard_with_raw_bytes() {
 fn keys_of_another_shard_abort_the_transaction() {
     let (shards, port, _proxy) = three_shards("s", TAGS);
     let mut c = connect(port);
-    // Two keys on different shards.
-    let holder = |c: &mut redis::Connection, key: &str| {
-        let _: () = c.set(key, 0).unwrap();
-        shards
-            .iter()
-            .position(|s| s.client().exists::<_, bool>(key).unwrap())
-            .unwrap()
-    };
-    let a = "tx-a".to_string();
-    let home = holder(&mut c, &a);
-    let b = (1..1000u64)
-        .map(|i| format!("tx:{:x}", i * 2_654_435_761 % (1 << 32)))
-        .find(|k| holder(&mut c, k) != home)
-        .unwrap();
+    let (a, b) = keys_on_two_shards(&shards, &mut c);
     let mut r = Raw::connect(port);
     r.roundtrip(&command(&[b"MULTI"]), b"+OK\r\n");
     r.roundtrip(&command(&[b"INCR", a.as_bytes()]), b"+QUEUED\r\n");

@@ -436,3 +436,46 @@ pub fn python(script: &str, port: u16) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// A redis crate connection to `port` (the proxy, usually).
+pub fn connect(port: u16) -> redis::Connection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap()
+}
+
+/// A numeric field of a redis-server's INFO section, asked directly.
+pub fn info_field(server: &Redis, section: &str, field: &str) -> i64 {
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query(&mut server.client())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+/// Two keys, set to 0 through `c`, that live on different shards.
+pub fn keys_on_two_shards(shards: &[Redis], c: &mut redis::Connection) -> (String, String) {
+    let holder = |c: &mut redis::Connection, key: &str| {
+        redis::cmd("SET").arg(key).arg(0).query::<()>(c).unwrap();
+        shards
+            .iter()
+            .position(|s| {
+                redis::cmd("EXISTS")
+                    .arg(key)
+                    .query::<bool>(&mut s.client())
+                    .unwrap()
+            })
+            .unwrap()
+    };
+    let first = "two-shards:0".to_string();
+    let home = holder(c, &first);
+    let other = (1..1000)
+        .map(|i| format!("two-shards:{:x}", i * 2_654_435_761u64 % (1 << 32)))
+        .find(|k| holder(c, k) != home)
+        .unwrap();
+    (first, other)
+}
