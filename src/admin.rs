@@ -99,26 +99,25 @@ fn topology_json(topology: &Topology) -> String {
         .pools
         .iter()
         .map(|pool| {
-            let ring = pool.ring.load();
+            let state = pool.state();
             let c = &pool.config;
-            let servers: Vec<String> = pool
+            let servers: Vec<String> = state
                 .shards
                 .iter()
                 .enumerate()
                 .map(|(i, shard)| {
-                    let replicas: Vec<String> = shard
-                        .replicas
-                        .iter()
-                        .map(|r| format!("{{\"address\":{},\"up\":{}}}", json_string(&r.addr.to_string()), r.is_up()))
+                    let replicas: Vec<String> = (0..shard.nodes.len())
+                        .filter(|&n| n != shard.master)
+                        .map(|n| format!("{{\"address\":{},\"up\":{}}}", json_string(&shard.nodes[n].addr.to_string()), shard.up[n]))
                         .collect();
                     format!(
                         "{{\"name\":{},\"identity\":{},\"weight\":{},\"on_ring\":{},\"master\":{{\"address\":{},\"up\":{}}},\"replicas\":[{}]}}",
                         json_string(&shard.name),
                         json_string(&c.servers[i].identity),
                         c.servers[i].weight,
-                        ring.contains(i),
-                        json_string(&shard.master.addr.to_string()),
-                        shard.master.is_up(),
+                        state.on_ring(i),
+                        json_string(&shard.master().addr.to_string()),
+                        shard.up[shard.master],
                         replicas.join(",")
                     )
                 })

@@ -1,4 +1,5 @@
-//! Socket reads and writes with as few system calls as the data allows.
+//! The one stream type of client and backend connections (plain TCP now; TLS plugs in here),
+//! with reads and writes that make as few system calls as the data allows.
 //!
 //! Tokio learns that a socket is drained only from a read that fails with `WouldBlock`, which
 //! costs one wasted `read` per wakeup. A read that leaves room in the buffer has drained the
@@ -15,13 +16,44 @@ use tokio::net::TcpStream;
 /// The most a read buffer grows by at once.
 const MAX_READ_CHUNK: usize = 64 * 1024;
 
-/// Reads what the socket has, waiting for it if need be. `Ok(0)` means the peer closed.
-/// `chunk` is how much room to make in `buf`; it doubles each time a read fills the room.
-pub async fn read_some(
-    stream: &TcpStream,
-    buf: &mut BytesMut,
-    chunk: &mut usize,
-) -> io::Result<usize> {
+/// A connection to a client or a backend node.
+#[derive(Debug)]
+pub struct Stream {
+    tcp: TcpStream,
+}
+
+impl Stream {
+    /// Connects to `host:port` with Nagle off and TCP keepalive on.
+    pub async fn connect(host: &str, port: u16) -> io::Result<Stream> {
+        let tcp = TcpStream::connect((host, port)).await?;
+        socket2::SockRef::from(&tcp).set_keepalive(true)?;
+        Stream::new(tcp)
+    }
+
+    /// Wraps an accepted or connected socket, Nagle off.
+    pub fn new(tcp: TcpStream) -> io::Result<Stream> {
+        tcp.set_nodelay(true)?;
+        Ok(Stream { tcp })
+    }
+
+    /// Waits until there is something to read (or the peer closed).
+    pub async fn readable(&self) -> io::Result<()> {
+        self.tcp.readable().await
+    }
+
+    /// Reads what the socket has, waiting for it if need be. `Ok(0)` means the peer closed.
+    /// `chunk` is how much room to make in `buf`; it doubles each time a read fills the room.
+    pub async fn read_some(&self, buf: &mut BytesMut, chunk: &mut usize) -> io::Result<usize> {
+        read_some(&self.tcp, buf, chunk).await
+    }
+
+    /// Writes all of `data`: one `write` when the socket takes it, as is usual.
+    pub async fn write_all(&self, data: &[u8]) -> io::Result<()> {
+        write_all(&self.tcp, data).await
+    }
+}
+
+async fn read_some(stream: &TcpStream, buf: &mut BytesMut, chunk: &mut usize) -> io::Result<usize> {
     loop {
         if buf.capacity() - buf.len() < *chunk / 4 {
             buf.reserve(*chunk);
@@ -44,8 +76,7 @@ pub async fn read_some(
     }
 }
 
-/// Writes all of `data`: one `write` when the socket takes it, as is usual.
-pub async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         match stream.try_write(data) {
             Ok(n) => data = &data[n..],

@@ -6,14 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{Instant, sleep_until, timeout};
 
-use super::{ConnSettings, Delivery, Failure, Job, NodeShared, ReplyTo};
-use crate::net;
-use crate::protocol::{ReplyKind, memcache, resp};
+use super::{ConnSettings, ConnectError, Delivery, Failure, Job, NodeShared, ReplyTo};
+use crate::net::Stream;
+use crate::protocol::{ReplyError, ReplyKind, memcache, resp};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -67,7 +65,7 @@ pub(super) async fn run(
             }
             Err(why) => {
                 tracing::warn!(node = %shared.label, "cannot connect: {why}");
-                shared.record_failure();
+                shared.record_failure(&why);
                 let failure = Failure::Unreachable(why);
                 fail_all(&shared, queued.drain(..).map(|j| j.reply_to), &failure);
                 // Until the next attempt, requests fail at once instead of waiting.
@@ -88,25 +86,23 @@ pub(super) async fn run(
 }
 
 /// Opens a connection and runs the handshake, within the pool's timeout.
-pub(super) async fn connect(settings: &ConnSettings) -> Result<TcpStream, String> {
+pub(super) async fn connect(settings: &ConnSettings) -> Result<Stream, ConnectError> {
     let attempt = async {
-        let addr = (settings.addr.host.as_str(), settings.addr.port);
-        let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        socket2::SockRef::from(&stream)
-            .set_keepalive(true)
-            .map_err(|e| e.to_string())?;
+        let stream = Stream::connect(&settings.addr.host, settings.addr.port).await?;
         if settings.handshake_replies > 0 {
+            let handshake = |f: Failure| ConnectError::Handshake(Box::new(f));
             stream
                 .write_all(&settings.handshake)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| handshake(e.into()))?;
             let mut buf = BytesMut::with_capacity(256);
             for _ in 0..settings.handshake_replies {
-                let reply = read_reply(&mut stream, &mut buf, settings, ReplyKind::Resp).await?;
+                let reply = read_reply(&stream, &mut buf, settings, ReplyKind::Resp)
+                    .await
+                    .map_err(handshake)?;
                 if reply.first() == Some(&b'-') {
                     let text = String::from_utf8_lossy(&reply[1..]).trim_end().to_string();
-                    return Err(format!("handshake refused: {text}"));
+                    return Err(ConnectError::Refused(text));
                 }
             }
         }
@@ -114,12 +110,7 @@ pub(super) async fn connect(settings: &ConnSettings) -> Result<TcpStream, String
     };
     timeout(settings.timeout, attempt)
         .await
-        .unwrap_or_else(|_| {
-            Err(format!(
-                "no connection within {} ms",
-                settings.timeout.as_millis()
-            ))
-        })
+        .unwrap_or(Err(ConnectError::Timeout(settings.timeout)))
 }
 
 /// Finds where each reply ends, in the protocol of the request it answers.
@@ -137,28 +128,29 @@ impl Framer {
     }
 
     /// The length of the complete reply at the start of `buf`, if it is complete.
-    fn scan(&mut self, buf: &[u8], kind: ReplyKind) -> Result<Option<usize>, String> {
-        match kind {
-            ReplyKind::Resp => self.resp.scan(buf).map_err(|e| e.to_string()),
-            ReplyKind::Memcache(shape) => self.memcache.scan(buf, shape).map_err(|e| e.to_string()),
-        }
+    fn scan(&mut self, buf: &[u8], kind: ReplyKind) -> Result<Option<usize>, ReplyError> {
+        Ok(match kind {
+            ReplyKind::Resp => self.resp.scan(buf)?,
+            ReplyKind::Memcache(shape) => self.memcache.scan(buf, shape)?,
+        })
     }
 }
 
 /// Reads one complete reply from a stream that has nothing else in flight.
 pub(super) async fn read_reply(
-    stream: &mut TcpStream,
+    stream: &Stream,
     buf: &mut BytesMut,
     settings: &ConnSettings,
     kind: ReplyKind,
-) -> Result<BytesMut, String> {
+) -> Result<BytesMut, Failure> {
     let mut framer = Framer::new(settings);
+    let mut chunk = 256;
     loop {
-        if let Some(len) = framer.scan(buf, kind)? {
+        if let Some(len) = framer.scan(buf, kind).map_err(Failure::BadReply)? {
             return Ok(buf.split_to(len));
         }
-        if stream.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
-            return Err("connection closed".to_string());
+        if stream.read_some(buf, &mut chunk).await? == 0 {
+            return Err(Failure::Closed);
         }
     }
 }
@@ -175,7 +167,7 @@ fn fail_all(shared: &NodeShared, requests: impl Iterator<Item = ReplyTo>, failur
 /// Serves one established connection. Returns why it ended, or `None` when the node was dropped
 /// and every request in flight was answered.
 async fn serve(
-    stream: TcpStream,
+    stream: Stream,
     shared: &NodeShared,
     settings: &ConnSettings,
     rx: &mut UnboundedReceiver<Job>,
@@ -206,8 +198,8 @@ async fn serve(
                     deadline: now + job.timeout.unwrap_or(settings.timeout),
                 });
             }
-            if net::write_all(&stream, &write_buf).await.is_err() {
-                break Failure::Closed;
+            if let Err(e) = stream.write_all(&write_buf).await {
+                break e.into();
             }
             write_buf.clear();
         }
@@ -220,9 +212,11 @@ async fn serve(
         }
         tokio::select! {
             biased;
-            read = net::read_some(&stream, &mut read_buf, &mut read_chunk) => {
-                if !matches!(read, Ok(n) if n > 0) {
-                    break Failure::Closed;
+            read = stream.read_some(&mut read_buf, &mut read_chunk) => {
+                match read {
+                    Ok(0) => break Failure::Closed,
+                    Err(e) => break e.into(),
+                    Ok(_) => {}
                 }
                 if let Err(failure) = answer(&mut framer, &mut read_buf, &mut in_flight, &mut delivery) {
                     break failure;
@@ -261,7 +255,7 @@ async fn serve(
         }
     };
     // Recorded before the requests in flight fail, so a retry sees the node's new state.
-    shared.record_failure();
+    shared.record_failure(&failure);
     // FIFO matching is lost with the connection: everything in flight fails.
     let report = if failure == Failure::Aborted {
         Failure::Timeout(settings.timeout)
@@ -291,7 +285,7 @@ fn answer(
             break Ok(());
         }
         let Some(kind) = in_flight.front().map(|f| f.kind) else {
-            break Err(Failure::BadReply("a reply nobody asked for".to_string()));
+            break Err(Failure::BadReply(ReplyError::Unsolicited));
         };
         match framer.scan(buf, kind) {
             Ok(Some(len)) => {

@@ -5,14 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::time::{MissedTickBehavior, interval, timeout};
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{connect, read_reply};
-use super::{ConnSettings, NodeShared};
+use super::{ConnSettings, Failure, NodeShared};
 use crate::config::{HealthCheck, Protocol};
+use crate::net::Stream;
 use crate::protocol::ReplyKind;
 use crate::protocol::memcache::ReplyShape;
 
@@ -24,7 +23,7 @@ pub(super) async fn run(
 ) {
     let mut ticker = interval(check.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut conn: Option<TcpStream> = None;
+    let mut conn: Option<Stream> = None;
     let mut failed_in_a_row = 0;
     loop {
         tokio::select! {
@@ -42,19 +41,22 @@ pub(super) async fn run(
             Ok(())
         })
         .await
-        .unwrap_or(Err(()));
+        .unwrap_or(Err(Failure::Timeout(check.timeout)));
         match passed {
             Ok(()) => {
                 failed_in_a_row = 0;
                 shared.record_success();
-                shared.set_up(true);
+                shared.set_up(true, &"health check passed");
             }
-            Err(()) => {
+            Err(failure) => {
                 conn = None;
                 failed_in_a_row += 1;
-                shared.record_failure();
+                tracing::debug!(node = %shared.label, "health check failed: {failure}");
+                shared.record_failure(&failure);
                 if failed_in_a_row >= check.failures {
-                    shared.set_up(false);
+                    let why =
+                        format!("{failed_in_a_row} health checks failed, the last: {failure}");
+                    shared.set_up(false, &why);
                 }
             }
         }
@@ -63,7 +65,7 @@ pub(super) async fn run(
 
 /// PING, expecting PONG (a node still loading its data set answers -LOADING and is not
 /// healthy); memcache: `version`, expecting `VERSION …`.
-async fn ping(conn: &mut Option<TcpStream>, settings: &ConnSettings) -> Result<(), ()> {
+async fn ping(conn: &mut Option<Stream>, settings: &ConnSettings) -> Result<(), Failure> {
     match settings.protocol {
         Protocol::Redis => ask(conn, settings, b"*1\r\n$4\r\nPING\r\n", b"+PONG\r\n").await,
         Protocol::Memcache => ask(conn, settings, b"version\r\n", b"VERSION ").await,
@@ -71,34 +73,33 @@ async fn ping(conn: &mut Option<TcpStream>, settings: &ConnSettings) -> Result<(
 }
 
 /// Empties a memcached node that may have missed writes.
-async fn flush(conn: &mut Option<TcpStream>, settings: &ConnSettings) -> Result<(), ()> {
+async fn flush(conn: &mut Option<Stream>, settings: &ConnSettings) -> Result<(), Failure> {
     ask(conn, settings, b"flush_all\r\n", b"OK\r\n").await
 }
 
 /// Sends `request` on the checker's connection (opening it if needed) and expects a reply that
 /// starts with `expected`.
 async fn ask(
-    conn: &mut Option<TcpStream>,
+    conn: &mut Option<Stream>,
     settings: &ConnSettings,
     request: &[u8],
     expected: &[u8],
-) -> Result<(), ()> {
-    if conn.is_none() {
-        *conn = Some(connect(settings).await.map_err(|_| ())?);
-    }
-    let stream = conn.as_mut().ok_or(())?;
-    stream.write_all(request).await.map_err(|_| ())?;
+) -> Result<(), Failure> {
+    let stream = match conn {
+        Some(stream) => stream,
+        None => conn.insert(connect(settings).await.map_err(Failure::Unreachable)?),
+    };
+    stream.write_all(request).await?;
     let kind = match settings.protocol {
         Protocol::Redis => ReplyKind::Resp,
         Protocol::Memcache => ReplyKind::Memcache(ReplyShape::Line),
     };
     let mut buf = BytesMut::with_capacity(64);
-    let reply = read_reply(stream, &mut buf, settings, kind)
-        .await
-        .map_err(|_| ())?;
+    let reply = read_reply(stream, &mut buf, settings, kind).await?;
     if reply.starts_with(expected) {
         Ok(())
     } else {
-        Err(())
+        let shown = String::from_utf8_lossy(&reply).trim_end().to_string();
+        Err(Failure::Unexpected(shown))
     }
 }

@@ -2,26 +2,26 @@
 //! requests, replies matched first-in first-out, plus a health checker.
 
 mod connection;
+mod error;
 mod health;
 mod subscriber;
 
+pub use error::{BackendError, ConnectError, Failure};
 pub use subscriber::{Subscriber, Topic};
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use std::sync::Mutex;
-use thiserror::Error;
 
 use tokio::sync::Notify;
 use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::{Address, PoolConfig, Protocol};
-use crate::keyword::keywords;
 use crate::metrics::ServerMetrics;
 use crate::protocol::ReplyKind;
 use crate::protocol::resp::encode;
@@ -134,61 +134,41 @@ pub struct Completion {
     pub result: Result<Bytes, Box<BackendError>>,
 }
 
+/// A node's identity for as long as the process runs, whatever its place in a topology.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NodeId(u64);
+
+impl NodeId {
+    fn next() -> NodeId {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        NodeId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// What a node reports to whoever keeps its pool's topology.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Failure {
-    Timeout(Duration),
-    /// Lost with the connection that another request's timeout closed.
-    Aborted,
-    Unreachable(String),
-    Closed,
-    BadReply(String),
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Failure::Timeout(d) => write!(f, "timed out after {} ms", d.as_millis()),
-            Failure::Aborted => f.write_str("connection reset after an earlier request timed out"),
-            Failure::Unreachable(why) => write!(f, "unreachable: {why}"),
-            Failure::Closed => f.write_str("connection closed"),
-            Failure::BadReply(why) => write!(f, "sent a malformed reply: {why}"),
-        }
-    }
-}
-
-/// A request the backend did not answer; the client gets an error reply naming the node.
-#[derive(Clone, Debug, Error, PartialEq, Eq)]
-#[error("backend {node} {failure}")]
-pub struct BackendError {
-    pub node: Arc<str>,
-    pub failure: Failure,
-}
-
-keywords! {
-    pub enum Role ("role") {
-        Master = "master",
-        Replica = "replica",
-    }
-}
-
-/// Called when a master fails `failure_limit` times in a row, to take its shard off the ring.
-#[derive(Debug)]
-pub struct EjectHook {
-    pub tx: UnboundedSender<usize>,
-    pub shard: usize,
-    pub failure_limit: u32,
+pub enum NodeEvent {
+    /// Its health checks pass again.
+    Up(NodeId),
+    /// Its health checks failed, or it may have missed writes; the reason is for operators.
+    Down(NodeId, String),
+    /// Connection attempts, requests or health checks failed `failure_limit` times in a row.
+    FailedRepeatedly(NodeId),
 }
 
 /// What a node's connection and health tasks share with the node.
 #[derive(Debug)]
 pub(crate) struct NodeShared {
-    /// `shard-a (127.0.0.1:7000)`, or `shard-a (127.0.0.1:7100, replica)`: how errors and logs
-    /// name the node.
+    id: NodeId,
+    /// `shard-a (127.0.0.1:7000)`: how errors and logs name the node.
     label: Arc<str>,
+    /// The node's own verdict, to report changes only; the pool's snapshot is what routes.
     up: AtomicBool,
     failures: AtomicU32,
     metrics: ServerMetrics,
-    eject: Option<EjectHook>,
+    events: UnboundedSender<NodeEvent>,
+    /// Failures in a row that are reported as [`NodeEvent::FailedRepeatedly`].
+    failure_limit: Option<u32>,
     /// A node of a replicated memcache shard: after any failure it may have missed writes, so
     /// it is taken out of service at once and emptied (`flush_all`) before it serves again.
     flush_when_back: bool,
@@ -205,18 +185,18 @@ impl NodeShared {
     }
 
     /// A connection attempt, request or health check failed.
-    fn record_failure(&self) {
+    fn record_failure(&self, why: &dyn fmt::Display) {
         if self.flush_when_back && !self.stale.swap(true, Ordering::Relaxed) {
             tracing::warn!(node = %self.label, "out of service until it is back and flushed: it may miss writes");
-            self.set_up(false);
+            self.set_up(false, why);
         }
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if let Some(hook) = &self.eject
-            && n >= hook.failure_limit
+        if let Some(limit) = self.failure_limit
+            && n >= limit
         {
             self.failures.store(0, Ordering::Relaxed);
             self.metrics.ejections.inc();
-            let _ = hook.tx.send(hook.shard);
+            let _ = self.events.send(NodeEvent::FailedRepeatedly(self.id));
         }
     }
 
@@ -226,14 +206,17 @@ impl NodeShared {
         }
     }
 
-    fn set_up(&self, up: bool) {
+    fn set_up(&self, up: bool, why: &dyn fmt::Display) {
         if self.up.swap(up, Ordering::Relaxed) != up {
             self.metrics.up.set(i64::from(up));
-            if up {
+            let event = if up {
                 tracing::info!(node = %self.label, "backend is up");
+                NodeEvent::Up(self.id)
             } else {
-                tracing::warn!(node = %self.label, "backend is down");
-            }
+                tracing::warn!(node = %self.label, "backend is down: {why}");
+                NodeEvent::Down(self.id, why.to_string())
+            };
+            let _ = self.events.send(event);
         }
     }
 }
@@ -293,21 +276,14 @@ const NO_TIMEOUT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// What a node is in its pool.
 pub struct NodeSpec<'a> {
     pub server_name: &'a str,
-    pub role: Role,
     pub addr: Address,
     pub metrics: ServerMetrics,
-    pub eject: Option<EjectHook>,
+    /// Where the node reports its health.
+    pub events: UnboundedSender<NodeEvent>,
+    /// See [`NodeEvent::FailedRepeatedly`].
+    pub failure_limit: Option<u32>,
     /// See [`NodeShared::flush_when_back`].
     pub flush_when_back: bool,
-}
-
-#[derive(Clone, Debug)]
-pub struct NodeHealth(Arc<NodeShared>);
-
-impl NodeHealth {
-    pub fn is_up(&self) -> bool {
-        self.0.up.load(Ordering::Relaxed)
-    }
 }
 
 /// A backend server: each worker's connections to it, and its shared state.
@@ -334,23 +310,20 @@ impl Node {
     pub fn start(workers: &Workers, pool: &PoolConfig, spec: NodeSpec<'_>) -> Node {
         let NodeSpec {
             server_name,
-            role,
             addr,
             metrics,
-            eject,
+            events,
+            failure_limit,
             flush_when_back,
         } = spec;
-        let label: Arc<str> = match role {
-            Role::Master => format!("{server_name} ({addr})"),
-            Role::Replica => format!("{server_name} ({addr}, replica)"),
-        }
-        .into();
         let shared = Arc::new(NodeShared {
-            label,
+            id: NodeId::next(),
+            label: format!("{server_name} ({addr})").into(),
             up: AtomicBool::new(false),
             failures: AtomicU32::new(0),
             metrics,
-            eject,
+            events,
+            failure_limit,
             flush_when_back,
             stale: AtomicBool::new(false),
         });
@@ -407,14 +380,8 @@ impl Node {
         &self.shared.label
     }
 
-    /// Whether the last health checks passed.
-    pub fn is_up(&self) -> bool {
-        self.shared.up.load(Ordering::Relaxed)
-    }
-
-    /// A handle that tells whether the node is up, for tasks that outlive a borrow of it.
-    pub fn health(&self) -> NodeHealth {
-        NodeHealth(self.shared.clone())
+    pub fn id(&self) -> NodeId {
+        self.shared.id
     }
 
     /// A connection of `worker`'s to the node for one client alone: an idle one given back

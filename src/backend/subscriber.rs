@@ -13,7 +13,6 @@ use tokio::time::sleep;
 
 use super::connection::connect;
 use super::{Completion, ConnSettings, Inbox, NodeShared};
-use crate::net;
 use crate::protocol::resp::{ReplyScanner, encode};
 
 /// What a subscription is to.
@@ -142,7 +141,7 @@ async fn run(
                 },
             );
         }
-        if !out.is_empty() && net::write_all(&stream, &out).await.is_err() {
+        if !out.is_empty() && stream.write_all(&out).await.is_err() {
             continue;
         }
         let mut read_buf = BytesMut::new();
@@ -155,13 +154,13 @@ async fn run(
                         apply(&mut held, &change);
                         let mut out = BytesMut::new();
                         encode_change(&mut out, &change);
-                        if net::write_all(&stream, &out).await.is_err() {
+                        if stream.write_all(&out).await.is_err() {
                             break;
                         }
                     }
                     None => return,
                 },
-                read = net::read_some(&stream, &mut read_buf, &mut chunk) => {
+                read = stream.read_some(&mut read_buf, &mut chunk) => {
                     if !matches!(read, Ok(n) if n > 0) {
                         break;
                     }

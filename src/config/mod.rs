@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde_saphyr::{Location, Spanned};
 use thiserror::Error;
 
+use crate::placement::{Distribution, HashFn};
 use crate::protocol::resp::Limits;
-use crate::ring::{Distribution, HashFn};
 pub use values::{Address, Failover, HashTag, Protocol, ReadFrom};
 
 /// A configuration mistake, with where it is when that is known.
@@ -345,18 +345,18 @@ impl PoolParts {
 
 impl PoolConfig {
     /// The pool's ring with the servers for which `live` is true.
-    pub fn ring(&self, live: &[bool]) -> crate::ring::Ring {
-        let members: Vec<crate::ring::RingMember<'_>> = self
+    pub fn ring(&self, live: &[bool]) -> crate::placement::Ring {
+        let members: Vec<crate::placement::RingMember<'_>> = self
             .servers
             .iter()
             .zip(live)
-            .map(|(s, &live)| crate::ring::RingMember {
+            .map(|(s, &live)| crate::placement::RingMember {
                 identity: &s.identity,
                 weight: s.weight,
                 live,
             })
             .collect();
-        crate::ring::Ring::new(
+        crate::placement::Ring::new(
             self.hash,
             self.distribution,
             self.hash_tag.map(|t| t.0),

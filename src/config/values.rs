@@ -7,7 +7,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, de};
 
 use crate::keyword::keywords;
-use crate::ring::{Distribution, HashFn};
+use crate::placement::{Distribution, HashFn};
 
 /// Implements `Deserialize` through `FromStr`, turning its message into a located serde error.
 macro_rules! deserialize_from_str {

@@ -11,3 +11,14 @@ pub enum ReplyKind {
     Resp,
     Memcache(memcache::ReplyShape),
 }
+
+/// A backend reply that cannot be framed: the connection cannot be trusted any more.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReplyError {
+    #[error("{0}")]
+    Resp(#[from] resp::ReplyError),
+    #[error("{0}")]
+    Memcache(#[from] memcache::ReplyError),
+    #[error("a reply nobody asked for")]
+    Unsolicited,
+}

@@ -10,10 +10,10 @@ use super::session::{Resend, ResendWhen};
 use crate::command::{Command, Fanout, Merge};
 use crate::protocol::ReplyKind;
 use crate::protocol::resp::{Request, encode, parse_int};
-use crate::ring::Ring;
+use crate::topology::PoolState;
 
 /// EVAL, EVALSHA, FCALL and their read-only forms: to the one shard of the declared keys.
-pub(super) fn script(s: &mut RespSession, ring: &Ring, cmd: &Command, req: &Request) {
+pub(super) fn script(s: &mut RespSession, state: &PoolState, cmd: &Command, req: &Request) {
     let declared = match parse_int(req.arg(2)) {
         None => return s.out.error("ERR value is not an integer or out of range"),
         Some(n) if n < 0 => return s.out.error("ERR Number of keys can't be negative"),
@@ -24,21 +24,22 @@ pub(super) fn script(s: &mut RespSession, ring: &Ring, cmd: &Command, req: &Requ
         }
         Some(n) => n as usize,
     };
-    let Some(shard) = s.shard_of_keys(ring, cmd, 3..3 + declared, req) else {
+    let Some(shard) = s.shard_of_keys(state, cmd, 3..3 + declared, req) else {
         return;
     };
     let write = cmd.writes();
     let resp3 = s.client().resp3;
     let job = (req.frame().clone(), ReplyKind::Resp);
     if !matches!(cmd.name, "EVALSHA" | "EVALSHA_RO") {
-        s.send(shard, write, job, 0, resp3);
+        s.send(state, shard, write, job, 0, resp3);
         return s.out.forwarded();
     }
-    let node = s.pool.shards[shard].node_index_for(write, s.pool.config.read_from, s.id as usize);
-    s.send_to(s.pool.shards[shard].node(node), job.clone(), 0, resp3);
+    let shard = &state.shards[shard];
+    let node = &shard.nodes[shard.node_for(write, s.pool.config.read_from, s.id as usize)];
+    s.send_to(node, job.clone(), 0, resp3);
     s.out.resend(Resend {
-        shard,
-        node,
+        shard: shard.name.clone(),
+        node: node.id(),
         retries_left: 1,
         job,
         quiet: None,
@@ -50,32 +51,32 @@ pub(super) fn script(s: &mut RespSession, ring: &Ring, cmd: &Command, req: &Requ
 }
 
 /// The whole-keyspace commands.
-pub(super) fn run(s: &mut RespSession, fanout: Fanout, req: &Request) {
-    let shards = s.pool.shards.len();
+pub(super) fn run(s: &mut RespSession, state: &PoolState, fanout: Fanout, req: &Request) {
+    let shards = state.shards.len();
     let depth = s.pool.config.max_reply_depth;
     let all = |merge| Gather::split(merge, shards, Vec::new(), depth);
     match fanout {
-        Fanout::Scan => scan(s, req),
+        Fanout::Scan => scan(s, state, req),
         Fanout::Keys if !s.pool.config.allow_keys => s.out.error(
             "ERR KEYS would scan every shard; the pool needs allow_keys: true (or use SCAN)",
         ),
-        Fanout::Keys => s.broadcast(req.frame().clone(), all(Merge::Concat)),
-        Fanout::DbSize => s.broadcast(req.frame().clone(), all(Merge::Sum)),
-        Fanout::RandomKey => s.broadcast(req.frame().clone(), all(Merge::FirstNonNil)),
+        Fanout::Keys => s.broadcast(state, req.frame().clone(), all(Merge::Concat)),
+        Fanout::DbSize => s.broadcast(state, req.frame().clone(), all(Merge::Sum)),
+        Fanout::RandomKey => s.broadcast(state, req.frame().clone(), all(Merge::FirstNonNil)),
         Fanout::Flush if !s.pool.config.allow_flush => s.out.error(&format!(
             "ERR {} would empty every shard; the pool needs allow_flush: true",
             String::from_utf8_lossy(req.arg(0)).to_ascii_uppercase()
         )),
-        Fanout::Flush => s.broadcast(req.frame().clone(), all(Merge::Same)),
-        Fanout::Script => script_admin(s, req),
-        Fanout::Function => function_admin(s, req),
+        Fanout::Flush => s.broadcast(state, req.frame().clone(), all(Merge::Same)),
+        Fanout::Script => script_admin(s, state, req),
+        Fanout::Function => function_admin(s, state, req),
     }
 }
 
 /// SCAN: the client's cursor is `backend cursor × shards + shard`, so iteration walks shard 0
 /// to the last, each exactly once, and a cursor of 0 starts and ends it.
-fn scan(s: &mut RespSession, req: &Request) {
-    let shards = s.pool.shards.len() as u64;
+fn scan(s: &mut RespSession, state: &PoolState, req: &Request) {
+    let shards = state.shards.len() as u64;
     let Some(cursor) = std::str::from_utf8(req.arg(1))
         .ok()
         .and_then(|c| c.parse::<u64>().ok())
@@ -92,15 +93,22 @@ fn scan(s: &mut RespSession, req: &Request) {
         .skip(2)
         .for_each(|a| encode::bulk(&mut payload, a));
     let resp3 = s.client().resp3;
-    s.send(shard, false, (payload.freeze(), ReplyKind::Resp), 0, resp3);
+    s.send(
+        state,
+        shard,
+        false,
+        (payload.freeze(), ReplyKind::Resp),
+        0,
+        resp3,
+    );
     s.out.gathering(Gather::scan(shard, shards as usize));
 }
 
 /// SCRIPT LOAD / EXISTS / FLUSH on every node, replicas included (scripts are not
 /// replicated), so EVALSHA and EVALSHA_RO find them wherever they run.
-fn script_admin(s: &mut RespSession, req: &Request) {
+fn script_admin(s: &mut RespSession, state: &PoolState, req: &Request) {
     let sub = req.arg(1).to_ascii_uppercase();
-    let nodes = s.pool.shards.iter().map(|sh| 1 + sh.replicas.len()).sum();
+    let nodes = state.nodes().count();
     let depth = s.pool.config.max_reply_depth;
     let gather = |merge| Gather::split(merge, nodes, Vec::new(), depth);
     match &sub[..] {
@@ -123,12 +131,13 @@ fn script_admin(s: &mut RespSession, req: &Request) {
                 }
             };
             s.broadcast_nodes(
+                state,
                 req.frame().clone(),
                 gather(Merge::Same).recording(Box::new(record)),
             );
         }
         b"EXISTS" if req.argc() >= 3 => {
-            s.broadcast_nodes(req.frame().clone(), gather(Merge::AllOf))
+            s.broadcast_nodes(state, req.frame().clone(), gather(Merge::AllOf))
         }
         b"FLUSH" if req.argc() <= 3 => {
             s.pool
@@ -136,7 +145,7 @@ fn script_admin(s: &mut RespSession, req: &Request) {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clear();
-            s.broadcast_nodes(req.frame().clone(), gather(Merge::Same));
+            s.broadcast_nodes(state, req.frame().clone(), gather(Merge::Same));
         }
         _ => unsupported_sub(s, req, "SCRIPT LOAD, EXISTS and FLUSH are served"),
     }
@@ -144,18 +153,26 @@ fn script_admin(s: &mut RespSession, req: &Request) {
 
 /// FUNCTION LOAD / DELETE / FLUSH / RESTORE on every master; LIST, DUMP and STATS from the
 /// first shard (every master holds the same libraries when they are loaded through the proxy).
-fn function_admin(s: &mut RespSession, req: &Request) {
+fn function_admin(s: &mut RespSession, state: &PoolState, req: &Request) {
     let sub = req.arg(1).to_ascii_uppercase();
-    let shards = s.pool.shards.len();
+    let shards = state.shards.len();
     let depth = s.pool.config.max_reply_depth;
     match &sub[..] {
         b"LOAD" | b"DELETE" | b"FLUSH" | b"RESTORE" => s.broadcast(
+            state,
             req.frame().clone(),
             Gather::split(Merge::Same, shards, Vec::new(), depth),
         ),
         b"LIST" | b"DUMP" | b"STATS" => {
             let resp3 = s.client().resp3;
-            s.send(0, false, (req.frame().clone(), ReplyKind::Resp), 0, resp3);
+            s.send(
+                state,
+                0,
+                false,
+                (req.frame().clone(), ReplyKind::Resp),
+                0,
+                resp3,
+            );
             s.out.forwarded();
         }
         _ => unsupported_sub(

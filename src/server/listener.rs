@@ -15,6 +15,7 @@ use super::memcache::Memcache;
 use super::resp::Resp;
 use super::session::Session;
 use crate::config::{Address, Protocol};
+use crate::net::Stream;
 use crate::topology::Pool;
 use crate::workers::Workers;
 
@@ -109,7 +110,7 @@ async fn serve_client(
     stream: std::net::TcpStream,
     stop: oneshot::Receiver<()>,
 ) {
-    if let Ok(stream) = TcpStream::from_std(stream) {
+    if let Ok(stream) = TcpStream::from_std(stream).and_then(Stream::new) {
         match pool.config.protocol {
             Protocol::Redis => {
                 let session: Session<Resp> = Session::new(id, worker, pool.clone());

@@ -7,6 +7,7 @@ use super::merge::Gather;
 use super::resp::RespSession;
 use crate::command::{Command, Kind, TABLE};
 use crate::protocol::resp::{Request, encode, parse_int};
+use crate::topology::PoolState;
 
 /// What the proxy remembers about a client.
 #[derive(Debug)]
@@ -31,7 +32,7 @@ impl ClientState {
 const SERVED_REDIS_VERSION: &str = "7.0.0";
 
 /// Runs a local command. Returns true for QUIT.
-pub(super) fn run(s: &mut RespSession, cmd: &Command, req: &Request) -> bool {
+pub(super) fn run(s: &mut RespSession, state: &PoolState, cmd: &Command, req: &Request) -> bool {
     let upper = cmd.name;
     let allowed_before_auth = matches!(upper, "AUTH" | "HELLO" | "QUIT");
     if !allowed_before_auth && !s.client().authenticated {
@@ -58,7 +59,7 @@ pub(super) fn run(s: &mut RespSession, cmd: &Command, req: &Request) -> bool {
         "HELLO" => hello(s, req),
         "CLIENT" => client(s, req),
         "COMMAND" => command(s, req),
-        "INFO" => info(s, req),
+        "INFO" => info(s, state, req),
         _ => s.out().error(&format!("ERR unsupported command '{upper}'")),
     }
     false
@@ -311,7 +312,7 @@ fn command(s: &mut RespSession, req: &Request) {
 
 /// INFO: the proxy's own sections; with Server or Keyspace asked for, every shard's INFO is
 /// fetched for the backend version and the summed key counts.
-fn info(s: &mut RespSession, req: &Request) {
+fn info(s: &mut RespSession, state: &PoolState, req: &Request) {
     let wanted: Vec<String> = req
         .args()
         .skip(1)
@@ -332,7 +333,6 @@ fn info(s: &mut RespSession, req: &Request) {
         ));
     }
     if want("proxy") {
-        let ring = pool.ring.load();
         rest.push_str(&format!(
             "# Proxy\r\nproxy:ringproxy\r\nproxy_version:{}\r\npool:{}\r\nhash:{}\r\ndistribution:{}\r\nservers:{}\r\nservers_on_ring:{}\r\ntotal_commands_processed:{}\r\n",
             env!("CARGO_PKG_VERSION"),
@@ -340,7 +340,7 @@ fn info(s: &mut RespSession, req: &Request) {
             c.hash,
             c.distribution,
             c.servers.len(),
-            ring.live_servers(),
+            state.live_servers(),
             pool.metrics.requests.get(),
         ));
     }
@@ -359,6 +359,6 @@ fn info(s: &mut RespSession, req: &Request) {
         encode::bulk(&mut b, rest.as_bytes());
         return s.out().ready(b.freeze());
     }
-    let gather = Gather::info(server, rest, keyspace, pool.shards.len());
-    s.broadcast(Bytes::from_static(b"*1\r\n$4\r\nINFO\r\n"), gather);
+    let gather = Gather::info(server, rest, keyspace, state.shards.len());
+    s.broadcast(state, Bytes::from_static(b"*1\r\n$4\r\nINFO\r\n"), gather);
 }

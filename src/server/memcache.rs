@@ -12,8 +12,7 @@ use crate::protocol::ReplyKind;
 use crate::protocol::memcache::{
     Limits, MAX_KEY_BYTES, Parsed, ReplyShape, Request, RequestParser, Verb, decode_base64,
 };
-use crate::ring::Ring;
-use crate::topology::{Pool, Shard};
+use crate::topology::{Pool, PoolState, Shard};
 
 /// memcached reads an exptime above 30 days as a Unix time, not as seconds from now.
 const MAX_RELATIVE_EXPTIME: i64 = 30 * 24 * 60 * 60;
@@ -38,13 +37,13 @@ impl Frontend for Memcache {
     }
 
     fn handle_input(s: &mut McSession, buf: &mut BytesMut) -> bool {
-        let ring = s.pool.ring.load();
+        let state = s.pool.state();
         let mut count = 0;
         let closing = loop {
             match s.fe.parser.parse(buf) {
                 Ok(Some(Parsed::Request(req))) => {
                     count += 1;
-                    if s.dispatch(&ring, req) {
+                    if s.dispatch(&state, req) {
                         break true;
                     }
                 }
@@ -117,18 +116,18 @@ fn unix_now() -> i64 {
 
 impl McSession {
     /// Routes one command. Returns true for `quit`.
-    fn dispatch(&mut self, ring: &Ring, req: Request) -> bool {
+    fn dispatch(&mut self, state: &PoolState, req: Request) -> bool {
         match req.verb {
             Verb::Quit => return true,
             Verb::MetaNoop => self.out.ready(Bytes::from_static(b"MN\r\n")),
             Verb::Verbosity if req.is_quiet() => {}
             Verb::Verbosity => self.out.ready(Bytes::from_static(b"OK\r\n")),
-            Verb::Stats => self.stats(&req),
-            Verb::FlushAll => self.flush_all(&req),
-            Verb::Get | Verb::Gets => self.get(ring, &req),
+            Verb::Stats => self.stats(state, &req),
+            Verb::FlushAll => self.flush_all(state, &req),
+            Verb::Get | Verb::Gets => self.get(state, &req),
             Verb::Gat | Verb::Gats => {
                 if self.exptime_allowed(&req, req.token(2).unwrap_or_default()) {
-                    self.get(ring, &req);
+                    self.get(state, &req);
                 }
             }
             Verb::Shutdown
@@ -143,7 +142,7 @@ impl McSession {
                 "CLIENT_ERROR '{}' is not supported through the proxy",
                 req.verb
             )),
-            _ => self.keyed(ring, &req),
+            _ => self.keyed(state, &req),
         }
         false
     }
@@ -182,7 +181,7 @@ impl McSession {
 
     /// A single-key command: to its shard's node, or to every node of a replicated shard if
     /// it writes.
-    fn keyed(&mut self, ring: &Ring, req: &Request) {
+    fn keyed(&mut self, state: &PoolState, req: &Request) {
         let mut decoded = Key {
             buf: [0; MAX_KEY_BYTES],
         };
@@ -194,18 +193,18 @@ impl McSession {
         if !self.exptime_allowed(req, key) {
             return;
         }
-        let Some(s) = ring.server_for(key) else {
+        let Some(s) = state.shard_for(key) else {
             self.out
                 .error("SERVER_ERROR no server is available for the key (all are ejected)");
             return;
         };
         let kind = ReplyKind::Memcache(req.verb.reply_shape());
         let quiet = req.is_quiet().then_some(req.verb);
-        match (self.pool.shards[s].replicated, req.verb.is_write()) {
-            (true, true) => self.replicate(s, req, kind, quiet),
-            (true, false) => self.failover_read(s, (req.forwarded(), kind), quiet),
+        match (state.shards[s].replicated, req.verb.is_write()) {
+            (true, true) => self.replicate(&state.shards[s], req, kind, quiet),
+            (true, false) => self.failover_read(&state.shards[s], (req.forwarded(), kind), quiet),
             (false, write) => {
-                self.send(s, write, (req.forwarded(), kind), 0, false);
+                self.send(state, s, write, (req.forwarded(), kind), 0, false);
                 match quiet {
                     Some(verb) => self.out.quiet(verb),
                     None => self.out.forwarded(),
@@ -216,14 +215,13 @@ impl McSession {
 
     /// A read on a replicated shard: to the node `read_from` prefers among those in
     /// service, and on to the next if that node fails.
-    fn failover_read(&mut self, s: usize, job: (Bytes, ReplyKind), quiet: Option<Verb>) {
-        let shard = &self.pool.shards[s];
-        let node = shard.read_index(self.pool.config.read_from, self.id as usize);
-        self.send_to(shard.node(node), job.clone(), 0, false);
+    fn failover_read(&mut self, shard: &Shard, job: (Bytes, ReplyKind), quiet: Option<Verb>) {
+        let node = &shard.nodes[shard.read_index(self.pool.config.read_from, self.id as usize)];
+        self.send_to(node, job.clone(), 0, false);
         self.out.resend(Resend {
-            shard: s,
-            node,
-            retries_left: shard.replicas.len(),
+            shard: shard.name.clone(),
+            node: node.id(),
+            retries_left: shard.nodes.len() - 1,
             job,
             quiet,
             when: ResendWhen::NodeFails,
@@ -234,12 +232,13 @@ impl McSession {
     /// A write to a replicated shard goes to the master and every replica; the client gets
     /// the master's reply, or a replica's when the master fails. A compare-and-swap cannot be
     /// repeated on replicas (their CAS values differ), so there the key is deleted instead.
-    fn replicate(&mut self, s: usize, req: &Request, kind: ReplyKind, quiet: Option<Verb>) {
-        let shard = &self.pool.shards[s];
+    fn replicate(&mut self, shard: &Shard, req: &Request, kind: ReplyKind, quiet: Option<Verb>) {
         let payload = req.forwarded();
         let invalidation = invalidation(req);
-        let nodes = 1 + shard.replicas.len();
-        for (part, node) in shard.nodes().enumerate() {
+        let nodes = shard.nodes.len();
+        // The master first: its reply is the one the client gets while it answers.
+        let order = std::iter::once(shard.master).chain((0..nodes).filter(|&i| i != shard.master));
+        for (part, node) in order.map(|i| &shard.nodes[i]).enumerate() {
             let job = match &invalidation {
                 Some(delete) if part > 0 => (delete.clone(), ReplyKind::Memcache(ReplyShape::Line)),
                 _ => (payload.clone(), kind),
@@ -253,7 +252,7 @@ impl McSession {
 
     /// get / gets / gat / gats: one request per shard with that shard's keys, merged in key
     /// order.
-    fn get(&mut self, ring: &Ring, req: &Request) {
+    fn get(&mut self, state: &PoolState, req: &Request) {
         let first_key = if matches!(req.verb, Verb::Gat | Verb::Gats) {
             2
         } else {
@@ -264,19 +263,19 @@ impl McSession {
         let mut keys = req.tokens().skip(first_key);
         if let (Some(key), None) = (keys.next(), keys.next()) {
             // The common single-key get: nothing to group.
-            return match ring.server_for(key) {
-                Some(s) => self.get_from(s, req, kind),
+            return match state.shard_for(key) {
+                Some(s) => self.get_from(state, s, req, kind),
                 None => self.out.error(NO_SERVER),
             };
         }
-        let Some((key_parts, part_shards)) = parts_by_shard(ring, req.tokens().skip(first_key))
+        let Some((key_parts, part_shards)) = parts_by_shard(state, req.tokens().skip(first_key))
         else {
             return self.out.error(NO_SERVER);
         };
         match part_shards[..] {
             // `gat 10` with no key: memcached answers END.
             [] => self.out.ready(Bytes::from_static(b"END\r\n")),
-            [s] => self.get_from(s, req, kind),
+            [s] => self.get_from(state, s, req, kind),
             _ => {
                 let head: Vec<&[u8]> = req.tokens().take(first_key).collect();
                 let mut payloads =
@@ -299,7 +298,14 @@ impl McSession {
                 let payloads = payloads.freeze();
                 let mut start = 0;
                 for (part, (&s, &end)) in part_shards.iter().zip(&ends).enumerate() {
-                    self.send(s, false, (payloads.slice(start..end), kind), part, false);
+                    self.send(
+                        state,
+                        s,
+                        false,
+                        (payloads.slice(start..end), kind),
+                        part,
+                        false,
+                    );
                     start = end;
                 }
                 let line = req.frame().slice(..req.line().len());
@@ -311,16 +317,16 @@ impl McSession {
     }
 
     /// A get whose keys all live on shard `s`: forwarded as it is.
-    fn get_from(&mut self, s: usize, req: &Request, kind: ReplyKind) {
-        if self.pool.shards[s].replicated {
-            return self.failover_read(s, (req.frame().clone(), kind), None);
+    fn get_from(&mut self, state: &PoolState, s: usize, req: &Request, kind: ReplyKind) {
+        if state.shards[s].replicated {
+            return self.failover_read(&state.shards[s], (req.frame().clone(), kind), None);
         }
-        self.send(s, false, (req.frame().clone(), kind), 0, false);
+        self.send(state, s, false, (req.frame().clone(), kind), 0, false);
         self.out.forwarded();
     }
 
     /// `flush_all` empties every node, if the pool allows a command that reaches them all.
-    fn flush_all(&mut self, req: &Request) {
+    fn flush_all(&mut self, state: &PoolState, req: &Request) {
         if !self.pool.config.allow_flush {
             if !req.is_quiet() {
                 self.out.error(
@@ -331,10 +337,8 @@ impl McSession {
         }
         let payload = req.forwarded();
         let kind = ReplyKind::Memcache(ReplyShape::Line);
-        let pool = self.pool.clone();
-        let nodes = pool.shards.iter().flat_map(Shard::nodes);
         let mut parts = 0;
-        for (part, node) in nodes.enumerate() {
+        for (part, node) in state.nodes().enumerate() {
             self.send_to(node, (payload.clone(), kind), part, false);
             parts += 1;
         }
@@ -344,11 +348,11 @@ impl McSession {
 
     /// `stats`: the proxy's own counters. `stats backends [group]`: every node's `stats`,
     /// each line prefixed with the node's name.
-    fn stats(&mut self, req: &Request) {
+    fn stats(&mut self, state: &PoolState, req: &Request) {
         let mut args = req.tokens().skip(1);
         match args.next() {
             None => {
-                let reply = self.own_stats();
+                let reply = self.own_stats(state);
                 self.out.ready(reply);
             }
             Some(b"backends") => {
@@ -360,13 +364,12 @@ impl McSession {
                 payload.extend_from_slice(b"\r\n");
                 let payload = payload.freeze();
                 let kind = ReplyKind::Memcache(ReplyShape::Stats);
-                let pool = self.pool.clone();
                 let mut names = Vec::new();
-                for shard in &pool.shards {
-                    for (i, node) in shard.nodes().enumerate() {
+                for shard in &state.shards {
+                    for (i, node) in shard.nodes.iter().enumerate() {
                         self.send_to(node, (payload.clone(), kind), names.len(), false);
                         names.push(match i {
-                            0 => shard.name.clone(),
+                            0 => shard.name.to_string(),
                             _ => format!("{}/{}", shard.name, node.addr),
                         });
                     }
@@ -380,16 +383,16 @@ impl McSession {
         }
     }
 
-    fn own_stats(&self) -> Bytes {
+    fn own_stats(&self, state: &PoolState) -> Bytes {
         let pool = &self.pool;
         let m = &pool.metrics;
-        let up = pool
+        let up = state
             .shards
             .iter()
-            .flat_map(Shard::nodes)
-            .filter(|n| n.is_up())
+            .flat_map(|s| &s.up)
+            .filter(|&&u| u)
             .count();
-        let nodes = pool.shards.iter().flat_map(Shard::nodes).count();
+        let nodes = state.nodes().count();
         let stats: [(&str, String); 11] = [
             ("pid", std::process::id().to_string()),
             ("uptime", pool.started.elapsed().as_secs().to_string()),
@@ -406,7 +409,7 @@ impl McSession {
             ("cmd_total", m.requests.get().to_string()),
             ("errors", m.errors.get().to_string()),
             ("past_exptime", m.past_exptime.get().to_string()),
-            ("servers", pool.shards.len().to_string()),
+            ("servers", state.shards.len().to_string()),
             ("nodes_up", format!("{up}/{nodes}")),
         ];
         let mut out = String::new();

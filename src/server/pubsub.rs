@@ -4,6 +4,8 @@
 //! it listens to; the proxy answers SUBSCRIBE and UNSUBSCRIBE itself, counting the client's
 //! subscriptions across shards as one Redis would.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 
 use super::merge::Gather;
@@ -13,7 +15,7 @@ use crate::backend::{Subscriber, Topic};
 use crate::command::{Command, Merge};
 use crate::protocol::ReplyKind;
 use crate::protocol::resp::{Request, encode};
-use crate::ring::Ring;
+use crate::topology::PoolState;
 
 /// A client's subscriptions, in the order it made them, and its subscriber connections, by
 /// shard.
@@ -22,7 +24,8 @@ pub(super) struct PubSub {
     channels: Vec<Bytes>,
     patterns: Vec<Bytes>,
     shard_channels: Vec<Bytes>,
-    subscribers: Vec<Option<Subscriber>>,
+    /// By shard name: a subscription stays where it was made while the pool's state changes.
+    subscribers: Vec<(Arc<str>, Subscriber)>,
 }
 
 impl PubSub {
@@ -94,23 +97,24 @@ pub(super) fn allowed_while_subscribed(name: &str) -> bool {
     )
 }
 
-pub(super) fn run(s: &mut RespSession, ring: &Ring, cmd: &Command, req: Request) {
+pub(super) fn run(s: &mut RespSession, state: &PoolState, cmd: &Command, req: Request) {
     let names = || (1..req.argc()).map(|i| req.arg_bytes(i)).collect();
     match cmd.name {
-        "SUBSCRIBE" => subscribe(s, ring, Topic::Channel, names()),
-        "PSUBSCRIBE" => subscribe(s, ring, Topic::Pattern, names()),
-        "SSUBSCRIBE" => subscribe(s, ring, Topic::ShardChannel, names()),
-        "UNSUBSCRIBE" => unsubscribe(s, ring, Topic::Channel, names()),
-        "PUNSUBSCRIBE" => unsubscribe(s, ring, Topic::Pattern, names()),
-        "SUNSUBSCRIBE" => unsubscribe(s, ring, Topic::ShardChannel, names()),
+        "SUBSCRIBE" => subscribe(s, state, Topic::Channel, names()),
+        "PSUBSCRIBE" => subscribe(s, state, Topic::Pattern, names()),
+        "SSUBSCRIBE" => subscribe(s, state, Topic::ShardChannel, names()),
+        "UNSUBSCRIBE" => unsubscribe(s, state, Topic::Channel, names()),
+        "PUNSUBSCRIBE" => unsubscribe(s, state, Topic::Pattern, names()),
+        "SUNSUBSCRIBE" => unsubscribe(s, state, Topic::ShardChannel, names()),
         "PUBLISH" | "SPUBLISH" => {
-            let Some(shard) = ring.server_for(req.arg(1)) else {
+            let Some(shard) = state.shard_for(req.arg(1)) else {
                 return s
                     .out
                     .error("ERR no server is available for the channel (all are ejected)");
             };
             let resp3 = s.client().resp3;
             s.send(
+                state,
                 shard,
                 true,
                 (req.frame().clone(), ReplyKind::Resp),
@@ -119,25 +123,25 @@ pub(super) fn run(s: &mut RespSession, ring: &Ring, cmd: &Command, req: Request)
             );
             s.out.forwarded();
         }
-        _ => pubsub_introspection(s, &req),
+        _ => pubsub_introspection(s, state, &req),
     }
 }
 
 /// The shards a subscription lives on: its channel's, or every shard for a pattern.
-fn shards_of(ring: &Ring, shards: usize, topic: Topic, name: &[u8]) -> Vec<usize> {
+fn shards_of(state: &PoolState, topic: Topic, name: &[u8]) -> Vec<usize> {
     match topic {
-        Topic::Pattern => (0..shards).collect(),
-        _ => ring.server_for(name).into_iter().collect(),
+        Topic::Pattern => (0..state.shards.len()).collect(),
+        _ => state.shard_for(name).into_iter().collect(),
     }
 }
 
-fn subscribe(s: &mut RespSession, ring: &Ring, topic: Topic, names: Vec<Bytes>) {
-    let shards = s.pool.shards.len();
+fn subscribe(s: &mut RespSession, state: &PoolState, topic: Topic, names: Vec<Bytes>) {
+    let shards = state.shards.len();
     let resp3 = s.client().resp3;
     let mut per_shard: Vec<Vec<Bytes>> = vec![Vec::new(); shards];
     let mut confirmations = BytesMut::new();
     for name in names {
-        for shard in shards_of(ring, shards, topic, &name) {
+        for shard in shards_of(state, topic, &name) {
             per_shard[shard].push(name.clone());
         }
         let set = s.fe.pubsub.set(topic);
@@ -148,24 +152,27 @@ fn subscribe(s: &mut RespSession, ring: &Ring, topic: Topic, names: Vec<Bytes>) 
         confirm(&mut confirmations, topic, true, Some(&name), count, resp3);
     }
     let inbox = s.out.inbox().clone();
-    s.fe.pubsub.subscribers.resize_with(shards, || None);
-    for (shard, names) in per_shard.into_iter().enumerate() {
+    for (shard, names) in state.shards.iter().zip(per_shard) {
         if names.is_empty() {
             continue;
         }
-        let subscriber = s.fe.pubsub.subscribers[shard].get_or_insert_with(|| {
-            s.pool.shards[shard]
-                .master
-                .subscriber(resp3, inbox.clone(), PUSH_TOKEN)
-        });
-        subscriber.subscribe(topic, names);
+        let subscribers = &mut s.fe.pubsub.subscribers;
+        let at = match subscribers.iter().position(|(name, _)| *name == shard.name) {
+            Some(at) => at,
+            None => {
+                let subscriber = shard.master().subscriber(resp3, inbox.clone(), PUSH_TOKEN);
+                subscribers.push((shard.name.clone(), subscriber));
+                subscribers.len() - 1
+            }
+        };
+        subscribers[at].1.subscribe(topic, names);
     }
     s.out.listening = true;
     s.out.ready(confirmations.freeze());
 }
 
-fn unsubscribe(s: &mut RespSession, ring: &Ring, topic: Topic, names: Vec<Bytes>) {
-    let shards = s.pool.shards.len();
+fn unsubscribe(s: &mut RespSession, state: &PoolState, topic: Topic, names: Vec<Bytes>) {
+    let shards = state.shards.len();
     let resp3 = s.client().resp3;
     let names: Vec<Bytes> = if names.is_empty() {
         s.fe.pubsub.set(topic).to_vec()
@@ -182,7 +189,7 @@ fn unsubscribe(s: &mut RespSession, ring: &Ring, topic: Topic, names: Vec<Bytes>
         let set = s.fe.pubsub.set(topic);
         if let Some(at) = set.iter().position(|n| *n == name) {
             set.remove(at);
-            for shard in shards_of(ring, shards, topic, &name) {
+            for shard in shards_of(state, topic, &name) {
                 per_shard[shard].push(name.clone());
             }
         }
@@ -190,8 +197,13 @@ fn unsubscribe(s: &mut RespSession, ring: &Ring, topic: Topic, names: Vec<Bytes>
         confirm(&mut confirmations, topic, false, Some(&name), count, resp3);
     }
     if s.fe.pubsub.active() {
-        for (shard, names) in per_shard.into_iter().enumerate() {
-            if let Some(Some(subscriber)) = s.fe.pubsub.subscribers.get(shard)
+        for (shard, names) in state.shards.iter().zip(per_shard) {
+            let subscriber =
+                s.fe.pubsub
+                    .subscribers
+                    .iter()
+                    .find(|(n, _)| *n == shard.name);
+            if let Some((_, subscriber)) = subscriber
                 && !names.is_empty()
             {
                 subscriber.unsubscribe(topic, names);
@@ -232,7 +244,7 @@ fn confirm(
 }
 
 /// PUBSUB CHANNELS / SHARDCHANNELS / NUMSUB / SHARDNUMSUB / NUMPAT over every shard.
-fn pubsub_introspection(s: &mut RespSession, req: &Request) {
+fn pubsub_introspection(s: &mut RespSession, state: &PoolState, req: &Request) {
     let sub = req.arg(1).to_ascii_uppercase();
     let merge = match &sub[..] {
         b"CHANNELS" | b"SHARDCHANNELS" => Merge::Concat,
@@ -246,9 +258,10 @@ fn pubsub_introspection(s: &mut RespSession, req: &Request) {
             ));
         }
     };
-    let shards = s.pool.shards.len();
+    let shards = state.shards.len();
     let depth = s.pool.config.max_reply_depth;
     s.broadcast(
+        state,
         req.frame().clone(),
         Gather::split(merge, shards, Vec::new(), depth),
     );

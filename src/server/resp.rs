@@ -15,8 +15,8 @@ use crate::backend::Job;
 use crate::command::{self, BlockTimeout, Command, Kind, Movable};
 use crate::protocol::ReplyKind;
 use crate::protocol::resp::{Request, RequestParser, encode};
-use crate::ring::Ring;
 use crate::topology::Pool;
+use crate::topology::PoolState;
 
 /// A Redis client's parser and what the proxy remembers about it.
 pub(super) struct Resp {
@@ -55,13 +55,13 @@ impl RespSession {
     /// Parses and dispatches every complete request in `buf`. Returns true when the session must
     /// close after the queued replies (QUIT, malformed input).
     fn handle_input(&mut self, buf: &mut BytesMut) -> bool {
-        let ring = self.pool.ring.load();
+        let state = self.pool.state();
         let mut count = 0;
         let closing = loop {
             match self.fe.parser.parse(buf) {
                 Ok(Some(req)) => {
                     count += 1;
-                    if self.dispatch(&ring, req) {
+                    if self.dispatch(&state, req) {
                         break true;
                     }
                 }
@@ -77,10 +77,10 @@ impl RespSession {
     }
 
     /// Routes one request. Returns true for QUIT.
-    fn dispatch(&mut self, ring: &Ring, req: Request) -> bool {
+    fn dispatch(&mut self, state: &PoolState, req: Request) -> bool {
         let name = req.arg(0);
         if self.fe.tx.in_multi() && !name.eq_ignore_ascii_case(b"QUIT") {
-            transaction::queue(self, ring, command::lookup(name), req);
+            transaction::queue(self, state, command::lookup(name), req);
             return false;
         }
         let Some(cmd) = command::lookup(name) else {
@@ -115,33 +115,33 @@ impl RespSession {
             return false;
         }
         if cmd.kind == Kind::Local {
-            return local::run(self, cmd, &req);
+            return local::run(self, state, cmd, &req);
         }
         if !self.fe.client.authenticated {
             self.out.error("NOAUTH Authentication required.");
             return false;
         }
         match cmd.kind {
-            Kind::Keyed => self.forward_keyed(ring, cmd, req),
-            Kind::Split(merge) => self.split(ring, cmd, merge, req),
-            Kind::Script => keyspace::script(self, ring, cmd, &req),
-            Kind::Keyspace(fanout) => keyspace::run(self, fanout, &req),
-            Kind::Transaction => transaction::run(self, ring, cmd, req),
-            Kind::PubSub => pubsub::run(self, ring, cmd, req),
+            Kind::Keyed => self.forward_keyed(state, cmd, req),
+            Kind::Split(merge) => self.split(state, cmd, merge, req),
+            Kind::Script => keyspace::script(self, state, cmd, &req),
+            Kind::Keyspace(fanout) => keyspace::run(self, state, fanout, &req),
+            Kind::Transaction => transaction::run(self, state, cmd, req),
+            Kind::PubSub => pubsub::run(self, state, cmd, req),
             Kind::Blocking(at) => {
                 let timeout = match at {
                     BlockTimeout::Last => req.arg(req.argc() - 1),
                     BlockTimeout::First => req.arg(1),
                 };
                 let timeout = wait_limit(timeout, 1.0);
-                self.forward_blocking(ring, cmd, req, timeout);
+                self.forward_blocking(state, cmd, req, timeout);
             }
             Kind::Local => {}
         }
         false
     }
 
-    fn forward_keyed(&mut self, ring: &Ring, cmd: &Command, req: Request) {
+    fn forward_keyed(&mut self, state: &PoolState, cmd: &Command, req: Request) {
         if let Movable::Streams { from } = cmd.movable
             && let Some(at) = (from..req.argc())
                 .take_while(|&i| !req.arg(i).eq_ignore_ascii_case(b"STREAMS"))
@@ -149,12 +149,12 @@ impl RespSession {
         {
             // XREAD … BLOCK milliseconds.
             let timeout = wait_limit(req.arg((at + 1).min(req.argc() - 1)), 0.001);
-            return self.forward_blocking(ring, cmd, req, timeout);
+            return self.forward_blocking(state, cmd, req, timeout);
         }
         let movable = cmd.movable_keys(&req);
         let keys = cmd.key_positions(req.argc()).chain(movable);
-        if let Some(s) = self.shard_of_keys(ring, cmd, keys, &req) {
-            self.send_resp(s, cmd.write, req.frame().clone(), 0);
+        if let Some(s) = self.shard_of_keys(state, cmd, keys, &req) {
+            self.send_resp(state, s, cmd.write, req.frame().clone(), 0);
             self.out.forwarded();
         }
     }
@@ -164,25 +164,22 @@ impl RespSession {
     /// own timeout (`wait`; `None`: forever) plus the pool's.
     fn forward_blocking(
         &mut self,
-        ring: &Ring,
+        state: &PoolState,
         cmd: &Command,
         req: Request,
         wait: Option<Duration>,
     ) {
         let movable = cmd.movable_keys(&req);
         let keys = cmd.key_positions(req.argc()).chain(movable);
-        let Some(shard) = self.shard_of_keys(ring, cmd, keys, &req) else {
+        let Some(shard) = self.shard_of_keys(state, cmd, keys, &req) else {
             return;
         };
         let resp3 = self.fe.client.resp3;
-        let node = self.pool.shards[shard].node_index_for(
-            cmd.write,
-            self.pool.config.read_from,
-            self.id as usize,
-        );
-        let conn = self.pool.shards[shard]
-            .node(node)
-            .reserve(self.worker, resp3);
+        let shard = &state.shards[shard];
+        let node = shard.nodes
+            [shard.node_for(cmd.write, self.pool.config.read_from, self.id as usize)]
+        .clone();
+        let conn = node.reserve(self.worker, resp3);
         let seq = self.out.next_seq();
         let job = Job {
             payload: req.frame().clone(),
@@ -193,7 +190,6 @@ impl RespSession {
         conn.send(job, wait.map(|w| w + self.pool.config.timeout));
         self.out.forwarded();
         self.held.push(Held {
-            shard,
             node,
             conn,
             until: Some(seq),
@@ -204,7 +200,7 @@ impl RespSession {
     /// after queueing the error: the keys span shards, or no server is left.
     pub(super) fn shard_of_keys(
         &mut self,
-        ring: &Ring,
+        state: &PoolState,
         cmd: &Command,
         positions: impl Iterator<Item = usize>,
         req: &Request,
@@ -212,10 +208,10 @@ impl RespSession {
         let mut shard = None;
         let mut positions = positions.peekable();
         if positions.peek().is_none() {
-            shard = ring.server_for(b"");
+            shard = state.shard_for(b"");
         }
         for pos in positions {
-            let s = ring.server_for(req.arg(pos));
+            let s = state.shard_for(req.arg(pos));
             if shard.is_some() && s != shard {
                 self.out.error(&format!(
                     "CROSSSLOT Keys in request don't hash to the same shard (command '{}'); use a hash tag",
@@ -232,16 +228,16 @@ impl RespSession {
         shard
     }
 
-    fn split(&mut self, ring: &Ring, cmd: &Command, merge: command::Merge, req: Request) {
+    fn split(&mut self, state: &PoolState, cmd: &Command, merge: command::Merge, req: Request) {
         let step = cmd.key_step;
         let keys = cmd.key_positions(req.argc()).map(|pos| req.arg(pos));
-        let Some((key_parts, part_shards)) = parts_by_shard(ring, keys) else {
+        let Some((key_parts, part_shards)) = parts_by_shard(state, keys) else {
             return self
                 .out
                 .error("ERR no server is available for the key (all are ejected)");
         };
         if let [s] = part_shards[..] {
-            self.send_resp(s, cmd.write, req.frame().clone(), 0);
+            self.send_resp(state, s, cmd.write, req.frame().clone(), 0);
             self.out.forwarded();
             return;
         }
@@ -266,7 +262,7 @@ impl RespSession {
         let payloads = payloads.freeze();
         let mut start = 0;
         for (part, (&s, &end)) in part_shards.iter().zip(&ends).enumerate() {
-            self.send_resp(s, cmd.write, payloads.slice(start..end), part);
+            self.send_resp(state, s, cmd.write, payloads.slice(start..end), part);
             start = end;
         }
         let gather = Gather::split(
@@ -278,8 +274,9 @@ impl RespSession {
         self.out.gathering(gather);
     }
 
-    fn send_resp(&self, s: usize, write: bool, payload: Bytes, part: usize) {
+    fn send_resp(&self, state: &PoolState, s: usize, write: bool, payload: Bytes, part: usize) {
         self.send(
+            state,
             s,
             write,
             (payload, ReplyKind::Resp),
@@ -297,9 +294,10 @@ impl RespSession {
     }
 
     /// Sends the same request to every shard's master and gathers the replies with `gather`.
-    pub(super) fn broadcast(&mut self, payload: Bytes, gather: Gather) {
-        for s in 0..self.pool.shards.len() {
+    pub(super) fn broadcast(&mut self, state: &PoolState, payload: Bytes, gather: Gather) {
+        for s in 0..state.shards.len() {
             self.send(
+                state,
                 s,
                 true,
                 (payload.clone(), ReplyKind::Resp),
@@ -311,8 +309,8 @@ impl RespSession {
     }
 
     /// Sends the same request to every node, replicas included, and gathers the replies.
-    pub(super) fn broadcast_nodes(&mut self, payload: Bytes, gather: Gather) {
-        let nodes = self.pool.shards.iter().flat_map(|s| s.nodes());
+    pub(super) fn broadcast_nodes(&mut self, state: &PoolState, payload: Bytes, gather: Gather) {
+        let nodes = state.nodes();
         for (part, node) in nodes.enumerate() {
             self.send_to(
                 node,

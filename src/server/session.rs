@@ -6,15 +6,15 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use super::merge::Gather;
-use crate::backend::{BackendError, Completion, Inbox, Job, Node, ReplyTo, Reserved};
+use crate::backend::{BackendError, Completion, Inbox, Job, Node, NodeId, ReplyTo, Reserved};
 use crate::config::Protocol;
+use crate::net::Stream;
 use crate::protocol::memcache::Verb;
 use crate::protocol::{ReplyKind, resp::encode};
-use crate::topology::{Pool, Scripts};
+use crate::topology::{Pool, PoolState, Scripts};
 
 /// Bits of a token that number the parts of a fanned-out request; the rest is its sequence.
 const PART_BITS: u32 = 20;
@@ -65,9 +65,10 @@ enum Slot {
 
 /// A request that is sent again when its first answer is not the last word.
 pub(super) struct Resend {
-    pub(super) shard: usize,
-    /// The node (index in `Shard::nodes`) it was last sent to.
-    pub(super) node: usize,
+    /// The shard's name: the request may be sent again after the pool's state changed.
+    pub(super) shard: Arc<str>,
+    /// The node it was last sent to.
+    pub(super) node: NodeId,
     /// How many more times it may be sent.
     pub(super) retries_left: usize,
     pub(super) job: (Bytes, ReplyKind),
@@ -241,13 +242,13 @@ fn retry(
 /// Groups keys by shard for a split request: the part of every key (one part per shard, in
 /// order of first use) and each part's shard. `None` when a key has no server left.
 pub(super) fn parts_by_shard<'a>(
-    ring: &crate::ring::Ring,
+    state: &PoolState,
     keys: impl Iterator<Item = &'a [u8]>,
 ) -> Option<(Vec<u32>, Vec<usize>)> {
     let mut key_parts = Vec::with_capacity(keys.size_hint().0);
     let mut part_shards: Vec<usize> = Vec::new();
     for key in keys {
-        let shard = ring.server_for(key)?;
+        let shard = state.shard_for(key)?;
         let part = match part_shards.iter().position(|&s| s == shard) {
             Some(part) => part,
             None => {
@@ -295,9 +296,7 @@ pub(super) fn backend_error(protocol: Protocol, e: &BackendError) -> Bytes {
 
 /// A connection reserved for this session, and when it is given back.
 pub(super) struct Held {
-    pub(super) shard: usize,
-    /// The node, as an index in `Shard::nodes`.
-    pub(super) node: usize,
+    pub(super) node: Arc<Node>,
     pub(super) conn: Reserved,
     /// Given back once the reply with this sequence number is written; `None`: kept until
     /// the session says (a WATCH until EXEC).
@@ -343,8 +342,7 @@ impl<F: Frontend> Session<F> {
     /// Between bursts of requests the task holds only the session itself: the buffers and the
     /// larger state of a burst live in a future allocated while the client is active, so
     /// thousands of idle clients cost little memory.
-    pub(super) async fn run(mut self, stream: TcpStream, mut shutdown: oneshot::Receiver<()>) {
-        let _ = stream.set_nodelay(true);
+    pub(super) async fn run(mut self, stream: Stream, mut shutdown: oneshot::Receiver<()>) {
         let mut read_chunk = FIRST_READ_CHUNK;
         let inbox = self.out.inbox.clone();
         loop {
@@ -380,7 +378,7 @@ impl<F: Frontend> Session<F> {
     /// the connection is to close.
     async fn burst(
         &mut self,
-        stream: &TcpStream,
+        stream: &Stream,
         shutdown: &mut oneshot::Receiver<()>,
         read_chunk: &mut usize,
     ) -> Burst {
@@ -393,7 +391,7 @@ impl<F: Frontend> Session<F> {
             inbox.take(&mut completions);
             self.complete_all(&mut completions);
             if !self.out.buf.is_empty() {
-                if crate::net::write_all(stream, &self.out.buf).await.is_err() {
+                if stream.write_all(&self.out.buf).await.is_err() {
                     return Burst::Close;
                 }
                 self.out.buf.clear();
@@ -411,7 +409,7 @@ impl<F: Frontend> Session<F> {
                         self.resend();
                     }
                 }
-                read = crate::net::read_some(stream, &mut read_buf, read_chunk), if can_read => {
+                read = stream.read_some(&mut read_buf, read_chunk), if can_read => {
                     if matches!(read, Ok(n) if n > 0) {
                         closing = F::handle_input(self, &mut read_buf);
                     } else {
@@ -434,7 +432,7 @@ impl<F: Frontend> Session<F> {
                 self.give_back_done();
             }
             if !self.out.buf.is_empty() {
-                if crate::net::write_all(stream, &self.out.buf).await.is_err() {
+                if stream.write_all(&self.out.buf).await.is_err() {
                     return Burst::Close;
                 }
                 self.out.buf.clear();
@@ -468,8 +466,7 @@ impl<F> Session<F> {
         while i < self.held.len() {
             if self.held[i].until.is_some_and(|seq| seq < first_unanswered) {
                 let held = self.held.swap_remove(i);
-                let node = self.pool.shards[held.shard].node(held.node);
-                node.give_back(self.worker, held.conn);
+                held.node.give_back(self.worker, held.conn);
             } else {
                 i += 1;
             }
@@ -477,45 +474,57 @@ impl<F> Session<F> {
     }
 
     /// Sends again what asked for it: a failed read to the next node of its shard, an EVALSHA
-    /// to its node after loading the script there.
+    /// to its node after loading the script there. The shard is found in the pool's current
+    /// state; one that left it fails the request.
     fn resend(&mut self) {
+        let state = self.pool.state();
         for Retry { seq, reload } in std::mem::take(&mut self.out.retries) {
             let index = (seq - self.out.first_seq) as usize;
             let Some(Slot::Resend(resend)) = self.out.slots.get(index) else {
                 continue;
             };
-            let shard = &self.pool.shards[resend.shard];
-            let node = match reload {
-                Some(_) => resend.node,
-                None => shard.retry_index(resend.node),
+            let shard = state.shard_named(&resend.shard);
+            let last = shard.and_then(|shard| Some((shard, shard.index_of(resend.node)?)));
+            let Some((shard, last)) = last else {
+                let msg = format!("ERR server {} left the pool", resend.shard);
+                self.out.slots[index] = Slot::Ready(error_reply(self.out.protocol, &msg));
+                self.out.errors += 1;
+                continue;
             };
+            let node = match reload {
+                Some(_) => last,
+                None => shard.retry_index(last),
+            };
+            let node = &shard.nodes[node];
             let (job, resp3) = (resend.job.clone(), resend.resp3);
             if let Some(load) = reload {
                 let load = (load, ReplyKind::Resp);
-                self.send_job_to(shard.node(node), load, self.out.reply_to_seq(seq, 1), resp3);
+                self.send_job_to(node, load, self.out.reply_to_seq(seq, 1), resp3);
             }
             let reply_to = self.out.reply_to_seq(seq, 0);
-            self.send_job_to(shard.node(node), job, reply_to, resp3);
+            self.send_job_to(node, job, reply_to, resp3);
             if let Some(Slot::Resend(resend)) = self.out.slots.get_mut(index) {
-                resend.node = node;
+                resend.node = node.id();
                 resend.retries_left -= 1;
             }
         }
     }
 
-    /// Sends part `part` of the next request to shard `s` (the node `write` and the pool's
-    /// `read_from` choose). The request's slot is queued after all its parts are sent.
+    /// Sends part `part` of the next request to shard `s` of `state` (the node `write` and
+    /// the pool's `read_from` choose). The request's slot is queued after all its parts are
+    /// sent.
     pub(super) fn send(
         &self,
+        state: &PoolState,
         s: usize,
         write: bool,
         job: (Bytes, ReplyKind),
         part: usize,
         resp3: bool,
     ) {
-        let shard = &self.pool.shards[s];
+        let shard = &state.shards[s];
         let node = shard.node_for(write, self.pool.config.read_from, self.id as usize);
-        self.send_to(node, job, part, resp3);
+        self.send_to(&shard.nodes[node], job, part, resp3);
     }
 
     /// Sends part `part` of the next request to `node`.

@@ -4,28 +4,30 @@
 //! reserved for the client, given back once EXEC is answered. WATCH reserves that connection
 //! early and keeps it until EXEC, DISCARD or UNWATCH.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 
 use super::merge::Gather;
 use super::resp::RespSession;
 use super::session::Held;
-use crate::backend::{Job, Reserved};
+use crate::backend::{Job, Node, Reserved};
 use crate::command::{Command, Kind};
 use crate::protocol::ReplyKind;
 use crate::protocol::resp::{Request, encode};
-use crate::ring::Ring;
+use crate::topology::PoolState;
 
 /// A client's open transaction, if any.
 #[derive(Debug, Default)]
 pub(super) struct Transaction {
-    /// The shard every key must map to, once a key or WATCH chose it.
-    shard: Option<usize>,
+    /// The name of the shard every key must map to, once a key or WATCH chose it.
+    shard: Option<Arc<str>>,
     /// Between MULTI and EXEC / DISCARD: the queued requests.
     queued: Option<Vec<Bytes>>,
     /// A command was refused while queueing: EXEC aborts.
     aborted: bool,
     /// The connection WATCH reserved on the shard's master.
-    watching: Option<Reserved>,
+    watching: Option<(Arc<Node>, Reserved)>,
 }
 
 impl Transaction {
@@ -37,7 +39,7 @@ impl Transaction {
 const EXECABORT: &str = "EXECABORT Transaction discarded because of previous errors.";
 
 /// The transaction commands themselves, outside MULTI.
-pub(super) fn run(s: &mut RespSession, ring: &Ring, cmd: &Command, req: Request) {
+pub(super) fn run(s: &mut RespSession, state: &PoolState, cmd: &Command, req: Request) {
     match cmd.name {
         "MULTI" => {
             s.fe.tx.queued = Some(Vec::new());
@@ -45,18 +47,21 @@ pub(super) fn run(s: &mut RespSession, ring: &Ring, cmd: &Command, req: Request)
         }
         "EXEC" => s.out.error("ERR EXEC without MULTI"),
         "DISCARD" => s.out.error("ERR DISCARD without MULTI"),
-        "WATCH" => watch(s, ring, cmd, &req),
-        "UNWATCH" => match (s.fe.tx.watching.take(), s.fe.tx.shard.take()) {
-            (Some(conn), Some(shard)) => send_on(s, shard, conn, vec![req.frame().clone()]),
-            _ => s.out.ready(Bytes::from_static(b"+OK\r\n")),
-        },
+        "WATCH" => watch(s, state, cmd, &req),
+        "UNWATCH" => {
+            s.fe.tx.shard = None;
+            match s.fe.tx.watching.take() {
+                Some(held) => send_on(s, held, vec![req.frame().clone()]),
+                None => s.out.ready(Bytes::from_static(b"+OK\r\n")),
+            }
+        }
         _ => s.out.error("ERR unknown transaction command"),
     }
 }
 
 /// A request between MULTI and EXEC: EXEC and DISCARD end the transaction; anything else is
 /// checked and queued, or refused and the transaction marked to abort.
-pub(super) fn queue(s: &mut RespSession, ring: &Ring, cmd: Option<&Command>, req: Request) {
+pub(super) fn queue(s: &mut RespSession, state: &PoolState, cmd: Option<&Command>, req: Request) {
     let refuse = |s: &mut RespSession, msg: &str| {
         s.fe.tx.aborted = true;
         s.out.error(msg);
@@ -73,7 +78,7 @@ pub(super) fn queue(s: &mut RespSession, ring: &Ring, cmd: Option<&Command>, req
         );
     }
     match (cmd.name, cmd.kind) {
-        ("EXEC", _) => return exec(s, ring),
+        ("EXEC", _) => return exec(s, state),
         ("DISCARD", _) => return discard(s),
         ("MULTI", _) => return s.out.error("ERR MULTI calls can not be nested"),
         ("WATCH", _) => return s.out.error("ERR WATCH inside MULTI is not allowed"),
@@ -97,13 +102,14 @@ pub(super) fn queue(s: &mut RespSession, ring: &Ring, cmd: Option<&Command>, req
         keys.extend((3..3 + declared).take_while(|&i| i < req.argc()));
     }
     for pos in keys {
-        let Some(owner) = ring.server_for(req.arg(pos)) else {
+        let Some(owner) = state.shard_for(req.arg(pos)) else {
             return refuse(
                 s,
                 "ERR no server is available for the key (all are ejected)",
             );
         };
-        match s.fe.tx.shard {
+        let owner = &state.shards[owner].name;
+        match &s.fe.tx.shard {
             Some(pinned) if pinned != owner => {
                 let name = cmd.name.to_ascii_lowercase();
                 return refuse(
@@ -113,7 +119,7 @@ pub(super) fn queue(s: &mut RespSession, ring: &Ring, cmd: Option<&Command>, req
                     ),
                 );
             }
-            _ => s.fe.tx.shard = Some(owner),
+            _ => s.fe.tx.shard = Some(owner.clone()),
         }
     }
     if let Some(queued) = &mut s.fe.tx.queued {
@@ -123,21 +129,31 @@ pub(super) fn queue(s: &mut RespSession, ring: &Ring, cmd: Option<&Command>, req
 }
 
 /// WATCH: on a connection reserved on the keys' shard, kept until the transaction ends.
-fn watch(s: &mut RespSession, ring: &Ring, cmd: &Command, req: &Request) {
+fn watch(s: &mut RespSession, state: &PoolState, cmd: &Command, req: &Request) {
     let keys = cmd.key_positions(req.argc());
-    let Some(shard) = s.shard_of_keys(ring, cmd, keys, req) else {
+    let Some(shard) = s.shard_of_keys(state, cmd, keys, req) else {
         return;
     };
-    if s.fe.tx.shard.is_some_and(|pinned| pinned != shard) {
+    let shard = &state.shards[shard];
+    if s.fe
+        .tx
+        .shard
+        .as_ref()
+        .is_some_and(|pinned| *pinned != shard.name)
+    {
         return s.out.error(
             "CROSSSLOT Keys in request don't hash to the shard of earlier WATCHed keys; use a hash tag",
         );
     }
-    s.fe.tx.shard = Some(shard);
+    s.fe.tx.shard = Some(shard.name.clone());
     let resp3 = s.client().resp3;
-    let conn = match s.fe.tx.watching.take() {
-        Some(conn) => conn,
-        None => s.pool.shards[shard].master.reserve(s.worker, resp3),
+    let (node, conn) = match s.fe.tx.watching.take() {
+        Some(held) => held,
+        None => {
+            let master = shard.master().clone();
+            let conn = master.reserve(s.worker, resp3);
+            (master, conn)
+        }
     };
     let seq = s.out.next_seq();
     conn.send(
@@ -145,45 +161,52 @@ fn watch(s: &mut RespSession, ring: &Ring, cmd: &Command, req: &Request) {
         Some(s.pool.config.timeout),
     );
     s.out.forwarded();
-    s.fe.tx.watching = Some(conn);
+    s.fe.tx.watching = Some((node, conn));
 }
 
 /// EXEC: the queued commands between MULTI and EXEC, in one write on the reserved connection;
 /// the client gets EXEC's reply.
-fn exec(s: &mut RespSession, ring: &Ring) {
+fn exec(s: &mut RespSession, state: &PoolState) {
     let tx = std::mem::take(&mut s.fe.tx);
     if tx.aborted {
         // Dropping a WATCH connection closes it, which unwatches.
         return s.out.error(EXECABORT);
     }
-    let Some(shard) = tx.shard.or_else(|| ring.server_for(b"")) else {
-        return s
-            .out
-            .error("ERR no server is available for the key (all are ejected)");
-    };
-    let resp3 = s.client().resp3;
-    let conn = match tx.watching {
-        Some(conn) => conn,
-        None => s.pool.shards[shard].master.reserve(s.worker, resp3),
+    let held = match tx.watching {
+        Some(held) => held,
+        None => {
+            let shard = match &tx.shard {
+                Some(name) => state.shard_named(name),
+                None => state.shard_for(b"").map(|i| &state.shards[i]),
+            };
+            let Some(shard) = shard else {
+                return s
+                    .out
+                    .error("ERR no server is available for the key (all are ejected)");
+            };
+            let master = shard.master().clone();
+            let conn = master.reserve(s.worker, s.client().resp3);
+            (master, conn)
+        }
     };
     let mut requests = vec![command(b"MULTI")];
     requests.extend(tx.queued.unwrap_or_default());
     requests.push(command(b"EXEC"));
-    send_on(s, shard, conn, requests);
+    send_on(s, held, requests);
 }
 
 /// DISCARD: the queue is dropped; a WATCH ends with an UNWATCH, whose reply is DISCARD's.
 fn discard(s: &mut RespSession) {
     let tx = std::mem::take(&mut s.fe.tx);
-    match (tx.watching, tx.shard) {
-        (Some(conn), Some(shard)) => send_on(s, shard, conn, vec![command(b"UNWATCH")]),
-        _ => s.out.ready(Bytes::from_static(b"+OK\r\n")),
+    match tx.watching {
+        Some(held) => send_on(s, held, vec![command(b"UNWATCH")]),
+        None => s.out.ready(Bytes::from_static(b"+OK\r\n")),
     }
 }
 
-/// Sends `requests` on `conn` (to `shard`'s master) as the parts of the next reply, which is
-/// the last part's, and gives the connection back once that reply is written.
-fn send_on(s: &mut RespSession, shard: usize, conn: Reserved, requests: Vec<Bytes>) {
+/// Sends `requests` on `conn` (to `node`, a shard's master) as the parts of the next reply,
+/// which is the last part's, and gives the connection back once that reply is written.
+fn send_on(s: &mut RespSession, (node, conn): (Arc<Node>, Reserved), requests: Vec<Bytes>) {
     let seq = s.out.next_seq();
     let parts = requests.len();
     for (part, payload) in requests.into_iter().enumerate() {
@@ -191,8 +214,7 @@ fn send_on(s: &mut RespSession, shard: usize, conn: Reserved, requests: Vec<Byte
     }
     s.out.gathering(Gather::last(parts));
     s.held.push(Held {
-        shard,
-        node: 0,
+        node,
         conn,
         until: Some(seq),
     });

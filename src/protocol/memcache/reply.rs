@@ -6,7 +6,7 @@ use thiserror::Error;
 
 use super::{ReplyShape, parse_decimal};
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 #[error("{0}")]
 pub struct ReplyError(&'static str);
 

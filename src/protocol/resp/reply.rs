@@ -6,7 +6,7 @@ use thiserror::Error;
 use super::parse_int;
 
 /// A backend sent something that is not RESP: the connection cannot be trusted any more.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum ReplyError {
     #[error("unknown reply type byte 0x{0:02x}")]
     UnknownType(u8),

@@ -1,0 +1,127 @@
+//! The one writer of a pool's state: it hears what the nodes report (up, down, failing) and
+//! publishes a new snapshot when routing should change. Placement is never rebuilt for health,
+//! except for twemproxy's ejection, which the configuration asks for: then the ring of the
+//! servers left is built once per set of ejected servers and kept for when that set recurs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::{Instant, sleep_until};
+
+use super::state::{PoolState, Shard};
+use crate::backend::{NodeEvent, NodeId};
+use crate::config::PoolConfig;
+use crate::placement::Ring;
+
+/// Rings kept for sets of ejected servers that may recur.
+const MAX_RINGS_KEPT: usize = 64;
+
+pub(super) struct Keeper {
+    config: PoolConfig,
+    shards: Vec<Shard>,
+    /// When each ejected shard rejoins the ring.
+    out_until: Vec<Option<Instant>>,
+    /// Rings by the set of shards on them, the full ring among them.
+    rings: HashMap<Vec<bool>, Arc<Ring>>,
+    state: Arc<ArcSwap<PoolState>>,
+}
+
+impl Keeper {
+    /// A keeper for `shards`, and the pool's first snapshot.
+    pub(super) fn new(config: PoolConfig, shards: Vec<Shard>) -> (Keeper, Arc<ArcSwap<PoolState>>) {
+        let live = vec![true; shards.len()];
+        let ring = Arc::new(config.ring(&live));
+        let state = Arc::new(ArcSwap::from_pointee(PoolState::new(
+            ring.clone(),
+            shards.clone(),
+        )));
+        let keeper = Keeper {
+            out_until: vec![None; shards.len()],
+            rings: HashMap::from([(live, ring)]),
+            config,
+            shards,
+            state: state.clone(),
+        };
+        (keeper, state)
+    }
+
+    /// Applies node events until every node is gone.
+    pub(super) async fn run(mut self, mut events: UnboundedReceiver<NodeEvent>) {
+        loop {
+            let next_return = self.out_until.iter().flatten().min().copied();
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => self.apply(event),
+                    None => return,
+                },
+                _ = sleep_until(next_return.unwrap_or_else(Instant::now)), if next_return.is_some() => {
+                    self.rejoin(Instant::now());
+                }
+            }
+            self.publish();
+        }
+    }
+
+    fn locate(&self, id: NodeId) -> Option<(usize, usize)> {
+        self.shards
+            .iter()
+            .enumerate()
+            .find_map(|(s, shard)| Some((s, shard.index_of(id)?)))
+    }
+
+    fn apply(&mut self, event: NodeEvent) {
+        let id = match &event {
+            NodeEvent::Up(id) | NodeEvent::Down(id, _) | NodeEvent::FailedRepeatedly(id) => *id,
+        };
+        let Some((s, n)) = self.locate(id) else {
+            return;
+        };
+        match event {
+            NodeEvent::Up(_) => self.shards[s].up[n] = true,
+            NodeEvent::Down(..) => self.shards[s].up[n] = false,
+            NodeEvent::FailedRepeatedly(_) => self.eject(s),
+        }
+    }
+
+    /// twemproxy's auto-eject: the shard leaves the ring for the retry timeout and its keys
+    /// rehash to the others meanwhile. A replicated shard stays while another of its nodes is
+    /// up: its keys are served there without moving.
+    fn eject(&mut self, s: usize) {
+        let shard = &self.shards[s];
+        let standby_up =
+            shard.replicated && (0..shard.nodes.len()).any(|i| i != shard.master && shard.up[i]);
+        if standby_up {
+            return;
+        }
+        if self.out_until[s].is_none() {
+            tracing::warn!(pool = %self.config.name, server = %shard.name, "ejecting server for {} ms", self.config.retry_timeout.as_millis());
+        }
+        self.out_until[s] = Some(Instant::now() + self.config.retry_timeout);
+    }
+
+    fn rejoin(&mut self, now: Instant) {
+        for (s, until) in self.out_until.iter_mut().enumerate() {
+            if until.is_some_and(|t| t <= now) {
+                tracing::info!(pool = %self.config.name, server = %self.shards[s].name, "server rejoins the ring");
+                *until = None;
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        let live: Vec<bool> = self.out_until.iter().map(Option::is_none).collect();
+        if self.rings.len() > MAX_RINGS_KEPT {
+            self.rings.retain(|live, _| live.iter().all(|&l| l));
+        }
+        let config = &self.config;
+        let ring = self
+            .rings
+            .entry(live)
+            .or_insert_with_key(|live| Arc::new(config.ring(live)))
+            .clone();
+        self.state
+            .store(Arc::new(PoolState::new(ring, self.shards.clone())));
+    }
+}

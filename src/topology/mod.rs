@@ -1,0 +1,140 @@
+//! Pools and their live state. A [`Pool`] lasts as long as its listener; what it serves (the
+//! ring, the shards, which node is each shard's master, which nodes are up) is a
+//! [`PoolState`] snapshot swapped atomically by the pool's keeper, so sessions see failover,
+//! ejection and, later, reloads on their next request without any lock.
+
+mod keeper;
+mod state;
+
+pub use state::{PoolState, Shard};
+
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, Guard};
+use tokio::sync::mpsc;
+
+use crate::backend::{Node, NodeEvent, NodeSpec};
+use crate::config::{Config, Failover, PoolConfig, Protocol};
+use crate::metrics::{Metrics, PoolMetrics, ServerLabels};
+use crate::workers::Workers;
+use keeper::Keeper;
+
+/// Everything the proxy serves.
+pub struct Topology {
+    pub pools: Vec<Arc<Pool>>,
+    pub metrics: Metrics,
+}
+
+/// A pool: its configuration, its counters, and its current state.
+pub struct Pool {
+    pub config: PoolConfig,
+    state: Arc<ArcSwap<PoolState>>,
+    pub metrics: PoolMetrics,
+    pub started: std::time::Instant,
+    pub scripts: Scripts,
+}
+
+/// The scripts clients loaded with SCRIPT LOAD, by SHA1 (lower-case hex), to load again on a
+/// node that lost them (a restart). Locked only by SCRIPT LOAD and on a NOSCRIPT reply.
+pub type Scripts = Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, bytes::Bytes>>>;
+
+impl Topology {
+    /// Starts every node's connections on the workers, and health checks and each pool's
+    /// keeper on the current runtime.
+    pub fn start(config: &Config, workers: &Workers) -> Topology {
+        let metrics = Metrics::default();
+        let pools = config
+            .pools
+            .iter()
+            .map(|p| Arc::new(Pool::start(p, &metrics, workers)))
+            .collect();
+        Topology { pools, metrics }
+    }
+
+    /// Whether every pool can serve every key: a reachable master for every shard on its ring.
+    /// `Err` says which cannot.
+    pub fn readiness(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        for pool in &self.pools {
+            let state = pool.state();
+            if state.live_servers() == 0 {
+                problems.push(format!(
+                    "pool {}: no server is on the ring",
+                    pool.config.name
+                ));
+            }
+            for (i, shard) in state.shards.iter().enumerate() {
+                if state.on_ring(i) && !shard.serving() {
+                    problems.push(format!(
+                        "pool {}: master of {} is unreachable",
+                        pool.config.name,
+                        shard.master().label()
+                    ));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+impl Pool {
+    fn start(config: &PoolConfig, metrics: &Metrics, workers: &Workers) -> Pool {
+        let (events, events_rx) = mpsc::unbounded_channel::<NodeEvent>();
+        let replicated_protocol = config.protocol == Protocol::Memcache;
+        let shards = config
+            .servers
+            .iter()
+            .map(|s| {
+                let replicated = replicated_protocol && !s.replicas.is_empty();
+                let addrs = std::iter::once(&s.master).chain(&s.replicas);
+                let nodes: Vec<Arc<Node>> = addrs
+                    .enumerate()
+                    .map(|(i, addr)| {
+                        let labels = ServerLabels {
+                            pool: config.name.clone(),
+                            server: s.name.clone(),
+                            role: if i == 0 { "master" } else { "replica" }.to_string(),
+                            address: addr.to_string(),
+                        };
+                        let spec = NodeSpec {
+                            server_name: &s.name,
+                            addr: addr.clone(),
+                            metrics: metrics.server(labels),
+                            events: events.clone(),
+                            failure_limit: (i == 0 && config.failover == Failover::Eject)
+                                .then_some(config.failure_limit),
+                            flush_when_back: replicated,
+                        };
+                        Arc::new(Node::start(workers, config, spec))
+                    })
+                    .collect();
+                Shard {
+                    name: s.name.as_str().into(),
+                    up: vec![false; nodes.len()],
+                    nodes,
+                    master: 0,
+                    replicated,
+                }
+            })
+            .collect();
+        let (keeper, state) = Keeper::new(config.clone(), shards);
+        tokio::spawn(keeper.run(events_rx));
+        Pool {
+            config: config.clone(),
+            state,
+            metrics: metrics.pool(&config.name),
+            started: std::time::Instant::now(),
+            scripts: Scripts::default(),
+        }
+    }
+
+    /// The pool's current state. Load it per burst of requests and do not keep it: the next
+    /// burst should see what changed.
+    pub fn state(&self) -> Guard<Arc<PoolState>> {
+        self.state.load()
+    }
+}

@@ -1,0 +1,224 @@
+//! A pool's serving state: an immutable snapshot of where keys go, which node of each shard is
+//! its master and which nodes are healthy. Sessions load the current one per burst of requests;
+//! the pool's keeper replaces it whole when something changes.
+
+use std::sync::Arc;
+
+use crate::backend::{Node, NodeId};
+use crate::config::ReadFrom;
+use crate::placement::Ring;
+
+/// One snapshot of a pool.
+#[derive(Debug)]
+pub struct PoolState {
+    /// Where keys go: the configured ring, or, while twemproxy-style ejection has taken
+    /// servers off, the ring of those left.
+    ring: Arc<Ring>,
+    /// In configuration order, which is the ring's server order.
+    pub shards: Vec<Shard>,
+}
+
+impl PoolState {
+    pub(super) fn new(ring: Arc<Ring>, shards: Vec<Shard>) -> PoolState {
+        PoolState { ring, shards }
+    }
+
+    /// The shard owning `key` (its position in [`PoolState::shards`]), or `None` when no server
+    /// is on the ring.
+    pub fn shard_for(&self, key: &[u8]) -> Option<usize> {
+        self.ring.server_for(key)
+    }
+
+    /// How many shards are on the ring.
+    pub fn live_servers(&self) -> usize {
+        self.ring.live_servers()
+    }
+
+    /// Whether shard `index` is on the ring (not ejected).
+    pub fn on_ring(&self, index: usize) -> bool {
+        self.ring.contains(index)
+    }
+
+    /// The shard called `name`, a shard's lasting identity across snapshots.
+    pub fn shard_named(&self, name: &str) -> Option<&Shard> {
+        self.shards.iter().find(|s| &*s.name == name)
+    }
+
+    /// Every node of every shard, with whether it is up.
+    pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
+        self.shards.iter().flat_map(|s| &s.nodes)
+    }
+}
+
+/// A shard: its name (its ring identity), its nodes, and which of them is its master now.
+/// Generic over the node type so routing rules are tested without sockets.
+#[derive(Clone, Debug)]
+pub struct Shard<N = Arc<Node>> {
+    pub name: Arc<str>,
+    /// The configured master first, then the replicas in configuration order.
+    pub nodes: Vec<N>,
+    /// Whether each node passes its health checks.
+    pub up: Vec<bool>,
+    /// The index in `nodes` of the master.
+    pub master: usize,
+    /// A memcache shard with replicas: writes go to every node, and reads and writes go on
+    /// while any node is up.
+    pub replicated: bool,
+}
+
+impl Shard {
+    /// The master node.
+    pub fn master(&self) -> &Arc<Node> {
+        &self.nodes[self.master]
+    }
+
+    /// Where node `id` is in `nodes`.
+    pub fn index_of(&self, id: NodeId) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id() == id)
+    }
+}
+
+impl<N> Shard<N> {
+    fn replica_count(&self) -> usize {
+        self.nodes.len() - 1
+    }
+
+    /// The `k`-th replica (in configuration order, skipping the master), as an index in `nodes`.
+    fn replica(&self, k: usize) -> usize {
+        if k < self.master { k } else { k + 1 }
+    }
+
+    /// Whether the shard can serve its keys: the master is up, or for a replicated shard any
+    /// node.
+    pub fn serving(&self) -> bool {
+        self.up[self.master] || (self.replicated && self.up.iter().any(|&u| u))
+    }
+
+    /// The node a command goes to, as an index in `nodes`: writes to the master, reads as
+    /// `read_from` says. `spread` (a session id) picks among replicas.
+    pub fn node_for(&self, write: bool, read_from: ReadFrom, spread: usize) -> usize {
+        if self.replicated && !write {
+            return self.read_index(read_from, spread);
+        }
+        let replicas = self.replica_count();
+        if write || replicas == 0 || read_from == ReadFrom::Master {
+            return self.master;
+        }
+        let start = spread % replicas;
+        match read_from {
+            ReadFrom::Replica => self.replica(start),
+            _ => (0..replicas)
+                .map(|k| self.replica((start + k) % replicas))
+                .find(|&i| self.up[i])
+                .unwrap_or(self.master),
+        }
+    }
+
+    /// For a replicated shard, the node a read goes to: the first in service in `read_from`'s
+    /// order, else the first in that order.
+    pub fn read_index(&self, read_from: ReadFrom, spread: usize) -> usize {
+        let replicas = self.replica_count().max(1);
+        let start = spread % replicas;
+        let nth = |k: usize| match read_from {
+            ReadFrom::Master if k == 0 => self.master,
+            ReadFrom::Master => self.replica((start + k - 1) % replicas),
+            _ if k < replicas => self.replica((start + k) % replicas),
+            _ => self.master,
+        };
+        let order = self.replica_count() + 1;
+        (0..order)
+            .map(nth)
+            .find(|&i| self.up.get(i).copied().unwrap_or(false))
+            .unwrap_or(nth(0))
+    }
+
+    /// The node after `failed` to retry a read on: the next one in service, else the next.
+    pub fn retry_index(&self, failed: usize) -> usize {
+        let n = self.nodes.len();
+        (1..n)
+            .map(|k| (failed + k) % n)
+            .find(|&i| self.up[i])
+            .unwrap_or((failed + 1) % n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shard of `n` nodes with `master` as its master and the nodes in `down` failing.
+    fn shard(n: usize, master: usize, down: &[usize], replicated: bool) -> Shard<()> {
+        Shard {
+            name: "s".into(),
+            nodes: vec![(); n],
+            up: (0..n).map(|i| !down.contains(&i)).collect(),
+            master,
+            replicated,
+        }
+    }
+
+    #[test]
+    fn writes_go_to_the_master_wherever_it_is() {
+        for master in 0..3 {
+            let s = shard(3, master, &[], false);
+            for read_from in [
+                ReadFrom::Master,
+                ReadFrom::Replica,
+                ReadFrom::ReplicaPreferred,
+            ] {
+                assert_eq!(s.node_for(true, read_from, 7), master);
+            }
+            assert_eq!(s.node_for(false, ReadFrom::Master, 7), master);
+        }
+    }
+
+    #[test]
+    fn replica_reads_spread_over_the_replicas_and_never_hit_the_master() {
+        let s = shard(3, 1, &[], false);
+        let picked: Vec<usize> = (0..4)
+            .map(|spread| s.node_for(false, ReadFrom::Replica, spread))
+            .collect();
+        assert_eq!(picked, [0, 2, 0, 2]);
+    }
+
+    #[test]
+    fn replica_preferred_falls_back_to_the_master_only_when_every_replica_is_down() {
+        let s = shard(3, 0, &[1], false);
+        assert_eq!(s.node_for(false, ReadFrom::ReplicaPreferred, 0), 2);
+        let s = shard(3, 0, &[1, 2], false);
+        assert_eq!(s.node_for(false, ReadFrom::ReplicaPreferred, 0), 0);
+        // `replica` does not look at health: the pool asked for replicas only.
+        assert_eq!(s.node_for(false, ReadFrom::Replica, 0), 1);
+    }
+
+    #[test]
+    fn replicated_reads_take_the_first_node_in_service() {
+        let s = shard(3, 0, &[0], true);
+        assert_eq!(s.node_for(false, ReadFrom::Master, 0), 1);
+        let s = shard(3, 0, &[], true);
+        assert_eq!(s.node_for(false, ReadFrom::Master, 5), 0);
+        assert_eq!(s.node_for(false, ReadFrom::Replica, 1), 2);
+        let s = shard(3, 0, &[0, 1, 2], true);
+        assert_eq!(
+            s.node_for(false, ReadFrom::Master, 0),
+            0,
+            "none up: the first"
+        );
+    }
+
+    #[test]
+    fn a_failed_read_moves_to_the_next_node_in_service() {
+        let s = shard(3, 0, &[1], true);
+        assert_eq!(s.retry_index(0), 2);
+        assert_eq!(s.retry_index(2), 0);
+        let s = shard(3, 0, &[0, 1, 2], true);
+        assert_eq!(s.retry_index(0), 1, "none up: the next");
+    }
+
+    #[test]
+    fn serving_needs_the_master_unless_replicated() {
+        assert!(!shard(2, 0, &[0], false).serving());
+        assert!(shard(2, 0, &[0], true).serving());
+        assert!(shard(2, 1, &[0], false).serving());
+    }
+}
