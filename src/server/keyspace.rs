@@ -4,6 +4,7 @@
 
 use bytes::BytesMut;
 
+use super::error::ClientError;
 use super::merge::Gather;
 use super::resp::RespSession;
 use super::session::{Resend, ResendWhen};
@@ -15,12 +16,16 @@ use crate::topology::PoolState;
 /// EVAL, EVALSHA, FCALL and their read-only forms: to the one shard of the declared keys.
 pub(super) fn script(s: &mut RespSession, state: &PoolState, cmd: &Command, req: &Request) {
     let declared = match parse_int(req.arg(2)) {
-        None => return s.out.error("ERR value is not an integer or out of range"),
-        Some(n) if n < 0 => return s.out.error("ERR Number of keys can't be negative"),
+        None => return s.out.error(ClientError::NotAnInteger),
+        Some(n) if n < 0 => {
+            return s.out.error(ClientError::Exact(
+                "ERR Number of keys can't be negative".into(),
+            ));
+        }
         Some(n) if n as usize > req.argc() - 3 => {
-            return s
-                .out
-                .error("ERR Number of keys can't be greater than number of args");
+            return s.out.error(ClientError::Exact(
+                "ERR Number of keys can't be greater than number of args".into(),
+            ));
         }
         Some(n) => n as usize,
     };
@@ -57,15 +62,18 @@ pub(super) fn run(s: &mut RespSession, state: &PoolState, fanout: Fanout, req: &
     let all = |merge| Gather::split(merge, shards, Vec::new(), depth);
     match fanout {
         Fanout::Scan => scan(s, state, req),
-        Fanout::Keys if !s.pool.config.allow_keys => s.out.error(
-            "ERR KEYS would scan every shard; the pool needs allow_keys: true (or use SCAN)",
-        ),
+        Fanout::Keys if !s.pool.config.allow_keys => s.out.error(ClientError::Refused(
+            "KEYS would scan every shard; the pool needs allow_keys: true (or use SCAN)".into(),
+        )),
         Fanout::Keys => s.broadcast(state, req.frame().clone(), all(Merge::Concat)),
         Fanout::DbSize => s.broadcast(state, req.frame().clone(), all(Merge::Sum)),
         Fanout::RandomKey => s.broadcast(state, req.frame().clone(), all(Merge::FirstNonNil)),
-        Fanout::Flush if !s.pool.config.allow_flush => s.out.error(&format!(
-            "ERR {} would empty every shard; the pool needs allow_flush: true",
-            String::from_utf8_lossy(req.arg(0)).to_ascii_uppercase()
+        Fanout::Flush if !s.pool.config.allow_flush => s.out.error(ClientError::Refused(
+            format!(
+                "{} would empty every shard; the pool needs allow_flush: true",
+                String::from_utf8_lossy(req.arg(0)).to_ascii_uppercase()
+            )
+            .into(),
         )),
         Fanout::Flush => s.broadcast(state, req.frame().clone(), all(Merge::Same)),
         Fanout::Script => script_admin(s, state, req),
@@ -81,7 +89,7 @@ fn scan(s: &mut RespSession, state: &PoolState, req: &Request) {
         .ok()
         .and_then(|c| c.parse::<u64>().ok())
     else {
-        return s.out.error("ERR invalid cursor");
+        return s.out.error(ClientError::Exact("ERR invalid cursor".into()));
     };
     let (shard, backend) = ((cursor % shards) as usize, cursor / shards);
     let mut payload = BytesMut::with_capacity(req.frame().len() + 16);
@@ -183,10 +191,11 @@ fn function_admin(s: &mut RespSession, state: &PoolState, req: &Request) {
     }
 }
 
-fn unsupported_sub(s: &mut RespSession, req: &Request, served: &str) {
+fn unsupported_sub(s: &mut RespSession, req: &Request, served: &'static str) {
     let shown = String::from_utf8_lossy(req.arg(1)).to_ascii_uppercase();
     let name = String::from_utf8_lossy(req.arg(0)).to_ascii_uppercase();
-    s.out.error(&format!(
-        "ERR unsupported command '{name} {shown}' ({served})"
-    ));
+    s.out.error(ClientError::Unsupported {
+        command: format!("{name} {shown}"),
+        why: served.into(),
+    });
 }

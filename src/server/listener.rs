@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::error::ClientError;
 use super::memcache::Memcache;
 use super::resp::Resp;
 use super::session::Session;
@@ -68,11 +69,8 @@ pub async fn serve_pool(
         {
             let mut stream = stream;
             tracker.spawn(async move {
-                let refusal: &[u8] = match protocol {
-                    Protocol::Redis => b"-ERR max number of clients reached\r\n",
-                    Protocol::Memcache => b"SERVER_ERROR max number of clients reached\r\n",
-                };
-                let _ = stream.write_all(refusal).await;
+                let refusal = ClientError::TooManyClients.render(protocol);
+                let _ = stream.write_all(&refusal).await;
             });
             continue;
         }

@@ -3,6 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::error::ClientError;
 use super::merge::Gather;
 use super::resp::RespSession;
 use crate::command::{Command, Kind, TABLE};
@@ -36,7 +37,7 @@ pub(super) fn run(s: &mut RespSession, state: &PoolState, cmd: &Command, req: &R
     let upper = cmd.name;
     let allowed_before_auth = matches!(upper, "AUTH" | "HELLO" | "QUIT");
     if !allowed_before_auth && !s.client().authenticated {
-        s.out().error("NOAUTH Authentication required.");
+        s.out().error(ClientError::NoAuth);
         return false;
     }
     match upper {
@@ -52,15 +53,20 @@ pub(super) fn run(s: &mut RespSession, state: &PoolState, cmd: &Command, req: &R
         }
         "SELECT" => match parse_int(req.arg(1)) {
             Some(0) => s.out().ready(Bytes::from_static(b"+OK\r\n")),
-            Some(_) => s.out().error("ERR ringproxy serves database 0 only"),
-            None => s.out().error("ERR value is not an integer or out of range"),
+            Some(_) => s.out().error(ClientError::Refused(
+                "ringproxy serves database 0 only".into(),
+            )),
+            None => s.out().error(ClientError::NotAnInteger),
         },
         "AUTH" => auth(s, req),
         "HELLO" => hello(s, req),
         "CLIENT" => client(s, req),
         "COMMAND" => command(s, req),
         "INFO" => info(s, state, req),
-        _ => s.out().error(&format!("ERR unsupported command '{upper}'")),
+        _ => s.out().error(ClientError::Unsupported {
+            command: upper.to_string(),
+            why: "".into(),
+        }),
     }
     false
 }
@@ -81,9 +87,7 @@ fn ping(s: &mut RespSession, req: &Request) {
             encode::bulk(&mut b, req.arg(1));
             s.out().ready(b.freeze());
         }
-        _ => s
-            .out()
-            .error("ERR wrong number of arguments for 'ping' command"),
+        _ => s.out().error(ClientError::WrongArity("ping".into())),
     }
 }
 
@@ -102,8 +106,7 @@ fn check_password(s: &mut RespSession, user: &[u8], password: &[u8]) -> bool {
     if ok {
         s.client().authenticated = true;
     } else {
-        s.out()
-            .error("WRONGPASS invalid username-password pair or user is disabled.");
+        s.out().error(ClientError::WrongPass);
     }
     ok
 }
@@ -115,14 +118,11 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 
 fn auth(s: &mut RespSession, req: &Request) {
     if req.argc() > 3 {
-        s.out()
-            .error("ERR wrong number of arguments for 'auth' command");
+        s.out().error(ClientError::WrongArity("auth".into()));
         return;
     }
     if s.pool.config.client_users.is_empty() {
-        s.out().error(
-            "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-        );
+        s.out().error(ClientError::Exact("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?".into()));
         return;
     }
     let (user, password) = if req.argc() == 3 {
@@ -142,11 +142,15 @@ fn hello(s: &mut RespSession, req: &Request) {
         match parse_int(req.arg(1)) {
             Some(2) => resp3 = false,
             Some(3) => resp3 = true,
-            Some(_) => return s.out().error("NOPROTO unsupported protocol version"),
+            Some(_) => {
+                return s.out().error(ClientError::Exact(
+                    "NOPROTO unsupported protocol version".into(),
+                ));
+            }
             None => {
-                return s
-                    .out()
-                    .error("ERR Protocol version is not an integer or out of range");
+                return s.out().error(ClientError::Exact(
+                    "ERR Protocol version is not an integer or out of range".into(),
+                ));
             }
         }
         i = 2;
@@ -161,23 +165,22 @@ fn hello(s: &mut RespSession, req: &Request) {
             i += 3;
         } else if opt == b"SETNAME" && i + 1 < req.argc() {
             if !valid_name(req.arg(i + 1)) {
-                return s.out().error(
-                    "ERR Client names cannot contain spaces, newlines or special characters.",
-                );
+                return s.out().error(ClientError::Exact(
+                    "ERR Client names cannot contain spaces, newlines or special characters."
+                        .into(),
+                ));
             }
             name = Some(req.arg_bytes(i + 1));
             i += 2;
         } else {
             let shown = String::from_utf8_lossy(req.arg(i)).to_string();
-            return s
-                .out()
-                .error(&format!("ERR Syntax error in HELLO option '{shown}'"));
+            return s.out().error(ClientError::Exact(
+                format!("ERR Syntax error in HELLO option '{shown}'").into(),
+            ));
         }
     }
     if !s.client().authenticated {
-        return s.out().error(
-            "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
-        );
+        return s.out().error(ClientError::Exact("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".into()));
     }
     if name.is_some() {
         s.client().name = name;
@@ -216,9 +219,10 @@ fn client(s: &mut RespSession, req: &Request) {
     match (&sub[..], req.argc()) {
         (b"SETNAME", 3) => {
             if !valid_name(req.arg(2)) {
-                return s.out().error(
-                    "ERR Client names cannot contain spaces, newlines or special characters.",
-                );
+                return s.out().error(ClientError::Exact(
+                    "ERR Client names cannot contain spaces, newlines or special characters."
+                        .into(),
+                ));
             }
             s.client().name = (!req.arg(2).is_empty()).then(|| req.arg_bytes(2));
             s.out().ready(Bytes::from_static(b"+OK\r\n"));
@@ -241,14 +245,15 @@ fn client(s: &mut RespSession, req: &Request) {
         }
         (b"SETNAME" | b"GETNAME" | b"SETINFO" | b"ID", _) => {
             let shown = String::from_utf8_lossy(&sub).to_lowercase();
-            s.out().error(&format!(
-                "ERR wrong number of arguments for 'client|{shown}' command"
-            ));
+            s.out()
+                .error(ClientError::WrongArity(format!("client|{shown}")));
         }
         _ => {
             let shown = String::from_utf8_lossy(&sub).to_string();
-            s.out()
-                .error(&format!("ERR unsupported command 'CLIENT {shown}'"));
+            s.out().error(ClientError::Unsupported {
+                command: format!("CLIENT {shown}"),
+                why: "".into(),
+            });
         }
     }
 }
@@ -302,9 +307,10 @@ fn command(s: &mut RespSession, req: &Request) {
         b"DOCS" => encode::map(&mut b, 0, resp3),
         _ => {
             let shown = String::from_utf8_lossy(&sub).to_string();
-            return s
-                .out()
-                .error(&format!("ERR unsupported command 'COMMAND {shown}'"));
+            return s.out().error(ClientError::Unsupported {
+                command: format!("COMMAND {shown}"),
+                why: "".into(),
+            });
         }
     }
     s.out().ready(b.freeze());

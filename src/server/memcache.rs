@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 
+use super::error::ClientError;
 use super::merge::Gather;
 use super::session::{Frontend, Resend, ResendWhen, Session, parts_by_shard};
 use crate::protocol::ReplyKind;
@@ -50,12 +51,13 @@ impl Frontend for Memcache {
                 Ok(Some(Parsed::Reject { reply, silent })) => {
                     count += 1;
                     if !silent {
-                        s.out.error(reply);
+                        s.out.error(ClientError::Exact(reply.into()));
                     }
                 }
                 Ok(None) => break false,
                 Err(e) => {
-                    s.out.error(&format!("CLIENT_ERROR {e}"));
+                    s.out
+                        .error(ClientError::Exact(format!("CLIENT_ERROR {e}").into()));
                     break true;
                 }
             }
@@ -138,9 +140,12 @@ impl McSession {
             | Verb::CacheMemlimit
             | Verb::Misbehave
             | Verb::Debugtime
-            | Verb::Extstore => self.out.error(&format!(
-                "CLIENT_ERROR '{}' is not supported through the proxy",
-                req.verb
+            | Verb::Extstore => self.out.error(ClientError::Exact(
+                format!(
+                    "CLIENT_ERROR '{}' is not supported through the proxy",
+                    req.verb
+                )
+                .into(),
             )),
             _ => self.keyed(state, &req),
         }
@@ -172,9 +177,9 @@ impl McSession {
             return true;
         }
         if !req.is_quiet() || req.verb.is_meta() {
-            self.out.error(&format!(
+            self.out.error(ClientError::Exact(format!(
                 "CLIENT_ERROR exptime {t} is in the past: over {MAX_RELATIVE_EXPTIME} s it is a Unix time"
-            ));
+            ).into()));
         }
         false
     }
@@ -194,8 +199,7 @@ impl McSession {
             return;
         }
         let Some(s) = state.shard_for(key) else {
-            self.out
-                .error("SERVER_ERROR no server is available for the key (all are ejected)");
+            self.out.error(ClientError::NoServer);
             return;
         };
         let kind = ReplyKind::Memcache(req.verb.reply_shape());
@@ -258,19 +262,18 @@ impl McSession {
         } else {
             1
         };
-        const NO_SERVER: &str = "SERVER_ERROR no server is available for the key (all are ejected)";
         let kind = ReplyKind::Memcache(ReplyShape::Values);
         let mut keys = req.tokens().skip(first_key);
         if let (Some(key), None) = (keys.next(), keys.next()) {
             // The common single-key get: nothing to group.
             return match state.shard_for(key) {
                 Some(s) => self.get_from(state, s, req, kind),
-                None => self.out.error(NO_SERVER),
+                None => self.out.error(ClientError::NoServer),
             };
         }
         let Some((key_parts, part_shards)) = parts_by_shard(state, req.tokens().skip(first_key))
         else {
-            return self.out.error(NO_SERVER);
+            return self.out.error(ClientError::NoServer);
         };
         match part_shards[..] {
             // `gat 10` with no key: memcached answers END.
@@ -329,9 +332,9 @@ impl McSession {
     fn flush_all(&mut self, state: &PoolState, req: &Request) {
         if !self.pool.config.allow_flush {
             if !req.is_quiet() {
-                self.out.error(
-                    "CLIENT_ERROR flush_all would empty every server; the pool needs allow_flush: true",
-                );
+                self.out.error(ClientError::Refused(
+                    "flush_all would empty every server; the pool needs allow_flush: true".into(),
+                ));
             }
             return;
         }
@@ -376,10 +379,10 @@ impl McSession {
                 }
                 self.out.gathering(Gather::stats(names));
             }
-            Some(other) => self.out.error(&format!(
+            Some(other) => self.out.error(ClientError::Exact(format!(
                 "CLIENT_ERROR stats {} is not served by the proxy: use stats, or stats backends [group]",
                 String::from_utf8_lossy(other)
-            )),
+            ).into())),
         }
     }
 

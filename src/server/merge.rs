@@ -2,16 +2,22 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::session::{backend_error, error_reply};
+use super::error::ClientError;
 use crate::backend::BackendError;
 use crate::command::Merge;
 use crate::config::Protocol;
 use crate::protocol::memcache::Verb;
 use crate::protocol::resp::{ReplyScanner, encode, parse_int};
 
-/// A RESP `-ERR` reply the proxy makes while merging.
-fn resp_error(msg: &str) -> Bytes {
-    error_reply(Protocol::Redis, &format!("ERR {msg}"))
+/// The RESP error reply for a backend reply that cannot be merged; `how` completes "a backend
+/// answered …".
+fn odd(how: &'static str) -> Bytes {
+    ClientError::OddBackendReply(how).render(Protocol::Redis)
+}
+
+/// The error reply for a request a backend did not answer.
+fn failed(protocol: Protocol, e: BackendError) -> Bytes {
+    ClientError::Backend(e).render(protocol)
 }
 
 /// What to make of the parts.
@@ -193,14 +199,14 @@ impl Gather {
             } => merge_memcache_values(line, *first_key, key_parts, parts),
             Plan::FirstAnswer { candidates } => first_answer(parts.into_iter().take(*candidates)),
             Plan::Broadcast => {
-                let failed = parts.iter().position(|p| match p {
+                let first_failed = parts.iter().position(|p| match p {
                     Ok(r) => crate::protocol::memcache::is_error_line(r),
                     Err(_) => true,
                 });
-                match parts.into_iter().nth(failed.unwrap_or(0)) {
+                match parts.into_iter().nth(first_failed.unwrap_or(0)) {
                     Some(Ok(reply)) => reply,
-                    Some(Err(e)) => backend_error(Protocol::Memcache, &e),
-                    None => error_reply(Protocol::Memcache, "SERVER_ERROR no node answered"),
+                    Some(Err(e)) => failed(Protocol::Memcache, e),
+                    None => ClientError::NoNodeAnswered.render(Protocol::Memcache),
                 }
             }
             Plan::Stats { nodes } => merge_stats(nodes, &parts),
@@ -211,7 +217,7 @@ impl Gather {
                     match p {
                         Ok(r) if r.first() == Some(&b'-') => return r,
                         Ok(r) => replies.push(r),
-                        Err(e) => return backend_error(Protocol::Redis, &e),
+                        Err(e) => return failed(Protocol::Redis, e),
                     }
                 }
                 match merge {
@@ -238,9 +244,7 @@ impl Gather {
                                 encode::integer(&mut out, counts.into_iter().max().unwrap_or(0));
                                 out.freeze()
                             }
-                            None => resp_error(
-                                "a backend answered with something other than an integer",
-                            ),
+                            None => odd("with something other than an integer"),
                         }
                     }
                 }
@@ -250,16 +254,16 @@ impl Gather {
                 let mut last = None;
                 for part in parts {
                     match part {
-                        Err(e) => return backend_error(Protocol::Redis, &e),
+                        Err(e) => return failed(Protocol::Redis, e),
                         Ok(reply) => last = Some(reply),
                     }
                 }
-                last.unwrap_or_else(|| resp_error("no reply to EXEC"))
+                last.unwrap_or_else(|| ClientError::NoNodeAnswered.render(Protocol::Redis))
             }
             Plan::Scan { shard, shards } => match parts.into_iter().next() {
                 Some(Ok(reply)) => merge_scan(reply, *shard, *shards),
-                Some(Err(e)) => backend_error(Protocol::Redis, &e),
-                None => resp_error("no reply to SCAN"),
+                Some(Err(e)) => failed(Protocol::Redis, e),
+                None => ClientError::NoNodeAnswered.render(Protocol::Redis),
             },
         }
     }
@@ -281,7 +285,7 @@ fn merge_concat(replies: &[Bytes], _max_depth: usize) -> Bytes {
     let mut bodies = Vec::with_capacity(replies.len());
     for r in replies {
         let Some((n, start)) = array_body(r) else {
-            return resp_error("a backend answered with something other than an array");
+            return odd("with something other than an array");
         };
         total += n;
         bodies.push(&r[start..]);
@@ -294,16 +298,16 @@ fn merge_concat(replies: &[Bytes], _max_depth: usize) -> Bytes {
 
 /// PUBSUB NUMSUB: every shard lists the same channels in the same order; the counts are summed.
 fn merge_pair_sums(replies: &[Bytes], max_depth: usize) -> Bytes {
-    const ODD: &str = "a backend answered PUBSUB NUMSUB with an odd array";
+    const ODD: &str = "PUBSUB NUMSUB with an odd array";
     let mut names: Vec<&[u8]> = Vec::new();
     let mut sums: Vec<i64> = Vec::new();
     for r in replies {
         let Some((n, mut at)) = array_body(r) else {
-            return resp_error(ODD);
+            return odd(ODD);
         };
         for i in 0..n {
             let Ok(Some(len)) = ReplyScanner::new(max_depth).scan(&r[at..]) else {
-                return resp_error(ODD);
+                return odd(ODD);
             };
             let element = &r[at..at + len];
             at += len;
@@ -318,7 +322,7 @@ fn merge_pair_sums(replies: &[Bytes], max_depth: usize) -> Bytes {
                     .and_then(|e| e.strip_suffix(b"\r\n"))
                     .and_then(parse_int)
                 else {
-                    return resp_error(ODD);
+                    return odd(ODD);
                 };
                 sums[i / 2] += count;
             }
@@ -338,7 +342,7 @@ fn merge_all_of(replies: &[Bytes]) -> Bytes {
     let mut all: Option<Vec<bool>> = None;
     for r in replies {
         let Some((n, start)) = array_body(r) else {
-            return resp_error("a backend answered with something other than an array");
+            return odd("with something other than an array");
         };
         let flags: Vec<bool> = r[start..]
             .split(|&b| b == b'\n')
@@ -346,7 +350,7 @@ fn merge_all_of(replies: &[Bytes]) -> Bytes {
             .map(|l| l.starts_with(b":1"))
             .collect();
         if flags.len() != n {
-            return resp_error("a backend answered SCRIPT EXISTS with an odd array");
+            return odd("SCRIPT EXISTS with an odd array");
         }
         all = Some(match all {
             None => flags,
@@ -364,24 +368,24 @@ fn merge_all_of(replies: &[Bytes]) -> Bytes {
 /// SCAN on shard `shard` of `shards`: the backend's cursor re-encoded so the next call comes
 /// back to the same shard, or moves to the next one when this one is done (0 after the last).
 fn merge_scan(reply: Bytes, shard: usize, shards: usize) -> Bytes {
-    const ODD: &str = "a backend answered SCAN with something other than a cursor and keys";
+    const ODD: &str = "SCAN with something other than a cursor and keys";
     let Some((2, start)) = array_body(&reply) else {
-        return resp_error(ODD);
+        return odd(ODD);
     };
     let rest = &reply[start..];
     let Some(nl) = memchr::memchr(b'\n', rest) else {
-        return resp_error(ODD);
+        return odd(ODD);
     };
     let cursor_start = nl + 1;
     let Some(cursor_end) = memchr::memchr(b'\r', &rest[cursor_start..]).map(|e| cursor_start + e)
     else {
-        return resp_error(ODD);
+        return odd(ODD);
     };
     let Some(backend) = std::str::from_utf8(&rest[cursor_start..cursor_end])
         .ok()
         .and_then(|c| c.parse::<u64>().ok())
     else {
-        return resp_error(ODD);
+        return odd(ODD);
     };
     let next = match backend {
         0 if shard + 1 == shards => Some(0),
@@ -389,7 +393,7 @@ fn merge_scan(reply: Bytes, shard: usize, shards: usize) -> Bytes {
         c => c.checked_mul(shards as u64).map(|c| c + shard as u64),
     };
     let Some(next) = next else {
-        return resp_error("a backend's SCAN cursor is too large to encode its shard");
+        return odd("SCAN with a cursor too large to encode its shard");
     };
     let mut out = BytesMut::with_capacity(reply.len() + 8);
     encode::array(&mut out, 2);
@@ -401,12 +405,12 @@ fn merge_scan(reply: Bytes, shard: usize, shards: usize) -> Bytes {
 /// MGET: walks each part's array reply with a cursor, taking the next value of key i's part,
 /// so the values come out in key order without collecting them first.
 fn merge_values(replies: &[Bytes], key_parts: &[u32], max_depth: usize) -> Bytes {
-    const NOT_AN_ARRAY: &str = "a backend answered MGET with something other than an array";
+    const NOT_AN_ARRAY: &str = "MGET with something other than an array";
     let mut cursors = Vec::with_capacity(replies.len());
     for r in replies {
         let header_end = match (r.first(), memchr::memchr(b'\n', r)) {
             (Some(b'*'), Some(nl)) => nl + 1,
-            _ => return resp_error(NOT_AN_ARRAY),
+            _ => return odd(NOT_AN_ARRAY),
         };
         cursors.push(header_end);
     }
@@ -419,7 +423,7 @@ fn merge_values(replies: &[Bytes], key_parts: &[u32], max_depth: usize) -> Bytes
                 out.put_slice(&reply[*cursor..*cursor + len]);
                 *cursor += len;
             }
-            _ => return resp_error("a backend answered MGET with too few values"),
+            _ => return odd("MGET with too few values"),
         }
     }
     out.freeze()
@@ -439,7 +443,7 @@ fn merge_memcache_values(
         match p {
             Ok(r) if r.starts_with(b"VALUE ") || &r[..] == b"END\r\n" => replies.push(r),
             Ok(r) => return r,
-            Err(e) => return backend_error(Protocol::Memcache, &e),
+            Err(e) => return failed(Protocol::Memcache, e),
         }
     }
     let mut cursors = vec![0; replies.len()];
@@ -493,8 +497,8 @@ fn first_answer(parts: impl Iterator<Item = Result<Bytes, BackendError>>) -> Byt
         }
     }
     match first_error {
-        Some(e) => backend_error(Protocol::Memcache, &e),
-        None => error_reply(Protocol::Memcache, "SERVER_ERROR no node answered"),
+        Some(e) => failed(Protocol::Memcache, e),
+        None => ClientError::NoNodeAnswered.render(Protocol::Memcache),
     }
 }
 
@@ -532,7 +536,7 @@ fn merge_sum(replies: &[Bytes]) -> Bytes {
             .flatten();
         match n {
             Some(n) => sum += n,
-            None => return resp_error("a backend answered with something other than an integer"),
+            None => return odd("with something other than an integer"),
         }
     }
     let mut out = BytesMut::new();

@@ -1,5 +1,6 @@
 //! The client side: listeners, one session task per client, fan-out and merging.
 
+mod error;
 mod keyspace;
 mod listener;
 mod local;

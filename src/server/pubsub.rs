@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::error::ClientError;
 use super::merge::Gather;
 use super::resp::RespSession;
 use super::session::PUSH_TOKEN;
@@ -108,9 +109,7 @@ pub(super) fn run(s: &mut RespSession, state: &PoolState, cmd: &Command, req: Re
         "SUNSUBSCRIBE" => unsubscribe(s, state, Topic::ShardChannel, names()),
         "PUBLISH" | "SPUBLISH" => {
             let Some(shard) = state.shard_for(req.arg(1)) else {
-                return s
-                    .out
-                    .error("ERR no server is available for the channel (all are ejected)");
+                return s.out.error(ClientError::NoServer);
             };
             let resp3 = s.client().resp3;
             s.send(
@@ -253,9 +252,9 @@ fn pubsub_introspection(s: &mut RespSession, state: &PoolState, req: &Request) {
         b"NUMPAT" => Merge::Max,
         _ => {
             let shown = String::from_utf8_lossy(req.arg(1)).to_ascii_uppercase();
-            return s.out.error(&format!(
+            return s.out.error(ClientError::Exact(format!(
                 "ERR unsupported command 'PUBSUB {shown}' (CHANNELS, NUMSUB, NUMPAT, SHARDCHANNELS and SHARDNUMSUB are served)"
-            ));
+            ).into()));
         }
     };
     let shards = state.shards.len();

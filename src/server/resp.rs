@@ -3,6 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::error::ClientError;
 use super::keyspace;
 use super::local::{self, ClientState};
 use super::merge::Gather;
@@ -67,7 +68,7 @@ impl RespSession {
                 }
                 Ok(None) => break false,
                 Err(e) => {
-                    self.out.error(&format!("ERR Protocol error: {e}"));
+                    self.out.error(ClientError::Protocol(e.to_string()));
                     break true;
                 }
             }
@@ -85,40 +86,41 @@ impl RespSession {
         }
         let Some(cmd) = command::lookup(name) else {
             if !self.fe.client.authenticated {
-                self.out.error("NOAUTH Authentication required.");
+                self.out.error(ClientError::NoAuth);
             } else {
                 let shown = String::from_utf8_lossy(name);
                 match command::unsupported_reason(name) {
-                    Some(why) => self
+                    Some(why) => self.out.error(ClientError::Unsupported {
+                        command: shown.to_string(),
+                        why: why.into(),
+                    }),
+                    None => self
                         .out
-                        .error(&format!("ERR unsupported command '{shown}': {why}")),
-                    None => self.out.error(&format!("ERR unknown command '{shown}'")),
+                        .error(ClientError::UnknownCommand(shown.to_string())),
                 }
             }
             return false;
         };
         if !cmd.arity_ok(req.argc()) {
-            self.out.error(&format!(
-                "ERR wrong number of arguments for '{}' command",
-                cmd.name.to_ascii_lowercase()
-            ));
+            self.out
+                .error(ClientError::WrongArity(cmd.name.to_ascii_lowercase()));
             return false;
         }
         if self.fe.pubsub.active()
             && !self.fe.client.resp3
             && !pubsub::allowed_while_subscribed(cmd.name)
         {
-            self.out.error(&format!(
+            self.out.error(ClientError::Exact(format!(
                 "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
                 cmd.name.to_ascii_lowercase()
-            ));
+            ).into()));
             return false;
         }
         if cmd.kind == Kind::Local {
             return local::run(self, state, cmd, &req);
         }
         if !self.fe.client.authenticated {
-            self.out.error("NOAUTH Authentication required.");
+            self.out.error(ClientError::NoAuth);
             return false;
         }
         match cmd.kind {
@@ -213,17 +215,14 @@ impl RespSession {
         for pos in positions {
             let s = state.shard_for(req.arg(pos));
             if shard.is_some() && s != shard {
-                self.out.error(&format!(
-                    "CROSSSLOT Keys in request don't hash to the same shard (command '{}'); use a hash tag",
-                    cmd.name.to_ascii_lowercase()
-                ));
+                self.out
+                    .error(ClientError::CrossShard(cmd.name.to_ascii_lowercase()));
                 return None;
             }
             shard = s;
         }
         if shard.is_none() {
-            self.out
-                .error("ERR no server is available for the key (all are ejected)");
+            self.out.error(ClientError::NoServer);
         }
         shard
     }
@@ -232,9 +231,7 @@ impl RespSession {
         let step = cmd.key_step;
         let keys = cmd.key_positions(req.argc()).map(|pos| req.arg(pos));
         let Some((key_parts, part_shards)) = parts_by_shard(state, keys) else {
-            return self
-                .out
-                .error("ERR no server is available for the key (all are ejected)");
+            return self.out.error(ClientError::NoServer);
         };
         if let [s] = part_shards[..] {
             self.send_resp(state, s, cmd.write, req.frame().clone(), 0);

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
+use super::error::ClientError;
 use super::merge::Gather;
 use crate::backend::{BackendError, Completion, Inbox, Job, Node, NodeId, ReplyTo, Reserved};
 use crate::config::Protocol;
@@ -119,11 +120,10 @@ impl Outbox {
         self.slots.push_back(Slot::Ready(reply));
     }
 
-    /// Queues an error reply the proxy made (`msg` starts with its code: `ERR …`,
-    /// `CLIENT_ERROR …`).
-    pub(super) fn error(&mut self, msg: &str) {
+    /// Queues an error reply.
+    pub(super) fn error(&mut self, e: ClientError) {
         self.errors += 1;
-        self.ready(error_reply(self.protocol, msg));
+        self.ready(e.render(self.protocol));
     }
 
     /// Queues the slot of a request sent to one backend.
@@ -266,31 +266,10 @@ pub(super) fn parts_by_shard<'a>(
 fn shown(protocol: Protocol, quiet: Option<Verb>, reply: Result<Bytes, BackendError>) -> Bytes {
     match (quiet, reply) {
         (None, Ok(r)) => r,
-        (None, Err(e)) => backend_error(protocol, &e),
+        (None, Err(e)) => ClientError::Backend(e).render(protocol),
         (Some(verb), Ok(r)) if !verb.quiet_hides(&r) => r,
-        (Some(verb), Err(e)) if verb.is_meta() => backend_error(protocol, &e),
+        (Some(verb), Err(e)) if verb.is_meta() => ClientError::Backend(e).render(protocol),
         (Some(_), _) => Bytes::new(),
-    }
-}
-
-/// An error reply in the client's protocol; `msg` starts with its code.
-pub(super) fn error_reply(protocol: Protocol, msg: &str) -> Bytes {
-    let mut b = BytesMut::with_capacity(msg.len() + 3);
-    match protocol {
-        Protocol::Redis => encode::error(&mut b, msg),
-        Protocol::Memcache => {
-            b.extend_from_slice(msg.as_bytes());
-            b.extend_from_slice(b"\r\n");
-        }
-    }
-    b.freeze()
-}
-
-/// The reply for a request its backend did not answer.
-pub(super) fn backend_error(protocol: Protocol, e: &BackendError) -> Bytes {
-    match protocol {
-        Protocol::Redis => error_reply(protocol, &format!("ERR {e}")),
-        Protocol::Memcache => error_reply(protocol, &format!("SERVER_ERROR {e}")),
     }
 }
 
@@ -486,8 +465,8 @@ impl<F> Session<F> {
             let shard = state.shard_named(&resend.shard);
             let last = shard.and_then(|shard| Some((shard, shard.index_of(resend.node)?)));
             let Some((shard, last)) = last else {
-                let msg = format!("ERR server {} left the pool", resend.shard);
-                self.out.slots[index] = Slot::Ready(error_reply(self.out.protocol, &msg));
+                let error = ClientError::ShardLeft(resend.shard.clone());
+                self.out.slots[index] = Slot::Ready(error.render(self.out.protocol));
                 self.out.errors += 1;
                 continue;
             };

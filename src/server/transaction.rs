@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::error::ClientError;
 use super::merge::Gather;
 use super::resp::RespSession;
 use super::session::Held;
@@ -45,8 +46,12 @@ pub(super) fn run(s: &mut RespSession, state: &PoolState, cmd: &Command, req: Re
             s.fe.tx.queued = Some(Vec::new());
             s.out.ready(Bytes::from_static(b"+OK\r\n"));
         }
-        "EXEC" => s.out.error("ERR EXEC without MULTI"),
-        "DISCARD" => s.out.error("ERR DISCARD without MULTI"),
+        "EXEC" => s
+            .out
+            .error(ClientError::Exact("ERR EXEC without MULTI".into())),
+        "DISCARD" => s
+            .out
+            .error(ClientError::Exact("ERR DISCARD without MULTI".into())),
         "WATCH" => watch(s, state, cmd, &req),
         "UNWATCH" => {
             s.fe.tx.shard = None;
@@ -55,33 +60,40 @@ pub(super) fn run(s: &mut RespSession, state: &PoolState, cmd: &Command, req: Re
                 None => s.out.ready(Bytes::from_static(b"+OK\r\n")),
             }
         }
-        _ => s.out.error("ERR unknown transaction command"),
+        _ => s
+            .out
+            .error(ClientError::Exact("ERR unknown transaction command".into())),
     }
 }
 
 /// A request between MULTI and EXEC: EXEC and DISCARD end the transaction; anything else is
 /// checked and queued, or refused and the transaction marked to abort.
 pub(super) fn queue(s: &mut RespSession, state: &PoolState, cmd: Option<&Command>, req: Request) {
-    let refuse = |s: &mut RespSession, msg: &str| {
+    let refuse = |s: &mut RespSession, e: ClientError| {
         s.fe.tx.aborted = true;
-        s.out.error(msg);
+        s.out.error(e);
     };
     let Some(cmd) = cmd else {
         let shown = String::from_utf8_lossy(req.arg(0)).to_string();
-        return refuse(s, &format!("ERR unknown command '{shown}'"));
+        return refuse(s, ClientError::UnknownCommand(shown));
     };
     if !cmd.arity_ok(req.argc()) {
         let name = cmd.name.to_ascii_lowercase();
-        return refuse(
-            s,
-            &format!("ERR wrong number of arguments for '{name}' command"),
-        );
+        return refuse(s, ClientError::WrongArity(name));
     }
     match (cmd.name, cmd.kind) {
         ("EXEC", _) => return exec(s, state),
         ("DISCARD", _) => return discard(s),
-        ("MULTI", _) => return s.out.error("ERR MULTI calls can not be nested"),
-        ("WATCH", _) => return s.out.error("ERR WATCH inside MULTI is not allowed"),
+        ("MULTI", _) => {
+            return s.out.error(ClientError::Exact(
+                "ERR MULTI calls can not be nested".into(),
+            ));
+        }
+        ("WATCH", _) => {
+            return s.out.error(ClientError::Exact(
+                "ERR WATCH inside MULTI is not allowed".into(),
+            ));
+        }
         ("PING" | "ECHO", _)
         | (_, Kind::Keyed | Kind::Split(_) | Kind::Script | Kind::Blocking(_)) => {}
         ("UNWATCH", _) => {}
@@ -89,7 +101,9 @@ pub(super) fn queue(s: &mut RespSession, state: &PoolState, cmd: Option<&Command
             let name = cmd.name;
             return refuse(
                 s,
-                &format!("ERR '{name}' cannot run inside a transaction through the proxy"),
+                ClientError::Refused(
+                    format!("'{name}' cannot run inside a transaction through the proxy").into(),
+                ),
             );
         }
     }
@@ -103,21 +117,13 @@ pub(super) fn queue(s: &mut RespSession, state: &PoolState, cmd: Option<&Command
     }
     for pos in keys {
         let Some(owner) = state.shard_for(req.arg(pos)) else {
-            return refuse(
-                s,
-                "ERR no server is available for the key (all are ejected)",
-            );
+            return refuse(s, ClientError::NoServer);
         };
         let owner = &state.shards[owner].name;
         match &s.fe.tx.shard {
             Some(pinned) if pinned != owner => {
                 let name = cmd.name.to_ascii_lowercase();
-                return refuse(
-                    s,
-                    &format!(
-                        "CROSSSLOT Keys in request don't hash to the shard of the transaction (command '{name}'); use a hash tag"
-                    ),
-                );
+                return refuse(s, ClientError::CrossShardTransaction(name));
             }
             _ => s.fe.tx.shard = Some(owner.clone()),
         }
@@ -141,9 +147,7 @@ fn watch(s: &mut RespSession, state: &PoolState, cmd: &Command, req: &Request) {
         .as_ref()
         .is_some_and(|pinned| *pinned != shard.name)
     {
-        return s.out.error(
-            "CROSSSLOT Keys in request don't hash to the shard of earlier WATCHed keys; use a hash tag",
-        );
+        return s.out.error(ClientError::CrossShardWatch);
     }
     s.fe.tx.shard = Some(shard.name.clone());
     let resp3 = s.client().resp3;
@@ -170,7 +174,7 @@ fn exec(s: &mut RespSession, state: &PoolState) {
     let tx = std::mem::take(&mut s.fe.tx);
     if tx.aborted {
         // Dropping a WATCH connection closes it, which unwatches.
-        return s.out.error(EXECABORT);
+        return s.out.error(ClientError::Exact(EXECABORT.into()));
     }
     let held = match tx.watching {
         Some(held) => held,
@@ -180,9 +184,7 @@ fn exec(s: &mut RespSession, state: &PoolState) {
                 None => state.shard_for(b"").map(|i| &state.shards[i]),
             };
             let Some(shard) = shard else {
-                return s
-                    .out
-                    .error("ERR no server is available for the key (all are ejected)");
+                return s.out.error(ClientError::NoServer);
             };
             let master = shard.master().clone();
             let conn = master.reserve(s.worker, s.client().resp3);
