@@ -1,16 +1,53 @@
-//! ringproxy: a stateless Redis and memcached proxy over a twemproxy-compatible consistent-hash ring.
-#![forbid(unsafe_code)]
+//! ringproxy: a stateless Redis and memcached proxy over a twemproxy-compatible consistent-hash
+//! ring.
+//!
+//! # Layout
+//!
+//! Data flows top to bottom; nothing calls back up.
+//!
+//! - [`config`]: the YAML topology (ringproxy's schema or twemproxy's `nutcracker.yml`), read
+//!   and validated into typed pools, with `FILE:LINE:COLUMN` errors.
+//! - [`placement`]: key → server: twemproxy's hash functions, ketama / modula / random, hash
+//!   tags. Built from configuration only; health never rebuilds it.
+//! - [`command`]: the Redis command table: key positions, write flags, how each is routed.
+//! - [`protocol`]: I/O-free RESP and memcache parsers, reply scanners and encoders.
+//! - `net`: the one [`Stream`](net::Stream) type of client and backend sockets (TLS plugs in
+//!   here) and the fast read path.
+//! - `backend`: a node's multiplexed, pipelined connections per worker, reserved connections,
+//!   subscriber connections, health checks; failures keep their cause and are reported as
+//!   node events.
+//! - `topology`: pools and their live state: a `PoolState` snapshot (ring, shards by name,
+//!   each shard's master, node health) that the pool's keeper swaps when node events change
+//!   routing. Failover and reload plug in here, as new writers of the snapshot.
+//! - `server`: listeners and sessions: one I/O loop per client with an outbox that keeps
+//!   reply order, and the Redis and memcache frontends that parse, route and merge; one
+//!   client-error type rendered per protocol.
+//! - `admin`: the HTTP endpoint (`/health`, `/ready`, `/metrics`, `/topology`); `metrics`:
+//!   the Prometheus families.
+//! - `workers`: thread-per-core runtimes; `service`: start, serve, drain on SIGTERM.
+//!
+//! # One request
+//!
+//! A client's bytes arrive on its session's `Stream`; the frontend parses one request
+//! zero-copy, matches the command table, loads the pool's current `PoolState` and picks the
+//! shard (placement) and node (the shard's master, or a replica as `read_from` says). The
+//! session queues a slot in its outbox and hands the payload to that node's connection on its
+//! own worker, which writes it with others' in one batch and matches replies first in, first
+//! out. The reply comes back through the session's inbox with its outbox token; fan-out parts
+//! are merged; the outbox writes every reply that is next in order in one write.
 
-mod keyword;
-
-pub mod admin;
-pub mod backend;
+mod admin;
+mod backend;
 pub mod command;
 pub mod config;
-pub mod metrics;
-pub mod net;
+mod keyword;
+mod metrics;
+mod net;
 pub mod placement;
 pub mod protocol;
-pub mod server;
-pub mod topology;
-pub mod workers;
+mod server;
+mod service;
+mod topology;
+mod workers;
+
+pub use service::{StartError, run};

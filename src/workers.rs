@@ -44,10 +44,6 @@ impl Workers {
         self.handles.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
-    }
-
     pub fn handle(&self, worker: usize) -> &Handle {
         &self.handles[worker % self.handles.len()]
     }

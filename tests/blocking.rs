@@ -147,7 +147,7 @@ fn reserved_connections_are_reused_not_opened_per_command() {
 
 #[test]
 fn many_blocked_clients_all_wake() {
-    let (shards, port, _proxy) = three_shards("s", "");
+    let (shards, port, proxy) = three_shards("s", "");
     let waiters: Vec<_> = (0..40)
         .map(|i| {
             std::thread::spawn(move || {
@@ -192,7 +192,7 @@ fn many_blocked_clients_all_wake() {
             .unwrap()
     };
     assert_eq!(moved, "y");
-    let (a, b) = keys_on_two_shards(&shards, &mut c);
+    let (a, b) = keys_on_two_shards(&proxy, &mut c);
     let err = redis::cmd("BLMOVE")
         .arg(&a)
         .arg(&b)

@@ -52,16 +52,7 @@ impl Setup {
 
     /// A key that lives on shard `i`.
     fn key_on(&self, i: usize, prefix: &str) -> String {
-        let mut c = self.client();
-        (0..1000)
-            .map(|n| format!("{prefix}{n}"))
-            .find(|k| {
-                let _: () = c.set(k, "probe").unwrap();
-                let on = self.holder(k) == Some(i);
-                let _: () = c.del(k).unwrap();
-                on
-            })
-            .unwrap()
+        self.proxy.key_on(i, prefix)
     }
 }
 

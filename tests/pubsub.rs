@@ -9,24 +9,9 @@ use std::time::Duration;
 use common::*;
 use redis::Commands;
 
-/// Channels whose names put them on every shard, found by asking the shards.
-fn channels_on_every_shard(shards: &[Redis], port: u16, prefix: &str) -> Vec<String> {
-    let mut c = connect(port);
-    let mut found: Vec<Option<String>> = vec![None; shards.len()];
-    for i in 0..2000u64 {
-        let name = format!("{prefix}{:x}", i.wrapping_mul(2_654_435_761) % (1 << 32));
-        let _: () = c.set(&name, 1).unwrap();
-        let shard = shards
-            .iter()
-            .position(|s| s.client().exists::<_, bool>(&name).unwrap())
-            .unwrap();
-        let _: () = c.del(&name).unwrap();
-        found[shard].get_or_insert(name);
-        if found.iter().all(Option::is_some) {
-            break;
-        }
-    }
-    found.into_iter().map(Option::unwrap).collect()
+/// Channels whose names put them on every shard of `proxy`, one per shard.
+fn channels_on_every_shard(proxy: &Proxy, shards: usize, prefix: &str) -> Vec<String> {
+    (0..shards).map(|i| proxy.key_on(i, prefix)).collect()
 }
 
 fn push3(kind: &str, name: &str, count: i64) -> Vec<u8> {
@@ -49,8 +34,8 @@ fn message(channel: &str, payload: &str) -> Vec<u8> {
 
 #[test]
 fn channels_and_patterns_across_shards_in_resp2() {
-    let (shards, port, _proxy) = three_shards("s", "");
-    let channels = channels_on_every_shard(&shards, port, "news.");
+    let (shards, port, proxy) = three_shards("s", "");
+    let channels = channels_on_every_shard(&proxy, shards.len(), "news.");
     let mut sub = Raw::connect(port);
     let mut publisher = connect(port);
     let mut subscribe = vec![&b"SUBSCRIBE"[..]];
@@ -180,8 +165,8 @@ fn resp3_clients_get_pushes_and_keep_issuing_commands() {
 
 #[test]
 fn introspection_and_resubscription_after_a_shard_restart() {
-    let (mut shards, port, _proxy) = three_shards("s", "");
-    let channels = channels_on_every_shard(&shards, port, "intro.");
+    let (mut shards, port, proxy) = three_shards("s", "");
+    let channels = channels_on_every_shard(&proxy, shards.len(), "intro.");
     let mut client = connect(port);
     let mut pubsub = client.as_pubsub();
     for c in &channels {

@@ -76,9 +76,9 @@ fn multi_exec_on_one_shard_with_raw_bytes() {
 
 #[test]
 fn keys_of_another_shard_abort_the_transaction() {
-    let (shards, port, _proxy) = three_shards("s", TAGS);
+    let (_shards, port, proxy) = three_shards("s", TAGS);
     let mut c = connect(port);
-    let (a, b) = keys_on_two_shards(&shards, &mut c);
+    let (a, b) = keys_on_two_shards(&proxy, &mut c);
     let mut r = Raw::connect(port);
     r.roundtrip(&command(&[b"MULTI"]), b"+OK\r\n");
     r.roundtrip(&command(&[b"INCR", a.as_bytes()]), b"+QUEUED\r\n");

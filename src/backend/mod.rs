@@ -68,11 +68,20 @@ impl Inbox {
     }
 }
 
+/// Which reply a completion is, as the session that asked understands it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Token {
+    /// Part `part` of the session's request numbered `seq`.
+    Reply { seq: u64, part: usize },
+    /// A Pub/Sub message, which answers no request.
+    Push,
+}
+
 /// Where a backend's reply goes: the requesting session's inbox, with the session's token.
 #[derive(Debug)]
 pub struct ReplyTo {
     pub inbox: Arc<Inbox>,
-    pub token: u64,
+    pub token: Token,
 }
 
 impl ReplyTo {
@@ -130,7 +139,7 @@ pub struct Job {
 /// A backend's reply (one complete RESP value) or why there is none.
 #[derive(Debug)]
 pub struct Completion {
-    pub token: u64,
+    pub token: Token,
     pub result: Result<Bytes, Box<BackendError>>,
 }
 
@@ -402,10 +411,10 @@ impl Node {
     }
 
     /// A subscriber connection for one client, delivering its messages to `inbox` as
-    /// completions with `token`. Must be called on the client's worker runtime.
-    pub fn subscriber(&self, resp3: bool, inbox: Arc<Inbox>, token: u64) -> Subscriber {
+    /// [`Token::Push`] completions. Must be called on the client's worker runtime.
+    pub fn subscriber(&self, resp3: bool, inbox: Arc<Inbox>) -> Subscriber {
         let settings = self.settings[usize::from(resp3)].clone();
-        Subscriber::start(self.shared.clone(), settings, inbox, token)
+        Subscriber::start(self.shared.clone(), settings, inbox)
     }
 
     /// Takes back a reserved connection whose client is done with it and left it as it found

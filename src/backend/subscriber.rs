@@ -12,7 +12,7 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::time::sleep;
 
 use super::connection::connect;
-use super::{Completion, ConnSettings, Inbox, NodeShared};
+use super::{Completion, ConnSettings, Inbox, NodeShared, Token};
 use crate::protocol::resp::{ReplyScanner, encode};
 
 /// What a subscription is to.
@@ -58,10 +58,9 @@ impl Subscriber {
         shared: Arc<NodeShared>,
         settings: Arc<ConnSettings>,
         inbox: Arc<Inbox>,
-        token: u64,
     ) -> Subscriber {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(shared, settings, inbox, token, rx));
+        tokio::spawn(run(shared, settings, inbox, rx));
         Subscriber { tx }
     }
 
@@ -110,7 +109,6 @@ async fn run(
     shared: Arc<NodeShared>,
     settings: Arc<ConnSettings>,
     inbox: Arc<Inbox>,
-    token: u64,
     mut rx: UnboundedReceiver<Change>,
 ) {
     let mut held: HashSet<(Topic, Bytes)> = HashSet::new();
@@ -168,7 +166,10 @@ async fn run(
                     while let Ok(Some(len)) = scanner.scan(&read_buf) {
                         let frame = read_buf.split_to(len).freeze();
                         if is_message(&frame) {
-                            messages.push(Completion { token, result: Ok(frame) });
+                            messages.push(Completion {
+                                token: Token::Push,
+                                result: Ok(frame),
+                            });
                         }
                     }
                     if !messages.is_empty() {

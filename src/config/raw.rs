@@ -208,7 +208,7 @@ impl<'de> Deserialize<'de> for Server {
         struct ServerVisitor;
         impl<'de> Visitor<'de> for ServerVisitor {
             type Value = Server;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(
                     "\"host:port:weight [name]\" or a map with name, weight, master, replicas",
                 )

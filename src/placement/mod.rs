@@ -235,16 +235,30 @@ mod tests {
     }
 
     #[test]
-    fn ejected_servers_get_no_keys_and_others_keep_theirs_mostly() {
+    fn ejected_servers_get_no_keys_and_others_keep_theirs() {
         let mut m = members(&["a", "b", "c"]);
         let full = Ring::new(HashFn::Fnv1a64, Distribution::Ketama, None, &m);
         m[1].live = false;
         let ejected = Ring::new(HashFn::Fnv1a64, Distribution::Ketama, None, &m);
         assert_eq!(ejected.live_servers(), 2);
+        let mut moved = 0;
         for i in 0..1000 {
             let key = format!("k{i}");
-            assert_ne!(ejected.server_for(key.as_bytes()), Some(1));
+            let (before, after) = (
+                full.server_for(key.as_bytes()),
+                ejected.server_for(key.as_bytes()),
+            );
+            assert_ne!(after, Some(1));
+            match before {
+                Some(1) => moved += 1,
+                // With equal weights every live server keeps its 160 points: its keys stay.
+                _ => assert_eq!(before, after, "{key} moved off a live server"),
+            }
         }
+        assert!(
+            (200..470).contains(&moved),
+            "a third of the keys were on b: {moved}"
+        );
         m.iter_mut().for_each(|m| m.live = false);
         assert_eq!(
             Ring::new(HashFn::Md5, Distribution::Ketama, None, &m).server_for(b"x"),

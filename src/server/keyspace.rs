@@ -5,7 +5,7 @@
 use bytes::BytesMut;
 
 use super::error::ClientError;
-use super::merge::Gather;
+use super::merge::{Gather, decode_cursor};
 use super::resp::RespSession;
 use super::session::{Resend, ResendWhen};
 use crate::command::{Command, Fanout, Merge};
@@ -84,14 +84,14 @@ pub(super) fn run(s: &mut RespSession, state: &PoolState, fanout: Fanout, req: &
 /// SCAN: the client's cursor is `backend cursor × shards + shard`, so iteration walks shard 0
 /// to the last, each exactly once, and a cursor of 0 starts and ends it.
 fn scan(s: &mut RespSession, state: &PoolState, req: &Request) {
-    let shards = state.shards.len() as u64;
+    let shards = state.shards.len();
     let Some(cursor) = std::str::from_utf8(req.arg(1))
         .ok()
         .and_then(|c| c.parse::<u64>().ok())
     else {
         return s.out.error(ClientError::Exact("ERR invalid cursor".into()));
     };
-    let (shard, backend) = ((cursor % shards) as usize, cursor / shards);
+    let (shard, backend) = decode_cursor(cursor, shards);
     let mut payload = BytesMut::with_capacity(req.frame().len() + 16);
     let backend = backend.to_string();
     encode::array(&mut payload, req.argc());
@@ -109,7 +109,7 @@ fn scan(s: &mut RespSession, state: &PoolState, req: &Request) {
         0,
         resp3,
     );
-    s.out.gathering(Gather::scan(shard, shards as usize));
+    s.out.gathering(Gather::scan(shard, shards));
 }
 
 /// SCRIPT LOAD / EXISTS / FLUSH on every node, replicas included (scripts are not

@@ -387,12 +387,7 @@ fn merge_scan(reply: Bytes, shard: usize, shards: usize) -> Bytes {
     else {
         return odd(ODD);
     };
-    let next = match backend {
-        0 if shard + 1 == shards => Some(0),
-        0 => Some(shard as u64 + 1),
-        c => c.checked_mul(shards as u64).map(|c| c + shard as u64),
-    };
-    let Some(next) = next else {
+    let Some(next) = next_cursor(backend, shard, shards) else {
         return odd("SCAN with a cursor too large to encode its shard");
     };
     let mut out = BytesMut::with_capacity(reply.len() + 8);
@@ -400,6 +395,24 @@ fn merge_scan(reply: Bytes, shard: usize, shards: usize) -> Bytes {
     encode::bulk(&mut out, next.to_string().as_bytes());
     out.put_slice(&rest[cursor_end + 2..]);
     out.freeze()
+}
+
+/// The client's SCAN cursor is `backend cursor × shards + shard`: iteration walks shard 0 to
+/// the last, each exactly once, and a cursor of 0 starts and ends it.
+pub(super) fn decode_cursor(cursor: u64, shards: usize) -> (usize, u64) {
+    let shards = shards as u64;
+    ((cursor % shards) as usize, cursor / shards)
+}
+
+/// The client's cursor after shard `shard` answered with `backend`: the same shard's next
+/// step, the next shard's start when this one is done, 0 after the last; `None` when the
+/// backend's cursor is too large to encode.
+fn next_cursor(backend: u64, shard: usize, shards: usize) -> Option<u64> {
+    match backend {
+        0 if shard + 1 == shards => Some(0),
+        0 => Some(shard as u64 + 1),
+        c => c.checked_mul(shards as u64)?.checked_add(shard as u64),
+    }
 }
 
 /// MGET: walks each part's array reply with a cursor, taking the next value of key i's part,
@@ -684,6 +697,26 @@ mod tests {
             g.add(1, Ok(b("*1\r\n$1\r\na\r\n"))).unwrap(),
             b("-WRONGTYPE x\r\n")
         );
+    }
+
+    proptest::proptest! {
+        /// A cursor the proxy hands out leads back to the shard and backend cursor it came
+        /// from, and a finished shard leads to the start of the next.
+        #[test]
+        fn scan_cursors_round_trip(shards in 1usize..64, shard_seed: usize, backend: u64) {
+            let shard = shard_seed % shards;
+            match next_cursor(backend, shard, shards) {
+                Some(0) => proptest::prop_assert!(backend == 0 && shard + 1 == shards),
+                Some(next) if backend == 0 => {
+                    proptest::prop_assert_eq!(decode_cursor(next, shards), (shard + 1, 0));
+                }
+                Some(next) => {
+                    proptest::prop_assert_eq!(decode_cursor(next, shards), (shard, backend));
+                }
+                None => proptest::prop_assert!(backend.checked_mul(shards as u64).is_none()
+                    || backend * shards as u64 > u64::MAX - shard as u64),
+            }
+        }
     }
 
     #[test]

@@ -11,7 +11,6 @@ use bytes::{Bytes, BytesMut};
 use super::error::ClientError;
 use super::merge::Gather;
 use super::resp::RespSession;
-use super::session::PUSH_TOKEN;
 use crate::backend::{Subscriber, Topic};
 use crate::command::{Command, Merge};
 use crate::protocol::ReplyKind;
@@ -159,7 +158,7 @@ fn subscribe(s: &mut RespSession, state: &PoolState, topic: Topic, names: Vec<By
         let at = match subscribers.iter().position(|(name, _)| *name == shard.name) {
             Some(at) => at,
             None => {
-                let subscriber = shard.master().subscriber(resp3, inbox.clone(), PUSH_TOKEN);
+                let subscriber = shard.master().subscriber(resp3, inbox.clone());
                 subscribers.push((shard.name.clone(), subscriber));
                 subscribers.len() - 1
             }

@@ -10,17 +10,15 @@ use tokio::sync::oneshot;
 
 use super::error::ClientError;
 use super::merge::Gather;
-use crate::backend::{BackendError, Completion, Inbox, Job, Node, NodeId, ReplyTo, Reserved};
+use crate::backend::{
+    BackendError, Completion, Inbox, Job, Node, NodeId, ReplyTo, Reserved, Token,
+};
 use crate::config::Protocol;
 use crate::net::Stream;
 use crate::protocol::memcache::Verb;
 use crate::protocol::{ReplyKind, resp::encode};
 use crate::topology::{Pool, PoolState, Scripts};
 
-/// Bits of a token that number the parts of a fanned-out request; the rest is its sequence.
-const PART_BITS: u32 = 20;
-/// The token of Pub/Sub messages, which answer no request.
-pub(super) const PUSH_TOKEN: u64 = u64::MAX;
 /// A fresh read buffer's size: small, so a burst of idle clients costs little; it doubles
 /// while reads fill it.
 const FIRST_READ_CHUNK: usize = 1024;
@@ -159,13 +157,12 @@ impl Outbox {
     pub(super) fn reply_to_seq(&self, seq: u64, part: usize) -> ReplyTo {
         ReplyTo {
             inbox: self.inbox.clone(),
-            token: (seq << PART_BITS) | part as u64,
+            token: Token::Reply { seq, part },
         }
     }
 
-    fn complete(&mut self, c: Completion) {
-        let seq = c.token >> PART_BITS;
-        let part = (c.token & ((1 << PART_BITS) - 1)) as usize;
+    /// Takes in the reply to part `part` of request `seq`.
+    fn complete(&mut self, seq: u64, part: usize, c: Completion) {
         let Some(slot) = seq
             .checked_sub(self.first_seq)
             .and_then(|i| self.slots.get_mut(i as usize))
@@ -343,12 +340,15 @@ impl<F: Frontend> Session<F> {
     /// Takes in replies, and Pub/Sub messages, which are written as they come.
     fn complete_all(&mut self, completions: &mut Vec<Completion>) {
         for c in completions.drain(..) {
-            if c.token != PUSH_TOKEN {
-                self.out.complete(c);
-            } else if let Ok(message) = c.result
-                && self.fe.wants(&message)
-            {
-                self.out.buf.extend_from_slice(&message);
+            match c.token {
+                Token::Reply { seq, part } => self.out.complete(seq, part, c),
+                Token::Push => {
+                    if let Ok(message) = c.result
+                        && self.fe.wants(&message)
+                    {
+                        self.out.buf.extend_from_slice(&message);
+                    }
+                }
             }
         }
     }

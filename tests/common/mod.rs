@@ -9,13 +9,29 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, for a server a test is about to start.
+///
+/// Not one the kernel picks for port 0: those come from the ephemeral range, which the proxy's
+/// and the servers' own outgoing connections also draw from, so one could take the port
+/// between this check and the child's bind. Ports below that range are handed out in turn
+/// (from a place set by the process id, so test binaries do not start on the same ones) and
+/// each is checked to be free.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000, ephemeral_low.max(20_000));
+    let span = high - low;
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let port = (low + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below {high}");
 }
 
 /// A fresh directory for one test's files, removed on drop.
@@ -313,6 +329,8 @@ pub const PROXY_WORKERS: usize = 2;
 pub struct Proxy {
     pub process: Process,
     pub admin: u16,
+    /// The configuration it was started with.
+    config: String,
     _dir: TempDir,
 }
 
@@ -346,6 +364,7 @@ impl Proxy {
         let proxy = Proxy {
             process: Process { child },
             admin,
+            config: config.to_string(),
             _dir: dir,
         };
         wait_until("ringproxy", Duration::from_secs(10), || {
@@ -353,6 +372,24 @@ impl Proxy {
                 && TcpStream::connect(("127.0.0.1", ready_port)).is_ok()
         });
         proxy
+    }
+
+    /// Which server of its first pool holds `key` while every server is up, computed from the
+    /// configuration by the proxy's own placement code.
+    pub fn shard_of(&self, key: &[u8]) -> usize {
+        let config = ringproxy::config::Config::parse("test.yaml", &self.config).unwrap();
+        let pool = &config.pools[0];
+        pool.ring(&vec![true; pool.servers.len()])
+            .server_for(key)
+            .unwrap()
+    }
+
+    /// The first key `<prefix><n>` that server `shard` holds.
+    pub fn key_on(&self, shard: usize, prefix: &str) -> String {
+        (0..10_000)
+            .map(|n| format!("{prefix}{n}"))
+            .find(|k| self.shard_of(k.as_bytes()) == shard)
+            .expect("a key on every shard")
     }
 
     pub fn http(&self, path: &str) -> (u16, String) {
@@ -457,25 +494,14 @@ pub fn info_field(server: &Redis, section: &str, field: &str) -> i64 {
         .unwrap()
 }
 
-/// Two keys, set to 0 through `c`, that live on different shards.
-pub fn keys_on_two_shards(shards: &[Redis], c: &mut redis::Connection) -> (String, String) {
-    let holder = |c: &mut redis::Connection, key: &str| {
+/// Two keys, set to 0 through `c`, that live on different shards of `proxy`.
+pub fn keys_on_two_shards(proxy: &Proxy, c: &mut redis::Connection) -> (String, String) {
+    let keys = (
+        proxy.key_on(0, "two-shards:"),
+        proxy.key_on(1, "two-shards:"),
+    );
+    for key in [&keys.0, &keys.1] {
         redis::cmd("SET").arg(key).arg(0).query::<()>(c).unwrap();
-        shards
-            .iter()
-            .position(|s| {
-                redis::cmd("EXISTS")
-                    .arg(key)
-                    .query::<bool>(&mut s.client())
-                    .unwrap()
-            })
-            .unwrap()
-    };
-    let first = "two-shards:0".to_string();
-    let home = holder(c, &first);
-    let other = (1..1000)
-        .map(|i| format!("two-shards:{:x}", i * 2_654_435_761u64 % (1 << 32)))
-        .find(|k| holder(c, k) != home)
-        .unwrap();
-    (first, other)
+    }
+    keys
 }

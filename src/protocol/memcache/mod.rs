@@ -230,4 +230,51 @@ mod tests {
         assert!(Verb::MetaArithmetic.quiet_hides(b"VA 1\r\n7\r\n"));
         assert!(!Verb::MetaArithmetic.quiet_hides(b"NF\r\n"));
     }
+
+    /// Standard base64 with padding, as clients encode keys for the `b` flag.
+    fn encode_base64(bytes: &[u8]) -> Vec<u8> {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = Vec::new();
+        for chunk in bytes.chunks(3) {
+            let mut n = [0u8; 3];
+            n[..chunk.len()].copy_from_slice(chunk);
+            let n = u32::from_be_bytes([0, n[0], n[1], n[2]]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]);
+                } else {
+                    out.push(b'=');
+                }
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        /// Every key a client can send base64-encoded decodes to its bytes, and a buffer one
+        /// byte short is refused rather than overrun.
+        #[test]
+        fn base64_keys_decode_to_their_bytes(
+            key in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..=MAX_KEY_BYTES),
+        ) {
+            let encoded = encode_base64(&key);
+            let mut out = [0u8; MAX_KEY_BYTES];
+            proptest::prop_assert_eq!(decode_base64(&encoded, &mut out), Some(key.len()));
+            proptest::prop_assert_eq!(&out[..key.len()], &key[..]);
+            let mut short = vec![0u8; key.len() - 1];
+            proptest::prop_assert_eq!(decode_base64(&encoded, &mut short), None);
+        }
+
+        /// Whatever bytes arrive, decoding never panics or claims more than fits.
+        #[test]
+        fn base64_decoding_of_anything_is_bounded(
+            input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let mut out = [0u8; 16];
+            if let Some(len) = decode_base64(&input, &mut out) {
+                proptest::prop_assert!(len <= out.len());
+            }
+        }
+    }
 }

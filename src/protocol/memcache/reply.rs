@@ -136,4 +136,49 @@ mod tests {
                 .is_err()
         );
     }
+
+    proptest::proptest! {
+        /// Any get reply memcached could send, with values that contain CRLF and `END`, is
+        /// framed at its full length and at no prefix, fed all at once or byte by byte.
+        #[test]
+        fn get_replies_are_framed_exactly(
+            values in proptest::collection::vec(
+                ("[a-z0-9:]{1,20}", 0u32..1000, proptest::collection::vec(
+                    proptest::prop_oneof![
+                        proptest::prelude::any::<u8>(),
+                        proptest::prelude::Just(b'\r'),
+                        proptest::prelude::Just(b'\n'),
+                    ], 0..64)),
+                0..6),
+        ) {
+            let mut reply = Vec::new();
+            for (key, flags, data) in &values {
+                reply.extend_from_slice(format!("VALUE {key} {flags} {}\r\n", data.len()).as_bytes());
+                reply.extend_from_slice(data);
+                reply.extend_from_slice(b"\r\n");
+            }
+            reply.extend_from_slice(b"END\r\n");
+            check(&reply, ReplyShape::Values);
+        }
+
+        /// Random bytes never make the scanner panic or claim more than it was given.
+        #[test]
+        fn random_bytes_are_framed_or_refused(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            shape in proptest::prop_oneof![
+                proptest::prelude::Just(ReplyShape::Line),
+                proptest::prelude::Just(ReplyShape::Values),
+                proptest::prelude::Just(ReplyShape::Meta),
+                proptest::prelude::Just(ReplyShape::Stats),
+            ],
+        ) {
+            if let Ok(Some(len)) = ReplyScanner::default().scan(&data, shape) {
+                proptest::prop_assert!(len > 0 && len <= data.len());
+                proptest::prop_assert_eq!(
+                    ReplyScanner::default().scan(&data[..len], shape),
+                    Ok(Some(len))
+                );
+            }
+        }
+    }
 }

@@ -273,8 +273,18 @@ mod tests {
         }
 
         #[test]
-        fn random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..200)) {
-            let _ = ReplyScanner::new(8).scan(&data);
+        fn random_bytes_are_framed_or_refused(data in prop::collection::vec(any::<u8>(), 0..200)) {
+            // A reply found is within the bytes given, complete on its own, and found again
+            // when the bytes come one at a time.
+            if let Ok(Some(len)) = ReplyScanner::new(8).scan(&data) {
+                prop_assert!(len > 0 && len <= data.len());
+                prop_assert_eq!(ReplyScanner::new(8).scan(&data[..len]), Ok(Some(len)));
+                let mut scanner = ReplyScanner::new(8);
+                for cut in 0..len {
+                    prop_assert_eq!(scanner.scan(&data[..cut]), Ok(None));
+                }
+                prop_assert_eq!(scanner.scan(&data[..len]), Ok(Some(len)));
+            }
         }
     }
 }

@@ -1,0 +1,98 @@
+//! The whole proxy's life: start the workers and the pools, serve until SIGTERM or SIGINT, then
+//! stop accepting and let the requests in flight finish within the grace period.
+
+use std::io;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Address, Config};
+use crate::topology::Topology;
+use crate::workers::Workers;
+use crate::{admin, server};
+
+/// Why the proxy could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("cannot start the worker threads: {0}")]
+    Workers(io::Error),
+    #[error("pool {pool}: cannot listen on {addr}: {source}")]
+    Listen {
+        pool: String,
+        addr: Address,
+        source: io::Error,
+    },
+    #[error("admin: cannot listen on {addr}: {source}")]
+    Admin { addr: Address, source: io::Error },
+    #[error("cannot watch for signals: {0}")]
+    Signals(io::Error),
+}
+
+/// Serves `config` with `workers` worker threads until a signal says stop. Runs on a
+/// current-thread runtime, which accepts clients and runs health checks and the admin
+/// endpoint; the workers serve the clients.
+pub async fn run(config: Config, workers: usize) -> Result<(), StartError> {
+    let workers = Arc::new(Workers::start(workers).map_err(StartError::Workers)?);
+    let topology = Arc::new(Topology::start(&config, &workers));
+    let shutdown = CancellationToken::new();
+    let sessions = TaskTracker::new();
+    for pool in &topology.pools {
+        let addr = &pool.config.listen;
+        let listener = server::bind(addr, pool.config.backlog)
+            .await
+            .map_err(|source| StartError::Listen {
+                pool: pool.config.name.clone(),
+                addr: addr.clone(),
+                source,
+            })?;
+        if let Ok(local) = listener.local_addr() {
+            tracing::info!(pool = %pool.config.name, "listening on {local}");
+        }
+        tokio::spawn(server::serve_pool(
+            pool.clone(),
+            listener,
+            workers.clone(),
+            shutdown.clone(),
+            sessions.clone(),
+        ));
+    }
+    if let Some(addr) = &config.admin_listen {
+        let admin_error = |source| StartError::Admin {
+            addr: addr.clone(),
+            source,
+        };
+        let listener = server::bind(addr, 128).await.map_err(admin_error)?;
+        if let Ok(local) = listener.local_addr() {
+            tracing::info!("admin endpoint on http://{local}/");
+        }
+        tokio::spawn(admin::serve(listener, topology.clone(), shutdown.clone()));
+    }
+    wait_for_signal().await.map_err(StartError::Signals)?;
+    tracing::info!("shutting down: no new clients, finishing requests in flight");
+    shutdown.cancel();
+    sessions.close();
+    if tokio::time::timeout(config.shutdown_grace, sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "grace period of {} ms over; closing remaining clients",
+            config.shutdown_grace.as_millis()
+        );
+    }
+    workers.stop();
+    Ok(())
+}
+
+async fn wait_for_signal() -> io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
