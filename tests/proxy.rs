@@ -2,14 +2,6 @@
 
 mod common;
 
-/// The value of the sample named exactly `name` in a Prometheus text exposition.
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 use std::time::Duration;
 
 use common::*;

@@ -204,7 +204,6 @@ impl NodeShared {
             && n >= limit
         {
             self.failures.store(0, Ordering::Relaxed);
-            self.metrics.ejections.inc();
             let _ = self.events.send(NodeEvent::FailedRepeatedly(self.id));
         }
     }
@@ -391,6 +390,11 @@ impl Node {
 
     pub fn id(&self) -> NodeId {
         self.shared.id
+    }
+
+    /// Counts the node's shard leaving the ring on its account.
+    pub fn count_ejection(&self) {
+        self.shared.metrics.ejections.inc();
     }
 
     /// A connection of `worker`'s to the node for one client alone: an idle one given back

@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use super::error::ClientError;
 use super::memcache::Memcache;
-use super::resp::Resp;
+use super::redis::Resp;
 use super::session::Session;
 use crate::config::{Address, Protocol};
 use crate::net::Stream;

@@ -2,22 +2,18 @@
 //! in request order, batched into one write per wakeup. The protocol is a [`Frontend`]: RESP
 //! or memcache.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
 use super::error::ClientError;
-use super::merge::Gather;
-use crate::backend::{
-    BackendError, Completion, Inbox, Job, Node, NodeId, ReplyTo, Reserved, Token,
-};
-use crate::config::Protocol;
+use super::outbox::{Outbox, Resend, Retry};
+use super::plan::{Part, Plan, Target};
+use crate::backend::{Completion, Job, Node, ReplyTo, Reserved, Token};
 use crate::net::Stream;
-use crate::protocol::memcache::Verb;
-use crate::protocol::{ReplyKind, resp::encode};
-use crate::topology::{Pool, PoolState, Scripts};
+use crate::protocol::ReplyKind;
+use crate::topology::{Pool, PoolState};
 
 /// A fresh read buffer's size: small, so a burst of idle clients costs little; it doubles
 /// while reads fill it.
@@ -39,6 +35,11 @@ pub(super) trait Frontend: Sized {
     fn wants(&self, _message: &[u8]) -> bool {
         true
     }
+
+    /// Whether the client reads RESP3, so its requests go on the nodes' RESP3 connections.
+    fn resp3(&self) -> bool {
+        false
+    }
 }
 
 /// How a burst of requests ended.
@@ -46,228 +47,6 @@ pub(super) trait Frontend: Sized {
 enum Burst {
     Idle,
     Close,
-}
-
-/// A request's place in the reply order.
-enum Slot {
-    Ready(Bytes),
-    /// One backend reply is awaited and becomes the client's reply as it is.
-    Forwarded,
-    /// A memcache request sent with `noreply` or `q`: the reply is dropped when the command
-    /// would not have shown it.
-    Quiet(Verb),
-    /// Several parts are awaited and merged.
-    Gathering(Box<Gather>),
-    /// A request the proxy may send again: its reply is awaited as part 0.
-    Resend(Box<Resend>),
-}
-
-/// A request that is sent again when its first answer is not the last word.
-pub(super) struct Resend {
-    /// The shard's name: the request may be sent again after the pool's state changed.
-    pub(super) shard: Arc<str>,
-    /// The node it was last sent to.
-    pub(super) node: NodeId,
-    /// How many more times it may be sent.
-    pub(super) retries_left: usize,
-    pub(super) job: (Bytes, ReplyKind),
-    pub(super) quiet: Option<Verb>,
-    pub(super) when: ResendWhen,
-    /// Sent on the node's RESP3 connections (a client that said HELLO 3).
-    pub(super) resp3: bool,
-}
-
-pub(super) enum ResendWhen {
-    /// The node failed: a read on a replicated memcache shard moves to the next node.
-    NodeFails,
-    /// The node answered NOSCRIPT to an EVALSHA of this SHA, and the pool knows the script:
-    /// it is loaded there again first.
-    NoScript { sha: Bytes },
-}
-
-/// A resend to make: the request's sequence number and, for a lost script, its SCRIPT LOAD.
-struct Retry {
-    seq: u64,
-    reload: Option<Bytes>,
-}
-
-/// Replies owed to the client, in request order.
-pub(super) struct Outbox {
-    slots: VecDeque<Slot>,
-    /// Sequence number of `slots[0]`.
-    first_seq: u64,
-    inbox: Arc<Inbox>,
-    buf: BytesMut,
-    protocol: Protocol,
-    pub(super) errors: u64,
-    /// Requests to send again.
-    retries: Vec<Retry>,
-    /// The pool's scripts, consulted when a node has lost one.
-    scripts: Scripts,
-    /// Subscribed to Pub/Sub: messages may arrive at any time.
-    pub(super) listening: bool,
-}
-
-impl Outbox {
-    pub(super) fn next_seq(&self) -> u64 {
-        self.first_seq + self.slots.len() as u64
-    }
-
-    /// Queues a reply the proxy made.
-    pub(super) fn ready(&mut self, reply: Bytes) {
-        self.slots.push_back(Slot::Ready(reply));
-    }
-
-    /// Queues an error reply.
-    pub(super) fn error(&mut self, e: ClientError) {
-        self.errors += 1;
-        self.ready(e.render(self.protocol));
-    }
-
-    /// Queues the slot of a request sent to one backend.
-    pub(super) fn forwarded(&mut self) {
-        self.slots.push_back(Slot::Forwarded);
-    }
-
-    /// Queues the slot of a memcache request whose client asked for no reply.
-    pub(super) fn quiet(&mut self, verb: Verb) {
-        self.slots.push_back(Slot::Quiet(verb));
-    }
-
-    /// Queues the slot of a request that may be sent again.
-    pub(super) fn resend(&mut self, resend: Resend) {
-        self.slots.push_back(Slot::Resend(Box::new(resend)));
-    }
-
-    /// Queues the slot of a request whose parts `gather` merges.
-    pub(super) fn gathering(&mut self, gather: Gather) {
-        self.slots.push_back(Slot::Gathering(Box::new(gather)));
-    }
-
-    /// The inbox the session reads, for connections that deliver to it unasked (Pub/Sub).
-    pub(super) fn inbox(&self) -> &Arc<Inbox> {
-        &self.inbox
-    }
-
-    /// Where a backend sends the reply to part `part` of the next request.
-    pub(super) fn reply_to(&self, part: usize) -> ReplyTo {
-        self.reply_to_seq(self.next_seq(), part)
-    }
-
-    pub(super) fn reply_to_seq(&self, seq: u64, part: usize) -> ReplyTo {
-        ReplyTo {
-            inbox: self.inbox.clone(),
-            token: Token::Reply { seq, part },
-        }
-    }
-
-    /// Takes in the reply to part `part` of request `seq`.
-    fn complete(&mut self, seq: u64, part: usize, c: Completion) {
-        let Some(slot) = seq
-            .checked_sub(self.first_seq)
-            .and_then(|i| self.slots.get_mut(i as usize))
-        else {
-            return;
-        };
-        if let Slot::Resend(resend) = slot {
-            if part != 0 {
-                // The reply to a SCRIPT LOAD sent before the request again.
-                return;
-            }
-            if let Some(retry) = retry(resend, &c.result, &self.scripts, seq) {
-                self.retries.push(retry);
-                return;
-            }
-        }
-        let reply = match c.result {
-            Ok(reply) => Ok(reply),
-            Err(e) => {
-                self.errors += 1;
-                Err(*e)
-            }
-        };
-        match slot {
-            Slot::Forwarded => *slot = Slot::Ready(shown(self.protocol, None, reply)),
-            Slot::Quiet(verb) => *slot = Slot::Ready(shown(self.protocol, Some(*verb), reply)),
-            Slot::Resend(resend) => *slot = Slot::Ready(shown(self.protocol, resend.quiet, reply)),
-            Slot::Gathering(g) => {
-                if let Some(merged) = g.add(part, reply) {
-                    *slot = Slot::Ready(merged);
-                }
-            }
-            Slot::Ready(_) => {}
-        }
-    }
-
-    /// Moves every reply that is next in order into the write buffer.
-    fn collect_ready(&mut self) {
-        while let Some(Slot::Ready(_)) = self.slots.front() {
-            if let Some(Slot::Ready(reply)) = self.slots.pop_front() {
-                self.buf.extend_from_slice(&reply);
-            }
-            self.first_seq += 1;
-        }
-    }
-}
-
-/// Whether `result` calls for sending `resend` again, and how.
-fn retry(
-    resend: &Resend,
-    result: &Result<Bytes, Box<BackendError>>,
-    scripts: &Scripts,
-    seq: u64,
-) -> Option<Retry> {
-    if resend.retries_left == 0 {
-        return None;
-    }
-    match (&resend.when, result) {
-        (ResendWhen::NodeFails, Err(_)) => Some(Retry { seq, reload: None }),
-        (ResendWhen::NoScript { sha }, Ok(reply)) if reply.starts_with(b"-NOSCRIPT") => {
-            let scripts = scripts.lock().unwrap_or_else(|p| p.into_inner());
-            let body = scripts.get(&sha.to_ascii_lowercase())?;
-            let mut load = BytesMut::new();
-            encode::command(&mut load, [&b"SCRIPT"[..], b"LOAD", body].into_iter());
-            Some(Retry {
-                seq,
-                reload: Some(load.freeze()),
-            })
-        }
-        _ => None,
-    }
-}
-
-/// Groups keys by shard for a split request: the part of every key (one part per shard, in
-/// order of first use) and each part's shard. `None` when a key has no server left.
-pub(super) fn parts_by_shard<'a>(
-    state: &PoolState,
-    keys: impl Iterator<Item = &'a [u8]>,
-) -> Option<(Vec<u32>, Vec<usize>)> {
-    let mut key_parts = Vec::with_capacity(keys.size_hint().0);
-    let mut part_shards: Vec<usize> = Vec::new();
-    for key in keys {
-        let shard = state.shard_for(key)?;
-        let part = match part_shards.iter().position(|&s| s == shard) {
-            Some(part) => part,
-            None => {
-                part_shards.push(shard);
-                part_shards.len() - 1
-            }
-        };
-        key_parts.push(part as u32);
-    }
-    Some((key_parts, part_shards))
-}
-
-/// What the client sees of a single backend reply: the reply or an error, unless it asked for
-/// quiet and the command would not have shown it.
-fn shown(protocol: Protocol, quiet: Option<Verb>, reply: Result<Bytes, BackendError>) -> Bytes {
-    match (quiet, reply) {
-        (None, Ok(r)) => r,
-        (None, Err(e)) => ClientError::Backend(e).render(protocol),
-        (Some(verb), Ok(r)) if !verb.quiet_hides(&r) => r,
-        (Some(verb), Err(e)) if verb.is_meta() => ClientError::Backend(e).render(protocol),
-        (Some(_), _) => Bytes::new(),
-    }
 }
 
 /// A connection reserved for this session, and when it is given back.
@@ -296,17 +75,7 @@ impl<F: Frontend> Session<F> {
             id,
             worker,
             fe: F::new(&pool),
-            out: Outbox {
-                slots: VecDeque::new(),
-                first_seq: 0,
-                inbox: Arc::default(),
-                buf: BytesMut::new(),
-                protocol: pool.config.protocol,
-                errors: 0,
-                retries: Vec::new(),
-                scripts: pool.scripts.clone(),
-                listening: false,
-            },
+            out: Outbox::new(pool.config.protocol, pool.scripts.clone()),
             held: Vec::new(),
             pool,
         }
@@ -320,7 +89,7 @@ impl<F: Frontend> Session<F> {
     /// thousands of idle clients cost little memory.
     pub(super) async fn run(mut self, stream: Stream, mut shutdown: oneshot::Receiver<()>) {
         let mut read_chunk = FIRST_READ_CHUNK;
-        let inbox = self.out.inbox.clone();
+        let inbox = self.out.inbox().clone();
         loop {
             tokio::select! {
                 biased;
@@ -346,7 +115,7 @@ impl<F: Frontend> Session<F> {
                     if let Ok(message) = c.result
                         && self.fe.wants(&message)
                     {
-                        self.out.buf.extend_from_slice(&message);
+                        self.out.push_message(&message);
                     }
                 }
             }
@@ -363,28 +132,28 @@ impl<F: Frontend> Session<F> {
     ) -> Burst {
         let mut read_buf = BytesMut::new();
         let mut completions = Vec::new();
-        let inbox = self.out.inbox.clone();
+        let inbox = self.out.inbox().clone();
         let mut closing = false;
         if self.out.listening {
             // Messages that arrived while the session was idle.
             inbox.take(&mut completions);
             self.complete_all(&mut completions);
-            if !self.out.buf.is_empty() {
-                if stream.write_all(&self.out.buf).await.is_err() {
+            if !self.out.output().is_empty() {
+                if stream.write_all(self.out.output()).await.is_err() {
                     return Burst::Close;
                 }
-                self.out.buf.clear();
+                self.out.clear_output();
             }
         }
         loop {
-            let can_read = !closing && self.out.slots.len() < self.pool.config.max_pipeline;
-            let waiting = !self.out.slots.is_empty() || self.out.listening;
+            let can_read = !closing && self.out.pending() < self.pool.config.max_pipeline;
+            let waiting = self.out.pending() > 0 || self.out.listening;
             tokio::select! {
                 biased;
                 _ = inbox.wait(), if waiting => {
                     inbox.take(&mut completions);
                     self.complete_all(&mut completions);
-                    if !self.out.retries.is_empty() {
+                    if self.out.has_retries() {
                         self.resend();
                     }
                 }
@@ -410,25 +179,22 @@ impl<F: Frontend> Session<F> {
             if !self.held.is_empty() {
                 self.give_back_done();
             }
-            if !self.out.buf.is_empty() {
-                if stream.write_all(&self.out.buf).await.is_err() {
+            if !self.out.output().is_empty() {
+                if stream.write_all(self.out.output()).await.is_err() {
                     return Burst::Close;
                 }
-                self.out.buf.clear();
+                self.out.clear_output();
             }
-            if self.out.errors > 0 {
-                self.pool
-                    .metrics
-                    .errors
-                    .inc_by(std::mem::take(&mut self.out.errors));
+            let errors = self.out.take_errors();
+            if errors > 0 {
+                self.pool.metrics.errors.inc_by(errors);
             }
-            if self.out.slots.is_empty() {
+            if self.out.pending() == 0 {
                 if closing {
                     return Burst::Close;
                 }
                 if read_buf.is_empty() {
-                    self.out.buf = BytesMut::new();
-                    self.out.slots = VecDeque::new();
+                    self.out.shrink();
                     return Burst::Idle;
                 }
             }
@@ -436,11 +202,95 @@ impl<F: Frontend> Session<F> {
     }
 }
 
+impl<F: Frontend> Session<F> {
+    /// Carries out `plan` for the next request, on the nodes of `state`.
+    pub(super) fn execute(&mut self, state: &PoolState, plan: Plan) {
+        let resp3 = self.fe.resp3();
+        match plan {
+            Plan::Reply(reply) => self.out.ready(reply),
+            Plan::Fail(e) => self.out.error(e),
+            Plan::Forward(part) => {
+                self.send_part(state, part, 0, resp3);
+                self.out.forwarded();
+            }
+            Plan::Quiet(part, verb) => {
+                self.send_part(state, part, 0, resp3);
+                self.out.quiet(verb);
+            }
+            Plan::Gather(parts, gather) => {
+                for (i, part) in parts.into_iter().enumerate() {
+                    self.send_part(state, part, i, resp3);
+                }
+                self.out.gathering(gather);
+            }
+            Plan::Resend {
+                part,
+                retries,
+                when,
+                quiet,
+            } => {
+                let (shard, node) = self.resolve(state, part.target);
+                let shard = &state.shards[shard];
+                let node = &shard.nodes[node];
+                let job = (part.payload, part.kind);
+                self.send_to(node, job.clone(), 0, resp3);
+                self.out.resend(Resend {
+                    shard: shard.name.clone(),
+                    node: node.id(),
+                    retries_left: retries,
+                    job,
+                    quiet,
+                    when,
+                    resp3,
+                });
+            }
+            Plan::Reserved { part, wait } => {
+                let (shard, node) = self.resolve(state, part.target);
+                let node = state.shards[shard].nodes[node].clone();
+                let conn = node.reserve(self.worker, resp3);
+                let until = self.out.next_seq();
+                let job = Job {
+                    payload: part.payload,
+                    kind: part.kind,
+                    reply_to: self.out.reply_to(0),
+                    timeout: None,
+                };
+                conn.send(job, wait.map(|w| w + self.pool.config.timeout));
+                self.out.forwarded();
+                self.held.push(Held {
+                    node,
+                    conn,
+                    until: Some(until),
+                });
+            }
+        }
+    }
+
+    /// The shard and node (indices in `state`) a target names.
+    fn resolve(&self, state: &PoolState, target: Target) -> (usize, usize) {
+        match target {
+            Target::Shard { shard, write } => {
+                let read_from = self.pool.config.read_from;
+                let node = state.shards[shard].node_for(write, read_from, self.id as usize);
+                (shard, node)
+            }
+            Target::Node { shard, node } => (shard, node),
+        }
+    }
+
+    /// Sends `part` as part `index` of the next request.
+    fn send_part(&self, state: &PoolState, part: Part, index: usize, resp3: bool) {
+        let (shard, node) = self.resolve(state, part.target);
+        let node = &state.shards[shard].nodes[node];
+        self.send_to(node, (part.payload, part.kind), index, resp3);
+    }
+}
+
 impl<F> Session<F> {
     /// Gives back every reserved connection whose last reply has been written: each was left
     /// as it was found, with nothing in flight.
     fn give_back_done(&mut self) {
-        let first_unanswered = self.out.first_seq;
+        let first_unanswered = self.out.first_unanswered();
         let mut i = 0;
         while i < self.held.len() {
             if self.held[i].until.is_some_and(|seq| seq < first_unanswered) {
@@ -457,17 +307,15 @@ impl<F> Session<F> {
     /// state; one that left it fails the request.
     fn resend(&mut self) {
         let state = self.pool.state();
-        for Retry { seq, reload } in std::mem::take(&mut self.out.retries) {
-            let index = (seq - self.out.first_seq) as usize;
-            let Some(Slot::Resend(resend)) = self.out.slots.get(index) else {
+        for Retry { seq, reload } in self.out.take_retries() {
+            let Some(resend) = self.out.resend_at(seq) else {
                 continue;
             };
             let shard = state.shard_named(&resend.shard);
             let last = shard.and_then(|shard| Some((shard, shard.index_of(resend.node)?)));
             let Some((shard, last)) = last else {
                 let error = ClientError::ShardLeft(resend.shard.clone());
-                self.out.slots[index] = Slot::Ready(error.render(self.out.protocol));
-                self.out.errors += 1;
+                self.out.fail(seq, error);
                 continue;
             };
             let node = match reload {
@@ -475,6 +323,8 @@ impl<F> Session<F> {
                 None => shard.retry_index(last),
             };
             let node = &shard.nodes[node];
+            resend.node = node.id();
+            resend.retries_left -= 1;
             let (job, resp3) = (resend.job.clone(), resend.resp3);
             if let Some(load) = reload {
                 let load = (load, ReplyKind::Resp);
@@ -482,28 +332,7 @@ impl<F> Session<F> {
             }
             let reply_to = self.out.reply_to_seq(seq, 0);
             self.send_job_to(node, job, reply_to, resp3);
-            if let Some(Slot::Resend(resend)) = self.out.slots.get_mut(index) {
-                resend.node = node.id();
-                resend.retries_left -= 1;
-            }
         }
-    }
-
-    /// Sends part `part` of the next request to shard `s` of `state` (the node `write` and
-    /// the pool's `read_from` choose). The request's slot is queued after all its parts are
-    /// sent.
-    pub(super) fn send(
-        &self,
-        state: &PoolState,
-        s: usize,
-        write: bool,
-        job: (Bytes, ReplyKind),
-        part: usize,
-        resp3: bool,
-    ) {
-        let shard = &state.shards[s];
-        let node = shard.node_for(write, self.pool.config.read_from, self.id as usize);
-        self.send_to(&shard.nodes[node], job, part, resp3);
     }
 
     /// Sends part `part` of the next request to `node`.

@@ -96,6 +96,7 @@ impl Keeper {
             return;
         }
         if self.out_until[s].is_none() {
+            shard.master().count_ejection();
             tracing::warn!(pool = %self.config.name, server = %shard.name, "ejecting server for {} ms", self.config.retry_timeout.as_millis());
         }
         self.out_until[s] = Some(Instant::now() + self.config.retry_timeout);

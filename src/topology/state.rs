@@ -8,18 +8,18 @@ use crate::backend::{Node, NodeId};
 use crate::config::ReadFrom;
 use crate::placement::Ring;
 
-/// One snapshot of a pool.
+/// One snapshot of a pool. Generic over the node type so routing is tested without sockets.
 #[derive(Debug)]
-pub struct PoolState {
+pub struct PoolState<N = Arc<Node>> {
     /// Where keys go: the configured ring, or, while twemproxy-style ejection has taken
     /// servers off, the ring of those left.
     ring: Arc<Ring>,
     /// In configuration order, which is the ring's server order.
-    pub shards: Vec<Shard>,
+    pub shards: Vec<Shard<N>>,
 }
 
-impl PoolState {
-    pub(super) fn new(ring: Arc<Ring>, shards: Vec<Shard>) -> PoolState {
+impl<N> PoolState<N> {
+    pub(crate) fn new(ring: Arc<Ring>, shards: Vec<Shard<N>>) -> PoolState<N> {
         PoolState { ring, shards }
     }
 
@@ -40,12 +40,12 @@ impl PoolState {
     }
 
     /// The shard called `name`, a shard's lasting identity across snapshots.
-    pub fn shard_named(&self, name: &str) -> Option<&Shard> {
+    pub fn shard_named(&self, name: &str) -> Option<&Shard<N>> {
         self.shards.iter().find(|s| &*s.name == name)
     }
 
-    /// Every node of every shard, with whether it is up.
-    pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
+    /// Every node of every shard.
+    pub fn nodes(&self) -> impl Iterator<Item = &N> {
         self.shards.iter().flat_map(|s| &s.nodes)
     }
 }
@@ -67,11 +67,6 @@ pub struct Shard<N = Arc<Node>> {
 }
 
 impl Shard {
-    /// The master node.
-    pub fn master(&self) -> &Arc<Node> {
-        &self.nodes[self.master]
-    }
-
     /// Where node `id` is in `nodes`.
     pub fn index_of(&self, id: NodeId) -> Option<usize> {
         self.nodes.iter().position(|n| n.id() == id)
@@ -79,6 +74,11 @@ impl Shard {
 }
 
 impl<N> Shard<N> {
+    /// The master node.
+    pub fn master(&self) -> &N {
+        &self.nodes[self.master]
+    }
+
     fn replica_count(&self) -> usize {
         self.nodes.len() - 1
     }

@@ -415,6 +415,15 @@ impl Proxy {
     }
 }
 
+/// The value of the sample named exactly `name` (labels included) in a Prometheus text
+/// exposition; 0 when there is none.
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// A tiny HTTP GET: (status, body), or `None` if nothing answers.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;

@@ -3,11 +3,12 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::error::ClientError;
-use super::merge::Gather;
-use super::resp::RespSession;
+use super::RespSession;
+use super::keyspace::every_master;
 use crate::command::{Command, Kind, TABLE};
 use crate::protocol::resp::{Request, encode, parse_int};
+use crate::server::error::ClientError;
+use crate::server::merge::Gather;
 use crate::topology::PoolState;
 
 /// What the proxy remembers about a client.
@@ -366,5 +367,6 @@ fn info(s: &mut RespSession, state: &PoolState, req: &Request) {
         return s.out().ready(b.freeze());
     }
     let gather = Gather::info(server, rest, keyspace, state.shards.len());
-    s.broadcast(state, Bytes::from_static(b"*1\r\n$4\r\nINFO\r\n"), gather);
+    let info = Bytes::from_static(b"*1\r\n$4\r\nINFO\r\n");
+    s.execute(state, every_master(state, &info, gather));
 }

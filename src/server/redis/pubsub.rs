@@ -8,13 +8,14 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::error::ClientError;
-use super::merge::Gather;
-use super::resp::RespSession;
+use super::RespSession;
+use super::keyspace::every_master;
 use crate::backend::{Subscriber, Topic};
 use crate::command::{Command, Merge};
-use crate::protocol::ReplyKind;
 use crate::protocol::resp::{Request, encode};
+use crate::server::error::ClientError;
+use crate::server::merge::Gather;
+use crate::server::plan::{Part, Plan, Target};
 use crate::topology::PoolState;
 
 /// A client's subscriptions, in the order it made them, and its subscriber connections, by
@@ -110,16 +111,11 @@ pub(super) fn run(s: &mut RespSession, state: &PoolState, cmd: &Command, req: Re
             let Some(shard) = state.shard_for(req.arg(1)) else {
                 return s.out.error(ClientError::NoServer);
             };
-            let resp3 = s.client().resp3;
-            s.send(
+            let target = Target::Shard { shard, write: true };
+            s.execute(
                 state,
-                shard,
-                true,
-                (req.frame().clone(), ReplyKind::Resp),
-                0,
-                resp3,
+                Plan::Forward(Part::resp(target, req.frame().clone())),
             );
-            s.out.forwarded();
         }
         _ => pubsub_introspection(s, state, &req),
     }
@@ -258,9 +254,6 @@ fn pubsub_introspection(s: &mut RespSession, state: &PoolState, req: &Request) {
     };
     let shards = state.shards.len();
     let depth = s.pool.config.max_reply_depth;
-    s.broadcast(
-        state,
-        req.frame().clone(),
-        Gather::split(merge, shards, Vec::new(), depth),
-    );
+    let gather = Gather::split(merge, shards, Vec::new(), depth);
+    s.execute(state, every_master(state, req.frame(), gather));
 }

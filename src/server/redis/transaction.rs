@@ -8,14 +8,15 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::error::ClientError;
-use super::merge::Gather;
-use super::resp::RespSession;
-use super::session::Held;
+use super::RespSession;
+use super::route::shard_of_keys;
 use crate::backend::{Job, Node, Reserved};
 use crate::command::{Command, Kind};
 use crate::protocol::ReplyKind;
 use crate::protocol::resp::{Request, encode};
+use crate::server::error::ClientError;
+use crate::server::merge::Gather;
+use crate::server::session::Held;
 use crate::topology::PoolState;
 
 /// A client's open transaction, if any.
@@ -137,8 +138,9 @@ pub(super) fn queue(s: &mut RespSession, state: &PoolState, cmd: Option<&Command
 /// WATCH: on a connection reserved on the keys' shard, kept until the transaction ends.
 fn watch(s: &mut RespSession, state: &PoolState, cmd: &Command, req: &Request) {
     let keys = cmd.key_positions(req.argc());
-    let Some(shard) = s.shard_of_keys(state, cmd, keys, req) else {
-        return;
+    let shard = match shard_of_keys(state, cmd, keys, req) {
+        Ok(shard) => shard,
+        Err(e) => return s.out.error(e),
     };
     let shard = &state.shards[shard];
     if s.fe

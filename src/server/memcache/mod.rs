@@ -1,0 +1,265 @@
+//! The memcached side of a session: text and meta commands routed by key, multi-key gets split
+//! by shard and merged, writes to replicated shards sent to every node, and the commands the
+//! proxy answers itself (`mn`, `verbosity`, `quit`, `stats`). Routing is in `route`.
+
+mod route;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::protocol::memcache::{
+    Limits, MAX_KEY_BYTES, Parsed, Request, RequestParser, Verb, decode_base64,
+};
+use crate::server::error::ClientError;
+use crate::server::session::{Frontend, Session};
+use crate::topology::{Pool, PoolState};
+
+/// memcached reads an exptime above 30 days as a Unix time, not as seconds from now.
+const MAX_RELATIVE_EXPTIME: i64 = 30 * 24 * 60 * 60;
+
+pub(super) struct Memcache {
+    parser: RequestParser,
+    /// Whether this client has been warned about an exptime in the past (once per client).
+    warned_past_exptime: bool,
+}
+
+type McSession = Session<Memcache>;
+
+impl Frontend for Memcache {
+    fn new(pool: &Pool) -> Memcache {
+        Memcache {
+            parser: RequestParser::new(Limits {
+                item_size_max: pool.config.item_size_max,
+                max_get_line: pool.config.limits.max_inline_bytes,
+            }),
+            warned_past_exptime: false,
+        }
+    }
+
+    fn handle_input(s: &mut McSession, buf: &mut BytesMut) -> bool {
+        let state = s.pool.state();
+        let mut count = 0;
+        let closing = loop {
+            match s.fe.parser.parse(buf) {
+                Ok(Some(Parsed::Request(req))) => {
+                    count += 1;
+                    if s.dispatch(&state, req) {
+                        break true;
+                    }
+                }
+                Ok(Some(Parsed::Reject { reply, silent })) => {
+                    count += 1;
+                    if !silent {
+                        s.out.error(ClientError::Exact(reply.into()));
+                    }
+                }
+                Ok(None) => break false,
+                Err(e) => {
+                    s.out
+                        .error(ClientError::Exact(format!("CLIENT_ERROR {e}").into()));
+                    break true;
+                }
+            }
+        };
+        s.pool.metrics.requests.inc_by(count);
+        closing
+    }
+
+    fn is_mid_request(&self, buf: &BytesMut) -> bool {
+        self.parser.is_mid_request(buf)
+    }
+}
+
+/// Room for a meta command's key as the ring hashes it: base64-decoded with the `b` flag.
+struct Key {
+    buf: [u8; MAX_KEY_BYTES],
+}
+
+fn ring_key<'a>(req: &'a Request, decoded: &'a mut Key) -> &'a [u8] {
+    let key = req.token(1).unwrap_or_default();
+    let base64 = req.verb.is_meta() && req.tokens().skip(2).any(|t| t == b"b");
+    let decoded_len = if base64 {
+        decode_base64(key, &mut decoded.buf)
+    } else {
+        None
+    };
+    match decoded_len {
+        Some(len) => &decoded.buf[..len],
+        None => key,
+    }
+}
+
+/// The exptime a command sets, if it sets one: the text commands' field, or a meta command's
+/// `T` (and, for mg and ma, `N`: the TTL of an item created on a miss).
+fn exptime(req: &Request) -> Option<i64> {
+    let field = match req.verb {
+        Verb::Set | Verb::Add | Verb::Replace | Verb::Cas => req.token(3),
+        Verb::Touch => req.token(2),
+        Verb::Gat | Verb::Gats => req.token(1),
+        Verb::MetaSet | Verb::MetaGet | Verb::MetaArithmetic | Verb::MetaDelete => {
+            let vivify = matches!(req.verb, Verb::MetaGet | Verb::MetaArithmetic);
+            req.tokens().skip(2).find_map(|t| match t.split_first() {
+                Some((b'T', v)) => Some(v),
+                Some((b'N', v)) if vivify => Some(v),
+                _ => None,
+            })
+        }
+        _ => None,
+    }?;
+    std::str::from_utf8(field).ok()?.parse().ok()
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl McSession {
+    /// Routes one command. Returns true for `quit`.
+    fn dispatch(&mut self, state: &PoolState, req: Request) -> bool {
+        match req.verb {
+            Verb::Quit => return true,
+            Verb::MetaNoop => self.out.ready(Bytes::from_static(b"MN\r\n")),
+            Verb::Verbosity if req.is_quiet() => {}
+            Verb::Verbosity => self.out.ready(Bytes::from_static(b"OK\r\n")),
+            Verb::Stats => self.stats(state, &req),
+            Verb::FlushAll => {
+                if let Some(plan) = route::flush_all(state, self.pool.config.allow_flush, &req) {
+                    self.execute(state, plan);
+                }
+            }
+            Verb::Get | Verb::Gets => self.execute(state, route::get(state, &req)),
+            Verb::Gat | Verb::Gats => {
+                if self.exptime_allowed(&req, req.token(2).unwrap_or_default()) {
+                    self.execute(state, route::get(state, &req));
+                }
+            }
+            Verb::Shutdown
+            | Verb::Slabs
+            | Verb::LruCrawler
+            | Verb::Lru
+            | Verb::Watch
+            | Verb::CacheMemlimit
+            | Verb::Misbehave
+            | Verb::Debugtime
+            | Verb::Extstore => self.out.error(ClientError::Exact(
+                format!(
+                    "CLIENT_ERROR '{}' is not supported through the proxy",
+                    req.verb
+                )
+                .into(),
+            )),
+            _ => self.keyed(state, &req),
+        }
+        false
+    }
+
+    /// Counts, logs (once per client) and, when the pool says so, refuses a command whose
+    /// exptime is an absolute time already past, which memcached expires at once. Returns
+    /// whether the command may go on.
+    fn exptime_allowed(&mut self, req: &Request, key: &[u8]) -> bool {
+        let Some(t) = exptime(req) else {
+            return true;
+        };
+        if t <= MAX_RELATIVE_EXPTIME || t > unix_now() {
+            return true;
+        }
+        self.pool.metrics.past_exptime.inc();
+        if !self.fe.warned_past_exptime {
+            self.fe.warned_past_exptime = true;
+            tracing::warn!(
+                pool = %self.pool.config.name,
+                session = self.id,
+                key = %String::from_utf8_lossy(key),
+                exptime = t,
+                "exptime over 30 days is read as a Unix time, and this one is past: the item expires at once"
+            );
+        }
+        if !self.pool.config.reject_past_exptime {
+            return true;
+        }
+        if !req.is_quiet() || req.verb.is_meta() {
+            self.out.error(ClientError::Exact(format!(
+                "CLIENT_ERROR exptime {t} is in the past: over {MAX_RELATIVE_EXPTIME} s it is a Unix time"
+            ).into()));
+        }
+        false
+    }
+
+    /// A single-key command: to its shard's node, or to every node of a replicated shard if
+    /// it writes.
+    fn keyed(&mut self, state: &PoolState, req: &Request) {
+        let mut decoded = Key {
+            buf: [0; MAX_KEY_BYTES],
+        };
+        // `version` has no key: any shard answers.
+        let key = match req.verb {
+            Verb::Version => &b""[..],
+            _ => ring_key(req, &mut decoded),
+        };
+        if !self.exptime_allowed(req, key) {
+            return;
+        }
+        let plan = route::keyed(state, req, key);
+        self.execute(state, plan);
+    }
+
+    /// `stats`: the proxy's own counters. `stats backends [group]`: every node's `stats`,
+    /// each line prefixed with the node's name.
+    fn stats(&mut self, state: &PoolState, req: &Request) {
+        let mut args = req.tokens().skip(1);
+        match args.next() {
+            None => {
+                let reply = self.own_stats(state);
+                self.out.ready(reply);
+            }
+            Some(b"backends") => {
+                let plan = route::stats_backends(state, args, |node| node.addr.to_string());
+                self.execute(state, plan);
+            }
+            Some(other) => self.out.error(ClientError::Exact(format!(
+                "CLIENT_ERROR stats {} is not served by the proxy: use stats, or stats backends [group]",
+                String::from_utf8_lossy(other)
+            ).into())),
+        }
+    }
+
+    fn own_stats(&self, state: &PoolState) -> Bytes {
+        let pool = &self.pool;
+        let m = &pool.metrics;
+        let up = state
+            .shards
+            .iter()
+            .flat_map(|s| &s.up)
+            .filter(|&&u| u)
+            .count();
+        let nodes = state.nodes().count();
+        let stats: [(&str, String); 11] = [
+            ("pid", std::process::id().to_string()),
+            ("uptime", pool.started.elapsed().as_secs().to_string()),
+            ("time", unix_now().to_string()),
+            (
+                "version",
+                format!("ringproxy-{}", env!("CARGO_PKG_VERSION")),
+            ),
+            ("curr_connections", m.client_connections.get().to_string()),
+            (
+                "total_connections",
+                m.client_connections_total.get().to_string(),
+            ),
+            ("cmd_total", m.requests.get().to_string()),
+            ("errors", m.errors.get().to_string()),
+            ("past_exptime", m.past_exptime.get().to_string()),
+            ("servers", state.shards.len().to_string()),
+            ("nodes_up", format!("{up}/{nodes}")),
+        ];
+        let mut out = String::new();
+        for (name, value) in stats {
+            out.push_str(&format!("STAT {name} {value}\r\n"));
+        }
+        out.push_str("END\r\n");
+        Bytes::from(out)
+    }
+}

@@ -1,0 +1,294 @@
+//! Replies owed to one client, in request order: each request takes a slot, backend replies
+//! fill slots through typed tokens, and the replies next in order are written together.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::error::ClientError;
+use super::merge::Gather;
+use crate::backend::{BackendError, Completion, Inbox, NodeId, ReplyTo, Token};
+use crate::config::Protocol;
+use crate::protocol::memcache::Verb;
+use crate::protocol::{ReplyKind, resp::encode};
+use crate::topology::Scripts;
+
+/// A request's place in the reply order.
+pub(super) enum Slot {
+    Ready(Bytes),
+    /// One backend reply is awaited and becomes the client's reply as it is.
+    Forwarded,
+    /// A memcache request sent with `noreply` or `q`: the reply is dropped when the command
+    /// would not have shown it.
+    Quiet(Verb),
+    /// Several parts are awaited and merged.
+    Gathering(Box<Gather>),
+    /// A request the proxy may send again: its reply is awaited as part 0.
+    Resend(Box<Resend>),
+}
+
+/// A request that is sent again when its first answer is not the last word.
+pub(super) struct Resend {
+    /// The shard's name: the request may be sent again after the pool's state changed.
+    pub(super) shard: Arc<str>,
+    /// The node it was last sent to.
+    pub(super) node: NodeId,
+    /// How many more times it may be sent.
+    pub(super) retries_left: usize,
+    pub(super) job: (Bytes, ReplyKind),
+    pub(super) quiet: Option<Verb>,
+    pub(super) when: ResendWhen,
+    /// Sent on the node's RESP3 connections (a client that said HELLO 3).
+    pub(super) resp3: bool,
+}
+
+pub(super) enum ResendWhen {
+    /// The node failed: a read on a replicated memcache shard moves to the next node.
+    NodeFails,
+    /// The node answered NOSCRIPT to an EVALSHA of this SHA, and the pool knows the script:
+    /// it is loaded there again first.
+    NoScript { sha: Bytes },
+}
+
+/// A resend to make: the request's sequence number and, for a lost script, its SCRIPT LOAD.
+pub(super) struct Retry {
+    pub(super) seq: u64,
+    pub(super) reload: Option<Bytes>,
+}
+
+/// Replies owed to the client, in request order.
+pub(super) struct Outbox {
+    slots: VecDeque<Slot>,
+    /// Sequence number of `slots[0]`.
+    first_seq: u64,
+    inbox: Arc<Inbox>,
+    buf: BytesMut,
+    protocol: Protocol,
+    errors: u64,
+    /// Requests to send again.
+    retries: Vec<Retry>,
+    /// The pool's scripts, consulted when a node has lost one.
+    scripts: Scripts,
+    /// Subscribed to Pub/Sub: messages may arrive at any time.
+    pub(super) listening: bool,
+}
+
+impl Outbox {
+    pub(super) fn new(protocol: Protocol, scripts: Scripts) -> Outbox {
+        Outbox {
+            slots: VecDeque::new(),
+            first_seq: 0,
+            inbox: Arc::default(),
+            buf: BytesMut::new(),
+            protocol,
+            errors: 0,
+            retries: Vec::new(),
+            scripts,
+            listening: false,
+        }
+    }
+
+    /// Requests whose replies are not written yet.
+    pub(super) fn pending(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The sequence number of the oldest request not answered yet.
+    pub(super) fn first_unanswered(&self) -> u64 {
+        self.first_seq
+    }
+
+    /// Replies ready to write, in order.
+    pub(super) fn output(&self) -> &[u8] {
+        &self.buf
+    }
+
+    pub(super) fn clear_output(&mut self) {
+        self.buf.clear();
+    }
+
+    /// Adds a Pub/Sub message to the output as it is.
+    pub(super) fn push_message(&mut self, message: &[u8]) {
+        self.buf.extend_from_slice(message);
+    }
+
+    /// Lets go of the buffers of an idle client.
+    pub(super) fn shrink(&mut self) {
+        self.buf = BytesMut::new();
+        self.slots = VecDeque::new();
+    }
+
+    /// Error replies made since the last call.
+    pub(super) fn take_errors(&mut self) -> u64 {
+        std::mem::take(&mut self.errors)
+    }
+
+    /// Requests to send again, taken.
+    pub(super) fn take_retries(&mut self) -> Vec<Retry> {
+        std::mem::take(&mut self.retries)
+    }
+
+    pub(super) fn has_retries(&self) -> bool {
+        !self.retries.is_empty()
+    }
+
+    /// The resend state of request `seq`, if it is one awaiting its reply.
+    pub(super) fn resend_at(&mut self, seq: u64) -> Option<&mut Resend> {
+        let index = seq.checked_sub(self.first_seq)? as usize;
+        match self.slots.get_mut(index)? {
+            Slot::Resend(resend) => Some(resend),
+            _ => None,
+        }
+    }
+
+    /// Answers request `seq` with an error, whatever it awaited.
+    pub(super) fn fail(&mut self, seq: u64, e: ClientError) {
+        let reply = e.render(self.protocol);
+        if let Some(slot) = seq
+            .checked_sub(self.first_seq)
+            .and_then(|i| self.slots.get_mut(i as usize))
+        {
+            *slot = Slot::Ready(reply);
+            self.errors += 1;
+        }
+    }
+
+    pub(super) fn next_seq(&self) -> u64 {
+        self.first_seq + self.slots.len() as u64
+    }
+
+    /// Queues a reply the proxy made.
+    pub(super) fn ready(&mut self, reply: Bytes) {
+        self.slots.push_back(Slot::Ready(reply));
+    }
+
+    /// Queues an error reply.
+    pub(super) fn error(&mut self, e: ClientError) {
+        self.errors += 1;
+        self.ready(e.render(self.protocol));
+    }
+
+    /// Queues the slot of a request sent to one backend.
+    pub(super) fn forwarded(&mut self) {
+        self.slots.push_back(Slot::Forwarded);
+    }
+
+    /// Queues the slot of a memcache request whose client asked for no reply.
+    pub(super) fn quiet(&mut self, verb: Verb) {
+        self.slots.push_back(Slot::Quiet(verb));
+    }
+
+    /// Queues the slot of a request that may be sent again.
+    pub(super) fn resend(&mut self, resend: Resend) {
+        self.slots.push_back(Slot::Resend(Box::new(resend)));
+    }
+
+    /// Queues the slot of a request whose parts `gather` merges.
+    pub(super) fn gathering(&mut self, gather: Gather) {
+        self.slots.push_back(Slot::Gathering(Box::new(gather)));
+    }
+
+    /// The inbox the session reads, for connections that deliver to it unasked (Pub/Sub).
+    pub(super) fn inbox(&self) -> &Arc<Inbox> {
+        &self.inbox
+    }
+
+    /// Where a backend sends the reply to part `part` of the next request.
+    pub(super) fn reply_to(&self, part: usize) -> ReplyTo {
+        self.reply_to_seq(self.next_seq(), part)
+    }
+
+    pub(super) fn reply_to_seq(&self, seq: u64, part: usize) -> ReplyTo {
+        ReplyTo {
+            inbox: self.inbox.clone(),
+            token: Token::Reply { seq, part },
+        }
+    }
+
+    /// Takes in the reply to part `part` of request `seq`.
+    pub(super) fn complete(&mut self, seq: u64, part: usize, c: Completion) {
+        let Some(slot) = seq
+            .checked_sub(self.first_seq)
+            .and_then(|i| self.slots.get_mut(i as usize))
+        else {
+            return;
+        };
+        if let Slot::Resend(resend) = slot {
+            if part != 0 {
+                // The reply to a SCRIPT LOAD sent before the request again.
+                return;
+            }
+            if let Some(retry) = retry(resend, &c.result, &self.scripts, seq) {
+                self.retries.push(retry);
+                return;
+            }
+        }
+        let reply = match c.result {
+            Ok(reply) => Ok(reply),
+            Err(e) => {
+                self.errors += 1;
+                Err(*e)
+            }
+        };
+        match slot {
+            Slot::Forwarded => *slot = Slot::Ready(shown(self.protocol, None, reply)),
+            Slot::Quiet(verb) => *slot = Slot::Ready(shown(self.protocol, Some(*verb), reply)),
+            Slot::Resend(resend) => *slot = Slot::Ready(shown(self.protocol, resend.quiet, reply)),
+            Slot::Gathering(g) => {
+                if let Some(merged) = g.add(part, reply) {
+                    *slot = Slot::Ready(merged);
+                }
+            }
+            Slot::Ready(_) => {}
+        }
+    }
+
+    /// Moves every reply that is next in order into the write buffer.
+    pub(super) fn collect_ready(&mut self) {
+        while let Some(Slot::Ready(_)) = self.slots.front() {
+            if let Some(Slot::Ready(reply)) = self.slots.pop_front() {
+                self.buf.extend_from_slice(&reply);
+            }
+            self.first_seq += 1;
+        }
+    }
+}
+
+/// Whether `result` calls for sending `resend` again, and how.
+fn retry(
+    resend: &Resend,
+    result: &Result<Bytes, Box<BackendError>>,
+    scripts: &Scripts,
+    seq: u64,
+) -> Option<Retry> {
+    if resend.retries_left == 0 {
+        return None;
+    }
+    match (&resend.when, result) {
+        (ResendWhen::NodeFails, Err(_)) => Some(Retry { seq, reload: None }),
+        (ResendWhen::NoScript { sha }, Ok(reply)) if reply.starts_with(b"-NOSCRIPT") => {
+            let scripts = scripts.lock().unwrap_or_else(|p| p.into_inner());
+            let body = scripts.get(&sha.to_ascii_lowercase())?;
+            let mut load = BytesMut::new();
+            encode::command(&mut load, [&b"SCRIPT"[..], b"LOAD", body].into_iter());
+            Some(Retry {
+                seq,
+                reload: Some(load.freeze()),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// What the client sees of a single backend reply: the reply or an error, unless it asked for
+/// quiet and the command would not have shown it.
+fn shown(protocol: Protocol, quiet: Option<Verb>, reply: Result<Bytes, BackendError>) -> Bytes {
+    match (quiet, reply) {
+        (None, Ok(r)) => r,
+        (None, Err(e)) => ClientError::Backend(e).render(protocol),
+        (Some(verb), Ok(r)) if !verb.quiet_hides(&r) => r,
+        (Some(verb), Err(e)) if verb.is_meta() => ClientError::Backend(e).render(protocol),
+        (Some(_), _) => Bytes::new(),
+    }
+}

@@ -1,0 +1,167 @@
+//! What routing decides for one request, before any I/O: where each backend request goes and
+//! what becomes of the replies. The frontends' routing functions return a [`Plan`] from the
+//! request and a `PoolState` snapshot; the session carries it out.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::error::ClientError;
+use super::merge::Gather;
+use super::outbox::ResendWhen;
+use crate::protocol::ReplyKind;
+use crate::protocol::memcache::Verb;
+use crate::topology::PoolState;
+
+/// Which node of the snapshot a backend request goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Target {
+    /// The shard's master for a write; for a read, the node the pool's `read_from` picks.
+    Shard { shard: usize, write: bool },
+    /// Node `node` (in `Shard::nodes`) of shard `shard`: fan-outs that reach every node.
+    Node { shard: usize, node: usize },
+}
+
+/// One backend request: where, what, and how its reply is framed.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Part {
+    pub target: Target,
+    pub payload: Bytes,
+    pub kind: ReplyKind,
+}
+
+impl Part {
+    pub(super) fn resp(target: Target, payload: Bytes) -> Part {
+        Part {
+            target,
+            payload,
+            kind: ReplyKind::Resp,
+        }
+    }
+}
+
+/// What the session does with one request.
+pub(super) enum Plan {
+    /// Answer at once.
+    Reply(Bytes),
+    Fail(ClientError),
+    /// One backend request; its reply is the client's.
+    Forward(Part),
+    /// A memcache request sent without `noreply`/`q`: its reply is dropped where memcached
+    /// would not have shown it.
+    Quiet(Part, Verb),
+    /// One backend request per part, merged into one reply.
+    Gather(Vec<Part>, Gather),
+    /// A request that may be sent again (a read to the next node when its node fails; an
+    /// EVALSHA after loading the script where it was lost).
+    Resend {
+        part: Part,
+        retries: usize,
+        when: ResendWhen,
+        quiet: Option<Verb>,
+    },
+    /// A command that may wait on its backend, on a connection reserved for the client until
+    /// it answers; `wait` is how long it may wait (`None`: forever) beyond the pool's timeout.
+    Reserved {
+        part: Part,
+        wait: Option<Duration>,
+    },
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Plan::Reply(b) => f.debug_tuple("Reply").field(b).finish(),
+            Plan::Fail(e) => f.debug_tuple("Fail").field(e).finish(),
+            Plan::Forward(p) => f.debug_tuple("Forward").field(p).finish(),
+            Plan::Quiet(p, v) => f.debug_tuple("Quiet").field(p).field(v).finish(),
+            Plan::Gather(parts, _) => f.debug_tuple("Gather").field(parts).finish(),
+            Plan::Resend { part, retries, .. } => f
+                .debug_struct("Resend")
+                .field("part", part)
+                .field("retries", retries)
+                .finish(),
+            Plan::Reserved { part, wait } => f
+                .debug_struct("Reserved")
+                .field("part", part)
+                .field("wait", wait)
+                .finish(),
+        }
+    }
+}
+
+impl From<Result<Plan, ClientError>> for Plan {
+    fn from(routed: Result<Plan, ClientError>) -> Plan {
+        routed.unwrap_or_else(Plan::Fail)
+    }
+}
+
+/// Groups keys by shard for a split request: the part of every key (one part per shard, in
+/// order of first use) and each part's shard.
+pub(super) fn parts_by_shard<'a, N>(
+    state: &PoolState<N>,
+    keys: impl Iterator<Item = &'a [u8]>,
+) -> Result<(Vec<u32>, Vec<usize>), ClientError> {
+    let mut key_parts = Vec::with_capacity(keys.size_hint().0);
+    let mut part_shards: Vec<usize> = Vec::new();
+    for key in keys {
+        let shard = state.shard_for(key).ok_or(ClientError::NoServer)?;
+        let part = match part_shards.iter().position(|&s| s == shard) {
+            Some(part) => part,
+            None => {
+                part_shards.push(shard);
+                part_shards.len() - 1
+            }
+        };
+        key_parts.push(part as u32);
+    }
+    Ok((key_parts, part_shards))
+}
+
+/// Test helpers: a pool state over three shards without sockets.
+#[cfg(test)]
+pub(super) mod testing {
+    use std::sync::Arc;
+
+    use crate::placement::{Distribution, HashFn, Ring, RingMember};
+    use crate::topology::{PoolState, Shard};
+
+    /// Three shards `s0`..`s2` (fnv1a_64, ketama, `{}` hash tags), each a master and
+    /// `replicas` replicas, every node up.
+    pub(in crate::server) fn three_shards(replicas: usize, replicated: bool) -> PoolState<()> {
+        let names = ["s0", "s1", "s2"];
+        let members: Vec<RingMember<'_>> = names
+            .iter()
+            .map(|identity| RingMember {
+                identity,
+                weight: 1,
+                live: true,
+            })
+            .collect();
+        let ring = Ring::new(
+            HashFn::Fnv1a64,
+            Distribution::Ketama,
+            Some(*b"{}"),
+            &members,
+        );
+        let shards = names
+            .iter()
+            .map(|name| Shard {
+                name: (*name).into(),
+                nodes: vec![(); 1 + replicas],
+                up: vec![true; 1 + replicas],
+                master: 0,
+                replicated,
+            })
+            .collect();
+        PoolState::new(Arc::new(ring), shards)
+    }
+
+    /// The first key `<prefix><n>` on shard `shard`.
+    pub(in crate::server) fn key_on(state: &PoolState<()>, shard: usize, prefix: &str) -> String {
+        (0..10_000)
+            .map(|n| format!("{prefix}{n}"))
+            .find(|k| state.shard_for(k.as_bytes()) == Some(shard))
+            .unwrap()
+    }
+}

@@ -1,0 +1,190 @@
+//! The whole-keyspace commands, decided without I/O: SCAN one shard at a time with the shard in
+//! the cursor; KEYS, DBSIZE, RANDOMKEY, FLUSHDB, FLUSHALL on every master, merged; SCRIPT on
+//! every node (scripts are not replicated); FUNCTION on every master.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::command::{Fanout, Merge};
+use crate::config::PoolConfig;
+use crate::protocol::resp::{Request, encode};
+use crate::server::error::ClientError;
+use crate::server::merge::{Gather, decode_cursor};
+use crate::server::plan::{Part, Plan, Target};
+use crate::topology::{PoolState, Scripts};
+
+/// The plan of a whole-keyspace command. SCRIPT LOAD and FLUSH also keep `scripts` current,
+/// for EVALSHA on a node that lost its scripts.
+pub(super) fn route<N>(
+    state: &PoolState<N>,
+    config: &PoolConfig,
+    scripts: &Scripts,
+    fanout: Fanout,
+    req: &Request,
+) -> Plan {
+    let masters = |merge| {
+        every_master(
+            state,
+            req.frame(),
+            Gather::split(
+                merge,
+                state.shards.len(),
+                Vec::new(),
+                config.max_reply_depth,
+            ),
+        )
+    };
+    match fanout {
+        Fanout::Scan => scan(state, req),
+        Fanout::Keys if !config.allow_keys => Plan::Fail(ClientError::Refused(
+            "KEYS would scan every shard; the pool needs allow_keys: true (or use SCAN)".into(),
+        )),
+        Fanout::Keys => masters(Merge::Concat),
+        Fanout::DbSize => masters(Merge::Sum),
+        Fanout::RandomKey => masters(Merge::FirstNonNil),
+        Fanout::Flush if !config.allow_flush => Plan::Fail(ClientError::Refused(
+            format!(
+                "{} would empty every shard; the pool needs allow_flush: true",
+                String::from_utf8_lossy(req.arg(0)).to_ascii_uppercase()
+            )
+            .into(),
+        )),
+        Fanout::Flush => masters(Merge::Same),
+        Fanout::Script => script_admin(state, config, scripts, req),
+        Fanout::Function => function_admin(state, config, req),
+    }
+}
+
+/// `payload` to every shard's master, merged by `gather`.
+pub(super) fn every_master<N>(state: &PoolState<N>, payload: &Bytes, gather: Gather) -> Plan {
+    let parts = (0..state.shards.len())
+        .map(|shard| Part::resp(Target::Shard { shard, write: true }, payload.clone()))
+        .collect();
+    Plan::Gather(parts, gather)
+}
+
+/// The request as it is, to every node, replicas included, merged as `merge` says.
+fn every_node<N>(state: &PoolState<N>, req: &Request, merge: Merge, depth: usize) -> (Plan, usize) {
+    let parts: Vec<Part> = state
+        .shards
+        .iter()
+        .enumerate()
+        .flat_map(|(shard, s)| (0..s.nodes.len()).map(move |node| Target::Node { shard, node }))
+        .map(|target| Part::resp(target, req.frame().clone()))
+        .collect();
+    let n = parts.len();
+    (
+        Plan::Gather(parts, Gather::split(merge, n, Vec::new(), depth)),
+        n,
+    )
+}
+
+/// SCAN: the client's cursor names the shard and that shard's own cursor.
+fn scan<N>(state: &PoolState<N>, req: &Request) -> Plan {
+    let shards = state.shards.len();
+    let Some(cursor) = std::str::from_utf8(req.arg(1))
+        .ok()
+        .and_then(|c| c.parse::<u64>().ok())
+    else {
+        return Plan::Fail(ClientError::Exact("ERR invalid cursor".into()));
+    };
+    let (shard, backend) = decode_cursor(cursor, shards);
+    let mut payload = BytesMut::with_capacity(req.frame().len() + 16);
+    let backend = backend.to_string();
+    encode::array(&mut payload, req.argc());
+    encode::bulk(&mut payload, req.arg(0));
+    encode::bulk(&mut payload, backend.as_bytes());
+    req.args()
+        .skip(2)
+        .for_each(|a| encode::bulk(&mut payload, a));
+    let part = Part::resp(
+        Target::Shard {
+            shard,
+            write: false,
+        },
+        payload.freeze(),
+    );
+    Plan::Gather(vec![part], Gather::scan(shard, shards))
+}
+
+/// SCRIPT LOAD / EXISTS / FLUSH on every node, replicas included (scripts are not
+/// replicated), so EVALSHA and EVALSHA_RO find them wherever they run.
+fn script_admin<N>(
+    state: &PoolState<N>,
+    config: &PoolConfig,
+    scripts: &Scripts,
+    req: &Request,
+) -> Plan {
+    let sub = req.arg(1).to_ascii_uppercase();
+    let depth = config.max_reply_depth;
+    match &sub[..] {
+        b"LOAD" if req.argc() == 3 => {
+            let scripts = scripts.clone();
+            let body = req.arg_bytes(2);
+            let record = move |reply: &[u8]| {
+                // `$40\r\n<sha>\r\n`, or `+<sha>` in RESP3 verbatim forms: take the hex.
+                let sha: Vec<u8> = reply
+                    .split(|&b| b == b'\n')
+                    .map(<[u8]>::trim_ascii)
+                    .find(|l| l.len() == 40 && l.iter().all(u8::is_ascii_hexdigit))
+                    .map(<[u8]>::to_ascii_lowercase)
+                    .unwrap_or_default();
+                if !sha.is_empty() {
+                    scripts
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(sha, body.clone());
+                }
+            };
+            let (plan, _) = every_node(state, req, Merge::Same, depth);
+            match plan {
+                Plan::Gather(parts, gather) => {
+                    Plan::Gather(parts, gather.recording(Box::new(record)))
+                }
+                other => other,
+            }
+        }
+        b"EXISTS" if req.argc() >= 3 => every_node(state, req, Merge::AllOf, depth).0,
+        b"FLUSH" if req.argc() <= 3 => {
+            scripts.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            every_node(state, req, Merge::Same, depth).0
+        }
+        _ => unsupported_sub(req, "SCRIPT LOAD, EXISTS and FLUSH are served"),
+    }
+}
+
+/// FUNCTION LOAD / DELETE / FLUSH / RESTORE on every master; LIST, DUMP and STATS from the
+/// first shard (every master holds the same libraries when they are loaded through the proxy).
+fn function_admin<N>(state: &PoolState<N>, config: &PoolConfig, req: &Request) -> Plan {
+    let sub = req.arg(1).to_ascii_uppercase();
+    match &sub[..] {
+        b"LOAD" | b"DELETE" | b"FLUSH" | b"RESTORE" => {
+            let gather = Gather::split(
+                Merge::Same,
+                state.shards.len(),
+                Vec::new(),
+                config.max_reply_depth,
+            );
+            every_master(state, req.frame(), gather)
+        }
+        b"LIST" | b"DUMP" | b"STATS" => Plan::Forward(Part::resp(
+            Target::Shard {
+                shard: 0,
+                write: false,
+            },
+            req.frame().clone(),
+        )),
+        _ => unsupported_sub(
+            req,
+            "FUNCTION LOAD, DELETE, FLUSH, RESTORE, LIST, DUMP and STATS are served",
+        ),
+    }
+}
+
+fn unsupported_sub(req: &Request, served: &'static str) -> Plan {
+    let shown = String::from_utf8_lossy(req.arg(1)).to_ascii_uppercase();
+    let name = String::from_utf8_lossy(req.arg(0)).to_ascii_uppercase();
+    Plan::Fail(ClientError::Unsupported {
+        command: format!("{name} {shown}"),
+        why: served.into(),
+    })
+}

@@ -1,0 +1,396 @@
+//! Where a Redis command goes, decided without I/O from the request and a pool snapshot: to
+//! the one shard of its keys, split by shard and merged, or held on a reserved connection
+//! while it blocks.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+
+use crate::command::{BlockTimeout, Command, Merge, Movable};
+use crate::protocol::resp::{Request, encode, parse_int};
+use crate::server::error::ClientError;
+use crate::server::merge::Gather;
+use crate::server::outbox::ResendWhen;
+use crate::server::plan::{Part, Plan, Target, parts_by_shard};
+use crate::topology::PoolState;
+
+/// The one shard of the keys at `positions` (any shard when there are none); an error when
+/// the keys span shards or no server is left.
+pub(super) fn shard_of_keys<N>(
+    state: &PoolState<N>,
+    cmd: &Command,
+    positions: impl Iterator<Item = usize>,
+    req: &Request,
+) -> Result<usize, ClientError> {
+    let mut shard = None;
+    let mut positions = positions.peekable();
+    if positions.peek().is_none() {
+        shard = state.shard_for(b"");
+    }
+    for pos in positions {
+        let s = state.shard_for(req.arg(pos));
+        if shard.is_some() && s != shard {
+            return Err(ClientError::CrossShard(cmd.name.to_ascii_lowercase()));
+        }
+        shard = s;
+    }
+    shard.ok_or(ClientError::NoServer)
+}
+
+/// Every key position of `req`: the command's range and the ones only its arguments tell.
+fn keys(cmd: &Command, req: &Request) -> impl Iterator<Item = usize> {
+    let movable = cmd.movable_keys(req);
+    cmd.key_positions(req.argc()).chain(movable)
+}
+
+/// A command on the shard of its keys; XREAD / XREADGROUP with BLOCK on a reserved
+/// connection.
+pub(super) fn keyed<N>(state: &PoolState<N>, cmd: &Command, req: &Request) -> Plan {
+    if let Movable::Streams { from } = cmd.movable
+        && let Some(at) = (from..req.argc())
+            .take_while(|&i| !req.arg(i).eq_ignore_ascii_case(b"STREAMS"))
+            .find(|&i| req.arg(i).eq_ignore_ascii_case(b"BLOCK"))
+    {
+        // XREAD … BLOCK milliseconds.
+        let wait = wait_limit(req.arg((at + 1).min(req.argc() - 1)), 0.001);
+        return reserved(state, cmd, req, wait);
+    }
+    match shard_of_keys(state, cmd, keys(cmd, req), req) {
+        Ok(shard) => Plan::Forward(Part::resp(
+            Target::Shard {
+                shard,
+                write: cmd.write,
+            },
+            req.frame().clone(),
+        )),
+        Err(e) => Plan::Fail(e),
+    }
+}
+
+/// A blocking command (BLPOP, BZMPOP…), its timeout where `at` says.
+pub(super) fn blocking<N>(
+    state: &PoolState<N>,
+    cmd: &Command,
+    req: &Request,
+    at: BlockTimeout,
+) -> Plan {
+    let timeout = match at {
+        BlockTimeout::Last => req.arg(req.argc() - 1),
+        BlockTimeout::First => req.arg(1),
+    };
+    reserved(state, cmd, req, wait_limit(timeout, 1.0))
+}
+
+/// A command that may wait on its backend: on a connection reserved for this client until
+/// the reply comes, so no other client waits behind it.
+fn reserved<N>(state: &PoolState<N>, cmd: &Command, req: &Request, wait: Option<Duration>) -> Plan {
+    match shard_of_keys(state, cmd, keys(cmd, req), req) {
+        Ok(shard) => Plan::Reserved {
+            part: Part::resp(
+                Target::Shard {
+                    shard,
+                    write: cmd.write,
+                },
+                req.frame().clone(),
+            ),
+            wait,
+        },
+        Err(e) => Plan::Fail(e),
+    }
+}
+
+/// A blocking command's own timeout, given in `unit` seconds: `None` for 0 (wait forever). A
+/// timeout that is not a positive number is the backend's to refuse, at once.
+fn wait_limit(timeout: &[u8], unit: f64) -> Option<Duration> {
+    let seconds = std::str::from_utf8(timeout)
+        .ok()
+        .and_then(|t| t.parse::<f64>().ok())
+        .filter(|t| t.is_finite());
+    match seconds {
+        Some(0.0) => None,
+        Some(t) if t > 0.0 => Some(Duration::from_secs_f64((t * unit).min(1e9))),
+        _ => Some(Duration::ZERO),
+    }
+}
+
+/// MGET, MSET, DEL…: one request per shard with that shard's keys, merged as `merge` says;
+/// sent whole when every key is on one shard.
+pub(super) fn split<N>(
+    state: &PoolState<N>,
+    cmd: &Command,
+    merge: Merge,
+    req: &Request,
+    max_depth: usize,
+) -> Plan {
+    let step = cmd.key_step;
+    let keys = cmd.key_positions(req.argc()).map(|pos| req.arg(pos));
+    let (key_parts, part_shards) = match parts_by_shard(state, keys) {
+        Ok(grouped) => grouped,
+        Err(e) => return Plan::Fail(e),
+    };
+    let target = |shard| Target::Shard {
+        shard,
+        write: cmd.write,
+    };
+    if let [s] = part_shards[..] {
+        return Plan::Forward(Part::resp(target(s), req.frame().clone()));
+    }
+    // Every part's request in one buffer, sent as slices of it.
+    let mut payloads = BytesMut::with_capacity(req.frame().len() + 16 * part_shards.len());
+    let mut ends = Vec::with_capacity(part_shards.len());
+    for part in 0..part_shards.len() as u32 {
+        let keys = key_parts.iter().filter(|&&p| p == part).count();
+        encode::array(&mut payloads, 1 + keys * step);
+        encode::bulk(&mut payloads, req.arg(0));
+        for (pos, _) in cmd
+            .key_positions(req.argc())
+            .zip(&key_parts)
+            .filter(|(_, p)| **p == part)
+        {
+            for i in pos..pos + step {
+                encode::bulk(&mut payloads, req.arg(i));
+            }
+        }
+        ends.push(payloads.len());
+    }
+    let payloads = payloads.freeze();
+    let mut start = 0;
+    let mut parts = Vec::with_capacity(part_shards.len());
+    for (&s, &end) in part_shards.iter().zip(&ends) {
+        parts.push(Part::resp(target(s), payloads.slice(start..end)));
+        start = end;
+    }
+    let gather = Gather::split(merge, part_shards.len(), key_parts, max_depth);
+    Plan::Gather(parts, gather)
+}
+
+/// EVAL, EVALSHA, FCALL and their read-only forms: to the one shard of the declared keys. An
+/// EVALSHA is sent again, after SCRIPT LOAD, to a node that answers NOSCRIPT.
+pub(super) fn script<N>(state: &PoolState<N>, cmd: &Command, req: &Request) -> Plan {
+    let declared = match parse_int(req.arg(2)) {
+        None => return Plan::Fail(ClientError::NotAnInteger),
+        Some(n) if n < 0 => {
+            return Plan::Fail(ClientError::Exact(
+                "ERR Number of keys can't be negative".into(),
+            ));
+        }
+        Some(n) if n as usize > req.argc() - 3 => {
+            return Plan::Fail(ClientError::Exact(
+                "ERR Number of keys can't be greater than number of args".into(),
+            ));
+        }
+        Some(n) => n as usize,
+    };
+    let shard = match shard_of_keys(state, cmd, 3..3 + declared, req) {
+        Ok(shard) => shard,
+        Err(e) => return Plan::Fail(e),
+    };
+    let target = Target::Shard {
+        shard,
+        write: cmd.writes(),
+    };
+    let part = Part::resp(target, req.frame().clone());
+    if !matches!(cmd.name, "EVALSHA" | "EVALSHA_RO") {
+        return Plan::Forward(part);
+    }
+    Plan::Resend {
+        part,
+        retries: 1,
+        when: ResendWhen::NoScript {
+            sha: req.arg_bytes(1),
+        },
+        quiet: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::lookup;
+    use crate::protocol::resp::RequestParser;
+    use crate::server::plan::testing::{key_on, three_shards};
+
+    fn request(args: &[&str]) -> Request {
+        let mut buf = BytesMut::new();
+        encode::command(&mut buf, args.iter().map(|a| a.as_bytes()));
+        RequestParser::new(Default::default())
+            .parse(&mut buf)
+            .unwrap()
+            .unwrap()
+    }
+
+    fn cmd(name: &str) -> &'static Command {
+        lookup(name.as_bytes()).unwrap()
+    }
+
+    fn target(plan: &Plan) -> Target {
+        match plan {
+            Plan::Forward(part) | Plan::Reserved { part, .. } | Plan::Resend { part, .. } => {
+                part.target
+            }
+            other => panic!("one target expected: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn keyed_commands_go_to_their_shard_writes_to_the_master() {
+        let state = three_shards(1, false);
+        let k = key_on(&state, 2, "k");
+        let plan = keyed(&state, cmd("SET"), &request(&["SET", &k, "v"]));
+        assert_eq!(
+            target(&plan),
+            Target::Shard {
+                shard: 2,
+                write: true
+            }
+        );
+        let plan = keyed(&state, cmd("GET"), &request(&["GET", &k]));
+        assert_eq!(
+            target(&plan),
+            Target::Shard {
+                shard: 2,
+                write: false
+            }
+        );
+    }
+
+    #[test]
+    fn keys_on_two_shards_are_refused_and_hash_tags_bring_them_together() {
+        let state = three_shards(0, false);
+        let (a, b) = (key_on(&state, 0, "a"), key_on(&state, 1, "b"));
+        let plan = keyed(&state, cmd("RENAME"), &request(&["RENAME", &a, &b]));
+        assert!(matches!(plan, Plan::Fail(ClientError::CrossShard(c)) if c == "rename"));
+        let plan = keyed(
+            &state,
+            cmd("RENAME"),
+            &request(&["RENAME", &format!("{{{a}}}x"), &format!("{{{a}}}y")]),
+        );
+        assert_eq!(
+            target(&plan),
+            Target::Shard {
+                shard: 0,
+                write: true
+            }
+        );
+    }
+
+    #[test]
+    fn split_commands_send_each_shard_its_keys_in_order() {
+        let state = three_shards(0, false);
+        let (a, b, c) = (
+            key_on(&state, 0, "a"),
+            key_on(&state, 1, "b"),
+            key_on(&state, 0, "c"),
+        );
+        let plan = split(
+            &state,
+            cmd("MSET"),
+            Merge::Same,
+            &request(&["MSET", &a, "1", &b, "2", &c, "3"]),
+            8,
+        );
+        let Plan::Gather(parts, _) = plan else {
+            panic!("split");
+        };
+        assert_eq!(parts.len(), 2);
+        assert_eq!(
+            parts[0].target,
+            Target::Shard {
+                shard: 0,
+                write: true
+            }
+        );
+        let mut want = BytesMut::new();
+        encode::command(
+            &mut want,
+            ["MSET", &a, "1", &c, "3"].iter().map(|s| s.as_bytes()),
+        );
+        assert_eq!(parts[0].payload, want);
+        // Keys on one shard: the request as it is.
+        let plan = split(
+            &state,
+            cmd("MGET"),
+            Merge::Values,
+            &request(&["MGET", &a, &c]),
+            8,
+        );
+        assert!(matches!(plan, Plan::Forward(_)));
+    }
+
+    #[test]
+    fn blocking_commands_reserve_a_connection_for_their_timeout() {
+        let state = three_shards(0, false);
+        let q = key_on(&state, 1, "q");
+        let plan = blocking(
+            &state,
+            cmd("BLPOP"),
+            &request(&["BLPOP", &q, "1.5"]),
+            BlockTimeout::Last,
+        );
+        assert!(
+            matches!(plan, Plan::Reserved { wait: Some(w), .. } if w == Duration::from_millis(1500))
+        );
+        let plan = blocking(
+            &state,
+            cmd("BLPOP"),
+            &request(&["BLPOP", &q, "0"]),
+            BlockTimeout::Last,
+        );
+        assert!(matches!(plan, Plan::Reserved { wait: None, .. }));
+        let plan = keyed(
+            &state,
+            cmd("XREAD"),
+            &request(&["XREAD", "BLOCK", "250", "STREAMS", &q, "$"]),
+        );
+        assert!(
+            matches!(plan, Plan::Reserved { wait: Some(w), .. } if w == Duration::from_millis(250))
+        );
+        assert_eq!(
+            target(&plan),
+            Target::Shard {
+                shard: 1,
+                write: false
+            }
+        );
+    }
+
+    #[test]
+    fn scripts_go_to_the_shard_of_their_declared_keys() {
+        let state = three_shards(1, false);
+        let k = key_on(&state, 1, "k");
+        let plan = script(
+            &state,
+            cmd("EVAL"),
+            &request(&["EVAL", "return 1", "1", &k]),
+        );
+        assert_eq!(
+            target(&plan),
+            Target::Shard {
+                shard: 1,
+                write: true
+            }
+        );
+        let plan = script(
+            &state,
+            cmd("EVALSHA_RO"),
+            &request(&["EVALSHA_RO", "abc", "1", &k]),
+        );
+        assert!(matches!(
+            plan,
+            Plan::Resend {
+                retries: 1,
+                when: ResendWhen::NoScript { .. },
+                ..
+            }
+        ));
+        assert_eq!(
+            target(&plan),
+            Target::Shard {
+                shard: 1,
+                write: false
+            }
+        );
+        let plan = script(&state, cmd("EVAL"), &request(&["EVAL", "x", "2", &k]));
+        assert!(matches!(plan, Plan::Fail(ClientError::Exact(_))));
+    }
+}
