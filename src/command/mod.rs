@@ -16,18 +16,75 @@ pub enum Kind {
     Split(Merge),
     /// Scripts and functions: the keys are the `numkeys` arguments after argument 2, and must
     /// share one shard.
-    Script,
+    Script(ScriptCall),
     /// A command over the whole keyspace or every node, each handled on its own terms.
     Keyspace(Fanout),
     /// MULTI, EXEC, DISCARD, WATCH, UNWATCH.
-    Transaction,
+    Transaction(TxCommand),
     /// SUBSCRIBE and its kin, PUBLISH, SPUBLISH, PUBSUB.
-    PubSub,
+    PubSub(PubSubCommand),
     /// Waits on the backend until data comes or its timeout passes: sent on a connection
     /// reserved for the client while it waits.
     Blocking(BlockTimeout),
     /// Answered by the proxy itself.
-    Local,
+    Local(LocalCommand),
+}
+
+/// How a script names what it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScriptCall {
+    /// EVAL, EVAL_RO: the script's body.
+    Eval,
+    /// EVALSHA, EVALSHA_RO: the SHA1 of a script loaded before.
+    EvalSha,
+    /// FCALL, FCALL_RO: a function of a loaded library.
+    Function,
+}
+
+/// The transaction commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxCommand {
+    Multi,
+    Exec,
+    Discard,
+    Watch,
+    Unwatch,
+}
+
+/// What kind of channel a subscription names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channels {
+    /// SUBSCRIBE: channels by name.
+    Named,
+    /// PSUBSCRIBE: glob patterns of channels.
+    Patterns,
+    /// SSUBSCRIBE: shard channels.
+    Sharded,
+}
+
+/// The Pub/Sub commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PubSubCommand {
+    Subscribe(Channels),
+    Unsubscribe(Channels),
+    /// PUBLISH, SPUBLISH.
+    Publish,
+    /// PUBSUB CHANNELS, NUMSUB…
+    Introspect,
+}
+
+/// The commands the proxy answers itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalCommand {
+    Auth,
+    Client,
+    Command,
+    Echo,
+    Hello,
+    Info,
+    Ping,
+    Quit,
+    Select,
 }
 
 /// Where a blocking command's timeout is, in seconds (0: wait forever).
@@ -130,7 +187,7 @@ impl Command {
     /// read-only variants (`*_RO`), whatever COMMAND says of them.
     pub fn writes(&self) -> bool {
         match self.kind {
-            Kind::Script => !self.name.ends_with("_RO"),
+            Kind::Script(_) => !self.name.ends_with("_RO"),
             _ => self.write,
         }
     }
@@ -263,7 +320,7 @@ pub fn markdown() -> String {
     };
     let keyed = |c: &Command| matches!(c.kind, Kind::Keyed | Kind::Blocking(_));
     let multi_key = |c: &Command| {
-        c.kind == Kind::Script
+        matches!(c.kind, Kind::Script(_))
             || (keyed(c) && (c.movable != Movable::None || c.last_key != c.first_key as isize))
     };
     let mut out = String::new();
@@ -285,11 +342,11 @@ pub fn markdown() -> String {
     ));
     out.push_str(&format!(
         "- **Transactions, pinned to the shard of their first key**: {}.\n",
-        names(&|c| c.kind == Kind::Transaction)
+        names(&|c| matches!(c.kind, Kind::Transaction(_)))
     ));
     out.push_str(&format!(
         "- **Pub/Sub, a channel on the shard its name hashes to**: {}.\n",
-        names(&|c| c.kind == Kind::PubSub)
+        names(&|c| matches!(c.kind, Kind::PubSub(_)))
     ));
     out.push_str(&format!(
         "- **Every shard or node**: {}.\n",
@@ -297,7 +354,7 @@ pub fn markdown() -> String {
     ));
     out.push_str(&format!(
         "- **Answered by the proxy**: {}.\n",
-        names(&|c| c.kind == Kind::Local)
+        names(&|c| matches!(c.kind, Kind::Local(_)))
     ));
     let mut reasons: Vec<&str> = UNSUPPORTED.iter().map(|(_, why)| *why).collect();
     reasons.sort_unstable();

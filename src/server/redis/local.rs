@@ -1,15 +1,16 @@
 //! Commands the proxy answers itself: the connection handshake of standard clients (HELLO, AUTH,
-//! SELECT 0, CLIENT SETNAME/SETINFO, PING, ECHO, COMMAND, INFO) and QUIT.
+//! SELECT 0, CLIENT SETNAME/SETINFO, PING, ECHO, COMMAND, INFO) and QUIT. Decided without I/O:
+//! INFO's backend sections are a plan like any other.
 
 use bytes::{Bytes, BytesMut};
 
-use super::RespSession;
 use super::keyspace::every_master;
-use crate::command::{Command, Kind, TABLE};
+use crate::command::{Command, Kind, LocalCommand, TABLE};
 use crate::protocol::resp::{Request, encode, parse_int};
 use crate::server::error::ClientError;
 use crate::server::merge::Gather;
-use crate::topology::PoolState;
+use crate::server::plan::Plan;
+use crate::topology::{Pool, PoolState};
 
 /// What the proxy remembers about a client.
 #[derive(Debug)]
@@ -30,72 +31,77 @@ impl ClientState {
     }
 }
 
+/// What a local command may look at and change.
+pub(super) struct Local<'a> {
+    pub client: &'a mut ClientState,
+    pub pool: &'a Pool,
+    /// The session's id (CLIENT ID, HELLO).
+    pub session: u64,
+    /// Subscribed to Pub/Sub (RESP2 PING answers as a message).
+    pub subscribed: bool,
+}
+
 /// The protocol level the proxy speaks, reported by HELLO.
 const SERVED_REDIS_VERSION: &str = "7.0.0";
 
-/// Runs a local command. Returns true for QUIT.
-pub(super) fn run(s: &mut RespSession, state: &PoolState, cmd: &Command, req: &Request) -> bool {
-    let upper = cmd.name;
-    let allowed_before_auth = matches!(upper, "AUTH" | "HELLO" | "QUIT");
-    if !allowed_before_auth && !s.client().authenticated {
-        s.out().error(ClientError::NoAuth);
-        return false;
-    }
-    match upper {
-        "PING" => ping(s, req),
-        "ECHO" => {
-            let mut b = BytesMut::new();
-            encode::bulk(&mut b, req.arg(1));
-            s.out().ready(b.freeze());
-        }
-        "QUIT" => {
-            s.out().ready(Bytes::from_static(b"+OK\r\n"));
-            return true;
-        }
-        "SELECT" => match parse_int(req.arg(1)) {
-            Some(0) => s.out().ready(Bytes::from_static(b"+OK\r\n")),
-            Some(_) => s.out().error(ClientError::Refused(
-                "ringproxy serves database 0 only".into(),
-            )),
-            None => s.out().error(ClientError::NotAnInteger),
-        },
-        "AUTH" => auth(s, req),
-        "HELLO" => hello(s, req),
-        "CLIENT" => client(s, req),
-        "COMMAND" => command(s, req),
-        "INFO" => info(s, state, req),
-        _ => s.out().error(ClientError::Unsupported {
-            command: upper.to_string(),
-            why: "".into(),
-        }),
-    }
-    false
+fn ok() -> Plan {
+    Plan::Reply(Bytes::from_static(b"+OK\r\n"))
 }
 
-fn ping(s: &mut RespSession, req: &Request) {
-    if s.fe.pubsub.active() && !s.client().resp3 {
+fn bulk(value: &[u8]) -> Plan {
+    let mut b = BytesMut::new();
+    encode::bulk(&mut b, value);
+    Plan::Reply(b.freeze())
+}
+
+/// The plan of a local command (QUIT: its +OK; the caller closes the connection).
+pub(super) fn run(cx: Local<'_>, state: &PoolState, which: LocalCommand, req: &Request) -> Plan {
+    let allowed_before_auth = matches!(
+        which,
+        LocalCommand::Auth | LocalCommand::Hello | LocalCommand::Quit
+    );
+    if !allowed_before_auth && !cx.client.authenticated {
+        return Plan::Fail(ClientError::NoAuth);
+    }
+    match which {
+        LocalCommand::Ping => ping(&cx, req),
+        LocalCommand::Echo => bulk(req.arg(1)),
+        LocalCommand::Quit => ok(),
+        LocalCommand::Select => match parse_int(req.arg(1)) {
+            Some(0) => ok(),
+            Some(_) => Plan::Fail(ClientError::Refused(
+                "ringproxy serves database 0 only".into(),
+            )),
+            None => Plan::Fail(ClientError::NotAnInteger),
+        },
+        LocalCommand::Auth => auth(cx, req),
+        LocalCommand::Hello => hello(cx, req),
+        LocalCommand::Client => client(cx, req),
+        LocalCommand::Command => command(&cx, req),
+        LocalCommand::Info => info(cx.pool, state, req),
+    }
+}
+
+fn ping(cx: &Local<'_>, req: &Request) -> Plan {
+    if cx.subscribed && !cx.client.resp3 {
         // In RESP2 subscribed mode PING answers as a message would.
         let mut b = BytesMut::new();
         encode::array(&mut b, 2);
         encode::bulk(&mut b, b"pong");
         encode::bulk(&mut b, if req.argc() > 1 { req.arg(1) } else { b"" });
-        return s.out().ready(b.freeze());
+        return Plan::Reply(b.freeze());
     }
     match req.argc() {
-        1 => s.out().ready(Bytes::from_static(b"+PONG\r\n")),
-        2 => {
-            let mut b = BytesMut::new();
-            encode::bulk(&mut b, req.arg(1));
-            s.out().ready(b.freeze());
-        }
-        _ => s.out().error(ClientError::WrongArity("ping".into())),
+        1 => Plan::Reply(Bytes::from_static(b"+PONG\r\n")),
+        2 => bulk(req.arg(1)),
+        _ => Plan::Fail(ClientError::WrongArity("ping".into())),
     }
 }
 
 /// Checks a username/password pair against the pool's users (the pool password is user
 /// `default`), comparing every password in full so the time taken tells nothing.
-fn check_password(s: &mut RespSession, user: &[u8], password: &[u8]) -> bool {
-    let ok = s
+fn check_password(cx: &mut Local<'_>, user: &[u8], password: &[u8]) -> Result<(), ClientError> {
+    let ok = cx
         .pool
         .config
         .client_users
@@ -104,12 +110,11 @@ fn check_password(s: &mut RespSession, user: &[u8], password: &[u8]) -> bool {
         .fold(false, |ok, u| {
             ok | same_secret(u.password.as_bytes(), password)
         });
-    if ok {
-        s.client().authenticated = true;
-    } else {
-        s.out().error(ClientError::WrongPass);
+    if !ok {
+        return Err(ClientError::WrongPass);
     }
-    ok
+    cx.client.authenticated = true;
+    Ok(())
 }
 
 /// Equality that looks at every byte whatever differs first.
@@ -117,39 +122,38 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
-fn auth(s: &mut RespSession, req: &Request) {
+fn auth(mut cx: Local<'_>, req: &Request) -> Plan {
     if req.argc() > 3 {
-        s.out().error(ClientError::WrongArity("auth".into()));
-        return;
+        return Plan::Fail(ClientError::WrongArity("auth".into()));
     }
-    if s.pool.config.client_users.is_empty() {
-        s.out().error(ClientError::Exact("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?".into()));
-        return;
+    if cx.pool.config.client_users.is_empty() {
+        return Plan::Fail(ClientError::Exact("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?".into()));
     }
     let (user, password) = if req.argc() == 3 {
         (req.arg(1), req.arg(2))
     } else {
         (&b"default"[..], req.arg(1))
     };
-    if check_password(s, user, password) {
-        s.out().ready(Bytes::from_static(b"+OK\r\n"));
+    match check_password(&mut cx, user, password) {
+        Ok(()) => ok(),
+        Err(e) => Plan::Fail(e),
     }
 }
 
-fn hello(s: &mut RespSession, req: &Request) {
-    let mut resp3 = s.client().resp3;
+fn hello(mut cx: Local<'_>, req: &Request) -> Plan {
+    let mut resp3 = cx.client.resp3;
     let mut i = 1;
     if req.argc() > 1 {
         match parse_int(req.arg(1)) {
             Some(2) => resp3 = false,
             Some(3) => resp3 = true,
             Some(_) => {
-                return s.out().error(ClientError::Exact(
+                return Plan::Fail(ClientError::Exact(
                     "NOPROTO unsupported protocol version".into(),
                 ));
             }
             None => {
-                return s.out().error(ClientError::Exact(
+                return Plan::Fail(ClientError::Exact(
                     "ERR Protocol version is not an integer or out of range".into(),
                 ));
             }
@@ -160,13 +164,13 @@ fn hello(s: &mut RespSession, req: &Request) {
     while i < req.argc() {
         let opt = req.arg(i).to_ascii_uppercase();
         if opt == b"AUTH" && i + 2 < req.argc() {
-            if !check_password(s, req.arg(i + 1), req.arg(i + 2)) {
-                return;
+            if let Err(e) = check_password(&mut cx, req.arg(i + 1), req.arg(i + 2)) {
+                return Plan::Fail(e);
             }
             i += 3;
         } else if opt == b"SETNAME" && i + 1 < req.argc() {
             if !valid_name(req.arg(i + 1)) {
-                return s.out().error(ClientError::Exact(
+                return Plan::Fail(ClientError::Exact(
                     "ERR Client names cannot contain spaces, newlines or special characters."
                         .into(),
                 ));
@@ -175,19 +179,19 @@ fn hello(s: &mut RespSession, req: &Request) {
             i += 2;
         } else {
             let shown = String::from_utf8_lossy(req.arg(i)).to_string();
-            return s.out().error(ClientError::Exact(
+            return Plan::Fail(ClientError::Exact(
                 format!("ERR Syntax error in HELLO option '{shown}'").into(),
             ));
         }
     }
-    if !s.client().authenticated {
-        return s.out().error(ClientError::Exact("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".into()));
+    if !cx.client.authenticated {
+        return Plan::Fail(ClientError::Exact("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".into()));
     }
     if name.is_some() {
-        s.client().name = name;
+        cx.client.name = name;
     }
-    s.client().resp3 = resp3;
-    let id = s.id as i64;
+    cx.client.resp3 = resp3;
+    let id = cx.session as i64;
     let mut b = BytesMut::new();
     encode::map(&mut b, 8, resp3);
     for (k, v) in [
@@ -208,53 +212,52 @@ fn hello(s: &mut RespSession, req: &Request) {
     }
     encode::bulk(&mut b, b"modules");
     encode::array(&mut b, 0);
-    s.out().ready(b.freeze());
+    Plan::Reply(b.freeze())
 }
 
 fn valid_name(name: &[u8]) -> bool {
     name.iter().all(|&c| (b'!'..=b'~').contains(&c))
 }
 
-fn client(s: &mut RespSession, req: &Request) {
+fn client(cx: Local<'_>, req: &Request) -> Plan {
     let sub = req.arg(1).to_ascii_uppercase();
     match (&sub[..], req.argc()) {
         (b"SETNAME", 3) => {
             if !valid_name(req.arg(2)) {
-                return s.out().error(ClientError::Exact(
+                return Plan::Fail(ClientError::Exact(
                     "ERR Client names cannot contain spaces, newlines or special characters."
                         .into(),
                 ));
             }
-            s.client().name = (!req.arg(2).is_empty()).then(|| req.arg_bytes(2));
-            s.out().ready(Bytes::from_static(b"+OK\r\n"));
+            cx.client.name = (!req.arg(2).is_empty()).then(|| req.arg_bytes(2));
+            ok()
         }
         (b"GETNAME", 2) => {
             let mut b = BytesMut::new();
-            let resp3 = s.client().resp3;
-            match &s.client().name {
+            let resp3 = cx.client.resp3;
+            match &cx.client.name {
                 Some(n) => encode::bulk(&mut b, n),
                 None => encode::null(&mut b, resp3),
             }
-            s.out().ready(b.freeze());
+            Plan::Reply(b.freeze())
         }
         // Library name and version: accepted, as a server does, and not needed by the proxy.
-        (b"SETINFO", 4) => s.out().ready(Bytes::from_static(b"+OK\r\n")),
+        (b"SETINFO", 4) => ok(),
         (b"ID", 2) => {
             let mut b = BytesMut::new();
-            encode::integer(&mut b, s.id as i64);
-            s.out().ready(b.freeze());
+            encode::integer(&mut b, cx.session as i64);
+            Plan::Reply(b.freeze())
         }
         (b"SETNAME" | b"GETNAME" | b"SETINFO" | b"ID", _) => {
             let shown = String::from_utf8_lossy(&sub).to_lowercase();
-            s.out()
-                .error(ClientError::WrongArity(format!("client|{shown}")));
+            Plan::Fail(ClientError::WrongArity(format!("client|{shown}")))
         }
         _ => {
             let shown = String::from_utf8_lossy(&sub).to_string();
-            s.out().error(ClientError::Unsupported {
+            Plan::Fail(ClientError::Unsupported {
                 command: format!("CLIENT {shown}"),
                 why: "".into(),
-            });
+            })
         }
     }
 }
@@ -264,7 +267,7 @@ fn command_entry(b: &mut BytesMut, c: &Command) {
     encode::bulk(b, c.name.to_ascii_lowercase().as_bytes());
     encode::integer(b, i64::from(c.arity));
     let flag: &str = match (c.kind, c.write) {
-        (Kind::Local, _) => "fast",
+        (Kind::Local(_), _) => "fast",
         (_, true) => "write",
         (_, false) => "readonly",
     };
@@ -275,8 +278,8 @@ fn command_entry(b: &mut BytesMut, c: &Command) {
     encode::integer(b, c.key_step as i64);
 }
 
-fn command(s: &mut RespSession, req: &Request) {
-    let resp3 = s.client().resp3;
+fn command(cx: &Local<'_>, req: &Request) -> Plan {
+    let resp3 = cx.client.resp3;
     let mut b = BytesMut::new();
     let sub = if req.argc() > 1 {
         req.arg(1).to_ascii_uppercase()
@@ -308,18 +311,18 @@ fn command(s: &mut RespSession, req: &Request) {
         b"DOCS" => encode::map(&mut b, 0, resp3),
         _ => {
             let shown = String::from_utf8_lossy(&sub).to_string();
-            return s.out().error(ClientError::Unsupported {
+            return Plan::Fail(ClientError::Unsupported {
                 command: format!("COMMAND {shown}"),
                 why: "".into(),
             });
         }
     }
-    s.out().ready(b.freeze());
+    Plan::Reply(b.freeze())
 }
 
 /// INFO: the proxy's own sections; with Server or Keyspace asked for, every shard's INFO is
 /// fetched for the backend version and the summed key counts.
-fn info(s: &mut RespSession, state: &PoolState, req: &Request) {
+fn info(pool: &Pool, state: &PoolState, req: &Request) -> Plan {
     let wanted: Vec<String> = req
         .args()
         .skip(1)
@@ -330,7 +333,6 @@ fn info(s: &mut RespSession, state: &PoolState, req: &Request) {
             .iter()
             .any(|w| matches!(w.as_str(), "all" | "default" | "everything"));
     let want = |section: &str| all || wanted.iter().any(|w| w == section);
-    let pool = s.pool.clone();
     let c = &pool.config;
     let mut rest = String::new();
     if want("clients") {
@@ -364,9 +366,9 @@ fn info(s: &mut RespSession, state: &PoolState, req: &Request) {
     if server.is_none() && !keyspace {
         let mut b = BytesMut::new();
         encode::bulk(&mut b, rest.as_bytes());
-        return s.out().ready(b.freeze());
+        return Plan::Reply(b.freeze());
     }
     let gather = Gather::info(server, rest, keyspace, state.shards.len());
     let info = Bytes::from_static(b"*1\r\n$4\r\nINFO\r\n");
-    s.execute(state, every_master(state, &info, gather));
+    every_master(state, &info, gather)
 }

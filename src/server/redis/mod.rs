@@ -1,5 +1,8 @@
-//! The Redis side of a session: RESP requests routed by the command table, split by shard
-//! where their keys are, or answered by the proxy.
+//! The Redis side of a session: each RESP request is matched once against the command table
+//! and handed, with the pool's current snapshot, to the routing function of its kind (`route`,
+//! `keyspace`, `local`, `transaction`, `pubsub`), which decides without I/O; this module
+//! carries out what they decide and holds the client's reserved WATCH connection and
+//! subscriber connections.
 
 mod keyspace;
 mod local;
@@ -7,18 +10,22 @@ mod pubsub;
 mod route;
 mod transaction;
 
+use std::sync::Arc;
+
 use bytes::BytesMut;
 
-use crate::server::error::ClientError;
-use crate::server::outbox::Outbox;
-use crate::server::session::{Frontend, Session};
-use local::ClientState;
-use pubsub::PubSub;
-use transaction::Transaction;
-
-use crate::command::{self, Kind};
+use crate::backend::{Job, Node, Reserved, Subscriber};
+use crate::command::{self, Command, Kind, LocalCommand, PubSubCommand};
+use crate::protocol::ReplyKind;
 use crate::protocol::resp::{Request, RequestParser};
+use crate::server::error::ClientError;
+use crate::server::merge::Gather;
+use crate::server::plan::Plan;
+use crate::server::session::{Frontend, Held, Session};
 use crate::topology::{Pool, PoolState};
+use local::{ClientState, Local};
+use pubsub::{Change, PubSub, Routed};
+use transaction::{Conn, Step, Transaction};
 
 /// A Redis client's parser and what the proxy remembers about it.
 pub(super) struct Resp {
@@ -26,6 +33,11 @@ pub(super) struct Resp {
     client: ClientState,
     tx: Transaction,
     pubsub: PubSub,
+    /// The connection WATCH reserved on its shard's master, kept until the transaction ends.
+    watch: Option<(Arc<Node>, Reserved)>,
+    /// Subscriber connections by shard name: a subscription stays where it was made while the
+    /// pool's state changes.
+    subscribers: Vec<(Arc<str>, Subscriber)>,
 }
 
 pub(super) type RespSession = Session<Resp>;
@@ -37,6 +49,8 @@ impl Frontend for Resp {
             client: ClientState::new(pool.config.client_users.is_empty()),
             tx: Transaction::default(),
             pubsub: PubSub::default(),
+            watch: None,
+            subscribers: Vec::new(),
         }
     }
 
@@ -85,77 +99,175 @@ impl RespSession {
     /// Routes one request. Returns true for QUIT.
     fn dispatch(&mut self, state: &PoolState, req: Request) -> bool {
         let name = req.arg(0);
-        if self.fe.tx.in_multi() && !name.eq_ignore_ascii_case(b"QUIT") {
-            transaction::queue(self, state, command::lookup(name), req);
+        let cmd = command::lookup(name);
+        let quit = cmd.is_some_and(|c| c.kind == Kind::Local(LocalCommand::Quit));
+        if self.fe.tx.in_multi() && !quit {
+            let step = transaction::queue(&mut self.fe.tx, state, cmd, &req);
+            self.transaction_step(state, step);
             return false;
         }
-        let Some(cmd) = command::lookup(name) else {
-            if !self.fe.client.authenticated {
-                self.out.error(ClientError::NoAuth);
-            } else {
-                let shown = String::from_utf8_lossy(name);
-                match command::unsupported_reason(name) {
-                    Some(why) => self.out.error(ClientError::Unsupported {
-                        command: shown.to_string(),
-                        why: why.into(),
-                    }),
-                    None => self
-                        .out
-                        .error(ClientError::UnknownCommand(shown.to_string())),
+        let plan = match self.check(name, cmd, &req) {
+            Err(e) => Plan::Fail(e),
+            Ok(cmd) => match cmd.kind {
+                Kind::Local(which) => {
+                    let cx = Local {
+                        client: &mut self.fe.client,
+                        pool: &self.pool,
+                        session: self.id,
+                        subscribed: self.fe.pubsub.active(),
+                    };
+                    local::run(cx, state, which, &req)
                 }
+                _ if !self.fe.client.authenticated => Plan::Fail(ClientError::NoAuth),
+                Kind::Keyed => route::keyed(state, cmd, &req),
+                Kind::Split(merge) => {
+                    let depth = self.pool.config.max_reply_depth;
+                    route::split(state, cmd, merge, &req, depth)
+                }
+                Kind::Script(call) => route::script(state, cmd, call, &req),
+                Kind::Keyspace(fanout) => {
+                    let (config, scripts) = (&self.pool.config, &self.pool.scripts);
+                    keyspace::route(state, config, scripts, fanout, &req)
+                }
+                Kind::Blocking(at) => route::blocking(state, cmd, &req, at),
+                Kind::Transaction(which) => {
+                    let step = transaction::run(&mut self.fe.tx, state, cmd, which, &req);
+                    self.transaction_step(state, step);
+                    return false;
+                }
+                Kind::PubSub(which) => {
+                    let resp3 = self.fe.client.resp3;
+                    let config = &self.pool.config;
+                    match pubsub::route(&mut self.fe.pubsub, state, config, which, &req, resp3) {
+                        Routed::Plan(plan) => plan,
+                        Routed::Change(change) => {
+                            self.change_subscriptions(state, change);
+                            return false;
+                        }
+                    }
+                }
+            },
+        };
+        self.execute(state, plan);
+        quit
+    }
+
+    /// The command `name` names, if the client may run it now.
+    fn check<'c>(
+        &self,
+        name: &[u8],
+        cmd: Option<&'c Command>,
+        req: &Request,
+    ) -> Result<&'c Command, ClientError> {
+        let Some(cmd) = cmd else {
+            if !self.fe.client.authenticated {
+                return Err(ClientError::NoAuth);
             }
-            return false;
+            let shown = String::from_utf8_lossy(name).to_string();
+            return Err(match command::unsupported_reason(name) {
+                Some(why) => ClientError::Unsupported {
+                    command: shown,
+                    why: why.into(),
+                },
+                None => ClientError::UnknownCommand(shown),
+            });
         };
         if !cmd.arity_ok(req.argc()) {
-            self.out
-                .error(ClientError::WrongArity(cmd.name.to_ascii_lowercase()));
-            return false;
+            return Err(ClientError::WrongArity(cmd.name.to_ascii_lowercase()));
         }
-        if self.fe.pubsub.active()
-            && !self.fe.client.resp3
-            && !pubsub::allowed_while_subscribed(cmd.name)
-        {
-            self.out.error(ClientError::Exact(format!(
+        let allowed_while_subscribed = matches!(
+            cmd.kind,
+            Kind::PubSub(PubSubCommand::Subscribe(_) | PubSubCommand::Unsubscribe(_))
+                | Kind::Local(LocalCommand::Ping | LocalCommand::Quit)
+        );
+        if self.fe.pubsub.active() && !self.fe.client.resp3 && !allowed_while_subscribed {
+            return Err(ClientError::Exact(format!(
                 "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
                 cmd.name.to_ascii_lowercase()
             ).into()));
-            return false;
         }
-        if cmd.kind == Kind::Local {
-            return local::run(self, state, cmd, &req);
-        }
-        if !self.fe.client.authenticated {
-            self.out.error(ClientError::NoAuth);
-            return false;
-        }
-        let config = &self.pool.config;
-        let plan = match cmd.kind {
-            Kind::Keyed => route::keyed(state, cmd, &req),
-            Kind::Split(merge) => route::split(state, cmd, merge, &req, config.max_reply_depth),
-            Kind::Script => route::script(state, cmd, &req),
-            Kind::Keyspace(fanout) => {
-                keyspace::route(state, config, &self.pool.scripts, fanout, &req)
+        Ok(cmd)
+    }
+
+    /// Carries out a transaction step on the client's pinned connection.
+    fn transaction_step(&mut self, state: &PoolState, step: Step) {
+        let (conn, requests, keep) = match step {
+            Step::Plan(plan) => return self.execute(state, plan),
+            Step::Abandon(plan) => {
+                // Closing the WATCH connection unwatches.
+                self.fe.watch = None;
+                return self.execute(state, plan);
             }
-            Kind::Blocking(at) => route::blocking(state, cmd, &req, at),
-            Kind::Transaction => {
-                transaction::run(self, state, cmd, req);
-                return false;
-            }
-            Kind::PubSub => {
-                pubsub::run(self, state, cmd, req);
-                return false;
-            }
-            Kind::Local => return false,
+            Step::Send {
+                conn,
+                requests,
+                keep,
+            } => (conn, requests, keep),
         };
-        self.execute(state, plan);
-        false
+        let (node, reserved) = match (self.fe.watch.take(), conn) {
+            (Some(held), _) => held,
+            (None, Conn::Master(shard)) => {
+                let master = state.shards[shard].master().clone();
+                let reserved = master.reserve(self.worker, self.fe.client.resp3);
+                (master, reserved)
+            }
+            (None, Conn::Watching) => return self.out.error(ClientError::NoNodeAnswered),
+        };
+        let seq = self.out.next_seq();
+        let parts = requests.len();
+        for (part, payload) in requests.into_iter().enumerate() {
+            let job = Job {
+                payload,
+                kind: ReplyKind::Resp,
+                reply_to: self.out.reply_to(part),
+                timeout: None,
+            };
+            reserved.send(job, Some(self.pool.config.timeout));
+        }
+        self.out.gathering(Gather::last(parts));
+        if keep {
+            self.fe.watch = Some((node, reserved));
+        } else {
+            self.held.push(Held {
+                node,
+                conn: reserved,
+                until: Some(seq),
+            });
+        }
     }
 
-    fn client(&mut self) -> &mut ClientState {
-        &mut self.fe.client
-    }
-
-    pub(super) fn out(&mut self) -> &mut Outbox {
-        &mut self.out
+    /// Applies a change of subscriptions to the subscriber connections, one per shard.
+    fn change_subscriptions(&mut self, state: &PoolState, change: Change) {
+        let Change {
+            topic,
+            subscribe,
+            per_shard,
+            reply,
+        } = change;
+        let resp3 = self.fe.client.resp3;
+        let inbox = self.out.inbox().clone();
+        let subscribers = &mut self.fe.subscribers;
+        if !self.fe.pubsub.active() {
+            // Nothing left: the subscriber connections close.
+            subscribers.clear();
+        }
+        for (shard, names) in state.shards.iter().zip(per_shard) {
+            if names.is_empty() || !self.fe.pubsub.active() {
+                continue;
+            }
+            let found = subscribers.iter().position(|(name, _)| *name == shard.name);
+            match (found, subscribe) {
+                (Some(at), true) => subscribers[at].1.subscribe(topic, names),
+                (Some(at), false) => subscribers[at].1.unsubscribe(topic, names),
+                (None, true) => {
+                    let subscriber = shard.master().subscriber(resp3, inbox.clone());
+                    subscriber.subscribe(topic, names);
+                    subscribers.push((shard.name.clone(), subscriber));
+                }
+                (None, false) => {}
+            }
+        }
+        self.out.listening = self.fe.pubsub.active();
+        self.out.ready(reply);
     }
 }

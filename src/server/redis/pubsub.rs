@@ -2,31 +2,38 @@
 //! there; a pattern is subscribed on every shard, and since a message is published on one
 //! shard only, it is delivered once. Each client has its own subscriber connection per shard
 //! it listens to; the proxy answers SUBSCRIBE and UNSUBSCRIBE itself, counting the client's
-//! subscriptions across shards as one Redis would.
-
-use std::sync::Arc;
+//! subscriptions across shards as one Redis would. Decided here without I/O; the frontend
+//! holds the subscriber connections and applies the changes.
 
 use bytes::{Bytes, BytesMut};
 
-use super::RespSession;
 use super::keyspace::every_master;
-use crate::backend::{Subscriber, Topic};
-use crate::command::{Command, Merge};
+use crate::backend::Topic;
+use crate::command::{Channels, Merge, PubSubCommand};
+use crate::config::PoolConfig;
 use crate::protocol::resp::{Request, encode};
 use crate::server::error::ClientError;
 use crate::server::merge::Gather;
 use crate::server::plan::{Part, Plan, Target};
 use crate::topology::PoolState;
 
-/// A client's subscriptions, in the order it made them, and its subscriber connections, by
-/// shard.
+/// A client's subscriptions, in the order it made them.
 #[derive(Debug, Default)]
 pub(super) struct PubSub {
     channels: Vec<Bytes>,
     patterns: Vec<Bytes>,
     shard_channels: Vec<Bytes>,
-    /// By shard name: a subscription stays where it was made while the pool's state changes.
-    subscribers: Vec<(Arc<str>, Subscriber)>,
+}
+
+/// What a SUBSCRIBE or UNSUBSCRIBE changes: per shard (index in the snapshot), the names to
+/// subscribe or unsubscribe there, and the confirmations the client gets.
+#[derive(Debug)]
+pub(super) struct Change {
+    pub topic: Topic,
+    pub subscribe: bool,
+    /// One list per shard of the snapshot; empty where nothing changes.
+    pub per_shard: Vec<Vec<Bytes>>,
+    pub reply: Bytes,
 }
 
 impl PubSub {
@@ -83,132 +90,119 @@ fn bulk_elements(frame: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// Commands a RESP2 client may send while subscribed.
-pub(super) fn allowed_while_subscribed(name: &str) -> bool {
-    matches!(
-        name,
-        "SUBSCRIBE"
-            | "UNSUBSCRIBE"
-            | "PSUBSCRIBE"
-            | "PUNSUBSCRIBE"
-            | "SSUBSCRIBE"
-            | "SUNSUBSCRIBE"
-            | "PING"
-            | "QUIT"
-    )
+fn topic(channels: Channels) -> Topic {
+    match channels {
+        Channels::Named => Topic::Channel,
+        Channels::Patterns => Topic::Pattern,
+        Channels::Sharded => Topic::ShardChannel,
+    }
 }
 
-pub(super) fn run(s: &mut RespSession, state: &PoolState, cmd: &Command, req: Request) {
+/// What a Pub/Sub command does: a plan (PUBLISH, PUBSUB …) or a change of subscriptions.
+#[derive(Debug)]
+pub(super) enum Routed {
+    Plan(Plan),
+    Change(Change),
+}
+
+pub(super) fn route<N>(
+    pubsub: &mut PubSub,
+    state: &PoolState<N>,
+    config: &PoolConfig,
+    which: PubSubCommand,
+    req: &Request,
+    resp3: bool,
+) -> Routed {
     let names = || (1..req.argc()).map(|i| req.arg_bytes(i)).collect();
-    match cmd.name {
-        "SUBSCRIBE" => subscribe(s, state, Topic::Channel, names()),
-        "PSUBSCRIBE" => subscribe(s, state, Topic::Pattern, names()),
-        "SSUBSCRIBE" => subscribe(s, state, Topic::ShardChannel, names()),
-        "UNSUBSCRIBE" => unsubscribe(s, state, Topic::Channel, names()),
-        "PUNSUBSCRIBE" => unsubscribe(s, state, Topic::Pattern, names()),
-        "SUNSUBSCRIBE" => unsubscribe(s, state, Topic::ShardChannel, names()),
-        "PUBLISH" | "SPUBLISH" => {
-            let Some(shard) = state.shard_for(req.arg(1)) else {
-                return s.out.error(ClientError::NoServer);
-            };
-            let target = Target::Shard { shard, write: true };
-            s.execute(
-                state,
-                Plan::Forward(Part::resp(target, req.frame().clone())),
-            );
+    match which {
+        PubSubCommand::Subscribe(channels) => {
+            Routed::Change(subscribe(pubsub, state, topic(channels), names(), resp3))
         }
-        _ => pubsub_introspection(s, state, &req),
+        PubSubCommand::Unsubscribe(channels) => {
+            Routed::Change(unsubscribe(pubsub, state, topic(channels), names(), resp3))
+        }
+        PubSubCommand::Publish => Routed::Plan(match state.shard_for(req.arg(1)) {
+            Some(shard) => {
+                let target = Target::Shard { shard, write: true };
+                Plan::Forward(Part::resp(target, req.frame().clone()))
+            }
+            None => Plan::Fail(ClientError::NoServer),
+        }),
+        PubSubCommand::Introspect => Routed::Plan(introspection(state, config, req)),
     }
 }
 
 /// The shards a subscription lives on: its channel's, or every shard for a pattern.
-fn shards_of(state: &PoolState, topic: Topic, name: &[u8]) -> Vec<usize> {
+fn shards_of<N>(state: &PoolState<N>, topic: Topic, name: &[u8]) -> Vec<usize> {
     match topic {
         Topic::Pattern => (0..state.shards.len()).collect(),
         _ => state.shard_for(name).into_iter().collect(),
     }
 }
 
-fn subscribe(s: &mut RespSession, state: &PoolState, topic: Topic, names: Vec<Bytes>) {
-    let shards = state.shards.len();
-    let resp3 = s.client().resp3;
-    let mut per_shard: Vec<Vec<Bytes>> = vec![Vec::new(); shards];
+fn subscribe<N>(
+    pubsub: &mut PubSub,
+    state: &PoolState<N>,
+    topic: Topic,
+    names: Vec<Bytes>,
+    resp3: bool,
+) -> Change {
+    let mut per_shard: Vec<Vec<Bytes>> = vec![Vec::new(); state.shards.len()];
     let mut confirmations = BytesMut::new();
     for name in names {
         for shard in shards_of(state, topic, &name) {
             per_shard[shard].push(name.clone());
         }
-        let set = s.fe.pubsub.set(topic);
+        let set = pubsub.set(topic);
         if !set.contains(&name) {
             set.push(name.clone());
         }
-        let count = s.fe.pubsub.count(topic);
+        let count = pubsub.count(topic);
         confirm(&mut confirmations, topic, true, Some(&name), count, resp3);
     }
-    let inbox = s.out.inbox().clone();
-    for (shard, names) in state.shards.iter().zip(per_shard) {
-        if names.is_empty() {
-            continue;
-        }
-        let subscribers = &mut s.fe.pubsub.subscribers;
-        let at = match subscribers.iter().position(|(name, _)| *name == shard.name) {
-            Some(at) => at,
-            None => {
-                let subscriber = shard.master().subscriber(resp3, inbox.clone());
-                subscribers.push((shard.name.clone(), subscriber));
-                subscribers.len() - 1
-            }
-        };
-        subscribers[at].1.subscribe(topic, names);
+    Change {
+        topic,
+        subscribe: true,
+        per_shard,
+        reply: confirmations.freeze(),
     }
-    s.out.listening = true;
-    s.out.ready(confirmations.freeze());
 }
 
-fn unsubscribe(s: &mut RespSession, state: &PoolState, topic: Topic, names: Vec<Bytes>) {
-    let shards = state.shards.len();
-    let resp3 = s.client().resp3;
+fn unsubscribe<N>(
+    pubsub: &mut PubSub,
+    state: &PoolState<N>,
+    topic: Topic,
+    names: Vec<Bytes>,
+    resp3: bool,
+) -> Change {
     let names: Vec<Bytes> = if names.is_empty() {
-        s.fe.pubsub.set(topic).to_vec()
+        pubsub.set(topic).to_vec()
     } else {
         names
     };
     let mut confirmations = BytesMut::new();
     if names.is_empty() {
-        let count = s.fe.pubsub.count(topic);
+        let count = pubsub.count(topic);
         confirm(&mut confirmations, topic, false, None, count, resp3);
     }
-    let mut per_shard: Vec<Vec<Bytes>> = vec![Vec::new(); shards];
+    let mut per_shard: Vec<Vec<Bytes>> = vec![Vec::new(); state.shards.len()];
     for name in names {
-        let set = s.fe.pubsub.set(topic);
+        let set = pubsub.set(topic);
         if let Some(at) = set.iter().position(|n| *n == name) {
             set.remove(at);
             for shard in shards_of(state, topic, &name) {
                 per_shard[shard].push(name.clone());
             }
         }
-        let count = s.fe.pubsub.count(topic);
+        let count = pubsub.count(topic);
         confirm(&mut confirmations, topic, false, Some(&name), count, resp3);
     }
-    if s.fe.pubsub.active() {
-        for (shard, names) in state.shards.iter().zip(per_shard) {
-            let subscriber =
-                s.fe.pubsub
-                    .subscribers
-                    .iter()
-                    .find(|(n, _)| *n == shard.name);
-            if let Some((_, subscriber)) = subscriber
-                && !names.is_empty()
-            {
-                subscriber.unsubscribe(topic, names);
-            }
-        }
-    } else {
-        // Nothing left: the subscriber connections close.
-        s.fe.pubsub.subscribers.clear();
-        s.out.listening = false;
+    Change {
+        topic,
+        subscribe: false,
+        per_shard,
+        reply: confirmations.freeze(),
     }
-    s.out.ready(confirmations.freeze());
 }
 
 /// `["subscribe", channel, count]` and its kin, as a push in RESP3.
@@ -238,7 +232,7 @@ fn confirm(
 }
 
 /// PUBSUB CHANNELS / SHARDCHANNELS / NUMSUB / SHARDNUMSUB / NUMPAT over every shard.
-fn pubsub_introspection(s: &mut RespSession, state: &PoolState, req: &Request) {
+fn introspection<N>(state: &PoolState<N>, config: &PoolConfig, req: &Request) -> Plan {
     let sub = req.arg(1).to_ascii_uppercase();
     let merge = match &sub[..] {
         b"CHANNELS" | b"SHARDCHANNELS" => Merge::Concat,
@@ -247,13 +241,97 @@ fn pubsub_introspection(s: &mut RespSession, state: &PoolState, req: &Request) {
         b"NUMPAT" => Merge::Max,
         _ => {
             let shown = String::from_utf8_lossy(req.arg(1)).to_ascii_uppercase();
-            return s.out.error(ClientError::Exact(format!(
-                "ERR unsupported command 'PUBSUB {shown}' (CHANNELS, NUMSUB, NUMPAT, SHARDCHANNELS and SHARDNUMSUB are served)"
-            ).into()));
+            return Plan::Fail(ClientError::Unsupported {
+                command: format!("PUBSUB {shown}"),
+                why: "CHANNELS, NUMSUB, NUMPAT, SHARDCHANNELS and SHARDNUMSUB are served".into(),
+            });
         }
     };
-    let shards = state.shards.len();
-    let depth = s.pool.config.max_reply_depth;
-    let gather = Gather::split(merge, shards, Vec::new(), depth);
-    s.execute(state, every_master(state, req.frame(), gather));
+    let gather = Gather::split(
+        merge,
+        state.shards.len(),
+        Vec::new(),
+        config.max_reply_depth,
+    );
+    every_master(state, req.frame(), gather)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::plan::testing::{key_on, three_shards};
+
+    fn names(names: &[&str]) -> Vec<Bytes> {
+        names.iter().map(|n| Bytes::from(n.to_string())).collect()
+    }
+
+    #[test]
+    fn channels_live_on_their_shard_and_patterns_on_every_shard() {
+        let state = three_shards(0, false);
+        let (a, b) = (key_on(&state, 0, "a"), key_on(&state, 2, "b"));
+        let mut pubsub = PubSub::default();
+        let change = subscribe(&mut pubsub, &state, Topic::Channel, names(&[&a, &b]), false);
+        assert_eq!(change.per_shard, [names(&[&a]), vec![], names(&[&b])]);
+        let change = subscribe(&mut pubsub, &state, Topic::Pattern, names(&["n*"]), false);
+        assert_eq!(change.per_shard, vec![names(&["n*"]); 3]);
+        // Counts run across shards, as one server counts them.
+        assert!(change.reply.ends_with(b":3\r\n"));
+        assert!(pubsub.active());
+    }
+
+    #[test]
+    fn unsubscribing_from_everything_names_what_was_held() {
+        let state = three_shards(0, false);
+        let a = key_on(&state, 1, "a");
+        let mut pubsub = PubSub::default();
+        subscribe(&mut pubsub, &state, Topic::Channel, names(&[&a]), false);
+        let change = unsubscribe(&mut pubsub, &state, Topic::Channel, Vec::new(), false);
+        assert_eq!(change.per_shard, [vec![], names(&[&a]), vec![]]);
+        assert!(!pubsub.active());
+        // Nothing held: one confirmation with a nil channel and a count of 0.
+        let change = unsubscribe(&mut pubsub, &state, Topic::Channel, Vec::new(), false);
+        assert_eq!(
+            &change.reply[..],
+            b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n"
+        );
+    }
+
+    #[test]
+    fn publish_goes_to_the_channels_shard() {
+        let state = three_shards(1, false);
+        let a = key_on(&state, 2, "a");
+        let mut buf = BytesMut::new();
+        encode::command(&mut buf, [&b"PUBLISH"[..], a.as_bytes(), b"hi"].into_iter());
+        let req = crate::protocol::resp::RequestParser::new(Default::default())
+            .parse(&mut buf)
+            .unwrap()
+            .unwrap();
+        let config = crate::config::Config::parse(
+            "t.yaml",
+            "pools:\n  p:\n    listen: 127.0.0.1:1\n    servers: [127.0.0.1:2:1]\n",
+        )
+        .unwrap()
+        .pools
+        .remove(0);
+        let routed = route(
+            &mut PubSub::default(),
+            &state,
+            &config,
+            PubSubCommand::Publish,
+            &req,
+            false,
+        );
+        match routed {
+            Routed::Plan(Plan::Forward(part)) => {
+                assert_eq!(
+                    part.target,
+                    Target::Shard {
+                        shard: 2,
+                        write: true
+                    }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
-use crate::command::{BlockTimeout, Command, Merge, Movable};
+use crate::command::{BlockTimeout, Command, Merge, Movable, ScriptCall};
 use crate::protocol::resp::{Request, encode, parse_int};
 use crate::server::error::ClientError;
 use crate::server::merge::Gather;
@@ -166,7 +166,12 @@ pub(super) fn split<N>(
 
 /// EVAL, EVALSHA, FCALL and their read-only forms: to the one shard of the declared keys. An
 /// EVALSHA is sent again, after SCRIPT LOAD, to a node that answers NOSCRIPT.
-pub(super) fn script<N>(state: &PoolState<N>, cmd: &Command, req: &Request) -> Plan {
+pub(super) fn script<N>(
+    state: &PoolState<N>,
+    cmd: &Command,
+    call: ScriptCall,
+    req: &Request,
+) -> Plan {
     let declared = match parse_int(req.arg(2)) {
         None => return Plan::Fail(ClientError::NotAnInteger),
         Some(n) if n < 0 => {
@@ -190,7 +195,7 @@ pub(super) fn script<N>(state: &PoolState<N>, cmd: &Command, req: &Request) -> P
         write: cmd.writes(),
     };
     let part = Part::resp(target, req.frame().clone());
-    if !matches!(cmd.name, "EVALSHA" | "EVALSHA_RO") {
+    if call != ScriptCall::EvalSha {
         return Plan::Forward(part);
     }
     Plan::Resend {
@@ -361,6 +366,7 @@ mod tests {
         let plan = script(
             &state,
             cmd("EVAL"),
+            ScriptCall::Eval,
             &request(&["EVAL", "return 1", "1", &k]),
         );
         assert_eq!(
@@ -373,6 +379,7 @@ mod tests {
         let plan = script(
             &state,
             cmd("EVALSHA_RO"),
+            ScriptCall::EvalSha,
             &request(&["EVALSHA_RO", "abc", "1", &k]),
         );
         assert!(matches!(
@@ -390,7 +397,12 @@ mod tests {
                 write: false
             }
         );
-        let plan = script(&state, cmd("EVAL"), &request(&["EVAL", "x", "2", &k]));
+        let plan = script(
+            &state,
+            cmd("EVAL"),
+            ScriptCall::Eval,
+            &request(&["EVAL", "x", "2", &k]),
+        );
         assert!(matches!(plan, Plan::Fail(ClientError::Exact(_))));
     }
 }

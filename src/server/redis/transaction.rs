@@ -1,22 +1,18 @@
-//! MULTI / EXEC / DISCARD / WATCH / UNWATCH. A transaction is pinned to one shard: the shard of
-//! its first key (or of its WATCH). The proxy queues the commands itself, answering `+QUEUED`,
-//! and at EXEC sends MULTI, the commands and EXEC in one write on a backend connection
-//! reserved for the client, given back once EXEC is answered. WATCH reserves that connection
-//! early and keeps it until EXEC, DISCARD or UNWATCH.
+//! MULTI / EXEC / DISCARD / WATCH / UNWATCH, decided without I/O. A transaction is pinned to
+//! one shard: the shard of its first key (or of its WATCH). The proxy queues the commands
+//! itself, answering `+QUEUED`, and at EXEC sends MULTI, the commands and EXEC in one write on
+//! a backend connection reserved for the client, given back once EXEC is answered. WATCH
+//! reserves that connection early and keeps it until EXEC, DISCARD or UNWATCH.
 
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::RespSession;
 use super::route::shard_of_keys;
-use crate::backend::{Job, Node, Reserved};
-use crate::command::{Command, Kind};
-use crate::protocol::ReplyKind;
-use crate::protocol::resp::{Request, encode};
+use crate::command::{Command, Kind, LocalCommand, TxCommand};
+use crate::protocol::resp::{Request, encode, parse_int};
 use crate::server::error::ClientError;
-use crate::server::merge::Gather;
-use crate::server::session::Held;
+use crate::server::plan::Plan;
 use crate::topology::PoolState;
 
 /// A client's open transaction, if any.
@@ -28,8 +24,8 @@ pub(super) struct Transaction {
     queued: Option<Vec<Bytes>>,
     /// A command was refused while queueing: EXEC aborts.
     aborted: bool,
-    /// The connection WATCH reserved on the shard's master.
-    watching: Option<(Arc<Node>, Reserved)>,
+    /// WATCH holds a connection to the shard's master.
+    watching: bool,
 }
 
 impl Transaction {
@@ -38,198 +34,191 @@ impl Transaction {
     }
 }
 
+/// Which connection a step of a transaction goes on.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Conn {
+    /// The one WATCH holds.
+    Watching,
+    /// A new reserved connection to the master of shard `0`.
+    Master(usize),
+}
+
+/// What a transaction command asks of the client's pinned connection.
+#[derive(Debug)]
+pub(super) enum Step {
+    /// Nothing to send: answer with the plan.
+    Plan(Plan),
+    /// Let go of the WATCH connection (closing it unwatches) and answer with the plan.
+    Abandon(Plan),
+    /// Send `requests` on `conn`, answered by the last one's reply; `keep`: hold the
+    /// connection afterwards (WATCH), else give it back once the reply is written.
+    Send {
+        conn: Conn,
+        requests: Vec<Bytes>,
+        keep: bool,
+    },
+}
+
 const EXECABORT: &str = "EXECABORT Transaction discarded because of previous errors.";
 
-/// The transaction commands themselves, outside MULTI.
-pub(super) fn run(s: &mut RespSession, state: &PoolState, cmd: &Command, req: Request) {
-    match cmd.name {
-        "MULTI" => {
-            s.fe.tx.queued = Some(Vec::new());
-            s.out.ready(Bytes::from_static(b"+OK\r\n"));
+/// A transaction command outside MULTI.
+pub(super) fn run<N>(
+    tx: &mut Transaction,
+    state: &PoolState<N>,
+    cmd: &Command,
+    which: TxCommand,
+    req: &Request,
+) -> Step {
+    let fail = |text: &'static str| Step::Plan(Plan::Fail(ClientError::Exact(text.into())));
+    match which {
+        TxCommand::Multi => {
+            tx.queued = Some(Vec::new());
+            Step::Plan(Plan::Reply(Bytes::from_static(b"+OK\r\n")))
         }
-        "EXEC" => s
-            .out
-            .error(ClientError::Exact("ERR EXEC without MULTI".into())),
-        "DISCARD" => s
-            .out
-            .error(ClientError::Exact("ERR DISCARD without MULTI".into())),
-        "WATCH" => watch(s, state, cmd, &req),
-        "UNWATCH" => {
-            s.fe.tx.shard = None;
-            match s.fe.tx.watching.take() {
-                Some(held) => send_on(s, held, vec![req.frame().clone()]),
-                None => s.out.ready(Bytes::from_static(b"+OK\r\n")),
+        TxCommand::Exec => fail("ERR EXEC without MULTI"),
+        TxCommand::Discard => fail("ERR DISCARD without MULTI"),
+        TxCommand::Watch => watch(tx, state, cmd, req),
+        TxCommand::Unwatch => {
+            tx.shard = None;
+            match std::mem::take(&mut tx.watching) {
+                true => Step::Send {
+                    conn: Conn::Watching,
+                    requests: vec![req.frame().clone()],
+                    keep: false,
+                },
+                false => Step::Plan(Plan::Reply(Bytes::from_static(b"+OK\r\n"))),
             }
         }
-        _ => s
-            .out
-            .error(ClientError::Exact("ERR unknown transaction command".into())),
     }
 }
 
 /// A request between MULTI and EXEC: EXEC and DISCARD end the transaction; anything else is
 /// checked and queued, or refused and the transaction marked to abort.
-pub(super) fn queue(s: &mut RespSession, state: &PoolState, cmd: Option<&Command>, req: Request) {
-    let refuse = |s: &mut RespSession, e: ClientError| {
-        s.fe.tx.aborted = true;
-        s.out.error(e);
+pub(super) fn queue<N>(
+    tx: &mut Transaction,
+    state: &PoolState<N>,
+    cmd: Option<&Command>,
+    req: &Request,
+) -> Step {
+    let mut refuse = |e: ClientError| {
+        tx.aborted = true;
+        Step::Plan(Plan::Fail(e))
     };
     let Some(cmd) = cmd else {
         let shown = String::from_utf8_lossy(req.arg(0)).to_string();
-        return refuse(s, ClientError::UnknownCommand(shown));
+        return refuse(ClientError::UnknownCommand(shown));
     };
     if !cmd.arity_ok(req.argc()) {
-        let name = cmd.name.to_ascii_lowercase();
-        return refuse(s, ClientError::WrongArity(name));
+        return refuse(ClientError::WrongArity(cmd.name.to_ascii_lowercase()));
     }
-    match (cmd.name, cmd.kind) {
-        ("EXEC", _) => return exec(s, state),
-        ("DISCARD", _) => return discard(s),
-        ("MULTI", _) => {
-            return s.out.error(ClientError::Exact(
-                "ERR MULTI calls can not be nested".into(),
-            ));
+    let exact = |text: &'static str| Step::Plan(Plan::Fail(ClientError::Exact(text.into())));
+    match cmd.kind {
+        Kind::Transaction(TxCommand::Exec) => return exec(tx, state),
+        Kind::Transaction(TxCommand::Discard) => return discard(tx),
+        Kind::Transaction(TxCommand::Multi) => return exact("ERR MULTI calls can not be nested"),
+        Kind::Transaction(TxCommand::Watch) => {
+            return exact("ERR WATCH inside MULTI is not allowed");
         }
-        ("WATCH", _) => {
-            return s.out.error(ClientError::Exact(
-                "ERR WATCH inside MULTI is not allowed".into(),
-            ));
-        }
-        ("PING" | "ECHO", _)
-        | (_, Kind::Keyed | Kind::Split(_) | Kind::Script | Kind::Blocking(_)) => {}
-        ("UNWATCH", _) => {}
+        Kind::Local(LocalCommand::Ping | LocalCommand::Echo)
+        | Kind::Keyed
+        | Kind::Split(_)
+        | Kind::Script(_)
+        | Kind::Blocking(_)
+        | Kind::Transaction(TxCommand::Unwatch) => {}
         _ => {
             let name = cmd.name;
-            return refuse(
-                s,
-                ClientError::Refused(
-                    format!("'{name}' cannot run inside a transaction through the proxy").into(),
-                ),
-            );
+            return refuse(ClientError::Refused(
+                format!("'{name}' cannot run inside a transaction through the proxy").into(),
+            ));
         }
     }
     let mut keys: Vec<usize> = cmd.key_positions(req.argc()).collect();
-    keys.extend(cmd.movable_keys(&req));
-    if cmd.kind == Kind::Script {
-        let declared = crate::protocol::resp::parse_int(req.arg(2))
-            .unwrap_or(0)
-            .max(0) as usize;
+    keys.extend(cmd.movable_keys(req));
+    if let Kind::Script(_) = cmd.kind {
+        let declared = parse_int(req.arg(2)).unwrap_or(0).max(0) as usize;
         keys.extend((3..3 + declared).take_while(|&i| i < req.argc()));
     }
     for pos in keys {
         let Some(owner) = state.shard_for(req.arg(pos)) else {
-            return refuse(s, ClientError::NoServer);
+            return refuse(ClientError::NoServer);
         };
         let owner = &state.shards[owner].name;
-        match &s.fe.tx.shard {
+        match &tx.shard {
             Some(pinned) if pinned != owner => {
                 let name = cmd.name.to_ascii_lowercase();
-                return refuse(s, ClientError::CrossShardTransaction(name));
+                return refuse(ClientError::CrossShardTransaction(name));
             }
-            _ => s.fe.tx.shard = Some(owner.clone()),
+            _ => tx.shard = Some(owner.clone()),
         }
     }
-    if let Some(queued) = &mut s.fe.tx.queued {
+    if let Some(queued) = &mut tx.queued {
         queued.push(req.frame().clone());
     }
-    s.out.ready(Bytes::from_static(b"+QUEUED\r\n"));
+    Step::Plan(Plan::Reply(Bytes::from_static(b"+QUEUED\r\n")))
 }
 
 /// WATCH: on a connection reserved on the keys' shard, kept until the transaction ends.
-fn watch(s: &mut RespSession, state: &PoolState, cmd: &Command, req: &Request) {
-    let keys = cmd.key_positions(req.argc());
-    let shard = match shard_of_keys(state, cmd, keys, req) {
+fn watch<N>(tx: &mut Transaction, state: &PoolState<N>, cmd: &Command, req: &Request) -> Step {
+    let shard = match shard_of_keys(state, cmd, cmd.key_positions(req.argc()), req) {
         Ok(shard) => shard,
-        Err(e) => return s.out.error(e),
+        Err(e) => return Step::Plan(Plan::Fail(e)),
     };
-    let shard = &state.shards[shard];
-    if s.fe
-        .tx
-        .shard
-        .as_ref()
-        .is_some_and(|pinned| *pinned != shard.name)
-    {
-        return s.out.error(ClientError::CrossShardWatch);
+    let name = &state.shards[shard].name;
+    if tx.shard.as_ref().is_some_and(|pinned| pinned != name) {
+        return Step::Plan(Plan::Fail(ClientError::CrossShardWatch));
     }
-    s.fe.tx.shard = Some(shard.name.clone());
-    let resp3 = s.client().resp3;
-    let (node, conn) = match s.fe.tx.watching.take() {
-        Some(held) => held,
-        None => {
-            let master = shard.master().clone();
-            let conn = master.reserve(s.worker, resp3);
-            (master, conn)
-        }
+    tx.shard = Some(name.clone());
+    let conn = match tx.watching {
+        true => Conn::Watching,
+        false => Conn::Master(shard),
     };
-    let seq = s.out.next_seq();
-    conn.send(
-        job(s, req.frame().clone(), seq, 0),
-        Some(s.pool.config.timeout),
-    );
-    s.out.forwarded();
-    s.fe.tx.watching = Some((node, conn));
+    tx.watching = true;
+    Step::Send {
+        conn,
+        requests: vec![req.frame().clone()],
+        keep: true,
+    }
 }
 
 /// EXEC: the queued commands between MULTI and EXEC, in one write on the reserved connection;
 /// the client gets EXEC's reply.
-fn exec(s: &mut RespSession, state: &PoolState) {
-    let tx = std::mem::take(&mut s.fe.tx);
+fn exec<N>(tx: &mut Transaction, state: &PoolState<N>) -> Step {
+    let tx = std::mem::take(tx);
     if tx.aborted {
-        // Dropping a WATCH connection closes it, which unwatches.
-        return s.out.error(ClientError::Exact(EXECABORT.into()));
+        return Step::Abandon(Plan::Fail(ClientError::Exact(EXECABORT.into())));
     }
-    let held = match tx.watching {
-        Some(held) => held,
-        None => {
+    let conn = match tx.watching {
+        true => Conn::Watching,
+        false => {
             let shard = match &tx.shard {
-                Some(name) => state.shard_named(name),
-                None => state.shard_for(b"").map(|i| &state.shards[i]),
+                Some(name) => state.shards.iter().position(|s| s.name == *name),
+                None => state.shard_for(b""),
             };
-            let Some(shard) = shard else {
-                return s.out.error(ClientError::NoServer);
-            };
-            let master = shard.master().clone();
-            let conn = master.reserve(s.worker, s.client().resp3);
-            (master, conn)
+            match shard {
+                Some(shard) => Conn::Master(shard),
+                None => return Step::Plan(Plan::Fail(ClientError::NoServer)),
+            }
         }
     };
     let mut requests = vec![command(b"MULTI")];
     requests.extend(tx.queued.unwrap_or_default());
     requests.push(command(b"EXEC"));
-    send_on(s, held, requests);
+    Step::Send {
+        conn,
+        requests,
+        keep: false,
+    }
 }
 
 /// DISCARD: the queue is dropped; a WATCH ends with an UNWATCH, whose reply is DISCARD's.
-fn discard(s: &mut RespSession) {
-    let tx = std::mem::take(&mut s.fe.tx);
-    match tx.watching {
-        Some(held) => send_on(s, held, vec![command(b"UNWATCH")]),
-        None => s.out.ready(Bytes::from_static(b"+OK\r\n")),
-    }
-}
-
-/// Sends `requests` on `conn` (to `node`, a shard's master) as the parts of the next reply,
-/// which is the last part's, and gives the connection back once that reply is written.
-fn send_on(s: &mut RespSession, (node, conn): (Arc<Node>, Reserved), requests: Vec<Bytes>) {
-    let seq = s.out.next_seq();
-    let parts = requests.len();
-    for (part, payload) in requests.into_iter().enumerate() {
-        conn.send(job(s, payload, seq, part), Some(s.pool.config.timeout));
-    }
-    s.out.gathering(Gather::last(parts));
-    s.held.push(Held {
-        node,
-        conn,
-        until: Some(seq),
-    });
-}
-
-fn job(s: &RespSession, payload: Bytes, seq: u64, part: usize) -> Job {
-    Job {
-        payload,
-        kind: ReplyKind::Resp,
-        reply_to: s.out.reply_to_seq(seq, part),
-        timeout: None,
+fn discard(tx: &mut Transaction) -> Step {
+    match std::mem::take(tx).watching {
+        true => Step::Send {
+            conn: Conn::Watching,
+            requests: vec![command(b"UNWATCH")],
+            keep: false,
+        },
+        false => Step::Plan(Plan::Reply(Bytes::from_static(b"+OK\r\n"))),
     }
 }
 
@@ -237,4 +226,125 @@ fn command(name: &[u8]) -> Bytes {
     let mut b = BytesMut::new();
     encode::command(&mut b, [name].into_iter());
     b.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::lookup;
+    use crate::protocol::resp::RequestParser;
+    use crate::server::plan::testing::{key_on, three_shards};
+
+    fn request(args: &[&str]) -> Request {
+        let mut buf = BytesMut::new();
+        encode::command(&mut buf, args.iter().map(|a| a.as_bytes()));
+        RequestParser::new(Default::default())
+            .parse(&mut buf)
+            .unwrap()
+            .unwrap()
+    }
+
+    fn step(tx: &mut Transaction, state: &PoolState<()>, args: &[&str]) -> Step {
+        let req = request(args);
+        let cmd = lookup(args[0].as_bytes());
+        match (tx.in_multi(), cmd.map(|c| c.kind)) {
+            (false, Some(Kind::Transaction(which))) => run(tx, state, cmd.unwrap(), which, &req),
+            _ => queue(tx, state, cmd, &req),
+        }
+    }
+
+    fn replied(step: Step, want: &[u8]) {
+        match step {
+            Step::Plan(Plan::Reply(r)) => assert_eq!(&r[..], want),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn exec_sends_the_queue_to_the_master_of_the_first_keys_shard() {
+        let state = three_shards(1, false);
+        let (a, b) = (key_on(&state, 2, "a"), key_on(&state, 2, "b"));
+        let mut tx = Transaction::default();
+        replied(step(&mut tx, &state, &["MULTI"]), b"+OK\r\n");
+        replied(step(&mut tx, &state, &["SET", &a, "1"]), b"+QUEUED\r\n");
+        replied(step(&mut tx, &state, &["INCR", &b]), b"+QUEUED\r\n");
+        match step(&mut tx, &state, &["EXEC"]) {
+            Step::Send {
+                conn: Conn::Master(2),
+                requests,
+                keep: false,
+            } => assert_eq!(requests.len(), 4),
+            other => panic!("{other:?}"),
+        }
+        assert!(!tx.in_multi());
+    }
+
+    #[test]
+    fn a_key_of_another_shard_aborts_the_transaction() {
+        let state = three_shards(0, false);
+        let (a, b) = (key_on(&state, 0, "a"), key_on(&state, 1, "b"));
+        let mut tx = Transaction::default();
+        step(&mut tx, &state, &["MULTI"]);
+        step(&mut tx, &state, &["SET", &a, "1"]);
+        match step(&mut tx, &state, &["SET", &b, "1"]) {
+            Step::Plan(Plan::Fail(ClientError::CrossShardTransaction(c))) => assert_eq!(c, "set"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            step(&mut tx, &state, &["EXEC"]),
+            Step::Abandon(Plan::Fail(_))
+        ));
+    }
+
+    #[test]
+    fn watch_pins_the_shard_and_keeps_its_connection_until_exec() {
+        let state = three_shards(0, false);
+        let (a, b) = (key_on(&state, 1, "a"), key_on(&state, 0, "b"));
+        let mut tx = Transaction::default();
+        assert!(matches!(
+            step(&mut tx, &state, &["WATCH", &a]),
+            Step::Send {
+                conn: Conn::Master(1),
+                keep: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            step(&mut tx, &state, &["WATCH", &a]),
+            Step::Send {
+                conn: Conn::Watching,
+                keep: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            step(&mut tx, &state, &["WATCH", &b]),
+            Step::Plan(Plan::Fail(ClientError::CrossShardWatch))
+        ));
+        step(&mut tx, &state, &["MULTI"]);
+        assert!(matches!(
+            step(&mut tx, &state, &["EXEC"]),
+            Step::Send {
+                conn: Conn::Watching,
+                keep: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn commands_that_cannot_be_queued_are_refused() {
+        let state = three_shards(0, false);
+        let mut tx = Transaction::default();
+        step(&mut tx, &state, &["MULTI"]);
+        assert!(matches!(
+            step(&mut tx, &state, &["SUBSCRIBE", "c"]),
+            Step::Plan(Plan::Fail(ClientError::Refused(_)))
+        ));
+        assert!(matches!(
+            step(&mut tx, &state, &["MULTI"]),
+            Step::Plan(Plan::Fail(ClientError::Exact(_)))
+        ));
+        replied(step(&mut tx, &state, &["DISCARD"]), b"+OK\r\n");
+    }
 }
