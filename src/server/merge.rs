@@ -3,10 +3,10 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::error::ClientError;
+use super::outbox::Quiet;
 use crate::backend::BackendError;
 use crate::command::Merge;
 use crate::config::Protocol;
-use crate::protocol::memcache::Verb;
 use crate::protocol::resp::{ReplyScanner, encode, parse_int};
 
 /// The RESP error reply for a backend reply that cannot be merged; `how` completes "a backend
@@ -61,7 +61,7 @@ pub(super) struct Gather {
     max_depth: usize,
     /// A memcache command sent with `noreply` or `q`: the merged reply is dropped when the
     /// command would not have shown it.
-    quiet: Option<Verb>,
+    quiet: Option<Quiet>,
     record: Option<Record>,
 }
 
@@ -115,14 +115,14 @@ impl Gather {
 
     /// A memcache write on `parts` nodes, answered by the first of the first `candidates`
     /// that answers.
-    pub(super) fn first_answer(parts: usize, candidates: usize, quiet: Option<Verb>) -> Gather {
+    pub(super) fn first_answer(parts: usize, candidates: usize, quiet: Option<Quiet>) -> Gather {
         let mut g = Gather::new(Plan::FirstAnswer { candidates }, parts, 1);
         g.quiet = quiet;
         g
     }
 
     /// A memcache command on every node.
-    pub(super) fn broadcast(parts: usize, quiet: Option<Verb>) -> Gather {
+    pub(super) fn broadcast(parts: usize, quiet: Option<Quiet>) -> Gather {
         let mut g = Gather::new(Plan::Broadcast, parts, 1);
         g.quiet = quiet;
         g
@@ -178,10 +178,7 @@ impl Gather {
         {
             record(&merged);
         }
-        Some(match self.quiet {
-            Some(verb) if verb.quiet_hides(&merged) => Bytes::new(),
-            _ => merged,
-        })
+        Some(Quiet::apply(self.quiet, merged))
     }
 
     fn merge(&mut self) -> Bytes {

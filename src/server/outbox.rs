@@ -10,18 +10,35 @@ use super::error::ClientError;
 use super::merge::Gather;
 use crate::backend::{BackendError, Completion, Inbox, NodeId, ReplyTo, Token};
 use crate::config::Protocol;
-use crate::protocol::memcache::Verb;
-use crate::protocol::{ReplyKind, resp::encode};
-use crate::topology::Scripts;
+use crate::protocol::ReplyKind;
+
+/// What a client that asked for no reply (memcache `noreply`, meta `q`) still sees.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Quiet {
+    /// Whether a reply is one the command leaves out.
+    pub hides: fn(&[u8]) -> bool,
+    /// Whether a failed request still gets its error reply.
+    pub shows_failures: bool,
+}
+
+impl Quiet {
+    /// The reply the client sees: `reply`, an error, or nothing.
+    pub(super) fn apply(quiet: Option<Quiet>, reply: Bytes) -> Bytes {
+        match quiet {
+            Some(q) if (q.hides)(&reply) => Bytes::new(),
+            _ => reply,
+        }
+    }
+}
 
 /// A request's place in the reply order.
 pub(super) enum Slot {
     Ready(Bytes),
     /// One backend reply is awaited and becomes the client's reply as it is.
     Forwarded,
-    /// A memcache request sent with `noreply` or `q`: the reply is dropped when the command
+    /// A request whose client asked for no reply: the reply is dropped where the command
     /// would not have shown it.
-    Quiet(Verb),
+    Quiet(Quiet),
     /// Several parts are awaited and merged.
     Gathering(Box<Gather>),
     /// A request the proxy may send again: its reply is awaited as part 0.
@@ -37,24 +54,26 @@ pub(super) struct Resend {
     /// How many more times it may be sent.
     pub(super) retries_left: usize,
     pub(super) job: (Bytes, ReplyKind),
-    pub(super) quiet: Option<Verb>,
+    pub(super) quiet: Option<Quiet>,
     pub(super) when: ResendWhen,
     /// Sent on the node's RESP3 connections (a client that said HELLO 3).
     pub(super) resp3: bool,
 }
 
+#[derive(Debug, PartialEq, Eq)]
 pub(super) enum ResendWhen {
-    /// The node failed: a read on a replicated memcache shard moves to the next node.
+    /// The node failed: the request moves to the next node of its shard (a read on a
+    /// replicated memcache shard).
     NodeFails,
-    /// The node answered NOSCRIPT to an EVALSHA of this SHA, and the pool knows the script:
-    /// it is loaded there again first.
-    NoScript { sha: Bytes },
+    /// The node's reply starts with `prefix`: `first` is sent to it, then the request again
+    /// (an EVALSHA that finds its script lost gets a SCRIPT LOAD first).
+    Answered { prefix: &'static [u8], first: Bytes },
 }
 
-/// A resend to make: the request's sequence number and, for a lost script, its SCRIPT LOAD.
+/// A resend to make: the request's sequence number and what to send before it.
 pub(super) struct Retry {
     pub(super) seq: u64,
-    pub(super) reload: Option<Bytes>,
+    pub(super) first: Option<Bytes>,
 }
 
 /// Replies owed to the client, in request order.
@@ -68,14 +87,12 @@ pub(super) struct Outbox {
     errors: u64,
     /// Requests to send again.
     retries: Vec<Retry>,
-    /// The pool's scripts, consulted when a node has lost one.
-    scripts: Scripts,
     /// Subscribed to Pub/Sub: messages may arrive at any time.
     pub(super) listening: bool,
 }
 
 impl Outbox {
-    pub(super) fn new(protocol: Protocol, scripts: Scripts) -> Outbox {
+    pub(super) fn new(protocol: Protocol) -> Outbox {
         Outbox {
             slots: VecDeque::new(),
             first_seq: 0,
@@ -84,7 +101,6 @@ impl Outbox {
             protocol,
             errors: 0,
             retries: Vec::new(),
-            scripts,
             listening: false,
         }
     }
@@ -175,8 +191,8 @@ impl Outbox {
     }
 
     /// Queues the slot of a memcache request whose client asked for no reply.
-    pub(super) fn quiet(&mut self, verb: Verb) {
-        self.slots.push_back(Slot::Quiet(verb));
+    pub(super) fn quiet(&mut self, quiet: Quiet) {
+        self.slots.push_back(Slot::Quiet(quiet));
     }
 
     /// Queues the slot of a request that may be sent again.
@@ -216,10 +232,10 @@ impl Outbox {
         };
         if let Slot::Resend(resend) = slot {
             if part != 0 {
-                // The reply to a SCRIPT LOAD sent before the request again.
+                // The reply to what was sent before the request again.
                 return;
             }
-            if let Some(retry) = retry(resend, &c.result, &self.scripts, seq) {
+            if let Some(retry) = retry(resend, &c.result, seq) {
                 self.retries.push(retry);
                 return;
             }
@@ -233,7 +249,7 @@ impl Outbox {
         };
         match slot {
             Slot::Forwarded => *slot = Slot::Ready(shown(self.protocol, None, reply)),
-            Slot::Quiet(verb) => *slot = Slot::Ready(shown(self.protocol, Some(*verb), reply)),
+            Slot::Quiet(quiet) => *slot = Slot::Ready(shown(self.protocol, Some(*quiet), reply)),
             Slot::Resend(resend) => *slot = Slot::Ready(shown(self.protocol, resend.quiet, reply)),
             Slot::Gathering(g) => {
                 if let Some(merged) = g.add(part, reply) {
@@ -256,25 +272,16 @@ impl Outbox {
 }
 
 /// Whether `result` calls for sending `resend` again, and how.
-fn retry(
-    resend: &Resend,
-    result: &Result<Bytes, Box<BackendError>>,
-    scripts: &Scripts,
-    seq: u64,
-) -> Option<Retry> {
+fn retry(resend: &Resend, result: &Result<Bytes, Box<BackendError>>, seq: u64) -> Option<Retry> {
     if resend.retries_left == 0 {
         return None;
     }
     match (&resend.when, result) {
-        (ResendWhen::NodeFails, Err(_)) => Some(Retry { seq, reload: None }),
-        (ResendWhen::NoScript { sha }, Ok(reply)) if reply.starts_with(b"-NOSCRIPT") => {
-            let scripts = scripts.lock().unwrap_or_else(|p| p.into_inner());
-            let body = scripts.get(&sha.to_ascii_lowercase())?;
-            let mut load = BytesMut::new();
-            encode::command(&mut load, [&b"SCRIPT"[..], b"LOAD", body].into_iter());
+        (ResendWhen::NodeFails, Err(_)) => Some(Retry { seq, first: None }),
+        (ResendWhen::Answered { prefix, first }, Ok(reply)) if reply.starts_with(prefix) => {
             Some(Retry {
                 seq,
-                reload: Some(load.freeze()),
+                first: Some(first.clone()),
             })
         }
         _ => None,
@@ -283,12 +290,10 @@ fn retry(
 
 /// What the client sees of a single backend reply: the reply or an error, unless it asked for
 /// quiet and the command would not have shown it.
-fn shown(protocol: Protocol, quiet: Option<Verb>, reply: Result<Bytes, BackendError>) -> Bytes {
+fn shown(protocol: Protocol, quiet: Option<Quiet>, reply: Result<Bytes, BackendError>) -> Bytes {
     match (quiet, reply) {
-        (None, Ok(r)) => r,
-        (None, Err(e)) => ClientError::Backend(e).render(protocol),
-        (Some(verb), Ok(r)) if !verb.quiet_hides(&r) => r,
-        (Some(verb), Err(e)) if verb.is_meta() => ClientError::Backend(e).render(protocol),
-        (Some(_), _) => Bytes::new(),
+        (quiet, Ok(r)) => Quiet::apply(quiet, r),
+        (Some(q), Err(_)) if !q.shows_failures => Bytes::new(),
+        (_, Err(e)) => ClientError::Backend(e).render(protocol),
     }
 }

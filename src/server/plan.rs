@@ -8,9 +8,8 @@ use bytes::Bytes;
 
 use super::error::ClientError;
 use super::merge::Gather;
-use super::outbox::ResendWhen;
+use super::outbox::{Quiet, ResendWhen};
 use crate::protocol::ReplyKind;
-use crate::protocol::memcache::Verb;
 use crate::topology::PoolState;
 
 /// Which node of the snapshot a backend request goes to.
@@ -47,9 +46,9 @@ pub(super) enum Plan {
     Fail(ClientError),
     /// One backend request; its reply is the client's.
     Forward(Part),
-    /// A memcache request sent without `noreply`/`q`: its reply is dropped where memcached
-    /// would not have shown it.
-    Quiet(Part, Verb),
+    /// A request whose client asked for no reply (memcache `noreply`, `q`): its reply is
+    /// dropped where the server would not have shown it.
+    Quiet(Part, Quiet),
     /// One backend request per part, merged into one reply.
     Gather(Vec<Part>, Gather),
     /// A request that may be sent again (a read to the next node when its node fails; an
@@ -58,7 +57,7 @@ pub(super) enum Plan {
         part: Part,
         retries: usize,
         when: ResendWhen,
-        quiet: Option<Verb>,
+        quiet: Option<Quiet>,
     },
     /// A command that may wait on its backend, on a connection reserved for the client until
     /// it answers; `wait` is how long it may wait (`None`: forever) beyond the pool's timeout.

@@ -75,7 +75,7 @@ impl<F: Frontend> Session<F> {
             id,
             worker,
             fe: F::new(&pool),
-            out: Outbox::new(pool.config.protocol, pool.scripts.clone()),
+            out: Outbox::new(pool.config.protocol),
             held: Vec::new(),
             pool,
         }
@@ -213,9 +213,9 @@ impl<F: Frontend> Session<F> {
                 self.send_part(state, part, 0, resp3);
                 self.out.forwarded();
             }
-            Plan::Quiet(part, verb) => {
+            Plan::Quiet(part, quiet) => {
                 self.send_part(state, part, 0, resp3);
-                self.out.quiet(verb);
+                self.out.quiet(quiet);
             }
             Plan::Gather(parts, gather) => {
                 for (i, part) in parts.into_iter().enumerate() {
@@ -307,7 +307,7 @@ impl<F> Session<F> {
     /// state; one that left it fails the request.
     fn resend(&mut self) {
         let state = self.pool.state();
-        for Retry { seq, reload } in self.out.take_retries() {
+        for Retry { seq, first } in self.out.take_retries() {
             let Some(resend) = self.out.resend_at(seq) else {
                 continue;
             };
@@ -318,7 +318,7 @@ impl<F> Session<F> {
                 self.out.fail(seq, error);
                 continue;
             };
-            let node = match reload {
+            let node = match first {
                 Some(_) => last,
                 None => shard.retry_index(last),
             };
@@ -326,9 +326,9 @@ impl<F> Session<F> {
             resend.node = node.id();
             resend.retries_left -= 1;
             let (job, resp3) = (resend.job.clone(), resend.resp3);
-            if let Some(load) = reload {
-                let load = (load, ReplyKind::Resp);
-                self.send_job_to(node, load, self.out.reply_to_seq(seq, 1), resp3);
+            if let Some(first) = first {
+                let first = (first, job.1);
+                self.send_job_to(node, first, self.out.reply_to_seq(seq, 1), resp3);
             }
             let reply_to = self.out.reply_to_seq(seq, 0);
             self.send_job_to(node, job, reply_to, resp3);

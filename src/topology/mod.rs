@@ -4,8 +4,10 @@
 //! ejection and, later, reloads on their next request without any lock.
 
 mod keeper;
+mod scripts;
 mod state;
 
+pub use scripts::Scripts;
 pub use state::{PoolState, Shard};
 
 use std::sync::Arc;
@@ -31,12 +33,8 @@ pub struct Pool {
     state: Arc<ArcSwap<PoolState>>,
     pub metrics: PoolMetrics,
     pub started: std::time::Instant,
-    pub scripts: Scripts,
+    pub scripts: Arc<Scripts>,
 }
-
-/// The scripts clients loaded with SCRIPT LOAD, by SHA1 (lower-case hex), to load again on a
-/// node that lost them (a restart). Locked only by SCRIPT LOAD and on a NOSCRIPT reply.
-pub type Scripts = Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, bytes::Bytes>>>;
 
 impl Topology {
     /// Starts every node's connections on the workers, and health checks and each pool's
@@ -128,7 +126,7 @@ impl Pool {
             state,
             metrics: metrics.pool(&config.name),
             started: std::time::Instant::now(),
-            scripts: Scripts::default(),
+            scripts: Arc::default(),
         }
     }
 

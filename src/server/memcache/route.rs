@@ -9,9 +9,25 @@ use crate::protocol::ReplyKind;
 use crate::protocol::memcache::{ReplyShape, Request, Verb};
 use crate::server::error::ClientError;
 use crate::server::merge::Gather;
-use crate::server::outbox::ResendWhen;
+use crate::server::outbox::{Quiet, ResendWhen};
 use crate::server::plan::{Part, Plan, Target, parts_by_shard};
 use crate::topology::{PoolState, Shard};
+
+/// What memcached leaves out for `verb` sent quietly (`noreply`, meta `q`); meta commands
+/// still show their failures.
+pub(super) fn quiet(verb: Verb) -> Quiet {
+    let hides: fn(&[u8]) -> bool = match verb {
+        Verb::MetaGet => |r| Verb::MetaGet.quiet_hides(r),
+        Verb::MetaSet => |r| Verb::MetaSet.quiet_hides(r),
+        Verb::MetaDelete => |r| Verb::MetaDelete.quiet_hides(r),
+        Verb::MetaArithmetic => |r| Verb::MetaArithmetic.quiet_hides(r),
+        _ => |_| true,
+    };
+    Quiet {
+        hides,
+        shows_failures: verb.is_meta(),
+    }
+}
 
 /// A single-key command whose ring key is `key`.
 pub(super) fn keyed<N>(state: &PoolState<N>, req: &Request, key: &[u8]) -> Plan {
@@ -19,7 +35,7 @@ pub(super) fn keyed<N>(state: &PoolState<N>, req: &Request, key: &[u8]) -> Plan 
         return Plan::Fail(ClientError::NoServer);
     };
     let kind = ReplyKind::Memcache(req.verb.reply_shape());
-    let quiet = req.is_quiet().then_some(req.verb);
+    let quiet = req.is_quiet().then(|| quiet(req.verb));
     let shard = &state.shards[s];
     let write = req.verb.is_write();
     if shard.replicated && write {
@@ -32,14 +48,14 @@ pub(super) fn keyed<N>(state: &PoolState<N>, req: &Request, key: &[u8]) -> Plan 
     };
     match (shard.replicated, quiet) {
         (true, _) => failover_read(shard, part, quiet),
-        (false, Some(verb)) => Plan::Quiet(part, verb),
+        (false, Some(quiet)) => Plan::Quiet(part, quiet),
         (false, None) => Plan::Forward(part),
     }
 }
 
 /// A read on a replicated shard: to the node `read_from` prefers among those in service, and
 /// on to the next if that node fails.
-fn failover_read<N>(shard: &Shard<N>, part: Part, quiet: Option<Verb>) -> Plan {
+fn failover_read<N>(shard: &Shard<N>, part: Part, quiet: Option<Quiet>) -> Plan {
     Plan::Resend {
         part,
         retries: shard.nodes.len() - 1,
@@ -56,7 +72,7 @@ fn replicate<N>(
     shard: &Shard<N>,
     req: &Request,
     kind: ReplyKind,
-    quiet: Option<Verb>,
+    quiet: Option<Quiet>,
 ) -> Plan {
     let payload = req.forwarded();
     let invalidation = invalidation(req);
@@ -204,7 +220,7 @@ pub(super) fn flush_all<N>(state: &PoolState<N>, allowed: bool, req: &Request) -
             kind,
         })
         .collect();
-    let quiet = req.is_quiet().then_some(req.verb);
+    let quiet = req.is_quiet().then(|| quiet(req.verb));
     let gather = Gather::broadcast(parts.len(), quiet);
     Some(Plan::Gather(parts, gather))
 }
@@ -286,7 +302,8 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match key_plan(&state, &format!("set {k} 0 0 1 noreply\r\nx\r\n")) {
-            Plan::Quiet(part, Verb::Set) => {
+            Plan::Quiet(part, q) => {
+                assert!((q.hides)(b"STORED\r\n") && !q.shows_failures);
                 assert!(!part.payload.windows(7).any(|w| w == b"noreply"));
             }
             other => panic!("{other:?}"),

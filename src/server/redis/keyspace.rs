@@ -2,6 +2,8 @@
 //! the cursor; KEYS, DBSIZE, RANDOMKEY, FLUSHDB, FLUSHALL on every master, merged; SCRIPT on
 //! every node (scripts are not replicated); FUNCTION on every master.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 
 use crate::command::{Fanout, Merge};
@@ -17,7 +19,7 @@ use crate::topology::{PoolState, Scripts};
 pub(super) fn route<N>(
     state: &PoolState<N>,
     config: &PoolConfig,
-    scripts: &Scripts,
+    scripts: &Arc<Scripts>,
     fanout: Fanout,
     req: &Request,
 ) -> Plan {
@@ -111,7 +113,7 @@ fn scan<N>(state: &PoolState<N>, req: &Request) -> Plan {
 fn script_admin<N>(
     state: &PoolState<N>,
     config: &PoolConfig,
-    scripts: &Scripts,
+    scripts: &Arc<Scripts>,
     req: &Request,
 ) -> Plan {
     let sub = req.arg(1).to_ascii_uppercase();
@@ -119,20 +121,15 @@ fn script_admin<N>(
     match &sub[..] {
         b"LOAD" if req.argc() == 3 => {
             let scripts = scripts.clone();
-            let body = req.arg_bytes(2);
+            let load = req.frame().clone();
             let record = move |reply: &[u8]| {
                 // `$40\r\n<sha>\r\n`, or `+<sha>` in RESP3 verbatim forms: take the hex.
-                let sha: Vec<u8> = reply
+                let sha = reply
                     .split(|&b| b == b'\n')
                     .map(<[u8]>::trim_ascii)
-                    .find(|l| l.len() == 40 && l.iter().all(u8::is_ascii_hexdigit))
-                    .map(<[u8]>::to_ascii_lowercase)
-                    .unwrap_or_default();
-                if !sha.is_empty() {
-                    scripts
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(sha, body.clone());
+                    .find(|l| l.len() == 40 && l.iter().all(u8::is_ascii_hexdigit));
+                if let Some(sha) = sha {
+                    scripts.remember(sha, load.clone());
                 }
             };
             let (plan, _) = every_node(state, req, Merge::Same, depth);
@@ -145,7 +142,7 @@ fn script_admin<N>(
         }
         b"EXISTS" if req.argc() >= 3 => every_node(state, req, Merge::AllOf, depth).0,
         b"FLUSH" if req.argc() <= 3 => {
-            scripts.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            scripts.forget_all();
             every_node(state, req, Merge::Same, depth).0
         }
         _ => unsupported_sub(req, "SCRIPT LOAD, EXISTS and FLUSH are served"),

@@ -124,7 +124,7 @@ impl RespSession {
                     let depth = self.pool.config.max_reply_depth;
                     route::split(state, cmd, merge, &req, depth)
                 }
-                Kind::Script(call) => route::script(state, cmd, call, &req),
+                Kind::Script(call) => route::script(state, &self.pool.scripts, cmd, call, &req),
                 Kind::Keyspace(fanout) => {
                     let (config, scripts) = (&self.pool.config, &self.pool.scripts);
                     keyspace::route(state, config, scripts, fanout, &req)

@@ -12,7 +12,7 @@ use crate::server::error::ClientError;
 use crate::server::merge::Gather;
 use crate::server::outbox::ResendWhen;
 use crate::server::plan::{Part, Plan, Target, parts_by_shard};
-use crate::topology::PoolState;
+use crate::topology::{PoolState, Scripts};
 
 /// The one shard of the keys at `positions` (any shard when there are none); an error when
 /// the keys span shards or no server is left.
@@ -165,9 +165,11 @@ pub(super) fn split<N>(
 }
 
 /// EVAL, EVALSHA, FCALL and their read-only forms: to the one shard of the declared keys. An
-/// EVALSHA is sent again, after SCRIPT LOAD, to a node that answers NOSCRIPT.
+/// EVALSHA of a script the pool saw loaded is sent again, after its SCRIPT LOAD, to a node
+/// that answers NOSCRIPT.
 pub(super) fn script<N>(
     state: &PoolState<N>,
+    scripts: &Scripts,
     cmd: &Command,
     call: ScriptCall,
     req: &Request,
@@ -195,16 +197,21 @@ pub(super) fn script<N>(
         write: cmd.writes(),
     };
     let part = Part::resp(target, req.frame().clone());
-    if call != ScriptCall::EvalSha {
-        return Plan::Forward(part);
-    }
-    Plan::Resend {
-        part,
-        retries: 1,
-        when: ResendWhen::NoScript {
-            sha: req.arg_bytes(1),
+    let load = match call {
+        ScriptCall::EvalSha => scripts.load_request(req.arg(1)),
+        _ => None,
+    };
+    match load {
+        Some(first) => Plan::Resend {
+            part,
+            retries: 1,
+            when: ResendWhen::Answered {
+                prefix: b"-NOSCRIPT",
+                first,
+            },
+            quiet: None,
         },
-        quiet: None,
+        None => Plan::Forward(part),
     }
 }
 
@@ -214,6 +221,7 @@ mod tests {
     use crate::command::lookup;
     use crate::protocol::resp::RequestParser;
     use crate::server::plan::testing::{key_on, three_shards};
+    use bytes::Bytes;
 
     fn request(args: &[&str]) -> Request {
         let mut buf = BytesMut::new();
@@ -362,13 +370,12 @@ mod tests {
     #[test]
     fn scripts_go_to_the_shard_of_their_declared_keys() {
         let state = three_shards(1, false);
+        let scripts = Scripts::default();
         let k = key_on(&state, 1, "k");
-        let plan = script(
-            &state,
-            cmd("EVAL"),
-            ScriptCall::Eval,
-            &request(&["EVAL", "return 1", "1", &k]),
-        );
+        let run = |name: &str, call, args: &[&str]| {
+            script(&state, &scripts, cmd(name), call, &request(args))
+        };
+        let plan = run("EVAL", ScriptCall::Eval, &["EVAL", "return 1", "1", &k]);
         assert_eq!(
             target(&plan),
             Target::Shard {
@@ -376,20 +383,23 @@ mod tests {
                 write: true
             }
         );
-        let plan = script(
-            &state,
-            cmd("EVALSHA_RO"),
+        let plan = run("EVAL", ScriptCall::Eval, &["EVAL", "x", "2", &k]);
+        assert!(matches!(plan, Plan::Fail(ClientError::Exact(_))));
+        // An EVALSHA of a script the pool does not know goes as it is.
+        let sha = "e0e1f9fabfc9d4800c877a703b823ac0578ff8db";
+        let plan = run(
+            "EVALSHA_RO",
             ScriptCall::EvalSha,
-            &request(&["EVALSHA_RO", "abc", "1", &k]),
+            &["EVALSHA_RO", sha, "1", &k],
         );
-        assert!(matches!(
-            plan,
-            Plan::Resend {
-                retries: 1,
-                when: ResendWhen::NoScript { .. },
-                ..
-            }
-        ));
+        assert!(matches!(plan, Plan::Forward(_)));
+        // One it knows is loaded again where NOSCRIPT says it was lost, then run there.
+        scripts.remember(sha.as_bytes(), Bytes::from_static(b"load"));
+        let plan = run(
+            "EVALSHA_RO",
+            ScriptCall::EvalSha,
+            &["EVALSHA_RO", sha, "1", &k],
+        );
         assert_eq!(
             target(&plan),
             Target::Shard {
@@ -397,12 +407,13 @@ mod tests {
                 write: false
             }
         );
-        let plan = script(
-            &state,
-            cmd("EVAL"),
-            ScriptCall::Eval,
-            &request(&["EVAL", "x", "2", &k]),
-        );
-        assert!(matches!(plan, Plan::Fail(ClientError::Exact(_))));
+        match plan {
+            Plan::Resend {
+                retries: 1,
+                when: ResendWhen::Answered { prefix, first },
+                ..
+            } => assert_eq!((prefix, &first[..]), (&b"-NOSCRIPT"[..], &b"load"[..])),
+            other => panic!("{other:?}"),
+        }
     }
 }
