@@ -2,6 +2,7 @@
 //! by shard and merged, writes to replicated shards sent to every node, and the commands the
 //! proxy answers itself (`mn`, `verbosity`, `quit`, `stats`). Routing is in `route`.
 
+mod merge;
 mod route;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -5,10 +5,10 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::merge;
 use crate::protocol::ReplyKind;
 use crate::protocol::memcache::{ReplyShape, Request, Verb};
 use crate::server::error::ClientError;
-use crate::server::merge::Gather;
 use crate::server::outbox::{Quiet, ResendWhen};
 use crate::server::plan::{Part, Plan, Target, parts_by_shard};
 use crate::topology::{PoolState, Shard};
@@ -98,7 +98,7 @@ fn replicate<N>(
         })
         .collect();
     let candidates = if invalidation.is_some() { 1 } else { nodes };
-    Plan::Gather(parts, Gather::first_answer(nodes, candidates, quiet))
+    Plan::Gather(parts, merge::first_answer(nodes, candidates, quiet))
 }
 
 /// What a replica gets instead of a compare-and-swap: the key's deletion.
@@ -172,7 +172,7 @@ pub(super) fn get<N>(state: &PoolState<N>, req: &Request) -> Plan {
                 start = end;
             }
             let line = req.frame().slice(..req.line().len());
-            let gather = Gather::values(line, first_key, key_parts, part_shards.len());
+            let gather = merge::values(line, first_key, key_parts, part_shards.len());
             Plan::Gather(parts, gather)
         }
     }
@@ -221,7 +221,7 @@ pub(super) fn flush_all<N>(state: &PoolState<N>, allowed: bool, req: &Request) -
         })
         .collect();
     let quiet = req.is_quiet().then(|| quiet(req.verb));
-    let gather = Gather::broadcast(parts.len(), quiet);
+    let gather = merge::broadcast(parts.len(), quiet);
     Some(Plan::Gather(parts, gather))
 }
 
@@ -257,7 +257,7 @@ pub(super) fn stats_backends<N>(
             kind,
         });
     }
-    Plan::Gather(parts, Gather::stats(names))
+    Plan::Gather(parts, merge::stats(names))
 }
 
 #[cfg(test)]

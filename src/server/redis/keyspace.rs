@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::merge::{self, decode_cursor};
 use crate::command::{Fanout, Merge};
 use crate::config::PoolConfig;
 use crate::protocol::resp::{Request, encode};
 use crate::server::error::ClientError;
-use crate::server::merge::{Gather, decode_cursor};
+use crate::server::merge::Gather;
 use crate::server::plan::{Part, Plan, Target};
 use crate::topology::{PoolState, Scripts};
 
@@ -27,7 +28,7 @@ pub(super) fn route<N>(
         every_master(
             state,
             req.frame(),
-            Gather::split(
+            merge::split(
                 merge,
                 state.shards.len(),
                 Vec::new(),
@@ -64,20 +65,15 @@ pub(super) fn every_master<N>(state: &PoolState<N>, payload: &Bytes, gather: Gat
     Plan::Gather(parts, gather)
 }
 
-/// The request as it is, to every node, replicas included, merged as `merge` says.
-fn every_node<N>(state: &PoolState<N>, req: &Request, merge: Merge, depth: usize) -> (Plan, usize) {
-    let parts: Vec<Part> = state
+/// The request as it is, one part for every node, replicas included.
+fn every_node<N>(state: &PoolState<N>, req: &Request) -> Vec<Part> {
+    state
         .shards
         .iter()
         .enumerate()
         .flat_map(|(shard, s)| (0..s.nodes.len()).map(move |node| Target::Node { shard, node }))
         .map(|target| Part::resp(target, req.frame().clone()))
-        .collect();
-    let n = parts.len();
-    (
-        Plan::Gather(parts, Gather::split(merge, n, Vec::new(), depth)),
-        n,
-    )
+        .collect()
 }
 
 /// SCAN: the client's cursor names the shard and that shard's own cursor.
@@ -105,7 +101,7 @@ fn scan<N>(state: &PoolState<N>, req: &Request) -> Plan {
         },
         payload.freeze(),
     );
-    Plan::Gather(vec![part], Gather::scan(shard, shards))
+    Plan::Gather(vec![part], merge::scan(shard, shards))
 }
 
 /// SCRIPT LOAD / EXISTS / FLUSH on every node, replicas included (scripts are not
@@ -132,18 +128,20 @@ fn script_admin<N>(
                     scripts.remember(sha, load.clone());
                 }
             };
-            let (plan, _) = every_node(state, req, Merge::Same, depth);
-            match plan {
-                Plan::Gather(parts, gather) => {
-                    Plan::Gather(parts, gather.recording(Box::new(record)))
-                }
-                other => other,
-            }
+            let parts = every_node(state, req);
+            let gather = merge::split_recording(Merge::Same, parts.len(), depth, Box::new(record));
+            Plan::Gather(parts, gather)
         }
-        b"EXISTS" if req.argc() >= 3 => every_node(state, req, Merge::AllOf, depth).0,
+        b"EXISTS" if req.argc() >= 3 => {
+            let parts = every_node(state, req);
+            let gather = merge::split(Merge::AllOf, parts.len(), Vec::new(), depth);
+            Plan::Gather(parts, gather)
+        }
         b"FLUSH" if req.argc() <= 3 => {
             scripts.forget_all();
-            every_node(state, req, Merge::Same, depth).0
+            let parts = every_node(state, req);
+            let gather = merge::split(Merge::Same, parts.len(), Vec::new(), depth);
+            Plan::Gather(parts, gather)
         }
         _ => unsupported_sub(req, "SCRIPT LOAD, EXISTS and FLUSH are served"),
     }
@@ -155,7 +153,7 @@ fn function_admin<N>(state: &PoolState<N>, config: &PoolConfig, req: &Request) -
     let sub = req.arg(1).to_ascii_uppercase();
     match &sub[..] {
         b"LOAD" | b"DELETE" | b"FLUSH" | b"RESTORE" => {
-            let gather = Gather::split(
+            let gather = merge::split(
                 Merge::Same,
                 state.shards.len(),
                 Vec::new(),

@@ -5,10 +5,10 @@
 use bytes::{Bytes, BytesMut};
 
 use super::keyspace::every_master;
+use super::merge;
 use crate::command::{Command, Kind, LocalCommand, TABLE};
 use crate::protocol::resp::{Request, encode, parse_int};
 use crate::server::error::ClientError;
-use crate::server::merge::Gather;
 use crate::server::plan::Plan;
 use crate::topology::{Pool, PoolState};
 
@@ -368,7 +368,7 @@ fn info(pool: &Pool, state: &PoolState, req: &Request) -> Plan {
         encode::bulk(&mut b, rest.as_bytes());
         return Plan::Reply(b.freeze());
     }
-    let gather = Gather::info(server, rest, keyspace, state.shards.len());
+    let gather = merge::info(server, rest, keyspace, state.shards.len());
     let info = Bytes::from_static(b"*1\r\n$4\r\nINFO\r\n");
     every_master(state, &info, gather)
 }

@@ -6,6 +6,7 @@
 
 mod keyspace;
 mod local;
+mod merge;
 mod pubsub;
 mod route;
 mod transaction;
@@ -19,7 +20,6 @@ use crate::command::{self, Command, Kind, LocalCommand, PubSubCommand};
 use crate::protocol::ReplyKind;
 use crate::protocol::resp::{Request, RequestParser};
 use crate::server::error::ClientError;
-use crate::server::merge::Gather;
 use crate::server::plan::Plan;
 use crate::server::session::{Frontend, Held, Session};
 use crate::topology::{Pool, PoolState};
@@ -224,7 +224,7 @@ impl RespSession {
             };
             reserved.send(job, Some(self.pool.config.timeout));
         }
-        self.out.gathering(Gather::last(parts));
+        self.out.gathering(merge::last(parts));
         if keep {
             self.fe.watch = Some((node, reserved));
         } else {

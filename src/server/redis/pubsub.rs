@@ -8,12 +8,12 @@
 use bytes::{Bytes, BytesMut};
 
 use super::keyspace::every_master;
+use super::merge;
 use crate::backend::Topic;
 use crate::command::{Channels, Merge, PubSubCommand};
 use crate::config::PoolConfig;
 use crate::protocol::resp::{Request, encode};
 use crate::server::error::ClientError;
-use crate::server::merge::Gather;
 use crate::server::plan::{Part, Plan, Target};
 use crate::topology::PoolState;
 
@@ -247,7 +247,7 @@ fn introspection<N>(state: &PoolState<N>, config: &PoolConfig, req: &Request) ->
             });
         }
     };
-    let gather = Gather::split(
+    let gather = merge::split(
         merge,
         state.shards.len(),
         Vec::new(),

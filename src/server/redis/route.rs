@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
+use super::merge;
 use crate::command::{BlockTimeout, Command, Merge, Movable, ScriptCall};
 use crate::protocol::resp::{Request, encode, parse_int};
 use crate::server::error::ClientError;
-use crate::server::merge::Gather;
 use crate::server::outbox::ResendWhen;
 use crate::server::plan::{Part, Plan, Target, parts_by_shard};
 use crate::topology::{PoolState, Scripts};
@@ -160,7 +160,7 @@ pub(super) fn split<N>(
         parts.push(Part::resp(target(s), payloads.slice(start..end)));
         start = end;
     }
-    let gather = Gather::split(merge, part_shards.len(), key_parts, max_depth);
+    let gather = merge::split(merge, part_shards.len(), key_parts, max_depth);
     Plan::Gather(parts, gather)
 }
 
