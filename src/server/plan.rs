@@ -122,8 +122,21 @@ pub(super) fn parts_by_shard<'a, N>(
 pub(super) mod testing {
     use std::sync::Arc;
 
+    use bytes::BytesMut;
+
     use crate::placement::{Distribution, HashFn, Ring, RingMember};
+    use crate::protocol::resp::{Request, RequestParser, encode};
     use crate::topology::{PoolState, Shard};
+
+    /// A RESP request of `args`, as a client sends it.
+    pub(in crate::server) fn request(args: &[&str]) -> Request {
+        let mut buf = BytesMut::new();
+        encode::command(&mut buf, args.iter().map(|a| a.as_bytes()));
+        RequestParser::new(Default::default())
+            .parse(&mut buf)
+            .unwrap()
+            .unwrap()
+    }
 
     /// Three shards `s0`..`s2` (fnv1a_64, ketama, `{}` hash tags), each a master and
     /// `replicas` replicas, every node up.

@@ -259,7 +259,7 @@ fn introspection<N>(state: &PoolState<N>, config: &PoolConfig, req: &Request) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::plan::testing::{key_on, three_shards};
+    use crate::server::plan::testing::{key_on, request, three_shards};
 
     fn names(names: &[&str]) -> Vec<Bytes> {
         names.iter().map(|n| Bytes::from(n.to_string())).collect()
@@ -300,12 +300,7 @@ mod tests {
     fn publish_goes_to_the_channels_shard() {
         let state = three_shards(1, false);
         let a = key_on(&state, 2, "a");
-        let mut buf = BytesMut::new();
-        encode::command(&mut buf, [&b"PUBLISH"[..], a.as_bytes(), b"hi"].into_iter());
-        let req = crate::protocol::resp::RequestParser::new(Default::default())
-            .parse(&mut buf)
-            .unwrap()
-            .unwrap();
+        let req = request(&["PUBLISH", &a, "hi"]);
         let config = crate::config::Config::parse(
             "t.yaml",
             "pools:\n  p:\n    listen: 127.0.0.1:1\n    servers: [127.0.0.1:2:1]\n",

@@ -219,18 +219,8 @@ pub(super) fn script<N>(
 mod tests {
     use super::*;
     use crate::command::lookup;
-    use crate::protocol::resp::RequestParser;
-    use crate::server::plan::testing::{key_on, three_shards};
+    use crate::server::plan::testing::{key_on, request, three_shards};
     use bytes::Bytes;
-
-    fn request(args: &[&str]) -> Request {
-        let mut buf = BytesMut::new();
-        encode::command(&mut buf, args.iter().map(|a| a.as_bytes()));
-        RequestParser::new(Default::default())
-            .parse(&mut buf)
-            .unwrap()
-            .unwrap()
-    }
 
     fn cmd(name: &str) -> &'static Command {
         lookup(name.as_bytes()).unwrap()

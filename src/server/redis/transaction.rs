@@ -232,17 +232,7 @@ fn command(name: &[u8]) -> Bytes {
 mod tests {
     use super::*;
     use crate::command::lookup;
-    use crate::protocol::resp::RequestParser;
-    use crate::server::plan::testing::{key_on, three_shards};
-
-    fn request(args: &[&str]) -> Request {
-        let mut buf = BytesMut::new();
-        encode::command(&mut buf, args.iter().map(|a| a.as_bytes()));
-        RequestParser::new(Default::default())
-            .parse(&mut buf)
-            .unwrap()
-            .unwrap()
-    }
+    use crate::server::plan::testing::{key_on, request, three_shards};
 
     fn step(tx: &mut Transaction, state: &PoolState<()>, args: &[&str]) -> Step {
         let req = request(args);
