@@ -49,13 +49,12 @@ enum Burst {
     Close,
 }
 
-/// A connection reserved for this session, and when it is given back.
-pub(super) struct Held {
-    pub(super) node: Arc<Node>,
-    pub(super) conn: Reserved,
-    /// Given back once the reply with this sequence number is written; `None`: kept until
-    /// the session says (a WATCH until EXEC).
-    pub(super) until: Option<u64>,
+/// A connection reserved for this session until the reply to one request is written.
+struct Held {
+    node: Arc<Node>,
+    conn: Reserved,
+    /// The sequence number of that request.
+    until: u64,
 }
 
 pub(super) struct Session<F> {
@@ -66,7 +65,7 @@ pub(super) struct Session<F> {
     pub(super) out: Outbox,
     pub(super) fe: F,
     /// Reserved connections; dropped with the session, they close.
-    pub(super) held: Vec<Held>,
+    held: Vec<Held>,
 }
 
 impl<F: Frontend> Session<F> {
@@ -167,7 +166,7 @@ impl<F: Frontend> Session<F> {
                         if self.fe.is_mid_request(&read_buf) {
                             tracing::debug!(session = self.id, "client closed in the middle of a request");
                         }
-                        if self.held.iter().any(|h| h.until.is_some()) {
+                        if !self.held.is_empty() {
                             return Burst::Close;
                         }
                         closing = true;
@@ -248,7 +247,6 @@ impl<F: Frontend> Session<F> {
                 let (shard, node) = self.resolve(state, part.target);
                 let node = state.shards[shard].nodes[node].clone();
                 let conn = node.reserve(self.worker, resp3);
-                let until = self.out.next_seq();
                 let job = Job {
                     payload: part.payload,
                     kind: part.kind,
@@ -256,12 +254,8 @@ impl<F: Frontend> Session<F> {
                     timeout: None,
                 };
                 conn.send(job, wait.map(|w| w + self.pool.config.timeout));
+                self.hold_for_next(node, conn);
                 self.out.forwarded();
-                self.held.push(Held {
-                    node,
-                    conn,
-                    until: Some(until),
-                });
             }
         }
     }
@@ -287,13 +281,20 @@ impl<F: Frontend> Session<F> {
 }
 
 impl<F> Session<F> {
+    /// Holds `conn`, reserved on `node`, until the reply to the next request queued is
+    /// written; then it is given back for another client.
+    pub(super) fn hold_for_next(&mut self, node: Arc<Node>, conn: Reserved) {
+        let until = self.out.next_seq();
+        self.held.push(Held { node, conn, until });
+    }
+
     /// Gives back every reserved connection whose last reply has been written: each was left
     /// as it was found, with nothing in flight.
     fn give_back_done(&mut self) {
         let first_unanswered = self.out.first_unanswered();
         let mut i = 0;
         while i < self.held.len() {
-            if self.held[i].until.is_some_and(|seq| seq < first_unanswered) {
+            if self.held[i].until < first_unanswered {
                 let held = self.held.swap_remove(i);
                 held.node.give_back(self.worker, held.conn);
             } else {

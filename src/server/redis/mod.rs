@@ -21,7 +21,7 @@ use crate::protocol::ReplyKind;
 use crate::protocol::resp::{Request, RequestParser};
 use crate::server::error::ClientError;
 use crate::server::plan::Plan;
-use crate::server::session::{Frontend, Held, Session};
+use crate::server::session::{Frontend, Session};
 use crate::topology::{Pool, PoolState};
 use local::{ClientState, Local};
 use pubsub::{Change, PubSub, Routed};
@@ -213,7 +213,6 @@ impl RespSession {
             }
             (None, Conn::Watching) => return self.out.error(ClientError::NoNodeAnswered),
         };
-        let seq = self.out.next_seq();
         let parts = requests.len();
         for (part, payload) in requests.into_iter().enumerate() {
             let job = Job {
@@ -224,16 +223,12 @@ impl RespSession {
             };
             reserved.send(job, Some(self.pool.config.timeout));
         }
-        self.out.gathering(merge::last(parts));
         if keep {
             self.fe.watch = Some((node, reserved));
         } else {
-            self.held.push(Held {
-                node,
-                conn: reserved,
-                until: Some(seq),
-            });
+            self.hold_for_next(node, reserved);
         }
+        self.out.gathering(merge::last(parts));
     }
 
     /// Applies a change of subscriptions to the subscriber connections, one per shard.
