@@ -30,6 +30,11 @@ impl Stream {
         Stream::new(tcp)
     }
 
+    /// Takes over a socket accepted on another thread, on the current runtime.
+    pub fn from_std(socket: std::net::TcpStream) -> io::Result<Stream> {
+        Stream::new(TcpStream::from_std(socket)?)
+    }
+
     /// Wraps an accepted or connected socket, Nagle off.
     pub fn new(tcp: TcpStream) -> io::Result<Stream> {
         tcp.set_nodelay(true)?;

@@ -207,3 +207,44 @@ fn many_blocked_clients_all_wake() {
         "{err}"
     );
 }
+
+#[test]
+fn a_blocked_request_keeps_its_connection_while_the_topology_changes() {
+    let (mut shards, port, proxy) = three_shards(
+        "s",
+        "    failover: eject\n    server_failure_limit: 1\n    health_check: { interval_ms: 50, timeout_ms: 50, failures: 1 }\n",
+    );
+    proxy.wait_ready(true);
+    let queue = proxy.key_on(0, "swap-queue:");
+    let waiting = queue.clone();
+    let waiter = std::thread::spawn(move || {
+        let mut c = connect(port);
+        let got: (String, String) = redis::cmd("BLPOP")
+            .arg(&waiting)
+            .arg(20)
+            .query(&mut c)
+            .unwrap();
+        got
+    });
+    wait_until("BLPOP blocked", Duration::from_secs(10), || {
+        blocked_clients(&shards) == 1
+    });
+    // Another shard dies and leaves the ring: the pool's state is replaced under the session.
+    let ejections = format!(
+        "ringproxy_server_ejections_total{{pool=\"main\",server=\"s2\",role=\"master\",address=\"{}\"}}",
+        shards[2].addr()
+    );
+    shards[2].kill();
+    wait_until("s2 ejected", Duration::from_secs(10), || {
+        metric(&proxy.http("/metrics").1, &ejections) == 1
+    });
+    assert_eq!(
+        blocked_clients(&shards[..2]),
+        1,
+        "still blocked where it was sent"
+    );
+    // Keys of the live shards stay where they were, so the push wakes the waiter.
+    let mut other = connect(port);
+    let _: () = other.rpush(&queue, "after-swap").unwrap();
+    assert_eq!(waiter.join().unwrap(), (queue, "after-swap".to_string()));
+}

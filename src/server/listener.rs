@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use socket2::{Domain, Socket, Type};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -108,7 +108,7 @@ async fn serve_client(
     stream: std::net::TcpStream,
     stop: oneshot::Receiver<()>,
 ) {
-    if let Ok(stream) = TcpStream::from_std(stream).and_then(Stream::new) {
+    if let Ok(stream) = Stream::from_std(stream) {
         match pool.config.protocol {
             Protocol::Redis => {
                 let session: Session<Resp> = Session::new(id, worker, pool.clone());
