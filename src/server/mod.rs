@@ -1,4 +1,5 @@
-//! The client side: listeners, one session task per client, fan-out and merging.
+//! The client side: listeners, one session task per client, its outbox, and the Redis and
+//! memcache frontends that route requests into plans and merge fanned-out replies.
 
 mod error;
 mod listener;

@@ -1,6 +1,7 @@
-//! One client connection: parse pipelined requests, route each to its shard, and write replies
-//! in request order, batched into one write per wakeup. The protocol is a [`Frontend`]: RESP
-//! or memcache.
+//! One client connection's I/O loop: read what the client sends and hand it to the protocol's
+//! [`Frontend`] (RESP or memcache), which parses and routes it; carry out the [`Plan`] of each
+//! request on the nodes of the pool's current snapshot; write the replies in request order,
+//! batched into one write per wakeup.
 
 use std::sync::Arc;
 

@@ -51,16 +51,19 @@ impl Keeper {
     pub(super) async fn run(mut self, mut events: UnboundedReceiver<NodeEvent>) {
         loop {
             let next_return = self.out_until.iter().flatten().min().copied();
-            tokio::select! {
+            let changed = tokio::select! {
                 event = events.recv() => match event {
                     Some(event) => self.apply(event),
                     None => return,
                 },
                 _ = sleep_until(next_return.unwrap_or_else(Instant::now)), if next_return.is_some() => {
-                    self.rejoin(Instant::now());
+                    self.rejoin(Instant::now())
                 }
+            };
+            // A storm of failures from a dead node changes routing once, not per failure.
+            if changed {
+                self.publish();
             }
-            self.publish();
         }
     }
 
@@ -71,44 +74,52 @@ impl Keeper {
             .find_map(|(s, shard)| Some((s, shard.index_of(id)?)))
     }
 
-    fn apply(&mut self, event: NodeEvent) {
+    /// Takes in one event; returns whether routing changed.
+    fn apply(&mut self, event: NodeEvent) -> bool {
         let id = match &event {
             NodeEvent::Up(id) | NodeEvent::Down(id, _) | NodeEvent::FailedRepeatedly(id) => *id,
         };
         let Some((s, n)) = self.locate(id) else {
-            return;
+            return false;
         };
+        let up = &mut self.shards[s].up[n];
         match event {
-            NodeEvent::Up(_) => self.shards[s].up[n] = true,
-            NodeEvent::Down(..) => self.shards[s].up[n] = false,
+            NodeEvent::Up(_) => !std::mem::replace(up, true),
+            NodeEvent::Down(..) => std::mem::replace(up, false),
             NodeEvent::FailedRepeatedly(_) => self.eject(s),
         }
     }
 
     /// twemproxy's auto-eject: the shard leaves the ring for the retry timeout and its keys
     /// rehash to the others meanwhile. A replicated shard stays while another of its nodes is
-    /// up: its keys are served there without moving.
-    fn eject(&mut self, s: usize) {
+    /// up: its keys are served there without moving. Returns whether it left the ring now.
+    fn eject(&mut self, s: usize) -> bool {
         let shard = &self.shards[s];
         let standby_up =
             shard.replicated && (0..shard.nodes.len()).any(|i| i != shard.master && shard.up[i]);
         if standby_up {
-            return;
+            return false;
         }
-        if self.out_until[s].is_none() {
+        let leaves = self.out_until[s].is_none();
+        if leaves {
             shard.master().count_ejection();
             tracing::warn!(pool = %self.config.name, server = %shard.name, "ejecting server for {} ms", self.config.retry_timeout.as_millis());
         }
         self.out_until[s] = Some(Instant::now() + self.config.retry_timeout);
+        leaves
     }
 
-    fn rejoin(&mut self, now: Instant) {
+    /// Puts back on the ring the servers whose time out is over; returns whether any did.
+    fn rejoin(&mut self, now: Instant) -> bool {
+        let mut any = false;
         for (s, until) in self.out_until.iter_mut().enumerate() {
             if until.is_some_and(|t| t <= now) {
                 tracing::info!(pool = %self.config.name, server = %self.shards[s].name, "server rejoins the ring");
                 *until = None;
+                any = true;
             }
         }
+        any
     }
 
     fn publish(&mut self) {
