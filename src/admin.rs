@@ -8,6 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::Health;
 use crate::topology::Topology;
 
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
@@ -108,17 +109,29 @@ fn topology_json(topology: &Topology) -> String {
                 .map(|(i, shard)| {
                     let replicas: Vec<String> = (0..shard.nodes.len())
                         .filter(|&n| n != shard.master)
-                        .map(|n| format!("{{\"address\":{},\"up\":{}}}", json_string(&shard.nodes[n].addr.to_string()), shard.up[n]))
+                        .map(|n| format!("{{\"address\":{},\"up\":{}}}", json_string(&shard.nodes[n].addr.to_string()), shard.health[n] != Health::Down))
+                        .collect();
+                    let nodes: Vec<String> = (0..shard.nodes.len())
+                        .map(|n| {
+                            format!(
+                                "{{\"address\":{},\"role\":\"{}\",\"state\":\"{}\",\"reason\":{}}}",
+                                json_string(&shard.nodes[n].addr.to_string()),
+                                if n == shard.master { "master" } else { "replica" },
+                                shard.health[n].as_str(),
+                                json_string(&shard.reasons[n]),
+                            )
+                        })
                         .collect();
                     format!(
-                        "{{\"name\":{},\"identity\":{},\"weight\":{},\"on_ring\":{},\"master\":{{\"address\":{},\"up\":{}}},\"replicas\":[{}]}}",
+                        "{{\"name\":{},\"identity\":{},\"weight\":{},\"on_ring\":{},\"master\":{{\"address\":{},\"up\":{}}},\"replicas\":[{}],\"nodes\":[{}]}}",
                         json_string(&shard.name),
                         json_string(&c.servers[i].identity),
                         c.servers[i].weight,
                         state.on_ring(i),
                         json_string(&shard.master().addr.to_string()),
-                        shard.up[shard.master],
-                        replicas.join(",")
+                        shard.health[shard.master] != Health::Down,
+                        replicas.join(","),
+                        nodes.join(",")
                     )
                 })
                 .collect();

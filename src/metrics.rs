@@ -35,6 +35,7 @@ pub struct Metrics {
     server_ejections: Family<ServerLabels, Counter>,
     server_flushes: Family<ServerLabels, Counter>,
     server_up: Family<ServerLabels, Gauge>,
+    server_state: Family<ServerLabels, Gauge>,
 }
 
 /// One pool's handles.
@@ -62,6 +63,7 @@ pub struct ServerMetrics {
     /// Times a node of a replicated memcache shard was emptied before serving again.
     pub flushes: Counter,
     pub up: Gauge,
+    pub state: Gauge,
 }
 
 /// A metric family, created and registered in one step.
@@ -106,7 +108,12 @@ impl Default for Metrics {
                 "server_flushes",
                 "Times a replicated memcache node was flushed after missing writes",
             ),
-            server_up: family(r, "server_up", "1 while the server passes health checks"),
+            server_up: family(r, "server_up", "1 while the server is not down"),
+            server_state: family(
+                r,
+                "server_state",
+                "The server's health: 2 up, 1 suspect (a recent failure), 0 down",
+            ),
             registry: std::mem::take(r),
         }
     }
@@ -136,6 +143,7 @@ impl Metrics {
             ejections: self.server_ejections.get_or_create(l).clone(),
             flushes: self.server_flushes.get_or_create(l).clone(),
             up: self.server_up.get_or_create(l).clone(),
+            state: self.server_state.get_or_create(l).clone(),
         }
     }
 

@@ -744,3 +744,60 @@ fn replica_preferred_falls_back_to_the_master() {
     });
     r.roundtrip(&command(&[b"GET", b"k"]), b"$11\r\nfrom-master\r\n");
 }
+
+#[test]
+fn replica_preferred_reads_never_fail_when_the_replica_dies() {
+    let (master, mut replica, port, proxy) = master_and_replica(
+        "    read_from: replica_preferred\n    health_check: { interval_ms: 200, timeout_ms: 200, failures: 3 }\n",
+    );
+    let _: () = master.client().set("k", "from-master").unwrap();
+    let replica_node = format!(
+        "{{\"address\":\"{}\",\"role\":\"replica\",\"state\":\"up\"",
+        replica.addr()
+    );
+    wait_until("replica up", Duration::from_secs(10), || {
+        proxy.http("/topology").1.contains(&replica_node)
+    });
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let reads = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let mut c = connect(port);
+            let mut failures = Vec::new();
+            for _ in 0..1_000_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                match c.get::<_, String>("k") {
+                    Ok(v) => assert!(v == "from-replica" || v == "from-master", "{v}"),
+                    Err(e) => failures.push(e.to_string()),
+                }
+                reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            failures
+        });
+        let count = || reads.load(std::sync::atomic::Ordering::Relaxed);
+        wait_until("reads before", Duration::from_secs(10), || count() > 200);
+        replica.kill();
+        let killed_at = count();
+        // Through the detection window (3 failed checks 200 ms apart) and past it.
+        wait_until("replica down", Duration::from_secs(10), || {
+            proxy.http("/topology").1.contains(&format!(
+                "{{\"address\":\"{}\",\"role\":\"replica\",\"state\":\"down\"",
+                replica.addr()
+            ))
+        });
+        wait_until("reads after", Duration::from_secs(10), || {
+            count() > killed_at + 500
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let failures = reader.join().unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} of {} reads failed: {:?}",
+            failures.len(),
+            count(),
+            &failures[..failures.len().min(3)]
+        );
+    });
+}

@@ -9,7 +9,7 @@ use tokio::time::{MissedTickBehavior, interval, timeout};
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{connect, read_reply};
-use super::{ConnSettings, Failure, NodeShared};
+use super::{ConnSettings, Failure, Health, NodeShared};
 use crate::config::{HealthCheck, Protocol};
 use crate::net::Stream;
 use crate::protocol::ReplyKind;
@@ -46,7 +46,7 @@ pub(super) async fn run(
             Ok(()) => {
                 failed_in_a_row = 0;
                 shared.record_success();
-                shared.set_up(true, &"health check passed");
+                shared.set_health(Health::Up, &"health check passed");
             }
             Err(failure) => {
                 conn = None;
@@ -56,7 +56,7 @@ pub(super) async fn run(
                 if failed_in_a_row >= check.failures {
                     let why =
                         format!("{failed_in_a_row} health checks failed, the last: {failure}");
-                    shared.set_up(false, &why);
+                    shared.set_health(Health::Down, &why);
                 }
             }
         }

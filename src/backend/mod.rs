@@ -11,7 +11,7 @@ pub use subscriber::{Subscriber, Topic};
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -154,13 +154,46 @@ impl NodeId {
     }
 }
 
+/// A node's health as its checks and its connections see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Its health checks pass.
+    Up,
+    /// A request, connection or check failed since the last check that passed: it is still
+    /// in service, but reads go elsewhere when they can.
+    Suspect,
+    /// Its health checks failed `failures` times in a row (or it may have missed writes), or it
+    /// has not been checked yet.
+    Down,
+}
+
+impl Health {
+    fn from_u8(v: u8) -> Health {
+        match v {
+            0 => Health::Up,
+            1 => Health::Suspect,
+            _ => Health::Down,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Up => "up",
+            Health::Suspect => "suspect",
+            Health::Down => "down",
+        }
+    }
+}
+
 /// What a node reports to whoever keeps its pool's topology.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeEvent {
-    /// Its health checks pass again.
-    Up(NodeId),
-    /// Its health checks failed, or it may have missed writes; the reason is for operators.
-    Down(NodeId, String),
+    /// Its health changed; `reason` says why, for operators.
+    Health {
+        node: NodeId,
+        health: Health,
+        reason: Arc<str>,
+    },
     /// Connection attempts, requests or health checks failed `failure_limit` times in a row.
     FailedRepeatedly(NodeId),
 }
@@ -171,8 +204,9 @@ pub(crate) struct NodeShared {
     id: NodeId,
     /// `shard-a (127.0.0.1:7000)`: how errors and logs name the node.
     label: Arc<str>,
-    /// The node's own verdict, to report changes only; the pool's snapshot is what routes.
-    up: AtomicBool,
+    /// The node's own verdict (a [`Health`]), to report changes only; the pool's snapshot is
+    /// what routes.
+    health: AtomicU8,
     failures: AtomicU32,
     metrics: ServerMetrics,
     events: UnboundedSender<NodeEvent>,
@@ -193,11 +227,13 @@ impl NodeShared {
         }
     }
 
-    /// A connection attempt, request or health check failed.
+    /// A connection attempt, request or health check failed: an Up node becomes Suspect.
     fn record_failure(&self, why: &dyn fmt::Display) {
         if self.flush_when_back && !self.stale.swap(true, Ordering::Relaxed) {
             tracing::warn!(node = %self.label, "out of service until it is back and flushed: it may miss writes");
-            self.set_up(false, why);
+            self.set_health(Health::Down, why);
+        } else if self.health() == Health::Up {
+            self.set_health(Health::Suspect, why);
         }
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(limit) = self.failure_limit
@@ -214,18 +250,32 @@ impl NodeShared {
         }
     }
 
-    fn set_up(&self, up: bool, why: &dyn fmt::Display) {
-        if self.up.swap(up, Ordering::Relaxed) != up {
-            self.metrics.up.set(i64::from(up));
-            let event = if up {
-                tracing::info!(node = %self.label, "backend is up");
-                NodeEvent::Up(self.id)
-            } else {
-                tracing::warn!(node = %self.label, "backend is down: {why}");
-                NodeEvent::Down(self.id, why.to_string())
-            };
-            let _ = self.events.send(event);
+    fn health(&self) -> Health {
+        Health::from_u8(self.health.load(Ordering::Relaxed))
+    }
+
+    fn set_health(&self, health: Health, why: &dyn fmt::Display) {
+        let was = Health::from_u8(self.health.swap(health as u8, Ordering::Relaxed));
+        if was == health {
+            return;
         }
+        self.metrics.up.set(i64::from(health != Health::Down));
+        self.metrics.state.set(match health {
+            Health::Up => 2,
+            Health::Suspect => 1,
+            Health::Down => 0,
+        });
+        match health {
+            Health::Up => {
+                tracing::info!(node = %self.label, "backend is up (was {})", was.as_str())
+            }
+            _ => tracing::warn!(node = %self.label, "backend is {}: {why}", health.as_str()),
+        }
+        let _ = self.events.send(NodeEvent::Health {
+            node: self.id,
+            health,
+            reason: why.to_string().into(),
+        });
     }
 }
 
@@ -327,7 +377,7 @@ impl Node {
         let shared = Arc::new(NodeShared {
             id: NodeId::next(),
             label: format!("{server_name} ({addr})").into(),
-            up: AtomicBool::new(false),
+            health: AtomicU8::new(Health::Down as u8),
             failures: AtomicU32::new(0),
             metrics,
             events,

@@ -124,6 +124,7 @@ pub(super) mod testing {
 
     use bytes::BytesMut;
 
+    use crate::backend::Health;
     use crate::placement::{Distribution, HashFn, Ring, RingMember};
     use crate::protocol::resp::{Request, RequestParser, encode};
     use crate::topology::{PoolState, Shard};
@@ -161,7 +162,8 @@ pub(super) mod testing {
             .map(|name| Shard {
                 name: (*name).into(),
                 nodes: vec![(); 1 + replicas],
-                up: vec![true; 1 + replicas],
+                health: vec![Health::Up; 1 + replicas],
+                reasons: vec!["".into(); 1 + replicas],
                 master: 0,
                 replicated,
             })

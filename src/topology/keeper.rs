@@ -77,15 +77,17 @@ impl Keeper {
     /// Takes in one event; returns whether routing changed.
     fn apply(&mut self, event: NodeEvent) -> bool {
         let id = match &event {
-            NodeEvent::Up(id) | NodeEvent::Down(id, _) | NodeEvent::FailedRepeatedly(id) => *id,
+            NodeEvent::Health { node, .. } | NodeEvent::FailedRepeatedly(node) => *node,
         };
         let Some((s, n)) = self.locate(id) else {
             return false;
         };
-        let up = &mut self.shards[s].up[n];
         match event {
-            NodeEvent::Up(_) => !std::mem::replace(up, true),
-            NodeEvent::Down(..) => std::mem::replace(up, false),
+            NodeEvent::Health { health, reason, .. } => {
+                let shard = &mut self.shards[s];
+                shard.reasons[n] = reason;
+                std::mem::replace(&mut shard.health[n], health) != health
+            }
             NodeEvent::FailedRepeatedly(_) => self.eject(s),
         }
     }
@@ -96,7 +98,7 @@ impl Keeper {
     fn eject(&mut self, s: usize) -> bool {
         let shard = &self.shards[s];
         let standby_up =
-            shard.replicated && (0..shard.nodes.len()).any(|i| i != shard.master && shard.up[i]);
+            shard.replicated && (0..shard.nodes.len()).any(|i| i != shard.master && shard.is_up(i));
         if standby_up {
             return false;
         }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, Guard};
 use tokio::sync::mpsc;
 
-use crate::backend::{Node, NodeEvent, NodeSpec};
+use crate::backend::{Health, Node, NodeEvent, NodeSpec};
 use crate::config::{Config, Failover, PoolConfig, Protocol};
 use crate::metrics::{Metrics, PoolMetrics, ServerLabels};
 use crate::workers::Workers;
@@ -112,7 +112,8 @@ impl Pool {
                     .collect();
                 Shard {
                     name: s.name.as_str().into(),
-                    up: vec![false; nodes.len()],
+                    health: vec![Health::Down; nodes.len()],
+                    reasons: vec!["no health check yet".into(); nodes.len()],
                     nodes,
                     master: 0,
                     replicated,

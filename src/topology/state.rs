@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::{Node, NodeId};
+use crate::backend::{Health, Node, NodeId};
 use crate::config::ReadFrom;
 use crate::placement::Ring;
 
@@ -57,8 +57,9 @@ pub struct Shard<N = Arc<Node>> {
     pub name: Arc<str>,
     /// The configured master first, then the replicas in configuration order.
     pub nodes: Vec<N>,
-    /// Whether each node passes its health checks.
-    pub up: Vec<bool>,
+    /// Each node's health, and what last changed it.
+    pub health: Vec<Health>,
+    pub reasons: Vec<Arc<str>>,
     /// The index in `nodes` of the master.
     pub master: usize,
     /// A memcache shard with replicas: writes go to every node, and reads and writes go on
@@ -88,10 +89,17 @@ impl<N> Shard<N> {
         if k < self.master { k } else { k + 1 }
     }
 
-    /// Whether the shard can serve its keys: the master is up, or for a replicated shard any
-    /// node.
+    /// Whether node `i` takes reads by preference: it passed its last check and nothing has
+    /// failed on it since.
+    pub fn is_up(&self, i: usize) -> bool {
+        self.health.get(i) == Some(&Health::Up)
+    }
+
+    /// Whether the shard can serve its keys: the master is not down, or for a replicated shard
+    /// any node.
     pub fn serving(&self) -> bool {
-        self.up[self.master] || (self.replicated && self.up.iter().any(|&u| u))
+        let alive = |h: &Health| *h != Health::Down;
+        alive(&self.health[self.master]) || (self.replicated && self.health.iter().any(alive))
     }
 
     /// The node a command goes to, as an index in `nodes`: writes to the master, reads as
@@ -109,7 +117,7 @@ impl<N> Shard<N> {
             ReadFrom::Replica => self.replica(start),
             _ => (0..replicas)
                 .map(|k| self.replica((start + k) % replicas))
-                .find(|&i| self.up[i])
+                .find(|&i| self.is_up(i))
                 .unwrap_or(self.master),
         }
     }
@@ -128,7 +136,7 @@ impl<N> Shard<N> {
         let order = self.replica_count() + 1;
         (0..order)
             .map(nth)
-            .find(|&i| self.up.get(i).copied().unwrap_or(false))
+            .find(|&i| self.is_up(i))
             .unwrap_or(nth(0))
     }
 
@@ -137,7 +145,7 @@ impl<N> Shard<N> {
         let n = self.nodes.len();
         (1..n)
             .map(|k| (failed + k) % n)
-            .find(|&i| self.up[i])
+            .find(|&i| self.is_up(i))
             .unwrap_or((failed + 1) % n)
     }
 }
@@ -151,7 +159,13 @@ mod tests {
         Shard {
             name: "s".into(),
             nodes: vec![(); n],
-            up: (0..n).map(|i| !down.contains(&i)).collect(),
+            health: (0..n)
+                .map(|i| match down.contains(&i) {
+                    true => Health::Down,
+                    false => Health::Up,
+                })
+                .collect(),
+            reasons: vec!["".into(); n],
             master,
             replicated,
         }

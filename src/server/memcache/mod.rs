@@ -233,8 +233,7 @@ impl McSession {
         let up = state
             .shards
             .iter()
-            .flat_map(|s| &s.up)
-            .filter(|&&u| u)
+            .flat_map(|s| (0..s.nodes.len()).filter(|&i| s.is_up(i)))
             .count();
         let nodes = state.nodes().count();
         let stats: [(&str, String); 11] = [

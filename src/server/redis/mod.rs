@@ -119,7 +119,7 @@ impl RespSession {
                     local::run(cx, state, which, &req)
                 }
                 _ if !self.fe.client.authenticated => Plan::Fail(ClientError::NoAuth),
-                Kind::Keyed => route::keyed(state, cmd, &req),
+                Kind::Keyed => route::keyed(state, cmd, &req, self.pool.config.read_from),
                 Kind::Split(merge) => {
                     let depth = self.pool.config.max_reply_depth;
                     route::split(state, cmd, merge, &req, depth)

@@ -8,6 +8,7 @@ use bytes::BytesMut;
 
 use super::merge;
 use crate::command::{BlockTimeout, Command, Merge, Movable, ScriptCall};
+use crate::config::ReadFrom;
 use crate::protocol::resp::{Request, encode, parse_int};
 use crate::server::error::ClientError;
 use crate::server::outbox::ResendWhen;
@@ -44,8 +45,15 @@ fn keys(cmd: &Command, req: &Request) -> impl Iterator<Item = usize> {
 }
 
 /// A command on the shard of its keys; XREAD / XREADGROUP with BLOCK on a reserved
-/// connection.
-pub(super) fn keyed<N>(state: &PoolState<N>, cmd: &Command, req: &Request) -> Plan {
+/// connection. A read on a shard with replicas moves once to another node of the shard if its
+/// node fails before answering (not with `read_from: replica`, which keeps reads off the
+/// master); a write is never sent twice.
+pub(super) fn keyed<N>(
+    state: &PoolState<N>,
+    cmd: &Command,
+    req: &Request,
+    read_from: ReadFrom,
+) -> Plan {
     if let Movable::Streams { from } = cmd.movable
         && let Some(at) = (from..req.argc())
             .take_while(|&i| !req.arg(i).eq_ignore_ascii_case(b"STREAMS"))
@@ -55,15 +63,25 @@ pub(super) fn keyed<N>(state: &PoolState<N>, cmd: &Command, req: &Request) -> Pl
         let wait = wait_limit(req.arg((at + 1).min(req.argc() - 1)), 0.001);
         return reserved(state, cmd, req, wait);
     }
-    match shard_of_keys(state, cmd, keys(cmd, req), req) {
-        Ok(shard) => Plan::Forward(Part::resp(
-            Target::Shard {
-                shard,
-                write: cmd.write,
-            },
-            req.frame().clone(),
-        )),
-        Err(e) => Plan::Fail(e),
+    let shard = match shard_of_keys(state, cmd, keys(cmd, req), req) {
+        Ok(shard) => shard,
+        Err(e) => return Plan::Fail(e),
+    };
+    let target = Target::Shard {
+        shard,
+        write: cmd.write,
+    };
+    let part = Part::resp(target, req.frame().clone());
+    let may_move =
+        !cmd.write && state.shards[shard].nodes.len() > 1 && read_from != ReadFrom::Replica;
+    match may_move {
+        true => Plan::Resend {
+            part,
+            retries: 1,
+            when: ResendWhen::NodeFails,
+            quiet: None,
+        },
+        false => Plan::Forward(part),
     }
 }
 
@@ -239,7 +257,12 @@ mod tests {
     fn keyed_commands_go_to_their_shard_writes_to_the_master() {
         let state = three_shards(1, false);
         let k = key_on(&state, 2, "k");
-        let plan = keyed(&state, cmd("SET"), &request(&["SET", &k, "v"]));
+        let plan = keyed(
+            &state,
+            cmd("SET"),
+            &request(&["SET", &k, "v"]),
+            ReadFrom::Master,
+        );
         assert_eq!(
             target(&plan),
             Target::Shard {
@@ -247,7 +270,7 @@ mod tests {
                 write: true
             }
         );
-        let plan = keyed(&state, cmd("GET"), &request(&["GET", &k]));
+        let plan = keyed(&state, cmd("GET"), &request(&["GET", &k]), ReadFrom::Master);
         assert_eq!(
             target(&plan),
             Target::Shard {
@@ -258,15 +281,52 @@ mod tests {
     }
 
     #[test]
+    fn reads_may_move_to_another_node_of_their_shard_and_writes_never() {
+        let state = three_shards(1, false);
+        let k = key_on(&state, 0, "k");
+        let get = request(&["GET", &k]);
+        for read_from in [ReadFrom::Master, ReadFrom::ReplicaPreferred] {
+            let plan = keyed(&state, cmd("GET"), &get, read_from);
+            assert!(matches!(
+                plan,
+                Plan::Resend {
+                    retries: 1,
+                    when: ResendWhen::NodeFails,
+                    ..
+                }
+            ));
+        }
+        // `replica` keeps reads off the master; a shard without replicas has nowhere to go.
+        let plan = keyed(&state, cmd("GET"), &get, ReadFrom::Replica);
+        assert!(matches!(plan, Plan::Forward(_)));
+        let alone = three_shards(0, false);
+        let plan = keyed(&alone, cmd("GET"), &get, ReadFrom::Master);
+        assert!(matches!(plan, Plan::Forward(_)));
+        let plan = keyed(
+            &state,
+            cmd("INCR"),
+            &request(&["INCR", &k]),
+            ReadFrom::Master,
+        );
+        assert!(matches!(plan, Plan::Forward(_)));
+    }
+
+    #[test]
     fn keys_on_two_shards_are_refused_and_hash_tags_bring_them_together() {
         let state = three_shards(0, false);
         let (a, b) = (key_on(&state, 0, "a"), key_on(&state, 1, "b"));
-        let plan = keyed(&state, cmd("RENAME"), &request(&["RENAME", &a, &b]));
+        let plan = keyed(
+            &state,
+            cmd("RENAME"),
+            &request(&["RENAME", &a, &b]),
+            ReadFrom::Master,
+        );
         assert!(matches!(plan, Plan::Fail(ClientError::CrossShard(c)) if c == "rename"));
         let plan = keyed(
             &state,
             cmd("RENAME"),
             &request(&["RENAME", &format!("{{{a}}}x"), &format!("{{{a}}}y")]),
+            ReadFrom::Master,
         );
         assert_eq!(
             target(&plan),
@@ -344,6 +404,7 @@ mod tests {
             &state,
             cmd("XREAD"),
             &request(&["XREAD", "BLOCK", "250", "STREAMS", &q, "$"]),
+            ReadFrom::Master,
         );
         assert!(
             matches!(plan, Plan::Reserved { wait: Some(w), .. } if w == Duration::from_millis(250))
