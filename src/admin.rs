@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::Health;
+use crate::backend::{Health, Role};
 use crate::topology::Topology;
 
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
@@ -114,11 +114,16 @@ fn topology_json(topology: &Topology) -> String {
                     let nodes: Vec<String> = (0..shard.nodes.len())
                         .map(|n| {
                             format!(
-                                "{{\"address\":{},\"role\":\"{}\",\"state\":\"{}\",\"reason\":{}}}",
+                                "{{\"address\":{},\"role\":\"{}\",\"state\":\"{}\",\"reason\":{},\"says\":{}}}",
                                 json_string(&shard.nodes[n].addr.to_string()),
                                 if n == shard.master { "master" } else { "replica" },
                                 shard.health[n].as_str(),
                                 json_string(&shard.reasons[n]),
+                                match shard.roles[n] {
+                                    Some(Role::Master) => "\"master\"",
+                                    Some(Role::Replica) => "\"replica\"",
+                                    None => "null",
+                                },
                             )
                         })
                         .collect();

@@ -801,3 +801,66 @@ fn replica_preferred_reads_never_fail_when_the_replica_dies() {
         );
     });
 }
+
+#[test]
+fn writes_follow_a_failover_made_outside_the_proxy() {
+    let master = Redis::start();
+    let replica = Redis::start();
+    let replicaof = |server: &Redis, of: &Redis| {
+        let (host, port) = of
+            .addr()
+            .split_once(':')
+            .map(|(h, p)| (h.to_string(), p.to_string()))
+            .unwrap();
+        let _: () = redis::cmd("REPLICAOF")
+            .arg(host)
+            .arg(port)
+            .query(&mut server.client())
+            .unwrap();
+    };
+    replicaof(&replica, &master);
+    let port = free_port();
+    let server = format!(
+        "{{ name: one, master: \"{}\", replicas: [\"{}\"] }}",
+        master.addr(),
+        replica.addr()
+    );
+    let extra = "    health_check: { interval_ms: 50, timeout_ms: 200, failures: 3 }\n";
+    let proxy = Proxy::start(&pool_config(port, &[server], extra), port);
+    let says = |server: &Redis, role: &str, says: &str| {
+        format!(
+            "{{\"address\":\"{}\",\"role\":\"{role}\",\"state\":\"up\",\"reason\":\"health check passed\",\"says\":\"{says}\"}}",
+            server.addr()
+        )
+    };
+    wait_until("roles known", Duration::from_secs(10), || {
+        let (_, topology) = proxy.http("/topology");
+        topology.contains(&says(&master, "master", "master"))
+            && topology.contains(&says(&replica, "replica", "replica"))
+    });
+    let mut c = connect(port);
+    let _: () = c.set("before", 1).unwrap();
+    wait_until("replicated", Duration::from_secs(10), || {
+        replica.client().get::<_, Option<i64>>("before").unwrap() == Some(1)
+    });
+    // An operator (or Sentinel, or another instance) swaps the roles.
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut replica.client())
+        .unwrap();
+    replicaof(&master, &replica);
+    wait_until(
+        "writes follow the new master",
+        Duration::from_secs(10),
+        || {
+            proxy
+                .http("/topology")
+                .1
+                .contains(&says(&replica, "master", "master"))
+        },
+    );
+    let _: () = c.set("after", 2).unwrap();
+    assert_eq!(replica.client().get::<_, i64>("after").unwrap(), 2);
+    assert_eq!(c.get::<_, i64>("before").unwrap(), 1);
+}

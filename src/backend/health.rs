@@ -1,5 +1,6 @@
 //! Periodic health checks: PING (memcache: `version`) on a connection of their own, so a dead
-//! node is noticed without client traffic and a returning one without a restart.
+//! node is noticed without client traffic and a returning one without a restart; for Redis,
+//! `ROLE` too, so the pool learns which node is master from the nodes themselves.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -9,7 +10,7 @@ use tokio::time::{MissedTickBehavior, interval, timeout};
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{connect, read_reply};
-use super::{ConnSettings, Failure, Health, NodeShared};
+use super::{ConnSettings, Failure, Health, NodeShared, Role};
 use crate::config::{HealthCheck, Protocol};
 use crate::net::Stream;
 use crate::protocol::ReplyKind;
@@ -25,6 +26,7 @@ pub(super) async fn run(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut conn: Option<Stream> = None;
     let mut failed_in_a_row = 0;
+    let mut reported_role = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -32,6 +34,13 @@ pub(super) async fn run(
         }
         let passed = timeout(check.timeout, async {
             ping(&mut conn, &settings).await?;
+            if settings.protocol == Protocol::Redis {
+                let role = role(&mut conn, &settings).await?;
+                if reported_role != Some(role) {
+                    reported_role = Some(role);
+                    shared.report_role(role);
+                }
+            }
             if shared.stale.load(Ordering::Relaxed) {
                 flush(&mut conn, &settings).await?;
                 shared.metrics.flushes.inc();
@@ -66,25 +75,43 @@ pub(super) async fn run(
 /// PING, expecting PONG (a node still loading its data set answers -LOADING and is not
 /// healthy); memcache: `version`, expecting `VERSION …`.
 async fn ping(conn: &mut Option<Stream>, settings: &ConnSettings) -> Result<(), Failure> {
-    match settings.protocol {
-        Protocol::Redis => ask(conn, settings, b"*1\r\n$4\r\nPING\r\n", b"+PONG\r\n").await,
-        Protocol::Memcache => ask(conn, settings, b"version\r\n", b"VERSION ").await,
+    let (request, expected): (&[u8], &[u8]) = match settings.protocol {
+        Protocol::Redis => (b"*1\r\n$4\r\nPING\r\n", b"+PONG\r\n"),
+        Protocol::Memcache => (b"version\r\n", b"VERSION "),
+    };
+    ask(conn, settings, request, expected).await.map(drop)
+}
+
+/// What the node says it is (`ROLE`): a master, or a replica of another node.
+async fn role(conn: &mut Option<Stream>, settings: &ConnSettings) -> Result<Role, Failure> {
+    let reply = ask(conn, settings, b"*1\r\n$4\r\nROLE\r\n", b"*").await?;
+    // `*3\r\n$6\r\nmaster\r\n…` or `*5\r\n$5\r\nslave\r\n…`: the first element names it.
+    let mut lines = reply[..].split(|&b| b == b'\n').skip(2);
+    match lines.next().map(<[u8]>::trim_ascii_end) {
+        Some(b"master") => Ok(Role::Master),
+        Some(b"slave" | b"replica") => Ok(Role::Replica),
+        _ => {
+            let shown = String::from_utf8_lossy(&reply).trim_end().to_string();
+            Err(Failure::Unexpected(shown))
+        }
     }
 }
 
 /// Empties a memcached node that may have missed writes.
 async fn flush(conn: &mut Option<Stream>, settings: &ConnSettings) -> Result<(), Failure> {
-    ask(conn, settings, b"flush_all\r\n", b"OK\r\n").await
+    ask(conn, settings, b"flush_all\r\n", b"OK\r\n")
+        .await
+        .map(drop)
 }
 
 /// Sends `request` on the checker's connection (opening it if needed) and expects a reply that
-/// starts with `expected`.
+/// starts with `expected`; returns the reply.
 async fn ask(
     conn: &mut Option<Stream>,
     settings: &ConnSettings,
     request: &[u8],
     expected: &[u8],
-) -> Result<(), Failure> {
+) -> Result<BytesMut, Failure> {
     let stream = match conn {
         Some(stream) => stream,
         None => conn.insert(connect(settings).await.map_err(Failure::Unreachable)?),
@@ -97,7 +124,7 @@ async fn ask(
     let mut buf = BytesMut::with_capacity(64);
     let reply = read_reply(stream, &mut buf, settings, kind).await?;
     if reply.starts_with(expected) {
-        Ok(())
+        Ok(reply)
     } else {
         let shown = String::from_utf8_lossy(&reply).trim_end().to_string();
         Err(Failure::Unexpected(shown))

@@ -185,6 +185,13 @@ impl Health {
     }
 }
 
+/// What a Redis node says it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Master,
+    Replica,
+}
+
 /// What a node reports to whoever keeps its pool's topology.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeEvent {
@@ -196,6 +203,8 @@ pub enum NodeEvent {
     },
     /// Connection attempts, requests or health checks failed `failure_limit` times in a row.
     FailedRepeatedly(NodeId),
+    /// The node says it is now `role` (Redis `ROLE`).
+    Role { node: NodeId, role: Role },
 }
 
 /// What a node's connection and health tasks share with the node.
@@ -248,6 +257,13 @@ impl NodeShared {
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
         }
+    }
+
+    fn report_role(&self, role: Role) {
+        let _ = self.events.send(NodeEvent::Role {
+            node: self.id,
+            role,
+        });
     }
 
     fn health(&self) -> Health {

@@ -165,6 +165,7 @@ pub(super) mod testing {
                 health: vec![Health::Up; 1 + replicas],
                 reasons: vec!["".into(); 1 + replicas],
                 master: 0,
+                roles: vec![None; 1 + replicas],
                 replicated,
             })
             .collect();

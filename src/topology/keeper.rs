@@ -77,7 +77,9 @@ impl Keeper {
     /// Takes in one event; returns whether routing changed.
     fn apply(&mut self, event: NodeEvent) -> bool {
         let id = match &event {
-            NodeEvent::Health { node, .. } | NodeEvent::FailedRepeatedly(node) => *node,
+            NodeEvent::Health { node, .. }
+            | NodeEvent::FailedRepeatedly(node)
+            | NodeEvent::Role { node, .. } => *node,
         };
         let Some((s, n)) = self.locate(id) else {
             return false;
@@ -89,7 +91,31 @@ impl Keeper {
                 std::mem::replace(&mut shard.health[n], health) != health
             }
             NodeEvent::FailedRepeatedly(_) => self.eject(s),
+            NodeEvent::Role { role, .. } => {
+                self.shards[s].roles[n] = Some(role);
+                self.follow_roles(s)
+            }
         }
+    }
+
+    /// Writes go where the nodes say the master is: when the shard's master reports itself a
+    /// replica and exactly one of its nodes reports itself master (a failover made by an
+    /// operator, Sentinel or another instance), that node becomes the shard's master. Returns
+    /// whether it changed.
+    fn follow_roles(&mut self, s: usize) -> bool {
+        let shard = &mut self.shards[s];
+        let Some(new) = shard.master_by_roles() else {
+            return false;
+        };
+        tracing::warn!(
+            pool = %self.config.name,
+            server = %shard.name,
+            "{} reports itself a replica; writes go to {}, which reports itself master",
+            shard.nodes[shard.master].label(),
+            shard.nodes[new].label()
+        );
+        shard.master = new;
+        true
     }
 
     /// twemproxy's auto-eject: the shard leaves the ring for the retry timeout and its keys

@@ -114,6 +114,7 @@ impl Pool {
                     name: s.name.as_str().into(),
                     health: vec![Health::Down; nodes.len()],
                     reasons: vec!["no health check yet".into(); nodes.len()],
+                    roles: vec![None; nodes.len()],
                     nodes,
                     master: 0,
                     replicated,

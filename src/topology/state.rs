@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::{Health, Node, NodeId};
+use crate::backend::{Health, Node, NodeId, Role};
 use crate::config::ReadFrom;
 use crate::placement::Ring;
 
@@ -62,6 +62,8 @@ pub struct Shard<N = Arc<Node>> {
     pub reasons: Vec<Arc<str>>,
     /// The index in `nodes` of the master.
     pub master: usize,
+    /// What each node last said it is (Redis `ROLE`); `None` until it says.
+    pub roles: Vec<Option<Role>>,
     /// A memcache shard with replicas: writes go to every node, and reads and writes go on
     /// while any node is up.
     pub replicated: bool,
@@ -93,6 +95,19 @@ impl<N> Shard<N> {
     /// failed on it since.
     pub fn is_up(&self, i: usize) -> bool {
         self.health.get(i) == Some(&Health::Up)
+    }
+
+    /// The node that should be master by what the nodes say: `Some` when the master reports
+    /// itself a replica and exactly one node reports itself master.
+    pub fn master_by_roles(&self) -> Option<usize> {
+        if self.roles[self.master] != Some(Role::Replica) {
+            return None;
+        }
+        let mut masters = (0..self.nodes.len()).filter(|&i| self.roles[i] == Some(Role::Master));
+        match (masters.next(), masters.next()) {
+            (Some(new), None) => Some(new),
+            _ => None,
+        }
     }
 
     /// Whether the shard can serve its keys: the master is not down, or for a replicated shard
@@ -167,6 +182,7 @@ mod tests {
                 .collect(),
             reasons: vec!["".into(); n],
             master,
+            roles: vec![None; n],
             replicated,
         }
     }
@@ -227,6 +243,20 @@ mod tests {
         assert_eq!(s.retry_index(2), 0);
         let s = shard(3, 0, &[0, 1, 2], true);
         assert_eq!(s.retry_index(0), 1, "none up: the next");
+    }
+
+    #[test]
+    fn the_master_follows_what_the_nodes_say_only_when_they_agree() {
+        let mut s = shard(3, 0, &[], false);
+        assert_eq!(s.master_by_roles(), None, "nothing said yet");
+        s.roles = vec![Some(Role::Master), Some(Role::Replica), Some(Role::Replica)];
+        assert_eq!(s.master_by_roles(), None, "the master is master");
+        s.roles = vec![Some(Role::Replica), Some(Role::Replica), Some(Role::Master)];
+        assert_eq!(s.master_by_roles(), Some(2));
+        s.roles = vec![Some(Role::Replica), Some(Role::Master), Some(Role::Master)];
+        assert_eq!(s.master_by_roles(), None, "two claim it: keep the master");
+        s.roles = vec![None, Some(Role::Master), Some(Role::Replica)];
+        assert_eq!(s.master_by_roles(), None, "the master has not said");
     }
 
     #[test]

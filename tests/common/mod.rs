@@ -171,6 +171,9 @@ pub struct Server {
     program: Program,
     child: Option<Child>,
     args: Vec<String>,
+    /// The server's working directory: a replica writes the data set of a full sync there, and
+    /// a server loads what it finds there when it starts.
+    dir: TempDir,
 }
 
 /// The name most tests know a redis-server by.
@@ -201,6 +204,7 @@ impl Server {
             program,
             child: None,
             args: extra.iter().map(|s| s.to_string()).collect(),
+            dir: TempDir::new("server"),
         };
         server.restart();
         server
@@ -209,6 +213,7 @@ impl Server {
     /// Starts (again) on the same port.
     pub fn restart(&mut self) {
         let port = self.port.to_string();
+        let dir = self.dir.0.to_string_lossy().to_string();
         let (name, args): (&str, Vec<&str>) = match self.program {
             Program::Redis => (
                 "redis-server",
@@ -221,6 +226,8 @@ impl Server {
                     "",
                     "--appendonly",
                     "no",
+                    "--dir",
+                    &dir,
                 ],
             ),
             // `-u` only matters (and is required) when the tests run as root.
