@@ -490,9 +490,13 @@ fn eject_takes_a_failing_server_off_the_ring_and_back() {
 /// One shard whose "replica" is a standalone server holding `k = from-replica`, so where each
 /// command went is visible; `extra` pool lines set the read policy.
 fn master_and_replica(extra: &str) -> (Redis, Redis, u16, Proxy) {
-    let master = Redis::start();
-    let replica = Redis::start();
+    let (master, replica) = (Redis::start(), Redis::start());
     let _: () = replica.client().set("k", "from-replica").unwrap();
+    one_server(master, replica, extra)
+}
+
+/// `master` and `replica` behind one server (`one`) of a pool with `extra` lines.
+fn one_server(master: Redis, replica: Redis, extra: &str) -> (Redis, Redis, u16, Proxy) {
     let port = free_port();
     let server = format!(
         "{{ name: one, master: \"{}\", replicas: [\"{}\"] }}",
@@ -802,31 +806,36 @@ fn replica_preferred_reads_never_fail_when_the_replica_dies() {
     });
 }
 
+/// `server` follows `of` (REPLICAOF).
+fn replica_of(server: &Redis, of: &Redis) {
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(of.port)
+        .query(&mut server.client())
+        .unwrap();
+}
+
+/// A failover made outside the proxy: `replica` becomes master and `master` follows it.
+fn swap_roles(master: &Redis, replica: &Redis) {
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut replica.client())
+        .unwrap();
+    replica_of(master, replica);
+}
+
+/// A master and a replica that really replicates from it, behind one server.
+fn replicating_pair(extra: &str) -> (Redis, Redis, u16, Proxy) {
+    let (master, replica) = (Redis::start(), Redis::start());
+    replica_of(&replica, &master);
+    one_server(master, replica, extra)
+}
+
 #[test]
 fn writes_follow_a_failover_made_outside_the_proxy() {
-    let master = Redis::start();
-    let replica = Redis::start();
-    let replicaof = |server: &Redis, of: &Redis| {
-        let (host, port) = of
-            .addr()
-            .split_once(':')
-            .map(|(h, p)| (h.to_string(), p.to_string()))
-            .unwrap();
-        let _: () = redis::cmd("REPLICAOF")
-            .arg(host)
-            .arg(port)
-            .query(&mut server.client())
-            .unwrap();
-    };
-    replicaof(&replica, &master);
-    let port = free_port();
-    let server = format!(
-        "{{ name: one, master: \"{}\", replicas: [\"{}\"] }}",
-        master.addr(),
-        replica.addr()
-    );
-    let extra = "    health_check: { interval_ms: 50, timeout_ms: 200, failures: 3 }\n";
-    let proxy = Proxy::start(&pool_config(port, &[server], extra), port);
+    let (master, replica, port, proxy) =
+        replicating_pair("    health_check: { interval_ms: 50, timeout_ms: 200, failures: 3 }\n");
     let says = |server: &Redis, role: &str, says: &str| {
         format!(
             "{{\"address\":\"{}\",\"role\":\"{role}\",\"state\":\"up\",\"reason\":\"health check passed\",\"says\":\"{says}\"}}",
@@ -844,12 +853,7 @@ fn writes_follow_a_failover_made_outside_the_proxy() {
         replica.client().get::<_, Option<i64>>("before").unwrap() == Some(1)
     });
     // An operator (or Sentinel, or another instance) swaps the roles.
-    let _: () = redis::cmd("REPLICAOF")
-        .arg("NO")
-        .arg("ONE")
-        .query(&mut replica.client())
-        .unwrap();
-    replicaof(&master, &replica);
+    swap_roles(&master, &replica);
     wait_until(
         "writes follow the new master",
         Duration::from_secs(10),
@@ -863,4 +867,25 @@ fn writes_follow_a_failover_made_outside_the_proxy() {
     let _: () = c.set("after", 2).unwrap();
     assert_eq!(replica.client().get::<_, i64>("after").unwrap(), 2);
     assert_eq!(c.get::<_, i64>("before").unwrap(), 1);
+}
+
+#[test]
+fn a_write_answered_readonly_makes_the_proxy_ask_the_roles_at_once() {
+    // Health checks far apart: only the READONLY reply can make the proxy look again soon.
+    let (master, replica, port, proxy) = replicating_pair(
+        "    health_check: { interval_ms: 60000, timeout_ms: 500, failures: 3 }\n",
+    );
+    proxy.wait_ready(true);
+    swap_roles(&master, &replica);
+    let mut r = Raw::connect(port);
+    r.send(&command(&[b"SET", b"k", b"1"]));
+    let line = r.read_line();
+    assert!(line.starts_with("-READONLY"), "{line}");
+    let mut c = connect(port);
+    let started = std::time::Instant::now();
+    wait_until("writes on the new master", Duration::from_secs(5), || {
+        c.set::<_, _, ()>("k", 2).is_ok()
+    });
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(replica.client().get::<_, i64>("k").unwrap(), 2);
 }

@@ -218,7 +218,7 @@ async fn serve(
                     Err(e) => break e.into(),
                     Ok(_) => {}
                 }
-                if let Err(failure) = answer(&mut framer, &mut read_buf, &mut in_flight, &mut delivery) {
+                if let Err(failure) = answer(shared, &mut framer, &mut read_buf, &mut in_flight, &mut delivery) {
                     break failure;
                 }
                 shared.record_success();
@@ -275,6 +275,7 @@ struct InFlight {
 
 /// Hands every complete reply in `buf` to the request waiting for it.
 fn answer(
+    shared: &NodeShared,
     framer: &mut Framer,
     buf: &mut BytesMut,
     in_flight: &mut VecDeque<InFlight>,
@@ -290,6 +291,10 @@ fn answer(
         match framer.scan(buf, kind) {
             Ok(Some(len)) => {
                 let reply = buf.split_to(len).freeze();
+                if reply.first() == Some(&b'-') && reply.starts_with(b"-READONLY") {
+                    // A write reached a node that is a replica now: learn its role at once.
+                    shared.check_now.notify_one();
+                }
                 if let Some(f) = in_flight.pop_front() {
                     delivery.add(f.reply_to, Ok(reply));
                 }

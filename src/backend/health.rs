@@ -31,6 +31,7 @@ pub(super) async fn run(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
+            _ = shared.check_now.notified() => {}
         }
         let passed = timeout(check.timeout, async {
             ping(&mut conn, &settings).await?;

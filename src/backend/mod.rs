@@ -226,6 +226,8 @@ pub(crate) struct NodeShared {
     flush_when_back: bool,
     /// Failed since its last flush.
     stale: AtomicBool,
+    /// Wakes the health checker before its next tick (a write answered READONLY).
+    check_now: Notify,
 }
 
 impl NodeShared {
@@ -400,6 +402,7 @@ impl Node {
             failure_limit,
             flush_when_back,
             stale: AtomicBool::new(false),
+            check_now: Notify::new(),
         });
         let settings = |resp3: bool| {
             let (handshake, handshake_replies) = handshake(pool, resp3);
@@ -456,6 +459,11 @@ impl Node {
 
     pub fn id(&self) -> NodeId {
         self.shared.id
+    }
+
+    /// Runs a health check (with `ROLE`) now rather than at the next tick.
+    pub fn check_now(&self) {
+        self.shared.check_now.notify_one();
     }
 
     /// Counts the node's shard leaving the ring on its account.

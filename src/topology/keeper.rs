@@ -11,7 +11,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{Instant, sleep_until};
 
 use super::state::{PoolState, Shard};
-use crate::backend::{NodeEvent, NodeId};
+use crate::backend::{NodeEvent, NodeId, Role};
 use crate::config::PoolConfig;
 use crate::placement::Ring;
 
@@ -105,6 +105,10 @@ impl Keeper {
     fn follow_roles(&mut self, s: usize) -> bool {
         let shard = &mut self.shards[s];
         let Some(new) = shard.master_by_roles() else {
+            if shard.roles[shard.master] == Some(Role::Replica) {
+                // The master stepped down and no node claims it yet: ask them all now.
+                shard.nodes.iter().for_each(|n| n.check_now());
+            }
             return false;
         };
         tracing::warn!(
