@@ -827,7 +827,9 @@ fn swap_roles(master: &Redis, replica: &Redis) {
 
 /// A master and a replica that really replicates from it, behind one server.
 fn replicating_pair(extra: &str) -> (Redis, Redis, u16, Proxy) {
-    let (master, replica) = (Redis::start(), Redis::start());
+    // Full syncs start at once rather than after redis' default 5 s wait for more replicas.
+    let quick = ["--repl-diskless-sync-delay", "0"];
+    let (master, replica) = (Redis::start_with(&quick), Redis::start_with(&quick));
     replica_of(&replica, &master);
     one_server(master, replica, extra)
 }
@@ -867,6 +869,21 @@ fn writes_follow_a_failover_made_outside_the_proxy() {
     let _: () = c.set("after", 2).unwrap();
     assert_eq!(replica.client().get::<_, i64>("after").unwrap(), 2);
     assert_eq!(c.get::<_, i64>("before").unwrap(), 1);
+    // The former master claims to be master again (restarted with its old configuration): the
+    // proxy makes it follow the current one, whose data wins, and writes stay there.
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut master.client())
+        .unwrap();
+    wait_until("the former master follows", Duration::from_secs(10), || {
+        info_text(&master, "replication").contains(&format!(
+            "role:slave\r\nmaster_host:127.0.0.1\r\nmaster_port:{}\r\n",
+            replica.port
+        ))
+    });
+    let _: () = c.set("later", 3).unwrap();
+    assert_eq!(replica.client().get::<_, i64>("later").unwrap(), 3);
 }
 
 #[test]
@@ -888,4 +905,30 @@ fn a_write_answered_readonly_makes_the_proxy_ask_the_roles_at_once() {
     });
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(replica.client().get::<_, i64>("k").unwrap(), 2);
+}
+
+#[test]
+fn writes_follow_a_replica_promoted_elsewhere_after_the_master_dies() {
+    let (mut master, replica, port, proxy) =
+        replicating_pair("    health_check: { interval_ms: 50, timeout_ms: 200, failures: 3 }\n");
+    wait_until("roles known", Duration::from_secs(10), || {
+        proxy.http("/topology").1.contains(&format!(
+            "{{\"address\":\"{}\",\"role\":\"replica\",\"state\":\"up\",\"reason\":\"health check passed\",\"says\":\"replica\"}}",
+            replica.addr()
+        ))
+    });
+    master.kill();
+    // Sentinel, or an operator, promotes the replica.
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut replica.client())
+        .unwrap();
+    let mut c = connect(port);
+    wait_until(
+        "writes on the promoted replica",
+        Duration::from_secs(10),
+        || c.set::<_, _, ()>("k", "after").is_ok(),
+    );
+    assert_eq!(replica.client().get::<_, String>("k").unwrap(), "after");
 }

@@ -11,10 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::{connect, read_reply};
 use super::{ConnSettings, Failure, Health, NodeShared, Role};
-use crate::config::{HealthCheck, Protocol};
+use crate::config::{Address, HealthCheck, Protocol};
 use crate::net::Stream;
 use crate::protocol::ReplyKind;
 use crate::protocol::memcache::ReplyShape;
+use crate::protocol::resp::encode;
 
 pub(super) async fn run(
     shared: Arc<NodeShared>,
@@ -36,11 +37,12 @@ pub(super) async fn run(
         let passed = timeout(check.timeout, async {
             ping(&mut conn, &settings).await?;
             if settings.protocol == Protocol::Redis {
-                let role = role(&mut conn, &settings).await?;
-                if reported_role != Some(role) {
-                    reported_role = Some(role);
-                    shared.report_role(role);
+                let attach = shared.attach_to.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(master) = attach {
+                    replicate_from(&mut conn, &settings, &master).await?;
+                    tracing::warn!(node = %shared.label, "attached as a replica of {master}: it was this shard's master and came back claiming to be master");
                 }
+                return Ok(Some(role(&mut conn, &settings).await?));
             }
             if shared.stale.load(Ordering::Relaxed) {
                 flush(&mut conn, &settings).await?;
@@ -48,15 +50,22 @@ pub(super) async fn run(
                 tracing::info!(node = %shared.label, "flushed before serving again");
                 shared.stale.store(false, Ordering::Relaxed);
             }
-            Ok(())
+            Ok(None)
         })
         .await
         .unwrap_or(Err(Failure::Timeout(check.timeout)));
         match passed {
-            Ok(()) => {
+            Ok(role) => {
                 failed_in_a_row = 0;
                 shared.record_success();
                 shared.set_health(Health::Up, &"health check passed");
+                // After the node is up: a role is only ever known of a node seen up.
+                if let Some(role) = role
+                    && reported_role != Some(role)
+                {
+                    reported_role = Some(role);
+                    shared.report_role(role);
+                }
             }
             Err(failure) => {
                 conn = None;
@@ -96,6 +105,21 @@ async fn role(conn: &mut Option<Stream>, settings: &ConnSettings) -> Result<Role
             Err(Failure::Unexpected(shown))
         }
     }
+}
+
+/// `REPLICAOF host port`: the node follows `master`.
+async fn replicate_from(
+    conn: &mut Option<Stream>,
+    settings: &ConnSettings,
+    master: &Address,
+) -> Result<(), Failure> {
+    let mut request = BytesMut::new();
+    let port = master.port.to_string();
+    encode::command(
+        &mut request,
+        [&b"REPLICAOF"[..], master.host.as_bytes(), port.as_bytes()].into_iter(),
+    );
+    ask(conn, settings, &request, b"+OK").await.map(drop)
 }
 
 /// Empties a memcached node that may have missed writes.

@@ -228,6 +228,8 @@ pub(crate) struct NodeShared {
     stale: AtomicBool,
     /// Wakes the health checker before its next tick (a write answered READONLY).
     check_now: Notify,
+    /// A master this node is to follow (`REPLICAOF`), sent by the health checker.
+    attach_to: Mutex<Option<Address>>,
 }
 
 impl NodeShared {
@@ -403,6 +405,7 @@ impl Node {
             flush_when_back,
             stale: AtomicBool::new(false),
             check_now: Notify::new(),
+            attach_to: Mutex::new(None),
         });
         let settings = |resp3: bool| {
             let (handshake, handshake_replies) = handshake(pool, resp3);
@@ -459,6 +462,16 @@ impl Node {
 
     pub fn id(&self) -> NodeId {
         self.shared.id
+    }
+
+    /// Makes the node a replica of `master` (`REPLICAOF`), at once.
+    pub fn replicate_from(&self, master: &Address) {
+        *self
+            .shared
+            .attach_to
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(master.clone());
+        self.check_now();
     }
 
     /// Runs a health check (with `ROLE`) now rather than at the next tick.

@@ -166,6 +166,7 @@ pub(super) mod testing {
                 reasons: vec!["".into(); 1 + replicas],
                 master: 0,
                 roles: vec![None; 1 + replicas],
+                former_masters: vec![false; 1 + replicas],
                 replicated,
             })
             .collect();

@@ -88,12 +88,15 @@ impl Keeper {
             NodeEvent::Health { health, reason, .. } => {
                 let shard = &mut self.shards[s];
                 shard.reasons[n] = reason;
-                std::mem::replace(&mut shard.health[n], health) != health
+                let changed = std::mem::replace(&mut shard.health[n], health) != health;
+                // A master that went down may have been replaced by a node promoted elsewhere.
+                changed | self.follow_roles(s)
             }
             NodeEvent::FailedRepeatedly(_) => self.eject(s),
             NodeEvent::Role { role, .. } => {
-                self.shards[s].roles[n] = Some(role);
-                self.follow_roles(s)
+                let changed = self.shards[s].roles[n].replace(role) != Some(role);
+                self.attach_former_master(s, n);
+                self.follow_roles(s) | changed
             }
         }
     }
@@ -105,7 +108,7 @@ impl Keeper {
     fn follow_roles(&mut self, s: usize) -> bool {
         let shard = &mut self.shards[s];
         let Some(new) = shard.master_by_roles() else {
-            if shard.roles[shard.master] == Some(Role::Replica) {
+            if shard.master_stepped_down() {
                 // The master stepped down and no node claims it yet: ask them all now.
                 shard.nodes.iter().for_each(|n| n.check_now());
             }
@@ -118,8 +121,22 @@ impl Keeper {
             shard.nodes[shard.master].label(),
             shard.nodes[new].label()
         );
+        shard.former_masters[shard.master] = true;
         shard.master = new;
         true
+    }
+
+    /// A node that was this shard's master and now claims to be master again beside the
+    /// current one (restarted with its old configuration, say) is made a replica of the current
+    /// master: it never takes writes back on its own, and the current master's data wins.
+    fn attach_former_master(&mut self, s: usize, n: usize) {
+        let shard = &self.shards[s];
+        let current = shard.master;
+        let claims_master = shard.roles[n] == Some(Role::Master);
+        let current_serves = shard.is_up(current) && shard.roles[current] == Some(Role::Master);
+        if n != current && shard.former_masters[n] && claims_master && current_serves {
+            shard.nodes[n].replicate_from(&shard.nodes[current].addr);
+        }
     }
 
     /// twemproxy's auto-eject: the shard leaves the ring for the retry timeout and its keys

@@ -115,6 +115,7 @@ impl Pool {
                     health: vec![Health::Down; nodes.len()],
                     reasons: vec!["no health check yet".into(); nodes.len()],
                     roles: vec![None; nodes.len()],
+                    former_masters: vec![false; nodes.len()],
                     nodes,
                     master: 0,
                     replicated,

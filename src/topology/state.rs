@@ -64,6 +64,8 @@ pub struct Shard<N = Arc<Node>> {
     pub master: usize,
     /// What each node last said it is (Redis `ROLE`); `None` until it says.
     pub roles: Vec<Option<Role>>,
+    /// Nodes that were this shard's master before a failover.
+    pub former_masters: Vec<bool>,
     /// A memcache shard with replicas: writes go to every node, and reads and writes go on
     /// while any node is up.
     pub replicated: bool,
@@ -97,14 +99,28 @@ impl<N> Shard<N> {
         self.health.get(i) == Some(&Health::Up)
     }
 
-    /// The node that should be master by what the nodes say: `Some` when the master reports
-    /// itself a replica and exactly one node reports itself master.
+    /// Whether the master has stepped down: it says it is a replica, or it was seen as master
+    /// and is down now.
+    pub fn master_stepped_down(&self) -> bool {
+        match self.roles[self.master] {
+            Some(Role::Replica) => true,
+            Some(Role::Master) => self.health[self.master] == Health::Down,
+            None => false,
+        }
+    }
+
+    /// The node that should be master by what the nodes say: `Some` when the master has
+    /// stepped down and exactly one other node that is not down says it is master.
     pub fn master_by_roles(&self) -> Option<usize> {
-        if self.roles[self.master] != Some(Role::Replica) {
+        if !self.master_stepped_down() {
             return None;
         }
-        let mut masters = (0..self.nodes.len()).filter(|&i| self.roles[i] == Some(Role::Master));
-        match (masters.next(), masters.next()) {
+        let mut claims = (0..self.nodes.len()).filter(|&i| {
+            i != self.master
+                && self.health[i] != Health::Down
+                && self.roles[i] == Some(Role::Master)
+        });
+        match (claims.next(), claims.next()) {
             (Some(new), None) => Some(new),
             _ => None,
         }
@@ -183,6 +199,7 @@ mod tests {
             reasons: vec!["".into(); n],
             master,
             roles: vec![None; n],
+            former_masters: vec![false; n],
             replicated,
         }
     }
@@ -247,16 +264,35 @@ mod tests {
 
     #[test]
     fn the_master_follows_what_the_nodes_say_only_when_they_agree() {
+        use Role::{Master, Replica};
         let mut s = shard(3, 0, &[], false);
         assert_eq!(s.master_by_roles(), None, "nothing said yet");
-        s.roles = vec![Some(Role::Master), Some(Role::Replica), Some(Role::Replica)];
+        s.roles = vec![Some(Master), Some(Replica), Some(Replica)];
         assert_eq!(s.master_by_roles(), None, "the master is master");
-        s.roles = vec![Some(Role::Replica), Some(Role::Replica), Some(Role::Master)];
+        s.roles = vec![Some(Replica), Some(Replica), Some(Master)];
         assert_eq!(s.master_by_roles(), Some(2));
-        s.roles = vec![Some(Role::Replica), Some(Role::Master), Some(Role::Master)];
+        s.roles = vec![Some(Replica), Some(Master), Some(Master)];
         assert_eq!(s.master_by_roles(), None, "two claim it: keep the master");
-        s.roles = vec![None, Some(Role::Master), Some(Role::Replica)];
+        s.roles = vec![None, Some(Master), Some(Replica)];
         assert_eq!(s.master_by_roles(), None, "the master has not said");
+    }
+
+    #[test]
+    fn a_master_that_died_gives_way_to_the_one_node_promoted_elsewhere() {
+        use Role::{Master, Replica};
+        // The master was seen as master, then went down; a replica was promoted by Sentinel.
+        let mut s = shard(3, 0, &[0], false);
+        s.roles = vec![Some(Master), Some(Master), Some(Replica)];
+        assert!(s.master_stepped_down());
+        assert_eq!(s.master_by_roles(), Some(1));
+        // A node that is down itself does not count as a claim.
+        let mut s = shard(3, 0, &[0, 1], false);
+        s.roles = vec![Some(Master), Some(Master), Some(Replica)];
+        assert_eq!(s.master_by_roles(), None);
+        // Never seen as master: a node still starting up is not a master that stepped down.
+        let mut s = shard(3, 0, &[0], false);
+        s.roles = vec![None, Some(Master), Some(Replica)];
+        assert!(!s.master_stepped_down());
     }
 
     #[test]

@@ -498,13 +498,18 @@ pub fn connect(port: u16) -> redis::Connection {
         .unwrap()
 }
 
-/// A numeric field of a redis-server's INFO section, asked directly.
-pub fn info_field(server: &Redis, section: &str, field: &str) -> i64 {
-    let info: String = redis::cmd("INFO")
+/// A section of a redis-server's INFO, asked directly.
+pub fn info_text(server: &Redis, section: &str) -> String {
+    redis::cmd("INFO")
         .arg(section)
         .query(&mut server.client())
-        .unwrap();
-    info.lines()
+        .unwrap()
+}
+
+/// A numeric field of a redis-server's INFO section, asked directly.
+pub fn info_field(server: &Redis, section: &str, field: &str) -> i64 {
+    info_text(server, section)
+        .lines()
         .find_map(|l| l.strip_prefix(&format!("{field}:")))
         .and_then(|v| v.trim().parse().ok())
         .unwrap()
