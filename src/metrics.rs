@@ -20,6 +20,14 @@ pub struct ServerLabels {
     pub address: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailoverLabels {
+    pub pool: String,
+    pub server: String,
+    /// `followed`: the nodes said another node is master now.
+    pub reason: String,
+}
+
 /// The metric families, registered once.
 pub struct Metrics {
     registry: Registry,
@@ -36,6 +44,7 @@ pub struct Metrics {
     server_flushes: Family<ServerLabels, Counter>,
     server_up: Family<ServerLabels, Gauge>,
     server_state: Family<ServerLabels, Gauge>,
+    failovers: Family<FailoverLabels, Counter>,
 }
 
 /// One pool's handles.
@@ -109,6 +118,11 @@ impl Default for Metrics {
                 "Times a replicated memcache node was flushed after missing writes",
             ),
             server_up: family(r, "server_up", "1 while the server is not down"),
+            failovers: family(
+                r,
+                "failovers",
+                "Times a server's writes moved to another of its nodes, by reason",
+            ),
             server_state: family(
                 r,
                 "server_state",
@@ -145,6 +159,16 @@ impl Metrics {
             up: self.server_up.get_or_create(l).clone(),
             state: self.server_state.get_or_create(l).clone(),
         }
+    }
+
+    /// The counter of a server's failovers for `reason`.
+    pub fn failovers(&self, pool: &str, server: &str, reason: &str) -> Counter {
+        let labels = FailoverLabels {
+            pool: pool.to_string(),
+            server: server.to_string(),
+            reason: reason.to_string(),
+        };
+        self.failovers.get_or_create(&labels).clone()
     }
 
     /// The Prometheus text exposition.

@@ -869,6 +869,8 @@ fn writes_follow_a_failover_made_outside_the_proxy() {
     let _: () = c.set("after", 2).unwrap();
     assert_eq!(replica.client().get::<_, i64>("after").unwrap(), 2);
     assert_eq!(c.get::<_, i64>("before").unwrap(), 1);
+    let followed = "ringproxy_failovers_total{pool=\"main\",server=\"one\",reason=\"followed\"}";
+    assert_eq!(metric(&proxy.http("/metrics").1, followed), 1);
     // The former master claims to be master again (restarted with its old configuration): the
     // proxy makes it follow the current one, whose data wins, and writes stay there.
     let _: () = redis::cmd("REPLICAOF")

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{Instant, sleep_until};
 
@@ -23,6 +24,8 @@ pub(super) struct Keeper {
     shards: Vec<Shard>,
     /// When each ejected shard rejoins the ring.
     out_until: Vec<Option<Instant>>,
+    /// Per shard: times its writes moved to a node the nodes said is master.
+    followed: Vec<Counter>,
     /// Rings by the set of shards on them, the full ring among them.
     rings: HashMap<Vec<bool>, Arc<Ring>>,
     state: Arc<ArcSwap<PoolState>>,
@@ -30,7 +33,11 @@ pub(super) struct Keeper {
 
 impl Keeper {
     /// A keeper for `shards`, and the pool's first snapshot.
-    pub(super) fn new(config: PoolConfig, shards: Vec<Shard>) -> (Keeper, Arc<ArcSwap<PoolState>>) {
+    pub(super) fn new(
+        config: PoolConfig,
+        shards: Vec<Shard>,
+        followed: Vec<Counter>,
+    ) -> (Keeper, Arc<ArcSwap<PoolState>>) {
         let live = vec![true; shards.len()];
         let ring = Arc::new(config.ring(&live));
         let state = Arc::new(ArcSwap::from_pointee(PoolState::new(
@@ -40,6 +47,7 @@ impl Keeper {
         let keeper = Keeper {
             out_until: vec![None; shards.len()],
             rings: HashMap::from([(live, ring)]),
+            followed,
             config,
             shards,
             state: state.clone(),
@@ -123,6 +131,7 @@ impl Keeper {
         );
         shard.former_masters[shard.master] = true;
         shard.master = new;
+        self.followed[s].inc();
         true
     }
 

@@ -122,7 +122,12 @@ impl Pool {
                 }
             })
             .collect();
-        let (keeper, state) = Keeper::new(config.clone(), shards);
+        let followed = config
+            .servers
+            .iter()
+            .map(|s| metrics.failovers(&config.name, &s.name, "followed"))
+            .collect();
+        let (keeper, state) = Keeper::new(config.clone(), shards, followed);
         tokio::spawn(keeper.run(events_rx));
         Pool {
             config: config.clone(),
