@@ -109,7 +109,7 @@ fn topology_json(topology: &Topology) -> String {
                 .map(|(i, shard)| {
                     let replicas: Vec<String> = (0..shard.nodes.len())
                         .filter(|&n| n != shard.master)
-                        .map(|n| format!("{{\"address\":{},\"up\":{}}}", json_string(&shard.nodes[n].addr.to_string()), shard.health[n] != Health::Down))
+                        .map(|n| format!("{{\"address\":{},\"up\":{}}}", json_string(&shard.nodes[n].addr.to_string()), shard.status[n].health != Health::Down))
                         .collect();
                     let nodes: Vec<String> = (0..shard.nodes.len())
                         .map(|n| {
@@ -117,9 +117,9 @@ fn topology_json(topology: &Topology) -> String {
                                 "{{\"address\":{},\"role\":\"{}\",\"state\":\"{}\",\"reason\":{},\"says\":{}}}",
                                 json_string(&shard.nodes[n].addr.to_string()),
                                 if n == shard.master { "master" } else { "replica" },
-                                shard.health[n].as_str(),
-                                json_string(&shard.reasons[n]),
-                                match shard.roles[n] {
+                                shard.status[n].health.as_str(),
+                                json_string(&shard.status[n].reason),
+                                match shard.status[n].says {
                                     Some(Role::Master) => "\"master\"",
                                     Some(Role::Replica) => "\"replica\"",
                                     None => "null",
@@ -134,7 +134,7 @@ fn topology_json(topology: &Topology) -> String {
                         c.servers[i].weight,
                         state.on_ring(i),
                         json_string(&shard.master().addr.to_string()),
-                        shard.health[shard.master] != Health::Down,
+                        shard.status[shard.master].health != Health::Down,
                         replicas.join(","),
                         nodes.join(",")
                     )

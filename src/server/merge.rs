@@ -20,6 +20,15 @@ pub(super) struct Gather {
     merger: Box<dyn Merger>,
 }
 
+impl std::fmt::Debug for Gather {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gather")
+            .field("parts", &self.parts.len())
+            .field("missing", &self.missing)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Gather {
     /// A request of `parts` parts whose replies `merger` merges.
     pub(super) fn new(parts: usize, merger: impl Merger + 'static) -> Gather {

@@ -40,6 +40,7 @@ impl Part {
 }
 
 /// What the session does with one request.
+#[derive(Debug)]
 pub(super) enum Plan {
     /// Answer at once.
     Reply(Bytes),
@@ -65,34 +66,6 @@ pub(super) enum Plan {
         part: Part,
         wait: Option<Duration>,
     },
-}
-
-impl std::fmt::Debug for Plan {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Plan::Reply(b) => f.debug_tuple("Reply").field(b).finish(),
-            Plan::Fail(e) => f.debug_tuple("Fail").field(e).finish(),
-            Plan::Forward(p) => f.debug_tuple("Forward").field(p).finish(),
-            Plan::Quiet(p, v) => f.debug_tuple("Quiet").field(p).field(v).finish(),
-            Plan::Gather(parts, _) => f.debug_tuple("Gather").field(parts).finish(),
-            Plan::Resend { part, retries, .. } => f
-                .debug_struct("Resend")
-                .field("part", part)
-                .field("retries", retries)
-                .finish(),
-            Plan::Reserved { part, wait } => f
-                .debug_struct("Reserved")
-                .field("part", part)
-                .field("wait", wait)
-                .finish(),
-        }
-    }
-}
-
-impl From<Result<Plan, ClientError>> for Plan {
-    fn from(routed: Result<Plan, ClientError>) -> Plan {
-        routed.unwrap_or_else(Plan::Fail)
-    }
 }
 
 /// Groups keys by shard for a split request: the part of every key (one part per shard, in
@@ -127,7 +100,7 @@ pub(super) mod testing {
     use crate::backend::Health;
     use crate::placement::{Distribution, HashFn, Ring, RingMember};
     use crate::protocol::resp::{Request, RequestParser, encode};
-    use crate::topology::{PoolState, Shard};
+    use crate::topology::{NodeStatus, PoolState, Shard};
 
     /// A RESP request of `args`, as a client sends it.
     pub(in crate::server) fn request(args: &[&str]) -> Request {
@@ -157,16 +130,19 @@ pub(super) mod testing {
             Some(*b"{}"),
             &members,
         );
+        let up = NodeStatus {
+            health: Health::Up,
+            reason: "".into(),
+            says: None,
+            former_master: false,
+        };
         let shards = names
             .iter()
             .map(|name| Shard {
                 name: (*name).into(),
                 nodes: vec![(); 1 + replicas],
-                health: vec![Health::Up; 1 + replicas],
-                reasons: vec!["".into(); 1 + replicas],
+                status: vec![up.clone(); 1 + replicas],
                 master: 0,
-                roles: vec![None; 1 + replicas],
-                former_masters: vec![false; 1 + replicas],
                 replicated,
             })
             .collect();

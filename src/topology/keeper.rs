@@ -94,25 +94,25 @@ impl Keeper {
         };
         match event {
             NodeEvent::Health { health, reason, .. } => {
-                let shard = &mut self.shards[s];
-                shard.reasons[n] = reason;
-                let changed = std::mem::replace(&mut shard.health[n], health) != health;
+                let node = &mut self.shards[s].status[n];
+                node.reason = reason;
+                let changed = std::mem::replace(&mut node.health, health) != health;
                 // A master that went down may have been replaced by a node promoted elsewhere.
                 changed | self.follow_roles(s)
             }
             NodeEvent::FailedRepeatedly(_) => self.eject(s),
             NodeEvent::Role { role, .. } => {
-                let changed = self.shards[s].roles[n].replace(role) != Some(role);
+                let changed = self.shards[s].status[n].says.replace(role) != Some(role);
                 self.attach_former_master(s, n);
                 self.follow_roles(s) | changed
             }
         }
     }
 
-    /// Writes go where the nodes say the master is: when the shard's master reports itself a
-    /// replica and exactly one of its nodes reports itself master (a failover made by an
-    /// operator, Sentinel or another instance), that node becomes the shard's master. Returns
-    /// whether it changed.
+    /// Writes go where the nodes say the master is: when the shard's master has stepped down
+    /// and exactly one other live node says it is master (a failover made by an operator,
+    /// Sentinel or another instance), that node becomes the shard's master. Returns whether it
+    /// changed.
     fn follow_roles(&mut self, s: usize) -> bool {
         let shard = &mut self.shards[s];
         let Some(new) = shard.master_by_roles() else {
@@ -129,7 +129,7 @@ impl Keeper {
             shard.nodes[shard.master].label(),
             shard.nodes[new].label()
         );
-        shard.former_masters[shard.master] = true;
+        shard.status[shard.master].former_master = true;
         shard.master = new;
         self.followed[s].inc();
         true
@@ -141,9 +141,10 @@ impl Keeper {
     fn attach_former_master(&mut self, s: usize, n: usize) {
         let shard = &self.shards[s];
         let current = shard.master;
-        let claims_master = shard.roles[n] == Some(Role::Master);
-        let current_serves = shard.is_up(current) && shard.roles[current] == Some(Role::Master);
-        if n != current && shard.former_masters[n] && claims_master && current_serves {
+        let node = &shard.status[n];
+        let current_serves =
+            shard.is_up(current) && shard.status[current].says == Some(Role::Master);
+        if n != current && node.former_master && node.says == Some(Role::Master) && current_serves {
             shard.nodes[n].replicate_from(&shard.nodes[current].addr);
         }
     }

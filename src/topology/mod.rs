@@ -8,14 +8,14 @@ mod scripts;
 mod state;
 
 pub use scripts::Scripts;
-pub use state::{PoolState, Shard};
+pub use state::{NodeStatus, PoolState, Shard};
 
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
 use tokio::sync::mpsc;
 
-use crate::backend::{Health, Node, NodeEvent, NodeSpec};
+use crate::backend::{Node, NodeEvent, NodeSpec};
 use crate::config::{Config, Failover, PoolConfig, Protocol};
 use crate::metrics::{Metrics, PoolMetrics, ServerLabels};
 use crate::workers::Workers;
@@ -112,10 +112,7 @@ impl Pool {
                     .collect();
                 Shard {
                     name: s.name.as_str().into(),
-                    health: vec![Health::Down; nodes.len()],
-                    reasons: vec!["no health check yet".into(); nodes.len()],
-                    roles: vec![None; nodes.len()],
-                    former_masters: vec![false; nodes.len()],
+                    status: vec![NodeStatus::unchecked(); nodes.len()],
                     nodes,
                     master: 0,
                     replicated,

@@ -50,6 +50,30 @@ impl<N> PoolState<N> {
     }
 }
 
+/// What the pool knows of one node.
+#[derive(Clone, Debug)]
+pub struct NodeStatus {
+    pub health: Health,
+    /// What last changed `health`, for operators.
+    pub reason: Arc<str>,
+    /// What the node last said it is (Redis `ROLE`); `None` until it says.
+    pub says: Option<Role>,
+    /// It was the shard's master before a failover.
+    pub former_master: bool,
+}
+
+impl NodeStatus {
+    /// A node not checked yet: down until its first health check passes.
+    pub fn unchecked() -> NodeStatus {
+        NodeStatus {
+            health: Health::Down,
+            reason: "no health check yet".into(),
+            says: None,
+            former_master: false,
+        }
+    }
+}
+
 /// A shard: its name (its ring identity), its nodes, and which of them is its master now.
 /// Generic over the node type so routing rules are tested without sockets.
 #[derive(Clone, Debug)]
@@ -57,15 +81,10 @@ pub struct Shard<N = Arc<Node>> {
     pub name: Arc<str>,
     /// The configured master first, then the replicas in configuration order.
     pub nodes: Vec<N>,
-    /// Each node's health, and what last changed it.
-    pub health: Vec<Health>,
-    pub reasons: Vec<Arc<str>>,
+    /// What the pool knows of each node, in `nodes`' order.
+    pub status: Vec<NodeStatus>,
     /// The index in `nodes` of the master.
     pub master: usize,
-    /// What each node last said it is (Redis `ROLE`); `None` until it says.
-    pub roles: Vec<Option<Role>>,
-    /// Nodes that were this shard's master before a failover.
-    pub former_masters: Vec<bool>,
     /// A memcache shard with replicas: writes go to every node, and reads and writes go on
     /// while any node is up.
     pub replicated: bool,
@@ -96,15 +115,16 @@ impl<N> Shard<N> {
     /// Whether node `i` takes reads by preference: it passed its last check and nothing has
     /// failed on it since.
     pub fn is_up(&self, i: usize) -> bool {
-        self.health.get(i) == Some(&Health::Up)
+        self.status.get(i).is_some_and(|n| n.health == Health::Up)
     }
 
     /// Whether the master has stepped down: it says it is a replica, or it was seen as master
     /// and is down now.
     pub fn master_stepped_down(&self) -> bool {
-        match self.roles[self.master] {
+        let master = &self.status[self.master];
+        match master.says {
             Some(Role::Replica) => true,
-            Some(Role::Master) => self.health[self.master] == Health::Down,
+            Some(Role::Master) => master.health == Health::Down,
             None => false,
         }
     }
@@ -116,9 +136,8 @@ impl<N> Shard<N> {
             return None;
         }
         let mut claims = (0..self.nodes.len()).filter(|&i| {
-            i != self.master
-                && self.health[i] != Health::Down
-                && self.roles[i] == Some(Role::Master)
+            let node = &self.status[i];
+            i != self.master && node.health != Health::Down && node.says == Some(Role::Master)
         });
         match (claims.next(), claims.next()) {
             (Some(new), None) => Some(new),
@@ -129,8 +148,8 @@ impl<N> Shard<N> {
     /// Whether the shard can serve its keys: the master is not down, or for a replicated shard
     /// any node.
     pub fn serving(&self) -> bool {
-        let alive = |h: &Health| *h != Health::Down;
-        alive(&self.health[self.master]) || (self.replicated && self.health.iter().any(alive))
+        let alive = |n: &NodeStatus| n.health != Health::Down;
+        alive(&self.status[self.master]) || (self.replicated && self.status.iter().any(alive))
     }
 
     /// The node a command goes to, as an index in `nodes`: writes to the master, reads as
@@ -190,16 +209,18 @@ mod tests {
         Shard {
             name: "s".into(),
             nodes: vec![(); n],
-            health: (0..n)
-                .map(|i| match down.contains(&i) {
-                    true => Health::Down,
-                    false => Health::Up,
+            status: (0..n)
+                .map(|i| NodeStatus {
+                    health: match down.contains(&i) {
+                        true => Health::Down,
+                        false => Health::Up,
+                    },
+                    reason: "".into(),
+                    says: None,
+                    former_master: false,
                 })
                 .collect(),
-            reasons: vec!["".into(); n],
             master,
-            roles: vec![None; n],
-            former_masters: vec![false; n],
             replicated,
         }
     }
@@ -262,18 +283,24 @@ mod tests {
         assert_eq!(s.retry_index(0), 1, "none up: the next");
     }
 
+    fn says(s: &mut Shard<()>, roles: [Option<Role>; 3]) {
+        for (node, role) in s.status.iter_mut().zip(roles) {
+            node.says = role;
+        }
+    }
+
     #[test]
     fn the_master_follows_what_the_nodes_say_only_when_they_agree() {
         use Role::{Master, Replica};
         let mut s = shard(3, 0, &[], false);
         assert_eq!(s.master_by_roles(), None, "nothing said yet");
-        s.roles = vec![Some(Master), Some(Replica), Some(Replica)];
+        says(&mut s, [Some(Master), Some(Replica), Some(Replica)]);
         assert_eq!(s.master_by_roles(), None, "the master is master");
-        s.roles = vec![Some(Replica), Some(Replica), Some(Master)];
+        says(&mut s, [Some(Replica), Some(Replica), Some(Master)]);
         assert_eq!(s.master_by_roles(), Some(2));
-        s.roles = vec![Some(Replica), Some(Master), Some(Master)];
+        says(&mut s, [Some(Replica), Some(Master), Some(Master)]);
         assert_eq!(s.master_by_roles(), None, "two claim it: keep the master");
-        s.roles = vec![None, Some(Master), Some(Replica)];
+        says(&mut s, [None, Some(Master), Some(Replica)]);
         assert_eq!(s.master_by_roles(), None, "the master has not said");
     }
 
@@ -282,16 +309,16 @@ mod tests {
         use Role::{Master, Replica};
         // The master was seen as master, then went down; a replica was promoted by Sentinel.
         let mut s = shard(3, 0, &[0], false);
-        s.roles = vec![Some(Master), Some(Master), Some(Replica)];
+        says(&mut s, [Some(Master), Some(Master), Some(Replica)]);
         assert!(s.master_stepped_down());
         assert_eq!(s.master_by_roles(), Some(1));
         // A node that is down itself does not count as a claim.
         let mut s = shard(3, 0, &[0, 1], false);
-        s.roles = vec![Some(Master), Some(Master), Some(Replica)];
+        says(&mut s, [Some(Master), Some(Master), Some(Replica)]);
         assert_eq!(s.master_by_roles(), None);
         // Never seen as master: a node still starting up is not a master that stepped down.
         let mut s = shard(3, 0, &[0], false);
-        s.roles = vec![None, Some(Master), Some(Replica)];
+        says(&mut s, [None, Some(Master), Some(Replica)]);
         assert!(!s.master_stepped_down());
     }
 
