@@ -109,21 +109,22 @@ fn topology_json(topology: &Topology) -> String {
                 .map(|(i, shard)| {
                     let replicas: Vec<String> = (0..shard.nodes.len())
                         .filter(|&n| n != shard.master)
-                        .map(|n| format!("{{\"address\":{},\"up\":{}}}", json_string(&shard.nodes[n].addr.to_string()), shard.status[n].health != Health::Down))
+                        .map(|n| format!("{{\"address\":{},\"up\":{}}}", json_string(&shard.nodes[n].addr.to_string()), shard.status[n].state() != Health::Down))
                         .collect();
                     let nodes: Vec<String> = (0..shard.nodes.len())
                         .map(|n| {
                             format!(
-                                "{{\"address\":{},\"role\":\"{}\",\"state\":\"{}\",\"reason\":{},\"says\":{}}}",
+                                "{{\"address\":{},\"role\":\"{}\",\"state\":\"{}\",\"reason\":{},\"says\":{},\"keys\":{}}}",
                                 json_string(&shard.nodes[n].addr.to_string()),
                                 if n == shard.master { "master" } else { "replica" },
-                                shard.status[n].health.as_str(),
-                                json_string(&shard.status[n].reason),
-                                match shard.status[n].says {
+                                shard.status[n].state().as_str(),
+                                json_string(shard.status[n].why()),
+                                match shard.status[n].says() {
                                     Some(Role::Master) => "\"master\"",
                                     Some(Role::Replica) => "\"replica\"",
                                     None => "null",
                                 },
+                                shard.status[n].said.as_ref().map_or_else(|| "null".to_string(), |s| s.keys.to_string()),
                             )
                         })
                         .collect();
@@ -134,7 +135,7 @@ fn topology_json(topology: &Topology) -> String {
                         c.servers[i].weight,
                         state.on_ring(i),
                         json_string(&shard.master().addr.to_string()),
-                        shard.status[shard.master].health != Health::Down,
+                        shard.status[shard.master].state() != Health::Down,
                         replicas.join(","),
                         nodes.join(",")
                     )

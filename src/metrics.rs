@@ -5,7 +5,9 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry};
+use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
@@ -21,11 +23,25 @@ pub struct ServerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabels {
+    pub pool: String,
+    pub server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FailoverLabels {
     pub pool: String,
     pub server: String,
-    /// `followed`: the nodes said another node is master now.
+    /// `followed`: the nodes said another node is master now; `promoted`: the proxy promoted a
+    /// replica.
     pub reason: String,
+}
+
+/// A histogram of durations in seconds, from 10 ms to a minute.
+fn durations() -> Histogram {
+    Histogram::new([
+        0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+    ])
 }
 
 /// The metric families, registered once.
@@ -45,6 +61,23 @@ pub struct Metrics {
     server_up: Family<ServerLabels, Gauge>,
     server_state: Family<ServerLabels, Gauge>,
     failovers: Family<FailoverLabels, Counter>,
+    empty_master_restarts: Family<ShardLabels, Counter>,
+    promotion_seconds: Family<ShardLabels, Histogram, fn() -> Histogram>,
+    unwritable_seconds: Family<ShardLabels, Counter<f64, AtomicU64>>,
+}
+
+/// One server's (shard's) failover handles.
+#[derive(Clone, Debug)]
+pub struct ShardMetrics {
+    /// Writes moved to the node the nodes say is master.
+    pub followed: Counter,
+    /// The proxy promoted a replica.
+    pub promoted: Counter,
+    pub empty_master_restarts: Counter,
+    /// From the master found down to a replica promoted.
+    pub promotion_seconds: Histogram,
+    /// Time with no master to write to.
+    pub unwritable_seconds: Counter<f64, AtomicU64>,
 }
 
 /// One pool's handles.
@@ -128,6 +161,25 @@ impl Default for Metrics {
                 "server_state",
                 "The server's health: 2 up, 1 suspect (a recent failure), 0 down",
             ),
+            empty_master_restarts: family(
+                r,
+                "empty_master_restarts",
+                "Times a master restarted with fewer keys than its replicas (it would have wiped them)",
+            ),
+            promotion_seconds: {
+                let f = Family::new_with_constructor(durations as fn() -> Histogram);
+                r.register(
+                    "promotion_seconds",
+                    "From a master found down to a replica promoted in its place",
+                    f.clone(),
+                );
+                f
+            },
+            unwritable_seconds: family(
+                r,
+                "server_unwritable_seconds",
+                "Time a server had no master to take writes (its master down)",
+            ),
             registry: std::mem::take(r),
         }
     }
@@ -161,14 +213,27 @@ impl Metrics {
         }
     }
 
-    /// The counter of a server's failovers for `reason`.
-    pub fn failovers(&self, pool: &str, server: &str, reason: &str) -> Counter {
-        let labels = FailoverLabels {
+    /// A server's failover handles.
+    pub fn shard(&self, pool: &str, server: &str) -> ShardMetrics {
+        let failovers = |reason: &str| {
+            let labels = FailoverLabels {
+                pool: pool.to_string(),
+                server: server.to_string(),
+                reason: reason.to_string(),
+            };
+            self.failovers.get_or_create(&labels).clone()
+        };
+        let l = ShardLabels {
             pool: pool.to_string(),
             server: server.to_string(),
-            reason: reason.to_string(),
         };
-        self.failovers.get_or_create(&labels).clone()
+        ShardMetrics {
+            followed: failovers("followed"),
+            promoted: failovers("promoted"),
+            empty_master_restarts: self.empty_master_restarts.get_or_create(&l).clone(),
+            promotion_seconds: self.promotion_seconds.get_or_create(&l).clone(),
+            unwritable_seconds: self.unwritable_seconds.get_or_create(&l).clone(),
+        }
     }
 
     /// The Prometheus text exposition.

@@ -192,6 +192,21 @@ pub enum Role {
     Replica,
 }
 
+/// What a Redis node says of itself at a health check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Said {
+    pub role: Role,
+    /// Its replication offset: a master's own, or how much of its master's stream a replica
+    /// has taken in. Among replicas of a dead master, the largest has lost the least.
+    pub offset: u64,
+    /// Keys in the pool's database.
+    pub keys: u64,
+    /// Its process's run id: a new one means the node restarted.
+    pub run_id: Arc<str>,
+    /// The master a replica follows, as it names it.
+    pub follows: Option<Address>,
+}
+
 /// What a node reports to whoever keeps its pool's topology.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeEvent {
@@ -203,8 +218,8 @@ pub enum NodeEvent {
     },
     /// Connection attempts, requests or health checks failed `failure_limit` times in a row.
     FailedRepeatedly(NodeId),
-    /// The node says it is now `role` (Redis `ROLE`).
-    Role { node: NodeId, role: Role },
+    /// What the node says of itself changed (Redis `ROLE`, `DBSIZE`, run id).
+    Said { node: NodeId, said: Said },
 }
 
 /// What a node's connection and health tasks share with the node.
@@ -263,10 +278,10 @@ impl NodeShared {
         }
     }
 
-    fn report_role(&self, role: Role) {
-        let _ = self.events.send(NodeEvent::Role {
+    fn report(&self, said: Said) {
+        let _ = self.events.send(NodeEvent::Said {
             node: self.id,
-            role,
+            said,
         });
     }
 
@@ -397,7 +412,8 @@ impl Node {
         let shared = Arc::new(NodeShared {
             id: NodeId::next(),
             label: format!("{server_name} ({addr})").into(),
-            health: AtomicU8::new(Health::Down as u8),
+            // Not known yet: the first check's verdict, up or down, is reported either way.
+            health: AtomicU8::new(Health::Suspect as u8),
             failures: AtomicU32::new(0),
             metrics,
             events,
@@ -474,6 +490,19 @@ impl Node {
         self.check_now();
     }
 
+    /// Asks the node what it is now, on a connection of its own (a failover's fresh look).
+    pub async fn said_now(&self) -> Result<Said, Failure> {
+        let settings = &self.settings[0];
+        within(settings.timeout, health::Asker::default().said(settings)).await
+    }
+
+    /// Makes the node a master (`REPLICAOF NO ONE`), now.
+    pub async fn promote(&self) -> Result<(), Failure> {
+        let settings = &self.settings[0];
+        let mut asker = health::Asker::default();
+        within(settings.timeout, asker.replicate_from(settings, None)).await
+    }
+
     /// Runs a health check (with `ROLE`) now rather than at the next tick.
     pub fn check_now(&self) {
         self.shared.check_now.notify_one();
@@ -531,6 +560,16 @@ impl Node {
             job.reply_to.send(Err(self.shared.error(Failure::Closed)));
         }
     }
+}
+
+/// `work`, or a timeout failure when it takes longer than `limit`.
+async fn within<T>(
+    limit: Duration,
+    work: impl Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    tokio::time::timeout(limit, work)
+        .await
+        .unwrap_or(Err(Failure::Timeout(limit)))
 }
 
 /// The commands every new connection starts with, pre-encoded.

@@ -64,8 +64,10 @@ pub struct Config {
 pub struct HealthCheck {
     pub interval: Duration,
     pub timeout: Duration,
-    /// Consecutive failed checks that mark a node down.
+    /// Consecutive failed checks that mark a node down…
     pub failures: u32,
+    /// …and passed checks that bring a down node back.
+    pub successes: u32,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -299,6 +301,9 @@ impl PoolParts {
             }
             Protocol::Memcache if c.db != 0 => Some("db is for redis pools"),
             Protocol::Memcache if c.allow_keys => Some("allow_keys is for redis pools"),
+            Protocol::Memcache if c.failover == Failover::Promote => Some(
+                "failover: promote is for redis pools: a memcache server's replicas all take its writes already",
+            ),
             Protocol::Redis if self.memcache_only => {
                 Some("item_size_max and reject_past_exptime are for memcache pools")
             }

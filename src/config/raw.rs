@@ -69,6 +69,7 @@ struct RawHealthCheck {
     interval_ms: Option<u64>,
     timeout_ms: Option<u64>,
     failures: Option<u32>,
+    successes: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -279,6 +280,7 @@ fn base_pool(listen: &Spanned<Address>) -> PoolConfig {
             interval: millis(1000),
             timeout: millis(500),
             failures: 3,
+            successes: 1,
         },
         client_users: Vec::new(),
         backend_auth: None,
@@ -317,6 +319,7 @@ impl Pool {
                 interval: h.interval_ms.map_or(c.health_check.interval, millis),
                 timeout: h.timeout_ms.map_or(c.health_check.timeout, millis),
                 failures: h.failures.unwrap_or(c.health_check.failures).max(1),
+                successes: h.successes.unwrap_or(c.health_check.successes).max(1),
             };
         }
         if let Some(a) = p.auth

@@ -21,7 +21,7 @@ pools:
     server_connections: 2
     read_from: replica_preferred
     failover: eject
-    health_check: { interval_ms: 100, timeout_ms: 50, failures: 2 }
+    health_check: { interval_ms: 100, timeout_ms: 50, failures: 2, successes: 2 }
     servers:
       - name: shard-a
         weight: 1
@@ -46,6 +46,7 @@ fn full_schema() {
     assert_eq!(p.read_from, ReadFrom::ReplicaPreferred);
     assert_eq!(p.failover, Failover::Eject);
     assert_eq!(p.health_check.failures, 2);
+    assert_eq!(p.health_check.successes, 2);
     let ids: Vec<&str> = p.servers.iter().map(|s| s.identity.as_str()).collect();
     assert_eq!(ids, ["shard-a", "shard-b", "127.0.0.1:7002"]);
     assert_eq!(p.servers[0].replicas[0].to_string(), "127.0.0.1:7100");
@@ -183,7 +184,8 @@ fn mistakes_are_located() {
         (pool("    servers:\n      - { master: 'x:y' }\n"), "bad address 'x:y'"),
         (pool("    servers:\n      - 127.0.0.1:7000:1 a\n      - 127.0.0.1:7001:1 a\n"), "test.yml:6:9: duplicate server name 'a'"),
         (pool("    hash_tag: \"{\"\n    servers: [127.0.0.1:7000:1]\n"), "must be exactly two characters"),
-        (pool("    failover: promote\n    servers: [127.0.0.1:7000:1]\n"), "not supported yet"),
+        (pool("    failover: sentinel\n    servers: [127.0.0.1:7000:1]\n"), "not supported yet"),
+        (pool("    protocol: memcache\n    failover: promote\n    servers: [127.0.0.1:7000:1]\n"), "failover: promote is for redis pools"),
         (pool("    servers: []\n"), "has no servers"),
         (pool("    read_from: replica\n    servers: [127.0.0.1:7000:1]\n"), "has no replicas"),
         ("pools:\n  p:\n    listen: 127.0.0.1:6380\n".to_string(), "missing field `servers`"),

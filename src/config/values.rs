@@ -89,15 +89,17 @@ keywords! {
         /// It leaves the ring for the retry timeout and its keys rehash to the others
         /// (twemproxy's `auto_eject_hosts`).
         Eject = "eject",
+        /// A replica of its shard is promoted in its place (Redis).
+        Promote = "promote",
     }
 }
 
 impl<'de> Deserialize<'de> for Failover {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        if s == "promote" || s == "sentinel" {
+        if s == "sentinel" {
             return Err(de::Error::custom(format!(
-                "failover '{s}' is not supported yet (use none or eject)"
+                "failover '{s}' is not supported yet (use none, eject or promote)"
             )));
         }
         s.parse().map_err(de::Error::custom)
@@ -161,11 +163,12 @@ mod tests {
             Ok(ReadFrom::ReplicaPreferred)
         );
         assert_eq!("eject".parse::<Failover>(), Ok(Failover::Eject));
+        assert_eq!("promote".parse::<Failover>(), Ok(Failover::Promote));
         assert!(
-            "promote"
+            "sentinels"
                 .parse::<Failover>()
                 .unwrap_err()
-                .contains("expected one of: none, eject")
+                .contains("expected one of: none, eject, promote")
         );
         assert_eq!("{}".parse::<HashTag>(), Ok(HashTag(*b"{}")));
         assert!("{".parse::<HashTag>().is_err());

@@ -132,9 +132,7 @@ pub(super) mod testing {
         );
         let up = NodeStatus {
             health: Health::Up,
-            reason: "".into(),
-            says: None,
-            former_master: false,
+            ..NodeStatus::unchecked()
         };
         let shards = names
             .iter()

@@ -5,15 +5,17 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use prometheus_client::metrics::counter::Counter;
-use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::time::{Instant, sleep_until};
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until};
 
+use super::failover;
 use super::state::{PoolState, Shard};
-use crate::backend::{NodeEvent, NodeId, Role};
-use crate::config::PoolConfig;
+use crate::backend::{Health, NodeEvent, NodeId, Role};
+use crate::config::{Failover, PoolConfig};
+use crate::metrics::ShardMetrics;
 use crate::placement::Ring;
 
 /// Rings kept for sets of ejected servers that may recur.
@@ -24,11 +26,44 @@ pub(super) struct Keeper {
     shards: Vec<Shard>,
     /// When each ejected shard rejoins the ring.
     out_until: Vec<Option<Instant>>,
-    /// Per shard: times its writes moved to a node the nodes said is master.
-    followed: Vec<Counter>,
+    /// Per shard: its failover state and counters.
+    failover: Vec<ShardFailover>,
+    /// Where promotion tasks report.
+    promotions: UnboundedSender<Promotion>,
     /// Rings by the set of shards on them, the full ring among them.
     rings: HashMap<Vec<bool>, Arc<Ring>>,
     state: Arc<ArcSwap<PoolState>>,
+}
+
+/// A shard's failover bookkeeping.
+pub(super) struct ShardFailover {
+    metrics: ShardMetrics,
+    /// Since when its master has been down.
+    down_since: Option<Instant>,
+    /// Up to when its time without a master has been counted.
+    counted_until: Instant,
+    /// A promotion is under way.
+    promoting: bool,
+}
+
+impl ShardFailover {
+    pub(super) fn new(metrics: ShardMetrics) -> ShardFailover {
+        ShardFailover {
+            metrics,
+            down_since: None,
+            counted_until: Instant::now(),
+            promoting: false,
+        }
+    }
+}
+
+/// What a promotion task reports.
+pub(super) struct Promotion {
+    shard: usize,
+    /// The master it replaces.
+    replaces: NodeId,
+    /// The node that took the master's place, or why none did.
+    result: Result<failover::Successor, String>,
 }
 
 impl Keeper {
@@ -36,27 +71,40 @@ impl Keeper {
     pub(super) fn new(
         config: PoolConfig,
         shards: Vec<Shard>,
-        followed: Vec<Counter>,
-    ) -> (Keeper, Arc<ArcSwap<PoolState>>) {
+        failover: Vec<ShardFailover>,
+    ) -> (
+        Keeper,
+        Arc<ArcSwap<PoolState>>,
+        UnboundedReceiver<Promotion>,
+    ) {
         let live = vec![true; shards.len()];
         let ring = Arc::new(config.ring(&live));
         let state = Arc::new(ArcSwap::from_pointee(PoolState::new(
             ring.clone(),
             shards.clone(),
         )));
+        let (promotions, promoted) = mpsc::unbounded_channel();
         let keeper = Keeper {
             out_until: vec![None; shards.len()],
             rings: HashMap::from([(live, ring)]),
-            followed,
+            failover,
+            promotions,
             config,
             shards,
             state: state.clone(),
         };
-        (keeper, state)
+        (keeper, state, promoted)
     }
 
-    /// Applies node events until every node is gone.
-    pub(super) async fn run(mut self, mut events: UnboundedReceiver<NodeEvent>) {
+    /// Applies node events until every node is gone. Every health interval it also looks again
+    /// at each shard, so a promotion that failed is tried again.
+    pub(super) async fn run(
+        mut self,
+        mut events: UnboundedReceiver<NodeEvent>,
+        mut promoted: UnboundedReceiver<Promotion>,
+    ) {
+        let mut tick = interval(self.config.health_check.interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let next_return = self.out_until.iter().flatten().min().copied();
             let changed = tokio::select! {
@@ -64,10 +112,13 @@ impl Keeper {
                     Some(event) => self.apply(event),
                     None => return,
                 },
+                Some(promotion) = promoted.recv() => self.promoted(promotion),
                 _ = sleep_until(next_return.unwrap_or_else(Instant::now)), if next_return.is_some() => {
                     self.rejoin(Instant::now())
                 }
+                _ = tick.tick() => (0..self.shards.len()).fold(false, |changed, s| self.heal(s) | changed),
             };
+            self.count_unwritable(Instant::now());
             // A storm of failures from a dead node changes routing once, not per failure.
             if changed {
                 self.publish();
@@ -87,7 +138,7 @@ impl Keeper {
         let id = match &event {
             NodeEvent::Health { node, .. }
             | NodeEvent::FailedRepeatedly(node)
-            | NodeEvent::Role { node, .. } => *node,
+            | NodeEvent::Said { node, .. } => *node,
         };
         let Some((s, n)) = self.locate(id) else {
             return false;
@@ -96,17 +147,40 @@ impl Keeper {
             NodeEvent::Health { health, reason, .. } => {
                 let node = &mut self.shards[s].status[n];
                 node.reason = reason;
+                node.checked = true;
                 let changed = std::mem::replace(&mut node.health, health) != health;
                 // A master that went down may have been replaced by a node promoted elsewhere.
-                changed | self.follow_roles(s)
+                changed | self.heal(s)
             }
             NodeEvent::FailedRepeatedly(_) => self.eject(s),
-            NodeEvent::Role { role, .. } => {
-                let changed = self.shards[s].status[n].says.replace(role) != Some(role);
+            NodeEvent::Said { said, .. } => {
+                let (role, keys) = (said.role, said.keys);
+                let before = self.shards[s].status[n].said.replace(said);
+                // Offsets move with every write: only what operators read in /topology, or
+                // what routes, is worth a new snapshot.
+                let changed = before.as_ref().map(|b| (b.role, b.keys)) != Some((role, keys));
+                let guarded = self.guard(s, n, before.as_ref());
                 self.attach_former_master(s, n);
-                self.follow_roles(s) | changed
+                self.heal(s) | changed | guarded
             }
         }
+    }
+
+    /// Makes the shard writable again if its nodes allow: writes follow a node promoted
+    /// elsewhere, or with `failover: promote` a replica is promoted in place of a master that is
+    /// down. Returns whether routing changed now.
+    fn heal(&mut self, s: usize) -> bool {
+        if self.failover[s].promoting {
+            // Its outcome decides; until then what the nodes say may be its doing.
+            return false;
+        }
+        if self.follow_roles(s) {
+            return true;
+        }
+        if self.config.failover == Failover::Promote {
+            self.start_promotion(s);
+        }
+        false
     }
 
     /// Writes go where the nodes say the master is: when the shard's master has stepped down
@@ -125,14 +199,132 @@ impl Keeper {
         tracing::warn!(
             pool = %self.config.name,
             server = %shard.name,
-            "{} reports itself a replica; writes go to {}, which reports itself master",
+            "{} stepped down; writes go to {}, which reports itself master",
             shard.nodes[shard.master].label(),
             shard.nodes[new].label()
         );
         shard.status[shard.master].former_master = true;
         shard.master = new;
-        self.followed[s].inc();
+        self.failover[s].metrics.followed.inc();
         true
+    }
+
+    /// With `failover: promote`, when the shard's master has been found down by its checks
+    /// (not merely unchecked yet) and no promotion is under way, promotes one of the replicas
+    /// that are not down, off the keeper's loop; [`Keeper::promoted`] applies the outcome.
+    fn start_promotion(&mut self, s: usize) {
+        let shard = &self.shards[s];
+        let master = &shard.status[shard.master];
+        if self.failover[s].promoting
+            || shard.replicated
+            || !master.checked
+            || master.state() != Health::Down
+        {
+            return;
+        }
+        let candidates: Vec<_> = (0..shard.nodes.len())
+            .filter(|&i| i != shard.master && shard.status[i].state() != Health::Down)
+            .map(|i| (i, shard.nodes[i].clone()))
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        self.failover[s].promoting = true;
+        let replaces = shard.master().id();
+        let report = self.promotions.clone();
+        tokio::spawn(async move {
+            let result = failover::promote(candidates).await;
+            let _ = report.send(Promotion {
+                shard: s,
+                replaces,
+                result,
+            });
+        });
+    }
+
+    /// Applies a promotion's outcome: writes go to the promoted node, and the shard's other
+    /// nodes (the old master too, when it comes back) are made its replicas. Returns whether
+    /// routing changed.
+    fn promoted(&mut self, promotion: Promotion) -> bool {
+        let Promotion {
+            shard: s,
+            replaces,
+            result,
+        } = promotion;
+        let failover = &mut self.failover[s];
+        failover.promoting = false;
+        let shard = &mut self.shards[s];
+        if shard.master().id() != replaces {
+            // Writes moved meanwhile (the nodes said so): nothing left to do.
+            return false;
+        }
+        let successor = match result {
+            Ok(successor) => successor,
+            Err(why) => {
+                tracing::error!(pool = %self.config.name, server = %shard.name, "cannot promote a replica in place of {}: {why}", shard.master().label());
+                return false;
+            }
+        };
+        let (old, new) = (shard.master, successor.index);
+        tracing::warn!(
+            pool = %self.config.name,
+            server = %shard.name,
+            "{} {} in place of {} ({}); the other nodes now replicate from it",
+            match successor.promoted_here {
+                true => "promoted",
+                false => "writes go to the node promoted elsewhere,",
+            },
+            shard.nodes[new].label(),
+            shard.nodes[old].label(),
+            shard.status[old].why()
+        );
+        shard.status[old].former_master = true;
+        shard.master = new;
+        if let Some(said) = &mut shard.status[new].said {
+            said.role = Role::Master;
+        }
+        let addr = shard.nodes[new].addr.clone();
+        for (i, node) in shard.nodes.iter().enumerate() {
+            if i != new {
+                node.replicate_from(&addr);
+            }
+        }
+        if !successor.promoted_here {
+            failover.metrics.followed.inc();
+            return true;
+        }
+        failover.metrics.promoted.inc();
+        if let Some(since) = failover.down_since {
+            failover
+                .metrics
+                .promotion_seconds
+                .observe(since.elapsed().as_secs_f64());
+        }
+        true
+    }
+
+    /// The empty-master guard: a master that restarted with fewer keys than a replica that
+    /// still follows it is held down (so that it takes no writes and, with `failover: promote`,
+    /// a replica is promoted before the replicas resync from it and empty themselves), logged
+    /// and counted. It is released once it follows another node or nothing is left to wipe.
+    /// Returns whether routing changed.
+    fn guard(&mut self, s: usize, n: usize, before: Option<&crate::backend::Said>) -> bool {
+        let shard = &mut self.shards[s];
+        if let Some(why) = failover::restarted_empty(shard, n, before) {
+            tracing::error!(pool = %self.config.name, server = %shard.name, "{} {why}; it takes no writes until it follows another node or no replica has more keys", shard.nodes[n].label());
+            self.failover[s].metrics.empty_master_restarts.inc();
+            shard.status[n].restarted_empty = Some(why.into());
+            return true;
+        }
+        let mut released = false;
+        for i in 0..shard.nodes.len() {
+            if shard.status[i].restarted_empty.is_some() && failover::no_longer_wipes(shard, i) {
+                tracing::info!(pool = %self.config.name, server = %shard.name, "{} is no longer held down: it follows another node, or no replica has more keys", shard.nodes[i].label());
+                shard.status[i].restarted_empty = None;
+                released = true;
+            }
+        }
+        released
     }
 
     /// A node that was this shard's master and now claims to be master again beside the
@@ -143,9 +335,29 @@ impl Keeper {
         let current = shard.master;
         let node = &shard.status[n];
         let current_serves =
-            shard.is_up(current) && shard.status[current].says == Some(Role::Master);
-        if n != current && node.former_master && node.says == Some(Role::Master) && current_serves {
+            shard.is_up(current) && shard.status[current].says() == Some(Role::Master);
+        if n != current && node.former_master && node.says() == Some(Role::Master) && current_serves
+        {
             shard.nodes[n].replicate_from(&shard.nodes[current].addr);
+        }
+    }
+
+    /// Counts time without a master to write to, per shard, up to `now`.
+    fn count_unwritable(&mut self, now: Instant) {
+        for (shard, f) in self.shards.iter().zip(&mut self.failover) {
+            if let Some(since) = f.down_since {
+                let from = since.max(f.counted_until);
+                let unwritable: Duration = now.saturating_duration_since(from);
+                f.metrics
+                    .unwritable_seconds
+                    .inc_by(unwritable.as_secs_f64());
+            }
+            f.counted_until = now;
+            let master_found_down = shard.status[shard.master].checked && !shard.serving();
+            f.down_since = match !master_found_down {
+                true => None,
+                false => f.down_since.or(Some(now)),
+            };
         }
     }
 

@@ -3,6 +3,7 @@
 //! [`PoolState`] snapshot swapped atomically by the pool's keeper, so sessions see failover,
 //! ejection and, later, reloads on their next request without any lock.
 
+mod failover;
 mod keeper;
 mod scripts;
 mod state;
@@ -19,7 +20,7 @@ use crate::backend::{Node, NodeEvent, NodeSpec};
 use crate::config::{Config, Failover, PoolConfig, Protocol};
 use crate::metrics::{Metrics, PoolMetrics, ServerLabels};
 use crate::workers::Workers;
-use keeper::Keeper;
+use keeper::{Keeper, ShardFailover};
 
 /// Everything the proxy serves.
 pub struct Topology {
@@ -64,9 +65,10 @@ impl Topology {
             for (i, shard) in state.shards.iter().enumerate() {
                 if state.on_ring(i) && !shard.serving() {
                     problems.push(format!(
-                        "pool {}: master of {} is unreachable",
+                        "pool {}: master {} is down: {}",
                         pool.config.name,
-                        shard.master().label()
+                        shard.master().label(),
+                        shard.status[shard.master].why()
                     ));
                 }
             }
@@ -119,13 +121,13 @@ impl Pool {
                 }
             })
             .collect();
-        let followed = config
+        let failover = config
             .servers
             .iter()
-            .map(|s| metrics.failovers(&config.name, &s.name, "followed"))
+            .map(|s| ShardFailover::new(metrics.shard(&config.name, &s.name)))
             .collect();
-        let (keeper, state) = Keeper::new(config.clone(), shards, followed);
-        tokio::spawn(keeper.run(events_rx));
+        let (keeper, state, promoted) = Keeper::new(config.clone(), shards, failover);
+        tokio::spawn(keeper.run(events_rx, promoted));
         Pool {
             config: config.clone(),
             state,

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::{Health, Node, NodeId, Role};
+use crate::backend::{Health, Node, NodeId, Role, Said};
 use crate::config::ReadFrom;
 use crate::placement::Ring;
 
@@ -53,13 +53,19 @@ impl<N> PoolState<N> {
 /// What the pool knows of one node.
 #[derive(Clone, Debug)]
 pub struct NodeStatus {
+    /// What its checks and connections say.
     pub health: Health,
     /// What last changed `health`, for operators.
     pub reason: Arc<str>,
-    /// What the node last said it is (Redis `ROLE`); `None` until it says.
-    pub says: Option<Role>,
+    /// Its health has been reported at least once: a node found down, not merely unchecked.
+    pub checked: bool,
+    /// What the node last said of itself (Redis); `None` until it says.
+    pub said: Option<Said>,
     /// It was the shard's master before a failover.
     pub former_master: bool,
+    /// Why the node is held down whatever its checks say: it is a master that restarted with
+    /// fewer keys than its replicas, whose data it would wipe.
+    pub restarted_empty: Option<Arc<str>>,
 }
 
 impl NodeStatus {
@@ -68,9 +74,29 @@ impl NodeStatus {
         NodeStatus {
             health: Health::Down,
             reason: "no health check yet".into(),
-            says: None,
+            checked: false,
+            said: None,
             former_master: false,
+            restarted_empty: None,
         }
+    }
+
+    /// The health that routes: down while it is held down.
+    pub fn state(&self) -> Health {
+        match self.restarted_empty {
+            Some(_) => Health::Down,
+            None => self.health,
+        }
+    }
+
+    /// Why it is in its state.
+    pub fn why(&self) -> &Arc<str> {
+        self.restarted_empty.as_ref().unwrap_or(&self.reason)
+    }
+
+    /// What the node last said it is.
+    pub fn says(&self) -> Option<Role> {
+        self.said.as_ref().map(|s| s.role)
     }
 }
 
@@ -115,16 +141,16 @@ impl<N> Shard<N> {
     /// Whether node `i` takes reads by preference: it passed its last check and nothing has
     /// failed on it since.
     pub fn is_up(&self, i: usize) -> bool {
-        self.status.get(i).is_some_and(|n| n.health == Health::Up)
+        self.status.get(i).is_some_and(|n| n.state() == Health::Up)
     }
 
     /// Whether the master has stepped down: it says it is a replica, or it was seen as master
     /// and is down now.
     pub fn master_stepped_down(&self) -> bool {
         let master = &self.status[self.master];
-        match master.says {
+        match master.says() {
             Some(Role::Replica) => true,
-            Some(Role::Master) => master.health == Health::Down,
+            Some(Role::Master) => master.state() == Health::Down,
             None => false,
         }
     }
@@ -137,7 +163,7 @@ impl<N> Shard<N> {
         }
         let mut claims = (0..self.nodes.len()).filter(|&i| {
             let node = &self.status[i];
-            i != self.master && node.health != Health::Down && node.says == Some(Role::Master)
+            i != self.master && node.state() != Health::Down && node.says() == Some(Role::Master)
         });
         match (claims.next(), claims.next()) {
             (Some(new), None) => Some(new),
@@ -148,7 +174,7 @@ impl<N> Shard<N> {
     /// Whether the shard can serve its keys: the master is not down, or for a replicated shard
     /// any node.
     pub fn serving(&self) -> bool {
-        let alive = |n: &NodeStatus| n.health != Health::Down;
+        let alive = |n: &NodeStatus| n.state() != Health::Down;
         alive(&self.status[self.master]) || (self.replicated && self.status.iter().any(alive))
     }
 
@@ -215,9 +241,7 @@ mod tests {
                         true => Health::Down,
                         false => Health::Up,
                     },
-                    reason: "".into(),
-                    says: None,
-                    former_master: false,
+                    ..NodeStatus::unchecked()
                 })
                 .collect(),
             master,
@@ -285,7 +309,13 @@ mod tests {
 
     fn says(s: &mut Shard<()>, roles: [Option<Role>; 3]) {
         for (node, role) in s.status.iter_mut().zip(roles) {
-            node.says = role;
+            node.said = role.map(|role| Said {
+                role,
+                offset: 0,
+                keys: 0,
+                run_id: "".into(),
+                follows: None,
+            });
         }
     }
 

@@ -270,6 +270,11 @@ impl Server {
         assert!(status.success());
     }
 
+    /// How many keys the redis-server holds, asked directly.
+    pub fn dbsize(&self) -> u64 {
+        redis::cmd("DBSIZE").query(&mut self.client()).unwrap()
+    }
+
     /// A direct redis connection, bypassing the proxy.
     pub fn client(&self) -> redis::Connection {
         redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
@@ -454,6 +459,18 @@ pub fn pool_config(port: u16, servers: &[String], extra: &str) -> String {
         yaml.push_str(&format!("      - {s}\n"));
     }
     yaml
+}
+
+/// `master` and `replica` behind one server (`one`) of a pool with `extra` lines.
+pub fn one_server(master: Redis, replica: Redis, extra: &str) -> (Redis, Redis, u16, Proxy) {
+    let port = free_port();
+    let server = format!(
+        "{{ name: one, master: \"{}\", replicas: [\"{}\"] }}",
+        master.addr(),
+        replica.addr()
+    );
+    let proxy = Proxy::start(&pool_config(port, &[server], extra), port);
+    (master, replica, port, proxy)
 }
 
 /// Three redis-server shards (named `{name}0`..`{name}2`) behind one ringproxy pool with `extra`

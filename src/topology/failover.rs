@@ -1,0 +1,251 @@
+//! The decisions of a failover, apart from the keeper that applies them: which replica takes a
+//! dead master's place, and whether a master that restarted would wipe its replicas.
+
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+
+use super::state::Shard;
+use crate::backend::{Node, Role, Said};
+use crate::config::Address;
+
+/// Which of `answers` (node index, its address, what it says now) should be the shard's
+/// master, so that every instance that asks picks the same node:
+/// 1. a node that already says it is master (another instance, or an operator, promoted it);
+/// 2. a node another candidate follows already (another instance chose it and is repointing
+///    the rest: its offset no longer compares with theirs);
+/// 3. the replica with the largest replication offset (it has lost the least);
+/// 4. the first in configuration order.
+pub fn successor(answers: &[(usize, Address, Said)]) -> Option<usize> {
+    let followed = |addr: &Address| {
+        answers
+            .iter()
+            .any(|(_, _, said)| said.follows.as_ref() == Some(addr))
+    };
+    answers
+        .iter()
+        .max_by_key(|(i, addr, said)| {
+            (
+                said.role == Role::Master,
+                followed(addr),
+                said.offset,
+                std::cmp::Reverse(*i),
+            )
+        })
+        .map(|(i, _, _)| *i)
+}
+
+/// The node that takes a dead master's place.
+#[derive(Debug)]
+pub struct Successor {
+    pub index: usize,
+    /// Whether this instance promoted it, rather than found it promoted already.
+    pub promoted_here: bool,
+}
+
+/// Asks `candidates` (node index, node) what they are now, picks the [`successor`] and makes it
+/// a master (`REPLICAOF NO ONE`) unless it is one already.
+pub async fn promote(candidates: Vec<(usize, Arc<Node>)>) -> Result<Successor, String> {
+    let mut asked = JoinSet::new();
+    for (i, node) in candidates.iter().cloned() {
+        asked.spawn(async move {
+            let said = node.said_now().await;
+            (
+                i,
+                node.addr.clone(),
+                said.map_err(|why| format!("{}: {why}", node.label())),
+            )
+        });
+    }
+    let mut answers = Vec::new();
+    let mut failures = Vec::new();
+    while let Some(Ok((i, addr, said))) = asked.join_next().await {
+        match said {
+            Ok(said) => answers.push((i, addr, said)),
+            Err(why) => failures.push(why),
+        }
+    }
+    let Some(chosen) = successor(&answers) else {
+        return Err(format!("no replica answered ({})", failures.join("; ")));
+    };
+    let already = answers
+        .iter()
+        .any(|(i, _, said)| *i == chosen && said.role == Role::Master);
+    if !already {
+        let node = &candidates
+            .iter()
+            .find(|(i, _)| *i == chosen)
+            .expect("asked")
+            .1;
+        node.promote()
+            .await
+            .map_err(|why| format!("{}: REPLICAOF NO ONE failed: {why}", node.label()))?;
+    }
+    Ok(Successor {
+        index: chosen,
+        promoted_here: !already,
+    })
+}
+
+/// Whether node `n`, the shard's master, has just restarted with fewer keys than a replica
+/// still following it: its replicas would resync from it and empty themselves. `before` is what
+/// it said before this report. Returns why, for operators.
+pub fn restarted_empty<N>(shard: &Shard<N>, n: usize, before: Option<&Said>) -> Option<String> {
+    let now = shard.status[n].said.as_ref()?;
+    let before = before?;
+    if n != shard.master || now.role != Role::Master || before.run_id == now.run_id {
+        return None;
+    }
+    let most = most_keys_on_replicas(shard, n)?;
+    (now.keys < most).then(|| {
+        format!(
+            "restarted (run id {} is new) with {} keys while a replica holds {most}: it would wipe its replicas",
+            now.run_id, now.keys
+        )
+    })
+}
+
+/// Whether a node held down as restarted empty no longer threatens anyone: it follows another
+/// node now, or no replica holds more keys than it.
+pub fn no_longer_wipes<N>(shard: &Shard<N>, n: usize) -> bool {
+    let Some(said) = &shard.status[n].said else {
+        return false;
+    };
+    said.role == Role::Replica
+        || most_keys_on_replicas(shard, n).is_none_or(|most| said.keys >= most)
+}
+
+/// The most keys a node other than `n` holds while saying it is a replica.
+fn most_keys_on_replicas<N>(shard: &Shard<N>, n: usize) -> Option<u64> {
+    (0..shard.nodes.len())
+        .filter(|&i| i != n)
+        .filter_map(|i| shard.status[i].said.as_ref())
+        .filter(|said| said.role == Role::Replica)
+        .map(|said| said.keys)
+        .max()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::NodeStatus;
+
+    fn said(role: Role, offset: u64, keys: u64, run_id: &str) -> Said {
+        Said {
+            role,
+            offset,
+            keys,
+            run_id: run_id.into(),
+            follows: None,
+        }
+    }
+
+    #[test]
+    fn the_successor_is_the_one_chosen_already_then_the_most_advanced_then_the_first() {
+        use Role::{Master, Replica};
+        let addr = |i: usize| Address {
+            host: "h".into(),
+            port: 7000 + i as u16,
+        };
+        let pick = |answers: &[(usize, Said)]| {
+            let answers: Vec<_> = answers
+                .iter()
+                .map(|(i, said)| (*i, addr(*i), said.clone()))
+                .collect();
+            successor(&answers)
+        };
+        assert_eq!(pick(&[]), None);
+        assert_eq!(
+            pick(&[
+                (1, said(Replica, 10, 0, "a")),
+                (2, said(Replica, 12, 0, "b"))
+            ]),
+            Some(2)
+        );
+        assert_eq!(
+            pick(&[
+                (2, said(Replica, 12, 0, "b")),
+                (1, said(Replica, 12, 0, "a"))
+            ]),
+            Some(1),
+            "a tie goes to configuration order, whatever the answers' order"
+        );
+        assert_eq!(
+            pick(&[(1, said(Replica, 99, 0, "a")), (2, said(Master, 3, 0, "b"))]),
+            Some(2),
+            "promoted already elsewhere"
+        );
+        // Another instance promoted 1 and repointed 2, whose offset then went past 1's last
+        // answer as a replica: 1 still wins.
+        let repointed = Said {
+            follows: Some(addr(1)),
+            ..said(Replica, 50, 0, "b")
+        };
+        assert_eq!(
+            pick(&[(1, said(Replica, 40, 0, "a")), (2, repointed)]),
+            Some(1)
+        );
+    }
+
+    fn shard(saids: Vec<Option<Said>>) -> Shard<()> {
+        Shard {
+            name: "s".into(),
+            nodes: vec![(); saids.len()],
+            status: saids
+                .into_iter()
+                .map(|said| NodeStatus {
+                    said,
+                    ..NodeStatus::unchecked()
+                })
+                .collect(),
+            master: 0,
+            replicated: false,
+        }
+    }
+
+    #[test]
+    fn a_master_back_with_a_new_run_id_and_fewer_keys_than_a_replica_would_wipe_it() {
+        use Role::{Master, Replica};
+        let before = said(Master, 500, 1030, "old");
+        let s = shard(vec![
+            Some(said(Master, 0, 0, "new")),
+            Some(said(Replica, 500, 1030, "r")),
+        ]);
+        let why = restarted_empty(&s, 0, Some(&before)).unwrap();
+        assert!(why.contains("0 keys while a replica holds 1030"), "{why}");
+        assert!(!no_longer_wipes(&s, 0));
+        // Same process: a master that lost keys to expiry or DEL is not a restart.
+        let same = said(Master, 0, 0, "new");
+        assert_eq!(restarted_empty(&s, 0, Some(&same)), None);
+        // Nothing known from before (the proxy just started): no verdict.
+        assert_eq!(restarted_empty(&s, 0, None), None);
+        // Restarted with its data (persistence): nothing to wipe.
+        let s = shard(vec![
+            Some(said(Master, 0, 1030, "new")),
+            Some(said(Replica, 500, 1030, "r")),
+        ]);
+        assert_eq!(restarted_empty(&s, 0, Some(&before)), None);
+        assert!(no_longer_wipes(&s, 0));
+        // A replica is not a master that restarted.
+        let s = shard(vec![
+            Some(said(Master, 0, 5, "m")),
+            Some(said(Replica, 0, 0, "new")),
+        ]);
+        assert_eq!(restarted_empty(&s, 1, Some(&before)), None);
+    }
+
+    #[test]
+    fn a_held_master_is_released_once_it_follows_or_nothing_is_left_to_wipe() {
+        use Role::{Master, Replica};
+        let s = shard(vec![
+            Some(said(Replica, 0, 0, "new")),
+            Some(said(Master, 500, 1030, "r")),
+        ]);
+        assert!(no_longer_wipes(&s, 0), "it follows another node");
+        let s = shard(vec![
+            Some(said(Master, 0, 0, "new")),
+            Some(said(Replica, 0, 0, "r")),
+        ]);
+        assert!(no_longer_wipes(&s, 0), "the replica resynced already");
+    }
+}

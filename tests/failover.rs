@@ -1,0 +1,482 @@
+//! Failover against real redis-server masters and replicas: writes following the roles the
+//! nodes report, `failover: promote` under load through two proxy instances, and the
+//! empty-master guard.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use redis::Commands;
+
+/// `server` follows `of` (REPLICAOF).
+fn replica_of(server: &Redis, of: &Redis) {
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(of.port)
+        .query(&mut server.client())
+        .unwrap();
+}
+
+/// A failover made outside the proxy: `replica` becomes master and `master` follows it.
+fn swap_roles(master: &Redis, replica: &Redis) {
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut replica.client())
+        .unwrap();
+    replica_of(master, replica);
+}
+
+/// A master and a replica that really replicates from it, behind one server.
+fn replicating_pair(extra: &str) -> (Redis, Redis, u16, Proxy) {
+    // Full syncs start at once rather than after redis' default 5 s wait for more replicas.
+    let quick = ["--repl-diskless-sync-delay", "0"];
+    let (master, replica) = (Redis::start_with(&quick), Redis::start_with(&quick));
+    replica_of(&replica, &master);
+    one_server(master, replica, extra)
+}
+
+#[test]
+fn writes_follow_a_failover_made_outside_the_proxy() {
+    let (master, replica, port, proxy) =
+        replicating_pair("    health_check: { interval_ms: 50, timeout_ms: 200, failures: 3 }\n");
+    let says = |server: &Redis, role: &str, says: &str| {
+        format!(
+            "{{\"address\":\"{}\",\"role\":\"{role}\",\"state\":\"up\",\"reason\":\"health check passed\",\"says\":\"{says}\"",
+            server.addr()
+        )
+    };
+    wait_until("roles known", Duration::from_secs(10), || {
+        let (_, topology) = proxy.http("/topology");
+        topology.contains(&says(&master, "master", "master"))
+            && topology.contains(&says(&replica, "replica", "replica"))
+    });
+    let mut c = connect(port);
+    let _: () = c.set("before", 1).unwrap();
+    wait_until("replicated", Duration::from_secs(10), || {
+        replica.client().get::<_, Option<i64>>("before").unwrap() == Some(1)
+    });
+    // An operator (or Sentinel, or another instance) swaps the roles.
+    swap_roles(&master, &replica);
+    wait_until(
+        "writes follow the new master",
+        Duration::from_secs(10),
+        || {
+            proxy
+                .http("/topology")
+                .1
+                .contains(&says(&replica, "master", "master"))
+        },
+    );
+    let _: () = c.set("after", 2).unwrap();
+    assert_eq!(replica.client().get::<_, i64>("after").unwrap(), 2);
+    assert_eq!(c.get::<_, i64>("before").unwrap(), 1);
+    let followed = "ringproxy_failovers_total{pool=\"main\",server=\"one\",reason=\"followed\"}";
+    assert_eq!(metric(&proxy.http("/metrics").1, followed), 1);
+    // The former master claims to be master again (restarted with its old configuration): the
+    // proxy makes it follow the current one, whose data wins, and writes stay there.
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut master.client())
+        .unwrap();
+    wait_until("the former master follows", Duration::from_secs(10), || {
+        info_text(&master, "replication").contains(&format!(
+            "role:slave\r\nmaster_host:127.0.0.1\r\nmaster_port:{}\r\n",
+            replica.port
+        ))
+    });
+    let _: () = c.set("later", 3).unwrap();
+    assert_eq!(replica.client().get::<_, i64>("later").unwrap(), 3);
+}
+
+#[test]
+fn a_write_answered_readonly_makes_the_proxy_ask_the_roles_at_once() {
+    // Health checks far apart: only the READONLY reply can make the proxy look again soon.
+    let (master, replica, port, proxy) = replicating_pair(
+        "    health_check: { interval_ms: 60000, timeout_ms: 500, failures: 3 }\n",
+    );
+    proxy.wait_ready(true);
+    swap_roles(&master, &replica);
+    let mut r = Raw::connect(port);
+    r.send(&command(&[b"SET", b"k", b"1"]));
+    let line = r.read_line();
+    assert!(line.starts_with("-READONLY"), "{line}");
+    let mut c = connect(port);
+    let started = Instant::now();
+    wait_until("writes on the new master", Duration::from_secs(5), || {
+        c.set::<_, _, ()>("k", 2).is_ok()
+    });
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(replica.client().get::<_, i64>("k").unwrap(), 2);
+}
+
+#[test]
+fn writes_follow_a_replica_promoted_elsewhere_after_the_master_dies() {
+    let (mut master, replica, port, proxy) =
+        replicating_pair("    health_check: { interval_ms: 50, timeout_ms: 200, failures: 3 }\n");
+    wait_until("roles known", Duration::from_secs(10), || {
+        proxy.http("/topology").1.contains(&format!(
+            "{{\"address\":\"{}\",\"role\":\"replica\",\"state\":\"up\",\"reason\":\"health check passed\",\"says\":\"replica\"",
+            replica.addr()
+        ))
+    });
+    master.kill();
+    // Sentinel, or an operator, promotes the replica.
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut replica.client())
+        .unwrap();
+    let mut c = connect(port);
+    wait_until(
+        "writes on the promoted replica",
+        Duration::from_secs(10),
+        || c.set::<_, _, ()>("k", "after").is_ok(),
+    );
+    assert_eq!(replica.client().get::<_, String>("k").unwrap(), "after");
+}
+
+/// Health checks as operators set them for a quick failover: a dead node is found within
+/// 3 × 200 ms.
+const FAST_CHECKS: &str = "    health_check: { interval_ms: 200, timeout_ms: 200, failures: 3 }\n";
+
+/// One server (`one`): a master and replicas that replicate from it, behind `instances`
+/// ringproxy instances configured alike with `extra` pool lines.
+struct Replicated {
+    master: Redis,
+    replicas: Vec<Redis>,
+    /// Each instance's pool port and process.
+    instances: Vec<(u16, Proxy)>,
+}
+
+/// Full syncs start at once rather than after redis' default 5 s wait for more replicas.
+const QUICK_SYNC: [&str; 2] = ["--repl-diskless-sync-delay", "0"];
+
+fn replicated(replicas: usize, master_args: &[&str], extra: &str, instances: usize) -> Replicated {
+    let master = Redis::start_with(master_args);
+    let replicas: Vec<Redis> = (0..replicas)
+        .map(|_| Redis::start_with(&QUICK_SYNC))
+        .collect();
+    for r in &replicas {
+        replica_of(r, &master);
+    }
+    wait_until("replicas in sync", Duration::from_secs(20), || {
+        replicas
+            .iter()
+            .all(|r| info_text(r, "replication").contains("master_link_status:up"))
+    });
+    let names: Vec<String> = replicas
+        .iter()
+        .map(|r| format!("\"{}\"", r.addr()))
+        .collect();
+    let server = format!(
+        "{{ name: one, master: \"{}\", replicas: [{}] }}",
+        master.addr(),
+        names.join(", ")
+    );
+    let instances = (0..instances)
+        .map(|_| {
+            let port = free_port();
+            (
+                port,
+                Proxy::start(
+                    &pool_config(port, std::slice::from_ref(&server), extra),
+                    port,
+                ),
+            )
+        })
+        .collect();
+    Replicated {
+        master,
+        replicas,
+        instances,
+    }
+}
+
+/// What a node looks like in /topology once it is up and has said what it is.
+fn node_seen(server: &Redis, role: &str) -> String {
+    format!(
+        "{{\"address\":\"{}\",\"role\":\"{role}\",\"state\":\"up\",\"reason\":\"health check passed\",\"says\":\"{role}\"",
+        server.addr()
+    )
+}
+
+/// The address /topology gives as server `one`'s master.
+fn routed_master(proxy: &Proxy) -> String {
+    let topology = proxy.http("/topology").1;
+    let (_, rest) = topology.split_once("\"master\":{\"address\":\"").unwrap();
+    rest.split('"').next().unwrap().to_string()
+}
+
+impl Replicated {
+    /// Waits until every instance has seen every node up and saying what it is.
+    fn wait_roles_known(&self) {
+        for (_, proxy) in &self.instances {
+            wait_until("roles known", Duration::from_secs(10), || {
+                let topology = proxy.http("/topology").1;
+                topology.contains(&node_seen(&self.master, "master"))
+                    && self
+                        .replicas
+                        .iter()
+                        .all(|r| topology.contains(&node_seen(r, "replica")))
+            });
+        }
+    }
+
+    /// Waits until every instance has seen every node holding `keys` keys.
+    fn wait_keys_seen(&self, keys: u64) {
+        for (_, proxy) in &self.instances {
+            wait_until("key counts seen", Duration::from_secs(10), || {
+                let topology = proxy.http("/topology").1;
+                topology.matches(&format!(",\"keys\":{keys}}}")).count() == 1 + self.replicas.len()
+            });
+        }
+    }
+}
+
+/// What a writer saw: the numbers of the writes acknowledged, with when, and when writes
+/// failed.
+#[derive(Default)]
+struct Writes {
+    acked: Vec<(u64, Instant)>,
+    failed: Vec<Instant>,
+}
+
+/// Writes `SET <prefix><n> <n>` through `port` for n = 0, 1, … until `stop` (at most a million),
+/// reconnecting when the connection breaks.
+fn write_until(port: u16, prefix: &str, stop: &AtomicBool) -> Writes {
+    let mut seen = Writes::default();
+    let mut c = connect(port);
+    for n in 0..1_000_000u64 {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        match c.set::<_, _, ()>(format!("{prefix}{n}"), n) {
+            Ok(()) => seen.acked.push((n, Instant::now())),
+            Err(e) => {
+                seen.failed.push(Instant::now());
+                if e.is_io_error() || e.is_connection_dropped() {
+                    c = connect(port);
+                }
+            }
+        }
+    }
+    seen
+}
+
+#[test]
+fn a_killed_master_is_replaced_by_a_promoted_replica_within_two_seconds() {
+    let extra = format!("    failover: promote\n    read_from: replica_preferred\n{FAST_CHECKS}");
+    let mut shard = replicated(2, &QUICK_SYNC, &extra, 2);
+    shard.wait_roles_known();
+    let _: () = connect(shard.instances[0].0).set("seed", "kept").unwrap();
+    wait_until("the seed replicated", Duration::from_secs(10), || {
+        shard
+            .replicas
+            .iter()
+            .all(|r| r.client().exists("seed").unwrap())
+    });
+    let stop = AtomicBool::new(false);
+    let old_master = shard.master.addr();
+    let (writes, reads, killed) = std::thread::scope(|scope| {
+        let writers: Vec<_> = shard
+            .instances
+            .iter()
+            .enumerate()
+            .map(|(i, (port, _))| {
+                let stop = &stop;
+                scope.spawn(move || write_until(*port, &format!("w{i}:"), stop))
+            })
+            .collect();
+        let reader = scope.spawn(|| {
+            let mut c = connect(shard.instances[0].0);
+            let mut outcomes = Vec::new();
+            while !stop.load(Ordering::Relaxed) && outcomes.len() < 1_000_000 {
+                outcomes.push(c.get::<_, String>("seed"));
+            }
+            outcomes
+        });
+        wait_until("writes before the kill", Duration::from_secs(10), || {
+            shard.master.dbsize() > 2_000
+        });
+        let killed = Instant::now();
+        shard.master.kill();
+        for (_, proxy) in &shard.instances {
+            wait_until("a replica promoted", Duration::from_secs(10), || {
+                routed_master(proxy) != old_master
+            });
+        }
+        let promoted = routed_master(&shard.instances[0].1);
+        let promoted = shard
+            .replicas
+            .iter()
+            .find(|r| r.addr() == promoted)
+            .unwrap();
+        let before = promoted.dbsize();
+        wait_until(
+            "writes after the promotion",
+            Duration::from_secs(10),
+            || promoted.dbsize() > before + 2_000,
+        );
+        stop.store(true, Ordering::Relaxed);
+        let writes: Vec<Writes> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+        (writes, reader.join().unwrap(), killed)
+    });
+    // Every instance routes writes to the same node, a former replica.
+    let masters: Vec<String> = shard
+        .instances
+        .iter()
+        .map(|(_, p)| routed_master(p))
+        .collect();
+    assert_eq!(masters[0], masters[1]);
+    let new_master = shard
+        .replicas
+        .iter()
+        .find(|r| r.addr() == masters[0])
+        .unwrap();
+    for (i, w) in writes.iter().enumerate() {
+        let outage = w
+            .failed
+            .last()
+            .map_or(Duration::ZERO, |t| t.duration_since(killed));
+        println!(
+            "instance {i}: {} writes acknowledged, {} failed, writes back {outage:?} after the kill",
+            w.acked.len(),
+            w.failed.len()
+        );
+        assert!(
+            outage < Duration::from_secs(2),
+            "instance {i}: writes failed until {outage:?} after the kill"
+        );
+    }
+    // Reads of the replicas never stopped.
+    let failed_reads: Vec<_> = reads.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed_reads.is_empty(),
+        "{} of {} reads failed: {:?}",
+        failed_reads.len(),
+        reads.len(),
+        &failed_reads[..1]
+    );
+    assert!(reads.iter().all(|r| r.as_deref().ok() == Some("kept")));
+    // The old master comes back empty: it is made a replica of the new one and wipes nobody.
+    shard.master.restart();
+    wait_until(
+        "the old master follows the new one",
+        Duration::from_secs(10),
+        || {
+            info_text(&shard.master, "replication").contains(&format!(
+                "role:slave\r\nmaster_host:127.0.0.1\r\nmaster_port:{}\r\nmaster_link_status:up",
+                new_master.port
+            ))
+        },
+    );
+    let mut lost = 0;
+    let mut c = new_master.client();
+    for (i, w) in writes.iter().enumerate() {
+        for (n, at) in &w.acked {
+            if !c.exists::<_, bool>(format!("w{i}:{n}")).unwrap() {
+                lost += 1;
+                assert!(
+                    *at <= killed,
+                    "w{i}:{n} was acknowledged after the kill and lost"
+                );
+                println!(
+                    "lost w{i}:{n}, acknowledged {:?} before the kill",
+                    killed - *at
+                );
+            }
+        }
+    }
+    println!("{lost} acknowledged writes lost");
+    assert!(lost <= 10, "{lost} acknowledged writes lost");
+    let metrics: Vec<String> = shard
+        .instances
+        .iter()
+        .map(|(_, p)| p.http("/metrics").1)
+        .collect();
+    let promoted = "ringproxy_failovers_total{pool=\"main\",server=\"one\",reason=\"promoted\"}";
+    let followed = "ringproxy_failovers_total{pool=\"main\",server=\"one\",reason=\"followed\"}";
+    for m in &metrics {
+        assert_eq!(metric(m, promoted) + metric(m, followed), 1, "{m}");
+    }
+    assert!(metrics.iter().any(|m| metric(m, promoted) == 1));
+}
+
+/// Writes `count` keys `<prefix><n>` through `port`.
+fn write_keys(port: u16, prefix: &str, count: u64) {
+    let mut c = connect(port);
+    let mut pipe = redis::pipe();
+    for n in 0..count {
+        pipe.set(format!("{prefix}{n}"), n).ignore();
+    }
+    let _: () = pipe.query(&mut c).unwrap();
+}
+
+/// The master restarts empty faster than three failed checks: redis' default 5 s wait before a
+/// full sync is what gives the guard its time.
+const DEFAULT_SYNC_DELAY: [&str; 2] = ["--repl-diskless-sync-delay", "5"];
+
+#[test]
+fn a_master_restarted_empty_before_it_is_found_down_is_held_and_a_replica_promoted() {
+    let extra = format!("    failover: promote\n{FAST_CHECKS}");
+    let mut shard = replicated(1, &DEFAULT_SYNC_DELAY, &extra, 1);
+    shard.wait_roles_known();
+    let port = shard.instances[0].0;
+    write_keys(port, "k", 1_000);
+    shard.wait_keys_seen(1_000);
+    shard.master.kill();
+    shard.master.restart();
+    let proxy = &shard.instances[0].1;
+    let replica = &shard.replicas[0];
+    wait_until("the replica promoted", Duration::from_secs(10), || {
+        routed_master(proxy) == replica.addr()
+    });
+    assert_eq!(replica.dbsize(), 1_000, "the replica kept its keys");
+    wait_until("the empty master follows", Duration::from_secs(10), || {
+        info_text(&shard.master, "replication").contains("role:slave")
+    });
+    let mut c = connect(port);
+    for n in [0, 499, 999] {
+        assert_eq!(c.get::<_, u64>(format!("k{n}")).unwrap(), n);
+    }
+    let _: () = c.set("after", 1).unwrap();
+    let metrics = proxy.http("/metrics").1;
+    assert_eq!(
+        metric(
+            &metrics,
+            "ringproxy_empty_master_restarts_total{pool=\"main\",server=\"one\"}"
+        ),
+        1
+    );
+}
+
+#[test]
+fn without_promotion_a_master_restarted_empty_is_logged_counted_and_unready() {
+    let mut shard = replicated(1, &DEFAULT_SYNC_DELAY, FAST_CHECKS, 1);
+    shard.wait_roles_known();
+    write_keys(shard.instances[0].0, "k", 100);
+    shard.wait_keys_seen(100);
+    shard.master.kill();
+    shard.master.restart();
+    let proxy = &shard.instances[0].1;
+    wait_until("/ready says why", Duration::from_secs(10), || {
+        let (status, body) = proxy.http("/ready");
+        status == 503 && body.contains("with 0 keys while a replica holds 100")
+    });
+    let metrics = proxy.http("/metrics").1;
+    assert_eq!(
+        metric(
+            &metrics,
+            "ringproxy_empty_master_restarts_total{pool=\"main\",server=\"one\"}"
+        ),
+        1
+    );
+    // Nothing stops the replica's resync without promotion: once it has nothing left to
+    // lose, the master serves again.
+    proxy.wait_ready(true);
+    assert_eq!(shard.replicas[0].dbsize(), 0);
+}
