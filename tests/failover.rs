@@ -163,10 +163,19 @@ fn replicated(replicas: usize, master_args: &[&str], extra: &str, instances: usi
     for r in &replicas {
         replica_of(r, &master);
     }
-    wait_until("replicas in sync", Duration::from_secs(20), || {
+    // After a full sync the master streams writes only once the replica acknowledges (within
+    // a second): a key set and then deleted on the master, seen going on every replica, shows
+    // the stream flows.
+    let mut c = master.client();
+    let _: () = c.set("streaming", 1).unwrap();
+    wait_until("replicas streaming", Duration::from_secs(20), || {
         replicas
             .iter()
-            .all(|r| info_text(r, "replication").contains("master_link_status:up"))
+            .all(|r| r.client().exists("streaming").unwrap())
+    });
+    let _: () = c.del("streaming").unwrap();
+    wait_until("replicas streaming", Duration::from_secs(20), || {
+        replicas.iter().all(|r| r.dbsize() == 0)
     });
     let names: Vec<String> = replicas
         .iter()
@@ -479,4 +488,56 @@ fn without_promotion_a_master_restarted_empty_is_logged_counted_and_unready() {
     // lose, the master serves again.
     proxy.wait_ready(true);
     assert_eq!(shard.replicas[0].dbsize(), 0);
+}
+
+#[test]
+fn the_voucher_script_never_sells_more_than_its_stock_across_a_promotion() {
+    let extra = format!("    failover: promote\n{FAST_CHECKS}");
+    let mut shard = replicated(1, &QUICK_SYNC, &extra, 1);
+    shard.wait_roles_known();
+    let port = shard.instances[0].0;
+    const STOCK: u64 = 20_000;
+    let _: () = connect(port).set("{voucher}:stock", STOCK).unwrap();
+    let script = format!(
+        "{}/tests/python/failover_stock.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let buyers = std::process::Command::new("python3")
+        .args([&script, &port.to_string(), &STOCK.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (scripts/test installs it)");
+    let stock = |r: &Redis| r.client().get::<_, Option<u64>>("{voucher}:stock").unwrap();
+    wait_until("sales under way", Duration::from_secs(30), || {
+        stock(&shard.master).is_some_and(|left| left < STOCK - 1_000)
+    });
+    println!(
+        "before: replica {:?} {}",
+        stock(&shard.replicas[0]),
+        info_text(&shard.replicas[0], "replication")
+    );
+    shard.master.kill();
+    let out = buyers.wait_with_output().unwrap();
+    println!(
+        "after: replica {:?} {} {}",
+        stock(&shard.replicas[0]),
+        shard.replicas[0].dbsize(),
+        info_text(&shard.replicas[0], "replication")
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{}", stdout.trim());
+    // The new master's books balance: every unit left or sold once.
+    let new_master = &shard.replicas[0];
+    let orders: u64 = redis::cmd("SCARD")
+        .arg("{voucher}:orders")
+        .query(&mut new_master.client())
+        .unwrap();
+    assert_eq!(stock(new_master), Some(0));
+    assert_eq!(orders, STOCK);
 }
