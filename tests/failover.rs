@@ -267,6 +267,9 @@ fn write_until(port: u16, prefix: &str, stop: &AtomicBool) -> Writes {
             Ok(()) => seen.acked.push((n, Instant::now())),
             Err(e) => {
                 seen.failed.push(Instant::now());
+                // A client's retry back-off: spinning on instant errors would starve the
+                // machine's other processes (Sentinel among them) of CPU.
+                std::thread::sleep(Duration::from_millis(1));
                 if e.is_io_error() || e.is_connection_dropped() {
                     c = connect(port);
                 }
@@ -276,11 +279,37 @@ fn write_until(port: u16, prefix: &str, stop: &AtomicBool) -> Writes {
     seen
 }
 
-#[test]
-fn a_killed_master_is_replaced_by_a_promoted_replica_within_two_seconds() {
-    let extra = format!("    failover: promote\n    read_from: replica_preferred\n{FAST_CHECKS}");
-    let mut shard = replicated(2, &QUICK_SYNC, &extra, 2);
-    shard.wait_roles_known();
+/// What killing a shard's master under load showed.
+struct Drill {
+    /// Per instance: how long after the kill its writes last failed.
+    outages: Vec<Duration>,
+    acked: usize,
+    failed_writes: usize,
+    reads: usize,
+    failed_reads: Vec<String>,
+    /// Acknowledged writes missing afterwards, each with how long before the kill it was
+    /// acknowledged (`None`: after the kill).
+    lost: Vec<Option<Duration>>,
+    /// The old master, back empty, follows the new one.
+    old_master_follows: bool,
+    /// The node every instance routes writes to afterwards (`None`: they disagree).
+    new_master: Option<String>,
+}
+
+/// Sets its flag when dropped, panicking included.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Kills the shard's master (`kill -9`) while each instance takes writes and the first takes
+/// reads of a replicated key; waits until every instance routes writes elsewhere and writes
+/// flow again; restarts the old master empty and waits until it follows the new one; then
+/// counts what was lost.
+fn kill_the_master_under_load(shard: &mut Replicated) -> Drill {
     let _: () = connect(shard.instances[0].0).set("seed", "kept").unwrap();
     wait_until("the seed replicated", Duration::from_secs(10), || {
         shard
@@ -308,100 +337,150 @@ fn a_killed_master_is_replaced_by_a_promoted_replica_within_two_seconds() {
             }
             outcomes
         });
+        // Whatever happens below, the writers and the reader stop with it.
+        let stopping = StopOnDrop(&stop);
         wait_until("writes before the kill", Duration::from_secs(10), || {
             shard.master.dbsize() > 2_000
         });
         let killed = Instant::now();
         shard.master.kill();
         for (_, proxy) in &shard.instances {
-            wait_until("a replica promoted", Duration::from_secs(10), || {
+            wait_until("writes routed elsewhere", Duration::from_secs(30), || {
                 routed_master(proxy) != old_master
             });
         }
-        let promoted = routed_master(&shard.instances[0].1);
-        let promoted = shard
+        let new_master = routed_master(&shard.instances[0].1);
+        let new_master = shard
             .replicas
             .iter()
-            .find(|r| r.addr() == promoted)
+            .find(|r| r.addr() == new_master)
             .unwrap();
-        let before = promoted.dbsize();
-        wait_until(
-            "writes after the promotion",
-            Duration::from_secs(10),
-            || promoted.dbsize() > before + 2_000,
-        );
-        stop.store(true, Ordering::Relaxed);
+        let before = new_master.dbsize();
+        wait_until("writes on the new master", Duration::from_secs(10), || {
+            new_master.dbsize() > before + 2_000
+        });
+        drop(stopping);
         let writes: Vec<Writes> = writers.into_iter().map(|w| w.join().unwrap()).collect();
         (writes, reader.join().unwrap(), killed)
     });
-    // Every instance routes writes to the same node, a former replica.
     let masters: Vec<String> = shard
         .instances
         .iter()
         .map(|(_, p)| routed_master(p))
         .collect();
-    assert_eq!(masters[0], masters[1]);
     let new_master = shard
         .replicas
         .iter()
         .find(|r| r.addr() == masters[0])
         .unwrap();
-    for (i, w) in writes.iter().enumerate() {
-        let outage = w
-            .failed
-            .last()
-            .map_or(Duration::ZERO, |t| t.duration_since(killed));
-        println!(
-            "instance {i}: {} writes acknowledged, {} failed, writes back {outage:?} after the kill",
-            w.acked.len(),
-            w.failed.len()
-        );
-        assert!(
-            outage < Duration::from_secs(2),
-            "instance {i}: writes failed until {outage:?} after the kill"
-        );
-    }
-    // Reads of the replicas never stopped.
-    let failed_reads: Vec<_> = reads.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert!(
-        failed_reads.is_empty(),
-        "{} of {} reads failed: {:?}",
-        failed_reads.len(),
-        reads.len(),
-        &failed_reads[..1]
-    );
-    assert!(reads.iter().all(|r| r.as_deref().ok() == Some("kept")));
-    // The old master comes back empty: it is made a replica of the new one and wipes nobody.
+    // The old master comes back empty.
     shard.master.restart();
-    wait_until(
-        "the old master follows the new one",
-        Duration::from_secs(10),
-        || {
-            info_text(&shard.master, "replication").contains(&format!(
-                "role:slave\r\nmaster_host:127.0.0.1\r\nmaster_port:{}\r\nmaster_link_status:up",
-                new_master.port
-            ))
-        },
+    let follows = format!(
+        "role:slave\r\nmaster_host:127.0.0.1\r\nmaster_port:{}\r\nmaster_link_status:up",
+        new_master.port
     );
-    let mut lost = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let old_master_follows = loop {
+        let following = info_text(&shard.master, "replication").contains(&follows);
+        if following || Instant::now() > deadline {
+            break following;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     let mut c = new_master.client();
+    let mut lost = Vec::new();
     for (i, w) in writes.iter().enumerate() {
         for (n, at) in &w.acked {
             if !c.exists::<_, bool>(format!("w{i}:{n}")).unwrap() {
-                lost += 1;
-                assert!(
-                    *at <= killed,
-                    "w{i}:{n} was acknowledged after the kill and lost"
-                );
-                println!(
-                    "lost w{i}:{n}, acknowledged {:?} before the kill",
-                    killed - *at
-                );
+                lost.push(killed.checked_duration_since(*at));
             }
         }
     }
-    println!("{lost} acknowledged writes lost");
-    assert!(lost <= 10, "{lost} acknowledged writes lost");
+    Drill {
+        outages: writes
+            .iter()
+            .map(|w| {
+                w.failed
+                    .last()
+                    .map_or(Duration::ZERO, |t| t.duration_since(killed))
+            })
+            .collect(),
+        acked: writes.iter().map(|w| w.acked.len()).sum(),
+        failed_writes: writes.iter().map(|w| w.failed.len()).sum(),
+        reads: reads.len(),
+        failed_reads: reads
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+            .chain(
+                reads
+                    .iter()
+                    .filter_map(|r| r.as_ref().ok().filter(|v| *v != "kept").cloned()),
+            )
+            .collect(),
+        lost,
+        old_master_follows,
+        new_master: masters
+            .iter()
+            .all(|m| *m == masters[0])
+            .then(|| masters[0].clone()),
+    }
+}
+
+impl Drill {
+    fn report(&self, mode: &str) -> String {
+        let outages: Vec<String> = self.outages.iter().map(|o| format!("{o:.2?}")).collect();
+        format!(
+            "{mode}: writes back {} after kill -9 (per instance); {} writes acknowledged, {} failed; {} of {} replica reads failed; {} acknowledged writes lost {:?}; old master back empty follows the new one: {}; instances agree on the new master: {}",
+            outages.join(" / "),
+            self.acked,
+            self.failed_writes,
+            self.failed_reads.len(),
+            self.reads,
+            self.lost.len(),
+            self.lost,
+            self.old_master_follows,
+            self.new_master.is_some()
+        )
+    }
+
+    /// Asserts what the issue asks: writes back within `limit` on every instance, no failed
+    /// replica read, no acknowledged write lost but in the last moment before the kill, the
+    /// old master a replica, and one master for all.
+    fn check(&self, limit: Duration) {
+        for o in &self.outages {
+            assert!(*o < limit, "writes failed until {o:?} after the kill");
+        }
+        assert!(
+            self.failed_reads.is_empty(),
+            "{:?}",
+            &self.failed_reads[..1]
+        );
+        assert!(
+            self.lost
+                .iter()
+                .all(|l| l.is_some_and(|before| before < Duration::from_millis(100))),
+            "{:?}",
+            self.lost
+        );
+        assert!(self.old_master_follows);
+        assert!(self.new_master.is_some());
+    }
+}
+
+/// Two instances with `failover: promote` and the quick health checks.
+fn promote_drill() -> (Replicated, Drill) {
+    let extra = format!("    failover: promote\n    read_from: replica_preferred\n{FAST_CHECKS}");
+    let mut shard = replicated(2, &QUICK_SYNC, &extra, 2);
+    shard.wait_roles_known();
+    let drill = kill_the_master_under_load(&mut shard);
+    (shard, drill)
+}
+
+#[test]
+fn a_killed_master_is_replaced_by_a_promoted_replica_within_two_seconds() {
+    let (shard, drill) = promote_drill();
+    println!("{}", drill.report("promote"));
+    drill.check(Duration::from_secs(2));
     let metrics: Vec<String> = shard
         .instances
         .iter()
@@ -413,6 +492,56 @@ fn a_killed_master_is_replaced_by_a_promoted_replica_within_two_seconds() {
         assert_eq!(metric(m, promoted) + metric(m, followed), 1, "{m}");
     }
     assert!(metrics.iter().any(|m| metric(m, promoted) == 1));
+    assert!(metrics.iter().any(|m| metric(
+        m,
+        "ringproxy_promotion_seconds_count{pool=\"main\",server=\"one\"}"
+    ) == 1));
+}
+
+/// Sentinel's down-after in the tests: it finds the master down after a second.
+const SENTINEL_DOWN_AFTER_MS: u64 = 1000;
+
+/// Three redis-sentinel processes watch the shard (quorum 2); two instances follow the roles
+/// the nodes report after Sentinel's failover.
+fn sentinel_drill() -> (Replicated, Vec<Sentinel>, Drill) {
+    let extra = format!("    read_from: replica_preferred\n{FAST_CHECKS}");
+    let mut shard = replicated(2, &QUICK_SYNC, &extra, 2);
+    let sentinels: Vec<Sentinel> = (0..3)
+        .map(|_| Sentinel::start("one", &shard.master, SENTINEL_DOWN_AFTER_MS))
+        .collect();
+    wait_until(
+        "the sentinels know each other and the replicas",
+        Duration::from_secs(30),
+        || {
+            sentinels.iter().all(|s| {
+                let info = s.master_info("one");
+                let field =
+                    |name: &str| info.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+                field("num-other-sentinels").as_deref() == Some("2")
+                    && field("num-slaves").as_deref() == Some("2")
+            })
+        },
+    );
+    shard.wait_roles_known();
+    let drill = kill_the_master_under_load(&mut shard);
+    (shard, sentinels, drill)
+}
+
+#[test]
+fn writes_follow_a_sentinel_failover_within_down_after_plus_two_seconds() {
+    let (_shard, _sentinels, drill) = sentinel_drill();
+    println!("{}", drill.report("sentinel"));
+    drill.check(Duration::from_millis(SENTINEL_DOWN_AFTER_MS + 2000));
+}
+
+/// `scripts/failover-drill`: both modes, reported.
+#[test]
+#[ignore = "a drill that reports figures: scripts/failover-drill runs it"]
+fn drill() {
+    let (_, promoted) = promote_drill();
+    println!("{}", promoted.report("promote"));
+    let (_, _, followed) = sentinel_drill();
+    println!("{}", followed.report("sentinel"));
 }
 
 /// Writes `count` keys `<prefix><n>` through `port`.

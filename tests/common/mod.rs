@@ -311,6 +311,60 @@ impl Drop for Process {
     }
 }
 
+/// A redis-sentinel process on a free port, monitoring one master as `name` with quorum 2,
+/// finding it down after `down_after_ms`.
+pub struct Sentinel {
+    pub port: u16,
+    _process: Process,
+    _dir: TempDir,
+}
+
+impl Sentinel {
+    pub fn start(name: &str, master: &Redis, down_after_ms: u64) -> Sentinel {
+        let port = free_port();
+        let dir = TempDir::new("sentinel");
+        let config = format!(
+            "port {port}\nbind 127.0.0.1\ndir {}\nlogfile sentinel.log\nsentinel monitor {name} 127.0.0.1 {} 2\n\
+             sentinel down-after-milliseconds {name} {down_after_ms}\n\
+             sentinel failover-timeout {name} 10000\nsentinel parallel-syncs {name} 1\n",
+            dir.0.display(),
+            master.port
+        );
+        let path = dir.write("sentinel.conf", &config);
+        let child = Command::new("redis-sentinel")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-sentinel must be installed (scripts/test installs it)");
+        let process = Process { child };
+        wait_until("redis-sentinel", Duration::from_secs(10), || {
+            answers_ping(port)
+        });
+        Sentinel {
+            port,
+            _process: process,
+            _dir: dir,
+        }
+    }
+
+    /// `SENTINEL MASTER name` as field/value pairs.
+    pub fn master_info(&self, name: &str) -> Vec<(String, String)> {
+        let mut c = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let flat: Vec<String> = redis::cmd("SENTINEL")
+            .arg("MASTER")
+            .arg(name)
+            .query(&mut c)
+            .unwrap();
+        flat.chunks(2)
+            .map(|kv| (kv[0].clone(), kv[1].clone()))
+            .collect()
+    }
+}
+
 /// twemproxy (Debian's nutcracker) on a config file; `port` is its listen port.
 pub fn nutcracker(config: &Path, port: u16) -> Process {
     let stats = free_port();
