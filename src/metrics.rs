@@ -33,7 +33,7 @@ pub struct FailoverLabels {
     pub pool: String,
     pub server: String,
     /// `followed`: the nodes said another node is master now; `promoted`: the proxy promoted a
-    /// replica.
+    /// replica; `sentinel`: Sentinel named another master.
     pub reason: String,
 }
 
@@ -73,6 +73,8 @@ pub struct ShardMetrics {
     pub followed: Counter,
     /// The proxy promoted a replica.
     pub promoted: Counter,
+    /// Sentinel named another master.
+    pub sentinel: Counter,
     pub empty_master_restarts: Counter,
     /// From the master found down to a replica promoted.
     pub promotion_seconds: Histogram,
@@ -230,6 +232,7 @@ impl Metrics {
         ShardMetrics {
             followed: failovers("followed"),
             promoted: failovers("promoted"),
+            sentinel: failovers("sentinel"),
             empty_master_restarts: self.empty_master_restarts.get_or_create(&l).clone(),
             promotion_seconds: self.promotion_seconds.get_or_create(&l).clone(),
             unwritable_seconds: self.unwritable_seconds.get_or_create(&l).clone(),

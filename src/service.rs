@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Address, Config};
-use crate::topology::Topology;
+use crate::topology::{Topology, sentinel};
 use crate::workers::Workers;
 use crate::{admin, server};
 
@@ -28,12 +28,17 @@ pub enum StartError {
     Admin { addr: Address, source: io::Error },
     #[error("cannot watch for signals: {0}")]
     Signals(io::Error),
+    #[error("{0}")]
+    Sentinel(String),
 }
 
 /// Serves `config` with `workers` worker threads until a signal says stop. Runs on a
 /// current-thread runtime, which accepts clients and runs health checks and the admin
 /// endpoint; the workers serve the clients.
-pub async fn run(config: Config, workers: usize) -> Result<(), StartError> {
+pub async fn run(mut config: Config, workers: usize) -> Result<(), StartError> {
+    sentinel::discover(&mut config)
+        .await
+        .map_err(StartError::Sentinel)?;
     let workers = Arc::new(Workers::start(workers).map_err(StartError::Workers)?);
     let topology = Arc::new(Topology::start(&config, &workers));
     let shutdown = CancellationToken::new();

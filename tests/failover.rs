@@ -177,32 +177,23 @@ fn replicated(replicas: usize, master_args: &[&str], extra: &str, instances: usi
     wait_until("replicas streaming", Duration::from_secs(20), || {
         replicas.iter().all(|r| r.dbsize() == 0)
     });
-    let names: Vec<String> = replicas
+    let mut shard = Replicated {
+        master,
+        replicas,
+        instances: Vec::new(),
+    };
+    let names: Vec<String> = shard
+        .replicas
         .iter()
         .map(|r| format!("\"{}\"", r.addr()))
         .collect();
     let server = format!(
         "{{ name: one, master: \"{}\", replicas: [{}] }}",
-        master.addr(),
+        shard.master.addr(),
         names.join(", ")
     );
-    let instances = (0..instances)
-        .map(|_| {
-            let port = free_port();
-            (
-                port,
-                Proxy::start(
-                    &pool_config(port, std::slice::from_ref(&server), extra),
-                    port,
-                ),
-            )
-        })
-        .collect();
-    Replicated {
-        master,
-        replicas,
-        instances,
-    }
+    shard.start_instances(instances, &server, extra);
+    shard
 }
 
 /// What a node looks like in /topology once it is up and has said what it is.
@@ -221,6 +212,15 @@ fn routed_master(proxy: &Proxy) -> String {
 }
 
 impl Replicated {
+    /// Starts `count` ringproxy instances alike: one pool with `extra` lines and `server`.
+    fn start_instances(&mut self, count: usize, server: &str, extra: &str) {
+        for _ in 0..count {
+            let port = free_port();
+            let config = pool_config(port, &[server.to_string()], extra);
+            self.instances.push((port, Proxy::start(&config, port)));
+        }
+    }
+
     /// Waits until every instance has seen every node up and saying what it is.
     fn wait_roles_known(&self) {
         for (_, proxy) in &self.instances {
@@ -287,8 +287,8 @@ struct Drill {
     failed_writes: usize,
     reads: usize,
     failed_reads: Vec<String>,
-    /// Acknowledged writes missing afterwards, each with how long before the kill it was
-    /// acknowledged (`None`: after the kill).
+    /// Acknowledged writes missing afterwards, each with how long before the master was dead
+    /// it was acknowledged (`None`: after).
     lost: Vec<Option<Duration>>,
     /// The old master, back empty, follows the new one.
     old_master_follows: bool,
@@ -319,7 +319,7 @@ fn kill_the_master_under_load(shard: &mut Replicated) -> Drill {
     });
     let stop = AtomicBool::new(false);
     let old_master = shard.master.addr();
-    let (writes, reads, killed) = std::thread::scope(|scope| {
+    let (writes, reads, (killed, dead)) = std::thread::scope(|scope| {
         let writers: Vec<_> = shard
             .instances
             .iter()
@@ -344,6 +344,8 @@ fn kill_the_master_under_load(shard: &mut Replicated) -> Drill {
         });
         let killed = Instant::now();
         shard.master.kill();
+        // The process is gone; replies it sent before dying may still be on their way.
+        let dead = Instant::now();
         for (_, proxy) in &shard.instances {
             wait_until("writes routed elsewhere", Duration::from_secs(30), || {
                 routed_master(proxy) != old_master
@@ -361,7 +363,7 @@ fn kill_the_master_under_load(shard: &mut Replicated) -> Drill {
         });
         drop(stopping);
         let writes: Vec<Writes> = writers.into_iter().map(|w| w.join().unwrap()).collect();
-        (writes, reader.join().unwrap(), killed)
+        (writes, reader.join().unwrap(), (killed, dead))
     });
     let masters: Vec<String> = shard
         .instances
@@ -392,7 +394,7 @@ fn kill_the_master_under_load(shard: &mut Replicated) -> Drill {
     for (i, w) in writes.iter().enumerate() {
         for (n, at) in &w.acked {
             if !c.exists::<_, bool>(format!("w{i}:{n}")).unwrap() {
-                lost.push(killed.checked_duration_since(*at));
+                lost.push(dead.checked_duration_since(*at));
             }
         }
     }
@@ -501,11 +503,10 @@ fn a_killed_master_is_replaced_by_a_promoted_replica_within_two_seconds() {
 /// Sentinel's down-after in the tests: it finds the master down after a second.
 const SENTINEL_DOWN_AFTER_MS: u64 = 1000;
 
-/// Three redis-sentinel processes watch the shard (quorum 2); two instances follow the roles
-/// the nodes report after Sentinel's failover.
-fn sentinel_drill() -> (Replicated, Vec<Sentinel>, Drill) {
-    let extra = format!("    read_from: replica_preferred\n{FAST_CHECKS}");
-    let mut shard = replicated(2, &QUICK_SYNC, &extra, 2);
+/// One master and two replicas watched by three redis-sentinel processes (quorum 2), which
+/// know each other and the replicas; no proxy instance yet.
+fn watched_by_sentinels() -> (Replicated, Vec<Sentinel>) {
+    let shard = replicated(2, &QUICK_SYNC, "", 0);
     let sentinels: Vec<Sentinel> = (0..3)
         .map(|_| Sentinel::start("one", &shard.master, SENTINEL_DOWN_AFTER_MS))
         .collect();
@@ -522,6 +523,26 @@ fn sentinel_drill() -> (Replicated, Vec<Sentinel>, Drill) {
             })
         },
     );
+    (shard, sentinels)
+}
+
+/// Pool lines for `failover: sentinel` with these Sentinels.
+fn sentinel_pool(sentinels: &[Sentinel], extra: &str) -> String {
+    let addrs: Vec<String> = sentinels
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect();
+    format!(
+        "    failover: sentinel\n    sentinels: [{}]\n{extra}",
+        addrs.join(", ")
+    )
+}
+
+/// Two instances with `failover: sentinel` that know the server only by its Sentinel name.
+fn sentinel_drill() -> (Replicated, Vec<Sentinel>, Drill) {
+    let (mut shard, sentinels) = watched_by_sentinels();
+    let extra = format!("    read_from: replica_preferred\n{FAST_CHECKS}");
+    shard.start_instances(2, "{ name: one }", &sentinel_pool(&sentinels, &extra));
     shard.wait_roles_known();
     let drill = kill_the_master_under_load(&mut shard);
     (shard, sentinels, drill)
@@ -532,6 +553,31 @@ fn writes_follow_a_sentinel_failover_within_down_after_plus_two_seconds() {
     let (_shard, _sentinels, drill) = sentinel_drill();
     println!("{}", drill.report("sentinel"));
     drill.check(Duration::from_millis(SENTINEL_DOWN_AFTER_MS + 2000));
+}
+
+#[test]
+fn sentinel_announcements_alone_move_writes() {
+    let (mut shard, sentinels) = watched_by_sentinels();
+    // Health checks a minute apart: only Sentinel's +switch-master can move writes in time.
+    let slow = "    health_check: { interval_ms: 60000, timeout_ms: 500, failures: 3 }\n";
+    shard.start_instances(1, "{ name: one }", &sentinel_pool(&sentinels, slow));
+    let (port, proxy) = &shard.instances[0];
+    shard.master.kill();
+    let mut c = connect(*port);
+    wait_until(
+        "writes on the master Sentinel names",
+        Duration::from_secs(30),
+        || c.set::<_, _, ()>("k", "after").is_ok(),
+    );
+    let new_master = shard
+        .replicas
+        .iter()
+        .find(|r| info_text(r, "replication").contains("role:master"))
+        .expect("Sentinel promoted a replica");
+    assert_eq!(new_master.client().get::<_, String>("k").unwrap(), "after");
+    assert_eq!(routed_master(proxy), new_master.addr());
+    let sentinel = "ringproxy_failovers_total{pool=\"main\",server=\"one\",reason=\"sentinel\"}";
+    assert_eq!(metric(&proxy.http("/metrics").1, sentinel), 1);
 }
 
 /// `scripts/failover-drill`: both modes, reported.

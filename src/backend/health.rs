@@ -12,7 +12,7 @@ use tokio::time::{MissedTickBehavior, interval, timeout};
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{connect, read_reply};
-use super::{ConnSettings, Failure, Health, NodeShared, Role, Said};
+use super::{ConnSettings, Failure, Health, NodeShared, Role, Said, flat_fields};
 use crate::config::{Address, HealthCheck, Protocol};
 use crate::net::Stream;
 use crate::protocol::ReplyKind;
@@ -205,13 +205,7 @@ fn unexpected(reply: &[u8]) -> Failure {
 /// `*3 master <offset> [replicas]` or `*5 slave <host> <port> <state> <offset>` (an offset of
 /// -1, not synced yet, counts as 0).
 fn parse_role(reply: &[u8]) -> Option<(Role, u64, Option<Address>)> {
-    // Every element but the nested replica list is a line of its own: skip the headers.
-    let mut fields = reply
-        .split(|&b| b == b'\n')
-        .map(<[u8]>::trim_ascii_end)
-        .filter(|l| !l.starts_with(b"*") && !l.starts_with(b"$"))
-        .map(|l| l.strip_prefix(b":").unwrap_or(l))
-        .map(|l| std::str::from_utf8(l).ok());
+    let mut fields = flat_fields(reply).map(|l| std::str::from_utf8(l).ok());
     let (role, follows, offset) = match fields.next()?? {
         "master" => (Role::Master, None, fields.next()??),
         "slave" | "replica" => {

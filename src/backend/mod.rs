@@ -4,9 +4,11 @@
 mod connection;
 mod error;
 mod health;
+mod sentinel;
 mod subscriber;
 
 pub use error::{BackendError, ConnectError, Failure};
+pub use sentinel::{Named, SentinelClient};
 pub use subscriber::{Subscriber, Topic};
 
 use std::fmt;
@@ -560,6 +562,17 @@ impl Node {
             job.reply_to.send(Err(self.shared.error(Failure::Closed)));
         }
     }
+}
+
+/// The scalar elements of a small RESP reply, nested arrays flattened, in order: every element
+/// is a line of its own once the `*` and `$` headers are skipped (simple values only: a bulk
+/// string holding CRLF would be split). `:` prefixes are dropped.
+fn flat_fields(reply: &[u8]) -> impl Iterator<Item = &[u8]> {
+    reply
+        .split(|&b| b == b'\n')
+        .map(<[u8]>::trim_ascii_end)
+        .filter(|l| !l.is_empty() && !l.starts_with(b"*") && !l.starts_with(b"$"))
+        .map(|l| l.strip_prefix(b":").unwrap_or(l))
 }
 
 /// `work`, or a timeout failure when it takes longer than `limit`.

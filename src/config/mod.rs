@@ -122,6 +122,10 @@ pub struct PoolConfig {
     pub client_users: Vec<ClientUser>,
     /// Sent on every backend connection.
     pub backend_auth: Option<BackendAuth>,
+    /// With `failover: sentinel`: the Sentinels to ask and follow.
+    pub sentinels: Vec<Address>,
+    /// Sent on every Sentinel connection.
+    pub sentinel_auth: Option<BackendAuth>,
     /// Backend database selected on every backend connection; clients still see database 0.
     pub db: u32,
     pub client_connections: Option<u32>,
@@ -151,7 +155,8 @@ pub struct ServerConfig {
     /// (the host alone for port 11211, as libmemcached does).
     pub identity: String,
     pub weight: u32,
-    pub master: Address,
+    /// `None` only in a `failover: sentinel` pool until Sentinel names it at start-up.
+    pub master: Option<Address>,
     pub replicas: Vec<Address>,
 }
 
@@ -224,9 +229,13 @@ impl Config {
                     let list: Vec<String> = s.replicas.iter().map(ToString::to_string).collect();
                     format!(" replicas {}", list.join(","))
                 };
+                let master = s
+                    .master
+                    .as_ref()
+                    .map_or_else(|| "from sentinel".to_string(), ToString::to_string);
                 out.push_str(&format!(
-                    "  server {} weight {} master {}{} (ring identity \"{}\")\n",
-                    s.name, s.weight, s.master, replicas, s.identity
+                    "  server {} weight {} master {master}{replicas} (ring identity \"{}\")\n",
+                    s.name, s.weight, s.identity
                 ));
             }
         }
@@ -301,9 +310,11 @@ impl PoolParts {
             }
             Protocol::Memcache if c.db != 0 => Some("db is for redis pools"),
             Protocol::Memcache if c.allow_keys => Some("allow_keys is for redis pools"),
-            Protocol::Memcache if c.failover == Failover::Promote => Some(
-                "failover: promote is for redis pools: a memcache server's replicas all take its writes already",
-            ),
+            Protocol::Memcache if matches!(c.failover, Failover::Promote | Failover::Sentinel) => {
+                Some(
+                    "failover: promote and sentinel are for redis pools: a memcache server's replicas all take its writes already",
+                )
+            }
             Protocol::Redis if self.memcache_only => {
                 Some("item_size_max and reject_past_exptime are for memcache pools")
             }
@@ -324,9 +335,39 @@ impl PoolParts {
                 format!("pool '{}' has no servers", config.name),
             ));
         }
+        let sentinel = config.failover == Failover::Sentinel;
+        if sentinel && config.sentinels.is_empty() {
+            let why = format!(
+                "pool '{}': failover: sentinel needs sentinels: [host:port, …]",
+                config.name
+            );
+            return Err(invalid(self.at, why));
+        }
+        if !sentinel && (!config.sentinels.is_empty() || config.sentinel_auth.is_some()) {
+            let why = format!(
+                "pool '{}': sentinels and sentinel_auth are for failover: sentinel",
+                config.name
+            );
+            return Err(invalid(self.at, why));
+        }
         let mut seen: HashMap<String, ()> = HashMap::new();
         for s in self.servers {
+            let named = s.value.has_name();
             let server = s.value.into_server_config();
+            if sentinel && !named {
+                let why = format!(
+                    "server '{}' needs a name: its Sentinel master name",
+                    server.name
+                );
+                return Err(invalid(s.referenced, why));
+            }
+            if server.master.is_none() && !sentinel {
+                let why = format!(
+                    "server '{}' needs a master (only Sentinel can name it)",
+                    server.name
+                );
+                return Err(invalid(s.referenced, why));
+            }
             if seen.insert(server.name.clone(), ()).is_some() {
                 return Err(invalid(
                     s.referenced,

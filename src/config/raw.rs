@@ -52,6 +52,8 @@ struct Pool {
     auth: Option<ClientAuth>,
     users: Option<Vec<RawUser>>,
     backend_auth: Option<RawBackendAuth>,
+    sentinels: Option<Vec<Address>>,
+    sentinel_auth: Option<RawBackendAuth>,
     db: Option<u32>,
     client_connections: Option<u32>,
     backlog: Option<u32>,
@@ -93,6 +95,17 @@ struct RawBackendAuth {
     username: Option<String>,
     password: Option<String>,
     password_env: Option<String>,
+}
+
+impl RawBackendAuth {
+    fn into_auth(self, at: Location, what: &str) -> Result<BackendAuth, Invalid> {
+        let password = secret(self.password, self.password_env, at, what)?
+            .ok_or_else(|| invalid(at, format!("{what} needs a password or password_env")))?;
+        Ok(BackendAuth {
+            username: self.username,
+            password,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -151,16 +164,23 @@ pub(super) struct Server {
     /// The address part as written, for the ring identity of unnamed servers.
     written: String,
     weight: u32,
-    master: Address,
+    /// `None`: left to Sentinel to name.
+    master: Option<Address>,
     replicas: Vec<Address>,
 }
 
 impl Server {
+    pub(super) fn has_name(&self) -> bool {
+        self.name.is_some()
+    }
+
     pub(super) fn into_server_config(self) -> ServerConfig {
         let identity = match &self.name {
             Some(n) => n.clone(),
-            None if self.master.port == 11211 => self.master.host.clone(),
-            None => self.written.clone(),
+            None => match &self.master {
+                Some(m) if m.port == 11211 => m.host.clone(),
+                _ => self.written.clone(),
+            },
         };
         ServerConfig {
             name: self.name.unwrap_or_else(|| self.written.clone()),
@@ -188,7 +208,7 @@ impl Server {
             name,
             written: addr.to_string(),
             weight: parse_weight(weight)?,
-            master: addr.parse()?,
+            master: Some(addr.parse()?),
             replicas: Vec::new(),
         })
     }
@@ -199,7 +219,7 @@ impl Server {
 struct ServerMap {
     name: Option<String>,
     weight: Option<u32>,
-    master: String,
+    master: Option<String>,
     #[serde(default)]
     replicas: Vec<Address>,
 }
@@ -225,8 +245,13 @@ impl<'de> Deserialize<'de> for Server {
                 };
                 Ok(Server {
                     name: m.name,
-                    master: m.master.parse().map_err(de::Error::custom)?,
-                    written: m.master,
+                    master: m
+                        .master
+                        .as_deref()
+                        .map(str::parse)
+                        .transpose()
+                        .map_err(de::Error::custom)?,
+                    written: m.master.unwrap_or_default(),
                     weight,
                     replicas: m.replicas,
                 })
@@ -284,6 +309,8 @@ fn base_pool(listen: &Spanned<Address>) -> PoolConfig {
         },
         client_users: Vec::new(),
         backend_auth: None,
+        sentinels: Vec::new(),
+        sentinel_auth: None,
         db: 0,
         client_connections: None,
         backlog: 512,
@@ -342,14 +369,15 @@ impl Pool {
                 password,
             });
         }
-        if let Some(b) = p.backend_auth {
-            let password = secret(b.password, b.password_env, at, "backend_auth")?
-                .ok_or_else(|| invalid(at, "backend_auth needs a password or password_env"))?;
-            c.backend_auth = Some(BackendAuth {
-                username: b.username,
-                password,
-            });
-        }
+        c.backend_auth = p
+            .backend_auth
+            .map(|b| b.into_auth(at, "backend_auth"))
+            .transpose()?;
+        c.sentinels = p.sentinels.unwrap_or_default();
+        c.sentinel_auth = p
+            .sentinel_auth
+            .map(|b| b.into_auth(at, "sentinel_auth"))
+            .transpose()?;
         c.db = p.db.unwrap_or(0);
         c.client_connections = p.client_connections.filter(|&n| n > 0);
         c.backlog = p.backlog.unwrap_or(c.backlog);
@@ -427,6 +455,8 @@ impl From<TwemproxyPool> for Pool {
                 password_env: None,
             }),
             users: None,
+            sentinels: None,
+            sentinel_auth: None,
             backend_auth: t.redis_auth.map(|password| RawBackendAuth {
                 username: None,
                 password: Some(password),

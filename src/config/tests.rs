@@ -184,8 +184,11 @@ fn mistakes_are_located() {
         (pool("    servers:\n      - { master: 'x:y' }\n"), "bad address 'x:y'"),
         (pool("    servers:\n      - 127.0.0.1:7000:1 a\n      - 127.0.0.1:7001:1 a\n"), "test.yml:6:9: duplicate server name 'a'"),
         (pool("    hash_tag: \"{\"\n    servers: [127.0.0.1:7000:1]\n"), "must be exactly two characters"),
-        (pool("    failover: sentinel\n    servers: [127.0.0.1:7000:1]\n"), "not supported yet"),
-        (pool("    protocol: memcache\n    failover: promote\n    servers: [127.0.0.1:7000:1]\n"), "failover: promote is for redis pools"),
+        (pool("    failover: sentinel\n    servers: [127.0.0.1:7000:1 a]\n"), "failover: sentinel needs sentinels"),
+        (pool("    failover: sentinel\n    sentinels: [127.0.0.1:26379]\n    servers: [127.0.0.1:7000:1]\n"), "test.yml:6:15: server '127.0.0.1:7000' needs a name"),
+        (pool("    sentinels: [127.0.0.1:26379]\n    servers: [127.0.0.1:7000:1 a]\n"), "sentinels and sentinel_auth are for failover: sentinel"),
+        (pool("    servers:\n      - { name: a }\n"), "server 'a' needs a master"),
+        (pool("    protocol: memcache\n    failover: promote\n    servers: [127.0.0.1:7000:1]\n"), "failover: promote and sentinel are for redis pools"),
         (pool("    servers: []\n"), "has no servers"),
         (pool("    read_from: replica\n    servers: [127.0.0.1:7000:1]\n"), "has no replicas"),
         ("pools:\n  p:\n    listen: 127.0.0.1:6380\n".to_string(), "missing field `servers`"),
@@ -233,4 +236,16 @@ fn client_users_with_passwords_from_the_environment() {
         error_of(unset)
             .contains("user 'a': environment variable RINGPROXY_TEST_UNSET_VARIABLE is not set")
     );
+}
+
+#[test]
+fn sentinel_pools_may_leave_masters_to_sentinel() {
+    let text = "pools:\n  p:\n    listen: 127.0.0.1:6380\n    failover: sentinel\n    sentinels: [127.0.0.1:26379, 127.0.0.1:26380]\n    sentinel_auth: { password: s }\n    servers:\n      - { name: one }\n      - { name: two, master: 127.0.0.1:7001 }\n";
+    let config = Config::parse("test.yml", text).unwrap();
+    let p = &config.pools[0];
+    assert_eq!(p.failover, Failover::Sentinel);
+    assert_eq!(p.sentinels.len(), 2);
+    assert_eq!(p.sentinel_auth.as_ref().unwrap().password, "s");
+    assert_eq!(p.servers[0].master, None);
+    assert_eq!(p.servers[1].master, Some("127.0.0.1:7001".parse().unwrap()));
 }

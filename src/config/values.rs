@@ -21,7 +21,15 @@ macro_rules! deserialize_from_str {
     )*};
 }
 
-deserialize_from_str!(Address, Protocol, ReadFrom, HashTag, HashFn, Distribution);
+deserialize_from_str!(
+    Address,
+    Protocol,
+    ReadFrom,
+    Failover,
+    HashTag,
+    HashFn,
+    Distribution
+);
 
 /// `host:port`, kept as written: the host may be a name resolved when connecting.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -91,18 +99,8 @@ keywords! {
         Eject = "eject",
         /// A replica of its shard is promoted in its place (Redis).
         Promote = "promote",
-    }
-}
-
-impl<'de> Deserialize<'de> for Failover {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        if s == "sentinel" {
-            return Err(de::Error::custom(format!(
-                "failover '{s}' is not supported yet (use none, eject or promote)"
-            )));
-        }
-        s.parse().map_err(de::Error::custom)
+        /// Redis Sentinel decides which node is master; writes follow what it says.
+        Sentinel = "sentinel",
     }
 }
 
@@ -168,7 +166,7 @@ mod tests {
             "sentinels"
                 .parse::<Failover>()
                 .unwrap_err()
-                .contains("expected one of: none, eject, promote")
+                .contains("expected one of: none, eject, promote, sentinel")
         );
         assert_eq!("{}".parse::<HashTag>(), Ok(HashTag(*b"{}")));
         assert!("{".parse::<HashTag>().is_err());

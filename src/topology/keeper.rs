@@ -12,9 +12,10 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until};
 
 use super::failover;
+use super::sentinel::MasterNamed;
 use super::state::{PoolState, Shard};
 use crate::backend::{Health, NodeEvent, NodeId, Role};
-use crate::config::{Failover, PoolConfig};
+use crate::config::{Address, Failover, PoolConfig};
 use crate::metrics::ShardMetrics;
 use crate::placement::Ring;
 
@@ -44,6 +45,8 @@ pub(super) struct ShardFailover {
     counted_until: Instant,
     /// A promotion is under way.
     promoting: bool,
+    /// A master Sentinel named that is none of the shard's nodes (warned about once).
+    unknown_master: Option<Address>,
 }
 
 impl ShardFailover {
@@ -53,6 +56,7 @@ impl ShardFailover {
             down_since: None,
             counted_until: Instant::now(),
             promoting: false,
+            unknown_master: None,
         }
     }
 }
@@ -102,6 +106,7 @@ impl Keeper {
         mut self,
         mut events: UnboundedReceiver<NodeEvent>,
         mut promoted: UnboundedReceiver<Promotion>,
+        mut sentinel: Option<UnboundedReceiver<MasterNamed>>,
     ) {
         let mut tick = interval(self.config.health_check.interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -113,6 +118,7 @@ impl Keeper {
                     None => return,
                 },
                 Some(promotion) = promoted.recv() => self.promoted(promotion),
+                Some(named) = next(&mut sentinel) => self.sentinel_named(named),
                 _ = sleep_until(next_return.unwrap_or_else(Instant::now)), if next_return.is_some() => {
                     self.rejoin(Instant::now())
                 }
@@ -303,6 +309,38 @@ impl Keeper {
         true
     }
 
+    /// Sentinel named a server's master: writes go there if it is another of the server's
+    /// nodes. Returns whether routing changed.
+    fn sentinel_named(&mut self, named: MasterNamed) -> bool {
+        let Some(s) = self.shards.iter().position(|s| s.name == named.server) else {
+            return false;
+        };
+        let shard = &mut self.shards[s];
+        let failover = &mut self.failover[s];
+        let Some(new) = shard.nodes.iter().position(|n| n.addr == named.master) else {
+            if failover.unknown_master.as_ref() != Some(&named.master) {
+                tracing::error!(pool = %self.config.name, server = %shard.name, "Sentinel names {} master, which is none of the server's nodes; writes stay on {} until a restart or reload adds it", named.master, shard.master().label());
+                failover.unknown_master = Some(named.master);
+            }
+            return false;
+        };
+        failover.unknown_master = None;
+        if new == shard.master {
+            return false;
+        }
+        tracing::warn!(
+            pool = %self.config.name,
+            server = %shard.name,
+            "Sentinel names {} master; writes go there instead of {}",
+            shard.nodes[new].label(),
+            shard.master().label()
+        );
+        shard.status[shard.master].former_master = true;
+        shard.master = new;
+        failover.metrics.sentinel.inc();
+        true
+    }
+
     /// The empty-master guard: a master that restarted with fewer keys than a replica that
     /// still follows it is held down (so that it takes no writes and, with `failover: promote`,
     /// a replica is promoted before the replicas resync from it and empty themselves), logged
@@ -406,5 +444,13 @@ impl Keeper {
             .clone();
         self.state
             .store(Arc::new(PoolState::new(ring, self.shards.clone())));
+    }
+}
+
+/// The next value from `rx`, or never when there is no `rx`.
+async fn next<T>(rx: &mut Option<UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }

@@ -6,6 +6,7 @@
 mod failover;
 mod keeper;
 mod scripts;
+pub mod sentinel;
 mod state;
 
 pub use scripts::Scripts;
@@ -90,7 +91,8 @@ impl Pool {
             .iter()
             .map(|s| {
                 let replicated = replicated_protocol && !s.replicas.is_empty();
-                let addrs = std::iter::once(&s.master).chain(&s.replicas);
+                // Sentinel has named every master by now (`sentinel::discover`).
+                let addrs = s.master.iter().chain(&s.replicas);
                 let nodes: Vec<Arc<Node>> = addrs
                     .enumerate()
                     .map(|(i, addr)| {
@@ -127,7 +129,12 @@ impl Pool {
             .map(|s| ShardFailover::new(metrics.shard(&config.name, &s.name)))
             .collect();
         let (keeper, state, promoted) = Keeper::new(config.clone(), shards, failover);
-        tokio::spawn(keeper.run(events_rx, promoted));
+        let sentinel = (config.failover == Failover::Sentinel).then(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            sentinel::follow(config, tx);
+            rx
+        });
+        tokio::spawn(keeper.run(events_rx, promoted, sentinel));
         Pool {
             config: config.clone(),
             state,
