@@ -14,11 +14,14 @@
 //! - `net`: the one [`Stream`](net::Stream) type of client and backend sockets (TLS plugs in
 //!   here) and the fast read path.
 //! - `backend`: a node's multiplexed, pipelined connections per worker, reserved connections,
-//!   subscriber connections, health checks; failures keep their cause and are reported as
-//!   node events.
+//!   subscriber connections, health checks (which also ask a Redis node its role, key count
+//!   and run id), a Sentinel client; failures keep their cause and are reported as node
+//!   events.
 //! - `topology`: pools and their live state: a `PoolState` snapshot (ring, shards by name,
-//!   each shard's master, node health) that the pool's keeper swaps when node events change
-//!   routing. Failover and reload plug in here, as new writers of the snapshot.
+//!   each shard's master, node health and what each node says) that the pool's keeper swaps
+//!   when node events change routing. `failover` holds the decisions (which replica to
+//!   promote, whether a restarted master would wipe its replicas), `sentinel` follows Redis
+//!   Sentinel. Reload plugs in here, as another writer of the snapshot.
 //! - `server`: listeners and sessions: one I/O loop per client with an outbox that keeps
 //!   reply order, and the Redis and memcache frontends that parse, route and merge; one
 //!   client-error type rendered per protocol.

@@ -146,6 +146,8 @@ const FAST_CHECKS: &str = "    health_check: { interval_ms: 200, timeout_ms: 200
 /// One server (`one`): a master and replicas that replicate from it, behind `instances`
 /// ringproxy instances configured alike with `extra` pool lines.
 struct Replicated {
+    /// The pool's server entry.
+    server: String,
     master: Redis,
     replicas: Vec<Redis>,
     /// Each instance's pool port and process.
@@ -178,6 +180,7 @@ fn replicated(replicas: usize, master_args: &[&str], extra: &str, instances: usi
         replicas.iter().all(|r| r.dbsize() == 0)
     });
     let mut shard = Replicated {
+        server: String::new(),
         master,
         replicas,
         instances: Vec::new(),
@@ -187,11 +190,12 @@ fn replicated(replicas: usize, master_args: &[&str], extra: &str, instances: usi
         .iter()
         .map(|r| format!("\"{}\"", r.addr()))
         .collect();
-    let server = format!(
+    shard.server = format!(
         "{{ name: one, master: \"{}\", replicas: [{}] }}",
         shard.master.addr(),
         names.join(", ")
     );
+    let server = shard.server.clone();
     shard.start_instances(instances, &server, extra);
     shard
 }
@@ -588,6 +592,18 @@ fn drill() {
     println!("{}", promoted.report("promote"));
     let (_, _, followed) = sentinel_drill();
     println!("{}", followed.report("sentinel"));
+    // The empty-master guard's window: a master killed and restarted empty at once.
+    for delay in ["5", "0"] {
+        let outcomes: Vec<(bool, Duration)> = (0..5)
+            .map(|_| restart_the_master_empty(&mut guarded(delay)))
+            .collect();
+        let kept = outcomes.iter().filter(|(kept, _)| *kept).count();
+        let times: Vec<String> = outcomes.iter().map(|(_, t)| format!("{t:.2?}")).collect();
+        println!(
+            "guard (repl-diskless-sync-delay {delay}): replica kept its 1,000 keys in {kept} of 5 instant empty restarts; promoted/wiped after {}",
+            times.join(", ")
+        );
+    }
 }
 
 /// Writes `count` keys `<prefix><n>` through `port`.
@@ -600,30 +616,85 @@ fn write_keys(port: u16, prefix: &str, count: u64) {
     let _: () = pipe.query(&mut c).unwrap();
 }
 
+#[test]
+fn an_instance_started_after_a_failover_writes_to_the_promoted_master() {
+    let extra = format!("    failover: promote\n{FAST_CHECKS}");
+    let mut shard = replicated(1, &QUICK_SYNC, &extra, 1);
+    shard.wait_roles_known();
+    write_keys(shard.instances[0].0, "k", 100);
+    let replica = &shard.replicas[0];
+    wait_until("replicated", Duration::from_secs(10), || {
+        replica.dbsize() == 100
+    });
+    shard.master.kill();
+    wait_until("the replica promoted", Duration::from_secs(10), || {
+        routed_master(&shard.instances[0].1) == shard.replicas[0].addr()
+    });
+    // The instance that promoted goes away; the old master comes back empty, says it is
+    // master, and nobody makes it a replica. A new instance starts with the configuration
+    // that still names it master.
+    shard.instances.clear();
+    shard.master.restart();
+    assert!(info_text(&shard.master, "replication").contains("role:master"));
+    let server = shard.server.clone();
+    shard.start_instances(1, &server, &extra);
+    let (port, proxy) = &shard.instances[0];
+    proxy.wait_ready(true);
+    assert_eq!(routed_master(proxy), shard.replicas[0].addr());
+    let mut c = connect(*port);
+    for n in [0, 50, 99] {
+        assert_eq!(c.get::<_, u64>(format!("k{n}")).unwrap(), n);
+    }
+    wait_until("the old master follows", Duration::from_secs(10), || {
+        info_text(&shard.master, "replication").contains("role:slave")
+    });
+    assert_eq!(shard.replicas[0].dbsize(), 100);
+}
+
 /// The master restarts empty faster than three failed checks: redis' default 5 s wait before a
 /// full sync is what gives the guard its time.
 const DEFAULT_SYNC_DELAY: [&str; 2] = ["--repl-diskless-sync-delay", "5"];
 
-#[test]
-fn a_master_restarted_empty_before_it_is_found_down_is_held_and_a_replica_promoted() {
+/// A master with `sync_delay` (redis' `repl-diskless-sync-delay`) and one replica behind one
+/// instance with `failover: promote`, holding 1,000 keys the proxy has seen counted.
+fn guarded(sync_delay: &str) -> Replicated {
     let extra = format!("    failover: promote\n{FAST_CHECKS}");
-    let mut shard = replicated(1, &DEFAULT_SYNC_DELAY, &extra, 1);
+    let shard = replicated(1, &["--repl-diskless-sync-delay", sync_delay], &extra, 1);
     shard.wait_roles_known();
-    let port = shard.instances[0].0;
-    write_keys(port, "k", 1_000);
+    write_keys(shard.instances[0].0, "k", 1_000);
     shard.wait_keys_seen(1_000);
+    shard
+}
+
+/// Kills the master and restarts it empty at once; waits until the replica is promoted or
+/// wiped. Returns whether the replica kept its keys, and when it was promoted after the
+/// restart.
+fn restart_the_master_empty(shard: &mut Replicated) -> (bool, Duration) {
     shard.master.kill();
     shard.master.restart();
+    let restarted = Instant::now();
     let proxy = &shard.instances[0].1;
     let replica = &shard.replicas[0];
-    wait_until("the replica promoted", Duration::from_secs(10), || {
-        routed_master(proxy) == replica.addr()
-    });
-    assert_eq!(replica.dbsize(), 1_000, "the replica kept its keys");
+    wait_until(
+        "the replica promoted or wiped",
+        Duration::from_secs(20),
+        || routed_master(proxy) == replica.addr() || replica.dbsize() == 0,
+    );
+    let promoted = restarted.elapsed();
+    (replica.dbsize() == 1_000, promoted)
+}
+
+#[test]
+fn a_master_restarted_empty_before_it_is_found_down_is_held_and_a_replica_promoted() {
+    let mut shard = guarded("5");
+    let (kept, _) = restart_the_master_empty(&mut shard);
+    assert!(kept, "the replica kept its keys");
+    let proxy = &shard.instances[0].1;
+    assert_eq!(routed_master(proxy), shard.replicas[0].addr());
     wait_until("the empty master follows", Duration::from_secs(10), || {
         info_text(&shard.master, "replication").contains("role:slave")
     });
-    let mut c = connect(port);
+    let mut c = connect(shard.instances[0].0);
     for n in [0, 499, 999] {
         assert_eq!(c.get::<_, u64>(format!("k{n}")).unwrap(), n);
     }

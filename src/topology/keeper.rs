@@ -166,8 +166,9 @@ impl Keeper {
                 // what routes, is worth a new snapshot.
                 let changed = before.as_ref().map(|b| (b.role, b.keys)) != Some((role, keys));
                 let guarded = self.guard(s, n, before.as_ref());
-                self.attach_former_master(s, n);
-                self.heal(s) | changed | guarded
+                let healed = self.heal(s);
+                self.attach_former_masters(s);
+                healed | changed | guarded
             }
         }
     }
@@ -189,10 +190,9 @@ impl Keeper {
         false
     }
 
-    /// Writes go where the nodes say the master is: when the shard's master has stepped down
-    /// and exactly one other live node says it is master (a failover made by an operator,
-    /// Sentinel or another instance), that node becomes the shard's master. Returns whether it
-    /// changed.
+    /// Writes go where the nodes say the master is ([`Shard::master_by_roles`]): a failover
+    /// made by an operator, Sentinel or another instance, or a master back empty beside the
+    /// node promoted in its place. Returns whether it changed.
     fn follow_roles(&mut self, s: usize) -> bool {
         let shard = &mut self.shards[s];
         let Some(new) = shard.master_by_roles() else {
@@ -205,7 +205,7 @@ impl Keeper {
         tracing::warn!(
             pool = %self.config.name,
             server = %shard.name,
-            "{} stepped down; writes go to {}, which reports itself master",
+            "{} is no longer master by what the nodes say; writes go to {}, which says it is master",
             shard.nodes[shard.master].label(),
             shard.nodes[new].label()
         );
@@ -365,18 +365,19 @@ impl Keeper {
         released
     }
 
-    /// A node that was this shard's master and now claims to be master again beside the
-    /// current one (restarted with its old configuration, say) is made a replica of the current
-    /// master: it never takes writes back on its own, and the current master's data wins.
-    fn attach_former_master(&mut self, s: usize, n: usize) {
+    /// A node that was this shard's master and claims to be master beside the current one
+    /// (restarted with its old configuration, say) is made a replica of the current master:
+    /// it never takes writes back on its own, and the current master's data wins.
+    fn attach_former_masters(&mut self, s: usize) {
         let shard = &self.shards[s];
         let current = shard.master;
-        let node = &shard.status[n];
-        let current_serves =
-            shard.is_up(current) && shard.status[current].says() == Some(Role::Master);
-        if n != current && node.former_master && node.says() == Some(Role::Master) && current_serves
-        {
-            shard.nodes[n].replicate_from(&shard.nodes[current].addr);
+        if !shard.is_up(current) || shard.status[current].says() != Some(Role::Master) {
+            return;
+        }
+        for (n, node) in shard.status.iter().enumerate() {
+            if n != current && node.former_master && node.says() == Some(Role::Master) {
+                shard.nodes[n].replicate_from(&shard.nodes[current].addr);
+            }
         }
     }
 

@@ -51,8 +51,10 @@ impl Topology {
         Topology { pools, metrics }
     }
 
-    /// Whether every pool can serve every key: a reachable master for every shard on its ring.
-    /// `Err` says which cannot.
+    /// Whether every pool can serve every key: a reachable master for every shard on its
+    /// ring, once every node has been checked (so that, after a failover made while this
+    /// instance was away, the node that is master now is known before clients are sent
+    /// here). `Err` says which cannot.
     pub fn readiness(&self) -> Result<(), String> {
         let mut problems = Vec::new();
         for pool in &self.pools {
@@ -64,7 +66,13 @@ impl Topology {
                 ));
             }
             for (i, shard) in state.shards.iter().enumerate() {
-                if state.on_ring(i) && !shard.serving() {
+                if let Some(n) = shard.status.iter().position(|n| !n.checked) {
+                    problems.push(format!(
+                        "pool {}: {} not checked yet",
+                        pool.config.name,
+                        shard.nodes[n].label()
+                    ));
+                } else if state.on_ring(i) && !shard.serving() {
                     problems.push(format!(
                         "pool {}: master {} is down: {}",
                         pool.config.name,

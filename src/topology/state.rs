@@ -144,30 +144,42 @@ impl<N> Shard<N> {
         self.status.get(i).is_some_and(|n| n.state() == Health::Up)
     }
 
-    /// Whether the master has stepped down: it says it is a replica, or it was seen as master
-    /// and is down now.
+    /// Whether the master has stepped down: it says it is a replica, or its checks found it
+    /// down (a node merely not checked yet, at start-up, has not stepped down).
     pub fn master_stepped_down(&self) -> bool {
         let master = &self.status[self.master];
         match master.says() {
             Some(Role::Replica) => true,
-            Some(Role::Master) => master.state() == Health::Down,
-            None => false,
+            _ => master.checked && master.state() == Health::Down,
         }
     }
 
-    /// The node that should be master by what the nodes say: `Some` when the master has
-    /// stepped down and exactly one other node that is not down says it is master.
+    /// The node that should be master by what the nodes say, when it is not the current one:
+    /// - the master stepped down and other nodes that are not down say they are master;
+    /// - or another node says it is master beside the current one, which has no replication
+    ///   history (after a failover, an instance that starts with the configured master,
+    ///   restarted empty, must not keep writing there).
+    ///
+    /// Among several claims, the largest offset wins, then the current master, then
+    /// configuration order, so that every instance picks the same node.
     pub fn master_by_roles(&self) -> Option<usize> {
-        if !self.master_stepped_down() {
-            return None;
-        }
-        let mut claims = (0..self.nodes.len()).filter(|&i| {
+        let claims = (0..self.nodes.len()).filter(|&i| {
             let node = &self.status[i];
-            i != self.master && node.state() != Health::Down && node.says() == Some(Role::Master)
+            node.state() != Health::Down && node.says() == Some(Role::Master)
         });
-        match (claims.next(), claims.next()) {
-            (Some(new), None) => Some(new),
-            _ => None,
+        let offset = |i: usize| self.status[i].said.as_ref().map_or(0, |s| s.offset);
+        let best = claims.max_by_key(|&i| (offset(i), i == self.master, std::cmp::Reverse(i)))?;
+        // A master with no replication history (a fresh process that never had a replica)
+        // beside one with history: offsets taken at different checks do not compare finely,
+        // but zero against more does.
+        let current = &self.status[self.master];
+        let contested = current.says() == Some(Role::Master)
+            && current.state() != Health::Down
+            && offset(self.master) == 0
+            && offset(best) > 0;
+        match best != self.master && (self.master_stepped_down() || contested) {
+            true => Some(best),
+            false => None,
         }
     }
 
@@ -307,11 +319,12 @@ mod tests {
         assert_eq!(s.retry_index(0), 1, "none up: the next");
     }
 
-    fn says(s: &mut Shard<()>, roles: [Option<Role>; 3]) {
+    fn says(s: &mut Shard<()>, roles: [Option<(Role, u64)>; 3]) {
         for (node, role) in s.status.iter_mut().zip(roles) {
-            node.said = role.map(|role| Said {
+            node.checked = true;
+            node.said = role.map(|(role, offset)| Said {
                 role,
-                offset: 0,
+                offset,
                 keys: 0,
                 run_id: "".into(),
                 follows: None,
@@ -320,36 +333,80 @@ mod tests {
     }
 
     #[test]
-    fn the_master_follows_what_the_nodes_say_only_when_they_agree() {
-        use Role::{Master, Replica};
+    fn the_master_follows_what_the_nodes_say() {
+        let (master, replica) = (Some((Role::Master, 0)), Some((Role::Replica, 0)));
         let mut s = shard(3, 0, &[], false);
         assert_eq!(s.master_by_roles(), None, "nothing said yet");
-        says(&mut s, [Some(Master), Some(Replica), Some(Replica)]);
+        says(&mut s, [master, replica, replica]);
         assert_eq!(s.master_by_roles(), None, "the master is master");
-        says(&mut s, [Some(Replica), Some(Replica), Some(Master)]);
+        says(&mut s, [replica, replica, master]);
         assert_eq!(s.master_by_roles(), Some(2));
-        says(&mut s, [Some(Replica), Some(Master), Some(Master)]);
-        assert_eq!(s.master_by_roles(), None, "two claim it: keep the master");
-        says(&mut s, [None, Some(Master), Some(Replica)]);
-        assert_eq!(s.master_by_roles(), None, "the master has not said");
+        says(&mut s, [replica, master, master]);
+        assert_eq!(
+            s.master_by_roles(),
+            Some(1),
+            "two claim it: the first of equals"
+        );
+        says(
+            &mut s,
+            [replica, Some((Role::Master, 5)), Some((Role::Master, 9))],
+        );
+        assert_eq!(
+            s.master_by_roles(),
+            Some(2),
+            "two claim it: the most advanced"
+        );
+        says(&mut s, [None, master, replica]);
+        s.status[0].checked = false;
+        assert_eq!(s.master_by_roles(), None, "the master is not checked yet");
+    }
+
+    #[test]
+    fn a_master_back_empty_beside_the_promoted_one_gives_way() {
+        // After a failover another instance made, this one starts with the configured master,
+        // which came back empty claiming master beside the promoted node.
+        let mut s = shard(2, 0, &[], false);
+        says(
+            &mut s,
+            [Some((Role::Master, 0)), Some((Role::Master, 48_000)), None],
+        );
+        assert_eq!(s.master_by_roles(), Some(1));
+        // The current master leads, or is level: nothing changes.
+        says(
+            &mut s,
+            [Some((Role::Master, 48_000)), Some((Role::Master, 0)), None],
+        );
+        assert_eq!(s.master_by_roles(), None);
+        let mut s = shard(2, 1, &[], false);
+        says(
+            &mut s,
+            [Some((Role::Master, 7)), Some((Role::Master, 7)), None],
+        );
+        assert_eq!(s.master_by_roles(), None);
     }
 
     #[test]
     fn a_master_that_died_gives_way_to_the_one_node_promoted_elsewhere() {
-        use Role::{Master, Replica};
+        let (master, replica) = (Some((Role::Master, 0)), Some((Role::Replica, 0)));
         // The master was seen as master, then went down; a replica was promoted by Sentinel.
         let mut s = shard(3, 0, &[0], false);
-        says(&mut s, [Some(Master), Some(Master), Some(Replica)]);
+        says(&mut s, [master, master, replica]);
         assert!(s.master_stepped_down());
         assert_eq!(s.master_by_roles(), Some(1));
         // A node that is down itself does not count as a claim.
         let mut s = shard(3, 0, &[0, 1], false);
-        says(&mut s, [Some(Master), Some(Master), Some(Replica)]);
+        says(&mut s, [master, master, replica]);
         assert_eq!(s.master_by_roles(), None);
-        // Never seen as master: a node still starting up is not a master that stepped down.
+        // Not checked yet: a node still starting up is not a master that stepped down.
         let mut s = shard(3, 0, &[0], false);
-        says(&mut s, [None, Some(Master), Some(Replica)]);
+        says(&mut s, [None, master, replica]);
+        s.status[0].checked = false;
         assert!(!s.master_stepped_down());
+        // Checked and found down, never having said anything (the proxy started while it was
+        // dead): it has stepped down.
+        s.status[0].checked = true;
+        assert!(s.master_stepped_down());
+        assert_eq!(s.master_by_roles(), Some(1));
     }
 
     #[test]
