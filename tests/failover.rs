@@ -509,10 +509,10 @@ const SENTINEL_DOWN_AFTER_MS: u64 = 1000;
 
 /// One master and two replicas watched by three redis-sentinel processes (quorum 2), which
 /// know each other and the replicas; no proxy instance yet.
-fn watched_by_sentinels() -> (Replicated, Vec<Sentinel>) {
+fn watched_by_sentinels(password: Option<&str>) -> (Replicated, Vec<Sentinel>) {
     let shard = replicated(2, &QUICK_SYNC, "", 0);
     let sentinels: Vec<Sentinel> = (0..3)
-        .map(|_| Sentinel::start("one", &shard.master, SENTINEL_DOWN_AFTER_MS))
+        .map(|_| Sentinel::start("one", &shard.master, SENTINEL_DOWN_AFTER_MS, password))
         .collect();
     wait_until(
         "the sentinels know each other and the replicas",
@@ -544,7 +544,7 @@ fn sentinel_pool(sentinels: &[Sentinel], extra: &str) -> String {
 
 /// Two instances with `failover: sentinel` that know the server only by its Sentinel name.
 fn sentinel_drill() -> (Replicated, Vec<Sentinel>, Drill) {
-    let (mut shard, sentinels) = watched_by_sentinels();
+    let (mut shard, sentinels) = watched_by_sentinels(None);
     let extra = format!("    read_from: replica_preferred\n{FAST_CHECKS}");
     shard.start_instances(2, "{ name: one }", &sentinel_pool(&sentinels, &extra));
     shard.wait_roles_known();
@@ -561,9 +561,10 @@ fn writes_follow_a_sentinel_failover_within_down_after_plus_two_seconds() {
 
 #[test]
 fn sentinel_announcements_alone_move_writes() {
-    let (mut shard, sentinels) = watched_by_sentinels();
+    // Sentinels that want a password: the proxy gives sentinel_auth.
+    let (mut shard, sentinels) = watched_by_sentinels(Some("sentinel-secret"));
     // Health checks a minute apart: only Sentinel's +switch-master can move writes in time.
-    let slow = "    health_check: { interval_ms: 60000, timeout_ms: 500, failures: 3 }\n";
+    let slow = "    sentinel_auth: { password: sentinel-secret }\n    health_check: { interval_ms: 60000, timeout_ms: 500, failures: 3 }\n";
     shard.start_instances(1, "{ name: one }", &sentinel_pool(&sentinels, slow));
     let (port, proxy) = &shard.instances[0];
     shard.master.kill();

@@ -312,24 +312,36 @@ impl Drop for Process {
 }
 
 /// A redis-sentinel process on a free port, monitoring one master as `name` with quorum 2,
-/// finding it down after `down_after_ms`.
+/// finding it down after `down_after_ms`; with `password`, clients and the other Sentinels
+/// must give it.
 pub struct Sentinel {
     pub port: u16,
+    password: Option<String>,
     _process: Process,
     _dir: TempDir,
 }
 
 impl Sentinel {
-    pub fn start(name: &str, master: &Redis, down_after_ms: u64) -> Sentinel {
+    pub fn start(
+        name: &str,
+        master: &Redis,
+        down_after_ms: u64,
+        password: Option<&str>,
+    ) -> Sentinel {
         let port = free_port();
         let dir = TempDir::new("sentinel");
-        let config = format!(
+        let mut config = format!(
             "port {port}\nbind 127.0.0.1\ndir {}\nlogfile sentinel.log\nsentinel monitor {name} 127.0.0.1 {} 2\n\
              sentinel down-after-milliseconds {name} {down_after_ms}\n\
              sentinel failover-timeout {name} 10000\nsentinel parallel-syncs {name} 1\n",
             dir.0.display(),
             master.port
         );
+        if let Some(password) = password {
+            config.push_str(&format!(
+                "requirepass {password}\nsentinel sentinel-pass {password}\n"
+            ));
+        }
         let path = dir.write("sentinel.conf", &config);
         let child = Command::new("redis-sentinel")
             .arg(&path)
@@ -343,6 +355,7 @@ impl Sentinel {
         });
         Sentinel {
             port,
+            password: password.map(str::to_string),
             _process: process,
             _dir: dir,
         }
@@ -350,7 +363,11 @@ impl Sentinel {
 
     /// `SENTINEL MASTER name` as field/value pairs.
     pub fn master_info(&self, name: &str) -> Vec<(String, String)> {
-        let mut c = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
+        let auth = self
+            .password
+            .as_ref()
+            .map_or_else(String::new, |p| format!(":{p}@"));
+        let mut c = redis::Client::open(format!("redis://{auth}127.0.0.1:{}/", self.port))
             .unwrap()
             .get_connection()
             .unwrap();
