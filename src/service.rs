@@ -74,8 +74,17 @@ pub async fn run(mut config: Config, workers: usize) -> Result<(), StartError> {
         }
         tokio::spawn(admin::serve(listener, topology.clone(), shutdown.clone()));
     }
-    wait_for_signal().await.map_err(StartError::Signals)?;
-    tracing::info!("shutting down: no new clients, finishing requests in flight");
+    let mut signals = Signals::new().map_err(StartError::Signals)?;
+    signals.next().await;
+    // The load balancer sees /ready fail and stops sending clients while they are still
+    // served; a second signal cuts the drain short.
+    tracing::info!(
+        "shutting down: /ready answers 503; accepting clients for {} ms more",
+        config.drain.as_millis()
+    );
+    topology.start_draining();
+    let _ = tokio::time::timeout(config.drain, signals.next()).await;
+    tracing::info!("no new clients; closing each client once its requests are answered");
     shutdown.cancel();
     sessions.close();
     if tokio::time::timeout(config.shutdown_grace, sessions.wait())
@@ -91,13 +100,26 @@ pub async fn run(mut config: Config, workers: usize) -> Result<(), StartError> {
     Ok(())
 }
 
-async fn wait_for_signal() -> io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, as one stream of stop requests.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    /// Waits for the next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }

@@ -599,6 +599,43 @@ fn sigterm_finishes_requests_in_flight_and_exits_zero() {
 }
 
 #[test]
+fn sigterm_makes_ready_fail_while_clients_are_still_served_then_closes_idle_ones() {
+    let redis = Redis::start();
+    let port = free_port();
+    let config = format!(
+        "drain_ms: 1500\n{}",
+        pool_config(port, &[format!("{}:1 one", redis.addr())], "")
+    );
+    let mut proxy = Proxy::start(&config, port);
+    proxy.wait_ready(true);
+    let mut idle = Raw::connect(port);
+    idle.roundtrip(&command(&[b"PING"]), b"+PONG\r\n");
+    let pid = proxy.process.child.id().to_string();
+    let signalled = std::time::Instant::now();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(term.unwrap().success());
+    wait_until("/ready fails", Duration::from_secs(1), || {
+        proxy.http("/ready")
+            == (
+                503,
+                "{\"ready\":false,\"reason\":\"shutting down: draining\"}\n".to_string(),
+            )
+    });
+    // The load balancer has not noticed yet: a client that arrives now is still served.
+    let mut late = Raw::connect(port);
+    late.roundtrip(&command(&[b"PING"]), b"+PONG\r\n");
+    assert!(signalled.elapsed() < Duration::from_millis(1500));
+    // After the drain: idle clients are closed and the process exits 0.
+    assert!(idle.is_closed());
+    assert!(late.is_closed());
+    assert!(signalled.elapsed() >= Duration::from_millis(1500));
+    assert_eq!(proxy.process.child.wait().unwrap().code(), Some(0));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}
+
+#[test]
 fn twemproxy_style_backend_auth_and_db() {
     let shard = Redis::start_with(&["--requirepass", "pw"]);
     let port = free_port();

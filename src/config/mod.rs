@@ -55,7 +55,10 @@ fn invalid(at: Location, message: impl Into<String>) -> Invalid {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub admin_listen: Option<Address>,
-    /// How long in-flight requests may take to finish after SIGTERM.
+    /// After SIGTERM: how long `/ready` answers 503 while clients are still accepted, so the
+    /// load balancer stops sending new ones before the listeners close…
+    pub drain: Duration,
+    /// …then how long in-flight requests may take to finish.
     pub shutdown_grace: Duration,
     pub pools: Vec<PoolConfig>,
 }
@@ -162,6 +165,7 @@ pub struct ServerConfig {
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
 pub const DEFAULT_GRACE: Duration = Duration::from_millis(5000);
+pub const DEFAULT_DRAIN: Duration = Duration::from_millis(2000);
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -283,6 +287,7 @@ fn validate(parts: raw::Parts) -> Result<Config, Invalid> {
     }
     Ok(Config {
         admin_listen: parts.admin_listen.map(|a| a.value),
+        drain: parts.drain,
         shutdown_grace: parts.shutdown_grace,
         pools,
     })

@@ -14,6 +14,7 @@ use super::*;
 /// What both formats reduce to before cross-field validation.
 pub(super) struct Parts {
     pub admin_listen: Option<Spanned<Address>>,
+    pub drain: Duration,
     pub shutdown_grace: Duration,
     pub pools: Vec<(String, PoolParts)>,
 }
@@ -23,6 +24,7 @@ pub(super) struct Parts {
 #[serde(deny_unknown_fields)]
 pub(super) struct File {
     admin: Option<Admin>,
+    drain_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
     pools: BTreeMap<String, Spanned<Pool>>,
 }
@@ -416,6 +418,7 @@ impl File {
             .collect::<Result<_, Invalid>>()?;
         Ok(Parts {
             admin_listen: self.admin.map(|a| a.listen),
+            drain: self.drain_ms.map_or(DEFAULT_DRAIN, millis),
             shutdown_grace: self.shutdown_grace_ms.map_or(DEFAULT_GRACE, millis),
             pools,
         })
@@ -484,6 +487,7 @@ impl TwemproxyFile {
             .collect::<Result<_, Invalid>>()?;
         Ok(Parts {
             admin_listen: None,
+            drain: DEFAULT_DRAIN,
             shutdown_grace: DEFAULT_GRACE,
             pools,
         })

@@ -13,6 +13,7 @@ pub use scripts::Scripts;
 pub use state::{NodeStatus, PoolState, Shard};
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::{ArcSwap, Guard};
 use tokio::sync::mpsc;
@@ -27,6 +28,8 @@ use keeper::{Keeper, ShardFailover};
 pub struct Topology {
     pub pools: Vec<Arc<Pool>>,
     pub metrics: Metrics,
+    /// The process is shutting down: the load balancer should send no new clients.
+    draining: AtomicBool,
 }
 
 /// A pool: its configuration, its counters, and its current state.
@@ -48,7 +51,16 @@ impl Topology {
             .iter()
             .map(|p| Arc::new(Pool::start(p, &metrics, workers)))
             .collect();
-        Topology { pools, metrics }
+        Topology {
+            pools,
+            metrics,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// From now on [`Topology::readiness`] says the process is shutting down.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
     }
 
     /// Whether every pool can serve every key: a reachable master for every shard on its
@@ -56,6 +68,9 @@ impl Topology {
     /// instance was away, the node that is master now is known before clients are sent
     /// here). `Err` says which cannot.
     pub fn readiness(&self) -> Result<(), String> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err("shutting down: draining".to_string());
+        }
         let mut problems = Vec::new();
         for pool in &self.pools {
             let state = pool.state();
