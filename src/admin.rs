@@ -1,181 +1,231 @@
-//! The admin HTTP endpoint for load balancers and operators: `/health`, `/ready`, `/metrics`,
-//! `/topology`. A few routes with tiny bodies do not need an HTTP framework.
+//! The admin HTTP endpoint for load balancers and operators: `/health` and `/ready` for anyone,
+//! `/metrics` and `/topology` behind the bearer token when one is configured. HTTP is axum's,
+//! JSON serde_json's.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Health, Role};
-use crate::topology::Topology;
+use crate::config::{AdminToken, same_secret};
+use crate::topology::{NodeStatus, Pool, Topology};
 
-const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// What the handlers share.
+struct Admin {
+    topology: Arc<Topology>,
+    token: Option<AdminToken>,
+}
 
 /// Serves admin requests until `shutdown` fires.
-pub async fn serve(listener: TcpListener, topology: Arc<Topology>, shutdown: CancellationToken) {
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(_) => continue,
-            },
-        };
-        let topology = topology.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), handle(stream, &topology)).await;
-        });
+pub async fn serve(
+    listener: TcpListener,
+    topology: Arc<Topology>,
+    token: Option<AdminToken>,
+    shutdown: CancellationToken,
+) {
+    let admin = Arc::new(Admin { topology, token });
+    let guarded = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/topology", get(topology_view))
+        .route_layer(middleware::from_fn_with_state(admin.clone(), authorize));
+    let app = Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .merge(guarded)
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "not found: try /health /ready /metrics /topology\n",
+            )
+        })
+        .with_state(admin);
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
+    if let Err(e) = served.await {
+        tracing::error!("admin endpoint stopped: {e}");
     }
 }
 
-async fn handle(mut stream: TcpStream, topology: &Topology) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 || head.len() + n > MAX_REQUEST_HEAD {
-            return Ok(());
-        }
-        head.extend_from_slice(&chunk[..n]);
-    }
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let mut words = line.split(|&b| b == b' ');
-    let (method, path) = (
-        words.next().unwrap_or_default(),
-        words.next().unwrap_or_default(),
-    );
-    let path = path.split(|&b| b == b'?').next().unwrap_or_default();
-    let (status, content_type, body) = if method != b"GET" && method != b"HEAD" {
-        (405, "text/plain", "only GET is served\n".to_string())
-    } else {
-        route(path, topology)
+/// With a token configured, a request must carry `Authorization: Bearer <token>`.
+async fn authorize(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(AdminToken(token)) = &admin.token else {
+        return next.run(request).await;
     };
-    let reason = match status {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Service Unavailable",
-    };
-    let mut response = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    if method != b"HEAD" {
-        response.push_str(&body);
-    }
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-fn route(path: &[u8], topology: &Topology) -> (u16, &'static str, String) {
-    match path {
-        b"/health" => (200, "text/plain", "ok\n".to_string()),
-        b"/ready" => match topology.readiness() {
-            Ok(()) => (200, "application/json", "{\"ready\":true}\n".to_string()),
-            Err(reason) => (
-                503,
-                "application/json",
-                format!("{{\"ready\":false,\"reason\":{}}}\n", json_string(&reason)),
-            ),
-        },
-        b"/metrics" => (
-            200,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            topology.metrics.encode(),
-        ),
-        b"/topology" => (200, "application/json", topology_json(topology)),
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(given) if same_secret(given.as_bytes(), token.as_bytes()) => next.run(request).await,
         _ => (
-            404,
-            "text/plain",
-            "not found: try /health /ready /metrics /topology\n".to_string(),
-        ),
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a bearer token is needed: Authorization: Bearer <admin token>\n",
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Serialize)]
+struct Readiness {
+    ready: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+async fn ready(State(admin): State<Arc<Admin>>) -> Response {
+    let (status, reason) = match admin.topology.readiness() {
+        Ok(()) => (StatusCode::OK, None),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, Some(reason)),
+    };
+    let ready = reason.is_none();
+    json(status, &Readiness { ready, reason })
+}
+
+async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        admin.topology.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// A JSON body with a final newline, for people reading it with curl.
+fn json(status: StatusCode, value: &impl Serialize) -> Response {
+    let mut body = serde_json::to_string(value).unwrap_or_default();
+    body.push('\n');
+    let content_type = HeaderValue::from_static("application/json");
+    (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+#[derive(Serialize)]
+struct TopologyView<'a> {
+    pools: Vec<PoolView<'a>>,
+}
+
+#[derive(Serialize)]
+struct PoolView<'a> {
+    name: &'a str,
+    listen: String,
+    protocol: &'static str,
+    hash: &'static str,
+    distribution: &'static str,
+    read_from: &'static str,
+    failover: &'static str,
+    servers: Vec<ServerView<'a>>,
+}
+
+#[derive(Serialize)]
+struct ServerView<'a> {
+    name: String,
+    identity: &'a str,
+    weight: u32,
+    on_ring: bool,
+    master: Endpoint,
+    replicas: Vec<Endpoint>,
+    nodes: Vec<NodeView>,
+}
+
+/// A node in brief: its address and whether it is in service (not down).
+#[derive(Serialize)]
+struct Endpoint {
+    address: String,
+    up: bool,
+}
+
+#[derive(Serialize)]
+struct NodeView {
+    address: String,
+    /// How the proxy routes to it.
+    role: &'static str,
+    state: &'static str,
+    reason: String,
+    /// What it says it is.
+    says: Option<&'static str>,
+    keys: Option<u64>,
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Master => "master",
+        Role::Replica => "replica",
     }
 }
 
 /// Pools, servers, their addresses and live state. Passwords are never shown.
-fn topology_json(topology: &Topology) -> String {
-    let pools: Vec<String> = topology
-        .pools
+async fn topology_view(State(admin): State<Arc<Admin>>) -> Response {
+    let pools = admin.topology.pools.iter().map(|p| pool_view(p)).collect();
+    json(StatusCode::OK, &TopologyView { pools })
+}
+
+fn pool_view(pool: &Pool) -> PoolView<'_> {
+    let state = pool.state();
+    let c = &pool.config;
+    let servers = state
+        .shards
         .iter()
-        .map(|pool| {
-            let state = pool.state();
-            let c = &pool.config;
-            let servers: Vec<String> = state
-                .shards
-                .iter()
-                .enumerate()
-                .map(|(i, shard)| {
-                    let replicas: Vec<String> = (0..shard.nodes.len())
-                        .filter(|&n| n != shard.master)
-                        .map(|n| format!("{{\"address\":{},\"up\":{}}}", json_string(&shard.nodes[n].addr.to_string()), shard.status[n].state() != Health::Down))
-                        .collect();
-                    let nodes: Vec<String> = (0..shard.nodes.len())
-                        .map(|n| {
-                            format!(
-                                "{{\"address\":{},\"role\":\"{}\",\"state\":\"{}\",\"reason\":{},\"says\":{},\"keys\":{}}}",
-                                json_string(&shard.nodes[n].addr.to_string()),
-                                if n == shard.master { "master" } else { "replica" },
-                                shard.status[n].state().as_str(),
-                                json_string(shard.status[n].why()),
-                                match shard.status[n].says() {
-                                    Some(Role::Master) => "\"master\"",
-                                    Some(Role::Replica) => "\"replica\"",
-                                    None => "null",
-                                },
-                                shard.status[n].said.as_ref().map_or_else(|| "null".to_string(), |s| s.keys.to_string()),
-                            )
-                        })
-                        .collect();
-                    format!(
-                        "{{\"name\":{},\"identity\":{},\"weight\":{},\"on_ring\":{},\"master\":{{\"address\":{},\"up\":{}}},\"replicas\":[{}],\"nodes\":[{}]}}",
-                        json_string(&shard.name),
-                        json_string(&c.servers[i].identity),
-                        c.servers[i].weight,
-                        state.on_ring(i),
-                        json_string(&shard.master().addr.to_string()),
-                        shard.status[shard.master].state() != Health::Down,
-                        replicas.join(","),
-                        nodes.join(",")
-                    )
-                })
-                .collect();
-            format!(
-                "{{\"name\":{},\"listen\":{},\"protocol\":\"{}\",\"hash\":\"{}\",\"distribution\":\"{}\",\"read_from\":\"{}\",\"failover\":\"{}\",\"servers\":[{}]}}",
-                json_string(&c.name),
-                json_string(&c.listen.to_string()),
-                c.protocol,
-                c.hash,
-                c.distribution,
-                c.read_from,
-                c.failover,
-                servers.join(",")
-            )
+        .enumerate()
+        .map(|(i, shard)| {
+            let address = |n: usize| shard.nodes[n].addr.to_string();
+            let up = |n: usize| shard.status[n].state() != Health::Down;
+            let node = |n: usize, status: &NodeStatus| NodeView {
+                address: address(n),
+                role: if n == shard.master {
+                    "master"
+                } else {
+                    "replica"
+                },
+                state: status.state().as_str(),
+                reason: status.why().to_string(),
+                says: status.says().map(role_name),
+                keys: status.said.as_ref().map(|s| s.keys),
+            };
+            ServerView {
+                name: shard.name.to_string(),
+                identity: &c.servers[i].identity,
+                weight: c.servers[i].weight,
+                on_ring: state.on_ring(i),
+                master: Endpoint {
+                    address: address(shard.master),
+                    up: up(shard.master),
+                },
+                replicas: (0..shard.nodes.len())
+                    .filter(|&n| n != shard.master)
+                    .map(|n| Endpoint {
+                        address: address(n),
+                        up: up(n),
+                    })
+                    .collect(),
+                nodes: shard
+                    .status
+                    .iter()
+                    .enumerate()
+                    .map(|(n, status)| node(n, status))
+                    .collect(),
+            }
         })
         .collect();
-    format!("{{\"pools\":[{}]}}\n", pools.join(","))
-}
-
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn json_strings_are_escaped() {
-        assert_eq!(super::json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    PoolView {
+        name: &c.name,
+        listen: c.listen.to_string(),
+        protocol: c.protocol.name(),
+        hash: c.hash.name(),
+        distribution: c.distribution.name(),
+        read_from: c.read_from.name(),
+        failover: c.failover.name(),
+        servers,
     }
 }

@@ -72,7 +72,18 @@ pub async fn run(mut config: Config, workers: usize) -> Result<(), StartError> {
         if let Ok(local) = listener.local_addr() {
             tracing::info!("admin endpoint on http://{local}/");
         }
-        tokio::spawn(admin::serve(listener, topology.clone(), shutdown.clone()));
+        let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+        if !loopback && config.admin_token.is_none() {
+            tracing::warn!(
+                "the admin endpoint listens beyond loopback without a token: anyone who reaches {addr} can read /metrics and /topology (set admin.token)"
+            );
+        }
+        tokio::spawn(admin::serve(
+            listener,
+            topology.clone(),
+            config.admin_token.clone(),
+            shutdown.clone(),
+        ));
     }
     let mut signals = Signals::new().map_err(StartError::Signals)?;
     signals.next().await;

@@ -636,6 +636,34 @@ fn sigterm_makes_ready_fail_while_clients_are_still_served_then_closes_idle_ones
 }
 
 #[test]
+fn admin_token_guards_metrics_and_topology_but_not_health_and_readiness() {
+    let redis = Redis::start();
+    let port = free_port();
+    let config = format!(
+        "admin: {{ listen: 127.0.0.1:1, token_env: ADMIN_TOKEN }}\n{}",
+        pool_config(port, &[format!("{}:1 one", redis.addr())], "")
+    );
+    let proxy = Proxy::start_with_env(&config, port, &[("ADMIN_TOKEN", "s3cret-token")]);
+    proxy.wait_ready(true);
+    let ask = |method: &str, path: &str, headers: &str| {
+        http_request(proxy.admin, method, path, headers).expect("admin endpoint answers")
+    };
+    assert_eq!(ask("GET", "/health", ""), (200, "ok\n".to_string()));
+    assert_eq!(ask("GET", "/ready", "").0, 200);
+    for path in ["/metrics", "/topology"] {
+        assert_eq!(ask("GET", path, "").0, 401, "{path} without a token");
+        let wrong = "Authorization: Bearer s3cret-tokem\r\n";
+        assert_eq!(ask("GET", path, wrong).0, 401, "{path} with a wrong token");
+        let right = "Authorization: Bearer s3cret-token\r\n";
+        let (status, body) = ask("GET", path, right);
+        assert_eq!(status, 200, "{path}");
+        assert!(!body.contains("s3cret"), "{body}");
+    }
+    assert_eq!(ask("POST", "/health", "").0, 405);
+    assert_eq!(ask("GET", "/nowhere", "").0, 404);
+}
+
+#[test]
 fn twemproxy_style_backend_auth_and_db() {
     let shard = Redis::start_with(&["--requirepass", "pw"]);
     let port = free_port();

@@ -55,6 +55,8 @@ fn invalid(at: Location, message: impl Into<String>) -> Invalid {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub admin_listen: Option<Address>,
+    /// Bearer token the admin endpoint asks for, except on `/health` and `/ready`.
+    pub admin_token: Option<AdminToken>,
     /// After SIGTERM: how long `/ready` answers 503 while clients are still accepted, so the
     /// load balancer stops sending new ones before the listeners close…
     pub drain: Duration,
@@ -86,6 +88,21 @@ impl fmt::Debug for ClientUser {
             .field("name", &self.name)
             .finish_non_exhaustive()
     }
+}
+
+/// The admin endpoint's bearer token; never shown.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub String);
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(…)")
+    }
+}
+
+/// Equality of secrets that looks at every byte whatever differs first.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -287,6 +304,7 @@ fn validate(parts: raw::Parts) -> Result<Config, Invalid> {
     }
     Ok(Config {
         admin_listen: parts.admin_listen.map(|a| a.value),
+        admin_token: parts.admin_token,
         drain: parts.drain,
         shutdown_grace: parts.shutdown_grace,
         pools,

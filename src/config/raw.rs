@@ -14,6 +14,7 @@ use super::*;
 /// What both formats reduce to before cross-field validation.
 pub(super) struct Parts {
     pub admin_listen: Option<Spanned<Address>>,
+    pub admin_token: Option<AdminToken>,
     pub drain: Duration,
     pub shutdown_grace: Duration,
     pub pools: Vec<(String, PoolParts)>,
@@ -33,6 +34,8 @@ pub(super) struct File {
 #[serde(deny_unknown_fields)]
 struct Admin {
     listen: Spanned<Address>,
+    token: Option<String>,
+    token_env: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -273,7 +276,7 @@ fn secret(
     match (value, env) {
         (Some(_), Some(_)) => Err(invalid(
             at,
-            format!("{what}: give password or password_env, not both"),
+            format!("{what}: give the value or the _env variable, not both"),
         )),
         (Some(v), None) => Ok(Some(v)),
         (None, Some(var)) => std::env::var(&var)
@@ -416,8 +419,16 @@ impl File {
             .into_iter()
             .map(|(name, pool)| Ok((name, pool.value.into_parts(pool.referenced)?)))
             .collect::<Result<_, Invalid>>()?;
+        let admin_token = match &self.admin {
+            Some(a) => {
+                let at = a.listen.referenced;
+                secret(a.token.clone(), a.token_env.clone(), at, "admin token")?.map(AdminToken)
+            }
+            None => None,
+        };
         Ok(Parts {
             admin_listen: self.admin.map(|a| a.listen),
+            admin_token,
             drain: self.drain_ms.map_or(DEFAULT_DRAIN, millis),
             shutdown_grace: self.shutdown_grace_ms.map_or(DEFAULT_GRACE, millis),
             pools,
@@ -487,6 +498,7 @@ impl TwemproxyFile {
             .collect::<Result<_, Invalid>>()?;
         Ok(Parts {
             admin_listen: None,
+            admin_token: None,
             drain: DEFAULT_DRAIN,
             shutdown_grace: DEFAULT_GRACE,
             pools,

@@ -249,3 +249,13 @@ fn sentinel_pools_may_leave_masters_to_sentinel() {
     assert_eq!(p.servers[0].master, None);
     assert_eq!(p.servers[1].master, Some("127.0.0.1:7001".parse().unwrap()));
 }
+
+#[test]
+fn the_admin_token_is_read_and_never_shown() {
+    let text = "admin: { listen: 127.0.0.1:9191, token: t0ken }\npools:\n  p:\n    listen: 127.0.0.1:6380\n    servers: [127.0.0.1:7000:1]\n";
+    let config = Config::parse("test.yml", text).unwrap();
+    assert_eq!(config.admin_token, Some(AdminToken("t0ken".into())));
+    assert!(!format!("{config:?}").contains("t0ken"));
+    let both = "admin: { listen: 127.0.0.1:9191, token: a, token_env: B }\npools:\n  p:\n    listen: 127.0.0.1:6380\n    servers: [127.0.0.1:7000:1]\n";
+    assert!(error_of(both).contains("admin token: give the value or the _env variable, not both"));
+}

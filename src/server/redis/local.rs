@@ -108,18 +108,13 @@ fn check_password(cx: &mut Local<'_>, user: &[u8], password: &[u8]) -> Result<()
         .iter()
         .filter(|u| u.name.as_bytes() == user)
         .fold(false, |ok, u| {
-            ok | same_secret(u.password.as_bytes(), password)
+            ok | crate::config::same_secret(u.password.as_bytes(), password)
         });
     if !ok {
         return Err(ClientError::WrongPass);
     }
     cx.client.authenticated = true;
     Ok(())
-}
-
-/// Equality that looks at every byte whatever differs first.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 fn auth(mut cx: Local<'_>, req: &Request) -> Plan {
