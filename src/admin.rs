@@ -1,5 +1,5 @@
 //! The admin HTTP endpoint for load balancers and operators: `/health` and `/ready` for anyone,
-//! `/metrics` and `/topology` behind the bearer token when one is configured. HTTP is axum's,
+//! `/metrics`, `/topology` and `POST /reload` behind the bearer token when one is configured. HTTP is axum's,
 //! JSON serde_json's.
 
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +35,7 @@ pub async fn serve(
     let guarded = Router::new()
         .route("/metrics", get(metrics))
         .route("/topology", get(topology_view))
+        .route("/reload", post(reload))
         .route_layer(middleware::from_fn_with_state(admin.clone(), authorize));
     let app = Router::new()
         .route("/health", get(|| async { "ok\n" }))
@@ -114,6 +115,49 @@ fn json(status: StatusCode, value: &impl Serialize) -> Response {
 #[derive(Serialize)]
 struct TopologyView<'a> {
     pools: Vec<PoolView<'a>>,
+    config: LoadedView,
+}
+
+/// The configuration file served and what its last reload did.
+#[derive(Serialize)]
+struct LoadedView {
+    file: String,
+    md5: String,
+    /// When it was loaded, in seconds since the Unix epoch.
+    loaded_at: u64,
+    /// Why the last reload was refused, until one succeeds.
+    last_reload_error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Reloaded {
+    reloaded: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changed: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// `POST /reload`: reads the configuration file again, as SIGHUP does.
+async fn reload(State(admin): State<Arc<Admin>>) -> Response {
+    match admin.topology.reload() {
+        Ok(changed) => json(
+            StatusCode::OK,
+            &Reloaded {
+                reloaded: true,
+                changed: Some(changed),
+                error: None,
+            },
+        ),
+        Err(error) => json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &Reloaded {
+                reloaded: false,
+                changed: None,
+                error: Some(error),
+            },
+        ),
+    }
 }
 
 #[derive(Serialize)]
@@ -125,13 +169,13 @@ struct PoolView<'a> {
     distribution: &'static str,
     read_from: &'static str,
     failover: &'static str,
-    servers: Vec<ServerView<'a>>,
+    servers: Vec<ServerView>,
 }
 
 #[derive(Serialize)]
-struct ServerView<'a> {
+struct ServerView {
     name: String,
-    identity: &'a str,
+    identity: String,
     weight: u32,
     on_ring: bool,
     master: Endpoint,
@@ -168,7 +212,22 @@ fn role_name(role: Role) -> &'static str {
 /// Pools, servers, their addresses and live state. Passwords are never shown.
 async fn topology_view(State(admin): State<Arc<Admin>>) -> Response {
     let pools = admin.topology.pools.iter().map(|p| pool_view(p)).collect();
-    json(StatusCode::OK, &TopologyView { pools })
+    let loaded = admin
+        .topology
+        .loaded
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let config = LoadedView {
+        file: loaded.path.display().to_string(),
+        md5: loaded.md5,
+        loaded_at: loaded
+            .at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        last_reload_error: loaded.last_error,
+    };
+    json(StatusCode::OK, &TopologyView { pools, config })
 }
 
 fn pool_view(pool: &Pool) -> PoolView<'_> {
@@ -195,8 +254,8 @@ fn pool_view(pool: &Pool) -> PoolView<'_> {
             };
             ServerView {
                 name: shard.name.to_string(),
-                identity: &c.servers[i].identity,
-                weight: c.servers[i].weight,
+                identity: shard.identity.to_string(),
+                weight: shard.weight,
                 on_ring: state.on_ring(i),
                 master: Endpoint {
                     address: address(shard.master),

@@ -75,7 +75,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(ringproxy::run(config, workers)) {
+    match runtime.block_on(ringproxy::run(config, &args.config, workers)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringproxy: {e}");

@@ -23,6 +23,12 @@ pub struct ServerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `failed`.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShardLabels {
     pub pool: String,
     pub server: String,
@@ -64,6 +70,7 @@ pub struct Metrics {
     empty_master_restarts: Family<ShardLabels, Counter>,
     promotion_seconds: Family<ShardLabels, Histogram, fn() -> Histogram>,
     unwritable_seconds: Family<ShardLabels, Counter<f64, AtomicU64>>,
+    config_reloads: Family<ResultLabels, Counter>,
 }
 
 /// One server's (shard's) failover handles.
@@ -182,6 +189,7 @@ impl Default for Metrics {
                 "server_unwritable_seconds",
                 "Time a server had no master to take writes (its master down)",
             ),
+            config_reloads: family(r, "config_reloads", "Configuration reloads, by result"),
             registry: std::mem::take(r),
         }
     }
@@ -237,6 +245,14 @@ impl Metrics {
             promotion_seconds: self.promotion_seconds.get_or_create(&l).clone(),
             unwritable_seconds: self.unwritable_seconds.get_or_create(&l).clone(),
         }
+    }
+
+    /// Counts a configuration reload that succeeded (`ok`) or was refused (`failed`).
+    pub fn count_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" }.to_string();
+        self.config_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// The Prometheus text exposition.

@@ -2,6 +2,7 @@
 //! stop accepting and let the requests in flight finish within the grace period.
 
 use std::io;
+use std::path::Path;
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -9,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Address, Config};
+use crate::topology::reload::Loaded;
 use crate::topology::{Topology, sentinel};
 use crate::workers::Workers;
 use crate::{admin, server};
@@ -32,15 +34,15 @@ pub enum StartError {
     Sentinel(String),
 }
 
-/// Serves `config` with `workers` worker threads until a signal says stop. Runs on a
-/// current-thread runtime, which accepts clients and runs health checks and the admin
-/// endpoint; the workers serve the clients.
-pub async fn run(mut config: Config, workers: usize) -> Result<(), StartError> {
+/// Serves `config`, read from `path`, with `workers` worker threads until a signal says stop;
+/// SIGHUP reloads `path`. Runs on a current-thread runtime, which accepts clients and runs
+/// health checks and the admin endpoint; the workers serve the clients.
+pub async fn run(mut config: Config, path: &Path, workers: usize) -> Result<(), StartError> {
     sentinel::discover(&mut config)
         .await
         .map_err(StartError::Sentinel)?;
     let workers = Arc::new(Workers::start(workers).map_err(StartError::Workers)?);
-    let topology = Arc::new(Topology::start(&config, &workers));
+    let topology = Arc::new(Topology::start(&config, Loaded::of(path), &workers));
     let shutdown = CancellationToken::new();
     let sessions = TaskTracker::new();
     for pool in &topology.pools {
@@ -86,7 +88,9 @@ pub async fn run(mut config: Config, workers: usize) -> Result<(), StartError> {
         ));
     }
     let mut signals = Signals::new().map_err(StartError::Signals)?;
-    signals.next().await;
+    while signals.next().await == Signal::Reload {
+        let _ = topology.reload();
+    }
     // The load balancer sees /ready fail and stops sending clients while they are still
     // served; a second signal cuts the drain short.
     tracing::info!(
@@ -94,7 +98,8 @@ pub async fn run(mut config: Config, workers: usize) -> Result<(), StartError> {
         config.drain.as_millis()
     );
     topology.start_draining();
-    let _ = tokio::time::timeout(config.drain, signals.next()).await;
+    let drained = async { while signals.next().await == Signal::Reload {} };
+    let _ = tokio::time::timeout(config.drain, drained).await;
     tracing::info!("no new clients; closing each client once its requests are answered");
     shutdown.cancel();
     sessions.close();
@@ -111,10 +116,20 @@ pub async fn run(mut config: Config, workers: usize) -> Result<(), StartError> {
     Ok(())
 }
 
-/// SIGTERM and SIGINT, as one stream of stop requests.
+/// What a signal asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signal {
+    /// SIGTERM or SIGINT.
+    Stop,
+    /// SIGHUP (which logrotate setups written for twemproxy send, too).
+    Reload,
+}
+
+/// SIGTERM, SIGINT and SIGHUP, as one stream.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -123,14 +138,16 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
-    /// Waits for the next SIGTERM or SIGINT.
-    async fn next(&mut self) {
+    /// Waits for the next signal.
+    async fn next(&mut self) -> Signal {
         tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
         }
     }
 }

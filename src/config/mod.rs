@@ -119,7 +119,7 @@ impl fmt::Debug for BackendAuth {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PoolConfig {
     pub name: String,
     pub listen: Address,

@@ -138,6 +138,8 @@ pub(super) mod testing {
             .iter()
             .map(|name| Shard {
                 name: (*name).into(),
+                identity: (*name).into(),
+                weight: 1,
                 nodes: vec![(); 1 + replicas],
                 status: vec![up.clone(); 1 + replicas],
                 master: 0,

@@ -190,6 +190,8 @@ mod tests {
     fn shard(saids: Vec<Option<Said>>) -> Shard<()> {
         Shard {
             name: "s".into(),
+            identity: "s".into(),
+            weight: 1,
             nodes: vec![(); saids.len()],
             status: saids
                 .into_iter()

@@ -13,6 +13,7 @@ use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until};
 
 use super::failover;
 use super::sentinel::MasterNamed;
+use super::shards::NodeMaker;
 use super::state::{PoolState, Shard};
 use crate::backend::{Health, NodeEvent, NodeId, Role};
 use crate::config::{Address, Failover, PoolConfig};
@@ -24,6 +25,8 @@ const MAX_RINGS_KEPT: usize = 64;
 
 pub(super) struct Keeper {
     config: PoolConfig,
+    /// Starts the nodes a reload adds.
+    maker: NodeMaker,
     shards: Vec<Shard>,
     /// When each ejected shard rejoins the ring.
     out_until: Vec<Option<Instant>>,
@@ -63,7 +66,8 @@ impl ShardFailover {
 
 /// What a promotion task reports.
 pub(super) struct Promotion {
-    shard: usize,
+    /// The shard's name: a reload may move it meanwhile.
+    shard: Arc<str>,
     /// The master it replaces.
     replaces: NodeId,
     /// The node that took the master's place, or why none did.
@@ -71,16 +75,25 @@ pub(super) struct Promotion {
 }
 
 impl Keeper {
-    /// A keeper for `shards`, and the pool's first snapshot.
+    /// A keeper for `config`'s shards, and the pool's first snapshot.
     pub(super) fn new(
         config: PoolConfig,
-        shards: Vec<Shard>,
-        failover: Vec<ShardFailover>,
+        maker: NodeMaker,
     ) -> (
         Keeper,
         Arc<ArcSwap<PoolState>>,
         UnboundedReceiver<Promotion>,
     ) {
+        let shards: Vec<Shard> = config
+            .servers
+            .iter()
+            .map(|s| maker.shard(&config, s, None))
+            .collect();
+        let failover = config
+            .servers
+            .iter()
+            .map(|s| ShardFailover::new(maker.metrics.shard(&config.name, &s.name)))
+            .collect();
         let live = vec![true; shards.len()];
         let ring = Arc::new(config.ring(&live));
         let state = Arc::new(ArcSwap::from_pointee(PoolState::new(
@@ -94,27 +107,31 @@ impl Keeper {
             failover,
             promotions,
             config,
+            maker,
             shards,
             state: state.clone(),
         };
         (keeper, state, promoted)
     }
 
-    /// Applies node events until every node is gone. Every health interval it also looks again
-    /// at each shard, so a promotion that failed is tried again.
+    /// Applies node events, promotions, what Sentinel says and new shapes (`reshape`) until
+    /// the pool is gone (`reshape` closes). Every health interval it also looks again at each
+    /// shard, so a promotion that failed is tried again.
     pub(super) async fn run(
         mut self,
         mut events: UnboundedReceiver<NodeEvent>,
         mut promoted: UnboundedReceiver<Promotion>,
         mut sentinel: Option<UnboundedReceiver<MasterNamed>>,
+        mut reshape: UnboundedReceiver<PoolConfig>,
     ) {
         let mut tick = interval(self.config.health_check.interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let next_return = self.out_until.iter().flatten().min().copied();
             let changed = tokio::select! {
-                event = events.recv() => match event {
-                    Some(event) => self.apply(event),
+                Some(event) = events.recv() => self.apply(event),
+                config = reshape.recv() => match config {
+                    Some(config) => self.reshape(config),
                     None => return,
                 },
                 Some(promotion) = promoted.recv() => self.promoted(promotion),
@@ -237,11 +254,12 @@ impl Keeper {
         }
         self.failover[s].promoting = true;
         let replaces = shard.master().id();
+        let name = shard.name.clone();
         let report = self.promotions.clone();
         tokio::spawn(async move {
             let result = failover::promote(candidates).await;
             let _ = report.send(Promotion {
-                shard: s,
+                shard: name,
                 replaces,
                 result,
             });
@@ -253,10 +271,13 @@ impl Keeper {
     /// routing changed.
     fn promoted(&mut self, promotion: Promotion) -> bool {
         let Promotion {
-            shard: s,
+            shard: name,
             replaces,
             result,
         } = promotion;
+        let Some(s) = self.shards.iter().position(|s| s.name == name) else {
+            return false;
+        };
         let failover = &mut self.failover[s];
         failover.promoting = false;
         let shard = &mut self.shards[s];
@@ -417,6 +438,35 @@ impl Keeper {
         }
         self.out_until[s] = Some(Instant::now() + self.config.retry_timeout);
         leaves
+    }
+
+    /// Takes a pool's new shape from a reload: each server keeps what is known of it by name
+    /// (its nodes still listed, their health, its master, ejection and failover state); new
+    /// addresses get new nodes, and nodes no longer listed go once the last request on them
+    /// is answered. Placement is rebuilt from the new configuration. Returns true: routing
+    /// changes.
+    fn reshape(&mut self, config: PoolConfig) -> bool {
+        let before = std::mem::take(&mut self.shards);
+        let mut failover: Vec<Option<ShardFailover>> = std::mem::take(&mut self.failover)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut out_until = Vec::new();
+        for server in &config.servers {
+            let old = before.iter().position(|s| *s.name == *server.name);
+            self.shards
+                .push(self.maker.shard(&config, server, old.map(|i| &before[i])));
+            out_until.push(old.and_then(|i| self.out_until[i]));
+            let kept = old.and_then(|i| failover[i].take());
+            self.failover.push(kept.unwrap_or_else(|| {
+                ShardFailover::new(self.maker.metrics.shard(&config.name, &server.name))
+            }));
+        }
+        self.out_until = out_until;
+        self.rings.clear();
+        tracing::info!(pool = %config.name, "reloaded: {} servers", config.servers.len());
+        self.config = config;
+        true
     }
 
     /// Puts back on the ring the servers whose time out is over; returns whether any did.

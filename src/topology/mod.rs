@@ -5,36 +5,46 @@
 
 mod failover;
 mod keeper;
+pub mod reload;
 mod scripts;
 pub mod sentinel;
+mod shards;
 mod state;
 
 pub use scripts::Scripts;
 pub use state::{NodeStatus, PoolState, Shard};
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, Guard};
 use tokio::sync::mpsc;
 
-use crate::backend::{Node, NodeEvent, NodeSpec};
-use crate::config::{Config, Failover, PoolConfig, Protocol};
-use crate::metrics::{Metrics, PoolMetrics, ServerLabels};
+use crate::backend::NodeEvent;
+use crate::config::{Config, Failover, PoolConfig};
+use crate::metrics::{Metrics, PoolMetrics};
 use crate::workers::Workers;
-use keeper::{Keeper, ShardFailover};
+use keeper::Keeper;
+use shards::NodeMaker;
 
 /// Everything the proxy serves.
 pub struct Topology {
     pub pools: Vec<Arc<Pool>>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    /// The file the configuration came from, and what its last reload did.
+    pub loaded: Mutex<reload::Loaded>,
     /// The process is shutting down: the load balancer should send no new clients.
     draining: AtomicBool,
 }
 
 /// A pool: its configuration, its counters, and its current state.
 pub struct Pool {
+    /// The pool's settings. Its `servers` are those it started with; the live ones are in
+    /// its state, and `applied` holds the configuration last applied.
     pub config: PoolConfig,
+    applied: Mutex<PoolConfig>,
+    /// Where a reload sends the pool's new shape to its keeper.
+    reshape: mpsc::UnboundedSender<PoolConfig>,
     state: Arc<ArcSwap<PoolState>>,
     pub metrics: PoolMetrics,
     pub started: std::time::Instant,
@@ -44,8 +54,8 @@ pub struct Pool {
 impl Topology {
     /// Starts every node's connections on the workers, and health checks and each pool's
     /// keeper on the current runtime.
-    pub fn start(config: &Config, workers: &Workers) -> Topology {
-        let metrics = Metrics::default();
+    pub fn start(config: &Config, loaded: reload::Loaded, workers: &Arc<Workers>) -> Topology {
+        let metrics = Arc::new(Metrics::default());
         let pools = config
             .pools
             .iter()
@@ -54,6 +64,7 @@ impl Topology {
         Topology {
             pools,
             metrics,
+            loaded: Mutex::new(loaded),
             draining: AtomicBool::new(false),
         }
     }
@@ -106,60 +117,25 @@ impl Topology {
 }
 
 impl Pool {
-    fn start(config: &PoolConfig, metrics: &Metrics, workers: &Workers) -> Pool {
+    fn start(config: &PoolConfig, metrics: &Arc<Metrics>, workers: &Arc<Workers>) -> Pool {
         let (events, events_rx) = mpsc::unbounded_channel::<NodeEvent>();
-        let replicated_protocol = config.protocol == Protocol::Memcache;
-        let shards = config
-            .servers
-            .iter()
-            .map(|s| {
-                let replicated = replicated_protocol && !s.replicas.is_empty();
-                // Sentinel has named every master by now (`sentinel::discover`).
-                let addrs = s.master.iter().chain(&s.replicas);
-                let nodes: Vec<Arc<Node>> = addrs
-                    .enumerate()
-                    .map(|(i, addr)| {
-                        let labels = ServerLabels {
-                            pool: config.name.clone(),
-                            server: s.name.clone(),
-                            role: if i == 0 { "master" } else { "replica" }.to_string(),
-                            address: addr.to_string(),
-                        };
-                        let spec = NodeSpec {
-                            server_name: &s.name,
-                            addr: addr.clone(),
-                            metrics: metrics.server(labels),
-                            events: events.clone(),
-                            failure_limit: (i == 0 && config.failover == Failover::Eject)
-                                .then_some(config.failure_limit),
-                            flush_when_back: replicated,
-                        };
-                        Arc::new(Node::start(workers, config, spec))
-                    })
-                    .collect();
-                Shard {
-                    name: s.name.as_str().into(),
-                    status: vec![NodeStatus::unchecked(); nodes.len()],
-                    nodes,
-                    master: 0,
-                    replicated,
-                }
-            })
-            .collect();
-        let failover = config
-            .servers
-            .iter()
-            .map(|s| ShardFailover::new(metrics.shard(&config.name, &s.name)))
-            .collect();
-        let (keeper, state, promoted) = Keeper::new(config.clone(), shards, failover);
+        let maker = NodeMaker {
+            workers: workers.clone(),
+            metrics: metrics.clone(),
+            events,
+        };
+        let (keeper, state, promoted) = Keeper::new(config.clone(), maker);
+        let (reshape, reshape_rx) = mpsc::unbounded_channel();
         let sentinel = (config.failover == Failover::Sentinel).then(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             sentinel::follow(config, tx);
             rx
         });
-        tokio::spawn(keeper.run(events_rx, promoted, sentinel));
+        tokio::spawn(keeper.run(events_rx, promoted, sentinel, reshape_rx));
         Pool {
             config: config.clone(),
+            applied: Mutex::new(config.clone()),
+            reshape,
             state,
             metrics: metrics.pool(&config.name),
             started: std::time::Instant::now(),

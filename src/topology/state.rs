@@ -105,6 +105,9 @@ impl NodeStatus {
 #[derive(Clone, Debug)]
 pub struct Shard<N = Arc<Node>> {
     pub name: Arc<str>,
+    /// What the ring hashes for it, and its weight there.
+    pub identity: Arc<str>,
+    pub weight: u32,
     /// The configured master first, then the replicas in configuration order.
     pub nodes: Vec<N>,
     /// What the pool knows of each node, in `nodes`' order.
@@ -246,6 +249,8 @@ mod tests {
     fn shard(n: usize, master: usize, down: &[usize], replicated: bool) -> Shard<()> {
         Shard {
             name: "s".into(),
+            identity: "s".into(),
+            weight: 1,
             nodes: vec![(); n],
             status: (0..n)
                 .map(|i| NodeStatus {

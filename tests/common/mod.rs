@@ -457,6 +457,20 @@ impl Proxy {
         proxy
     }
 
+    /// Replaces the configuration file with `text` (to be reloaded); [`Proxy::shard_of`] then
+    /// places keys by it.
+    pub fn rewrite_config(&mut self, text: &str) {
+        self._dir.write("config.yaml", text);
+        self.config = text.to_string();
+    }
+
+    /// Sends the proxy process a signal (`-HUP`, `-TERM`).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.process.child.id().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success());
+    }
+
     /// Which server of its first pool holds `key` while every server is up, computed from the
     /// configuration by the proxy's own placement code.
     pub fn shard_of(&self, key: &[u8]) -> usize {

@@ -343,7 +343,7 @@ fn info(pool: &Pool, state: &PoolState, req: &Request) -> Plan {
             c.name,
             c.hash,
             c.distribution,
-            c.servers.len(),
+            state.shards.len(),
             state.live_servers(),
             pool.metrics.requests.get(),
         ));

@@ -1,0 +1,80 @@
+//! Building a pool's shards from its configuration. On a reload the shards of the new shape
+//! reuse the nodes of the old one wherever a server keeps an address, so their connections,
+//! health and what they said carry over; only new addresses get new nodes.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::state::{NodeStatus, Shard};
+use crate::backend::{Node, NodeEvent, NodeSpec};
+use crate::config::{Failover, PoolConfig, Protocol, ServerConfig};
+use crate::metrics::{Metrics, ServerLabels};
+use crate::workers::Workers;
+
+/// What starting a node takes, kept by the pool's keeper for reloads.
+pub(super) struct NodeMaker {
+    pub workers: Arc<Workers>,
+    pub metrics: Arc<Metrics>,
+    /// Where the pool's nodes report.
+    pub events: UnboundedSender<NodeEvent>,
+}
+
+impl NodeMaker {
+    /// The shard of `server` in `pool`, keeping the nodes (and what is known of them) of
+    /// `before` whose addresses it still lists. Its master is the configured one, unless the
+    /// node `before` routed writes to is still there.
+    pub fn shard(&self, pool: &PoolConfig, server: &ServerConfig, before: Option<&Shard>) -> Shard {
+        let replicated = pool.protocol == Protocol::Memcache && !server.replicas.is_empty();
+        // Sentinel has named every master by now (`sentinel::discover`).
+        let addrs = server.master.iter().chain(&server.replicas);
+        let mut master = 0;
+        let (nodes, status): (Vec<Arc<Node>>, Vec<NodeStatus>) = addrs
+            .enumerate()
+            .map(|(i, addr)| {
+                let kept = before.and_then(|b| {
+                    let n = b.nodes.iter().position(|node| node.addr == *addr)?;
+                    if n == b.master {
+                        master = i;
+                    }
+                    Some((b.nodes[n].clone(), b.status[n].clone()))
+                });
+                kept.unwrap_or_else(|| (self.start(pool, server, i, addr), NodeStatus::unchecked()))
+            })
+            .unzip();
+        Shard {
+            name: server.name.as_str().into(),
+            identity: server.identity.as_str().into(),
+            weight: server.weight,
+            nodes,
+            status,
+            master,
+            replicated,
+        }
+    }
+
+    fn start(
+        &self,
+        pool: &PoolConfig,
+        server: &ServerConfig,
+        i: usize,
+        addr: &crate::config::Address,
+    ) -> Arc<Node> {
+        let labels = ServerLabels {
+            pool: pool.name.clone(),
+            server: server.name.clone(),
+            role: if i == 0 { "master" } else { "replica" }.to_string(),
+            address: addr.to_string(),
+        };
+        let spec = NodeSpec {
+            server_name: &server.name,
+            addr: addr.clone(),
+            metrics: self.metrics.server(labels),
+            events: self.events.clone(),
+            failure_limit: (i == 0 && pool.failover == Failover::Eject)
+                .then_some(pool.failure_limit),
+            flush_when_back: pool.protocol == Protocol::Memcache && !server.replicas.is_empty(),
+        };
+        Arc::new(Node::start(&self.workers, pool, spec))
+    }
+}
