@@ -28,6 +28,10 @@ struct Args {
     /// (default: one per CPU).
     #[arg(long)]
     workers: Option<usize>,
+    /// Do not reload when the configuration file changes (SIGHUP and `POST /reload` still
+    /// reload).
+    #[arg(long)]
+    no_watch: bool,
     /// Print which Redis commands are served, restricted or refused (the README's lists) and
     /// exit.
     #[arg(long)]
@@ -75,7 +79,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(ringproxy::run(config, &args.config, workers)) {
+    match runtime.block_on(ringproxy::run(
+        config,
+        &args.config,
+        workers,
+        !args.no_watch,
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringproxy: {e}");

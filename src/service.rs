@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Address, Config};
-use crate::topology::reload::Loaded;
+use crate::topology::reload::{self, Loaded};
 use crate::topology::{Topology, sentinel};
 use crate::workers::Workers;
 use crate::{admin, server};
@@ -35,14 +35,31 @@ pub enum StartError {
 }
 
 /// Serves `config`, read from `path`, with `workers` worker threads until a signal says stop;
-/// SIGHUP reloads `path`. Runs on a current-thread runtime, which accepts clients and runs
+/// SIGHUP reloads `path`, and so does a change of it when `watch`. Runs on a current-thread runtime, which accepts clients and runs
 /// health checks and the admin endpoint; the workers serve the clients.
-pub async fn run(mut config: Config, path: &Path, workers: usize) -> Result<(), StartError> {
+pub async fn run(
+    mut config: Config,
+    path: &Path,
+    workers: usize,
+    watch: bool,
+) -> Result<(), StartError> {
     sentinel::discover(&mut config)
         .await
         .map_err(StartError::Sentinel)?;
     let workers = Arc::new(Workers::start(workers).map_err(StartError::Workers)?);
     let topology = Arc::new(Topology::start(&config, Loaded::of(path), &workers));
+    // Kept for as long as the proxy serves: dropping it stops the watching.
+    let _watching = watch
+        .then(|| reload::watch(topology.clone()))
+        .transpose()
+        .map_err(|e| {
+            tracing::warn!(
+                "cannot watch {} for changes (SIGHUP and POST /reload still reload): {e}",
+                path.display()
+            )
+        })
+        .ok()
+        .flatten();
     let shutdown = CancellationToken::new();
     let sessions = TaskTracker::new();
     for pool in &topology.pools {

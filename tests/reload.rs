@@ -18,6 +18,11 @@ fn config_of(port: u16, servers: &[&Redis], names: &[&str]) -> String {
     pool_config(port, &entries, "")
 }
 
+/// A proxy that reloads on SIGHUP and `POST /reload` only, so a test decides when.
+fn unwatched(config: &str, port: u16) -> Proxy {
+    Proxy::start_with_args(config, port, &[], &["--no-watch"])
+}
+
 fn reload(proxy: &Proxy) -> (u16, String) {
     http_request(proxy.admin, "POST", "/reload", "").expect("admin endpoint answers")
 }
@@ -37,7 +42,7 @@ fn connects(proxy: &Proxy, server: &str, redis: &Redis) -> u64 {
 }
 
 #[test]
-fn sighup_adds_a_server_and_keys_move_exactly_as_a_fresh_start_places_them() {
+fn an_added_server_takes_exactly_the_keys_a_fresh_start_places_there_and_sighup_reloads() {
     let shards: Vec<Redis> = (0..3).map(|_| Redis::start()).collect();
     let port = free_port();
     let two = config_of(port, &[&shards[0], &shards[1]], &["a", "b"]);
@@ -54,7 +59,6 @@ fn sighup_adds_a_server_and_keys_move_exactly_as_a_fresh_start_places_them() {
         &[&shards[0], &shards[1], &shards[2]],
         &["a", "b", "c"],
     ));
-    proxy.signal("-HUP");
     wait_until("the third server", Duration::from_secs(10), || {
         servers_shown(&proxy) == 3
     });
@@ -76,11 +80,23 @@ fn sighup_adds_a_server_and_keys_move_exactly_as_a_fresh_start_places_them() {
         connects_before,
         "server a kept its connections"
     );
-    let reloads = metric(
-        &proxy.http("/metrics").1,
-        "ringproxy_config_reloads_total{result=\"ok\"}",
+    // The watcher applied the edit; SIGHUP reloads too, and does not stop the process as it
+    // stops twemproxy.
+    let reloads = || {
+        metric(
+            &proxy.http("/metrics").1,
+            "ringproxy_config_reloads_total{result=\"ok\"}",
+        )
+    };
+    let before = reloads();
+    proxy.signal("-HUP");
+    wait_until("SIGHUP reloads", Duration::from_secs(10), || {
+        reloads() == before + 1
+    });
+    assert_eq!(
+        c.get::<_, Option<String>>("reload:0").unwrap().is_some(),
+        proxy.shard_of(b"reload:0") != 2
     );
-    assert_eq!(reloads, 1);
 }
 
 #[test]
@@ -89,7 +105,7 @@ fn a_server_whose_address_changes_is_served_from_the_new_address() {
     let _: () = old.client().set("k", "old").unwrap();
     let _: () = new.client().set("k", "new").unwrap();
     let port = free_port();
-    let mut proxy = Proxy::start(&config_of(port, &[&old], &["one"]), port);
+    let mut proxy = unwatched(&config_of(port, &[&old], &["one"]), port);
     let mut c = connect(port);
     assert_eq!(c.get::<_, String>("k").unwrap(), "old");
     proxy.rewrite_config(&config_of(port, &[&new], &["one"]));
@@ -105,7 +121,7 @@ fn a_server_whose_address_changes_is_served_from_the_new_address() {
 fn a_bad_file_is_refused_with_its_place_and_the_running_topology_keeps_serving() {
     let redis = Redis::start();
     let port = free_port();
-    let mut proxy = Proxy::start(&config_of(port, &[&redis], &["one"]), port);
+    let mut proxy = unwatched(&config_of(port, &[&redis], &["one"]), port);
     let mut c = connect(port);
     let _: () = c.set("k", "v").unwrap();
     proxy.rewrite_config(
@@ -141,5 +157,32 @@ fn a_bad_file_is_refused_with_its_place_and_the_running_topology_keeps_serving()
             .http("/topology")
             .1
             .contains("\"last_reload_error\":\"pool main: only its servers")
+    );
+}
+
+#[test]
+fn an_edited_file_is_reloaded_without_a_signal() {
+    let (old, new) = (Redis::start(), Redis::start());
+    let _: () = new.client().set("k", "new").unwrap();
+    let port = free_port();
+    let mut proxy = Proxy::start(&config_of(port, &[&old], &["one"]), port);
+    let mut c = connect(port);
+    assert_eq!(c.get::<_, Option<String>>("k").unwrap(), None);
+    proxy.rewrite_config(&config_of(port, &[&new], &["one"]));
+    wait_until("the edit applied", Duration::from_secs(10), || {
+        c.get::<_, Option<String>>("k").unwrap().as_deref() == Some("new")
+    });
+    // One edit, one reload: reading the file to reload it is not taken for a change.
+    let metrics = proxy.http("/metrics").1;
+    assert_eq!(
+        metric(&metrics, "ringproxy_config_reloads_total{result=\"ok\"}"),
+        1
+    );
+    let (status, _) = reload(&proxy);
+    assert_eq!(status, 200);
+    let metrics = proxy.http("/metrics").1;
+    assert_eq!(
+        metric(&metrics, "ringproxy_config_reloads_total{result=\"ok\"}"),
+        2
     );
 }

@@ -1,4 +1,5 @@
-//! Reloading the configuration file while serving (SIGHUP, `POST /reload`). The file is read
+//! Reloading the configuration file while serving (SIGHUP, `POST /reload`, a change of the
+//! file). The file is read
 //! and validated as at start-up; a bad one is refused with the same `FILE:LINE:COLUMN` message
 //! and the running topology keeps serving. What a reload may change, for now: the servers of
 //! each pool (added, removed, re-addressed, re-weighted), which each pool's keeper applies to
@@ -6,9 +7,13 @@
 //! with the reason, so nothing is half-applied.
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use md5::{Digest, Md5};
+use notify::event::{EventKind, ModifyKind};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
 
 use super::Topology;
 use crate::config::{Config, Failover, PoolConfig, ServerConfig};
@@ -89,6 +94,49 @@ impl Topology {
             false => format!("servers changed in pool {}", changed.join(", ")),
         })
     }
+}
+
+/// How long the file must stay unchanged after a change before it is reloaded: an editor's
+/// save or a deployment tool's copy is a burst of events.
+const QUIET: Duration = Duration::from_millis(200);
+
+/// Reloads whenever the configuration file changes, for as long as the returned watcher is
+/// kept. The file's directory is watched, since editors and deployment tools often replace a
+/// file by renaming another over it; a burst of changes reloads once, after [`QUIET`].
+pub fn watch(topology: Arc<Topology>) -> notify::Result<RecommendedWatcher> {
+    let path = topology
+        .loaded
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .path
+        .clone();
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(ToOwned::to_owned);
+    let (changed, mut changes) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        // Reading the file (as a reload does) must not count as a change.
+        let writes = matches!(
+            event.kind,
+            EventKind::Create(_)
+                | EventKind::Remove(_)
+                | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any)
+        );
+        if writes && event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
+            let _ = changed.send(());
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    tokio::spawn(async move {
+        while changes.recv().await.is_some() {
+            while let Ok(Some(())) = tokio::time::timeout(QUIET, changes.recv()).await {}
+            let _ = topology.reload();
+        }
+    });
+    Ok(watcher)
 }
 
 /// For each pool now served (`current`, as last applied), its new configuration when its

@@ -427,6 +427,16 @@ impl Proxy {
 
     /// [`Proxy::start`] with environment variables set for the proxy process.
     pub fn start_with_env(config: &str, ready_port: u16, env: &[(&str, &str)]) -> Proxy {
+        Proxy::start_with_args(config, ready_port, env, &[])
+    }
+
+    /// [`Proxy::start_with_env`] with extra command-line arguments.
+    pub fn start_with_args(
+        config: &str,
+        ready_port: u16,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Proxy {
         let dir = TempDir::new("proxy");
         let path = dir.write("config.yaml", config);
         let admin = free_port();
@@ -439,6 +449,7 @@ impl Proxy {
                 "--workers",
                 &PROXY_WORKERS.to_string(),
             ])
+            .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
