@@ -25,7 +25,9 @@ pub(super) struct Parts {
 #[serde(deny_unknown_fields)]
 pub(super) struct File {
     admin: Option<Admin>,
+    #[serde(default, deserialize_with = "whole_millis")]
     drain_ms: Option<u64>,
+    #[serde(default, deserialize_with = "whole_millis")]
     shutdown_grace_ms: Option<u64>,
     pools: BTreeMap<String, Spanned<Pool>>,
 }
@@ -46,12 +48,14 @@ struct Pool {
     hash: Option<HashFn>,
     distribution: Option<Distribution>,
     hash_tag: Option<HashTag>,
+    #[serde(default, deserialize_with = "whole_millis")]
     timeout_ms: Option<u64>,
     server_connections: Option<Connections>,
     preconnect: Option<bool>,
     read_from: Option<ReadFrom>,
     failover: Option<Failover>,
     server_failure_limit: Option<u32>,
+    #[serde(default, deserialize_with = "whole_millis")]
     server_retry_timeout_ms: Option<u64>,
     health_check: Option<RawHealthCheck>,
     auth: Option<ClientAuth>,
@@ -73,7 +77,9 @@ struct Pool {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHealthCheck {
+    #[serde(default, deserialize_with = "whole_millis")]
     interval_ms: Option<u64>,
+    #[serde(default, deserialize_with = "whole_millis")]
     timeout_ms: Option<u64>,
     failures: Option<u32>,
     successes: Option<u32>,
@@ -147,6 +153,7 @@ struct TwemproxyPool {
     hash: Option<HashFn>,
     hash_tag: Option<HashTag>,
     distribution: Option<Distribution>,
+    #[serde(default, deserialize_with = "whole_millis")]
     timeout: Option<u64>,
     backlog: Option<u32>,
     preconnect: Option<bool>,
@@ -155,6 +162,7 @@ struct TwemproxyPool {
     redis_db: Option<u32>,
     server_connections: Option<Connections>,
     auto_eject_hosts: Option<bool>,
+    #[serde(default, deserialize_with = "whole_millis")]
     server_retry_timeout: Option<u64>,
     server_failure_limit: Option<u32>,
     client_connections: Option<u32>,
@@ -284,6 +292,40 @@ fn secret(
             .map_err(|_| invalid(at, format!("{what}: environment variable {var} is not set"))),
         (None, None) => Ok(None),
     }
+}
+
+/// A duration key: a whole number of milliseconds. `400ms` or `"1s"` (twemproxy users write
+/// them) get a message that says what is expected rather than "invalid u64".
+fn whole_millis<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    struct Visitor;
+    impl<'de> de::Visitor<'de> for Visitor {
+        type Value = Option<u64>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a whole number of milliseconds")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Option<u64>, E> {
+            Ok(Some(v))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Option<u64>, E> {
+            u64::try_from(v).map(Some).map_err(|_| {
+                E::custom(format!(
+                    "{v} is negative: give a whole number of milliseconds"
+                ))
+            })
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<u64>, E> {
+            let digits: String = v.chars().take_while(char::is_ascii_digit).collect();
+            let hint = match v[digits.len()..].trim() {
+                "ms" if !digits.is_empty() => format!(": write {digits}"),
+                "s" if !digits.is_empty() => format!(": write {digits}000"),
+                _ => String::new(),
+            };
+            Err(E::custom(format!(
+                "'{v}' is not a whole number of milliseconds{hint}"
+            )))
+        }
+    }
+    d.deserialize_any(Visitor)
 }
 
 fn millis(ms: u64) -> Duration {
