@@ -32,10 +32,19 @@ struct Args {
     /// reload).
     #[arg(long)]
     no_watch: bool,
+    /// Log lines as text or as JSON objects, one per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Print which Redis commands are served, restricted or refused (the README's lists) and
     /// exit.
     #[arg(long)]
     commands: bool,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -44,13 +53,17 @@ fn main() -> ExitCode {
         print!("{}", ringproxy::command::markdown());
         return ExitCode::SUCCESS;
     }
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let mut config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {

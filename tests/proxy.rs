@@ -858,3 +858,35 @@ fn replica_preferred_reads_never_fail_when_the_replica_dies() {
         );
     });
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    use std::io::BufRead;
+    let redis = Redis::start();
+    let port = free_port();
+    let dir = TempDir::new("json-logs");
+    let config = pool_config(port, &[format!("{}:1 one", redis.addr())], "");
+    let path = dir.write("config.yaml", &config);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ringproxy"))
+        .args(["--config", path.to_str().unwrap(), "--log-format", "json"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut proxy = Process { child };
+    let stderr = proxy.child.stderr.take().unwrap();
+    let listening = std::io::BufReader::new(stderr)
+        .lines()
+        .take(20)
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(&line.unwrap())
+                .expect("a JSON object per line")
+        })
+        .find(|entry| {
+            entry["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("listening on"))
+        })
+        .expect("the listening line");
+    assert_eq!(listening["level"], "INFO");
+    assert_eq!(listening["fields"]["pool"], "main");
+}
