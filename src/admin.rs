@@ -95,13 +95,24 @@ async fn ready(State(admin): State<Arc<Admin>>) -> Response {
     json(status, &Readiness { ready, reason })
 }
 
-async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
-    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    (
-        [(header::CONTENT_TYPE, content_type)],
-        admin.topology.metrics.encode(),
-    )
-        .into_response()
+/// OpenMetrics for scrapers that ask for it (Prometheus does), else the classic text format.
+async fn metrics(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
+    let metrics = &admin.topology.metrics;
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let (content_type, body) = match openmetrics {
+        true => (
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(),
+        ),
+        false => (
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.encode_classic(),
+        ),
+    };
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 /// A JSON body with a final newline, for people reading it with curl.

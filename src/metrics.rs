@@ -255,11 +255,61 @@ impl Metrics {
             .inc();
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition (what Prometheus asks for first).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// The classic Prometheus text format (0.0.4), for scrapers and tools (`promtool check
+    /// metrics`, curl) that do not ask for OpenMetrics.
+    pub fn encode_classic(&self) -> String {
+        classic_text(&self.encode())
+    }
+}
+
+/// OpenMetrics text as the classic format: a counter's HELP and TYPE name its `_total`
+/// samples, and there is no `# EOF` or `# UNIT`.
+fn classic_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            // Held until the TYPE line says whether the family is a counter.
+            help = Some(line);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let suffix = if kind == "counter" { "_total" } else { "" };
+            if let Some(text) = help.take().and_then(|h| h.strip_prefix("# HELP ")) {
+                let text = text.strip_prefix(name).unwrap_or(text);
+                out.push_str(&format!("# HELP {name}{suffix}{text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name}{suffix} {kind}\n"));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::classic_text;
+
+    #[test]
+    fn counters_are_named_by_their_samples_in_the_classic_format() {
+        let om = "# HELP x_requests Requests.\n# TYPE x_requests counter\nx_requests_total{pool=\"p\"} 3\n# HELP x_up Up.\n# TYPE x_up gauge\nx_up 1\n# EOF\n";
+        assert_eq!(
+            classic_text(om),
+            "# HELP x_requests_total Requests.\n# TYPE x_requests_total counter\nx_requests_total{pool=\"p\"} 3\n# HELP x_up Up.\n# TYPE x_up gauge\nx_up 1\n"
+        );
     }
 }

@@ -890,3 +890,38 @@ fn json_logs_are_one_object_per_line() {
     assert_eq!(listening["level"], "INFO");
     assert_eq!(listening["fields"]["pool"], "main");
 }
+
+#[test]
+fn metrics_pass_promtool_and_openmetrics_is_served_to_who_asks() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let s = setup("");
+    let mut c = s.client();
+    let _: () = c.set("k", 1).unwrap();
+    let (status, classic) = s.proxy.http("/metrics");
+    assert_eq!(status, 200);
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (scripts/test installs Debian's prometheus)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(classic.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let accept = "Accept: application/openmetrics-text; version=1.0.0\r\n";
+    let (status, openmetrics) = http_request(s.proxy.admin, "GET", "/metrics", accept).unwrap();
+    assert_eq!(status, 200);
+    assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
+}
