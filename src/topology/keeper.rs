@@ -183,8 +183,23 @@ impl Keeper {
                 // what routes, is worth a new snapshot.
                 let changed = before.as_ref().map(|b| (b.role, b.keys)) != Some((role, keys));
                 let guarded = self.guard(s, n, before.as_ref());
+                let master_before = self.shards[s].master;
                 let healed = self.heal(s);
-                self.attach_former_masters(s);
+                // A node that was a replica and now says master, in the same process, was
+                // promoted on purpose (by Sentinel or an operator): it is followed, not undone.
+                // One that comes back as master (a new process, or not heard from) is attached.
+                let said = self.shards[s].status[n].said.as_ref();
+                let came_back = match (&before, said) {
+                    (Some(b), Some(now)) => b.role != Role::Replica || b.run_id != now.run_id,
+                    _ => true,
+                };
+                if came_back {
+                    self.attach_former_master(s, n);
+                }
+                if healed {
+                    // The master that lost its place to the nodes' claims.
+                    self.attach_former_master(s, master_before);
+                }
                 healed | changed | guarded
             }
         }
@@ -388,17 +403,17 @@ impl Keeper {
 
     /// A node that was this shard's master and claims to be master beside the current one
     /// (restarted with its old configuration, say) is made a replica of the current master:
-    /// it never takes writes back on its own, and the current master's data wins.
-    fn attach_former_masters(&mut self, s: usize) {
+    /// it never takes writes back on its own, and the current master's data wins. (Sentinel
+    /// would do the same, later: it waits to see the node report itself master for a while.)
+    fn attach_former_master(&self, s: usize, n: usize) {
         let shard = &self.shards[s];
         let current = shard.master;
-        if !shard.is_up(current) || shard.status[current].says() != Some(Role::Master) {
-            return;
-        }
-        for (n, node) in shard.status.iter().enumerate() {
-            if n != current && node.former_master && node.says() == Some(Role::Master) {
-                shard.nodes[n].replicate_from(&shard.nodes[current].addr);
-            }
+        let node = &shard.status[n];
+        let current_serves =
+            shard.is_up(current) && shard.status[current].says() == Some(Role::Master);
+        if n != current && current_serves && node.former_master && node.says() == Some(Role::Master)
+        {
+            shard.nodes[n].replicate_from(&shard.nodes[current].addr);
         }
     }
 

@@ -39,7 +39,7 @@ async def main():
             attempt += 1
             try:
                 got = await sell(keys=KEYS, args=[f"user{n}", f"order-{n}-{attempt}", 10**9], client=r)
-            except (redis.ConnectionError, redis.ResponseError, redis.TimeoutError):
+            except (redis.RedisError, OSError):
                 errors += 1
                 continue
             if got == 0:
