@@ -22,6 +22,51 @@ pub struct ServerLabels {
     pub address: String,
 }
 
+/// What an error reply made by the proxy reports: `ringproxy_client_errors_total{kind}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A backend did not answer in time.
+    Timeout,
+    /// No backend could be reached for the request (refused, closed, ejected).
+    Connection,
+    /// A backend answered something that cannot be passed on.
+    Backend,
+    /// The client's input was malformed.
+    Protocol,
+    /// The proxy refused the command (unknown, unsupported, across shards, over a limit).
+    Refused,
+    /// Authentication was missing or wrong.
+    Auth,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 6] = [
+        ErrorKind::Timeout,
+        ErrorKind::Connection,
+        ErrorKind::Backend,
+        ErrorKind::Protocol,
+        ErrorKind::Refused,
+        ErrorKind::Auth,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Connection => "connection",
+            ErrorKind::Backend => "backend",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Refused => "refused",
+            ErrorKind::Auth => "auth",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub pool: String,
+    pub kind: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     /// `ok` or `failed`.
@@ -56,7 +101,7 @@ pub struct Metrics {
     client_connections: Family<PoolLabels, Gauge>,
     client_connections_total: Family<PoolLabels, Counter>,
     client_requests: Family<PoolLabels, Counter>,
-    client_errors: Family<PoolLabels, Counter>,
+    client_errors: Family<ErrorLabels, Counter>,
     past_exptime: Family<PoolLabels, Counter>,
     server_requests: Family<ServerLabels, Counter>,
     server_errors: Family<ServerLabels, Counter>,
@@ -95,9 +140,8 @@ pub struct PoolMetrics {
     pub client_connections: Gauge,
     pub client_connections_total: Counter,
     pub requests: Counter,
-    /// Error replies the proxy made for clients (protocol errors, unsupported commands,
-    /// backend failures).
-    pub errors: Counter,
+    /// Error replies the proxy made for clients, by [`ErrorKind`] in `ALL`'s order.
+    pub errors: [Counter; ErrorKind::ALL.len()],
     /// memcache writes whose exptime was an absolute time already past.
     pub past_exptime: Counter,
 }
@@ -135,7 +179,11 @@ impl Default for Metrics {
                 "Client connections accepted",
             ),
             client_requests: family(r, "client_requests", "Requests received from clients"),
-            client_errors: family(r, "client_errors", "Error replies made by the proxy"),
+            client_errors: family(
+                r,
+                "client_errors",
+                "Error replies made by the proxy, by kind",
+            ),
             past_exptime: family(
                 r,
                 "past_exptime_writes",
@@ -204,7 +252,13 @@ impl Metrics {
             client_connections: self.client_connections.get_or_create(&l).clone(),
             client_connections_total: self.client_connections_total.get_or_create(&l).clone(),
             requests: self.client_requests.get_or_create(&l).clone(),
-            errors: self.client_errors.get_or_create(&l).clone(),
+            errors: ErrorKind::ALL.map(|kind| {
+                let labels = ErrorLabels {
+                    pool: pool.to_string(),
+                    kind: kind.name().to_string(),
+                };
+                self.client_errors.get_or_create(&labels).clone()
+            }),
             past_exptime: self.past_exptime.get_or_create(&l).clone(),
         }
     }

@@ -265,7 +265,7 @@ fn values_over_item_size_max_are_refused_before_forwarding() {
         proxy
             .http("/metrics")
             .1
-            .contains("ringproxy_client_errors_total{pool=\"main\"} 2")
+            .contains("ringproxy_client_errors_total{pool=\"main\",kind=\"refused\"} 2")
     );
 }
 

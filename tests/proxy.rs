@@ -417,6 +417,21 @@ fn dead_backend_gives_errors_for_its_keys_only_and_its_return_is_noticed() {
     assert!(err.starts_with("-ERR backend shard-1 (127.0.0.1:"), "{err}");
     assert_eq!(r.read_line(), "$1\r\n");
     assert_eq!(r.read_line(), "v\r\n");
+    r.roundtrip(
+        &command(&[b"NOSUCHCOMMAND"]),
+        b"-ERR unknown command 'NOSUCHCOMMAND'\r\n",
+    );
+    let metrics = s.proxy.http("/metrics").1;
+    let kind = |kind: &str| {
+        metric(
+            &metrics,
+            &format!("ringproxy_client_errors_total{{pool=\"main\",kind=\"{kind}\"}}"),
+        )
+    };
+    assert_eq!(
+        (kind("connection"), kind("refused"), kind("timeout")),
+        (1, 1, 0)
+    );
     s.proxy.wait_ready(false);
     let (_, body) = s.proxy.http("/ready");
     assert!(body.contains("shard-1"), "{body}");
@@ -448,6 +463,8 @@ fn slow_backend_times_out_with_an_error_reply() {
             && line.contains("timed out after 200 ms"),
         "{line}"
     );
+    let timeouts = "ringproxy_client_errors_total{pool=\"main\",kind=\"timeout\"}";
+    assert_eq!(metric(&s.proxy.http("/metrics").1, timeouts), 1);
     wait_until("shard-0 answering again", Duration::from_secs(10), || {
         r.send(&command(&[b"GET", key.as_bytes()]));
         r.read_line() == "$-1\r\n"

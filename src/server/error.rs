@@ -7,9 +7,19 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
-use crate::backend::BackendError;
+use crate::backend::{BackendError, Failure};
 use crate::config::Protocol;
+use crate::metrics::ErrorKind;
 use crate::protocol::resp::encode;
+
+/// The kind of a backend's failure, for the metrics.
+pub fn backend_error_kind(e: &BackendError) -> ErrorKind {
+    match e.failure {
+        Failure::Timeout(_) => ErrorKind::Timeout,
+        Failure::BadReply(_) | Failure::Unexpected(_) => ErrorKind::Backend,
+        _ => ErrorKind::Connection,
+    }
+}
 
 /// Why a request gets an error reply instead of an answer.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -76,6 +86,20 @@ fn why_suffix(why: &str) -> String {
 }
 
 impl ClientError {
+    /// What the error reports, for the metrics.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ClientError::Backend(e) => backend_error_kind(e),
+            ClientError::NoServer | ClientError::ShardLeft(_) | ClientError::NoNodeAnswered => {
+                ErrorKind::Connection
+            }
+            ClientError::OddBackendReply(_) => ErrorKind::Backend,
+            ClientError::Protocol(_) => ErrorKind::Protocol,
+            ClientError::NoAuth | ClientError::WrongPass => ErrorKind::Auth,
+            _ => ErrorKind::Refused,
+        }
+    }
+
     /// The RESP error code.
     fn resp_code(&self) -> &'static str {
         match self {

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::error::ClientError;
+use super::error::{ClientError, backend_error_kind};
 use super::merge::Gather;
 use crate::backend::{BackendError, Completion, Inbox, NodeId, ReplyTo, Token};
 use crate::config::Protocol;
+use crate::metrics::ErrorKind;
 use crate::protocol::ReplyKind;
 
 /// What a client that asked for no reply (memcache `noreply`, meta `q`) still sees.
@@ -84,7 +85,8 @@ pub(super) struct Outbox {
     inbox: Arc<Inbox>,
     buf: BytesMut,
     protocol: Protocol,
-    errors: u64,
+    /// Error replies made since the last [`Outbox::take_errors`], by kind.
+    errors: ErrorCounts,
     /// Requests to send again.
     retries: Vec<Retry>,
     /// Subscribed to Pub/Sub: messages may arrive at any time.
@@ -99,7 +101,7 @@ impl Outbox {
             inbox: Arc::default(),
             buf: BytesMut::new(),
             protocol,
-            errors: 0,
+            errors: ErrorCounts::default(),
             retries: Vec::new(),
             listening: false,
         }
@@ -135,8 +137,8 @@ impl Outbox {
         self.slots = VecDeque::new();
     }
 
-    /// Error replies made since the last call.
-    pub(super) fn take_errors(&mut self) -> u64 {
+    /// Error replies made since the last call, by kind.
+    pub(super) fn take_errors(&mut self) -> ErrorCounts {
         std::mem::take(&mut self.errors)
     }
 
@@ -166,7 +168,7 @@ impl Outbox {
             .and_then(|i| self.slots.get_mut(i as usize))
         {
             *slot = Slot::Ready(reply);
-            self.errors += 1;
+            self.errors.count(e.kind());
         }
     }
 
@@ -181,7 +183,7 @@ impl Outbox {
 
     /// Queues an error reply.
     pub(super) fn error(&mut self, e: ClientError) {
-        self.errors += 1;
+        self.errors.count(e.kind());
         self.ready(e.render(self.protocol));
     }
 
@@ -243,7 +245,7 @@ impl Outbox {
         let reply = match c.result {
             Ok(reply) => Ok(reply),
             Err(e) => {
-                self.errors += 1;
+                self.errors.count(backend_error_kind(&e));
                 Err(*e)
             }
         };
@@ -295,5 +297,15 @@ fn shown(protocol: Protocol, quiet: Option<Quiet>, reply: Result<Bytes, BackendE
         (quiet, Ok(r)) => Quiet::apply(quiet, r),
         (Some(q), Err(_)) if !q.shows_failures => Bytes::new(),
         (_, Err(e)) => ClientError::Backend(e).render(protocol),
+    }
+}
+
+/// Error replies by kind, in [`ErrorKind::ALL`]'s order.
+#[derive(Debug, Default)]
+pub(super) struct ErrorCounts(pub [u64; ErrorKind::ALL.len()]);
+
+impl ErrorCounts {
+    fn count(&mut self, kind: ErrorKind) {
+        self.0[kind as usize] += 1;
     }
 }

@@ -186,8 +186,10 @@ impl<F: Frontend> Session<F> {
                 self.out.clear_output();
             }
             let errors = self.out.take_errors();
-            if errors > 0 {
-                self.pool.metrics.errors.inc_by(errors);
+            for (counter, n) in self.pool.metrics.errors.iter().zip(errors.0) {
+                if n > 0 {
+                    counter.inc_by(n);
+                }
             }
             if self.out.pending() == 0 {
                 if closing {

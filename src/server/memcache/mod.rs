@@ -250,7 +250,10 @@ impl McSession {
                 m.client_connections_total.get().to_string(),
             ),
             ("cmd_total", m.requests.get().to_string()),
-            ("errors", m.errors.get().to_string()),
+            (
+                "errors",
+                m.errors.iter().map(|c| c.get()).sum::<u64>().to_string(),
+            ),
             ("past_exptime", m.past_exptime.get().to_string()),
             ("servers", state.shards.len().to_string()),
             ("nodes_up", format!("{up}/{nodes}")),
