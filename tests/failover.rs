@@ -60,16 +60,7 @@ fn writes_follow_a_failover_made_outside_the_proxy() {
     });
     // An operator (or Sentinel, or another instance) swaps the roles.
     swap_roles(&master, &replica);
-    wait_until(
-        "writes follow the new master",
-        Duration::from_secs(10),
-        || {
-            proxy
-                .http("/topology")
-                .1
-                .contains(&says(&replica, "master", "master"))
-        },
-    );
+    wait_routed_to(&proxy, &replica, "writes follow the new master");
     let _: () = c.set("after", 2).unwrap();
     assert_eq!(replica.client().get::<_, i64>("after").unwrap(), 2);
     assert_eq!(c.get::<_, i64>("before").unwrap(), 1);
@@ -78,16 +69,7 @@ fn writes_follow_a_failover_made_outside_the_proxy() {
     // A failback made on purpose (the former master, a replica in the same process, is
     // promoted again by an operator or Sentinel) is followed, not undone.
     swap_roles(&replica, &master);
-    wait_until(
-        "writes follow the failback",
-        Duration::from_secs(10),
-        || {
-            proxy
-                .http("/topology")
-                .1
-                .contains(&says(&master, "master", "master"))
-        },
-    );
+    wait_routed_to(&proxy, &master, "writes follow the failback");
     let _: () = c.set("back", 4).unwrap();
     assert_eq!(master.client().get::<_, i64>("back").unwrap(), 4);
     assert!(info_text(&master, "replication").contains("role:master"));
@@ -224,6 +206,13 @@ fn node_seen(server: &Redis, role: &str) -> String {
         "{{\"address\":\"{}\",\"role\":\"{role}\",\"state\":\"up\",\"reason\":\"health check passed\",\"says\":\"{role}\"",
         server.addr()
     )
+}
+
+/// Waits until `proxy` routes server `one`'s writes to `node`.
+fn wait_routed_to(proxy: &Proxy, node: &Redis, what: &str) {
+    wait_until(what, Duration::from_secs(10), || {
+        routed_master(proxy) == node.addr()
+    });
 }
 
 /// The address /topology gives as server `one`'s master.
@@ -403,14 +392,9 @@ fn kill_the_master_under_load(shard: &mut Replicated) -> Drill {
         "role:slave\r\nmaster_host:127.0.0.1\r\nmaster_port:{}\r\nmaster_link_status:up",
         new_master.port
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let old_master_follows = loop {
-        let following = info_text(&shard.master, "replication").contains(&follows);
-        if following || Instant::now() > deadline {
-            break following;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let old_master_follows = poll_until(Duration::from_secs(20), || {
+        info_text(&shard.master, "replication").contains(&follows)
+    });
     let mut c = new_master.client();
     let mut lost = Vec::new();
     for (i, w) in writes.iter().enumerate() {
@@ -646,9 +630,11 @@ fn an_instance_started_after_a_failover_writes_to_the_promoted_master() {
         replica.dbsize() == 100
     });
     shard.master.kill();
-    wait_until("the replica promoted", Duration::from_secs(10), || {
-        routed_master(&shard.instances[0].1) == shard.replicas[0].addr()
-    });
+    wait_routed_to(
+        &shard.instances[0].1,
+        &shard.replicas[0],
+        "the replica promoted",
+    );
     // The instance that promoted goes away; the old master comes back empty, says it is
     // master, and nobody makes it a replica. A new instance starts with the configuration
     // that still names it master.

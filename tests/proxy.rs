@@ -619,10 +619,7 @@ fn sigterm_finishes_requests_in_flight_and_exits_zero() {
 fn sigterm_makes_ready_fail_while_clients_are_still_served_then_closes_idle_ones() {
     let redis = Redis::start();
     let port = free_port();
-    let config = format!(
-        "drain_ms: 1500\n{}",
-        pool_config(port, &[format!("{}:1 one", redis.addr())], "")
-    );
+    let config = format!("drain_ms: 1500\n{}", pool_over(port, &[&redis], &["one"]));
     let mut proxy = Proxy::start(&config, port);
     proxy.wait_ready(true);
     let mut idle = Raw::connect(port);
@@ -658,7 +655,7 @@ fn admin_token_guards_metrics_and_topology_but_not_health_and_readiness() {
     let port = free_port();
     let config = format!(
         "admin: {{ listen: 127.0.0.1:1, token_env: ADMIN_TOKEN }}\n{}",
-        pool_config(port, &[format!("{}:1 one", redis.addr())], "")
+        pool_over(port, &[&redis], &["one"])
     );
     let proxy = Proxy::start_with_env(&config, port, &[("ADMIN_TOKEN", "s3cret-token")]);
     proxy.wait_ready(true);
@@ -882,7 +879,7 @@ fn json_logs_are_one_object_per_line() {
     let redis = Redis::start();
     let port = free_port();
     let dir = TempDir::new("json-logs");
-    let config = pool_config(port, &[format!("{}:1 one", redis.addr())], "");
+    let config = pool_over(port, &[&redis], &["one"]);
     let path = dir.write("config.yaml", &config);
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_ringproxy"))
         .args(["--config", path.to_str().unwrap(), "--log-format", "json"])

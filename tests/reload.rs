@@ -8,16 +8,6 @@ use std::time::Duration;
 use common::*;
 use redis::Commands;
 
-/// A pool over `servers` (`host:port:weight name` entries).
-fn config_of(port: u16, servers: &[&Redis], names: &[&str]) -> String {
-    let entries: Vec<String> = servers
-        .iter()
-        .zip(names)
-        .map(|(r, name)| format!("{}:1 {name}", r.addr()))
-        .collect();
-    pool_config(port, &entries, "")
-}
-
 /// A proxy that reloads on SIGHUP and `POST /reload` only, so a test decides when.
 fn unwatched(config: &str, port: u16) -> Proxy {
     Proxy::start_with_args(config, port, &[], &["--no-watch"])
@@ -45,7 +35,7 @@ fn connects(proxy: &Proxy, server: &str, redis: &Redis) -> u64 {
 fn an_added_server_takes_exactly_the_keys_a_fresh_start_places_there_and_sighup_reloads() {
     let shards: Vec<Redis> = (0..3).map(|_| Redis::start()).collect();
     let port = free_port();
-    let two = config_of(port, &[&shards[0], &shards[1]], &["a", "b"]);
+    let two = pool_over(port, &[&shards[0], &shards[1]], &["a", "b"]);
     let mut proxy = Proxy::start(&two, port);
     proxy.wait_ready(true);
     let mut c = connect(port);
@@ -54,7 +44,7 @@ fn an_added_server_takes_exactly_the_keys_a_fresh_start_places_there_and_sighup_
         let _: () = c.set(k, k).unwrap();
     }
     let connects_before = connects(&proxy, "a", &shards[0]);
-    proxy.rewrite_config(&config_of(
+    proxy.rewrite_config(&pool_over(
         port,
         &[&shards[0], &shards[1], &shards[2]],
         &["a", "b", "c"],
@@ -105,10 +95,10 @@ fn a_server_whose_address_changes_is_served_from_the_new_address() {
     let _: () = old.client().set("k", "old").unwrap();
     let _: () = new.client().set("k", "new").unwrap();
     let port = free_port();
-    let mut proxy = unwatched(&config_of(port, &[&old], &["one"]), port);
+    let mut proxy = unwatched(&pool_over(port, &[&old], &["one"]), port);
     let mut c = connect(port);
     assert_eq!(c.get::<_, String>("k").unwrap(), "old");
-    proxy.rewrite_config(&config_of(port, &[&new], &["one"]));
+    proxy.rewrite_config(&pool_over(port, &[&new], &["one"]));
     let (status, body) = reload(&proxy);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("servers changed in pool main"), "{body}");
@@ -121,7 +111,7 @@ fn a_server_whose_address_changes_is_served_from_the_new_address() {
 fn a_bad_file_is_refused_with_its_place_and_the_running_topology_keeps_serving() {
     let redis = Redis::start();
     let port = free_port();
-    let mut proxy = unwatched(&config_of(port, &[&redis], &["one"]), port);
+    let mut proxy = unwatched(&pool_over(port, &[&redis], &["one"]), port);
     let mut c = connect(port);
     let _: () = c.set("k", "v").unwrap();
     proxy.rewrite_config(
@@ -134,7 +124,7 @@ fn a_bad_file_is_refused_with_its_place_and_the_running_topology_keeps_serving()
         "{body}"
     );
     // A change a reload cannot apply yet is refused whole, with the reason.
-    let slower = config_of(port, &[&redis], &["one"])
+    let slower = pool_over(port, &[&redis], &["one"])
         .replace("    servers:", "    timeout_ms: 5\n    servers:");
     proxy.rewrite_config(&slower);
     let (status, body) = reload(&proxy);
@@ -165,10 +155,10 @@ fn an_edited_file_is_reloaded_without_a_signal() {
     let (old, new) = (Redis::start(), Redis::start());
     let _: () = new.client().set("k", "new").unwrap();
     let port = free_port();
-    let mut proxy = Proxy::start(&config_of(port, &[&old], &["one"]), port);
+    let mut proxy = Proxy::start(&pool_over(port, &[&old], &["one"]), port);
     let mut c = connect(port);
     assert_eq!(c.get::<_, Option<String>>("k").unwrap(), None);
-    proxy.rewrite_config(&config_of(port, &[&new], &["one"]));
+    proxy.rewrite_config(&pool_over(port, &[&new], &["one"]));
     wait_until("the edit applied", Duration::from_secs(10), || {
         c.get::<_, Option<String>>("k").unwrap().as_deref() == Some("new")
     });

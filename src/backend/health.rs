@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
-use tokio::time::{MissedTickBehavior, interval, timeout};
+use tokio::time::{MissedTickBehavior, interval};
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{connect, read_reply};
-use super::{ConnSettings, Failure, Health, NodeShared, Role, Said, flat_fields};
+use super::{ConnSettings, Failure, Health, NodeShared, Role, Said, flat_fields, within};
 use crate::config::{Address, HealthCheck, Protocol};
 use crate::net::Stream;
 use crate::protocol::ReplyKind;
@@ -36,9 +36,7 @@ pub(super) async fn run(
             _ = ticker.tick() => {}
             _ = shared.check_now.notified() => {}
         }
-        let passed = timeout(check.timeout, asker.check(&shared, &settings))
-            .await
-            .unwrap_or(Err(Failure::Timeout(check.timeout)));
+        let passed = within(check.timeout, asker.check(&shared, &settings)).await;
         match passed {
             Ok(said) => {
                 failed_in_a_row = 0;

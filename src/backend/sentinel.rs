@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use super::connection::{connect, read_reply};
-use super::{ConnSettings, Failure, flat_fields};
+use super::{ConnSettings, Failure, flat_fields, within};
 use crate::config::{Address, BackendAuth, Protocol};
 use crate::net::Stream;
 use crate::protocol::ReplyKind;
@@ -79,9 +79,7 @@ impl SentinelClient {
                 replicas: parse_replicas(&replicas),
             }))
         };
-        tokio::time::timeout(self.settings.timeout, asked)
-            .await
-            .unwrap_or(Err(Failure::Timeout(self.settings.timeout)))
+        within(self.settings.timeout, asked).await
     }
 
     /// Subscribes to `+switch-master` and hands each announcement (master name, new master)

@@ -50,12 +50,7 @@ impl Topology {
     /// Reads the configuration file again and applies it; returns what changed, or why it was
     /// refused (logged and counted either way).
     pub fn reload(&self) -> Result<String, String> {
-        let path = self
-            .loaded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .path
-            .clone();
+        let path = self.config_path();
         let outcome = self.apply(&path);
         self.metrics.count_reload(outcome.is_ok());
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
@@ -70,6 +65,12 @@ impl Topology {
             }
         }
         outcome
+    }
+
+    /// The configuration file served.
+    fn config_path(&self) -> PathBuf {
+        let loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        loaded.path.clone()
     }
 
     fn apply(&self, path: &Path) -> Result<String, String> {
@@ -104,12 +105,7 @@ const QUIET: Duration = Duration::from_millis(200);
 /// kept. The file's directory is watched, since editors and deployment tools often replace a
 /// file by renaming another over it; a burst of changes reloads once, after [`QUIET`].
 pub fn watch(topology: Arc<Topology>) -> notify::Result<RecommendedWatcher> {
-    let path = topology
-        .loaded
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .path
-        .clone();
+    let path = topology.config_path();
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),

@@ -64,12 +64,21 @@ impl Drop for TempDir {
 
 /// Polls `ready` until it holds, failing the test after `limit`. This waits for a condition
 /// (a server answering), never for a fixed time.
-pub fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, limit: Duration, ready: impl FnMut() -> bool) {
+    assert!(poll_until(limit, ready), "timed out waiting for {what}");
+}
+
+/// Polls `ready` until it holds (true) or `limit` passes (false), for a drill that reports what
+/// it saw rather than failing.
+pub fn poll_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
+    true
 }
 
 /// Sends raw bytes and reads the raw reply bytes until `expect_len` bytes are in, or the
@@ -553,6 +562,16 @@ pub fn http_request(port: u16, method: &str, path: &str, headers: &str) -> Optio
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Some((status, body))
+}
+
+/// A ringproxy YAML pool over redis-servers, named `names` in order, with weight 1.
+pub fn pool_over(port: u16, servers: &[&Redis], names: &[&str]) -> String {
+    let entries: Vec<String> = servers
+        .iter()
+        .zip(names)
+        .map(|(r, name)| format!("{}:1 {name}", r.addr()))
+        .collect();
+    pool_config(port, &entries, "")
 }
 
 /// A ringproxy YAML pool over `servers` (ringproxy's schema) with extra pool lines.

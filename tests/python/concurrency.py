@@ -10,6 +10,8 @@ import threading
 import redis
 import redis.asyncio
 
+from voucher import SELL
+
 PORT = int(sys.argv[1])
 
 
@@ -44,18 +46,6 @@ def check_lock():
     assert int(r.get("lock:counter")) == rounds * workers, r.get("lock:counter")
     assert r.get("lock:resource") is None, "the lock is free at the end"
     print("ok lock", rounds * workers, "acquisitions")
-
-
-SELL = """
-local stock = tonumber(redis.call('GET', KEYS[1]) or '0')
-if stock <= 0 then return 0 end
-local bought = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
-if bought >= tonumber(ARGV[3]) then return -1 end
-redis.call('DECR', KEYS[1])
-redis.call('SADD', KEYS[2], ARGV[2])
-redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
-return 1
-"""
 
 
 async def check_stock():

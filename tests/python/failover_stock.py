@@ -11,18 +11,10 @@ import time
 import redis
 import redis.asyncio
 
+from voucher import SELL
+
 PORT, STOCK = int(sys.argv[1]), int(sys.argv[2])
 KEYS = ["{voucher}:stock", "{voucher}:orders", "{voucher}:per-user"]
-SELL = """
-local stock = tonumber(redis.call('GET', KEYS[1]) or '0')
-if stock <= 0 then return 0 end
-local bought = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
-if bought >= tonumber(ARGV[3]) then return -1 end
-redis.call('DECR', KEYS[1])
-redis.call('SADD', KEYS[2], ARGV[2])
-redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
-return 1
-"""
 DEADLINE = time.monotonic() + 60
 
 
