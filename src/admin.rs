@@ -16,11 +16,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Health, Role};
 use crate::config::{AdminToken, same_secret};
+use crate::topology::reload::Reloads;
 use crate::topology::{NodeStatus, Pool, Topology};
 
 /// What the handlers share.
 struct Admin {
     topology: Arc<Topology>,
+    reloads: Reloads,
     token: Option<AdminToken>,
 }
 
@@ -28,10 +30,15 @@ struct Admin {
 pub async fn serve(
     listener: TcpListener,
     topology: Arc<Topology>,
+    reloads: Reloads,
     token: Option<AdminToken>,
     shutdown: CancellationToken,
 ) {
-    let admin = Arc::new(Admin { topology, token });
+    let admin = Arc::new(Admin {
+        topology,
+        reloads,
+        token,
+    });
     let guarded = Router::new()
         .route("/metrics", get(metrics))
         .route("/topology", get(topology_view))
@@ -151,7 +158,7 @@ struct Reloaded {
 
 /// `POST /reload`: reads the configuration file again, as SIGHUP does.
 async fn reload(State(admin): State<Arc<Admin>>) -> Response {
-    match admin.topology.reload() {
+    match admin.reloads.reload().await {
         Ok(changed) => json(
             StatusCode::OK,
             &Reloaded {
@@ -222,7 +229,8 @@ fn role_name(role: Role) -> &'static str {
 
 /// Pools, servers, their addresses and live state. Passwords are never shown.
 async fn topology_view(State(admin): State<Arc<Admin>>) -> Response {
-    let pools = admin.topology.pools.iter().map(|p| pool_view(p)).collect();
+    let served = admin.topology.pools();
+    let pools = served.iter().map(|p| pool_view(p)).collect();
     let loaded = admin
         .topology
         .loaded
@@ -290,7 +298,7 @@ fn pool_view(pool: &Pool) -> PoolView<'_> {
         .collect();
     PoolView {
         name: &c.name,
-        listen: c.listen.to_string(),
+        listen: pool.applied().listen.to_string(),
         protocol: c.protocol.name(),
         hash: c.hash.name(),
         distribution: c.distribution.name(),

@@ -53,4 +53,4 @@ mod service;
 mod topology;
 mod workers;
 
-pub use service::{StartError, run};
+pub use service::{Options, StartError, run};

@@ -64,18 +64,19 @@ fn main() -> ExitCode {
             .init(),
         LogFormat::Json => logs.json().init(),
     }
-    let mut config = match Config::load(&args.config) {
+    let config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    if let Some(admin) = args.admin_listen {
-        config.admin_listen = Some(admin);
-    }
     if args.check_config {
-        print!("{}", config.summary());
+        let shown = Config {
+            admin_listen: args.admin_listen.or(config.admin_listen),
+            ..config
+        };
+        print!("{}", shown.summary());
         println!("configuration OK");
         return ExitCode::SUCCESS;
     }
@@ -92,12 +93,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(ringproxy::run(
-        config,
-        &args.config,
+    let options = ringproxy::Options {
         workers,
-        !args.no_watch,
-    )) {
+        watch: !args.no_watch,
+        admin_listen: args.admin_listen,
+    };
+    match runtime.block_on(ringproxy::run(config, &args.config, options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringproxy: {e}");

@@ -101,7 +101,7 @@ fn a_server_whose_address_changes_is_served_from_the_new_address() {
     proxy.rewrite_config(&pool_over(port, &[&new], &["one"]));
     let (status, body) = reload(&proxy);
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("servers changed in pool main"), "{body}");
+    assert!(body.contains("pool main: servers changed"), "{body}");
     wait_until("the new address", Duration::from_secs(10), || {
         c.get::<_, String>("k").unwrap() == "new"
     });
@@ -123,16 +123,21 @@ fn a_bad_file_is_refused_with_its_place_and_the_running_topology_keeps_serving()
         body.contains("config.yaml:4:11: unknown hash 'sha1'"),
         "{body}"
     );
-    // A change a reload cannot apply yet is refused whole, with the reason.
-    let slower = pool_over(port, &[&redis], &["one"])
-        .replace("    servers:", "    timeout_ms: 5\n    servers:");
-    proxy.rewrite_config(&slower);
+    // A file that listens where something else does is refused whole, with the reason.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let two_pools = format!(
+        "{}  second:\n    listen: 127.0.0.1:{taken_port}\n    servers: [\"{}:1 two\"]\n",
+        pool_over(port, &[&redis], &["one"])
+            .replace("    listen:", "    timeout_ms: 5\n    listen:"),
+        redis.addr()
+    );
+    proxy.rewrite_config(&two_pools);
     let (status, body) = reload(&proxy);
     assert_eq!(status, 422);
-    assert!(
-        body.contains("pool main: only its servers can change"),
-        "{body}"
-    );
+    let refusal = format!("cannot listen on 127.0.0.1:{taken_port}");
+    assert!(body.contains(&refusal), "{body}");
+    // Nothing was applied: not the pool's new timeout either (its clients stay connected).
     assert_eq!(c.get::<_, String>("k").unwrap(), "v");
     let metrics = proxy.http("/metrics").1;
     assert_eq!(
@@ -146,7 +151,7 @@ fn a_bad_file_is_refused_with_its_place_and_the_running_topology_keeps_serving()
         proxy
             .http("/topology")
             .1
-            .contains("\"last_reload_error\":\"pool main: only its servers")
+            .contains(&format!("\"last_reload_error\":\"{refusal}"))
     );
 }
 
@@ -175,4 +180,116 @@ fn an_edited_file_is_reloaded_without_a_signal() {
         metric(&metrics, "ringproxy_config_reloads_total{result=\"ok\"}"),
         2
     );
+}
+
+#[test]
+fn an_added_pool_listens_and_a_removed_one_answers_what_it_read_then_closes_its_clients() {
+    let (a, b) = (Redis::start(), Redis::start());
+    let _: () = b.client().set("k", "from b").unwrap();
+    let port = free_port();
+    let mut proxy = unwatched(&pool_over(port, &[&a], &["one"]), port);
+    let mut idle = Raw::connect(port);
+    idle.roundtrip(b"PING\r\n", b"+PONG\r\n");
+    let mut blocked = Raw::connect(port);
+    blocked.send(&command(&[b"BLPOP", b"list", b"2"]));
+    wait_until(
+        "BLPOP blocks on the backend",
+        Duration::from_secs(10),
+        || info_field(&a, "clients", "blocked_clients") == 1,
+    );
+    let other = free_port();
+    proxy.rewrite_config(&format!(
+        "pools:\n  other:\n    listen: 127.0.0.1:{other}\n    servers: [\"{}:1 two\"]\n",
+        b.addr()
+    ));
+    let (status, body) = reload(&proxy);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("pool other added") && body.contains("pool main removed"),
+        "{body}"
+    );
+    assert_eq!(connect(other).get::<_, String>("k").unwrap(), "from b");
+    wait_until(
+        "the removed pool's listener closes",
+        Duration::from_secs(10),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+    );
+    assert!(
+        idle.is_closed(),
+        "an idle client of a removed pool is closed"
+    );
+    assert_eq!(
+        blocked.read_line(),
+        "*-1\r\n",
+        "the request in flight is answered"
+    );
+    assert!(blocked.is_closed(), "then its client is closed");
+    let topology = proxy.http("/topology").1;
+    assert!(!topology.contains("\"name\":\"main\""), "{topology}");
+}
+
+#[test]
+fn a_pool_whose_settings_change_is_replaced_and_one_that_moves_keeps_its_clients() {
+    let redis = Redis::start();
+    let _: () = redis.client().set("k", "v").unwrap();
+    let port = free_port();
+    let plain = pool_over(port, &[&redis], &["one"]);
+    let mut proxy = unwatched(&plain, port);
+    assert_eq!(connect(port).get::<_, String>("k").unwrap(), "v");
+    // A new setting: clients must now authenticate. The pool is replaced; its clients are
+    // closed between requests and new ones meet the new setting.
+    let mut idle = Raw::connect(port);
+    idle.roundtrip(b"PING\r\n", b"+PONG\r\n");
+    let guarded = plain.replace(
+        "    servers:",
+        "    auth: { password: s3cret }\n    servers:",
+    );
+    proxy.rewrite_config(&guarded);
+    let (status, body) = reload(&proxy);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("pool main replaced"), "{body}");
+    assert!(idle.is_closed(), "a client of the replaced pool is closed");
+    let mut fresh = Raw::connect(port);
+    fresh.send(&command(&[b"GET", b"k"]));
+    assert!(fresh.read_line().starts_with("-NOAUTH"));
+    fresh.roundtrip(&command(&[b"AUTH", b"s3cret"]), b"+OK\r\n");
+    fresh.roundtrip(&command(&[b"GET", b"k"]), b"$1\r\nv\r\n");
+    // Moving the pool to another address keeps the pool and its clients.
+    let moved_port = free_port();
+    let mut stays = Raw::connect(port);
+    stays.roundtrip(&command(&[b"AUTH", b"s3cret"]), b"+OK\r\n");
+    proxy.rewrite_config(&guarded.replace(&format!(":{port}\n"), &format!(":{moved_port}\n")));
+    let (status, body) = reload(&proxy);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(&format!("pool main listens on 127.0.0.1:{moved_port}")),
+        "{body}"
+    );
+    wait_until("the old address closes", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+    });
+    stays.roundtrip(&command(&[b"GET", b"k"]), b"$1\r\nv\r\n");
+    let mut moved = Raw::connect(moved_port);
+    moved.roundtrip(&command(&[b"AUTH", b"s3cret"]), b"+OK\r\n");
+    moved.roundtrip(&command(&[b"GET", b"k"]), b"$1\r\nv\r\n");
+}
+
+#[test]
+fn a_twemproxy_file_reloads_too() {
+    let (a, b) = (Redis::start(), Redis::start());
+    let port = free_port();
+    let nutcracker = |servers: &[&Redis]| {
+        let mut yaml = format!("alpha:\n  listen: 127.0.0.1:{port}\n  redis: true\n  servers:\n");
+        for (n, s) in servers.iter().enumerate() {
+            yaml.push_str(&format!("   - {}:1 s{n}\n", s.addr()));
+        }
+        yaml
+    };
+    let mut proxy = unwatched(&nutcracker(&[&a]), port);
+    assert_eq!(servers_shown(&proxy), 1);
+    proxy.rewrite_config(&nutcracker(&[&a, &b]));
+    let (status, body) = reload(&proxy);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("pool alpha: servers changed"), "{body}");
+    assert_eq!(servers_shown(&proxy), 2);
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use socket2::{Domain, Socket, Type};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -38,22 +38,23 @@ pub async fn bind(addr: &Address, backlog: u32) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Accepts clients until `shutdown` fires and hands them to the workers in turn. Every session
-/// is tracked by `tracker` and has its own shutdown signal, so it can finish what is in flight.
-pub async fn serve_pool(
-    pool: Arc<Pool>,
+/// Accepts clients until `stop` fires and hands them to the workers in turn, each to the pool
+/// `serving` names at the time (a reload may change it). Every session is tracked by
+/// `tracker` and told by its pool when to leave, so it can finish what is in flight.
+pub async fn serve(
     listener: TcpListener,
+    serving: watch::Receiver<Arc<Pool>>,
     workers: Arc<Workers>,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let mut signals: Vec<oneshot::Sender<()>> = Vec::new();
     let mut next_worker = 0;
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
+        let pool = serving.borrow().clone();
         let (stream, peer) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
@@ -84,18 +85,10 @@ pub async fn serve_pool(
         tracing::debug!(pool = %pool.config.name, session = id, worker, %peer, "client connected");
         pool.metrics.client_connections.inc();
         pool.metrics.client_connections_total.inc();
-        let (signal, stop) = oneshot::channel();
-        // Signals of finished sessions are dropped whenever the list has doubled.
-        if signals.len() >= 64 && signals.len().is_power_of_two() {
-            signals.retain(|s| !s.is_closed());
-        }
-        signals.push(signal);
+        let leave = pool.admit();
         workers
             .handle(worker)
-            .spawn(tracker.track_future(serve_client(id, worker, pool.clone(), stream, stop)));
-    }
-    for signal in signals {
-        let _ = signal.send(());
+            .spawn(tracker.track_future(serve_client(id, worker, pool, stream, leave)));
     }
 }
 

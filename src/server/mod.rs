@@ -10,4 +10,4 @@ mod plan;
 mod redis;
 mod session;
 
-pub use listener::{bind, serve_pool};
+pub use listener::{bind, serve};

@@ -1,7 +1,8 @@
-//! Pools and their live state. A [`Pool`] lasts as long as its listener; what it serves (the
-//! ring, the shards, which node is each shard's master, which nodes are up) is a
-//! [`PoolState`] snapshot swapped atomically by the pool's keeper, so sessions see failover,
-//! ejection and, later, reloads on their next request without any lock.
+//! Pools and their live state. The pools served are a list swapped whole by a reload; a
+//! [`Pool`] lasts while it is listed or has clients. What a pool serves (the ring, the shards,
+//! which node is each shard's master, which nodes are up) is a [`PoolState`] snapshot swapped
+//! atomically by the pool's keeper, so sessions see failover, ejection and reshaping on their
+//! next request without any lock.
 
 mod failover;
 mod keeper;
@@ -18,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, Guard};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::NodeEvent;
 use crate::config::{Config, Failover, PoolConfig};
@@ -29,8 +30,9 @@ use shards::NodeMaker;
 
 /// Everything the proxy serves.
 pub struct Topology {
-    pub pools: Vec<Arc<Pool>>,
+    pools: ArcSwap<Vec<Arc<Pool>>>,
     pub metrics: Arc<Metrics>,
+    workers: Arc<Workers>,
     /// The file the configuration came from, and what its last reload did.
     pub loaded: Mutex<reload::Loaded>,
     /// The process is shutting down: the load balancer should send no new clients.
@@ -49,6 +51,8 @@ pub struct Pool {
     pub metrics: PoolMetrics,
     pub started: std::time::Instant,
     pub scripts: Arc<Scripts>,
+    /// Each client's stop signal; `None` once the pool closes its clients.
+    clients: Mutex<Option<Vec<oneshot::Sender<()>>>>,
 }
 
 impl Topology {
@@ -62,11 +66,17 @@ impl Topology {
             .map(|p| Arc::new(Pool::start(p, &metrics, workers)))
             .collect();
         Topology {
-            pools,
+            pools: ArcSwap::from_pointee(pools),
             metrics,
+            workers: workers.clone(),
             loaded: Mutex::new(loaded),
             draining: AtomicBool::new(false),
         }
+    }
+
+    /// The pools served now.
+    pub fn pools(&self) -> Arc<Vec<Arc<Pool>>> {
+        self.pools.load_full()
     }
 
     /// From now on [`Topology::readiness`] says the process is shutting down.
@@ -83,7 +93,7 @@ impl Topology {
             return Err("shutting down: draining".to_string());
         }
         let mut problems = Vec::new();
-        for pool in &self.pools {
+        for pool in self.pools().iter() {
             let state = pool.state();
             if state.live_servers() == 0 {
                 problems.push(format!(
@@ -140,6 +150,40 @@ impl Pool {
             metrics: metrics.pool(&config.name),
             started: std::time::Instant::now(),
             scripts: Arc::default(),
+            clients: Mutex::new(Some(Vec::new())),
+        }
+    }
+
+    /// The pool's configuration as last applied (its servers and listen address may have
+    /// changed since it started).
+    pub fn applied(&self) -> PoolConfig {
+        lock(&self.applied).clone()
+    }
+
+    /// Registers a new client: the receiver fires when the pool closes its clients (at once
+    /// if it already has).
+    pub fn admit(&self) -> oneshot::Receiver<()> {
+        let (signal, stop) = oneshot::channel();
+        match lock(&self.clients).as_mut() {
+            Some(clients) => {
+                // Signals of clients gone are dropped whenever the list has doubled.
+                if clients.len() >= 64 && clients.len().is_power_of_two() {
+                    clients.retain(|c| !c.is_closed());
+                }
+                clients.push(signal);
+            }
+            None => {
+                let _ = signal.send(());
+            }
+        }
+        stop
+    }
+
+    /// Asks every client, present and future, to leave: each closes once its requests are
+    /// answered. For shutdown, and for a pool a reload removed or replaced.
+    pub fn close_clients(&self) {
+        for client in lock(&self.clients).take().into_iter().flatten() {
+            let _ = client.send(());
         }
     }
 
@@ -148,4 +192,9 @@ impl Pool {
     pub fn state(&self) -> Guard<Arc<PoolState>> {
         self.state.load()
     }
+}
+
+/// Locks a mutex that a panic elsewhere may have poisoned: what it guards stays usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

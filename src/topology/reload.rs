@@ -1,10 +1,17 @@
 //! Reloading the configuration file while serving (SIGHUP, `POST /reload`, a change of the
-//! file). The file is read
-//! and validated as at start-up; a bad one is refused with the same `FILE:LINE:COLUMN` message
-//! and the running topology keeps serving. What a reload may change, for now: the servers of
-//! each pool (added, removed, re-addressed, re-weighted), which each pool's keeper applies to
-//! its live state. Adding or removing pools and changing a pool's other settings are refused
-//! with the reason, so nothing is half-applied.
+//! file). The file is read and validated as at start-up; a bad one is refused with the same
+//! `FILE:LINE:COLUMN` message and the running topology keeps serving. A good one is applied
+//! whole, pool by pool (matched by name):
+//! - a pool whose settings are unchanged is kept, with its clients and backend connections;
+//!   when its servers changed its keeper reshapes it (nodes at unchanged addresses are kept),
+//!   and when only its listen address changed the service listens on the new one;
+//! - a new pool is started; a pool whose other settings changed is replaced by a new one
+//!   (a sentinel pool also when its servers changed, so Sentinel names their nodes again);
+//! - a pool no longer listed, or replaced, is retired: it stops accepting and each of its
+//!   clients is closed once its requests are answered.
+//!
+//! Listening is the service's part ([`crate::service`]): it binds new addresses before
+//! anything is applied, so an address in use refuses the reload whole.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,11 +20,10 @@ use std::time::{Duration, SystemTime};
 use md5::{Digest, Md5};
 use notify::event::{EventKind, ModifyKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use super::Topology;
-use crate::config::{Config, Failover, PoolConfig, ServerConfig};
-
+use super::{Pool, Topology, lock, sentinel};
+use crate::config::{Address, Config, Failover, PoolConfig, ServerConfig};
 /// The configuration file being served, and what its last reload did.
 #[derive(Clone, Debug)]
 pub struct Loaded {
@@ -46,54 +52,143 @@ impl Loaded {
     }
 }
 
+/// A reload, worked out and not yet applied.
+pub struct Plan {
+    pub config: Config,
+    pools: Vec<Planned>,
+}
+
+/// What becomes of one pool of the new configuration.
+enum Planned {
+    /// A pool served now keeps serving, with `config` (new servers or listen address).
+    Kept { pool: Arc<Pool>, config: PoolConfig },
+    /// A new pool, or one replacing a pool of the same name.
+    Started(PoolConfig),
+}
+
+/// What applying a reload did.
+pub struct Applied {
+    /// Pools no longer served: they should stop accepting and close their clients.
+    pub retired: Vec<Arc<Pool>>,
+    pub summary: String,
+}
+
 impl Topology {
-    /// Reads the configuration file again and applies it; returns what changed, or why it was
-    /// refused (logged and counted either way).
-    pub fn reload(&self) -> Result<String, String> {
-        let path = self.config_path();
-        let outcome = self.apply(&path);
+    /// Reads the configuration file again and works out what would change; `Err` says why the
+    /// file cannot be served.
+    pub async fn plan_reload(&self) -> Result<Plan, String> {
+        let config = Config::load(&self.config_path()).map_err(|e| e.to_string())?;
+        let mut plan = plan(&self.pools(), config)?;
+        for planned in &mut plan.pools {
+            if let Planned::Started(pool) = planned {
+                sentinel::discover_pool(pool).await?;
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Applies `plan`: the new list of pools is served from now on.
+    pub fn apply(&self, plan: Plan) -> Applied {
+        let old = self.pools();
+        let mut summary = Vec::new();
+        let pools: Vec<Arc<Pool>> = plan
+            .pools
+            .into_iter()
+            .map(|planned| match planned {
+                Planned::Kept { pool, config } => {
+                    let applied = pool.applied();
+                    if applied.listen != config.listen {
+                        summary.push(format!("pool {} listens on {}", config.name, config.listen));
+                    }
+                    if applied.servers != config.servers {
+                        summary.push(format!("pool {}: servers changed", config.name));
+                        // The keeper lives as long as the pool: the send cannot fail.
+                        let _ = pool.reshape.send(config.clone());
+                    }
+                    *lock(&pool.applied) = config;
+                    pool
+                }
+                Planned::Started(config) => {
+                    let replaced = old.iter().any(|p| p.config.name == config.name);
+                    summary.push(match replaced {
+                        true => format!("pool {} replaced (its settings changed)", config.name),
+                        false => format!("pool {} added", config.name),
+                    });
+                    Arc::new(Pool::start(&config, &self.metrics, &self.workers))
+                }
+            })
+            .collect();
+        let retired: Vec<Arc<Pool>> = old
+            .iter()
+            .filter(|p| !pools.iter().any(|q| Arc::ptr_eq(p, q)))
+            .cloned()
+            .collect();
+        for pool in &retired {
+            if !pools.iter().any(|p| p.config.name == pool.config.name) {
+                summary.push(format!("pool {} removed", pool.config.name));
+            }
+        }
+        self.pools.store(Arc::new(pools));
+        Applied {
+            retired,
+            summary: match summary.is_empty() {
+                true => "nothing changed".to_string(),
+                false => summary.join("; "),
+            },
+        }
+    }
+
+    /// Logs and counts the outcome of a reload, and remembers it for `/topology`.
+    pub fn record_reload(&self, outcome: &Result<String, String>) {
         self.metrics.count_reload(outcome.is_ok());
-        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        match &outcome {
+        let mut loaded = lock(&self.loaded);
+        match outcome {
             Ok(changed) => {
-                tracing::info!("configuration reloaded from {}: {changed}", path.display());
-                *loaded = Loaded::of(&path);
+                tracing::info!(
+                    "configuration reloaded from {}: {changed}",
+                    loaded.path.display()
+                );
+                *loaded = Loaded::of(&loaded.path);
             }
             Err(why) => {
                 tracing::error!("configuration reload refused, the running one stays: {why}");
                 loaded.last_error = Some(why.clone());
             }
         }
-        outcome
     }
 
     /// The configuration file served.
-    fn config_path(&self) -> PathBuf {
-        let loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        loaded.path.clone()
+    pub fn config_path(&self) -> PathBuf {
+        lock(&self.loaded).path.clone()
+    }
+}
+
+impl Plan {
+    /// The addresses the new configuration listens on, with each pool's backlog.
+    pub fn listens(&self) -> impl Iterator<Item = (&Address, u32)> {
+        self.config.pools.iter().map(|p| (&p.listen, p.backlog))
+    }
+}
+
+/// How a reload asks the service, which alone applies reloads, one at a time.
+#[derive(Clone)]
+pub struct Reloads(mpsc::UnboundedSender<oneshot::Sender<Result<String, String>>>);
+
+/// Where the service takes reload requests, each with where to send its outcome.
+pub type ReloadRequests = mpsc::UnboundedReceiver<oneshot::Sender<Result<String, String>>>;
+
+impl Reloads {
+    pub fn channel() -> (Reloads, ReloadRequests) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Reloads(tx), rx)
     }
 
-    fn apply(&self, path: &Path) -> Result<String, String> {
-        let config = Config::load(path).map_err(|e| e.to_string())?;
-        let applied: Vec<PoolConfig> = self
-            .pools
-            .iter()
-            .map(|p| p.applied.lock().unwrap_or_else(|e| e.into_inner()).clone())
-            .collect();
-        let changes = plan(&applied, &config)?;
-        let mut changed = Vec::new();
-        for (pool, change) in self.pools.iter().zip(changes) {
-            if let Some(new) = change {
-                changed.push(pool.config.name.clone());
-                *pool.applied.lock().unwrap_or_else(|e| e.into_inner()) = new.clone();
-                // The keeper lives as long as the pool: the send cannot fail while it is here.
-                let _ = pool.reshape.send(new);
-            }
-        }
-        Ok(match changed.is_empty() {
-            true => "no pool changed".to_string(),
-            false => format!("servers changed in pool {}", changed.join(", ")),
-        })
+    /// Asks for a reload and waits for what it changed, or why it was refused.
+    pub async fn reload(&self) -> Result<String, String> {
+        let (answer, outcome) = oneshot::channel();
+        let stopping = || "shutting down: no more reloads".to_string();
+        self.0.send(answer).map_err(|_| stopping())?;
+        outcome.await.unwrap_or_else(|_| Err(stopping()))
     }
 }
 
@@ -101,11 +196,10 @@ impl Topology {
 /// save or a deployment tool's copy is a burst of events.
 const QUIET: Duration = Duration::from_millis(200);
 
-/// Reloads whenever the configuration file changes, for as long as the returned watcher is
-/// kept. The file's directory is watched, since editors and deployment tools often replace a
-/// file by renaming another over it; a burst of changes reloads once, after [`QUIET`].
-pub fn watch(topology: Arc<Topology>) -> notify::Result<RecommendedWatcher> {
-    let path = topology.config_path();
+/// Reloads whenever the configuration file at `path` changes, for as long as the returned
+/// watcher is kept. The file's directory is watched, since editors and deployment tools often
+/// replace a file by renaming another over it; a burst of changes reloads once, after [`QUIET`].
+pub fn watch(path: &Path, reloads: Reloads) -> notify::Result<RecommendedWatcher> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
@@ -129,47 +223,53 @@ pub fn watch(topology: Arc<Topology>) -> notify::Result<RecommendedWatcher> {
     tokio::spawn(async move {
         while changes.recv().await.is_some() {
             while let Ok(Some(())) = tokio::time::timeout(QUIET, changes.recv()).await {}
-            let _ = topology.reload();
+            // The outcome is logged and counted where reloads are applied.
+            let _ = reloads.reload().await;
         }
     });
     Ok(watcher)
 }
 
-/// For each pool now served (`current`, as last applied), its new configuration when its
-/// servers changed, or `None`; `Err` when `new` changes something a reload cannot apply yet.
-fn plan(current: &[PoolConfig], new: &Config) -> Result<Vec<Option<PoolConfig>>, String> {
-    let names = |pools: &[PoolConfig]| pools.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
-    if names(current) != names(&new.pools) {
-        return Err(format!(
-            "pools {:?} would become {:?}: adding or removing pools needs a restart for now",
-            names(current),
-            names(&new.pools)
-        ));
-    }
-    current
-        .iter()
-        .zip(&new.pools)
-        .map(|(old, new)| {
+/// Works out what becomes of each pool of `config`, given the pools served now.
+fn plan(served: &[Arc<Pool>], config: Config) -> Result<Plan, String> {
+    let current: Vec<PoolConfig> = served.iter().map(|p| p.applied()).collect();
+    let pools = keep(&current, &config.pools)
+        .into_iter()
+        .zip(&config.pools)
+        .map(|(kept, new)| match kept {
+            Some(i) => Planned::Kept {
+                pool: served[i].clone(),
+                config: match new.failover {
+                    // Sentinel named the nodes of these servers.
+                    Failover::Sentinel => PoolConfig {
+                        servers: current[i].servers.clone(),
+                        ..new.clone()
+                    },
+                    _ => new.clone(),
+                },
+            },
+            None => Planned::Started(new.clone()),
+        })
+        .collect();
+    Ok(Plan { config, pools })
+}
+
+/// For each pool of `new`, the index of the pool now served (`current`, as last applied) that
+/// keeps serving it, or `None` when a new pool must start: there is no pool of that name, or
+/// it differs in more than its servers and listen address, or it is a sentinel pool whose
+/// servers changed.
+fn keep(current: &[PoolConfig], new: &[PoolConfig]) -> Vec<Option<usize>> {
+    new.iter()
+        .map(|pool| {
+            let i = current.iter().position(|c| c.name == pool.name)?;
+            let old = &current[i];
             let settings_kept = PoolConfig {
-                servers: new.servers.clone(),
+                servers: pool.servers.clone(),
+                listen: pool.listen.clone(),
                 ..old.clone()
-            };
-            if settings_kept != *new {
-                return Err(format!(
-                    "pool {}: only its servers can change on a reload for now (its other settings need a restart)",
-                    old.name
-                ));
-            }
-            if !servers_differ(old, new) {
-                return Ok(None);
-            }
-            if old.failover == Failover::Sentinel {
-                return Err(format!(
-                    "pool {}: the servers of a sentinel pool can change only with a restart for now",
-                    old.name
-                ));
-            }
-            Ok(Some(new.clone()))
+            } == *pool;
+            let renamed_nodes = old.failover == Failover::Sentinel && servers_differ(old, pool);
+            (settings_kept && !renamed_nodes).then_some(i)
         })
         .collect()
 }
@@ -191,50 +291,45 @@ fn servers_differ(old: &PoolConfig, new: &PoolConfig) -> bool {
 mod tests {
     use super::*;
 
-    fn config(text: &str) -> Config {
-        Config::parse("test.yml", text).unwrap()
+    fn pools(text: &str) -> Vec<PoolConfig> {
+        Config::parse("test.yml", text).unwrap().pools
     }
 
     const BASE: &str = "pools:\n  a:\n    listen: 127.0.0.1:6380\n    servers: [127.0.0.1:7000:1 one]\n  b:\n    listen: 127.0.0.1:6381\n    servers: [127.0.0.1:7100:1 x]\n";
 
     #[test]
-    fn only_pools_whose_servers_changed_are_reshaped() {
-        let current = config(BASE).pools;
-        let same = plan(&current, &config(BASE)).unwrap();
-        assert!(same.iter().all(Option::is_none));
-        let added = BASE.replace(
-            "[127.0.0.1:7000:1 one]",
-            "[127.0.0.1:7000:1 one, 127.0.0.1:7001:1 two]",
-        );
-        let changes = plan(&current, &config(&added)).unwrap();
-        assert_eq!(changes[0].as_ref().unwrap().servers.len(), 2);
-        assert!(changes[1].is_none());
+    fn pools_whose_servers_or_address_changed_are_kept() {
+        let current = pools(BASE);
+        assert_eq!(keep(&current, &pools(BASE)), [Some(0), Some(1)]);
+        let changed = BASE
+            .replace(
+                "[127.0.0.1:7000:1 one]",
+                "[127.0.0.1:7000:1 one, 127.0.0.1:7001:1 two]",
+            )
+            .replace("6381", "6390");
+        assert_eq!(keep(&current, &pools(&changed)), [Some(0), Some(1)]);
     }
 
     #[test]
-    fn what_a_reload_cannot_apply_yet_is_refused_whole() {
-        let current = config(BASE).pools;
-        let removed =
-            "pools:\n  a:\n    listen: 127.0.0.1:6380\n    servers: [127.0.0.1:7000:1 one]\n";
-        assert!(
-            plan(&current, &config(removed))
-                .unwrap_err()
-                .contains("adding or removing pools")
-        );
-        let moved = BASE.replace("6381", "6390");
-        assert!(
-            plan(&current, &config(&moved))
-                .unwrap_err()
-                .contains("pool b: only its servers")
-        );
+    fn new_pools_and_pools_whose_settings_changed_start_anew() {
+        let current = pools(BASE);
+        let swapped = "pools:\n  b:\n    listen: 127.0.0.1:6381\n    servers: [127.0.0.1:7100:1 x]\n  c:\n    listen: 127.0.0.1:6382\n    servers: [127.0.0.1:7200:1 y]\n";
+        assert_eq!(keep(&current, &pools(swapped)), [Some(1), None]);
         let timeout = BASE.replace(
             "    listen: 127.0.0.1:6380\n",
             "    listen: 127.0.0.1:6380\n    timeout_ms: 5\n",
         );
-        assert!(
-            plan(&current, &config(&timeout))
-                .unwrap_err()
-                .contains("pool a: only its servers")
-        );
+        assert_eq!(keep(&current, &pools(&timeout)), [None, Some(1)]);
+    }
+
+    #[test]
+    fn a_sentinel_pool_starts_anew_only_when_its_servers_are_renamed() {
+        let sentinel = "pools:\n  s:\n    listen: 127.0.0.1:6380\n    failover: sentinel\n    sentinels: [127.0.0.1:26379]\n    servers:\n      - { name: m1 }\n";
+        let mut current = pools(sentinel);
+        // As discovered at start-up: Sentinel named the nodes.
+        current[0].servers[0].master = Some("127.0.0.1:7000".parse().unwrap());
+        assert_eq!(keep(&current, &pools(sentinel)), [Some(0)]);
+        let renamed = sentinel.replace("m1", "m2");
+        assert_eq!(keep(&current, &pools(&renamed)), [None]);
     }
 }

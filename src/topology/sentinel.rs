@@ -45,26 +45,32 @@ async fn ask(sentinels: &[SentinelClient], name: &str) -> Result<Named, String> 
 /// nodes, or, with none configured, stops the start with the reasons.
 pub async fn discover(config: &mut Config) -> Result<(), String> {
     for pool in &mut config.pools {
-        if pool.failover != Failover::Sentinel {
-            continue;
-        }
-        let sentinels = clients(pool);
-        for server in &mut pool.servers {
-            match ask(&sentinels, &server.name).await {
-                Ok(named) => {
-                    tracing::info!(pool = %pool.name, server = %server.name, "Sentinel names master {} and replicas {:?}", named.master, named.replicas.iter().map(ToString::to_string).collect::<Vec<_>>());
-                    server.master = Some(named.master);
-                    server.replicas = named.replicas;
-                }
-                Err(why) if server.master.is_some() => {
-                    tracing::warn!(pool = %pool.name, server = %server.name, "no Sentinel answered, starting with the configured nodes: {why}");
-                }
-                Err(why) => {
-                    return Err(format!(
-                        "pool {}: server {}: no Sentinel names its master: {why}",
-                        pool.name, server.name
-                    ));
-                }
+        discover_pool(pool).await?;
+    }
+    Ok(())
+}
+
+/// What [`discover`] does for one pool (nothing unless it is a sentinel pool).
+pub async fn discover_pool(pool: &mut PoolConfig) -> Result<(), String> {
+    if pool.failover != Failover::Sentinel {
+        return Ok(());
+    }
+    let sentinels = clients(pool);
+    for server in &mut pool.servers {
+        match ask(&sentinels, &server.name).await {
+            Ok(named) => {
+                tracing::info!(pool = %pool.name, server = %server.name, "Sentinel names master {} and replicas {:?}", named.master, named.replicas.iter().map(ToString::to_string).collect::<Vec<_>>());
+                server.master = Some(named.master);
+                server.replicas = named.replicas;
+            }
+            Err(why) if server.master.is_some() => {
+                tracing::warn!(pool = %pool.name, server = %server.name, "no Sentinel answered, starting with the configured nodes: {why}");
+            }
+            Err(why) => {
+                return Err(format!(
+                    "pool {}: server {}: no Sentinel names its master: {why}",
+                    pool.name, server.name
+                ));
             }
         }
     }
@@ -88,14 +94,17 @@ pub(super) fn follow(pool: &PoolConfig, to: UnboundedSender<MasterNamed>) {
         let pause = pool.health_check.interval;
         tokio::spawn(async move {
             while !to.is_closed() {
-                let failure = sentinel
-                    .watch(|name, master| {
-                        if let Some(server) = names.iter().find(|n| &***n == name) {
-                            let server = server.clone();
-                            let _ = to.send(MasterNamed { server, master });
-                        }
-                    })
-                    .await;
+                let watching = sentinel.watch(|name, master| {
+                    if let Some(server) = names.iter().find(|n| &***n == name) {
+                        let server = server.clone();
+                        let _ = to.send(MasterNamed { server, master });
+                    }
+                });
+                // The pool's keeper is gone (the pool was retired by a reload).
+                let failure = tokio::select! {
+                    failure = watching => failure,
+                    _ = to.closed() => return,
+                };
                 tracing::debug!(pool = %pool_name, "Sentinel {}: {failure}", sentinel.addr());
                 sleep(pause).await;
             }
