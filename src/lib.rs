@@ -21,13 +21,16 @@
 //!   each shard's master, node health and what each node says) that the pool's keeper swaps
 //!   when node events change routing. `failover` holds the decisions (which replica to
 //!   promote, whether a restarted master would wipe its replicas), `sentinel` follows Redis
-//!   Sentinel. Reload plugs in here, as another writer of the snapshot.
+//!   Sentinel. `reload` works out what a new configuration file changes: pools kept,
+//!   reshaped, added, replaced or retired.
 //! - `server`: listeners and sessions: one I/O loop per client with an outbox that keeps
 //!   reply order, and the Redis and memcache frontends that parse, route and merge; one
-//!   client-error type rendered per protocol.
-//! - `admin`: the HTTP endpoint (`/health`, `/ready`, `/metrics`, `/topology`); `metrics`:
-//!   the Prometheus families.
-//! - `workers`: thread-per-core runtimes; `service`: start, serve, drain on SIGTERM.
+//!   client-error type rendered per protocol; `timing` of each request for the latency
+//!   histograms and the slow log (`slowlog`, read with SLOWLOG).
+//! - `admin`: the HTTP endpoint (`/health`, `/ready`, `/metrics`, `/topology`, `/reload`);
+//!   `metrics`: the Prometheus families, latency histograms and `process_*` metrics.
+//! - `workers`: thread-per-core runtimes; `service`: start, serve, apply reloads (binding
+//!   listeners first), drain on SIGTERM.
 //!
 //! # One request
 //!
@@ -50,6 +53,7 @@ pub mod placement;
 pub mod protocol;
 mod server;
 mod service;
+mod slowlog;
 mod topology;
 mod workers;
 

@@ -601,17 +601,10 @@ fn sigterm_finishes_requests_in_flight_and_exits_zero() {
     wait_until("request in flight", Duration::from_secs(5), || {
         requests(&s.proxy) > before
     });
-    let pid = s.proxy.process.child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    s.proxy.signal("-TERM");
     assert_eq!(r.read_line(), "$-1\r\n");
     assert!(r.is_closed());
-    let status = s.proxy.process.child.wait().unwrap();
+    let status = s.proxy.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0));
 }
 
@@ -624,12 +617,8 @@ fn sigterm_makes_ready_fail_while_clients_are_still_served_then_closes_idle_ones
     proxy.wait_ready(true);
     let mut idle = Raw::connect(port);
     idle.roundtrip(&command(&[b"PING"]), b"+PONG\r\n");
-    let pid = proxy.process.child.id().to_string();
     let signalled = std::time::Instant::now();
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status();
-    assert!(term.unwrap().success());
+    proxy.signal("-TERM");
     wait_until("/ready fails", Duration::from_secs(1), || {
         proxy.http("/ready")
             == (
@@ -645,7 +634,7 @@ fn sigterm_makes_ready_fail_while_clients_are_still_served_then_closes_idle_ones
     assert!(idle.is_closed());
     assert!(late.is_closed());
     assert!(signalled.elapsed() >= Duration::from_millis(1500));
-    assert_eq!(proxy.process.child.wait().unwrap().code(), Some(0));
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)).code(), Some(0));
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
 
@@ -934,6 +923,15 @@ fn metrics_pass_promtool_and_openmetrics_is_served_to_who_asks() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // The process metrics every exporter has, about the proxy process.
+    let rss = metric(&classic, "process_resident_memory_bytes") / 1024;
+    let measured = s.proxy.rss_kib();
+    assert!(
+        rss.abs_diff(measured) < measured / 2,
+        "{rss} KiB vs {measured} KiB"
+    );
+    assert!(metric(&classic, "process_open_fds") > 0);
+    assert!(classic.contains("# TYPE process_cpu_seconds_total counter"));
     let accept = "Accept: application/openmetrics-text; version=1.0.0\r\n";
     let (status, openmetrics) = http_request(s.proxy.admin, "GET", "/metrics", accept).unwrap();
     assert_eq!(status, 200);

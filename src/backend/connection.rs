@@ -10,6 +10,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::{ConnSettings, ConnectError, Delivery, Failure, Job, NodeShared, ReplyTo};
+use crate::metrics::LatencyCounts;
 use crate::net::Stream;
 use crate::protocol::{ReplyError, ReplyKind, memcache, resp};
 
@@ -195,6 +196,7 @@ async fn serve(
                 in_flight.push_back(InFlight {
                     reply_to: job.reply_to,
                     kind: job.kind,
+                    sent: now,
                     deadline: now + job.timeout.unwrap_or(settings.timeout),
                 });
             }
@@ -270,6 +272,7 @@ async fn serve(
 struct InFlight {
     reply_to: ReplyTo,
     kind: ReplyKind,
+    sent: Instant,
     deadline: Instant,
 }
 
@@ -281,6 +284,8 @@ fn answer(
     in_flight: &mut VecDeque<InFlight>,
     delivery: &mut Delivery,
 ) -> Result<(), Failure> {
+    let now = Instant::now();
+    let mut latency = LatencyCounts::default();
     let outcome = loop {
         if buf.is_empty() {
             break Ok(());
@@ -296,7 +301,9 @@ fn answer(
                     shared.check_now.notify_one();
                 }
                 if let Some(f) = in_flight.pop_front() {
-                    delivery.add(f.reply_to, Ok(reply));
+                    let took = now.saturating_duration_since(f.sent);
+                    latency.observe(took, 1);
+                    delivery.add(f.reply_to, Ok(reply), took);
                 }
             }
             Ok(None) => break Ok(()),
@@ -304,5 +311,6 @@ fn answer(
         }
     };
     delivery.flush();
+    shared.metrics.latency.add(&mut latency);
     outcome
 }

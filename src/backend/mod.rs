@@ -92,6 +92,7 @@ impl ReplyTo {
         self.inbox.push(Completion {
             token: self.token,
             result: result.map_err(Box::new),
+            backend_us: 0,
         });
     }
 }
@@ -105,7 +106,8 @@ struct Delivery {
 }
 
 impl Delivery {
-    fn add(&mut self, to: ReplyTo, result: Result<Bytes, BackendError>) {
+    /// Adds the reply to `to`, which took `took` on the backend.
+    fn add(&mut self, to: ReplyTo, result: Result<Bytes, BackendError>, took: Duration) {
         if self
             .inbox
             .as_ref()
@@ -116,6 +118,7 @@ impl Delivery {
         self.run.push(Completion {
             token: to.token,
             result: result.map_err(Box::new),
+            backend_us: u32::try_from(took.as_micros()).unwrap_or(u32::MAX),
         });
         self.inbox.get_or_insert(to.inbox);
     }
@@ -143,6 +146,8 @@ pub struct Job {
 pub struct Completion {
     pub token: Token,
     pub result: Result<Bytes, Box<BackendError>>,
+    /// How long the backend took to answer, in microseconds (0: not measured).
+    pub backend_us: u32,
 }
 
 /// A node's identity for as long as the process runs, whatever its place in a topology.

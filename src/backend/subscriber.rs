@@ -169,6 +169,7 @@ async fn run(
                             messages.push(Completion {
                                 token: Token::Push,
                                 result: Ok(frame),
+                                backend_us: 0,
                             });
                         }
                     }

@@ -85,6 +85,7 @@ pub enum LocalCommand {
     Ping,
     Quit,
     Select,
+    SlowLog,
 }
 
 /// Where a blocking command's timeout is, in seconds (0: wait forever).
@@ -288,7 +289,6 @@ pub static UNSUPPORTED: &[(&str, &str)] = &[
     ("SAVE", ADMIN),
     ("SHUTDOWN", ADMIN),
     ("SLAVEOF", ADMIN),
-    ("SLOWLOG", ADMIN),
     ("SWAPDB", DATABASES),
     ("SYNC", ADMIN),
     ("TIME", ONE_SERVER),

@@ -155,6 +155,10 @@ pub struct PoolConfig {
     pub max_pipeline: usize,
     /// Deepest nesting accepted in a backend reply.
     pub max_reply_depth: usize,
+    /// SLOWLOG records requests at least this slow, in microseconds (negative: none)…
+    pub slowlog_slower_than_us: i64,
+    /// …and keeps this many.
+    pub slowlog_max_len: usize,
     /// memcache: the largest value a storage command may carry.
     pub item_size_max: usize,
     /// Whether commands that empty every server (FLUSHDB, FLUSHALL, memcache `flush_all`) are

@@ -70,6 +70,8 @@ struct Pool {
     item_size_max: Option<usize>,
     allow_flush: Option<bool>,
     allow_keys: Option<bool>,
+    slowlog_slower_than_us: Option<i64>,
+    slowlog_max_len: Option<usize>,
     reject_past_exptime: Option<bool>,
     servers: Vec<Spanned<Server>>,
 }
@@ -364,6 +366,8 @@ fn base_pool(listen: &Spanned<Address>) -> PoolConfig {
         limits: Limits::default(),
         max_pipeline: 1024,
         max_reply_depth: 128,
+        slowlog_slower_than_us: 10_000,
+        slowlog_max_len: 128,
         item_size_max: 1024 * 1024,
         allow_flush: false,
         allow_keys: false,
@@ -443,6 +447,8 @@ impl Pool {
         c.item_size_max = p.item_size_max.unwrap_or(c.item_size_max);
         c.allow_flush = p.allow_flush.unwrap_or(false);
         c.allow_keys = p.allow_keys.unwrap_or(false);
+        c.slowlog_slower_than_us = p.slowlog_slower_than_us.unwrap_or(c.slowlog_slower_than_us);
+        c.slowlog_max_len = p.slowlog_max_len.unwrap_or(c.slowlog_max_len);
         c.reject_past_exptime = p.reject_past_exptime.unwrap_or(false);
         Ok(PoolParts {
             listen: p.listen,
@@ -521,6 +527,8 @@ impl From<TwemproxyPool> for Pool {
             db: t.redis_db,
             client_connections: t.client_connections,
             backlog: t.backlog,
+            slowlog_slower_than_us: None,
+            slowlog_max_len: None,
             limits: None,
             item_size_max: None,
             allow_flush: None,

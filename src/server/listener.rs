@@ -88,7 +88,7 @@ pub async fn serve(
         let leave = pool.admit();
         workers
             .handle(worker)
-            .spawn(tracker.track_future(serve_client(id, worker, pool, stream, leave)));
+            .spawn(tracker.track_future(serve_client(id, worker, pool, stream, peer, leave)));
     }
 }
 
@@ -99,16 +99,17 @@ async fn serve_client(
     worker: usize,
     pool: Arc<Pool>,
     stream: std::net::TcpStream,
+    peer: std::net::SocketAddr,
     stop: oneshot::Receiver<()>,
 ) {
     if let Ok(stream) = Stream::from_std(stream) {
         match pool.config.protocol {
             Protocol::Redis => {
-                let session: Session<Resp> = Session::new(id, worker, pool.clone());
+                let session: Session<Resp> = Session::new(id, worker, pool.clone(), peer);
                 session.run(stream, stop).await;
             }
             Protocol::Memcache => {
-                let session: Session<Memcache> = Session::new(id, worker, pool.clone());
+                let session: Session<Memcache> = Session::new(id, worker, pool.clone(), peer);
                 session.run(stream, stop).await;
             }
         }

@@ -9,5 +9,6 @@ mod outbox;
 mod plan;
 mod redis;
 mod session;
+mod timing;
 
 pub use listener::{bind, serve};

@@ -21,6 +21,15 @@ pub(super) enum Target {
     Node { shard: usize, node: usize },
 }
 
+impl Target {
+    /// The shard (its index in the snapshot) the target is in.
+    pub(super) fn shard(self) -> usize {
+        match self {
+            Target::Shard { shard, .. } | Target::Node { shard, .. } => shard,
+        }
+    }
+}
+
 /// One backend request: where, what, and how its reply is framed.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Part {
@@ -66,6 +75,21 @@ pub(super) enum Plan {
         part: Part,
         wait: Option<Duration>,
     },
+}
+
+impl Plan {
+    /// Where its first backend request goes, and how many it makes; `None` when the proxy
+    /// answers.
+    pub(super) fn first_target(&self) -> Option<(Target, usize)> {
+        match self {
+            Plan::Reply(_) | Plan::Fail(_) => None,
+            Plan::Forward(part)
+            | Plan::Quiet(part, _)
+            | Plan::Resend { part, .. }
+            | Plan::Reserved { part, .. } => Some((part.target, 1)),
+            Plan::Gather(parts, _) => parts.first().map(|p| (p.target, parts.len())),
+        }
+    }
 }
 
 /// Groups keys by shard for a split request: the part of every key (one part per shard, in

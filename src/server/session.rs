@@ -3,7 +3,10 @@
 //! request on the nodes of the pool's current snapshot; write the replies in request order,
 //! batched into one write per wakeup.
 
+use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
@@ -11,6 +14,7 @@ use tokio::sync::oneshot;
 use super::error::ClientError;
 use super::outbox::{Outbox, Resend, Retry};
 use super::plan::{Part, Plan, Target};
+use super::timing::{Recorded, Timing};
 use crate::backend::{Completion, Job, Node, ReplyTo, Reserved, Token};
 use crate::net::Stream;
 use crate::protocol::ReplyKind;
@@ -41,6 +45,9 @@ pub(super) trait Frontend: Sized {
     fn resp3(&self) -> bool {
         false
     }
+
+    /// Adds a request that took `took` to the pool's slow log.
+    fn log_slow(_s: &Session<Self>, _request: Recorded, _took: Duration) {}
 }
 
 /// How a burst of requests ended.
@@ -63,20 +70,27 @@ pub(super) struct Session<F> {
     /// The worker thread this session runs on: it uses that worker's backend connections.
     pub(super) worker: usize,
     pub(super) pool: Arc<Pool>,
+    /// The client's address.
+    pub(super) peer: SocketAddr,
     pub(super) out: Outbox,
     pub(super) fe: F,
     /// Reserved connections; dropped with the session, they close.
     held: Vec<Held>,
+    /// Requests not answered yet, kept in case they turn out slow (when the pool keeps a slow
+    /// log and the frontend records them).
+    recorded: VecDeque<Recorded>,
 }
 
 impl<F: Frontend> Session<F> {
-    pub(super) fn new(id: u64, worker: usize, pool: Arc<Pool>) -> Session<F> {
+    pub(super) fn new(id: u64, worker: usize, pool: Arc<Pool>, peer: SocketAddr) -> Session<F> {
         Session {
             id,
             worker,
             fe: F::new(&pool),
             out: Outbox::new(pool.config.protocol),
             held: Vec::new(),
+            recorded: VecDeque::new(),
+            peer,
             pool,
         }
     }
@@ -110,7 +124,12 @@ impl<F: Frontend> Session<F> {
     fn complete_all(&mut self, completions: &mut Vec<Completion>) {
         for c in completions.drain(..) {
             match c.token {
-                Token::Reply { seq, part } => self.out.complete(seq, part, c),
+                Token::Reply { seq, part } => {
+                    if !self.recorded.is_empty() {
+                        self.note_backend_time(seq, c.backend_us);
+                    }
+                    self.out.complete(seq, part, c);
+                }
                 Token::Push => {
                     if let Ok(message) = c.result
                         && self.fe.wants(&message)
@@ -132,6 +151,7 @@ impl<F: Frontend> Session<F> {
     ) -> Burst {
         let mut read_buf = BytesMut::new();
         let mut completions = Vec::new();
+        let mut timing = Timing::default();
         let inbox = self.out.inbox().clone();
         let mut closing = false;
         if self.out.listening {
@@ -159,7 +179,9 @@ impl<F: Frontend> Session<F> {
                 }
                 read = stream.read_some(&mut read_buf, read_chunk), if can_read => {
                     if matches!(read, Ok(n) if n > 0) {
+                        let (first, at) = (self.out.next_seq(), Instant::now());
                         closing = F::handle_input(self, &mut read_buf);
+                        timing.read(first, self.out.next_seq(), at);
                     } else {
                         // The client is done sending: answer what it asked, then close; but
                         // like Redis, do not wait on its blocking commands, which may never
@@ -185,6 +207,12 @@ impl<F: Frontend> Session<F> {
                 }
                 self.out.clear_output();
             }
+            let answered = self.out.first_unanswered();
+            let (metrics, slowlog) = (&self.pool.metrics, &self.pool.slowlog);
+            let slow = timing.answered(answered, &metrics.latency, &mut self.recorded, slowlog);
+            for (request, took) in slow {
+                F::log_slow(self, request, took);
+            }
             let errors = self.out.take_errors();
             for (counter, n) in self.pool.metrics.errors.iter().zip(errors.0) {
                 if n > 0 {
@@ -197,6 +225,7 @@ impl<F: Frontend> Session<F> {
                 }
                 if read_buf.is_empty() {
                     self.out.shrink();
+                    self.recorded = VecDeque::new();
                     return Burst::Idle;
                 }
             }
@@ -205,9 +234,38 @@ impl<F: Frontend> Session<F> {
 }
 
 impl<F: Frontend> Session<F> {
+    /// Keeps `frame`, the request about to be carried out, until it is answered, in case it
+    /// turns out slow.
+    pub(super) fn record(&mut self, frame: &Bytes) {
+        if self.pool.slowlog.slower_than.is_some() {
+            self.recorded.push_back(Recorded {
+                seq: self.out.next_seq(),
+                frame: frame.clone(),
+                shard: None,
+                backend: Duration::ZERO,
+            });
+        }
+    }
+
+    /// A backend request of request `seq` took `backend_us`.
+    fn note_backend_time(&mut self, seq: u64, backend_us: u32) {
+        let at = self.recorded.partition_point(|r| r.seq < seq);
+        if let Some(r) = self.recorded.get_mut(at)
+            && r.seq == seq
+        {
+            r.backend = r.backend.max(Duration::from_micros(u64::from(backend_us)));
+        }
+    }
+
     /// Carries out `plan` for the next request, on the nodes of `state`.
     pub(super) fn execute(&mut self, state: &PoolState, plan: Plan) {
         let resp3 = self.fe.resp3();
+        if let Some(r) = self.recorded.back_mut()
+            && r.seq == self.out.next_seq()
+            && let Some((target, parts)) = plan.first_target()
+        {
+            r.shard = Some((state.shards[target.shard()].name.clone(), parts - 1));
+        }
         match plan {
             Plan::Reply(reply) => self.out.ready(reply),
             Plan::Fail(e) => self.out.error(e),
@@ -247,6 +305,14 @@ impl<F: Frontend> Session<F> {
                 });
             }
             Plan::Reserved { part, wait } => {
+                // Like Redis, the time a blocking command waits does not make it slow.
+                if self
+                    .recorded
+                    .back()
+                    .is_some_and(|r| r.seq == self.out.next_seq())
+                {
+                    self.recorded.pop_back();
+                }
                 let (shard, node) = self.resolve(state, part.target);
                 let node = state.shards[shard].nodes[node].clone();
                 let conn = node.reserve(self.worker, resp3);

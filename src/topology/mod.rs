@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::backend::NodeEvent;
 use crate::config::{Config, Failover, PoolConfig};
 use crate::metrics::{Metrics, PoolMetrics};
+use crate::slowlog::SlowLog;
 use crate::workers::Workers;
 use keeper::Keeper;
 use shards::NodeMaker;
@@ -51,6 +52,8 @@ pub struct Pool {
     pub metrics: PoolMetrics,
     pub started: std::time::Instant,
     pub scripts: Arc<Scripts>,
+    /// Requests slower than the pool's `slowlog_slower_than_us`.
+    pub slowlog: SlowLog,
     /// Each client's stop signal; `None` once the pool closes its clients.
     clients: Mutex<Option<Vec<oneshot::Sender<()>>>>,
 }
@@ -150,6 +153,7 @@ impl Pool {
             metrics: metrics.pool(&config.name),
             started: std::time::Instant::now(),
             scripts: Arc::default(),
+            slowlog: SlowLog::new(config.slowlog_slower_than_us, config.slowlog_max_len),
             clients: Mutex::new(Some(Vec::new())),
         }
     }

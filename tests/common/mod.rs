@@ -320,7 +320,7 @@ impl Drop for Process {
     }
 }
 
-/// A redis-sentinel process on a free port, monitoring one master as `name` with quorum 2,
+/// A redis-sentinel process on a free port, monitoring a master as `name` with quorum 2,
 /// finding it down after `down_after_ms`; with `password`, clients and the other Sentinels
 /// must give it.
 pub struct Sentinel {
@@ -337,15 +337,29 @@ impl Sentinel {
         down_after_ms: u64,
         password: Option<&str>,
     ) -> Sentinel {
+        Sentinel::start_for(&[(name, master)], down_after_ms, password)
+    }
+
+    /// [`Sentinel::start`] monitoring several masters, each by its name.
+    pub fn start_for(
+        masters: &[(&str, &Redis)],
+        down_after_ms: u64,
+        password: Option<&str>,
+    ) -> Sentinel {
         let port = free_port();
         let dir = TempDir::new("sentinel");
         let mut config = format!(
-            "port {port}\nbind 127.0.0.1\ndir {}\nlogfile sentinel.log\nsentinel monitor {name} 127.0.0.1 {} 2\n\
-             sentinel down-after-milliseconds {name} {down_after_ms}\n\
-             sentinel failover-timeout {name} 10000\nsentinel parallel-syncs {name} 1\n",
-            dir.0.display(),
-            master.port
+            "port {port}\nbind 127.0.0.1\ndir {}\nlogfile sentinel.log\n",
+            dir.0.display()
         );
+        for (name, master) in masters {
+            config.push_str(&format!(
+                "sentinel monitor {name} 127.0.0.1 {} 2\n\
+                 sentinel down-after-milliseconds {name} {down_after_ms}\n\
+                 sentinel failover-timeout {name} 10000\nsentinel parallel-syncs {name} 1\n",
+                master.port
+            ));
+        }
         if let Some(password) = password {
             config.push_str(&format!(
                 "requirepass {password}\nsentinel sentinel-pass {password}\n"
@@ -419,7 +433,10 @@ pub const PROXY_WORKERS: usize = 2;
 
 /// ringproxy itself, from the binary cargo built for the tests.
 pub struct Proxy {
-    pub process: Process,
+    process: Option<Process>,
+    /// How it was started, to start it again.
+    command: Command,
+    ready_port: u16,
     pub admin: u16,
     /// The configuration it was started with.
     config: String,
@@ -449,7 +466,8 @@ impl Proxy {
         let dir = TempDir::new("proxy");
         let path = dir.write("config.yaml", config);
         let admin = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_ringproxy"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringproxy"));
+        command
             .args([
                 "--config",
                 path.to_str().unwrap(),
@@ -460,21 +478,52 @@ impl Proxy {
             ])
             .args(args)
             .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let proxy = Proxy {
-            process: Process { child },
+            .stdout(Stdio::null());
+        let mut proxy = Proxy {
+            process: None,
+            command,
+            ready_port,
             admin,
             config: config.to_string(),
             _dir: dir,
         };
+        proxy.restart();
+        proxy
+    }
+
+    /// Starts the proxy (again, once the last process has exited) as it was started, and waits
+    /// until the admin endpoint answers /health and its ready port accepts connections.
+    pub fn restart(&mut self) {
+        if let Some(process) = &mut self.process {
+            assert!(
+                process.child.try_wait().unwrap().is_some(),
+                "the last ringproxy process has exited"
+            );
+        }
+        let log = std::fs::File::create(self._dir.0.join("ringproxy.log")).unwrap();
+        let child = self.command.stderr(log).spawn().unwrap();
+        self.process = Some(Process { child });
+        let (admin, ready_port) = (self.admin, self.ready_port);
         wait_until("ringproxy", Duration::from_secs(10), || {
             http_get(admin, "/health").is_some_and(|(status, _)| status == 200)
                 && TcpStream::connect(("127.0.0.1", ready_port)).is_ok()
         });
-        proxy
+    }
+
+    /// Waits until the process exits (after a signal) and returns its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let child = &mut self.process.as_mut().expect("started").child;
+        let mut status = None;
+        wait_until("ringproxy to exit", limit, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        status.unwrap()
+    }
+
+    /// What the proxy logged (its standard error) since it last started.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.0.join("ringproxy.log")).unwrap_or_default()
     }
 
     /// Replaces the configuration file with `text` (to be reloaded); [`Proxy::shard_of`] then
@@ -484,9 +533,14 @@ impl Proxy {
         self.config = text.to_string();
     }
 
+    /// The process id of the proxy process.
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().expect("started").child.id()
+    }
+
     /// Sends the proxy process a signal (`-HUP`, `-TERM`).
     pub fn signal(&self, signal: &str) {
-        let pid = self.process.child.id().to_string();
+        let pid = self.pid().to_string();
         let status = Command::new("kill").args([signal, &pid]).status().unwrap();
         assert!(status.success());
     }
@@ -522,8 +576,7 @@ impl Proxy {
 
     /// Resident memory of the proxy process, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.process.child.id())).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -537,8 +590,8 @@ impl Proxy {
 pub fn metric(text: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
 }
 
 /// A tiny HTTP GET: (status, body), or `None` if nothing answers.

@@ -79,7 +79,70 @@ pub(super) fn run(cx: Local<'_>, state: &PoolState, which: LocalCommand, req: &R
         LocalCommand::Client => client(cx, req),
         LocalCommand::Command => command(&cx, req),
         LocalCommand::Info => info(cx.pool, state, req),
+        LocalCommand::SlowLog => slowlog(cx.pool, req),
     }
+}
+
+/// SLOWLOG GET [count] | LEN | RESET | HELP, from the pool's own record of slow requests.
+fn slowlog(pool: &Pool, req: &Request) -> Plan {
+    let sub = req.arg(1).to_ascii_uppercase();
+    let mut b = BytesMut::new();
+    match (&sub[..], req.argc()) {
+        (b"GET", 2 | 3) => {
+            let count = match req.argc() {
+                2 => Some(10),
+                _ => match parse_int(req.arg(2)) {
+                    Some(-1) => None,
+                    Some(n) if n >= 0 => Some(n as usize),
+                    _ => {
+                        return Plan::Fail(ClientError::Exact(
+                            "ERR count should be greater than or equal to -1".into(),
+                        ));
+                    }
+                },
+            };
+            let entries = pool.slowlog.newest(count);
+            encode::array(&mut b, entries.len());
+            for entry in &entries {
+                entry.encode(&mut b);
+            }
+        }
+        (b"LEN", 2) => encode::integer(&mut b, pool.slowlog.len() as i64),
+        (b"RESET", 2) => {
+            pool.slowlog.reset();
+            return ok();
+        }
+        (b"HELP", 2) => {
+            let lines = [
+                "SLOWLOG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "GET [<count>]",
+                "    Return top <count> entries from the slowlog (default: 10, -1 mean all).",
+                "    Entries are made of:",
+                "    id, timestamp, time in microseconds, arguments array, client IP and port,",
+                "    client name, and (ringproxy) the shard and the backend's microseconds",
+                "LEN",
+                "    Return the length of the slowlog.",
+                "RESET",
+                "    Reset the slowlog.",
+                "HELP",
+                "    Prints this help.",
+            ];
+            encode::array(&mut b, lines.len());
+            for line in lines {
+                encode::simple(&mut b, line);
+            }
+        }
+        _ => {
+            return Plan::Fail(ClientError::Exact(
+                format!(
+                    "ERR unknown subcommand or wrong number of arguments for '{}'. Try SLOWLOG HELP.",
+                    String::from_utf8_lossy(req.arg(1))
+                )
+                .into(),
+            ));
+        }
+    }
+    Plan::Reply(b.freeze())
 }
 
 fn ping(cx: &Local<'_>, req: &Request) -> Plan {

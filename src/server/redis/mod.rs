@@ -12,6 +12,7 @@ mod route;
 mod transaction;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 
@@ -22,6 +23,8 @@ use crate::protocol::resp::{Request, RequestParser};
 use crate::server::error::ClientError;
 use crate::server::plan::Plan;
 use crate::server::session::{Frontend, Session};
+use crate::server::timing::Recorded;
+use crate::slowlog::Slow;
 use crate::topology::{Pool, PoolState};
 use local::{ClientState, Local};
 use pubsub::{Change, PubSub, Routed};
@@ -58,6 +61,26 @@ impl Frontend for Resp {
         s.handle_input(buf)
     }
 
+    fn log_slow(s: &RespSession, request: Recorded, took: Duration) {
+        let mut frame = BytesMut::from(&request.frame[..]);
+        let Ok(Some(req)) = RequestParser::new(s.pool.config.limits).parse(&mut frame) else {
+            return;
+        };
+        let args: Vec<&[u8]> = (0..req.argc()).map(|i| req.arg(i)).collect();
+        s.pool.slowlog.record(Slow {
+            took,
+            args: &args,
+            client: s.peer.to_string(),
+            name: s.fe.client.name.clone().unwrap_or_default(),
+            shard: match request.shard {
+                None => String::new(),
+                Some((name, 0)) => name.to_string(),
+                Some((name, more)) => format!("{name}+{more}"),
+            },
+            backend: request.backend,
+        });
+    }
+
     fn is_mid_request(&self, buf: &BytesMut) -> bool {
         self.parser.is_mid_request(buf)
     }
@@ -81,6 +104,7 @@ impl RespSession {
             match self.fe.parser.parse(buf) {
                 Ok(Some(req)) => {
                     count += 1;
+                    self.record(req.frame());
                     if self.dispatch(&state, req) {
                         break true;
                     }

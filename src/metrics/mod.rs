@@ -9,6 +9,11 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry};
 use std::sync::atomic::AtomicU64;
 
+mod latency;
+mod process;
+
+pub use latency::{Latency, LatencyCounts};
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
     pub pool: String,
@@ -98,12 +103,16 @@ fn durations() -> Histogram {
 /// The metric families, registered once.
 pub struct Metrics {
     registry: Registry,
+    /// The `process_*` metrics, which carry no `ringproxy_` prefix.
+    process: Registry,
     client_connections: Family<PoolLabels, Gauge>,
     client_connections_total: Family<PoolLabels, Counter>,
     client_requests: Family<PoolLabels, Counter>,
+    client_latency: Family<PoolLabels, Latency>,
     client_errors: Family<ErrorLabels, Counter>,
     past_exptime: Family<PoolLabels, Counter>,
     server_requests: Family<ServerLabels, Counter>,
+    server_latency: Family<ServerLabels, Latency>,
     server_errors: Family<ServerLabels, Counter>,
     server_connections: Family<ServerLabels, Gauge>,
     server_connects: Family<ServerLabels, Counter>,
@@ -140,6 +149,8 @@ pub struct PoolMetrics {
     pub client_connections: Gauge,
     pub client_connections_total: Counter,
     pub requests: Counter,
+    /// From reading a request to writing its reply.
+    pub latency: Latency,
     /// Error replies the proxy made for clients, by [`ErrorKind`] in `ALL`'s order.
     pub errors: [Counter; ErrorKind::ALL.len()],
     /// memcache writes whose exptime was an absolute time already past.
@@ -150,6 +161,8 @@ pub struct PoolMetrics {
 #[derive(Clone, Debug)]
 pub struct ServerMetrics {
     pub requests: Counter,
+    /// From writing a request to the node to reading its reply.
+    pub latency: Latency,
     /// Requests that got no reply from the node: timeouts, refused or lost connections.
     pub errors: Counter,
     pub connections: Gauge,
@@ -179,6 +192,11 @@ impl Default for Metrics {
                 "Client connections accepted",
             ),
             client_requests: family(r, "client_requests", "Requests received from clients"),
+            client_latency: family(
+                r,
+                "request_duration_seconds",
+                "From reading a client's request to writing its reply",
+            ),
             client_errors: family(
                 r,
                 "client_errors",
@@ -190,6 +208,11 @@ impl Default for Metrics {
                 "memcache writes with an exptime over 30 days that is already past",
             ),
             server_requests: family(r, "server_requests", "Requests sent to a backend"),
+            server_latency: family(
+                r,
+                "server_request_duration_seconds",
+                "From writing a request to a backend node to reading its reply",
+            ),
             server_errors: family(
                 r,
                 "server_errors",
@@ -239,6 +262,11 @@ impl Default for Metrics {
             ),
             config_reloads: family(r, "config_reloads", "Configuration reloads, by result"),
             registry: std::mem::take(r),
+            process: {
+                let mut process = Registry::default();
+                process.register_collector(Box::new(process::ProcessCollector));
+                process
+            },
         }
     }
 }
@@ -252,6 +280,7 @@ impl Metrics {
             client_connections: self.client_connections.get_or_create(&l).clone(),
             client_connections_total: self.client_connections_total.get_or_create(&l).clone(),
             requests: self.client_requests.get_or_create(&l).clone(),
+            latency: self.client_latency.get_or_create(&l).clone(),
             errors: ErrorKind::ALL.map(|kind| {
                 let labels = ErrorLabels {
                     pool: pool.to_string(),
@@ -267,6 +296,7 @@ impl Metrics {
         let l = &labels;
         ServerMetrics {
             requests: self.server_requests.get_or_create(l).clone(),
+            latency: self.server_latency.get_or_create(l).clone(),
             errors: self.server_errors.get_or_create(l).clone(),
             connections: self.server_connections.get_or_create(l).clone(),
             connects: self.server_connects.get_or_create(l).clone(),
@@ -311,9 +341,12 @@ impl Metrics {
 
     /// The OpenMetrics text exposition (what Prometheus asks for first).
     pub fn encode(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &self.process))
+            .and_then(|()| encode_eof(&mut out));
         out
     }
 

@@ -1,0 +1,113 @@
+//! SLOWLOG and the latency histograms: what an operator looks at when requests are slow,
+//! against a real redis-server made slow with CLIENT PAUSE.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use redis::Commands;
+
+#[test]
+fn slow_requests_are_in_slowlog_with_their_client_shard_and_backend_time() {
+    let redis = Redis::start();
+    let port = free_port();
+    let extra = "    slowlog_slower_than_us: 100000\n    slowlog_max_len: 2\n";
+    let proxy = Proxy::start(
+        &pool_config(port, &[format!("{}:1 one", redis.addr())], extra),
+        port,
+    );
+    let mut c = connect(port);
+    let _: () = redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg("checkout")
+        .query(&mut c)
+        .unwrap();
+    let _: () = c.set("fast", 1).unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(300)
+        .query(&mut redis.client())
+        .unwrap();
+    let _: Option<String> = c.get("slowkey").unwrap();
+    let len: i64 = redis::cmd("SLOWLOG").arg("LEN").query(&mut c).unwrap();
+    assert_eq!(len, 1, "only the paused GET was slow");
+    // As redis-cli shows it: Redis's six fields, then the shard and the backend's time.
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "SLOWLOG", "GET"])
+        .output()
+        .expect("redis-cli (scripts/test installs it)");
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), 9, "{lines:?}");
+    assert_eq!(lines[0], "0", "the entry's id");
+    let took: u64 = lines[2].parse().unwrap();
+    assert!((200_000..5_000_000).contains(&took), "{took} µs");
+    assert_eq!(lines[3..5], ["GET", "slowkey"]);
+    assert!(
+        lines[5].starts_with("127.0.0.1:"),
+        "the client's address: {}",
+        lines[5]
+    );
+    assert_eq!(lines[6], "checkout", "the client's name");
+    assert_eq!(lines[7], "one", "the shard");
+    let backend: u64 = lines[8].parse().unwrap();
+    assert!(
+        backend >= 200_000 && backend <= took,
+        "{backend} µs of {took}"
+    );
+    // At most slowlog_max_len entries, newest first; GET's count; RESET.
+    for key in ["second", "third"] {
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(150)
+            .query(&mut redis.client())
+            .unwrap();
+        let _: Option<String> = c.get(key).unwrap();
+    }
+    let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(-1)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(entries.len(), 2);
+    let newest: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(1)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(newest.len(), 1);
+    let redis::Value::Array(fields) = &newest[0] else {
+        panic!("{newest:?}")
+    };
+    assert_eq!(fields[0], redis::Value::Int(2));
+    let bad: redis::RedisResult<()> = redis::cmd("SLOWLOG").arg("GET").arg(-2).query(&mut c);
+    assert_eq!(
+        bad.unwrap_err().detail(),
+        Some("count should be greater than or equal to -1")
+    );
+    let _: () = redis::cmd("SLOWLOG").arg("RESET").query(&mut c).unwrap();
+    let len: i64 = redis::cmd("SLOWLOG").arg("LEN").query(&mut c).unwrap();
+    assert_eq!(len, 0);
+    // The latency histograms saw the slow requests: client-observed and on the backend.
+    let metrics = proxy.http("/metrics").1;
+    let client = |suffix: &str| {
+        metric(
+            &metrics,
+            &format!("ringproxy_request_duration_seconds_{suffix}"),
+        )
+    };
+    assert!(client("count{pool=\"main\"}") >= 8, "{metrics}");
+    assert_eq!(
+        client("bucket{le=\"0.1\",pool=\"main\"}") + 3,
+        client("count{pool=\"main\"}"),
+        "three requests took more than 100 ms"
+    );
+    let backend = format!(
+        "ringproxy_server_request_duration_seconds_count{{pool=\"main\",server=\"one\",role=\"master\",address=\"{}\"}}",
+        redis.addr()
+    );
+    assert!(metric(&metrics, &backend) >= 4, "{metrics}");
+}
