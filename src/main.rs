@@ -22,7 +22,7 @@ struct Args {
     #[arg(long)]
     check_config: bool,
     /// Serve the admin HTTP endpoint here (overrides `admin.listen`).
-    #[arg(long)]
+    #[arg(long, env = "RINGPROXY_ADMIN_LISTEN")]
     admin_listen: Option<Address>,
     /// Worker threads serving clients, each with its own backend connections
     /// (default: one per CPU).
@@ -39,6 +39,10 @@ struct Args {
     /// exit.
     #[arg(long)]
     commands: bool,
+    /// Ask the admin endpoint (`--admin-listen`) for /health and exit 0 if it answers 200: a
+    /// container's health check, with no HTTP client in the image.
+    #[arg(long, requires = "admin_listen")]
+    health: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -52,6 +56,15 @@ fn main() -> ExitCode {
     if args.commands {
         print!("{}", ringproxy::command::markdown());
         return ExitCode::SUCCESS;
+    }
+    if let Some(admin) = args.admin_listen.as_ref().filter(|_| args.health) {
+        return match healthy(admin) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(why) => {
+                eprintln!("unhealthy: {why}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
@@ -104,5 +117,38 @@ fn main() -> ExitCode {
             eprintln!("ringproxy: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `GET /health` on the admin endpoint listening at `admin` (on every address: asked on
+/// loopback), within two seconds.
+fn healthy(admin: &Address) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, ToSocketAddrs};
+    use std::time::Duration;
+    let limit = Duration::from_secs(2);
+    let mut addr = (admin.host.as_str(), admin.port)
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("the address does not resolve")?;
+    if addr.ip().is_unspecified() {
+        addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port());
+    }
+    let mut stream = TcpStream::connect_timeout(&addr, limit).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(limit))
+        .map_err(|e| e.to_string())?;
+    let request = format!("GET /health HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| e.to_string())?;
+    match answer.lines().next() {
+        Some(status) if status.starts_with("HTTP/1.1 200") => Ok(()),
+        other => Err(format!("answered {:?}", other.unwrap_or_default())),
     }
 }

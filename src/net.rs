@@ -1,5 +1,5 @@
-//! The one stream type of client and backend connections (plain TCP now; TLS plugs in here),
-//! with reads and writes that make as few system calls as the data allows.
+//! The one stream type of client and backend connections (TCP, or a Unix socket for clients;
+//! TLS plugs in here), with reads and writes that make as few system calls as the data allows.
 //!
 //! Tokio learns that a socket is drained only from a read that fails with `WouldBlock`, which
 //! costs one wasted `read` per wakeup. A read that leaves room in the buffer has drained the
@@ -10,8 +10,8 @@
 use std::io;
 
 use bytes::BytesMut;
-use tokio::io::Interest;
-use tokio::net::TcpStream;
+use tokio::io::{Interest, Ready};
+use tokio::net::{TcpStream, UnixStream};
 
 /// The most a read buffer grows by at once.
 const MAX_READ_CHUNK: usize = 64 * 1024;
@@ -19,8 +19,45 @@ const MAX_READ_CHUNK: usize = 64 * 1024;
 /// A connection to a client or a backend node.
 #[derive(Debug)]
 pub struct Stream {
-    tcp: TcpStream,
+    socket: Socket,
 }
+
+#[derive(Debug)]
+enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// What the reads and writes need of a socket, which TCP and Unix sockets both offer.
+trait Io {
+    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize>;
+    fn try_write(&self, data: &[u8]) -> io::Result<usize>;
+    fn clear_readable(&self);
+    async fn ready(&self, interest: Interest) -> io::Result<Ready>;
+}
+
+macro_rules! io_for {
+    ($($t:ty),*) => {$(
+        impl Io for $t {
+            fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+                <$t>::try_read_buf(self, buf)
+            }
+            fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+                <$t>::try_write(self, data)
+            }
+            fn clear_readable(&self) {
+                let _ = self.try_io(Interest::READABLE, || {
+                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                });
+            }
+            async fn ready(&self, interest: Interest) -> io::Result<Ready> {
+                <$t>::ready(self, interest).await
+            }
+        }
+    )*};
+}
+
+io_for!(TcpStream, UnixStream);
 
 impl Stream {
     /// Connects to `host:port` with Nagle off and TCP keepalive on.
@@ -30,35 +67,53 @@ impl Stream {
         Stream::new(tcp)
     }
 
-    /// Takes over a socket accepted on another thread, on the current runtime.
+    /// Takes over a TCP socket accepted on another thread, on the current runtime.
     pub fn from_std(socket: std::net::TcpStream) -> io::Result<Stream> {
         Stream::new(TcpStream::from_std(socket)?)
+    }
+
+    /// Takes over a Unix socket accepted on another thread, on the current runtime.
+    pub fn from_std_unix(socket: std::os::unix::net::UnixStream) -> io::Result<Stream> {
+        Ok(Stream {
+            socket: Socket::Unix(UnixStream::from_std(socket)?),
+        })
     }
 
     /// Wraps an accepted or connected socket, Nagle off.
     pub fn new(tcp: TcpStream) -> io::Result<Stream> {
         tcp.set_nodelay(true)?;
-        Ok(Stream { tcp })
+        Ok(Stream {
+            socket: Socket::Tcp(tcp),
+        })
     }
 
     /// Waits until there is something to read (or the peer closed).
     pub async fn readable(&self) -> io::Result<()> {
-        self.tcp.readable().await
+        match &self.socket {
+            Socket::Tcp(s) => s.readable().await,
+            Socket::Unix(s) => s.readable().await,
+        }
     }
 
     /// Reads what the socket has, waiting for it if need be. `Ok(0)` means the peer closed.
     /// `chunk` is how much room to make in `buf`; it doubles each time a read fills the room.
     pub async fn read_some(&self, buf: &mut BytesMut, chunk: &mut usize) -> io::Result<usize> {
-        read_some(&self.tcp, buf, chunk).await
+        match &self.socket {
+            Socket::Tcp(s) => read_some(s, buf, chunk).await,
+            Socket::Unix(s) => read_some(s, buf, chunk).await,
+        }
     }
 
     /// Writes all of `data`: one `write` when the socket takes it, as is usual.
     pub async fn write_all(&self, data: &[u8]) -> io::Result<()> {
-        write_all(&self.tcp, data).await
+        match &self.socket {
+            Socket::Tcp(s) => write_all(s, data).await,
+            Socket::Unix(s) => write_all(s, data).await,
+        }
     }
 }
 
-async fn read_some(stream: &TcpStream, buf: &mut BytesMut, chunk: &mut usize) -> io::Result<usize> {
+async fn read_some(stream: &impl Io, buf: &mut BytesMut, chunk: &mut usize) -> io::Result<usize> {
     loop {
         if buf.capacity() - buf.len() < *chunk / 4 {
             buf.reserve(*chunk);
@@ -69,23 +124,25 @@ async fn read_some(stream: &TcpStream, buf: &mut BytesMut, chunk: &mut usize) ->
                 if n == room {
                     *chunk = (*chunk * 2).min(MAX_READ_CHUNK);
                 } else if n > 0 {
-                    let _ = stream.try_io(Interest::READABLE, || {
-                        Err::<(), _>(io::ErrorKind::WouldBlock.into())
-                    });
+                    stream.clear_readable();
                 }
                 return Ok(n);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.readable().await?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                stream.ready(Interest::READABLE).await?;
+            }
             Err(e) => return Err(e),
         }
     }
 }
 
-async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+async fn write_all(stream: &impl Io, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         match stream.try_write(data) {
             Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                stream.ready(Interest::WRITABLE).await?;
+            }
             Err(e) => return Err(e),
         }
     }

@@ -6,12 +6,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use thiserror::Error;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Address, Config};
+use crate::config::{Address, Config, Listen};
+use crate::server::Listener;
 use crate::topology::reload::{self, Loaded, Reloads};
 use crate::topology::{Pool, Topology, sentinel};
 use crate::workers::Workers;
@@ -25,7 +25,7 @@ pub enum StartError {
     #[error("pool {pool}: cannot listen on {addr}: {source}")]
     Listen {
         pool: String,
-        addr: Address,
+        addr: Listen,
         source: io::Error,
     },
     #[error("admin: cannot listen on {addr}: {source}")]
@@ -95,7 +95,7 @@ pub async fn run(mut config: Config, path: &Path, options: Options) -> Result<()
             addr: addr.clone(),
             source,
         };
-        let listener = server::bind(addr, 128).await.map_err(admin_error)?;
+        let listener = server::bind_tcp(addr, 128).await.map_err(admin_error)?;
         if let Ok(local) = listener.local_addr() {
             tracing::info!("admin endpoint on http://{local}/");
         }
@@ -149,17 +149,15 @@ struct Service {
 
 /// A listening address, and the pool whose clients it accepts.
 struct Listening {
-    addr: Address,
+    addr: Listen,
     serving: watch::Sender<Arc<Pool>>,
     stop: CancellationToken,
 }
 
 impl Service {
     /// Accepts clients for `pool` on `listener`, bound to `addr`.
-    fn listen(&mut self, addr: &Address, listener: TcpListener, pool: Arc<Pool>) {
-        if let Ok(local) = listener.local_addr() {
-            tracing::info!(pool = %pool.config.name, "listening on {local}");
-        }
+    fn listen(&mut self, addr: &Listen, listener: Listener, pool: Arc<Pool>) {
+        tracing::info!(pool = %pool.config.name, "listening on {}", listener.local());
         let (serving, to_serve) = watch::channel(pool);
         let stop = self.shutdown.child_token();
         tokio::spawn(server::serve(

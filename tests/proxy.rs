@@ -474,7 +474,7 @@ fn slow_backend_times_out_with_an_error_reply() {
 #[test]
 fn eject_takes_a_failing_server_off_the_ring_and_back() {
     let mut s = setup(
-        "    failover: eject\n    server_failure_limit: 1\n    server_retry_timeout_ms: 300\n    timeout_ms: 300\n    health_check: { interval_ms: 50, timeout_ms: 100, failures: 1 }\n",
+        "    failover: eject\n    server_failure_limit: 1\n    server_retry_timeout_ms: 2000\n    timeout_ms: 1000\n    health_check: { interval_ms: 50, timeout_ms: 1000, failures: 1 }\n",
     );
     let key = s.key_on(2, "ej");
     s.shards[2].kill();
@@ -491,8 +491,11 @@ fn eject_takes_a_failing_server_off_the_ring_and_back() {
             .iter()
             .any(|sh| sh.client().exists::<_, bool>(&key).unwrap())
     );
-    let (status, _) = s.proxy.http("/ready");
-    assert_eq!(status, 200, "ready: every shard on the ring has its master");
+    let (status, body) = s.proxy.http("/ready");
+    assert_eq!(
+        status, 200,
+        "ready: every shard on the ring has its master: {body}"
+    );
     s.shards[2].restart();
     wait_until("shard-2 back on the ring", Duration::from_secs(10), || {
         s.proxy

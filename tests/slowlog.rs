@@ -1,4 +1,4 @@
-//! SLOWLOG and the latency histograms: what an operator looks at when requests are slow,
+//! SLOWLOG, the latency histograms and requests by class: what an operator looks at when requests are slow,
 //! against a real redis-server made slow with CLIENT PAUSE.
 
 mod common;
@@ -110,4 +110,13 @@ fn slow_requests_are_in_slowlog_with_their_client_shard_and_backend_time() {
         redis.addr()
     );
     assert!(metric(&metrics, &backend) >= 4, "{metrics}");
+    // Requests by class of command.
+    let class = |c: &str| {
+        metric(
+            &metrics,
+            &format!("ringproxy_client_commands_total{{pool=\"main\",class=\"{c}\"}}"),
+        )
+    };
+    assert_eq!((class("read"), class("write")), (3, 1));
+    assert!(class("connection") >= 6, "CLIENT SETNAME and the SLOWLOGs");
 }

@@ -201,3 +201,61 @@ fn memcache_named_servers_with_unequal_weights() {
 fn memcache_unnamed_servers_with_unequal_weights() {
     same_memcache_placement(&["3", "1", "2"]);
 }
+
+/// twemproxy's `listen: /path/to.sock 0666`: clients connect on the Unix socket, whose file has
+/// those permissions, is removed when the proxy stops, and is replaced when a process that is
+/// gone left it.
+#[test]
+fn a_pool_listens_on_a_unix_socket_with_its_permissions() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::net::UnixStream;
+    let redis = Redis::start();
+    let dir = TempDir::new("unix");
+    let socket = dir.0.join("nutcracker.sock");
+    let port = free_port();
+    let config = format!(
+        "alpha:\n  listen: 127.0.0.1:{port}\n  redis: true\n  servers:\n   - {addr}:1\nbeta:\n  listen: {path} 0666\n  redis: true\n  servers:\n   - {addr}:1\n",
+        addr = redis.addr(),
+        path = socket.display()
+    );
+    let mut proxy = Proxy::start(&config, port);
+    let meta = std::fs::symlink_metadata(&socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o666);
+    let mut client = UnixStream::connect(&socket).unwrap();
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut roundtrip = |request: &[u8], reply: &[u8]| {
+        client.write_all(request).unwrap();
+        let mut got = vec![0; reply.len()];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(reply)
+        );
+    };
+    roundtrip(&command(&[b"SET", b"k", b"v"]), b"+OK\r\n");
+    roundtrip(&command(&[b"GET", b"k"]), b"$1\r\nv\r\n");
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query(&mut connect(port))
+        .unwrap();
+    assert!(info.contains("tcp_port:"), "{info}");
+    proxy.signal("-TERM");
+    assert_eq!(
+        proxy.wait_exit(std::time::Duration::from_secs(10)).code(),
+        Some(0)
+    );
+    assert!(!socket.exists(), "the socket file is removed on exit");
+    // Started again over a stale socket file, as after a crash.
+    let stale = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    drop(stale);
+    proxy.restart();
+    let mut again = UnixStream::connect(&socket).unwrap();
+    again.write_all(&command(&[b"PING"])).unwrap();
+    let mut pong = [0; 7];
+    again.read_exact(&mut pong).unwrap();
+    assert_eq!(&pong, b"+PONG\r\n");
+}

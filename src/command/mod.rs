@@ -30,6 +30,67 @@ pub enum Kind {
     Local(LocalCommand),
 }
 
+/// What kind of work a request asks for, as `ringproxy_client_commands_total` counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Reads one key, or keys on one shard.
+    Read,
+    /// Writes one key, or keys on one shard.
+    Write,
+    /// Keys split by shard (MGET, MSET, DEL…).
+    MultiKey,
+    Script,
+    /// Over every shard or node (SCAN, KEYS, DBSIZE, FLUSHALL…).
+    Keyspace,
+    Transaction,
+    PubSub,
+    Blocking,
+    /// Answered by the proxy (PING, AUTH, HELLO, INFO…).
+    Connection,
+    /// A command the proxy does not know, or refuses.
+    Unknown,
+}
+
+impl Class {
+    pub const ALL: [Class; 10] = [
+        Class::Read,
+        Class::Write,
+        Class::MultiKey,
+        Class::Script,
+        Class::Keyspace,
+        Class::Transaction,
+        Class::PubSub,
+        Class::Blocking,
+        Class::Connection,
+        Class::Unknown,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Read => "read",
+            Class::Write => "write",
+            Class::MultiKey => "multi_key",
+            Class::Script => "script",
+            Class::Keyspace => "keyspace",
+            Class::Transaction => "transaction",
+            Class::PubSub => "pubsub",
+            Class::Blocking => "blocking",
+            Class::Connection => "connection",
+            Class::Unknown => "unknown",
+        }
+    }
+}
+
+/// Requests counted by class, as [`Class::ALL`] orders them, to be added to the metrics at once.
+#[derive(Debug, Default)]
+pub struct ClassCounts(pub [u64; Class::ALL.len()]);
+
+impl ClassCounts {
+    pub fn count(&mut self, class: Class) {
+        self.0[class as usize] += 1;
+    }
+}
+
 /// How a script names what it runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScriptCall {
@@ -151,6 +212,22 @@ pub struct Command {
     pub key_step: usize,
     /// More keys that only the arguments tell (COMMAND's `movablekeys`).
     pub movable: Movable,
+}
+
+impl Command {
+    pub fn class(&self) -> Class {
+        match self.kind {
+            Kind::Keyed if self.write => Class::Write,
+            Kind::Keyed => Class::Read,
+            Kind::Split(_) => Class::MultiKey,
+            Kind::Script(_) => Class::Script,
+            Kind::Keyspace(_) => Class::Keyspace,
+            Kind::Transaction(_) => Class::Transaction,
+            Kind::PubSub(_) => Class::PubSub,
+            Kind::Blocking(_) => Class::Blocking,
+            Kind::Local(_) => Class::Connection,
+        }
+    }
 }
 
 /// Where the keys of a command with `movablekeys` are, beyond its COMMAND range.

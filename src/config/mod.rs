@@ -14,7 +14,7 @@ use thiserror::Error;
 
 use crate::placement::{Distribution, HashFn};
 use crate::protocol::resp::Limits;
-pub use values::{Address, Failover, HashTag, Protocol, ReadFrom};
+pub use values::{Address, Failover, HashTag, Listen, Protocol, ReadFrom};
 
 /// A configuration mistake, with where it is when that is known.
 #[derive(Debug, Error)]
@@ -122,7 +122,7 @@ impl fmt::Debug for BackendAuth {
 #[derive(Clone, Debug, PartialEq)]
 pub struct PoolConfig {
     pub name: String,
-    pub listen: Address,
+    pub listen: Listen,
     pub protocol: Protocol,
     pub hash: HashFn,
     pub distribution: Distribution,
@@ -286,9 +286,9 @@ fn serde_message(e: &serde_saphyr::Error) -> String {
 
 /// Cross-field checks that no single value can make.
 fn validate(parts: raw::Parts) -> Result<Config, Invalid> {
-    let mut listens: HashMap<Address, String> = HashMap::new();
+    let mut listens: HashMap<Listen, String> = HashMap::new();
     if let Some(admin) = &parts.admin_listen {
-        listens.insert(admin.value.clone(), "admin".to_string());
+        listens.insert(Listen::Tcp(admin.value.clone()), "admin".to_string());
     }
     let mut pools = Vec::new();
     for (name, pool) in parts.pools {
@@ -317,7 +317,7 @@ fn validate(parts: raw::Parts) -> Result<Config, Invalid> {
 
 /// A pool as parsed, before the checks that span its fields.
 struct PoolParts {
-    listen: Spanned<Address>,
+    listen: Spanned<Listen>,
     at: Location,
     /// Whether a memcache-only setting was given.
     memcache_only: bool,

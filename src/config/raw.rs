@@ -43,7 +43,7 @@ struct Admin {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Pool {
-    listen: Spanned<Address>,
+    listen: Spanned<Listen>,
     protocol: Option<Protocol>,
     hash: Option<HashFn>,
     distribution: Option<Distribution>,
@@ -151,7 +151,7 @@ pub(super) struct TwemproxyFile(BTreeMap<String, Spanned<TwemproxyPool>>);
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TwemproxyPool {
-    listen: Spanned<Address>,
+    listen: Spanned<Listen>,
     hash: Option<HashFn>,
     hash_tag: Option<HashTag>,
     distribution: Option<Distribution>,
@@ -335,7 +335,7 @@ fn millis(ms: u64) -> Duration {
 }
 
 /// The pool defaults shared by both formats (twemproxy's where it has one).
-fn base_pool(listen: &Spanned<Address>) -> PoolConfig {
+fn base_pool(listen: &Spanned<Listen>) -> PoolConfig {
     PoolConfig {
         name: String::new(),
         listen: listen.value.clone(),

@@ -196,7 +196,7 @@ fn mistakes_are_located() {
             "pools:\n  a:\n    listen: 127.0.0.1:6380\n    servers: [127.0.0.1:7000:1]\n  b:\n    listen: 127.0.0.1:6380\n    servers: [127.0.0.1:7000:1]\n".to_string(),
             "test.yml:6:13: listen address 127.0.0.1:6380 is already used by a",
         ),
-        ("pools:\n  a:\n    listen: nowhere\n    servers: [127.0.0.1:7000:1]\n".to_string(), "test.yml:3:13: bad address 'nowhere'"),
+        ("pools:\n  a:\n    listen: nowhere\n    servers: [127.0.0.1:7000:1]\n".to_string(), "test.yml:3:13: bad listen address 'nowhere'"),
         ("pools: {}\n".to_string(), "no pools are configured"),
         ("alpha:\n  listen: 127.0.0.1:1\n  redis: true\n  timeout: 400ms\n  servers: [127.0.0.1:7000:1]\n".to_string(), "test.yml:4:12: '400ms' is not a whole number of milliseconds: write 400"),
         (pool("    timeout_ms: 2s\n    servers: [127.0.0.1:7000:1]\n"), "'2s' is not a whole number of milliseconds: write 2000"),

@@ -23,6 +23,7 @@ macro_rules! deserialize_from_str {
 
 deserialize_from_str!(
     Address,
+    Listen,
     Protocol,
     ReadFrom,
     Failover,
@@ -76,6 +77,61 @@ keywords! {
     pub enum Protocol ("protocol") {
         Redis = "redis",
         Memcache = "memcache",
+    }
+}
+
+/// Where a pool listens: a TCP address, or a Unix socket with the permissions of its file
+/// (twemproxy's `listen: /var/run/nutcracker.sock 0666`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Listen {
+    Tcp(Address),
+    Unix {
+        path: std::path::PathBuf,
+        /// The socket file's permission bits; without them, what the umask leaves.
+        mode: Option<u32>,
+    },
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Tcp(addr) => addr.fmt(f),
+            Listen::Unix { path, mode: None } => write!(f, "{}", path.display()),
+            Listen::Unix {
+                path,
+                mode: Some(mode),
+            } => write!(f, "{} {mode:04o}", path.display()),
+        }
+    }
+}
+
+impl FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if !s.starts_with('/') {
+            return s.parse().map(Listen::Tcp).map_err(|_| {
+                format!("bad listen address '{s}' (expected host:port, or /path/to.sock [mode])")
+            });
+        }
+        let mut words = s.split_whitespace();
+        let path = words.next().unwrap_or_default().into();
+        let mode = match (words.next(), words.next()) {
+            (None, _) => None,
+            (Some(mode), None) => match u32::from_str_radix(mode, 8) {
+                Ok(mode) if mode <= 0o777 => Some(mode),
+                _ => {
+                    return Err(format!(
+                        "bad socket permissions '{mode}' (expected octal, like 0666)"
+                    ));
+                }
+            },
+            _ => {
+                return Err(format!(
+                    "bad listen address '{s}' (expected /path/to.sock [mode])"
+                ));
+            }
+        };
+        Ok(Listen::Unix { path, mode })
     }
 }
 
@@ -138,6 +194,30 @@ pub fn parse_weight(s: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listen_address_is_tcp_or_a_unix_socket_with_its_permissions() {
+        assert_eq!(
+            "127.0.0.1:6380".parse::<Listen>().unwrap(),
+            Listen::Tcp("127.0.0.1:6380".parse().unwrap())
+        );
+        let unix: Listen = "/tmp/n.sock 0666".parse().unwrap();
+        assert_eq!(
+            unix,
+            Listen::Unix {
+                path: "/tmp/n.sock".into(),
+                mode: Some(0o666)
+            }
+        );
+        assert_eq!(unix.to_string(), "/tmp/n.sock 0666");
+        assert_eq!(
+            "/tmp/n.sock".parse::<Listen>().unwrap().to_string(),
+            "/tmp/n.sock"
+        );
+        for bad in ["/tmp/n.sock 999", "/tmp/n.sock 0666 x", "nowhere"] {
+            assert!(bad.parse::<Listen>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn addresses() {

@@ -9,6 +9,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry};
 use std::sync::atomic::AtomicU64;
 
+use crate::command::{Class, ClassCounts};
+
 mod latency;
 mod process;
 
@@ -67,6 +69,12 @@ impl ErrorKind {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    pub pool: String,
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub pool: String,
     pub kind: String,
@@ -108,6 +116,7 @@ pub struct Metrics {
     client_connections: Family<PoolLabels, Gauge>,
     client_connections_total: Family<PoolLabels, Counter>,
     client_requests: Family<PoolLabels, Counter>,
+    client_commands: Family<ClassLabels, Counter>,
     client_latency: Family<PoolLabels, Latency>,
     client_errors: Family<ErrorLabels, Counter>,
     past_exptime: Family<PoolLabels, Counter>,
@@ -149,6 +158,8 @@ pub struct PoolMetrics {
     pub client_connections: Gauge,
     pub client_connections_total: Counter,
     pub requests: Counter,
+    /// Requests by [`Class`], in `Class::ALL`'s order.
+    pub commands: [Counter; Class::ALL.len()],
     /// From reading a request to writing its reply.
     pub latency: Latency,
     /// Error replies the proxy made for clients, by [`ErrorKind`] in `ALL`'s order.
@@ -192,6 +203,11 @@ impl Default for Metrics {
                 "Client connections accepted",
             ),
             client_requests: family(r, "client_requests", "Requests received from clients"),
+            client_commands: family(
+                r,
+                "client_commands",
+                "Requests received from clients, by class of command",
+            ),
             client_latency: family(
                 r,
                 "request_duration_seconds",
@@ -271,6 +287,20 @@ impl Default for Metrics {
     }
 }
 
+impl PoolMetrics {
+    /// Counts the requests of one read, by class.
+    pub fn count_requests(&self, counts: &ClassCounts) {
+        let mut total = 0;
+        for (counter, &n) in self.commands.iter().zip(&counts.0) {
+            if n > 0 {
+                counter.inc_by(n);
+                total += n;
+            }
+        }
+        self.requests.inc_by(total);
+    }
+}
+
 impl Metrics {
     pub fn pool(&self, pool: &str) -> PoolMetrics {
         let l = PoolLabels {
@@ -280,6 +310,13 @@ impl Metrics {
             client_connections: self.client_connections.get_or_create(&l).clone(),
             client_connections_total: self.client_connections_total.get_or_create(&l).clone(),
             requests: self.client_requests.get_or_create(&l).clone(),
+            commands: Class::ALL.map(|class| {
+                let labels = ClassLabels {
+                    pool: pool.to_string(),
+                    class: class.name().to_string(),
+                };
+                self.client_commands.get_or_create(&labels).clone()
+            }),
             latency: self.client_latency.get_or_create(&l).clone(),
             errors: ErrorKind::ALL.map(|kind| {
                 let labels = ErrorLabels {

@@ -1,12 +1,14 @@
 //! Accepting clients: one session task per connection, tracked so shutdown can wait for them.
 
 use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use socket2::{Domain, Socket, Type};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use socket2::{Domain, SockAddr, Socket, Type};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -15,15 +17,15 @@ use super::error::ClientError;
 use super::memcache::Memcache;
 use super::redis::Resp;
 use super::session::Session;
-use crate::config::{Address, Protocol};
+use crate::config::{Address, Listen, Protocol};
 use crate::net::Stream;
 use crate::topology::Pool;
 use crate::workers::Workers;
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Binds a listening socket with the pool's backlog.
-pub async fn bind(addr: &Address, backlog: u32) -> io::Result<TcpListener> {
+/// Binds a TCP listening socket with `backlog`.
+pub async fn bind_tcp(addr: &Address, backlog: u32) -> io::Result<TcpListener> {
     let resolved = tokio::net::lookup_host((addr.host.as_str(), addr.port))
         .await?
         .next()
@@ -38,11 +40,79 @@ pub async fn bind(addr: &Address, backlog: u32) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// A pool's listening socket.
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    /// A Unix socket, whose file is removed when it closes.
+    Unix(UnixListener, PathBuf),
+}
+
+/// A client just accepted, and its address (none on a Unix socket).
+enum Accepted {
+    Tcp(std::net::TcpStream, SocketAddr),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+/// Binds where a pool listens, with its backlog. A Unix socket's file left by a process that
+/// is gone is replaced; one a live process answers on is in use.
+pub async fn bind(listen: &Listen, backlog: u32) -> io::Result<Listener> {
+    let (path, mode) = match listen {
+        Listen::Tcp(addr) => return bind_tcp(addr, backlog).await.map(Listener::Tcp),
+        Listen::Unix { path, mode } => (path, *mode),
+    };
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(io::ErrorKind::AddrInUse.into());
+        }
+        std::fs::remove_file(path)?;
+    }
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    socket.bind(&SockAddr::unix(path)?)?;
+    if let Some(mode) = mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    socket.set_nonblocking(true)?;
+    let std: std::os::unix::net::UnixListener = socket.into();
+    Ok(Listener::Unix(UnixListener::from_std(std)?, path.clone()))
+}
+
+impl Listener {
+    /// Where it listens, for the log.
+    pub fn local(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map_or_else(|e| e.to_string(), |a| a.to_string()),
+            Listener::Unix(_, path) => path.display().to_string(),
+        }
+    }
+
+    async fn accept(&self) -> io::Result<Accepted> {
+        match self {
+            Listener::Tcp(l) => {
+                let (stream, peer) = l.accept().await?;
+                Ok(Accepted::Tcp(stream.into_std()?, peer))
+            }
+            Listener::Unix(l, _) => Ok(Accepted::Unix(l.accept().await?.0.into_std()?)),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// Accepts clients until `stop` fires and hands them to the workers in turn, each to the pool
 /// `serving` names at the time (a reload may change it). Every session is tracked by
 /// `tracker` and told by its pool when to leave, so it can finish what is in flight.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     serving: watch::Receiver<Arc<Pool>>,
     workers: Arc<Workers>,
     stop: CancellationToken,
@@ -55,8 +125,8 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
         };
         let pool = serving.borrow().clone();
-        let (stream, peer) = match accepted {
-            Ok(conn) => conn,
+        let client = match accepted {
+            Ok(client) => client,
             Err(e) => {
                 // Out of file descriptors and the like: keep serving the clients we have.
                 tracing::warn!(pool = %pool.config.name, "accept failed: {e}");
@@ -68,27 +138,41 @@ pub async fn serve(
         if let Some(limit) = pool.config.client_connections
             && pool.metrics.client_connections.get() >= i64::from(limit)
         {
-            let mut stream = stream;
             tracker.spawn(async move {
-                let refusal = ClientError::TooManyClients.render(protocol);
-                let _ = stream.write_all(&refusal).await;
+                if let Ok(stream) = client.into_stream() {
+                    let refusal = ClientError::TooManyClients.render(protocol);
+                    let _ = stream.write_all(&refusal).await;
+                }
             });
             continue;
         }
-        // The socket moves to the worker's own reactor.
-        let Ok(stream) = stream.into_std() else {
-            continue;
-        };
         let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
         let worker = next_worker;
         next_worker = (next_worker + 1) % workers.len();
-        tracing::debug!(pool = %pool.config.name, session = id, worker, %peer, "client connected");
+        tracing::debug!(pool = %pool.config.name, session = id, worker, peer = ?client.peer(), "client connected");
         pool.metrics.client_connections.inc();
         pool.metrics.client_connections_total.inc();
         let leave = pool.admit();
         workers
             .handle(worker)
-            .spawn(tracker.track_future(serve_client(id, worker, pool, stream, peer, leave)));
+            .spawn(tracker.track_future(serve_client(id, worker, pool, client, leave)));
+    }
+}
+
+impl Accepted {
+    fn peer(&self) -> Option<SocketAddr> {
+        match self {
+            Accepted::Tcp(_, peer) => Some(*peer),
+            Accepted::Unix(_) => None,
+        }
+    }
+
+    /// The client's socket, on the current runtime's reactor.
+    fn into_stream(self) -> io::Result<Stream> {
+        match self {
+            Accepted::Tcp(socket, _) => Stream::from_std(socket),
+            Accepted::Unix(socket) => Stream::from_std_unix(socket),
+        }
     }
 }
 
@@ -98,11 +182,11 @@ async fn serve_client(
     id: u64,
     worker: usize,
     pool: Arc<Pool>,
-    stream: std::net::TcpStream,
-    peer: std::net::SocketAddr,
+    client: Accepted,
     stop: oneshot::Receiver<()>,
 ) {
-    if let Ok(stream) = Stream::from_std(stream) {
+    let peer = client.peer();
+    if let Ok(stream) = client.into_stream() {
         match pool.config.protocol {
             Protocol::Redis => {
                 let session: Session<Resp> = Session::new(id, worker, pool.clone(), peer);

@@ -11,4 +11,4 @@ mod redis;
 mod session;
 mod timing;
 
-pub use listener::{bind, serve};
+pub use listener::{Listener, bind, bind_tcp, serve};

@@ -70,8 +70,8 @@ pub(super) struct Session<F> {
     /// The worker thread this session runs on: it uses that worker's backend connections.
     pub(super) worker: usize,
     pub(super) pool: Arc<Pool>,
-    /// The client's address.
-    pub(super) peer: SocketAddr,
+    /// The client's address (none on a Unix socket).
+    pub(super) peer: Option<SocketAddr>,
     pub(super) out: Outbox,
     pub(super) fe: F,
     /// Reserved connections; dropped with the session, they close.
@@ -82,7 +82,12 @@ pub(super) struct Session<F> {
 }
 
 impl<F: Frontend> Session<F> {
-    pub(super) fn new(id: u64, worker: usize, pool: Arc<Pool>, peer: SocketAddr) -> Session<F> {
+    pub(super) fn new(
+        id: u64,
+        worker: usize,
+        pool: Arc<Pool>,
+        peer: Option<SocketAddr>,
+    ) -> Session<F> {
         Session {
             id,
             worker,
@@ -201,6 +206,13 @@ impl<F: Frontend> Session<F> {
             if !self.held.is_empty() {
                 self.give_back_done();
             }
+            // Counted before the client can see them.
+            let errors = self.out.take_errors();
+            for (counter, n) in self.pool.metrics.errors.iter().zip(errors.0) {
+                if n > 0 {
+                    counter.inc_by(n);
+                }
+            }
             if !self.out.output().is_empty() {
                 if stream.write_all(self.out.output()).await.is_err() {
                     return Burst::Close;
@@ -212,12 +224,6 @@ impl<F: Frontend> Session<F> {
             let slow = timing.answered(answered, &metrics.latency, &mut self.recorded, slowlog);
             for (request, took) in slow {
                 F::log_slow(self, request, took);
-            }
-            let errors = self.out.take_errors();
-            for (counter, n) in self.pool.metrics.errors.iter().zip(errors.0) {
-                if n > 0 {
-                    counter.inc_by(n);
-                }
             }
             if self.out.pending() == 0 {
                 if closing {

@@ -23,7 +23,7 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Pool, Topology, lock, sentinel};
-use crate::config::{Address, Config, Failover, PoolConfig, ServerConfig};
+use crate::config::{Config, Failover, Listen, PoolConfig, ServerConfig};
 /// The configuration file being served, and what its last reload did.
 #[derive(Clone, Debug)]
 pub struct Loaded {
@@ -165,7 +165,7 @@ impl Topology {
 
 impl Plan {
     /// The addresses the new configuration listens on, with each pool's backlog.
-    pub fn listens(&self) -> impl Iterator<Item = (&Address, u32)> {
+    pub fn listens(&self) -> impl Iterator<Item = (&Listen, u32)> {
         self.config.pools.iter().map(|p| (&p.listen, p.backlog))
     }
 }

@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::command::{Class, ClassCounts};
 use crate::protocol::memcache::{
     Limits, MAX_KEY_BYTES, Parsed, Request, RequestParser, Verb, decode_base64,
 };
@@ -40,17 +41,17 @@ impl Frontend for Memcache {
 
     fn handle_input(s: &mut McSession, buf: &mut BytesMut) -> bool {
         let state = s.pool.state();
-        let mut count = 0;
+        let mut counts = ClassCounts::default();
         let closing = loop {
             match s.fe.parser.parse(buf) {
                 Ok(Some(Parsed::Request(req))) => {
-                    count += 1;
+                    counts.count(class(req.verb));
                     if s.dispatch(&state, req) {
                         break true;
                     }
                 }
                 Ok(Some(Parsed::Reject { reply, silent })) => {
-                    count += 1;
+                    counts.count(Class::Unknown);
                     if !silent {
                         s.out.error(ClientError::Exact(reply.into()));
                     }
@@ -63,7 +64,7 @@ impl Frontend for Memcache {
                 }
             }
         };
-        s.pool.metrics.requests.inc_by(count);
+        s.pool.metrics.count_requests(&counts);
         closing
     }
 
@@ -109,6 +110,41 @@ fn exptime(req: &Request) -> Option<i64> {
         _ => None,
     }?;
     std::str::from_utf8(field).ok()?.parse().ok()
+}
+
+/// What kind of work a memcache command asks for.
+fn class(verb: Verb) -> Class {
+    match verb {
+        Verb::Get | Verb::Gets | Verb::MetaGet | Verb::MetaDebug => Class::Read,
+        Verb::Gat
+        | Verb::Gats
+        | Verb::Set
+        | Verb::Add
+        | Verb::Replace
+        | Verb::Append
+        | Verb::Prepend
+        | Verb::Cas
+        | Verb::Delete
+        | Verb::Incr
+        | Verb::Decr
+        | Verb::Touch
+        | Verb::MetaSet
+        | Verb::MetaDelete
+        | Verb::MetaArithmetic => Class::Write,
+        Verb::FlushAll => Class::Keyspace,
+        Verb::Stats | Verb::Version | Verb::Verbosity | Verb::Quit | Verb::MetaNoop => {
+            Class::Connection
+        }
+        Verb::Shutdown
+        | Verb::Slabs
+        | Verb::LruCrawler
+        | Verb::Lru
+        | Verb::Watch
+        | Verb::CacheMemlimit
+        | Verb::Misbehave
+        | Verb::Debugtime
+        | Verb::Extstore => Class::Unknown,
+    }
 }
 
 fn unix_now() -> i64 {

@@ -7,6 +7,7 @@ use bytes::{Bytes, BytesMut};
 use super::keyspace::every_master;
 use super::merge;
 use crate::command::{Command, Kind, LocalCommand, TABLE};
+use crate::config::Listen;
 use crate::protocol::resp::{Request, encode, parse_int};
 use crate::server::error::ClientError;
 use crate::server::plan::Plan;
@@ -416,7 +417,10 @@ fn info(pool: &Pool, state: &PoolState, req: &Request) -> Plan {
             "ringproxy_version:{}\r\nredis_mode:standalone\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n",
             env!("CARGO_PKG_VERSION"),
             std::process::id(),
-            c.listen.port,
+            match &c.listen {
+                Listen::Tcp(addr) => addr.port,
+                Listen::Unix { .. } => 0,
+            },
             pool.started.elapsed().as_secs(),
         )
     });

@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use crate::backend::{Job, Node, Reserved, Subscriber};
-use crate::command::{self, Command, Kind, LocalCommand, PubSubCommand};
+use crate::command::{self, Class, ClassCounts, Command, Kind, LocalCommand, PubSubCommand};
 use crate::protocol::ReplyKind;
 use crate::protocol::resp::{Request, RequestParser};
 use crate::server::error::ClientError;
@@ -70,7 +70,11 @@ impl Frontend for Resp {
         s.pool.slowlog.record(Slow {
             took,
             args: &args,
-            client: s.peer.to_string(),
+            // Redis shows a Unix socket's clients as `path:0`.
+            client: match s.peer {
+                Some(peer) => peer.to_string(),
+                None => format!("{}:0", s.pool.applied().listen),
+            },
             name: s.fe.client.name.clone().unwrap_or_default(),
             shard: match request.shard {
                 None => String::new(),
@@ -99,13 +103,14 @@ impl RespSession {
     /// close after the queued replies (QUIT, malformed input).
     fn handle_input(&mut self, buf: &mut BytesMut) -> bool {
         let state = self.pool.state();
-        let mut count = 0;
+        let mut counts = ClassCounts::default();
         let closing = loop {
             match self.fe.parser.parse(buf) {
                 Ok(Some(req)) => {
-                    count += 1;
+                    let cmd = command::lookup(req.arg(0));
+                    counts.count(cmd.map_or(Class::Unknown, Command::class));
                     self.record(req.frame());
-                    if self.dispatch(&state, req) {
+                    if self.dispatch(&state, req, cmd) {
                         break true;
                     }
                 }
@@ -116,14 +121,14 @@ impl RespSession {
                 }
             }
         };
-        self.pool.metrics.requests.inc_by(count);
+        self.pool.metrics.count_requests(&counts);
         closing
     }
 
-    /// Routes one request. Returns true for QUIT.
-    fn dispatch(&mut self, state: &PoolState, req: Request) -> bool {
+    /// Routes one request, of command `cmd` (`None`: one the proxy does not know). Returns
+    /// true for QUIT.
+    fn dispatch(&mut self, state: &PoolState, req: Request, cmd: Option<&Command>) -> bool {
         let name = req.arg(0);
-        let cmd = command::lookup(name);
         let quit = cmd.is_some_and(|c| c.kind == Kind::Local(LocalCommand::Quit));
         if self.fe.tx.in_multi() && !quit {
             let step = transaction::queue(&mut self.fe.tx, state, cmd, &req);
