@@ -219,8 +219,10 @@ impl Server {
         server
     }
 
-    /// Starts (again) on the same port.
+    /// Starts (again) on the same port; a process still running is killed first, so a
+    /// redis-server comes back empty.
     pub fn restart(&mut self) {
+        self.kill();
         let port = self.port.to_string();
         let dir = self.dir.0.to_string_lossy().to_string();
         let (name, args): (&str, Vec<&str>) = match self.program {
