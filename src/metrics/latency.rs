@@ -1,10 +1,12 @@
 //! Latency histograms on atomics, observed from every worker without a lock (prometheus-client's
 //! own histogram takes one per observation). Observations are counted locally first
 //! ([`LatencyCounts`]) and added once per batch: per write of a session's replies, per read of
-//! a backend connection's.
+//! a backend connection's. Each thread adds to its own shard of the histogram (its own cache
+//! lines), and a scrape sums the shards.
 
+use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
@@ -18,15 +20,34 @@ const BOUNDS_US: [u64; 16] = [
 /// The buckets, the last one unbounded.
 const BUCKETS: usize = BOUNDS_US.len() + 1;
 
+/// Shards of each histogram: threads beyond this many share them.
+const SHARDS: usize = 8;
+
 /// A histogram of durations, shared by every worker.
 #[derive(Clone, Debug, Default)]
-pub struct Latency(Arc<Shared>);
+pub struct Latency(Arc<[Shard; SHARDS]>);
 
+/// One thread's part, alone on its cache lines.
 #[derive(Debug, Default)]
-struct Shared {
+#[repr(align(128))]
+struct Shard {
     buckets: [AtomicU64; BUCKETS],
     sum_us: AtomicU64,
-    count: AtomicU64,
+}
+
+/// The shard this thread adds to: threads take shards in turn as they first add.
+fn this_threads_shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+    SHARD.with(|shard| {
+        *shard.get().get_or_insert_with(|| {
+            let next = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            shard.set(Some(next));
+            next
+        })
+    })
 }
 
 /// Durations counted by one task, to add to a [`Latency`] at once.
@@ -54,17 +75,15 @@ impl Latency {
         if counts.count == 0 {
             return;
         }
-        for (shared, local) in self.0.buckets.iter().zip(&mut counts.buckets) {
+        let shard = &self.0[this_threads_shard()];
+        for (shared, local) in shard.buckets.iter().zip(&mut counts.buckets) {
             if *local > 0 {
                 shared.fetch_add(std::mem::take(local), Ordering::Relaxed);
             }
         }
-        self.0
-            .sum_us
-            .fetch_add(std::mem::take(&mut counts.sum_us), Ordering::Relaxed);
-        self.0
-            .count
-            .fetch_add(std::mem::take(&mut counts.count), Ordering::Relaxed);
+        let sum_us = std::mem::take(&mut counts.sum_us);
+        shard.sum_us.fetch_add(sum_us, Ordering::Relaxed);
+        counts.count = 0;
     }
 }
 
@@ -80,10 +99,18 @@ impl EncodeMetric for Latency {
             .map(|&us| us as f64 / 1e6)
             .chain([f64::INFINITY]);
         let buckets: Vec<(f64, u64)> = bounds
-            .zip(&self.0.buckets)
-            .map(|(bound, n)| (bound, n.load(Ordering::Relaxed)))
+            .enumerate()
+            .map(|(i, bound)| {
+                let n = self.0.iter().map(|s| s.buckets[i].load(Ordering::Relaxed));
+                (bound, n.sum())
+            })
             .collect();
-        let sum = self.0.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let sum_us: u64 = self
+            .0
+            .iter()
+            .map(|s| s.sum_us.load(Ordering::Relaxed))
+            .sum();
+        let sum = sum_us as f64 / 1e6;
         let count = buckets.iter().map(|(_, n)| n).sum();
         encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
