@@ -10,7 +10,7 @@
 //! - a pool no longer listed, or replaced, is retired: it stops accepting and each of its
 //!   clients is closed once its requests are answered.
 //!
-//! Listening is the service's part ([`crate::service`]): it binds new addresses before
+//! Listening is the service's part: it binds new addresses before
 //! anything is applied, so an address in use refuses the reload whole.
 
 use std::path::{Path, PathBuf};
