@@ -127,6 +127,8 @@ struct RawLimits {
     max_args: Option<usize>,
     max_bulk_bytes: Option<usize>,
     max_inline_bytes: Option<usize>,
+    max_request_bytes: Option<usize>,
+    max_unauthenticated_bytes: Option<usize>,
     max_pipeline: Option<usize>,
     max_reply_depth: Option<usize>,
 }
@@ -440,6 +442,10 @@ impl Pool {
             c.limits.max_args = l.max_args.unwrap_or(c.limits.max_args);
             c.limits.max_bulk_bytes = l.max_bulk_bytes.unwrap_or(c.limits.max_bulk_bytes);
             c.limits.max_inline_bytes = l.max_inline_bytes.unwrap_or(c.limits.max_inline_bytes);
+            c.limits.max_request_bytes = l.max_request_bytes.unwrap_or(c.limits.max_request_bytes);
+            c.limits.max_unauthenticated_bytes = l
+                .max_unauthenticated_bytes
+                .unwrap_or(c.limits.max_unauthenticated_bytes);
             c.max_pipeline = l.max_pipeline.unwrap_or(c.max_pipeline).max(1);
             c.max_reply_depth = l.max_reply_depth.unwrap_or(c.max_reply_depth).max(1);
         }

@@ -130,7 +130,7 @@ pub(super) mod testing {
     pub(in crate::server) fn request(args: &[&str]) -> Request {
         let mut buf = BytesMut::new();
         encode::command(&mut buf, args.iter().map(|a| a.as_bytes()));
-        RequestParser::new(Default::default())
+        RequestParser::new(Default::default(), true)
             .parse(&mut buf)
             .unwrap()
             .unwrap()

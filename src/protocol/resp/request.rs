@@ -23,6 +23,11 @@ pub struct Limits {
     pub max_bulk_bytes: usize,
     /// Longest inline command line, and longest `*`/`$` header line (Redis: 64 KB).
     pub max_inline_bytes: usize,
+    /// Largest whole request, every argument counted (Redis' proto-max-bulk-len: 512 MB).
+    pub max_request_bytes: usize,
+    /// Largest request, and argument, of a client that has not authenticated yet (Redis:
+    /// 16 KB; it also allows such a client at most 10 arguments).
+    pub max_unauthenticated_bytes: usize,
 }
 
 impl Default for Limits {
@@ -31,9 +36,14 @@ impl Default for Limits {
             max_args: 1024 * 1024,
             max_bulk_bytes: 512 * 1024 * 1024,
             max_inline_bytes: 64 * 1024,
+            max_request_bytes: 512 * 1024 * 1024,
+            max_unauthenticated_bytes: 16 * 1024,
         }
     }
 }
+
+/// Arguments a client that has not authenticated may send in one request, as Redis allows.
+const MAX_UNAUTHENTICATED_ARGS: i64 = 10;
 
 /// Malformed client input: the client gets `-ERR Protocol error: …` and the connection closes.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -52,6 +62,12 @@ pub enum ProtocolError {
     HeaderTooBig,
     #[error("unbalanced quotes in request")]
     UnbalancedQuotes,
+    #[error("unauthenticated multibulk length")]
+    UnauthenticatedMultibulkLength,
+    #[error("unauthenticated bulk length")]
+    UnauthenticatedBulkLength,
+    #[error("request larger than max_request_bytes ({0})")]
+    RequestTooBig(usize),
 }
 
 /// One complete request. `frame` is the request in RESP form (the client's own bytes for a
@@ -117,13 +133,17 @@ struct Progress {
 pub struct RequestParser {
     limits: Limits,
     progress: Option<Progress>,
+    /// Whether the client has authenticated (or need not): until then its requests are held
+    /// to `max_unauthenticated_bytes`.
+    pub authenticated: bool,
 }
 
 impl RequestParser {
-    pub fn new(limits: Limits) -> RequestParser {
+    pub fn new(limits: Limits, authenticated: bool) -> RequestParser {
         RequestParser {
             limits,
             progress: None,
+            authenticated,
         }
     }
 
@@ -164,6 +184,9 @@ impl RequestParser {
                 if n > limits.max_args as i64 {
                     return Err(ProtocolError::InvalidMultibulkLength);
                 }
+                if !self.authenticated && n > MAX_UNAUTHENTICATED_ARGS {
+                    return Err(ProtocolError::UnauthenticatedMultibulkLength);
+                }
                 if n <= 0 {
                     let _ = buf.split_to(next);
                     return Ok(Step::Empty);
@@ -192,6 +215,13 @@ impl RequestParser {
                 return Err(ProtocolError::InvalidBulkLength);
             }
             let end = start + len as usize;
+            // Refused on the header, before the argument is buffered.
+            if !self.authenticated && end + 2 > limits.max_unauthenticated_bytes {
+                return Err(ProtocolError::UnauthenticatedBulkLength);
+            }
+            if end + 2 > limits.max_request_bytes {
+                return Err(ProtocolError::RequestTooBig(limits.max_request_bytes));
+            }
             if buf.len() < end + 2 {
                 // Room for (a bounded part of) the argument now, so a large one is not copied
                 // at every read; a client that only claims a large size reserves little.
@@ -331,7 +361,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn parse_all(input: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, ProtocolError> {
-        let mut p = RequestParser::new(Limits::default());
+        let mut p = RequestParser::new(Limits::default(), true);
         let mut buf = BytesMut::from(input);
         let mut out = Vec::new();
         while let Some(r) = p.parse(&mut buf)? {
@@ -360,7 +390,7 @@ mod tests {
 
     #[test]
     fn frame_is_the_clients_bytes_and_inline_is_reencoded() {
-        let mut p = RequestParser::new(Limits::default());
+        let mut p = RequestParser::new(Limits::default(), true);
         let mut buf = BytesMut::from(&b"*1\r\n$4\r\nPING\r\nECHO hi\n"[..]);
         assert_eq!(
             &p.parse(&mut buf).unwrap().unwrap().frame()[..],
@@ -390,6 +420,40 @@ mod tests {
         assert_eq!(
             parse_all(b"SET k \"a\"b\r\n"),
             Err(ProtocolError::UnbalancedQuotes)
+        );
+    }
+
+    #[test]
+    fn an_unauthenticated_client_is_held_to_small_requests_and_everyone_to_the_request_bound() {
+        let limits = Limits {
+            max_request_bytes: 100,
+            ..Limits::default()
+        };
+        let refused = |authenticated: bool, input: &[u8]| {
+            RequestParser::new(limits, authenticated)
+                .parse(&mut BytesMut::from(input))
+                .unwrap_err()
+        };
+        // As Redis: before AUTH, at most 10 arguments and 16 KB, refused on the header.
+        assert_eq!(
+            refused(false, b"*11\r\n"),
+            ProtocolError::UnauthenticatedMultibulkLength
+        );
+        assert_eq!(
+            refused(false, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$16384\r\n"),
+            ProtocolError::UnauthenticatedBulkLength
+        );
+        // Every argument counts toward the whole request.
+        assert_eq!(
+            refused(true, b"*3\r\n$4\r\nMSET\r\n$90\r\n"),
+            ProtocolError::RequestTooBig(100)
+        );
+        let mut small = BytesMut::from(&b"*2\r\n$4\r\nAUTH\r\n$6\r\nsecret\r\n"[..]);
+        assert!(
+            RequestParser::new(limits, false)
+                .parse(&mut small)
+                .unwrap()
+                .is_some()
         );
     }
 
@@ -429,7 +493,7 @@ mod tests {
 
     #[test]
     fn incomplete_input_waits_and_resumes() {
-        let mut p = RequestParser::new(Limits::default());
+        let mut p = RequestParser::new(Limits::default(), true);
         let mut buf = BytesMut::from(&b"*2\r\n$3\r\nSET\r\n$5\r\nhel"[..]);
         assert_eq!(p.parse(&mut buf), Ok(None));
         assert!(p.is_mid_request(&buf));
@@ -454,7 +518,7 @@ mod tests {
                 encode::command(&mut wire, r.iter().map(Vec::as_slice));
             }
             for cut in 0..=wire.len() {
-                let mut p = RequestParser::new(Limits::default());
+                let mut p = RequestParser::new(Limits::default(), true);
                 let mut buf = BytesMut::from(&wire[..cut]);
                 let mut got = Vec::new();
                 while let Some(r) = p.parse(&mut buf).unwrap() {
@@ -472,7 +536,7 @@ mod tests {
         /// Random bytes never panic, and every request they yield is well-formed.
         #[test]
         fn random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..300)) {
-            let mut p = RequestParser::new(Limits { max_args: 8, max_bulk_bytes: 64, max_inline_bytes: 64 });
+            let mut p = RequestParser::new(Limits { max_args: 8, max_bulk_bytes: 64, max_inline_bytes: 64, ..Limits::default() }, true);
             let mut buf = BytesMut::from(&data[..]);
             while let Ok(Some(r)) = p.parse(&mut buf) {
                 prop_assert!(r.argc() >= 1 && r.argc() <= 8);
@@ -486,7 +550,7 @@ mod tests {
             let r = Request::from_args(args.iter().map(Vec::as_slice));
             prop_assert_eq!(r.args().map(<[u8]>::to_vec).collect::<Vec<_>>(), args.clone());
             let mut buf = BytesMut::from(&r.frame()[..]);
-            let again = RequestParser::new(Limits::default()).parse(&mut buf).unwrap().unwrap();
+            let again = RequestParser::new(Limits::default(), true).parse(&mut buf).unwrap().unwrap();
             prop_assert_eq!(again, r);
         }
     }

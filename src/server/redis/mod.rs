@@ -47,9 +47,10 @@ pub(super) type RespSession = Session<Resp>;
 
 impl Frontend for Resp {
     fn new(pool: &Pool) -> Resp {
+        let open = pool.config.client_users.is_empty();
         Resp {
-            parser: RequestParser::new(pool.config.limits),
-            client: ClientState::new(pool.config.client_users.is_empty()),
+            parser: RequestParser::new(pool.config.limits, open),
+            client: ClientState::new(open),
             tx: Transaction::default(),
             pubsub: PubSub::default(),
             watch: None,
@@ -63,7 +64,7 @@ impl Frontend for Resp {
 
     fn log_slow(s: &RespSession, request: Recorded, took: Duration) {
         let mut frame = BytesMut::from(&request.frame[..]);
-        let Ok(Some(req)) = RequestParser::new(s.pool.config.limits).parse(&mut frame) else {
+        let Ok(Some(req)) = RequestParser::new(s.pool.config.limits, true).parse(&mut frame) else {
             return;
         };
         let args: Vec<&[u8]> = (0..req.argc()).map(|i| req.arg(i)).collect();
@@ -105,6 +106,8 @@ impl RespSession {
         let state = self.pool.state();
         let mut counts = ClassCounts::default();
         let closing = loop {
+            // AUTH (or HELLO … AUTH) lifts the bound on unauthenticated requests.
+            self.fe.parser.authenticated = self.fe.client.authenticated;
             match self.fe.parser.parse(buf) {
                 Ok(Some(req)) => {
                     let cmd = command::lookup(req.arg(0));
