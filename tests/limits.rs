@@ -97,3 +97,39 @@ fn a_request_over_max_request_bytes_is_refused_on_its_header() {
     let grown = proxy.rss_kib().saturating_sub(before);
     assert!(grown < 20 * 1024, "the proxy grew by {grown} KiB");
 }
+
+#[test]
+fn a_client_guessing_passwords_is_counted_logged_once_a_second_and_closed() {
+    let redis = Redis::start();
+    let port = free_port();
+    let config = pool_config(
+        port,
+        &[format!("{}:1 one", redis.addr())],
+        "    auth: { password: s3cret }\n    auth_max_failures: 10\n",
+    );
+    let proxy = Proxy::start(&config, port);
+    let started = std::time::Instant::now();
+    let mut guesser = Raw::connect(port);
+    guesser.send(&command(&[b"AUTH", b"mallory", b"guess"]));
+    assert!(guesser.read_line().starts_with("-WRONGPASS"));
+    for n in 1..10 {
+        guesser.send(&command(&[b"AUTH", format!("guess{n}").as_bytes()]));
+        assert!(guesser.read_line().starts_with("-WRONGPASS"), "attempt {n}");
+    }
+    assert!(guesser.is_closed(), "closed after its tenth failure");
+    assert_eq!(side_errors(port, Some("s3cret"), 50), 0);
+    let metrics = proxy.http("/metrics").1;
+    let failures = |user: &str| {
+        metric(
+            &metrics,
+            &format!("ringproxy_auth_failures_total{{pool=\"main\",user=\"{user}\"}}"),
+        )
+    };
+    assert_eq!((failures("default"), failures("unknown")), (9, 1));
+    let logged = proxy.log().matches("failed AUTH from 127.0.0.1").count();
+    let seconds = started.elapsed().as_secs() as usize;
+    assert!(
+        (1..=seconds + 1).contains(&logged),
+        "{logged} log lines in {seconds} s"
+    );
+}

@@ -159,6 +159,8 @@ pub struct PoolConfig {
     pub slowlog_slower_than_us: i64,
     /// …and keeps this many.
     pub slowlog_max_len: usize,
+    /// Failed AUTH attempts after which a connection is closed (0: never).
+    pub auth_max_failures: u32,
     /// memcache: the largest value a storage command may carry.
     pub item_size_max: usize,
     /// Whether commands that empty every server (FLUSHDB, FLUSHALL, memcache `flush_all`) are

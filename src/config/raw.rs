@@ -72,6 +72,7 @@ struct Pool {
     allow_keys: Option<bool>,
     slowlog_slower_than_us: Option<i64>,
     slowlog_max_len: Option<usize>,
+    auth_max_failures: Option<u32>,
     reject_past_exptime: Option<bool>,
     servers: Vec<Spanned<Server>>,
 }
@@ -370,6 +371,7 @@ fn base_pool(listen: &Spanned<Listen>) -> PoolConfig {
         max_reply_depth: 128,
         slowlog_slower_than_us: 10_000,
         slowlog_max_len: 128,
+        auth_max_failures: 10,
         item_size_max: 1024 * 1024,
         allow_flush: false,
         allow_keys: false,
@@ -455,6 +457,7 @@ impl Pool {
         c.allow_keys = p.allow_keys.unwrap_or(false);
         c.slowlog_slower_than_us = p.slowlog_slower_than_us.unwrap_or(c.slowlog_slower_than_us);
         c.slowlog_max_len = p.slowlog_max_len.unwrap_or(c.slowlog_max_len);
+        c.auth_max_failures = p.auth_max_failures.unwrap_or(c.auth_max_failures);
         c.reject_past_exptime = p.reject_past_exptime.unwrap_or(false);
         Ok(PoolParts {
             listen: p.listen,
@@ -533,6 +536,7 @@ impl From<TwemproxyPool> for Pool {
             db: t.redis_db,
             client_connections: t.client_connections,
             backlog: t.backlog,
+            auth_max_failures: None,
             slowlog_slower_than_us: None,
             slowlog_max_len: None,
             limits: None,

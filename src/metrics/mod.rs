@@ -11,8 +11,12 @@ use std::sync::atomic::AtomicU64;
 
 use crate::command::{Class, ClassCounts};
 
+mod auth;
 mod latency;
 mod process;
+
+pub use auth::AuthFailures;
+use auth::UserLabels;
 
 pub use latency::{Latency, LatencyCounts};
 
@@ -119,6 +123,7 @@ pub struct Metrics {
     client_commands: Family<ClassLabels, Counter>,
     client_latency: Family<PoolLabels, Latency>,
     client_errors: Family<ErrorLabels, Counter>,
+    auth_failures: Family<UserLabels, Counter>,
     past_exptime: Family<PoolLabels, Counter>,
     server_requests: Family<ServerLabels, Counter>,
     server_latency: Family<ServerLabels, Latency>,
@@ -166,6 +171,7 @@ pub struct PoolMetrics {
     pub errors: [Counter; ErrorKind::ALL.len()],
     /// memcache writes whose exptime was an absolute time already past.
     pub past_exptime: Counter,
+    pub auth_failures: AuthFailures,
 }
 
 /// One backend node's handles.
@@ -212,6 +218,11 @@ impl Default for Metrics {
                 r,
                 "request_duration_seconds",
                 "From reading a client's request to writing its reply",
+            ),
+            auth_failures: family(
+                r,
+                "auth_failures",
+                "Failed AUTH attempts, by user (unknown: not a configured user)",
             ),
             client_errors: family(
                 r,
@@ -326,6 +337,7 @@ impl Metrics {
                 self.client_errors.get_or_create(&labels).clone()
             }),
             past_exptime: self.past_exptime.get_or_create(&l).clone(),
+            auth_failures: AuthFailures::new(pool, self.auth_failures.clone()),
         }
     }
 

@@ -2,6 +2,8 @@
 //! SELECT 0, CLIENT SETNAME/SETINFO, PING, ECHO, COMMAND, INFO) and QUIT. Decided without I/O:
 //! INFO's backend sections are a plan like any other.
 
+use std::net::SocketAddr;
+
 use bytes::{Bytes, BytesMut};
 
 use super::keyspace::every_master;
@@ -20,6 +22,8 @@ pub(super) struct ClientState {
     /// After HELLO 3: the client reads RESP3 and its backend requests use RESP3 connections.
     pub resp3: bool,
     pub name: Option<Bytes>,
+    /// Failed AUTH attempts on this connection.
+    pub auth_failures: u32,
 }
 
 impl ClientState {
@@ -28,6 +32,7 @@ impl ClientState {
             authenticated,
             resp3: false,
             name: None,
+            auth_failures: 0,
         }
     }
 }
@@ -40,6 +45,8 @@ pub(super) struct Local<'a> {
     pub session: u64,
     /// Subscribed to Pub/Sub (RESP2 PING answers as a message).
     pub subscribed: bool,
+    /// The client's address (none on a Unix socket), for the AUTH failure log.
+    pub peer: Option<SocketAddr>,
 }
 
 /// The protocol level the proxy speaks, reported by HELLO.
@@ -175,6 +182,11 @@ fn check_password(cx: &mut Local<'_>, user: &[u8], password: &[u8]) -> Result<()
             ok | crate::config::same_secret(u.password.as_bytes(), password)
         });
     if !ok {
+        cx.client.auth_failures += 1;
+        let users = &cx.pool.config.client_users;
+        let known = users.iter().find(|u| u.name.as_bytes() == user);
+        let shown = known.map_or("unknown", |u| u.name.as_str());
+        cx.pool.metrics.auth_failures.failed(shown, cx.peer);
         return Err(ClientError::WrongPass);
     }
     cx.client.authenticated = true;

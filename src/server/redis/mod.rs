@@ -147,6 +147,7 @@ impl RespSession {
                         pool: &self.pool,
                         session: self.id,
                         subscribed: self.fe.pubsub.active(),
+                        peer: self.peer,
                     };
                     local::run(cx, state, which, &req)
                 }
@@ -181,7 +182,9 @@ impl RespSession {
             },
         };
         self.execute(state, plan);
-        quit
+        // A client guessing passwords is closed once its error reply is written.
+        let max = self.pool.config.auth_max_failures;
+        quit || (max > 0 && self.fe.client.auth_failures >= max)
     }
 
     /// The command `name` names, if the client may run it now.
