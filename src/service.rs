@@ -54,6 +54,11 @@ pub async fn run(mut config: Config, path: &Path, options: Options) -> Result<()
     sentinel::discover(&mut config)
         .await
         .map_err(StartError::Sentinel)?;
+    // Every client is a descriptor: take all the system allows this process.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(files) => tracing::info!("open files allowed: {files}"),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     let workers = Arc::new(Workers::start(options.workers).map_err(StartError::Workers)?);
     let admin_listen = options.admin_listen.or(config.admin_listen.clone());
     let topology = Arc::new(Topology::start(&config, Loaded::of(path), &workers));

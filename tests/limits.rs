@@ -5,6 +5,7 @@
 mod common;
 
 use std::io::Write;
+use std::process::Command;
 
 use common::*;
 
@@ -132,4 +133,130 @@ fn a_client_guessing_passwords_is_counted_logged_once_a_second_and_closed() {
         (1..=seconds + 1).contains(&logged),
         "{logged} log lines in {seconds} s"
     );
+}
+
+#[test]
+fn idle_and_slow_clients_are_closed_but_subscribers_and_others_are_not() {
+    let redis = Redis::start();
+    let port = free_port();
+    let config = pool_config(
+        port,
+        &[format!("{}:1 one", redis.addr())],
+        "    client_idle_timeout_ms: 300\n    client_request_timeout_ms: 300\n",
+    );
+    let _proxy = Proxy::start(&config, port);
+    let mut subscriber = Raw::connect(port);
+    subscriber.send(&command(&[b"SUBSCRIBE", b"news"]));
+    for line in [
+        "*3\r\n",
+        "$9\r\n",
+        "subscribe\r\n",
+        "$4\r\n",
+        "news\r\n",
+        ":1\r\n",
+    ] {
+        assert_eq!(subscriber.read_line(), line);
+    }
+    let started = std::time::Instant::now();
+    let mut idle = Raw::connect(port);
+    idle.roundtrip(&command(&[b"PING"]), b"+PONG\r\n");
+    // A slowloris: a request that never completes.
+    let mut slow = Raw::connect(port);
+    slow.send(b"*2\r\n$3\r\nGET\r\n$5\r\nab");
+    assert!(idle.is_closed(), "the idle client is closed");
+    assert!(slow.is_closed(), "the slow sender is closed");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    // The subscriber, idle all along, still gets its messages.
+    let _: () = redis::cmd("PUBLISH")
+        .arg("news")
+        .arg("hi")
+        .query(&mut connect(port))
+        .unwrap();
+    for line in [
+        "*3\r\n",
+        "$7\r\n",
+        "message\r\n",
+        "$4\r\n",
+        "news\r\n",
+        "$2\r\n",
+        "hi\r\n",
+    ] {
+        assert_eq!(subscriber.read_line(), line);
+    }
+    assert_eq!(side_errors(port, None, 20), 0);
+}
+
+#[test]
+fn out_of_file_descriptors_new_clients_are_told_and_closed() {
+    let redis = Redis::start();
+    let port = free_port();
+    let proxy = Proxy::start(&pool_over(port, &[&redis], &["one"]), port);
+    let mut side = Raw::connect(port);
+    side.roundtrip(&command(&[b"SET", b"k", b"v"]), b"+OK\r\n");
+    let limit = Command::new("prlimit")
+        .args(["--pid", &proxy.pid().to_string(), "--nofile=64:64"])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(limit.success());
+    let started = std::time::Instant::now();
+    let (mut served, mut refused) = (Vec::new(), 0);
+    for _ in 0..100 {
+        let mut c = Raw::connect(port);
+        c.send(&command(&[b"PING"]));
+        match c.read_line().as_str() {
+            "+PONG\r\n" => served.push(c),
+            "-ERR max number of clients reached\r\n" => {
+                assert!(c.is_closed());
+                refused += 1;
+            }
+            other => panic!("a new client got {other:?}"),
+        }
+    }
+    assert!(refused > 0 && !served.is_empty(), "{refused} refused");
+    side.roundtrip(&command(&[b"GET", b"k"]), b"$1\r\nv\r\n");
+    let logged = proxy
+        .log()
+        .matches("failed accepts in the last second")
+        .count();
+    let seconds = started.elapsed().as_secs() as usize;
+    assert!(
+        (1..=seconds + 1).contains(&logged),
+        "{logged} log lines in {seconds} s"
+    );
+}
+
+/// A Lua script that keeps its redis-server busy for ARGV[1] microseconds.
+const BUSY: &str = "local t = redis.call('TIME') local start = t[1] * 1000000 + t[2] repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start >= tonumber(ARGV[1]) return 1";
+
+#[test]
+fn a_request_that_times_out_leaves_the_connection_and_its_late_reply_is_dropped() {
+    let redis = Redis::start();
+    let port = free_port();
+    let config = pool_config(
+        port,
+        &[format!("{}:1 one", redis.addr())],
+        "    timeout_ms: 200\n",
+    );
+    let proxy = Proxy::start(&config, port);
+    let mut c = Raw::connect(port);
+    c.roundtrip(&command(&[b"SET", b"k", b"v"]), b"+OK\r\n");
+    let connects = || {
+        metric(
+            &proxy.http("/metrics").1,
+            &format!(
+                "ringproxy_server_connects_total{{pool=\"main\",server=\"one\",role=\"master\",address=\"{}\"}}",
+                redis.addr()
+            ),
+        )
+    };
+    let before = connects();
+    // The script runs 300 ms: its request times out at 200 ms, with the error a timeout gives.
+    c.send(&command(&[b"EVAL", BUSY.as_bytes(), b"1", b"k", b"300000"]));
+    let line = c.read_line();
+    assert!(line.contains("timed out after 200 ms"), "{line}");
+    // The next request goes on the same connection, behind the script: it gets its own reply,
+    // not the script's late one, which is dropped.
+    c.roundtrip(&command(&[b"GET", b"k"]), b"$1\r\nv\r\n");
+    c.roundtrip(&command(&[b"INCR", b"n"]), b":1\r\n");
+    assert_eq!(connects(), before, "the backend connection was kept");
 }

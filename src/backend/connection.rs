@@ -182,11 +182,15 @@ async fn serve(
     let mut framer = Framer::new(settings);
     let mut delivery = Delivery::default();
     let mut accepting = true;
-    // One timer for the connection, armed at or before the oldest request's deadline and moved
+    // One timer for the connection, armed at or before the next thing to check: the oldest
+    // unanswered request's deadline, or when the connection has been silent too long. Moved
     // only when it fires early: requests share one timeout, so deadlines only grow.
     let timer = sleep_until(Instant::now());
     tokio::pin!(timer);
     let mut armed = false;
+    // When the node last sent anything.
+    let mut heard = Instant::now();
+    let silence = silence_bound(settings.timeout);
     let failure = loop {
         if !queued.is_empty() {
             let now = Instant::now();
@@ -194,7 +198,7 @@ async fn serve(
             for job in queued.drain(..) {
                 write_buf.extend_from_slice(&job.payload);
                 in_flight.push_back(InFlight {
-                    reply_to: job.reply_to,
+                    reply_to: Some(job.reply_to),
                     kind: job.kind,
                     sent: now,
                     deadline: now + job.timeout.unwrap_or(settings.timeout),
@@ -208,8 +212,8 @@ async fn serve(
         if !accepting && in_flight.is_empty() {
             return None;
         }
-        if !armed && let Some(oldest) = in_flight.front() {
-            timer.as_mut().reset(oldest.deadline);
+        if !armed && let Some(at) = next_check(&in_flight, heard, silence) {
+            timer.as_mut().reset(at);
             armed = true;
         }
         tokio::select! {
@@ -220,6 +224,7 @@ async fn serve(
                     Err(e) => break e.into(),
                     Ok(_) => {}
                 }
+                heard = Instant::now();
                 if let Err(failure) = answer(shared, &mut framer, &mut read_buf, &mut in_flight, &mut delivery) {
                     break failure;
                 }
@@ -242,35 +247,66 @@ async fn serve(
             },
             _ = &mut timer, if armed => {
                 armed = false;
-                match in_flight.front() {
-                    Some(oldest) if oldest.deadline <= Instant::now() => {
-                        if let Some(oldest) = in_flight.pop_front() {
-                            shared.metrics.errors.inc();
-                            oldest.reply_to.send(Err(shared.error(Failure::Timeout(settings.timeout))));
-                        }
-                        break Failure::Aborted;
+                let now = Instant::now();
+                // A request past its deadline gets its error now, and the connection is kept:
+                // its late reply is dropped when it comes, and requests behind it still get
+                // theirs.
+                let mut expired = 0;
+                for request in in_flight.iter_mut().take_while(|r| r.deadline <= now) {
+                    if let Some(to) = request.reply_to.take() {
+                        to.send(Err(shared.error(Failure::Timeout(settings.timeout))));
+                        expired += 1;
                     }
-                    // Fired for a request answered since: re-armed for the oldest one above.
-                    _ => {}
+                }
+                if expired > 0 {
+                    shared.metrics.errors.inc_by(expired);
+                    // A node that keeps timing out is failing, as the health checks see it.
+                    shared.record_failure(&Failure::Timeout(settings.timeout));
+                }
+                // Only a node silent for much longer than a request may take is given up.
+                if in_flight.front().is_some_and(|oldest| now >= heard.max(oldest.sent) + silence) {
+                    break Failure::Silent(silence);
                 }
             }
         }
     };
     // Recorded before the requests in flight fail, so a retry sees the node's new state.
     shared.record_failure(&failure);
-    // FIFO matching is lost with the connection: everything in flight fails.
-    let report = if failure == Failure::Aborted {
-        Failure::Timeout(settings.timeout)
-    } else {
-        failure.clone()
-    };
-    fail_all(shared, in_flight.drain(..).map(|f| f.reply_to), &failure);
-    Some(report)
+    // FIFO matching is lost with the connection: everything still unanswered fails.
+    fail_all(
+        shared,
+        in_flight.drain(..).filter_map(|f| f.reply_to),
+        &failure,
+    );
+    Some(failure)
+}
+
+/// How long a connection with requests in flight may stay silent before it is reset: well past
+/// the request timeout, so one slow request does not fail the requests queued behind it.
+fn silence_bound(timeout: Duration) -> Duration {
+    (timeout * 4).max(Duration::from_secs(2))
+}
+
+/// When the connection should next look at its requests: the first unanswered one's deadline,
+/// or when it will have been silent too long.
+fn next_check(
+    in_flight: &VecDeque<InFlight>,
+    heard: Instant,
+    silence: Duration,
+) -> Option<Instant> {
+    let oldest = in_flight.front()?;
+    let silent_at = heard.max(oldest.sent) + silence;
+    let deadline = in_flight
+        .iter()
+        .find(|r| r.reply_to.is_some())
+        .map(|r| r.deadline);
+    Some(deadline.map_or(silent_at, |d| d.min(silent_at)))
 }
 
 /// A request written to the backend and not answered yet.
 struct InFlight {
-    reply_to: ReplyTo,
+    /// Where the reply goes; `None` once the request has timed out (its reply is dropped).
+    reply_to: Option<ReplyTo>,
     kind: ReplyKind,
     sent: Instant,
     deadline: Instant,
@@ -303,7 +339,9 @@ fn answer(
                 if let Some(f) = in_flight.pop_front() {
                     let took = now.saturating_duration_since(f.sent);
                     latency.observe(took, 1);
-                    delivery.add(f.reply_to, Ok(reply), took);
+                    if let Some(to) = f.reply_to {
+                        delivery.add(to, Ok(reply), took);
+                    }
                 }
             }
             Ok(None) => break Ok(()),

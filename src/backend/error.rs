@@ -36,9 +36,10 @@ pub enum Failure {
     Unreachable(ConnectError),
     #[error("timed out after {} ms", .0.as_millis())]
     Timeout(Duration),
-    /// Lost with the connection that another request's timeout closed.
-    #[error("connection reset after an earlier request timed out")]
-    Aborted,
+    /// Lost with a connection reset because the node sent nothing for this long while
+    /// requests were in flight.
+    #[error("connection reset: the node sent nothing for {} ms", .0.as_millis())]
+    Silent(Duration),
     #[error("connection closed")]
     Closed,
     #[error("connection failed: {0}")]

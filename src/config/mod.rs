@@ -161,6 +161,10 @@ pub struct PoolConfig {
     pub slowlog_max_len: usize,
     /// Failed AUTH attempts after which a connection is closed (0: never).
     pub auth_max_failures: u32,
+    /// A client with nothing in flight is closed after this long (Redis's `timeout`).
+    pub client_idle_timeout: Option<Duration>,
+    /// A client whose request stays incomplete this long is closed (slow senders).
+    pub client_request_timeout: Option<Duration>,
     /// memcache: the largest value a storage command may carry.
     pub item_size_max: usize,
     /// Whether commands that empty every server (FLUSHDB, FLUSHALL, memcache `flush_all`) are

@@ -73,6 +73,10 @@ struct Pool {
     slowlog_slower_than_us: Option<i64>,
     slowlog_max_len: Option<usize>,
     auth_max_failures: Option<u32>,
+    #[serde(default, deserialize_with = "whole_millis")]
+    client_idle_timeout_ms: Option<u64>,
+    #[serde(default, deserialize_with = "whole_millis")]
+    client_request_timeout_ms: Option<u64>,
     reject_past_exptime: Option<bool>,
     servers: Vec<Spanned<Server>>,
 }
@@ -372,6 +376,8 @@ fn base_pool(listen: &Spanned<Listen>) -> PoolConfig {
         slowlog_slower_than_us: 10_000,
         slowlog_max_len: 128,
         auth_max_failures: 10,
+        client_idle_timeout: None,
+        client_request_timeout: Some(Duration::from_secs(30)),
         item_size_max: 1024 * 1024,
         allow_flush: false,
         allow_keys: false,
@@ -458,6 +464,14 @@ impl Pool {
         c.slowlog_slower_than_us = p.slowlog_slower_than_us.unwrap_or(c.slowlog_slower_than_us);
         c.slowlog_max_len = p.slowlog_max_len.unwrap_or(c.slowlog_max_len);
         c.auth_max_failures = p.auth_max_failures.unwrap_or(c.auth_max_failures);
+        // 0: no bound.
+        let bound = |ms: u64| (ms > 0).then(|| millis(ms));
+        c.client_idle_timeout = p
+            .client_idle_timeout_ms
+            .map_or(c.client_idle_timeout, bound);
+        c.client_request_timeout = p
+            .client_request_timeout_ms
+            .map_or(c.client_request_timeout, bound);
         c.reject_past_exptime = p.reject_past_exptime.unwrap_or(false);
         Ok(PoolParts {
             listen: p.listen,
@@ -536,6 +550,8 @@ impl From<TwemproxyPool> for Pool {
             db: t.redis_db,
             client_connections: t.client_connections,
             backlog: t.backlog,
+            client_idle_timeout_ms: None,
+            client_request_timeout_ms: None,
             auth_max_failures: None,
             slowlog_slower_than_us: None,
             slowlog_max_len: None,

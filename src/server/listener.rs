@@ -119,31 +119,37 @@ pub async fn serve(
     tracker: TaskTracker,
 ) {
     let mut next_worker = 0;
+    // Out of file descriptors, this one is closed to accept the waiting client and tell it.
+    let mut spare = std::fs::File::open("/dev/null").ok();
+    let mut failures = AcceptFailures::default();
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         let pool = serving.borrow().clone();
+        let protocol = pool.config.protocol;
         let client = match accepted {
             Ok(client) => client,
             Err(e) => {
-                // Out of file descriptors and the like: keep serving the clients we have.
-                tracing::warn!(pool = %pool.config.name, "accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                failures.note(&pool.config.name, &e);
+                if is_out_of_files(&e) && spare.take().is_some() {
+                    let waiting = tokio::time::timeout(SPARE_ACCEPT, listener.accept()).await;
+                    if let Ok(Ok(client)) = waiting {
+                        refuse(client, protocol);
+                    }
+                    spare = std::fs::File::open("/dev/null").ok();
+                } else {
+                    // Keep serving the clients we have; try again shortly.
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
                 continue;
             }
         };
-        let protocol = pool.config.protocol;
         if let Some(limit) = pool.config.client_connections
             && pool.metrics.client_connections.get() >= i64::from(limit)
         {
-            tracker.spawn(async move {
-                if let Ok(stream) = client.into_stream() {
-                    let refusal = ClientError::TooManyClients.render(protocol);
-                    let _ = stream.write_all(&refusal).await;
-                }
-            });
+            refuse(client, protocol);
             continue;
         }
         let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
@@ -156,6 +162,48 @@ pub async fn serve(
         workers
             .handle(worker)
             .spawn(tracker.track_future(serve_client(id, worker, pool, client, leave)));
+    }
+}
+
+/// How long accepting with the spare descriptor may wait for the client that was waiting.
+const SPARE_ACCEPT: std::time::Duration = std::time::Duration::from_millis(10);
+
+fn is_out_of_files(e: &io::Error) -> bool {
+    // EMFILE (the process's limit) and ENFILE (the system's).
+    matches!(e.raw_os_error(), Some(24 | 23))
+}
+
+/// Tells a client there is no room for it (`-ERR max number of clients reached`, or memcache's
+/// `SERVER_ERROR`) and closes it at once, freeing its descriptor: the short reply fits in a new
+/// socket's buffer.
+fn refuse(client: Accepted, protocol: Protocol) {
+    use std::io::Write;
+    let refusal = ClientError::TooManyClients.render(protocol);
+    let _ = match client {
+        Accepted::Tcp(mut socket, _) => socket.write(&refusal),
+        Accepted::Unix(mut socket) => socket.write(&refusal),
+    };
+}
+
+/// Failed accepts, logged at most once a second with how many there were.
+#[derive(Default)]
+struct AcceptFailures {
+    logged: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+impl AcceptFailures {
+    fn note(&mut self, pool: &str, e: &io::Error) {
+        self.unlogged += 1;
+        let now = std::time::Instant::now();
+        if self
+            .logged
+            .is_none_or(|at| now.duration_since(at) >= std::time::Duration::from_secs(1))
+        {
+            tracing::warn!(pool = %pool, "{} failed accepts in the last second: {e}", self.unlogged);
+            self.logged = Some(now);
+            self.unlogged = 0;
+        }
     }
 }
 

@@ -5,11 +5,13 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
+use tokio::time::Sleep;
 
 use super::error::ClientError;
 use super::outbox::{Outbox, Resend, Retry};
@@ -48,6 +50,14 @@ pub(super) trait Frontend: Sized {
 
     /// Adds a request that took `took` to the pool's slow log.
     fn log_slow(_s: &Session<Self>, _request: Recorded, _took: Duration) {}
+}
+
+/// Waits for `timer`, or forever when there is none.
+async fn fires(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(timer) => timer.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How a burst of requests ended.
@@ -110,6 +120,12 @@ impl<F: Frontend> Session<F> {
         let mut read_chunk = FIRST_READ_CHUNK;
         let inbox = self.out.inbox().clone();
         loop {
+            // Like Redis's `timeout`, not for a Pub/Sub subscriber. Only an idle client with a
+            // bound holds a timer.
+            let idle_timeout = self.pool.config.client_idle_timeout;
+            let mut idle = idle_timeout
+                .filter(|_| !self.out.listening)
+                .map(|t| Box::pin(tokio::time::sleep(t)));
             tokio::select! {
                 biased;
                 _ = &mut shutdown => return,
@@ -117,6 +133,10 @@ impl<F: Frontend> Session<F> {
                     return;
                 },
                 _ = inbox.wait(), if self.out.listening => {}
+                _ = fires(&mut idle) => {
+                    tracing::debug!(session = self.id, "idle client closed");
+                    return;
+                }
             }
             let burst = Box::pin(self.burst(&stream, &mut shutdown, &mut read_chunk));
             if burst.await == Burst::Close {
@@ -157,6 +177,8 @@ impl<F: Frontend> Session<F> {
         let mut read_buf = BytesMut::new();
         let mut completions = Vec::new();
         let mut timing = Timing::default();
+        // Armed while a request is incomplete: a client that sends one slowly is closed.
+        let mut incomplete: Option<Pin<Box<Sleep>>> = None;
         let inbox = self.out.inbox().clone();
         let mut closing = false;
         if self.out.listening {
@@ -187,6 +209,17 @@ impl<F: Frontend> Session<F> {
                         let (first, at) = (self.out.next_seq(), Instant::now());
                         closing = F::handle_input(self, &mut read_buf);
                         timing.read(first, self.out.next_seq(), at);
+                        // The bound is on one request: it starts again when one completes.
+                        let bound = self.pool.config.client_request_timeout;
+                        let progressed = self.out.next_seq() > first;
+                        match (&mut incomplete, bound) {
+                            _ if !self.fe.is_mid_request(&read_buf) => incomplete = None,
+                            (Some(timer), Some(t)) if progressed => {
+                                timer.as_mut().reset(tokio::time::Instant::now() + t);
+                            }
+                            (None, Some(t)) => incomplete = Some(Box::pin(tokio::time::sleep(t))),
+                            _ => {}
+                        }
                     } else {
                         // The client is done sending: answer what it asked, then close; but
                         // like Redis, do not wait on its blocking commands, which may never
@@ -201,6 +234,11 @@ impl<F: Frontend> Session<F> {
                     }
                 }
                 _ = &mut *shutdown, if !closing => closing = true,
+                // Only while reading: a client the proxy stops reading from is not slow.
+                _ = fires(&mut incomplete), if can_read => {
+                    tracing::debug!(session = self.id, "a request stayed incomplete too long: client closed");
+                    return Burst::Close;
+                }
             }
             self.out.collect_ready();
             if !self.held.is_empty() {
