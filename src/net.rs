@@ -104,6 +104,27 @@ impl Stream {
         }
     }
 
+    /// Writes what the socket takes of `data` now, without waiting: how many bytes (0 when it
+    /// takes none).
+    pub fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+        let written = match &self.socket {
+            Socket::Tcp(s) => s.try_write(data),
+            Socket::Unix(s) => s.try_write(data),
+        };
+        match written {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            other => other,
+        }
+    }
+
+    /// Waits until the socket takes more bytes.
+    pub async fn writable(&self) -> io::Result<()> {
+        match &self.socket {
+            Socket::Tcp(s) => s.writable().await,
+            Socket::Unix(s) => s.writable().await,
+        }
+    }
+
     /// Writes all of `data`: one `write` when the socket takes it, as is usual.
     pub async fn write_all(&self, data: &[u8]) -> io::Result<()> {
         match &self.socket {

@@ -6,6 +6,7 @@ mod common;
 
 use std::io::Write;
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 
@@ -165,7 +166,7 @@ fn idle_and_slow_clients_are_closed_but_subscribers_and_others_are_not() {
     slow.send(b"*2\r\n$3\r\nGET\r\n$5\r\nab");
     assert!(idle.is_closed(), "the idle client is closed");
     assert!(slow.is_closed(), "the slow sender is closed");
-    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    assert!(started.elapsed() >= Duration::from_millis(300));
     // The subscriber, idle all along, still gets its messages.
     let _: () = redis::cmd("PUBLISH")
         .arg("news")
@@ -259,4 +260,48 @@ fn a_request_that_times_out_leaves_the_connection_and_its_late_reply_is_dropped(
     c.roundtrip(&command(&[b"GET", b"k"]), b"$1\r\nv\r\n");
     c.roundtrip(&command(&[b"INCR", b"n"]), b":1\r\n");
     assert_eq!(connects(), before, "the backend connection was kept");
+}
+
+#[test]
+fn a_client_that_never_reads_stops_being_served_then_is_closed_and_costs_others_nothing() {
+    let redis = Redis::start();
+    let _: () = redis::cmd("SET")
+        .arg("big")
+        .arg(vec![b'v'; 100_000])
+        .query(&mut redis.client())
+        .unwrap();
+    let port = free_port();
+    let config = pool_config(
+        port,
+        &[format!("{}:1 one", redis.addr())],
+        "    limits: { max_client_output_bytes: 1048576, max_pipeline: 16 }\n    client_output_timeout_ms: 500\n",
+    );
+    let proxy = Proxy::start(&config, port);
+    let before = proxy.rss_kib();
+    // 2,000 GETs of a 100 KB value, never read: 200 MB of replies if all were served.
+    let mut hog = Raw::connect(port);
+    hog.send(&command(&[b"GET", b"big"]).repeat(2000));
+    assert_eq!(
+        side_errors(port, None, 100),
+        0,
+        "others are served meanwhile"
+    );
+    let closes = "ringproxy_client_output_limit_closes_total{pool=\"main\"}";
+    wait_until("the non-reader is closed", Duration::from_secs(10), || {
+        metric(&proxy.http("/metrics").1, closes) == 1
+    });
+    let forwarded = metric(
+        &proxy.http("/metrics").1,
+        &format!(
+            "ringproxy_server_requests_total{{pool=\"main\",server=\"one\",role=\"master\",address=\"{}\"}}",
+            redis.addr()
+        ),
+    );
+    // Its replies filled the sockets' buffers and its allowance; then nothing more was sent
+    // for it. (The side client's 200 requests are counted too.)
+    assert!(forwarded < 700, "{forwarded} requests forwarded");
+    let grown = proxy.rss_kib().saturating_sub(before);
+    assert!(grown < 50 * 1024, "the proxy grew by {grown} KiB");
+    assert!(proxy.log().contains("over max_client_output_bytes"));
+    eprintln!("non-reader: {forwarded} requests forwarded, the proxy grew by {grown} KiB");
 }

@@ -165,6 +165,10 @@ pub struct PoolConfig {
     pub client_idle_timeout: Option<Duration>,
     /// A client whose request stays incomplete this long is closed (slow senders).
     pub client_request_timeout: Option<Duration>,
+    /// Unread replies a client may hold before the proxy stops forwarding its requests…
+    pub max_client_output_bytes: usize,
+    /// …and how long it may stay over that before it is closed.
+    pub client_output_timeout: Duration,
     /// memcache: the largest value a storage command may carry.
     pub item_size_max: usize,
     /// Whether commands that empty every server (FLUSHDB, FLUSHALL, memcache `flush_all`) are

@@ -77,6 +77,8 @@ struct Pool {
     client_idle_timeout_ms: Option<u64>,
     #[serde(default, deserialize_with = "whole_millis")]
     client_request_timeout_ms: Option<u64>,
+    #[serde(default, deserialize_with = "whole_millis")]
+    client_output_timeout_ms: Option<u64>,
     reject_past_exptime: Option<bool>,
     servers: Vec<Spanned<Server>>,
 }
@@ -134,6 +136,7 @@ struct RawLimits {
     max_inline_bytes: Option<usize>,
     max_request_bytes: Option<usize>,
     max_unauthenticated_bytes: Option<usize>,
+    max_client_output_bytes: Option<usize>,
     max_pipeline: Option<usize>,
     max_reply_depth: Option<usize>,
 }
@@ -378,6 +381,8 @@ fn base_pool(listen: &Spanned<Listen>) -> PoolConfig {
         auth_max_failures: 10,
         client_idle_timeout: None,
         client_request_timeout: Some(Duration::from_secs(30)),
+        max_client_output_bytes: 64 * 1024 * 1024,
+        client_output_timeout: Duration::from_secs(10),
         item_size_max: 1024 * 1024,
         allow_flush: false,
         allow_keys: false,
@@ -454,6 +459,9 @@ impl Pool {
             c.limits.max_unauthenticated_bytes = l
                 .max_unauthenticated_bytes
                 .unwrap_or(c.limits.max_unauthenticated_bytes);
+            c.max_client_output_bytes = l
+                .max_client_output_bytes
+                .unwrap_or(c.max_client_output_bytes);
             c.max_pipeline = l.max_pipeline.unwrap_or(c.max_pipeline).max(1);
             c.max_reply_depth = l.max_reply_depth.unwrap_or(c.max_reply_depth).max(1);
         }
@@ -472,6 +480,9 @@ impl Pool {
         c.client_request_timeout = p
             .client_request_timeout_ms
             .map_or(c.client_request_timeout, bound);
+        c.client_output_timeout = p
+            .client_output_timeout_ms
+            .map_or(c.client_output_timeout, millis);
         c.reject_past_exptime = p.reject_past_exptime.unwrap_or(false);
         Ok(PoolParts {
             listen: p.listen,
@@ -550,6 +561,7 @@ impl From<TwemproxyPool> for Pool {
             db: t.redis_db,
             client_connections: t.client_connections,
             backlog: t.backlog,
+            client_output_timeout_ms: None,
             client_idle_timeout_ms: None,
             client_request_timeout_ms: None,
             auth_max_failures: None,

@@ -124,6 +124,7 @@ pub struct Metrics {
     client_latency: Family<PoolLabels, Latency>,
     client_errors: Family<ErrorLabels, Counter>,
     auth_failures: Family<UserLabels, Counter>,
+    output_limit_closes: Family<PoolLabels, Counter>,
     past_exptime: Family<PoolLabels, Counter>,
     server_requests: Family<ServerLabels, Counter>,
     server_latency: Family<ServerLabels, Latency>,
@@ -172,6 +173,8 @@ pub struct PoolMetrics {
     /// memcache writes whose exptime was an absolute time already past.
     pub past_exptime: Counter,
     pub auth_failures: AuthFailures,
+    /// Clients closed for holding more unread replies than they may.
+    pub output_limit_closes: Counter,
 }
 
 /// One backend node's handles.
@@ -218,6 +221,11 @@ impl Default for Metrics {
                 r,
                 "request_duration_seconds",
                 "From reading a client's request to writing its reply",
+            ),
+            output_limit_closes: family(
+                r,
+                "client_output_limit_closes",
+                "Clients closed for holding more unread replies than max_client_output_bytes",
             ),
             auth_failures: family(
                 r,
@@ -338,6 +346,7 @@ impl Metrics {
             }),
             past_exptime: self.past_exptime.get_or_create(&l).clone(),
             auth_failures: AuthFailures::new(pool, self.auth_failures.clone()),
+            output_limit_closes: self.output_limit_closes.get_or_create(&l).clone(),
         }
     }
 

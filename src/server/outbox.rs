@@ -122,8 +122,9 @@ impl Outbox {
         &self.buf
     }
 
-    pub(super) fn clear_output(&mut self) {
-        self.buf.clear();
+    /// The first `n` bytes of the output were written.
+    pub(super) fn consume_output(&mut self, n: usize) {
+        bytes::Buf::advance(&mut self.buf, n);
     }
 
     /// Adds a Pub/Sub message to the output as it is.

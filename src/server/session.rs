@@ -181,20 +181,22 @@ impl<F: Frontend> Session<F> {
         let mut incomplete: Option<Pin<Box<Sleep>>> = None;
         let inbox = self.out.inbox().clone();
         let mut closing = false;
+        // Armed while the client holds more unread replies than it may: then it is closed.
+        let mut unread_too_long: Option<Pin<Box<Sleep>>> = None;
+        let max_unread = self.pool.config.max_client_output_bytes;
         if self.out.listening {
             // Messages that arrived while the session was idle.
             inbox.take(&mut completions);
             self.complete_all(&mut completions);
-            if !self.out.output().is_empty() {
-                if stream.write_all(self.out.output()).await.is_err() {
-                    return Burst::Close;
-                }
-                self.out.clear_output();
-            }
         }
         loop {
-            let can_read = !closing && self.out.pending() < self.pool.config.max_pipeline;
+            // A client that holds too many unread replies sends no more requests to the
+            // backends until it reads them.
+            let reading = self.out.output().len() <= max_unread;
+            let can_read =
+                reading && !closing && self.out.pending() < self.pool.config.max_pipeline;
             let waiting = self.out.pending() > 0 || self.out.listening;
+            let unwritten = !self.out.output().is_empty();
             tokio::select! {
                 biased;
                 _ = inbox.wait(), if waiting => {
@@ -204,6 +206,9 @@ impl<F: Frontend> Session<F> {
                         self.resend();
                     }
                 }
+                writable = stream.writable(), if unwritten => if writable.is_err() {
+                    return Burst::Close;
+                },
                 read = stream.read_some(&mut read_buf, read_chunk), if can_read => {
                     if matches!(read, Ok(n) if n > 0) {
                         let (first, at) = (self.out.next_seq(), Instant::now());
@@ -239,6 +244,7 @@ impl<F: Frontend> Session<F> {
                     tracing::debug!(session = self.id, "a request stayed incomplete too long: client closed");
                     return Burst::Close;
                 }
+                _ = fires(&mut unread_too_long) => return self.close_for_unread_replies(),
             }
             self.out.collect_ready();
             if !self.held.is_empty() {
@@ -251,11 +257,21 @@ impl<F: Frontend> Session<F> {
                     counter.inc_by(n);
                 }
             }
+            // What the socket takes now is written; the rest waits until the client reads.
             if !self.out.output().is_empty() {
-                if stream.write_all(self.out.output()).await.is_err() {
-                    return Burst::Close;
+                match stream.try_write(self.out.output()) {
+                    Ok(n) => self.out.consume_output(n),
+                    Err(_) => return Burst::Close,
                 }
-                self.out.clear_output();
+            }
+            if self.out.output().len() <= max_unread {
+                unread_too_long = None;
+            } else if self.out.listening {
+                // A publisher cannot be made to wait: a subscriber that does not read goes.
+                return self.close_for_unread_replies();
+            } else if unread_too_long.is_none() {
+                let allowed = self.pool.config.client_output_timeout;
+                unread_too_long = Some(Box::pin(tokio::time::sleep(allowed)));
             }
             let answered = self.out.first_unanswered();
             let (metrics, slowlog) = (&self.pool.metrics, &self.pool.slowlog);
@@ -263,7 +279,7 @@ impl<F: Frontend> Session<F> {
             for (request, took) in slow {
                 F::log_slow(self, request, took);
             }
-            if self.out.pending() == 0 {
+            if self.out.pending() == 0 && self.out.output().is_empty() {
                 if closing {
                     return Burst::Close;
                 }
@@ -289,6 +305,20 @@ impl<F: Frontend> Session<F> {
                 backend: Duration::ZERO,
             });
         }
+    }
+
+    /// Closes a client that held more unread replies than `max_client_output_bytes` for too
+    /// long (or at all, for a subscriber), counting it.
+    fn close_for_unread_replies(&self) -> Burst {
+        tracing::warn!(
+            pool = %self.pool.config.name,
+            session = self.id,
+            peer = ?self.peer,
+            "client closed: {} bytes of replies unread, over max_client_output_bytes",
+            self.out.output().len()
+        );
+        self.pool.metrics.output_limit_closes.inc();
+        Burst::Close
     }
 
     /// A backend request of request `seq` took `backend_us`.
