@@ -124,7 +124,12 @@ impl Outbox {
 
     /// The first `n` bytes of the output were written.
     pub(super) fn consume_output(&mut self, n: usize) {
-        bytes::Buf::advance(&mut self.buf, n);
+        if n == self.buf.len() {
+            // All of it, as usual: the buffer is reused from its start.
+            self.buf.clear();
+        } else {
+            bytes::Buf::advance(&mut self.buf, n);
+        }
     }
 
     /// Adds a Pub/Sub message to the output as it is.
