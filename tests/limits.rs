@@ -305,3 +305,45 @@ fn a_client_that_never_reads_stops_being_served_then_is_closed_and_costs_others_
     assert!(proxy.log().contains("over max_client_output_bytes"));
     eprintln!("non-reader: {forwarded} requests forwarded, the proxy grew by {grown} KiB");
 }
+
+#[test]
+fn no_more_than_max_pipeline_requests_of_one_client_are_in_flight_and_the_rest_follow() {
+    let redis = Redis::start();
+    let port = free_port();
+    let config = pool_config(
+        port,
+        &[format!("{}:1 one", redis.addr())],
+        "    limits: { max_pipeline: 4 }\n",
+    );
+    let proxy = Proxy::start(&config, port);
+    let mut c = Raw::connect(port);
+    c.roundtrip(&command(&[b"SET", b"k", b"v"]), b"+OK\r\n");
+    let forwarded = || {
+        metric(
+            &proxy.http("/metrics").1,
+            &format!(
+                "ringproxy_server_requests_total{{pool=\"main\",server=\"one\",role=\"master\",address=\"{}\"}}",
+                redis.addr()
+            ),
+        )
+    };
+    let before = forwarded();
+    let mut direct = Raw::connect(redis.port);
+    direct.roundtrip(&command(&[b"CLIENT", b"PAUSE", b"500"]), b"+OK\r\n");
+    // 100 requests in one write: while the backend is paused, 4 are sent and 96 wait unparsed.
+    c.send(&command(&[b"GET", b"k"]).repeat(100));
+    wait_until("four in flight", Duration::from_secs(5), || {
+        forwarded() >= before + 4
+    });
+    assert_eq!(
+        forwarded(),
+        before + 4,
+        "no more than max_pipeline in flight"
+    );
+    // Then every one is answered, in order.
+    for n in 0..100 {
+        assert_eq!(c.read_line(), "$1\r\n", "reply {n}");
+        assert_eq!(c.read_line(), "v\r\n");
+    }
+    assert_eq!(forwarded(), before + 100);
+}

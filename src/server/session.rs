@@ -189,62 +189,69 @@ impl<F: Frontend> Session<F> {
             inbox.take(&mut completions);
             self.complete_all(&mut completions);
         }
+        // Requests read but left unparsed for want of room (see `has_room`).
+        let mut unparsed = false;
         loop {
-            // A client that holds too many unread replies sends no more requests to the
-            // backends until it reads them.
-            let reading = self.out.output().len() <= max_unread;
-            let can_read =
-                reading && !closing && self.out.pending() < self.pool.config.max_pipeline;
-            let waiting = self.out.pending() > 0 || self.out.listening;
-            let unwritten = !self.out.output().is_empty();
-            tokio::select! {
-                biased;
-                _ = inbox.wait(), if waiting => {
-                    inbox.take(&mut completions);
-                    self.complete_all(&mut completions);
-                    if self.out.has_retries() {
-                        self.resend();
+            if unparsed && self.has_room() && !closing {
+                // Room again for requests already read.
+                let (first, at) = (self.out.next_seq(), Instant::now());
+                closing = F::handle_input(self, &mut read_buf);
+                timing.read(first, self.out.next_seq(), at);
+                unparsed = !read_buf.is_empty() && !self.has_room();
+            } else {
+                let can_read = self.has_room() && !closing && !unparsed;
+                let waiting = self.out.pending() > 0 || self.out.listening;
+                let unwritten = !self.out.output().is_empty();
+                tokio::select! {
+                    biased;
+                    _ = inbox.wait(), if waiting => {
+                        inbox.take(&mut completions);
+                        self.complete_all(&mut completions);
+                        if self.out.has_retries() {
+                            self.resend();
+                        }
                     }
-                }
-                writable = stream.writable(), if unwritten => if writable.is_err() {
-                    return Burst::Close;
-                },
-                read = stream.read_some(&mut read_buf, read_chunk), if can_read => {
-                    if matches!(read, Ok(n) if n > 0) {
-                        let (first, at) = (self.out.next_seq(), Instant::now());
-                        closing = F::handle_input(self, &mut read_buf);
-                        timing.read(first, self.out.next_seq(), at);
-                        // The bound is on one request: it starts again when one completes.
-                        let bound = self.pool.config.client_request_timeout;
-                        let progressed = self.out.next_seq() > first;
-                        match (&mut incomplete, bound) {
-                            _ if !self.fe.is_mid_request(&read_buf) => incomplete = None,
-                            (Some(timer), Some(t)) if progressed => {
-                                timer.as_mut().reset(tokio::time::Instant::now() + t);
+                    writable = stream.writable(), if unwritten => if writable.is_err() {
+                        return Burst::Close;
+                    },
+                    read = stream.read_some(&mut read_buf, read_chunk), if can_read => {
+                        if matches!(read, Ok(n) if n > 0) {
+                            let (first, at) = (self.out.next_seq(), Instant::now());
+                            closing = F::handle_input(self, &mut read_buf);
+                            timing.read(first, self.out.next_seq(), at);
+                            unparsed = !read_buf.is_empty() && !self.has_room();
+                            // The bound is on one request: it starts again when one completes.
+                            let bound = self.pool.config.client_request_timeout;
+                            let progressed = self.out.next_seq() > first;
+                            match (&mut incomplete, bound) {
+                                _ if !self.fe.is_mid_request(&read_buf) => incomplete = None,
+                                (Some(timer), Some(t)) if progressed => {
+                                    timer.as_mut().reset(tokio::time::Instant::now() + t);
+                                }
+                                (None, Some(t)) => incomplete = Some(Box::pin(tokio::time::sleep(t))),
+                                _ => {}
                             }
-                            (None, Some(t)) => incomplete = Some(Box::pin(tokio::time::sleep(t))),
-                            _ => {}
+                        } else {
+                            // The client is done sending: answer what it asked, then close; but
+                            // like Redis, do not wait on its blocking commands, which may never
+                            // return (their reserved connections close with the session).
+                            if self.fe.is_mid_request(&read_buf) {
+                                tracing::debug!(session = self.id, "client closed in the middle of a request");
+                            }
+                            if !self.held.is_empty() {
+                                return Burst::Close;
+                            }
+                            closing = true;
                         }
-                    } else {
-                        // The client is done sending: answer what it asked, then close; but
-                        // like Redis, do not wait on its blocking commands, which may never
-                        // return (their reserved connections close with the session).
-                        if self.fe.is_mid_request(&read_buf) {
-                            tracing::debug!(session = self.id, "client closed in the middle of a request");
-                        }
-                        if !self.held.is_empty() {
-                            return Burst::Close;
-                        }
-                        closing = true;
                     }
+                    _ = &mut *shutdown, if !closing => closing = true,
+                    // Only while reading: a client the proxy stops reading from is not slow.
+                    _ = fires(&mut incomplete), if can_read => {
+                        tracing::debug!(session = self.id, "a request stayed incomplete too long: client closed");
+                        return Burst::Close;
+                    }
+                    _ = fires(&mut unread_too_long) => return self.close_for_unread_replies(),
                 }
-                _ = &mut *shutdown, if !closing => closing = true,
-                // Only while reading: a client the proxy stops reading from is not slow.
-                _ = fires(&mut incomplete), if can_read => {
-                    tracing::debug!(session = self.id, "a request stayed incomplete too long: client closed");
-                    return Burst::Close;
-                }
-                _ = fires(&mut unread_too_long) => return self.close_for_unread_replies(),
             }
             self.out.collect_ready();
             if !self.held.is_empty() {
@@ -305,6 +312,14 @@ impl<F: Frontend> Session<F> {
                 backend: Duration::ZERO,
             });
         }
+    }
+
+    /// Whether the client may have more requests sent: fewer than `max_pipeline` in flight,
+    /// and no more unread replies than `max_client_output_bytes`. Requests read beyond that
+    /// wait unparsed, so what a client can make the proxy and its backends hold is bounded.
+    pub(super) fn has_room(&self) -> bool {
+        let c = &self.pool.config;
+        self.out.pending() < c.max_pipeline && self.out.output().len() <= c.max_client_output_bytes
     }
 
     /// Closes a client that held more unread replies than `max_client_output_bytes` for too

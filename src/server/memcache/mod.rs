@@ -43,6 +43,10 @@ impl Frontend for Memcache {
         let state = s.pool.state();
         let mut counts = ClassCounts::default();
         let closing = loop {
+            // The rest waits in `buf` until there is room for more requests.
+            if !s.has_room() {
+                break false;
+            }
             match s.fe.parser.parse(buf) {
                 Ok(Some(Parsed::Request(req))) => {
                     counts.count(class(req.verb));

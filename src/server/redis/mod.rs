@@ -106,6 +106,10 @@ impl RespSession {
         let state = self.pool.state();
         let mut counts = ClassCounts::default();
         let closing = loop {
+            // The rest waits in `buf` until there is room for more requests.
+            if !self.has_room() {
+                break false;
+            }
             // AUTH (or HELLO … AUTH) lifts the bound on unauthenticated requests.
             self.fe.parser.authenticated = self.fe.client.authenticated;
             match self.fe.parser.parse(buf) {
