@@ -51,6 +51,10 @@ impl ReplyScanner {
             if nl < 1 || buf[line_end - 2] != b'\r' {
                 return Err(ReplyError::MissingCrlf);
             }
+            // A bare CRLF has no type byte.
+            if nl < 2 {
+                return Err(ReplyError::UnknownType(kind));
+            }
             let body = &buf[self.pos + 1..line_end - 2];
             // How many child values this one opens (0 for a scalar).
             let children: u64 = match kind {
@@ -244,6 +248,17 @@ mod tests {
                 }),
             ]
         })
+    }
+
+    #[test]
+    fn a_bare_crlf_is_refused_not_a_panic() {
+        let mut scanner = ReplyScanner::new(128);
+        assert_eq!(scanner.scan(b"\r\n"), Err(ReplyError::UnknownType(b'\r')));
+        let mut scanner = ReplyScanner::new(128);
+        assert_eq!(
+            scanner.scan(b"*2\r\n:1\r\n\r\n"),
+            Err(ReplyError::UnknownType(b'\r'))
+        );
     }
 
     proptest! {
