@@ -128,6 +128,8 @@ fn a_client_guessing_passwords_is_counted_logged_once_a_second_and_closed() {
         )
     };
     assert_eq!((failures("default"), failures("unknown")), (9, 1));
+    let closed = "ringproxy_client_closes_total{pool=\"main\",reason=\"auth_failures\"}";
+    assert_eq!(metric(&metrics, closed), 1);
     let logged = proxy.log().matches("failed AUTH from 127.0.0.1").count();
     let seconds = started.elapsed().as_secs() as usize;
     assert!(
@@ -145,7 +147,7 @@ fn idle_and_slow_clients_are_closed_but_subscribers_and_others_are_not() {
         &[format!("{}:1 one", redis.addr())],
         "    client_idle_timeout_ms: 300\n    client_request_timeout_ms: 300\n",
     );
-    let _proxy = Proxy::start(&config, port);
+    let proxy = Proxy::start(&config, port);
     let mut subscriber = Raw::connect(port);
     subscriber.send(&command(&[b"SUBSCRIBE", b"news"]));
     for line in [
@@ -185,6 +187,15 @@ fn idle_and_slow_clients_are_closed_but_subscribers_and_others_are_not() {
         assert_eq!(subscriber.read_line(), line);
     }
     assert_eq!(side_errors(port, None, 20), 0);
+    let metrics = proxy.http("/metrics").1;
+    let closed = |reason: &str| {
+        metric(
+            &metrics,
+            &format!("ringproxy_client_closes_total{{pool=\"main\",reason=\"{reason}\"}}"),
+        )
+    };
+    assert!(closed("idle") >= 1);
+    assert_eq!(closed("request_timeout"), 1);
 }
 
 #[test]
@@ -286,7 +297,7 @@ fn a_client_that_never_reads_stops_being_served_then_is_closed_and_costs_others_
         0,
         "others are served meanwhile"
     );
-    let closes = "ringproxy_client_output_limit_closes_total{pool=\"main\"}";
+    let closes = "ringproxy_client_closes_total{pool=\"main\",reason=\"output_limit\"}";
     wait_until("the non-reader is closed", Duration::from_secs(10), || {
         metric(&proxy.http("/metrics").1, closes) == 1
     });

@@ -33,6 +33,43 @@ pub struct ServerLabels {
     pub address: String,
 }
 
+/// Why the proxy closed a client: `ringproxy_client_closes_total{reason}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Nothing in flight for `client_idle_timeout_ms`.
+    Idle,
+    /// A request left incomplete for `client_request_timeout_ms`.
+    RequestTimeout,
+    /// More unread replies than `max_client_output_bytes`, too long.
+    OutputLimit,
+    /// `auth_max_failures` failed AUTHs.
+    AuthFailures,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 4] = [
+        CloseReason::Idle,
+        CloseReason::RequestTimeout,
+        CloseReason::OutputLimit,
+        CloseReason::AuthFailures,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            CloseReason::Idle => "idle",
+            CloseReason::RequestTimeout => "request_timeout",
+            CloseReason::OutputLimit => "output_limit",
+            CloseReason::AuthFailures => "auth_failures",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabels {
+    pub pool: String,
+    pub reason: String,
+}
+
 /// What an error reply made by the proxy reports: `ringproxy_client_errors_total{kind}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -124,7 +161,7 @@ pub struct Metrics {
     client_latency: Family<PoolLabels, Latency>,
     client_errors: Family<ErrorLabels, Counter>,
     auth_failures: Family<UserLabels, Counter>,
-    output_limit_closes: Family<PoolLabels, Counter>,
+    client_closes: Family<CloseLabels, Counter>,
     past_exptime: Family<PoolLabels, Counter>,
     server_requests: Family<ServerLabels, Counter>,
     server_latency: Family<ServerLabels, Latency>,
@@ -173,8 +210,8 @@ pub struct PoolMetrics {
     /// memcache writes whose exptime was an absolute time already past.
     pub past_exptime: Counter,
     pub auth_failures: AuthFailures,
-    /// Clients closed for holding more unread replies than they may.
-    pub output_limit_closes: Counter,
+    /// Clients the proxy closed, by [`CloseReason`] in `ALL`'s order.
+    pub closes: [Counter; CloseReason::ALL.len()],
 }
 
 /// One backend node's handles.
@@ -222,10 +259,10 @@ impl Default for Metrics {
                 "request_duration_seconds",
                 "From reading a client's request to writing its reply",
             ),
-            output_limit_closes: family(
+            client_closes: family(
                 r,
-                "client_output_limit_closes",
-                "Clients closed for holding more unread replies than max_client_output_bytes",
+                "client_closes",
+                "Clients the proxy closed, by reason (idle, request_timeout, output_limit, auth_failures)",
             ),
             auth_failures: family(
                 r,
@@ -307,6 +344,11 @@ impl Default for Metrics {
 }
 
 impl PoolMetrics {
+    /// Counts a client the proxy closed.
+    pub fn closed(&self, reason: CloseReason) {
+        self.closes[reason as usize].inc();
+    }
+
     /// Counts the requests of one read, by class.
     pub fn count_requests(&self, counts: &ClassCounts) {
         let mut total = 0;
@@ -346,7 +388,13 @@ impl Metrics {
             }),
             past_exptime: self.past_exptime.get_or_create(&l).clone(),
             auth_failures: AuthFailures::new(pool, self.auth_failures.clone()),
-            output_limit_closes: self.output_limit_closes.get_or_create(&l).clone(),
+            closes: CloseReason::ALL.map(|reason| {
+                let labels = CloseLabels {
+                    pool: pool.to_string(),
+                    reason: reason.name().to_string(),
+                };
+                self.client_closes.get_or_create(&labels).clone()
+            }),
         }
     }
 

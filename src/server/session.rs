@@ -18,6 +18,7 @@ use super::outbox::{Outbox, Resend, Retry};
 use super::plan::{Part, Plan, Target};
 use super::timing::{Recorded, Timing};
 use crate::backend::{Completion, Job, Node, ReplyTo, Reserved, Token};
+use crate::metrics::CloseReason;
 use crate::net::Stream;
 use crate::protocol::ReplyKind;
 use crate::topology::{Pool, PoolState};
@@ -135,6 +136,7 @@ impl<F: Frontend> Session<F> {
                 _ = inbox.wait(), if self.out.listening => {}
                 _ = fires(&mut idle) => {
                     tracing::debug!(session = self.id, "idle client closed");
+                    self.pool.metrics.closed(CloseReason::Idle);
                     return;
                 }
             }
@@ -248,6 +250,7 @@ impl<F: Frontend> Session<F> {
                     // Only while reading: a client the proxy stops reading from is not slow.
                     _ = fires(&mut incomplete), if can_read => {
                         tracing::debug!(session = self.id, "a request stayed incomplete too long: client closed");
+                        self.pool.metrics.closed(CloseReason::RequestTimeout);
                         return Burst::Close;
                     }
                     _ = fires(&mut unread_too_long) => return self.close_for_unread_replies(),
@@ -332,7 +335,7 @@ impl<F: Frontend> Session<F> {
             "client closed: {} bytes of replies unread, over max_client_output_bytes",
             self.out.output().len()
         );
-        self.pool.metrics.output_limit_closes.inc();
+        self.pool.metrics.closed(CloseReason::OutputLimit);
         Burst::Close
     }
 

@@ -18,6 +18,7 @@ use bytes::BytesMut;
 
 use crate::backend::{Job, Node, Reserved, Subscriber};
 use crate::command::{self, Class, ClassCounts, Command, Kind, LocalCommand, PubSubCommand};
+use crate::metrics::CloseReason;
 use crate::protocol::ReplyKind;
 use crate::protocol::resp::{Request, RequestParser};
 use crate::server::error::ClientError;
@@ -188,7 +189,11 @@ impl RespSession {
         self.execute(state, plan);
         // A client guessing passwords is closed once its error reply is written.
         let max = self.pool.config.auth_max_failures;
-        quit || (max > 0 && self.fe.client.auth_failures >= max)
+        let guessing = max > 0 && self.fe.client.auth_failures >= max;
+        if guessing && !quit {
+            self.pool.metrics.closed(CloseReason::AuthFailures);
+        }
+        quit || guessing
     }
 
     /// The command `name` names, if the client may run it now.
