@@ -28,7 +28,8 @@ struct HaDemo {
     proxies: Vec<Proxy>,
     /// Each instance's redis and memcache ports.
     ports: Vec<(u16, u16)>,
-    _haproxy: Process,
+    /// Started once the instances are up: it needs their addresses.
+    haproxy: Option<Process>,
     /// HAProxy's redis and memcache ports: where clients connect.
     redis_port: u16,
     memcache_port: u16,
@@ -72,9 +73,7 @@ impl HaDemo {
             memcached,
             proxies: Vec::new(),
             ports: (0..INSTANCES).map(|_| (free_port(), free_port())).collect(),
-            _haproxy: Process {
-                child: Command::new("true").spawn().unwrap(),
-            },
+            haproxy: None,
             redis_port: free_port(),
             memcache_port: free_port(),
             dir: TempDir::new("ha-demo"),
@@ -83,7 +82,7 @@ impl HaDemo {
             let proxy = Proxy::start(&demo.config(i, ""), demo.ports[i].0);
             demo.proxies.push(proxy);
         }
-        demo._haproxy = demo.start_haproxy();
+        demo.haproxy = Some(demo.start_haproxy());
         demo.wait_in_service(0);
         demo.wait_in_service(1);
         demo

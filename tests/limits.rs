@@ -252,15 +252,7 @@ fn a_request_that_times_out_leaves_the_connection_and_its_late_reply_is_dropped(
     let proxy = Proxy::start(&config, port);
     let mut c = Raw::connect(port);
     c.roundtrip(&command(&[b"SET", b"k", b"v"]), b"+OK\r\n");
-    let connects = || {
-        metric(
-            &proxy.http("/metrics").1,
-            &format!(
-                "ringproxy_server_connects_total{{pool=\"main\",server=\"one\",role=\"master\",address=\"{}\"}}",
-                redis.addr()
-            ),
-        )
-    };
+    let connects = || proxy.master_metric("ringproxy_server_connects_total", "one", &redis);
     let before = connects();
     // The script runs 300 ms: its request times out at 200 ms, with the error a timeout gives.
     c.send(&command(&[b"EVAL", BUSY.as_bytes(), b"1", b"k", b"300000"]));
@@ -301,13 +293,7 @@ fn a_client_that_never_reads_stops_being_served_then_is_closed_and_costs_others_
     wait_until("the non-reader is closed", Duration::from_secs(10), || {
         metric(&proxy.http("/metrics").1, closes) == 1
     });
-    let forwarded = metric(
-        &proxy.http("/metrics").1,
-        &format!(
-            "ringproxy_server_requests_total{{pool=\"main\",server=\"one\",role=\"master\",address=\"{}\"}}",
-            redis.addr()
-        ),
-    );
+    let forwarded = proxy.master_metric("ringproxy_server_requests_total", "one", &redis);
     // Its replies filled the sockets' buffers and its allowance; then nothing more was sent
     // for it. (The side client's 200 requests are counted too.)
     assert!(forwarded < 700, "{forwarded} requests forwarded");
@@ -329,15 +315,7 @@ fn no_more_than_max_pipeline_requests_of_one_client_are_in_flight_and_the_rest_f
     let proxy = Proxy::start(&config, port);
     let mut c = Raw::connect(port);
     c.roundtrip(&command(&[b"SET", b"k", b"v"]), b"+OK\r\n");
-    let forwarded = || {
-        metric(
-            &proxy.http("/metrics").1,
-            &format!(
-                "ringproxy_server_requests_total{{pool=\"main\",server=\"one\",role=\"master\",address=\"{}\"}}",
-                redis.addr()
-            ),
-        )
-    };
+    let forwarded = || proxy.master_metric("ringproxy_server_requests_total", "one", &redis);
     let before = forwarded();
     let mut direct = Raw::connect(redis.port);
     direct.roundtrip(&command(&[b"CLIENT", b"PAUSE", b"500"]), b"+OK\r\n");

@@ -22,13 +22,7 @@ fn servers_shown(proxy: &Proxy) -> usize {
 }
 
 fn connects(proxy: &Proxy, server: &str, redis: &Redis) -> u64 {
-    metric(
-        &proxy.http("/metrics").1,
-        &format!(
-            "ringproxy_server_connects_total{{pool=\"main\",server=\"{server}\",role=\"master\",address=\"{}\"}}",
-            redis.addr()
-        ),
-    )
+    proxy.master_metric("ringproxy_server_connects_total", server, redis)
 }
 
 #[test]

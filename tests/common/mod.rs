@@ -565,6 +565,15 @@ impl Proxy {
             .expect("a key on every shard")
     }
 
+    /// Metric `name` of the master node `node` of server `server` in pool `main`, read now.
+    pub fn master_metric(&self, name: &str, server: &str, node: &Server) -> u64 {
+        let labels = format!(
+            "{{pool=\"main\",server=\"{server}\",role=\"master\",address=\"{}\"}}",
+            node.addr()
+        );
+        metric(&self.http("/metrics").1, &format!("{name}{labels}"))
+    }
+
     pub fn http(&self, path: &str) -> (u16, String) {
         http_get(self.admin, path).expect("admin endpoint answers")
     }

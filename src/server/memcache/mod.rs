@@ -139,15 +139,8 @@ fn class(verb: Verb) -> Class {
         Verb::Stats | Verb::Version | Verb::Verbosity | Verb::Quit | Verb::MetaNoop => {
             Class::Connection
         }
-        Verb::Shutdown
-        | Verb::Slabs
-        | Verb::LruCrawler
-        | Verb::Lru
-        | Verb::Watch
-        | Verb::CacheMemlimit
-        | Verb::Misbehave
-        | Verb::Debugtime
-        | Verb::Extstore => Class::Unknown,
+        // memcached's administrative commands, which the proxy refuses.
+        _ => Class::Unknown,
     }
 }
 
