@@ -214,6 +214,11 @@ fn unsupported_and_cross_shard_commands_get_errors_and_the_connection_stays() {
         &command(&[b"GET"]),
         b"-ERR wrong number of arguments for 'get' command\r\n",
     );
+    // A key without its value: refused as Redis does (the router once split it and panicked).
+    r.roundtrip(
+        &command(&[b"MSET", a.as_bytes(), b"1", b.as_bytes()]),
+        b"-ERR wrong number of arguments for 'mset' command\r\n",
+    );
     r.roundtrip(
         &command(&[b"RENAME", a.as_bytes(), b.as_bytes()]),
         b"-CROSSSLOT Keys in request don't hash to the same shard (command 'rename'); use a hash tag\r\n",

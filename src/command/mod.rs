@@ -254,11 +254,14 @@ pub enum Movable {
 impl Command {
     /// Whether `argc` arguments (name included) fit the arity.
     pub fn arity_ok(&self, argc: usize) -> bool {
-        if self.arity >= 0 {
+        let counted = if self.arity >= 0 {
             argc == self.arity as usize
         } else {
             argc >= self.arity.unsigned_abs() as usize
-        }
+        };
+        // Keys with values to the end (MSET k v k v): as Redis, only whole pairs.
+        let whole = self.key_step < 2 || self.last_key != -1;
+        counted && (whole || (argc - self.first_key).is_multiple_of(self.key_step))
     }
 
     /// Whether the command may change data. Scripts are run on masters unless they are the
@@ -533,5 +536,7 @@ mod tests {
         assert!(get.arity_ok(2) && !get.arity_ok(1) && !get.arity_ok(3));
         let mset = lookup(b"MSET").unwrap();
         assert!(mset.arity_ok(3) && mset.arity_ok(5) && !mset.arity_ok(2));
+        // As Redis: `MSET k v k` is refused, not split with a key lacking its value.
+        assert!(!mset.arity_ok(4) && !lookup(b"MSETNX").unwrap().arity_ok(6));
     }
 }

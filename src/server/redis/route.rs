@@ -236,9 +236,11 @@ pub(super) fn script<N>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::lookup;
+    use crate::command::{Kind, lookup};
+    use crate::protocol::resp::RequestParser;
     use crate::server::plan::testing::{key_on, request, three_shards};
     use bytes::Bytes;
+    use proptest::prelude::*;
 
     fn cmd(name: &str) -> &'static Command {
         lookup(name.as_bytes()).unwrap()
@@ -465,6 +467,117 @@ mod tests {
                 ..
             } => assert_eq!((prefix, &first[..]), (&b"-NOSCRIPT"[..], &b"load"[..])),
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// Requests of every command the router places by key, with arguments that are keys of
+    /// any shard (hash tags too), numbers or words, as many as the command's arity allows.
+    fn routed_request() -> impl Strategy<Value = (&'static Command, Vec<Vec<u8>>)> {
+        let routed: Vec<&'static Command> = crate::command::TABLE
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c.kind,
+                    Kind::Keyed | Kind::Split(_) | Kind::Blocking(_) | Kind::Script(_)
+                )
+            })
+            .collect();
+        let arg = prop_oneof![
+            "[a-z]{1,6}".prop_map(String::into_bytes),
+            "\\{[a-c]{0,2}\\}[a-z]{0,3}".prop_map(String::into_bytes),
+            (0u32..20).prop_map(|n| n.to_string().into_bytes()),
+            prop::sample::select(vec!["STREAMS", "BLOCK", "KEYS", "STORE", "0", "-1"])
+                .prop_map(|w| w.as_bytes().to_vec()),
+            prop::collection::vec(any::<u8>(), 0..8),
+        ];
+        (
+            prop::sample::select(routed),
+            prop::collection::vec(arg, 0..12),
+        )
+            .prop_map(|(cmd, mut args)| {
+                // As the session checks before routing.
+                if cmd.arity > 0 {
+                    args.truncate(cmd.arity as usize - 1);
+                }
+                while !cmd.arity_ok(args.len() + 1) {
+                    args.push(b"k".to_vec());
+                }
+                (cmd, args)
+            })
+    }
+
+    fn parts(plan: &Plan) -> Vec<&Part> {
+        match plan {
+            Plan::Reply(_) | Plan::Fail(_) => Vec::new(),
+            Plan::Forward(part)
+            | Plan::Quiet(part, _)
+            | Plan::Resend { part, .. }
+            | Plan::Reserved { part, .. } => vec![part],
+            Plan::Gather(parts, _) => parts.iter().collect(),
+        }
+    }
+
+    /// The `step` arguments from `at`, as one value.
+    fn group(req: &Request, at: usize, step: usize) -> Vec<u8> {
+        (at..at + step)
+            .flat_map(|i| [req.arg(i), b"\0"].concat())
+            .collect()
+    }
+
+    proptest! {
+        /// Whatever the arguments: no panic; a request sent whole is sent byte for byte; a
+        /// split one becomes well-formed requests, one per shard, each with only that shard's
+        /// keys, together every key group exactly once and no bigger than the request plus a
+        /// header per part.
+        #[test]
+        fn the_router_sends_every_key_to_its_shard_once(req in routed_request()) {
+            let (cmd, args) = req;
+            let mut all: Vec<&[u8]> = vec![cmd.name.as_bytes()];
+            all.extend(args.iter().map(Vec::as_slice));
+            let mut buf = BytesMut::new();
+            encode::command(&mut buf, all.iter().copied());
+            let req = RequestParser::new(Default::default(), true).parse(&mut buf).unwrap().unwrap();
+            let state = three_shards(1, false);
+            let scripts = Scripts::default();
+            let plan = match cmd.kind {
+                Kind::Keyed => keyed(&state, cmd, &req, ReadFrom::Master),
+                Kind::Split(merge) => split(&state, cmd, merge, &req, 128),
+                Kind::Blocking(at) => blocking(&state, cmd, &req, at),
+                Kind::Script(call) => script(&state, &scripts, cmd, call, &req),
+                _ => unreachable!(),
+            };
+            let parts = parts(&plan);
+            if let [part] = parts[..] {
+                prop_assert_eq!(&part.payload, req.frame());
+            }
+            if let (Kind::Split(_), Plan::Gather(..)) = (cmd.kind, &plan) {
+                let step = cmd.key_step.max(1);
+                let mut sent: Vec<Vec<u8>> = Vec::new();
+                let mut bytes = 0;
+                for part in &parts {
+                    let mut payload = BytesMut::from(&part.payload[..]);
+                    let sub = RequestParser::new(Default::default(), true)
+                        .parse(&mut payload)
+                        .unwrap()
+                        .unwrap();
+                    prop_assert!(payload.is_empty());
+                    prop_assert_eq!(sub.arg(0), req.arg(0));
+                    prop_assert_eq!((sub.argc() - 1) % step, 0);
+                    for group in (1..sub.argc()).step_by(step) {
+                        prop_assert_eq!(state.shard_for(sub.arg(group)), Some(part.target.shard()));
+                    }
+                    bytes += part.payload.len();
+                    sent.extend((1..sub.argc()).step_by(step).map(|g| group(&sub, g, step)));
+                }
+                let mut asked: Vec<Vec<u8>> = cmd
+                    .key_positions(req.argc())
+                    .map(|pos| group(&req, pos, step))
+                    .collect();
+                asked.sort();
+                sent.sort();
+                prop_assert_eq!(asked, sent);
+                prop_assert!(bytes <= req.frame().len() + parts.len() * (16 + cmd.name.len()));
+            }
         }
     }
 }
