@@ -89,7 +89,13 @@ pub(super) async fn run(
 /// Opens a connection and runs the handshake, within the pool's timeout.
 pub(super) async fn connect(settings: &ConnSettings) -> Result<Stream, ConnectError> {
     let attempt = async {
-        let stream = Stream::connect(&settings.addr.host, settings.addr.port).await?;
+        let mut stream = Stream::connect(&settings.addr.host, settings.addr.port).await?;
+        if let Some(tls) = &settings.tls {
+            stream = stream
+                .connect_tls(tls)
+                .await
+                .map_err(|e| ConnectError::Tls(e.to_string()))?;
+        }
         if settings.handshake_replies > 0 {
             let handshake = |f: Failure| ConnectError::Handshake(Box::new(f));
             stream

@@ -19,6 +19,9 @@ pub enum ConnectError {
     /// AUTH, SELECT or HELLO answered with an error: the server's own words.
     #[error("handshake refused: {0}")]
     Refused(String),
+    /// The TLS handshake failed: rustls's words (an unknown issuer, a wrong name, …).
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("handshake: {0}")]
     Handshake(Box<Failure>),
 }

@@ -25,6 +25,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::{Address, PoolConfig, Protocol};
 use crate::metrics::ServerMetrics;
+use crate::net::TlsConnector;
 use crate::protocol::ReplyKind;
 use crate::protocol::resp::encode;
 use crate::workers::Workers;
@@ -332,6 +333,7 @@ struct ConnSettings {
     handshake_replies: usize,
     preconnect: bool,
     max_reply_depth: usize,
+    tls: Option<TlsConnector>,
 }
 
 /// One worker's connections to a node: RESP2 (or memcache), and RESP3 for clients that said
@@ -440,6 +442,7 @@ impl Node {
                 handshake_replies,
                 preconnect: pool.preconnect && !resp3,
                 max_reply_depth: pool.max_reply_depth,
+                tls: pool.backend_tls.as_ref().map(|t| t.connector(&addr.host)),
             })
         };
         let (resp2_settings, resp3_settings) = (settings(false), settings(true));

@@ -45,6 +45,7 @@ impl SentinelClient {
                 handshake: handshake.freeze(),
                 preconnect: false,
                 max_reply_depth: 8,
+                tls: None,
             }),
         }
     }

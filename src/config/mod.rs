@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde_saphyr::{Location, Spanned};
 use thiserror::Error;
 
+use crate::net::{BackendTls, ServerTls};
 use crate::placement::{Distribution, HashFn};
 use crate::protocol::resp::Limits;
 pub use values::{Address, Failover, HashTag, Listen, Protocol, ReadFrom};
@@ -142,6 +143,11 @@ pub struct PoolConfig {
     pub client_users: Vec<ClientUser>,
     /// Sent on every backend connection.
     pub backend_auth: Option<BackendAuth>,
+    /// TLS for clients: new handshakes take new certificates at a reload, without replacing
+    /// the pool.
+    pub tls: Option<ServerTls>,
+    /// TLS to every backend node (not to Sentinels).
+    pub backend_tls: Option<BackendTls>,
     /// With `failover: sentinel`: the Sentinels to ask and follow.
     pub sentinels: Vec<Address>,
     /// Sent on every Sentinel connection.

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::de::{self, MapAccess, Visitor};
@@ -61,6 +62,8 @@ struct Pool {
     auth: Option<ClientAuth>,
     users: Option<Vec<RawUser>>,
     backend_auth: Option<RawBackendAuth>,
+    tls: Option<RawTls>,
+    backend_tls: Option<RawBackendTls>,
     sentinels: Option<Vec<Address>>,
     sentinel_auth: Option<RawBackendAuth>,
     db: Option<u32>,
@@ -126,6 +129,23 @@ impl RawBackendAuth {
             password,
         })
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackendTls {
+    ca: PathBuf,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    server_name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -368,6 +388,8 @@ fn base_pool(listen: &Spanned<Listen>) -> PoolConfig {
         },
         client_users: Vec::new(),
         backend_auth: None,
+        tls: None,
+        backend_tls: None,
         sentinels: Vec::new(),
         sentinel_auth: None,
         db: 0,
@@ -439,6 +461,19 @@ impl Pool {
             .backend_auth
             .map(|b| b.into_auth(at, "backend_auth"))
             .transpose()?;
+        if p.tls.is_some() && matches!(p.listen.value, Listen::Unix { .. }) {
+            return Err(invalid(at, "tls needs a TCP listen address"));
+        }
+        c.tls = p
+            .tls
+            .map(|t| ServerTls::load(&t.cert, &t.key, t.client_ca.as_deref()))
+            .transpose()
+            .map_err(|e| invalid(at, format!("tls: {e}")))?;
+        c.backend_tls = p
+            .backend_tls
+            .map(|t| BackendTls::load(&t.ca, t.cert.as_deref(), t.key.as_deref(), t.server_name))
+            .transpose()
+            .map_err(|e| invalid(at, format!("backend_tls: {e}")))?;
         c.sentinels = p.sentinels.unwrap_or_default();
         c.sentinel_auth = p
             .sentinel_auth
@@ -558,6 +593,8 @@ impl From<TwemproxyPool> for Pool {
                 password: Some(password),
                 password_env: None,
             }),
+            tls: None,
+            backend_tls: None,
             db: t.redis_db,
             client_connections: t.client_connections,
             backlog: t.backlog,

@@ -5,14 +5,14 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-/// How often one address's failures are logged, at most.
-const LOG_EVERY: Duration = Duration::from_secs(1);
+use super::Throttle;
+
 /// Addresses remembered before the quiet ones are forgotten.
 const MAX_ADDRESSES: usize = 10_000;
 
@@ -30,9 +30,8 @@ pub struct AuthFailures {
     logged: Arc<Mutex<Unlogged>>,
 }
 
-/// Per client address (none: a Unix socket): when its failures were last logged, and how many
-/// came since.
-type Unlogged = HashMap<Option<IpAddr>, (Option<Instant>, u64)>;
+/// Per client address (none: a Unix socket): its failures' log lines.
+type Unlogged = HashMap<Option<IpAddr>, Throttle>;
 
 impl AuthFailures {
     pub(super) fn new(pool: &str, counts: Family<UserLabels, Counter>) -> AuthFailures {
@@ -53,16 +52,12 @@ impl AuthFailures {
         let now = Instant::now();
         let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
         if logged.len() >= MAX_ADDRESSES {
-            logged.retain(|_, (at, _)| at.is_some_and(|at| now.duration_since(at) < LOG_EVERY));
+            logged.retain(|_, throttle| !throttle.is_quiet(now));
         }
         let ip = peer.map(|p| p.ip());
-        let (at, unlogged) = logged.entry(ip).or_insert((None, 0));
-        *unlogged += 1;
-        if at.is_none_or(|at| now.duration_since(at) >= LOG_EVERY) {
+        if let Some(n) = logged.entry(ip).or_default().note(now) {
             let from = ip.map_or_else(|| "a Unix socket".to_string(), |ip| ip.to_string());
-            tracing::warn!(pool = %self.pool, "{unlogged} failed AUTH from {from} (last as user {user})");
-            *at = Some(now);
-            *unlogged = 0;
+            tracing::warn!(pool = %self.pool, "{n} failed AUTH from {from} (last as user {user})");
         }
     }
 }

@@ -7,16 +7,21 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry};
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use crate::command::{Class, ClassCounts};
 
 mod auth;
 mod latency;
 mod process;
+mod throttle;
 
 pub use auth::AuthFailures;
 use auth::UserLabels;
+pub use throttle::Throttle;
 
 pub use latency::{Latency, LatencyCounts};
 
@@ -44,14 +49,18 @@ pub enum CloseReason {
     OutputLimit,
     /// `auth_max_failures` failed AUTHs.
     AuthFailures,
+    /// A TLS handshake that failed (a bad or missing certificate, plain text, …) or did not
+    /// finish within `client_request_timeout_ms`.
+    TlsHandshake,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 4] = [
+    pub const ALL: [CloseReason; 5] = [
         CloseReason::Idle,
         CloseReason::RequestTimeout,
         CloseReason::OutputLimit,
         CloseReason::AuthFailures,
+        CloseReason::TlsHandshake,
     ];
 
     fn name(self) -> &'static str {
@@ -60,6 +69,7 @@ impl CloseReason {
             CloseReason::RequestTimeout => "request_timeout",
             CloseReason::OutputLimit => "output_limit",
             CloseReason::AuthFailures => "auth_failures",
+            CloseReason::TlsHandshake => "tls_handshake",
         }
     }
 }
@@ -212,6 +222,8 @@ pub struct PoolMetrics {
     pub auth_failures: AuthFailures,
     /// Clients the proxy closed, by [`CloseReason`] in `ALL`'s order.
     pub closes: [Counter; CloseReason::ALL.len()],
+    /// Failed TLS handshakes' log lines.
+    tls_failures: Arc<Mutex<Throttle>>,
 }
 
 /// One backend node's handles.
@@ -349,6 +361,16 @@ impl PoolMetrics {
         self.closes[reason as usize].inc();
     }
 
+    /// Counts and logs (at most once a second) a client whose TLS handshake failed.
+    pub fn tls_failed(&self, pool: &str, peer: Option<SocketAddr>, why: &std::io::Error) {
+        self.closed(CloseReason::TlsHandshake);
+        let mut throttle = self.tls_failures.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = throttle.note(Instant::now()) {
+            let from = peer.map_or_else(|| "?".to_string(), |p| p.to_string());
+            tracing::warn!(pool = %pool, "{n} failed TLS handshakes (last from {from}: {why})");
+        }
+    }
+
     /// Counts the requests of one read, by class.
     pub fn count_requests(&self, counts: &ClassCounts) {
         let mut total = 0;
@@ -395,6 +417,7 @@ impl Metrics {
                 };
                 self.client_closes.get_or_create(&labels).clone()
             }),
+            tls_failures: Arc::default(),
         }
     }
 

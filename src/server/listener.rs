@@ -6,6 +6,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 use tokio::net::{TcpListener, UnixListener};
@@ -18,6 +19,7 @@ use super::memcache::Memcache;
 use super::redis::Resp;
 use super::session::Session;
 use crate::config::{Address, Listen, Protocol};
+use crate::metrics::Throttle;
 use crate::net::Stream;
 use crate::topology::Pool;
 use crate::workers::Workers;
@@ -141,15 +143,19 @@ pub async fn serve(
                     spare = std::fs::File::open("/dev/null").ok();
                 } else {
                     // Keep serving the clients we have; try again shortly.
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 continue;
             }
         };
+        let tls = pool.client_tls();
         if let Some(limit) = pool.config.client_connections
             && pool.metrics.client_connections.get() >= i64::from(limit)
         {
-            refuse(client, protocol);
+            // A TLS client could not read a plain refusal: it is only closed.
+            if tls.is_none() {
+                refuse(client, protocol);
+            }
             continue;
         }
         let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
@@ -161,12 +167,12 @@ pub async fn serve(
         let leave = pool.admit();
         workers
             .handle(worker)
-            .spawn(tracker.track_future(serve_client(id, worker, pool, client, leave)));
+            .spawn(tracker.track_future(serve_client(id, worker, pool, client, tls, leave)));
     }
 }
 
 /// How long accepting with the spare descriptor may wait for the client that was waiting.
-const SPARE_ACCEPT: std::time::Duration = std::time::Duration::from_millis(10);
+const SPARE_ACCEPT: Duration = Duration::from_millis(10);
 
 fn is_out_of_files(e: &io::Error) -> bool {
     // EMFILE (the process's limit) and ENFILE (the system's).
@@ -187,22 +193,12 @@ fn refuse(client: Accepted, protocol: Protocol) {
 
 /// Failed accepts, logged at most once a second with how many there were.
 #[derive(Default)]
-struct AcceptFailures {
-    logged: Option<std::time::Instant>,
-    unlogged: u64,
-}
+struct AcceptFailures(Throttle);
 
 impl AcceptFailures {
     fn note(&mut self, pool: &str, e: &io::Error) {
-        self.unlogged += 1;
-        let now = std::time::Instant::now();
-        if self
-            .logged
-            .is_none_or(|at| now.duration_since(at) >= std::time::Duration::from_secs(1))
-        {
-            tracing::warn!(pool = %pool, "{} failed accepts in the last second: {e}", self.unlogged);
-            self.logged = Some(now);
-            self.unlogged = 0;
+        if let Some(n) = self.0.note(std::time::Instant::now()) {
+            tracing::warn!(pool = %pool, "{n} failed accepts in the last second: {e}");
         }
     }
 }
@@ -224,17 +220,18 @@ impl Accepted {
     }
 }
 
-/// One client's task, on its worker. The session is built here, not captured, so the task holds
-/// one copy of it.
+/// One client's task, on its worker: the TLS handshake first if the pool serves TLS. The
+/// session is built here, not captured, so the task holds one copy of it.
 async fn serve_client(
     id: u64,
     worker: usize,
     pool: Arc<Pool>,
     client: Accepted,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stop: oneshot::Receiver<()>,
 ) {
     let peer = client.peer();
-    if let Ok(stream) = client.into_stream() {
+    if let Some(stream) = open(client, tls, &pool).await {
         match pool.config.protocol {
             Protocol::Redis => {
                 let session: Session<Resp> = Session::new(id, worker, pool.clone(), peer);
@@ -248,3 +245,43 @@ async fn serve_client(
     }
     pool.metrics.client_connections.dec();
 }
+
+/// The client's stream, once its TLS handshake is done if the pool serves TLS; `None` if it
+/// cannot be served.
+async fn open(
+    client: Accepted,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    pool: &Pool,
+) -> Option<Stream> {
+    let peer = client.peer();
+    let stream = client.into_stream().ok()?;
+    let Some(tls) = tls else {
+        return Some(stream);
+    };
+    // A handshake is bounded as a request is.
+    let bound = pool
+        .config
+        .client_request_timeout
+        .unwrap_or(HANDSHAKE_TIMEOUT);
+    let secure = tokio::time::timeout(bound, stream.accept_tls(tls))
+        .await
+        .unwrap_or_else(|_| {
+            let why = format!("not done within {} ms", bound.as_millis());
+            Err(io::Error::new(io::ErrorKind::TimedOut, why))
+        });
+    match secure {
+        Ok(secure) => Some(secure),
+        // It left (a TCP health check does): nothing went wrong.
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            tracing::debug!(pool = %pool.config.name, ?peer, "{e}");
+            None
+        }
+        Err(e) => {
+            pool.metrics.tls_failed(&pool.config.name, peer, &e);
+            None
+        }
+    }
+}
+
+/// How long a TLS handshake may take when requests have no bound.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -203,7 +203,7 @@ impl<F: Frontend> Session<F> {
             } else {
                 let can_read = self.has_room() && !closing && !unparsed;
                 let waiting = self.out.pending() > 0 || self.out.listening;
-                let unwritten = !self.out.output().is_empty();
+                let unwritten = !self.out.output().is_empty() || stream.is_holding_output();
                 tokio::select! {
                     biased;
                     _ = inbox.wait(), if waiting => {
@@ -268,7 +268,7 @@ impl<F: Frontend> Session<F> {
                 }
             }
             // What the socket takes now is written; the rest waits until the client reads.
-            if !self.out.output().is_empty() {
+            if !self.out.output().is_empty() || stream.is_holding_output() {
                 match stream.try_write(self.out.output()) {
                     Ok(n) => self.out.consume_output(n),
                     Err(_) => return Burst::Close,
@@ -289,7 +289,10 @@ impl<F: Frontend> Session<F> {
             for (request, took) in slow {
                 F::log_slow(self, request, took);
             }
-            if self.out.pending() == 0 && self.out.output().is_empty() {
+            if self.out.pending() == 0
+                && self.out.output().is_empty()
+                && !stream.is_holding_output()
+            {
                 if closing {
                     return Burst::Close;
                 }

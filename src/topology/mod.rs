@@ -18,12 +18,13 @@ pub use state::{NodeStatus, PoolState, Shard};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::{ArcSwap, Guard};
+use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::NodeEvent;
 use crate::config::{Config, Failover, PoolConfig};
 use crate::metrics::{Metrics, PoolMetrics};
+use crate::net::ServerTls;
 use crate::slowlog::SlowLog;
 use crate::workers::Workers;
 use keeper::Keeper;
@@ -56,6 +57,8 @@ pub struct Pool {
     pub slowlog: SlowLog,
     /// Each client's stop signal; `None` once the pool closes its clients.
     clients: Mutex<Option<Vec<oneshot::Sender<()>>>>,
+    /// What new clients' TLS handshakes use (a reload may load new certificates).
+    client_tls: ArcSwapOption<rustls::ServerConfig>,
 }
 
 impl Topology {
@@ -155,7 +158,13 @@ impl Pool {
             scripts: Arc::default(),
             slowlog: SlowLog::new(config.slowlog_slower_than_us, config.slowlog_max_len),
             clients: Mutex::new(Some(Vec::new())),
+            client_tls: ArcSwapOption::new(config.tls.as_ref().map(ServerTls::config)),
         }
+    }
+
+    /// The TLS configuration for a client accepted now, if the pool serves TLS.
+    pub fn client_tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.client_tls.load_full()
     }
 
     /// The pool's configuration as last applied (its servers and listen address may have

@@ -4,7 +4,8 @@
 //! whole, pool by pool (matched by name):
 //! - a pool whose settings are unchanged is kept, with its clients and backend connections;
 //!   when its servers changed its keeper reshapes it (nodes at unchanged addresses are kept),
-//!   and when only its listen address changed the service listens on the new one;
+//!   when its listen address changed the service listens on the new one, and when its client
+//!   TLS files changed (or their contents) new clients' handshakes use the new ones;
 //! - a new pool is started; a pool whose other settings changed is replaced by a new one
 //!   (a sentinel pool also when its servers changed, so Sentinel names their nodes again);
 //! - a pool no longer listed, or replaced, is retired: it stops accepting and each of its
@@ -24,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Pool, Topology, lock, sentinel};
 use crate::config::{Config, Failover, Listen, PoolConfig, ServerConfig};
+use crate::net::ServerTls;
 /// The configuration file being served, and what its last reload did.
 #[derive(Clone, Debug)]
 pub struct Loaded {
@@ -104,6 +106,11 @@ impl Topology {
                         summary.push(format!("pool {}: servers changed", config.name));
                         // The keeper lives as long as the pool: the send cannot fail.
                         let _ = pool.reshape.send(config.clone());
+                    }
+                    if applied.tls != config.tls {
+                        summary.push(format!("pool {}: new TLS certificates", config.name));
+                        pool.client_tls
+                            .store(config.tls.as_ref().map(ServerTls::config));
                     }
                     *lock(&pool.applied) = config;
                     pool
@@ -256,7 +263,7 @@ fn plan(served: &[Arc<Pool>], config: Config) -> Result<Plan, String> {
 
 /// For each pool of `new`, the index of the pool now served (`current`, as last applied) that
 /// keeps serving it, or `None` when a new pool must start: there is no pool of that name, or
-/// it differs in more than its servers and listen address, or it is a sentinel pool whose
+/// it differs in more than its servers, listen address and client TLS, or it is a sentinel pool whose
 /// servers changed.
 fn keep(current: &[PoolConfig], new: &[PoolConfig]) -> Vec<Option<usize>> {
     new.iter()
@@ -266,6 +273,7 @@ fn keep(current: &[PoolConfig], new: &[PoolConfig]) -> Vec<Option<usize>> {
             let settings_kept = PoolConfig {
                 servers: pool.servers.clone(),
                 listen: pool.listen.clone(),
+                tls: pool.tls.clone(),
                 ..old.clone()
             } == *pool;
             let renamed_nodes = old.failover == Failover::Sentinel && servers_differ(old, pool);

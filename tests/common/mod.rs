@@ -2,6 +2,8 @@
 //! free loopback port, waited for until it answers, and stopped on drop.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -81,22 +83,30 @@ pub fn poll_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
     true
 }
 
-/// Sends raw bytes and reads the raw reply bytes until `expect_len` bytes are in, or the
-/// connection closes.
-pub struct Raw {
-    pub stream: TcpStream,
+/// Sends raw bytes and reads the raw reply bytes, over TCP or (see [`tls`]) TLS.
+pub struct Raw<S = TcpStream> {
+    pub stream: S,
 }
 
 impl Raw {
     pub fn connect(port: u16) -> Raw {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        stream.set_nodelay(true).unwrap();
-        Raw { stream }
+        Raw {
+            stream: connect_tcp(port),
+        }
     }
+}
 
+/// A TCP connection to a loopback port, Nagle off, reads bounded by 10 s.
+pub fn connect_tcp(port: u16) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+impl<S: Read + Write> Raw<S> {
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).unwrap();
     }
@@ -139,7 +149,13 @@ impl Raw {
         let mut rest = Vec::new();
         match self.stream.read_to_end(&mut rest) {
             Ok(_) => true,
-            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            // A TLS peer that closed without saying so, or after an alert.
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::InvalidData
+            ),
         }
     }
 }
@@ -180,6 +196,8 @@ pub struct Server {
     program: Program,
     child: Option<Child>,
     args: Vec<String>,
+    /// Whether its port speaks TLS only.
+    tls: bool,
     /// The server's working directory: a replica writes the data set of a full sync there, and
     /// a server loads what it finds there when it starts.
     dir: TempDir,
@@ -207,12 +225,49 @@ impl Server {
         Server::spawn(Program::Memcached, extra)
     }
 
+    /// A redis-server or memcached whose port speaks TLS only, with the certificate `certs`
+    /// made for servers; with `client_auth`, clients must present one of `certs`'s too.
+    pub fn start_tls(program: Program, certs: &tls::Certs, client_auth: bool) -> Server {
+        let path = |p: &Path| p.to_str().unwrap().to_string();
+        let args = match program {
+            Program::Redis => vec![
+                "--tls-cert-file".to_string(),
+                path(&certs.server_cert),
+                "--tls-key-file".to_string(),
+                path(&certs.server_key),
+                "--tls-ca-cert-file".to_string(),
+                path(&certs.ca),
+                "--tls-auth-clients".to_string(),
+                if client_auth { "yes" } else { "no" }.to_string(),
+            ],
+            Program::Memcached => vec![
+                "-Z".to_string(),
+                "-o".to_string(),
+                format!(
+                    "ssl_chain_cert={},ssl_key={},ssl_ca_cert={},ssl_verify_mode={}",
+                    path(&certs.server_cert),
+                    path(&certs.server_key),
+                    path(&certs.ca),
+                    // 2: a client certificate is required.
+                    if client_auth { 2 } else { 0 },
+                ),
+            ],
+        };
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Server::spawn_with(program, &args, true)
+    }
+
     fn spawn(program: Program, extra: &[&str]) -> Server {
+        Server::spawn_with(program, extra, false)
+    }
+
+    fn spawn_with(program: Program, extra: &[&str], tls: bool) -> Server {
         let mut server = Server {
             port: free_port(),
             program,
             child: None,
             args: extra.iter().map(|s| s.to_string()).collect(),
+            tls,
             dir: TempDir::new("server"),
         };
         server.restart();
@@ -247,16 +302,23 @@ impl Server {
                 vec!["-p", &port, "-l", "127.0.0.1", "-U", "0", "-u", "root"],
             ),
         };
+        // A TLS redis-server listens on its TLS port alone.
+        let tls_port: &[&str] = match (self.tls, self.program) {
+            (true, Program::Redis) => &["--port", "0", "--tls-port", &port],
+            _ => &[],
+        };
         let child = Command::new(name)
             .args(args)
             .args(&self.args)
+            .args(tls_port)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("{name} must be installed (scripts/test installs it): {e}"));
         self.child = Some(child);
-        let (port, program) = (self.port, self.program);
+        let (port, program, tls) = (self.port, self.program, self.tls);
         wait_until(name, Duration::from_secs(10), || match program {
+            _ if tls => TcpStream::connect(("127.0.0.1", port)).is_ok(),
             Program::Redis => answers_ping(port),
             Program::Memcached => answers_version(port),
         });
@@ -675,9 +737,15 @@ pub fn three_shards(name: &str, extra: &str) -> (Vec<Redis>, u16, Proxy) {
 
 /// Runs `tests/python/<script> PORT` and returns its "ok …" lines; fails on a non-zero exit.
 pub fn python(script: &str, port: u16) -> Vec<String> {
+    python_with(script, &[&port.to_string()])
+}
+
+/// Runs `tests/python/<script> ARGS…` and returns its "ok …" lines; fails on a non-zero exit.
+pub fn python_with(script: &str, args: &[&str]) -> Vec<String> {
     let path = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("python3")
-        .args([&path, &port.to_string()])
+        .arg(&path)
+        .args(args)
         .output()
         .expect("python3 (scripts/test installs it)");
     let stdout = String::from_utf8_lossy(&out.stdout);

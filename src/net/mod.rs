@@ -1,5 +1,5 @@
-//! The one stream type of client and backend connections (TCP, or a Unix socket for clients;
-//! TLS plugs in here), with reads and writes that make as few system calls as the data allows.
+//! The one stream type of client and backend connections (TCP, TLS over TCP, or a Unix socket
+//! for clients), with reads and writes that make as few system calls as the data allows.
 //!
 //! Tokio learns that a socket is drained only from a read that fails with `WouldBlock`, which
 //! costs one wasted `read` per wakeup. A read that leaves room in the buffer has drained the
@@ -7,11 +7,18 @@
 //! worker runtimes: their I/O driver runs only between task polls, so no readiness event can
 //! arrive between the read and the clearing; data that comes later raises a new event.
 
+mod tls;
+
 use std::io;
+use std::sync::Arc;
 
 use bytes::BytesMut;
+use rustls::pki_types::ServerName;
 use tokio::io::{Interest, Ready};
 use tokio::net::{TcpStream, UnixStream};
+
+use tls::TlsSocket;
+pub use tls::{BackendTls, ServerTls, TlsConnector};
 
 /// The most a read buffer grows by at once.
 const MAX_READ_CHUNK: usize = 64 * 1024;
@@ -26,6 +33,7 @@ pub struct Stream {
 enum Socket {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(Box<TlsSocket>),
 }
 
 /// What the reads and writes need of a socket, which TCP and Unix sockets both offer.
@@ -87,11 +95,40 @@ impl Stream {
         })
     }
 
+    /// Runs the server side of a TLS handshake on this (TCP) connection.
+    pub async fn accept_tls(self, config: Arc<rustls::ServerConfig>) -> io::Result<Stream> {
+        let tls = TlsSocket::accept(self.into_tcp()?, config).await?;
+        Ok(Stream {
+            socket: Socket::Tls(Box::new(tls)),
+        })
+    }
+
+    /// Runs the client side of a TLS handshake on this (TCP) connection.
+    pub async fn connect_tls(self, connector: &TlsConnector) -> io::Result<Stream> {
+        let name = ServerName::try_from(connector.server_name.clone())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let tls = TlsSocket::connect(self.into_tcp()?, connector.config.clone(), name).await?;
+        Ok(Stream {
+            socket: Socket::Tls(Box::new(tls)),
+        })
+    }
+
+    fn into_tcp(self) -> io::Result<TcpStream> {
+        match self.socket {
+            Socket::Tcp(tcp) => Ok(tcp),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "TLS runs over a plain TCP connection",
+            )),
+        }
+    }
+
     /// Waits until there is something to read (or the peer closed).
     pub async fn readable(&self) -> io::Result<()> {
         match &self.socket {
             Socket::Tcp(s) => s.readable().await,
             Socket::Unix(s) => s.readable().await,
+            Socket::Tls(s) => s.readable().await,
         }
     }
 
@@ -101,19 +138,30 @@ impl Stream {
         match &self.socket {
             Socket::Tcp(s) => read_some(s, buf, chunk).await,
             Socket::Unix(s) => read_some(s, buf, chunk).await,
+            Socket::Tls(s) => s.read_some(buf).await,
         }
     }
 
     /// Writes what the socket takes of `data` now, without waiting: how many bytes (0 when it
-    /// takes none).
+    /// takes none). On TLS, bytes taken may wait unsent ([`Stream::is_holding_output`]) until
+    /// the next call, which sends them first (`data` may be empty for that).
     pub fn try_write(&self, data: &[u8]) -> io::Result<usize> {
         let written = match &self.socket {
             Socket::Tcp(s) => s.try_write(data),
             Socket::Unix(s) => s.try_write(data),
+            Socket::Tls(s) => s.try_write(data),
         };
         match written {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
             other => other,
+        }
+    }
+
+    /// Whether bytes `try_write` took are still unsent (only TLS holds any).
+    pub fn is_holding_output(&self) -> bool {
+        match &self.socket {
+            Socket::Tls(s) => s.is_holding_output(),
+            _ => false,
         }
     }
 
@@ -122,6 +170,7 @@ impl Stream {
         match &self.socket {
             Socket::Tcp(s) => s.writable().await,
             Socket::Unix(s) => s.writable().await,
+            Socket::Tls(s) => s.writable().await,
         }
     }
 
@@ -130,6 +179,7 @@ impl Stream {
         match &self.socket {
             Socket::Tcp(s) => write_all(s, data).await,
             Socket::Unix(s) => write_all(s, data).await,
+            Socket::Tls(s) => s.write_all(data).await,
         }
     }
 }
