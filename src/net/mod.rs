@@ -125,11 +125,13 @@ impl Stream {
 
     /// Waits until there is something to read (or the peer closed).
     pub async fn readable(&self) -> io::Result<()> {
-        match &self.socket {
-            Socket::Tcp(s) => s.readable().await,
-            Socket::Unix(s) => s.readable().await,
-            Socket::Tls(s) => s.readable().await,
-        }
+        let tcp = match &self.socket {
+            Socket::Tcp(s) => s,
+            Socket::Unix(s) => return s.readable().await,
+            Socket::Tls(s) if s.has_input()? => return Ok(()),
+            Socket::Tls(s) => s.tcp(),
+        };
+        tcp.readable().await
     }
 
     /// Reads what the socket has, waiting for it if need be. `Ok(0)` means the peer closed.

@@ -107,14 +107,15 @@ impl TlsSocket {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits until there is something to read: plaintext already decrypted, or bytes on the
-    /// socket.
-    pub(super) async fn readable(&self) -> io::Result<()> {
+    /// Whether something can be read without waiting for the socket: plaintext already
+    /// decrypted, or the peer's close.
+    pub(super) fn has_input(&self) -> io::Result<bool> {
         let ready = self.conn().process_new_packets().map_err(tls_error)?;
-        if ready.plaintext_bytes_to_read() > 0 || ready.peer_has_closed() {
-            return Ok(());
-        }
-        self.tcp.readable().await
+        Ok(ready.plaintext_bytes_to_read() > 0 || ready.peer_has_closed())
+    }
+
+    pub(super) fn tcp(&self) -> &TcpStream {
+        &self.tcp
     }
 
     /// Reads the plaintext there is, waiting for it if need be. `Ok(0)` means the peer closed.

@@ -231,7 +231,14 @@ async fn serve_client(
     stop: oneshot::Receiver<()>,
 ) {
     let peer = client.peer();
-    if let Some(stream) = open(client, tls, &pool).await {
+    let stream = match (client.into_stream(), tls) {
+        (Ok(stream), None) => Some(stream),
+        // Boxed: a handshake's state is large, and inline it would make every client's task
+        // that much larger for as long as it lives.
+        (Ok(stream), Some(tls)) => Box::pin(accept_tls(stream, tls, &pool, peer)).await,
+        (Err(_), _) => None,
+    };
+    if let Some(stream) = stream {
         match pool.config.protocol {
             Protocol::Redis => {
                 let session: Session<Resp> = Session::new(id, worker, pool.clone(), peer);
@@ -246,19 +253,14 @@ async fn serve_client(
     pool.metrics.client_connections.dec();
 }
 
-/// The client's stream, once its TLS handshake is done if the pool serves TLS; `None` if it
-/// cannot be served.
-async fn open(
-    client: Accepted,
-    tls: Option<Arc<rustls::ServerConfig>>,
+/// The client's stream once its TLS handshake is done; `None` if it failed (counted and
+/// logged) or took longer than a request may.
+async fn accept_tls(
+    stream: Stream,
+    tls: Arc<rustls::ServerConfig>,
     pool: &Pool,
+    peer: Option<SocketAddr>,
 ) -> Option<Stream> {
-    let peer = client.peer();
-    let stream = client.into_stream().ok()?;
-    let Some(tls) = tls else {
-        return Some(stream);
-    };
-    // A handshake is bounded as a request is.
     let bound = pool
         .config
         .client_request_timeout
