@@ -602,3 +602,25 @@ fn a_replicated_node_that_missed_writes_is_flushed_before_it_serves_again() {
     let got = text(&exchange(port, b"get k\r\n"));
     assert_ne!(got, "VALUE k 0 3\r\nold\r\nEND\r\n");
 }
+
+#[test]
+fn a_binary_protocol_request_gets_a_binary_error_and_the_connection_closes() {
+    let (_servers, port, _proxy) = shards(1, "");
+    let mut c = Raw::connect(port);
+    // A binary GET of key "k": magic, opcode 0x00, key length 1, body length 1, opaque.
+    let mut get = vec![
+        0x80, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef,
+    ];
+    get.extend_from_slice(&[0; 8]);
+    get.push(b'k');
+    c.send(&get);
+    let header = c.read_n(24);
+    // Response magic, the opcode, status 0x0081 (unknown command), the opaque echoed.
+    assert_eq!(&header[..2], &[0x81, 0x00]);
+    assert_eq!(&header[6..8], &[0x00, 0x81]);
+    assert_eq!(&header[12..16], &[0xde, 0xad, 0xbe, 0xef]);
+    let len = u32::from_be_bytes(header[8..12].try_into().unwrap()) as usize;
+    let why = String::from_utf8(c.read_n(len)).unwrap();
+    assert!(why.contains("binary protocol"), "{why}");
+    assert!(c.is_closed());
+}

@@ -208,7 +208,7 @@ fn unsupported_and_cross_shard_commands_get_errors_and_the_connection_stays() {
     );
     r.roundtrip(
         &command(&[b"NOSUCHCOMMAND"]),
-        b"-ERR unknown command 'NOSUCHCOMMAND'\r\n",
+        b"-ERR unknown command 'NOSUCHCOMMAND', with args beginning with: \r\n",
     );
     r.roundtrip(
         &command(&[b"GET"]),
@@ -424,7 +424,7 @@ fn dead_backend_gives_errors_for_its_keys_only_and_its_return_is_noticed() {
     assert_eq!(r.read_line(), "v\r\n");
     r.roundtrip(
         &command(&[b"NOSUCHCOMMAND"]),
-        b"-ERR unknown command 'NOSUCHCOMMAND'\r\n",
+        b"-ERR unknown command 'NOSUCHCOMMAND', with args beginning with: \r\n",
     );
     let metrics = s.proxy.http("/metrics").1;
     let kind = |kind: &str| {

@@ -222,3 +222,27 @@ fn introspection_and_resubscription_after_a_shard_restart() {
         n == 0
     });
 }
+
+#[test]
+fn reset_leaves_every_subscription_as_redis_does() {
+    let (_shards, port, _proxy) = three_shards("r", "");
+    let mut sub = Raw::connect(port);
+    sub.roundtrip(
+        &command(&[b"SUBSCRIBE", b"news"]),
+        b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n",
+    );
+    sub.roundtrip(&command(&[b"RESET"]), b"+RESET\r\n");
+    // Out of subscribed mode: PING answers as a normal command, any command runs.
+    sub.roundtrip(&command(&[b"PING"]), b"+PONG\r\n");
+    sub.roundtrip(&command(&[b"SET", b"k", b"v"]), b"+OK\r\n");
+    // The backend subscription is gone: nobody receives what is published.
+    let mut publisher = Raw::connect(port);
+    wait_until(
+        "the backend subscription dropped",
+        Duration::from_secs(10),
+        || {
+            publisher.send(&command(&[b"PUBLISH", b"news", b"x"]));
+            publisher.read_line() == ":0\r\n"
+        },
+    );
+}

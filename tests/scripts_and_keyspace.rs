@@ -321,3 +321,37 @@ fn keys_and_flush_need_the_pool_to_allow_them() {
     let v: Value = redis::cmd("RANDOMKEY").query(&mut c).unwrap();
     assert_eq!(v, Value::Nil);
 }
+
+/// Sends `request` and reads until `len` bytes are in.
+fn reply_of(port: u16, request: &[u8], len: usize) -> Vec<u8> {
+    let mut c = Raw::connect(port);
+    c.send(request);
+    c.read_n(len)
+}
+
+#[test]
+fn a_script_reply_nested_as_deep_as_redis_makes_it_is_passed_through() {
+    // Redis nests this until Lua's stack runs out: about 8,000 levels, then an error.
+    let recursive = b"local a = {} local b = {a} a[1] = b return a";
+    let request = command(&[b"EVAL", recursive, b"0"]);
+    let redis = Redis::start();
+    let mut direct = Raw::connect(redis.port);
+    direct.send(&request);
+    let mut expected = Vec::new();
+    while !expected.ends_with(b"-ERR reached lua stack limit\r\n") {
+        expected.extend(direct.read_n(1));
+    }
+    assert!(expected.len() > 30_000, "{} bytes", expected.len());
+    let (_shards, port, _proxy) = three_shards("deep", "");
+    assert_eq!(reply_of(port, &request, expected.len()), expected);
+    // A pool with a lower cap refuses it, with an error reply, and keeps serving.
+    let (_shards, port, _proxy) = three_shards("shallow", "    limits: { max_reply_depth: 100 }\n");
+    let mut c = Raw::connect(port);
+    c.send(&request);
+    let refused = c.read_line();
+    assert!(
+        refused.contains("nested deeper than 100 levels"),
+        "{refused}"
+    );
+    c.roundtrip(&command(&[b"PING"]), b"+PONG\r\n");
+}

@@ -74,9 +74,16 @@ pub(super) async fn run(
 pub(super) struct Asker {
     conn: Option<Stream>,
     buf: BytesMut,
-    /// The node's run id, asked once per connection: a new connection may reach a restarted
-    /// process.
-    run_id: Option<Arc<str>>,
+    /// The node's process (run id and version), asked once per connection: a new connection
+    /// may reach a restarted process.
+    process: Option<Process>,
+}
+
+/// What `INFO server` says of a node's process.
+#[derive(Clone)]
+struct Process {
+    run_id: Arc<str>,
+    version: Arc<str>,
 }
 
 impl Asker {
@@ -115,20 +122,30 @@ impl Asker {
     }
 
     /// What a Redis node says it is: `ROLE` and `DBSIZE` in one round trip, with
-    /// `INFO server` for the run id when this connection has not asked yet.
+    /// `INFO server` for the run id and version when this connection has not asked yet.
     pub(super) async fn said(&mut self, settings: &ConnSettings) -> Result<Said, Failure> {
         let mut request = b"*1\r\n$4\r\nROLE\r\n*1\r\n$6\r\nDBSIZE\r\n".to_vec();
-        if self.run_id.is_none() {
+        let known = self.process.clone();
+        if known.is_none() {
             request.extend_from_slice(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n");
         }
         let stream = open(&mut self.conn, settings).await?;
         stream.write_all(&request).await?;
         let role = read_reply(stream, &mut self.buf, settings, ReplyKind::Resp).await?;
         let keys = read_reply(stream, &mut self.buf, settings, ReplyKind::Resp).await?;
-        if self.run_id.is_none() {
-            let info = read_reply(stream, &mut self.buf, settings, ReplyKind::Resp).await?;
-            self.run_id = Some(info_field(&info, b"run_id:").ok_or_else(|| unexpected(&info))?);
-        }
+        let process = match known {
+            Some(process) => process,
+            None => {
+                let info = read_reply(stream, &mut self.buf, settings, ReplyKind::Resp).await?;
+                let field = |name: &[u8]| info_field(&info, name).ok_or_else(|| unexpected(&info));
+                let process = Process {
+                    run_id: field(b"run_id:")?,
+                    version: field(b"redis_version:")?,
+                };
+                self.process = Some(process.clone());
+                process
+            }
+        };
         let (role, offset, follows) = parse_role(&role).ok_or_else(|| unexpected(&role))?;
         let keys = keys
             .strip_prefix(b":")
@@ -138,7 +155,8 @@ impl Asker {
             role,
             offset,
             keys,
-            run_id: self.run_id.clone().unwrap_or_default(),
+            run_id: process.run_id,
+            version: process.version,
             follows,
         })
     }

@@ -211,6 +211,8 @@ pub struct Said {
     pub keys: u64,
     /// Its process's run id: a new one means the node restarted.
     pub run_id: Arc<str>,
+    /// Its `redis_version`, which HELLO reports to clients.
+    pub version: Arc<str>,
     /// The master a replica follows, as it names it.
     pub follows: Option<Address>,
 }

@@ -145,8 +145,10 @@ pub enum LocalCommand {
     Info,
     Ping,
     Quit,
+    Reset,
     Select,
     SlowLog,
+    Time,
 }
 
 /// Where a blocking command's timeout is, in seconds (0: wait forever).
@@ -363,7 +365,6 @@ pub static UNSUPPORTED: &[(&str, &str)] = &[
     ("READWRITE", CLUSTER),
     ("REPLCONF", ADMIN),
     ("REPLICAOF", ADMIN),
-    ("RESET", "resetting a connection's state is not served yet"),
     ("RESTORE-ASKING", CLUSTER),
     ("ROLE", ADMIN),
     ("SAVE", ADMIN),
@@ -371,7 +372,6 @@ pub static UNSUPPORTED: &[(&str, &str)] = &[
     ("SLAVEOF", ADMIN),
     ("SWAPDB", DATABASES),
     ("SYNC", ADMIN),
-    ("TIME", ONE_SERVER),
     (
         "WAIT",
         "WAIT counts one connection's writes; the proxy's backend connections are shared",

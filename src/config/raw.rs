@@ -397,7 +397,7 @@ fn base_pool(listen: &Spanned<Listen>) -> PoolConfig {
         backlog: 512,
         limits: Limits::default(),
         max_pipeline: 1024,
-        max_reply_depth: 128,
+        max_reply_depth: 10_000,
         slowlog_slower_than_us: 10_000,
         slowlog_max_len: 128,
         auth_max_failures: 10,

@@ -52,7 +52,8 @@ pub enum ClientError {
     /// Malformed client input; the connection closes after this reply.
     #[error("Protocol error: {0}")]
     Protocol(String),
-    #[error("unknown command '{0}'")]
+    /// Redis's words: the name and the first arguments, quoted.
+    #[error("unknown command {0}")]
     UnknownCommand(String),
     /// Served by Redis, not through the proxy, and why.
     #[error("unsupported command '{command}'{}", why_suffix(.why))]
@@ -86,6 +87,26 @@ fn why_suffix(why: &str) -> String {
 }
 
 impl ClientError {
+    /// A command the proxy does not know, worded as Redis words it: the name, then the first
+    /// 128 bytes or so of arguments, each quoted (line breaks become spaces).
+    pub fn unknown_command<'a>(name: &[u8], args: impl Iterator<Item = &'a [u8]>) -> ClientError {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).replace(['\r', '\n'], " ");
+        let mut shown = format!(
+            "'{}', with args beginning with: ",
+            text(&name[..name.len().min(128)])
+        );
+        let mut quoted = String::new();
+        for arg in args {
+            if quoted.len() >= 128 {
+                break;
+            }
+            let room = 128 - quoted.len();
+            quoted.push_str(&format!("'{}' ", text(&arg[..arg.len().min(room)])));
+        }
+        shown.push_str(&quoted);
+        ClientError::UnknownCommand(shown)
+    }
+
     /// What the error reports, for the metrics.
     pub fn kind(&self) -> ErrorKind {
         match self {

@@ -136,6 +136,7 @@ mod tests {
             offset,
             keys,
             run_id: run_id.into(),
+            version: "7.0.15".into(),
             follows: None,
         }
     }

@@ -332,6 +332,7 @@ mod tests {
                 offset,
                 keys: 0,
                 run_id: "".into(),
+                version: "7.0.15".into(),
                 follows: None,
             });
         }

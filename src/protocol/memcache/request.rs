@@ -64,6 +64,28 @@ pub enum Parsed {
         reply: &'static str,
         silent: bool,
     },
+    /// A request of memcached's binary protocol, which the proxy does not speak: the binary
+    /// error response to send before closing the connection, so a binary client fails at once
+    /// instead of waiting for a reply that never comes.
+    Binary(Bytes),
+}
+
+/// The first byte of a binary-protocol request, and the size of its header.
+const BINARY_REQUEST: u8 = 0x80;
+const BINARY_HEADER: usize = 24;
+
+/// A binary-protocol error response to `header` (a request's): status 0x0081, unknown command.
+fn binary_refusal(header: &[u8]) -> Bytes {
+    const WHY: &[u8] = b"binary protocol not served by the proxy: use the text or meta protocol";
+    let mut response = Vec::with_capacity(BINARY_HEADER + WHY.len());
+    // Magic, the request's opcode, no key, no extras, raw data, status.
+    response.extend_from_slice(&[0x81, header[1], 0, 0, 0, 0, 0x00, 0x81]);
+    response.extend_from_slice(&(WHY.len() as u32).to_be_bytes());
+    // The request's opaque, then no CAS.
+    response.extend_from_slice(&header[12..16]);
+    response.extend_from_slice(&[0; 8]);
+    response.extend_from_slice(WHY);
+    Bytes::from(response)
 }
 
 pub const ERROR: &str = "ERROR";
@@ -158,6 +180,14 @@ impl RequestParser {
             if self.swallow > 0 {
                 return Ok(None);
             }
+        }
+        if buf.first() == Some(&BINARY_REQUEST) {
+            if buf.len() < BINARY_HEADER {
+                return Ok(None);
+            }
+            let refusal = binary_refusal(&buf[..BINARY_HEADER]);
+            buf.clear();
+            return Ok(Some(Parsed::Binary(refusal)));
         }
         let Some(nl) = memchr(b'\n', &buf[self.no_newline..]).map(|i| self.no_newline + i) else {
             self.no_newline = buf.len();
@@ -387,6 +417,7 @@ mod tests {
             out.push(match p {
                 Parsed::Request(r) => format!("{}:{:?}:{}", r.verb, r.forwarded(), r.is_quiet()),
                 Parsed::Reject { reply, silent } => format!("reject:{reply}:{silent}"),
+                Parsed::Binary(refusal) => format!("binary:{refusal:?}"),
             });
         }
     }
@@ -479,6 +510,7 @@ mod tests {
                     String::from_utf8_lossy(&r.forwarded()).escape_debug()
                 ),
                 Parsed::Reject { reply, silent } => format!("reject:{reply}:{silent}"),
+                Parsed::Binary(refusal) => format!("binary:{refusal:?}"),
             });
         }
         out

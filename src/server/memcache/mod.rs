@@ -60,6 +60,11 @@ impl Frontend for Memcache {
                         s.out.error(ClientError::Exact(reply.into()));
                     }
                 }
+                Ok(Some(Parsed::Binary(refusal))) => {
+                    counts.count(Class::Unknown);
+                    s.out.ready(refusal);
+                    break true;
+                }
                 Ok(None) => break false,
                 Err(e) => {
                     s.out

@@ -49,7 +49,7 @@ pub(super) struct Local<'a> {
     pub peer: Option<SocketAddr>,
 }
 
-/// The protocol level the proxy speaks, reported by HELLO.
+/// The version HELLO reports until a backend has said its own.
 const SERVED_REDIS_VERSION: &str = "7.0.0";
 
 fn ok() -> Plan {
@@ -66,7 +66,7 @@ fn bulk(value: &[u8]) -> Plan {
 pub(super) fn run(cx: Local<'_>, state: &PoolState, which: LocalCommand, req: &Request) -> Plan {
     let allowed_before_auth = matches!(
         which,
-        LocalCommand::Auth | LocalCommand::Hello | LocalCommand::Quit
+        LocalCommand::Auth | LocalCommand::Hello | LocalCommand::Quit | LocalCommand::Reset
     );
     if !allowed_before_auth && !cx.client.authenticated {
         return Plan::Fail(ClientError::NoAuth);
@@ -83,12 +83,35 @@ pub(super) fn run(cx: Local<'_>, state: &PoolState, which: LocalCommand, req: &R
             None => Plan::Fail(ClientError::NotAnInteger),
         },
         LocalCommand::Auth => auth(cx, req),
-        LocalCommand::Hello => hello(cx, req),
+        LocalCommand::Hello => hello(cx, state, req),
         LocalCommand::Client => client(cx, req),
         LocalCommand::Command => command(&cx, req),
         LocalCommand::Info => info(cx.pool, state, req),
         LocalCommand::SlowLog => slowlog(cx.pool, req),
+        LocalCommand::Time => time(),
+        LocalCommand::Reset => reset(cx),
     }
+}
+
+/// RESET, for the client's own state: RESP2, no name, and unauthenticated again if the pool
+/// needs AUTH (as Redis logs the client in as `default`). Failed AUTHs still count.
+fn reset(cx: Local<'_>) -> Plan {
+    let failures = cx.client.auth_failures;
+    *cx.client = ClientState::new(cx.pool.config.client_users.is_empty());
+    cx.client.auth_failures = failures;
+    Plan::Reply(Bytes::from_static(b"+RESET\r\n"))
+}
+
+/// TIME: the proxy's clock (the shards' clocks may differ; this one is the client's to see).
+fn time() -> Plan {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut b = BytesMut::new();
+    encode::array(&mut b, 2);
+    encode::bulk(&mut b, now.as_secs().to_string().as_bytes());
+    encode::bulk(&mut b, now.subsec_micros().to_string().as_bytes());
+    Plan::Reply(b.freeze())
 }
 
 /// SLOWLOG GET [count] | LEN | RESET | HELP, from the pool's own record of slow requests.
@@ -211,7 +234,7 @@ fn auth(mut cx: Local<'_>, req: &Request) -> Plan {
     }
 }
 
-fn hello(mut cx: Local<'_>, req: &Request) -> Plan {
+fn hello(mut cx: Local<'_>, state: &PoolState, req: &Request) -> Plan {
     let mut resp3 = cx.client.resp3;
     let mut i = 1;
     if req.argc() > 1 {
@@ -265,9 +288,14 @@ fn hello(mut cx: Local<'_>, req: &Request) -> Plan {
     let id = cx.session as i64;
     let mut b = BytesMut::new();
     encode::map(&mut b, 8, resp3);
+    // What the backends run, as INFO says: the first master that said.
+    let said = state
+        .shards
+        .iter()
+        .find_map(|s| s.status[s.master].said.as_ref());
     for (k, v) in [
         ("server", "redis"),
-        ("version", SERVED_REDIS_VERSION),
+        ("version", said.map_or(SERVED_REDIS_VERSION, |s| &s.version)),
         ("proxy", concat!("ringproxy ", env!("CARGO_PKG_VERSION"))),
     ] {
         encode::bulk(&mut b, k.as_bytes());

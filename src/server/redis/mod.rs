@@ -137,8 +137,11 @@ impl RespSession {
     /// true for QUIT.
     fn dispatch(&mut self, state: &PoolState, req: Request, cmd: Option<&Command>) -> bool {
         let name = req.arg(0);
-        let quit = cmd.is_some_and(|c| c.kind == Kind::Local(LocalCommand::Quit));
-        if self.fe.tx.in_multi() && !quit {
+        let is = |which| cmd.is_some_and(|c| c.kind == Kind::Local(which));
+        let quit = is(LocalCommand::Quit);
+        // As Redis, RESET is carried out at once inside MULTI (and before AUTH, and while
+        // subscribed).
+        if self.fe.tx.in_multi() && !quit && !is(LocalCommand::Reset) {
             let step = transaction::queue(&mut self.fe.tx, state, cmd, &req);
             self.transaction_step(state, step);
             return false;
@@ -147,6 +150,15 @@ impl RespSession {
             Err(e) => Plan::Fail(e),
             Ok(cmd) => match cmd.kind {
                 Kind::Local(which) => {
+                    if which == LocalCommand::Reset {
+                        // What RESET leaves beyond the client's own state: MULTI, WATCH (its
+                        // reserved connection closes), every subscription.
+                        self.fe.tx = Transaction::default();
+                        self.fe.watch = None;
+                        self.fe.pubsub = PubSub::default();
+                        self.fe.subscribers.clear();
+                        self.out.listening = false;
+                    }
                     let cx = Local {
                         client: &mut self.fe.client,
                         pool: &self.pool,
@@ -213,7 +225,7 @@ impl RespSession {
                     command: shown,
                     why: why.into(),
                 },
-                None => ClientError::UnknownCommand(shown),
+                None => ClientError::unknown_command(name, req.args().skip(1)),
             });
         };
         if !cmd.arity_ok(req.argc()) {
@@ -222,7 +234,7 @@ impl RespSession {
         let allowed_while_subscribed = matches!(
             cmd.kind,
             Kind::PubSub(PubSubCommand::Subscribe(_) | PubSubCommand::Unsubscribe(_))
-                | Kind::Local(LocalCommand::Ping | LocalCommand::Quit)
+                | Kind::Local(LocalCommand::Ping | LocalCommand::Quit | LocalCommand::Reset)
         );
         if self.fe.pubsub.active() && !self.fe.client.resp3 && !allowed_while_subscribed {
             return Err(ClientError::Exact(format!(

@@ -105,8 +105,7 @@ pub(super) fn queue<N>(
         Step::Plan(Plan::Fail(e))
     };
     let Some(cmd) = cmd else {
-        let shown = String::from_utf8_lossy(req.arg(0)).to_string();
-        return refuse(ClientError::UnknownCommand(shown));
+        return refuse(ClientError::unknown_command(req.arg(0), req.args().skip(1)));
     };
     if !cmd.arity_ok(req.argc()) {
         return refuse(ClientError::WrongArity(cmd.name.to_ascii_lowercase()));

@@ -1,0 +1,259 @@
+//! Differential checks: the same sequences of commands sent to one redis-server and to
+//! ringproxy over three shards give the same replies (keys of one transaction share a hash tag,
+//! as they must through any sharding proxy).
+
+mod common;
+
+use common::*;
+use redis::Value;
+
+/// A reply as a comparable string: the value, or the error's whole text.
+fn reply(conn: &mut redis::Connection, args: &[&str]) -> String {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    match cmd.query::<Value>(conn) {
+        Ok(v) => format!("{v:?}"),
+        Err(e) => format!(
+            "error: {} {}",
+            e.code().unwrap_or("?"),
+            e.detail().unwrap_or("")
+        ),
+    }
+}
+
+/// Commands, each as its arguments.
+type Steps<'a> = &'a [&'a [&'a str]];
+
+/// A sequence of commands, and maybe a command another client sends before step `at`.
+type Sequence<'a> = (Steps<'a>, Option<(usize, &'a [&'a str])>);
+
+/// Runs each sequence on a fresh connection to the server and to the proxy; `between` runs
+/// on another connection of the same side before step `at` (a concurrent client).
+fn same_replies(sequences: &[Sequence<'_>]) {
+    let server = Redis::start();
+    let (_shards, port, _proxy) = three_shards("compat", "    allow_flush: true\n");
+    for (steps, between) in sequences {
+        let run = |conn: &mut redis::Connection, other: &mut redis::Connection| -> Vec<String> {
+            let _: () = redis::cmd("FLUSHALL").query(other).unwrap();
+            steps
+                .iter()
+                .enumerate()
+                .map(|(n, args)| {
+                    if let Some((at, other_args)) = between
+                        && *at == n
+                    {
+                        reply(other, other_args);
+                    }
+                    format!("{} -> {}", args.join(" "), reply(conn, args))
+                })
+                .collect()
+        };
+        let expected = run(&mut server.client(), &mut server.client());
+        let got = run(&mut connect(port), &mut connect(port));
+        assert_eq!(got, expected);
+    }
+}
+
+#[test]
+fn transactions_in_every_order_answer_as_redis_does() {
+    let k = "{t}k";
+    let sequences: &[Sequence<'_>] = &[
+        (&[&["EXEC"], &["DISCARD"], &["UNWATCH"]], None),
+        (&[&["MULTI"], &["EXEC"]], None),
+        (
+            &[
+                &["MULTI"],
+                &["SET", k, "1"],
+                &["MULTI"],
+                &["INCR", k],
+                &["EXEC"],
+                &["GET", k],
+            ],
+            None,
+        ),
+        (
+            &[
+                &["MULTI"],
+                &["SET", k, "1"],
+                &["WATCH", k],
+                &["EXEC"],
+                &["GET", k],
+            ],
+            None,
+        ),
+        (
+            &[
+                &["MULTI"],
+                &["SET", k, "1"],
+                &["NOSUCHCOMMAND"],
+                &["EXEC"],
+                &["GET", k],
+                &["EXEC"],
+            ],
+            None,
+        ),
+        (
+            &[
+                &["MULTI"],
+                &["SET", k, "1"],
+                &["GET"],
+                &["EXEC"],
+                &["SET", k, "2"],
+                &["GET", k],
+            ],
+            None,
+        ),
+        (
+            &[
+                &["MULTI"],
+                &["GET"],
+                &["DISCARD"],
+                &["EXEC"],
+                &["SET", k, "3"],
+            ],
+            None,
+        ),
+        (
+            &[
+                &["MULTI"],
+                &["SET", k, "1"],
+                &["DISCARD"],
+                &["GET", k],
+                &["EXEC"],
+            ],
+            None,
+        ),
+        (
+            &[
+                &["SET", k, "a"],
+                &["MULTI"],
+                &["INCR", k],
+                &["SET", k, "b"],
+                &["EXEC"],
+                &["GET", k],
+            ],
+            None,
+        ),
+        (
+            &[
+                &["WATCH", k],
+                &["MULTI"],
+                &["SET", k, "mine"],
+                &["EXEC"],
+                &["GET", k],
+            ],
+            Some((1, &["SET", k, "theirs"])),
+        ),
+        (
+            &[
+                &["WATCH", k],
+                &["UNWATCH"],
+                &["MULTI"],
+                &["SET", k, "mine"],
+                &["EXEC"],
+                &["GET", k],
+            ],
+            Some((2, &["SET", k, "theirs"])),
+        ),
+        (
+            &[
+                &["WATCH", k],
+                &["MULTI"],
+                &["SET", k, "1"],
+                &["DISCARD"],
+                &["MULTI"],
+                &["SET", k, "2"],
+                &["EXEC"],
+            ],
+            Some((4, &["SET", k, "theirs"])),
+        ),
+        (&[&["MULTI"], &["PING"], &["ECHO", "x"], &["EXEC"]], None),
+        (
+            &[
+                &["MULTI"],
+                &["EXEC"],
+                &["EXEC"],
+                &["MULTI"],
+                &["DISCARD"],
+                &["DISCARD"],
+            ],
+            None,
+        ),
+    ];
+    same_replies(sequences);
+}
+
+#[test]
+fn connection_commands_answer_as_redis_does() {
+    let long = "x".repeat(200);
+    let sequences: &[Sequence<'_>] = &[
+        (
+            &[
+                &["NOSUCH"],
+                &["NOSUCH", "a", "b c"],
+                &["NOSUCH", &long, "more"],
+            ],
+            None,
+        ),
+        (
+            &[&["PING"], &["PING", "hi"], &["ECHO", "x"], &["SELECT", "0"]],
+            None,
+        ),
+        (
+            &[
+                &["MULTI"],
+                &["SET", "{t}k", "1"],
+                &["RESET"],
+                &["EXEC"],
+                &["GET", "{t}k"],
+            ],
+            None,
+        ),
+        (
+            &[
+                &["WATCH", "{t}k"],
+                &["RESET"],
+                &["MULTI"],
+                &["SET", "{t}k", "mine"],
+                &["EXEC"],
+            ],
+            Some((2, &["SET", "{t}k", "theirs"])),
+        ),
+        (
+            &[
+                &["CLIENT", "SETNAME", "x"],
+                &["RESET"],
+                &["CLIENT", "GETNAME"],
+                &["RESET", "now"],
+            ],
+            None,
+        ),
+    ];
+    same_replies(sequences);
+}
+
+#[test]
+fn hello_and_time_speak_for_the_backends() {
+    let server = Redis::start();
+    let (_shards, port, proxy) = three_shards("hello", "");
+    proxy.wait_ready(true);
+    let hello = |conn: &mut redis::Connection| -> Vec<(String, Value)> {
+        redis::cmd("HELLO").arg(2).query(conn).unwrap()
+    };
+    let field = |pairs: &[(String, Value)], name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| format!("{v:?}"))
+    };
+    let (direct, proxied) = (hello(&mut server.client()), hello(&mut connect(port)));
+    assert_eq!(field(&proxied, "version"), field(&direct, "version"));
+    assert_eq!(field(&proxied, "server"), field(&direct, "server"));
+    // TIME: two bulk strings, seconds and microseconds, the clock of the same machine.
+    let time =
+        |conn: &mut redis::Connection| -> (u64, u64) { redis::cmd("TIME").query(conn).unwrap() };
+    let ((s1, _), (s2, us)) = (time(&mut server.client()), time(&mut connect(port)));
+    assert!(s2.abs_diff(s1) <= 2 && us < 1_000_000, "{s1} {s2} {us}");
+}
