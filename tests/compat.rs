@@ -33,7 +33,8 @@ type Sequence<'a> = (Steps<'a>, Option<(usize, &'a [&'a str])>);
 /// on another connection of the same side before step `at` (a concurrent client).
 fn same_replies(sequences: &[Sequence<'_>]) {
     let server = Redis::start();
-    let (_shards, port, _proxy) = three_shards("compat", "    allow_flush: true\n");
+    let (_shards, port, _proxy) =
+        three_shards("compat", "    allow_flush: true\n    hash_tag: \"{}\"\n");
     for (steps, between) in sequences {
         let run = |conn: &mut redis::Connection, other: &mut redis::Connection| -> Vec<String> {
             let _: () = redis::cmd("FLUSHALL").query(other).unwrap();
@@ -256,4 +257,42 @@ fn hello_and_time_speak_for_the_backends() {
         |conn: &mut redis::Connection| -> (u64, u64) { redis::cmd("TIME").query(conn).unwrap() };
     let ((s1, _), (s2, us)) = (time(&mut server.client()), time(&mut connect(port)));
     assert!(s2.abs_diff(s1) <= 2 && us < 1_000_000, "{s1} {s2} {us}");
+}
+
+#[test]
+fn sort_with_patterns_of_the_key_hash_tag_answers_as_redis_does() {
+    let data: &[&[&str]] = &[
+        &["RPUSH", "{u}list", "3", "1", "2"],
+        &["MSET", "{u}w_1", "30", "{u}w_2", "10", "{u}w_3", "20"],
+        &["HSET", "{u}o_1", "name", "one"],
+        &["HSET", "{u}o_2", "name", "two"],
+        &["MSET", "{u}n_1", "uno", "{u}n_3", "tres"],
+    ];
+    let sorts: &[&[&str]] = &[
+        &[
+            "SORT", "{u}list", "BY", "{u}w_*", "GET", "#", "GET", "{u}n_*",
+        ],
+        &[
+            "SORT",
+            "{u}list",
+            "BY",
+            "{u}w_*",
+            "DESC",
+            "GET",
+            "{u}o_*->name",
+        ],
+        &["SORT_RO", "{u}list", "BY", "nosort", "GET", "{u}n_*"],
+        &["SORT", "{u}list", "LIMIT", "0", "2", "STORE", "{u}out"],
+        &["LRANGE", "{u}out", "0", "-1"],
+    ];
+    let steps: Vec<&[&str]> = data.iter().chain(sorts).copied().collect();
+    same_replies(&[(&steps, None)]);
+    // A pattern naming keys of other shards is refused, not answered with missing values.
+    let (_shards, port, _proxy) = three_shards("sort", "    hash_tag: \"{}\"\n");
+    let mut c = connect(port);
+    let refused = reply(&mut c, &["SORT", "{u}list", "BY", "w_*"]);
+    assert!(
+        refused.contains("must carry the key's hash tag"),
+        "{refused}"
+    );
 }

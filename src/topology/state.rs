@@ -29,6 +29,11 @@ impl<N> PoolState<N> {
         self.ring.server_for(key)
     }
 
+    /// The part of `key` the ring hashes: its hash tag's content, or the whole key.
+    pub fn hashed_part<'k>(&self, key: &'k [u8]) -> &'k [u8] {
+        self.ring.hashed_part(key)
+    }
+
     /// How many shards are on the ring.
     pub fn live_servers(&self) -> usize {
         self.ring.live_servers()

@@ -67,6 +67,11 @@ pub(super) fn keyed<N>(
         Ok(shard) => shard,
         Err(e) => return Plan::Fail(e),
     };
+    if matches!(cmd.name, "SORT" | "SORT_RO")
+        && let Err(e) = sort_patterns_on_the_shard(state, req)
+    {
+        return Plan::Fail(e);
+    }
     let target = Target::Shard {
         shard,
         write: cmd.write,
@@ -83,6 +88,49 @@ pub(super) fn keyed<N>(
         },
         false => Plan::Forward(part),
     }
+}
+
+/// SORT's BY and GET patterns name other keys, one per element (`weight_*`, `obj_*->field`):
+/// served when those keys are on the sorted key's shard, that is when each pattern carries
+/// the key's hash tag with the `*` outside it. Patterns without `*` (`nosort`, `#`, a constant)
+/// read no key.
+fn sort_patterns_on_the_shard<N>(state: &PoolState<N>, req: &Request) -> Result<(), ClientError> {
+    if state.live_servers() <= 1 {
+        return Ok(());
+    }
+    let key = req.arg(1);
+    let tag = state.hashed_part(key);
+    let mut i = 2;
+    while i + 1 < req.argc() {
+        let option = req.arg(i);
+        if option.eq_ignore_ascii_case(b"LIMIT") {
+            i += 3;
+            continue;
+        }
+        if option.eq_ignore_ascii_case(b"BY") || option.eq_ignore_ascii_case(b"GET") {
+            let pattern = req.arg(i + 1);
+            if let Some(star) = memchr::memchr(b'*', pattern) {
+                // `key->field`: the key is what comes before the first `->` after the `*`.
+                let key_part = memchr::memmem::find(&pattern[star + 1..], b"->")
+                    .map_or(pattern, |at| &pattern[..star + 1 + at]);
+                let hashed = state.hashed_part(key_part);
+                let tagged = tag.len() < key.len() && hashed.len() < key_part.len();
+                if !tagged || hashed != tag || hashed.contains(&b'*') {
+                    return Err(ClientError::Refused(
+                        format!(
+                            "SORT pattern '{}' must carry the key's hash tag, outside the '*', so the keys it names share the key's shard",
+                            String::from_utf8_lossy(pattern)
+                        )
+                        .into(),
+                    ));
+                }
+            }
+            i += 2;
+            continue;
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 /// A blocking command (BLPOP, BZMPOP…), its timeout where `at` says.
@@ -467,6 +515,50 @@ mod tests {
                 ..
             } => assert_eq!((prefix, &first[..]), (&b"-NOSCRIPT"[..], &b"load"[..])),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn sort_patterns_must_share_the_key_hash_tag() {
+        let state = three_shards(0, false);
+        let sort = |args: &[&str]| keyed(&state, cmd(args[0]), &request(args), ReadFrom::Master);
+        for ok in [
+            &["SORT", "{u}list"][..],
+            &[
+                "SORT",
+                "{u}list",
+                "BY",
+                "{u}w_*",
+                "GET",
+                "#",
+                "GET",
+                "{u}o_*->name",
+            ],
+            &[
+                "SORT", "{u}list", "BY", "nosort", "LIMIT", "0", "10", "STORE", "{u}out",
+            ],
+            &[
+                "SORT_RO",
+                "{u}list",
+                "BY",
+                "{u}w_*->weight",
+                "GET",
+                "constant",
+            ],
+        ] {
+            assert!(matches!(sort(ok), Plan::Forward(_)), "{ok:?}");
+        }
+        for refused in [
+            &["SORT", "list", "BY", "w_*"][..],
+            &["SORT", "{u}list", "BY", "{v}w_*"],
+            &["SORT", "{u}list", "GET", "w_*"],
+            &["SORT", "{u}list", "GET", "{u*}w"],
+            &["SORT_RO", "{u}list", "GET", "{v}o_*->f"],
+        ] {
+            match sort(refused) {
+                Plan::Fail(e) => assert!(e.to_string().contains("hash tag"), "{e}"),
+                other => panic!("{refused:?}: {other:?}"),
+            }
         }
     }
 
