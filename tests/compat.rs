@@ -296,3 +296,44 @@ fn sort_with_patterns_of_the_key_hash_tag_answers_as_redis_does() {
         "{refused}"
     );
 }
+
+#[test]
+fn config_get_answers_from_the_masters_and_set_reaches_every_node_when_allowed() {
+    let server = Redis::start();
+    let (shards, port, _proxy) = three_shards("config", "    allow_config: true\n");
+    let mut c = connect(port);
+    let get = ["CONFIG", "GET", "maxmemory-policy"];
+    assert_eq!(reply(&mut c, &get), reply(&mut server.client(), &get));
+    // As frameworks such as Spring Session do at start-up.
+    let set = ["CONFIG", "SET", "notify-keyspace-events", "KEA"];
+    assert_eq!(reply(&mut c, &set), reply(&mut server.client(), &set));
+    for shard in &shards {
+        let got: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("notify-keyspace-events")
+            .query(&mut shard.client())
+            .unwrap();
+        assert_eq!(
+            got[1].chars().collect::<std::collections::BTreeSet<_>>(),
+            "AKE".chars().collect()
+        );
+    }
+    let wrong = ["CONFIG", "SET", "no-such-parameter", "1"];
+    assert_eq!(reply(&mut c, &wrong), reply(&mut server.client(), &wrong));
+    assert_eq!(reply(&mut c, &["CONFIG", "RESETSTAT"]), "ok");
+    let rewrite = reply(&mut c, &["CONFIG", "REWRITE"]);
+    assert!(
+        rewrite.contains("unsupported command 'CONFIG REWRITE'"),
+        "{rewrite}"
+    );
+
+    // Without allow_config, reading is allowed and changing is refused with the reason.
+    let (_shards, port, _proxy) = three_shards("config-off", "");
+    let mut c = connect(port);
+    assert_eq!(reply(&mut c, &get), reply(&mut server.client(), &get));
+    let refused = reply(&mut c, &set);
+    assert!(
+        refused.contains("the pool needs allow_config: true"),
+        "{refused}"
+    );
+}

@@ -177,6 +177,8 @@ pub enum Fanout {
     Script,
     /// FUNCTION LOAD / DELETE / FLUSH / RESTORE: every master (replicas get them by replication).
     Function,
+    /// CONFIG GET from the first master; SET and RESETSTAT on every node, if the pool allows.
+    Config,
 }
 
 /// How the per-shard replies of a split command become one.
@@ -347,7 +349,6 @@ pub static UNSUPPORTED: &[(&str, &str)] = &[
     ("BGREWRITEAOF", ADMIN),
     ("BGSAVE", ADMIN),
     ("CLUSTER", CLUSTER),
-    ("CONFIG", ADMIN),
     ("DEBUG", ADMIN),
     ("FAILOVER", ADMIN),
     ("LASTSAVE", ADMIN),

@@ -118,6 +118,7 @@ pub static TABLE: &[Command] = &[
         0,
         0,
     ),
+    c("CONFIG", -2, false, Kind::Keyspace(Fanout::Config), 0, 0, 0),
     c("COPY", -3, true, Kind::Keyed, 1, 2, 1),
     c("DBSIZE", 1, false, Kind::Keyspace(Fanout::DbSize), 0, 0, 0),
     c("DECR", 2, true, Kind::Keyed, 1, 1, 1),

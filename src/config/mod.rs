@@ -182,6 +182,8 @@ pub struct PoolConfig {
     pub allow_flush: bool,
     /// Whether KEYS, which scans every shard at once, is forwarded.
     pub allow_keys: bool,
+    /// CONFIG SET and CONFIG RESETSTAT reach every node only when true.
+    pub allow_config: bool,
     /// memcache: refuse writes whose exptime is an absolute time already past.
     pub reject_past_exptime: bool,
     pub servers: Vec<ServerConfig>,
@@ -353,6 +355,7 @@ impl PoolParts {
             }
             Protocol::Memcache if c.db != 0 => Some("db is for redis pools"),
             Protocol::Memcache if c.allow_keys => Some("allow_keys is for redis pools"),
+            Protocol::Memcache if c.allow_config => Some("allow_config is for redis pools"),
             Protocol::Memcache if matches!(c.failover, Failover::Promote | Failover::Sentinel) => {
                 Some(
                     "failover: promote and sentinel are for redis pools: a memcache server's replicas all take its writes already",

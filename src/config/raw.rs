@@ -73,6 +73,7 @@ struct Pool {
     item_size_max: Option<usize>,
     allow_flush: Option<bool>,
     allow_keys: Option<bool>,
+    allow_config: Option<bool>,
     slowlog_slower_than_us: Option<i64>,
     slowlog_max_len: Option<usize>,
     auth_max_failures: Option<u32>,
@@ -408,6 +409,7 @@ fn base_pool(listen: &Spanned<Listen>) -> PoolConfig {
         item_size_max: 1024 * 1024,
         allow_flush: false,
         allow_keys: false,
+        allow_config: false,
         reject_past_exptime: false,
         servers: Vec::new(),
     }
@@ -504,6 +506,7 @@ impl Pool {
         c.item_size_max = p.item_size_max.unwrap_or(c.item_size_max);
         c.allow_flush = p.allow_flush.unwrap_or(false);
         c.allow_keys = p.allow_keys.unwrap_or(false);
+        c.allow_config = p.allow_config.unwrap_or(false);
         c.slowlog_slower_than_us = p.slowlog_slower_than_us.unwrap_or(c.slowlog_slower_than_us);
         c.slowlog_max_len = p.slowlog_max_len.unwrap_or(c.slowlog_max_len);
         c.auth_max_failures = p.auth_max_failures.unwrap_or(c.auth_max_failures);
@@ -608,6 +611,7 @@ impl From<TwemproxyPool> for Pool {
             item_size_max: None,
             allow_flush: None,
             allow_keys: None,
+            allow_config: None,
             reject_past_exptime: None,
             servers: t.servers,
         }

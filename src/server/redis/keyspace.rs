@@ -1,6 +1,6 @@
 //! The whole-keyspace commands, decided without I/O: SCAN one shard at a time with the shard in
 //! the cursor; KEYS, DBSIZE, RANDOMKEY, FLUSHDB, FLUSHALL on every master, merged; SCRIPT on
-//! every node (scripts are not replicated); FUNCTION on every master.
+//! every node (scripts are not replicated); FUNCTION on every master; CONFIG.
 
 use std::sync::Arc;
 
@@ -54,6 +54,36 @@ pub(super) fn route<N>(
         Fanout::Flush => masters(Merge::Same),
         Fanout::Script => script_admin(state, config, scripts, req),
         Fanout::Function => function_admin(state, config, req),
+        Fanout::Config => config_admin(state, config, req),
+    }
+}
+
+/// CONFIG GET and HELP from the first shard's master (the masters of a pool are configured
+/// alike, or the first one speaks for them); CONFIG SET and RESETSTAT on every node, replicas
+/// included, when the pool allows it (frameworks set `notify-keyspace-events` at start-up).
+fn config_admin<N>(state: &PoolState<N>, config: &PoolConfig, req: &Request) -> Plan {
+    let sub = req.arg(1).to_ascii_uppercase();
+    match &sub[..] {
+        b"GET" | b"HELP" => Plan::Forward(Part::resp(
+            Target::Shard {
+                shard: 0,
+                write: true,
+            },
+            req.frame().clone(),
+        )),
+        b"SET" | b"RESETSTAT" if !config.allow_config => Plan::Fail(ClientError::Refused(
+            format!(
+                "CONFIG {} would change every node; the pool needs allow_config: true",
+                String::from_utf8_lossy(&sub)
+            )
+            .into(),
+        )),
+        b"SET" | b"RESETSTAT" => {
+            let parts = every_node(state, req);
+            let gather = merge::split(Merge::Same, parts.len(), Vec::new(), config.max_reply_depth);
+            Plan::Gather(parts, gather)
+        }
+        _ => unsupported_sub(req, "CONFIG GET, SET, RESETSTAT and HELP are served"),
     }
 }
 
