@@ -337,3 +337,61 @@ fn config_get_answers_from_the_masters_and_set_reaches_every_node_when_allowed()
         "{refused}"
     );
 }
+
+#[test]
+fn info_has_the_sections_and_fields_of_one_redis_server() {
+    let server = Redis::start();
+    let (_shards, port, _proxy) = three_shards("info", "");
+    let titles = |info: &str| -> Vec<String> {
+        info.lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .map(str::to_string)
+            .collect()
+    };
+    let direct: String = redis::cmd("INFO").query(&mut server.client()).unwrap();
+    let proxied: String = redis::cmd("INFO").query(&mut connect(port)).unwrap();
+    let mut expected = titles(&direct);
+    expected.push("Proxy".to_string());
+    assert_eq!(titles(&proxied), expected, "{proxied}");
+    // What client libraries and monitoring tools read.
+    for field in [
+        "redis_version:7.",
+        "redis_mode:standalone",
+        "arch_bits:64",
+        "os:",
+        "run_id:",
+        "connected_clients:1",
+        "blocked_clients:0",
+        "used_memory:",
+        "used_memory_human:",
+        "maxmemory_policy:",
+        "rdb_changes_since_last_save:",
+        "total_commands_processed:",
+        "keyspace_hits:",
+        "role:master",
+        "used_cpu_user:",
+        "cluster_enabled:0",
+    ] {
+        assert!(
+            proxied.contains(&format!("\r\n{field}")),
+            "{field} in {proxied}"
+        );
+    }
+    // Sections named one by one, in any case, and `everything`.
+    let some: String = redis::cmd("INFO")
+        .arg("CPU")
+        .arg("cluster")
+        .query(&mut connect(port))
+        .unwrap();
+    assert_eq!(titles(&some), ["CPU", "Cluster"]);
+    let stats: String = redis::cmd("INFO")
+        .arg("stats")
+        .query(&mut connect(port))
+        .unwrap();
+    assert!(stats.contains("\r\nkeyspace_hits:"), "{stats}");
+    let all: String = redis::cmd("INFO")
+        .arg("everything")
+        .query(&mut connect(port))
+        .unwrap();
+    assert_eq!(titles(&all), expected);
+}

@@ -24,6 +24,7 @@ use auth::UserLabels;
 pub use throttle::Throttle;
 
 pub use latency::{Latency, LatencyCounts};
+pub use process::cpu_seconds;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
@@ -165,6 +166,7 @@ pub struct Metrics {
     /// The `process_*` metrics, which carry no `ringproxy_` prefix.
     process: Registry,
     client_connections: Family<PoolLabels, Gauge>,
+    blocked_clients: Family<PoolLabels, Gauge>,
     client_connections_total: Family<PoolLabels, Counter>,
     client_requests: Family<PoolLabels, Counter>,
     client_commands: Family<ClassLabels, Counter>,
@@ -209,6 +211,8 @@ pub struct ShardMetrics {
 #[derive(Clone, Debug)]
 pub struct PoolMetrics {
     pub client_connections: Gauge,
+    /// Blocking commands waiting on their backend (INFO's `blocked_clients`).
+    pub blocked_clients: Gauge,
     pub client_connections_total: Counter,
     pub requests: Counter,
     /// Requests by [`Class`], in `Class::ALL`'s order.
@@ -255,6 +259,11 @@ impl Default for Metrics {
         let r = &mut Registry::with_prefix("ringproxy");
         Metrics {
             client_connections: family(r, "client_connections", "Open client connections"),
+            blocked_clients: family(
+                r,
+                "blocked_clients",
+                "Blocking commands waiting on their backend",
+            ),
             client_connections_total: family(
                 r,
                 "client_connections_accepted",
@@ -391,6 +400,7 @@ impl Metrics {
         };
         PoolMetrics {
             client_connections: self.client_connections.get_or_create(&l).clone(),
+            blocked_clients: self.blocked_clients.get_or_create(&l).clone(),
             client_connections_total: self.client_connections_total.get_or_create(&l).clone(),
             requests: self.client_requests.get_or_create(&l).clone(),
             commands: Class::ALL.map(|class| {

@@ -16,6 +16,14 @@ const TICKS_PER_SECOND: f64 = 100.0;
 #[derive(Debug)]
 pub(super) struct ProcessCollector;
 
+/// The CPU this process has used so far: user and system seconds (INFO's CPU section).
+pub fn cpu_seconds() -> Option<(f64, f64)> {
+    let stat = fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let seconds = |n: usize| Some(fields.get(n - 3)?.parse::<f64>().ok()? / TICKS_PER_SECOND);
+    Some((seconds(14)?, seconds(15)?))
+}
+
 /// What `/proc` says of this process.
 struct Sample {
     cpu_seconds: f64,

@@ -22,6 +22,7 @@ use crate::metrics::CloseReason;
 use crate::net::Stream;
 use crate::protocol::ReplyKind;
 use crate::topology::{Pool, PoolState};
+use prometheus_client::metrics::gauge::Gauge;
 
 /// A fresh read buffer's size: small, so a burst of idle clients costs little; it doubles
 /// while reads fill it.
@@ -74,6 +75,24 @@ struct Held {
     conn: Reserved,
     /// The sequence number of that request.
     until: u64,
+    /// Counted in `blocked_clients` while a blocking command waits on it.
+    _blocked: Option<Blocked>,
+}
+
+/// One blocking command in `blocked_clients`, until it is dropped.
+struct Blocked(Gauge);
+
+impl Blocked {
+    fn new(gauge: &Gauge) -> Blocked {
+        gauge.inc();
+        Blocked(gauge.clone())
+    }
+}
+
+impl Drop for Blocked {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 pub(super) struct Session<F> {
@@ -418,7 +437,8 @@ impl<F: Frontend> Session<F> {
                     timeout: None,
                 };
                 conn.send(job, wait.map(|w| w + self.pool.config.timeout));
-                self.hold_for_next(node, conn);
+                let blocked = Blocked::new(&self.pool.metrics.blocked_clients);
+                self.hold(node, conn, Some(blocked));
                 self.out.forwarded();
             }
         }
@@ -448,8 +468,17 @@ impl<F> Session<F> {
     /// Holds `conn`, reserved on `node`, until the reply to the next request queued is
     /// written; then it is given back for another client.
     pub(super) fn hold_for_next(&mut self, node: Arc<Node>, conn: Reserved) {
+        self.hold(node, conn, None);
+    }
+
+    fn hold(&mut self, node: Arc<Node>, conn: Reserved, blocked: Option<Blocked>) {
         let until = self.out.next_seq();
-        self.held.push(Held { node, conn, until });
+        self.held.push(Held {
+            node,
+            conn,
+            until,
+            _blocked: blocked,
+        });
     }
 
     /// Gives back every reserved connection whose last reply has been written: each was left

@@ -6,10 +6,7 @@ use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
 
-use super::keyspace::every_master;
-use super::merge;
 use crate::command::{Command, Kind, LocalCommand, TABLE};
-use crate::config::Listen;
 use crate::protocol::resp::{Request, encode, parse_int};
 use crate::server::error::ClientError;
 use crate::server::plan::Plan;
@@ -86,7 +83,7 @@ pub(super) fn run(cx: Local<'_>, state: &PoolState, which: LocalCommand, req: &R
         LocalCommand::Hello => hello(cx, state, req),
         LocalCommand::Client => client(cx, req),
         LocalCommand::Command => command(&cx, req),
-        LocalCommand::Info => info(cx.pool, state, req),
+        LocalCommand::Info => super::info::route(cx.pool, state, req),
         LocalCommand::SlowLog => slowlog(cx.pool, req),
         LocalCommand::Time => time(),
         LocalCommand::Reset => reset(cx),
@@ -417,60 +414,4 @@ fn command(cx: &Local<'_>, req: &Request) -> Plan {
         }
     }
     Plan::Reply(b.freeze())
-}
-
-/// INFO: the proxy's own sections; with Server or Keyspace asked for, every shard's INFO is
-/// fetched for the backend version and the summed key counts.
-fn info(pool: &Pool, state: &PoolState, req: &Request) -> Plan {
-    let wanted: Vec<String> = req
-        .args()
-        .skip(1)
-        .map(|a| String::from_utf8_lossy(a).to_lowercase())
-        .collect();
-    let all = wanted.is_empty()
-        || wanted
-            .iter()
-            .any(|w| matches!(w.as_str(), "all" | "default" | "everything"));
-    let want = |section: &str| all || wanted.iter().any(|w| w == section);
-    let c = &pool.config;
-    let mut rest = String::new();
-    if want("clients") {
-        rest.push_str(&format!(
-            "# Clients\r\nconnected_clients:{}\r\n",
-            pool.metrics.client_connections.get()
-        ));
-    }
-    if want("proxy") {
-        rest.push_str(&format!(
-            "# Proxy\r\nproxy:ringproxy\r\nproxy_version:{}\r\npool:{}\r\nhash:{}\r\ndistribution:{}\r\nservers:{}\r\nservers_on_ring:{}\r\ntotal_commands_processed:{}\r\n",
-            env!("CARGO_PKG_VERSION"),
-            c.name,
-            c.hash,
-            c.distribution,
-            state.shards.len(),
-            state.live_servers(),
-            pool.metrics.requests.get(),
-        ));
-    }
-    let server = want("server").then(|| {
-        format!(
-            "ringproxy_version:{}\r\nredis_mode:standalone\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n",
-            env!("CARGO_PKG_VERSION"),
-            std::process::id(),
-            match &c.listen {
-                Listen::Tcp(addr) => addr.port,
-                Listen::Unix { .. } => 0,
-            },
-            pool.started.elapsed().as_secs(),
-        )
-    });
-    let keyspace = want("keyspace");
-    if server.is_none() && !keyspace {
-        let mut b = BytesMut::new();
-        encode::bulk(&mut b, rest.as_bytes());
-        return Plan::Reply(b.freeze());
-    }
-    let gather = merge::info(server, rest, keyspace, state.shards.len());
-    let info = Bytes::from_static(b"*1\r\n$4\r\nINFO\r\n");
-    every_master(state, &info, gather)
 }

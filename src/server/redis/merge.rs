@@ -11,6 +11,8 @@ use crate::protocol::resp::{ReplyScanner, encode, parse_int};
 use crate::server::error::ClientError;
 use crate::server::merge::{Gather, Merger, failed};
 
+use super::info::{self, Section};
+
 /// The RESP error reply for a backend reply that cannot be merged; `how` completes "a backend
 /// answered …".
 fn odd(how: &'static str) -> Bytes {
@@ -26,13 +28,8 @@ enum RespMerge {
         key_parts: Vec<u32>,
         max_depth: usize,
     },
-    /// INFO: a Server section with the lowest backend version, the proxy's own sections, then
-    /// the shards' keyspace counts summed.
-    Info {
-        server: Option<String>,
-        rest: String,
-        keyspace: bool,
-    },
+    /// INFO: its sections made from the masters' replies.
+    Info(Vec<Section>),
     /// SCAN on one shard of `shards`: the cursor re-encoded with the shard.
     Scan { shard: usize, shards: usize },
     /// A transaction sent as MULTI, its commands and EXEC: EXEC's reply, the last part's.
@@ -86,15 +83,8 @@ pub(super) fn split_recording(
 }
 
 /// INFO of `parts` shards.
-pub(super) fn info(server: Option<String>, rest: String, keyspace: bool, parts: usize) -> Gather {
-    Gather::new(
-        parts,
-        RespMerge::Info {
-            server,
-            rest,
-            keyspace,
-        },
-    )
+pub(super) fn info(sections: Vec<Section>, parts: usize) -> Gather {
+    Gather::new(parts, RespMerge::Info(sections))
 }
 
 /// A transaction of `parts` requests, answered by the last.
@@ -110,11 +100,11 @@ pub(super) fn scan(shard: usize, shards: usize) -> Gather {
 impl Merger for RespMerge {
     fn merge(&mut self, parts: Vec<Result<Bytes, BackendError>>) -> Bytes {
         match self {
-            RespMerge::Info {
-                server,
-                rest,
-                keyspace,
-            } => merge_info(server.as_deref(), rest, *keyspace, &parts),
+            RespMerge::Info(sections) => {
+                // A shard that cannot answer leaves its counts out.
+                let replies: Vec<Bytes> = parts.into_iter().flatten().collect();
+                info::render(sections, &info::parse_parts(&replies))
+            }
             RespMerge::Split {
                 merge,
                 key_parts,
@@ -367,75 +357,6 @@ fn merge_sum(replies: &[Bytes]) -> Bytes {
     out.freeze()
 }
 
-/// The proxy's INFO text plus a Keyspace section summing every shard's `db<N>:keys=…` lines.
-fn merge_info(
-    server: Option<&str>,
-    rest: &str,
-    keyspace: bool,
-    parts: &[Result<Bytes, BackendError>],
-) -> Bytes {
-    let mut text = String::new();
-    if let Some(server) = server {
-        let version = parts
-            .iter()
-            .flatten()
-            .filter_map(|r| {
-                let body = std::str::from_utf8(r).ok()?;
-                let v = body
-                    .lines()
-                    .find_map(|l| l.strip_prefix("redis_version:"))?;
-                Some(v.trim().to_string())
-            })
-            .min_by_key(|v| {
-                v.split('.')
-                    .map(|n| n.parse::<u32>().unwrap_or(0))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_else(|| "unknown".to_string());
-        text.push_str(&format!("# Server\r\nredis_version:{version}\r\n{server}"));
-    }
-    text.push_str(rest);
-    if keyspace {
-        let mut dbs: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
-        let mut unreachable = 0;
-        for p in parts {
-            let Ok(reply) = p else {
-                unreachable += 1;
-                continue;
-            };
-            let body = String::from_utf8_lossy(reply);
-            for line in body.lines() {
-                let Some((db, fields)) = line.split_once(":keys=") else {
-                    continue;
-                };
-                let keys = fields
-                    .split(',')
-                    .next()
-                    .and_then(|k| k.parse::<i64>().ok())
-                    .unwrap_or(0);
-                let expires = fields
-                    .split(',')
-                    .find_map(|f| f.strip_prefix("expires="))
-                    .and_then(|e| e.parse::<i64>().ok())
-                    .unwrap_or(0);
-                let entry = dbs.entry(db.to_string()).or_default();
-                entry.0 += keys;
-                entry.1 += expires;
-            }
-        }
-        text.push_str("# Keyspace\r\n");
-        for (db, (keys, expires)) in dbs {
-            text.push_str(&format!("{db}:keys={keys},expires={expires},avg_ttl=0\r\n"));
-        }
-        if unreachable > 0 {
-            text.push_str(&format!("shards_unreachable:{unreachable}\r\n"));
-        }
-    }
-    let mut out = BytesMut::new();
-    encode::bulk(&mut out, text.as_bytes());
-    out.freeze()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,27 +448,5 @@ mod tests {
                     || backend * shards as u64 > u64::MAX - shard as u64),
             }
         }
-    }
-
-    #[test]
-    fn info_sums_keyspace() {
-        let mut g = info(
-            Some("x:1\r\n".to_string()),
-            "# Proxy\r\n".to_string(),
-            true,
-            2,
-        );
-        g.add(0, Ok(b("$60\r\nredis_version:7.0.15\r\n# Keyspace\r\ndb0:keys=3,expires=1,avg_ttl=5\r\n\r\n")));
-        let merged = g
-            .add(
-                1,
-                Ok(b(
-                    "$58\r\nredis_version:6.2.1\r\ndb0:keys=4,expires=0,avg_ttl=0\r\n\r\n",
-                )),
-            )
-            .unwrap();
-        let text = String::from_utf8_lossy(&merged);
-        assert!(text.starts_with("$"), "{text}");
-        assert!(text.contains("# Server\r\nredis_version:6.2.1\r\nx:1\r\n# Proxy\r\n# Keyspace\r\ndb0:keys=7,expires=1,avg_ttl=0\r\n"), "{text}");
     }
 }

@@ -4,6 +4,7 @@
 //! carries out what they decide and holds the client's reserved WATCH connection and
 //! subscriber connections.
 
+mod info;
 mod keyspace;
 mod local;
 mod merge;

@@ -1,0 +1,419 @@
+//! INFO as one redis-server answers it, for a whole pool: Redis 7's sections in its order.
+//! Server comes from the backends (the lowest `redis_version`) with the proxy's own process
+//! fields; Memory, Persistence and Stats are the masters' counters summed where a sum means
+//! something, Stats with the proxy's own connection and command counts; Keyspace is summed;
+//! Modules and Errorstats are the first master's. Clients, Replication (`role:master`, as
+//! clients see it), CPU and Cluster (`cluster_enabled:0`) are the proxy's own, and so is the
+//! Proxy section.
+
+use std::fmt::Write;
+use std::sync::OnceLock;
+
+use bytes::{Bytes, BytesMut};
+
+use super::keyspace::every_master;
+use super::merge;
+use crate::config::Listen;
+use crate::protocol::resp::{Request, encode};
+use crate::server::plan::Plan;
+use crate::topology::{Pool, PoolState};
+
+/// Redis 7's default sections in its order, and the proxy's own at the end.
+const SECTIONS: [&str; 12] = [
+    "server",
+    "clients",
+    "memory",
+    "persistence",
+    "stats",
+    "replication",
+    "cpu",
+    "modules",
+    "errorstats",
+    "cluster",
+    "keyspace",
+    "proxy",
+];
+
+/// What one section of the reply is made of.
+#[derive(Debug)]
+pub(super) enum Section {
+    /// Lines the proxy wrote itself, title included.
+    Own(String),
+    /// The backends' Server section with these fields the proxy's.
+    Server(Vec<(&'static str, String)>),
+    /// A section of the masters' counters (`title` as Redis spells it), summed, with these
+    /// fields the proxy's own.
+    Summed {
+        title: &'static str,
+        own: Vec<(&'static str, String)>,
+    },
+    /// The first master's section as it is.
+    First(&'static str),
+    Keyspace,
+}
+
+/// The plan of `INFO [section …]`.
+pub(super) fn route(pool: &Pool, state: &PoolState, req: &Request) -> Plan {
+    let wanted: Vec<String> = req
+        .args()
+        .skip(1)
+        .map(|a| String::from_utf8_lossy(a).to_lowercase())
+        .collect();
+    let every = wanted.is_empty()
+        || wanted
+            .iter()
+            .any(|w| matches!(w.as_str(), "all" | "default" | "everything"));
+    let (names, sections): (Vec<&str>, Vec<Section>) = SECTIONS
+        .iter()
+        .filter(|name| every || wanted.iter().any(|w| w == *name))
+        .map(|name| (*name, section(pool, state, name)))
+        .unzip();
+    // The sections made from the backends' own.
+    let backend: Vec<&str> = names
+        .into_iter()
+        .zip(&sections)
+        .filter(|(_, s)| !matches!(s, Section::Own(_)))
+        .map(|(name, _)| name)
+        .collect();
+    if backend.is_empty() {
+        return Plan::Reply(render(&sections, &[]));
+    }
+    let mut args: Vec<&[u8]> = vec![b"INFO"];
+    args.extend(backend.iter().map(|s| s.as_bytes()));
+    let mut request = BytesMut::new();
+    encode::command(&mut request, args.into_iter());
+    let gather = merge::info(sections, state.shards.len());
+    every_master(state, &request.freeze(), gather)
+}
+
+fn section(pool: &Pool, state: &PoolState, name: &str) -> Section {
+    let c = &pool.config;
+    let m = &pool.metrics;
+    let own = |title: &str, fields: &[(&str, String)]| {
+        let mut text = format!("# {title}\r\n");
+        for (k, v) in fields {
+            let _ = write!(text, "{k}:{v}\r\n");
+        }
+        Section::Own(text)
+    };
+    match name {
+        "server" => {
+            let uptime = pool.started.elapsed().as_secs();
+            let port = match &c.listen {
+                Listen::Tcp(addr) => addr.port,
+                Listen::Unix { .. } => 0,
+            };
+            let executable = std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            Section::Server(vec![
+                ("redis_mode", "standalone".to_string()),
+                ("process_id", std::process::id().to_string()),
+                ("run_id", run_id().to_string()),
+                ("tcp_port", port.to_string()),
+                ("uptime_in_seconds", uptime.to_string()),
+                ("uptime_in_days", (uptime / 86_400).to_string()),
+                ("executable", executable),
+                ("config_file", String::new()),
+                ("ringproxy_version", env!("CARGO_PKG_VERSION").to_string()),
+            ])
+        }
+        "clients" => own(
+            "Clients",
+            &[
+                ("connected_clients", m.client_connections.get().to_string()),
+                ("cluster_connections", "0".into()),
+                ("maxclients", max_clients(c.client_connections).to_string()),
+                ("client_recent_max_input_buffer", "0".into()),
+                ("client_recent_max_output_buffer", "0".into()),
+                ("blocked_clients", m.blocked_clients.get().to_string()),
+                ("tracking_clients", "0".into()),
+                ("clients_in_timeout_table", "0".into()),
+            ],
+        ),
+        "memory" => Section::Summed {
+            title: "Memory",
+            own: Vec::new(),
+        },
+        "persistence" => Section::Summed {
+            title: "Persistence",
+            own: Vec::new(),
+        },
+        "stats" => Section::Summed {
+            title: "Stats",
+            own: vec![
+                (
+                    "total_connections_received",
+                    m.client_connections_total.get().to_string(),
+                ),
+                ("total_commands_processed", m.requests.get().to_string()),
+            ],
+        },
+        "replication" => own(
+            "Replication",
+            &[
+                ("role", "master".into()),
+                ("connected_slaves", "0".into()),
+                ("master_failover_state", "no-failover".into()),
+                ("master_replid", run_id().to_string()),
+                ("master_replid2", "0".repeat(40)),
+                ("master_repl_offset", "0".into()),
+                ("second_repl_offset", "-1".into()),
+                ("repl_backlog_active", "0".into()),
+                ("repl_backlog_size", "1048576".into()),
+                ("repl_backlog_first_byte_offset", "0".into()),
+                ("repl_backlog_histlen", "0".into()),
+            ],
+        ),
+        "cpu" => {
+            let (user, sys) = crate::metrics::cpu_seconds().unwrap_or_default();
+            let secs = |s: f64| format!("{s:.6}");
+            own(
+                "CPU",
+                &[
+                    ("used_cpu_sys", secs(sys)),
+                    ("used_cpu_user", secs(user)),
+                    ("used_cpu_sys_children", secs(0.0)),
+                    ("used_cpu_user_children", secs(0.0)),
+                    ("used_cpu_sys_main_thread", secs(sys)),
+                    ("used_cpu_user_main_thread", secs(user)),
+                ],
+            )
+        }
+        "modules" => Section::First("Modules"),
+        "errorstats" => Section::First("Errorstats"),
+        "cluster" => own("Cluster", &[("cluster_enabled", "0".into())]),
+        "keyspace" => Section::Keyspace,
+        _ => own(
+            "Proxy",
+            &[
+                ("proxy", "ringproxy".into()),
+                ("proxy_version", env!("CARGO_PKG_VERSION").into()),
+                ("pool", c.name.clone()),
+                ("hash", c.hash.to_string()),
+                ("distribution", c.distribution.to_string()),
+                ("servers", state.shards.len().to_string()),
+                ("servers_on_ring", state.live_servers().to_string()),
+                ("total_commands_processed", m.requests.get().to_string()),
+            ],
+        ),
+    }
+}
+
+/// How many clients may connect: the pool's limit, else as many as the process may open
+/// files.
+fn max_clients(limit: Option<u32>) -> u64 {
+    limit.map_or_else(
+        || rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft),
+        u64::from,
+    )
+}
+
+/// This process's run id, as Redis makes one: 40 random hex digits, fixed for its life.
+fn run_id() -> &'static str {
+    static RUN_ID: OnceLock<String> = OnceLock::new();
+    RUN_ID.get_or_init(|| {
+        use std::hash::{BuildHasher, RandomState};
+        let state = RandomState::new();
+        (0..3u64)
+            .map(|i| format!("{:016x}", state.hash_one(i)))
+            .collect::<String>()[..40]
+            .to_string()
+    })
+}
+
+/// `field:value` lines.
+type Fields = Vec<(String, String)>;
+
+/// One backend's INFO: each section's title (lower case) and fields.
+type BackendInfo = Vec<(String, Fields)>;
+
+/// A backend's INFO text as sections.
+fn sections_of(reply: &[u8]) -> BackendInfo {
+    let body = String::from_utf8_lossy(reply);
+    let mut sections: BackendInfo = Vec::new();
+    // The bulk header line comes first: skipped as it is neither a title nor a field.
+    for line in body.lines().skip(1) {
+        if let Some(title) = line.strip_prefix("# ") {
+            sections.push((title.trim().to_lowercase(), Vec::new()));
+        } else if let (Some((k, v)), Some(last)) = (line.split_once(':'), sections.last_mut()) {
+            last.1.push((k.to_string(), v.trim_end().to_string()));
+        }
+    }
+    sections
+}
+
+/// Whether a field's values add up across servers: counters and sizes, not times, ratios,
+/// settings of the machine, or the servers' identities.
+fn sums(field: &str) -> bool {
+    const NOT: [&str; 12] = [
+        "time", "ratio", "hz", "lru", "pid", "port", "version", "system", "_human", "mode",
+        "_status", "perc",
+    ];
+    !NOT.iter().any(|n| field.contains(n))
+}
+
+/// Bytes as Redis's `*_human` fields show them.
+fn human(bytes: i64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        n if n < 1024 => format!("{n}B"),
+        n if n < 1 << 20 => format!("{:.2}K", b / 1024.0),
+        n if n < 1 << 30 => format!("{:.2}M", b / (1u64 << 20) as f64),
+        n if n < 1 << 40 => format!("{:.2}G", b / (1u64 << 30) as f64),
+        _ => format!("{:.2}T", b / (1u64 << 40) as f64),
+    }
+}
+
+/// The reply to INFO: `sections` made from the masters' replies (`parts`, in shard order;
+/// those that failed are left out).
+pub(super) fn render(sections: &[Section], parts: &[BackendInfo]) -> Bytes {
+    let backend = |title: &str| {
+        let title = title.to_lowercase();
+        parts
+            .iter()
+            .filter_map(move |p| p.iter().find(|(t, _)| *t == title).map(|(_, f)| f))
+    };
+    let mut text = String::new();
+    let lines = |text: &mut String, title: &str, fields: &[(String, String)]| {
+        let _ = write!(text, "# {title}\r\n");
+        for (k, v) in fields {
+            let _ = write!(text, "{k}:{v}\r\n");
+        }
+    };
+    for section in sections {
+        if !text.is_empty() {
+            text.push_str("\r\n");
+        }
+        match section {
+            Section::Own(own) => text.push_str(own),
+            Section::Server(own) => {
+                let mut fields = backend("server").next().cloned().unwrap_or_default();
+                let version = backend("server")
+                    .filter_map(|f| f.iter().find(|(k, _)| k == "redis_version"))
+                    .map(|(_, v)| v.clone())
+                    .min_by_key(|v| {
+                        v.split('.')
+                            .map(|n| n.parse::<u32>().unwrap_or(0))
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_else(|| "unknown".to_string());
+                override_fields(&mut fields, &[("redis_version", version)]);
+                override_fields(&mut fields, own);
+                lines(&mut text, "Server", &fields);
+            }
+            Section::Summed { title, own } => {
+                let mut fields: Fields = backend(title).next().cloned().unwrap_or_default();
+                for (k, v) in fields.iter_mut() {
+                    if !sums(k) {
+                        continue;
+                    }
+                    let all: Option<i64> = backend(title)
+                        .map(|f| f.iter().find(|(k2, _)| k2 == k)?.1.parse::<i64>().ok())
+                        .sum();
+                    if let Some(total) = all {
+                        *v = total.to_string();
+                    }
+                }
+                // A size shown for people follows its sum.
+                let sizes: Vec<(String, i64)> = fields
+                    .iter()
+                    .filter_map(|(k, v)| Some((format!("{k}_human"), v.parse().ok()?)))
+                    .collect();
+                for (k, v) in fields.iter_mut() {
+                    if let Some((_, n)) = sizes.iter().find(|(h, _)| h == k) {
+                        *v = human(*n);
+                    }
+                }
+                override_fields(&mut fields, own);
+                lines(&mut text, title, &fields);
+            }
+            Section::First(title) => {
+                let fields = backend(title).next().cloned().unwrap_or_default();
+                lines(&mut text, title, &fields);
+            }
+            Section::Keyspace => {
+                let mut dbs: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+                for fields in backend("keyspace") {
+                    for (db, value) in fields {
+                        let count = |name: &str| {
+                            value
+                                .split(',')
+                                .find_map(|f| f.strip_prefix(name)?.parse::<i64>().ok())
+                                .unwrap_or(0)
+                        };
+                        let entry = dbs.entry(db.clone()).or_default();
+                        entry.0 += count("keys=");
+                        entry.1 += count("expires=");
+                    }
+                }
+                text.push_str("# Keyspace\r\n");
+                for (db, (keys, expires)) in dbs {
+                    let _ = write!(text, "{db}:keys={keys},expires={expires},avg_ttl=0\r\n");
+                }
+            }
+        }
+    }
+    let mut out = BytesMut::new();
+    encode::bulk(&mut out, text.as_bytes());
+    out.freeze()
+}
+
+/// Sets each of `own`'s fields in `fields`, replacing the backend's or added at the end.
+fn override_fields(fields: &mut Fields, own: &[(&'static str, String)]) {
+    for (k, v) in own {
+        match fields.iter_mut().find(|(f, _)| f == k) {
+            Some(field) => field.1 = v.clone(),
+            None => fields.push((k.to_string(), v.clone())),
+        }
+    }
+}
+
+/// The masters' replies as sections, for [`render`].
+pub(super) fn parse_parts(replies: &[Bytes]) -> Vec<BackendInfo> {
+    replies.iter().map(|r| sections_of(r)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn sections_are_merged_as_one_server_would_show_them() {
+        let a = "$0\r\n# Server\r\nredis_version:7.0.15\r\narch_bits:64\r\nprocess_id:11\r\n\r\n# Memory\r\nused_memory:1000\r\nused_memory_human:1000B\r\nmem_fragmentation_ratio:1.5\r\n\r\n# Stats\r\ntotal_commands_processed:5\r\nkeyspace_hits:2\r\n\r\n# Keyspace\r\ndb0:keys=3,expires=1,avg_ttl=5\r\n";
+        let c = "$0\r\n# Server\r\nredis_version:6.2.1\r\narch_bits:64\r\nprocess_id:12\r\n\r\n# Memory\r\nused_memory:2048\r\nused_memory_human:2.00K\r\nmem_fragmentation_ratio:1.2\r\n\r\n# Stats\r\ntotal_commands_processed:7\r\nkeyspace_hits:3\r\n\r\n# Keyspace\r\ndb0:keys=4,expires=0,avg_ttl=0\r\n";
+        let sections = vec![
+            Section::Server(vec![("process_id", "99".into())]),
+            Section::Own("# Clients\r\nconnected_clients:1\r\n".into()),
+            Section::Summed {
+                title: "Memory",
+                own: Vec::new(),
+            },
+            Section::Summed {
+                title: "Stats",
+                own: vec![("total_commands_processed", "42".into())],
+            },
+            Section::Own("# Cluster\r\ncluster_enabled:0\r\n".into()),
+            Section::Keyspace,
+        ];
+        let merged = render(&sections, &parse_parts(&[b(a), b(c)]));
+        let text = String::from_utf8_lossy(&merged);
+        let want = "# Server\r\nredis_version:6.2.1\r\narch_bits:64\r\nprocess_id:99\r\n\r\n\
+            # Clients\r\nconnected_clients:1\r\n\r\n\
+            # Memory\r\nused_memory:3048\r\nused_memory_human:2.98K\r\nmem_fragmentation_ratio:1.5\r\n\r\n\
+            # Stats\r\ntotal_commands_processed:42\r\nkeyspace_hits:5\r\n\r\n\
+            # Cluster\r\ncluster_enabled:0\r\n\r\n\
+            # Keyspace\r\ndb0:keys=7,expires=1,avg_ttl=0\r\n";
+        assert!(text.contains(want), "{text}");
+    }
+
+    #[test]
+    fn a_run_id_is_forty_hex_digits() {
+        assert_eq!(run_id().len(), 40);
+        assert!(run_id().bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+}
