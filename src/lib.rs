@@ -11,8 +11,9 @@
 //!   tags. Built from configuration only; health never rebuilds it.
 //! - [`command`]: the Redis command table: key positions, write flags, how each is routed.
 //! - [`protocol`]: I/O-free RESP and memcache parsers, reply scanners and encoders.
-//! - `net`: the one [`Stream`](net::Stream) type of client and backend sockets (TLS plugs in
-//!   here) and the fast read path.
+//! - `net`: the one [`Stream`](net::Stream) type of client and backend sockets (TCP, Unix,
+//!   TLS over TCP with rustls driven on the same readiness) and the fast read path; the
+//!   certificates each side presents and trusts.
 //! - `backend`: a node's multiplexed, pipelined connections per worker, reserved connections,
 //!   subscriber connections, health checks (which also ask a Redis node its role, key count
 //!   and run id), a Sentinel client; failures keep their cause and are reported as node
@@ -24,7 +25,8 @@
 //!   Sentinel. `reload` works out what a new configuration file changes: pools kept,
 //!   reshaped, added, replaced or retired.
 //! - `server`: listeners and sessions: one I/O loop per client with an outbox that keeps
-//!   reply order, and the Redis and memcache frontends that parse, route and merge; one
+//!   reply order, and the Redis and memcache frontends that parse, route and merge (and
+//!   answer what one server would, INFO over the whole pool among it); one
 //!   client-error type rendered per protocol; `timing` of each request for the latency
 //!   histograms and the slow log (`slowlog`, read with SLOWLOG).
 //! - `admin`: the HTTP endpoint (`/health`, `/ready`, `/metrics`, `/topology`, `/reload`);

@@ -12,9 +12,10 @@ use std::sync::OnceLock;
 use bytes::{Bytes, BytesMut};
 
 use super::keyspace::every_master;
-use super::merge;
+use crate::backend::BackendError;
 use crate::config::Listen;
 use crate::protocol::resp::{Request, encode};
+use crate::server::merge::{Gather, Merger};
 use crate::server::plan::Plan;
 use crate::topology::{Pool, PoolState};
 
@@ -36,7 +37,7 @@ const SECTIONS: [&str; 12] = [
 
 /// What one section of the reply is made of.
 #[derive(Debug)]
-pub(super) enum Section {
+enum Section {
     /// Lines the proxy wrote itself, title included.
     Own(String),
     /// The backends' Server section with these fields the proxy's.
@@ -82,8 +83,23 @@ pub(super) fn route(pool: &Pool, state: &PoolState, req: &Request) -> Plan {
     args.extend(backend.iter().map(|s| s.as_bytes()));
     let mut request = BytesMut::new();
     encode::command(&mut request, args.into_iter());
-    let gather = merge::info(sections, state.shards.len());
+    let gather = Gather::new(state.shards.len(), InfoMerge(sections));
     every_master(state, &request.freeze(), gather)
+}
+
+/// The sections of an INFO reply, made from the masters' replies as they come.
+struct InfoMerge(Vec<Section>);
+
+impl Merger for InfoMerge {
+    fn merge(&mut self, parts: Vec<Result<Bytes, BackendError>>) -> Bytes {
+        // A shard that cannot answer leaves its counts out.
+        let replies: Vec<BackendInfo> = parts
+            .into_iter()
+            .flatten()
+            .map(|r| sections_of(&r))
+            .collect();
+        render(&self.0, &replies)
+    }
 }
 
 fn section(pool: &Pool, state: &PoolState, name: &str) -> Section {
@@ -267,7 +283,7 @@ fn human(bytes: i64) -> String {
 
 /// The reply to INFO: `sections` made from the masters' replies (`parts`, in shard order;
 /// those that failed are left out).
-pub(super) fn render(sections: &[Section], parts: &[BackendInfo]) -> Bytes {
+fn render(sections: &[Section], parts: &[BackendInfo]) -> Bytes {
     let backend = |title: &str| {
         let title = title.to_lowercase();
         parts
@@ -369,11 +385,6 @@ fn override_fields(fields: &mut Fields, own: &[(&'static str, String)]) {
     }
 }
 
-/// The masters' replies as sections, for [`render`].
-pub(super) fn parse_parts(replies: &[Bytes]) -> Vec<BackendInfo> {
-    replies.iter().map(|r| sections_of(r)).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,7 +411,7 @@ mod tests {
             Section::Own("# Cluster\r\ncluster_enabled:0\r\n".into()),
             Section::Keyspace,
         ];
-        let merged = render(&sections, &parse_parts(&[b(a), b(c)]));
+        let merged = render(&sections, &[sections_of(&b(a)), sections_of(&b(c))]);
         let text = String::from_utf8_lossy(&merged);
         let want = "# Server\r\nredis_version:6.2.1\r\narch_bits:64\r\nprocess_id:99\r\n\r\n\
             # Clients\r\nconnected_clients:1\r\n\r\n\

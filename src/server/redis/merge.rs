@@ -11,8 +11,6 @@ use crate::protocol::resp::{ReplyScanner, encode, parse_int};
 use crate::server::error::ClientError;
 use crate::server::merge::{Gather, Merger, failed};
 
-use super::info::{self, Section};
-
 /// The RESP error reply for a backend reply that cannot be merged; `how` completes "a backend
 /// answered …".
 fn odd(how: &'static str) -> Bytes {
@@ -28,8 +26,6 @@ enum RespMerge {
         key_parts: Vec<u32>,
         max_depth: usize,
     },
-    /// INFO: its sections made from the masters' replies.
-    Info(Vec<Section>),
     /// SCAN on one shard of `shards`: the cursor re-encoded with the shard.
     Scan { shard: usize, shards: usize },
     /// A transaction sent as MULTI, its commands and EXEC: EXEC's reply, the last part's.
@@ -83,10 +79,6 @@ pub(super) fn split_recording(
 }
 
 /// INFO of `parts` shards.
-pub(super) fn info(sections: Vec<Section>, parts: usize) -> Gather {
-    Gather::new(parts, RespMerge::Info(sections))
-}
-
 /// A transaction of `parts` requests, answered by the last.
 pub(super) fn last(parts: usize) -> Gather {
     Gather::new(parts, RespMerge::Last)
@@ -100,11 +92,6 @@ pub(super) fn scan(shard: usize, shards: usize) -> Gather {
 impl Merger for RespMerge {
     fn merge(&mut self, parts: Vec<Result<Bytes, BackendError>>) -> Bytes {
         match self {
-            RespMerge::Info(sections) => {
-                // A shard that cannot answer leaves its counts out.
-                let replies: Vec<Bytes> = parts.into_iter().flatten().collect();
-                info::render(sections, &info::parse_parts(&replies))
-            }
             RespMerge::Split {
                 merge,
                 key_parts,
