@@ -48,7 +48,8 @@ def check_single_client():
     assert c.get("py:blob") == blob
     assert c.version().startswith(b"1.")
     stats = c.stats()
-    assert stats[b"version"].startswith(b"ringproxy-"), stats
+    # The pool as one memcached: its servers' version, and the proxy's own beside it.
+    assert stats[b"version"].startswith(b"1.") and stats[b"proxy_version"].startswith(b"ringproxy-"), stats
     try:
         c.flush_all(noreply=False)
         raise AssertionError("flush_all should be refused")

@@ -27,6 +27,9 @@ enum McMerge {
     Broadcast,
     /// `stats backends`: every node's counters, prefixed with its name.
     Stats { nodes: Vec<String> },
+    /// `stats`: the shards' counters summed where a sum means something, with `own` the
+    /// proxy's.
+    Summed { own: Vec<(&'static str, String)> },
 }
 
 /// A merger whose reply is left out where the client's quiet request would not show it.
@@ -71,6 +74,10 @@ pub(super) fn stats(nodes: Vec<String>) -> Gather {
     Gather::new(parts, McMerge::Stats { nodes })
 }
 
+pub(super) fn summed_stats(parts: usize, own: Vec<(&'static str, String)>) -> Gather {
+    Gather::new(parts, McMerge::Summed { own })
+}
+
 impl Merger for McMerge {
     fn merge(&mut self, parts: Vec<Result<Bytes, BackendError>>) -> Bytes {
         match self {
@@ -94,6 +101,7 @@ impl Merger for McMerge {
                 }
             }
             McMerge::Stats { nodes } => merge_stats(nodes, &parts),
+            McMerge::Summed { own } => sum_stats(own, &parts),
         }
     }
 }
@@ -197,6 +205,62 @@ fn merge_stats(nodes: &[String], parts: &[Result<Bytes, BackendError>]) -> Bytes
     out.freeze()
 }
 
+/// Stats that do not add up across servers: who each is and how it is set up.
+const NOT_SUMMED: [&str; 10] = [
+    "pid",
+    "uptime",
+    "time",
+    "version",
+    "libevent",
+    "pointer_size",
+    "max_connections",
+    "threads",
+    "reserved_fds",
+    "hash_power_level",
+];
+
+/// `stats` as one memcached would show the pool: the first server's stats, each integer one
+/// summed over the servers that answered (not those of [`NOT_SUMMED`]), then `own` in place
+/// of (or after) the servers' own.
+fn sum_stats(own: &[(&'static str, String)], parts: &[Result<Bytes, BackendError>]) -> Bytes {
+    let replies: Vec<Vec<(String, String)>> = parts
+        .iter()
+        .flatten()
+        .map(|reply| {
+            String::from_utf8_lossy(reply)
+                .lines()
+                .filter_map(|l| l.strip_prefix("STAT ")?.split_once(' '))
+                .map(|(k, v)| (k.to_string(), v.trim_end().to_string()))
+                .collect()
+        })
+        .collect();
+    let mut stats = replies.first().cloned().unwrap_or_default();
+    for (name, value) in stats.iter_mut() {
+        if NOT_SUMMED.contains(&name.as_str()) {
+            continue;
+        }
+        let total: Option<u64> = replies
+            .iter()
+            .map(|r| r.iter().find(|(k, _)| k == name)?.1.parse::<u64>().ok())
+            .sum();
+        if let Some(total) = total {
+            *value = total.to_string();
+        }
+    }
+    for (name, value) in own {
+        match stats.iter_mut().find(|(k, _)| k == name) {
+            Some(stat) => stat.1 = value.clone(),
+            None => stats.push((name.to_string(), value.clone())),
+        }
+    }
+    let mut out = BytesMut::new();
+    for (name, value) in stats {
+        out.put_slice(format!("STAT {name} {value}\r\n").as_bytes());
+    }
+    out.put_slice(b"END\r\n");
+    out.freeze()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +296,26 @@ mod tests {
         assert_eq!(
             g.add(0, down()).unwrap(),
             b("SERVER_ERROR backend m (h:1) connection closed\r\n")
+        );
+    }
+
+    #[test]
+    fn stats_add_up_counters_and_keep_identities() {
+        let mut g = summed_stats(3, vec![("pid", "7".into()), ("nodes_up", "2/3".into())]);
+        g.add(0, Ok(b("STAT pid 1\r\nSTAT version 1.6.18\r\nSTAT curr_items 3\r\nSTAT rusage_user 0.5\r\nEND\r\n")));
+        let down = BackendError {
+            node: "m (h:1)".into(),
+            failure: Failure::Closed,
+        };
+        g.add(2, Err(down));
+        let merged = g
+            .add(1, Ok(b("STAT pid 2\r\nSTAT version 1.6.18\r\nSTAT curr_items 4\r\nSTAT rusage_user 0.7\r\nEND\r\n")))
+            .unwrap();
+        assert_eq!(
+            merged,
+            b(
+                "STAT pid 7\r\nSTAT version 1.6.18\r\nSTAT curr_items 7\r\nSTAT rusage_user 0.5\r\nSTAT nodes_up 2/3\r\nEND\r\n"
+            )
         );
     }
 }

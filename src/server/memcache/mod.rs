@@ -1,6 +1,7 @@
 //! The memcached side of a session: text and meta commands routed by key, multi-key gets split
 //! by shard and merged, writes to replicated shards sent to every node, and the commands the
-//! proxy answers itself (`mn`, `verbosity`, `quit`, `stats`). Routing is in `route`.
+//! proxy answers itself (`mn`, `verbosity`, `quit`) or makes from every server's (`stats`).
+//! Routing is in `route`.
 
 mod merge;
 mod route;
@@ -10,10 +11,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 
 use crate::command::{Class, ClassCounts};
+use crate::protocol::ReplyKind;
 use crate::protocol::memcache::{
-    Limits, MAX_KEY_BYTES, Parsed, Request, RequestParser, Verb, decode_base64,
+    Limits, MAX_KEY_BYTES, Parsed, ReplyShape, Request, RequestParser, Verb, decode_base64,
 };
 use crate::server::error::ClientError;
+use crate::server::plan::{Part, Plan, Target};
 use crate::server::session::{Frontend, Session};
 use crate::topology::{Pool, PoolState};
 
@@ -245,27 +248,36 @@ impl McSession {
         self.execute(state, plan);
     }
 
-    /// `stats`: the proxy's own counters. `stats backends [group]`: every node's `stats`,
-    /// each line prefixed with the node's name.
+    /// `stats`: the servers' counters summed as one memcached would show the pool, with the
+    /// proxy's own connections, uptime and counts. `stats backends [group]`: every node's
+    /// `stats`, each line prefixed with the node's name. Other groups (`settings`, `items`,
+    /// `slabs`, …) from the first server.
     fn stats(&mut self, state: &PoolState, req: &Request) {
         let mut args = req.tokens().skip(1);
-        match args.next() {
+        let plan = match args.next() {
             None => {
-                let reply = self.own_stats(state);
-                self.out.ready(reply);
+                let primaries: Vec<Part> = (0..state.shards.len())
+                    .map(|shard| Part {
+                        target: Target::Node { shard, node: 0 },
+                        payload: Bytes::from_static(b"stats\r\n"),
+                        kind: ReplyKind::Memcache(ReplyShape::Stats),
+                    })
+                    .collect();
+                let gather = merge::summed_stats(primaries.len(), self.own_stats(state));
+                Plan::Gather(primaries, gather)
             }
-            Some(b"backends") => {
-                let plan = route::stats_backends(state, args, |node| node.addr.to_string());
-                self.execute(state, plan);
-            }
-            Some(other) => self.out.error(ClientError::Exact(format!(
-                "CLIENT_ERROR stats {} is not served by the proxy: use stats, or stats backends [group]",
-                String::from_utf8_lossy(other)
-            ).into())),
-        }
+            Some(b"backends") => route::stats_backends(state, args, |node| node.addr.to_string()),
+            Some(_) => Plan::Forward(Part {
+                target: Target::Node { shard: 0, node: 0 },
+                payload: req.frame().clone(),
+                kind: ReplyKind::Memcache(ReplyShape::Stats),
+            }),
+        };
+        self.execute(state, plan);
     }
 
-    fn own_stats(&self, state: &PoolState) -> Bytes {
+    /// The proxy's own stats: its process, its clients, what it counted.
+    fn own_stats(&self, state: &PoolState) -> Vec<(&'static str, String)> {
         let pool = &self.pool;
         let m = &pool.metrics;
         let up = state
@@ -274,18 +286,18 @@ impl McSession {
             .flat_map(|s| (0..s.nodes.len()).filter(|&i| s.is_up(i)))
             .count();
         let nodes = state.nodes().count();
-        let stats: [(&str, String); 11] = [
+        vec![
             ("pid", std::process::id().to_string()),
             ("uptime", pool.started.elapsed().as_secs().to_string()),
             ("time", unix_now().to_string()),
-            (
-                "version",
-                format!("ringproxy-{}", env!("CARGO_PKG_VERSION")),
-            ),
             ("curr_connections", m.client_connections.get().to_string()),
             (
                 "total_connections",
                 m.client_connections_total.get().to_string(),
+            ),
+            (
+                "proxy_version",
+                format!("ringproxy-{}", env!("CARGO_PKG_VERSION")),
             ),
             ("cmd_total", m.requests.get().to_string()),
             (
@@ -295,12 +307,6 @@ impl McSession {
             ("past_exptime", m.past_exptime.get().to_string()),
             ("servers", state.shards.len().to_string()),
             ("nodes_up", format!("{up}/{nodes}")),
-        ];
-        let mut out = String::new();
-        for (name, value) in stats {
-            out.push_str(&format!("STAT {name} {value}\r\n"));
-        }
-        out.push_str("END\r\n");
-        Bytes::from(out)
+        ]
     }
 }
