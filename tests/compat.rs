@@ -395,3 +395,50 @@ fn info_has_the_sections_and_fields_of_one_redis_server() {
         .unwrap();
     assert_eq!(titles(&all), expected);
 }
+
+#[test]
+fn redis_cli_memkeys_and_stat_read_real_figures() {
+    let (_shards, port, _proxy) = three_shards("memkeys", "");
+    let mut c = connect(port);
+    for n in 0..30 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("mk:{n}"))
+            .arg("v")
+            .query(&mut c)
+            .unwrap();
+    }
+    // --memkeys: SCAN, TYPE and MEMORY USAGE of every key.
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "--memkeys"])
+        .output()
+        .expect("redis-cli (scripts/test installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains(" strings with "))
+        .unwrap_or_default();
+    let bytes: u64 = line
+        .split(' ')
+        .nth(3)
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(0);
+    assert!(line.starts_with("30 strings with ") && bytes > 0, "{text}");
+    // MEMORY's other subcommands are one server's.
+    let stats = reply(&mut c, &["MEMORY", "STATS"]);
+    assert!(
+        stats.contains("unsupported command 'MEMORY STATS'"),
+        "{stats}"
+    );
+    // --stat reads these INFO fields; the proxy once answered without them.
+    let info: String = redis::cmd("INFO").query(&mut c).unwrap();
+    for field in [
+        "db0:keys=30,",
+        "used_memory_human:",
+        "connected_clients:",
+        "blocked_clients:",
+        "total_commands_processed:",
+        "total_connections_received:",
+    ] {
+        assert!(info.contains(field), "{field} in {info}");
+    }
+}

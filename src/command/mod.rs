@@ -354,7 +354,6 @@ pub static UNSUPPORTED: &[(&str, &str)] = &[
     ("LASTSAVE", ADMIN),
     ("LATENCY", ADMIN),
     ("LOLWUT", ONE_SERVER),
-    ("MEMORY", ADMIN),
     ("MIGRATE", CLUSTER),
     ("MODULE", ADMIN),
     ("MONITOR", ADMIN),

@@ -271,6 +271,7 @@ pub static TABLE: &[Command] = &[
     c("LREM", 4, true, Kind::Keyed, 1, 1, 1),
     c("LSET", 4, true, Kind::Keyed, 1, 1, 1),
     c("LTRIM", 4, true, Kind::Keyed, 1, 1, 1),
+    c("MEMORY", -2, false, Kind::Keyed, 2, 2, 1),
     c("MGET", -2, false, Kind::Split(Merge::Values), 1, -1, 1),
     c("MSET", -3, true, Kind::Split(Merge::Same), 1, -1, 2),
     c("MSETNX", -3, true, Kind::Keyed, 1, -1, 2),

@@ -72,6 +72,15 @@ pub(super) fn keyed<N>(
     {
         return Plan::Fail(e);
     }
+    // MEMORY USAGE is about a key (redis-cli --memkeys asks it); the other subcommands are one
+    // server's.
+    if cmd.name == "MEMORY" && !req.arg(1).eq_ignore_ascii_case(b"USAGE") {
+        let shown = String::from_utf8_lossy(req.arg(1)).to_ascii_uppercase();
+        return Plan::Fail(ClientError::Unsupported {
+            command: format!("MEMORY {shown}"),
+            why: "MEMORY USAGE is served; the rest is one server's: ask the server itself".into(),
+        });
+    }
     let target = Target::Shard {
         shard,
         write: cmd.write,
