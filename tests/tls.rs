@@ -37,6 +37,13 @@ fn backend_tls_keys(trusted: &Certs, identity: Option<&Certs>) -> String {
     )
 }
 
+/// A pool over `server` alone, with `extra` pool lines: its port and the proxy.
+fn pool_of_one(server: &Server, extra: &str) -> (u16, Proxy) {
+    let port = free_port();
+    let config = pool_config(port, &[format!("{}:1 one", server.addr())], extra);
+    (port, Proxy::start(&config, port))
+}
+
 fn redis_cli_tls(port: u16, ca: &Certs, args: &[&str]) -> String {
     let out = Command::new("redis-cli")
         .args(["--tls", "--cacert", ca.ca.to_str().unwrap()])
@@ -56,14 +63,7 @@ fn closes(proxy: &Proxy, reason: &str) -> u64 {
 #[test]
 fn redis_clients_speak_tls_to_the_proxy() {
     let certs = Certs::new("clients CA");
-    let shards = [Redis::start(), Redis::start()];
-    let servers: Vec<String> = shards
-        .iter()
-        .enumerate()
-        .map(|(n, s)| format!("{}:1 s{n}", s.addr()))
-        .collect();
-    let port = free_port();
-    let proxy = Proxy::start(&pool_config(port, &servers, &tls_keys(&certs, None)), port);
+    let (_shards, port, proxy) = three_shards("s", &tls_keys(&certs, None));
 
     assert_eq!(redis_cli_tls(port, &certs, &["SET", "cli:k", "v"]), "OK");
     assert_eq!(redis_cli_tls(port, &certs, &["GET", "cli:k"]), "v");
@@ -73,7 +73,7 @@ fn redis_clients_speak_tls_to_the_proxy() {
     );
     assert_eq!(ok.len(), 3, "{ok:?}");
 
-    // Raw bytes: a multi-key command split over both shards, pipelined behind a PING.
+    // Raw bytes: a multi-key command split over the shards, pipelined behind a PING.
     let mut c = tls::connect(port, certs.client_config(false)).unwrap();
     let mut request = command(&[b"PING"]);
     request.extend(command(&[b"MSET", b"a", b"1", b"b", b"2", b"c", b"3"]));
@@ -119,13 +119,7 @@ fn mutual_tls_serves_only_clients_with_a_certificate_of_its_ca() {
     let certs = Certs::new("clients CA");
     let stranger = Certs::new("another CA");
     let redis = Redis::start();
-    let port = free_port();
-    let config = pool_config(
-        port,
-        &[format!("{}:1 one", redis.addr())],
-        &tls_keys(&certs, Some(&certs)),
-    );
-    let proxy = Proxy::start(&config, port);
+    let (port, proxy) = pool_of_one(&redis, &tls_keys(&certs, Some(&certs)));
 
     let mut good = tls::connect(port, certs.client_config(true)).unwrap();
     good.roundtrip(&command(&[b"PING"]), b"+PONG\r\n");
@@ -158,10 +152,8 @@ fn the_proxy_speaks_tls_to_redis_servers_with_its_own_certificate() {
     let certs = Certs::new("backends CA");
     // The server asks for a client certificate: the pool presents its own.
     let redis = Server::start_tls(Program::Redis, &certs, true);
-    let port = free_port();
     let extra = backend_tls_keys(&certs, Some(&certs));
-    let config = pool_config(port, &[format!("{}:1 one", redis.addr())], &extra);
-    let proxy = Proxy::start(&config, port);
+    let (port, proxy) = pool_of_one(&redis, &extra);
     let mut c = connect(port);
     let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut c).unwrap();
     let got: String = redis::cmd("GET").arg("k").query(&mut c).unwrap();
@@ -171,10 +163,8 @@ fn the_proxy_speaks_tls_to_redis_servers_with_its_own_certificate() {
 
     // A pool that trusts another CA refuses the server: requests get an error that says so.
     let stranger = Certs::new("another CA");
-    let port = free_port();
     let extra = backend_tls_keys(&stranger, Some(&certs));
-    let config = pool_config(port, &[format!("{}:1 one", redis.addr())], &extra);
-    let proxy = Proxy::start(&config, port);
+    let (port, proxy) = pool_of_one(&redis, &extra);
     let mut c = Raw::connect(port);
     c.send(&command(&[b"GET", b"k"]));
     let reply = c.read_line();
@@ -192,14 +182,12 @@ fn the_proxy_speaks_tls_to_redis_servers_with_its_own_certificate() {
 fn memcache_over_tls_on_both_sides() {
     let certs = Certs::new("memcache CA");
     let memcached = Server::start_tls(Program::Memcached, &certs, false);
-    let port = free_port();
     let extra = format!(
         "    protocol: memcache\n{}{}",
         tls_keys(&certs, None),
         backend_tls_keys(&certs, None)
     );
-    let config = pool_config(port, &[format!("{}:1 one", memcached.addr())], &extra);
-    let _proxy = Proxy::start(&config, port);
+    let (port, _proxy) = pool_of_one(&memcached, &extra);
     let mut c = tls::connect(port, certs.client_config(false)).unwrap();
     c.roundtrip(b"set k 5 0 3\r\nabc\r\n", b"STORED\r\n");
     c.roundtrip(b"get k\r\n", b"VALUE k 5 3\r\nabc\r\nEND\r\n");
@@ -211,7 +199,6 @@ fn a_reload_takes_new_certificates_for_new_clients_and_keeps_the_others() {
     let first = Certs::new("first CA");
     let second = Certs::new("second CA");
     let redis = Redis::start();
-    let port = free_port();
     // The files the pool names are rewritten in place: the paths stay, the contents change.
     let dir = TempDir::new("served-certs");
     let cert = dir.write(
@@ -227,8 +214,7 @@ fn a_reload_takes_new_certificates_for_new_clients_and_keeps_the_others() {
         cert.display(),
         key.display()
     );
-    let config = pool_config(port, &[format!("{}:1 one", redis.addr())], &extra);
-    let proxy = Proxy::start(&config, port);
+    let (port, proxy) = pool_of_one(&redis, &extra);
     let mut old = tls::connect(port, first.client_config(false)).unwrap();
     old.roundtrip(&command(&[b"PING"]), b"+PONG\r\n");
 
