@@ -231,6 +231,25 @@ fn connection_commands_answer_as_redis_does() {
             ],
             None,
         ),
+        (
+            &[
+                &["COMMAND", "GETKEYS", "SET", "k", "v"],
+                &["COMMAND", "GETKEYS", "MSET", "a", "1", "b", "2"],
+                &["COMMAND", "GETKEYS", "EVAL", "return 1", "2", "x", "y", "z"],
+                &["COMMAND", "GETKEYS", "PING"],
+                &["COMMAND", "GETKEYS", "GET"],
+                &[
+                    "COMMAND",
+                    "GETKEYSANDFLAGS",
+                    "LMOVE",
+                    "a",
+                    "b",
+                    "LEFT",
+                    "RIGHT",
+                ],
+            ],
+            None,
+        ),
     ];
     same_replies(sequences);
 }

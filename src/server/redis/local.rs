@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use crate::command::{Command, Kind, LocalCommand, TABLE};
 use crate::protocol::resp::{Request, encode, parse_int};
 use crate::server::error::ClientError;
-use crate::server::plan::Plan;
+use crate::server::plan::{Part, Plan, Target};
 use crate::topology::{Pool, PoolState};
 
 /// What the proxy remembers about a client.
@@ -82,7 +82,7 @@ pub(super) fn run(cx: Local<'_>, state: &PoolState, which: LocalCommand, req: &R
         LocalCommand::Auth => auth(cx, req),
         LocalCommand::Hello => hello(cx, state, req),
         LocalCommand::Client => client(cx, req),
-        LocalCommand::Command => command(&cx, req),
+        LocalCommand::Command => command(&cx, state, req),
         LocalCommand::Info => super::info::route(cx.pool, state, req),
         LocalCommand::SlowLog => slowlog(cx.pool, req),
         LocalCommand::Time => time(),
@@ -374,7 +374,7 @@ fn command_entry(b: &mut BytesMut, c: &Command) {
     encode::integer(b, c.key_step as i64);
 }
 
-fn command(cx: &Local<'_>, req: &Request) -> Plan {
+fn command(cx: &Local<'_>, state: &PoolState, req: &Request) -> Plan {
     let resp3 = cx.client.resp3;
     let mut b = BytesMut::new();
     let sub = if req.argc() > 1 {
@@ -405,6 +405,17 @@ fn command(cx: &Local<'_>, req: &Request) -> Plan {
         }
         // Clients ask for docs only to show help; none is an acceptable answer.
         b"DOCS" => encode::map(&mut b, 0, resp3),
+        // The keys of a command line are the server's to tell, from the arguments alone.
+        b"GETKEYS" | b"GETKEYSANDFLAGS" => {
+            let master = Target::Shard {
+                shard: 0,
+                write: true,
+            };
+            return match state.shards.is_empty() {
+                true => Plan::Fail(ClientError::NoServer),
+                false => Plan::Forward(Part::resp(master, req.frame().clone())),
+            };
+        }
         _ => {
             let shown = String::from_utf8_lossy(&sub).to_string();
             return Plan::Fail(ClientError::Unsupported {
