@@ -461,3 +461,55 @@ fn redis_cli_memkeys_and_stat_read_real_figures() {
         assert!(info.contains(field), "{field} in {info}");
     }
 }
+
+/// Sends `script` on a new connection to `port`, then PING, and returns every byte up to the
+/// PING's reply.
+fn raw_exchange(port: u16, script: &[&[&[u8]]]) -> Vec<u8> {
+    let mut c = Raw::connect(port);
+    for args in script {
+        c.send(&command(args));
+    }
+    c.send(&command(&[b"PING"]));
+    let mut got = Vec::new();
+    while !got.ends_with(b"+PONG\r\n") {
+        got.extend(c.read_n(1));
+    }
+    got
+}
+
+#[test]
+fn client_reply_off_skip_and_on_answer_as_redis_does() {
+    let server = Redis::start();
+    let (_shards, port, _proxy) = three_shards("reply", "");
+    let script: &[&[&[u8]]] = &[
+        &[b"CLIENT", b"REPLY", b"OFF"],
+        &[b"SET", b"a", b"1"],
+        &[b"GET", b"a"],
+        &[b"NOSUCH"],
+        &[b"CLIENT", b"REPLY", b"ON"],
+        &[b"GET", b"a"],
+        &[b"CLIENT", b"REPLY", b"SKIP"],
+        &[b"MGET", b"a", b"b", b"c"],
+        &[b"GET", b"a"],
+        &[b"CLIENT", b"REPLY", b"SKIP"],
+        &[b"CLIENT", b"REPLY", b"SKIP"],
+        &[b"GET", b"a"],
+        &[b"GET", b"a"],
+    ];
+    let expected = raw_exchange(server.port, script);
+    assert_eq!(
+        String::from_utf8_lossy(&raw_exchange(port, script)),
+        String::from_utf8_lossy(&expected)
+    );
+    // Subscription confirmations (and messages) are pushes: sent whatever CLIENT REPLY says.
+    // RESET turns replies on again.
+    let subscriber: &[&[&[u8]]] = &[
+        &[b"CLIENT", b"REPLY", b"OFF"],
+        &[b"SUBSCRIBE", b"news"],
+        &[b"RESET"],
+    ];
+    assert_eq!(
+        raw_exchange(port, subscriber),
+        raw_exchange(server.port, subscriber)
+    );
+}

@@ -91,6 +91,8 @@ pub(super) struct Outbox {
     retries: Vec<Retry>,
     /// Subscribed to Pub/Sub: messages may arrive at any time.
     pub(super) listening: bool,
+    /// Requests whose replies the client asked not to get (Redis's CLIENT REPLY), in order.
+    muted: VecDeque<u64>,
 }
 
 impl Outbox {
@@ -104,7 +106,13 @@ impl Outbox {
             errors: ErrorCounts::default(),
             retries: Vec::new(),
             listening: false,
+            muted: VecDeque::new(),
         }
+    }
+
+    /// The replies of the requests from `first` to the last one queued are not to be written.
+    pub(super) fn mute_from(&mut self, first: u64) {
+        self.muted.extend(first..self.next_seq());
     }
 
     /// Requests whose replies are not written yet.
@@ -272,7 +280,10 @@ impl Outbox {
     pub(super) fn collect_ready(&mut self) {
         while let Some(Slot::Ready(_)) = self.slots.front() {
             if let Some(Slot::Ready(reply)) = self.slots.pop_front() {
-                self.buf.extend_from_slice(&reply);
+                match self.muted.front() == Some(&self.first_seq) {
+                    true => _ = self.muted.pop_front(),
+                    false => self.buf.extend_from_slice(&reply),
+                }
             }
             self.first_seq += 1;
         }

@@ -21,6 +21,17 @@ pub(super) struct ClientState {
     pub name: Option<Bytes>,
     /// Failed AUTH attempts on this connection.
     pub auth_failures: u32,
+    /// CLIENT REPLY: whether replies are sent.
+    pub replies: Replies,
+}
+
+/// What CLIENT REPLY asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Replies {
+    On,
+    Off,
+    /// None for the next command, then on again.
+    SkipNext,
 }
 
 impl ClientState {
@@ -30,6 +41,7 @@ impl ClientState {
             resp3: false,
             name: None,
             auth_failures: 0,
+            replies: Replies::On,
         }
     }
 }
@@ -339,6 +351,16 @@ fn client(cx: Local<'_>, req: &Request) -> Plan {
         }
         // Library name and version: accepted, as a server does, and not needed by the proxy.
         (b"SETINFO", 4) => ok(),
+        (b"REPLY", 3) => {
+            let mode = req.arg(2).to_ascii_uppercase();
+            cx.client.replies = match &mode[..] {
+                b"ON" => Replies::On,
+                b"OFF" => Replies::Off,
+                b"SKIP" => Replies::SkipNext,
+                _ => return Plan::Fail(ClientError::Exact("ERR syntax error".into())),
+            };
+            ok()
+        }
         (b"ID", 2) => {
             let mut b = BytesMut::new();
             encode::integer(&mut b, cx.session as i64);

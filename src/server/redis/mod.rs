@@ -28,7 +28,7 @@ use crate::server::session::{Frontend, Session};
 use crate::server::timing::Recorded;
 use crate::slowlog::Slow;
 use crate::topology::{Pool, PoolState};
-use local::{ClientState, Local};
+use local::{ClientState, Local, Replies};
 use pubsub::{Change, PubSub, Routed};
 use transaction::{Conn, Step, Transaction};
 
@@ -134,9 +134,41 @@ impl RespSession {
         closing
     }
 
-    /// Routes one request, of command `cmd` (`None`: one the proxy does not know). Returns
-    /// true for QUIT.
+    /// Routes one request, of command `cmd` (`None`: one the proxy does not know), and drops
+    /// its reply if the client said CLIENT REPLY OFF or SKIP. Returns true for QUIT.
     fn dispatch(&mut self, state: &PoolState, req: Request, cmd: Option<&Command>) -> bool {
+        let first = self.out.next_seq();
+        let replies = self.fe.client.replies;
+        // CLIENT REPLY, and RESET, which turns replies on again.
+        let is_reply = cmd.is_some_and(|c| c.kind == Kind::Local(LocalCommand::Reset))
+            || cmd.is_some_and(|c| c.kind == Kind::Local(LocalCommand::Client))
+                && req.argc() == 3
+                && req.arg(1).eq_ignore_ascii_case(b"REPLY");
+        if !is_reply && replies == Replies::SkipNext {
+            self.fe.client.replies = Replies::On;
+        }
+        // Subscription confirmations are pushes, like the messages: Redis sends them whatever
+        // CLIENT REPLY says.
+        let pushes = cmd.is_some_and(|c| {
+            matches!(
+                c.kind,
+                Kind::PubSub(PubSubCommand::Subscribe(_) | PubSubCommand::Unsubscribe(_))
+            )
+        });
+        let quit = self.carry_out(state, req, cmd);
+        // As Redis: CLIENT REPLY OFF and SKIP are not answered themselves, ON is.
+        let muted = match is_reply {
+            true => self.fe.client.replies != Replies::On,
+            false => replies != Replies::On && !pushes,
+        };
+        if muted {
+            self.out.mute_from(first);
+        }
+        quit
+    }
+
+    /// Carries out one request. Returns true for QUIT.
+    fn carry_out(&mut self, state: &PoolState, req: Request, cmd: Option<&Command>) -> bool {
         let name = req.arg(0);
         let is = |which| cmd.is_some_and(|c| c.kind == Kind::Local(which));
         let quit = is(LocalCommand::Quit);
