@@ -91,9 +91,9 @@ impl Topology {
     }
 
     /// Whether every pool can serve every key: a reachable master for every shard on its
-    /// ring, once every node has been checked (so that, after a failover made while this
-    /// instance was away, the node that is master now is known before clients are sent
-    /// here). `Err` says which cannot.
+    /// ring, once every node of those shards has been checked (so that, after a failover made
+    /// while this instance was away, the node that is master now is known before clients are
+    /// sent here). `Err` says which cannot.
     pub fn readiness(&self) -> Result<(), String> {
         if self.draining.load(Ordering::Relaxed) {
             return Err("shutting down: draining".to_string());
@@ -108,13 +108,17 @@ impl Topology {
                 ));
             }
             for (i, shard) in state.shards.iter().enumerate() {
+                // A shard off the ring (ejected) serves no key: its nodes need no answer yet.
+                if !state.on_ring(i) {
+                    continue;
+                }
                 if let Some(n) = shard.status.iter().position(|n| !n.checked) {
                     problems.push(format!(
                         "pool {}: {} not checked yet",
                         pool.config.name,
                         shard.nodes[n].label()
                     ));
-                } else if state.on_ring(i) && !shard.serving() {
+                } else if !shard.serving() {
                     problems.push(format!(
                         "pool {}: master {} is down: {}",
                         pool.config.name,
