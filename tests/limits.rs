@@ -31,13 +31,7 @@ fn side_errors(port: u16, password: Option<&str>, rounds: usize) -> usize {
 #[test]
 fn unauthenticated_clients_get_redis_errors_before_anything_large_is_buffered() {
     let redis = Redis::start();
-    let port = free_port();
-    let config = pool_config(
-        port,
-        &[format!("{}:1 one", redis.addr())],
-        "    auth: { password: s3cret }\n",
-    );
-    let proxy = Proxy::start(&config, port);
+    let (port, proxy) = pool_over_one(&redis, "    auth: { password: s3cret }\n");
     let before = proxy.rss_kib();
     // Ten connections each announce a 500 MB argument and start sending it, as Redis itself
     // would refuse: on the header, with its own message, and the connection closes.
@@ -75,13 +69,7 @@ fn unauthenticated_clients_get_redis_errors_before_anything_large_is_buffered() 
 #[test]
 fn a_request_over_max_request_bytes_is_refused_on_its_header() {
     let redis = Redis::start();
-    let port = free_port();
-    let config = pool_config(
-        port,
-        &[format!("{}:1 one", redis.addr())],
-        "    limits: { max_request_bytes: 1048576 }\n",
-    );
-    let proxy = Proxy::start(&config, port);
+    let (port, proxy) = pool_over_one(&redis, "    limits: { max_request_bytes: 1048576 }\n");
     let before = proxy.rss_kib();
     // An unfinished MSET whose arguments would add up to 2 GB: refused on the first header
     // that takes the request over the bound, before its bytes are buffered.
@@ -103,13 +91,10 @@ fn a_request_over_max_request_bytes_is_refused_on_its_header() {
 #[test]
 fn a_client_guessing_passwords_is_counted_logged_once_a_second_and_closed() {
     let redis = Redis::start();
-    let port = free_port();
-    let config = pool_config(
-        port,
-        &[format!("{}:1 one", redis.addr())],
+    let (port, proxy) = pool_over_one(
+        &redis,
         "    auth: { password: s3cret }\n    auth_max_failures: 10\n",
     );
-    let proxy = Proxy::start(&config, port);
     let started = std::time::Instant::now();
     let mut guesser = Raw::connect(port);
     guesser.send(&command(&[b"AUTH", b"mallory", b"guess"]));
@@ -141,13 +126,10 @@ fn a_client_guessing_passwords_is_counted_logged_once_a_second_and_closed() {
 #[test]
 fn idle_and_slow_clients_are_closed_but_subscribers_and_others_are_not() {
     let redis = Redis::start();
-    let port = free_port();
-    let config = pool_config(
-        port,
-        &[format!("{}:1 one", redis.addr())],
+    let (port, proxy) = pool_over_one(
+        &redis,
         "    client_idle_timeout_ms: 300\n    client_request_timeout_ms: 300\n",
     );
-    let proxy = Proxy::start(&config, port);
     let mut subscriber = Raw::connect(port);
     subscriber.send(&command(&[b"SUBSCRIBE", b"news"]));
     for line in [
@@ -243,13 +225,7 @@ const BUSY: &str = "local t = redis.call('TIME') local start = t[1] * 1000000 + 
 #[test]
 fn a_request_that_times_out_leaves_the_connection_and_its_late_reply_is_dropped() {
     let redis = Redis::start();
-    let port = free_port();
-    let config = pool_config(
-        port,
-        &[format!("{}:1 one", redis.addr())],
-        "    timeout_ms: 200\n",
-    );
-    let proxy = Proxy::start(&config, port);
+    let (port, proxy) = pool_over_one(&redis, "    timeout_ms: 200\n");
     let mut c = Raw::connect(port);
     c.roundtrip(&command(&[b"SET", b"k", b"v"]), b"+OK\r\n");
     let connects = || proxy.master_metric("ringproxy_server_connects_total", "one", &redis);
@@ -273,13 +249,10 @@ fn a_client_that_never_reads_stops_being_served_then_is_closed_and_costs_others_
         .arg(vec![b'v'; 100_000])
         .query(&mut redis.client())
         .unwrap();
-    let port = free_port();
-    let config = pool_config(
-        port,
-        &[format!("{}:1 one", redis.addr())],
+    let (port, proxy) = pool_over_one(
+        &redis,
         "    limits: { max_client_output_bytes: 1048576, max_pipeline: 16 }\n    client_output_timeout_ms: 500\n",
     );
-    let proxy = Proxy::start(&config, port);
     let before = proxy.rss_kib();
     // 2,000 GETs of a 100 KB value, never read: 200 MB of replies if all were served.
     let mut hog = Raw::connect(port);
@@ -306,13 +279,7 @@ fn a_client_that_never_reads_stops_being_served_then_is_closed_and_costs_others_
 #[test]
 fn no_more_than_max_pipeline_requests_of_one_client_are_in_flight_and_the_rest_follow() {
     let redis = Redis::start();
-    let port = free_port();
-    let config = pool_config(
-        port,
-        &[format!("{}:1 one", redis.addr())],
-        "    limits: { max_pipeline: 4 }\n",
-    );
-    let proxy = Proxy::start(&config, port);
+    let (port, proxy) = pool_over_one(&redis, "    limits: { max_pipeline: 4 }\n");
     let mut c = Raw::connect(port);
     c.roundtrip(&command(&[b"SET", b"k", b"v"]), b"+OK\r\n");
     let forwarded = || proxy.master_metric("ringproxy_server_requests_total", "one", &redis);

@@ -11,12 +11,8 @@ use redis::Commands;
 #[test]
 fn slow_requests_are_in_slowlog_with_their_client_shard_and_backend_time() {
     let redis = Redis::start();
-    let port = free_port();
     let extra = "    slowlog_slower_than_us: 100000\n    slowlog_max_len: 2\n";
-    let proxy = Proxy::start(
-        &pool_config(port, &[format!("{}:1 one", redis.addr())], extra),
-        port,
-    );
+    let (port, proxy) = pool_over_one(&redis, extra);
     let mut c = connect(port);
     let _: () = redis::cmd("CLIENT")
         .arg("SETNAME")

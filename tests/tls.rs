@@ -37,13 +37,6 @@ fn backend_tls_keys(trusted: &Certs, identity: Option<&Certs>) -> String {
     )
 }
 
-/// A pool over `server` alone, with `extra` pool lines: its port and the proxy.
-fn pool_of_one(server: &Server, extra: &str) -> (u16, Proxy) {
-    let port = free_port();
-    let config = pool_config(port, &[format!("{}:1 one", server.addr())], extra);
-    (port, Proxy::start(&config, port))
-}
-
 fn redis_cli_tls(port: u16, ca: &Certs, args: &[&str]) -> String {
     let out = Command::new("redis-cli")
         .args(["--tls", "--cacert", ca.ca.to_str().unwrap()])
@@ -119,7 +112,7 @@ fn mutual_tls_serves_only_clients_with_a_certificate_of_its_ca() {
     let certs = Certs::new("clients CA");
     let stranger = Certs::new("another CA");
     let redis = Redis::start();
-    let (port, proxy) = pool_of_one(&redis, &tls_keys(&certs, Some(&certs)));
+    let (port, proxy) = pool_over_one(&redis, &tls_keys(&certs, Some(&certs)));
 
     let mut good = tls::connect(port, certs.client_config(true)).unwrap();
     good.roundtrip(&command(&[b"PING"]), b"+PONG\r\n");
@@ -153,7 +146,7 @@ fn the_proxy_speaks_tls_to_redis_servers_with_its_own_certificate() {
     // The server asks for a client certificate: the pool presents its own.
     let redis = Server::start_tls(Program::Redis, &certs, true);
     let extra = backend_tls_keys(&certs, Some(&certs));
-    let (port, proxy) = pool_of_one(&redis, &extra);
+    let (port, proxy) = pool_over_one(&redis, &extra);
     let mut c = connect(port);
     let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut c).unwrap();
     let got: String = redis::cmd("GET").arg("k").query(&mut c).unwrap();
@@ -164,7 +157,7 @@ fn the_proxy_speaks_tls_to_redis_servers_with_its_own_certificate() {
     // A pool that trusts another CA refuses the server: requests get an error that says so.
     let stranger = Certs::new("another CA");
     let extra = backend_tls_keys(&stranger, Some(&certs));
-    let (port, proxy) = pool_of_one(&redis, &extra);
+    let (port, proxy) = pool_over_one(&redis, &extra);
     let mut c = Raw::connect(port);
     c.send(&command(&[b"GET", b"k"]));
     let reply = c.read_line();
@@ -187,7 +180,7 @@ fn memcache_over_tls_on_both_sides() {
         tls_keys(&certs, None),
         backend_tls_keys(&certs, None)
     );
-    let (port, _proxy) = pool_of_one(&memcached, &extra);
+    let (port, _proxy) = pool_over_one(&memcached, &extra);
     let mut c = tls::connect(port, certs.client_config(false)).unwrap();
     c.roundtrip(b"set k 5 0 3\r\nabc\r\n", b"STORED\r\n");
     c.roundtrip(b"get k\r\n", b"VALUE k 5 3\r\nabc\r\nEND\r\n");
@@ -214,7 +207,7 @@ fn a_reload_takes_new_certificates_for_new_clients_and_keeps_the_others() {
         cert.display(),
         key.display()
     );
-    let (port, proxy) = pool_of_one(&redis, &extra);
+    let (port, proxy) = pool_over_one(&redis, &extra);
     let mut old = tls::connect(port, first.client_config(false)).unwrap();
     old.roundtrip(&command(&[b"PING"]), b"+PONG\r\n");
 

@@ -18,10 +18,27 @@ pub(super) struct ProcessCollector;
 
 /// The CPU this process has used so far: user and system seconds (INFO's CPU section).
 pub fn cpu_seconds() -> Option<(f64, f64)> {
-    let stat = fs::read_to_string("/proc/self/stat").ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let seconds = |n: usize| Some(fields.get(n - 3)?.parse::<f64>().ok()? / TICKS_PER_SECOND);
-    Some((seconds(14)?, seconds(15)?))
+    let stat = Stat::read()?;
+    Some((
+        stat.field(14)? / TICKS_PER_SECOND,
+        stat.field(15)? / TICKS_PER_SECOND,
+    ))
+}
+
+/// `/proc/self/stat`.
+struct Stat(String);
+
+impl Stat {
+    fn read() -> Option<Stat> {
+        fs::read_to_string("/proc/self/stat").ok().map(Stat)
+    }
+
+    /// Field `n` of stat(5). The fields after the command name, which is in parentheses and
+    /// may hold spaces: state is field 3, so field n is at index n - 3 of them.
+    fn field(&self, n: usize) -> Option<f64> {
+        let after_name = self.0.rsplit_once(')')?.1;
+        after_name.split_whitespace().nth(n - 3)?.parse().ok()
+    }
 }
 
 /// What `/proc` says of this process.
@@ -37,11 +54,8 @@ struct Sample {
 
 impl Sample {
     fn read() -> Option<Sample> {
-        let stat = fs::read_to_string("/proc/self/stat").ok()?;
-        // The fields after the command name, which is in parentheses and may hold spaces:
-        // state is field 3 of stat(5), so field n is at index n - 3.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let field = |n: usize| fields.get(n - 3)?.parse::<f64>().ok();
+        let stat = Stat::read()?;
+        let field = |n: usize| stat.field(n);
         let boot_time = fs::read_to_string("/proc/stat")
             .ok()?
             .lines()

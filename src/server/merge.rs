@@ -58,3 +58,36 @@ impl Gather {
 pub(super) fn failed(protocol: Protocol, e: BackendError) -> Bytes {
     ClientError::Backend(e).render(protocol)
 }
+
+/// Named values as several servers report them (Redis's INFO fields, memcached's stats).
+pub(super) type Fields = Vec<(String, String)>;
+
+/// `servers`' fields shown as one server's: the first server's, each integer one for which
+/// `adds_up` says so summed over all of them, then each of `own` in place of the servers'
+/// (or after them).
+pub(super) fn as_one_server(
+    servers: &[&Fields],
+    adds_up: impl Fn(&str) -> bool,
+    own: &[(&'static str, String)],
+) -> Fields {
+    let mut fields = servers.first().map(|f| (*f).clone()).unwrap_or_default();
+    for (name, value) in fields.iter_mut() {
+        if !adds_up(name) {
+            continue;
+        }
+        let total: Option<i64> = servers
+            .iter()
+            .map(|f| f.iter().find(|(n, _)| n == name)?.1.parse::<i64>().ok())
+            .sum();
+        if let Some(total) = total {
+            *value = total.to_string();
+        }
+    }
+    for (name, value) in own {
+        match fields.iter_mut().find(|(n, _)| n == name) {
+            Some(field) => field.1 = value.clone(),
+            None => fields.push((name.to_string(), value.clone())),
+        }
+    }
+    fields
+}

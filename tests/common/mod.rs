@@ -690,6 +690,14 @@ pub fn http_request(port: u16, method: &str, path: &str, headers: &str) -> Optio
     Some((status, body))
 }
 
+/// ringproxy with one pool over `server` alone (named `one`), with `extra` pool lines: the
+/// pool's port and the proxy.
+pub fn pool_over_one(server: &Server, extra: &str) -> (u16, Proxy) {
+    let port = free_port();
+    let config = pool_config(port, &[format!("{}:1 one", server.addr())], extra);
+    (port, Proxy::start(&config, port))
+}
+
 /// A ringproxy YAML pool over redis-servers, named `names` in order, with weight 1.
 pub fn pool_over(port: u16, servers: &[&Redis], names: &[&str]) -> String {
     let entries: Vec<String> = servers

@@ -7,7 +7,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::backend::BackendError;
 use crate::config::Protocol;
 use crate::server::error::ClientError;
-use crate::server::merge::{Gather, Merger, failed};
+use crate::server::merge::{Fields, Gather, Merger, as_one_server, failed};
 use crate::server::outbox::Quiet;
 
 /// What to make of the parts.
@@ -223,7 +223,7 @@ const NOT_SUMMED: [&str; 10] = [
 /// summed over the servers that answered (not those of [`NOT_SUMMED`]), then `own` in place
 /// of (or after) the servers' own.
 fn sum_stats(own: &[(&'static str, String)], parts: &[Result<Bytes, BackendError>]) -> Bytes {
-    let replies: Vec<Vec<(String, String)>> = parts
+    let replies: Vec<Fields> = parts
         .iter()
         .flatten()
         .map(|reply| {
@@ -234,27 +234,10 @@ fn sum_stats(own: &[(&'static str, String)], parts: &[Result<Bytes, BackendError
                 .collect()
         })
         .collect();
-    let mut stats = replies.first().cloned().unwrap_or_default();
-    for (name, value) in stats.iter_mut() {
-        if NOT_SUMMED.contains(&name.as_str()) {
-            continue;
-        }
-        let total: Option<u64> = replies
-            .iter()
-            .map(|r| r.iter().find(|(k, _)| k == name)?.1.parse::<u64>().ok())
-            .sum();
-        if let Some(total) = total {
-            *value = total.to_string();
-        }
-    }
-    for (name, value) in own {
-        match stats.iter_mut().find(|(k, _)| k == name) {
-            Some(stat) => stat.1 = value.clone(),
-            None => stats.push((name.to_string(), value.clone())),
-        }
-    }
+    let servers: Vec<&Fields> = replies.iter().collect();
+    let adds_up = |name: &str| !NOT_SUMMED.contains(&name);
     let mut out = BytesMut::new();
-    for (name, value) in stats {
+    for (name, value) in as_one_server(&servers, adds_up, own) {
         out.put_slice(format!("STAT {name} {value}\r\n").as_bytes());
     }
     out.put_slice(b"END\r\n");

@@ -15,7 +15,7 @@ use super::keyspace::every_master;
 use crate::backend::BackendError;
 use crate::config::Listen;
 use crate::protocol::resp::{Request, encode};
-use crate::server::merge::{Gather, Merger};
+use crate::server::merge::{Fields, Gather, Merger, as_one_server};
 use crate::server::plan::Plan;
 use crate::topology::{Pool, PoolState};
 
@@ -238,9 +238,6 @@ fn run_id() -> &'static str {
     })
 }
 
-/// `field:value` lines.
-type Fields = Vec<(String, String)>;
-
 /// One backend's INFO: each section's title (lower case) and fields.
 type BackendInfo = Vec<(String, Fields)>;
 
@@ -304,7 +301,6 @@ fn render(sections: &[Section], parts: &[BackendInfo]) -> Bytes {
         match section {
             Section::Own(own) => text.push_str(own),
             Section::Server(own) => {
-                let mut fields = backend("server").next().cloned().unwrap_or_default();
                 let version = backend("server")
                     .filter_map(|f| f.iter().find(|(k, _)| k == "redis_version"))
                     .map(|(_, v)| v.clone())
@@ -314,23 +310,14 @@ fn render(sections: &[Section], parts: &[BackendInfo]) -> Bytes {
                             .collect::<Vec<_>>()
                     })
                     .unwrap_or_else(|| "unknown".to_string());
-                override_fields(&mut fields, &[("redis_version", version)]);
-                override_fields(&mut fields, own);
-                lines(&mut text, "Server", &fields);
+                let first: Vec<&Fields> = backend("server").take(1).collect();
+                let mut own = own.clone();
+                own.insert(0, ("redis_version", version));
+                lines(&mut text, "Server", &as_one_server(&first, |_| false, &own));
             }
             Section::Summed { title, own } => {
-                let mut fields: Fields = backend(title).next().cloned().unwrap_or_default();
-                for (k, v) in fields.iter_mut() {
-                    if !sums(k) {
-                        continue;
-                    }
-                    let all: Option<i64> = backend(title)
-                        .map(|f| f.iter().find(|(k2, _)| k2 == k)?.1.parse::<i64>().ok())
-                        .sum();
-                    if let Some(total) = all {
-                        *v = total.to_string();
-                    }
-                }
+                let servers: Vec<&Fields> = backend(title).collect();
+                let mut fields = as_one_server(&servers, sums, own);
                 // A size shown for people follows its sum.
                 let sizes: Vec<(String, i64)> = fields
                     .iter()
@@ -341,7 +328,6 @@ fn render(sections: &[Section], parts: &[BackendInfo]) -> Bytes {
                         *v = human(*n);
                     }
                 }
-                override_fields(&mut fields, own);
                 lines(&mut text, title, &fields);
             }
             Section::First(title) => {
@@ -373,16 +359,6 @@ fn render(sections: &[Section], parts: &[BackendInfo]) -> Bytes {
     let mut out = BytesMut::new();
     encode::bulk(&mut out, text.as_bytes());
     out.freeze()
-}
-
-/// Sets each of `own`'s fields in `fields`, replacing the backend's or added at the end.
-fn override_fields(fields: &mut Fields, own: &[(&'static str, String)]) {
-    for (k, v) in own {
-        match fields.iter_mut().find(|(f, _)| f == k) {
-            Some(field) => field.1 = v.clone(),
-            None => fields.push((k.to_string(), v.clone())),
-        }
-    }
 }
 
 #[cfg(test)]
