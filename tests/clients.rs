@@ -1,5 +1,6 @@
 //! Standard clients, unchanged, through ringproxy: redis-py (sync, asyncio, hiredis, RESP3),
-//! redis-cli and redis-benchmark; pymemcache and libmemcached's memccp, memccat and memcslap.
+//! ioredis and node-redis (Node.js), the redis gem (Ruby), redis-cli and redis-benchmark;
+//! pymemcache, node's memcached and libmemcached's memccp, memccat and memcslap.
 
 mod common;
 
@@ -31,6 +32,32 @@ fn redis_py_sync_asyncio_hiredis_and_resp3() {
     assert_eq!(python("clients.py", port).len(), 7);
 }
 
+/// Three shards with hash tags, so that transactions and scripts can name keys of one shard.
+fn tagged_setup() -> (Vec<Redis>, u16, Proxy) {
+    three_shards("s", "    hash_tag: \"{}\"\n")
+}
+
+#[test]
+fn ioredis_handshake_pipelines_transactions_scripts_pubsub_and_blocking() {
+    let (_shards, port, _proxy) = tagged_setup();
+    let checks = node("ioredis.js", port);
+    assert_eq!(checks.len(), 7, "{checks:?}");
+}
+
+#[test]
+fn node_redis_handshake_pipelines_transactions_scripts_pubsub_and_blocking() {
+    let (_shards, port, _proxy) = tagged_setup();
+    let checks = node("node_redis.js", port);
+    assert_eq!(checks.len(), 7, "{checks:?}");
+}
+
+#[test]
+fn ruby_redis_handshake_pipelines_transactions_scripts_pubsub_and_blocking() {
+    let (_shards, port, _proxy) = tagged_setup();
+    let checks = ruby("clients.rb", port);
+    assert_eq!(checks.len(), 7, "{checks:?}");
+}
+
 #[test]
 fn pymemcache_single_and_pooled_clients() {
     let (servers, port, _proxy) = memcache_setup();
@@ -46,6 +73,13 @@ fn pymemcache_single_and_pooled_clients() {
         let sets: u64 = stats.trim_end()["STAT cmd_set ".len()..].parse().unwrap();
         assert!(sets > 100, "{stats}");
     }
+}
+
+#[test]
+fn node_memcached_storage_multi_gets_cas_counters_and_stats() {
+    let (_servers, port, _proxy) = memcache_setup();
+    let checks = node("memcached.js", port);
+    assert_eq!(checks.len(), 3, "{checks:?}");
 }
 
 #[test]

@@ -52,14 +52,12 @@ fn channels_and_patterns_across_shards_in_resp2() {
         b"-ERR Can't execute 'get': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n",
     );
     sub.roundtrip(&command(&[b"PING"]), b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+    // Confirmed means subscribed on the shard: the next PUBLISH reaches the client.
     for (i, c) in channels.iter().enumerate() {
-        wait_until("subscriber registered", Duration::from_secs(10), || {
-            publisher.publish::<_, _, i64>(c, "probe").unwrap() == 1
-        });
-        let _: i64 = publisher.publish(c, format!("hello {i}")).unwrap();
+        let receivers: i64 = publisher.publish(c, format!("hello {i}")).unwrap();
+        assert_eq!(receivers, 1, "{c}");
     }
-    // Probes may have been delivered while waiting for the subscription: skip them. Messages
-    // from different shards may arrive in any order between them.
+    // Messages from different shards may arrive in any order.
     let mut want: Vec<Vec<u8>> = channels
         .iter()
         .enumerate()
@@ -67,9 +65,6 @@ fn channels_and_patterns_across_shards_in_resp2() {
         .collect();
     while !want.is_empty() {
         let got = read_message(&mut sub);
-        if channels.iter().any(|c| got == message(c, "probe")) {
-            continue;
-        }
         let at = want.iter().position(|w| *w == got);
         assert!(
             at.is_some(),
@@ -91,15 +86,14 @@ fn channels_and_patterns_across_shards_in_resp2() {
             .flat_map(|(i, c)| push3("unsubscribe", c, (channels.len() - i) as i64))
             .collect::<Vec<u8>>(),
     );
+    // Confirmed means unsubscribed on the shards: only the pattern is left.
     for c in &channels {
-        wait_until("only the pattern receives", Duration::from_secs(10), || {
-            let subscribers: Vec<(String, i64)> = redis::cmd("PUBSUB")
-                .arg("NUMSUB")
-                .arg(c)
-                .query(&mut publisher)
-                .unwrap();
-            subscribers[0].1 == 0 && publisher.publish::<_, _, i64>(c, "probe").unwrap() == 1
-        });
+        let subscribers: Vec<(String, i64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(c)
+            .query(&mut publisher)
+            .unwrap();
+        assert_eq!(subscribers[0].1, 0, "{c}");
     }
     for c in &channels {
         let n: i64 = publisher.publish(c, "via pattern").unwrap();
@@ -156,9 +150,7 @@ fn resp3_clients_get_pushes_and_keep_issuing_commands() {
     );
     sub.roundtrip(&command(&[b"SET", b"r3key", b"v"]), b"+OK\r\n");
     let mut publisher = connect(port);
-    wait_until("subscriber registered", Duration::from_secs(10), || {
-        publisher.publish::<_, _, i64>("r3", "x").unwrap() == 1
-    });
+    assert_eq!(publisher.publish::<_, _, i64>("r3", "x").unwrap(), 1);
     assert_eq!(sub.read_line(), ">3\r\n");
     assert_eq!(sub.read_line(), "$7\r\n");
 }
@@ -174,14 +166,12 @@ fn introspection_and_resubscription_after_a_shard_restart() {
     }
     pubsub.psubscribe("intro.*").unwrap();
     let mut c = connect(port);
-    wait_until("subscriptions registered", Duration::from_secs(10), || {
-        let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(&channels)
-            .query(&mut c)
-            .unwrap();
-        counts.iter().map(|(_, n)| n).sum::<i64>() == channels.len() as i64
-    });
+    let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(&channels)
+        .query(&mut c)
+        .unwrap();
+    assert!(counts.iter().all(|(_, n)| *n == 1), "{counts:?}");
     let mut listed: Vec<String> = redis::cmd("PUBSUB")
         .arg("CHANNELS")
         .arg("intro.*")
@@ -245,4 +235,41 @@ fn reset_leaves_every_subscription_as_redis_does() {
             publisher.read_line() == ":0\r\n"
         },
     );
+}
+
+/// Redis's promise, kept across shards: once a client has its confirmation, PUBLISH counts it;
+/// once it has its UNSUBSCRIBE confirmation, PUBLISH no longer does.
+#[test]
+fn confirmations_come_when_the_shards_have_made_the_change() {
+    let (shards, port, proxy) = three_shards("c", "");
+    let mut sub = Raw::connect(port);
+    let mut publisher = Raw::connect(port);
+    let publish = |publisher: &mut Raw, channel: &str| {
+        publisher.send(&command(&[b"PUBLISH", channel.as_bytes(), b"m"]));
+        publisher.read_line()
+    };
+    for round in 0..20 {
+        let channels = channels_on_every_shard(&proxy, shards.len(), &format!("r{round}."));
+        let mut subscribe = vec![&b"SUBSCRIBE"[..]];
+        subscribe.extend(channels.iter().map(|c| c.as_bytes()));
+        let confirmations: Vec<u8> = channels
+            .iter()
+            .enumerate()
+            .flat_map(|(i, c)| push3("subscribe", c, i as i64 + 1))
+            .collect();
+        sub.roundtrip(&command(&subscribe), &confirmations);
+        for c in &channels {
+            assert_eq!(publish(&mut publisher, c), ":1\r\n", "round {round}, {c}");
+            assert_eq!(read_message(&mut sub), message(c, "m"));
+        }
+        let confirmations: Vec<u8> = channels
+            .iter()
+            .enumerate()
+            .flat_map(|(i, c)| push3("unsubscribe", c, (channels.len() - i - 1) as i64))
+            .collect();
+        sub.roundtrip(&command(&[b"UNSUBSCRIBE"]), &confirmations);
+        for c in &channels {
+            assert_eq!(publish(&mut publisher, c), ":0\r\n", "round {round}, {c}");
+        }
+    }
 }

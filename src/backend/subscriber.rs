@@ -1,9 +1,11 @@
 //! Pub/Sub: one connection per client and shard that holds the client's subscriptions there
-//! and hands every message to the client's inbox. It keeps the set of subscriptions itself,
-//! so after a lost connection it reconnects and subscribes again without the client noticing
-//! (messages published meanwhile are lost, as Pub/Sub loses them).
+//! and hands every message to the client's inbox. A change is acknowledged to the client's
+//! session once the server has confirmed it, so a client that has its confirmation is heard
+//! by the next PUBLISH (and no longer counted after UNSUBSCRIBE). It keeps the set of
+//! subscriptions itself, so after a lost connection it reconnects and subscribes again without
+//! the client noticing (messages published meanwhile are lost, as Pub/Sub loses them).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +47,8 @@ struct Change {
     subscribe: bool,
     topic: Topic,
     names: Vec<Bytes>,
+    /// Completed (with an empty reply) once the server has confirmed every name.
+    ack: Option<Token>,
 }
 
 /// A client's subscriber connection to one node; dropped, it closes.
@@ -64,19 +68,15 @@ impl Subscriber {
         Subscriber { tx }
     }
 
-    pub fn subscribe(&self, topic: Topic, names: Vec<Bytes>) {
+    /// Subscribes to `names`, or unsubscribes from them; `ack` arrives in the client's inbox
+    /// when the server has confirmed it (or at once when the node cannot be reached: the
+    /// subscription is made when it can).
+    pub fn change(&self, subscribe: bool, topic: Topic, names: Vec<Bytes>, ack: Token) {
         let _ = self.tx.send(Change {
-            subscribe: true,
+            subscribe,
             topic,
             names,
-        });
-    }
-
-    pub fn unsubscribe(&self, topic: Topic, names: Vec<Bytes>) {
-        let _ = self.tx.send(Change {
-            subscribe: false,
-            topic,
-            names,
+            ack: Some(ack),
         });
     }
 }
@@ -87,20 +87,71 @@ fn encode_change(buf: &mut BytesMut, change: &Change) {
     change.names.iter().for_each(|n| encode::bulk(buf, n));
 }
 
-/// Whether a frame from the connection is a message for the client (not a confirmation of
-/// the proxy's own SUBSCRIBE and UNSUBSCRIBE, which the client got from the proxy).
-fn is_message(frame: &[u8]) -> bool {
-    let Some(nl) = memchr::memchr(b'\n', frame) else {
-        return false;
-    };
-    let rest = &frame[nl + 1..];
-    let Some(nl) = memchr::memchr(b'\n', rest) else {
-        return false;
-    };
-    let kind = &rest[nl + 1..];
-    kind.starts_with(b"message\r")
-        || kind.starts_with(b"pmessage\r")
-        || kind.starts_with(b"smessage\r")
+/// What a frame from the connection is: a message for the client, or the server's
+/// confirmation of one name of the proxy's own (UN)SUBSCRIBE (the client got its own from the
+/// proxy).
+#[derive(Debug, PartialEq, Eq)]
+enum Frame {
+    Message,
+    Confirmation,
+    Other,
+}
+
+fn frame_kind(frame: &[u8]) -> Frame {
+    let kind = memchr::memchr(b'\n', frame)
+        .map(|nl| &frame[nl + 1..])
+        .and_then(|rest| Some(&rest[memchr::memchr(b'\n', rest)? + 1..]))
+        .and_then(|rest| Some(&rest[..memchr::memchr(b'\r', rest)?]));
+    match kind {
+        Some(b"message" | b"pmessage" | b"smessage") => Frame::Message,
+        Some(
+            b"subscribe" | b"psubscribe" | b"ssubscribe" | b"unsubscribe" | b"punsubscribe"
+            | b"sunsubscribe",
+        ) => Frame::Confirmation,
+        _ => Frame::Other,
+    }
+}
+
+/// Changes sent and not yet confirmed, oldest first: confirmations still to come, and the
+/// acknowledgement owed when they have.
+#[derive(Debug, Default)]
+struct Awaiting(VecDeque<(usize, Option<Token>)>);
+
+impl Awaiting {
+    fn sent(&mut self, change: &Change) {
+        self.0.push_back((change.names.len(), change.ack));
+    }
+
+    /// Counts one confirmation; an acknowledgement it completes goes to `out`.
+    fn confirmed(&mut self, out: &mut Vec<Completion>) {
+        let Some((left, _)) = self.0.front_mut() else {
+            return;
+        };
+        *left = left.saturating_sub(1);
+        if *left == 0
+            && let Some((_, Some(token))) = self.0.pop_front()
+        {
+            out.push(acknowledgement(token));
+        }
+    }
+
+    /// Every acknowledgement still owed, without waiting for the server (the connection is
+    /// lost; the subscriptions are made again when it is back).
+    fn release(&mut self, out: &mut Vec<Completion>) {
+        out.extend(
+            self.0
+                .drain(..)
+                .filter_map(|(_, ack)| ack.map(acknowledgement)),
+        );
+    }
+}
+
+fn acknowledgement(token: Token) -> Completion {
+    Completion {
+        token,
+        result: Ok(Bytes::new()),
+        backend_us: 0,
+    }
 }
 
 const RETRY: Duration = Duration::from_millis(200);
@@ -112,16 +163,24 @@ async fn run(
     mut rx: UnboundedReceiver<Change>,
 ) {
     let mut held: HashSet<(Topic, Bytes)> = HashSet::new();
+    let mut awaiting = Awaiting::default();
+    // The client has gone (or left every subscription): confirmations owed are awaited, then
+    // the connection closes.
+    let mut closing = false;
     loop {
         let stream = match connect(&settings).await {
             Ok(stream) => stream,
             Err(why) => {
                 tracing::warn!(node = %shared.label, "subscriber cannot connect: {why}");
-                // Keep the set current while waiting to retry.
+                // Keep the set current while waiting to retry; the client is not kept waiting.
                 tokio::select! {
                     _ = sleep(RETRY) => continue,
                     change = rx.recv() => match change {
-                        Some(change) => { apply(&mut held, &change); continue; }
+                        Some(change) => {
+                            apply(&mut held, &change);
+                            change.ack.into_iter().for_each(|t| inbox.push(acknowledgement(t)));
+                            continue;
+                        }
                         None => return,
                     },
                 }
@@ -130,54 +189,75 @@ async fn run(
         // Subscribe again to everything held, then serve.
         let mut out = BytesMut::new();
         for (topic, name) in &held {
-            encode_change(
-                &mut out,
-                &Change {
-                    subscribe: true,
-                    topic: *topic,
-                    names: vec![name.clone()],
-                },
-            );
+            let again = Change {
+                subscribe: true,
+                topic: *topic,
+                names: vec![name.clone()],
+                ack: None,
+            };
+            encode_change(&mut out, &again);
+            awaiting.sent(&again);
         }
         if !out.is_empty() && stream.write_all(&out).await.is_err() {
+            awaiting = Awaiting::default();
             continue;
         }
         let mut read_buf = BytesMut::new();
         let mut chunk = 16 * 1024;
         let mut scanner = ReplyScanner::new(settings.max_reply_depth);
+        let drain_deadline = sleep(settings.timeout);
+        tokio::pin!(drain_deadline);
         loop {
+            if closing && awaiting.0.is_empty() {
+                return;
+            }
             tokio::select! {
-                change = rx.recv() => match change {
+                change = rx.recv(), if !closing => match change {
                     Some(change) => {
                         apply(&mut held, &change);
                         let mut out = BytesMut::new();
                         encode_change(&mut out, &change);
+                        awaiting.sent(&change);
                         if stream.write_all(&out).await.is_err() {
                             break;
                         }
                     }
-                    None => return,
+                    None => {
+                        closing = true;
+                        drain_deadline.as_mut().reset(tokio::time::Instant::now() + settings.timeout);
+                    }
                 },
+                _ = &mut drain_deadline, if closing => return,
                 read = stream.read_some(&mut read_buf, &mut chunk) => {
                     if !matches!(read, Ok(n) if n > 0) {
                         break;
                     }
-                    let mut messages = Vec::new();
+                    let mut delivered = Vec::new();
                     while let Ok(Some(len)) = scanner.scan(&read_buf) {
                         let frame = read_buf.split_to(len).freeze();
-                        if is_message(&frame) {
-                            messages.push(Completion {
+                        match frame_kind(&frame) {
+                            Frame::Message => delivered.push(Completion {
                                 token: Token::Push,
                                 result: Ok(frame),
                                 backend_us: 0,
-                            });
+                            }),
+                            Frame::Confirmation => awaiting.confirmed(&mut delivered),
+                            Frame::Other => {}
                         }
                     }
-                    if !messages.is_empty() {
-                        inbox.push_all(&mut messages);
+                    if !delivered.is_empty() {
+                        inbox.push_all(&mut delivered);
                     }
                 }
             }
+        }
+        let mut released = Vec::new();
+        awaiting.release(&mut released);
+        if !released.is_empty() {
+            inbox.push_all(&mut released);
+        }
+        if closing {
+            return;
         }
         tracing::warn!(node = %shared.label, "subscriber connection lost; subscribing again");
         sleep(RETRY).await;
@@ -191,5 +271,70 @@ fn apply(held: &mut HashSet<(Topic, Bytes)>, change: &Change) {
         } else {
             held.remove(&(change.topic, name.clone()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(seq: u64) -> Token {
+        Token::Reply { seq, part: 0 }
+    }
+
+    #[test]
+    fn frames_are_told_apart_in_resp2_and_resp3() {
+        let kind = |f: &[u8]| frame_kind(f);
+        assert_eq!(
+            kind(b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n"),
+            Frame::Message
+        );
+        assert_eq!(
+            kind(b">4\r\n$8\r\npmessage\r\n$1\r\n*\r\n$1\r\nc\r\n$1\r\nm\r\n"),
+            Frame::Message
+        );
+        assert_eq!(
+            kind(b"*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n"),
+            Frame::Confirmation
+        );
+        assert_eq!(
+            kind(b">3\r\n$12\r\npunsubscribe\r\n$1\r\n*\r\n:0\r\n"),
+            Frame::Confirmation
+        );
+        // A channel named like a kind is still a message's second element.
+        assert_eq!(
+            kind(b"*3\r\n$7\r\nmessage\r\n$9\r\nsubscribe\r\n$1\r\nm\r\n"),
+            Frame::Message
+        );
+        assert_eq!(kind(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"), Frame::Other);
+        assert_eq!(kind(b"-ERR\r\n"), Frame::Other);
+    }
+
+    #[test]
+    fn a_change_is_acknowledged_after_its_last_confirmation_in_order() {
+        let change = |names: usize, ack: Option<Token>| Change {
+            subscribe: true,
+            topic: Topic::Channel,
+            names: vec![Bytes::from_static(b"c"); names],
+            ack,
+        };
+        let mut awaiting = Awaiting::default();
+        awaiting.sent(&change(1, None));
+        awaiting.sent(&change(2, Some(reply(7))));
+        awaiting.sent(&change(1, Some(reply(8))));
+        let mut out = Vec::new();
+        let tokens = |out: &Vec<Completion>| out.iter().map(|c| c.token).collect::<Vec<_>>();
+        awaiting.confirmed(&mut out);
+        awaiting.confirmed(&mut out);
+        assert!(
+            out.is_empty(),
+            "the second change has one confirmation to come"
+        );
+        awaiting.confirmed(&mut out);
+        assert_eq!(tokens(&out), [reply(7)]);
+        // A lost connection releases what is still owed.
+        awaiting.release(&mut out);
+        assert_eq!(tokens(&out), [reply(7), reply(8)]);
+        assert!(awaiting.0.is_empty());
     }
 }

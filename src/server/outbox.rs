@@ -140,9 +140,13 @@ impl Outbox {
         }
     }
 
-    /// Adds a Pub/Sub message to the output as it is.
-    pub(super) fn push_message(&mut self, message: &[u8]) {
-        self.buf.extend_from_slice(message);
+    /// Adds a Pub/Sub message to the output as it is, after the replies still owed (a
+    /// SUBSCRIBE's confirmations come before the channel's first message).
+    pub(super) fn push_message(&mut self, message: Bytes) {
+        match self.slots.is_empty() {
+            true => self.buf.extend_from_slice(&message),
+            false => self.ready(message),
+        }
     }
 
     /// Lets go of the buffers of an idle client.

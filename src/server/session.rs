@@ -180,7 +180,7 @@ impl<F: Frontend> Session<F> {
                     if let Ok(message) = c.result
                         && self.fe.wants(&message)
                     {
-                        self.out.push_message(&message);
+                        self.out.push_message(message);
                     }
                 }
             }

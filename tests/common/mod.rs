@@ -750,12 +750,29 @@ pub fn python(script: &str, port: u16) -> Vec<String> {
 
 /// Runs `tests/python/<script> ARGS…` and returns its "ok …" lines; fails on a non-zero exit.
 pub fn python_with(script: &str, args: &[&str]) -> Vec<String> {
-    let path = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("python3")
+    client_script("python3", &format!("python/{script}"), args)
+}
+
+/// Runs `tests/node/<script> PORT` with the clients `scripts/install-deps` put in
+/// `tests/node/node_modules`, and returns its "ok …" lines; fails on a non-zero exit.
+pub fn node(script: &str, port: u16) -> Vec<String> {
+    client_script("node", &format!("node/{script}"), &[&port.to_string()])
+}
+
+/// Runs `tests/ruby/<script> PORT` and returns its "ok …" lines; fails on a non-zero exit.
+pub fn ruby(script: &str, port: u16) -> Vec<String> {
+    client_script("ruby", &format!("ruby/{script}"), &[&port.to_string()])
+}
+
+/// Runs `<interpreter> tests/<script> ARGS…` and returns its "ok …" lines; fails on a non-zero
+/// exit, showing what the script printed.
+fn client_script(interpreter: &str, script: &str, args: &[&str]) -> Vec<String> {
+    let path = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(interpreter)
         .arg(&path)
         .args(args)
         .output()
-        .expect("python3 (scripts/test installs it)");
+        .unwrap_or_else(|e| panic!("{interpreter} (scripts/install-deps installs it): {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

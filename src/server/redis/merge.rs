@@ -30,6 +30,9 @@ enum RespMerge {
     Scan { shard: usize, shards: usize },
     /// A transaction sent as MULTI, its commands and EXEC: EXEC's reply, the last part's.
     Last,
+    /// A change of subscriptions: the confirmations the proxy made, once every shard has
+    /// confirmed its part.
+    Confirmed(Bytes),
 }
 
 /// Sees a merged reply that is not an error on its way to the client (SCRIPT LOAD: the
@@ -82,6 +85,12 @@ pub(super) fn split_recording(
 /// A transaction of `parts` requests, answered by the last.
 pub(super) fn last(parts: usize) -> Gather {
     Gather::new(parts, RespMerge::Last)
+}
+
+/// (UN)SUBSCRIBE confirmed by `parts` subscriber connections: `reply`, the client's
+/// confirmations.
+pub(super) fn confirmed(parts: usize, reply: Bytes) -> Gather {
+    Gather::new(parts, RespMerge::Confirmed(reply))
 }
 
 /// SCAN of shard `shard`.
@@ -146,6 +155,7 @@ impl Merger for RespMerge {
                 }
                 last.unwrap_or_else(|| ClientError::NoNodeAnswered.render(Protocol::Redis))
             }
+            RespMerge::Confirmed(reply) => reply.clone(),
             RespMerge::Scan { shard, shards } => match parts.into_iter().next() {
                 Some(Ok(reply)) => merge_scan(reply, *shard, *shards),
                 Some(Err(e)) => failed(Protocol::Redis, e),

@@ -320,7 +320,8 @@ impl RespSession {
         self.out.gathering(merge::last(parts));
     }
 
-    /// Applies a change of subscriptions to the subscriber connections, one per shard.
+    /// Applies a change of subscriptions to the subscriber connections, one per shard. The
+    /// client's confirmations wait until every shard has confirmed its part.
     fn change_subscriptions(&mut self, state: &PoolState, change: Change) {
         let Change {
             topic,
@@ -331,27 +332,31 @@ impl RespSession {
         let resp3 = self.fe.client.resp3;
         let inbox = self.out.inbox().clone();
         let subscribers = &mut self.fe.subscribers;
-        if !self.fe.pubsub.active() {
-            // Nothing left: the subscriber connections close.
-            subscribers.clear();
-        }
+        let mut parts = 0;
         for (shard, names) in state.shards.iter().zip(per_shard) {
-            if names.is_empty() || !self.fe.pubsub.active() {
+            if names.is_empty() {
                 continue;
             }
-            let found = subscribers.iter().position(|(name, _)| *name == shard.name);
-            match (found, subscribe) {
-                (Some(at), true) => subscribers[at].1.subscribe(topic, names),
-                (Some(at), false) => subscribers[at].1.unsubscribe(topic, names),
-                (None, true) => {
+            let ack = self.out.reply_to(parts).token;
+            match subscribers.iter().find(|(name, _)| *name == shard.name) {
+                Some((_, subscriber)) => subscriber.change(subscribe, topic, names, ack),
+                None if subscribe => {
                     let subscriber = shard.master().subscriber(resp3, inbox.clone());
-                    subscriber.subscribe(topic, names);
+                    subscriber.change(true, topic, names, ack);
                     subscribers.push((shard.name.clone(), subscriber));
                 }
-                (None, false) => {}
+                None => continue,
             }
+            parts += 1;
+        }
+        if !self.fe.pubsub.active() {
+            // Nothing left: the subscriber connections close once they have confirmed.
+            subscribers.clear();
         }
         self.out.listening = self.fe.pubsub.active();
-        self.out.ready(reply);
+        match parts {
+            0 => self.out.ready(reply),
+            _ => self.out.gathering(merge::confirmed(parts, reply)),
+        }
     }
 }
