@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use redis::Value;
 
@@ -33,8 +35,10 @@ type Sequence<'a> = (Steps<'a>, Option<(usize, &'a [&'a str])>);
 /// on another connection of the same side before step `at` (a concurrent client).
 fn same_replies(sequences: &[Sequence<'_>]) {
     let server = Redis::start();
-    let (_shards, port, _proxy) =
-        three_shards("compat", "    allow_flush: true\n    hash_tag: \"{}\"\n");
+    let (_shards, port, _proxy) = three_shards(
+        "compat",
+        "    allow_flush: true\n    hash_tag: \"{}\"\n    databases: 16\n",
+    );
     for (steps, between) in sequences {
         let run = |conn: &mut redis::Connection, other: &mut redis::Connection| -> Vec<String> {
             let _: () = redis::cmd("FLUSHALL").query(other).unwrap();
@@ -252,6 +256,118 @@ fn connection_commands_answer_as_redis_does() {
         ),
     ];
     same_replies(sequences);
+}
+
+#[test]
+fn select_keeps_each_database_apart_as_redis_does() {
+    let sequences: &[Sequence<'_>] = &[
+        (
+            &[
+                &["SELECT", "15"],
+                &["SELECT", "16"],
+                &["SELECT", "-1"],
+                &["SELECT", "x"],
+                &["SELECT", "0"],
+            ],
+            None,
+        ),
+        (
+            &[
+                &["SET", "{d}k", "zero"],
+                &["SELECT", "3"],
+                &["GET", "{d}k"],
+                &["SET", "{d}k", "three"],
+                &["MSET", "{a}x", "1", "{b}y", "2", "{c}z", "3"],
+                &["MGET", "{a}x", "{b}y", "{c}z", "{d}k"],
+                &["DBSIZE"],
+                &["SELECT", "0"],
+                &["GET", "{d}k"],
+                &["MGET", "{a}x", "{b}y"],
+                &["DBSIZE"],
+                &["SELECT", "3"],
+                &["GET", "{d}k"],
+                &["RESET"],
+                &["GET", "{d}k"],
+            ],
+            None,
+        ),
+        (
+            &[
+                &["SELECT", "5"],
+                &["MULTI"],
+                &["INCR", "{t}n"],
+                &["INCR", "{t}n"],
+                &["EXEC"],
+                &["EVAL", "return redis.call('GET', KEYS[1])", "1", "{t}n"],
+                &["SELECT", "0"],
+                &["GET", "{t}n"],
+            ],
+            None,
+        ),
+        // A write to the same name in another database does not touch a watched key.
+        (
+            &[
+                &["SELECT", "2"],
+                &["WATCH", "{t}w"],
+                &["MULTI"],
+                &["SET", "{t}w", "mine"],
+                &["EXEC"],
+                &["GET", "{t}w"],
+            ],
+            Some((2, &["SET", "{t}w", "theirs in 0"])),
+        ),
+    ];
+    same_replies(sequences);
+}
+
+/// What differs from one server: SELECT is refused while keys are watched in the current
+/// database (the watching connection stays in it). Blocking commands wait in the client's
+/// database.
+#[test]
+fn select_with_blocking_pops_and_watch() {
+    let (_shards, port, _proxy) = three_shards("sel", "    databases: 4\n");
+    let mut waiter = Raw::connect(port);
+    waiter.roundtrip(&command(&[b"SELECT", b"2"]), b"+OK\r\n");
+    waiter.send(&command(&[b"BLPOP", b"q", b"10"]));
+    let mut pusher = connect(port);
+    wait_until("the pop waits", Duration::from_secs(10), || {
+        let info: String = redis::cmd("INFO")
+            .arg("clients")
+            .query(&mut pusher)
+            .unwrap();
+        info.contains("blocked_clients:1\r\n")
+    });
+    let _: i64 = redis::cmd("RPUSH")
+        .arg("q")
+        .arg("in 0")
+        .query(&mut pusher)
+        .unwrap();
+    let _: () = redis::cmd("SELECT").arg(2).query(&mut pusher).unwrap();
+    let _: i64 = redis::cmd("RPUSH")
+        .arg("q")
+        .arg("in 2")
+        .query(&mut pusher)
+        .unwrap();
+    assert_eq!(
+        waiter.read_n(b"*2\r\n$1\r\nq\r\n$4\r\nin 2\r\n".len()),
+        b"*2\r\n$1\r\nq\r\n$4\r\nin 2\r\n"
+    );
+    let _: () = redis::cmd("SELECT").arg(0).query(&mut pusher).unwrap();
+    let left: Vec<String> = redis::cmd("LRANGE")
+        .arg("q")
+        .arg(0)
+        .arg(-1)
+        .query(&mut pusher)
+        .unwrap();
+    assert_eq!(left, ["in 0"]);
+    waiter.roundtrip(&command(&[b"WATCH", b"q"]), b"+OK\r\n");
+    waiter.roundtrip(
+        &command(&[b"SELECT", b"1"]),
+        b"-ERR SELECT of another database while keys are watched: UNWATCH first\r\n",
+    );
+    waiter.roundtrip(&command(&[b"SELECT", b"2"]), b"+OK\r\n");
+    waiter.roundtrip(&command(&[b"UNWATCH"]), b"+OK\r\n");
+    waiter.roundtrip(&command(&[b"SELECT", b"1"]), b"+OK\r\n");
 }
 
 #[test]

@@ -12,8 +12,8 @@ pub use sentinel::{Named, SentinelClient};
 pub use subscriber::{Subscriber, Topic};
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -338,14 +338,29 @@ struct ConnSettings {
     tls: Option<TlsConnector>,
 }
 
-/// One worker's connections to a node: RESP2 (or memcache), and RESP3 for clients that said
-/// HELLO 3.
+/// What a backend connection carries for the clients whose requests it takes: their database
+/// (SELECT) and protocol level (HELLO 3). Requests go on connections of their client's profile.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// The client's database, 0 to the pool's `databases` - 1 (the pool's `db` is added).
+    pub db: u16,
+    pub resp3: bool,
+}
+
+impl Profile {
+    /// Where the profile's connections and settings are kept (see [`Node::lanes`]).
+    fn lane(self) -> usize {
+        usize::from(self.db) * 2 + usize::from(self.resp3)
+    }
+}
+
+/// One worker's connections to a node, by profile lane. Database 0's are started with the
+/// node; another database's when a client first uses it.
 struct WorkerConns {
-    resp2: Vec<UnboundedSender<Job>>,
-    resp3: Vec<UnboundedSender<Job>>,
-    /// Reserved connections given back, ready for the next client that needs one: RESP2 at 0,
-    /// RESP3 at 1. Only this worker's sessions use them.
-    idle: [Mutex<Vec<UnboundedSender<Job>>>; 2],
+    shared: Vec<OnceLock<Vec<UnboundedSender<Job>>>>,
+    /// Reserved connections given back, ready for the next client of the same profile that
+    /// needs one. Only this worker's sessions use them.
+    idle: Vec<Mutex<Vec<UnboundedSender<Job>>>>,
 }
 
 /// Reserved connections kept open per node, worker and protocol level once given back.
@@ -357,7 +372,7 @@ const MAX_IDLE_RESERVED: usize = 16;
 #[derive(Debug)]
 pub struct Reserved {
     tx: UnboundedSender<Job>,
-    resp3: bool,
+    lane: usize,
 }
 
 impl Reserved {
@@ -395,8 +410,11 @@ pub struct Node {
     pub addr: Address,
     shared: Arc<NodeShared>,
     per_worker: Vec<WorkerConns>,
-    /// How new connections are opened: RESP2 (or memcache) at 0, RESP3 at 1.
-    settings: [Arc<ConnSettings>; 2],
+    /// How new connections are opened, by profile lane: database 0 with RESP2 (or memcache)
+    /// at 0, with RESP3 at 1, database 1 at 2 and 3…
+    settings: Vec<Arc<ConnSettings>>,
+    /// Shared connections per worker and lane.
+    connections: usize,
     _stop_health: DropGuard,
 }
 
@@ -434,44 +452,45 @@ impl Node {
             check_now: Notify::new(),
             attach_to: Mutex::new(None),
         });
-        let settings = |resp3: bool| {
-            let (handshake, handshake_replies) = handshake(pool, resp3);
+        let settings = |profile: Profile| {
+            let (handshake, handshake_replies) = handshake(pool, profile);
             Arc::new(ConnSettings {
                 addr: addr.clone(),
                 protocol: pool.protocol,
                 timeout: pool.timeout,
                 handshake,
                 handshake_replies,
-                preconnect: pool.preconnect && !resp3,
+                preconnect: pool.preconnect && profile == Profile::default(),
                 max_reply_depth: pool.max_reply_depth,
                 tls: pool.backend_tls.as_ref().map(|t| t.connector(&addr.host)),
             })
         };
-        let (resp2_settings, resp3_settings) = (settings(false), settings(true));
-        let spawn_set = |worker: &tokio::runtime::Handle, settings: &Arc<ConnSettings>| {
-            (0..pool.server_connections)
-                .map(|_| {
-                    let (tx, rx) = mpsc::unbounded_channel();
-                    worker.spawn(connection::run(shared.clone(), settings.clone(), rx, false));
-                    tx
-                })
-                .collect()
-        };
+        let settings: Vec<Arc<ConnSettings>> = (0..pool.databases)
+            .flat_map(|db| [false, true].map(|resp3| settings(Profile { db, resp3 })))
+            .collect();
         let per_worker = (0..workers.len())
-            .map(|w| WorkerConns {
-                resp2: spawn_set(workers.handle(w), &resp2_settings),
-                // memcache has one protocol level: no second set of connections.
-                resp3: match pool.protocol {
-                    Protocol::Redis => spawn_set(workers.handle(w), &resp3_settings),
-                    Protocol::Memcache => Vec::new(),
-                },
-                idle: Default::default(),
+            .map(|w| {
+                let worker = workers.handle(w);
+                WorkerConns {
+                    shared: (0..settings.len())
+                        .map(|lane| {
+                            // memcache has one protocol level: no RESP3 connections.
+                            let at_start =
+                                lane == 0 || (lane == 1 && pool.protocol == Protocol::Redis);
+                            let started = at_start.then(|| {
+                                spawn_set(&shared, &settings[lane], pool.server_connections, worker)
+                            });
+                            started.map_or_else(OnceLock::new, OnceLock::from)
+                        })
+                        .collect(),
+                    idle: settings.iter().map(|_| Mutex::default()).collect(),
+                }
             })
             .collect();
         let stop = CancellationToken::new();
         tokio::spawn(health::run(
             shared.clone(),
-            settings(false),
+            settings[0].clone(),
             pool.health_check.clone(),
             stop.clone(),
         ));
@@ -479,7 +498,8 @@ impl Node {
             addr,
             shared,
             per_worker,
-            settings: [resp2_settings, resp3_settings],
+            settings,
+            connections: pool.server_connections,
             _stop_health: stop.drop_guard(),
         }
     }
@@ -527,51 +547,70 @@ impl Node {
 
     /// A connection of `worker`'s to the node for one client alone: an idle one given back
     /// earlier, or a new one. Must be called on that worker's runtime.
-    pub fn reserve(&self, worker: usize, resp3: bool) -> Reserved {
-        let idle = &self.per_worker[worker].idle[usize::from(resp3)];
+    pub fn reserve(&self, worker: usize, profile: Profile) -> Reserved {
+        let lane = profile.lane();
+        let idle = &self.per_worker[worker].idle[lane];
         let reused = {
             let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
             std::iter::from_fn(|| idle.pop()).find(|tx| !tx.is_closed())
         };
         let tx = reused.unwrap_or_else(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            let settings = self.settings[usize::from(resp3)].clone();
+            let settings = self.settings[lane].clone();
             tokio::spawn(connection::run(self.shared.clone(), settings, rx, true));
             tx
         });
-        Reserved { tx, resp3 }
+        Reserved { tx, lane }
     }
 
     /// A subscriber connection for one client, delivering its messages to `inbox` as
-    /// [`Token::Push`] completions. Must be called on the client's worker runtime.
+    /// [`Token::Push`] completions (channels are not in a database). Must be called on the
+    /// client's worker runtime.
     pub fn subscriber(&self, resp3: bool, inbox: Arc<Inbox>) -> Subscriber {
-        let settings = self.settings[usize::from(resp3)].clone();
+        let settings = self.settings[Profile { db: 0, resp3 }.lane()].clone();
         Subscriber::start(self.shared.clone(), settings, inbox)
     }
 
     /// Takes back a reserved connection whose client is done with it and left it as it found
     /// it (nothing in flight, no WATCH, not subscribed), for the next client to reserve.
     pub fn give_back(&self, worker: usize, reserved: Reserved) {
-        let idle = &self.per_worker[worker].idle[usize::from(reserved.resp3)];
+        let idle = &self.per_worker[worker].idle[reserved.lane];
         let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE_RESERVED && !reserved.tx.is_closed() {
             idle.push(reserved.tx);
         }
     }
 
-    /// Queues a request on one of the worker's connections to the node; `spread` (a session
-    /// id, say) picks which, so a session's requests stay in order on one connection.
-    pub fn send(&self, job: Job, worker: usize, resp3: bool, spread: usize) {
-        let conns = &self.per_worker[worker];
-        let conns = if resp3 && !conns.resp3.is_empty() {
-            &conns.resp3
-        } else {
-            &conns.resp2
-        };
+    /// Queues a request on one of the worker's connections of `profile` to the node (started
+    /// now if it is the profile's first request); `spread` (a session id, say) picks which, so
+    /// a session's requests stay in order on one connection. Must be called on that worker's
+    /// runtime.
+    pub fn send(&self, job: Job, worker: usize, profile: Profile, spread: usize) {
+        let lane = profile.lane();
+        let conns = self.per_worker[worker].shared[lane].get_or_init(|| {
+            let here = tokio::runtime::Handle::current();
+            spawn_set(&self.shared, &self.settings[lane], self.connections, &here)
+        });
         if let Err(mpsc::error::SendError(job)) = conns[spread % conns.len()].send(job) {
             job.reply_to.send(Err(self.shared.error(Failure::Closed)));
         }
     }
+}
+
+/// Starts `count` shared connection tasks to a node on `runtime`; their senders.
+fn spawn_set(
+    shared: &Arc<NodeShared>,
+    settings: &Arc<ConnSettings>,
+    count: usize,
+    runtime: &tokio::runtime::Handle,
+) -> Vec<UnboundedSender<Job>> {
+    (0..count)
+        .map(|_| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            runtime.spawn(connection::run(shared.clone(), settings.clone(), rx, false));
+            tx
+        })
+        .collect()
 }
 
 /// The scalar elements of a small RESP reply, nested arrays flattened, in order: every element
@@ -595,8 +634,8 @@ async fn within<T>(
         .unwrap_or(Err(Failure::Timeout(limit)))
 }
 
-/// The commands every new connection starts with, pre-encoded.
-fn handshake(pool: &PoolConfig, resp3: bool) -> (Bytes, usize) {
+/// The commands every new connection of `profile` starts with, pre-encoded.
+fn handshake(pool: &PoolConfig, profile: Profile) -> (Bytes, usize) {
     let mut buf = BytesMut::new();
     let mut replies = 0;
     if pool.protocol == Protocol::Memcache {
@@ -615,12 +654,13 @@ fn handshake(pool: &PoolConfig, resp3: bool) -> (Bytes, usize) {
         }
         replies += 1;
     }
-    if pool.db != 0 {
-        let db = pool.db.to_string();
+    let db = pool.db + u32::from(profile.db);
+    if db != 0 {
+        let db = db.to_string();
         encode::command(&mut buf, [&b"SELECT"[..], db.as_bytes()].into_iter());
         replies += 1;
     }
-    if resp3 {
+    if profile.resp3 {
         encode::command(&mut buf, [&b"HELLO"[..], b"3"].into_iter());
         replies += 1;
     }

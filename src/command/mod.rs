@@ -380,7 +380,8 @@ pub static UNSUPPORTED: &[(&str, &str)] = &[
 
 const ADMIN: &str = "server administration: connect to the server itself";
 const CLUSTER: &str = "Redis Cluster and migration commands address one server, not the pool";
-const DATABASES: &str = "the proxy serves database 0 only";
+const DATABASES: &str =
+    "it names a database by the server's numbering, which the proxy does not rewrite";
 const ONE_SERVER: &str = "the answer of one server; ask the server itself";
 
 /// Why the proxy does not serve `name`, if it is a Redis command it knows of.

@@ -152,8 +152,12 @@ pub struct PoolConfig {
     pub sentinels: Vec<Address>,
     /// Sent on every Sentinel connection.
     pub sentinel_auth: Option<BackendAuth>,
-    /// Backend database selected on every backend connection; clients still see database 0.
+    /// Backend database of the clients' database 0: a client's database n is the backends'
+    /// `db` + n.
     pub db: u32,
+    /// Databases clients may SELECT, 0 to `databases` - 1; each has its own backend
+    /// connections, opened when a client first uses it.
+    pub databases: u16,
     pub client_connections: Option<u32>,
     pub backlog: u32,
     pub limits: Limits,
@@ -354,6 +358,7 @@ impl PoolParts {
                 Some("backend_auth is for redis pools: memcached's text protocol has no AUTH")
             }
             Protocol::Memcache if c.db != 0 => Some("db is for redis pools"),
+            Protocol::Memcache if c.databases != 1 => Some("databases is for redis pools"),
             Protocol::Memcache if c.allow_keys => Some("allow_keys is for redis pools"),
             Protocol::Memcache if c.allow_config => Some("allow_config is for redis pools"),
             Protocol::Memcache if matches!(c.failover, Failover::Promote | Failover::Sentinel) => {

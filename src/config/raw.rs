@@ -67,6 +67,7 @@ struct Pool {
     sentinels: Option<Vec<Address>>,
     sentinel_auth: Option<RawBackendAuth>,
     db: Option<u32>,
+    databases: Option<u16>,
     client_connections: Option<u32>,
     backlog: Option<u32>,
     limits: Option<RawLimits>,
@@ -394,6 +395,7 @@ fn base_pool(listen: &Spanned<Listen>) -> PoolConfig {
         sentinels: Vec::new(),
         sentinel_auth: None,
         db: 0,
+        databases: 1,
         client_connections: None,
         backlog: 512,
         limits: Limits::default(),
@@ -482,6 +484,10 @@ impl Pool {
             .map(|b| b.into_auth(at, "sentinel_auth"))
             .transpose()?;
         c.db = p.db.unwrap_or(0);
+        c.databases = match p.databases {
+            Some(0) => return Err(invalid(at, "databases must be at least 1")),
+            databases => databases.unwrap_or(1),
+        };
         c.client_connections = p.client_connections.filter(|&n| n > 0);
         c.backlog = p.backlog.unwrap_or(c.backlog);
         if c.protocol == Protocol::Memcache {
@@ -599,6 +605,7 @@ impl From<TwemproxyPool> for Pool {
             tls: None,
             backend_tls: None,
             db: t.redis_db,
+            databases: None,
             client_connections: t.client_connections,
             backlog: t.backlog,
             client_output_timeout_ms: None,

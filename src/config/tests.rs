@@ -152,6 +152,14 @@ fn settings_of_the_other_protocol_are_refused() {
             "pool 'p': db is for redis pools",
         ),
         (
+            pool("memcache", "    databases: 4\n"),
+            "pool 'p': databases is for redis pools",
+        ),
+        (
+            pool("redis", "    databases: 0\n"),
+            "databases must be at least 1",
+        ),
+        (
             pool("redis", "    item_size_max: 10\n"),
             "pool 'p': item_size_max and reject_past_exptime are for memcache pools",
         ),

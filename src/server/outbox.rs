@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::error::{ClientError, backend_error_kind};
 use super::merge::Gather;
-use crate::backend::{BackendError, Completion, Inbox, NodeId, ReplyTo, Token};
+use crate::backend::{BackendError, Completion, Inbox, NodeId, Profile, ReplyTo, Token};
 use crate::config::Protocol;
 use crate::metrics::ErrorKind;
 use crate::protocol::ReplyKind;
@@ -57,8 +57,8 @@ pub(super) struct Resend {
     pub(super) job: (Bytes, ReplyKind),
     pub(super) quiet: Option<Quiet>,
     pub(super) when: ResendWhen,
-    /// Sent on the node's RESP3 connections (a client that said HELLO 3).
-    pub(super) resp3: bool,
+    /// The client's connections to the node (its database and protocol level).
+    pub(super) profile: Profile,
 }
 
 #[derive(Debug, PartialEq, Eq)]

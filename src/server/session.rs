@@ -17,7 +17,7 @@ use super::error::ClientError;
 use super::outbox::{Outbox, Resend, Retry};
 use super::plan::{Part, Plan, Target};
 use super::timing::{Recorded, Timing};
-use crate::backend::{Completion, Job, Node, ReplyTo, Reserved, Token};
+use crate::backend::{Completion, Job, Node, Profile, ReplyTo, Reserved, Token};
 use crate::metrics::CloseReason;
 use crate::net::Stream;
 use crate::protocol::ReplyKind;
@@ -45,9 +45,9 @@ pub(super) trait Frontend: Sized {
         true
     }
 
-    /// Whether the client reads RESP3, so its requests go on the nodes' RESP3 connections.
-    fn resp3(&self) -> bool {
-        false
+    /// The connections the client's requests go on: its database and protocol level.
+    fn profile(&self) -> Profile {
+        Profile::default()
     }
 
     /// Adds a request that took `took` to the pool's slow log.
@@ -373,7 +373,7 @@ impl<F: Frontend> Session<F> {
 
     /// Carries out `plan` for the next request, on the nodes of `state`.
     pub(super) fn execute(&mut self, state: &PoolState, plan: Plan) {
-        let resp3 = self.fe.resp3();
+        let profile = self.fe.profile();
         if let Some(r) = self.recorded.back_mut()
             && r.seq == self.out.next_seq()
             && let Some((target, parts)) = plan.first_target()
@@ -384,16 +384,16 @@ impl<F: Frontend> Session<F> {
             Plan::Reply(reply) => self.out.ready(reply),
             Plan::Fail(e) => self.out.error(e),
             Plan::Forward(part) => {
-                self.send_part(state, part, 0, resp3);
+                self.send_part(state, part, 0, profile);
                 self.out.forwarded();
             }
             Plan::Quiet(part, quiet) => {
-                self.send_part(state, part, 0, resp3);
+                self.send_part(state, part, 0, profile);
                 self.out.quiet(quiet);
             }
             Plan::Gather(parts, gather) => {
                 for (i, part) in parts.into_iter().enumerate() {
-                    self.send_part(state, part, i, resp3);
+                    self.send_part(state, part, i, profile);
                 }
                 self.out.gathering(gather);
             }
@@ -407,7 +407,7 @@ impl<F: Frontend> Session<F> {
                 let shard = &state.shards[shard];
                 let node = &shard.nodes[node];
                 let job = (part.payload, part.kind);
-                self.send_to(node, job.clone(), 0, resp3);
+                self.send_to(node, job.clone(), 0, profile);
                 self.out.resend(Resend {
                     shard: shard.name.clone(),
                     node: node.id(),
@@ -415,7 +415,7 @@ impl<F: Frontend> Session<F> {
                     job,
                     quiet,
                     when,
-                    resp3,
+                    profile,
                 });
             }
             Plan::Reserved { part, wait } => {
@@ -429,7 +429,7 @@ impl<F: Frontend> Session<F> {
                 }
                 let (shard, node) = self.resolve(state, part.target);
                 let node = state.shards[shard].nodes[node].clone();
-                let conn = node.reserve(self.worker, resp3);
+                let conn = node.reserve(self.worker, profile);
                 let job = Job {
                     payload: part.payload,
                     kind: part.kind,
@@ -457,10 +457,10 @@ impl<F: Frontend> Session<F> {
     }
 
     /// Sends `part` as part `index` of the next request.
-    fn send_part(&self, state: &PoolState, part: Part, index: usize, resp3: bool) {
+    fn send_part(&self, state: &PoolState, part: Part, index: usize, profile: Profile) {
         let (shard, node) = self.resolve(state, part.target);
         let node = &state.shards[shard].nodes[node];
-        self.send_to(node, (part.payload, part.kind), index, resp3);
+        self.send_to(node, (part.payload, part.kind), index, profile);
     }
 }
 
@@ -519,19 +519,25 @@ impl<F> Session<F> {
             let node = &shard.nodes[node];
             resend.node = node.id();
             resend.retries_left -= 1;
-            let (job, resp3) = (resend.job.clone(), resend.resp3);
+            let (job, profile) = (resend.job.clone(), resend.profile);
             if let Some(first) = first {
                 let first = (first, job.1);
-                self.send_job_to(node, first, self.out.reply_to_seq(seq, 1), resp3);
+                self.send_job_to(node, first, self.out.reply_to_seq(seq, 1), profile);
             }
             let reply_to = self.out.reply_to_seq(seq, 0);
-            self.send_job_to(node, job, reply_to, resp3);
+            self.send_job_to(node, job, reply_to, profile);
         }
     }
 
     /// Sends part `part` of the next request to `node`.
-    pub(super) fn send_to(&self, node: &Node, job: (Bytes, ReplyKind), part: usize, resp3: bool) {
-        self.send_job_to(node, job, self.out.reply_to(part), resp3);
+    pub(super) fn send_to(
+        &self,
+        node: &Node,
+        job: (Bytes, ReplyKind),
+        part: usize,
+        profile: Profile,
+    ) {
+        self.send_job_to(node, job, self.out.reply_to(part), profile);
     }
 
     fn send_job_to(
@@ -539,7 +545,7 @@ impl<F> Session<F> {
         node: &Node,
         (payload, kind): (Bytes, ReplyKind),
         reply_to: ReplyTo,
-        resp3: bool,
+        profile: Profile,
     ) {
         let job = Job {
             payload,
@@ -547,6 +553,6 @@ impl<F> Session<F> {
             reply_to,
             timeout: None,
         };
-        node.send(job, self.worker, resp3, self.id as usize);
+        node.send(job, self.worker, profile, self.id as usize);
     }
 }

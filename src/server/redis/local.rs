@@ -1,5 +1,5 @@
 //! Commands the proxy answers itself: the connection handshake of standard clients (HELLO, AUTH,
-//! SELECT 0, CLIENT SETNAME/SETINFO, PING, ECHO, COMMAND, INFO) and QUIT. Decided without I/O:
+//! SELECT, CLIENT SETNAME/SETINFO, PING, ECHO, COMMAND, INFO) and QUIT. Decided without I/O:
 //! INFO's backend sections are a plan like any other.
 
 use std::net::SocketAddr;
@@ -23,6 +23,8 @@ pub(super) struct ClientState {
     pub auth_failures: u32,
     /// CLIENT REPLY: whether replies are sent.
     pub replies: Replies,
+    /// The database SELECT chose.
+    pub db: u16,
 }
 
 /// What CLIENT REPLY asked for.
@@ -42,6 +44,7 @@ impl ClientState {
             name: None,
             auth_failures: 0,
             replies: Replies::On,
+            db: 0,
         }
     }
 }
@@ -54,6 +57,8 @@ pub(super) struct Local<'a> {
     pub session: u64,
     /// Subscribed to Pub/Sub (RESP2 PING answers as a message).
     pub subscribed: bool,
+    /// Watching keys (WATCH) on a connection of its current database.
+    pub watching: bool,
     /// The client's address (none on a Unix socket), for the AUTH failure log.
     pub peer: Option<SocketAddr>,
 }
@@ -84,13 +89,7 @@ pub(super) fn run(cx: Local<'_>, state: &PoolState, which: LocalCommand, req: &R
         LocalCommand::Ping => ping(&cx, req),
         LocalCommand::Echo => bulk(req.arg(1)),
         LocalCommand::Quit => ok(),
-        LocalCommand::Select => match parse_int(req.arg(1)) {
-            Some(0) => ok(),
-            Some(_) => Plan::Fail(ClientError::Refused(
-                "ringproxy serves database 0 only".into(),
-            )),
-            None => Plan::Fail(ClientError::NotAnInteger),
-        },
+        LocalCommand::Select => select(cx, req),
         LocalCommand::Auth => auth(cx, req),
         LocalCommand::Hello => hello(cx, state, req),
         LocalCommand::Client => client(cx, req),
@@ -99,6 +98,25 @@ pub(super) fn run(cx: Local<'_>, state: &PoolState, which: LocalCommand, req: &R
         LocalCommand::SlowLog => slowlog(cx.pool, req),
         LocalCommand::Time => time(),
         LocalCommand::Reset => reset(cx),
+    }
+}
+
+/// SELECT: the client's requests go on the backend connections of that database from now on.
+fn select(cx: Local<'_>, req: &Request) -> Plan {
+    let Some(db) = parse_int(req.arg(1)) else {
+        return Plan::Fail(ClientError::NotAnInteger);
+    };
+    if cx.watching && i64::from(cx.client.db) != db {
+        return Plan::Fail(ClientError::Refused(
+            "SELECT of another database while keys are watched: UNWATCH first".into(),
+        ));
+    }
+    match u16::try_from(db) {
+        Ok(db) if db < cx.pool.config.databases => {
+            cx.client.db = db;
+            ok()
+        }
+        _ => Plan::Fail(ClientError::Exact("ERR DB index is out of range".into())),
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
-use crate::backend::{Job, Node, Reserved, Subscriber};
+use crate::backend::{Job, Node, Profile, Reserved, Subscriber};
 use crate::command::{self, Class, ClassCounts, Command, Kind, LocalCommand, PubSubCommand};
 use crate::metrics::CloseReason;
 use crate::protocol::ReplyKind;
@@ -96,8 +96,11 @@ impl Frontend for Resp {
         self.pubsub.wants(message)
     }
 
-    fn resp3(&self) -> bool {
-        self.client.resp3
+    fn profile(&self) -> Profile {
+        Profile {
+            db: self.client.db,
+            resp3: self.client.resp3,
+        }
     }
 }
 
@@ -197,6 +200,7 @@ impl RespSession {
                         pool: &self.pool,
                         session: self.id,
                         subscribed: self.fe.pubsub.active(),
+                        watching: self.fe.watch.is_some(),
                         peer: self.peer,
                     };
                     local::run(cx, state, which, &req)
@@ -297,7 +301,7 @@ impl RespSession {
             (Some(held), _) => held,
             (None, Conn::Master(shard)) => {
                 let master = state.shards[shard].master().clone();
-                let reserved = master.reserve(self.worker, self.fe.client.resp3);
+                let reserved = master.reserve(self.worker, self.fe.profile());
                 (master, reserved)
             }
             (None, Conn::Watching) => return self.out.error(ClientError::NoNodeAnswered),
