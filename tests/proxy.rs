@@ -83,8 +83,8 @@ fn handshake_commands_are_answered_by_the_proxy() {
         b"+OK\r\n",
     );
     r.roundtrip(
-        &command(&[b"CLIENT", b"KILL", b"x"]),
-        b"-ERR unsupported command 'CLIENT KILL'\r\n",
+        &command(&[b"CLIENT", b"PAUSE", b"10"]),
+        b"-ERR unsupported command 'CLIENT PAUSE'\r\n",
     );
     r.send(&command(&[b"CLIENT", b"ID"]));
     assert!(r.read_line().starts_with(':'));

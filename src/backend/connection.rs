@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -12,6 +13,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use super::{ConnSettings, ConnectError, Delivery, Failure, Job, NodeShared, ReplyTo};
 use crate::metrics::LatencyCounts;
 use crate::net::Stream;
+use crate::protocol::resp::encode;
 use crate::protocol::{ReplyError, ReplyKind, memcache, resp};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -22,14 +24,16 @@ const FIRST_READ_CHUNK: usize = 16 * 1024;
 
 /// The connection's life: connect (now with preconnect, else on the first request), serve until
 /// the connection fails, fail what was in flight, and reconnect, backing off while the node
-/// refuses. Ends when the node is dropped and nothing is in flight; a `reserved` connection
-/// ends as soon as its client drops it, in flight or not.
+/// refuses. Ends when the node is dropped and nothing is in flight. A reserved connection
+/// (`reserved_id`: where to keep the id the server gives it, for CLIENT UNBLOCK) ends as soon
+/// as its client drops it, in flight or not.
 pub(super) async fn run(
     shared: Arc<NodeShared>,
     settings: Arc<ConnSettings>,
     mut rx: UnboundedReceiver<Job>,
-    reserved: bool,
+    reserved_id: Option<Arc<AtomicU64>>,
 ) {
+    let reserved = reserved_id.is_some();
     let mut queued: VecDeque<Job> = VecDeque::new();
     let mut backoff = FIRST_BACKOFF;
     loop {
@@ -39,7 +43,11 @@ pub(super) async fn run(
                 None => return,
             }
         }
-        match connect(&settings).await {
+        let connected = match (connect(&settings).await, &reserved_id) {
+            (Ok(stream), Some(id)) => identify(stream, &settings, id).await,
+            (connected, _) => connected,
+        };
+        match connected {
             Ok(stream) => {
                 backoff = FIRST_BACKOFF;
                 shared.metrics.connects.inc();
@@ -118,6 +126,40 @@ pub(super) async fn connect(settings: &ConnSettings) -> Result<Stream, ConnectEr
     timeout(settings.timeout, attempt)
         .await
         .unwrap_or(Err(ConnectError::Timeout(settings.timeout)))
+}
+
+/// Asks the server the connection's id (CLIENT ID) and keeps it in `id`.
+async fn identify(
+    stream: Stream,
+    settings: &ConnSettings,
+    id: &AtomicU64,
+) -> Result<Stream, ConnectError> {
+    let failed = |f: Failure| ConnectError::Handshake(Box::new(f));
+    let mut out = BytesMut::new();
+    encode::command(&mut out, [&b"CLIENT"[..], b"ID"].into_iter());
+    let asked = async {
+        stream.write_all(&out).await.map_err(|e| failed(e.into()))?;
+        let mut buf = BytesMut::with_capacity(64);
+        let reply = read_reply(&stream, &mut buf, settings, ReplyKind::Resp)
+            .await
+            .map_err(failed)?;
+        let text = std::str::from_utf8(&reply).unwrap_or_default();
+        match text
+            .strip_prefix(':')
+            .and_then(|n| n.trim_end().parse().ok())
+        {
+            Some(n) => Ok(n),
+            None => Err(ConnectError::Refused(format!(
+                "CLIENT ID answered {}",
+                text.trim_end()
+            ))),
+        }
+    };
+    let n = timeout(settings.timeout, asked)
+        .await
+        .unwrap_or(Err(ConnectError::Timeout(settings.timeout)))?;
+    id.store(n, Ordering::Relaxed);
+    Ok(stream)
 }
 
 /// Finds where each reply ends, in the protocol of the request it answers.

@@ -360,7 +360,7 @@ struct WorkerConns {
     shared: Vec<OnceLock<Vec<UnboundedSender<Job>>>>,
     /// Reserved connections given back, ready for the next client of the same profile that
     /// needs one. Only this worker's sessions use them.
-    idle: Vec<Mutex<Vec<UnboundedSender<Job>>>>,
+    idle: Vec<Mutex<Vec<Reserved>>>,
 }
 
 /// Reserved connections kept open per node, worker and protocol level once given back.
@@ -373,6 +373,8 @@ const MAX_IDLE_RESERVED: usize = 16;
 pub struct Reserved {
     tx: UnboundedSender<Job>,
     lane: usize,
+    /// The server's id of the connection (CLIENT ID), once connected.
+    id: Arc<AtomicU64>,
 }
 
 impl Reserved {
@@ -386,6 +388,13 @@ impl Reserved {
                 failure: Failure::Closed,
             }));
         }
+    }
+}
+
+impl Reserved {
+    /// The server's id of the connection (CLIENT ID; 0 until it is connected).
+    pub fn server_id(&self) -> &Arc<AtomicU64> {
+        &self.id
     }
 }
 
@@ -552,15 +561,16 @@ impl Node {
         let idle = &self.per_worker[worker].idle[lane];
         let reused = {
             let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
-            std::iter::from_fn(|| idle.pop()).find(|tx| !tx.is_closed())
+            std::iter::from_fn(|| idle.pop()).find(|r| !r.tx.is_closed())
         };
-        let tx = reused.unwrap_or_else(|| {
+        reused.unwrap_or_else(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             let settings = self.settings[lane].clone();
-            tokio::spawn(connection::run(self.shared.clone(), settings, rx, true));
-            tx
-        });
-        Reserved { tx, lane }
+            let id = Arc::new(AtomicU64::new(0));
+            let shared = self.shared.clone();
+            tokio::spawn(connection::run(shared, settings, rx, Some(id.clone())));
+            Reserved { tx, lane, id }
+        })
     }
 
     /// A subscriber connection for one client, delivering its messages to `inbox` as
@@ -577,7 +587,7 @@ impl Node {
         let idle = &self.per_worker[worker].idle[reserved.lane];
         let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE_RESERVED && !reserved.tx.is_closed() {
-            idle.push(reserved.tx);
+            idle.push(reserved);
         }
     }
 
@@ -607,7 +617,7 @@ fn spawn_set(
     (0..count)
         .map(|_| {
             let (tx, rx) = mpsc::unbounded_channel();
-            runtime.spawn(connection::run(shared.clone(), settings.clone(), rx, false));
+            runtime.spawn(connection::run(shared.clone(), settings.clone(), rx, None));
             tx
         })
         .collect()

@@ -53,15 +53,18 @@ pub enum CloseReason {
     /// A TLS handshake that failed (a bad or missing certificate, plain text, …) or did not
     /// finish within `client_request_timeout_ms`.
     TlsHandshake,
+    /// CLIENT KILL.
+    Killed,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 5] = [
+    pub const ALL: [CloseReason; 6] = [
         CloseReason::Idle,
         CloseReason::RequestTimeout,
         CloseReason::OutputLimit,
         CloseReason::AuthFailures,
         CloseReason::TlsHandshake,
+        CloseReason::Killed,
     ];
 
     fn name(self) -> &'static str {
@@ -71,6 +74,7 @@ impl CloseReason {
             CloseReason::OutputLimit => "output_limit",
             CloseReason::AuthFailures => "auth_failures",
             CloseReason::TlsHandshake => "tls_handshake",
+            CloseReason::Killed => "killed",
         }
     }
 }

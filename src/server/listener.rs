@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -21,7 +21,7 @@ use super::session::Session;
 use crate::config::{Address, Listen, Protocol};
 use crate::metrics::Throttle;
 use crate::net::Stream;
-use crate::topology::Pool;
+use crate::topology::{Client, Pool};
 use crate::workers::Workers;
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
@@ -164,10 +164,10 @@ pub async fn serve(
         tracing::debug!(pool = %pool.config.name, session = id, worker, peer = ?client.peer(), "client connected");
         pool.metrics.client_connections.inc();
         pool.metrics.client_connections_total.inc();
-        let leave = pool.admit();
+        let listing = pool.clients.admit(client.listing(id));
         workers
             .handle(worker)
-            .spawn(tracker.track_future(serve_client(id, worker, pool, client, tls, leave)));
+            .spawn(tracker.track_future(serve_client(worker, pool, client, tls, listing)));
     }
 }
 
@@ -204,6 +204,20 @@ impl AcceptFailures {
 }
 
 impl Accepted {
+    /// The client as the pool lists it.
+    fn listing(&self, id: u64) -> Client {
+        use std::os::fd::AsRawFd;
+        match self {
+            Accepted::Tcp(socket, peer) => Client::new(
+                id,
+                Some(*peer),
+                socket.local_addr().ok(),
+                socket.as_raw_fd(),
+            ),
+            Accepted::Unix(socket) => Client::new(id, None, None, socket.as_raw_fd()),
+        }
+    }
+
     fn peer(&self) -> Option<SocketAddr> {
         match self {
             Accepted::Tcp(_, peer) => Some(*peer),
@@ -223,13 +237,13 @@ impl Accepted {
 /// One client's task, on its worker: the TLS handshake first if the pool serves TLS. The
 /// session is built here, not captured, so the task holds one copy of it.
 async fn serve_client(
-    id: u64,
     worker: usize,
     pool: Arc<Pool>,
     client: Accepted,
     tls: Option<Arc<rustls::ServerConfig>>,
-    stop: oneshot::Receiver<()>,
+    listing: Arc<Client>,
 ) {
+    let id = listing.id;
     let peer = client.peer();
     let stream = match (client.into_stream(), tls) {
         (Ok(stream), None) => Some(stream),
@@ -241,15 +255,16 @@ async fn serve_client(
     if let Some(stream) = stream {
         match pool.config.protocol {
             Protocol::Redis => {
-                let session: Session<Resp> = Session::new(id, worker, pool.clone(), peer);
-                session.run(stream, stop).await;
+                let session: Session<Resp> = Session::new(worker, pool.clone(), listing);
+                session.run(stream).await;
             }
             Protocol::Memcache => {
-                let session: Session<Memcache> = Session::new(id, worker, pool.clone(), peer);
-                session.run(stream, stop).await;
+                let session: Session<Memcache> = Session::new(worker, pool.clone(), listing);
+                session.run(stream).await;
             }
         }
     }
+    pool.clients.remove(id);
     pool.metrics.client_connections.dec();
 }
 

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
 use super::error::ClientError;
@@ -21,7 +20,7 @@ use crate::backend::{Completion, Job, Node, Profile, ReplyTo, Reserved, Token};
 use crate::metrics::CloseReason;
 use crate::net::Stream;
 use crate::protocol::ReplyKind;
-use crate::topology::{Pool, PoolState};
+use crate::topology::{BlockedOn, Client, Pool, PoolState, Signals};
 use prometheus_client::metrics::gauge::Gauge;
 
 /// A fresh read buffer's size: small, so a burst of idle clients costs little; it doubles
@@ -75,28 +74,40 @@ struct Held {
     conn: Reserved,
     /// The sequence number of that request.
     until: u64,
-    /// Counted in `blocked_clients` while a blocking command waits on it.
+    /// A blocking command waiting on it.
     _blocked: Option<Blocked>,
 }
 
-/// One blocking command in `blocked_clients`, until it is dropped.
-struct Blocked(Gauge);
+/// One blocking command, counted in `blocked_clients` and shown in the client's listing
+/// (where CLIENT UNBLOCK finds its connection) until it is dropped.
+struct Blocked {
+    gauge: Gauge,
+    listing: Arc<Client>,
+}
 
 impl Blocked {
-    fn new(gauge: &Gauge) -> Blocked {
+    fn new(gauge: &Gauge, listing: &Arc<Client>, on: BlockedOn) -> Blocked {
         gauge.inc();
-        Blocked(gauge.clone())
+        listing.set_blocked_on(Some(on));
+        Blocked {
+            gauge: gauge.clone(),
+            listing: listing.clone(),
+        }
     }
 }
 
 impl Drop for Blocked {
     fn drop(&mut self) {
-        self.0.dec();
+        self.gauge.dec();
+        self.listing.set_blocked_on(None);
     }
 }
 
 pub(super) struct Session<F> {
     pub(super) id: u64,
+    /// The client in the pool's list: what CLIENT LIST shows of it, and what the pool asks
+    /// of it.
+    pub(super) listing: Arc<Client>,
     /// The worker thread this session runs on: it uses that worker's backend connections.
     pub(super) worker: usize,
     pub(super) pool: Arc<Pool>,
@@ -112,31 +123,27 @@ pub(super) struct Session<F> {
 }
 
 impl<F: Frontend> Session<F> {
-    pub(super) fn new(
-        id: u64,
-        worker: usize,
-        pool: Arc<Pool>,
-        peer: Option<SocketAddr>,
-    ) -> Session<F> {
+    pub(super) fn new(worker: usize, pool: Arc<Pool>, listing: Arc<Client>) -> Session<F> {
         Session {
-            id,
+            id: listing.id,
+            peer: listing.addr,
+            listing,
             worker,
             fe: F::new(&pool),
             out: Outbox::new(pool.config.protocol),
             held: Vec::new(),
             recorded: VecDeque::new(),
-            peer,
             pool,
         }
     }
 
-    /// Serves the client until it leaves, quits, sends malformed input, or `shutdown` fires
-    /// (then what is in flight is answered first).
+    /// Serves the client until it leaves, quits, sends malformed input, is killed, or the pool
+    /// asks it to leave (then what is in flight is answered first).
     ///
     /// Between bursts of requests the task holds only the session itself: the buffers and the
     /// larger state of a burst live in a future allocated while the client is active, so
     /// thousands of idle clients cost little memory.
-    pub(super) async fn run(mut self, stream: Stream, mut shutdown: oneshot::Receiver<()>) {
+    pub(super) async fn run(mut self, stream: Stream) {
         let mut read_chunk = FIRST_READ_CHUNK;
         let inbox = self.out.inbox().clone();
         loop {
@@ -146,9 +153,13 @@ impl<F: Frontend> Session<F> {
             let mut idle = idle_timeout
                 .filter(|_| !self.out.listening)
                 .map(|t| Box::pin(tokio::time::sleep(t)));
+            let listing = self.listing.clone();
             tokio::select! {
                 biased;
-                _ = &mut shutdown => return,
+                signals = listing.signals() => if signals.kill() || signals.leave() {
+                    self.count_kill(signals);
+                    return;
+                },
                 ready = stream.readable() => if ready.is_err() {
                     return;
                 },
@@ -159,7 +170,7 @@ impl<F: Frontend> Session<F> {
                     return;
                 }
             }
-            let burst = Box::pin(self.burst(&stream, &mut shutdown, &mut read_chunk));
+            let burst = Box::pin(self.burst(&stream, &mut read_chunk));
             if burst.await == Burst::Close {
                 return;
             }
@@ -189,18 +200,14 @@ impl<F: Frontend> Session<F> {
 
     /// Serves requests until nothing is in flight and nothing is buffered (`Burst::Idle`) or
     /// the connection is to close.
-    async fn burst(
-        &mut self,
-        stream: &Stream,
-        shutdown: &mut oneshot::Receiver<()>,
-        read_chunk: &mut usize,
-    ) -> Burst {
+    async fn burst(&mut self, stream: &Stream, read_chunk: &mut usize) -> Burst {
         let mut read_buf = BytesMut::new();
         let mut completions = Vec::new();
         let mut timing = Timing::default();
         // Armed while a request is incomplete: a client that sends one slowly is closed.
         let mut incomplete: Option<Pin<Box<Sleep>>> = None;
         let inbox = self.out.inbox().clone();
+        let listing = self.listing.clone();
         let mut closing = false;
         // Armed while the client holds more unread replies than it may: then it is closed.
         let mut unread_too_long: Option<Pin<Box<Sleep>>> = None;
@@ -265,7 +272,13 @@ impl<F: Frontend> Session<F> {
                             closing = true;
                         }
                     }
-                    _ = &mut *shutdown, if !closing => closing = true,
+                    signals = listing.signals() => {
+                        if signals.kill() {
+                            self.count_kill(signals);
+                            return Burst::Close;
+                        }
+                        closing |= signals.leave();
+                    }
                     // Only while reading: a client the proxy stops reading from is not slow.
                     _ = fires(&mut incomplete), if can_read => {
                         tracing::debug!(session = self.id, "a request stayed incomplete too long: client closed");
@@ -437,7 +450,11 @@ impl<F: Frontend> Session<F> {
                     timeout: None,
                 };
                 conn.send(job, wait.map(|w| w + self.pool.config.timeout));
-                let blocked = Blocked::new(&self.pool.metrics.blocked_clients);
+                let on = BlockedOn {
+                    node: node.clone(),
+                    connection: conn.server_id().clone(),
+                };
+                let blocked = Blocked::new(&self.pool.metrics.blocked_clients, &self.listing, on);
                 self.hold(node, conn, Some(blocked));
                 self.out.forwarded();
             }
@@ -479,6 +496,13 @@ impl<F> Session<F> {
             until,
             _blocked: blocked,
         });
+    }
+
+    /// Counts a client closed by CLIENT KILL.
+    fn count_kill(&self, signals: Signals) {
+        if signals.kill() {
+            self.pool.metrics.closed(CloseReason::Killed);
+        }
     }
 
     /// Gives back every reserved connection whose last reply has been written: each was left

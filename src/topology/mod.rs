@@ -4,6 +4,7 @@
 //! atomically by the pool's keeper, so sessions see failover, ejection and reshaping on their
 //! next request without any lock.
 
+mod clients;
 mod failover;
 mod keeper;
 pub mod reload;
@@ -12,6 +13,7 @@ pub mod sentinel;
 mod shards;
 mod state;
 
+pub use clients::{BlockedOn, Client, Clients, Signals};
 pub use scripts::Scripts;
 pub use state::{NodeStatus, PoolState, Shard};
 
@@ -19,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::backend::NodeEvent;
 use crate::config::{Config, Failover, PoolConfig};
@@ -55,8 +57,8 @@ pub struct Pool {
     pub scripts: Arc<Scripts>,
     /// Requests slower than the pool's `slowlog_slower_than_us`.
     pub slowlog: SlowLog,
-    /// Each client's stop signal; `None` once the pool closes its clients.
-    clients: Mutex<Option<Vec<oneshot::Sender<()>>>>,
+    /// Its clients, for CLIENT LIST, CLIENT KILL and closing them all.
+    pub clients: Clients,
     /// What new clients' TLS handshakes use (a reload may load new certificates).
     client_tls: ArcSwapOption<rustls::ServerConfig>,
 }
@@ -161,7 +163,7 @@ impl Pool {
             started: std::time::Instant::now(),
             scripts: Arc::default(),
             slowlog: SlowLog::new(config.slowlog_slower_than_us, config.slowlog_max_len),
-            clients: Mutex::new(Some(Vec::new())),
+            clients: Clients::default(),
             client_tls: ArcSwapOption::new(config.tls.as_ref().map(ServerTls::config)),
         }
     }
@@ -177,31 +179,10 @@ impl Pool {
         lock(&self.applied).clone()
     }
 
-    /// Registers a new client: the receiver fires when the pool closes its clients (at once
-    /// if it already has).
-    pub fn admit(&self) -> oneshot::Receiver<()> {
-        let (signal, stop) = oneshot::channel();
-        match lock(&self.clients).as_mut() {
-            Some(clients) => {
-                // Signals of clients gone are dropped whenever the list has doubled.
-                if clients.len() >= 64 && clients.len().is_power_of_two() {
-                    clients.retain(|c| !c.is_closed());
-                }
-                clients.push(signal);
-            }
-            None => {
-                let _ = signal.send(());
-            }
-        }
-        stop
-    }
-
     /// Asks every client, present and future, to leave: each closes once its requests are
     /// answered. For shutdown, and for a pool a reload removed or replaced.
     pub fn close_clients(&self) {
-        for client in lock(&self.clients).take().into_iter().flatten() {
-            let _ = client.send(());
-        }
+        self.clients.close_all();
     }
 
     /// The pool's current state. Load it per burst of requests and do not keep it: the next

@@ -66,7 +66,7 @@ pub(super) struct Local<'a> {
 /// The version HELLO reports until a backend has said its own.
 const SERVED_REDIS_VERSION: &str = "7.0.0";
 
-fn ok() -> Plan {
+pub(super) fn ok() -> Plan {
     Plan::Reply(Bytes::from_static(b"+OK\r\n"))
 }
 
@@ -92,7 +92,7 @@ pub(super) fn run(cx: Local<'_>, state: &PoolState, which: LocalCommand, req: &R
         LocalCommand::Select => select(cx, req),
         LocalCommand::Auth => auth(cx, req),
         LocalCommand::Hello => hello(cx, state, req),
-        LocalCommand::Client => client(cx, req),
+        LocalCommand::Client => super::client::run(cx, state, req),
         LocalCommand::Command => command(&cx, state, req),
         LocalCommand::Info => super::info::route(cx.pool, state, req),
         LocalCommand::SlowLog => slowlog(cx.pool, req),
@@ -341,61 +341,8 @@ fn hello(mut cx: Local<'_>, state: &PoolState, req: &Request) -> Plan {
     Plan::Reply(b.freeze())
 }
 
-fn valid_name(name: &[u8]) -> bool {
+pub(super) fn valid_name(name: &[u8]) -> bool {
     name.iter().all(|&c| (b'!'..=b'~').contains(&c))
-}
-
-fn client(cx: Local<'_>, req: &Request) -> Plan {
-    let sub = req.arg(1).to_ascii_uppercase();
-    match (&sub[..], req.argc()) {
-        (b"SETNAME", 3) => {
-            if !valid_name(req.arg(2)) {
-                return Plan::Fail(ClientError::Exact(
-                    "ERR Client names cannot contain spaces, newlines or special characters."
-                        .into(),
-                ));
-            }
-            cx.client.name = (!req.arg(2).is_empty()).then(|| req.arg_bytes(2));
-            ok()
-        }
-        (b"GETNAME", 2) => {
-            let mut b = BytesMut::new();
-            let resp3 = cx.client.resp3;
-            match &cx.client.name {
-                Some(n) => encode::bulk(&mut b, n),
-                None => encode::null(&mut b, resp3),
-            }
-            Plan::Reply(b.freeze())
-        }
-        // Library name and version: accepted, as a server does, and not needed by the proxy.
-        (b"SETINFO", 4) => ok(),
-        (b"REPLY", 3) => {
-            let mode = req.arg(2).to_ascii_uppercase();
-            cx.client.replies = match &mode[..] {
-                b"ON" => Replies::On,
-                b"OFF" => Replies::Off,
-                b"SKIP" => Replies::SkipNext,
-                _ => return Plan::Fail(ClientError::Exact("ERR syntax error".into())),
-            };
-            ok()
-        }
-        (b"ID", 2) => {
-            let mut b = BytesMut::new();
-            encode::integer(&mut b, cx.session as i64);
-            Plan::Reply(b.freeze())
-        }
-        (b"SETNAME" | b"GETNAME" | b"SETINFO" | b"ID", _) => {
-            let shown = String::from_utf8_lossy(&sub).to_lowercase();
-            Plan::Fail(ClientError::WrongArity(format!("client|{shown}")))
-        }
-        _ => {
-            let shown = String::from_utf8_lossy(&sub).to_string();
-            Plan::Fail(ClientError::Unsupported {
-                command: format!("CLIENT {shown}"),
-                why: "".into(),
-            })
-        }
-    }
 }
 
 fn command_entry(b: &mut BytesMut, c: &Command) {

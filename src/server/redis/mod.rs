@@ -4,6 +4,7 @@
 //! carries out what they decide and holds the client's reserved WATCH connection and
 //! subscriber connections.
 
+mod client;
 mod info;
 mod keyspace;
 mod local;
@@ -110,6 +111,7 @@ impl RespSession {
     fn handle_input(&mut self, buf: &mut BytesMut) -> bool {
         let state = self.pool.state();
         let mut counts = ClassCounts::default();
+        let mut last = None;
         let closing = loop {
             // The rest waits in `buf` until there is room for more requests.
             if !self.has_room() {
@@ -121,6 +123,11 @@ impl RespSession {
                 Ok(Some(req)) => {
                     let cmd = command::lookup(req.arg(0));
                     counts.count(cmd.map_or(Class::Unknown, Command::class));
+                    last = cmd.or(last);
+                    if cmd.is_some_and(|c| c.kind == Kind::Local(LocalCommand::Client)) {
+                        // CLIENT LIST and INFO show the client as it is now.
+                        self.publish_facts(last);
+                    }
                     self.record(req.frame());
                     if self.dispatch(&state, req, cmd) {
                         break true;
@@ -134,7 +141,23 @@ impl RespSession {
             }
         };
         self.pool.metrics.count_requests(&counts);
+        self.publish_facts(last);
         closing
+    }
+
+    /// Tells the pool's list of clients what this client is now (CLIENT LIST), once per batch
+    /// of requests; `last` is the last command read.
+    fn publish_facts(&self, last: Option<&'static Command>) {
+        let mut facts = self.listing.facts();
+        facts.name.clone_from(&self.fe.client.name);
+        facts.db = self.fe.client.db;
+        facts.resp3 = self.fe.client.resp3;
+        facts.subscriptions = self.fe.pubsub.counts();
+        facts.multi = self.fe.tx.queued();
+        if let Some(last) = last {
+            facts.last_command = last.name;
+        }
+        facts.last_active = std::time::Instant::now();
     }
 
     /// Routes one request, of command `cmd` (`None`: one the proxy does not know), and drops

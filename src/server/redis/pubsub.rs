@@ -58,6 +58,15 @@ impl PubSub {
         set.iter().any(|n| n == name)
     }
 
+    /// How many channels, patterns and shard channels the client listens to.
+    pub(super) fn counts(&self) -> [usize; 3] {
+        [
+            self.channels.len(),
+            self.patterns.len(),
+            self.shard_channels.len(),
+        ]
+    }
+
     fn set(&mut self, topic: Topic) -> &mut Vec<Bytes> {
         match topic {
             Topic::Channel => &mut self.channels,

@@ -296,7 +296,6 @@ mod tests {
     use crate::command::{Kind, lookup};
     use crate::protocol::resp::RequestParser;
     use crate::server::plan::testing::{key_on, request, three_shards};
-    use bytes::Bytes;
     use proptest::prelude::*;
 
     fn cmd(name: &str) -> &'static Command {
@@ -504,7 +503,7 @@ mod tests {
         );
         assert!(matches!(plan, Plan::Forward(_)));
         // One it knows is loaded again where NOSCRIPT says it was lost, then run there.
-        scripts.remember(sha.as_bytes(), Bytes::from_static(b"load"));
+        scripts.remember(sha.as_bytes(), bytes::Bytes::from_static(b"load"));
         let plan = run(
             "EVALSHA_RO",
             ScriptCall::EvalSha,

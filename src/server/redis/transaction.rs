@@ -32,6 +32,11 @@ impl Transaction {
     pub(super) fn in_multi(&self) -> bool {
         self.queued.is_some()
     }
+
+    /// In MULTI: how many commands are queued.
+    pub(super) fn queued(&self) -> Option<usize> {
+        self.queued.as_ref().map(Vec::len)
+    }
 }
 
 /// Which connection a step of a transaction goes on.

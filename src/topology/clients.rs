@@ -1,0 +1,242 @@
+//! A pool's clients, as CLIENT LIST and CLIENT INFO show them, and what the pool asks of them:
+//! to leave once answered (shutdown, a reload that replaced the pool) or to close now (CLIENT
+//! KILL). Each session refreshes its own entry once per batch
+//! of requests it reads, under the entry's own lock: nothing here is on a request's path, and
+//! the pool-wide lock is taken when a client comes and goes, or is listed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::backend::Node;
+
+/// One client of the pool.
+#[derive(Debug)]
+pub struct Client {
+    pub id: u64,
+    /// Its address, and the proxy's end of the connection (none on a Unix socket).
+    pub addr: Option<SocketAddr>,
+    pub laddr: Option<SocketAddr>,
+    /// The connection's file descriptor.
+    pub fd: i32,
+    pub since: Instant,
+    facts: Mutex<Facts>,
+    /// The connection a blocking command of the client's waits on, while it does.
+    blocked: Mutex<Option<BlockedOn>>,
+    signals: AtomicU8,
+    signalled: Notify,
+    /// Killed: no longer listed, though its session may not have ended yet.
+    killed: AtomicBool,
+}
+
+/// Where a client's blocking command waits: the node, and the server's id of the reserved
+/// connection (0 until it is connected), to which CLIENT UNBLOCK is passed on.
+#[derive(Clone, Debug)]
+pub struct BlockedOn {
+    pub node: Arc<Node>,
+    pub connection: Arc<AtomicU64>,
+}
+
+/// What a client's session last said of it.
+#[derive(Clone, Debug)]
+pub struct Facts {
+    pub name: Option<Bytes>,
+    pub db: u16,
+    pub resp3: bool,
+    /// Subscriptions: channels, patterns, shard channels.
+    pub subscriptions: [usize; 3],
+    /// In MULTI: the commands queued.
+    pub multi: Option<usize>,
+    /// The last command read, as the command table names it (`NULL` before any).
+    pub last_command: &'static str,
+    pub last_active: Instant,
+}
+
+/// What the pool asked of a client since it last looked: any of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Signals(u8);
+
+impl Signals {
+    const LEAVE: u8 = 1;
+    const KILL: u8 = 2;
+
+    /// Leave once what is in flight is answered.
+    pub fn leave(self) -> bool {
+        self.0 & Self::LEAVE != 0
+    }
+
+    /// Close now.
+    pub fn kill(self) -> bool {
+        self.0 & Self::KILL != 0
+    }
+}
+
+impl Client {
+    pub fn new(id: u64, addr: Option<SocketAddr>, laddr: Option<SocketAddr>, fd: i32) -> Client {
+        let now = Instant::now();
+        Client {
+            id,
+            addr,
+            laddr,
+            fd,
+            since: now,
+            facts: Mutex::new(Facts {
+                name: None,
+                db: 0,
+                resp3: false,
+                subscriptions: [0; 3],
+                multi: None,
+                last_command: "NULL",
+                last_active: now,
+            }),
+            blocked: Mutex::new(None),
+            signals: AtomicU8::new(0),
+            signalled: Notify::new(),
+            killed: AtomicBool::new(false),
+        }
+    }
+
+    /// What the session last said; the session updates it through the guard.
+    pub fn facts(&self) -> MutexGuard<'_, Facts> {
+        self.facts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn signal(&self, bits: u8) {
+        self.signals.fetch_or(bits, Ordering::AcqRel);
+        self.signalled.notify_one();
+    }
+
+    /// Asks the client to close now (CLIENT KILL).
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::Relaxed);
+        self.signal(Signals::KILL);
+    }
+
+    /// Where the client's blocking command waits, if it is waiting.
+    pub fn blocked_on(&self) -> Option<BlockedOn> {
+        self.blocked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Notes that a blocking command of the client's waits on `on` (`None`: no longer).
+    pub fn set_blocked_on(&self, on: Option<BlockedOn>) {
+        *self.blocked.lock().unwrap_or_else(|p| p.into_inner()) = on;
+    }
+
+    /// Waits until the pool asks something of the client, and takes what it asked.
+    pub async fn signals(&self) -> Signals {
+        loop {
+            let bits = self.signals.swap(0, Ordering::AcqRel);
+            if bits != 0 {
+                return Signals(bits);
+            }
+            self.signalled.notified().await;
+        }
+    }
+}
+
+/// Every client of a pool, by id; `None` once the pool has asked its clients to leave.
+#[derive(Debug)]
+pub struct Clients(Mutex<Option<HashMap<u64, Arc<Client>>>>);
+
+impl Default for Clients {
+    fn default() -> Clients {
+        Clients(Mutex::new(Some(HashMap::new())))
+    }
+}
+
+impl Clients {
+    fn lock(&self) -> MutexGuard<'_, Option<HashMap<u64, Arc<Client>>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lists a new client; asked to leave at once if the pool has asked its clients to.
+    pub fn admit(&self, client: Client) -> Arc<Client> {
+        let client = Arc::new(client);
+        match self.lock().as_mut() {
+            Some(all) => _ = all.insert(client.id, client.clone()),
+            None => client.signal(Signals::LEAVE),
+        }
+        client
+    }
+
+    /// Takes a client that has gone off the list.
+    pub fn remove(&self, id: u64) {
+        if let Some(all) = self.lock().as_mut() {
+            all.remove(&id);
+        }
+    }
+
+    /// Asks every client, present and future, to leave once answered.
+    pub fn close_all(&self) {
+        for client in self
+            .lock()
+            .take()
+            .into_iter()
+            .flat_map(HashMap::into_values)
+        {
+            client.signal(Signals::LEAVE);
+        }
+    }
+
+    /// Every client, by id (not those killed).
+    pub fn list(&self) -> Vec<Arc<Client>> {
+        let mut all: Vec<Arc<Client>> = self
+            .lock()
+            .iter()
+            .flat_map(|all| all.values())
+            .filter(|c| !c.killed.load(Ordering::Relaxed))
+            .cloned()
+            .collect();
+        all.sort_by_key(|c| c.id);
+        all
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<Client>> {
+        self.lock().as_ref()?.get(&id).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn signals_wait_and_are_taken_once() {
+        let clients = Clients::default();
+        let client = clients.admit(Client::new(7, None, None, -1));
+        client.kill();
+        let got = client.signals().await;
+        assert!(got.kill() && !got.leave());
+        // Taken: the next wait lasts until the pool asks again.
+        let waiting = tokio::time::timeout(std::time::Duration::ZERO, client.signals());
+        assert!(waiting.await.is_err());
+        clients.close_all();
+        assert!(client.signals().await.leave());
+        // A client admitted after the pool closed is asked to leave at once.
+        let late = clients.admit(Client::new(8, None, None, -1));
+        assert!(late.signals().await.leave());
+        assert!(clients.list().is_empty());
+    }
+
+    #[test]
+    fn clients_are_listed_by_id_until_removed() {
+        let clients = Clients::default();
+        for id in [5, 2, 9] {
+            clients.admit(Client::new(id, None, None, -1));
+        }
+        clients.remove(5);
+        let killed = clients.admit(Client::new(3, None, None, -1));
+        killed.kill();
+        let ids: Vec<u64> = clients.list().iter().map(|c| c.id).collect();
+        assert_eq!(ids, [2, 9]);
+        assert!(clients.get(9).is_some() && clients.get(5).is_none());
+    }
+}
