@@ -476,7 +476,7 @@ fn config_get_answers_from_the_masters_and_set_reaches_every_node_when_allowed()
 #[test]
 fn info_has_the_sections_and_fields_of_one_redis_server() {
     let server = Redis::start();
-    let (_shards, port, _proxy) = three_shards("info", "");
+    let (_shards, port, proxy) = three_shards("info", "");
     let titles = |info: &str| -> Vec<String> {
         info.lines()
             .filter_map(|l| l.strip_prefix("# "))
@@ -524,11 +524,27 @@ fn info_has_the_sections_and_fields_of_one_redis_server() {
         .query(&mut connect(port))
         .unwrap();
     assert!(stats.contains("\r\nkeyspace_hits:"), "{stats}");
-    let all: String = redis::cmd("INFO")
+    let mut c = connect(port);
+    let all: String = redis::cmd("INFO").arg("everything").query(&mut c).unwrap();
+    let direct: String = redis::cmd("INFO")
         .arg("everything")
-        .query(&mut connect(port))
+        .query(&mut server.client())
         .unwrap();
+    let mut expected = titles(&direct);
+    expected.push("Proxy".to_string());
     assert_eq!(titles(&all), expected);
+    // Command counts are the pool's: a GET on each shard counts three calls.
+    for n in 0..3 {
+        let _: Option<String> = redis::cmd("GET")
+            .arg(proxy.key_on(n, "cs:"))
+            .query(&mut c)
+            .unwrap();
+    }
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut c)
+        .unwrap();
+    assert!(stats.contains("\r\ncmdstat_get:calls=3,"), "{stats}");
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! INFO as one redis-server answers it, for a whole pool: Redis 7's sections in its order.
 //! Server comes from the backends (the lowest `redis_version`) with the proxy's own process
 //! fields; Memory, Persistence and Stats are the masters' counters summed where a sum means
-//! something, Stats with the proxy's own connection and command counts; Keyspace is summed;
-//! Modules and Errorstats are the first master's. Clients, Replication (`role:master`, as
+//! something, Stats with the proxy's own connection and command counts; Keyspace,
+//! Commandstats and Errorstats are summed (Latencystats' percentiles are one master's);
+//! Modules is the first master's. Clients, Replication (`role:master`, as
 //! clients see it), CPU and Cluster (`cluster_enabled:0`) are the proxy's own, and so is the
 //! Proxy section.
 
@@ -19,8 +20,8 @@ use crate::server::merge::{Fields, Gather, Merger, as_one_server};
 use crate::server::plan::Plan;
 use crate::topology::{Pool, PoolState};
 
-/// Redis 7's default sections in its order, and the proxy's own at the end.
-const SECTIONS: [&str; 12] = [
+/// Redis 7's sections in its order, and the proxy's own at the end.
+const SECTIONS: [&str; 14] = [
     "server",
     "clients",
     "memory",
@@ -29,11 +30,16 @@ const SECTIONS: [&str; 12] = [
     "replication",
     "cpu",
     "modules",
+    "commandstats",
     "errorstats",
+    "latencystats",
     "cluster",
     "keyspace",
     "proxy",
 ];
+
+/// Sections that only `INFO all`, `INFO everything` or their own name bring.
+const NOT_DEFAULT: [&str; 2] = ["commandstats", "latencystats"];
 
 /// What one section of the reply is made of.
 #[derive(Debug)]
@@ -50,7 +56,9 @@ enum Section {
     },
     /// The first master's section as it is.
     First(&'static str),
-    Keyspace,
+    /// Lines of `name:a=1,b=2` (Keyspace, Commandstats, Errorstats, Latencystats): each
+    /// name's counts summed over the masters (see [`tallies`]).
+    Tallies(&'static str),
 }
 
 /// The plan of `INFO [section …]`.
@@ -60,13 +68,12 @@ pub(super) fn route(pool: &Pool, state: &PoolState, req: &Request) -> Plan {
         .skip(1)
         .map(|a| String::from_utf8_lossy(a).to_lowercase())
         .collect();
-    let every = wanted.is_empty()
-        || wanted
-            .iter()
-            .any(|w| matches!(w.as_str(), "all" | "default" | "everything"));
+    let asked = |w: &str| wanted.iter().any(|a| a == w);
+    let all = asked("all") || asked("everything");
+    let default = wanted.is_empty() || asked("default");
     let (names, sections): (Vec<&str>, Vec<Section>) = SECTIONS
         .iter()
-        .filter(|name| every || wanted.iter().any(|w| w == *name))
+        .filter(|name| all || asked(name) || default && !NOT_DEFAULT.contains(name))
         .map(|name| (*name, section(pool, state, name)))
         .unzip();
     // The sections made from the backends' own.
@@ -197,9 +204,11 @@ fn section(pool: &Pool, state: &PoolState, name: &str) -> Section {
             )
         }
         "modules" => Section::First("Modules"),
-        "errorstats" => Section::First("Errorstats"),
+        "commandstats" => Section::Tallies("Commandstats"),
+        "errorstats" => Section::Tallies("Errorstats"),
+        "latencystats" => Section::Tallies("Latencystats"),
         "cluster" => own("Cluster", &[("cluster_enabled", "0".into())]),
-        "keyspace" => Section::Keyspace,
+        "keyspace" => Section::Tallies("Keyspace"),
         _ => own(
             "Proxy",
             &[
@@ -264,6 +273,58 @@ fn sums(field: &str) -> bool {
         "_status", "perc",
     ];
     !NOT.iter().any(|n| field.contains(n))
+}
+
+/// Lines of `name:a=1,b=2` from several servers as one server's: per name (in the order
+/// first seen), integer counts summed and the rest the first server's (latency percentiles
+/// cannot be summed), `usec_per_call` recomputed from the sums, and `avg_ttl` 0 (an average
+/// over shards is not the sum).
+fn tallies(servers: &[&Fields]) -> Vec<(String, String)> {
+    let mut merged: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for (name, value) in servers.iter().flat_map(|f| f.iter()) {
+        let at = match merged.iter().position(|(n, _)| n == name) {
+            Some(at) => at,
+            None => {
+                merged.push((name.clone(), Vec::new()));
+                merged.len() - 1
+            }
+        };
+        let counts = &mut merged[at].1;
+        for (k, v) in value.split(',').filter_map(|kv| kv.split_once('=')) {
+            match counts.iter_mut().find(|(c, _)| c == k) {
+                None => counts.push((k.to_string(), v.to_string())),
+                Some((_, sum)) => {
+                    if let (Ok(a), Ok(b)) = (sum.parse::<i64>(), v.parse::<i64>()) {
+                        *sum = (a + b).to_string();
+                    }
+                }
+            }
+        }
+    }
+    merged
+        .into_iter()
+        .map(|(name, mut counts)| {
+            let count = |counts: &[(String, String)], k: &str| {
+                counts
+                    .iter()
+                    .find(|(c, _)| c == k)
+                    .and_then(|(_, v)| v.parse::<f64>().ok())
+            };
+            let per_call = match (count(&counts, "usec"), count(&counts, "calls")) {
+                (Some(usec), Some(calls)) if calls > 0.0 => Some(format!("{:.2}", usec / calls)),
+                _ => None,
+            };
+            for (k, v) in counts.iter_mut() {
+                match (k.as_str(), &per_call) {
+                    ("usec_per_call", Some(p)) => v.clone_from(p),
+                    ("avg_ttl", _) => *v = "0".into(),
+                    _ => {}
+                }
+            }
+            let value: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            (name, value.join(","))
+        })
+        .collect()
 }
 
 /// Bytes as Redis's `*_human` fields show them.
@@ -334,25 +395,9 @@ fn render(sections: &[Section], parts: &[BackendInfo]) -> Bytes {
                 let fields = backend(title).next().cloned().unwrap_or_default();
                 lines(&mut text, title, &fields);
             }
-            Section::Keyspace => {
-                let mut dbs: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
-                for fields in backend("keyspace") {
-                    for (db, value) in fields {
-                        let count = |name: &str| {
-                            value
-                                .split(',')
-                                .find_map(|f| f.strip_prefix(name)?.parse::<i64>().ok())
-                                .unwrap_or(0)
-                        };
-                        let entry = dbs.entry(db.clone()).or_default();
-                        entry.0 += count("keys=");
-                        entry.1 += count("expires=");
-                    }
-                }
-                text.push_str("# Keyspace\r\n");
-                for (db, (keys, expires)) in dbs {
-                    let _ = write!(text, "{db}:keys={keys},expires={expires},avg_ttl=0\r\n");
-                }
+            Section::Tallies(title) => {
+                let servers: Vec<&Fields> = backend(title).collect();
+                lines(&mut text, title, &tallies(&servers));
             }
         }
     }
@@ -385,7 +430,7 @@ mod tests {
                 own: vec![("total_commands_processed", "42".into())],
             },
             Section::Own("# Cluster\r\ncluster_enabled:0\r\n".into()),
-            Section::Keyspace,
+            Section::Tallies("Keyspace"),
         ];
         let merged = render(&sections, &[sections_of(&b(a)), sections_of(&b(c))]);
         let text = String::from_utf8_lossy(&merged);
@@ -395,6 +440,25 @@ mod tests {
             # Stats\r\ntotal_commands_processed:42\r\nkeyspace_hits:5\r\n\r\n\
             # Cluster\r\ncluster_enabled:0\r\n\r\n\
             # Keyspace\r\ndb0:keys=7,expires=1,avg_ttl=0\r\n";
+        assert!(text.contains(want), "{text}");
+    }
+
+    #[test]
+    fn command_and_error_counts_are_summed_and_percentiles_kept() {
+        let a = "$0\r\n# Commandstats\r\ncmdstat_get:calls=2,usec=10,usec_per_call=5.00,rejected_calls=0,failed_calls=1\r\n# Errorstats\r\nerrorstat_ERR:count=3\r\n# Latencystats\r\nlatency_percentiles_usec_get:p50=1.003,p99=3.007\r\n";
+        let c = "$0\r\n# Commandstats\r\ncmdstat_set:calls=1,usec=4,usec_per_call=4.00,rejected_calls=0,failed_calls=0\r\ncmdstat_get:calls=2,usec=2,usec_per_call=1.00,rejected_calls=1,failed_calls=0\r\n# Errorstats\r\nerrorstat_ERR:count=1\r\nerrorstat_WRONGTYPE:count=2\r\n# Latencystats\r\nlatency_percentiles_usec_get:p50=2.001,p99=9.000\r\n";
+        let sections = [
+            Section::Tallies("Commandstats"),
+            Section::Tallies("Errorstats"),
+            Section::Tallies("Latencystats"),
+        ];
+        let merged = render(&sections, &[sections_of(&b(a)), sections_of(&b(c))]);
+        let text = String::from_utf8_lossy(&merged);
+        let want = "# Commandstats\r\n\
+            cmdstat_get:calls=4,usec=12,usec_per_call=3.00,rejected_calls=1,failed_calls=1\r\n\
+            cmdstat_set:calls=1,usec=4,usec_per_call=4.00,rejected_calls=0,failed_calls=0\r\n\r\n\
+            # Errorstats\r\nerrorstat_ERR:count=4\r\nerrorstat_WRONGTYPE:count=2\r\n\r\n\
+            # Latencystats\r\nlatency_percentiles_usec_get:p50=1.003,p99=3.007\r\n";
         assert!(text.contains(want), "{text}");
     }
 
