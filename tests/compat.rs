@@ -237,6 +237,10 @@ fn connection_commands_answer_as_redis_does() {
         ),
         (
             &[
+                &["COMMAND", "INFO", "get", "set", "nosuch"],
+                &["COMMAND", "INFO", "blpop", "eval", "mget", "mset"],
+                &["COMMAND", "DOCS", "get", "nosuch"],
+                &["COMMAND", "DOCS", "nosuch"],
                 &["COMMAND", "GETKEYS", "SET", "k", "v"],
                 &["COMMAND", "GETKEYS", "MSET", "a", "1", "b", "2"],
                 &["COMMAND", "GETKEYS", "EVAL", "return 1", "2", "x", "y", "z"],

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::command::{Command, Kind, LocalCommand, TABLE};
+use crate::command::{LocalCommand, TABLE};
 use crate::protocol::resp::{Request, encode, parse_int};
 use crate::server::error::ClientError;
 use crate::server::plan::{Part, Plan, Target};
@@ -93,7 +93,7 @@ pub(super) fn run(cx: Local<'_>, state: &PoolState, which: LocalCommand, req: &R
         LocalCommand::Auth => auth(cx, req),
         LocalCommand::Hello => hello(cx, state, req),
         LocalCommand::Client => super::client::run(cx, state, req),
-        LocalCommand::Command => command(&cx, state, req),
+        LocalCommand::Command => command(cx.client.resp3, state, req),
         LocalCommand::Info => super::info::route(cx.pool, state, req),
         LocalCommand::SlowLog => slowlog(cx.pool, req),
         LocalCommand::Time => time(),
@@ -345,64 +345,62 @@ pub(super) fn valid_name(name: &[u8]) -> bool {
     name.iter().all(|&c| (b'!'..=b'~').contains(&c))
 }
 
-fn command_entry(b: &mut BytesMut, c: &Command) {
-    encode::array(b, 6);
-    encode::bulk(b, c.name.to_ascii_lowercase().as_bytes());
-    encode::integer(b, i64::from(c.arity));
-    let flag: &str = match (c.kind, c.write) {
-        (Kind::Local(_), _) => "fast",
-        (_, true) => "write",
-        (_, false) => "readonly",
+/// COMMAND: COUNT and LIST from the command table; the entries (COMMAND, COMMAND INFO) and
+/// docs (COMMAND DOCS) of what the proxy serves as the first shard's master describes them, so
+/// they are the server's own; GETKEYS and GETKEYSANDFLAGS from that master too, which tells a
+/// command line's keys from its arguments.
+fn command(resp3: bool, state: &PoolState, req: &Request) -> Plan {
+    let sub = match req.argc() {
+        1 => Vec::new(),
+        _ => req.arg(1).to_ascii_uppercase(),
     };
-    encode::array(b, 1);
-    encode::simple(b, flag);
-    encode::integer(b, c.first_key as i64);
-    encode::integer(b, c.last_key as i64);
-    encode::integer(b, c.key_step as i64);
-}
-
-fn command(cx: &Local<'_>, state: &PoolState, req: &Request) -> Plan {
-    let resp3 = cx.client.resp3;
     let mut b = BytesMut::new();
-    let sub = if req.argc() > 1 {
-        req.arg(1).to_ascii_uppercase()
-    } else {
-        Vec::new()
-    };
-    match &sub[..] {
-        b"" => {
-            encode::array(&mut b, TABLE.len());
-            TABLE.iter().for_each(|c| command_entry(&mut b, c));
+    let asked = || (2..req.argc()).map(|i| req.arg(i));
+    let served = || TABLE.iter().map(|c| c.name.as_bytes());
+    let forwarded: Vec<&[u8]> = match &sub[..] {
+        b"COUNT" => {
+            encode::integer(&mut b, TABLE.len() as i64);
+            return Plan::Reply(b.freeze());
         }
-        b"COUNT" => encode::integer(&mut b, TABLE.len() as i64),
         b"LIST" => {
             encode::array(&mut b, TABLE.len());
             TABLE
                 .iter()
                 .for_each(|c| encode::bulk(&mut b, c.name.to_ascii_lowercase().as_bytes()));
+            return Plan::Reply(b.freeze());
         }
-        b"INFO" => {
-            encode::array(&mut b, req.argc() - 2);
-            for i in 2..req.argc() {
-                match crate::command::lookup(req.arg(i)) {
-                    Some(c) => command_entry(&mut b, c),
-                    None => encode::null(&mut b, resp3),
-                }
+        // A command the proxy does not serve is asked under a name no server knows, so its
+        // place in the reply is nil, as for an unknown command.
+        b"" | b"INFO" => [&b"COMMAND"[..], b"INFO"]
+            .into_iter()
+            .chain(match req.argc() <= 2 {
+                true => served().collect::<Vec<_>>(),
+                false => asked()
+                    .map(|name| match crate::command::lookup(name) {
+                        Some(_) => name,
+                        None => b"ringproxy-does-not-serve".as_slice(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        // Docs of commands not served are left out, as a server leaves out unknown ones.
+        b"DOCS" => {
+            let names: Vec<&[u8]> = match req.argc() {
+                2 => served().collect(),
+                _ => asked()
+                    .filter(|name| crate::command::lookup(name).is_some())
+                    .collect(),
+            };
+            if names.is_empty() {
+                encode::map(&mut b, 0, resp3);
+                return Plan::Reply(b.freeze());
             }
+            [&b"COMMAND"[..], b"DOCS"]
+                .into_iter()
+                .chain(names)
+                .collect()
         }
-        // Clients ask for docs only to show help; none is an acceptable answer.
-        b"DOCS" => encode::map(&mut b, 0, resp3),
-        // The keys of a command line are the server's to tell, from the arguments alone.
-        b"GETKEYS" | b"GETKEYSANDFLAGS" => {
-            let master = Target::Shard {
-                shard: 0,
-                write: true,
-            };
-            return match state.shards.is_empty() {
-                true => Plan::Fail(ClientError::NoServer),
-                false => Plan::Forward(Part::resp(master, req.frame().clone())),
-            };
-        }
+        b"GETKEYS" | b"GETKEYSANDFLAGS" => req.args().collect(),
         _ => {
             let shown = String::from_utf8_lossy(&sub).to_string();
             return Plan::Fail(ClientError::Unsupported {
@@ -410,6 +408,14 @@ fn command(cx: &Local<'_>, state: &PoolState, req: &Request) -> Plan {
                 why: "".into(),
             });
         }
+    };
+    if state.shards.is_empty() {
+        return Plan::Fail(ClientError::NoServer);
     }
-    Plan::Reply(b.freeze())
+    encode::command(&mut b, forwarded.into_iter());
+    let master = Target::Shard {
+        shard: 0,
+        write: true,
+    };
+    Plan::Forward(Part::resp(master, b.freeze()))
 }
