@@ -23,10 +23,12 @@
 //!   when node events change routing. `failover` holds the decisions (which replica to
 //!   promote, whether a restarted master would wipe its replicas), `sentinel` follows Redis
 //!   Sentinel. `reload` works out what a new configuration file changes: pools kept,
-//!   reshaped, added, replaced or retired.
+//!   reshaped, added, replaced or retired. `clients` lists each pool's clients (CLIENT LIST)
+//!   and carries what the pool asks of them (leave, CLIENT KILL).
 //! - `server`: listeners and sessions: one I/O loop per client with an outbox that keeps
 //!   reply order, and the Redis and memcache frontends that parse, route and merge (and
-//!   answer what one server would, INFO over the whole pool among it); one
+//!   answer what one server would: INFO over the whole pool, CLIENT about the proxy's own
+//!   clients, SELECT on per-database backend connections); one
 //!   client-error type rendered per protocol; `timing` of each request for the latency
 //!   histograms and the slow log (`slowlog`, read with SLOWLOG).
 //! - `admin`: the HTTP endpoint (`/health`, `/ready`, `/metrics`, `/topology`, `/reload`);

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use super::local::{Local, Replies, ok, valid_name};
+use super::context::{Local, Replies, ok, valid_name};
 use crate::config::Listen;
 use crate::protocol::resp::{Request, encode, parse_int};
 use crate::server::error::ClientError;

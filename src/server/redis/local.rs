@@ -2,73 +2,17 @@
 //! SELECT, CLIENT SETNAME/SETINFO, PING, ECHO, COMMAND, INFO) and QUIT. Decided without I/O:
 //! INFO's backend sections are a plan like any other.
 
-use std::net::SocketAddr;
-
 use bytes::{Bytes, BytesMut};
 
+use super::context::{ClientState, Local, ok, valid_name};
 use crate::command::{LocalCommand, TABLE};
 use crate::protocol::resp::{Request, encode, parse_int};
 use crate::server::error::ClientError;
 use crate::server::plan::{Part, Plan, Target};
 use crate::topology::{Pool, PoolState};
 
-/// What the proxy remembers about a client.
-#[derive(Debug)]
-pub(super) struct ClientState {
-    pub authenticated: bool,
-    /// After HELLO 3: the client reads RESP3 and its backend requests use RESP3 connections.
-    pub resp3: bool,
-    pub name: Option<Bytes>,
-    /// Failed AUTH attempts on this connection.
-    pub auth_failures: u32,
-    /// CLIENT REPLY: whether replies are sent.
-    pub replies: Replies,
-    /// The database SELECT chose.
-    pub db: u16,
-}
-
-/// What CLIENT REPLY asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Replies {
-    On,
-    Off,
-    /// None for the next command, then on again.
-    SkipNext,
-}
-
-impl ClientState {
-    pub(super) fn new(authenticated: bool) -> ClientState {
-        ClientState {
-            authenticated,
-            resp3: false,
-            name: None,
-            auth_failures: 0,
-            replies: Replies::On,
-            db: 0,
-        }
-    }
-}
-
-/// What a local command may look at and change.
-pub(super) struct Local<'a> {
-    pub client: &'a mut ClientState,
-    pub pool: &'a Pool,
-    /// The session's id (CLIENT ID, HELLO).
-    pub session: u64,
-    /// Subscribed to Pub/Sub (RESP2 PING answers as a message).
-    pub subscribed: bool,
-    /// Watching keys (WATCH) on a connection of its current database.
-    pub watching: bool,
-    /// The client's address (none on a Unix socket), for the AUTH failure log.
-    pub peer: Option<SocketAddr>,
-}
-
 /// The version HELLO reports until a backend has said its own.
 const SERVED_REDIS_VERSION: &str = "7.0.0";
-
-pub(super) fn ok() -> Plan {
-    Plan::Reply(Bytes::from_static(b"+OK\r\n"))
-}
 
 fn bulk(value: &[u8]) -> Plan {
     let mut b = BytesMut::new();
@@ -339,10 +283,6 @@ fn hello(mut cx: Local<'_>, state: &PoolState, req: &Request) -> Plan {
     encode::bulk(&mut b, b"modules");
     encode::array(&mut b, 0);
     Plan::Reply(b.freeze())
-}
-
-pub(super) fn valid_name(name: &[u8]) -> bool {
-    name.iter().all(|&c| (b'!'..=b'~').contains(&c))
 }
 
 /// COMMAND: COUNT and LIST from the command table; the entries (COMMAND, COMMAND INFO) and

@@ -5,6 +5,7 @@
 //! subscriber connections.
 
 mod client;
+mod context;
 mod info;
 mod keyspace;
 mod local;
@@ -29,7 +30,7 @@ use crate::server::session::{Frontend, Session};
 use crate::server::timing::Recorded;
 use crate::slowlog::Slow;
 use crate::topology::{Pool, PoolState};
-use local::{ClientState, Local, Replies};
+use context::{ClientState, Local, Replies};
 use pubsub::{Change, PubSub, Routed};
 use transaction::{Conn, Step, Transaction};
 

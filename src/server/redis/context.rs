@@ -1,0 +1,70 @@
+//! What a command the proxy answers itself may look at and change: the client's own state
+//! (authenticated, RESP3, name, database, CLIENT REPLY) and the pool; and the small helpers
+//! those commands share.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+use crate::server::plan::Plan;
+use crate::topology::Pool;
+
+/// What the proxy remembers about a client.
+#[derive(Debug)]
+pub(super) struct ClientState {
+    pub authenticated: bool,
+    /// After HELLO 3: the client reads RESP3 and its backend requests use RESP3 connections.
+    pub resp3: bool,
+    pub name: Option<Bytes>,
+    /// Failed AUTH attempts on this connection.
+    pub auth_failures: u32,
+    /// CLIENT REPLY: whether replies are sent.
+    pub replies: Replies,
+    /// The database SELECT chose.
+    pub db: u16,
+}
+
+/// What CLIENT REPLY asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Replies {
+    On,
+    Off,
+    /// None for the next command, then on again.
+    SkipNext,
+}
+
+impl ClientState {
+    pub(super) fn new(authenticated: bool) -> ClientState {
+        ClientState {
+            authenticated,
+            resp3: false,
+            name: None,
+            auth_failures: 0,
+            replies: Replies::On,
+            db: 0,
+        }
+    }
+}
+
+/// What a local command may look at and change.
+pub(super) struct Local<'a> {
+    pub client: &'a mut ClientState,
+    pub pool: &'a Pool,
+    /// The session's id (CLIENT ID, HELLO).
+    pub session: u64,
+    /// Subscribed to Pub/Sub (RESP2 PING answers as a message).
+    pub subscribed: bool,
+    /// Watching keys (WATCH) on a connection of its current database.
+    pub watching: bool,
+    /// The client's address (none on a Unix socket), for the AUTH failure log.
+    pub peer: Option<SocketAddr>,
+}
+
+pub(super) fn ok() -> Plan {
+    Plan::Reply(Bytes::from_static(b"+OK\r\n"))
+}
+
+/// Whether a client name is one Redis accepts: no spaces, newlines or special characters.
+pub(super) fn valid_name(name: &[u8]) -> bool {
+    name.iter().all(|&c| (b'!'..=b'~').contains(&c))
+}
