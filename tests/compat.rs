@@ -516,6 +516,16 @@ fn info_has_the_sections_and_fields_of_one_redis_server() {
             "{field} in {proxied}"
         );
     }
+    // Through a RESP3 connection too (its backends answer in verbatim strings).
+    let mut resp3 = redis::Client::open(format!("redis://127.0.0.1:{port}/?protocol=resp3"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let server_section: String = redis::cmd("INFO").arg("server").query(&mut resp3).unwrap();
+    assert!(
+        server_section.contains("\r\narch_bits:64\r\n"),
+        "{server_section}"
+    );
     // Sections named one by one, in any case, and `everything`.
     let some: String = redis::cmd("INFO")
         .arg("CPU")

@@ -254,8 +254,13 @@ type BackendInfo = Vec<(String, Fields)>;
 fn sections_of(reply: &[u8]) -> BackendInfo {
     let body = String::from_utf8_lossy(reply);
     let mut sections: BackendInfo = Vec::new();
-    // The bulk header line comes first: skipped as it is neither a title nor a field.
-    for line in body.lines().skip(1) {
+    // The bulk header line comes first: skipped as it is neither a title nor a field. A RESP3
+    // connection's reply is a verbatim string, whose text starts after `txt:`.
+    for (n, line) in body.lines().skip(1).enumerate() {
+        let line = match n {
+            0 => line.strip_prefix("txt:").unwrap_or(line),
+            _ => line,
+        };
         if let Some(title) = line.strip_prefix("# ") {
             sections.push((title.trim().to_lowercase(), Vec::new()));
         } else if let (Some((k, v)), Some(last)) = (line.split_once(':'), sections.last_mut()) {
@@ -460,6 +465,17 @@ mod tests {
             # Errorstats\r\nerrorstat_ERR:count=4\r\nerrorstat_WRONGTYPE:count=2\r\n\r\n\
             # Latencystats\r\nlatency_percentiles_usec_get:p50=1.003,p99=3.007\r\n";
         assert!(text.contains(want), "{text}");
+    }
+
+    #[test]
+    fn a_resp3_reply_is_read_as_a_resp2_one() {
+        let resp2 = "$0\r\n# Server\r\narch_bits:64\r\n";
+        let resp3 = "=0\r\ntxt:# Server\r\narch_bits:64\r\n";
+        assert_eq!(sections_of(&b(resp3)), sections_of(&b(resp2)));
+        assert_eq!(
+            sections_of(&b(resp2))[0].1,
+            [("arch_bits".into(), "64".into())]
+        );
     }
 
     #[test]
