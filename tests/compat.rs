@@ -460,6 +460,26 @@ fn config_get_answers_from_the_masters_and_set_reaches_every_node_when_allowed()
     let wrong = ["CONFIG", "SET", "no-such-parameter", "1"];
     assert_eq!(reply(&mut c, &wrong), reply(&mut server.client(), &wrong));
     assert_eq!(reply(&mut c, &["CONFIG", "RESETSTAT"]), "ok");
+    // A password (or a port, or TLS) set on every node would lock the proxy out: refused.
+    let locked = reply(
+        &mut c,
+        &[
+            "CONFIG",
+            "SET",
+            "maxmemory-policy",
+            "allkeys-lru",
+            "requirepass",
+            "x",
+        ],
+    );
+    assert!(
+        locked.contains("CONFIG SET requirepass would cut the proxy off"),
+        "{locked}"
+    );
+    for shard in &shards {
+        let pong: String = redis::cmd("PING").query(&mut shard.client()).unwrap();
+        assert_eq!(pong, "PONG");
+    }
     let rewrite = reply(&mut c, &["CONFIG", "REWRITE"]);
     assert!(
         rewrite.contains("unsupported command 'CONFIG REWRITE'"),

@@ -78,13 +78,37 @@ fn config_admin<N>(state: &PoolState<N>, config: &PoolConfig, req: &Request) -> 
             )
             .into(),
         )),
-        b"SET" | b"RESETSTAT" => {
+        b"SET" => match (2..req.argc()).step_by(2).map(|i| req.arg(i)).find(|p| cuts_off(p)) {
+            Some(parameter) => Plan::Fail(ClientError::Refused(
+                format!(
+                    "CONFIG SET {} would cut the proxy off from its servers: change it on each server, and the pool's configuration with it",
+                    String::from_utf8_lossy(parameter).to_lowercase()
+                )
+                .into(),
+            )),
+            None => {
+                let parts = every_node(state, req);
+                let gather = merge::split(Merge::Same, parts.len(), Vec::new(), config.max_reply_depth);
+                Plan::Gather(parts, gather)
+            }
+        },
+        b"RESETSTAT" => {
             let parts = every_node(state, req);
             let gather = merge::split(Merge::Same, parts.len(), Vec::new(), config.max_reply_depth);
             Plan::Gather(parts, gather)
         }
         _ => unsupported_sub(req, "CONFIG GET, SET, RESETSTAT and HELP are served"),
     }
+}
+
+/// Whether setting a server parameter would keep the proxy's own connections out: its
+/// password, where it listens, its TLS.
+fn cuts_off(parameter: &[u8]) -> bool {
+    let parameter = parameter.to_ascii_lowercase();
+    matches!(
+        &parameter[..],
+        b"requirepass" | b"port" | b"bind" | b"unixsocket" | b"protected-mode"
+    ) || parameter.starts_with(b"tls-")
 }
 
 /// `payload` to every shard's master, merged by `gather`.
