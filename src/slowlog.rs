@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -45,11 +46,13 @@ pub struct Slow<'a> {
     pub backend: Duration,
 }
 
+/// Its settings can change while it serves (CONFIG SET `slowlog-log-slower-than` and
+/// `slowlog-max-len`, passed on to the servers, set the proxy's own log too).
 #[derive(Debug)]
 pub struct SlowLog {
-    /// Requests at least this slow are logged; `None`: none are.
-    pub slower_than: Option<Duration>,
-    max_len: usize,
+    /// Requests at least this many microseconds slow are logged; negative: none are.
+    slower_than_us: AtomicI64,
+    max_len: AtomicUsize,
     entries: Mutex<Log>,
 }
 
@@ -64,21 +67,46 @@ impl SlowLog {
     /// A log of requests slower than `slower_than_us` (negative: none), of at most `max_len`.
     pub fn new(slower_than_us: i64, max_len: usize) -> SlowLog {
         SlowLog {
-            slower_than: u64::try_from(slower_than_us)
-                .ok()
-                .map(Duration::from_micros),
-            max_len,
+            slower_than_us: AtomicI64::new(slower_than_us),
+            max_len: AtomicUsize::new(max_len),
             entries: Mutex::default(),
         }
     }
 
+    /// Whether any request may be logged.
+    pub fn is_on(&self) -> bool {
+        self.slower_than_us.load(Ordering::Relaxed) >= 0
+    }
+
     /// Whether a request that took `took` is logged.
     pub fn is_slow(&self, took: Duration) -> bool {
-        self.slower_than.is_some_and(|t| took >= t)
+        u64::try_from(self.slower_than_us.load(Ordering::Relaxed))
+            .is_ok_and(|us| took >= Duration::from_micros(us))
+    }
+
+    /// Takes a server setting that also governs this log (`slowlog-log-slower-than`,
+    /// `slowlog-max-len`); others, and values that are not integers, are left alone.
+    pub fn configure(&self, parameter: &[u8], value: &[u8]) {
+        let Some(n) = std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.parse::<i64>().ok())
+        else {
+            return;
+        };
+        match &parameter.to_ascii_lowercase()[..] {
+            b"slowlog-log-slower-than" => self.slower_than_us.store(n, Ordering::Relaxed),
+            b"slowlog-max-len" => {
+                let max_len = usize::try_from(n).unwrap_or(0);
+                self.max_len.store(max_len, Ordering::Relaxed);
+                self.lock().entries.truncate(max_len);
+            }
+            _ => {}
+        }
     }
 
     pub fn record(&self, slow: Slow<'_>) {
-        if self.max_len == 0 {
+        let max_len = self.max_len.load(Ordering::Relaxed);
+        if max_len == 0 {
             return;
         }
         let mut args: Vec<Bytes> = slow
@@ -107,7 +135,7 @@ impl SlowLog {
             shard: slow.shard,
             backend: slow.backend,
         });
-        log.entries.truncate(self.max_len);
+        log.entries.truncate(max_len);
     }
 
     /// The `count` newest entries (all of them when `None`).
@@ -190,6 +218,22 @@ mod tests {
         log.reset();
         assert_eq!(log.len(), 0);
         assert!(!SlowLog::new(-1, 128).is_slow(Duration::MAX));
+    }
+
+    #[test]
+    fn config_set_of_its_settings_takes_effect_at_once() {
+        let log = SlowLog::new(-1, 5);
+        assert!(!log.is_on());
+        log.configure(b"SLOWLOG-LOG-SLOWER-THAN", b"0");
+        assert!(log.is_on() && log.is_slow(Duration::ZERO));
+        for n in 0..4 {
+            log.record(slow(&[b"GET", b"k"], n));
+        }
+        log.configure(b"slowlog-max-len", b"2");
+        assert_eq!(log.len(), 2);
+        log.configure(b"slowlog-max-len", b"many");
+        log.configure(b"maxmemory", b"10");
+        assert_eq!(log.len(), 2);
     }
 
     #[test]

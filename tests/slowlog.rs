@@ -114,3 +114,34 @@ fn slow_requests_are_in_slowlog_with_their_client_shard_and_backend_time() {
     assert_eq!((class("read"), class("write")), (3, 1));
     assert!(class("connection") >= 6, "CLIENT SETNAME and the SLOWLOGs");
 }
+
+/// CONFIG SET of the slow log's settings, passed on to the servers, sets the proxy's own log
+/// too (clients' test suites set `slowlog-log-slower-than 0` and read SLOWLOG GET).
+#[test]
+fn config_set_of_slowlog_settings_reaches_the_proxys_own_log() {
+    let redis = Redis::start();
+    let (port, _proxy) = pool_over_one(&redis, "    allow_config: true\n");
+    let mut c = connect(port);
+    let _: Option<String> = c.get("before").unwrap();
+    let len: i64 = redis::cmd("SLOWLOG").arg("LEN").query(&mut c).unwrap();
+    assert_eq!(len, 0, "10 ms by default: nothing is that slow here");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("slowlog-log-slower-than")
+        .arg(0)
+        .arg("slowlog-max-len")
+        .arg(2)
+        .query(&mut c)
+        .unwrap();
+    for key in ["a", "b", "c"] {
+        let _: Option<String> = c.get(key).unwrap();
+    }
+    let entries: Vec<redis::Value> = redis::cmd("SLOWLOG").arg("GET").query(&mut c).unwrap();
+    assert_eq!(entries.len(), 2);
+    let server: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("slowlog-max-len")
+        .query(&mut redis.client())
+        .unwrap();
+    assert_eq!(server[1], "2", "the server took the setting too");
+}

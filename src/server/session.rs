@@ -342,7 +342,7 @@ impl<F: Frontend> Session<F> {
     /// Keeps `frame`, the request about to be carried out, until it is answered, in case it
     /// turns out slow.
     pub(super) fn record(&mut self, frame: &Bytes) {
-        if self.pool.slowlog.slower_than.is_some() {
+        if self.pool.slowlog.is_on() {
             self.recorded.push_back(Recorded {
                 seq: self.out.next_seq(),
                 frame: frame.clone(),

@@ -20,7 +20,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use crate::backend::{Job, Node, Profile, Reserved, Subscriber};
-use crate::command::{self, Class, ClassCounts, Command, Kind, LocalCommand, PubSubCommand};
+use crate::command::{
+    self, Class, ClassCounts, Command, Fanout, Kind, LocalCommand, PubSubCommand,
+};
 use crate::metrics::CloseReason;
 use crate::protocol::ReplyKind;
 use crate::protocol::resp::{Request, RequestParser};
@@ -238,7 +240,15 @@ impl RespSession {
                 Kind::Script(call) => route::script(state, &self.pool.scripts, cmd, call, &req),
                 Kind::Keyspace(fanout) => {
                     let (config, scripts) = (&self.pool.config, &self.pool.scripts);
-                    keyspace::route(state, config, scripts, fanout, &req)
+                    let plan = keyspace::route(state, config, scripts, fanout, &req);
+                    // A CONFIG SET sent to the servers sets the proxy's slow log too.
+                    let is_set = req.argc() > 3 && req.arg(1).eq_ignore_ascii_case(b"SET");
+                    if fanout == Fanout::Config && is_set && matches!(plan, Plan::Gather(..)) {
+                        for i in (2..req.argc() - 1).step_by(2) {
+                            self.pool.slowlog.configure(req.arg(i), req.arg(i + 1));
+                        }
+                    }
+                    plan
                 }
                 Kind::Blocking(at) => route::blocking(state, cmd, &req, at),
                 Kind::Transaction(which) => {
