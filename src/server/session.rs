@@ -4,7 +4,6 @@
 //! batched into one write per wakeup.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -111,8 +110,6 @@ pub(super) struct Session<F> {
     /// The worker thread this session runs on: it uses that worker's backend connections.
     pub(super) worker: usize,
     pub(super) pool: Arc<Pool>,
-    /// The client's address (none on a Unix socket).
-    pub(super) peer: Option<SocketAddr>,
     pub(super) out: Outbox,
     pub(super) fe: F,
     /// Reserved connections; dropped with the session, they close.
@@ -126,7 +123,6 @@ impl<F: Frontend> Session<F> {
     pub(super) fn new(worker: usize, pool: Arc<Pool>, listing: Arc<Client>) -> Session<F> {
         Session {
             id: listing.id,
-            peer: listing.addr,
             listing,
             worker,
             fe: F::new(&pool),
@@ -366,7 +362,7 @@ impl<F: Frontend> Session<F> {
         tracing::warn!(
             pool = %self.pool.config.name,
             session = self.id,
-            peer = ?self.peer,
+            peer = ?self.listing.addr,
             "client closed: {} bytes of replies unread, over max_client_output_bytes",
             self.out.output().len()
         );

@@ -49,9 +49,9 @@ pub struct Facts {
     pub db: u16,
     pub resp3: bool,
     /// Subscriptions: channels, patterns, shard channels.
-    pub subscriptions: [usize; 3],
+    pub subscriptions: [u32; 3],
     /// In MULTI: the commands queued.
-    pub multi: Option<usize>,
+    pub multi: Option<u32>,
     /// The last command read, as the command table names it (`NULL` before any).
     pub last_command: &'static str,
     pub last_active: Instant,

@@ -78,7 +78,7 @@ impl Frontend for Resp {
             took,
             args: &args,
             // Redis shows a Unix socket's clients as `path:0`.
-            client: match s.peer {
+            client: match s.listing.addr {
                 Some(peer) => peer.to_string(),
                 None => format!("{}:0", s.pool.applied().listen),
             },
@@ -227,7 +227,7 @@ impl RespSession {
                         session: self.id,
                         subscribed: self.fe.pubsub.active(),
                         watching: self.fe.watch.is_some(),
-                        peer: self.peer,
+                        peer: self.listing.addr,
                     };
                     local::run(cx, state, which, &req)
                 }

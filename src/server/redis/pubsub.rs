@@ -59,12 +59,9 @@ impl PubSub {
     }
 
     /// How many channels, patterns and shard channels the client listens to.
-    pub(super) fn counts(&self) -> [usize; 3] {
-        [
-            self.channels.len(),
-            self.patterns.len(),
-            self.shard_channels.len(),
-        ]
+    pub(super) fn counts(&self) -> [u32; 3] {
+        [&self.channels, &self.patterns, &self.shard_channels]
+            .map(|set| u32::try_from(set.len()).unwrap_or(u32::MAX))
     }
 
     fn set(&mut self, topic: Topic) -> &mut Vec<Bytes> {

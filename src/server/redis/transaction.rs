@@ -34,8 +34,9 @@ impl Transaction {
     }
 
     /// In MULTI: how many commands are queued.
-    pub(super) fn queued(&self) -> Option<usize> {
-        self.queued.as_ref().map(Vec::len)
+    pub(super) fn queued(&self) -> Option<u32> {
+        let queued = self.queued.as_ref()?;
+        Some(u32::try_from(queued.len()).unwrap_or(u32::MAX))
     }
 }
 
