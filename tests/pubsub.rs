@@ -273,3 +273,32 @@ fn confirmations_come_when_the_shards_have_made_the_change() {
         }
     }
 }
+
+/// A shard that confirms nothing (paused) does not hold a client's confirmation past the
+/// pool's timeout, whether it subscribes or leaves its last channel.
+#[test]
+fn a_silent_shard_does_not_hold_confirmations() {
+    let redis = Redis::start();
+    let (port, _proxy) = pool_over_one(&redis, "    timeout_ms: 300\n");
+    let mut sub = Raw::connect(port);
+    sub.roundtrip(
+        &command(&[b"SUBSCRIBE", b"quiet"]),
+        b"*3\r\n$9\r\nsubscribe\r\n$5\r\nquiet\r\n:1\r\n",
+    );
+    let mut direct = Raw::connect(redis.port);
+    direct.roundtrip(
+        &command(&[b"CLIENT", b"PAUSE", b"4000", b"ALL"]),
+        b"+OK\r\n",
+    );
+    let asked = std::time::Instant::now();
+    sub.roundtrip(
+        &command(&[b"UNSUBSCRIBE"]),
+        b"*3\r\n$11\r\nunsubscribe\r\n$5\r\nquiet\r\n:0\r\n",
+    );
+    let waited = asked.elapsed();
+    assert!(
+        waited < Duration::from_millis(3000),
+        "confirmed after {waited:?}, while the shard was paused for 4 s"
+    );
+    sub.roundtrip(b"PING\r\n", b"+PONG\r\n");
+}

@@ -205,8 +205,11 @@ async fn run(
         let mut read_buf = BytesMut::new();
         let mut chunk = 16 * 1024;
         let mut scanner = ReplyScanner::new(settings.max_reply_depth);
-        let drain_deadline = sleep(settings.timeout);
-        tokio::pin!(drain_deadline);
+        // A server that confirms nothing for the pool's timeout while changes wait is given up
+        // on: what is owed is released and the connection made again.
+        let silent_until = sleep(settings.timeout);
+        tokio::pin!(silent_until);
+        let later = || tokio::time::Instant::now() + settings.timeout;
         loop {
             if closing && awaiting.0.is_empty() {
                 return;
@@ -217,17 +220,20 @@ async fn run(
                         apply(&mut held, &change);
                         let mut out = BytesMut::new();
                         encode_change(&mut out, &change);
+                        if awaiting.0.is_empty() {
+                            silent_until.as_mut().reset(later());
+                        }
                         awaiting.sent(&change);
                         if stream.write_all(&out).await.is_err() {
                             break;
                         }
                     }
-                    None => {
-                        closing = true;
-                        drain_deadline.as_mut().reset(tokio::time::Instant::now() + settings.timeout);
-                    }
+                    None => closing = true,
                 },
-                _ = &mut drain_deadline, if closing => return,
+                _ = &mut silent_until, if !awaiting.0.is_empty() => {
+                    tracing::warn!(node = %shared.label, "subscriber: no confirmation within {:?}", settings.timeout);
+                    break;
+                }
                 read = stream.read_some(&mut read_buf, &mut chunk) => {
                     if !matches!(read, Ok(n) if n > 0) {
                         break;
@@ -241,7 +247,10 @@ async fn run(
                                 result: Ok(frame),
                                 backend_us: 0,
                             }),
-                            Frame::Confirmation => awaiting.confirmed(&mut delivered),
+                            Frame::Confirmation => {
+                                awaiting.confirmed(&mut delivered);
+                                silent_until.as_mut().reset(later());
+                            }
                             Frame::Other => {}
                         }
                     }
