@@ -23,6 +23,18 @@ fn push3(kind: &str, name: &str, count: i64) -> Vec<u8> {
     .into_bytes()
 }
 
+/// SUBSCRIBE to every one of `channels` in one command; the confirmations, counting up.
+fn subscribe_all(sub: &mut Raw, channels: &[String]) {
+    let mut subscribe = vec![&b"SUBSCRIBE"[..]];
+    subscribe.extend(channels.iter().map(|c| c.as_bytes()));
+    let confirmations: Vec<u8> = channels
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| push3("subscribe", c, i as i64 + 1))
+        .collect();
+    sub.roundtrip(&command(&subscribe), &confirmations);
+}
+
 fn message(channel: &str, payload: &str) -> Vec<u8> {
     format!(
         "*3\r\n$7\r\nmessage\r\n${}\r\n{channel}\r\n${}\r\n{payload}\r\n",
@@ -38,14 +50,7 @@ fn channels_and_patterns_across_shards_in_resp2() {
     let channels = channels_on_every_shard(&proxy, shards.len(), "news.");
     let mut sub = Raw::connect(port);
     let mut publisher = connect(port);
-    let mut subscribe = vec![&b"SUBSCRIBE"[..]];
-    subscribe.extend(channels.iter().map(|c| c.as_bytes()));
-    let want: Vec<u8> = channels
-        .iter()
-        .enumerate()
-        .flat_map(|(i, c)| push3("subscribe", c, i as i64 + 1))
-        .collect();
-    sub.roundtrip(&command(&subscribe), &want);
+    subscribe_all(&mut sub, &channels);
     // Only the subscribed-mode commands are allowed; PING answers as a message.
     sub.roundtrip(
         &command(&[b"GET", b"k"]),
@@ -250,14 +255,7 @@ fn confirmations_come_when_the_shards_have_made_the_change() {
     };
     for round in 0..20 {
         let channels = channels_on_every_shard(&proxy, shards.len(), &format!("r{round}."));
-        let mut subscribe = vec![&b"SUBSCRIBE"[..]];
-        subscribe.extend(channels.iter().map(|c| c.as_bytes()));
-        let confirmations: Vec<u8> = channels
-            .iter()
-            .enumerate()
-            .flat_map(|(i, c)| push3("subscribe", c, i as i64 + 1))
-            .collect();
-        sub.roundtrip(&command(&subscribe), &confirmations);
+        subscribe_all(&mut sub, &channels);
         for c in &channels {
             assert_eq!(publish(&mut publisher, c), ":1\r\n", "round {round}, {c}");
             assert_eq!(read_message(&mut sub), message(c, "m"));

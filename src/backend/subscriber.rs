@@ -15,7 +15,7 @@ use tokio::time::sleep;
 
 use super::connection::connect;
 use super::{Completion, ConnSettings, Inbox, NodeShared, Token};
-use crate::protocol::resp::{ReplyScanner, encode};
+use crate::protocol::resp::{ReplyScanner, bulk_elements, encode};
 
 /// What a subscription is to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -98,11 +98,7 @@ enum Frame {
 }
 
 fn frame_kind(frame: &[u8]) -> Frame {
-    let kind = memchr::memchr(b'\n', frame)
-        .map(|nl| &frame[nl + 1..])
-        .and_then(|rest| Some(&rest[memchr::memchr(b'\n', rest)? + 1..]))
-        .and_then(|rest| Some(&rest[..memchr::memchr(b'\r', rest)?]));
-    match kind {
+    match bulk_elements(frame).next() {
         Some(b"message" | b"pmessage" | b"smessage") => Frame::Message,
         Some(
             b"subscribe" | b"psubscribe" | b"ssubscribe" | b"unsubscribe" | b"punsubscribe"

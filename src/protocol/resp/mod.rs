@@ -4,7 +4,7 @@ pub mod encode;
 mod reply;
 mod request;
 
-pub use reply::{ReplyError, ReplyScanner};
+pub use reply::{ReplyError, ReplyScanner, bulk_elements};
 
 pub use request::{Limits, ProtocolError, Request, RequestParser};
 

@@ -128,6 +128,22 @@ impl ReplyScanner {
     }
 }
 
+/// The bulk strings of an array or push frame (a Pub/Sub message or confirmation), in order;
+/// they end at the first element that is not a bulk string.
+pub fn bulk_elements(frame: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = memchr::memchr(b'\n', frame).map_or(&[][..], |nl| &frame[nl + 1..]);
+    std::iter::from_fn(move || {
+        let nl = memchr::memchr(b'\n', rest)?;
+        let len: usize = std::str::from_utf8(rest.strip_prefix(b"$")?.get(..nl.checked_sub(2)?)?)
+            .ok()?
+            .parse()
+            .ok()?;
+        let element = rest.get(nl + 1..nl + 1 + len)?;
+        rest = rest.get(nl + 1 + len + 2..)?;
+        Some(element)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

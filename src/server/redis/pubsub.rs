@@ -12,7 +12,7 @@ use super::merge;
 use crate::backend::Topic;
 use crate::command::{Channels, Merge, PubSubCommand};
 use crate::config::PoolConfig;
-use crate::protocol::resp::{Request, encode};
+use crate::protocol::resp::{Request, bulk_elements, encode};
 use crate::server::error::ClientError;
 use crate::server::plan::{Part, Plan, Target};
 use crate::topology::PoolState;
@@ -79,21 +79,6 @@ impl PubSub {
             _ => self.channels.len() + self.patterns.len(),
         }
     }
-}
-
-/// The bulk strings of an array or push frame, in order.
-fn bulk_elements(frame: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = memchr::memchr(b'\n', frame).map_or(&[][..], |nl| &frame[nl + 1..]);
-    std::iter::from_fn(move || {
-        let nl = memchr::memchr(b'\n', rest)?;
-        let len: usize = std::str::from_utf8(rest.strip_prefix(b"$")?.get(..nl.checked_sub(2)?)?)
-            .ok()?
-            .parse()
-            .ok()?;
-        let element = rest.get(nl + 1..nl + 1 + len)?;
-        rest = rest.get(nl + 1 + len + 2..)?;
-        Some(element)
-    })
 }
 
 fn topic(channels: Channels) -> Topic {
