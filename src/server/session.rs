@@ -26,6 +26,12 @@ use prometheus_client::metrics::gauge::Gauge;
 /// while reads fill it.
 const FIRST_READ_CHUNK: usize = 1024;
 
+/// How long a burst outlives its last reply: a client that sends its next request sooner (as
+/// an application that does not pipeline does, a round trip later) is served by the same burst
+/// and its buffers, with nothing allocated again. Re-armed by moving a deadline later, which
+/// costs the timer nothing until it is reached.
+const LINGER: Duration = Duration::from_millis(100);
+
 /// A client protocol: how requests are parsed and routed.
 pub(super) trait Frontend: Sized {
     fn new(pool: &Pool) -> Self;
@@ -142,13 +148,15 @@ impl<F: Frontend> Session<F> {
     pub(super) async fn run(mut self, stream: Stream) {
         let mut read_chunk = FIRST_READ_CHUNK;
         let inbox = self.out.inbox().clone();
+        // Like Redis's `timeout`, not for a Pub/Sub subscriber; counted from the last reply,
+        // so the burst's lingering is part of it.
+        let idle_timeout = self.pool.config.client_idle_timeout;
+        let linger = idle_timeout.map_or(LINGER, |t| t.min(LINGER));
         loop {
-            // Like Redis's `timeout`, not for a Pub/Sub subscriber. Only an idle client with a
-            // bound holds a timer.
-            let idle_timeout = self.pool.config.client_idle_timeout;
+            // Only an idle client with a bound holds a timer.
             let mut idle = idle_timeout
                 .filter(|_| !self.out.listening)
-                .map(|t| Box::pin(tokio::time::sleep(t)));
+                .map(|t| Box::pin(tokio::time::sleep(t.saturating_sub(linger))));
             let listing = self.listing.clone();
             tokio::select! {
                 biased;
@@ -166,7 +174,7 @@ impl<F: Frontend> Session<F> {
                     return;
                 }
             }
-            let burst = Box::pin(self.burst(&stream, &mut read_chunk));
+            let burst = Box::pin(self.burst(&stream, &mut read_chunk, linger));
             if burst.await == Burst::Close {
                 return;
             }
@@ -194,9 +202,9 @@ impl<F: Frontend> Session<F> {
         }
     }
 
-    /// Serves requests until nothing is in flight and nothing is buffered (`Burst::Idle`) or
-    /// the connection is to close.
-    async fn burst(&mut self, stream: &Stream, read_chunk: &mut usize) -> Burst {
+    /// Serves requests until nothing has been in flight or buffered for `linger`
+    /// (`Burst::Idle`), or the connection is to close.
+    async fn burst(&mut self, stream: &Stream, read_chunk: &mut usize, linger: Duration) -> Burst {
         let mut read_buf = BytesMut::new();
         let mut completions = Vec::new();
         let mut timing = Timing::default();
@@ -215,6 +223,10 @@ impl<F: Frontend> Session<F> {
         }
         // Requests read but left unparsed for want of room (see `has_room`).
         let mut unparsed = false;
+        // Armed (`quiet`) once everything asked is answered: the burst ends when it fires.
+        let lingering = tokio::time::sleep(linger);
+        tokio::pin!(lingering);
+        let mut quiet = false;
         loop {
             if unparsed && self.has_room() && !closing {
                 // Room again for requests already read.
@@ -282,6 +294,11 @@ impl<F: Frontend> Session<F> {
                         return Burst::Close;
                     }
                     _ = fires(&mut unread_too_long) => return self.close_for_unread_replies(),
+                    _ = &mut lingering, if quiet => {
+                        self.out.shrink();
+                        self.recorded = VecDeque::new();
+                        return Burst::Idle;
+                    }
                 }
             }
             self.out.collect_ready();
@@ -317,18 +334,18 @@ impl<F: Frontend> Session<F> {
             for (request, took) in slow {
                 F::log_slow(self, request, took);
             }
-            if self.out.pending() == 0
+            let answered_all = self.out.pending() == 0
                 && self.out.output().is_empty()
-                && !stream.is_holding_output()
-            {
-                if closing {
-                    return Burst::Close;
-                }
-                if read_buf.is_empty() {
-                    self.out.shrink();
-                    self.recorded = VecDeque::new();
-                    return Burst::Idle;
-                }
+                && !stream.is_holding_output();
+            if answered_all && closing {
+                return Burst::Close;
+            }
+            let was_quiet = quiet;
+            quiet = answered_all && read_buf.is_empty();
+            if quiet && !was_quiet {
+                lingering
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + linger);
             }
         }
     }

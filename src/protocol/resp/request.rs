@@ -75,7 +75,37 @@ pub enum ProtocolError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     frame: Bytes,
-    args: Vec<Range<usize>>,
+    args: Args,
+}
+
+/// Arguments whose positions are kept in the request itself: enough for nearly every command
+/// (an MGET of ten keys has eleven), so parsing one allocates nothing.
+const INLINE_ARGS: usize = 12;
+
+/// Where a request's arguments lie in its frame: the first [`INLINE_ARGS`] inline, the rest
+/// on the heap.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Args {
+    inline: [(usize, usize); INLINE_ARGS],
+    more: Vec<Range<usize>>,
+    len: usize,
+}
+
+impl Args {
+    fn push(&mut self, range: Range<usize>) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = (range.start, range.end),
+            None => self.more.push(range),
+        }
+        self.len += 1;
+    }
+
+    fn get(&self, i: usize) -> Range<usize> {
+        match self.inline.get(i) {
+            Some(&(start, end)) if i < self.len => start..end,
+            _ => self.more[i - INLINE_ARGS].clone(),
+        }
+    }
 }
 
 impl Request {
@@ -83,7 +113,7 @@ impl Request {
     pub fn from_args<'a>(args: impl ExactSizeIterator<Item = &'a [u8]>) -> Request {
         let mut buf = BytesMut::new();
         encode::array(&mut buf, args.len());
-        let mut ranges = Vec::with_capacity(args.len());
+        let mut ranges = Args::default();
         for a in args {
             encode::bulk_header(&mut buf, a.len());
             ranges.push(buf.len()..buf.len() + a.len());
@@ -101,20 +131,20 @@ impl Request {
     }
 
     pub fn argc(&self) -> usize {
-        self.args.len()
+        self.args.len
     }
 
     pub fn arg(&self, i: usize) -> &[u8] {
-        &self.frame[self.args[i].clone()]
+        &self.frame[self.args.get(i)]
     }
 
     /// The argument as a zero-copy slice of the frame.
     pub fn arg_bytes(&self, i: usize) -> Bytes {
-        self.frame.slice(self.args[i].clone())
+        self.frame.slice(self.args.get(i))
     }
 
     pub fn args(&self) -> impl ExactSizeIterator<Item = &[u8]> + Clone {
-        self.args.iter().map(|r| &self.frame[r.clone()])
+        (0..self.args.len).map(|i| self.arg(i))
     }
 }
 
@@ -124,15 +154,73 @@ struct Progress {
     /// Arguments the array header announced.
     argc: usize,
     /// Arguments found so far.
-    args: Vec<Range<usize>>,
+    args: Args,
     /// Offset of the next unparsed byte.
     pos: usize,
+}
+
+impl Progress {
+    /// Finds the arguments in `buf` after those found so far, up to the last one or to where
+    /// `buf` ends. Returns whether all `argc` are found.
+    fn scan(
+        &mut self,
+        buf: &mut BytesMut,
+        limits: Limits,
+        authenticated: bool,
+    ) -> Result<bool, ProtocolError> {
+        while self.args.len < self.argc {
+            let pos = self.pos;
+            if pos >= buf.len() {
+                return Ok(false);
+            }
+            if buf[pos] != b'$' {
+                return Err(ProtocolError::ExpectedBulk(buf[pos]));
+            }
+            let Some((len, start)) = header_line(buf, pos, limits.max_inline_bytes)? else {
+                return Ok(false);
+            };
+            let len = parse_int(len).ok_or(ProtocolError::InvalidBulkLength)?;
+            if len < 0 || len > limits.max_bulk_bytes as i64 {
+                return Err(ProtocolError::InvalidBulkLength);
+            }
+            let end = start + len as usize;
+            // Refused on the header, before the argument is buffered.
+            if !authenticated && end + 2 > limits.max_unauthenticated_bytes {
+                return Err(ProtocolError::UnauthenticatedBulkLength);
+            }
+            if end + 2 > limits.max_request_bytes {
+                return Err(ProtocolError::RequestTooBig(limits.max_request_bytes));
+            }
+            if buf.len() < end + 2 {
+                // Room for (a bounded part of) the argument now, so a large one is not copied
+                // at every read; a client that only claims a large size reserves little.
+                buf.reserve((end + 2 - buf.len()).min(MAX_EAGER_RESERVE));
+                return Ok(false);
+            }
+            if &buf[end..end + 2] != b"\r\n" {
+                return Err(ProtocolError::MissingCrlf);
+            }
+            self.args.push(start..end);
+            self.pos = end + 2;
+        }
+        Ok(true)
+    }
+
+    /// The request found, taken off the front of `buf`.
+    fn finish(self, buf: &mut BytesMut) -> Request {
+        let frame = buf.split_to(self.pos).freeze();
+        Request {
+            frame,
+            args: self.args,
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct RequestParser {
     limits: Limits,
-    progress: Option<Progress>,
+    /// Only while a request is incomplete (boxed: idle clients keep many parsers).
+    progress: Option<Box<Progress>>,
     /// Whether the client has authenticated (or need not): until then its requests are held
     /// to `max_unauthenticated_bytes`.
     pub authenticated: bool,
@@ -173,70 +261,39 @@ impl RequestParser {
     }
 
     fn parse_multibulk(&mut self, buf: &mut BytesMut) -> Result<Step, ProtocolError> {
-        let limits = self.limits;
-        let progress = match &mut self.progress {
-            Some(p) => p,
-            None => {
-                let Some((n, next)) = header_line(buf, 0, limits.max_inline_bytes)? else {
-                    return Ok(Step::Incomplete);
-                };
-                let n = parse_int(n).ok_or(ProtocolError::InvalidMultibulkLength)?;
-                if n > limits.max_args as i64 {
-                    return Err(ProtocolError::InvalidMultibulkLength);
-                }
-                if !self.authenticated && n > MAX_UNAUTHENTICATED_ARGS {
-                    return Err(ProtocolError::UnauthenticatedMultibulkLength);
-                }
-                if n <= 0 {
-                    let _ = buf.split_to(next);
-                    return Ok(Step::Empty);
-                }
-                let argc = n as usize;
-                self.progress.insert(Progress {
-                    argc,
-                    args: Vec::with_capacity(argc.min(64)),
-                    pos: next,
-                })
-            }
-        };
-        while progress.args.len() < progress.argc {
-            let pos = progress.pos;
-            if pos >= buf.len() {
+        let (limits, authenticated) = (self.limits, self.authenticated);
+        if let Some(progress) = self.progress.as_deref_mut() {
+            if !progress.scan(buf, limits, authenticated)? {
                 return Ok(Step::Incomplete);
             }
-            if buf[pos] != b'$' {
-                return Err(ProtocolError::ExpectedBulk(buf[pos]));
-            }
-            let Some((len, start)) = header_line(buf, pos, limits.max_inline_bytes)? else {
-                return Ok(Step::Incomplete);
-            };
-            let len = parse_int(len).ok_or(ProtocolError::InvalidBulkLength)?;
-            if len < 0 || len > limits.max_bulk_bytes as i64 {
-                return Err(ProtocolError::InvalidBulkLength);
-            }
-            let end = start + len as usize;
-            // Refused on the header, before the argument is buffered.
-            if !self.authenticated && end + 2 > limits.max_unauthenticated_bytes {
-                return Err(ProtocolError::UnauthenticatedBulkLength);
-            }
-            if end + 2 > limits.max_request_bytes {
-                return Err(ProtocolError::RequestTooBig(limits.max_request_bytes));
-            }
-            if buf.len() < end + 2 {
-                // Room for (a bounded part of) the argument now, so a large one is not copied
-                // at every read; a client that only claims a large size reserves little.
-                buf.reserve((end + 2 - buf.len()).min(MAX_EAGER_RESERVE));
-                return Ok(Step::Incomplete);
-            }
-            if &buf[end..end + 2] != b"\r\n" {
-                return Err(ProtocolError::MissingCrlf);
-            }
-            progress.args.push(start..end);
-            progress.pos = end + 2;
+            let progress = self.progress.take().expect("progress was set above");
+            return Ok(Step::Done(progress.finish(buf)));
         }
-        let Progress { args, pos, .. } = self.progress.take().expect("progress was set above");
-        let frame = buf.split_to(pos).freeze();
-        Ok(Step::Done(Request { frame, args }))
+        let Some((n, next)) = header_line(buf, 0, limits.max_inline_bytes)? else {
+            return Ok(Step::Incomplete);
+        };
+        let n = parse_int(n).ok_or(ProtocolError::InvalidMultibulkLength)?;
+        if n > limits.max_args as i64 {
+            return Err(ProtocolError::InvalidMultibulkLength);
+        }
+        if !authenticated && n > MAX_UNAUTHENTICATED_ARGS {
+            return Err(ProtocolError::UnauthenticatedMultibulkLength);
+        }
+        if n <= 0 {
+            let _ = buf.split_to(next);
+            return Ok(Step::Empty);
+        }
+        let mut progress = Progress {
+            argc: n as usize,
+            args: Args::default(),
+            pos: next,
+        };
+        if progress.scan(buf, limits, authenticated)? {
+            Ok(Step::Done(progress.finish(buf)))
+        } else {
+            self.progress = Some(Box::new(progress));
+            Ok(Step::Incomplete)
+        }
     }
 
     fn parse_inline(&mut self, buf: &mut BytesMut) -> Result<Step, ProtocolError> {
@@ -263,6 +320,10 @@ impl RequestParser {
     }
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned once per request and taken apart at once; boxing it would allocate"
+)]
 enum Step {
     Done(Request),
     Empty,
