@@ -11,9 +11,9 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Redis, TempDir, free_port, pool_config};
+use common::{Redis, TempDir, connect_tcp, free_port, pool_config, wait_until};
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
@@ -42,18 +42,12 @@ fn start_in_process(config: PathBuf, workers: usize) {
     });
 }
 
+/// A connection to the proxy once it listens.
 fn connect(port: u16) -> TcpStream {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match TcpStream::connect(("127.0.0.1", port)) {
-            Ok(s) => {
-                s.set_nodelay(true).expect("nodelay");
-                return s;
-            }
-            Err(e) if Instant::now() > deadline => panic!("proxy never listened: {e}"),
-            Err(_) => std::thread::yield_now(),
-        }
-    }
+    wait_until("the proxy to listen", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    connect_tcp(port)
 }
 
 /// Sends `request` `times` times, `depth` at a time, and reads each reply, which is `reply`.
