@@ -255,11 +255,11 @@ async fn serve_client(
     if let Some(stream) = stream {
         match pool.config.protocol {
             Protocol::Redis => {
-                let session: Session<Resp> = Session::new(worker, pool.clone(), listing);
+                let mut session: Session<Resp> = Session::new(worker, pool.clone(), listing);
                 session.run(stream).await;
             }
             Protocol::Memcache => {
-                let session: Session<Memcache> = Session::new(worker, pool.clone(), listing);
+                let mut session: Session<Memcache> = Session::new(worker, pool.clone(), listing);
                 session.run(stream).await;
             }
         }

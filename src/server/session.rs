@@ -144,8 +144,9 @@ impl<F: Frontend> Session<F> {
     ///
     /// Between bursts of requests the task holds only the session itself: the buffers and the
     /// larger state of a burst live in a future allocated while the client is active, so
-    /// thousands of idle clients cost little memory.
-    pub(super) async fn run(mut self, stream: Stream) {
+    /// thousands of idle clients cost little memory. Borrowed, not taken: a session moved into
+    /// this future would be held twice by the client's task (argument and local).
+    pub(super) async fn run(&mut self, stream: Stream) {
         let mut read_chunk = FIRST_READ_CHUNK;
         let inbox = self.out.inbox().clone();
         // Like Redis's `timeout`, not for a Pub/Sub subscriber; counted from the last reply,
