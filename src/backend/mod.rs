@@ -14,6 +14,7 @@ pub use subscriber::{Subscriber, Topic};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -30,44 +31,79 @@ use crate::protocol::ReplyKind;
 use crate::protocol::resp::encode;
 use crate::workers::Workers;
 
-/// Where one session's backend replies land: a queue it drains when woken. Replies for many
-/// sessions are delivered by a backend connection without any lock they all share.
+/// Where one session's backend replies land, and what wakes the session: a queue it drains
+/// when woken, and its one waker (the session's task). Replies for many sessions are delivered
+/// by a backend connection without any lock they all share; the pool's requests of a client
+/// (leave, close) wake it here too, so an idle session waits on its socket and this alone.
 #[derive(Debug, Default)]
-pub struct Inbox {
-    queue: Mutex<Vec<Completion>>,
-    ready: Notify,
+pub struct Inbox(Mutex<InboxState>);
+
+#[derive(Debug, Default)]
+struct InboxState {
+    queue: Vec<Completion>,
+    /// Woken since the session last looked.
+    woken: bool,
+    waker: Option<Waker>,
 }
 
 impl Inbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InboxState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `add` on the queue and wakes the session, outside the lock.
+    fn wake_with(&self, add: impl FnOnce(&mut Vec<Completion>)) {
+        let waker = {
+            let mut state = self.lock();
+            add(&mut state.queue);
+            state.woken = true;
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
     fn push(&self, completion: Completion) {
-        self.queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(completion);
-        self.ready.notify_one();
+        self.wake_with(|queue| queue.push(completion));
     }
 
     /// Moves all of `completions` in at once: one lock and one wakeup for a run of replies.
     fn push_all(&self, completions: &mut Vec<Completion>) {
-        self.queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .append(completions);
-        self.ready.notify_one();
+        self.wake_with(|queue| queue.append(completions));
     }
 
-    /// Waits until a reply has arrived since the last `take`.
+    /// Wakes the session with nothing queued: it has something else to look at.
+    pub fn wake(&self) {
+        self.wake_with(|_| {});
+    }
+
+    /// Ready once the session has been woken since it last was; until then the session's
+    /// task is woken by the next wakeup.
+    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.lock();
+        if std::mem::take(&mut state.woken) {
+            return Poll::Ready(());
+        }
+        if !state
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            state.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Waits until the session has been woken since it last was.
     pub async fn wait(&self) {
-        self.ready.notified().await;
+        std::future::poll_fn(|cx| self.poll_woken(cx)).await;
     }
 
     /// Swaps the queued replies into `into` (which must be empty), so the caller's buffer is
     /// reused and an idle session's inbox holds no memory.
     pub fn take(&self, into: &mut Vec<Completion>) {
-        std::mem::swap(
-            &mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()),
-            into,
-        );
+        std::mem::swap(&mut self.lock().queue, into);
     }
 }
 

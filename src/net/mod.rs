@@ -11,6 +11,7 @@ mod tls;
 
 use std::io;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use rustls::pki_types::ServerName;
@@ -123,15 +124,18 @@ impl Stream {
         }
     }
 
-    /// Waits until there is something to read (or the peer closed).
-    pub async fn readable(&self) -> io::Result<()> {
-        let tcp = match &self.socket {
-            Socket::Tcp(s) => s,
-            Socket::Unix(s) => return s.readable().await,
-            Socket::Tls(s) if s.has_input()? => return Ok(()),
-            Socket::Tls(s) => s.tcp(),
-        };
-        tcp.readable().await
+    /// Ready when there is something to read (or the peer closed). It needs no future, so an
+    /// idle client's task holds none; only the task that polled last is woken.
+    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &self.socket {
+            Socket::Tcp(s) => s.poll_read_ready(cx),
+            Socket::Unix(s) => s.poll_read_ready(cx),
+            Socket::Tls(s) => match s.has_input() {
+                Ok(false) => s.tcp().poll_read_ready(cx),
+                Ok(true) => Poll::Ready(Ok(())),
+                Err(e) => Poll::Ready(Err(e)),
+            },
+        }
     }
 
     /// Reads what the socket has, waiting for it if need be. `Ok(0)` means the peer closed.

@@ -96,11 +96,12 @@ pub(super) struct Outbox {
 }
 
 impl Outbox {
-    pub(super) fn new(protocol: Protocol) -> Outbox {
+    /// An outbox whose replies arrive in `inbox`.
+    pub(super) fn new(protocol: Protocol, inbox: Arc<Inbox>) -> Outbox {
         Outbox {
             slots: VecDeque::new(),
             first_seq: 0,
-            inbox: Arc::default(),
+            inbox,
             buf: BytesMut::new(),
             protocol,
             errors: ErrorCounts::default(),

@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -64,6 +65,18 @@ async fn fires(timer: &mut Option<Pin<Box<Sleep>>>) {
         Some(timer) => timer.await,
         None => std::future::pending().await,
     }
+}
+
+/// What woke an idle client.
+enum Woke {
+    /// The pool asked it to leave, or to close.
+    Asked(Signals),
+    /// Pub/Sub messages came.
+    Messages,
+    /// It sent something (`false`: its socket failed).
+    Readable(bool),
+    /// It stayed idle too long.
+    Idle,
 }
 
 /// How a burst of requests ended.
@@ -129,10 +142,10 @@ impl<F: Frontend> Session<F> {
     pub(super) fn new(worker: usize, pool: Arc<Pool>, listing: Arc<Client>) -> Session<F> {
         Session {
             id: listing.id,
+            out: Outbox::new(pool.config.protocol, Arc::clone(listing.inbox())),
             listing,
             worker,
             fe: F::new(&pool),
-            out: Outbox::new(pool.config.protocol),
             held: Vec::new(),
             recorded: VecDeque::new(),
             pool,
@@ -158,18 +171,35 @@ impl<F: Frontend> Session<F> {
             let mut idle = idle_timeout
                 .filter(|_| !self.out.listening)
                 .map(|t| Box::pin(tokio::time::sleep(t.saturating_sub(linger))));
-            let listing = self.listing.clone();
-            tokio::select! {
-                biased;
-                signals = listing.signals() => if signals.kill() || signals.leave() {
+            // Polled by hand rather than selected from futures, which the task would hold
+            // for as long as the client stays idle.
+            let woke = std::future::poll_fn(|cx| {
+                while inbox.poll_woken(cx).is_ready() {
+                    let signals = self.listing.take_signals();
+                    if signals.kill() || signals.leave() {
+                        return Poll::Ready(Woke::Asked(signals));
+                    }
+                    if self.out.listening {
+                        return Poll::Ready(Woke::Messages);
+                    }
+                }
+                if let Poll::Ready(ready) = stream.poll_readable(cx) {
+                    return Poll::Ready(Woke::Readable(ready.is_ok()));
+                }
+                match idle.as_mut().map(|timer| timer.as_mut().poll(cx)) {
+                    Some(Poll::Ready(())) => Poll::Ready(Woke::Idle),
+                    _ => Poll::Pending,
+                }
+            })
+            .await;
+            match woke {
+                Woke::Asked(signals) => {
                     self.count_kill(signals);
                     return;
-                },
-                ready = stream.readable() => if ready.is_err() {
-                    return;
-                },
-                _ = inbox.wait(), if self.out.listening => {}
-                _ = fires(&mut idle) => {
+                }
+                Woke::Readable(false) => return,
+                Woke::Readable(true) | Woke::Messages => {}
+                Woke::Idle => {
                     tracing::debug!(session = self.id, "idle client closed");
                     self.pool.metrics.closed(CloseReason::Idle);
                     return;
@@ -212,7 +242,6 @@ impl<F: Frontend> Session<F> {
         // Armed while a request is incomplete: a client that sends one slowly is closed.
         let mut incomplete: Option<Pin<Box<Sleep>>> = None;
         let inbox = self.out.inbox().clone();
-        let listing = self.listing.clone();
         let mut closing = false;
         // Armed while the client holds more unread replies than it may: then it is closed.
         let mut unread_too_long: Option<Pin<Box<Sleep>>> = None;
@@ -237,11 +266,17 @@ impl<F: Frontend> Session<F> {
                 unparsed = !read_buf.is_empty() && !self.has_room();
             } else {
                 let can_read = self.has_room() && !closing && !unparsed;
-                let waiting = self.out.pending() > 0 || self.out.listening;
                 let unwritten = !self.out.output().is_empty() || stream.is_holding_output();
                 tokio::select! {
                     biased;
-                    _ = inbox.wait(), if waiting => {
+                    // Replies, messages, and what the pool asks of the client.
+                    _ = inbox.wait() => {
+                        let signals = self.listing.take_signals();
+                        if signals.kill() {
+                            self.count_kill(signals);
+                            return Burst::Close;
+                        }
+                        closing |= signals.leave();
                         inbox.take(&mut completions);
                         self.complete_all(&mut completions);
                         if self.out.has_retries() {
@@ -280,13 +315,6 @@ impl<F: Frontend> Session<F> {
                             }
                             closing = true;
                         }
-                    }
-                    signals = listing.signals() => {
-                        if signals.kill() {
-                            self.count_kill(signals);
-                            return Burst::Close;
-                        }
-                        closing |= signals.leave();
                     }
                     // Only while reading: a client the proxy stops reading from is not slow.
                     _ = fires(&mut incomplete), if can_read => {

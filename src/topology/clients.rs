@@ -11,9 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::Notify;
 
-use crate::backend::Node;
+use crate::backend::{Inbox, Node};
 
 /// One client of the pool.
 #[derive(Debug)]
@@ -29,7 +28,8 @@ pub struct Client {
     /// The connection a blocking command of the client's waits on, while it does.
     blocked: Mutex<Option<BlockedOn>>,
     signals: AtomicU8,
-    signalled: Notify,
+    /// The session's inbox, which wakes it when the pool asks something of it.
+    inbox: Arc<Inbox>,
     /// Killed: no longer listed, though its session may not have ended yet.
     killed: AtomicBool,
 }
@@ -96,7 +96,7 @@ impl Client {
             }),
             blocked: Mutex::new(None),
             signals: AtomicU8::new(0),
-            signalled: Notify::new(),
+            inbox: Arc::default(),
             killed: AtomicBool::new(false),
         }
     }
@@ -108,7 +108,7 @@ impl Client {
 
     fn signal(&self, bits: u8) {
         self.signals.fetch_or(bits, Ordering::AcqRel);
-        self.signalled.notify_one();
+        self.inbox.wake();
     }
 
     /// Asks the client to close now (CLIENT KILL).
@@ -130,15 +130,15 @@ impl Client {
         *self.blocked.lock().unwrap_or_else(|p| p.into_inner()) = on;
     }
 
-    /// Waits until the pool asks something of the client, and takes what it asked.
-    pub async fn signals(&self) -> Signals {
-        loop {
-            let bits = self.signals.swap(0, Ordering::AcqRel);
-            if bits != 0 {
-                return Signals(bits);
-            }
-            self.signalled.notified().await;
-        }
+    /// Where the client's session is woken: its replies, and the pool's requests.
+    pub fn inbox(&self) -> &Arc<Inbox> {
+        &self.inbox
+    }
+
+    /// Takes what the pool asked of the client since the last call (checked when its inbox
+    /// wakes it).
+    pub fn take_signals(&self) -> Signals {
+        Signals(self.signals.swap(0, Ordering::AcqRel))
     }
 }
 
@@ -209,20 +209,24 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn signals_wait_and_are_taken_once() {
+    async fn signals_wake_the_inbox_and_are_taken_once() {
         let clients = Clients::default();
         let client = clients.admit(Client::new(7, None, None, -1));
         client.kill();
-        let got = client.signals().await;
+        client.inbox().wait().await;
+        let got = client.take_signals();
         assert!(got.kill() && !got.leave());
-        // Taken: the next wait lasts until the pool asks again.
-        let waiting = tokio::time::timeout(std::time::Duration::ZERO, client.signals());
+        // Taken: nothing more until the pool asks again.
+        assert_eq!(client.take_signals(), Signals::default());
+        let waiting = tokio::time::timeout(std::time::Duration::ZERO, client.inbox().wait());
         assert!(waiting.await.is_err());
         clients.close_all();
-        assert!(client.signals().await.leave());
+        client.inbox().wait().await;
+        assert!(client.take_signals().leave());
         // A client admitted after the pool closed is asked to leave at once.
         let late = clients.admit(Client::new(8, None, None, -1));
-        assert!(late.signals().await.leave());
+        late.inbox().wait().await;
+        assert!(late.take_signals().leave());
         assert!(clients.list().is_empty());
     }
 
