@@ -3,9 +3,9 @@
 //! in front of a real redis-server; the clients are plain sockets with fixed buffers, so what is
 //! counted is the proxy's.
 //!
-//! The bound is far below one per request, not zero: health checks and metrics allocate a few
-//! times a second, and a client's read buffer is replaced now and then (measured: 0.03 to 0.09
-//! allocations per request, 9 before bursts lingered between requests).
+//! The bound on allocations is far below one per request, not zero: health checks and metrics
+//! allocate a few times a second, and a client's read buffer is replaced now and then
+//! (measured: 0.03 to 0.09 allocations per request, 9 before bursts lingered between requests).
 
 mod common;
 
