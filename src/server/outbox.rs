@@ -79,18 +79,25 @@ pub(super) struct Retry {
 
 /// Replies owed to the client, in request order.
 pub(super) struct Outbox {
-    slots: VecDeque<Slot>,
-    /// Sequence number of `slots[0]`.
+    /// Sequence number of the first slot.
     first_seq: u64,
     inbox: Arc<Inbox>,
-    buf: BytesMut,
     protocol: Protocol,
+    /// Subscribed to Pub/Sub: messages may arrive at any time.
+    pub(super) listening: bool,
+    /// Allocated on first use and dropped by [`Outbox::shrink`]: an idle client holds none.
+    queue: Option<Box<Queue>>,
+}
+
+/// What an outbox holds while requests are answered.
+#[derive(Default)]
+struct Queue {
+    slots: VecDeque<Slot>,
+    buf: BytesMut,
     /// Error replies made since the last [`Outbox::take_errors`], by kind.
     errors: ErrorCounts,
     /// Requests to send again.
     retries: Vec<Retry>,
-    /// Subscribed to Pub/Sub: messages may arrive at any time.
-    pub(super) listening: bool,
     /// Requests whose replies the client asked not to get (Redis's CLIENT REPLY), in order.
     muted: VecDeque<u64>,
 }
@@ -99,26 +106,36 @@ impl Outbox {
     /// An outbox whose replies arrive in `inbox`.
     pub(super) fn new(protocol: Protocol, inbox: Arc<Inbox>) -> Outbox {
         Outbox {
-            slots: VecDeque::new(),
             first_seq: 0,
             inbox,
-            buf: BytesMut::new(),
             protocol,
-            errors: ErrorCounts::default(),
-            retries: Vec::new(),
             listening: false,
-            muted: VecDeque::new(),
+            queue: None,
         }
+    }
+
+    fn queue(&mut self) -> &mut Queue {
+        self.queue.get_or_insert_default()
+    }
+
+    /// The slot of request `seq`, if it is still owed.
+    fn slot(&mut self, seq: u64) -> Option<&mut Slot> {
+        let index = seq.checked_sub(self.first_seq)?;
+        self.queue
+            .as_mut()?
+            .slots
+            .get_mut(usize::try_from(index).ok()?)
     }
 
     /// The replies of the requests from `first` to the last one queued are not to be written.
     pub(super) fn mute_from(&mut self, first: u64) {
-        self.muted.extend(first..self.next_seq());
+        let next = self.next_seq();
+        self.queue().muted.extend(first..next);
     }
 
     /// Requests whose replies are not written yet.
     pub(super) fn pending(&self) -> usize {
-        self.slots.len()
+        self.queue.as_ref().map_or(0, |q| q.slots.len())
     }
 
     /// The sequence number of the oldest request not answered yet.
@@ -128,52 +145,58 @@ impl Outbox {
 
     /// Replies ready to write, in order.
     pub(super) fn output(&self) -> &[u8] {
-        &self.buf
+        self.queue.as_ref().map_or(&[], |q| &q.buf)
     }
 
     /// The first `n` bytes of the output were written.
     pub(super) fn consume_output(&mut self, n: usize) {
-        if n == self.buf.len() {
+        let buf = &mut self.queue().buf;
+        if n == buf.len() {
             // All of it, as usual: the buffer is reused from its start.
-            self.buf.clear();
+            buf.clear();
         } else {
-            bytes::Buf::advance(&mut self.buf, n);
+            bytes::Buf::advance(buf, n);
         }
     }
 
     /// Adds a Pub/Sub message to the output as it is, after the replies still owed (a
     /// SUBSCRIBE's confirmations come before the channel's first message).
     pub(super) fn push_message(&mut self, message: Bytes) {
-        match self.slots.is_empty() {
-            true => self.buf.extend_from_slice(&message),
-            false => self.ready(message),
+        let queue = self.queue();
+        match queue.slots.is_empty() {
+            true => queue.buf.extend_from_slice(&message),
+            false => queue.slots.push_back(Slot::Ready(message)),
         }
     }
 
-    /// Lets go of the buffers of an idle client.
+    /// Lets go of the buffers of an idle client, which has nothing owed.
     pub(super) fn shrink(&mut self) {
-        self.buf = BytesMut::new();
-        self.slots = VecDeque::new();
+        self.queue = None;
     }
 
     /// Error replies made since the last call, by kind.
     pub(super) fn take_errors(&mut self) -> ErrorCounts {
-        std::mem::take(&mut self.errors)
+        self.queue
+            .as_mut()
+            .map(|q| std::mem::take(&mut q.errors))
+            .unwrap_or_default()
     }
 
     /// Requests to send again, taken.
     pub(super) fn take_retries(&mut self) -> Vec<Retry> {
-        std::mem::take(&mut self.retries)
+        self.queue
+            .as_mut()
+            .map(|q| std::mem::take(&mut q.retries))
+            .unwrap_or_default()
     }
 
     pub(super) fn has_retries(&self) -> bool {
-        !self.retries.is_empty()
+        self.queue.as_ref().is_some_and(|q| !q.retries.is_empty())
     }
 
     /// The resend state of request `seq`, if it is one awaiting its reply.
     pub(super) fn resend_at(&mut self, seq: u64) -> Option<&mut Resend> {
-        let index = seq.checked_sub(self.first_seq)? as usize;
-        match self.slots.get_mut(index)? {
+        match self.slot(seq)? {
             Slot::Resend(resend) => Some(resend),
             _ => None,
         }
@@ -182,48 +205,47 @@ impl Outbox {
     /// Answers request `seq` with an error, whatever it awaited.
     pub(super) fn fail(&mut self, seq: u64, e: ClientError) {
         let reply = e.render(self.protocol);
-        if let Some(slot) = seq
-            .checked_sub(self.first_seq)
-            .and_then(|i| self.slots.get_mut(i as usize))
-        {
+        if let Some(slot) = self.slot(seq) {
             *slot = Slot::Ready(reply);
-            self.errors.count(e.kind());
+            self.queue().errors.count(e.kind());
         }
     }
 
     pub(super) fn next_seq(&self) -> u64 {
-        self.first_seq + self.slots.len() as u64
+        self.first_seq + self.pending() as u64
     }
 
     /// Queues a reply the proxy made.
     pub(super) fn ready(&mut self, reply: Bytes) {
-        self.slots.push_back(Slot::Ready(reply));
+        self.queue().slots.push_back(Slot::Ready(reply));
     }
 
     /// Queues an error reply.
     pub(super) fn error(&mut self, e: ClientError) {
-        self.errors.count(e.kind());
+        self.queue().errors.count(e.kind());
         self.ready(e.render(self.protocol));
     }
 
     /// Queues the slot of a request sent to one backend.
     pub(super) fn forwarded(&mut self) {
-        self.slots.push_back(Slot::Forwarded);
+        self.queue().slots.push_back(Slot::Forwarded);
     }
 
     /// Queues the slot of a memcache request whose client asked for no reply.
     pub(super) fn quiet(&mut self, quiet: Quiet) {
-        self.slots.push_back(Slot::Quiet(quiet));
+        self.queue().slots.push_back(Slot::Quiet(quiet));
     }
 
     /// Queues the slot of a request that may be sent again.
     pub(super) fn resend(&mut self, resend: Resend) {
-        self.slots.push_back(Slot::Resend(Box::new(resend)));
+        self.queue().slots.push_back(Slot::Resend(Box::new(resend)));
     }
 
     /// Queues the slot of a request whose parts `gather` merges.
     pub(super) fn gathering(&mut self, gather: Gather) {
-        self.slots.push_back(Slot::Gathering(Box::new(gather)));
+        self.queue()
+            .slots
+            .push_back(Slot::Gathering(Box::new(gather)));
     }
 
     /// The inbox the session reads, for connections that deliver to it unasked (Pub/Sub).
@@ -245,10 +267,14 @@ impl Outbox {
 
     /// Takes in the reply to part `part` of request `seq`.
     pub(super) fn complete(&mut self, seq: u64, part: usize, c: Completion) {
-        let Some(slot) = seq
-            .checked_sub(self.first_seq)
-            .and_then(|i| self.slots.get_mut(i as usize))
-        else {
+        let protocol = self.protocol;
+        let Some(index) = seq.checked_sub(self.first_seq) else {
+            return;
+        };
+        let Some(queue) = self.queue.as_deref_mut() else {
+            return;
+        };
+        let Some(slot) = queue.slots.get_mut(index as usize) else {
             return;
         };
         if let Slot::Resend(resend) = slot {
@@ -257,21 +283,21 @@ impl Outbox {
                 return;
             }
             if let Some(retry) = retry(resend, &c.result, seq) {
-                self.retries.push(retry);
+                queue.retries.push(retry);
                 return;
             }
         }
         let reply = match c.result {
             Ok(reply) => Ok(reply),
             Err(e) => {
-                self.errors.count(backend_error_kind(&e));
+                queue.errors.count(backend_error_kind(&e));
                 Err(*e)
             }
         };
         match slot {
-            Slot::Forwarded => *slot = Slot::Ready(shown(self.protocol, None, reply)),
-            Slot::Quiet(quiet) => *slot = Slot::Ready(shown(self.protocol, Some(*quiet), reply)),
-            Slot::Resend(resend) => *slot = Slot::Ready(shown(self.protocol, resend.quiet, reply)),
+            Slot::Forwarded => *slot = Slot::Ready(shown(protocol, None, reply)),
+            Slot::Quiet(quiet) => *slot = Slot::Ready(shown(protocol, Some(*quiet), reply)),
+            Slot::Resend(resend) => *slot = Slot::Ready(shown(protocol, resend.quiet, reply)),
             Slot::Gathering(g) => {
                 if let Some(merged) = g.add(part, reply) {
                     *slot = Slot::Ready(merged);
@@ -283,11 +309,14 @@ impl Outbox {
 
     /// Moves every reply that is next in order into the write buffer.
     pub(super) fn collect_ready(&mut self) {
-        while let Some(Slot::Ready(_)) = self.slots.front() {
-            if let Some(Slot::Ready(reply)) = self.slots.pop_front() {
-                match self.muted.front() == Some(&self.first_seq) {
-                    true => _ = self.muted.pop_front(),
-                    false => self.buf.extend_from_slice(&reply),
+        let Some(queue) = self.queue.as_deref_mut() else {
+            return;
+        };
+        while let Some(Slot::Ready(_)) = queue.slots.front() {
+            if let Some(Slot::Ready(reply)) = queue.slots.pop_front() {
+                match queue.muted.front() == Some(&self.first_seq) {
+                    true => _ = queue.muted.pop_front(),
+                    false => queue.buf.extend_from_slice(&reply),
                 }
             }
             self.first_seq += 1;

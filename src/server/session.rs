@@ -138,6 +138,14 @@ pub(super) struct Session<F> {
     recorded: VecDeque<Recorded>,
 }
 
+impl<F> Drop for Session<F> {
+    /// The client leaves the pool's list.
+    fn drop(&mut self) {
+        self.pool.clients.remove(self.id);
+        self.pool.metrics.client_connections.dec();
+    }
+}
+
 impl<F: Frontend> Session<F> {
     pub(super) fn new(worker: usize, pool: Arc<Pool>, listing: Arc<Client>) -> Session<F> {
         Session {
@@ -155,24 +163,22 @@ impl<F: Frontend> Session<F> {
     /// Serves the client until it leaves, quits, sends malformed input, is killed, or the pool
     /// asks it to leave (then what is in flight is answered first).
     ///
-    /// Between bursts of requests the task holds only the session itself: the buffers and the
-    /// larger state of a burst live in a future allocated while the client is active, so
-    /// thousands of idle clients cost little memory. Borrowed, not taken: a session moved into
-    /// this future would be held twice by the client's task (argument and local).
-    pub(super) async fn run(&mut self, stream: Stream) {
+    /// Between bursts of requests the task holds only the session itself and this future's
+    /// few words: the buffers and the larger state of a burst live in a future allocated while
+    /// the client is active, and what can be looked up again is not kept across waits, so
+    /// thousands of idle clients cost little memory.
+    pub(super) async fn run(&mut self, stream: &Stream) {
         let mut read_chunk = FIRST_READ_CHUNK;
-        let inbox = self.out.inbox().clone();
-        // Like Redis's `timeout`, not for a Pub/Sub subscriber; counted from the last reply,
-        // so the burst's lingering is part of it.
-        let idle_timeout = self.pool.config.client_idle_timeout;
-        let linger = idle_timeout.map_or(LINGER, |t| t.min(LINGER));
         loop {
-            // Only an idle client with a bound holds a timer.
-            let mut idle = idle_timeout
+            // Like Redis's `timeout`, not for a Pub/Sub subscriber; counted from the last
+            // reply, so the burst's lingering is part of it. Only an idle client with a bound
+            // holds a timer.
+            let mut idle = (self.pool.config.client_idle_timeout)
                 .filter(|_| !self.out.listening)
-                .map(|t| Box::pin(tokio::time::sleep(t.saturating_sub(linger))));
+                .map(|t| Box::pin(tokio::time::sleep(t.saturating_sub(self.linger()))));
             // Polled by hand rather than selected from futures, which the task would hold
             // for as long as the client stays idle.
+            let inbox = self.out.inbox();
             let woke = std::future::poll_fn(|cx| {
                 while inbox.poll_woken(cx).is_ready() {
                     let signals = self.listing.take_signals();
@@ -205,11 +211,17 @@ impl<F: Frontend> Session<F> {
                     return;
                 }
             }
-            let burst = Box::pin(self.burst(&stream, &mut read_chunk, linger));
+            let burst = Box::pin(self.burst(stream, &mut read_chunk));
             if burst.await == Burst::Close {
                 return;
             }
         }
+    }
+
+    /// How long a burst outlives its last reply: [`LINGER`], or the idle timeout if shorter.
+    fn linger(&self) -> Duration {
+        let idle_timeout = self.pool.config.client_idle_timeout;
+        idle_timeout.map_or(LINGER, |t| t.min(LINGER))
     }
 
     /// Takes in replies, and Pub/Sub messages, which are written as they come.
@@ -235,7 +247,8 @@ impl<F: Frontend> Session<F> {
 
     /// Serves requests until nothing has been in flight or buffered for `linger`
     /// (`Burst::Idle`), or the connection is to close.
-    async fn burst(&mut self, stream: &Stream, read_chunk: &mut usize, linger: Duration) -> Burst {
+    async fn burst(&mut self, stream: &Stream, read_chunk: &mut usize) -> Burst {
+        let linger = self.linger();
         let mut read_buf = BytesMut::new();
         let mut completions = Vec::new();
         let mut timing = Timing::default();

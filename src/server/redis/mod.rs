@@ -40,6 +40,14 @@ use transaction::{Conn, Step, Transaction};
 pub(super) struct Resp {
     parser: RequestParser,
     client: ClientState,
+    /// Allocated when the client starts a transaction or subscribes, dropped once it is in
+    /// neither: most clients never are, and an idle client's memory counts.
+    modes: Option<Box<Modes>>,
+}
+
+/// A client's transaction and subscriptions.
+#[derive(Default)]
+struct Modes {
     tx: Transaction,
     pubsub: PubSub,
     /// The connection WATCH reserved on its shard's master, kept until the transaction ends.
@@ -47,6 +55,40 @@ pub(super) struct Resp {
     /// Subscriber connections by shard name: a subscription stays where it was made while the
     /// pool's state changes.
     subscribers: Vec<(Arc<str>, Subscriber)>,
+}
+
+impl Modes {
+    fn is_empty(&self) -> bool {
+        self.tx.is_idle()
+            && !self.pubsub.active()
+            && self.watch.is_none()
+            && self.subscribers.is_empty()
+    }
+}
+
+impl Resp {
+    fn modes(&mut self) -> &mut Modes {
+        self.modes.get_or_insert_default()
+    }
+
+    fn in_multi(&self) -> bool {
+        self.modes.as_ref().is_some_and(|m| m.tx.in_multi())
+    }
+
+    fn subscribed(&self) -> bool {
+        self.modes.as_ref().is_some_and(|m| m.pubsub.active())
+    }
+
+    fn watching(&self) -> bool {
+        self.modes.as_ref().is_some_and(|m| m.watch.is_some())
+    }
+
+    /// Lets go of the modes once the client is in none.
+    fn settle(&mut self) {
+        if self.modes.as_ref().is_some_and(|m| m.is_empty()) {
+            self.modes = None;
+        }
+    }
 }
 
 pub(super) type RespSession = Session<Resp>;
@@ -57,10 +99,7 @@ impl Frontend for Resp {
         Resp {
             parser: RequestParser::new(pool.config.limits, open),
             client: ClientState::new(open),
-            tx: Transaction::default(),
-            pubsub: PubSub::default(),
-            watch: None,
-            subscribers: Vec::new(),
+            modes: None,
         }
     }
 
@@ -97,7 +136,7 @@ impl Frontend for Resp {
     }
 
     fn wants(&self, message: &[u8]) -> bool {
-        self.pubsub.wants(message)
+        self.modes.as_ref().is_some_and(|m| m.pubsub.wants(message))
     }
 
     fn profile(&self) -> Profile {
@@ -144,6 +183,7 @@ impl RespSession {
             }
         };
         self.pool.metrics.count_requests(&counts);
+        self.fe.settle();
         self.publish_facts(last);
         closing
     }
@@ -155,8 +195,9 @@ impl RespSession {
         facts.name.clone_from(&self.fe.client.name);
         facts.db = self.fe.client.db;
         facts.resp3 = self.fe.client.resp3;
-        facts.subscriptions = self.fe.pubsub.counts();
-        facts.multi = self.fe.tx.queued();
+        let modes = self.fe.modes.as_deref();
+        facts.subscriptions = modes.map_or([0; 3], |m| m.pubsub.counts());
+        facts.multi = modes.and_then(|m| m.tx.queued());
         if let Some(last) = last {
             facts.last_command = last.name;
         }
@@ -203,8 +244,8 @@ impl RespSession {
         let quit = is(LocalCommand::Quit);
         // As Redis, RESET is carried out at once inside MULTI (and before AUTH, and while
         // subscribed).
-        if self.fe.tx.in_multi() && !quit && !is(LocalCommand::Reset) {
-            let step = transaction::queue(&mut self.fe.tx, state, cmd, &req);
+        if self.fe.in_multi() && !quit && !is(LocalCommand::Reset) {
+            let step = transaction::queue(&mut self.fe.modes().tx, state, cmd, &req);
             self.transaction_step(state, step);
             return false;
         }
@@ -215,18 +256,16 @@ impl RespSession {
                     if which == LocalCommand::Reset {
                         // What RESET leaves beyond the client's own state: MULTI, WATCH (its
                         // reserved connection closes), every subscription.
-                        self.fe.tx = Transaction::default();
-                        self.fe.watch = None;
-                        self.fe.pubsub = PubSub::default();
-                        self.fe.subscribers.clear();
+                        self.fe.modes = None;
                         self.out.listening = false;
                     }
+                    let (subscribed, watching) = (self.fe.subscribed(), self.fe.watching());
                     let cx = Local {
                         client: &mut self.fe.client,
                         pool: &self.pool,
                         session: self.id,
-                        subscribed: self.fe.pubsub.active(),
-                        watching: self.fe.watch.is_some(),
+                        subscribed,
+                        watching,
                         peer: self.listing.addr,
                     };
                     local::run(cx, state, which, &req)
@@ -252,21 +291,21 @@ impl RespSession {
                 }
                 Kind::Blocking(at) => route::blocking(state, cmd, &req, at),
                 Kind::Transaction(which) => {
-                    let step = transaction::run(&mut self.fe.tx, state, cmd, which, &req);
+                    let step = transaction::run(&mut self.fe.modes().tx, state, cmd, which, &req);
                     self.transaction_step(state, step);
                     return false;
                 }
-                Kind::PubSub(which) => {
-                    let resp3 = self.fe.client.resp3;
-                    let config = &self.pool.config;
-                    match pubsub::route(&mut self.fe.pubsub, state, config, which, &req, resp3) {
-                        Routed::Plan(plan) => plan,
-                        Routed::Change(change) => {
-                            self.change_subscriptions(state, change);
-                            return false;
-                        }
+                Kind::PubSub(which) => match pubsub::route(state, &self.pool.config, which, &req) {
+                    Routed::Plan(plan) => plan,
+                    Routed::Change { topic, subscribe } => {
+                        let resp3 = self.fe.client.resp3;
+                        let subscriptions = &mut self.fe.modes().pubsub;
+                        let change =
+                            pubsub::change(subscriptions, state, topic, subscribe, &req, resp3);
+                        self.change_subscriptions(state, change);
+                        return false;
                     }
-                }
+                },
             },
         };
         self.execute(state, plan);
@@ -307,7 +346,7 @@ impl RespSession {
             Kind::PubSub(PubSubCommand::Subscribe(_) | PubSubCommand::Unsubscribe(_))
                 | Kind::Local(LocalCommand::Ping | LocalCommand::Quit | LocalCommand::Reset)
         );
-        if self.fe.pubsub.active() && !self.fe.client.resp3 && !allowed_while_subscribed {
+        if self.fe.subscribed() && !self.fe.client.resp3 && !allowed_while_subscribed {
             return Err(ClientError::Exact(format!(
                 "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
                 cmd.name.to_ascii_lowercase()
@@ -322,7 +361,7 @@ impl RespSession {
             Step::Plan(plan) => return self.execute(state, plan),
             Step::Abandon(plan) => {
                 // Closing the WATCH connection unwatches.
-                self.fe.watch = None;
+                self.fe.modes().watch = None;
                 return self.execute(state, plan);
             }
             Step::Send {
@@ -331,7 +370,7 @@ impl RespSession {
                 keep,
             } => (conn, requests, keep),
         };
-        let (node, reserved) = match (self.fe.watch.take(), conn) {
+        let (node, reserved) = match (self.fe.modes().watch.take(), conn) {
             (Some(held), _) => held,
             (None, Conn::Master(shard)) => {
                 let master = state.shards[shard].master().clone();
@@ -351,7 +390,7 @@ impl RespSession {
             reserved.send(job, Some(self.pool.config.timeout));
         }
         if keep {
-            self.fe.watch = Some((node, reserved));
+            self.fe.modes().watch = Some((node, reserved));
         } else {
             self.hold_for_next(node, reserved);
         }
@@ -369,7 +408,8 @@ impl RespSession {
         } = change;
         let resp3 = self.fe.client.resp3;
         let inbox = self.out.inbox().clone();
-        let subscribers = &mut self.fe.subscribers;
+        let modes = self.fe.modes.get_or_insert_default();
+        let subscribers = &mut modes.subscribers;
         let mut parts = 0;
         for (shard, names) in state.shards.iter().zip(per_shard) {
             if names.is_empty() {
@@ -387,11 +427,11 @@ impl RespSession {
             }
             parts += 1;
         }
-        if !self.fe.pubsub.active() {
+        if !modes.pubsub.active() {
             // Nothing left: the subscriber connections close once they have confirmed.
             subscribers.clear();
         }
-        self.out.listening = self.fe.pubsub.active();
+        self.out.listening = modes.pubsub.active();
         match parts {
             0 => self.out.ready(reply),
             _ => self.out.gathering(merge::confirmed(parts, reply)),

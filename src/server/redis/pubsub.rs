@@ -89,29 +89,29 @@ fn topic(channels: Channels) -> Topic {
     }
 }
 
-/// What a Pub/Sub command does: a plan (PUBLISH, PUBSUB …) or a change of subscriptions.
+/// What a Pub/Sub command does: a plan (PUBLISH, PUBSUB …), or a change of the client's
+/// subscriptions to `topic`, which [`change`] makes.
 #[derive(Debug)]
 pub(super) enum Routed {
     Plan(Plan),
-    Change(Change),
+    Change { topic: Topic, subscribe: bool },
 }
 
 pub(super) fn route<N>(
-    pubsub: &mut PubSub,
     state: &PoolState<N>,
     config: &PoolConfig,
     which: PubSubCommand,
     req: &Request,
-    resp3: bool,
 ) -> Routed {
-    let names = || (1..req.argc()).map(|i| req.arg_bytes(i)).collect();
     match which {
-        PubSubCommand::Subscribe(channels) => {
-            Routed::Change(subscribe(pubsub, state, topic(channels), names(), resp3))
-        }
-        PubSubCommand::Unsubscribe(channels) => {
-            Routed::Change(unsubscribe(pubsub, state, topic(channels), names(), resp3))
-        }
+        PubSubCommand::Subscribe(channels) => Routed::Change {
+            topic: topic(channels),
+            subscribe: true,
+        },
+        PubSubCommand::Unsubscribe(channels) => Routed::Change {
+            topic: topic(channels),
+            subscribe: false,
+        },
         PubSubCommand::Publish => Routed::Plan(match state.shard_for(req.arg(1)) {
             Some(shard) => {
                 let target = Target::Shard { shard, write: true };
@@ -120,6 +120,22 @@ pub(super) fn route<N>(
             None => Plan::Fail(ClientError::NoServer),
         }),
         PubSubCommand::Introspect => Routed::Plan(introspection(state, config, req)),
+    }
+}
+
+/// Subscribes to (or unsubscribes from) the names `req` gives, as [`route`] said.
+pub(super) fn change<N>(
+    pubsub: &mut PubSub,
+    state: &PoolState<N>,
+    topic: Topic,
+    subscribe: bool,
+    req: &Request,
+    resp3: bool,
+) -> Change {
+    let names = (1..req.argc()).map(|i| req.arg_bytes(i)).collect();
+    match subscribe {
+        true => self::subscribe(pubsub, state, topic, names, resp3),
+        false => unsubscribe(pubsub, state, topic, names, resp3),
     }
 }
 
@@ -299,14 +315,7 @@ mod tests {
         .unwrap()
         .pools
         .remove(0);
-        let routed = route(
-            &mut PubSub::default(),
-            &state,
-            &config,
-            PubSubCommand::Publish,
-            &req,
-            false,
-        );
+        let routed = route(&state, &config, PubSubCommand::Publish, &req);
         match routed {
             Routed::Plan(Plan::Forward(part)) => {
                 assert_eq!(

@@ -33,6 +33,11 @@ impl Transaction {
         self.queued.is_some()
     }
 
+    /// Neither in MULTI nor watching, nor bound to a shard.
+    pub(super) fn is_idle(&self) -> bool {
+        !self.in_multi() && !self.watching && self.shard.is_none()
+    }
+
     /// In MULTI: how many commands are queued.
     pub(super) fn queued(&self) -> Option<u32> {
         let queued = self.queued.as_ref()?;
