@@ -130,8 +130,8 @@ pub(super) mod testing {
     pub(in crate::server) fn request(args: &[&str]) -> Request {
         let mut buf = BytesMut::new();
         encode::command(&mut buf, args.iter().map(|a| a.as_bytes()));
-        RequestParser::new(Default::default(), true)
-            .parse(&mut buf)
+        RequestParser::new(true)
+            .parse(&mut buf, &Default::default())
             .unwrap()
             .unwrap()
     }

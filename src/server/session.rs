@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -122,7 +122,6 @@ impl Drop for Blocked {
 }
 
 pub(super) struct Session<F> {
-    pub(super) id: u64,
     /// The client in the pool's list: what CLIENT LIST shows of it, and what the pool asks
     /// of it.
     pub(super) listing: Arc<Client>,
@@ -141,7 +140,7 @@ pub(super) struct Session<F> {
 impl<F> Drop for Session<F> {
     /// The client leaves the pool's list.
     fn drop(&mut self) {
-        self.pool.clients.remove(self.id);
+        self.pool.clients.remove(self.listing.id);
         self.pool.metrics.client_connections.dec();
     }
 }
@@ -149,7 +148,6 @@ impl<F> Drop for Session<F> {
 impl<F: Frontend> Session<F> {
     pub(super) fn new(worker: usize, pool: Arc<Pool>, listing: Arc<Client>) -> Session<F> {
         Session {
-            id: listing.id,
             out: Outbox::new(pool.config.protocol, Arc::clone(listing.inbox())),
             listing,
             worker,
@@ -163,58 +161,72 @@ impl<F: Frontend> Session<F> {
     /// Serves the client until it leaves, quits, sends malformed input, is killed, or the pool
     /// asks it to leave (then what is in flight is answered first).
     ///
-    /// Between bursts of requests the task holds only the session itself and this future's
-    /// few words: the buffers and the larger state of a burst live in a future allocated while
-    /// the client is active, and what can be looked up again is not kept across waits, so
-    /// thousands of idle clients cost little memory.
-    pub(super) async fn run(&mut self, stream: &Stream) {
-        let mut read_chunk = FIRST_READ_CHUNK;
-        loop {
-            // Like Redis's `timeout`, not for a Pub/Sub subscriber; counted from the last
-            // reply, so the burst's lingering is part of it. Only an idle client with a bound
-            // holds a timer.
-            let mut idle = (self.pool.config.client_idle_timeout)
-                .filter(|_| !self.out.listening)
-                .map(|t| Box::pin(tokio::time::sleep(t.saturating_sub(self.linger()))));
-            // Polled by hand rather than selected from futures, which the task would hold
-            // for as long as the client stays idle.
-            let inbox = self.out.inbox();
-            let woke = std::future::poll_fn(|cx| {
-                while inbox.poll_woken(cx).is_ready() {
-                    let signals = self.listing.take_signals();
-                    if signals.kill() || signals.leave() {
-                        return Poll::Ready(Woke::Asked(signals));
+    /// This future is the client's task, held for as long as the client is connected, so it
+    /// is kept small: between bursts of requests it holds the session, the stream and a few
+    /// words. The buffers and the larger state of a burst live in a future allocated while the
+    /// client is active, and what can be looked up again is not kept across waits. Not an
+    /// `async fn`, whose arguments would be moved into locals of the future and held twice.
+    #[allow(clippy::manual_async_fn)]
+    pub(super) fn serve(mut self, stream: Stream) -> impl Future<Output = ()> + Send
+    where
+        F: Send,
+    {
+        async move {
+            let mut read_chunk = FIRST_READ_CHUNK;
+            loop {
+                // Like Redis's `timeout`, not for a Pub/Sub subscriber; counted from the last
+                // reply, so the burst's lingering is part of it. Only an idle client with a
+                // bound holds a timer.
+                let mut idle = (self.pool.config.client_idle_timeout)
+                    .filter(|_| !self.out.listening)
+                    .map(|t| Box::pin(tokio::time::sleep(t.saturating_sub(self.linger()))));
+                let session = &mut self;
+                match std::future::poll_fn(|cx| session.poll_idle(&stream, &mut idle, cx)).await {
+                    Woke::Asked(signals) => {
+                        self.count_kill(signals);
+                        return;
                     }
-                    if self.out.listening {
-                        return Poll::Ready(Woke::Messages);
+                    Woke::Readable(false) => return,
+                    Woke::Readable(true) | Woke::Messages => {}
+                    Woke::Idle => {
+                        tracing::debug!(session = self.listing.id, "idle client closed");
+                        self.pool.metrics.closed(CloseReason::Idle);
+                        return;
                     }
                 }
-                if let Poll::Ready(ready) = stream.poll_readable(cx) {
-                    return Poll::Ready(Woke::Readable(ready.is_ok()));
-                }
-                match idle.as_mut().map(|timer| timer.as_mut().poll(cx)) {
-                    Some(Poll::Ready(())) => Poll::Ready(Woke::Idle),
-                    _ => Poll::Pending,
-                }
-            })
-            .await;
-            match woke {
-                Woke::Asked(signals) => {
-                    self.count_kill(signals);
-                    return;
-                }
-                Woke::Readable(false) => return,
-                Woke::Readable(true) | Woke::Messages => {}
-                Woke::Idle => {
-                    tracing::debug!(session = self.id, "idle client closed");
-                    self.pool.metrics.closed(CloseReason::Idle);
+                let burst = Box::pin(self.burst(&stream, &mut read_chunk));
+                if burst.await == Burst::Close {
                     return;
                 }
             }
-            let burst = Box::pin(self.burst(stream, &mut read_chunk));
-            if burst.await == Burst::Close {
-                return;
+        }
+    }
+
+    /// What ends an idle wait: input, what the pool asks, a Pub/Sub message, or the idle
+    /// timer. Polled by hand rather than selected from futures, which the task would hold for
+    /// as long as the client stays idle. Takes the session mutably only so that the client's
+    /// task, which holds the borrow across the wait, can be sent between threads.
+    fn poll_idle(
+        &mut self,
+        stream: &Stream,
+        idle: &mut Option<Pin<Box<Sleep>>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Woke> {
+        while self.out.inbox().poll_woken(cx).is_ready() {
+            let signals = self.listing.take_signals();
+            if signals.kill() || signals.leave() {
+                return Poll::Ready(Woke::Asked(signals));
             }
+            if self.out.listening {
+                return Poll::Ready(Woke::Messages);
+            }
+        }
+        if let Poll::Ready(ready) = stream.poll_readable(cx) {
+            return Poll::Ready(Woke::Readable(ready.is_ok()));
+        }
+        match idle.as_mut().map(|timer| timer.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Woke::Idle),
+            _ => Poll::Pending,
         }
     }
 
@@ -321,7 +333,7 @@ impl<F: Frontend> Session<F> {
                             // like Redis, do not wait on its blocking commands, which may never
                             // return (their reserved connections close with the session).
                             if self.fe.is_mid_request(&read_buf) {
-                                tracing::debug!(session = self.id, "client closed in the middle of a request");
+                                tracing::debug!(session = self.listing.id, "client closed in the middle of a request");
                             }
                             if !self.held.is_empty() {
                                 return Burst::Close;
@@ -331,7 +343,7 @@ impl<F: Frontend> Session<F> {
                     }
                     // Only while reading: a client the proxy stops reading from is not slow.
                     _ = fires(&mut incomplete), if can_read => {
-                        tracing::debug!(session = self.id, "a request stayed incomplete too long: client closed");
+                        tracing::debug!(session = self.listing.id, "a request stayed incomplete too long: client closed");
                         self.pool.metrics.closed(CloseReason::RequestTimeout);
                         return Burst::Close;
                     }
@@ -420,7 +432,7 @@ impl<F: Frontend> Session<F> {
     fn close_for_unread_replies(&self) -> Burst {
         tracing::warn!(
             pool = %self.pool.config.name,
-            session = self.id,
+            session = self.listing.id,
             peer = ?self.listing.addr,
             "client closed: {} bytes of replies unread, over max_client_output_bytes",
             self.out.output().len()
@@ -521,7 +533,7 @@ impl<F: Frontend> Session<F> {
         match target {
             Target::Shard { shard, write } => {
                 let read_from = self.pool.config.read_from;
-                let node = state.shards[shard].node_for(write, read_from, self.id as usize);
+                let node = state.shards[shard].node_for(write, read_from, self.listing.id as usize);
                 (shard, node)
             }
             Target::Node { shard, node } => (shard, node),
@@ -632,6 +644,6 @@ impl<F> Session<F> {
             reply_to,
             timeout: None,
         };
-        node.send(job, self.worker, profile, self.id as usize);
+        node.send(job, self.worker, profile, self.listing.id as usize);
     }
 }

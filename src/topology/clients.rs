@@ -10,8 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use bytes::Bytes;
-
 use crate::backend::{Inbox, Node};
 
 /// One client of the pool.
@@ -45,7 +43,7 @@ pub struct BlockedOn {
 /// What a client's session last said of it.
 #[derive(Clone, Debug)]
 pub struct Facts {
-    pub name: Option<Bytes>,
+    pub name: Option<Arc<[u8]>>,
     pub db: u16,
     pub resp3: bool,
     /// Subscriptions: channels, patterns, shard channels.

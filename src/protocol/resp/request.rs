@@ -216,9 +216,10 @@ impl Progress {
     }
 }
 
+/// A client's request parser. The [`Limits`] are passed to each parse rather than kept: a
+/// parser lives as long as its client, and an idle client's memory counts.
 #[derive(Debug)]
 pub struct RequestParser {
-    limits: Limits,
     /// Only while a request is incomplete (boxed: idle clients keep many parsers).
     progress: Option<Box<Progress>>,
     /// Whether the client has authenticated (or need not): until then its requests are held
@@ -227,9 +228,8 @@ pub struct RequestParser {
 }
 
 impl RequestParser {
-    pub fn new(limits: Limits, authenticated: bool) -> RequestParser {
+    pub fn new(authenticated: bool) -> RequestParser {
         RequestParser {
-            limits,
             progress: None,
             authenticated,
         }
@@ -237,15 +237,19 @@ impl RequestParser {
 
     /// Takes one complete request off the front of `buf`. `Ok(None)`: more bytes are needed
     /// (what was scanned is remembered). Empty requests (`*0`, blank lines) are skipped.
-    pub fn parse(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
+    pub fn parse(
+        &mut self,
+        buf: &mut BytesMut,
+        limits: &Limits,
+    ) -> Result<Option<Request>, ProtocolError> {
         loop {
             if buf.is_empty() {
                 return Ok(None);
             }
             let parsed = if buf[0] == b'*' || self.progress.is_some() {
-                self.parse_multibulk(buf)?
+                self.parse_multibulk(buf, *limits)?
             } else {
-                self.parse_inline(buf)?
+                parse_inline(buf, limits)?
             };
             match parsed {
                 Step::Done(req) => return Ok(Some(req)),
@@ -260,8 +264,12 @@ impl RequestParser {
         self.progress.is_some() || !buf.is_empty()
     }
 
-    fn parse_multibulk(&mut self, buf: &mut BytesMut) -> Result<Step, ProtocolError> {
-        let (limits, authenticated) = (self.limits, self.authenticated);
+    fn parse_multibulk(
+        &mut self,
+        buf: &mut BytesMut,
+        limits: Limits,
+    ) -> Result<Step, ProtocolError> {
+        let authenticated = self.authenticated;
         if let Some(progress) = self.progress.as_deref_mut() {
             if !progress.scan(buf, limits, authenticated)? {
                 return Ok(Step::Incomplete);
@@ -295,29 +303,29 @@ impl RequestParser {
             Ok(Step::Incomplete)
         }
     }
+}
 
-    fn parse_inline(&mut self, buf: &mut BytesMut) -> Result<Step, ProtocolError> {
-        let Some(nl) = memchr::memchr(b'\n', buf) else {
-            if buf.len() > self.limits.max_inline_bytes {
-                return Err(ProtocolError::InlineTooBig);
-            }
-            return Ok(Step::Incomplete);
-        };
-        if nl > self.limits.max_inline_bytes {
+fn parse_inline(buf: &mut BytesMut, limits: &Limits) -> Result<Step, ProtocolError> {
+    let Some(nl) = memchr::memchr(b'\n', buf) else {
+        if buf.len() > limits.max_inline_bytes {
             return Err(ProtocolError::InlineTooBig);
         }
-        let line = buf.split_to(nl + 1);
-        let words = split_inline(&line[..nl])?;
-        if words.is_empty() {
-            return Ok(Step::Empty);
-        }
-        if words.len() > self.limits.max_args {
-            return Err(ProtocolError::InvalidMultibulkLength);
-        }
-        Ok(Step::Done(Request::from_args(
-            words.iter().map(Vec::as_slice),
-        )))
+        return Ok(Step::Incomplete);
+    };
+    if nl > limits.max_inline_bytes {
+        return Err(ProtocolError::InlineTooBig);
     }
+    let line = buf.split_to(nl + 1);
+    let words = split_inline(&line[..nl])?;
+    if words.is_empty() {
+        return Ok(Step::Empty);
+    }
+    if words.len() > limits.max_args {
+        return Err(ProtocolError::InvalidMultibulkLength);
+    }
+    Ok(Step::Done(Request::from_args(
+        words.iter().map(Vec::as_slice),
+    )))
 }
 
 #[expect(
@@ -422,10 +430,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn parse_all(input: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, ProtocolError> {
-        let mut p = RequestParser::new(Limits::default(), true);
+        let mut p = RequestParser::new(true);
         let mut buf = BytesMut::from(input);
         let mut out = Vec::new();
-        while let Some(r) = p.parse(&mut buf)? {
+        while let Some(r) = p.parse(&mut buf, &Limits::default())? {
             out.push(r.args().map(<[u8]>::to_vec).collect());
         }
         Ok(out)
@@ -451,13 +459,16 @@ mod tests {
 
     #[test]
     fn frame_is_the_clients_bytes_and_inline_is_reencoded() {
-        let mut p = RequestParser::new(Limits::default(), true);
+        let mut p = RequestParser::new(true);
         let mut buf = BytesMut::from(&b"*1\r\n$4\r\nPING\r\nECHO hi\n"[..]);
         assert_eq!(
-            &p.parse(&mut buf).unwrap().unwrap().frame()[..],
+            &p.parse(&mut buf, &Limits::default())
+                .unwrap()
+                .unwrap()
+                .frame()[..],
             b"*1\r\n$4\r\nPING\r\n"
         );
-        let inline = p.parse(&mut buf).unwrap().unwrap();
+        let inline = p.parse(&mut buf, &Limits::default()).unwrap().unwrap();
         assert_eq!(&inline.frame()[..], b"*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\n");
         assert_eq!(inline.arg(1), b"hi");
         assert!(buf.is_empty());
@@ -491,8 +502,8 @@ mod tests {
             ..Limits::default()
         };
         let refused = |authenticated: bool, input: &[u8]| {
-            RequestParser::new(limits, authenticated)
-                .parse(&mut BytesMut::from(input))
+            RequestParser::new(authenticated)
+                .parse(&mut BytesMut::from(input), &limits)
                 .unwrap_err()
         };
         // As Redis: before AUTH, at most 10 arguments and 16 KB, refused on the header.
@@ -511,8 +522,8 @@ mod tests {
         );
         let mut small = BytesMut::from(&b"*2\r\n$4\r\nAUTH\r\n$6\r\nsecret\r\n"[..]);
         assert!(
-            RequestParser::new(limits, false)
-                .parse(&mut small)
+            RequestParser::new(false)
+                .parse(&mut small, &limits)
                 .unwrap()
                 .is_some()
         );
@@ -554,12 +565,12 @@ mod tests {
 
     #[test]
     fn incomplete_input_waits_and_resumes() {
-        let mut p = RequestParser::new(Limits::default(), true);
+        let mut p = RequestParser::new(true);
         let mut buf = BytesMut::from(&b"*2\r\n$3\r\nSET\r\n$5\r\nhel"[..]);
-        assert_eq!(p.parse(&mut buf), Ok(None));
+        assert_eq!(p.parse(&mut buf, &Limits::default()), Ok(None));
         assert!(p.is_mid_request(&buf));
         buf.extend_from_slice(b"lo\r\n");
-        let r = p.parse(&mut buf).unwrap().unwrap();
+        let r = p.parse(&mut buf, &Limits::default()).unwrap().unwrap();
         assert_eq!(r.arg(1), b"hello");
         assert!(!p.is_mid_request(&buf));
     }
@@ -579,14 +590,14 @@ mod tests {
                 encode::command(&mut wire, r.iter().map(Vec::as_slice));
             }
             for cut in 0..=wire.len() {
-                let mut p = RequestParser::new(Limits::default(), true);
+                let mut p = RequestParser::new(true);
                 let mut buf = BytesMut::from(&wire[..cut]);
                 let mut got = Vec::new();
-                while let Some(r) = p.parse(&mut buf).unwrap() {
+                while let Some(r) = p.parse(&mut buf, &Limits::default()).unwrap() {
                     got.push(r.args().map(<[u8]>::to_vec).collect::<Vec<_>>());
                 }
                 buf.extend_from_slice(&wire[cut..]);
-                while let Some(r) = p.parse(&mut buf).unwrap() {
+                while let Some(r) = p.parse(&mut buf, &Limits::default()).unwrap() {
                     got.push(r.args().map(<[u8]>::to_vec).collect::<Vec<_>>());
                 }
                 prop_assert_eq!(&got, &reqs);
@@ -597,9 +608,10 @@ mod tests {
         /// Random bytes never panic, and every request they yield is well-formed.
         #[test]
         fn random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..300)) {
-            let mut p = RequestParser::new(Limits { max_args: 8, max_bulk_bytes: 64, max_inline_bytes: 64, ..Limits::default() }, true);
+            let limits = Limits { max_args: 8, max_bulk_bytes: 64, max_inline_bytes: 64, ..Limits::default() };
+            let mut p = RequestParser::new(true);
             let mut buf = BytesMut::from(&data[..]);
-            while let Ok(Some(r)) = p.parse(&mut buf) {
+            while let Ok(Some(r)) = p.parse(&mut buf, &limits) {
                 prop_assert!(r.argc() >= 1 && r.argc() <= 8);
                 prop_assert!(r.args().all(|a| a.len() <= 64));
             }
@@ -611,7 +623,7 @@ mod tests {
             let r = Request::from_args(args.iter().map(Vec::as_slice));
             prop_assert_eq!(r.args().map(<[u8]>::to_vec).collect::<Vec<_>>(), args.clone());
             let mut buf = BytesMut::from(&r.frame()[..]);
-            let again = RequestParser::new(Limits::default(), true).parse(&mut buf).unwrap().unwrap();
+            let again = RequestParser::new(true).parse(&mut buf, &Limits::default()).unwrap().unwrap();
             prop_assert_eq!(again, r);
         }
     }

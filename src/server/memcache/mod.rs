@@ -213,7 +213,7 @@ impl McSession {
             self.fe.warned_past_exptime = true;
             tracing::warn!(
                 pool = %self.pool.config.name,
-                session = self.id,
+                session = self.listing.id,
                 key = %String::from_utf8_lossy(key),
                 exptime = t,
                 "exptime over 30 days is read as a Unix time, and this one is past: the item expires at once"

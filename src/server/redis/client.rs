@@ -4,6 +4,7 @@
 //! client's blocking command waits on, for that connection.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -35,7 +36,7 @@ pub(super) fn run(cx: Local<'_>, state: &PoolState, req: &Request) -> Plan {
                     "ERR Client names cannot contain spaces, newlines or special characters.",
                 );
             }
-            cx.client.name = (!req.arg(2).is_empty()).then(|| req.arg_bytes(2));
+            cx.client.name = (!req.arg(2).is_empty()).then(|| Arc::from(req.arg(2)));
             ok()
         }
         (b"GETNAME", 2) => {
@@ -141,7 +142,7 @@ fn list(pool: &Pool, req: &Request) -> Plan {
     bulk_lines(pool, &clients)
 }
 
-fn bulk_lines(pool: &Pool, clients: &[std::sync::Arc<Client>]) -> Plan {
+fn bulk_lines(pool: &Pool, clients: &[Arc<Client>]) -> Plan {
     let now = Instant::now();
     let mut text = String::new();
     for client in clients {
@@ -209,7 +210,7 @@ fn line(out: &mut String, pool: &Pool, client: &Client, now: Instant) {
     );
 }
 
-fn find_by_addr(pool: &Pool, addr: &[u8]) -> Option<std::sync::Arc<Client>> {
+fn find_by_addr(pool: &Pool, addr: &[u8]) -> Option<Arc<Client>> {
     let addr = String::from_utf8_lossy(addr);
     pool.clients
         .list()

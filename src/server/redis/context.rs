@@ -4,6 +4,8 @@
 
 use std::net::SocketAddr;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::server::plan::Plan;
@@ -15,7 +17,8 @@ pub(super) struct ClientState {
     pub authenticated: bool,
     /// After HELLO 3: the client reads RESP3 and its backend requests use RESP3 connections.
     pub resp3: bool,
-    pub name: Option<Bytes>,
+    /// A copy, not a slice of the request, which would keep the client's read buffer alive.
+    pub name: Option<Arc<[u8]>>,
     /// Failed AUTH attempts on this connection.
     pub auth_failures: u32,
     /// CLIENT REPLY: whether replies are sent.

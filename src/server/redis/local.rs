@@ -2,6 +2,8 @@
 //! SELECT, CLIENT SETNAME/SETINFO, PING, ECHO, COMMAND, INFO) and QUIT. Decided without I/O:
 //! INFO's backend sections are a plan like any other.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 
 use super::context::{ClientState, Local, ok, valid_name};
@@ -240,7 +242,7 @@ fn hello(mut cx: Local<'_>, state: &PoolState, req: &Request) -> Plan {
                         .into(),
                 ));
             }
-            name = Some(req.arg_bytes(i + 1));
+            name = Some(Arc::from(req.arg(i + 1)));
             i += 2;
         } else {
             let shown = String::from_utf8_lossy(req.arg(i)).to_string();

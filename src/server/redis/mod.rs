@@ -17,7 +17,7 @@ mod transaction;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use crate::backend::{Job, Node, Profile, Reserved, Subscriber};
 use crate::command::{
@@ -97,7 +97,7 @@ impl Frontend for Resp {
     fn new(pool: &Pool) -> Resp {
         let open = pool.config.client_users.is_empty();
         Resp {
-            parser: RequestParser::new(pool.config.limits, open),
+            parser: RequestParser::new(open),
             client: ClientState::new(open),
             modes: None,
         }
@@ -109,7 +109,8 @@ impl Frontend for Resp {
 
     fn log_slow(s: &RespSession, request: Recorded, took: Duration) {
         let mut frame = BytesMut::from(&request.frame[..]);
-        let Ok(Some(req)) = RequestParser::new(s.pool.config.limits, true).parse(&mut frame) else {
+        let Ok(Some(req)) = RequestParser::new(true).parse(&mut frame, &s.pool.config.limits)
+        else {
             return;
         };
         let args: Vec<&[u8]> = (0..req.argc()).map(|i| req.arg(i)).collect();
@@ -121,7 +122,9 @@ impl Frontend for Resp {
                 Some(peer) => peer.to_string(),
                 None => format!("{}:0", s.pool.applied().listen),
             },
-            name: s.fe.client.name.clone().unwrap_or_default(),
+            name: (s.fe.client.name.as_deref())
+                .map(Bytes::copy_from_slice)
+                .unwrap_or_default(),
             shard: match request.shard {
                 None => String::new(),
                 Some((name, 0)) => name.to_string(),
@@ -161,7 +164,7 @@ impl RespSession {
             }
             // AUTH (or HELLO … AUTH) lifts the bound on unauthenticated requests.
             self.fe.parser.authenticated = self.fe.client.authenticated;
-            match self.fe.parser.parse(buf) {
+            match self.fe.parser.parse(buf, &self.pool.config.limits) {
                 Ok(Some(req)) => {
                     let cmd = command::lookup(req.arg(0));
                     counts.count(cmd.map_or(Class::Unknown, Command::class));
@@ -263,7 +266,7 @@ impl RespSession {
                     let cx = Local {
                         client: &mut self.fe.client,
                         pool: &self.pool,
-                        session: self.id,
+                        session: self.listing.id,
                         subscribed,
                         watching,
                         peer: self.listing.addr,
