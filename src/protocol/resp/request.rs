@@ -138,11 +138,6 @@ impl Request {
         &self.frame[self.args.get(i)]
     }
 
-    /// The argument as a zero-copy slice of the frame.
-    pub fn arg_bytes(&self, i: usize) -> Bytes {
-        self.frame.slice(self.args.get(i))
-    }
-
     pub fn args(&self) -> impl ExactSizeIterator<Item = &[u8]> + Clone {
         (0..self.args.len).map(|i| self.arg(i))
     }
@@ -247,7 +242,7 @@ impl RequestParser {
                 return Ok(None);
             }
             let parsed = if buf[0] == b'*' || self.progress.is_some() {
-                self.parse_multibulk(buf, *limits)?
+                self.parse_multibulk(buf, limits)?
             } else {
                 parse_inline(buf, limits)?
             };
@@ -267,9 +262,9 @@ impl RequestParser {
     fn parse_multibulk(
         &mut self,
         buf: &mut BytesMut,
-        limits: Limits,
+        limits: &Limits,
     ) -> Result<Step, ProtocolError> {
-        let authenticated = self.authenticated;
+        let (limits, authenticated) = (*limits, self.authenticated);
         if let Some(progress) = self.progress.as_deref_mut() {
             if !progress.scan(buf, limits, authenticated)? {
                 return Ok(Step::Incomplete);

@@ -411,7 +411,7 @@ impl RespSession {
         } = change;
         let resp3 = self.fe.client.resp3;
         let inbox = self.out.inbox().clone();
-        let modes = self.fe.modes.get_or_insert_default();
+        let modes = self.fe.modes();
         let subscribers = &mut modes.subscribers;
         let mut parts = 0;
         for (shard, names) in state.shards.iter().zip(per_shard) {

@@ -123,7 +123,9 @@ pub(super) fn route<N>(
     }
 }
 
-/// Subscribes to (or unsubscribes from) the names `req` gives, as [`route`] said.
+/// Subscribes to (or unsubscribes from) the names `req` gives, as [`route`] said. The names
+/// are copies: slices of the request would keep the client's read buffer alive for as long
+/// as it stays subscribed.
 pub(super) fn change<N>(
     pubsub: &mut PubSub,
     state: &PoolState<N>,
@@ -132,7 +134,9 @@ pub(super) fn change<N>(
     req: &Request,
     resp3: bool,
 ) -> Change {
-    let names = (1..req.argc()).map(|i| req.arg_bytes(i)).collect();
+    let names = (1..req.argc())
+        .map(|i| Bytes::copy_from_slice(req.arg(i)))
+        .collect();
     match subscribe {
         true => self::subscribe(pubsub, state, topic, names, resp3),
         false => unsubscribe(pubsub, state, topic, names, resp3),
