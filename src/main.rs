@@ -6,6 +6,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use ringproxy::config::{Address, Config};
 
+/// jemalloc rather than glibc's malloc: an idle client's task and socket registration are
+/// 128-byte aligned, and glibc leaves a fragment beside each such block; jemalloc's size
+/// classes keep them packed (bench/NOTES.md, item 14).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// sysexits' EX_CONFIG-adjacent EX_USAGE: the configuration is wrong.
 const EXIT_BAD_CONFIG: u8 = 64;
 

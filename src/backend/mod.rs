@@ -107,6 +107,18 @@ impl Inbox {
     }
 }
 
+/// What holds a session's inbox. The pool's entry for a client does, so that an idle client's
+/// inbox costs no allocation of its own; backends deliver to it through this.
+pub trait Mailbox: Send + Sync + fmt::Debug {
+    fn inbox(&self) -> &Inbox;
+}
+
+impl Mailbox for Inbox {
+    fn inbox(&self) -> &Inbox {
+        self
+    }
+}
+
 /// Which reply a completion is, as the session that asked understands it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Token {
@@ -119,14 +131,14 @@ pub enum Token {
 /// Where a backend's reply goes: the requesting session's inbox, with the session's token.
 #[derive(Debug)]
 pub struct ReplyTo {
-    pub inbox: Arc<Inbox>,
+    pub inbox: Arc<dyn Mailbox>,
     pub token: Token,
 }
 
 impl ReplyTo {
     fn send(self, result: Result<Bytes, BackendError>) {
         // A session that has gone away no longer reads its inbox; the reply is dropped with it.
-        self.inbox.push(Completion {
+        self.inbox.inbox().push(Completion {
             token: self.token,
             result: result.map_err(Box::new),
             backend_us: 0,
@@ -138,7 +150,7 @@ impl ReplyTo {
 /// session (a pipelining client's usually do), so each group costs one lock and one wakeup.
 #[derive(Default)]
 struct Delivery {
-    inbox: Option<Arc<Inbox>>,
+    inbox: Option<Arc<dyn Mailbox>>,
     run: Vec<Completion>,
 }
 
@@ -148,7 +160,7 @@ impl Delivery {
         if self
             .inbox
             .as_ref()
-            .is_some_and(|i| !Arc::ptr_eq(i, &to.inbox))
+            .is_some_and(|i| !std::ptr::addr_eq(Arc::as_ptr(i), Arc::as_ptr(&to.inbox)))
         {
             self.flush();
         }
@@ -162,7 +174,7 @@ impl Delivery {
 
     fn flush(&mut self) {
         if let Some(inbox) = self.inbox.take() {
-            inbox.push_all(&mut self.run);
+            inbox.inbox().push_all(&mut self.run);
         }
     }
 }
@@ -612,7 +624,7 @@ impl Node {
     /// A subscriber connection for one client, delivering its messages to `inbox` as
     /// [`Token::Push`] completions (channels are not in a database). Must be called on the
     /// client's worker runtime.
-    pub fn subscriber(&self, resp3: bool, inbox: Arc<Inbox>) -> Subscriber {
+    pub fn subscriber(&self, resp3: bool, inbox: Arc<dyn Mailbox>) -> Subscriber {
         let settings = self.settings[Profile { db: 0, resp3 }.lane()].clone();
         Subscriber::start(self.shared.clone(), settings, inbox)
     }

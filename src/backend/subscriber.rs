@@ -14,7 +14,7 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::time::sleep;
 
 use super::connection::connect;
-use super::{Completion, ConnSettings, Inbox, NodeShared, Token};
+use super::{Completion, ConnSettings, Mailbox, NodeShared, Token};
 use crate::protocol::resp::{ReplyScanner, bulk_elements, encode};
 
 /// What a subscription is to.
@@ -61,7 +61,7 @@ impl Subscriber {
     pub(super) fn start(
         shared: Arc<NodeShared>,
         settings: Arc<ConnSettings>,
-        inbox: Arc<Inbox>,
+        inbox: Arc<dyn Mailbox>,
     ) -> Subscriber {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(shared, settings, inbox, rx));
@@ -155,7 +155,7 @@ const RETRY: Duration = Duration::from_millis(200);
 async fn run(
     shared: Arc<NodeShared>,
     settings: Arc<ConnSettings>,
-    inbox: Arc<Inbox>,
+    inbox: Arc<dyn Mailbox>,
     mut rx: UnboundedReceiver<Change>,
 ) {
     let mut held: HashSet<(Topic, Bytes)> = HashSet::new();
@@ -174,7 +174,7 @@ async fn run(
                     change = rx.recv() => match change {
                         Some(change) => {
                             apply(&mut held, &change);
-                            change.ack.into_iter().for_each(|t| inbox.push(acknowledgement(t)));
+                            change.ack.into_iter().for_each(|t| inbox.inbox().push(acknowledgement(t)));
                             continue;
                         }
                         None => return,
@@ -251,7 +251,7 @@ async fn run(
                         }
                     }
                     if !delivered.is_empty() {
-                        inbox.push_all(&mut delivered);
+                        inbox.inbox().push_all(&mut delivered);
                     }
                 }
             }
@@ -259,7 +259,7 @@ async fn run(
         let mut released = Vec::new();
         awaiting.release(&mut released);
         if !released.is_empty() {
-            inbox.push_all(&mut released);
+            inbox.inbox().push_all(&mut released);
         }
         if closing {
             return;

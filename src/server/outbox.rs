@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::error::{ClientError, backend_error_kind};
 use super::merge::Gather;
-use crate::backend::{BackendError, Completion, Inbox, NodeId, Profile, ReplyTo, Token};
+use crate::backend::{BackendError, Completion, NodeId, Profile, Token};
 use crate::config::Protocol;
 use crate::metrics::ErrorKind;
 use crate::protocol::ReplyKind;
@@ -81,7 +81,6 @@ pub(super) struct Retry {
 pub(super) struct Outbox {
     /// Sequence number of the first slot.
     first_seq: u64,
-    inbox: Arc<Inbox>,
     protocol: Protocol,
     /// Subscribed to Pub/Sub: messages may arrive at any time.
     pub(super) listening: bool,
@@ -103,11 +102,9 @@ struct Queue {
 }
 
 impl Outbox {
-    /// An outbox whose replies arrive in `inbox`.
-    pub(super) fn new(protocol: Protocol, inbox: Arc<Inbox>) -> Outbox {
+    pub(super) fn new(protocol: Protocol) -> Outbox {
         Outbox {
             first_seq: 0,
-            inbox,
             protocol,
             listening: false,
             queue: None,
@@ -248,20 +245,11 @@ impl Outbox {
             .push_back(Slot::Gathering(Box::new(gather)));
     }
 
-    /// The inbox the session reads, for connections that deliver to it unasked (Pub/Sub).
-    pub(super) fn inbox(&self) -> &Arc<Inbox> {
-        &self.inbox
-    }
-
-    /// Where a backend sends the reply to part `part` of the next request.
-    pub(super) fn reply_to(&self, part: usize) -> ReplyTo {
-        self.reply_to_seq(self.next_seq(), part)
-    }
-
-    pub(super) fn reply_to_seq(&self, seq: u64, part: usize) -> ReplyTo {
-        ReplyTo {
-            inbox: self.inbox.clone(),
-            token: Token::Reply { seq, part },
+    /// The token of part `part` of the next request's reply.
+    pub(super) fn token(&self, part: usize) -> Token {
+        Token::Reply {
+            seq: self.next_seq(),
+            part,
         }
     }
 

@@ -16,7 +16,7 @@ use super::error::ClientError;
 use super::outbox::{Outbox, Resend, Retry};
 use super::plan::{Part, Plan, Target};
 use super::timing::{Recorded, Timing};
-use crate::backend::{Completion, Job, Node, Profile, ReplyTo, Reserved, Token};
+use crate::backend::{Completion, Job, Mailbox, Node, Profile, ReplyTo, Reserved, Token};
 use crate::metrics::CloseReason;
 use crate::net::Stream;
 use crate::protocol::ReplyKind;
@@ -148,7 +148,7 @@ impl<F> Drop for Session<F> {
 impl<F: Frontend> Session<F> {
     pub(super) fn new(worker: usize, pool: Arc<Pool>, listing: Arc<Client>) -> Session<F> {
         Session {
-            out: Outbox::new(pool.config.protocol, Arc::clone(listing.inbox())),
+            out: Outbox::new(pool.config.protocol),
             listing,
             worker,
             fe: F::new(&pool),
@@ -212,7 +212,7 @@ impl<F: Frontend> Session<F> {
         idle: &mut Option<Pin<Box<Sleep>>>,
         cx: &mut Context<'_>,
     ) -> Poll<Woke> {
-        while self.out.inbox().poll_woken(cx).is_ready() {
+        while self.listing.inbox().poll_woken(cx).is_ready() {
             let signals = self.listing.take_signals();
             if signals.kill() || signals.leave() {
                 return Poll::Ready(Woke::Asked(signals));
@@ -266,7 +266,8 @@ impl<F: Frontend> Session<F> {
         let mut timing = Timing::default();
         // Armed while a request is incomplete: a client that sends one slowly is closed.
         let mut incomplete: Option<Pin<Box<Sleep>>> = None;
-        let inbox = self.out.inbox().clone();
+        let listing = self.listing.clone();
+        let inbox = listing.inbox();
         let mut closing = false;
         // Armed while the client holds more unread replies than it may: then it is closed.
         let mut unread_too_long: Option<Pin<Box<Sleep>>> = None;
@@ -513,7 +514,7 @@ impl<F: Frontend> Session<F> {
                 let job = Job {
                     payload: part.payload,
                     kind: part.kind,
-                    reply_to: self.out.reply_to(0),
+                    reply_to: self.reply_to(self.out.token(0)),
                     timeout: None,
                 };
                 conn.send(job, wait.map(|w| w + self.pool.config.timeout));
@@ -613,9 +614,10 @@ impl<F> Session<F> {
             let (job, profile) = (resend.job.clone(), resend.profile);
             if let Some(first) = first {
                 let first = (first, job.1);
-                self.send_job_to(node, first, self.out.reply_to_seq(seq, 1), profile);
+                let reply_to = self.reply_to(Token::Reply { seq, part: 1 });
+                self.send_job_to(node, first, reply_to, profile);
             }
-            let reply_to = self.out.reply_to_seq(seq, 0);
+            let reply_to = self.reply_to(Token::Reply { seq, part: 0 });
             self.send_job_to(node, job, reply_to, profile);
         }
     }
@@ -628,7 +630,15 @@ impl<F> Session<F> {
         part: usize,
         profile: Profile,
     ) {
-        self.send_job_to(node, job, self.out.reply_to(part), profile);
+        self.send_job_to(node, job, self.reply_to(self.out.token(part)), profile);
+    }
+
+    /// Where a backend sends the reply `token`: this client's inbox.
+    pub(super) fn reply_to(&self, token: Token) -> ReplyTo {
+        ReplyTo {
+            inbox: self.listing.clone(),
+            token,
+        }
     }
 
     fn send_job_to(

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use crate::backend::{Inbox, Node};
+use crate::backend::{Inbox, Mailbox, Node};
+use crate::command::Command;
 
 /// One client of the pool.
 #[derive(Debug)]
@@ -23,11 +24,10 @@ pub struct Client {
     pub fd: i32,
     pub since: Instant,
     facts: Mutex<Facts>,
-    /// The connection a blocking command of the client's waits on, while it does.
-    blocked: Mutex<Option<BlockedOn>>,
     signals: AtomicU8,
-    /// The session's inbox, which wakes it when the pool asks something of it.
-    inbox: Arc<Inbox>,
+    /// The session's inbox: its replies arrive here, and the pool's requests wake it here.
+    /// Kept in the entry, so an idle client's inbox is no allocation of its own.
+    inbox: Inbox,
     /// Killed: no longer listed, though its session may not have ended yet.
     killed: AtomicBool,
 }
@@ -50,9 +50,11 @@ pub struct Facts {
     pub subscriptions: [u32; 3],
     /// In MULTI: the commands queued.
     pub multi: Option<u32>,
-    /// The last command read, as the command table names it (`NULL` before any).
-    pub last_command: &'static str,
+    /// The last command read (none before any).
+    pub last_command: Option<&'static Command>,
     pub last_active: Instant,
+    /// The connection a blocking command of the client's waits on, while it does.
+    pub blocked_on: Option<BlockedOn>,
 }
 
 /// What the pool asked of a client since it last looked: any of them.
@@ -89,12 +91,12 @@ impl Client {
                 resp3: false,
                 subscriptions: [0; 3],
                 multi: None,
-                last_command: "NULL",
+                last_command: None,
                 last_active: now,
+                blocked_on: None,
             }),
-            blocked: Mutex::new(None),
             signals: AtomicU8::new(0),
-            inbox: Arc::default(),
+            inbox: Inbox::default(),
             killed: AtomicBool::new(false),
         }
     }
@@ -117,26 +119,25 @@ impl Client {
 
     /// Where the client's blocking command waits, if it is waiting.
     pub fn blocked_on(&self) -> Option<BlockedOn> {
-        self.blocked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.facts().blocked_on.clone()
     }
 
     /// Notes that a blocking command of the client's waits on `on` (`None`: no longer).
     pub fn set_blocked_on(&self, on: Option<BlockedOn>) {
-        *self.blocked.lock().unwrap_or_else(|p| p.into_inner()) = on;
-    }
-
-    /// Where the client's session is woken: its replies, and the pool's requests.
-    pub fn inbox(&self) -> &Arc<Inbox> {
-        &self.inbox
+        self.facts().blocked_on = on;
     }
 
     /// Takes what the pool asked of the client since the last call (checked when its inbox
     /// wakes it).
     pub fn take_signals(&self) -> Signals {
         Signals(self.signals.swap(0, Ordering::AcqRel))
+    }
+}
+
+/// Where the client's session is woken: its replies, and the pool's requests.
+impl Mailbox for Client {
+    fn inbox(&self) -> &Inbox {
+        &self.inbox
     }
 }
 

@@ -166,7 +166,7 @@ fn shown_addr(pool: &Pool, addr: Option<std::net::SocketAddr>) -> String {
 /// them per client.
 fn line(out: &mut String, pool: &Pool, client: &Client, now: Instant) {
     let facts = client.facts().clone();
-    let blocked = client.blocked_on().is_some();
+    let blocked = facts.blocked_on.is_some();
     let [sub, psub, ssub] = facts.subscriptions;
     let mut flags = String::new();
     if blocked {
@@ -189,10 +189,9 @@ fn line(out: &mut String, pool: &Pool, client: &Client, now: Instant) {
         .as_deref()
         .map(String::from_utf8_lossy)
         .unwrap_or_default();
-    let cmd = match facts.last_command {
-        "NULL" => "NULL".to_string(),
-        name => name.to_ascii_lowercase(),
-    };
+    let cmd = facts
+        .last_command
+        .map_or_else(|| "NULL".to_string(), |c| c.name.to_ascii_lowercase());
     let _ = writeln!(
         out,
         "id={} addr={} laddr={} fd={} name={name} age={} idle={} flags={flags} db={} sub={sub} \

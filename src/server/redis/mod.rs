@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::backend::{Job, Node, Profile, Reserved, Subscriber};
+use crate::backend::{Job, Mailbox, Node, Profile, Reserved, Subscriber};
 use crate::command::{
     self, Class, ClassCounts, Command, Fanout, Kind, LocalCommand, PubSubCommand,
 };
@@ -202,7 +202,7 @@ impl RespSession {
         facts.subscriptions = modes.map_or([0; 3], |m| m.pubsub.counts());
         facts.multi = modes.and_then(|m| m.tx.queued());
         if let Some(last) = last {
-            facts.last_command = last.name;
+            facts.last_command = Some(last);
         }
         facts.last_active = std::time::Instant::now();
     }
@@ -387,7 +387,7 @@ impl RespSession {
             let job = Job {
                 payload,
                 kind: ReplyKind::Resp,
-                reply_to: self.out.reply_to(part),
+                reply_to: self.reply_to(self.out.token(part)),
                 timeout: None,
             };
             reserved.send(job, Some(self.pool.config.timeout));
@@ -410,7 +410,7 @@ impl RespSession {
             reply,
         } = change;
         let resp3 = self.fe.client.resp3;
-        let inbox = self.out.inbox().clone();
+        let inbox: Arc<dyn Mailbox> = self.listing.clone();
         let modes = self.fe.modes();
         let subscribers = &mut modes.subscribers;
         let mut parts = 0;
@@ -418,7 +418,7 @@ impl RespSession {
             if names.is_empty() {
                 continue;
             }
-            let ack = self.out.reply_to(parts).token;
+            let ack = self.out.token(parts);
             match subscribers.iter().find(|(name, _)| *name == shard.name) {
                 Some((_, subscriber)) => subscriber.change(subscribe, topic, names, ack),
                 None if subscribe => {
