@@ -113,12 +113,6 @@ pub trait Mailbox: Send + Sync + fmt::Debug {
     fn inbox(&self) -> &Inbox;
 }
 
-impl Mailbox for Inbox {
-    fn inbox(&self) -> &Inbox {
-        self
-    }
-}
-
 /// Which reply a completion is, as the session that asked understands it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Token {
