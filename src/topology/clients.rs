@@ -43,18 +43,66 @@ pub struct BlockedOn {
 /// What a client's session last said of it.
 #[derive(Clone, Debug)]
 pub struct Facts {
-    pub name: Option<Arc<[u8]>>,
     pub db: u16,
     pub resp3: bool,
+    /// The last command read (none before any).
+    pub last_command: Option<&'static Command>,
+    pub last_active: Instant,
+    /// What few clients have, boxed so that the entry of a client without any stays small.
+    rare: Option<Box<RareFacts>>,
+}
+
+/// What a client's session last said of it that most clients never have.
+#[derive(Clone, Debug, Default)]
+pub struct RareFacts {
+    pub name: Option<Arc<[u8]>>,
     /// Subscriptions: channels, patterns, shard channels.
     pub subscriptions: [u32; 3],
     /// In MULTI: the commands queued.
     pub multi: Option<u32>,
-    /// The last command read (none before any).
-    pub last_command: Option<&'static Command>,
-    pub last_active: Instant,
     /// The connection a blocking command of the client's waits on, while it does.
     pub blocked_on: Option<BlockedOn>,
+}
+
+const NO_RARE_FACTS: RareFacts = RareFacts {
+    name: None,
+    subscriptions: [0; 3],
+    multi: None,
+    blocked_on: None,
+};
+
+impl RareFacts {
+    fn is_empty(&self) -> bool {
+        self.name.is_none()
+            && self.subscriptions == [0; 3]
+            && self.multi.is_none()
+            && self.blocked_on.is_none()
+    }
+}
+
+impl Facts {
+    pub fn rare(&self) -> &RareFacts {
+        self.rare.as_deref().unwrap_or(&NO_RARE_FACTS)
+    }
+
+    /// Changes the rare facts, boxing them only while any is set.
+    pub fn update_rare(&mut self, update: impl FnOnce(&mut RareFacts)) {
+        match &mut self.rare {
+            Some(rare) => {
+                update(rare);
+                if rare.is_empty() {
+                    self.rare = None;
+                }
+            }
+            None => {
+                let mut rare = RareFacts::default();
+                update(&mut rare);
+                if !rare.is_empty() {
+                    self.rare = Some(Box::new(rare));
+                }
+            }
+        }
+    }
 }
 
 /// What the pool asked of a client since it last looked: any of them.
@@ -86,14 +134,11 @@ impl Client {
             fd,
             since: now,
             facts: Mutex::new(Facts {
-                name: None,
                 db: 0,
                 resp3: false,
-                subscriptions: [0; 3],
-                multi: None,
                 last_command: None,
                 last_active: now,
-                blocked_on: None,
+                rare: None,
             }),
             signals: AtomicU8::new(0),
             inbox: Inbox::default(),
@@ -119,12 +164,12 @@ impl Client {
 
     /// Where the client's blocking command waits, if it is waiting.
     pub fn blocked_on(&self) -> Option<BlockedOn> {
-        self.facts().blocked_on.clone()
+        self.facts().rare().blocked_on.clone()
     }
 
     /// Notes that a blocking command of the client's waits on `on` (`None`: no longer).
     pub fn set_blocked_on(&self, on: Option<BlockedOn>) {
-        self.facts().blocked_on = on;
+        self.facts().update_rare(|rare| rare.blocked_on = on);
     }
 
     /// Takes what the pool asked of the client since the last call (checked when its inbox

@@ -111,7 +111,7 @@ fn client_type(name: &[u8]) -> Result<Option<bool>, String> {
 }
 
 fn is_pubsub(client: &Client) -> bool {
-    client.facts().subscriptions.iter().any(|&n| n > 0)
+    client.facts().rare().subscriptions.iter().any(|&n| n > 0)
 }
 
 /// CLIENT LIST [TYPE type] [ID id …].
@@ -166,8 +166,9 @@ fn shown_addr(pool: &Pool, addr: Option<std::net::SocketAddr>) -> String {
 /// them per client.
 fn line(out: &mut String, pool: &Pool, client: &Client, now: Instant) {
     let facts = client.facts().clone();
-    let blocked = facts.blocked_on.is_some();
-    let [sub, psub, ssub] = facts.subscriptions;
+    let rare = facts.rare();
+    let blocked = rare.blocked_on.is_some();
+    let [sub, psub, ssub] = rare.subscriptions;
     let mut flags = String::new();
     if blocked {
         flags.push('b');
@@ -175,7 +176,7 @@ fn line(out: &mut String, pool: &Pool, client: &Client, now: Instant) {
     if sub + psub + ssub > 0 {
         flags.push('P');
     }
-    if facts.multi.is_some() {
+    if rare.multi.is_some() {
         flags.push('x');
     }
     if client.addr.is_none() {
@@ -184,7 +185,7 @@ fn line(out: &mut String, pool: &Pool, client: &Client, now: Instant) {
     if flags.is_empty() {
         flags.push('N');
     }
-    let name = facts
+    let name = rare
         .name
         .as_deref()
         .map(String::from_utf8_lossy)
@@ -204,7 +205,7 @@ fn line(out: &mut String, pool: &Pool, client: &Client, now: Instant) {
         now.saturating_duration_since(client.since).as_secs(),
         now.saturating_duration_since(facts.last_active).as_secs(),
         facts.db,
-        facts.multi.map_or(-1, |n| n as i64),
+        rare.multi.map_or(-1, |n| n as i64),
         if facts.resp3 { 3 } else { 2 },
     );
 }

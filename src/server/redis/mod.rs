@@ -195,12 +195,14 @@ impl RespSession {
     /// of requests; `last` is the last command read.
     fn publish_facts(&self, last: Option<&'static Command>) {
         let mut facts = self.listing.facts();
-        facts.name.clone_from(&self.fe.client.name);
         facts.db = self.fe.client.db;
         facts.resp3 = self.fe.client.resp3;
         let modes = self.fe.modes.as_deref();
-        facts.subscriptions = modes.map_or([0; 3], |m| m.pubsub.counts());
-        facts.multi = modes.and_then(|m| m.tx.queued());
+        facts.update_rare(|rare| {
+            rare.name.clone_from(&self.fe.client.name);
+            rare.subscriptions = modes.map_or([0; 3], |m| m.pubsub.counts());
+            rare.multi = modes.and_then(|m| m.tx.queued());
+        });
         if let Some(last) = last {
             facts.last_command = Some(last);
         }
