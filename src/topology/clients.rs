@@ -53,7 +53,7 @@ pub struct Facts {
 }
 
 /// What a client's session last said of it that most clients never have.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RareFacts {
     pub name: Option<Arc<[u8]>>,
     /// Subscriptions: channels, patterns, shard channels.
@@ -64,6 +64,7 @@ pub struct RareFacts {
     pub blocked_on: Option<BlockedOn>,
 }
 
+/// A client's rare facts while it has none.
 const NO_RARE_FACTS: RareFacts = RareFacts {
     name: None,
     subscriptions: [0; 3],
@@ -95,7 +96,7 @@ impl Facts {
                 }
             }
             None => {
-                let mut rare = RareFacts::default();
+                let mut rare = NO_RARE_FACTS;
                 update(&mut rare);
                 if !rare.is_empty() {
                     self.rare = Some(Box::new(rare));
