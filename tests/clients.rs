@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 
 fn setup() -> (Vec<Redis>, u16, Proxy) {
@@ -99,11 +97,7 @@ fn libmemcached_tools_copy_read_and_load() {
         .collect();
     // Runs a libmemcached tool against the proxy; its output.
     let tool = |name: &str, args: &[String]| {
-        let out = Command::new(name)
-            .arg(&servers)
-            .args(args)
-            .output()
-            .unwrap();
+        let out = bounded(name).arg(&servers).args(args).output().unwrap();
         assert!(
             out.status.success(),
             "{name}: {}",
@@ -135,7 +129,7 @@ fn libmemcached_tools_copy_read_and_load() {
 fn redis_cli_works_unchanged() {
     let (_shards, port, _proxy) = setup();
     let cli = |args: &[&str]| {
-        let out = Command::new("redis-cli")
+        let out = bounded("redis-cli")
             .args(["-p", &port.to_string()])
             .args(args)
             .output()
@@ -152,7 +146,7 @@ fn redis_cli_works_unchanged() {
 #[test]
 fn redis_benchmark_runs_through_the_proxy() {
     let (_shards, port, _proxy) = setup();
-    let out = Command::new("redis-benchmark")
+    let out = bounded("redis-benchmark")
         .args([
             "-p",
             &port.to_string(),

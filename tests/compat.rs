@@ -537,10 +537,7 @@ fn info_has_the_sections_and_fields_of_one_redis_server() {
         );
     }
     // Through a RESP3 connection too (its backends answer in verbatim strings).
-    let mut resp3 = redis::Client::open(format!("redis://127.0.0.1:{port}/?protocol=resp3"))
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut resp3 = open(&format!("redis://127.0.0.1:{port}/?protocol=resp3"));
     let server_section: String = redis::cmd("INFO").arg("server").query(&mut resp3).unwrap();
     assert!(
         server_section.contains("\r\narch_bits:64\r\n"),
@@ -593,7 +590,7 @@ fn redis_cli_memkeys_and_stat_read_real_figures() {
             .unwrap();
     }
     // --memkeys: SCAN, TYPE and MEMORY USAGE of every key.
-    let out = std::process::Command::new("redis-cli")
+    let out = bounded("redis-cli")
         .args(["-p", &port.to_string(), "--memkeys"])
         .output()
         .expect("redis-cli (scripts/test installs it)");

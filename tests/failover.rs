@@ -753,7 +753,7 @@ fn the_voucher_script_never_sells_more_than_its_stock_across_a_promotion() {
         "{}/tests/python/failover_stock.py",
         env!("CARGO_MANIFEST_DIR")
     );
-    let buyers = std::process::Command::new("python3")
+    let buyers = bounded("python3")
         .args([&script, &port.to_string(), &STOCK.to_string()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

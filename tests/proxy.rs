@@ -29,10 +29,7 @@ impl Setup {
     }
 
     fn client(&self) -> redis::Connection {
-        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
-            .unwrap()
-            .get_connection()
-            .unwrap()
+        connect(self.port)
     }
 
     /// Which shard holds `key`, asking each directly.
@@ -310,10 +307,7 @@ fn acl_style_users_with_a_password_from_the_environment() {
     r.send(&command(&[b"HELLO", b"3", b"AUTH", b"app", b"app-pw"]));
     assert_eq!(r.read_line(), "%8\r\n");
     // A standard client with a username connects unchanged.
-    let mut client = redis::Client::open(format!("redis://app:app-pw@127.0.0.1:{port}/"))
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut client = open(&format!("redis://app:app-pw@127.0.0.1:{port}/"));
     assert_eq!(
         redis::cmd("GET")
             .arg("k")

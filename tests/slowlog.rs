@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use redis::Commands;
 
@@ -29,7 +27,7 @@ fn slow_requests_are_in_slowlog_with_their_client_shard_and_backend_time() {
     let len: i64 = redis::cmd("SLOWLOG").arg("LEN").query(&mut c).unwrap();
     assert_eq!(len, 1, "only the paused GET was slow");
     // As redis-cli shows it: Redis's six fields, then the shard and the backend's time.
-    let out = Command::new("redis-cli")
+    let out = bounded("redis-cli")
         .args(["-p", &port.to_string(), "SLOWLOG", "GET"])
         .output()
         .expect("redis-cli (scripts/test installs it)");

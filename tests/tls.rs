@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::tls::{self, Certs};
@@ -38,7 +37,7 @@ fn backend_tls_keys(trusted: &Certs, identity: Option<&Certs>) -> String {
 }
 
 fn redis_cli_tls(port: u16, ca: &Certs, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
+    let out = bounded("redis-cli")
         .args(["--tls", "--cacert", ca.ca.to_str().unwrap()])
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)

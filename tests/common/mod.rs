@@ -350,10 +350,7 @@ impl Server {
 
     /// A direct redis connection, bypassing the proxy.
     pub fn client(&self) -> redis::Connection {
-        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
-            .unwrap()
-            .get_connection()
-            .unwrap()
+        connect(self.port)
     }
 }
 
@@ -454,10 +451,7 @@ impl Sentinel {
             .password
             .as_ref()
             .map_or_else(String::new, |p| format!(":{p}@"));
-        let mut c = redis::Client::open(format!("redis://{auth}127.0.0.1:{}/", self.port))
-            .unwrap()
-            .get_connection()
-            .unwrap();
+        let mut c = open(&format!("redis://{auth}127.0.0.1:{}/", self.port));
         let flat: Vec<String> = redis::cmd("SENTINEL")
             .arg("MASTER")
             .arg(name)
@@ -768,7 +762,7 @@ pub fn ruby(script: &str, port: u16) -> Vec<String> {
 /// exit, showing what the script printed.
 fn client_script(interpreter: &str, script: &str, args: &[&str]) -> Vec<String> {
     let path = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(interpreter)
+    let out = bounded(interpreter)
         .arg(&path)
         .args(args)
         .output()
@@ -776,7 +770,8 @@ fn client_script(interpreter: &str, script: &str, args: &[&str]) -> Vec<String> 
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "{stdout}\n{}",
+        "{script}: {}\n{stdout}\n{}",
+        out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
@@ -788,10 +783,30 @@ fn client_script(interpreter: &str, script: &str, args: &[&str]) -> Vec<String> 
 
 /// A redis crate connection to `port` (the proxy, usually).
 pub fn connect(port: u16) -> redis::Connection {
-    redis::Client::open(format!("redis://127.0.0.1:{port}/"))
-        .unwrap()
-        .get_connection()
-        .unwrap()
+    open(&format!("redis://127.0.0.1:{port}/"))
+}
+
+/// How long a test waits for any one reply or tool before it fails: a lost reply is a failed
+/// test, not a run that never ends.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A redis crate connection to `url` whose reads give up after [`PATIENCE`].
+pub fn open(url: &str) -> redis::Connection {
+    let c = redis::Client::open(url).unwrap().get_connection().unwrap();
+    c.set_read_timeout(Some(PATIENCE)).unwrap();
+    c
+}
+
+/// `program` run under coreutils' `timeout`, killed if it runs past twice [`PATIENCE`]: the
+/// exit status is then 124 and its output so far shows how far it got.
+pub fn bounded(program: &str) -> Command {
+    let mut c = Command::new("timeout");
+    c.args([
+        "--kill-after=10",
+        &(2 * PATIENCE.as_secs()).to_string(),
+        program,
+    ]);
+    c
 }
 
 /// A section of a redis-server's INFO, asked directly.
