@@ -13,7 +13,7 @@ pub mod sentinel;
 mod shards;
 mod state;
 
-pub use clients::{BlockedOn, Client, Clients, Signals};
+pub use clients::{BlockedOn, Client, Clients, Second, Signals};
 pub use scripts::Scripts;
 pub use state::{NodeStatus, PoolState, Shard};
 

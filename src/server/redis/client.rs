@@ -6,7 +6,6 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
@@ -15,7 +14,7 @@ use crate::config::Listen;
 use crate::protocol::resp::{Request, encode, parse_int};
 use crate::server::error::ClientError;
 use crate::server::plan::{Part, Plan, Target};
-use crate::topology::{Client, Pool, PoolState};
+use crate::topology::{Client, Pool, PoolState, Second};
 
 fn exact(text: &str) -> Plan {
     Plan::Fail(ClientError::Exact(text.to_string().into()))
@@ -143,7 +142,7 @@ fn list(pool: &Pool, req: &Request) -> Plan {
 }
 
 fn bulk_lines(pool: &Pool, clients: &[Arc<Client>]) -> Plan {
-    let now = Instant::now();
+    let now = Second::now();
     let mut text = String::new();
     for client in clients {
         line(&mut text, pool, client, now);
@@ -164,7 +163,7 @@ fn shown_addr(pool: &Pool, addr: Option<std::net::SocketAddr>) -> String {
 
 /// One client in Redis 7's CLIENT LIST format. Memory fields are 0: the proxy does not count
 /// them per client.
-fn line(out: &mut String, pool: &Pool, client: &Client, now: Instant) {
+fn line(out: &mut String, pool: &Pool, client: &Client, now: Second) {
     let facts = client.facts().clone();
     let rare = facts.rare();
     let blocked = rare.blocked_on.is_some();
@@ -202,8 +201,8 @@ fn line(out: &mut String, pool: &Pool, client: &Client, now: Instant) {
         shown_addr(pool, client.addr),
         shown_addr(pool, client.laddr),
         client.fd,
-        now.saturating_duration_since(client.since).as_secs(),
-        now.saturating_duration_since(facts.last_active).as_secs(),
+        client.since.until(now),
+        facts.last_active.until(now),
         facts.db,
         rare.multi.map_or(-1, |n| n as i64),
         if facts.resp3 { 3 } else { 2 },
@@ -248,8 +247,8 @@ fn kill(cx: &Local<'_>, req: &Request) -> Plan {
             },
             b"MAXAGE" => match parse_int(value) {
                 Some(age) => {
-                    let now = Instant::now();
-                    clients.retain(|c| now.duration_since(c.since).as_secs() as i64 >= age);
+                    let now = Second::now();
+                    clients.retain(|c| c.since.until(now) as i64 >= age);
                 }
                 None => return exact("ERR syntax error"),
             },

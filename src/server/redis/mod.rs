@@ -31,7 +31,7 @@ use crate::server::plan::Plan;
 use crate::server::session::{Frontend, Session};
 use crate::server::timing::Recorded;
 use crate::slowlog::Slow;
-use crate::topology::{Pool, PoolState};
+use crate::topology::{Pool, PoolState, Second};
 use context::{ClientState, Local, Replies};
 use pubsub::{Change, PubSub, Routed};
 use transaction::{Conn, Step, Transaction};
@@ -206,7 +206,7 @@ impl RespSession {
         if let Some(last) = last {
             facts.last_command = Some(last);
         }
-        facts.last_active = std::time::Instant::now();
+        facts.last_active = Second::now();
     }
 
     /// Routes one request, of command `cmd` (`None`: one the proxy does not know), and drops
