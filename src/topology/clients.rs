@@ -109,7 +109,7 @@ impl Facts {
 /// A moment to the second, counted from when the proxy first read its clock: 4 bytes where an
 /// `Instant` takes 16, in every client's entry. CLIENT LIST's age and idle are whole seconds,
 /// as Redis counts them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug)]
 pub struct Second(u32);
 
 impl Second {
