@@ -20,7 +20,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Requests taken off the queue for one write.
 const MAX_BATCH: usize = 1024;
-const FIRST_READ_CHUNK: usize = 16 * 1024;
+const FIRST_READ_CHUNK: u32 = 16 * 1024;
 
 /// The connection's life: connect (now with preconnect, else on the first request), serve until
 /// the connection fails, fail what was in flight, and reconnect, backing off while the node

@@ -170,7 +170,7 @@ pub struct PoolConfig {
     /// …and keeps this many.
     pub slowlog_max_len: usize,
     /// Failed AUTH attempts after which a connection is closed (0: never).
-    pub auth_max_failures: u32,
+    pub auth_max_failures: u16,
     /// A client with nothing in flight is closed after this long (Redis's `timeout`).
     pub client_idle_timeout: Option<Duration>,
     /// A client whose request stays incomplete this long is closed (slow senders).

@@ -77,7 +77,7 @@ struct Pool {
     allow_config: Option<bool>,
     slowlog_slower_than_us: Option<i64>,
     slowlog_max_len: Option<usize>,
-    auth_max_failures: Option<u32>,
+    auth_max_failures: Option<u16>,
     #[serde(default, deserialize_with = "whole_millis")]
     client_idle_timeout_ms: Option<u64>,
     #[serde(default, deserialize_with = "whole_millis")]

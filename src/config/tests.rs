@@ -215,6 +215,7 @@ fn mistakes_are_located() {
         ("alpha:\n  listen: 127.0.0.1:1\n  redis: true\n  timeout: 400ms\n  servers: [127.0.0.1:7000:1]\n".to_string(), "test.yml:4:12: '400ms' is not a whole number of milliseconds: write 400"),
         (pool("    timeout_ms: 2s\n    servers: [127.0.0.1:7000:1]\n"), "'2s' is not a whole number of milliseconds: write 2000"),
         ("alpha:\n  listen: 127.0.0.1:1\n  redis: true\n  servers: [127.0.0.1:7000:1]\n  nope: 1\n".to_string(), "test.yml:5:3: unknown field `nope`"),
+        (pool("    auth_max_failures: 70000\n    servers: [127.0.0.1:7000:1]\n"), "test.yml:4:24: invalid u16"),
     ];
     for (text, want) in cases {
         let err = error_of(&text);

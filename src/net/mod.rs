@@ -22,7 +22,7 @@ use tls::TlsSocket;
 pub use tls::{BackendTls, ServerTls, TlsConnector};
 
 /// The most a read buffer grows by at once.
-const MAX_READ_CHUNK: usize = 64 * 1024;
+const MAX_READ_CHUNK: u32 = 64 * 1024;
 
 /// A connection to a client or a backend node.
 #[derive(Debug)]
@@ -140,7 +140,8 @@ impl Stream {
 
     /// Reads what the socket has, waiting for it if need be. `Ok(0)` means the peer closed.
     /// `chunk` is how much room to make in `buf`; it doubles each time a read fills the room.
-    pub async fn read_some(&self, buf: &mut BytesMut, chunk: &mut usize) -> io::Result<usize> {
+    /// (A `u32`, for it is kept by every client's session.)
+    pub async fn read_some(&self, buf: &mut BytesMut, chunk: &mut u32) -> io::Result<usize> {
         match &self.socket {
             Socket::Tcp(s) => read_some(s, buf, chunk).await,
             Socket::Unix(s) => read_some(s, buf, chunk).await,
@@ -190,10 +191,11 @@ impl Stream {
     }
 }
 
-async fn read_some(stream: &impl Io, buf: &mut BytesMut, chunk: &mut usize) -> io::Result<usize> {
+async fn read_some(stream: &impl Io, buf: &mut BytesMut, chunk: &mut u32) -> io::Result<usize> {
     loop {
-        if buf.capacity() - buf.len() < *chunk / 4 {
-            buf.reserve(*chunk);
+        let want = *chunk as usize;
+        if buf.capacity() - buf.len() < want / 4 {
+            buf.reserve(want);
         }
         let room = buf.capacity() - buf.len();
         match stream.try_read_buf(buf) {

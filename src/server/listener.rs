@@ -163,19 +163,16 @@ pub async fn serve(
         let worker = next_worker;
         next_worker = (next_worker + 1) % workers.len();
         tracing::debug!(pool = %pool.config.name, session = id, worker, peer = ?client.peer(), "client connected");
-        pool.metrics.client_connections.inc();
-        pool.metrics.client_connections_total.inc();
-        let listing = pool.clients.admit(client.listing(id));
+        let listing = pool.admit_client(client.listing(id));
         let handle = workers.handle(worker);
+        let admitted = Admitted {
+            worker,
+            pool,
+            listing: Some(listing),
+        };
         match protocol {
-            Protocol::Redis => {
-                let session = Session::<Resp>::new(worker, pool, listing);
-                start(handle, &tracker, session, client, tls);
-            }
-            Protocol::Memcache => {
-                let session = Session::<Memcache>::new(worker, pool, listing);
-                start(handle, &tracker, session, client, tls);
-            }
+            Protocol::Redis => start::<Resp>(handle, &tracker, admitted, client, tls),
+            Protocol::Memcache => start::<Memcache>(handle, &tracker, admitted, client, tls),
         }
     }
 }
@@ -243,14 +240,37 @@ impl Accepted {
     }
 }
 
+/// A client in the pool's list on its way to a session, on the worker it was given to. One
+/// that gets none (its socket failed, or the TLS handshake) is taken out of the list.
+struct Admitted {
+    worker: usize,
+    pool: Arc<Pool>,
+    /// Taken by the session, which takes the client out of the list when it ends.
+    listing: Option<Arc<Client>>,
+}
+
+impl Admitted {
+    fn into_session<F: Frontend>(mut self, stream: Stream) -> Session<F> {
+        let listing = self.listing.take().expect("admitted once");
+        Session::new(self.worker, self.pool.clone(), listing, stream)
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some(listing) = &self.listing {
+            self.pool.forget_client(listing.id);
+        }
+    }
+}
+
 /// Serves a client on worker `handle`, after a TLS handshake if the pool serves TLS. The
 /// handshake has a task of its own, so that the session's task, which lives as long as the
-/// client, holds nothing of it. A session dropped unserved (its socket failed, or the
-/// handshake) takes the client out of the pool's list.
+/// client, holds nothing of it.
 fn start<F: Frontend + Send + 'static>(
     handle: &Handle,
     tracker: &TaskTracker,
-    session: Session<F>,
+    admitted: Admitted,
     client: Accepted,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
@@ -264,12 +284,13 @@ fn start<F: Frontend + Send + 'static>(
         return;
     };
     match tls {
-        None => _ = handle.spawn(tracker.track_future(session.serve(stream))),
+        None => _ = handle.spawn(tracker.track_future(admitted.into_session::<F>(stream).serve())),
         Some(tls) => {
             let tracker = tracker.clone();
             handle.spawn(tracker.clone().track_future(async move {
-                if let Some(stream) = accept_tls(stream, tls, &session.pool, peer).await {
-                    tokio::spawn(tracker.track_future(session.serve(stream)));
+                if let Some(stream) = accept_tls(stream, tls, &admitted.pool, peer).await {
+                    let session = admitted.into_session::<F>(stream);
+                    tokio::spawn(tracker.track_future(session.serve()));
                 }
             }));
         }

@@ -130,8 +130,8 @@ pub(super) mod testing {
     pub(in crate::server) fn request(args: &[&str]) -> Request {
         let mut buf = BytesMut::new();
         encode::command(&mut buf, args.iter().map(|a| a.as_bytes()));
-        RequestParser::new(true)
-            .parse(&mut buf, &Default::default())
+        RequestParser::default()
+            .parse(&mut buf, &Default::default(), true)
             .unwrap()
             .unwrap()
     }

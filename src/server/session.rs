@@ -25,7 +25,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 /// A fresh read buffer's size: small, so a burst of idle clients costs little; it doubles
 /// while reads fill it.
-const FIRST_READ_CHUNK: usize = 1024;
+const FIRST_READ_CHUNK: u32 = 1024;
 
 /// How long a burst outlives its last reply: a client that sends its next request sooner (as
 /// an application that does not pipeline does, a round trip later) is served by the same burst
@@ -121,39 +121,58 @@ impl Drop for Blocked {
     }
 }
 
+/// One client's connection and what the proxy keeps of it. An idle client's task is this and
+/// two words, kept within 144 bytes so that Tokio's task cell for it takes 256 bytes, not 384:
+/// what only some clients need is boxed, or kept in their entry in the pool's list.
 pub(super) struct Session<F> {
     /// The client in the pool's list: what CLIENT LIST shows of it, and what the pool asks
     /// of it.
     pub(super) listing: Arc<Client>,
-    /// The worker thread this session runs on: it uses that worker's backend connections.
-    pub(super) worker: usize,
     pub(super) pool: Arc<Pool>,
+    stream: Stream,
+    /// The worker thread this session runs on (see [`Session::worker`]).
+    worker: u32,
+    /// How much the next read asks for: it doubles while reads fill it.
+    read_chunk: u32,
     pub(super) out: Outbox,
     pub(super) fe: F,
+    /// Allocated on first use and dropped when a burst ends with it empty: an idle client
+    /// holds none.
+    in_flight: Option<Box<InFlight>>,
+}
+
+/// What a session keeps of the requests it has not answered yet.
+#[derive(Default)]
+struct InFlight {
     /// Reserved connections; dropped with the session, they close.
     held: Vec<Held>,
-    /// Requests not answered yet, kept in case they turn out slow (when the pool keeps a slow
-    /// log and the frontend records them).
+    /// Requests kept in case they turn out slow (when the pool keeps a slow log and the
+    /// frontend records them).
     recorded: VecDeque<Recorded>,
 }
 
 impl<F> Drop for Session<F> {
     /// The client leaves the pool's list.
     fn drop(&mut self) {
-        self.pool.clients.remove(self.listing.id);
-        self.pool.metrics.client_connections.dec();
+        self.pool.forget_client(self.listing.id);
     }
 }
 
 impl<F: Frontend> Session<F> {
-    pub(super) fn new(worker: usize, pool: Arc<Pool>, listing: Arc<Client>) -> Session<F> {
+    pub(super) fn new(
+        worker: usize,
+        pool: Arc<Pool>,
+        listing: Arc<Client>,
+        stream: Stream,
+    ) -> Session<F> {
         Session {
             out: Outbox::new(pool.config.protocol),
             listing,
-            worker,
+            stream,
+            worker: worker as u32,
+            read_chunk: FIRST_READ_CHUNK,
             fe: F::new(&pool),
-            held: Vec::new(),
-            recorded: VecDeque::new(),
+            in_flight: None,
             pool,
         }
     }
@@ -162,17 +181,16 @@ impl<F: Frontend> Session<F> {
     /// asks it to leave (then what is in flight is answered first).
     ///
     /// This future is the client's task, held for as long as the client is connected, so it
-    /// is kept small: between bursts of requests it holds the session, the stream and a few
-    /// words. The buffers and the larger state of a burst live in a future allocated while the
-    /// client is active, and what can be looked up again is not kept across waits. Not an
-    /// `async fn`, whose arguments would be moved into locals of the future and held twice.
+    /// is kept small: between bursts of requests it holds the session and two words. The
+    /// buffers and the larger state of a burst live in a future allocated while the client is
+    /// active, and what can be looked up again is not kept across waits. Not an `async fn`,
+    /// whose argument would be moved into a local of the future and held twice.
     #[allow(clippy::manual_async_fn)]
-    pub(super) fn serve(mut self, stream: Stream) -> impl Future<Output = ()> + Send
+    pub(super) fn serve(mut self) -> impl Future<Output = ()> + Send
     where
         F: Send,
     {
         async move {
-            let mut read_chunk = FIRST_READ_CHUNK;
             loop {
                 // Like Redis's `timeout`, not for a Pub/Sub subscriber; counted from the last
                 // reply, so the burst's lingering is part of it. Only an idle client with a
@@ -181,7 +199,7 @@ impl<F: Frontend> Session<F> {
                     .filter(|_| !self.out.listening)
                     .map(|t| Box::pin(tokio::time::sleep(t.saturating_sub(self.linger()))));
                 let session = &mut self;
-                match std::future::poll_fn(|cx| session.poll_idle(&stream, &mut idle, cx)).await {
+                match std::future::poll_fn(move |cx| session.poll_idle(&mut idle, cx)).await {
                     Woke::Asked(signals) => {
                         self.count_kill(signals);
                         return;
@@ -194,7 +212,7 @@ impl<F: Frontend> Session<F> {
                         return;
                     }
                 }
-                let burst = Box::pin(self.burst(&stream, &mut read_chunk));
+                let burst = Box::pin(self.burst());
                 if burst.await == Burst::Close {
                     return;
                 }
@@ -208,7 +226,6 @@ impl<F: Frontend> Session<F> {
     /// task, which holds the borrow across the wait, can be sent between threads.
     fn poll_idle(
         &mut self,
-        stream: &Stream,
         idle: &mut Option<Pin<Box<Sleep>>>,
         cx: &mut Context<'_>,
     ) -> Poll<Woke> {
@@ -221,7 +238,7 @@ impl<F: Frontend> Session<F> {
                 return Poll::Ready(Woke::Messages);
             }
         }
-        if let Poll::Ready(ready) = stream.poll_readable(cx) {
+        if let Poll::Ready(ready) = self.stream.poll_readable(cx) {
             return Poll::Ready(Woke::Readable(ready.is_ok()));
         }
         match idle.as_mut().map(|timer| timer.as_mut().poll(cx)) {
@@ -241,9 +258,7 @@ impl<F: Frontend> Session<F> {
         for c in completions.drain(..) {
             match c.token {
                 Token::Reply { seq, part } => {
-                    if !self.recorded.is_empty() {
-                        self.note_backend_time(seq, c.backend_us);
-                    }
+                    self.note_backend_time(seq, c.backend_us);
                     self.out.complete(seq, part, c);
                 }
                 Token::Push => {
@@ -259,7 +274,7 @@ impl<F: Frontend> Session<F> {
 
     /// Serves requests until nothing has been in flight or buffered for `linger`
     /// (`Burst::Idle`), or the connection is to close.
-    async fn burst(&mut self, stream: &Stream, read_chunk: &mut usize) -> Burst {
+    async fn burst(&mut self) -> Burst {
         let linger = self.linger();
         let mut read_buf = BytesMut::new();
         let mut completions = Vec::new();
@@ -292,7 +307,7 @@ impl<F: Frontend> Session<F> {
                 unparsed = !read_buf.is_empty() && !self.has_room();
             } else {
                 let can_read = self.has_room() && !closing && !unparsed;
-                let unwritten = !self.out.output().is_empty() || stream.is_holding_output();
+                let unwritten = !self.out.output().is_empty() || self.stream.is_holding_output();
                 tokio::select! {
                     biased;
                     // Replies, messages, and what the pool asks of the client.
@@ -309,10 +324,10 @@ impl<F: Frontend> Session<F> {
                             self.resend();
                         }
                     }
-                    writable = stream.writable(), if unwritten => if writable.is_err() {
+                    writable = self.stream.writable(), if unwritten => if writable.is_err() {
                         return Burst::Close;
                     },
-                    read = stream.read_some(&mut read_buf, read_chunk), if can_read => {
+                    read = self.stream.read_some(&mut read_buf, &mut self.read_chunk), if can_read => {
                         if matches!(read, Ok(n) if n > 0) {
                             let (first, at) = (self.out.next_seq(), Instant::now());
                             closing = F::handle_input(self, &mut read_buf);
@@ -336,7 +351,7 @@ impl<F: Frontend> Session<F> {
                             if self.fe.is_mid_request(&read_buf) {
                                 tracing::debug!(session = self.listing.id, "client closed in the middle of a request");
                             }
-                            if !self.held.is_empty() {
+                            if self.holds_any() {
                                 return Burst::Close;
                             }
                             closing = true;
@@ -351,13 +366,16 @@ impl<F: Frontend> Session<F> {
                     _ = fires(&mut unread_too_long) => return self.close_for_unread_replies(),
                     _ = &mut lingering, if quiet => {
                         self.out.shrink();
-                        self.recorded = VecDeque::new();
+                        match &mut self.in_flight {
+                            Some(f) if !f.held.is_empty() => f.recorded = VecDeque::new(),
+                            _ => self.in_flight = None,
+                        }
                         return Burst::Idle;
                     }
                 }
             }
             self.out.collect_ready();
-            if !self.held.is_empty() {
+            if self.holds_any() {
                 self.give_back_done();
             }
             // Counted before the client can see them.
@@ -368,8 +386,8 @@ impl<F: Frontend> Session<F> {
                 }
             }
             // What the socket takes now is written; the rest waits until the client reads.
-            if !self.out.output().is_empty() || stream.is_holding_output() {
-                match stream.try_write(self.out.output()) {
+            if !self.out.output().is_empty() || self.stream.is_holding_output() {
+                match self.stream.try_write(self.out.output()) {
                     Ok(n) => self.out.consume_output(n),
                     Err(_) => return Burst::Close,
                 }
@@ -385,13 +403,18 @@ impl<F: Frontend> Session<F> {
             }
             let answered = self.out.first_unanswered();
             let (metrics, slowlog) = (&self.pool.metrics, &self.pool.slowlog);
-            let slow = timing.answered(answered, &metrics.latency, &mut self.recorded, slowlog);
+            let mut none = VecDeque::new();
+            let recorded = self
+                .in_flight
+                .as_mut()
+                .map_or(&mut none, |f| &mut f.recorded);
+            let slow = timing.answered(answered, &metrics.latency, recorded, slowlog);
             for (request, took) in slow {
                 F::log_slow(self, request, took);
             }
             let answered_all = self.out.pending() == 0
                 && self.out.output().is_empty()
-                && !stream.is_holding_output();
+                && !self.stream.is_holding_output();
             if answered_all && closing {
                 return Burst::Close;
             }
@@ -411,8 +434,9 @@ impl<F: Frontend> Session<F> {
     /// turns out slow.
     pub(super) fn record(&mut self, frame: &Bytes) {
         if self.pool.slowlog.is_on() {
-            self.recorded.push_back(Recorded {
-                seq: self.out.next_seq(),
+            let seq = self.out.next_seq();
+            self.in_flight().recorded.push_back(Recorded {
+                seq,
                 frame: frame.clone(),
                 shard: None,
                 backend: Duration::ZERO,
@@ -444,8 +468,11 @@ impl<F: Frontend> Session<F> {
 
     /// A backend request of request `seq` took `backend_us`.
     fn note_backend_time(&mut self, seq: u64, backend_us: u32) {
-        let at = self.recorded.partition_point(|r| r.seq < seq);
-        if let Some(r) = self.recorded.get_mut(at)
+        let Some(recorded) = self.in_flight.as_mut().map(|f| &mut f.recorded) else {
+            return;
+        };
+        let at = recorded.partition_point(|r| r.seq < seq);
+        if let Some(r) = recorded.get_mut(at)
             && r.seq == seq
         {
             r.backend = r.backend.max(Duration::from_micros(u64::from(backend_us)));
@@ -455,8 +482,9 @@ impl<F: Frontend> Session<F> {
     /// Carries out `plan` for the next request, on the nodes of `state`.
     pub(super) fn execute(&mut self, state: &PoolState, plan: Plan) {
         let profile = self.fe.profile();
-        if let Some(r) = self.recorded.back_mut()
-            && r.seq == self.out.next_seq()
+        let next = self.out.next_seq();
+        if let Some(r) = self.in_flight.as_mut().and_then(|f| f.recorded.back_mut())
+            && r.seq == next
             && let Some((target, parts)) = plan.first_target()
         {
             r.shard = Some((state.shards[target.shard()].name.clone(), parts - 1));
@@ -501,16 +529,15 @@ impl<F: Frontend> Session<F> {
             }
             Plan::Reserved { part, wait } => {
                 // Like Redis, the time a blocking command waits does not make it slow.
-                if self
-                    .recorded
-                    .back()
-                    .is_some_and(|r| r.seq == self.out.next_seq())
+                let next = self.out.next_seq();
+                if let Some(f) = &mut self.in_flight
+                    && f.recorded.back().is_some_and(|r| r.seq == next)
                 {
-                    self.recorded.pop_back();
+                    f.recorded.pop_back();
                 }
                 let (shard, node) = self.resolve(state, part.target);
                 let node = state.shards[shard].nodes[node].clone();
-                let conn = node.reserve(self.worker, profile);
+                let conn = node.reserve(self.worker(), profile);
                 let job = Job {
                     payload: part.payload,
                     kind: part.kind,
@@ -558,12 +585,26 @@ impl<F> Session<F> {
 
     fn hold(&mut self, node: Arc<Node>, conn: Reserved, blocked: Option<Blocked>) {
         let until = self.out.next_seq();
-        self.held.push(Held {
+        self.in_flight().held.push(Held {
             node,
             conn,
             until,
             _blocked: blocked,
         });
+    }
+
+    /// The worker thread this session runs on: it uses that worker's backend connections.
+    pub(super) fn worker(&self) -> usize {
+        self.worker as usize
+    }
+
+    fn in_flight(&mut self) -> &mut InFlight {
+        self.in_flight.get_or_insert_default()
+    }
+
+    /// Whether the session holds reserved connections.
+    fn holds_any(&self) -> bool {
+        self.in_flight.as_ref().is_some_and(|f| !f.held.is_empty())
     }
 
     /// Counts a client closed by CLIENT KILL.
@@ -576,12 +617,15 @@ impl<F> Session<F> {
     /// Gives back every reserved connection whose last reply has been written: each was left
     /// as it was found, with nothing in flight.
     fn give_back_done(&mut self) {
-        let first_unanswered = self.out.first_unanswered();
+        let (first_unanswered, worker) = (self.out.first_unanswered(), self.worker());
+        let Some(f) = &mut self.in_flight else {
+            return;
+        };
         let mut i = 0;
-        while i < self.held.len() {
-            if self.held[i].until < first_unanswered {
-                let held = self.held.swap_remove(i);
-                held.node.give_back(self.worker, held.conn);
+        while i < f.held.len() {
+            if f.held[i].until < first_unanswered {
+                let held = f.held.swap_remove(i);
+                held.node.give_back(worker, held.conn);
             } else {
                 i += 1;
             }
@@ -654,6 +698,6 @@ impl<F> Session<F> {
             reply_to,
             timeout: None,
         };
-        node.send(job, self.worker, profile, self.listing.id as usize);
+        node.send(job, self.worker(), profile, self.listing.id as usize);
     }
 }

@@ -182,6 +182,15 @@ impl Client {
         self.signal(Signals::KILL);
     }
 
+    /// The name the client gave itself (CLIENT SETNAME, HELLO … SETNAME).
+    pub fn name(&self) -> Option<Arc<[u8]>> {
+        self.facts().rare().name.clone()
+    }
+
+    pub fn set_name(&self, name: Option<Arc<[u8]>>) {
+        self.facts().update_rare(|rare| rare.name = name);
+    }
+
     /// Where the client's blocking command waits, if it is waiting.
     pub fn blocked_on(&self) -> Option<BlockedOn> {
         self.facts().rare().blocked_on.clone()

@@ -179,6 +179,19 @@ impl Pool {
         lock(&self.applied).clone()
     }
 
+    /// Lists a client just accepted, and counts it.
+    pub fn admit_client(&self, client: Client) -> Arc<Client> {
+        self.metrics.client_connections.inc();
+        self.metrics.client_connections_total.inc();
+        self.clients.admit(client)
+    }
+
+    /// Takes a client that left out of the list and the count.
+    pub fn forget_client(&self, id: u64) {
+        self.clients.remove(id);
+        self.metrics.client_connections.dec();
+    }
+
     /// Asks every client, present and future, to leave: each closes once its requests are
     /// answered. For shutdown, and for a pool a reload removed or replaced.
     pub fn close_clients(&self) {

@@ -93,10 +93,11 @@ pub const BAD_FORMAT: &str = "CLIENT_ERROR bad command line format";
 pub const BAD_CHUNK: &str = "CLIENT_ERROR bad data chunk";
 pub const TOO_LARGE: &str = "SERVER_ERROR object too large for cache";
 
-/// Frames commands out of a client's byte stream, remembering data it must skip.
-#[derive(Debug)]
+/// Frames commands out of a client's byte stream, remembering data it must skip. The
+/// [`Limits`] are passed to each parse rather than kept: a parser lives as long as its client,
+/// and an idle client's memory counts.
+#[derive(Debug, Default)]
 pub struct RequestParser {
-    limits: Limits,
     /// Bytes of a refused value still to be discarded, as memcached swallows them.
     swallow: usize,
     /// Bytes at the start of the buffer known to hold no newline: a long multi-get line is
@@ -158,21 +159,17 @@ fn numeric(s: &[u8], negative_ok: bool, max: u64) -> bool {
 }
 
 impl RequestParser {
-    pub fn new(limits: Limits) -> RequestParser {
-        RequestParser {
-            limits,
-            swallow: 0,
-            no_newline: 0,
-        }
-    }
-
     /// Whether `buf` holds the start of a command that is not complete yet.
     pub fn is_mid_request(&self, buf: &[u8]) -> bool {
         !buf.is_empty() || self.swallow > 0
     }
 
     /// Takes the next command out of `buf`, or returns `None` until one is complete.
-    pub fn parse(&mut self, buf: &mut BytesMut) -> Result<Option<Parsed>, ParseError> {
+    pub fn parse(
+        &mut self,
+        buf: &mut BytesMut,
+        limits: &Limits,
+    ) -> Result<Option<Parsed>, ParseError> {
         if self.swallow > 0 {
             let n = self.swallow.min(buf.len());
             let _ = buf.split_to(n);
@@ -192,7 +189,7 @@ impl RequestParser {
         let Some(nl) = memchr(b'\n', &buf[self.no_newline..]).map(|i| self.no_newline + i) else {
             self.no_newline = buf.len();
             let limit = if is_multi_get(buf) {
-                self.limits.max_get_line
+                limits.max_get_line
             } else {
                 MAX_LINE_BYTES
             };
@@ -326,7 +323,7 @@ impl RequestParser {
             let _ = buf.split_to(nl + 1);
             return reject(reply, silent);
         }
-        if data_len > self.limits.item_size_max {
+        if data_len > limits.item_size_max {
             let _ = buf.split_to(nl + 1);
             self.swallow = data_len + 2;
             return self.parse_after_refusal(buf, TOO_LARGE, silent);
@@ -412,8 +409,13 @@ mod tests {
     use proptest::prelude::*;
 
     /// What a parser made of a stream, as comparable text.
-    fn outcomes(parser: &mut RequestParser, buf: &mut BytesMut, out: &mut Vec<String>) {
-        while let Some(p) = parser.parse(buf).unwrap() {
+    fn outcomes(
+        parser: &mut RequestParser,
+        buf: &mut BytesMut,
+        limits: &Limits,
+        out: &mut Vec<String>,
+    ) {
+        while let Some(p) = parser.parse(buf, limits).unwrap() {
             out.push(match p {
                 Parsed::Request(r) => format!("{}:{:?}:{}", r.verb, r.forwarded(), r.is_quiet()),
                 Parsed::Reject { reply, silent } => format!("reject:{reply}:{silent}"),
@@ -470,14 +472,14 @@ mod tests {
             let wire: Vec<u8> = cmds.concat();
             let limits = Limits { item_size_max: 64, ..Limits::default() };
             let mut whole = Vec::new();
-            outcomes(&mut RequestParser::new(limits), &mut BytesMut::from(&wire[..]), &mut whole);
+            outcomes(&mut RequestParser::default(), &mut BytesMut::from(&wire[..]), &limits, &mut whole);
             for cut in 0..=wire.len() {
-                let mut parser = RequestParser::new(limits);
+                let mut parser = RequestParser::default();
                 let mut buf = BytesMut::from(&wire[..cut]);
                 let mut got = Vec::new();
-                outcomes(&mut parser, &mut buf, &mut got);
+                outcomes(&mut parser, &mut buf, &limits, &mut got);
                 buf.extend_from_slice(&wire[cut..]);
-                outcomes(&mut parser, &mut buf, &mut got);
+                outcomes(&mut parser, &mut buf, &limits, &mut got);
                 prop_assert_eq!(&got, &whole);
                 prop_assert!(buf.is_empty() && !parser.is_mid_request(&buf));
             }
@@ -486,9 +488,10 @@ mod tests {
         /// Random bytes never panic, and every request they yield is framed whole.
         #[test]
         fn random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..300)) {
-            let mut parser = RequestParser::new(Limits { item_size_max: 64, max_get_line: 128 });
+            let mut parser = RequestParser::default();
+            let limits = Limits { item_size_max: 64, max_get_line: 128 };
             let mut buf = BytesMut::from(&data[..]);
-            while let Ok(Some(p)) = parser.parse(&mut buf) {
+            while let Ok(Some(p)) = parser.parse(&mut buf, &limits) {
                 if let Parsed::Request(r) = p {
                     prop_assert!(r.frame().ends_with(b"\n"));
                     prop_assert!(!r.verb.has_data() || r.frame().ends_with(b"\r\n"));
@@ -499,10 +502,10 @@ mod tests {
     }
 
     fn parse_all(input: &[u8], limits: Limits) -> Vec<String> {
-        let mut parser = RequestParser::new(limits);
+        let mut parser = RequestParser::default();
         let mut buf = BytesMut::from(input);
         let mut out = Vec::new();
-        while let Some(p) = parser.parse(&mut buf).unwrap() {
+        while let Some(p) = parser.parse(&mut buf, &limits).unwrap() {
             out.push(match p {
                 Parsed::Request(r) => format!(
                     "{}:{}",
@@ -603,20 +606,20 @@ mod tests {
             item_size_max: 4,
             ..Limits::default()
         };
-        let mut parser = RequestParser::new(limits);
+        let mut parser = RequestParser::default();
         let mut buf = BytesMut::from(&b"set a 0 0 10\r\n0123"[..]);
         assert!(matches!(
-            parser.parse(&mut buf).unwrap(),
+            parser.parse(&mut buf, &limits).unwrap(),
             Some(Parsed::Reject {
                 reply: TOO_LARGE,
                 silent: false
             })
         ));
-        assert!(parser.parse(&mut buf).unwrap().is_none());
+        assert!(parser.parse(&mut buf, &limits).unwrap().is_none());
         assert!(parser.is_mid_request(&buf));
         buf.extend_from_slice(b"456789\r\nget a\r\n");
         assert!(matches!(
-            parser.parse(&mut buf).unwrap(),
+            parser.parse(&mut buf, &limits).unwrap(),
             Some(Parsed::Request(Request {
                 verb: Verb::Get,
                 ..
@@ -633,19 +636,22 @@ mod tests {
 
     #[test]
     fn long_lines_without_newline_close_the_connection() {
-        let mut parser = RequestParser::new(Limits::default());
+        let (mut parser, limits) = (RequestParser::default(), Limits::default());
         let mut buf = BytesMut::from(&[b'x'; 2049][..]);
-        assert_eq!(parser.parse(&mut buf).unwrap_err(), ParseError::LineTooLong);
+        assert_eq!(
+            parser.parse(&mut buf, &limits).unwrap_err(),
+            ParseError::LineTooLong
+        );
         let mut buf = BytesMut::from(&b"get "[..]);
         buf.extend_from_slice(&[b'k'; 4000]);
-        assert!(parser.parse(&mut buf).unwrap().is_none());
+        assert!(parser.parse(&mut buf, &limits).unwrap().is_none());
     }
 
     #[test]
     fn tokens_walk_every_key() {
         let mut buf = BytesMut::from(&b"get a  b c\r\n"[..]);
-        let Some(Parsed::Request(r)) = RequestParser::new(Limits::default())
-            .parse(&mut buf)
+        let Some(Parsed::Request(r)) = RequestParser::default()
+            .parse(&mut buf, &Limits::default())
             .unwrap()
         else {
             panic!("not a request");

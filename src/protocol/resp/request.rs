@@ -211,38 +211,32 @@ impl Progress {
     }
 }
 
-/// A client's request parser. The [`Limits`] are passed to each parse rather than kept: a
-/// parser lives as long as its client, and an idle client's memory counts.
-#[derive(Debug)]
+/// A client's request parser. The [`Limits`], and whether the client has authenticated, are
+/// passed to each parse rather than kept: a parser lives as long as its client, and an idle
+/// client's memory counts.
+#[derive(Debug, Default)]
 pub struct RequestParser {
     /// Only while a request is incomplete (boxed: idle clients keep many parsers).
     progress: Option<Box<Progress>>,
-    /// Whether the client has authenticated (or need not): until then its requests are held
-    /// to `max_unauthenticated_bytes`.
-    pub authenticated: bool,
 }
 
 impl RequestParser {
-    pub fn new(authenticated: bool) -> RequestParser {
-        RequestParser {
-            progress: None,
-            authenticated,
-        }
-    }
-
     /// Takes one complete request off the front of `buf`. `Ok(None)`: more bytes are needed
-    /// (what was scanned is remembered). Empty requests (`*0`, blank lines) are skipped.
+    /// (what was scanned is remembered). Empty requests (`*0`, blank lines) are skipped. Until
+    /// the client has `authenticated` (or if it need not), its requests are held to
+    /// `max_unauthenticated_bytes`.
     pub fn parse(
         &mut self,
         buf: &mut BytesMut,
         limits: &Limits,
+        authenticated: bool,
     ) -> Result<Option<Request>, ProtocolError> {
         loop {
             if buf.is_empty() {
                 return Ok(None);
             }
             let parsed = if buf[0] == b'*' || self.progress.is_some() {
-                self.parse_multibulk(buf, limits)?
+                self.parse_multibulk(buf, limits, authenticated)?
             } else {
                 parse_inline(buf, limits)?
             };
@@ -263,8 +257,9 @@ impl RequestParser {
         &mut self,
         buf: &mut BytesMut,
         limits: &Limits,
+        authenticated: bool,
     ) -> Result<Step, ProtocolError> {
-        let (limits, authenticated) = (*limits, self.authenticated);
+        let limits = *limits;
         if let Some(progress) = self.progress.as_deref_mut() {
             if !progress.scan(buf, limits, authenticated)? {
                 return Ok(Step::Incomplete);
@@ -425,10 +420,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn parse_all(input: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, ProtocolError> {
-        let mut p = RequestParser::new(true);
+        let mut p = RequestParser::default();
         let mut buf = BytesMut::from(input);
         let mut out = Vec::new();
-        while let Some(r) = p.parse(&mut buf, &Limits::default())? {
+        while let Some(r) = p.parse(&mut buf, &Limits::default(), true)? {
             out.push(r.args().map(<[u8]>::to_vec).collect());
         }
         Ok(out)
@@ -454,16 +449,19 @@ mod tests {
 
     #[test]
     fn frame_is_the_clients_bytes_and_inline_is_reencoded() {
-        let mut p = RequestParser::new(true);
+        let mut p = RequestParser::default();
         let mut buf = BytesMut::from(&b"*1\r\n$4\r\nPING\r\nECHO hi\n"[..]);
         assert_eq!(
-            &p.parse(&mut buf, &Limits::default())
+            &p.parse(&mut buf, &Limits::default(), true)
                 .unwrap()
                 .unwrap()
                 .frame()[..],
             b"*1\r\n$4\r\nPING\r\n"
         );
-        let inline = p.parse(&mut buf, &Limits::default()).unwrap().unwrap();
+        let inline = p
+            .parse(&mut buf, &Limits::default(), true)
+            .unwrap()
+            .unwrap();
         assert_eq!(&inline.frame()[..], b"*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\n");
         assert_eq!(inline.arg(1), b"hi");
         assert!(buf.is_empty());
@@ -497,8 +495,8 @@ mod tests {
             ..Limits::default()
         };
         let refused = |authenticated: bool, input: &[u8]| {
-            RequestParser::new(authenticated)
-                .parse(&mut BytesMut::from(input), &limits)
+            RequestParser::default()
+                .parse(&mut BytesMut::from(input), &limits, authenticated)
                 .unwrap_err()
         };
         // As Redis: before AUTH, at most 10 arguments and 16 KB, refused on the header.
@@ -517,8 +515,8 @@ mod tests {
         );
         let mut small = BytesMut::from(&b"*2\r\n$4\r\nAUTH\r\n$6\r\nsecret\r\n"[..]);
         assert!(
-            RequestParser::new(false)
-                .parse(&mut small, &limits)
+            RequestParser::default()
+                .parse(&mut small, &limits, false)
                 .unwrap()
                 .is_some()
         );
@@ -560,12 +558,15 @@ mod tests {
 
     #[test]
     fn incomplete_input_waits_and_resumes() {
-        let mut p = RequestParser::new(true);
+        let mut p = RequestParser::default();
         let mut buf = BytesMut::from(&b"*2\r\n$3\r\nSET\r\n$5\r\nhel"[..]);
-        assert_eq!(p.parse(&mut buf, &Limits::default()), Ok(None));
+        assert_eq!(p.parse(&mut buf, &Limits::default(), true), Ok(None));
         assert!(p.is_mid_request(&buf));
         buf.extend_from_slice(b"lo\r\n");
-        let r = p.parse(&mut buf, &Limits::default()).unwrap().unwrap();
+        let r = p
+            .parse(&mut buf, &Limits::default(), true)
+            .unwrap()
+            .unwrap();
         assert_eq!(r.arg(1), b"hello");
         assert!(!p.is_mid_request(&buf));
     }
@@ -585,14 +586,14 @@ mod tests {
                 encode::command(&mut wire, r.iter().map(Vec::as_slice));
             }
             for cut in 0..=wire.len() {
-                let mut p = RequestParser::new(true);
+                let mut p = RequestParser::default();
                 let mut buf = BytesMut::from(&wire[..cut]);
                 let mut got = Vec::new();
-                while let Some(r) = p.parse(&mut buf, &Limits::default()).unwrap() {
+                while let Some(r) = p.parse(&mut buf, &Limits::default(), true).unwrap() {
                     got.push(r.args().map(<[u8]>::to_vec).collect::<Vec<_>>());
                 }
                 buf.extend_from_slice(&wire[cut..]);
-                while let Some(r) = p.parse(&mut buf, &Limits::default()).unwrap() {
+                while let Some(r) = p.parse(&mut buf, &Limits::default(), true).unwrap() {
                     got.push(r.args().map(<[u8]>::to_vec).collect::<Vec<_>>());
                 }
                 prop_assert_eq!(&got, &reqs);
@@ -604,9 +605,9 @@ mod tests {
         #[test]
         fn random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..300)) {
             let limits = Limits { max_args: 8, max_bulk_bytes: 64, max_inline_bytes: 64, ..Limits::default() };
-            let mut p = RequestParser::new(true);
+            let mut p = RequestParser::default();
             let mut buf = BytesMut::from(&data[..]);
-            while let Ok(Some(r)) = p.parse(&mut buf, &limits) {
+            while let Ok(Some(r)) = p.parse(&mut buf, &limits, true) {
                 prop_assert!(r.argc() >= 1 && r.argc() <= 8);
                 prop_assert!(r.args().all(|a| a.len() <= 64));
             }
@@ -618,7 +619,7 @@ mod tests {
             let r = Request::from_args(args.iter().map(Vec::as_slice));
             prop_assert_eq!(r.args().map(<[u8]>::to_vec).collect::<Vec<_>>(), args.clone());
             let mut buf = BytesMut::from(&r.frame()[..]);
-            let again = RequestParser::new(true).parse(&mut buf, &Limits::default()).unwrap().unwrap();
+            let again = RequestParser::default().parse(&mut buf, &Limits::default(), true).unwrap().unwrap();
             prop_assert_eq!(again, r);
         }
     }

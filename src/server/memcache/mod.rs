@@ -32,25 +32,26 @@ pub(super) struct Memcache {
 type McSession = Session<Memcache>;
 
 impl Frontend for Memcache {
-    fn new(pool: &Pool) -> Memcache {
+    fn new(_: &Pool) -> Memcache {
         Memcache {
-            parser: RequestParser::new(Limits {
-                item_size_max: pool.config.item_size_max,
-                max_get_line: pool.config.limits.max_inline_bytes,
-            }),
+            parser: RequestParser::default(),
             warned_past_exptime: false,
         }
     }
 
     fn handle_input(s: &mut McSession, buf: &mut BytesMut) -> bool {
         let state = s.pool.state();
+        let limits = Limits {
+            item_size_max: s.pool.config.item_size_max,
+            max_get_line: s.pool.config.limits.max_inline_bytes,
+        };
         let mut counts = ClassCounts::default();
         let closing = loop {
             // The rest waits in `buf` until there is room for more requests.
             if !s.has_room() {
                 break false;
             }
-            match s.fe.parser.parse(buf) {
+            match s.fe.parser.parse(buf, &limits) {
                 Ok(Some(Parsed::Request(req))) => {
                     counts.count(class(req.verb));
                     if s.dispatch(&state, req) {

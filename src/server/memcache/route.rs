@@ -268,12 +268,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn request(line: &str) -> Request {
-        let mut parser = RequestParser::new(Limits {
+        let limits = Limits {
             item_size_max: 1 << 20,
             max_get_line: 1 << 16,
-        });
+        };
         let mut buf = BytesMut::from(line.as_bytes());
-        match parser.parse(&mut buf) {
+        match RequestParser::default().parse(&mut buf, &limits) {
             Ok(Some(Parsed::Request(req))) => req,
             other => panic!("{line:?} did not parse: {other:?}"),
         }
@@ -400,10 +400,11 @@ mod tests {
             tail in prop::sample::select(vec!["", " 0", " 1 0 1", " 0 0 1 noreply", " v f t", " S1 T0 q", " 5"]),
         ) {
             let line = format!("{verb} {}{tail}\r\n", keys.join(" "));
-            let mut parser = RequestParser::new(Limits { item_size_max: 1 << 20, max_get_line: 1 << 16 });
+            let mut parser = RequestParser::default();
+            let limits = Limits { item_size_max: 1 << 20, max_get_line: 1 << 16 };
             let mut buf = BytesMut::from(line.as_bytes());
             buf.extend_from_slice(b"x\r\n");
-            let Ok(Some(Parsed::Request(req))) = parser.parse(&mut buf) else {
+            let Ok(Some(Parsed::Request(req))) = parser.parse(&mut buf, &limits) else {
                 return Ok(());
             };
             let state = three_shards(0, false);
@@ -428,7 +429,7 @@ mod tests {
                     let mut sent = Vec::new();
                     for part in &parts {
                         let mut payload = BytesMut::from(&part.payload[..]);
-                        let Ok(Some(Parsed::Request(sub))) = parser.parse(&mut payload) else {
+                        let Ok(Some(Parsed::Request(sub))) = parser.parse(&mut payload, &limits) else {
                             panic!("a part does not parse: {:?}", part.payload);
                         };
                         prop_assert!(payload.is_empty());

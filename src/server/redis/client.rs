@@ -35,12 +35,14 @@ pub(super) fn run(cx: Local<'_>, state: &PoolState, req: &Request) -> Plan {
                     "ERR Client names cannot contain spaces, newlines or special characters.",
                 );
             }
-            cx.client.name = (!req.arg(2).is_empty()).then(|| Arc::from(req.arg(2)));
+            // A copy, not a slice of the request, which would keep the read buffer alive.
+            cx.listing
+                .set_name((!req.arg(2).is_empty()).then(|| Arc::from(req.arg(2))));
             ok()
         }
         (b"GETNAME", 2) => {
             let mut b = BytesMut::new();
-            match &cx.client.name {
+            match &cx.listing.name() {
                 Some(n) => encode::bulk(&mut b, n),
                 None => encode::null(&mut b, cx.client.resp3),
             }
@@ -57,11 +59,8 @@ pub(super) fn run(cx: Local<'_>, state: &PoolState, req: &Request) -> Plan {
             };
             ok()
         }
-        (b"ID", 2) => integer(cx.session as i64),
-        (b"INFO", 2) => match cx.pool.clients.get(cx.session) {
-            Some(me) => bulk_lines(cx.pool, &[me]),
-            None => Plan::Fail(ClientError::NoNodeAnswered),
-        },
+        (b"ID", 2) => integer(cx.listing.id as i64),
+        (b"INFO", 2) => bulk_lines(cx.pool, std::slice::from_ref(cx.listing)),
         (b"LIST", _) => list(cx.pool, req),
         (b"KILL", 3) => match find_by_addr(cx.pool, req.arg(2)) {
             Some(client) => {
@@ -256,7 +255,7 @@ fn kill(cx: &Local<'_>, req: &Request) -> Plan {
         }
     }
     if skip_me {
-        clients.retain(|c| c.id != cx.session);
+        clients.retain(|c| c.id != cx.listing.id);
     }
     clients.iter().for_each(|c| c.kill());
     integer(clients.len() as i64)

@@ -1,15 +1,13 @@
 //! What a command the proxy answers itself may look at and change: the client's own state
-//! (authenticated, RESP3, name, database, CLIENT REPLY) and the pool; and the small helpers
-//! those commands share.
-
-use std::net::SocketAddr;
+//! (authenticated, RESP3, database, CLIENT REPLY), its entry in the pool's list (its name) and
+//! the pool; and the small helpers those commands share.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::server::plan::Plan;
-use crate::topology::Pool;
+use crate::topology::{Client, Pool};
 
 /// What the proxy remembers about a client.
 #[derive(Debug)]
@@ -17,10 +15,8 @@ pub(super) struct ClientState {
     pub authenticated: bool,
     /// After HELLO 3: the client reads RESP3 and its backend requests use RESP3 connections.
     pub resp3: bool,
-    /// A copy, not a slice of the request, which would keep the client's read buffer alive.
-    pub name: Option<Arc<[u8]>>,
-    /// Failed AUTH attempts on this connection.
-    pub auth_failures: u32,
+    /// Failed AUTH attempts on this connection (as many as `auth_max_failures` allows).
+    pub auth_failures: u16,
     /// CLIENT REPLY: whether replies are sent.
     pub replies: Replies,
     /// The database SELECT chose.
@@ -41,7 +37,6 @@ impl ClientState {
         ClientState {
             authenticated,
             resp3: false,
-            name: None,
             auth_failures: 0,
             replies: Replies::On,
             db: 0,
@@ -53,14 +48,12 @@ impl ClientState {
 pub(super) struct Local<'a> {
     pub client: &'a mut ClientState,
     pub pool: &'a Pool,
-    /// The session's id (CLIENT ID, HELLO).
-    pub session: u64,
+    /// The client in the pool's list: its id (CLIENT ID, HELLO), address and name.
+    pub listing: &'a Arc<Client>,
     /// Subscribed to Pub/Sub (RESP2 PING answers as a message).
     pub subscribed: bool,
     /// Watching keys (WATCH) on a connection of its current database.
     pub watching: bool,
-    /// The client's address (none on a Unix socket), for the AUTH failure log.
-    pub peer: Option<SocketAddr>,
 }
 
 pub(super) fn ok() -> Plan {

@@ -72,6 +72,7 @@ fn reset(cx: Local<'_>) -> Plan {
     let failures = cx.client.auth_failures;
     *cx.client = ClientState::new(cx.pool.config.client_users.is_empty());
     cx.client.auth_failures = failures;
+    cx.listing.set_name(None);
     Plan::Reply(Bytes::from_static(b"+RESET\r\n"))
 }
 
@@ -178,11 +179,11 @@ fn check_password(cx: &mut Local<'_>, user: &[u8], password: &[u8]) -> Result<()
             ok | crate::config::same_secret(u.password.as_bytes(), password)
         });
     if !ok {
-        cx.client.auth_failures += 1;
+        cx.client.auth_failures = cx.client.auth_failures.saturating_add(1);
         let users = &cx.pool.config.client_users;
         let known = users.iter().find(|u| u.name.as_bytes() == user);
         let shown = known.map_or("unknown", |u| u.name.as_str());
-        cx.pool.metrics.auth_failures.failed(shown, cx.peer);
+        cx.pool.metrics.auth_failures.failed(shown, cx.listing.addr);
         return Err(ClientError::WrongPass);
     }
     cx.client.authenticated = true;
@@ -255,10 +256,10 @@ fn hello(mut cx: Local<'_>, state: &PoolState, req: &Request) -> Plan {
         return Plan::Fail(ClientError::Exact("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".into()));
     }
     if name.is_some() {
-        cx.client.name = name;
+        cx.listing.set_name(name);
     }
     cx.client.resp3 = resp3;
-    let id = cx.session as i64;
+    let id = cx.listing.id as i64;
     let mut b = BytesMut::new();
     encode::map(&mut b, 8, resp3);
     // What the backends run, as INFO says: the first master that said.

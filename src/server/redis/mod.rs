@@ -97,7 +97,7 @@ impl Frontend for Resp {
     fn new(pool: &Pool) -> Resp {
         let open = pool.config.client_users.is_empty();
         Resp {
-            parser: RequestParser::new(open),
+            parser: RequestParser::default(),
             client: ClientState::new(open),
             modes: None,
         }
@@ -109,7 +109,7 @@ impl Frontend for Resp {
 
     fn log_slow(s: &RespSession, request: Recorded, took: Duration) {
         let mut frame = BytesMut::from(&request.frame[..]);
-        let Ok(Some(req)) = RequestParser::new(true).parse(&mut frame, &s.pool.config.limits)
+        let Ok(Some(req)) = RequestParser::default().parse(&mut frame, &s.pool.config.limits, true)
         else {
             return;
         };
@@ -122,7 +122,7 @@ impl Frontend for Resp {
                 Some(peer) => peer.to_string(),
                 None => format!("{}:0", s.pool.applied().listen),
             },
-            name: (s.fe.client.name.as_deref())
+            name: (s.listing.name().as_deref())
                 .map(Bytes::copy_from_slice)
                 .unwrap_or_default(),
             shard: match request.shard {
@@ -163,8 +163,8 @@ impl RespSession {
                 break false;
             }
             // AUTH (or HELLO … AUTH) lifts the bound on unauthenticated requests.
-            self.fe.parser.authenticated = self.fe.client.authenticated;
-            match self.fe.parser.parse(buf, &self.pool.config.limits) {
+            let authenticated = self.fe.client.authenticated;
+            match (self.fe.parser).parse(buf, &self.pool.config.limits, authenticated) {
                 Ok(Some(req)) => {
                     let cmd = command::lookup(req.arg(0));
                     counts.count(cmd.map_or(Class::Unknown, Command::class));
@@ -199,7 +199,6 @@ impl RespSession {
         facts.resp3 = self.fe.client.resp3;
         let modes = self.fe.modes.as_deref();
         facts.update_rare(|rare| {
-            rare.name.clone_from(&self.fe.client.name);
             rare.subscriptions = modes.map_or([0; 3], |m| m.pubsub.counts());
             rare.multi = modes.and_then(|m| m.tx.queued());
         });
@@ -268,10 +267,9 @@ impl RespSession {
                     let cx = Local {
                         client: &mut self.fe.client,
                         pool: &self.pool,
-                        session: self.listing.id,
+                        listing: &self.listing,
                         subscribed,
                         watching,
-                        peer: self.listing.addr,
                     };
                     local::run(cx, state, which, &req)
                 }
@@ -379,7 +377,7 @@ impl RespSession {
             (Some(held), _) => held,
             (None, Conn::Master(shard)) => {
                 let master = state.shards[shard].master().clone();
-                let reserved = master.reserve(self.worker, self.fe.profile());
+                let reserved = master.reserve(self.worker(), self.fe.profile());
                 (master, reserved)
             }
             (None, Conn::Watching) => return self.out.error(ClientError::NoNodeAnswered),

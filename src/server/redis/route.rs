@@ -636,7 +636,7 @@ mod tests {
             all.extend(args.iter().map(Vec::as_slice));
             let mut buf = BytesMut::new();
             encode::command(&mut buf, all.iter().copied());
-            let req = RequestParser::new(true).parse(&mut buf, &Default::default()).unwrap().unwrap();
+            let req = RequestParser::default().parse(&mut buf, &Default::default(), true).unwrap().unwrap();
             let state = three_shards(1, false);
             let scripts = Scripts::default();
             let plan = match cmd.kind {
@@ -656,8 +656,8 @@ mod tests {
                 let mut bytes = 0;
                 for part in &parts {
                     let mut payload = BytesMut::from(&part.payload[..]);
-                    let sub = RequestParser::new(true)
-                        .parse(&mut payload, &Default::default())
+                    let sub = RequestParser::default()
+                        .parse(&mut payload, &Default::default(), true)
                         .unwrap()
                         .unwrap();
                     prop_assert!(payload.is_empty());
