@@ -187,6 +187,7 @@ impl Client {
         self.facts().rare().name.clone()
     }
 
+    /// Names the client; `None` clears the name (an empty CLIENT SETNAME, RESET).
     pub fn set_name(&self, name: Option<Arc<[u8]>>) {
         self.facts().update_rare(|rare| rare.name = name);
     }
