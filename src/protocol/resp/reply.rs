@@ -3,7 +3,7 @@
 
 use thiserror::Error;
 
-use super::parse_int;
+use super::{int_line, parse_int};
 
 /// A backend sent something that is not RESP: the connection cannot be trusted any more.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -44,23 +44,40 @@ impl ReplyScanner {
             let Some(&kind) = buf.get(self.pos) else {
                 return Ok(None);
             };
-            let Some(nl) = memchr::memchr(b'\n', &buf[self.pos..]) else {
-                return Ok(None);
+            // Aggregates and bulk strings announce a count (or a length) on their line.
+            let counted = matches!(kind, b'$' | b'!' | b'=' | b'*' | b'~' | b'>' | b'%' | b'|');
+            let fast = if counted {
+                int_line(buf, self.pos + 1)
+            } else {
+                None
             };
-            let line_end = self.pos + nl + 1;
-            if nl < 1 || buf[line_end - 2] != b'\r' {
-                return Err(ReplyError::MissingCrlf);
-            }
-            // A bare CRLF has no type byte.
-            if nl < 2 {
-                return Err(ReplyError::UnknownType(kind));
-            }
-            let body = &buf[self.pos + 1..line_end - 2];
+            let (line_end, count) = match fast {
+                Some((count, end)) => (end, count),
+                None => {
+                    let Some(nl) = memchr::memchr(b'\n', &buf[self.pos..]) else {
+                        return Ok(None);
+                    };
+                    let line_end = self.pos + nl + 1;
+                    if nl < 1 || buf[line_end - 2] != b'\r' {
+                        return Err(ReplyError::MissingCrlf);
+                    }
+                    // A bare CRLF has no type byte.
+                    if nl < 2 {
+                        return Err(ReplyError::UnknownType(kind));
+                    }
+                    if !counted {
+                        (line_end, 0)
+                    } else {
+                        let body = &buf[self.pos + 1..line_end - 2];
+                        (line_end, parse_int(body).ok_or(ReplyError::BadLength)?)
+                    }
+                }
+            };
             // How many child values this one opens (0 for a scalar).
             let children: u64 = match kind {
                 b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => 0,
                 b'$' | b'!' | b'=' => {
-                    let len = parse_int(body).ok_or(ReplyError::BadLength)?;
+                    let len = count;
                     if len >= 0 {
                         let end = line_end + len as usize + 2;
                         if buf.len() < end {
@@ -83,7 +100,7 @@ impl ReplyScanner {
                     continue;
                 }
                 b'*' | b'~' | b'>' | b'%' | b'|' => {
-                    let n = parse_int(body).ok_or(ReplyError::BadLength)?;
+                    let n = count;
                     if n < -1 {
                         return Err(ReplyError::BadLength);
                     }

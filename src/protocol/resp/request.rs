@@ -9,7 +9,7 @@ use std::ops::Range;
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
-use super::{encode, parse_int};
+use super::{encode, int_line, parse_int};
 
 /// The most the parser reserves ahead for an argument still arriving.
 const MAX_EAGER_RESERVE: usize = 1024 * 1024;
@@ -174,7 +174,6 @@ impl Progress {
             let Some((len, start)) = header_line(buf, pos, limits.max_inline_bytes)? else {
                 return Ok(false);
             };
-            let len = parse_int(len).ok_or(ProtocolError::InvalidBulkLength)?;
             if len < 0 || len > limits.max_bulk_bytes as i64 {
                 return Err(ProtocolError::InvalidBulkLength);
             }
@@ -270,7 +269,6 @@ impl RequestParser {
         let Some((n, next)) = header_line(buf, 0, limits.max_inline_bytes)? else {
             return Ok(Step::Incomplete);
         };
-        let n = parse_int(n).ok_or(ProtocolError::InvalidMultibulkLength)?;
         if n > limits.max_args as i64 {
             return Err(ProtocolError::InvalidMultibulkLength);
         }
@@ -328,18 +326,27 @@ enum Step {
     Incomplete,
 }
 
-/// The digits of a `*n` / `$n` line starting at `at`, and the offset after its CRLF.
-fn header_line(buf: &[u8], at: usize, max: usize) -> Result<Option<(&[u8], usize)>, ProtocolError> {
+/// The integer of the `*n` / `$n` line starting at `at`, and the offset after its CRLF.
+fn header_line(buf: &[u8], at: usize, max: usize) -> Result<Option<(i64, usize)>, ProtocolError> {
+    if let Some((n, end)) = int_line(buf, at + 1)
+        && end - at <= max + 2
+    {
+        return Ok(Some((n, end)));
+    }
     let window = &buf[at..buf.len().min(at + max + 2)];
-    match memchr::memchr(b'\n', window) {
-        Some(nl) if nl >= 2 && window[nl - 1] == b'\r' => {
-            Ok(Some((&window[1..nl - 1], at + nl + 1)))
-        }
-        Some(_) => Err(if window[0] == b'*' {
+    let invalid = || {
+        if window[0] == b'*' {
             ProtocolError::InvalidMultibulkLength
         } else {
             ProtocolError::InvalidBulkLength
-        }),
+        }
+    };
+    match memchr::memchr(b'\n', window) {
+        Some(nl) if nl >= 2 && window[nl - 1] == b'\r' => {
+            let n = parse_int(&window[1..nl - 1]).ok_or_else(invalid)?;
+            Ok(Some((n, at + nl + 1)))
+        }
+        Some(_) => Err(invalid()),
         None if window.len() >= max + 2 => Err(ProtocolError::HeaderTooBig),
         None => Ok(None),
     }

@@ -7,7 +7,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::backend::BackendError;
 use crate::command::Merge;
 use crate::config::Protocol;
-use crate::protocol::resp::{ReplyScanner, encode, parse_int};
+use crate::protocol::resp::{ReplyScanner, encode, int_line, parse_int};
 use crate::server::error::ClientError;
 use crate::server::merge::{Gather, Merger, failed};
 
@@ -317,8 +317,8 @@ fn merge_values(replies: &[Bytes], key_parts: &[u32], max_depth: usize) -> Bytes
     const NOT_AN_ARRAY: &str = "MGET with something other than an array";
     let mut cursors = Vec::with_capacity(replies.len());
     for r in replies {
-        let header_end = match (r.first(), memchr::memchr(b'\n', r)) {
-            (Some(b'*'), Some(nl)) => nl + 1,
+        let header_end = match (r.first(), int_line(r, 1)) {
+            (Some(b'*'), Some((_, end))) => end,
             _ => return odd(NOT_AN_ARRAY),
         };
         cursors.push(header_end);
