@@ -167,12 +167,11 @@ impl Merger for RespMerge {
 
 /// The elements of an array reply: its length and where they start.
 fn array_body(reply: &[u8]) -> Option<(usize, usize)> {
-    let nl = memchr::memchr(b'\n', reply)?;
     if reply.first() != Some(&b'*') {
         return None;
     }
-    let n = parse_int(&reply[1..nl.checked_sub(1)?])?;
-    Some((usize::try_from(n).ok()?, nl + 1))
+    let (n, start) = int_line(reply, 1)?;
+    Some((usize::try_from(n).ok()?, start))
 }
 
 /// KEYS: the shards' arrays as one.
