@@ -652,3 +652,38 @@ fn a_binary_protocol_request_gets_a_binary_error_and_the_connection_closes() {
     assert!(why.contains("binary protocol"), "{why}");
     assert!(c.is_closed());
 }
+
+#[test]
+fn control_bytes_in_a_key_cannot_shift_replies_between_requests() {
+    let (servers, port, _proxy) = shards(1, "");
+    // Why the proxy refuses them: memcached reads the line only up to the NUL, and then the
+    // value as a command of its own, so it answers one request with two lines.
+    let direct = exchange(servers[0].port, b"set k\0y 0 0 1\r\nx\r\n");
+    assert_eq!(text(&direct), "ERROR\r\nERROR\r\n");
+
+    let mut victim = Raw::connect(port);
+    victim.roundtrip(b"set victimkey 0 0 6\r\nsecret\r\n", b"STORED\r\n");
+    let mut attacker = Raw::connect(port);
+    let mut script = Vec::new();
+    for bad in [
+        &b"set k\0y 0 0 1\r\nx\r\n"[..],
+        b"set k\0y 0 0 1 noreply\r\nx\r\n",
+        b"ms k\0 1\r\nx\r\n",
+        b"delete k\0x noreply\r\n",
+        b"get a\x01b\r\n",
+        b"incr k\x7f 1\r\n",
+    ] {
+        script.extend_from_slice(bad);
+        script.extend_from_slice(b"get missing\r\n");
+    }
+    let got = exchange_on(&mut attacker, &script);
+    assert_eq!(
+        text(&got),
+        "CLIENT_ERROR bad command line format\r\nEND\r\n".repeat(6)
+    );
+    let got = exchange_on(&mut victim, b"get victimkey\r\nget missing\r\n");
+    assert_eq!(
+        text(&got),
+        "VALUE victimkey 0 6\r\nsecret\r\nEND\r\nEND\r\n"
+    );
+}

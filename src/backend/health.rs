@@ -189,7 +189,7 @@ impl Asker {
         stream.write_all(request).await?;
         let kind = match settings.protocol {
             Protocol::Redis => ReplyKind::Resp,
-            Protocol::Memcache => ReplyKind::Memcache(ReplyShape::Line),
+            Protocol::Memcache => ReplyKind::Memcache(ReplyShape::Line(&[])),
         };
         let reply = read_reply(stream, &mut self.buf, settings, kind).await?;
         match reply.starts_with(expected) {

@@ -491,6 +491,31 @@ pub fn lookup(name: &[u8]) -> Option<&'static Command> {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Commands after which a server sends more or fewer replies than one per request
+        /// (CLIENT REPLY, MONITOR, SUBSCRIBE, HELLO's protocol switch, replication) are never
+        /// forwarded as they are on a connection shared by many clients, in any letter case.
+        #[test]
+        fn reply_count_changers_are_never_forwarded_as_they_are(
+            name in proptest::sample::select(&[
+                "CLIENT", "MONITOR", "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE",
+                "PUNSUBSCRIBE", "SUNSUBSCRIBE", "HELLO", "RESET", "QUIT", "SYNC", "PSYNC",
+                "REPLCONF", "SELECT", "AUTH", "READONLY", "READWRITE", "SHUTDOWN", "DEBUG",
+            ][..]),
+            upper in proptest::collection::vec(proptest::bool::ANY, 12),
+        ) {
+            let cased: Vec<u8> = name.bytes().zip(&upper)
+                .map(|(b, &up)| if up { b } else { b.to_ascii_lowercase() })
+                .collect();
+            if let Some(command) = lookup(&cased) {
+                proptest::prop_assert!(
+                    matches!(command.kind, Kind::Local(_) | Kind::PubSub(_)),
+                    "{} is {:?}", name, command.kind
+                );
+            }
+        }
+    }
+
     #[test]
     fn table_is_sorted_and_unique() {
         assert!(TABLE.len() < INDEX_SLOTS / 2);

@@ -52,18 +52,27 @@ keywords! {
     }
 }
 
-/// How a backend's reply to a command is framed.
+/// How a backend's reply to a command is framed, and what it may say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReplyShape {
-    /// One line.
-    Line,
+    /// One line, starting with one of the answers (or an error line).
+    Line(Answers),
     /// `VALUE` lines with their data blocks, then `END`.
     Values,
-    /// One line; `VA <size> …` is followed by a data block.
-    Meta,
+    /// One line, starting with one of the answers (or an error line); `VA <size> …` is
+    /// followed by a data block.
+    Meta(Answers),
     /// `STAT` lines, then `END`.
     Stats,
 }
+
+/// The first words of the replies a command can get, besides an error line ([`NUMBER`] for a
+/// decimal number); empty for any line. A reply that begins otherwise answers some other
+/// request: the connection is out of step with its requests, and nothing on it can be trusted.
+pub type Answers = &'static [&'static [u8]];
+
+/// In [`Answers`]: a decimal number (incr and decr's new value).
+pub const NUMBER: &[u8] = b"0-9";
 
 impl Verb {
     pub fn is_meta(self) -> bool {
@@ -113,11 +122,25 @@ impl Verb {
     }
 
     pub fn reply_shape(self) -> ReplyShape {
+        use ReplyShape::{Line, Meta};
         match self {
             Verb::Get | Verb::Gets | Verb::Gat | Verb::Gats => ReplyShape::Values,
-            Verb::MetaGet | Verb::MetaArithmetic => ReplyShape::Meta,
             Verb::Stats => ReplyShape::Stats,
-            _ => ReplyShape::Line,
+            Verb::Set | Verb::Add | Verb::Replace | Verb::Append | Verb::Prepend | Verb::Cas => {
+                Line(&[b"STORED", b"NOT_STORED", b"EXISTS", b"NOT_FOUND"])
+            }
+            Verb::Delete => Line(&[b"DELETED", b"NOT_FOUND"]),
+            Verb::Incr | Verb::Decr => Line(&[NUMBER, b"NOT_FOUND"]),
+            Verb::Touch => Line(&[b"TOUCHED", b"NOT_FOUND"]),
+            Verb::FlushAll | Verb::Verbosity => Line(&[b"OK"]),
+            Verb::Version => Line(&[b"VERSION"]),
+            Verb::MetaGet => Meta(&[b"VA", b"HD", b"EN"]),
+            Verb::MetaArithmetic => Meta(&[b"VA", b"HD", b"NF", b"NS", b"EX"]),
+            Verb::MetaSet => Line(&[b"HD", b"NS", b"EX", b"NF"]),
+            Verb::MetaDelete => Line(&[b"HD", b"NF", b"EX"]),
+            Verb::MetaNoop => Line(&[b"MN"]),
+            Verb::MetaDebug => Line(&[b"ME", b"EN"]),
+            _ => Line(&[]),
         }
     }
 

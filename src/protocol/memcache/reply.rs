@@ -4,7 +4,7 @@
 use memchr::memchr;
 use thiserror::Error;
 
-use super::{ReplyShape, parse_decimal};
+use super::{Answers, NUMBER, ReplyShape, parse_decimal};
 
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 #[error("{0}")]
@@ -36,6 +36,20 @@ fn data_len(line: &[u8], token: usize) -> Result<usize, ReplyError> {
         .ok_or(ReplyError("a value line without a length"))
 }
 
+/// Whether a one-line reply is one of `answers` or an error line.
+fn fits(line: &[u8], answers: Answers) -> bool {
+    let word = line
+        .split(|&b| b == b' ' || b == b'\r')
+        .next()
+        .unwrap_or(line);
+    let number = !word.is_empty() && word.iter().all(u8::is_ascii_digit);
+    answers.is_empty()
+        || is_error_line(line)
+        || answers
+            .iter()
+            .any(|&a| a == word || (a == NUMBER && number))
+}
+
 impl ReplyScanner {
     /// The length of the complete reply at the start of `buf`, or `None` until it is complete.
     pub fn scan(&mut self, buf: &[u8], shape: ReplyShape) -> Result<Option<usize>, ReplyError> {
@@ -47,15 +61,18 @@ impl ReplyScanner {
             let line = &buf[self.pos..line_end];
             let first = self.pos == 0;
             let end = match shape {
-                ReplyShape::Line => line_end,
-                ReplyShape::Meta if line.starts_with(b"VA ") => {
+                ReplyShape::Line(answers) | ReplyShape::Meta(answers) if !fits(line, answers) => {
+                    return Err(ReplyError("a reply its request cannot get"));
+                }
+                ReplyShape::Line(_) => line_end,
+                ReplyShape::Meta(_) if line.starts_with(b"VA ") => {
                     let end = line_end + data_len(line, 1)? + 2;
                     if buf.len() < end {
                         return Ok(None);
                     }
                     end
                 }
-                ReplyShape::Meta => line_end,
+                ReplyShape::Meta(_) => line_end,
                 ReplyShape::Values | ReplyShape::Stats if line == b"END\r\n" => line_end,
                 ReplyShape::Values if line.starts_with(b"VALUE ") => {
                     let end = line_end + data_len(line, 3)? + 2;
@@ -85,6 +102,7 @@ impl ReplyScanner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::memcache::Verb;
 
     /// Every reply is found at its full length, and at no shorter prefix.
     fn check(reply: &[u8], shape: ReplyShape) {
@@ -103,7 +121,7 @@ mod tests {
 
     #[test]
     fn frames_every_shape() {
-        check(b"STORED\r\n", ReplyShape::Line);
+        check(b"STORED\r\n", Verb::Set.reply_shape());
         check(b"END\r\n", ReplyShape::Values);
         check(
             b"VALUE a 0 2\r\nhi\r\nVALUE b 5 3 99\r\nEND\r\nEND\r\n",
@@ -113,10 +131,38 @@ mod tests {
             b"CLIENT_ERROR bad command line format\r\n",
             ReplyShape::Values,
         );
-        check(b"VA 2 t-1\r\nhi\r\n", ReplyShape::Meta);
-        check(b"EN\r\n", ReplyShape::Meta);
+        check(b"VA 2 t-1\r\nhi\r\n", Verb::MetaGet.reply_shape());
+        check(b"EN\r\n", Verb::MetaGet.reply_shape());
         check(b"STAT pid 1\r\nSTAT uptime 2\r\nEND\r\n", ReplyShape::Stats);
         check(b"SERVER_ERROR busy\r\n", ReplyShape::Stats);
+    }
+
+    #[test]
+    fn replies_their_request_cannot_get_are_errors() {
+        for (reply, verb) in [
+            (&b"VALUE k 0 1\r\nx\r\nEND\r\n"[..], Verb::Set),
+            (b"STORED\r\n", Verb::Delete),
+            (b"DELETED\r\n", Verb::Incr),
+            (b"HD\r\n", Verb::Touch),
+            (b"END\r\n", Verb::MetaGet),
+            (b"STORED\r\n", Verb::MetaSet),
+        ] {
+            let got = ReplyScanner::default().scan(reply, verb.reply_shape());
+            assert!(got.is_err(), "{verb} {:?}", String::from_utf8_lossy(reply));
+        }
+        for (reply, verb) in [
+            (&b"12\r\n"[..], Verb::Incr),
+            (b"NOT_FOUND\r\n", Verb::Decr),
+            (b"ERROR\r\n", Verb::Set),
+            (b"SERVER_ERROR out of memory\r\n", Verb::MetaSet),
+            (b"HD k1 t5\r\n", Verb::MetaGet),
+            (b"NS\r\n", Verb::MetaSet),
+            (b"EN\r\n", Verb::MetaGet),
+            (b"VERSION 1.6.18\r\n", Verb::Version),
+        ] {
+            let got = ReplyScanner::default().scan(reply, verb.reply_shape());
+            assert_eq!(got, Ok(Some(reply.len())), "{verb}");
+        }
     }
 
     #[test]
@@ -166,9 +212,9 @@ mod tests {
         fn random_bytes_are_framed_or_refused(
             data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
             shape in proptest::prop_oneof![
-                proptest::prelude::Just(ReplyShape::Line),
+                proptest::prelude::Just(ReplyShape::Line(&[])),
                 proptest::prelude::Just(ReplyShape::Values),
-                proptest::prelude::Just(ReplyShape::Meta),
+                proptest::prelude::Just(Verb::MetaGet.reply_shape()),
                 proptest::prelude::Just(ReplyShape::Stats),
             ],
         ) {

@@ -84,10 +84,10 @@ fn replicate<N>(
         .map(|(part, node)| {
             let target = Target::Node { shard: s, node };
             match &invalidation {
-                Some(delete) if part > 0 => Part {
+                Some((delete, verb)) if part > 0 => Part {
                     target,
                     payload: delete.clone(),
-                    kind: ReplyKind::Memcache(ReplyShape::Line),
+                    kind: ReplyKind::Memcache(verb.reply_shape()),
                 },
                 _ => Part {
                     target,
@@ -101,18 +101,19 @@ fn replicate<N>(
     Plan::Gather(parts, merge::first_answer(nodes, candidates, quiet))
 }
 
-/// What a replica gets instead of a compare-and-swap: the key's deletion.
-fn invalidation(req: &Request) -> Option<Bytes> {
+/// What a replica gets instead of a compare-and-swap: the key's deletion, and its verb.
+fn invalidation(req: &Request) -> Option<(Bytes, Verb)> {
     let key = req.token(1)?;
-    let delete = match req.verb {
-        Verb::Cas => [&b"delete "[..], key, b"\r\n"].concat(),
+    let (delete, verb) = match req.verb {
+        Verb::Cas => ([&b"delete "[..], key, b"\r\n"].concat(), Verb::Delete),
         Verb::MetaSet if req.tokens().skip(3).any(|t| t.starts_with(b"C")) => {
             let base64 = req.tokens().skip(3).any(|t| t == b"b");
-            [&b"md "[..], key, if base64 { b" b\r\n" } else { b"\r\n" }].concat()
+            let md = [&b"md "[..], key, if base64 { b" b\r\n" } else { b"\r\n" }];
+            (md.concat(), Verb::MetaDelete)
         }
         _ => return None,
     };
-    Some(Bytes::from(delete))
+    Some((Bytes::from(delete), verb))
 }
 
 /// get / gets / gat / gats: one request per shard with that shard's keys, merged in key order.
@@ -212,7 +213,7 @@ pub(super) fn flush_all<N>(state: &PoolState<N>, allowed: bool, req: &Request) -
         return (!req.is_quiet()).then_some(Plan::Fail(refusal));
     }
     let payload = req.forwarded();
-    let kind = ReplyKind::Memcache(ReplyShape::Line);
+    let kind = ReplyKind::Memcache(req.verb.reply_shape());
     let parts: Vec<Part> = every_node(state)
         .map(|target| Part {
             target,
@@ -298,7 +299,7 @@ mod tests {
                         write: true
                     }
                 );
-                assert_eq!(part.kind, ReplyKind::Memcache(ReplyShape::Line));
+                assert_eq!(part.kind, ReplyKind::Memcache(Verb::Set.reply_shape()));
             }
             other => panic!("{other:?}"),
         }
