@@ -74,7 +74,10 @@ async fn authorize(
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        // The scheme's name is case-insensitive (RFC 9110, 11.1).
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
+        .map(|(_, token)| token.trim_start());
     match given {
         Some(given) if same_secret(given.as_bytes(), token.as_bytes()) => next.run(request).await,
         _ => (

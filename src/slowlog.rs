@@ -158,6 +158,64 @@ impl SlowLog {
     }
 }
 
+/// What Redis shows instead of a secret.
+const REDACTED: &[u8] = b"(redacted)";
+
+/// Settings whose values are secrets.
+const SECRET_SETTINGS: [&[u8]; 5] = [
+    b"requirepass",
+    b"masterauth",
+    b"masteruser",
+    b"tls-key-file-pass",
+    b"tls-client-key-file-pass",
+];
+
+/// A request's arguments as the log may keep them, as Redis keeps them: `None` for AUTH, never
+/// logged; otherwise with every secret argument replaced by `(redacted)` (HELLO's AUTH, ACL
+/// SETUSER's rules, MIGRATE's AUTH and AUTH2, CONFIG SET of a password).
+pub fn redacted<'a>(args: &[&'a [u8]]) -> Option<Vec<&'a [u8]>> {
+    let is = |i: usize, word: &str| {
+        args.get(i)
+            .is_some_and(|a| a.eq_ignore_ascii_case(word.as_bytes()))
+    };
+    if is(0, "AUTH") {
+        return None;
+    }
+    let mut out = args.to_vec();
+    let mut hide = |from: usize, n: usize| {
+        for arg in out.iter_mut().skip(from).take(n) {
+            *arg = REDACTED;
+        }
+    };
+    if is(0, "HELLO") {
+        if let Some(at) = (2..args.len()).find(|&i| is(i, "AUTH")) {
+            hide(at + 1, 2);
+        }
+    } else if is(0, "ACL") && is(1, "SETUSER") {
+        hide(3, usize::MAX);
+    } else if is(0, "MIGRATE") {
+        for i in 6..args.len() {
+            if is(i, "KEYS") {
+                break;
+            } else if is(i, "AUTH") {
+                hide(i + 1, 1);
+            } else if is(i, "AUTH2") {
+                hide(i + 1, 2);
+            }
+        }
+    } else if is(0, "CONFIG") && is(1, "SET") {
+        for i in (2..args.len()).step_by(2) {
+            if SECRET_SETTINGS
+                .iter()
+                .any(|s| args[i].eq_ignore_ascii_case(s))
+            {
+                hide(i + 1, 1);
+            }
+        }
+    }
+    Some(out)
+}
+
 /// An argument as Redis's SLOWLOG keeps it: at most 128 bytes, then how many more there were.
 fn shortened(arg: &[u8]) -> Bytes {
     if arg.len() <= MAX_ARG_BYTES {
@@ -192,6 +250,44 @@ fn micros(d: Duration) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn redact(line: &str) -> Option<String> {
+        let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
+        let kept = redacted(&args)?;
+        Some(
+            kept.iter()
+                .map(|a| String::from_utf8_lossy(a))
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
+    }
+
+    #[test]
+    fn secrets_are_redacted_as_redis_redacts_them() {
+        assert_eq!(redact("AUTH ops ops-secret"), None);
+        assert_eq!(redact("auth secret"), None);
+        assert_eq!(
+            redact("HELLO 3 AUTH ops s3cret SETNAME x").as_deref(),
+            Some("HELLO 3 AUTH (redacted) (redacted) SETNAME x")
+        );
+        assert_eq!(
+            redact("acl setuser bob on >pw ~*").as_deref(),
+            Some("acl setuser bob (redacted) (redacted) (redacted)")
+        );
+        assert_eq!(
+            redact("MIGRATE h 1 k 0 10 COPY AUTH pw").as_deref(),
+            Some("MIGRATE h 1 k 0 10 COPY AUTH (redacted)")
+        );
+        assert_eq!(
+            redact("MIGRATE h 1 \"\" 0 10 AUTH2 u pw KEYS AUTH b").as_deref(),
+            Some("MIGRATE h 1 \"\" 0 10 AUTH2 (redacted) (redacted) KEYS AUTH b")
+        );
+        assert_eq!(
+            redact("CONFIG SET maxmemory 1 REQUIREPASS pw masterauth x").as_deref(),
+            Some("CONFIG SET maxmemory 1 REQUIREPASS (redacted) masterauth (redacted)")
+        );
+        assert_eq!(redact("GET AUTH").as_deref(), Some("GET AUTH"));
+    }
 
     fn slow<'a>(args: &'a [&'a [u8]], ms: u64) -> Slow<'a> {
         Slow {

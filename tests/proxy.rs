@@ -672,10 +672,15 @@ fn admin_token_guards_metrics_and_topology_but_not_health_and_readiness() {
         assert_eq!(ask("GET", path, "").0, 401, "{path} without a token");
         let wrong = "Authorization: Bearer s3cret-tokem\r\n";
         assert_eq!(ask("GET", path, wrong).0, 401, "{path} with a wrong token");
-        let right = "Authorization: Bearer s3cret-token\r\n";
-        let (status, body) = ask("GET", path, right);
-        assert_eq!(status, 200, "{path}");
-        assert!(!body.contains("s3cret"), "{body}");
+        for right in [
+            "Authorization: Bearer s3cret-token\r\n",
+            "authorization: bearer s3cret-token\r\n",
+            "Authorization: BEARER  s3cret-token\r\n",
+        ] {
+            let (status, body) = ask("GET", path, right);
+            assert_eq!(status, 200, "{path} {right}");
+            assert!(!body.contains("s3cret"), "{body}");
+        }
     }
     assert_eq!(ask("POST", "/health", "").0, 405);
     assert_eq!(ask("GET", "/nowhere", "").0, 404);

@@ -143,3 +143,58 @@ fn config_set_of_slowlog_settings_reaches_the_proxys_own_log() {
         .unwrap();
     assert_eq!(server[1], "2", "the server took the setting too");
 }
+
+#[test]
+fn no_password_reaches_slowlog_and_client_list_shows_each_users_name() {
+    let redis = Redis::start();
+    let extra = "    slowlog_slower_than_us: 0\n    slowlog_max_len: 100\n    allow_config: true\n    users:\n      - { name: app, password: app-secret-123 }\n      - { name: ops, password: ops-secret-456 }\n";
+    let (port, _proxy) = pool_over_one(&redis, extra);
+    let mut ops = connect_as(port, "ops", "ops-secret-456");
+    let _: redis::Value = redis::cmd("HELLO")
+        .arg(2)
+        .arg("AUTH")
+        .arg("ops")
+        .arg("ops-secret-456")
+        .query(&mut ops)
+        .unwrap();
+    let mut app = connect_as(port, "app", "app-secret-123");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("masterauth")
+        .arg("replica-secret-789")
+        .query(&mut app)
+        .unwrap();
+    let entries: redis::Value = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(-1)
+        .query(&mut app)
+        .unwrap();
+    let shown = format!("{entries:?}");
+    for secret in ["ops-secret-456", "app-secret-123", "replica-secret-789"] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    assert!(shown.contains("(redacted)"), "{shown}");
+    assert!(shown.contains("HELLO"), "{shown}");
+
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut app).unwrap();
+    let users: Vec<&str> = list
+        .lines()
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("user=")))
+        .collect();
+    let mut sorted = users.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["app", "ops"], "{list}");
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("USER")
+        .arg("ops")
+        .query(&mut app)
+        .unwrap();
+    assert_eq!(killed, 1);
+    assert!(redis::cmd("PING").query::<String>(&mut ops).is_err());
+}
+
+/// A connection that has authenticated as `user`.
+fn connect_as(port: u16, user: &str, password: &str) -> redis::Connection {
+    open(&format!("redis://{user}:{password}@127.0.0.1:{port}"))
+}

@@ -56,6 +56,8 @@ pub struct Facts {
 #[derive(Clone, Debug)]
 pub struct RareFacts {
     pub name: Option<Arc<[u8]>>,
+    /// The user it authenticated as, unless `default`.
+    pub user: Option<Arc<str>>,
     /// Subscriptions: channels, patterns, shard channels.
     pub subscriptions: [u32; 3],
     /// In MULTI: the commands queued.
@@ -67,6 +69,7 @@ pub struct RareFacts {
 /// A client's rare facts while it has none.
 const NO_RARE_FACTS: RareFacts = RareFacts {
     name: None,
+    user: None,
     subscriptions: [0; 3],
     multi: None,
     blocked_on: None,
@@ -75,6 +78,7 @@ const NO_RARE_FACTS: RareFacts = RareFacts {
 impl RareFacts {
     fn is_empty(&self) -> bool {
         self.name.is_none()
+            && self.user.is_none()
             && self.subscriptions == [0; 3]
             && self.multi.is_none()
             && self.blocked_on.is_none()
@@ -190,6 +194,18 @@ impl Client {
     /// Names the client; `None` clears the name (an empty CLIENT SETNAME, RESET).
     pub fn set_name(&self, name: Option<Arc<[u8]>>) {
         self.facts().update_rare(|rare| rare.name = name);
+    }
+
+    /// The user the client authenticated as (CLIENT LIST, CLIENT KILL USER).
+    pub fn user(&self) -> Arc<str> {
+        let user = self.facts().rare().user.clone();
+        user.unwrap_or_else(|| Arc::from("default"))
+    }
+
+    /// Records the user the client authenticated as.
+    pub fn set_user(&self, user: &str) {
+        let user = (user != "default").then(|| Arc::from(user));
+        self.facts().update_rare(|rare| rare.user = user);
     }
 
     /// Where the client's blocking command waits, if it is waiting.

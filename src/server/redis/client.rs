@@ -195,7 +195,7 @@ fn line(out: &mut String, pool: &Pool, client: &Client, now: Second) {
         out,
         "id={} addr={} laddr={} fd={} name={name} age={} idle={} flags={flags} db={} sub={sub} \
          psub={psub} ssub={ssub} multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 \
-         obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={cmd} user=default redir=-1 resp={}",
+         obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={cmd} user={} redir=-1 resp={}",
         client.id,
         shown_addr(pool, client.addr),
         shown_addr(pool, client.laddr),
@@ -204,6 +204,7 @@ fn line(out: &mut String, pool: &Pool, client: &Client, now: Second) {
         facts.last_active.until(now),
         facts.db,
         rare.multi.map_or(-1, |n| n as i64),
+        rare.user.as_deref().unwrap_or("default"),
         if facts.resp3 { 3 } else { 2 },
     );
 }
@@ -238,7 +239,7 @@ fn kill(cx: &Local<'_>, req: &Request) -> Plan {
                 Ok(None) => clients.clear(),
                 Err(why) => return exact(&why),
             },
-            b"USER" => clients.retain(|_| text == "default"),
+            b"USER" => clients.retain(|c| *c.user() == *text),
             b"SKIPME" => match &value.to_ascii_lowercase()[..] {
                 b"yes" => skip_me = true,
                 b"no" => skip_me = false,

@@ -73,6 +73,7 @@ fn reset(cx: Local<'_>) -> Plan {
     *cx.client = ClientState::new(cx.pool.config.client_users.is_empty());
     cx.client.auth_failures = failures;
     cx.listing.set_name(None);
+    cx.listing.set_user("default");
     Plan::Reply(Bytes::from_static(b"+RESET\r\n"))
 }
 
@@ -187,6 +188,7 @@ fn check_password(cx: &mut Local<'_>, user: &[u8], password: &[u8]) -> Result<()
         return Err(ClientError::WrongPass);
     }
     cx.client.authenticated = true;
+    cx.listing.set_user(&String::from_utf8_lossy(user));
     Ok(())
 }
 

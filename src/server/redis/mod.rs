@@ -30,7 +30,7 @@ use crate::server::error::ClientError;
 use crate::server::plan::Plan;
 use crate::server::session::{Frontend, Session};
 use crate::server::timing::Recorded;
-use crate::slowlog::Slow;
+use crate::slowlog::{self, Slow};
 use crate::topology::{Pool, PoolState, Second};
 use context::{ClientState, Local, Replies};
 use pubsub::{Change, PubSub, Routed};
@@ -114,6 +114,9 @@ impl Frontend for Resp {
             return;
         };
         let args: Vec<&[u8]> = (0..req.argc()).map(|i| req.arg(i)).collect();
+        let Some(args) = slowlog::redacted(&args) else {
+            return;
+        };
         s.pool.slowlog.record(Slow {
             took,
             args: &args,
