@@ -248,3 +248,102 @@ fn a_blocked_request_keeps_its_connection_while_the_topology_changes() {
     let _: () = other.rpush(&queue, "after-swap").unwrap();
     assert_eq!(waiter.join().unwrap(), (queue, "after-swap".to_string()));
 }
+
+#[test]
+fn a_blocking_wait_longer_than_the_silence_bound_is_answered_by_a_push() {
+    // The pool's default timeout (1 s): a connection silent for 4 s with a request in flight
+    // is given up, but not one whose blocking command waits by design.
+    let (shards, port, proxy) = three_shards("s", "");
+    let forever = std::thread::spawn(move || {
+        let mut c = connect(port);
+        let got: (String, String) = redis::cmd("BLPOP")
+            .arg("jobs")
+            .arg(0)
+            .query(&mut c)
+            .unwrap();
+        got
+    });
+    let bounded = std::thread::spawn(move || {
+        let mut c = connect(port);
+        let started = Instant::now();
+        let got: Value = redis::cmd("BLPOP")
+            .arg("never")
+            .arg(5.5)
+            .query(&mut c)
+            .unwrap();
+        (got, started.elapsed())
+    });
+    wait_until("both BLPOPs blocked", Duration::from_secs(10), || {
+        blocked_clients(&shards) == 2
+    });
+    // The scenario itself: a job queue that stays empty for 6 s.
+    std::thread::sleep(Duration::from_secs(6));
+    let mut other = connect(port);
+    let _: () = other.rpush("jobs", "job-1").unwrap();
+    assert_eq!(
+        forever.join().unwrap(),
+        ("jobs".to_string(), "job-1".to_string())
+    );
+    let (got, took) = bounded.join().unwrap();
+    assert_eq!(got, Value::Nil, "its own timeout, not a reset");
+    assert!(took >= Duration::from_millis(5500), "{took:?}");
+    let log = proxy.log();
+    assert!(!log.contains("sent nothing"), "{log}");
+}
+
+#[test]
+fn pipelined_blocking_commands_run_one_at_a_time_in_order() {
+    let (shards, port, _proxy) = three_shards("s", "");
+    let mut c = Raw::connect(port);
+    let mut pipeline = command(&[b"BLPOP", b"qa", b"5"]);
+    pipeline.extend(command(&[b"BLPOP", b"qb", b"5"]));
+    pipeline.extend(command(&[b"GET", b"after"]));
+    c.send(&pipeline);
+    wait_until("the first BLPOP blocked", Duration::from_secs(10), || {
+        blocked_clients(&shards) == 1
+    });
+    let mut other = connect(port);
+    let _: () = other.rpush("qb", "job-b").unwrap();
+    // As on one server, the second BLPOP has not run: the job stays queued while the first
+    // waits, and when the client leaves.
+    assert_eq!(blocked_clients(&shards), 1);
+    assert_eq!(other.llen::<_, i64>("qb").unwrap(), 1);
+    drop(c);
+    wait_until(
+        "the BLPOP's connection closed",
+        Duration::from_secs(10),
+        || blocked_clients(&shards) == 0,
+    );
+    assert_eq!(
+        other.llen::<_, i64>("qb").unwrap(),
+        1,
+        "the job was not lost"
+    );
+
+    // 1,000 pipelined: one reserved connection, the next BLPOP sent once one is answered.
+    let mut c = Raw::connect(port);
+    let mut pipeline = Vec::new();
+    for _ in 0..1000 {
+        pipeline.extend(command(&[b"BLPOP", b"qa", b"5"]));
+    }
+    c.send(&pipeline);
+    wait_until("one BLPOP blocked", Duration::from_secs(10), || {
+        blocked_clients(&shards) == 1
+    });
+    let clients: i64 = shards
+        .iter()
+        .map(|s| info_field(s, "clients", "connected_clients"))
+        .sum();
+    assert!(
+        clients < 60,
+        "{clients} connections for one client's 1,000 BLPOPs"
+    );
+    let _: () = other.rpush("qa", "a1").unwrap();
+    assert_eq!(
+        c.read_n(b"*2\r\n$2\r\nqa\r\n$2\r\na1\r\n".len()),
+        b"*2\r\n$2\r\nqa\r\n$2\r\na1\r\n"
+    );
+    wait_until("the next BLPOP blocked", Duration::from_secs(10), || {
+        blocked_clients(&shards) == 1
+    });
+}

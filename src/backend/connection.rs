@@ -249,7 +249,8 @@ async fn serve(
                     reply_to: Some(job.reply_to),
                     kind: job.kind,
                     sent: now,
-                    deadline: now + job.timeout.unwrap_or(settings.timeout),
+                    deadline: now + settings.timeout + job.timeout.unwrap_or_default(),
+                    waits: job.timeout.is_some(),
                 });
             }
             if let Err(e) = stream.write_all(&write_buf).await {
@@ -316,7 +317,7 @@ async fn serve(
                     shared.record_failure(&Failure::Timeout(settings.timeout));
                 }
                 // Only a node silent for much longer than a request may take is given up.
-                if in_flight.front().is_some_and(|oldest| now >= heard.max(oldest.sent) + silence) {
+                if in_flight.front().and_then(|oldest| silent_at(oldest, heard, silence)).is_some_and(|at| now >= at) {
                     break Failure::Silent(silence);
                 }
             }
@@ -346,13 +347,22 @@ fn next_check(
     heard: Instant,
     silence: Duration,
 ) -> Option<Instant> {
-    let oldest = in_flight.front()?;
-    let silent_at = heard.max(oldest.sent) + silence;
+    let silent_at = silent_at(in_flight.front()?, heard, silence);
     let deadline = in_flight
         .iter()
         .find(|r| r.reply_to.is_some())
         .map(|r| r.deadline);
-    Some(deadline.map_or(silent_at, |d| d.min(silent_at)))
+    match (deadline, silent_at) {
+        (Some(d), Some(s)) => Some(d.min(s)),
+        (d, s) => d.or(s),
+    }
+}
+
+/// When the connection is given up if the node stays silent while `oldest` is its oldest
+/// request; never while that request waits by design (a blocking command, silent until data
+/// comes or its own timeout passes, which bounds it instead).
+fn silent_at(oldest: &InFlight, heard: Instant, silence: Duration) -> Option<Instant> {
+    (!oldest.waits).then(|| heard.max(oldest.sent) + silence)
 }
 
 /// A request written to the backend and not answered yet.
@@ -362,6 +372,9 @@ struct InFlight {
     kind: ReplyKind,
     sent: Instant,
     deadline: Instant,
+    /// Whether it has a timeout of its own: a blocking command's, which may be silent for as
+    /// long as it asked to wait.
+    waits: bool,
 }
 
 /// Hands every complete reply in `buf` to the request waiting for it.
@@ -403,4 +416,43 @@ fn answer(
     delivery.flush();
     shared.metrics.latency.add(&mut latency);
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default)]
+    struct Session(crate::backend::Inbox);
+
+    impl crate::backend::Mailbox for Session {
+        fn inbox(&self) -> &crate::backend::Inbox {
+            &self.0
+        }
+    }
+
+    fn request(sent: Instant, deadline: Instant, waits: bool) -> InFlight {
+        let to = ReplyTo {
+            inbox: Arc::new(Session::default()),
+            token: crate::backend::Token::Push,
+        };
+        InFlight {
+            reply_to: Some(to),
+            kind: ReplyKind::Resp,
+            sent,
+            deadline,
+            waits,
+        }
+    }
+
+    #[test]
+    fn a_blocking_command_is_bounded_by_its_deadline_not_by_silence() {
+        let now = Instant::now();
+        let silence = Duration::from_secs(4);
+        let far = now + Duration::from_secs(3600);
+        let blocked = VecDeque::from([request(now, far, true)]);
+        assert_eq!(next_check(&blocked, now, silence), Some(far));
+        let plain = VecDeque::from([request(now, far, false)]);
+        assert_eq!(next_check(&plain, now, silence), Some(now + silence));
+    }
 }

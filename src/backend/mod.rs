@@ -180,7 +180,8 @@ pub struct Job {
     pub payload: Bytes,
     pub kind: ReplyKind,
     pub reply_to: ReplyTo,
-    /// Instead of the pool's timeout (a reserved connection's blocking command).
+    /// How long a blocking command may wait, on top of the pool's timeout; `None` for any
+    /// other request.
     pub timeout: Option<Duration>,
 }
 
@@ -420,10 +421,8 @@ pub struct Reserved {
 }
 
 impl Reserved {
-    /// Queues a request on the connection; `timeout` replaces the pool's (`None`: no limit,
-    /// for a command that blocks until its client's timeout).
-    pub fn send(&self, mut job: Job, timeout: Option<Duration>) {
-        job.timeout = Some(timeout.unwrap_or(NO_TIMEOUT));
+    /// Queues a request on the connection, bounded by the pool's timeout.
+    pub fn send(&self, job: Job) {
         if let Err(mpsc::error::SendError(job)) = self.tx.send(job) {
             job.reply_to.send(Err(BackendError {
                 node: "reserved connection".into(),
@@ -434,6 +433,13 @@ impl Reserved {
 }
 
 impl Reserved {
+    /// Queues a blocking command that may wait `wait` (`None`: without limit) before its
+    /// reply, and the pool's timeout after that.
+    pub fn send_blocking(&self, mut job: Job, wait: Option<Duration>) {
+        job.timeout = Some(wait.unwrap_or(NO_TIMEOUT));
+        self.send(job);
+    }
+
     /// The server's id of the connection (CLIENT ID; 0 until it is connected).
     pub fn server_id(&self) -> &Arc<AtomicU64> {
         &self.id

@@ -27,6 +27,10 @@ use prometheus_client::metrics::gauge::Gauge;
 /// while reads fill it.
 const FIRST_READ_CHUNK: u32 = 1024;
 
+/// What is read of a blocked client's next requests before reading stops until it is
+/// answered.
+const READ_WHILE_BLOCKED: usize = 64 * 1024;
+
 /// How long a burst outlives its last reply: a client that sends its next request sooner (as
 /// an application that does not pipeline does, a round trip later) is served by the same burst
 /// and its buffers, with nothing allocated again. Re-armed by moving a deadline later, which
@@ -93,7 +97,7 @@ struct Held {
     /// The sequence number of that request.
     until: u64,
     /// A blocking command waiting on it.
-    _blocked: Option<Blocked>,
+    blocked: Option<Blocked>,
 }
 
 /// One blocking command, counted in `blocked_clients` and shown in the client's listing
@@ -306,7 +310,11 @@ impl<F: Frontend> Session<F> {
                 timing.read(first, self.out.next_seq(), at);
                 unparsed = !read_buf.is_empty() && !self.has_room();
             } else {
-                let can_read = self.has_room() && !closing && !unparsed;
+                // While blocked, the client is still read (up to a bound), so that its
+                // leaving is seen and its blocking command's connection closed.
+                let can_read = !closing
+                    && (self.has_room() && !unparsed
+                        || self.is_blocked() && read_buf.len() < READ_WHILE_BLOCKED);
                 let unwritten = !self.out.output().is_empty() || self.stream.is_holding_output();
                 tokio::select! {
                     biased;
@@ -337,7 +345,7 @@ impl<F: Frontend> Session<F> {
                             let bound = self.pool.config.client_request_timeout;
                             let progressed = self.out.next_seq() > first;
                             match (&mut incomplete, bound) {
-                                _ if !self.fe.is_mid_request(&read_buf) => incomplete = None,
+                                _ if !self.fe.is_mid_request(&read_buf) || unparsed => incomplete = None,
                                 (Some(timer), Some(t)) if progressed => {
                                     timer.as_mut().reset(tokio::time::Instant::now() + t);
                                 }
@@ -449,7 +457,16 @@ impl<F: Frontend> Session<F> {
     /// wait unparsed, so what a client can make the proxy and its backends hold is bounded.
     pub(super) fn has_room(&self) -> bool {
         let c = &self.pool.config;
-        self.out.pending() < c.max_pipeline && self.out.output().len() <= c.max_client_output_bytes
+        self.out.pending() < c.max_pipeline
+            && self.out.output().len() <= c.max_client_output_bytes
+            && !self.is_blocked()
+    }
+
+    /// Whether a blocking command of the client's waits for its reply. As on one server,
+    /// nothing the client sent after it is carried out until it is answered: pipelined
+    /// blocking commands run one at a time, in order, each on the one reserved connection.
+    fn is_blocked(&self) -> bool {
+        (self.in_flight.as_ref()).is_some_and(|f| f.held.iter().any(|h| h.blocked.is_some()))
     }
 
     /// Closes a client that held more unread replies than `max_client_output_bytes` for too
@@ -544,7 +561,7 @@ impl<F: Frontend> Session<F> {
                     reply_to: self.reply_to(self.out.token(0)),
                     timeout: None,
                 };
-                conn.send(job, wait.map(|w| w + self.pool.config.timeout));
+                conn.send_blocking(job, wait);
                 let on = BlockedOn {
                     node: node.clone(),
                     connection: conn.server_id().clone(),
@@ -589,7 +606,7 @@ impl<F> Session<F> {
             node,
             conn,
             until,
-            _blocked: blocked,
+            blocked,
         });
     }
 

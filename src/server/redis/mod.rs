@@ -393,7 +393,7 @@ impl RespSession {
                 reply_to: self.reply_to(self.out.token(part)),
                 timeout: None,
             };
-            reserved.send(job, Some(self.pool.config.timeout));
+            reserved.send(job);
         }
         if keep {
             self.fe.modes().watch = Some((node, reserved));
