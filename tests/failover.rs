@@ -781,3 +781,43 @@ fn the_voucher_script_never_sells_more_than_its_stock_across_a_promotion() {
     assert_eq!(stock(new_master), Some(0));
     assert_eq!(orders, STOCK);
 }
+
+/// A replica restarted without its data waits for its full sync (redis' default 5 s delay);
+/// 0.8 s later the master stalls for 3 s. Returns the master's keys afterwards, and whether
+/// the proxy kept writing to the master.
+fn stall_the_master_while_a_replica_has_no_data(shard: &mut Replicated) -> (u64, bool) {
+    write_keys(shard.instances[0].0, "k", 20_000);
+    shard.wait_keys_seen(20_000);
+    let replica = &mut shard.replicas[0];
+    replica.restart();
+    replica_of(replica, &shard.master);
+    // The scenario's own timing: the stall comes 0.8 s into the replica's wait.
+    std::thread::sleep(Duration::from_millis(800));
+    shard.master.signal("-STOP");
+    std::thread::sleep(Duration::from_secs(3));
+    shard.master.signal("-CONT");
+    let proxy = &shard.instances[0].1;
+    let mut c = connect(shard.instances[0].0);
+    wait_until("writes served again", Duration::from_secs(20), || {
+        c.set::<_, _, ()>("after", 1).is_ok()
+    });
+    let kept_master = routed_master(proxy) == shard.master.addr();
+    // The replica's full sync, once it has run, leaves both with the data.
+    wait_until("the replica synced", Duration::from_secs(20), || {
+        shard.replicas[0].dbsize() >= 20_000
+    });
+    (shard.master.dbsize(), kept_master)
+}
+
+#[test]
+fn a_replica_in_its_first_sync_is_never_promoted_over_a_stalled_master() {
+    let extra = format!("    failover: promote\n{FAST_CHECKS}");
+    let mut shard = replicated(1, &DEFAULT_SYNC_DELAY, &extra, 1);
+    shard.wait_roles_known();
+    let (keys, kept_master) = stall_the_master_while_a_replica_has_no_data(&mut shard);
+    assert_eq!(keys, 20_001, "20,000 keys and the write after the stall");
+    assert!(kept_master);
+    let log = shard.instances[0].1.log();
+    assert!(log.contains("no replica holds its data"), "{log}");
+    assert!(!log.contains("promoted"), "{log}");
+}

@@ -1,8 +1,8 @@
 //! Periodic health checks: PING (memcache: `version`) on a connection of their own, so a dead
 //! node is noticed without client traffic and a returning one without a restart. Redis nodes
-//! are also asked what they are (`ROLE`, `DBSIZE`, and their run id when the connection is new),
-//! so the pool learns which node is master, and notices a master that restarted empty, from the
-//! nodes themselves. The same exchanges serve a failover: asking candidates, promoting one.
+//! are also asked what they are (`INFO replication`, `DBSIZE`, and their run id when the
+//! connection is new), so the pool learns which node is master and which replicas are in sync,
+//! and notices a master that restarted empty, from the nodes themselves. The same exchanges serve a failover: asking candidates, promoting one.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,7 +12,7 @@ use tokio::time::{MissedTickBehavior, interval};
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{connect, read_reply};
-use super::{ConnSettings, Failure, Health, NodeShared, Role, Said, flat_fields, within};
+use super::{ConnSettings, Failure, Health, NodeShared, Role, Said, within};
 use crate::config::{Address, HealthCheck, Protocol};
 use crate::net::Stream;
 use crate::protocol::ReplyKind;
@@ -121,17 +121,18 @@ impl Asker {
         Ok(None)
     }
 
-    /// What a Redis node says it is: `ROLE` and `DBSIZE` in one round trip, with
+    /// What a Redis node says it is: `INFO replication` and `DBSIZE` in one round trip, with
     /// `INFO server` for the run id and version when this connection has not asked yet.
     pub(super) async fn said(&mut self, settings: &ConnSettings) -> Result<Said, Failure> {
-        let mut request = b"*1\r\n$4\r\nROLE\r\n*1\r\n$6\r\nDBSIZE\r\n".to_vec();
+        let mut request =
+            b"*2\r\n$4\r\nINFO\r\n$11\r\nreplication\r\n*1\r\n$6\r\nDBSIZE\r\n".to_vec();
         let known = self.process.clone();
         if known.is_none() {
             request.extend_from_slice(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n");
         }
         let stream = open(&mut self.conn, settings).await?;
         stream.write_all(&request).await?;
-        let role = read_reply(stream, &mut self.buf, settings, ReplyKind::Resp).await?;
+        let replication = read_reply(stream, &mut self.buf, settings, ReplyKind::Resp).await?;
         let keys = read_reply(stream, &mut self.buf, settings, ReplyKind::Resp).await?;
         let process = match known {
             Some(process) => process,
@@ -146,18 +147,17 @@ impl Asker {
                 process
             }
         };
-        let (role, offset, follows) = parse_role(&role).ok_or_else(|| unexpected(&role))?;
         let keys = keys
             .strip_prefix(b":")
             .and_then(|n| std::str::from_utf8(n).ok()?.trim_end().parse().ok())
             .ok_or_else(|| unexpected(&keys))?;
+        let replication =
+            parse_replication(&replication).ok_or_else(|| unexpected(&replication))?;
         Ok(Said {
-            role,
-            offset,
             keys,
             run_id: process.run_id,
             version: process.version,
-            follows,
+            ..replication
         })
     }
 
@@ -217,25 +217,38 @@ fn unexpected(reply: &[u8]) -> Failure {
     Failure::Unexpected(String::from_utf8_lossy(reply).trim_end().to_string())
 }
 
-/// The role, replication offset and (for a replica) master in a `ROLE` reply:
-/// `*3 master <offset> [replicas]` or `*5 slave <host> <port> <state> <offset>` (an offset of
-/// -1, not synced yet, counts as 0).
-fn parse_role(reply: &[u8]) -> Option<(Role, u64, Option<Address>)> {
-    let mut fields = flat_fields(reply).map(|l| std::str::from_utf8(l).ok());
-    let (role, follows, offset) = match fields.next()?? {
-        "master" => (Role::Master, None, fields.next()??),
-        "slave" | "replica" => {
-            let (host, port) = (fields.next()??, fields.next()??);
-            let master = Address {
-                host: host.to_string(),
-                port: port.parse().ok()?,
-            };
-            (Role::Replica, Some(master), fields.nth(1)??)
-        }
+/// What `INFO replication` says: the role, the replication offset (`master_repl_offset`,
+/// which a replica keeps while its link is down), for a replica its master and whether it is in
+/// sync with it, and the replication ids. Keys, run id and version are left empty.
+fn parse_replication(info: &[u8]) -> Option<Said> {
+    let field = |name: &[u8]| info_field(info, name);
+    let role = match &*field(b"role:")? {
+        "master" => Role::Master,
+        "slave" => Role::Replica,
         _ => return None,
     };
-    let offset: i64 = offset.parse().ok()?;
-    Some((role, offset.max(0) as u64, follows))
+    let offset: i64 = field(b"master_repl_offset:")?.parse().ok()?;
+    let follows = match role {
+        Role::Master => None,
+        Role::Replica => Some(Address {
+            host: field(b"master_host:")?.to_string(),
+            port: field(b"master_port:")?.parse().ok()?,
+        }),
+    };
+    let in_sync = role == Role::Replica
+        && field(b"master_link_status:").as_deref() == Some("up")
+        && field(b"master_sync_in_progress:").as_deref() == Some("0");
+    Some(Said {
+        role,
+        offset: offset.max(0) as u64,
+        keys: 0,
+        run_id: "".into(),
+        version: "".into(),
+        follows,
+        in_sync,
+        replid: field(b"master_replid:").unwrap_or_default(),
+        replid2: field(b"master_replid2:").unwrap_or_default(),
+    })
 }
 
 /// The value of `name` (with its colon) in an INFO reply.
@@ -250,24 +263,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn roles_and_offsets() {
-        let master = b"*3\r\n$6\r\nmaster\r\n:3129659\r\n*1\r\n*3\r\n$9\r\n127.0.0.1\r\n$4\r\n9001\r\n$7\r\n3129242\r\n";
-        assert_eq!(parse_role(master), Some((Role::Master, 3129659, None)));
-        let alone = b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n";
-        assert_eq!(parse_role(alone), Some((Role::Master, 0, None)));
-        let replica =
-            b"*5\r\n$5\r\nslave\r\n$9\r\n127.0.0.1\r\n:9000\r\n$9\r\nconnected\r\n:3167038\r\n";
-        let of = Some("127.0.0.1:9000".parse().unwrap());
+    fn roles_offsets_and_sync_from_info_replication() {
+        let master = b"$200\r\n# Replication\r\nrole:master\r\nconnected_slaves:1\r\nslave0:ip=127.0.0.1,port=9001,state=online,offset=3129242,lag=0\r\nmaster_replid:aaa\r\nmaster_replid2:0000000000000000000000000000000000000000\r\nmaster_repl_offset:3129659\r\nsecond_repl_offset:-1\r\n\r\n";
+        let said = parse_replication(master).unwrap();
         assert_eq!(
-            parse_role(replica),
-            Some((Role::Replica, 3167038, of.clone()))
+            (said.role, said.offset, said.follows, said.in_sync),
+            (Role::Master, 3129659, None, false)
         );
-        let connecting =
-            b"*5\r\n$5\r\nslave\r\n$9\r\n127.0.0.1\r\n:9000\r\n$7\r\nconnect\r\n:-1\r\n";
-        assert_eq!(parse_role(connecting), Some((Role::Replica, 0, of)));
-        let sentinel = b"*2\r\n$8\r\nsentinel\r\n*1\r\n$10\r\nmymaster-1\r\n";
-        assert_eq!(parse_role(sentinel), None);
-        assert_eq!(parse_role(b"-ERR unknown command\r\n"), None);
+        assert_eq!(&*said.replid, "aaa");
+        let replica = |link: &str, syncing: &str| {
+            format!(
+                "$1\r\n# Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\nmaster_port:9000\r\nmaster_link_status:{link}\r\nmaster_sync_in_progress:{syncing}\r\nslave_repl_offset:87\r\nmaster_replid:bbb\r\nmaster_replid2:aaa\r\nmaster_repl_offset:87\r\n\r\n"
+            )
+        };
+        let of = Some("127.0.0.1:9000".parse().unwrap());
+        let said = parse_replication(replica("up", "0").as_bytes()).unwrap();
+        assert_eq!(
+            (said.role, said.offset, &said.follows, said.in_sync),
+            (Role::Replica, 87, &of, true)
+        );
+        assert_eq!(&*said.replid2, "aaa");
+        // The link down (its master died) keeps the offset; a full sync is not in sync.
+        let down = parse_replication(replica("down", "0").as_bytes()).unwrap();
+        assert_eq!((down.offset, down.in_sync), (87, false));
+        assert!(
+            !parse_replication(replica("up", "1").as_bytes())
+                .unwrap()
+                .in_sync
+        );
+        assert_eq!(parse_replication(b"$10\r\nrole:sentinel\r\n"), None);
+        assert_eq!(parse_replication(b"-ERR unknown command\r\n"), None);
     }
 
     #[test]

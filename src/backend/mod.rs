@@ -258,6 +258,14 @@ pub struct Said {
     pub version: Arc<str>,
     /// The master a replica follows, as it names it.
     pub follows: Option<Address>,
+    /// A replica whose link to its master is up and not in a full sync: it holds the master's
+    /// data up to its offset.
+    pub in_sync: bool,
+    /// Its replication history's id (`master_replid`), and the one before it
+    /// (`master_replid2`, set when a replica is promoted): a node whose previous id is
+    /// another's current one took that node's place.
+    pub replid: Arc<str>,
+    pub replid2: Arc<str>,
 }
 
 /// What a node reports to whoever keeps its pool's topology.

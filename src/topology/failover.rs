@@ -6,8 +6,55 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 
 use super::state::Shard;
-use crate::backend::{Node, Role, Said};
+use crate::backend::{Health, Node, Role, Said};
 use crate::config::Address;
+
+/// How far behind the most any node is known to hold (in bytes of the replication stream) a
+/// replica may be and still take a master's place: enough for checks taken at different
+/// moments under load, far less than a replica in its first sync lags.
+pub const MAX_LAG_BYTES: u64 = 1 << 20;
+
+/// The nodes that may take the place of the shard's master, which is down: those not down that
+/// hold its data. A replica qualifies once it has said it was in sync with its master (link up,
+/// no full sync under way) in its current process, at an offset within [`MAX_LAG_BYTES`] of
+/// the most known: the master's own offset at its last check, or another replica's. A replica
+/// restarted without its data, still in its first sync, or a former master still resyncing
+/// never qualifies: promoting it would lose what the others hold. The master's offset does
+/// not count when it is held down as restarted empty (it holds nothing any more).
+pub fn candidates<N>(shard: &Shard<N>) -> Vec<usize> {
+    let m = shard.master;
+    let master = &shard.status[m];
+    let master_offset = master
+        .said
+        .as_ref()
+        .filter(|said| said.role == Role::Master && master.restarted_empty.is_none())
+        .map(|said| said.offset);
+    let others = || (0..shard.nodes.len()).filter(move |&i| i != m);
+    let best = others()
+        .filter_map(|i| shard.status[i].in_sync_at)
+        .chain(master_offset)
+        .max()
+        .unwrap_or(0);
+    others()
+        .filter(|&i| shard.status[i].state() != Health::Down)
+        .filter(|&i| {
+            (shard.status[i].in_sync_at).is_some_and(|at| at.saturating_add(MAX_LAG_BYTES) >= best)
+        })
+        .collect()
+}
+
+/// Whether making node `n` a replica of node `master` would empty it of data: `master` holds
+/// fewer than 90% of the keys `n` held at its last check (the empty-master guard's rule, kept
+/// for every repointing; the margin is for keys written and expired between checks).
+pub fn would_wipe<N>(shard: &Shard<N>, master: usize, n: usize) -> bool {
+    let keys = |i: usize| shard.status[i].said.as_ref().map(|said| said.keys);
+    match (keys(master), keys(n)) {
+        (Some(theirs), Some(mine)) => theirs.saturating_mul(10) < mine.saturating_mul(9),
+        // Nothing known of the master yet: wait until it says.
+        (None, Some(mine)) => mine > 0,
+        (_, None) => false,
+    }
+}
 
 /// Which of `answers` (node index, its address, what it says now) should be the shard's
 /// master, so that every instance that asks picks the same node:
@@ -138,6 +185,9 @@ mod tests {
             run_id: run_id.into(),
             version: "7.0.15".into(),
             follows: None,
+            in_sync: role == Role::Replica,
+            replid: "".into(),
+            replid2: "".into(),
         }
     }
 
@@ -235,6 +285,52 @@ mod tests {
             Some(said(Replica, 0, 0, "new")),
         ]);
         assert_eq!(restarted_empty(&s, 1, Some(&before)), None);
+    }
+
+    #[test]
+    fn only_replicas_seen_in_sync_near_the_masters_offset_may_take_its_place() {
+        use Role::{Master, Replica};
+        let mb = MAX_LAG_BYTES;
+        let mut s = shard(vec![
+            Some(said(Master, 5 * mb, 20_000, "m")),
+            Some(said(Replica, 5 * mb, 20_000, "a")),
+            Some(said(Replica, 0, 0, "b")),
+            Some(said(Replica, 3 * mb, 12_000, "c")),
+        ]);
+        s.status[0].health = Health::Down;
+        for i in 1..4 {
+            s.status[i].health = Health::Up;
+        }
+        // b restarted without its data and is in its first sync; c lags by 2 MiB.
+        s.status[1].in_sync_at = Some(5 * mb - 100);
+        s.status[3].in_sync_at = Some(3 * mb);
+        assert_eq!(candidates(&s), [1]);
+        // The only replica in sync is down: nobody.
+        s.status[1].health = Health::Down;
+        assert_eq!(candidates(&s), Vec::<usize>::new());
+        // A master held down as restarted empty holds nothing: its replicas compare among
+        // themselves (here, a when it was last in sync counts too: c stays out).
+        s.status[0].restarted_empty = Some("restarted empty".into());
+        assert_eq!(candidates(&s), Vec::<usize>::new());
+        s.status[1].in_sync_at = None;
+        assert_eq!(candidates(&s), [3]);
+    }
+
+    #[test]
+    fn a_node_is_never_pointed_at_a_master_with_far_fewer_keys() {
+        use Role::{Master, Replica};
+        let s = shard(vec![
+            Some(said(Master, 0, 0, "promoted-empty")),
+            Some(said(Master, 9, 20_000, "old")),
+            Some(said(Replica, 9, 19_000, "r")),
+            Some(said(Replica, 0, 0, "new")),
+            None,
+        ]);
+        assert!(would_wipe(&s, 0, 1));
+        assert!(!would_wipe(&s, 1, 2), "within the margin");
+        assert!(!would_wipe(&s, 0, 3), "nothing to lose");
+        assert!(would_wipe(&s, 4, 1), "the master's keys unknown");
+        assert!(!would_wipe(&s, 1, 4));
     }
 
     #[test]

@@ -50,7 +50,16 @@ pub(super) struct ShardFailover {
     promoting: bool,
     /// A master Sentinel named that is none of the shard's nodes (warned about once).
     unknown_master: Option<Address>,
+    /// When this instance last promoted a node, which keeps its place for [`HOLD_DOWN`].
+    promoted_at: Option<Instant>,
+    /// No replica could take the master's place (said once per outage).
+    no_candidate_said: bool,
 }
+
+/// How long a node this instance promoted stays master whatever its checks say: a master that
+/// stalls and recovers again and again (a flapping VM, forks of a large data set) gets errors
+/// for its stalls rather than promotions that each lose what the last did not replicate.
+const HOLD_DOWN: Duration = Duration::from_secs(10);
 
 impl ShardFailover {
     pub(super) fn new(metrics: ShardMetrics) -> ShardFailover {
@@ -60,6 +69,8 @@ impl ShardFailover {
             counted_until: Instant::now(),
             promoting: false,
             unknown_master: None,
+            promoted_at: None,
+            no_candidate_said: false,
         }
     }
 }
@@ -178,7 +189,9 @@ impl Keeper {
             NodeEvent::FailedRepeatedly(_) => self.eject(s),
             NodeEvent::Said { said, .. } => {
                 let (role, keys) = (said.role, said.keys);
-                let before = self.shards[s].status[n].said.replace(said);
+                let node = &mut self.shards[s].status[n];
+                let before = node.said.clone();
+                node.heard(said, before.as_ref());
                 // Offsets move with every write: only what operators read in /topology, or
                 // what routes, is worth a new snapshot.
                 let changed = before.as_ref().map(|b| (b.role, b.keys)) != Some((role, keys));
@@ -253,21 +266,33 @@ impl Keeper {
     fn start_promotion(&mut self, s: usize) {
         let shard = &self.shards[s];
         let master = &shard.status[shard.master];
-        if self.failover[s].promoting
+        let failover = &mut self.failover[s];
+        if master.state() != Health::Down {
+            failover.no_candidate_said = false;
+        }
+        let held = failover
+            .promoted_at
+            .is_some_and(|at| at.elapsed() < HOLD_DOWN);
+        if failover.promoting
             || shard.replicated
             || !master.checked
             || master.state() != Health::Down
+            || held
         {
             return;
         }
-        let candidates: Vec<_> = (0..shard.nodes.len())
-            .filter(|&i| i != shard.master && shard.status[i].state() != Health::Down)
+        let candidates: Vec<_> = failover::candidates(shard)
+            .into_iter()
             .map(|i| (i, shard.nodes[i].clone()))
             .collect();
         if candidates.is_empty() {
+            if !std::mem::replace(&mut failover.no_candidate_said, true) {
+                tracing::error!(pool = %self.config.name, server = %shard.name, "{} is down and no replica holds its data (none was seen in sync with it within {} bytes): writes fail until the master is back or a replica catches up", shard.master().label(), failover::MAX_LAG_BYTES);
+            }
             return;
         }
-        self.failover[s].promoting = true;
+        failover.no_candidate_said = false;
+        failover.promoting = true;
         let replaces = shard.master().id();
         let name = shard.name.clone();
         let report = self.promotions.clone();
@@ -327,8 +352,14 @@ impl Keeper {
         }
         let addr = shard.nodes[new].addr.clone();
         for (i, node) in shard.nodes.iter().enumerate() {
-            if i != new {
-                node.replicate_from(&addr);
+            if i == new {
+                continue;
+            }
+            match failover::would_wipe(shard, new, i) {
+                true => {
+                    tracing::error!(pool = %self.config.name, server = %shard.name, "{} is not made a replica of {}, which holds far fewer keys: it would be emptied", node.label(), shard.nodes[new].label())
+                }
+                false => node.replicate_from(&addr),
             }
         }
         if !successor.promoted_here {
@@ -336,6 +367,7 @@ impl Keeper {
             return true;
         }
         failover.metrics.promoted.inc();
+        failover.promoted_at = Some(Instant::now());
         if let Some(since) = failover.down_since {
             failover
                 .metrics
@@ -411,7 +443,11 @@ impl Keeper {
         let node = &shard.status[n];
         let current_serves =
             shard.is_up(current) && shard.status[current].says() == Some(Role::Master);
-        if n != current && current_serves && node.former_master && node.says() == Some(Role::Master)
+        if n != current
+            && current_serves
+            && node.former_master
+            && node.says() == Some(Role::Master)
+            && !failover::would_wipe(shard, current, n)
         {
             shard.nodes[n].replicate_from(&shard.nodes[current].addr);
         }

@@ -71,6 +71,10 @@ pub struct NodeStatus {
     /// Why the node is held down whatever its checks say: it is a master that restarted with
     /// fewer keys than its replicas, whose data it would wipe.
     pub restarted_empty: Option<Arc<str>>,
+    /// The replication offset at which this process last said it was a replica in sync with
+    /// its master: it holds the master's data up to there. Forgotten when the process restarts
+    /// or a master is made a replica (it will resync); kept when it is promoted.
+    pub in_sync_at: Option<u64>,
 }
 
 impl NodeStatus {
@@ -83,7 +87,20 @@ impl NodeStatus {
             said: None,
             former_master: false,
             restarted_empty: None,
+            in_sync_at: None,
         }
+    }
+
+    /// Takes in what the node says now, after `before`.
+    pub fn heard(&mut self, said: Said, before: Option<&Said>) {
+        let same_process = before.is_some_and(|b| b.run_id == said.run_id);
+        let resyncs = before.is_some_and(|b| b.role == Role::Master) && said.role == Role::Replica;
+        self.in_sync_at = match said.in_sync {
+            true => Some(said.offset),
+            false if same_process && !resyncs => self.in_sync_at,
+            false => None,
+        };
+        self.said = Some(said);
     }
 
     /// The health that routes: down while it is held down.
@@ -171,12 +188,28 @@ impl<N> Shard<N> {
     /// Among several claims, the largest offset wins, then the current master, then
     /// configuration order, so that every instance picks the same node.
     pub fn master_by_roles(&self) -> Option<usize> {
-        let claims = (0..self.nodes.len()).filter(|&i| {
-            let node = &self.status[i];
-            node.state() != Health::Down && node.says() == Some(Role::Master)
-        });
+        let claims: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| {
+                let node = &self.status[i];
+                node.state() != Health::Down && node.says() == Some(Role::Master)
+            })
+            .collect();
         let offset = |i: usize| self.status[i].said.as_ref().map_or(0, |s| s.offset);
-        let best = claims.max_by_key(|&i| (offset(i), i == self.master, std::cmp::Reverse(i)))?;
+        let succeeds_a_claim = |i: usize| claims.iter().any(|&j| self.succeeded(i, j));
+        let best = *claims.iter().max_by_key(|&&i| {
+            (
+                succeeds_a_claim(i),
+                offset(i),
+                i == self.master,
+                std::cmp::Reverse(i),
+            )
+        })?;
+        // Promoted in the current master's place (by another instance, Sentinel or an
+        // operator) while the current master still says it is one (it was stalled, say): the
+        // promoted node's history says so, and every instance that hears both goes there.
+        if best != self.master && self.succeeded(best, self.master) {
+            return Some(best);
+        }
         // A master with no replication history (a fresh process that never had a replica)
         // beside one with history: offsets taken at different checks do not compare finely,
         // but zero against more does.
@@ -188,6 +221,19 @@ impl<N> Shard<N> {
         match best != self.master && (self.master_stepped_down() || contested) {
             true => Some(best),
             false => None,
+        }
+    }
+
+    /// Whether node `i` took node `j`'s place: `i`'s previous replication id is `j`'s current
+    /// one (a replica promoted keeps its master's id as its second).
+    fn succeeded(&self, i: usize, j: usize) -> bool {
+        let said = |n: usize| self.status[n].said.as_ref();
+        match (said(i), said(j)) {
+            (Some(i), Some(j)) => {
+                let known = i.replid2.bytes().any(|b| b != b'0');
+                known && i.replid2 == j.replid
+            }
+            _ => false,
         }
     }
 
@@ -339,6 +385,9 @@ mod tests {
                 run_id: "".into(),
                 version: "7.0.15".into(),
                 follows: None,
+                in_sync: role == Role::Replica,
+                replid: "".into(),
+                replid2: "".into(),
             });
         }
     }
@@ -418,6 +467,73 @@ mod tests {
         s.status[0].checked = true;
         assert!(s.master_stepped_down());
         assert_eq!(s.master_by_roles(), Some(1));
+    }
+
+    #[test]
+    fn a_node_promoted_in_the_masters_place_wins_while_the_old_master_still_claims() {
+        // The master stalled; another instance promoted node 1 (its previous replication id
+        // is the master's) and the master, back, still says it is master with a larger offset.
+        let mut s = shard(2, 0, &[], false);
+        says(
+            &mut s,
+            [Some((Role::Master, 900)), Some((Role::Master, 800)), None],
+        );
+        assert_eq!(
+            s.master_by_roles(),
+            None,
+            "no history: the current master stays"
+        );
+        let ids = |s: &mut Shard<()>, n: usize, replid: &str, replid2: &str| {
+            let said = s.status[n].said.as_mut().unwrap();
+            (said.replid, said.replid2) = (replid.into(), replid2.into());
+        };
+        let none = "0000000000000000000000000000000000000000";
+        ids(&mut s, 0, "old", none);
+        ids(&mut s, 1, "new", "old");
+        assert_eq!(s.master_by_roles(), Some(1));
+        // Seen from an instance that already follows node 1: it stays.
+        s.master = 1;
+        assert_eq!(s.master_by_roles(), None);
+        // Never promoted: an all-zero id matches nothing.
+        ids(&mut s, 0, none, none);
+        ids(&mut s, 1, "new", none);
+        s.master = 0;
+        assert_eq!(s.master_by_roles(), None);
+    }
+
+    #[test]
+    fn in_sync_is_remembered_until_the_process_restarts_or_a_master_resyncs() {
+        let said = |role, in_sync, run_id: &str| Said {
+            role,
+            offset: 500,
+            keys: 1,
+            run_id: run_id.into(),
+            version: "7.0.15".into(),
+            follows: None,
+            in_sync,
+            replid: "".into(),
+            replid2: "".into(),
+        };
+        let mut node = NodeStatus::unchecked();
+        node.heard(said(Role::Replica, true, "a"), None);
+        assert_eq!(node.in_sync_at, Some(500));
+        // Its master died: the link is down, the data as it was.
+        let before = node.said.clone();
+        node.heard(said(Role::Replica, false, "a"), before.as_ref());
+        assert_eq!(node.in_sync_at, Some(500));
+        // Promoted: it keeps its data.
+        let before = node.said.clone();
+        node.heard(said(Role::Master, false, "a"), before.as_ref());
+        assert_eq!(node.in_sync_at, Some(500));
+        // Made a replica again: it resyncs first.
+        let before = node.said.clone();
+        node.heard(said(Role::Replica, false, "a"), before.as_ref());
+        assert_eq!(node.in_sync_at, None);
+        node.heard(said(Role::Replica, true, "a"), node.said.clone().as_ref());
+        // Restarted: nothing is known of its data.
+        let before = node.said.clone();
+        node.heard(said(Role::Replica, false, "b"), before.as_ref());
+        assert_eq!(node.in_sync_at, None);
     }
 
     #[test]
