@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::time::Duration;
 
 use common::*;
@@ -286,4 +287,42 @@ fn a_twemproxy_file_reloads_too() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("pool alpha: servers changed"), "{body}");
     assert_eq!(servers_shown(&proxy), 2);
+}
+
+#[test]
+fn a_file_written_slowly_is_applied_whole_once_it_stops_changing() {
+    let shards: Vec<Redis> = (0..3).map(|_| Redis::start()).collect();
+    let port = free_port();
+    let names = ["one", "two", "three"];
+    let two = pool_over(port, &[&shards[0], &shards[1]], &names[..2]);
+    let proxy = Proxy::start(&two, port);
+    assert_eq!(servers_shown(&proxy), 2);
+    let full = pool_over(port, &[&shards[0], &shards[1], &shards[2]], &names);
+    // Cut after the first server: what was written so far parses, with one server.
+    let first = format!("{}:1 one\n", shards[0].addr());
+    let cut = full.find(&first).unwrap() + first.len();
+    let path = proxy.config_path();
+    let mut file = std::fs::File::create(&path).unwrap();
+    file.write_all(&full.as_bytes()[..cut]).unwrap();
+    file.sync_all().unwrap();
+    // The writer's own pause, longer than a burst of changes lasts.
+    let paused = std::time::Instant::now();
+    while paused.elapsed() < Duration::from_millis(500) {
+        assert_ne!(
+            servers_shown(&proxy),
+            1,
+            "the half-written file was applied"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    file.write_all(&full.as_bytes()[cut..]).unwrap();
+    file.sync_all().unwrap();
+    wait_until("the whole file applied", Duration::from_secs(10), || {
+        servers_shown(&proxy) == 3
+    });
+    let metrics = proxy.http("/metrics").1;
+    assert_eq!(
+        metric(&metrics, "ringproxy_config_reloads_total{result=\"ok\"}"),
+        1
+    );
 }

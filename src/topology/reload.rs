@@ -199,13 +199,20 @@ impl Reloads {
     }
 }
 
-/// How long the file must stay unchanged after a change before it is reloaded: an editor's
+/// How long the file must stay unchanged after a change before it is looked at: an editor's
 /// save or a deployment tool's copy is a burst of events.
 const QUIET: Duration = Duration::from_millis(200);
 
+/// How long the file must then read the same, with no change in between, before it is
+/// reloaded: a writer that pauses in the middle of the file (a slow copy, a script writing it
+/// line by line) has not finished, and the part written so far may well parse.
+const STEADY: Duration = Duration::from_secs(1);
+
 /// Reloads whenever the configuration file at `path` changes, for as long as the returned
 /// watcher is kept. The file's directory is watched, since editors and deployment tools often
-/// replace a file by renaming another over it; a burst of changes reloads once, after [`QUIET`].
+/// replace a file by renaming another over it; a burst of changes reloads once, after [`QUIET`]
+/// and once the file has stayed the same for [`STEADY`]. Writing another file and renaming it
+/// over this one is the safe way: the file is then never seen half-written.
 pub fn watch(path: &Path, reloads: Reloads) -> notify::Result<RecommendedWatcher> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
@@ -227,9 +234,19 @@ pub fn watch(path: &Path, reloads: Reloads) -> notify::Result<RecommendedWatcher
         }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    let path = path.to_path_buf();
     tokio::spawn(async move {
         while changes.recv().await.is_some() {
-            while let Ok(Some(())) = tokio::time::timeout(QUIET, changes.recv()).await {}
+            loop {
+                while let Ok(Some(())) = tokio::time::timeout(QUIET, changes.recv()).await {}
+                let before = tokio::fs::read(&path).await.ok();
+                match tokio::time::timeout(STEADY, changes.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return,
+                    Err(_) if tokio::fs::read(&path).await.ok() == before => break,
+                    Err(_) => continue,
+                }
+            }
             // The outcome is logged and counted where reloads are applied.
             let _ = reloads.reload().await;
         }

@@ -591,6 +591,11 @@ impl Proxy {
         self.config = text.to_string();
     }
 
+    /// Where its configuration file is.
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.0.join("config.yaml")
+    }
+
     /// The process id of the proxy process.
     pub fn pid(&self) -> u32 {
         self.process.as_ref().expect("started").child.id()
