@@ -124,6 +124,40 @@ fn a_client_guessing_passwords_is_counted_logged_once_a_second_and_closed() {
 }
 
 #[test]
+fn each_failed_auth_from_an_address_is_answered_later_than_the_last() {
+    let redis = Redis::start();
+    let (port, _proxy) = pool_over_one(
+        &redis,
+        "    auth: { password: s3cret }\n    auth_max_failures: 0\n",
+    );
+    // Eleven guesses on parallel connections from one address: 1 ms, 2 ms … 1,024 ms.
+    let started = std::time::Instant::now();
+    let mut guessers: Vec<Raw> = (0..11).map(|_| Raw::connect(port)).collect();
+    for (n, guesser) in guessers.iter_mut().enumerate() {
+        guesser.send(&command(&[b"AUTH", format!("guess{n}").as_bytes()]));
+    }
+    for guesser in &mut guessers {
+        assert!(guesser.read_line().starts_with("-WRONGPASS"));
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1024), "{took:?}");
+    // The right password is not held back, and the connection still serves.
+    let started = std::time::Instant::now();
+    let mut user = Raw::connect(port);
+    user.roundtrip(&command(&[b"AUTH", b"s3cret"]), b"+OK\r\n");
+    user.roundtrip(&command(&[b"PING"]), b"+PONG\r\n");
+    assert!(started.elapsed() < Duration::from_millis(500));
+    // A further guess waits longer again, and its connection keeps order: the PING sent
+    // behind it is answered after it.
+    let mut guesser = Raw::connect(port);
+    let mut pipeline = command(&[b"AUTH", b"guess"]);
+    pipeline.extend(command(&[b"PING"]));
+    guesser.send(&pipeline);
+    assert!(guesser.read_line().starts_with("-WRONGPASS"));
+    assert_eq!(guesser.read_line(), "-NOAUTH Authentication required.\r\n");
+}
+
+#[test]
 fn idle_and_slow_clients_are_closed_but_subscribers_and_others_are_not() {
     let redis = Redis::start();
     let (port, proxy) = pool_over_one(

@@ -130,6 +130,11 @@ pub struct ReplyTo {
 }
 
 impl ReplyTo {
+    /// Delivers a reply the proxy made itself, as if a backend had sent it.
+    pub fn answer(self, reply: Bytes) {
+        self.send(Ok(reply));
+    }
+
     fn send(self, result: Result<Bytes, BackendError>) {
         // A session that has gone away no longer reads its inbox; the reply is dropped with it.
         self.inbox.inbox().push(Completion {

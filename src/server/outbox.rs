@@ -223,6 +223,14 @@ impl Outbox {
         self.ready(e.render(self.protocol));
     }
 
+    /// Queues the slot of an error answered later, counted now; returns its reply, to be
+    /// delivered as the completion of [`Outbox::token`]`(0)` taken before.
+    pub(super) fn error_later(&mut self, e: &ClientError) -> Bytes {
+        self.queue().errors.count(e.kind());
+        self.forwarded();
+        e.render(self.protocol)
+    }
+
     /// Queues the slot of a request sent to one backend.
     pub(super) fn forwarded(&mut self) {
         self.queue().slots.push_back(Slot::Forwarded);

@@ -54,6 +54,8 @@ pub(super) enum Plan {
     /// Answer at once.
     Reply(Bytes),
     Fail(ClientError),
+    /// An error answered only after a while: a failed AUTH, slowed per client address.
+    FailAfter(ClientError, Duration),
     /// One backend request; its reply is the client's.
     Forward(Part),
     /// A request whose client asked for no reply (memcache `noreply`, `q`): its reply is
@@ -82,7 +84,7 @@ impl Plan {
     /// answers.
     pub(super) fn first_target(&self) -> Option<(Target, usize)> {
         match self {
-            Plan::Reply(_) | Plan::Fail(_) => None,
+            Plan::Reply(_) | Plan::Fail(_) | Plan::FailAfter(..) => None,
             Plan::Forward(part)
             | Plan::Quiet(part, _)
             | Plan::Resend { part, .. }

@@ -509,6 +509,14 @@ impl<F: Frontend> Session<F> {
         match plan {
             Plan::Reply(reply) => self.out.ready(reply),
             Plan::Fail(e) => self.out.error(e),
+            Plan::FailAfter(e, after) => {
+                let to = self.reply_to(self.out.token(0));
+                let reply = self.out.error_later(&e);
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    to.answer(reply);
+                });
+            }
             Plan::Forward(part) => {
                 self.send_part(state, part, 0, profile);
                 self.out.forwarded();

@@ -3,6 +3,7 @@
 //! INFO's backend sections are a plan like any other.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
@@ -169,7 +170,9 @@ fn ping(cx: &Local<'_>, req: &Request) -> Plan {
 
 /// Checks a username/password pair against the pool's users (the pool password is user
 /// `default`), comparing every password in full so the time taken tells nothing.
-fn check_password(cx: &mut Local<'_>, user: &[u8], password: &[u8]) -> Result<(), ClientError> {
+/// A wrong pair is refused with how long its error waits: as long as failures from the
+/// client's address have earned.
+fn check_password(cx: &mut Local<'_>, user: &[u8], password: &[u8]) -> Result<(), Duration> {
     let ok = cx
         .pool
         .config
@@ -184,8 +187,7 @@ fn check_password(cx: &mut Local<'_>, user: &[u8], password: &[u8]) -> Result<()
         let users = &cx.pool.config.client_users;
         let known = users.iter().find(|u| u.name.as_bytes() == user);
         let shown = known.map_or("unknown", |u| u.name.as_str());
-        cx.pool.metrics.auth_failures.failed(shown, cx.listing.addr);
-        return Err(ClientError::WrongPass);
+        return Err(cx.pool.metrics.auth_failures.failed(shown, cx.listing.addr));
     }
     cx.client.authenticated = true;
     cx.listing.set_user(&String::from_utf8_lossy(user));
@@ -206,7 +208,7 @@ fn auth(mut cx: Local<'_>, req: &Request) -> Plan {
     };
     match check_password(&mut cx, user, password) {
         Ok(()) => ok(),
-        Err(e) => Plan::Fail(e),
+        Err(wait) => Plan::FailAfter(ClientError::WrongPass, wait),
     }
 }
 
@@ -234,8 +236,8 @@ fn hello(mut cx: Local<'_>, state: &PoolState, req: &Request) -> Plan {
     while i < req.argc() {
         let opt = req.arg(i).to_ascii_uppercase();
         if opt == b"AUTH" && i + 2 < req.argc() {
-            if let Err(e) = check_password(&mut cx, req.arg(i + 1), req.arg(i + 2)) {
-                return Plan::Fail(e);
+            if let Err(wait) = check_password(&mut cx, req.arg(i + 1), req.arg(i + 2)) {
+                return Plan::FailAfter(ClientError::WrongPass, wait);
             }
             i += 3;
         } else if opt == b"SETNAME" && i + 1 < req.argc() {

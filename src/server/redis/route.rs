@@ -608,7 +608,7 @@ mod tests {
 
     fn parts(plan: &Plan) -> Vec<&Part> {
         match plan {
-            Plan::Reply(_) | Plan::Fail(_) => Vec::new(),
+            Plan::Reply(_) | Plan::Fail(_) | Plan::FailAfter(..) => Vec::new(),
             Plan::Forward(part)
             | Plan::Quiet(part, _)
             | Plan::Resend { part, .. }
