@@ -300,3 +300,50 @@ fn a_silent_shard_does_not_hold_confirmations() {
     );
     sub.roundtrip(b"PING\r\n", b"+PONG\r\n");
 }
+
+/// Reads from `sub` until what it read ends with `tail`.
+fn read_until_ending(sub: &mut Raw, tail: &[u8]) {
+    let mut last = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    while !last.ends_with(tail) {
+        let read = std::io::Read::read(&mut sub.stream, &mut buf).unwrap();
+        assert!(read > 0, "closed");
+        last.extend_from_slice(&buf[..read]);
+        let keep = last.len().saturating_sub(tail.len());
+        last.drain(..keep);
+    }
+}
+
+#[test]
+fn a_hundred_thousand_subscriptions_take_well_under_a_second_and_cost_others_nothing() {
+    let (_shards, port, _proxy) = three_shards("s", "");
+    let channels: Vec<String> = (0..100_000).map(|i| format!("chan:{i}")).collect();
+    let mut sub = Raw::connect(port);
+    let mut other = Raw::connect(port);
+    let started = std::time::Instant::now();
+    // In batches of 1,000 names, pipelined: 100 SUBSCRIBE commands.
+    let mut pipeline = Vec::new();
+    for batch in channels.chunks(1_000) {
+        let mut subscribe = vec![&b"SUBSCRIBE"[..]];
+        subscribe.extend(batch.iter().map(|c| c.as_bytes()));
+        pipeline.extend(command(&subscribe));
+    }
+    sub.send(&pipeline);
+    // Meanwhile another client's PINGs are answered at once.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let asked = std::time::Instant::now();
+        other.roundtrip(&command(&[b"PING"]), b"+PONG\r\n");
+        slowest = slowest.max(asked.elapsed());
+    }
+    // The last confirmation counts them all.
+    read_until_ending(&mut sub, b"$10\r\nchan:99999\r\n:100000\r\n");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(slowest < Duration::from_millis(500), "{slowest:?}");
+    // And a message still finds its subscription among them.
+    let mut publisher = connect(port);
+    let _: i64 = publisher.publish("chan:99999", "hi").unwrap();
+    sub.roundtrip(b"", &message("chan:99999", "hi"));
+    println!("100,000 subscriptions in {took:?}; another client's slowest PING {slowest:?}");
+}

@@ -5,6 +5,8 @@
 //! subscriptions across shards as one Redis would. Decided here without I/O; the frontend
 //! holds the subscriber connections and applies the changes.
 
+use std::collections::HashMap;
+
 use bytes::{Bytes, BytesMut};
 
 use super::keyspace::every_master;
@@ -17,13 +19,19 @@ use crate::server::error::ClientError;
 use crate::server::plan::{Part, Plan, Target};
 use crate::topology::PoolState;
 
-/// A client's subscriptions, in the order it made them.
+/// A client's subscriptions, hashed as Redis keeps them: subscribing to n names costs O(n),
+/// and a message finds its subscription in O(1), however many the client holds. Each name
+/// keeps when it was subscribed, so unsubscribing from everything names them in that order.
 #[derive(Debug, Default)]
 pub(super) struct PubSub {
-    channels: Vec<Bytes>,
-    patterns: Vec<Bytes>,
-    shard_channels: Vec<Bytes>,
+    channels: Subscribed,
+    patterns: Subscribed,
+    shard_channels: Subscribed,
+    subscribed: u64,
 }
+
+/// Names, each with the number of the subscription that made it.
+type Subscribed = HashMap<Bytes, u64>;
 
 /// What a SUBSCRIBE or UNSUBSCRIBE changes: per shard (index in the snapshot), the names to
 /// subscribe or unsubscribe there, and the confirmations the client gets.
@@ -55,7 +63,7 @@ impl PubSub {
             b"smessage" => &self.shard_channels,
             _ => return false,
         };
-        set.iter().any(|n| n == name)
+        set.contains_key(name)
     }
 
     /// How many channels, patterns and shard channels the client listens to.
@@ -64,7 +72,7 @@ impl PubSub {
             .map(|set| u32::try_from(set.len()).unwrap_or(u32::MAX))
     }
 
-    fn set(&mut self, topic: Topic) -> &mut Vec<Bytes> {
+    fn set(&mut self, topic: Topic) -> &mut Subscribed {
         match topic {
             Topic::Channel => &mut self.channels,
             Topic::Pattern => &mut self.patterns,
@@ -164,10 +172,9 @@ fn subscribe<N>(
         for shard in shards_of(state, topic, &name) {
             per_shard[shard].push(name.clone());
         }
-        let set = pubsub.set(topic);
-        if !set.contains(&name) {
-            set.push(name.clone());
-        }
+        pubsub.subscribed += 1;
+        let number = pubsub.subscribed;
+        pubsub.set(topic).entry(name.clone()).or_insert(number);
         let count = pubsub.count(topic);
         confirm(&mut confirmations, topic, true, Some(&name), count, resp3);
     }
@@ -187,7 +194,9 @@ fn unsubscribe<N>(
     resp3: bool,
 ) -> Change {
     let names: Vec<Bytes> = if names.is_empty() {
-        pubsub.set(topic).to_vec()
+        let mut held: Vec<(&Bytes, &u64)> = pubsub.set(topic).iter().collect();
+        held.sort_unstable_by_key(|(_, number)| **number);
+        held.into_iter().map(|(name, _)| name.clone()).collect()
     } else {
         names
     };
@@ -198,9 +207,7 @@ fn unsubscribe<N>(
     }
     let mut per_shard: Vec<Vec<Bytes>> = vec![Vec::new(); state.shards.len()];
     for name in names {
-        let set = pubsub.set(topic);
-        if let Some(at) = set.iter().position(|n| *n == name) {
-            set.remove(at);
+        if pubsub.set(topic).remove(&name).is_some() {
             for shard in shards_of(state, topic, &name) {
                 per_shard[shard].push(name.clone());
             }
