@@ -13,10 +13,11 @@
 //! - [`protocol`]: I/O-free RESP and memcache parsers, reply scanners and encoders.
 //! - `net`: the one [`Stream`](net::Stream) type of client and backend sockets (TCP, Unix,
 //!   TLS over TCP with rustls driven on the same readiness) and the fast read path; the
-//!   certificates each side presents and trusts.
+//!   certificates each side presents and trusts; the descriptors kept for backend
+//!   connections, which clients and admin connections may not take.
 //! - `backend`: a node's multiplexed, pipelined connections per worker, reserved connections,
-//!   subscriber connections, health checks (which also ask a Redis node its role, key count
-//!   and run id), a Sentinel client; failures keep their cause and are reported as node
+//!   subscriber connections, health checks (which also ask a Redis node its role, whether it
+//!   is in sync with its master, its key count and run id), a Sentinel client; failures keep their cause and are reported as node
 //!   events.
 //! - `topology`: pools and their live state: a `PoolState` snapshot (ring, shards by name,
 //!   each shard's master, node health and what each node says) that the pool's keeper swaps
@@ -31,7 +32,8 @@
 //!   clients, SELECT on per-database backend connections); one
 //!   client-error type rendered per protocol; `timing` of each request for the latency
 //!   histograms and the slow log (`slowlog`, read with SLOWLOG).
-//! - `admin`: the HTTP endpoint (`/health`, `/ready`, `/metrics`, `/topology`, `/reload`);
+//! - `admin`: the HTTP endpoint (`/health`, `/ready`, `/metrics`, `/topology`, `/reload`),
+//!   with a bounded number of connections, each closed when idle;
 //!   `metrics`: the Prometheus families, latency histograms and `process_*` metrics.
 //! - `workers`: thread-per-core runtimes; `service`: start, serve, apply reloads (binding
 //!   listeners first), drain on SIGTERM.

@@ -5,6 +5,7 @@
 mod common;
 
 use std::io::Write;
+use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
@@ -242,15 +243,67 @@ fn out_of_file_descriptors_new_clients_are_told_and_closed() {
     }
     assert!(refused > 0 && !served.is_empty(), "{refused} refused");
     side.roundtrip(&command(&[b"GET", b"k"]), b"$1\r\nv\r\n");
-    let logged = proxy
-        .log()
-        .matches("failed accepts in the last second")
-        .count();
+    // Refused to keep descriptors for backend connections, or for want of any.
+    let log = proxy.log();
+    let logged = log.matches("clients refused in the last second").count()
+        + log.matches("failed accepts in the last second").count();
     let seconds = started.elapsed().as_secs() as usize;
     assert!(
         (1..=seconds + 1).contains(&logged),
         "{logged} log lines in {seconds} s"
     );
+}
+
+#[test]
+fn no_number_of_admin_or_client_connections_keeps_the_proxy_from_its_nodes() {
+    let mut redis = Redis::start();
+    let port = free_port();
+    let proxy = Proxy::start(&pool_over(port, &[&redis], &["one"]), port);
+    let mut side = Raw::connect(port);
+    side.roundtrip(&command(&[b"SET", b"k", b"v"]), b"+OK\r\n");
+    let limit = Command::new("prlimit")
+        .args(["--pid", &proxy.pid().to_string(), "--nofile=64:64"])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(limit.success());
+    // Idle connections to the admin port and clients, far more than the limit allows.
+    let admin: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", proxy.admin)).ok())
+        .collect();
+    let mut clients = Vec::new();
+    let mut refused = 0;
+    for _ in 0..100 {
+        let mut c = Raw::connect(port);
+        c.send(&command(&[b"PING"]));
+        match c.read_line().as_str() {
+            "+PONG\r\n" => clients.push(c),
+            "-ERR max number of clients reached\r\n" => refused += 1,
+            other => panic!("a new client got {other:?}"),
+        }
+    }
+    assert!(refused > 0 && !clients.is_empty(), "{refused} refused");
+    // The node restarts: the proxy still has descriptors to reach it again.
+    redis.restart();
+    wait_until("the node reached again", Duration::from_secs(10), || {
+        side.send(&command(&[b"SET", b"k", b"again"]));
+        side.read_line() == "+OK\r\n"
+    });
+    let stored: String = redis::cmd("GET")
+        .arg("k")
+        .query(&mut redis.client())
+        .unwrap();
+    assert_eq!(stored, "again");
+    // Idle admin connections are closed (within 10 s), and the admin port serves again.
+    let mut idle = admin.into_iter().next().unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    assert_eq!(
+        std::io::Read::read(&mut idle, &mut [0u8; 16]).unwrap_or(0),
+        0
+    );
+    wait_until("the admin port serves", Duration::from_secs(10), || {
+        http_get(proxy.admin, "/health").is_some_and(|(status, _)| status == 200)
+    });
 }
 
 /// A Lua script that keeps its redis-server busy for ARGV[1] microseconds.

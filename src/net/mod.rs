@@ -7,6 +7,7 @@
 //! worker runtimes: their I/O driver runs only between task polls, so no readiness event can
 //! arrive between the read and the clearing; data that comes later raises a new event.
 
+pub mod descriptors;
 mod tls;
 
 use std::io;

@@ -22,6 +22,7 @@ use super::session::{Frontend, Session};
 use crate::config::{Address, Listen, Protocol};
 use crate::metrics::Throttle;
 use crate::net::Stream;
+use crate::net::descriptors::{self, Descriptor};
 use crate::topology::{Client, Pool};
 use crate::workers::Workers;
 
@@ -150,15 +151,24 @@ pub async fn serve(
             }
         };
         let tls = pool.client_tls();
-        if let Some(limit) = pool.config.client_connections
-            && pool.metrics.client_connections.get() >= i64::from(limit)
-        {
+        let over_limit = pool
+            .config
+            .client_connections
+            .is_some_and(|limit| pool.metrics.client_connections.get() >= i64::from(limit));
+        let descriptor = match over_limit {
+            true => None,
+            false => descriptors::take(),
+        };
+        let Some(descriptor) = descriptor else {
+            if !over_limit {
+                failures.note_reserve(&pool.config.name);
+            }
             // A TLS client could not read a plain refusal: it is only closed.
             if tls.is_none() {
                 refuse(client, protocol);
             }
             continue;
-        }
+        };
         let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
         let worker = next_worker;
         next_worker = (next_worker + 1) % workers.len();
@@ -168,6 +178,7 @@ pub async fn serve(
         let admitted = Admitted {
             worker,
             pool,
+            descriptor: Some(descriptor),
             listing: Some(listing),
         };
         match protocol {
@@ -205,6 +216,13 @@ impl AcceptFailures {
     fn note(&mut self, pool: &str, e: &io::Error) {
         if let Some(n) = self.0.note(std::time::Instant::now()) {
             tracing::warn!(pool = %pool, "{n} failed accepts in the last second: {e}");
+        }
+    }
+
+    /// A client refused to keep the descriptors reserved for backend connections.
+    fn note_reserve(&mut self, pool: &str) {
+        if let Some(n) = self.0.note(std::time::Instant::now()) {
+            tracing::warn!(pool = %pool, "{n} clients refused in the last second: the descriptors left are kept for backend connections");
         }
     }
 }
@@ -245,6 +263,7 @@ impl Accepted {
 struct Admitted {
     worker: usize,
     pool: Arc<Pool>,
+    descriptor: Option<Descriptor>,
     /// Taken by the session, which takes the client out of the list when it ends.
     listing: Option<Arc<Client>>,
 }
@@ -252,7 +271,8 @@ struct Admitted {
 impl Admitted {
     fn into_session<F: Frontend>(mut self, stream: Stream) -> Session<F> {
         let listing = self.listing.take().expect("admitted once");
-        Session::new(self.worker, self.pool.clone(), listing, stream)
+        let descriptor = self.descriptor.take().expect("admitted once");
+        Session::new(self.worker, self.pool.clone(), listing, stream, descriptor)
     }
 }
 

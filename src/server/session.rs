@@ -19,6 +19,7 @@ use super::timing::{Recorded, Timing};
 use crate::backend::{Completion, Job, Mailbox, Node, Profile, ReplyTo, Reserved, Token};
 use crate::metrics::CloseReason;
 use crate::net::Stream;
+use crate::net::descriptors::Descriptor;
 use crate::protocol::ReplyKind;
 use crate::topology::{BlockedOn, Client, Pool, PoolState, Signals};
 use prometheus_client::metrics::gauge::Gauge;
@@ -143,6 +144,8 @@ pub(super) struct Session<F> {
     /// Allocated on first use and dropped when a burst ends with it empty: an idle client
     /// holds none.
     in_flight: Option<Box<InFlight>>,
+    /// The client's socket, counted against the descriptors kept for backend connections.
+    _descriptor: Descriptor,
 }
 
 /// What a session keeps of the requests it has not answered yet.
@@ -168,8 +171,10 @@ impl<F: Frontend> Session<F> {
         pool: Arc<Pool>,
         listing: Arc<Client>,
         stream: Stream,
+        descriptor: Descriptor,
     ) -> Session<F> {
         Session {
+            _descriptor: descriptor,
             out: Outbox::new(pool.config.protocol),
             listing,
             stream,

@@ -1,6 +1,8 @@
 //! The admin HTTP endpoint for load balancers and operators: `/health` and `/ready` for anyone,
 //! `/metrics`, `/topology` and `POST /reload` behind the bearer token when one is configured. HTTP is axum's,
-//! JSON serde_json's.
+//! JSON serde_json's. Its connections are bounded ([`connections`]).
+
+mod connections;
 
 use std::sync::Arc;
 
@@ -55,6 +57,7 @@ pub async fn serve(
             )
         })
         .with_state(admin);
+    let listener = connections::Bounded::new(listener);
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
     if let Err(e) = served.await {
         tracing::error!("admin endpoint stopped: {e}");
