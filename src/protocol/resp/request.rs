@@ -620,6 +620,41 @@ mod tests {
             }
         }
 
+        /// Whatever a client sends (commands, inline lines, noise), each request the parser
+        /// yields is forwarded as exactly one command as Redis reads it: one complete array
+        /// of bulk strings (redis-protocol as the oracle), with nothing before or after, so a
+        /// server answers it with exactly one reply.
+        #[test]
+        fn every_request_is_one_command_as_redis_reads_it(
+            pieces in prop::collection::vec(prop_oneof![
+                request_strategy().prop_map(|reqs| {
+                    let mut wire = BytesMut::new();
+                    for r in &reqs {
+                        encode::command(&mut wire, r.iter().map(Vec::as_slice));
+                    }
+                    wire.to_vec()
+                }),
+                prop::collection::vec(any::<u8>().prop_filter("one line", |b| *b != b'\n'), 0..30)
+                    .prop_map(|mut line| { line.extend_from_slice(b"\r\n"); line }),
+                prop::collection::vec(any::<u8>(), 0..30),
+            ], 1..6),
+        ) {
+            use redis_protocol::resp2::decode::decode;
+            use redis_protocol::resp2::types::OwnedFrame;
+            let wire = pieces.concat();
+            let mut p = RequestParser::default();
+            let mut buf = BytesMut::from(&wire[..]);
+            while let Ok(Some(r)) = p.parse(&mut buf, &Limits::default(), true) {
+                let (frame, used) = decode(r.frame()).unwrap().unwrap();
+                prop_assert_eq!(used, r.frame().len());
+                let OwnedFrame::Array(items) = frame else {
+                    return Err(TestCaseError::fail("not an array"));
+                };
+                prop_assert_eq!(items.len(), r.argc());
+                prop_assert!(items.iter().all(|i| matches!(i, OwnedFrame::BulkString(_))));
+            }
+        }
+
         /// A request built from arguments reads back as those arguments.
         #[test]
         fn from_args_round_trips(args in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..20), 1..6)) {
