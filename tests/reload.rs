@@ -326,3 +326,29 @@ fn a_file_written_slowly_is_applied_whole_once_it_stops_changing() {
         1
     );
 }
+
+/// A Lua script that keeps its redis-server busy for ARGV[1] microseconds.
+const BUSY: &str = "local t = redis.call('TIME') local start = t[1] * 1000000 + t[2] repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start >= tonumber(ARGV[1]) return 1";
+
+#[test]
+fn requests_sent_before_a_client_knew_its_pool_was_replaced_are_answered_not_reset() {
+    let redis = Redis::start();
+    let port = free_port();
+    let plain = pool_over(port, &[&redis], &["one"]);
+    let mut proxy = unwatched(&plain, port);
+    let mut c = Raw::connect(port);
+    c.roundtrip(&command(&[b"PING"]), b"+PONG\r\n");
+    // A slow request in flight when the pool is replaced…
+    c.send(&command(&[b"EVAL", BUSY.as_bytes(), b"0", b"400000"]));
+    proxy.rewrite_config(&plain.replace("    servers:", "    timeout_ms: 2000\n    servers:"));
+    let (status, body) = reload(&proxy);
+    assert!(
+        status == 200 && body.contains("pool main replaced"),
+        "{body}"
+    );
+    // …and one sent after the pool asked the client to leave, which it cannot know yet.
+    c.send(&command(&[b"PING"]));
+    c.roundtrip(b"", b":1\r\n+PONG\r\n");
+    // Then it is closed, between requests.
+    assert!(c.is_closed());
+}

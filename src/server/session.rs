@@ -38,6 +38,10 @@ const READ_WHILE_BLOCKED: usize = 64 * 1024;
 /// costs the timer nothing until it is reached.
 const LINGER: Duration = Duration::from_millis(100);
 
+/// How long a client asked to leave (its pool removed or replaced by a reload, a shutdown) is
+/// still read, so that requests it sent before it knew are answered rather than reset.
+const LEAVE_GRACE: Duration = Duration::from_secs(2);
+
 /// A client protocol: how requests are parsed and routed.
 pub(super) trait Frontend: Sized {
     fn new(pool: &Pool) -> Self;
@@ -80,6 +84,8 @@ enum Woke {
     Messages,
     /// It sent something (`false`: its socket failed).
     Readable(bool),
+    /// The pool asked it to leave while it had sent something: that is served first.
+    LeavingReadable,
     /// It stayed idle too long.
     Idle,
 }
@@ -200,6 +206,7 @@ impl<F: Frontend> Session<F> {
         F: Send,
     {
         async move {
+            let mut leaving = false;
             loop {
                 // Like Redis's `timeout`, not for a Pub/Sub subscriber; counted from the last
                 // reply, so the burst's lingering is part of it. Only an idle client with a
@@ -215,13 +222,14 @@ impl<F: Frontend> Session<F> {
                     }
                     Woke::Readable(false) => return,
                     Woke::Readable(true) | Woke::Messages => {}
+                    Woke::LeavingReadable => leaving = true,
                     Woke::Idle => {
                         tracing::debug!(session = self.listing.id, "idle client closed");
                         self.pool.metrics.closed(CloseReason::Idle);
                         return;
                     }
                 }
-                let burst = Box::pin(self.burst());
+                let burst = Box::pin(self.burst(leaving));
                 if burst.await == Burst::Close {
                     return;
                 }
@@ -240,6 +248,11 @@ impl<F: Frontend> Session<F> {
     ) -> Poll<Woke> {
         while self.listing.inbox().poll_woken(cx).is_ready() {
             let signals = self.listing.take_signals();
+            if !signals.kill() && signals.leave() && self.stream.poll_readable(cx).is_ready() {
+                // Requests the client sent before it was asked to leave are answered, not
+                // reset by closing a socket with unread input.
+                return Poll::Ready(Woke::LeavingReadable);
+            }
             if signals.kill() || signals.leave() {
                 return Poll::Ready(Woke::Asked(signals));
             }
@@ -254,6 +267,12 @@ impl<F: Frontend> Session<F> {
             Some(Poll::Ready(())) => Poll::Ready(Woke::Idle),
             _ => Poll::Pending,
         }
+    }
+
+    /// Whether the client's socket has input (or its end) the session has not read yet. Takes
+    /// the session mutably so that the client's task, which holds the borrow, stays `Send`.
+    async fn has_input_waiting(&mut self) -> bool {
+        std::future::poll_fn(|cx| Poll::Ready(self.stream.poll_readable(cx).is_ready())).await
     }
 
     /// How long a burst outlives its last reply: [`LINGER`], or the idle timeout if shorter.
@@ -282,8 +301,12 @@ impl<F: Frontend> Session<F> {
     }
 
     /// Serves requests until nothing has been in flight or buffered for `linger`
-    /// (`Burst::Idle`), or the connection is to close.
-    async fn burst(&mut self) -> Burst {
+    /// (`Burst::Idle`), or the connection is to close. `leaving`: the pool has asked the
+    /// client to leave already.
+    async fn burst(&mut self, leaving: bool) -> Burst {
+        // Asked to leave: the client is still read for a while and closed between requests,
+        // once everything it sent is answered and nothing more is waiting on its socket.
+        let mut leave_by = leaving.then(|| Instant::now() + LEAVE_GRACE);
         let linger = self.linger();
         let mut read_buf = BytesMut::new();
         let mut completions = Vec::new();
@@ -330,7 +353,9 @@ impl<F: Frontend> Session<F> {
                             self.count_kill(signals);
                             return Burst::Close;
                         }
-                        closing |= signals.leave();
+                        if signals.leave() && leave_by.is_none() {
+                            leave_by = Some(Instant::now() + LEAVE_GRACE);
+                        }
                         inbox.take(&mut completions);
                         self.complete_all(&mut completions);
                         if self.out.has_retries() {
@@ -430,6 +455,14 @@ impl<F: Frontend> Session<F> {
                 && !self.stream.is_holding_output();
             if answered_all && closing {
                 return Burst::Close;
+            }
+            if let Some(by) = leave_by {
+                // Past the grace, a client that keeps sending is closed once answered.
+                closing |= Instant::now() >= by;
+                let between_requests = answered_all && !self.fe.is_mid_request(&read_buf);
+                if between_requests && !self.has_input_waiting().await {
+                    return Burst::Close;
+                }
             }
             let was_quiet = quiet;
             quiet = answered_all && read_buf.is_empty();
