@@ -1010,4 +1010,19 @@ fn a_replica_in_its_first_sync_is_never_promoted_over_a_stalled_master() {
     let log = shard.instances[0].1.log();
     assert!(log.contains("no replica holds its data"), "{log}");
     assert!(!log.contains("promoted"), "{log}");
+    // Synced again, the replica may take the master's place again, as /topology shows.
+    let proxy = &shard.instances[0].1;
+    let replica = format!("\"address\":\"{}\",\"role\"", shard.replicas[0].addr());
+    wait_until(
+        "the replica shown holding the data",
+        Duration::from_secs(10),
+        || {
+            let topology = proxy.http("/topology").1;
+            let view = topology
+                .split(&replica)
+                .nth(1)
+                .and_then(|rest| rest.split('}').next());
+            view.is_some_and(|v| v.contains("\"holds_data\":true"))
+        },
+    );
 }

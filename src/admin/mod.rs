@@ -223,6 +223,9 @@ struct NodeView {
     reason: String,
     /// What it says it is.
     says: Option<&'static str>,
+    /// It has said it was a replica in sync with its master, in its current process: it may
+    /// take the master's place.
+    holds_data: bool,
     keys: Option<u64>,
 }
 
@@ -275,6 +278,7 @@ fn pool_view(pool: &Pool) -> PoolView<'_> {
                 state: status.state().as_str(),
                 reason: status.why().to_string(),
                 says: status.says().map(role_name),
+                holds_data: status.in_sync_at.is_some(),
                 keys: status.said.as_ref().map(|s| s.keys),
             };
             ServerView {

@@ -190,11 +190,12 @@ impl Keeper {
             NodeEvent::Said { said, .. } => {
                 let (role, keys) = (said.role, said.keys);
                 let node = &mut self.shards[s].status[n];
-                let before = node.said.clone();
+                let (before, held_data) = (node.said.clone(), node.in_sync_at.is_some());
                 node.heard(said, before.as_ref());
                 // Offsets move with every write: only what operators read in /topology, or
                 // what routes, is worth a new snapshot.
-                let changed = before.as_ref().map(|b| (b.role, b.keys)) != Some((role, keys));
+                let changed = before.as_ref().map(|b| (b.role, b.keys)) != Some((role, keys))
+                    || held_data != node.in_sync_at.is_some();
                 let guarded = self.guard(s, n, before.as_ref());
                 let master_before = self.shards[s].master;
                 let healed = self.heal(s);
