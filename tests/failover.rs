@@ -1026,3 +1026,24 @@ fn a_replica_in_its_first_sync_is_never_promoted_over_a_stalled_master() {
         },
     );
 }
+
+#[test]
+fn an_instance_started_while_the_master_is_dead_promotes_a_replica_that_had_synced() {
+    let extra = format!("    failover: promote\n{FAST_CHECKS}");
+    let mut shard = replicated(1, &QUICK_SYNC, &extra, 0);
+    let mut c = shard.master.client();
+    for n in 0..100 {
+        let _: () = c.set(format!("k{n}"), n).unwrap();
+    }
+    wait_until("replicated", Duration::from_secs(10), || {
+        shard.replicas[0].dbsize() == 100
+    });
+    shard.master.kill();
+    let server = shard.server.clone();
+    shard.start_instances(1, &server, &extra);
+    let (port, proxy) = &shard.instances[0];
+    wait_routed_to(proxy, &shard.replicas[0], "the replica promoted");
+    let mut c = connect(*port);
+    assert_eq!(c.get::<_, u64>("k99").unwrap(), 99);
+    let _: () = c.set("after", 1).unwrap();
+}

@@ -92,11 +92,17 @@ impl NodeStatus {
     }
 
     /// Takes in what the node says now, after `before`.
+    ///
+    /// A replica first heard with its link down (the proxy started while its master was
+    /// dead) counts as in sync at its offset if it has one: only a replica that has synced
+    /// has an offset, and one restarted without its data has none.
     pub fn heard(&mut self, said: Said, before: Option<&Said>) {
         let same_process = before.is_some_and(|b| b.run_id == said.run_id);
         let resyncs = before.is_some_and(|b| b.role == Role::Master) && said.role == Role::Replica;
+        let first_seen_synced = before.is_none() && said.role == Role::Replica && said.offset > 0;
         self.in_sync_at = match said.in_sync {
             true => Some(said.offset),
+            false if first_seen_synced => Some(said.offset),
             false if same_process && !resyncs => self.in_sync_at,
             false => None,
         };
@@ -517,6 +523,20 @@ mod tests {
         let mut node = NodeStatus::unchecked();
         node.heard(said(Role::Replica, true, "a"), None);
         assert_eq!(node.in_sync_at, Some(500));
+        // First heard with its link down, with an offset: it synced before.
+        let mut first = NodeStatus::unchecked();
+        first.heard(said(Role::Replica, false, "a"), None);
+        assert_eq!(first.in_sync_at, Some(500));
+        // Without one: it never synced (restarted without its data).
+        let mut empty = NodeStatus::unchecked();
+        empty.heard(
+            Said {
+                offset: 0,
+                ..said(Role::Replica, false, "a")
+            },
+            None,
+        );
+        assert_eq!(empty.in_sync_at, None);
         // Its master died: the link is down, the data as it was.
         let before = node.said.clone();
         node.heard(said(Role::Replica, false, "a"), before.as_ref());
