@@ -50,15 +50,17 @@ pub(super) struct ShardFailover {
     promoting: bool,
     /// A master Sentinel named that is none of the shard's nodes (warned about once).
     unknown_master: Option<Address>,
-    /// When this instance last promoted a node, which keeps its place for [`HOLD_DOWN`].
-    promoted_at: Option<Instant>,
+    /// When writes last moved to a new master (promoted here or elsewhere), which keeps its
+    /// place for [`HOLD_DOWN`].
+    moved_at: Option<Instant>,
     /// No replica could take the master's place (said once per outage).
     no_candidate_said: bool,
 }
 
-/// How long a node this instance promoted stays master whatever its checks say: a master that
-/// stalls and recovers again and again (a flapping VM, forks of a large data set) gets errors
-/// for its stalls rather than promotions that each lose what the last did not replicate.
+/// How long a new master stays master whatever its checks say, on every instance (each counts
+/// from when it moved its writes there): a master that stalls and recovers again and again (a
+/// flapping VM, forks of a large data set) gets errors for its stalls rather than promotions
+/// that each lose what the last did not replicate.
 const HOLD_DOWN: Duration = Duration::from_secs(10);
 
 impl ShardFailover {
@@ -69,7 +71,7 @@ impl ShardFailover {
             counted_until: Instant::now(),
             promoting: false,
             unknown_master: None,
-            promoted_at: None,
+            moved_at: None,
             no_candidate_said: false,
         }
     }
@@ -258,6 +260,7 @@ impl Keeper {
         shard.status[shard.master].former_master = true;
         shard.master = new;
         self.failover[s].metrics.followed.inc();
+        self.failover[s].moved_at = Some(Instant::now());
         true
     }
 
@@ -271,9 +274,7 @@ impl Keeper {
         if master.state() != Health::Down {
             failover.no_candidate_said = false;
         }
-        let held = failover
-            .promoted_at
-            .is_some_and(|at| at.elapsed() < HOLD_DOWN);
+        let held = failover.moved_at.is_some_and(|at| at.elapsed() < HOLD_DOWN);
         if failover.promoting
             || shard.replicated
             || !master.checked
@@ -363,12 +364,12 @@ impl Keeper {
                 false => node.replicate_from(&addr),
             }
         }
+        failover.moved_at = Some(Instant::now());
         if !successor.promoted_here {
             failover.metrics.followed.inc();
             return true;
         }
         failover.metrics.promoted.inc();
-        failover.promoted_at = Some(Instant::now());
         if let Some(since) = failover.down_since {
             failover
                 .metrics
