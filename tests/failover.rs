@@ -1055,3 +1055,22 @@ fn an_instance_started_while_the_master_is_dead_promotes_a_replica_that_had_sync
     assert_eq!(c.get::<_, u64>("k99").unwrap(), 99);
     let _: () = c.set("after", 1).unwrap();
 }
+
+#[test]
+fn a_write_in_flight_on_a_master_replaced_while_stalled_fails_instead_of_being_acknowledged() {
+    let extra = format!("    failover: promote\n    timeout_ms: 5000\n{FAST_CHECKS}");
+    let shard = replicated(1, &QUICK_SYNC, &extra, 1);
+    shard.wait_roles_known();
+    let (port, proxy) = &shard.instances[0];
+    let mut c = Raw::connect(*port);
+    c.roundtrip(&command(&[b"SET", b"before", b"1"]), b"+OK\r\n");
+    shard.master.signal("-STOP");
+    c.send(&command(&[b"SET", b"during", b"1"]));
+    wait_routed_to(proxy, &shard.replicas[0], "the replica promoted");
+    shard.master.signal("-CONT");
+    let reply = c.read_line();
+    assert!(reply.contains("writes moved to another master"), "{reply}");
+    // The connection to the old master is made again: it serves as a replica.
+    c.roundtrip(&command(&[b"SET", b"after", b"1"]), b"+OK\r\n");
+    assert_eq!(shard.replicas[0].dbsize(), 2, "before and after");
+}

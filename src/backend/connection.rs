@@ -239,7 +239,16 @@ async fn serve(
     // When the node last sent anything.
     let mut heard = Instant::now();
     let silence = silence_bound(settings.timeout);
+    // How many times writes had moved away from the node when what is in flight was sent.
+    let mut replacements = shared.replacements.load(Ordering::Relaxed);
     let failure = loop {
+        let now_replaced = shared.replacements.load(Ordering::Relaxed);
+        if now_replaced != replacements {
+            if !in_flight.is_empty() {
+                break Failure::Replaced;
+            }
+            replacements = now_replaced;
+        }
         if !queued.is_empty() {
             let now = Instant::now();
             shared.metrics.requests.inc_by(queued.len() as u64);
@@ -274,6 +283,10 @@ async fn serve(
                     Ok(_) => {}
                 }
                 heard = Instant::now();
+                // Replies to what was sent before writes moved away are not handed on.
+                if shared.replacements.load(Ordering::Relaxed) != replacements {
+                    break Failure::Replaced;
+                }
                 if let Err(failure) = answer(shared, &mut framer, &mut read_buf, &mut in_flight, &mut delivery) {
                     break failure;
                 }
@@ -298,6 +311,7 @@ async fn serve(
                 None if reserved => return None,
                 None => accepting = false,
             },
+            _ = shared.replaced_now.notified(), if !in_flight.is_empty() => {}
             _ = &mut timer, if armed => {
                 armed = false;
                 let now = Instant::now();
@@ -323,8 +337,11 @@ async fn serve(
             }
         }
     };
-    // Recorded before the requests in flight fail, so a retry sees the node's new state.
-    shared.record_failure(&failure);
+    // Recorded before the requests in flight fail, so a retry sees the node's new state. A
+    // node replaced as master has not failed.
+    if failure != Failure::Replaced {
+        shared.record_failure(&failure);
+    }
     // FIFO matching is lost with the connection: everything still unanswered fails.
     fail_all(
         shared,

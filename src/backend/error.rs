@@ -45,6 +45,10 @@ pub enum Failure {
     Silent(Duration),
     #[error("connection closed")]
     Closed,
+    /// Writes moved to another master while the request was in flight: a reply that comes
+    /// later (a stalled master resuming) could acknowledge a write that is then lost.
+    #[error("connection reset: writes moved to another master while the request was in flight")]
+    Replaced,
     #[error("connection failed: {0}")]
     Io(io::ErrorKind),
     #[error("sent a malformed reply: {0}")]

@@ -311,6 +311,10 @@ pub(crate) struct NodeShared {
     check_now: Notify,
     /// A master this node is to follow (`REPLICAOF`), sent by the health checker.
     attach_to: Mutex<Option<Address>>,
+    /// Counts the times writes moved away from this node (see [`Node::replaced`]); each of its
+    /// connections fails what it has in flight when the count moves, woken by `replaced_now`.
+    replacements: AtomicU64,
+    replaced_now: Notify,
 }
 
 impl NodeShared {
@@ -521,6 +525,8 @@ impl Node {
             stale: AtomicBool::new(false),
             check_now: Notify::new(),
             attach_to: Mutex::new(None),
+            replacements: AtomicU64::new(0),
+            replaced_now: Notify::new(),
         });
         let settings = |profile: Profile| {
             let (handshake, handshake_replies) = handshake(pool, profile);
@@ -605,7 +611,16 @@ impl Node {
         within(settings.timeout, asker.replicate_from(settings, None)).await
     }
 
-    /// Runs a health check (with `ROLE`) now rather than at the next tick.
+    /// Writes no longer go to this node (another was made master in its place): every
+    /// request in flight on its connections fails now with [`Failure::Replaced`], and replies
+    /// that come later are dropped. A stalled master that resumes would otherwise acknowledge
+    /// writes sent to it before it was replaced, which its resync then loses.
+    pub fn replaced(&self) {
+        self.shared.replacements.fetch_add(1, Ordering::Relaxed);
+        self.shared.replaced_now.notify_waiters();
+    }
+
+    /// Runs a health check (with `INFO replication`) now rather than at the next tick.
     pub fn check_now(&self) {
         self.shared.check_now.notify_one();
     }

@@ -257,8 +257,7 @@ impl Keeper {
             shard.nodes[shard.master].label(),
             shard.nodes[new].label()
         );
-        shard.status[shard.master].former_master = true;
-        shard.master = new;
+        move_writes(shard, new);
         self.failover[s].metrics.followed.inc();
         self.failover[s].moved_at = Some(Instant::now());
         true
@@ -347,8 +346,7 @@ impl Keeper {
             shard.nodes[old].label(),
             shard.status[old].why()
         );
-        shard.status[old].former_master = true;
-        shard.master = new;
+        move_writes(shard, new);
         if let Some(said) = &mut shard.status[new].said {
             said.role = Role::Master;
         }
@@ -405,8 +403,7 @@ impl Keeper {
             shard.nodes[new].label(),
             shard.master().label()
         );
-        shard.status[shard.master].former_master = true;
-        shard.master = new;
+        move_writes(shard, new);
         failover.metrics.sentinel.inc();
         true
     }
@@ -549,6 +546,14 @@ impl Keeper {
         self.state
             .store(Arc::new(PoolState::new(ring, self.shards.clone())));
     }
+}
+
+/// Writes go to node `new` from now on. What is in flight on the former master fails rather
+/// than be acknowledged later by a master that lost its place (it resyncs from the new one).
+fn move_writes(shard: &mut Shard, new: usize) {
+    shard.status[shard.master].former_master = true;
+    shard.master().replaced();
+    shard.master = new;
 }
 
 /// The next value from `rx`, or never when there is no `rx`.
