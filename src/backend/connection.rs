@@ -230,12 +230,13 @@ async fn serve(
     let mut framer = Framer::new(settings);
     let mut delivery = Delivery::default();
     let mut accepting = true;
-    // One timer for the connection, armed at or before the next thing to check: the oldest
-    // unanswered request's deadline, or when the connection has been silent too long. Moved
-    // only when it fires early: requests share one timeout, so deadlines only grow.
+    // One timer for the connection, armed at the next thing to check: the earliest deadline of
+    // a request still waiting for its reply, or when the connection will have been silent too
+    // long. Moved earlier when a new request's deadline comes first (one sent after an older
+    // request timed out, whose reply is still awaited), else only when it fires.
     let timer = sleep_until(Instant::now());
     tokio::pin!(timer);
-    let mut armed = false;
+    let mut armed_at: Option<Instant> = None;
     // When the node last sent anything.
     let mut heard = Instant::now();
     let silence = silence_bound(settings.timeout);
@@ -270,9 +271,11 @@ async fn serve(
         if !accepting && in_flight.is_empty() {
             return None;
         }
-        if !armed && let Some(at) = next_check(&in_flight, heard, silence) {
+        if let Some(at) = next_check(&in_flight, heard, silence)
+            && armed_at.is_none_or(|armed| at < armed)
+        {
             timer.as_mut().reset(at);
-            armed = true;
+            armed_at = Some(at);
         }
         tokio::select! {
             biased;
@@ -312,8 +315,8 @@ async fn serve(
                 None => accepting = false,
             },
             _ = shared.replaced_now.notified(), if !in_flight.is_empty() => {}
-            _ = &mut timer, if armed => {
-                armed = false;
+            _ = &mut timer, if armed_at.is_some() => {
+                armed_at = None;
                 let now = Instant::now();
                 // A request past its deadline gets its error now, and the connection is kept:
                 // its late reply is dropped when it comes, and requests behind it still get
@@ -459,6 +462,78 @@ mod tests {
             sent,
             deadline,
             waits,
+        }
+    }
+
+    /// A node's shared state and connection settings for `addr`, with the pool's `timeout`.
+    fn fake_node(
+        addr: std::net::SocketAddr,
+        timeout: Duration,
+    ) -> (Arc<NodeShared>, Arc<ConnSettings>) {
+        let (events, _) = tokio::sync::mpsc::unbounded_channel();
+        let metrics = crate::metrics::Metrics::default().server(crate::metrics::ServerLabels {
+            pool: "p".into(),
+            server: "s".into(),
+            role: "master".into(),
+            address: addr.to_string(),
+        });
+        let shared = Arc::new(NodeShared::new("s (fake)".into(), metrics, events));
+        let settings = Arc::new(ConnSettings {
+            addr: crate::config::Address {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+            },
+            protocol: crate::config::Protocol::Redis,
+            timeout,
+            handshake: bytes::Bytes::new(),
+            handshake_replies: 0,
+            preconnect: false,
+            max_reply_depth: 64,
+            tls: None,
+        });
+        (shared, settings)
+    }
+
+    /// Sequential requests to a node that never answers each get their timeout error at their
+    /// own deadline, not at a later check armed for an older request.
+    #[tokio::test(start_paused = true)]
+    async fn sequential_requests_to_a_silent_node_time_out_at_their_own_deadlines() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let timeout = Duration::from_secs(1);
+        let (shared, settings) = fake_node(addr, timeout);
+        let (jobs, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(run(shared, settings, rx, None));
+        for n in 0..4 {
+            let session = Arc::new(Session::default());
+            let started = Instant::now();
+            let job = Job {
+                payload: bytes::Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"),
+                kind: ReplyKind::Resp,
+                reply_to: ReplyTo {
+                    inbox: session.clone(),
+                    token: crate::backend::Token::Push,
+                },
+                timeout: None,
+            };
+            jobs.send(job).unwrap();
+            let mut got = Vec::new();
+            while got.is_empty() {
+                std::future::poll_fn(|cx| session.0.poll_woken(cx)).await;
+                session.0.take(&mut got);
+            }
+            let took = started.elapsed();
+            assert!(got[0].result.is_err(), "request {n}");
+            assert!(
+                took >= timeout && took < timeout + Duration::from_millis(50),
+                "request {n}: {took:?}"
+            );
         }
     }
 

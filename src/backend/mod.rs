@@ -318,6 +318,26 @@ pub(crate) struct NodeShared {
 }
 
 impl NodeShared {
+    /// A node's state before anything is known of it, reporting to `events`.
+    fn new(label: Arc<str>, metrics: ServerMetrics, events: UnboundedSender<NodeEvent>) -> Self {
+        NodeShared {
+            id: NodeId::next(),
+            label,
+            // Not known yet: the first check's verdict, up or down, is reported either way.
+            health: AtomicU8::new(Health::Suspect as u8),
+            failures: AtomicU32::new(0),
+            metrics,
+            events,
+            failure_limit: None,
+            flush_when_back: false,
+            stale: AtomicBool::new(false),
+            check_now: Notify::new(),
+            attach_to: Mutex::new(None),
+            replacements: AtomicU64::new(0),
+            replaced_now: Notify::new(),
+        }
+    }
+
     fn error(&self, failure: Failure) -> BackendError {
         BackendError {
             node: self.label.clone(),
@@ -512,21 +532,11 @@ impl Node {
             failure_limit,
             flush_when_back,
         } = spec;
+        let label = format!("{server_name} ({addr})").into();
         let shared = Arc::new(NodeShared {
-            id: NodeId::next(),
-            label: format!("{server_name} ({addr})").into(),
-            // Not known yet: the first check's verdict, up or down, is reported either way.
-            health: AtomicU8::new(Health::Suspect as u8),
-            failures: AtomicU32::new(0),
-            metrics,
-            events,
             failure_limit,
             flush_when_back,
-            stale: AtomicBool::new(false),
-            check_now: Notify::new(),
-            attach_to: Mutex::new(None),
-            replacements: AtomicU64::new(0),
-            replaced_now: Notify::new(),
+            ..NodeShared::new(label, metrics, events)
         });
         let settings = |profile: Profile| {
             let (handshake, handshake_replies) = handshake(pool, profile);
