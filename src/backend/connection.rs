@@ -1,5 +1,7 @@
 //! One pipelined backend connection: requests from many sessions are written in batches, replies
-//! are matched to them in order, and every request is bounded by the pool's timeout.
+//! are matched to them in order, and every request is bounded by the pool's timeout. Full
+//! duplex: reads, writes, new requests and deadlines are polled in one loop, so a write the
+//! node does not take (it stopped reading) never holds back its replies or a deadline.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -18,9 +20,14 @@ use crate::protocol::{ReplyError, ReplyKind, memcache, resp};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// Requests taken off the queue for one write.
+/// Requests taken off the queue for one write, at most…
 const MAX_BATCH: usize = 1024;
 const FIRST_READ_CHUNK: u32 = 16 * 1024;
+/// …and bytes of requests taken but not yet written, past which no more are taken.
+const MAX_UNWRITTEN: usize = 4 * 1024 * 1024;
+const FIRST_WRITE_BUFFER: usize = 16 * 1024;
+/// The largest write buffer kept once empty.
+const KEPT_WRITE_BUFFER: usize = 1024 * 1024;
 
 /// The connection's life: connect (now with preconnect, else on the first request), serve until
 /// the connection fails, fail what was in flight, and reconnect, backing off while the node
@@ -226,7 +233,7 @@ async fn serve(
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut read_buf = BytesMut::new();
     let mut read_chunk = FIRST_READ_CHUNK;
-    let mut write_buf = BytesMut::with_capacity(16 * 1024);
+    let mut write_buf = BytesMut::with_capacity(FIRST_WRITE_BUFFER);
     let mut framer = Framer::new(settings);
     let mut delivery = Delivery::default();
     let mut accepting = true;
@@ -263,10 +270,11 @@ async fn serve(
                     waits: job.timeout.is_some(),
                 });
             }
-            if let Err(e) = stream.write_all(&write_buf).await {
-                break e.into();
-            }
-            write_buf.clear();
+        }
+        // Written as far as the socket takes it now; the rest when it is writable again, while
+        // replies are read and deadlines kept meanwhile.
+        if let Err(e) = write_some(&stream, &mut write_buf) {
+            break e.into();
         }
         if !accepting && in_flight.is_empty() {
             return None;
@@ -277,6 +285,7 @@ async fn serve(
             timer.as_mut().reset(at);
             armed_at = Some(at);
         }
+        let unwritten = !write_buf.is_empty() || stream.is_holding_output();
         tokio::select! {
             biased;
             read = stream.read_some(&mut read_buf, &mut read_chunk) => {
@@ -295,16 +304,28 @@ async fn serve(
                 }
                 shared.record_success();
             }
-            job = rx.recv(), if accepting => match job {
+            writable = stream.writable(), if unwritten => {
+                if let Err(e) = writable {
+                    break e.into();
+                }
+            }
+            // While much is unwritten (a node that reads slowly), no more is taken: the jobs
+            // wait in the queue, and their deadlines still run from when they are written.
+            job = rx.recv(), if accepting && write_buf.len() < MAX_UNWRITTEN => match job {
                 Some(job) => {
                     queued.push_back(job);
                     // Written after the worker's other ready sessions and its next look at
                     // its sockets: their requests join this write. Fewer, larger writes cost
                     // the proxy and the node less per request than one write per wakeup.
                     tokio::task::yield_now().await;
-                    while queued.len() < MAX_BATCH {
+                    let mut bytes =
+                        write_buf.len() + queued.iter().map(|j| j.payload.len()).sum::<usize>();
+                    while queued.len() < MAX_BATCH && bytes < MAX_UNWRITTEN {
                         match rx.try_recv() {
-                            Ok(job) => queued.push_back(job),
+                            Ok(job) => {
+                                bytes += job.payload.len();
+                                queued.push_back(job);
+                            }
                             Err(_) => break,
                         }
                     }
@@ -352,6 +373,20 @@ async fn serve(
         &failure,
     );
     Some(failure)
+}
+
+/// Writes what the socket takes of `buf` now. A buffer that grew for a large batch is let go
+/// once written, so a spike does not hold its memory for the connection's life.
+fn write_some(stream: &Stream, buf: &mut BytesMut) -> std::io::Result<()> {
+    if buf.is_empty() && !stream.is_holding_output() {
+        return Ok(());
+    }
+    let n = stream.try_write(buf)?;
+    bytes::Buf::advance(buf, n);
+    if buf.is_empty() && buf.capacity() > KEPT_WRITE_BUFFER {
+        *buf = BytesMut::with_capacity(FIRST_WRITE_BUFFER);
+    }
+    Ok(())
 }
 
 /// How long a connection with requests in flight may stay silent before it is reset: well past
@@ -465,6 +500,16 @@ mod tests {
         }
     }
 
+    /// The first completion that reaches `session`.
+    async fn answered(session: &Session) -> crate::backend::Completion {
+        let mut got = Vec::new();
+        while got.is_empty() {
+            std::future::poll_fn(|cx| session.0.poll_woken(cx)).await;
+            session.0.take(&mut got);
+        }
+        got.remove(0)
+    }
+
     /// A node's shared state and connection settings for `addr`, with the pool's `timeout`.
     fn fake_node(
         addr: std::net::SocketAddr,
@@ -523,18 +568,53 @@ mod tests {
                 timeout: None,
             };
             jobs.send(job).unwrap();
-            let mut got = Vec::new();
-            while got.is_empty() {
-                std::future::poll_fn(|cx| session.0.poll_woken(cx)).await;
-                session.0.take(&mut got);
-            }
+            let got = answered(&session).await;
             let took = started.elapsed();
-            assert!(got[0].result.is_err(), "request {n}");
+            assert!(got.result.is_err(), "request {n}");
             assert!(
                 took >= timeout && took < timeout + Duration::from_millis(50),
                 "request {n}: {took:?}"
             );
         }
+    }
+
+    /// A node that stops reading (its socket buffers full of a large request) does not hold a
+    /// request past its deadline: the write waits inside the loop that keeps deadlines.
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_fires_while_a_write_waits() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Accepts and never reads.
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let timeout = Duration::from_secs(1);
+        let (shared, settings) = fake_node(addr, timeout);
+        let (jobs, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(run(shared, settings, rx, None));
+        let session = Arc::new(Session::default());
+        let started = Instant::now();
+        let big = vec![b'x'; 64 * 1024 * 1024];
+        let mut payload = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", big.len()).into_bytes();
+        payload.extend_from_slice(&big);
+        payload.extend_from_slice(b"\r\n");
+        let job = Job {
+            payload: payload.into(),
+            kind: ReplyKind::Resp,
+            reply_to: ReplyTo {
+                inbox: session.clone(),
+                token: crate::backend::Token::Push,
+            },
+            timeout: None,
+        };
+        jobs.send(job).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), answered(&session)).await;
+        let took = started.elapsed();
+        assert!(got.expect("answered").result.is_err());
+        assert!(took < timeout + Duration::from_millis(50), "{took:?}");
     }
 
     #[test]
