@@ -687,3 +687,39 @@ fn control_bytes_in_a_key_cannot_shift_replies_between_requests() {
         "VALUE victimkey 0 6\r\nsecret\r\nEND\r\nEND\r\n"
     );
 }
+
+#[test]
+fn large_gets_and_sets_pipelined_to_one_memcached_never_wedge_its_connection() {
+    // memcached stops reading requests while its replies wait unread: a connection that
+    // stopped reading replies while it wrote would wait on it for ever.
+    let (_servers, port, _proxy) = shards(1, "");
+    let value = vec![b'v'; 1024 * 1024 - 512];
+    let set = |key: &str| {
+        let mut req = format!("set {key} 0 0 {}\r\n", value.len()).into_bytes();
+        req.extend_from_slice(&value);
+        req.extend_from_slice(b"\r\n");
+        req
+    };
+    let mut c = Raw::connect(port);
+    c.send(&set("big"));
+    assert_eq!(c.read_line(), "STORED\r\n");
+    let mut pipeline = Vec::new();
+    for n in 0..16 {
+        pipeline.extend_from_slice(b"get big\r\n");
+        pipeline.extend(set(&format!("big{n}")));
+    }
+    let writer = std::thread::spawn(move || {
+        c.send(&pipeline);
+        c
+    });
+    let mut c = writer.join().unwrap();
+    let value_line = format!("VALUE big 0 {}\r\n", value.len());
+    for n in 0..16 {
+        assert_eq!(c.read_line(), value_line, "get {n}");
+        let _ = c.read_n(value.len() + 2);
+        assert_eq!(c.read_line(), "END\r\n");
+        assert_eq!(c.read_line(), "STORED\r\n", "set {n}");
+    }
+    // Another client of the same memcached is served.
+    assert_eq!(text(&exchange(port, b"mg big15\r\n")), "HD\r\n");
+}
