@@ -390,3 +390,47 @@ fn no_more_than_max_pipeline_requests_of_one_client_are_in_flight_and_the_rest_f
     }
     assert_eq!(forwarded(), before + 100);
 }
+
+#[test]
+fn a_stopped_node_fails_each_large_write_at_its_timeout_and_costs_other_shards_nothing() {
+    let (shards, port, proxy) = three_shards("s", "    timeout_ms: 1000\n");
+    let stopped_key = proxy.key_on(1, "big");
+    let other_key = proxy.key_on(0, "small");
+    shards[1].signal("-STOP");
+    let value = vec![b'v'; 1024 * 1024];
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (late, other_errors) = std::thread::scope(|scope| {
+        let other = scope.spawn(|| {
+            let mut c = Raw::connect(port);
+            let mut errors = 0;
+            for _ in 0..100_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                c.send(&command(&[b"SET", other_key.as_bytes(), b"1"]));
+                if c.read_line() != "+OK\r\n" {
+                    errors += 1;
+                }
+            }
+            errors
+        });
+        let mut c = Raw::connect(port);
+        let mut late = Vec::new();
+        for _ in 0..6 {
+            let started = std::time::Instant::now();
+            c.send(&command(&[b"SET", stopped_key.as_bytes(), &value]));
+            let reply = c.read_line();
+            assert!(reply.starts_with("-ERR backend s1"), "{reply}");
+            late.push(started.elapsed());
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (late, other.join().unwrap())
+    });
+    shards[1].signal("-CONT");
+    assert_eq!(other_errors, 0);
+    // Each within its timeout (a reset of the silent connection may come a little sooner).
+    assert!(
+        late.iter().all(|t| *t < Duration::from_millis(1300)),
+        "{late:?}"
+    );
+}
