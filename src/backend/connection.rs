@@ -13,6 +13,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::{ConnSettings, ConnectError, Delivery, Failure, Job, NodeShared, ReplyTo};
+use crate::config::Protocol;
 use crate::metrics::LatencyCounts;
 use crate::net::Stream;
 use crate::protocol::resp::encode;
@@ -173,6 +174,8 @@ async fn identify(
 struct Framer {
     resp: resp::ReplyScanner,
     memcache: memcache::ReplyScanner,
+    /// A Redis connection, on which a RESP3 push frame (`>`) may come that answers no request.
+    pushes: bool,
 }
 
 impl Framer {
@@ -180,6 +183,7 @@ impl Framer {
         Framer {
             resp: resp::ReplyScanner::new(settings.max_reply_depth),
             memcache: memcache::ReplyScanner::default(),
+            pushes: settings.protocol == Protocol::Redis,
         }
     }
 
@@ -446,6 +450,18 @@ fn answer(
         if buf.is_empty() {
             break Ok(());
         }
+        if framer.pushes && buf[0] == b'>' {
+            // A push is no request's reply: matched to one, it would shift every later reply.
+            match framer.resp.scan(buf) {
+                Ok(Some(len)) => {
+                    let _ = buf.split_to(len);
+                    tracing::debug!(node = %shared.label, "a push frame no request asked for was set aside");
+                    continue;
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(Failure::BadReply(e.into())),
+            }
+        }
         let Some(kind) = in_flight.front().map(|f| f.kind) else {
             break Err(Failure::BadReply(ReplyError::Unsolicited));
         };
@@ -528,7 +544,7 @@ mod tests {
                 host: addr.ip().to_string(),
                 port: addr.port(),
             },
-            protocol: crate::config::Protocol::Redis,
+            protocol: Protocol::Redis,
             timeout,
             handshake: bytes::Bytes::new(),
             handshake_replies: 0,
@@ -615,6 +631,48 @@ mod tests {
         let took = started.elapsed();
         assert!(got.expect("answered").result.is_err());
         assert!(took < timeout + Duration::from_millis(50), "{took:?}");
+    }
+
+    /// A RESP3 push frame, before any request or before a reply, answers no request: each
+    /// request still gets its own reply, and the connection is kept.
+    #[tokio::test(start_paused = true)]
+    async fn a_push_never_answers_a_request() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        const PUSH: &[u8] = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n";
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            socket.write_all(PUSH).await.unwrap();
+            let mut buf = [0u8; 64];
+            for n in 0..2 {
+                let _ = socket.read(&mut buf).await.unwrap();
+                let reply = format!(":{n}\r\n");
+                socket
+                    .write_all(&[PUSH, reply.as_bytes()].concat())
+                    .await
+                    .unwrap();
+            }
+            std::future::pending::<()>().await;
+        });
+        let (shared, settings) = fake_node(addr, Duration::from_secs(1));
+        let (jobs, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(run(shared, settings, rx, None));
+        for n in 0..2 {
+            let session = Arc::new(Session::default());
+            let job = Job {
+                payload: bytes::Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"),
+                kind: ReplyKind::Resp,
+                reply_to: ReplyTo {
+                    inbox: session.clone(),
+                    token: crate::backend::Token::Push,
+                },
+                timeout: None,
+            };
+            jobs.send(job).unwrap();
+            let reply = answered(&session).await.result.unwrap();
+            assert_eq!(&reply[..], format!(":{n}\r\n").as_bytes());
+        }
     }
 
     #[test]
