@@ -347,9 +347,6 @@ impl Keeper {
             shard.status[old].why()
         );
         move_writes(shard, new);
-        if let Some(said) = &mut shard.status[new].said {
-            said.role = Role::Master;
-        }
         let addr = shard.nodes[new].addr.clone();
         for (i, node) in shard.nodes.iter().enumerate() {
             if i == new {
@@ -550,10 +547,15 @@ impl Keeper {
 
 /// Writes go to node `new` from now on. What is in flight on the former master fails rather
 /// than be acknowledged later by a master that lost its place (it resyncs from the new one).
+/// The new master is taken to say it is one until its next check: what it said last, as a
+/// replica, would otherwise read as a master that stepped down, and send writes back.
 fn move_writes(shard: &mut Shard, new: usize) {
     shard.status[shard.master].former_master = true;
     shard.master().replaced();
     shard.master = new;
+    if let Some(said) = &mut shard.status[new].said {
+        said.role = Role::Master;
+    }
 }
 
 /// The next value from `rx`, or never when there is no `rx`.
