@@ -555,10 +555,8 @@ mod tests {
         (shared, settings)
     }
 
-    /// Sequential requests to a node that never answers each get their timeout error at their
-    /// own deadline, not at a later check armed for an older request.
-    #[tokio::test(start_paused = true)]
-    async fn sequential_requests_to_a_silent_node_time_out_at_their_own_deadlines() {
+    /// A node on a loopback socket that accepts and then never reads nor answers.
+    async fn silent_node() -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -567,22 +565,46 @@ mod tests {
                 held.push(socket);
             }
         });
-        let timeout = Duration::from_secs(1);
+        addr
+    }
+
+    /// A connection to the node at `addr` (the pool's `timeout`), and where to send it jobs.
+    fn connection(
+        addr: std::net::SocketAddr,
+        timeout: Duration,
+    ) -> tokio::sync::mpsc::UnboundedSender<Job> {
         let (shared, settings) = fake_node(addr, timeout);
         let (jobs, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(run(shared, settings, rx, None));
+        jobs
+    }
+
+    /// A job of `payload` whose reply goes to a new session, and that session.
+    fn job(payload: impl Into<bytes::Bytes>) -> (Job, Arc<Session>) {
+        let session = Arc::new(Session::default());
+        let job = Job {
+            payload: payload.into(),
+            kind: ReplyKind::Resp,
+            reply_to: ReplyTo {
+                inbox: session.clone(),
+                token: crate::backend::Token::Push,
+            },
+            timeout: None,
+        };
+        (job, session)
+    }
+
+    const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
+
+    /// Sequential requests to a node that never answers each get their timeout error at their
+    /// own deadline, not at a later check armed for an older request.
+    #[tokio::test(start_paused = true)]
+    async fn sequential_requests_to_a_silent_node_time_out_at_their_own_deadlines() {
+        let timeout = Duration::from_secs(1);
+        let jobs = connection(silent_node().await, timeout);
         for n in 0..4 {
-            let session = Arc::new(Session::default());
+            let (job, session) = job(PING);
             let started = Instant::now();
-            let job = Job {
-                payload: bytes::Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"),
-                kind: ReplyKind::Resp,
-                reply_to: ReplyTo {
-                    inbox: session.clone(),
-                    token: crate::backend::Token::Push,
-                },
-                timeout: None,
-            };
             jobs.send(job).unwrap();
             let got = answered(&session).await;
             let took = started.elapsed();
@@ -598,34 +620,14 @@ mod tests {
     /// request past its deadline: the write waits inside the loop that keeps deadlines.
     #[tokio::test(start_paused = true)]
     async fn a_deadline_fires_while_a_write_waits() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        // Accepts and never reads.
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                held.push(socket);
-            }
-        });
         let timeout = Duration::from_secs(1);
-        let (shared, settings) = fake_node(addr, timeout);
-        let (jobs, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(run(shared, settings, rx, None));
-        let session = Arc::new(Session::default());
-        let started = Instant::now();
+        let jobs = connection(silent_node().await, timeout);
         let big = vec![b'x'; 64 * 1024 * 1024];
         let mut payload = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", big.len()).into_bytes();
         payload.extend_from_slice(&big);
         payload.extend_from_slice(b"\r\n");
-        let job = Job {
-            payload: payload.into(),
-            kind: ReplyKind::Resp,
-            reply_to: ReplyTo {
-                inbox: session.clone(),
-                token: crate::backend::Token::Push,
-            },
-            timeout: None,
-        };
+        let (job, session) = job(payload);
+        let started = Instant::now();
         jobs.send(job).unwrap();
         let got = tokio::time::timeout(Duration::from_secs(10), answered(&session)).await;
         let took = started.elapsed();
@@ -655,20 +657,9 @@ mod tests {
             }
             std::future::pending::<()>().await;
         });
-        let (shared, settings) = fake_node(addr, Duration::from_secs(1));
-        let (jobs, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(run(shared, settings, rx, None));
+        let jobs = connection(addr, Duration::from_secs(1));
         for n in 0..2 {
-            let session = Arc::new(Session::default());
-            let job = Job {
-                payload: bytes::Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"),
-                kind: ReplyKind::Resp,
-                reply_to: ReplyTo {
-                    inbox: session.clone(),
-                    token: crate::backend::Token::Push,
-                },
-                timeout: None,
-            };
+            let (job, session) = job(PING);
             jobs.send(job).unwrap();
             let reply = answered(&session).await.result.unwrap();
             assert_eq!(&reply[..], format!(":{n}\r\n").as_bytes());
