@@ -4,17 +4,21 @@
 mod connection;
 mod error;
 mod health;
+mod inbox;
+mod report;
 mod sentinel;
 mod subscriber;
 
 pub use error::{BackendError, ConnectError, Failure};
+use inbox::Delivery;
+pub use inbox::{Completion, Inbox, Mailbox, ReplyTo, Token};
+pub use report::{Health, NodeEvent, Role, Said};
 pub use sentinel::{Named, SentinelClient};
 pub use subscriber::{Subscriber, Topic};
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -31,153 +35,6 @@ use crate::protocol::ReplyKind;
 use crate::protocol::resp::encode;
 use crate::workers::Workers;
 
-/// Where one session's backend replies land, and what wakes the session: a queue it drains
-/// when woken, and its one waker (the session's task). Replies for many sessions are delivered
-/// by a backend connection without any lock they all share; the pool's requests of a client
-/// (leave, close) wake it here too, so an idle session waits on its socket and this alone.
-#[derive(Debug, Default)]
-pub struct Inbox(Mutex<InboxState>);
-
-#[derive(Debug, Default)]
-struct InboxState {
-    queue: Vec<Completion>,
-    /// Woken since the session last looked.
-    woken: bool,
-    waker: Option<Waker>,
-}
-
-impl Inbox {
-    fn lock(&self) -> std::sync::MutexGuard<'_, InboxState> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Runs `add` on the queue and wakes the session, outside the lock.
-    fn wake_with(&self, add: impl FnOnce(&mut Vec<Completion>)) {
-        let waker = {
-            let mut state = self.lock();
-            add(&mut state.queue);
-            state.woken = true;
-            state.waker.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-
-    fn push(&self, completion: Completion) {
-        self.wake_with(|queue| queue.push(completion));
-    }
-
-    /// Moves all of `completions` in at once: one lock and one wakeup for a run of replies.
-    fn push_all(&self, completions: &mut Vec<Completion>) {
-        self.wake_with(|queue| queue.append(completions));
-    }
-
-    /// Wakes the session with nothing queued: it has something else to look at.
-    pub fn wake(&self) {
-        self.wake_with(|_| {});
-    }
-
-    /// Ready once the session has been woken since it last was; until then the session's
-    /// task is woken by the next wakeup.
-    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut state = self.lock();
-        if std::mem::take(&mut state.woken) {
-            return Poll::Ready(());
-        }
-        if !state
-            .waker
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            state.waker = Some(cx.waker().clone());
-        }
-        Poll::Pending
-    }
-
-    /// Waits until the session has been woken since it last was.
-    pub async fn wait(&self) {
-        std::future::poll_fn(|cx| self.poll_woken(cx)).await;
-    }
-
-    /// Swaps the queued replies into `into` (which must be empty), so the caller's buffer is
-    /// reused and an idle session's inbox holds no memory.
-    pub fn take(&self, into: &mut Vec<Completion>) {
-        std::mem::swap(&mut self.lock().queue, into);
-    }
-}
-
-/// What holds a session's inbox. The pool's entry for a client does, so that an idle client's
-/// inbox costs no allocation of its own; backends deliver to it through this.
-pub trait Mailbox: Send + Sync + fmt::Debug {
-    fn inbox(&self) -> &Inbox;
-}
-
-/// Which reply a completion is, as the session that asked understands it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Token {
-    /// Part `part` of the session's request numbered `seq`.
-    Reply { seq: u64, part: usize },
-    /// A Pub/Sub message, which answers no request.
-    Push,
-}
-
-/// Where a backend's reply goes: the requesting session's inbox, with the session's token.
-#[derive(Debug)]
-pub struct ReplyTo {
-    pub inbox: Arc<dyn Mailbox>,
-    pub token: Token,
-}
-
-impl ReplyTo {
-    /// Delivers a reply the proxy made itself, as if a backend had sent it.
-    pub fn answer(self, reply: Bytes) {
-        self.send(Ok(reply));
-    }
-
-    fn send(self, result: Result<Bytes, BackendError>) {
-        // A session that has gone away no longer reads its inbox; the reply is dropped with it.
-        self.inbox.inbox().push(Completion {
-            token: self.token,
-            result: result.map_err(Box::new),
-            backend_us: 0,
-        });
-    }
-}
-
-/// Replies read from one backend connection, grouped while consecutive replies go to the same
-/// session (a pipelining client's usually do), so each group costs one lock and one wakeup.
-#[derive(Default)]
-struct Delivery {
-    inbox: Option<Arc<dyn Mailbox>>,
-    run: Vec<Completion>,
-}
-
-impl Delivery {
-    /// Adds the reply to `to`, which took `took` on the backend.
-    fn add(&mut self, to: ReplyTo, result: Result<Bytes, BackendError>, took: Duration) {
-        if self
-            .inbox
-            .as_ref()
-            .is_some_and(|i| !std::ptr::addr_eq(Arc::as_ptr(i), Arc::as_ptr(&to.inbox)))
-        {
-            self.flush();
-        }
-        self.run.push(Completion {
-            token: to.token,
-            result: result.map_err(Box::new),
-            backend_us: u32::try_from(took.as_micros()).unwrap_or(u32::MAX),
-        });
-        self.inbox.get_or_insert(to.inbox);
-    }
-
-    fn flush(&mut self) {
-        if let Some(inbox) = self.inbox.take() {
-            inbox.inbox().push_all(&mut self.run);
-        }
-    }
-}
-
 /// One request for a node: bytes to send as they are, how its reply is framed, and where the
 /// reply goes.
 #[derive(Debug)]
@@ -190,15 +47,6 @@ pub struct Job {
     pub timeout: Option<Duration>,
 }
 
-/// A backend's reply (one complete RESP value) or why there is none.
-#[derive(Debug)]
-pub struct Completion {
-    pub token: Token,
-    pub result: Result<Bytes, Box<BackendError>>,
-    /// How long the backend took to answer, in microseconds (0: not measured).
-    pub backend_us: u32,
-}
-
 /// A node's identity for as long as the process runs, whatever its place in a topology.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct NodeId(u64);
@@ -208,84 +56,6 @@ impl NodeId {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         NodeId(NEXT.fetch_add(1, Ordering::Relaxed))
     }
-}
-
-/// A node's health as its checks and its connections see it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Health {
-    /// Its health checks pass.
-    Up,
-    /// A request, connection or check failed since the last check that passed: it is still
-    /// in service, but reads go elsewhere when they can.
-    Suspect,
-    /// Its health checks failed `failures` times in a row (or it may have missed writes), or it
-    /// has not been checked yet.
-    Down,
-}
-
-impl Health {
-    fn from_u8(v: u8) -> Health {
-        match v {
-            0 => Health::Up,
-            1 => Health::Suspect,
-            _ => Health::Down,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Health::Up => "up",
-            Health::Suspect => "suspect",
-            Health::Down => "down",
-        }
-    }
-}
-
-/// What a Redis node says it is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Master,
-    Replica,
-}
-
-/// What a Redis node says of itself at a health check.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Said {
-    pub role: Role,
-    /// Its replication offset: a master's own, or how much of its master's stream a replica
-    /// has taken in. Among replicas of a dead master, the largest has lost the least.
-    pub offset: u64,
-    /// Keys in the pool's database.
-    pub keys: u64,
-    /// Its process's run id: a new one means the node restarted.
-    pub run_id: Arc<str>,
-    /// Its `redis_version`, which HELLO reports to clients.
-    pub version: Arc<str>,
-    /// The master a replica follows, as it names it.
-    pub follows: Option<Address>,
-    /// A replica whose link to its master is up and not in a full sync: it holds the master's
-    /// data up to its offset.
-    pub in_sync: bool,
-    /// Its replication history's id (`master_replid`), and the one before it
-    /// (`master_replid2`, set when a replica is promoted): a node whose previous id is
-    /// another's current one took that node's place.
-    pub replid: Arc<str>,
-    pub replid2: Arc<str>,
-}
-
-/// What a node reports to whoever keeps its pool's topology.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NodeEvent {
-    /// Its health changed; `reason` says why, for operators.
-    Health {
-        node: NodeId,
-        health: Health,
-        reason: Arc<str>,
-    },
-    /// Connection attempts, requests or health checks failed `failure_limit` times in a row.
-    FailedRepeatedly(NodeId),
-    /// What the node says of itself changed (Redis `ROLE`, `DBSIZE`, run id).
-    Said { node: NodeId, said: Said },
 }
 
 /// What a node's connection and health tasks share with the node.

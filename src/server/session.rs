@@ -3,6 +3,8 @@
 //! request on the nodes of the pool's current snapshot; write the replies in request order,
 //! batched into one write per wakeup.
 
+mod plans;
+
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,17 +14,14 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::time::Sleep;
 
-use super::error::ClientError;
-use super::outbox::{Outbox, Resend, Retry};
-use super::plan::{Part, Plan, Target};
+use super::outbox::Outbox;
 use super::timing::{Recorded, Timing};
-use crate::backend::{Completion, Job, Mailbox, Node, Profile, ReplyTo, Reserved, Token};
+use crate::backend::{Completion, Mailbox, Profile, Token};
 use crate::metrics::CloseReason;
 use crate::net::Stream;
 use crate::net::descriptors::Descriptor;
-use crate::protocol::ReplyKind;
-use crate::topology::{BlockedOn, Client, Pool, PoolState, Signals};
-use prometheus_client::metrics::gauge::Gauge;
+use crate::topology::{Client, Pool, Signals};
+use plans::Held;
 
 /// A fresh read buffer's size: small, so a burst of idle clients costs little; it doubles
 /// while reads fill it.
@@ -95,41 +94,6 @@ enum Woke {
 enum Burst {
     Idle,
     Close,
-}
-
-/// A connection reserved for this session until the reply to one request is written.
-struct Held {
-    node: Arc<Node>,
-    conn: Reserved,
-    /// The sequence number of that request.
-    until: u64,
-    /// A blocking command waiting on it.
-    blocked: Option<Blocked>,
-}
-
-/// One blocking command, counted in `blocked_clients` and shown in the client's listing
-/// (where CLIENT UNBLOCK finds its connection) until it is dropped.
-struct Blocked {
-    gauge: Gauge,
-    listing: Arc<Client>,
-}
-
-impl Blocked {
-    fn new(gauge: &Gauge, listing: &Arc<Client>, on: BlockedOn) -> Blocked {
-        gauge.inc();
-        listing.set_blocked_on(Some(on));
-        Blocked {
-            gauge: gauge.clone(),
-            listing: listing.clone(),
-        }
-    }
-}
-
-impl Drop for Blocked {
-    fn drop(&mut self) {
-        self.gauge.dec();
-        self.listing.set_blocked_on(None);
-    }
 }
 
 /// One client's connection and what the proxy keeps of it. An idle client's task is this and
@@ -491,20 +455,14 @@ impl<F: Frontend> Session<F> {
     }
 
     /// Whether the client may have more requests sent: fewer than `max_pipeline` in flight,
-    /// and no more unread replies than `max_client_output_bytes`. Requests read beyond that
-    /// wait unparsed, so what a client can make the proxy and its backends hold is bounded.
+    /// no more unread replies than `max_client_output_bytes`, and no blocking command waiting.
+    /// Requests read beyond that wait unparsed, so what a client can make the proxy and its
+    /// backends hold is bounded.
     pub(super) fn has_room(&self) -> bool {
         let c = &self.pool.config;
         self.out.pending() < c.max_pipeline
             && self.out.output().len() <= c.max_client_output_bytes
             && !self.is_blocked()
-    }
-
-    /// Whether a blocking command of the client's waits for its reply. As on one server,
-    /// nothing the client sent after it is carried out until it is answered: pipelined
-    /// blocking commands run one at a time, in order, each on the one reserved connection.
-    fn is_blocked(&self) -> bool {
-        (self.in_flight.as_ref()).is_some_and(|f| f.held.iter().any(|h| h.blocked.is_some()))
     }
 
     /// Closes a client that held more unread replies than `max_client_output_bytes` for too
@@ -533,129 +491,9 @@ impl<F: Frontend> Session<F> {
             r.backend = r.backend.max(Duration::from_micros(u64::from(backend_us)));
         }
     }
-
-    /// Carries out `plan` for the next request, on the nodes of `state`.
-    pub(super) fn execute(&mut self, state: &PoolState, plan: Plan) {
-        let profile = self.fe.profile();
-        let next = self.out.next_seq();
-        if let Some(r) = self.in_flight.as_mut().and_then(|f| f.recorded.back_mut())
-            && r.seq == next
-            && let Some((target, parts)) = plan.first_target()
-        {
-            r.shard = Some((state.shards[target.shard()].name.clone(), parts - 1));
-        }
-        match plan {
-            Plan::Reply(reply) => self.out.ready(reply),
-            Plan::Fail(e) => self.out.error(e),
-            Plan::FailAfter(e, after) => {
-                let to = self.reply_to(self.out.token(0));
-                let reply = self.out.error_later(&e);
-                tokio::spawn(async move {
-                    tokio::time::sleep(after).await;
-                    to.answer(reply);
-                });
-            }
-            Plan::Forward(part) => {
-                self.send_part(state, part, 0, profile);
-                self.out.forwarded();
-            }
-            Plan::Quiet(part, quiet) => {
-                self.send_part(state, part, 0, profile);
-                self.out.quiet(quiet);
-            }
-            Plan::Gather(parts, gather) => {
-                for (i, part) in parts.into_iter().enumerate() {
-                    self.send_part(state, part, i, profile);
-                }
-                self.out.gathering(gather);
-            }
-            Plan::Resend {
-                part,
-                retries,
-                when,
-                quiet,
-            } => {
-                let (shard, node) = self.resolve(state, part.target);
-                let shard = &state.shards[shard];
-                let node = &shard.nodes[node];
-                let job = (part.payload, part.kind);
-                self.send_to(node, job.clone(), 0, profile);
-                self.out.resend(Resend {
-                    shard: shard.name.clone(),
-                    node: node.id(),
-                    retries_left: retries,
-                    job,
-                    quiet,
-                    when,
-                    profile,
-                });
-            }
-            Plan::Reserved { part, wait } => {
-                // Like Redis, the time a blocking command waits does not make it slow.
-                let next = self.out.next_seq();
-                if let Some(f) = &mut self.in_flight
-                    && f.recorded.back().is_some_and(|r| r.seq == next)
-                {
-                    f.recorded.pop_back();
-                }
-                let (shard, node) = self.resolve(state, part.target);
-                let node = state.shards[shard].nodes[node].clone();
-                let conn = node.reserve(self.worker(), profile);
-                let job = Job {
-                    payload: part.payload,
-                    kind: part.kind,
-                    reply_to: self.reply_to(self.out.token(0)),
-                    timeout: None,
-                };
-                conn.send_blocking(job, wait);
-                let on = BlockedOn {
-                    node: node.clone(),
-                    connection: conn.server_id().clone(),
-                };
-                let blocked = Blocked::new(&self.pool.metrics.blocked_clients, &self.listing, on);
-                self.hold(node, conn, Some(blocked));
-                self.out.forwarded();
-            }
-        }
-    }
-
-    /// The shard and node (indices in `state`) a target names.
-    fn resolve(&self, state: &PoolState, target: Target) -> (usize, usize) {
-        match target {
-            Target::Shard { shard, write } => {
-                let read_from = self.pool.config.read_from;
-                let node = state.shards[shard].node_for(write, read_from, self.listing.id as usize);
-                (shard, node)
-            }
-            Target::Node { shard, node } => (shard, node),
-        }
-    }
-
-    /// Sends `part` as part `index` of the next request.
-    fn send_part(&self, state: &PoolState, part: Part, index: usize, profile: Profile) {
-        let (shard, node) = self.resolve(state, part.target);
-        let node = &state.shards[shard].nodes[node];
-        self.send_to(node, (part.payload, part.kind), index, profile);
-    }
 }
 
 impl<F> Session<F> {
-    /// Holds `conn`, reserved on `node`, until the reply to the next request queued is
-    /// written; then it is given back for another client.
-    pub(super) fn hold_for_next(&mut self, node: Arc<Node>, conn: Reserved) {
-        self.hold(node, conn, None);
-    }
-
-    fn hold(&mut self, node: Arc<Node>, conn: Reserved, blocked: Option<Blocked>) {
-        let until = self.out.next_seq();
-        self.in_flight().held.push(Held {
-            node,
-            conn,
-            until,
-            blocked,
-        });
-    }
-
     /// The worker thread this session runs on: it uses that worker's backend connections.
     pub(super) fn worker(&self) -> usize {
         self.worker as usize
@@ -665,102 +503,10 @@ impl<F> Session<F> {
         self.in_flight.get_or_insert_default()
     }
 
-    /// Whether the session holds reserved connections.
-    fn holds_any(&self) -> bool {
-        self.in_flight.as_ref().is_some_and(|f| !f.held.is_empty())
-    }
-
     /// Counts a client closed by CLIENT KILL.
     fn count_kill(&self, signals: Signals) {
         if signals.kill() {
             self.pool.metrics.closed(CloseReason::Killed);
         }
-    }
-
-    /// Gives back every reserved connection whose last reply has been written: each was left
-    /// as it was found, with nothing in flight.
-    fn give_back_done(&mut self) {
-        let (first_unanswered, worker) = (self.out.first_unanswered(), self.worker());
-        let Some(f) = &mut self.in_flight else {
-            return;
-        };
-        let mut i = 0;
-        while i < f.held.len() {
-            if f.held[i].until < first_unanswered {
-                let held = f.held.swap_remove(i);
-                held.node.give_back(worker, held.conn);
-            } else {
-                i += 1;
-            }
-        }
-    }
-
-    /// Sends again what asked for it: a failed read to the next node of its shard, an EVALSHA
-    /// to its node after loading the script there. The shard is found in the pool's current
-    /// state; one that left it fails the request.
-    fn resend(&mut self) {
-        let state = self.pool.state();
-        for Retry { seq, first } in self.out.take_retries() {
-            let Some(resend) = self.out.resend_at(seq) else {
-                continue;
-            };
-            let shard = state.shard_named(&resend.shard);
-            let last = shard.and_then(|shard| Some((shard, shard.index_of(resend.node)?)));
-            let Some((shard, last)) = last else {
-                let error = ClientError::ShardLeft(resend.shard.clone());
-                self.out.fail(seq, error);
-                continue;
-            };
-            let node = match first {
-                Some(_) => last,
-                None => shard.retry_index(last),
-            };
-            let node = &shard.nodes[node];
-            resend.node = node.id();
-            resend.retries_left -= 1;
-            let (job, profile) = (resend.job.clone(), resend.profile);
-            if let Some(first) = first {
-                let first = (first, job.1);
-                let reply_to = self.reply_to(Token::Reply { seq, part: 1 });
-                self.send_job_to(node, first, reply_to, profile);
-            }
-            let reply_to = self.reply_to(Token::Reply { seq, part: 0 });
-            self.send_job_to(node, job, reply_to, profile);
-        }
-    }
-
-    /// Sends part `part` of the next request to `node`.
-    pub(super) fn send_to(
-        &self,
-        node: &Node,
-        job: (Bytes, ReplyKind),
-        part: usize,
-        profile: Profile,
-    ) {
-        self.send_job_to(node, job, self.reply_to(self.out.token(part)), profile);
-    }
-
-    /// Where a backend sends the reply `token`: this client's inbox.
-    pub(super) fn reply_to(&self, token: Token) -> ReplyTo {
-        ReplyTo {
-            inbox: self.listing.clone(),
-            token,
-        }
-    }
-
-    fn send_job_to(
-        &self,
-        node: &Node,
-        (payload, kind): (Bytes, ReplyKind),
-        reply_to: ReplyTo,
-        profile: Profile,
-    ) {
-        let job = Job {
-            payload,
-            kind,
-            reply_to,
-            timeout: None,
-        };
-        node.send(job, self.worker(), profile, self.listing.id as usize);
     }
 }

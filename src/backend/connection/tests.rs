@@ -1,0 +1,185 @@
+use super::*;
+
+#[derive(Debug, Default)]
+struct Session(crate::backend::Inbox);
+
+impl crate::backend::Mailbox for Session {
+    fn inbox(&self) -> &crate::backend::Inbox {
+        &self.0
+    }
+}
+
+fn request(sent: Instant, deadline: Instant, waits: bool) -> InFlight {
+    let to = ReplyTo {
+        inbox: Arc::new(Session::default()),
+        token: crate::backend::Token::Push,
+    };
+    InFlight {
+        reply_to: Some(to),
+        kind: ReplyKind::Resp,
+        sent,
+        deadline,
+        waits,
+    }
+}
+
+/// The first completion that reaches `session`.
+async fn answered(session: &Session) -> crate::backend::Completion {
+    let mut got = Vec::new();
+    while got.is_empty() {
+        std::future::poll_fn(|cx| session.0.poll_woken(cx)).await;
+        session.0.take(&mut got);
+    }
+    got.remove(0)
+}
+
+/// A node's shared state and connection settings for `addr`, with the pool's `timeout`.
+fn fake_node(
+    addr: std::net::SocketAddr,
+    timeout: Duration,
+) -> (Arc<NodeShared>, Arc<ConnSettings>) {
+    let (events, _) = tokio::sync::mpsc::unbounded_channel();
+    let metrics = crate::metrics::Metrics::default().server(crate::metrics::ServerLabels {
+        pool: "p".into(),
+        server: "s".into(),
+        role: "master".into(),
+        address: addr.to_string(),
+    });
+    let shared = Arc::new(NodeShared::new("s (fake)".into(), metrics, events));
+    let settings = Arc::new(ConnSettings {
+        addr: crate::config::Address {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        },
+        protocol: Protocol::Redis,
+        timeout,
+        handshake: bytes::Bytes::new(),
+        handshake_replies: 0,
+        preconnect: false,
+        max_reply_depth: 64,
+        tls: None,
+    });
+    (shared, settings)
+}
+
+/// A node on a loopback socket that accepts and then never reads nor answers.
+async fn silent_node() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    addr
+}
+
+/// A connection to the node at `addr` (the pool's `timeout`), and where to send it jobs.
+fn connection(
+    addr: std::net::SocketAddr,
+    timeout: Duration,
+) -> tokio::sync::mpsc::UnboundedSender<Job> {
+    let (shared, settings) = fake_node(addr, timeout);
+    let (jobs, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(run(shared, settings, rx, None));
+    jobs
+}
+
+/// A job of `payload` whose reply goes to a new session, and that session.
+fn job(payload: impl Into<bytes::Bytes>) -> (Job, Arc<Session>) {
+    let session = Arc::new(Session::default());
+    let job = Job {
+        payload: payload.into(),
+        kind: ReplyKind::Resp,
+        reply_to: ReplyTo {
+            inbox: session.clone(),
+            token: crate::backend::Token::Push,
+        },
+        timeout: None,
+    };
+    (job, session)
+}
+
+const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
+
+/// Sequential requests to a node that never answers each get their timeout error at their
+/// own deadline, not at a later check armed for an older request.
+#[tokio::test(start_paused = true)]
+async fn sequential_requests_to_a_silent_node_time_out_at_their_own_deadlines() {
+    let timeout = Duration::from_secs(1);
+    let jobs = connection(silent_node().await, timeout);
+    for n in 0..4 {
+        let (job, session) = job(PING);
+        let started = Instant::now();
+        jobs.send(job).unwrap();
+        let got = answered(&session).await;
+        let took = started.elapsed();
+        assert!(got.result.is_err(), "request {n}");
+        assert!(
+            took >= timeout && took < timeout + Duration::from_millis(50),
+            "request {n}: {took:?}"
+        );
+    }
+}
+
+/// A node that stops reading (its socket buffers full of a large request) does not hold a
+/// request past its deadline: the write waits inside the loop that keeps deadlines.
+#[tokio::test(start_paused = true)]
+async fn a_deadline_fires_while_a_write_waits() {
+    let timeout = Duration::from_secs(1);
+    let jobs = connection(silent_node().await, timeout);
+    let big = vec![b'x'; 64 * 1024 * 1024];
+    let mut payload = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", big.len()).into_bytes();
+    payload.extend_from_slice(&big);
+    payload.extend_from_slice(b"\r\n");
+    let (job, session) = job(payload);
+    let started = Instant::now();
+    jobs.send(job).unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), answered(&session)).await;
+    let took = started.elapsed();
+    assert!(got.expect("answered").result.is_err());
+    assert!(took < timeout + Duration::from_millis(50), "{took:?}");
+}
+
+/// A RESP3 push frame, before any request or before a reply, answers no request: each
+/// request still gets its own reply, and the connection is kept.
+#[tokio::test(start_paused = true)]
+async fn a_push_never_answers_a_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    const PUSH: &[u8] = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n";
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        socket.write_all(PUSH).await.unwrap();
+        let mut buf = [0u8; 64];
+        for n in 0..2 {
+            let _ = socket.read(&mut buf).await.unwrap();
+            let reply = format!(":{n}\r\n");
+            socket
+                .write_all(&[PUSH, reply.as_bytes()].concat())
+                .await
+                .unwrap();
+        }
+        std::future::pending::<()>().await;
+    });
+    let jobs = connection(addr, Duration::from_secs(1));
+    for n in 0..2 {
+        let (job, session) = job(PING);
+        jobs.send(job).unwrap();
+        let reply = answered(&session).await.result.unwrap();
+        assert_eq!(&reply[..], format!(":{n}\r\n").as_bytes());
+    }
+}
+
+#[test]
+fn a_blocking_command_is_bounded_by_its_deadline_not_by_silence() {
+    let now = Instant::now();
+    let silence = Duration::from_secs(4);
+    let far = now + Duration::from_secs(3600);
+    let blocked = VecDeque::from([request(now, far, true)]);
+    assert_eq!(next_check(&blocked, now, silence), Some(far));
+    let plain = VecDeque::from([request(now, far, false)]);
+    assert_eq!(next_check(&plain, now, silence), Some(now + silence));
+}
