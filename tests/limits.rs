@@ -364,6 +364,29 @@ fn a_client_that_never_reads_stops_being_served_then_is_closed_and_costs_others_
 }
 
 #[test]
+fn a_client_over_the_hard_output_limit_is_closed_at_once() {
+    let redis = Redis::start();
+    let _: () = redis::cmd("SET")
+        .arg("big")
+        .arg(vec![b'v'; 1024 * 1024])
+        .query(&mut redis.client())
+        .unwrap();
+    let (port, proxy) = pool_over_one(
+        &redis,
+        "    limits: { max_client_output_bytes: 1048576, max_client_output_hard_bytes: 1572864 }\n    client_output_timeout_ms: 600000\n",
+    );
+    // Its first GETs' replies (16 MB) overflow the sockets' buffers and the hard limit.
+    let mut hog = Raw::connect(port);
+    hog.send(&command(&[b"GET", b"big"]).repeat(100));
+    let closes = "ringproxy_client_closes_total{pool=\"main\",reason=\"output_limit\"}";
+    wait_until("the non-reader is closed", Duration::from_secs(30), || {
+        metric(&proxy.http("/metrics").1, closes) == 1
+    });
+    assert!(proxy.log().contains("over max_client_output_hard_bytes"));
+    assert_eq!(side_errors(port, None, 100), 0);
+}
+
+#[test]
 fn no_more_than_max_pipeline_requests_of_one_client_are_in_flight_and_the_rest_follow() {
     let redis = Redis::start();
     let (port, proxy) = pool_over_one(&redis, "    limits: { max_pipeline: 4 }\n");

@@ -347,3 +347,42 @@ fn a_hundred_thousand_subscriptions_take_well_under_a_second_and_cost_others_not
     sub.roundtrip(b"", &message("chan:99999", "hi"));
     println!("100,000 subscriptions in {took:?}; another client's slowest PING {slowest:?}");
 }
+
+#[test]
+fn a_subscription_the_server_refuses_gets_its_error_and_is_not_made() {
+    let redis = Redis::start();
+    let mut admin = redis.client();
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "app", "on", ">pw", "~*", "&ok.*", "+@all"])
+        .query(&mut admin)
+        .unwrap();
+    let (port, _proxy) = pool_over_one(
+        &redis,
+        "    backend_auth: { username: app, password: pw }\n",
+    );
+    let mut sub = Raw::connect(port);
+    let refused = command(&[b"SUBSCRIBE", b"secret"]);
+    sub.send(&refused);
+    let line = sub.read_line();
+    assert!(line.starts_with("-NOPERM"), "{line}");
+    // Not in subscribed mode: any command works, as after a refused SUBSCRIBE on one server.
+    sub.roundtrip(&command(&[b"SET", b"k", b"v"]), b"+OK\r\n");
+    // A channel the user may use is subscribed, and counted alone.
+    sub.roundtrip(
+        &command(&[b"SUBSCRIBE", b"ok.1"]),
+        &push3("subscribe", "ok.1", 1),
+    );
+    let _: i64 = admin.publish("ok.1", "hello").unwrap();
+    assert_eq!(
+        sub.read_n(message("ok.1", "hello").len()),
+        message("ok.1", "hello")
+    );
+    // A refusal while subscribed leaves the other subscriptions as they were.
+    sub.send(&command(&[b"PSUBSCRIBE", b"secret.*"]));
+    let line = sub.read_line();
+    assert!(line.starts_with("-NOPERM"), "{line}");
+    sub.roundtrip(
+        &command(&[b"UNSUBSCRIBE"]),
+        &push3("unsubscribe", "ok.1", 0),
+    );
+}

@@ -12,6 +12,7 @@ use bytes::BytesMut;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{Instant, sleep_until, timeout};
 
+use super::inbox::Late;
 use super::{ConnSettings, ConnectError, Delivery, Failure, Job, NodeShared, ReplyTo};
 use crate::config::Protocol;
 use crate::metrics::LatencyCounts;
@@ -268,6 +269,7 @@ async fn serve(
                 write_buf.extend_from_slice(&job.payload);
                 in_flight.push_back(InFlight {
                     reply_to: Some(job.reply_to),
+                    late: None,
                     kind: job.kind,
                     sent: now,
                     deadline: now + settings.timeout + job.timeout.unwrap_or_default(),
@@ -349,7 +351,7 @@ async fn serve(
                 let mut expired = 0;
                 for request in in_flight.iter_mut().take_while(|r| r.deadline <= now) {
                     if let Some(to) = request.reply_to.take() {
-                        to.send(Err(shared.error(Failure::Timeout(settings.timeout))));
+                        request.late = Some(to.time_out(shared.error(Failure::Timeout(settings.timeout))));
                         expired += 1;
                     }
                 }
@@ -381,7 +383,7 @@ async fn serve(
 
 /// Writes what the socket takes of `buf` now. A buffer that grew for a large batch is let go
 /// once written, so a spike does not hold its memory for the connection's life.
-fn write_some(stream: &Stream, buf: &mut BytesMut) -> std::io::Result<()> {
+pub(super) fn write_some(stream: &Stream, buf: &mut BytesMut) -> std::io::Result<()> {
     if buf.is_empty() && !stream.is_holding_output() {
         return Ok(());
     }
@@ -428,6 +430,9 @@ fn silent_at(oldest: &InFlight, heard: Instant, silence: Duration) -> Option<Ins
 struct InFlight {
     /// Where the reply goes; `None` once the request has timed out (its reply is dropped).
     reply_to: Option<ReplyTo>,
+    /// Set once the request has timed out: it still counts against its client's in-flight
+    /// bound until this is dropped, with its reply or the connection.
+    late: Option<Late>,
     kind: ReplyKind,
     sent: Instant,
     deadline: Instant,

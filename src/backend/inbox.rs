@@ -2,6 +2,7 @@
 //! answers, and the grouping of a connection's replies into one wakeup per session.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -15,7 +16,12 @@ use super::BackendError;
 /// by a backend connection without any lock they all share; the pool's requests of a client
 /// (leave, close) wake it here too, so an idle session waits on its socket and this alone.
 #[derive(Debug, Default)]
-pub struct Inbox(Mutex<InboxState>);
+pub struct Inbox {
+    state: Mutex<InboxState>,
+    /// Requests of the session that timed out and that their backend has not answered yet:
+    /// they still count against the session's in-flight bound (see [`Late`]).
+    late: AtomicU32,
+}
 
 #[derive(Debug, Default)]
 struct InboxState {
@@ -23,20 +29,29 @@ struct InboxState {
     /// Woken since the session last looked.
     woken: bool,
     waker: Option<Waker>,
+    /// The session has ended: replies still in flight are dropped as they come.
+    closed: bool,
 }
 
 impl Inbox {
     fn lock(&self) -> std::sync::MutexGuard<'_, InboxState> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `add` on the queue and wakes the session, outside the lock.
+    /// Runs `add` on the queue and wakes the session, outside the lock. A closed inbox takes
+    /// nothing: what `add` would have queued is dropped after the lock is let go.
     fn wake_with(&self, add: impl FnOnce(&mut Vec<Completion>)) {
+        let mut dropped = Vec::new();
         let waker = {
             let mut state = self.lock();
-            add(&mut state.queue);
-            state.woken = true;
-            state.waker.take()
+            if state.closed {
+                add(&mut dropped);
+                None
+            } else {
+                add(&mut state.queue);
+                state.woken = true;
+                state.waker.take()
+            }
         };
         if let Some(waker) = waker {
             waker.wake();
@@ -55,6 +70,24 @@ impl Inbox {
     /// Wakes the session with nothing queued: it has something else to look at.
     pub fn wake(&self) {
         self.wake_with(|_| {});
+    }
+
+    /// The session has ended: what it was owed is dropped, and so is every reply that comes
+    /// later, so that a client gone with requests in flight holds no memory until they are
+    /// answered.
+    pub fn close(&self) {
+        let queue = {
+            let mut state = self.lock();
+            state.closed = true;
+            state.waker = None;
+            std::mem::take(&mut state.queue)
+        };
+        drop(queue);
+    }
+
+    /// Requests that timed out and are not answered by their backend yet.
+    pub fn late(&self) -> usize {
+        self.late.load(Ordering::Relaxed) as usize
     }
 
     /// Ready once the session has been woken since it last was; until then the session's
@@ -86,6 +119,20 @@ impl Inbox {
     }
 }
 
+/// A request that timed out, held by its connection until the backend answers it (or the
+/// connection fails): its client already has its error, but the backend still works on it, so
+/// it still counts in its session's [`Inbox::late`]. Dropping it lets the session send another.
+#[derive(Debug)]
+pub(super) struct Late(Arc<dyn Mailbox>);
+
+impl Drop for Late {
+    fn drop(&mut self) {
+        let inbox = self.0.inbox();
+        inbox.late.fetch_sub(1, Ordering::Relaxed);
+        inbox.wake();
+    }
+}
+
 /// What holds a session's inbox. The pool's entry for a client does, so that an idle client's
 /// inbox costs no allocation of its own; backends deliver to it through this.
 pub trait Mailbox: Send + Sync + fmt::Debug {
@@ -112,6 +159,15 @@ impl ReplyTo {
     /// Delivers a reply the proxy made itself, as if a backend had sent it.
     pub fn answer(self, reply: Bytes) {
         self.send(Ok(reply));
+    }
+
+    /// Fails the request for having taken too long; what is returned stands for it until its
+    /// backend has answered.
+    pub(super) fn time_out(self, error: BackendError) -> Late {
+        self.inbox.inbox().late.fetch_add(1, Ordering::Relaxed);
+        let late = Late(self.inbox.clone());
+        self.send(Err(error));
+        late
     }
 
     pub(super) fn send(self, result: Result<Bytes, BackendError>) {

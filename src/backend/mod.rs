@@ -3,6 +3,8 @@
 
 mod connection;
 mod error;
+#[cfg(test)]
+mod fake;
 mod health;
 mod inbox;
 mod report;

@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::time::sleep;
 
-use super::connection::connect;
+use super::connection::{connect, write_some};
 use super::{Completion, ConnSettings, Mailbox, NodeShared, Token};
 use crate::protocol::resp::{ReplyScanner, bulk_elements, encode};
 
@@ -94,10 +94,15 @@ fn encode_change(buf: &mut BytesMut, change: &Change) {
 enum Frame {
     Message,
     Confirmation,
+    /// The server refused a change.
+    Error,
     Other,
 }
 
 fn frame_kind(frame: &[u8]) -> Frame {
+    if matches!(frame.first(), Some(b'-' | b'!')) {
+        return Frame::Error;
+    }
     match bulk_elements(frame).next() {
         Some(b"message" | b"pmessage" | b"smessage") => Frame::Message,
         Some(
@@ -108,26 +113,70 @@ fn frame_kind(frame: &[u8]) -> Frame {
     }
 }
 
-/// Changes sent and not yet confirmed, oldest first: confirmations still to come, and the
-/// acknowledgement owed when they have.
+/// Changes sent and not yet confirmed, oldest first.
 #[derive(Debug, Default)]
-struct Awaiting(VecDeque<(usize, Option<Token>)>);
+struct Awaiting(VecDeque<Sent>);
+
+/// A change sent: the confirmations still to come, and the acknowledgement owed when they
+/// have.
+#[derive(Debug)]
+struct Sent {
+    left: usize,
+    ack: Option<Token>,
+    subscribe: bool,
+    topic: Topic,
+    names: Vec<Bytes>,
+}
 
 impl Awaiting {
     fn sent(&mut self, change: &Change) {
-        self.0.push_back((change.names.len(), change.ack));
+        self.0.push_back(Sent {
+            left: change.names.len(),
+            ack: change.ack,
+            subscribe: change.subscribe,
+            topic: change.topic,
+            names: change.names.clone(),
+        });
     }
 
     /// Counts one confirmation; an acknowledgement it completes goes to `out`.
     fn confirmed(&mut self, out: &mut Vec<Completion>) {
-        let Some((left, _)) = self.0.front_mut() else {
+        let Some(sent) = self.0.front_mut() else {
             return;
         };
-        *left = left.saturating_sub(1);
-        if *left == 0
-            && let Some((_, Some(token))) = self.0.pop_front()
+        sent.left = sent.left.saturating_sub(1);
+        if sent.left == 0
+            && let Some(Sent {
+                ack: Some(token), ..
+            }) = self.0.pop_front()
         {
-            out.push(acknowledgement(token));
+            out.push(acknowledgement(token, Bytes::new()));
+        }
+    }
+
+    /// The server refused the oldest change with `error` (as `-NOPERM` for a channel the
+    /// user may not use): it is taken out of `held`, and its acknowledgement carries the
+    /// error to the client.
+    fn refused(
+        &mut self,
+        error: Bytes,
+        held: &mut HashSet<(Topic, Bytes)>,
+        out: &mut Vec<Completion>,
+    ) {
+        let Some(sent) = self.0.pop_front() else {
+            return;
+        };
+        if sent.subscribe {
+            for name in sent.names {
+                held.remove(&(sent.topic, name));
+            }
+        }
+        match sent.ack {
+            Some(token) => out.push(acknowledgement(token, error)),
+            None => tracing::warn!(
+                "subscribing again was refused: {}",
+                String::from_utf8_lossy(&error).trim_end()
+            ),
         }
     }
 
@@ -137,15 +186,16 @@ impl Awaiting {
         out.extend(
             self.0
                 .drain(..)
-                .filter_map(|(_, ack)| ack.map(acknowledgement)),
+                .filter_map(|sent| sent.ack.map(|t| acknowledgement(t, Bytes::new()))),
         );
     }
 }
 
-fn acknowledgement(token: Token) -> Completion {
+/// The completion of a change: empty once confirmed, else the server's error.
+fn acknowledgement(token: Token, reply: Bytes) -> Completion {
     Completion {
         token,
-        result: Ok(Bytes::new()),
+        result: Ok(reply),
         backend_us: 0,
     }
 }
@@ -174,7 +224,7 @@ async fn run(
                     change = rx.recv() => match change {
                         Some(change) => {
                             apply(&mut held, &change);
-                            change.ack.into_iter().for_each(|t| inbox.inbox().push(acknowledgement(t)));
+                            change.ack.into_iter().for_each(|t| inbox.inbox().push(acknowledgement(t, Bytes::new())));
                             continue;
                         }
                         None => return,
@@ -182,7 +232,8 @@ async fn run(
                 }
             }
         };
-        // Subscribe again to everything held, then serve.
+        // Subscribe again to everything held, then serve. Full duplex: what is to be written
+        // waits in `out` while the connection goes on reading and keeping its timer.
         let mut out = BytesMut::new();
         for (topic, name) in &held {
             let again = Change {
@@ -193,10 +244,6 @@ async fn run(
             };
             encode_change(&mut out, &again);
             awaiting.sent(&again);
-        }
-        if !out.is_empty() && stream.write_all(&out).await.is_err() {
-            awaiting = Awaiting::default();
-            continue;
         }
         let mut read_buf = BytesMut::new();
         let mut chunk = 16 * 1024;
@@ -210,21 +257,24 @@ async fn run(
             if closing && awaiting.0.is_empty() {
                 return;
             }
+            if write_some(&stream, &mut out).is_err() {
+                break;
+            }
+            let unwritten = !out.is_empty() || stream.is_holding_output();
             tokio::select! {
                 change = rx.recv(), if !closing => match change {
                     Some(change) => {
                         apply(&mut held, &change);
-                        let mut out = BytesMut::new();
                         encode_change(&mut out, &change);
                         if awaiting.0.is_empty() {
                             silent_until.as_mut().reset(later());
                         }
                         awaiting.sent(&change);
-                        if stream.write_all(&out).await.is_err() {
-                            break;
-                        }
                     }
                     None => closing = true,
+                },
+                writable = stream.writable(), if unwritten => if writable.is_err() {
+                    break;
                 },
                 _ = &mut silent_until, if !awaiting.0.is_empty() => {
                     tracing::warn!(node = %shared.label, "subscriber: no confirmation within {:?}", settings.timeout);
@@ -235,23 +285,25 @@ async fn run(
                         break;
                     }
                     let mut delivered = Vec::new();
-                    while let Ok(Some(len)) = scanner.scan(&read_buf) {
-                        let frame = read_buf.split_to(len).freeze();
-                        match frame_kind(&frame) {
-                            Frame::Message => delivered.push(Completion {
-                                token: Token::Push,
-                                result: Ok(frame),
-                                backend_us: 0,
-                            }),
-                            Frame::Confirmation => {
-                                awaiting.confirmed(&mut delivered);
-                                silent_until.as_mut().reset(later());
-                            }
-                            Frame::Other => {}
+                    let outcome = frames(&mut scanner, &mut read_buf, |frame| match frame_kind(&frame) {
+                        Frame::Message => delivered.push(Completion {
+                            token: Token::Push,
+                            result: Ok(frame),
+                            backend_us: 0,
+                        }),
+                        Frame::Confirmation => {
+                            awaiting.confirmed(&mut delivered);
+                            silent_until.as_mut().reset(later());
                         }
-                    }
+                        Frame::Error => awaiting.refused(frame, &mut held, &mut delivered),
+                        Frame::Other => {}
+                    });
                     if !delivered.is_empty() {
                         inbox.inbox().push_all(&mut delivered);
+                    }
+                    if let Err(e) = outcome {
+                        tracing::warn!(node = %shared.label, "subscriber: malformed frame ({e}); connecting again");
+                        break;
                     }
                 }
             }
@@ -269,6 +321,18 @@ async fn run(
     }
 }
 
+/// Hands every complete frame at the start of `buf` to `each`; an error if one is malformed.
+fn frames(
+    scanner: &mut ReplyScanner,
+    buf: &mut BytesMut,
+    mut each: impl FnMut(Bytes),
+) -> Result<(), crate::protocol::ReplyError> {
+    while let Some(len) = scanner.scan(buf)? {
+        each(buf.split_to(len).freeze());
+    }
+    Ok(())
+}
+
 fn apply(held: &mut HashSet<(Topic, Bytes)>, change: &Change) {
     for name in &change.names {
         if change.subscribe {
@@ -282,6 +346,7 @@ fn apply(held: &mut HashSet<(Topic, Bytes)>, change: &Change) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::fake::{Session, answered, fake_node};
 
     fn reply(seq: u64) -> Token {
         Token::Reply { seq, part: 0 }
@@ -312,7 +377,7 @@ mod tests {
             Frame::Message
         );
         assert_eq!(kind(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"), Frame::Other);
-        assert_eq!(kind(b"-ERR\r\n"), Frame::Other);
+        assert_eq!(kind(b"-NOPERM no\r\n"), Frame::Error);
     }
 
     #[test]
@@ -341,5 +406,48 @@ mod tests {
         awaiting.release(&mut out);
         assert_eq!(tokens(&out), [reply(7), reply(8)]);
         assert!(awaiting.0.is_empty());
+    }
+
+    /// A node that sends a malformed frame has its connection made again, and the
+    /// subscriptions with it: messages come on the new connection.
+    #[tokio::test(start_paused = true)]
+    async fn a_malformed_frame_makes_the_connection_again() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        const CONFIRMED: &[u8] = b"*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n";
+        const MESSAGE: &[u8] = b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$2\r\nhi\r\n";
+        tokio::spawn(async move {
+            let mut buf = [0u8; 256];
+            // Confirmed, then garbage while nothing is awaited: no timer would notice.
+            let (mut first, _) = listener.accept().await.unwrap();
+            let _ = first.read(&mut buf).await.unwrap();
+            first
+                .write_all(&[CONFIRMED, b"?what\r\n", MESSAGE].concat())
+                .await
+                .unwrap();
+            let (mut second, _) = listener.accept().await.unwrap();
+            let _ = second.read(&mut buf).await.unwrap();
+            second
+                .write_all(&[CONFIRMED, MESSAGE].concat())
+                .await
+                .unwrap();
+            std::future::pending::<()>().await;
+        });
+        let (shared, settings) = fake_node(addr, Duration::from_secs(1));
+        let session = Arc::new(Session::default());
+        let subscriber = Subscriber::start(shared, settings, session.clone());
+        subscriber.change(
+            true,
+            Topic::Channel,
+            vec![Bytes::from_static(b"c")],
+            reply(0),
+        );
+        let ack = answered(&session).await;
+        assert_eq!(ack.token, reply(0));
+        let message = tokio::time::timeout(Duration::from_secs(10), answered(&session)).await;
+        let message = message.expect("a message on the new connection");
+        assert_eq!(message.token, Token::Push);
+        assert!(message.result.unwrap().ends_with(b"$2\r\nhi\r\n"));
     }
 }

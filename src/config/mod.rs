@@ -179,6 +179,9 @@ pub struct PoolConfig {
     pub max_client_output_bytes: usize,
     /// …and how long it may stay over that before it is closed.
     pub client_output_timeout: Duration,
+    /// Unread replies past which a client is closed at once (Redis's hard
+    /// `client-output-buffer-limit`).
+    pub max_client_output_hard_bytes: usize,
     /// memcache: the largest value a storage command may carry.
     pub item_size_max: usize,
     /// Whether commands that empty every server (FLUSHDB, FLUSHALL, memcache `flush_all`) are

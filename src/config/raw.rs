@@ -12,6 +12,9 @@ use serde_saphyr::{Location, Spanned};
 use super::values::parse_weight;
 use super::*;
 
+/// Unread replies past which a client is closed at once, unless set.
+const DEFAULT_HARD_OUTPUT_BYTES: usize = 64 * 1024 * 1024;
+
 mod twemproxy;
 pub(super) use twemproxy::TwemproxyFile;
 
@@ -162,6 +165,7 @@ struct RawLimits {
     max_request_bytes: Option<usize>,
     max_unauthenticated_bytes: Option<usize>,
     max_client_output_bytes: Option<usize>,
+    max_client_output_hard_bytes: Option<usize>,
     max_pipeline: Option<usize>,
     max_reply_depth: Option<usize>,
 }
@@ -379,8 +383,9 @@ fn base_pool(listen: &Spanned<Listen>) -> PoolConfig {
         auth_max_failures: 10,
         client_idle_timeout: None,
         client_request_timeout: Some(Duration::from_secs(30)),
-        max_client_output_bytes: 64 * 1024 * 1024,
+        max_client_output_bytes: 16 * 1024 * 1024,
         client_output_timeout: Duration::from_secs(10),
+        max_client_output_hard_bytes: DEFAULT_HARD_OUTPUT_BYTES,
         item_size_max: 1024 * 1024,
         allow_flush: false,
         allow_keys: false,
@@ -478,6 +483,17 @@ impl Pool {
             c.max_client_output_bytes = l
                 .max_client_output_bytes
                 .unwrap_or(c.max_client_output_bytes);
+            // By default never under the soft limit, which would then never apply.
+            c.max_client_output_hard_bytes = match l.max_client_output_hard_bytes {
+                Some(hard) if hard < c.max_client_output_bytes => {
+                    return Err(invalid(
+                        at,
+                        "max_client_output_hard_bytes must be at least max_client_output_bytes",
+                    ));
+                }
+                Some(hard) => hard,
+                None => DEFAULT_HARD_OUTPUT_BYTES.max(c.max_client_output_bytes),
+            };
             c.max_pipeline = l.max_pipeline.unwrap_or(c.max_pipeline).max(1);
             c.max_reply_depth = l.max_reply_depth.unwrap_or(c.max_reply_depth).max(1);
         }

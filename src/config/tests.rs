@@ -216,6 +216,7 @@ fn mistakes_are_located() {
         (pool("    timeout_ms: 2s\n    servers: [127.0.0.1:7000:1]\n"), "'2s' is not a whole number of milliseconds: write 2000"),
         ("alpha:\n  listen: 127.0.0.1:1\n  redis: true\n  servers: [127.0.0.1:7000:1]\n  nope: 1\n".to_string(), "test.yml:5:3: unknown field `nope`"),
         (pool("    auth_max_failures: 70000\n    servers: [127.0.0.1:7000:1]\n"), "test.yml:4:24: invalid u16"),
+        (pool("    limits: { max_client_output_bytes: 2000, max_client_output_hard_bytes: 1000 }\n    servers: [127.0.0.1:7000:1]\n"), "max_client_output_hard_bytes must be at least max_client_output_bytes"),
     ];
     for (text, want) in cases {
         let err = error_of(&text);
@@ -275,4 +276,21 @@ fn the_admin_token_is_read_and_never_shown() {
     assert!(!format!("{config:?}").contains("t0ken"));
     let both = "admin: { listen: 127.0.0.1:9191, token: a, token_env: B }\npools:\n  p:\n    listen: 127.0.0.1:6380\n    servers: [127.0.0.1:7000:1]\n";
     assert!(error_of(both).contains("admin token: give the value or the _env variable, not both"));
+}
+
+#[test]
+fn the_hard_output_limit_is_never_under_the_soft_one() {
+    let pool = |limits: &str| {
+        let text = format!(
+            "pools:\n  p:\n    listen: 127.0.0.1:6380\n{limits}    servers: [127.0.0.1:7000:1]\n"
+        );
+        let c = parse(&text).unwrap().pools.remove(0);
+        (c.max_client_output_bytes, c.max_client_output_hard_bytes)
+    };
+    assert_eq!(pool(""), (16 << 20, 64 << 20));
+    let raised = "    limits: { max_client_output_bytes: 134217728 }\n";
+    assert_eq!(pool(raised), (128 << 20, 128 << 20));
+    let both =
+        "    limits: { max_client_output_bytes: 1000, max_client_output_hard_bytes: 5000 }\n";
+    assert_eq!(pool(both), (1000, 5000));
 }

@@ -84,6 +84,10 @@ pub(super) struct Outbox {
     protocol: Protocol,
     /// Subscribed to Pub/Sub: messages may arrive at any time.
     pub(super) listening: bool,
+    /// How large the client's backend replies are, in bytes (0: none seen yet): it rises at
+    /// once with a larger reply and falls slowly, so a client that got large replies a moment
+    /// ago is taken to get them still.
+    typical_reply: u32,
     /// Allocated on first use and dropped by [`Outbox::shrink`]: an idle client holds none.
     queue: Option<Box<Queue>>,
 }
@@ -92,6 +96,8 @@ pub(super) struct Outbox {
 #[derive(Default)]
 struct Queue {
     slots: VecDeque<Slot>,
+    /// Bytes of the replies in `slots` that are ready but wait for an earlier one.
+    held: usize,
     buf: BytesMut,
     /// Error replies made since the last [`Outbox::take_errors`], by kind.
     errors: ErrorCounts,
@@ -107,6 +113,7 @@ impl Outbox {
             first_seq: 0,
             protocol,
             listening: false,
+            typical_reply: 0,
             queue: None,
         }
     }
@@ -140,6 +147,16 @@ impl Outbox {
         self.first_seq
     }
 
+    /// Bytes of replies ready and not written yet, whether next in order or not.
+    pub(super) fn owed(&self) -> usize {
+        self.queue.as_ref().map_or(0, |q| q.held + q.buf.len())
+    }
+
+    /// How large the client's backend replies are, if one has come.
+    pub(super) fn typical_reply(&self) -> Option<usize> {
+        (self.typical_reply > 0).then_some(self.typical_reply as usize)
+    }
+
     /// Replies ready to write, in order.
     pub(super) fn output(&self) -> &[u8] {
         self.queue.as_ref().map_or(&[], |q| &q.buf)
@@ -162,7 +179,7 @@ impl Outbox {
         let queue = self.queue();
         match queue.slots.is_empty() {
             true => queue.buf.extend_from_slice(&message),
-            false => queue.slots.push_back(Slot::Ready(message)),
+            false => queue.push_ready(message),
         }
     }
 
@@ -203,8 +220,10 @@ impl Outbox {
     pub(super) fn fail(&mut self, seq: u64, e: ClientError) {
         let reply = e.render(self.protocol);
         if let Some(slot) = self.slot(seq) {
-            *slot = Slot::Ready(reply);
-            self.queue().errors.count(e.kind());
+            *slot = Slot::Ready(reply.clone());
+            let queue = self.queue();
+            queue.held += reply.len();
+            queue.errors.count(e.kind());
         }
     }
 
@@ -214,7 +233,7 @@ impl Outbox {
 
     /// Queues a reply the proxy made.
     pub(super) fn ready(&mut self, reply: Bytes) {
-        self.queue().slots.push_back(Slot::Ready(reply));
+        self.queue().push_ready(reply);
     }
 
     /// Queues an error reply.
@@ -284,23 +303,27 @@ impl Outbox {
             }
         }
         let reply = match c.result {
-            Ok(reply) => Ok(reply),
+            Ok(reply) => {
+                self.typical_reply = typical(self.typical_reply, reply.len());
+                Ok(reply)
+            }
             Err(e) => {
                 queue.errors.count(backend_error_kind(&e));
                 Err(*e)
             }
         };
-        match slot {
-            Slot::Forwarded => *slot = Slot::Ready(shown(protocol, None, reply)),
-            Slot::Quiet(quiet) => *slot = Slot::Ready(shown(protocol, Some(*quiet), reply)),
-            Slot::Resend(resend) => *slot = Slot::Ready(shown(protocol, resend.quiet, reply)),
-            Slot::Gathering(g) => {
-                if let Some(merged) = g.add(part, reply) {
-                    *slot = Slot::Ready(merged);
-                }
-            }
-            Slot::Ready(_) => {}
-        }
+        let ready = match slot {
+            Slot::Forwarded => shown(protocol, None, reply),
+            Slot::Quiet(quiet) => shown(protocol, Some(*quiet), reply),
+            Slot::Resend(resend) => shown(protocol, resend.quiet, reply),
+            Slot::Gathering(g) => match g.add(part, reply) {
+                Some(merged) => merged,
+                None => return,
+            },
+            Slot::Ready(_) => return,
+        };
+        queue.held += ready.len();
+        *slot = Slot::Ready(ready);
     }
 
     /// Moves every reply that is next in order into the write buffer.
@@ -310,6 +333,7 @@ impl Outbox {
         };
         while let Some(Slot::Ready(_)) = queue.slots.front() {
             if let Some(Slot::Ready(reply)) = queue.slots.pop_front() {
+                queue.held -= reply.len();
                 match queue.muted.front() == Some(&self.first_seq) {
                     true => _ = queue.muted.pop_front(),
                     false => queue.buf.extend_from_slice(&reply),
@@ -317,6 +341,23 @@ impl Outbox {
             }
             self.first_seq += 1;
         }
+    }
+}
+
+impl Queue {
+    fn push_ready(&mut self, reply: Bytes) {
+        self.held += reply.len();
+        self.slots.push_back(Slot::Ready(reply));
+    }
+}
+
+/// The typical reply size once a reply of `len` bytes came after replies of `typical`: a
+/// larger one is taken at once, a smaller one moves it an eighth of the way.
+fn typical(typical: u32, len: usize) -> u32 {
+    let len = u32::try_from(len).unwrap_or(u32::MAX).max(1);
+    match len >= typical {
+        true => len,
+        false => typical - (typical - len) / 8,
     }
 }
 
@@ -356,3 +397,6 @@ impl ErrorCounts {
         self.0[kind as usize] += 1;
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -41,6 +41,11 @@ const LINGER: Duration = Duration::from_millis(100);
 /// still read, so that requests it sent before it knew are answered rather than reset.
 const LEAVE_GRACE: Duration = Duration::from_secs(2);
 
+/// Until a client's first reply shows how large its replies are, each request in flight is
+/// taken to be owed this share of `max_client_output_bytes`: a first pipeline of GETs of large
+/// values does not have the node make a gigabyte of replies at once.
+const FIRST_REPLIES: usize = 16;
+
 /// A client protocol: how requests are parsed and routed.
 pub(super) trait Frontend: Sized {
     fn new(pool: &Pool) -> Self;
@@ -51,6 +56,10 @@ pub(super) trait Frontend: Sized {
 
     /// Whether `buf` (what is left unparsed) ends in the middle of a request.
     fn is_mid_request(&self, buf: &BytesMut) -> bool;
+
+    /// A backend answered part of request `seq` with an error: what the frontend took for
+    /// granted when it sent the request (a subscription) is taken back.
+    fn refused(&mut self, _seq: u64, _out: &mut Outbox) {}
 
     /// Whether a Pub/Sub message is still for the client: one sent before its unsubscription
     /// reached the backend is not.
@@ -129,8 +138,10 @@ struct InFlight {
 }
 
 impl<F> Drop for Session<F> {
-    /// The client leaves the pool's list.
+    /// The client leaves the pool's list; replies still in flight for it are dropped as they
+    /// come.
     fn drop(&mut self) {
+        self.listing.inbox().close();
         self.pool.forget_client(self.listing.id);
     }
 }
@@ -250,6 +261,9 @@ impl<F: Frontend> Session<F> {
         for c in completions.drain(..) {
             match c.token {
                 Token::Reply { seq, part } => {
+                    if matches!(&c.result, Ok(reply) if reply.first() == Some(&b'-')) {
+                        self.fe.refused(seq, &mut self.out);
+                    }
                     self.note_backend_time(seq, c.backend_us);
                     self.out.complete(seq, part, c);
                 }
@@ -365,7 +379,9 @@ impl<F: Frontend> Session<F> {
                         self.pool.metrics.closed(CloseReason::RequestTimeout);
                         return Burst::Close;
                     }
-                    _ = fires(&mut unread_too_long) => return self.close_for_unread_replies(),
+                    _ = fires(&mut unread_too_long) => {
+                        return self.close_for_unread_replies("max_client_output_bytes");
+                    }
                     _ = &mut lingering, if quiet => {
                         self.out.shrink();
                         match &mut self.in_flight {
@@ -394,11 +410,14 @@ impl<F: Frontend> Session<F> {
                     Err(_) => return Burst::Close,
                 }
             }
-            if self.out.output().len() <= max_unread {
+            if self.out.owed() > self.pool.config.max_client_output_hard_bytes {
+                return self.close_for_unread_replies("max_client_output_hard_bytes");
+            }
+            if self.out.owed() <= max_unread {
                 unread_too_long = None;
             } else if self.out.listening {
                 // A publisher cannot be made to wait: a subscriber that does not read goes.
-                return self.close_for_unread_replies();
+                return self.close_for_unread_replies("max_client_output_bytes");
             } else if unread_too_long.is_none() {
                 let allowed = self.pool.config.client_output_timeout;
                 unread_too_long = Some(Box::pin(tokio::time::sleep(allowed)));
@@ -454,26 +473,28 @@ impl<F: Frontend> Session<F> {
         }
     }
 
-    /// Whether the client may have more requests sent: fewer than `max_pipeline` in flight,
-    /// no more unread replies than `max_client_output_bytes`, and no blocking command waiting.
-    /// Requests read beyond that wait unparsed, so what a client can make the proxy and its
-    /// backends hold is bounded.
+    /// Whether the client may have more requests sent: fewer than `max_pipeline` in flight
+    /// (a request that timed out counts until its node has answered it), no blocking command
+    /// waiting, and its unread replies together with those its requests in flight are expected
+    /// to bring no more than `max_client_output_bytes`. Requests read beyond that wait
+    /// unparsed, so what a client can make the proxy and its backends hold is bounded.
     pub(super) fn has_room(&self) -> bool {
         let c = &self.pool.config;
-        self.out.pending() < c.max_pipeline
-            && self.out.output().len() <= c.max_client_output_bytes
+        let in_flight = self.out.pending() + self.listing.inbox().late();
+        let each = (self.out.typical_reply()).unwrap_or(c.max_client_output_bytes / FIRST_REPLIES);
+        in_flight < c.max_pipeline
+            && self.out.owed() + in_flight.saturating_mul(each) <= c.max_client_output_bytes
             && !self.is_blocked()
     }
 
-    /// Closes a client that held more unread replies than `max_client_output_bytes` for too
-    /// long (or at all, for a subscriber), counting it.
-    fn close_for_unread_replies(&self) -> Burst {
+    /// Closes a client that held more unread replies than `limit` allows, counting it.
+    fn close_for_unread_replies(&self, limit: &str) -> Burst {
         tracing::warn!(
             pool = %self.pool.config.name,
             session = self.listing.id,
             peer = ?self.listing.addr,
-            "client closed: {} bytes of replies unread, over max_client_output_bytes",
-            self.out.output().len()
+            "client closed: {} bytes of replies unread, over {limit}",
+            self.out.owed()
         );
         self.pool.metrics.closed(CloseReason::OutputLimit);
         Burst::Close

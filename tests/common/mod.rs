@@ -338,9 +338,14 @@ impl Server {
     /// Freezes (SIGSTOP) or thaws (SIGCONT) the process: a server that is there but does not
     /// answer, then comes back with its data.
     pub fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("running").id().to_string();
+        let pid = self.pid().to_string();
         let status = Command::new("kill").args([signal, &pid]).status().unwrap();
         assert!(status.success());
+    }
+
+    /// The process id of the running server.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// How many keys the redis-server holds, asked directly.
@@ -648,13 +653,23 @@ impl Proxy {
 
     /// Resident memory of the proxy process, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
+        memory_kib(self.pid(), "VmRSS")
     }
+
+    /// The most resident memory the proxy process has had, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        memory_kib(self.pid(), "VmHWM")
+    }
+}
+
+/// A memory figure of process `pid` (`VmRSS`, `VmHWM`…), in KiB.
+pub fn memory_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
 }
 
 /// The value of the sample named exactly `name` (labels included) in a Prometheus text

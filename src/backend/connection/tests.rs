@@ -1,13 +1,5 @@
 use super::*;
-
-#[derive(Debug, Default)]
-struct Session(crate::backend::Inbox);
-
-impl crate::backend::Mailbox for Session {
-    fn inbox(&self) -> &crate::backend::Inbox {
-        &self.0
-    }
-}
+use crate::backend::fake::{Session, answered, fake_node};
 
 fn request(sent: Instant, deadline: Instant, waits: bool) -> InFlight {
     let to = ReplyTo {
@@ -16,50 +8,12 @@ fn request(sent: Instant, deadline: Instant, waits: bool) -> InFlight {
     };
     InFlight {
         reply_to: Some(to),
+        late: None,
         kind: ReplyKind::Resp,
         sent,
         deadline,
         waits,
     }
-}
-
-/// The first completion that reaches `session`.
-async fn answered(session: &Session) -> crate::backend::Completion {
-    let mut got = Vec::new();
-    while got.is_empty() {
-        std::future::poll_fn(|cx| session.0.poll_woken(cx)).await;
-        session.0.take(&mut got);
-    }
-    got.remove(0)
-}
-
-/// A node's shared state and connection settings for `addr`, with the pool's `timeout`.
-fn fake_node(
-    addr: std::net::SocketAddr,
-    timeout: Duration,
-) -> (Arc<NodeShared>, Arc<ConnSettings>) {
-    let (events, _) = tokio::sync::mpsc::unbounded_channel();
-    let metrics = crate::metrics::Metrics::default().server(crate::metrics::ServerLabels {
-        pool: "p".into(),
-        server: "s".into(),
-        role: "master".into(),
-        address: addr.to_string(),
-    });
-    let shared = Arc::new(NodeShared::new("s (fake)".into(), metrics, events));
-    let settings = Arc::new(ConnSettings {
-        addr: crate::config::Address {
-            host: addr.ip().to_string(),
-            port: addr.port(),
-        },
-        protocol: Protocol::Redis,
-        timeout,
-        handshake: bytes::Bytes::new(),
-        handshake_replies: 0,
-        preconnect: false,
-        max_reply_depth: 64,
-        tls: None,
-    });
-    (shared, settings)
 }
 
 /// A node on a loopback socket that accepts and then never reads nor answers.
@@ -182,4 +136,33 @@ fn a_blocking_command_is_bounded_by_its_deadline_not_by_silence() {
     assert_eq!(next_check(&blocked, now, silence), Some(far));
     let plain = VecDeque::from([request(now, far, false)]);
     assert_eq!(next_check(&plain, now, silence), Some(now + silence));
+}
+
+/// A request that timed out still counts against its client until the node has answered it;
+/// its late reply is dropped, and the count falls with it.
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_request_counts_as_late_until_its_reply_comes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 64];
+        let _ = socket.read(&mut buf).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        socket.write_all(b"+PONG\r\n").await.unwrap();
+        std::future::pending::<()>().await;
+    });
+    let jobs = connection(addr, Duration::from_secs(1));
+    let (job, session) = job(PING);
+    jobs.send(job).unwrap();
+    assert!(answered(&session).await.result.is_err());
+    assert_eq!(session.0.late(), 1, "late while the node works on it");
+    let started = Instant::now();
+    std::future::poll_fn(|cx| session.0.poll_woken(cx)).await;
+    assert_eq!(session.0.late(), 0, "released by its reply");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let mut got = Vec::new();
+    session.0.take(&mut got);
+    assert!(got.is_empty(), "the late reply is dropped");
 }

@@ -155,7 +155,11 @@ impl Merger for RespMerge {
                 }
                 last.unwrap_or_else(|| ClientError::NoNodeAnswered.render(Protocol::Redis))
             }
-            RespMerge::Confirmed(reply) => reply.clone(),
+            // A server that refused the change (-NOPERM) says why, as one server would.
+            RespMerge::Confirmed(reply) => parts
+                .into_iter()
+                .find_map(|p| p.ok().filter(|r| r.first() == Some(&b'-')))
+                .unwrap_or_else(|| reply.clone()),
             RespMerge::Scan { shard, shards } => match parts.into_iter().next() {
                 Some(Ok(reply)) => merge_scan(reply, *shard, *shards),
                 Some(Err(e)) => failed(Protocol::Redis, e),

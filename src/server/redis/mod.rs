@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::backend::{Job, Mailbox, Node, Profile, Reserved, Subscriber};
+use crate::backend::{Job, Mailbox, Node, Profile, Reserved, Subscriber, Topic};
 use crate::command::{
     self, Class, ClassCounts, Command, Fanout, Kind, LocalCommand, PubSubCommand,
 };
@@ -27,6 +27,7 @@ use crate::metrics::CloseReason;
 use crate::protocol::ReplyKind;
 use crate::protocol::resp::{Request, RequestParser};
 use crate::server::error::ClientError;
+use crate::server::outbox::Outbox;
 use crate::server::plan::Plan;
 use crate::server::session::{Frontend, Session};
 use crate::server::timing::Recorded;
@@ -55,6 +56,9 @@ struct Modes {
     /// Subscriber connections by shard name: a subscription stays where it was made while the
     /// pool's state changes.
     subscribers: Vec<(Arc<str>, Subscriber)>,
+    /// Subscriptions not confirmed yet by every shard: the request's number, and what it
+    /// added, taken back if a server refuses it.
+    unconfirmed: Vec<(u64, Topic, Vec<Bytes>)>,
 }
 
 impl Modes {
@@ -105,6 +109,22 @@ impl Frontend for Resp {
 
     fn handle_input(s: &mut RespSession, buf: &mut BytesMut) -> bool {
         s.handle_input(buf)
+    }
+
+    fn refused(&mut self, seq: u64, out: &mut Outbox) {
+        let Some(modes) = self.modes.as_deref_mut() else {
+            return;
+        };
+        let Some(at) = modes.unconfirmed.iter().position(|(s, ..)| *s == seq) else {
+            return;
+        };
+        let (_, topic, names) = modes.unconfirmed.swap_remove(at);
+        modes.pubsub.refused(topic, &names);
+        out.listening = modes.pubsub.active();
+        if !out.listening {
+            modes.subscribers.clear();
+        }
+        self.settle();
     }
 
     fn log_slow(s: &RespSession, request: Recorded, took: Duration) {
@@ -411,7 +431,9 @@ impl RespSession {
             subscribe,
             per_shard,
             reply,
+            added,
         } = change;
+        let (seq, answered) = (self.out.next_seq(), self.out.first_unanswered());
         let resp3 = self.fe.client.resp3;
         let inbox: Arc<dyn Mailbox> = self.listing.clone();
         let modes = self.fe.modes();
@@ -438,6 +460,10 @@ impl RespSession {
             subscribers.clear();
         }
         self.out.listening = modes.pubsub.active();
+        modes.unconfirmed.retain(|(seq, ..)| *seq >= answered);
+        if parts > 0 && !added.is_empty() {
+            modes.unconfirmed.push((seq, topic, added));
+        }
         match parts {
             0 => self.out.ready(reply),
             _ => self.out.gathering(merge::confirmed(parts, reply)),

@@ -6,6 +6,7 @@
 //! holds the subscriber connections and applies the changes.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use bytes::{Bytes, BytesMut};
 
@@ -42,6 +43,8 @@ pub(super) struct Change {
     /// One list per shard of the snapshot; empty where nothing changes.
     pub per_shard: Vec<Vec<Bytes>>,
     pub reply: Bytes,
+    /// The names a subscription added, taken back if a server refuses it.
+    pub added: Vec<Bytes>,
 }
 
 impl PubSub {
@@ -64,6 +67,12 @@ impl PubSub {
             _ => return false,
         };
         set.contains_key(name)
+    }
+
+    /// Takes back the subscriptions of `names` to `topic` that a server refused.
+    pub(super) fn refused(&mut self, topic: Topic, names: &[Bytes]) {
+        let set = self.set(topic);
+        names.iter().for_each(|name| _ = set.remove(name));
     }
 
     /// How many channels, patterns and shard channels the client listens to.
@@ -168,13 +177,17 @@ fn subscribe<N>(
 ) -> Change {
     let mut per_shard: Vec<Vec<Bytes>> = vec![Vec::new(); state.shards.len()];
     let mut confirmations = BytesMut::new();
+    let mut added = Vec::new();
     for name in names {
         for shard in shards_of(state, topic, &name) {
             per_shard[shard].push(name.clone());
         }
         pubsub.subscribed += 1;
         let number = pubsub.subscribed;
-        pubsub.set(topic).entry(name.clone()).or_insert(number);
+        if let Entry::Vacant(entry) = pubsub.set(topic).entry(name.clone()) {
+            entry.insert(number);
+            added.push(name.clone());
+        }
         let count = pubsub.count(topic);
         confirm(&mut confirmations, topic, true, Some(&name), count, resp3);
     }
@@ -183,6 +196,7 @@ fn subscribe<N>(
         subscribe: true,
         per_shard,
         reply: confirmations.freeze(),
+        added,
     }
 }
 
@@ -220,6 +234,7 @@ fn unsubscribe<N>(
         subscribe: false,
         per_shard,
         reply: confirmations.freeze(),
+        added: Vec::new(),
     }
 }
 

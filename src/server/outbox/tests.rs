@@ -1,0 +1,164 @@
+use super::*;
+use crate::backend::Failure;
+use crate::server::merge::Merger;
+
+fn reply(text: &str) -> Completion {
+    Completion {
+        token: Token::Push,
+        result: Ok(Bytes::copy_from_slice(text.as_bytes())),
+        backend_us: 0,
+    }
+}
+
+fn failure() -> Completion {
+    let error = BackendError {
+        node: "s".into(),
+        failure: Failure::Closed,
+    };
+    Completion {
+        token: Token::Push,
+        result: Err(Box::new(error)),
+        backend_us: 0,
+    }
+}
+
+/// What the outbox has ready to write, taken as written.
+fn written(out: &mut Outbox) -> String {
+    out.collect_ready();
+    let text = String::from_utf8(out.output().to_vec()).unwrap();
+    out.consume_output(out.output().len());
+    text
+}
+
+#[test]
+fn replies_are_written_in_request_order_whatever_order_they_come_in() {
+    let mut out = Outbox::new(Protocol::Redis);
+    for _ in 0..3 {
+        out.forwarded();
+    }
+    out.complete(2, 0, reply(":2\r\n"));
+    out.complete(1, 0, reply(":1\r\n"));
+    assert_eq!(written(&mut out), "", "the first is still owed");
+    assert_eq!(out.pending(), 3);
+    out.complete(0, 0, reply(":0\r\n"));
+    assert_eq!(written(&mut out), ":0\r\n:1\r\n:2\r\n");
+    assert_eq!((out.pending(), out.first_unanswered()), (0, 3));
+}
+
+#[test]
+fn a_reply_for_a_request_no_longer_owed_is_ignored() {
+    let mut out = Outbox::new(Protocol::Redis);
+    out.forwarded();
+    out.complete(0, 0, reply("+OK\r\n"));
+    assert_eq!(written(&mut out), "+OK\r\n");
+    out.complete(0, 0, reply("+LATE\r\n"));
+    out.complete(7, 0, reply("+FUTURE\r\n"));
+    assert_eq!(written(&mut out), "");
+}
+
+#[test]
+fn owed_bytes_count_replies_held_for_an_earlier_one_and_those_unwritten() {
+    let mut out = Outbox::new(Protocol::Redis);
+    out.forwarded();
+    out.forwarded();
+    out.complete(1, 0, reply("$5\r\nhello\r\n"));
+    assert_eq!(out.owed(), 11, "held behind request 0");
+    out.complete(0, 0, reply("+OK\r\n"));
+    out.collect_ready();
+    assert_eq!(out.owed(), 16);
+    assert_eq!(out.output().len(), 16);
+    out.consume_output(10);
+    assert_eq!(out.owed(), 6, "what the socket took is no longer owed");
+    out.ready(Bytes::from_static(b"+PONG\r\n"));
+    out.error(ClientError::NoServer);
+    assert!(out.owed() > 6 + 7);
+}
+
+#[test]
+fn the_typical_reply_rises_at_once_and_falls_slowly() {
+    let mut out = Outbox::new(Protocol::Redis);
+    assert_eq!(out.typical_reply(), None);
+    let big = format!("${}\r\n{}\r\n", 1000, "v".repeat(1000));
+    out.forwarded();
+    out.complete(0, 0, reply(&big));
+    assert_eq!(out.typical_reply(), Some(big.len()));
+    for seq in 1..=8 {
+        out.forwarded();
+        out.complete(seq, 0, reply("+OK\r\n"));
+    }
+    let after_eight = out.typical_reply().unwrap();
+    assert!(
+        after_eight < big.len() / 2 && after_eight > 5,
+        "{after_eight}"
+    );
+    for seq in 9..=200 {
+        out.forwarded();
+        out.complete(seq, 0, reply("+OK\r\n"));
+    }
+    assert!(out.typical_reply().unwrap() < 16);
+}
+
+#[test]
+fn muted_replies_are_not_written_but_keep_their_place() {
+    let mut out = Outbox::new(Protocol::Redis);
+    for _ in 0..3 {
+        out.forwarded();
+    }
+    out.mute_from(1);
+    out.complete(0, 0, reply(":0\r\n"));
+    out.complete(1, 0, reply(":1\r\n"));
+    out.complete(2, 0, reply(":2\r\n"));
+    assert_eq!(written(&mut out), ":0\r\n");
+    assert_eq!(out.pending(), 0);
+}
+
+#[test]
+fn a_failed_request_gets_its_error_rendered_for_the_protocol_and_counted() {
+    let mut redis = Outbox::new(Protocol::Redis);
+    redis.forwarded();
+    redis.complete(0, 0, failure());
+    assert!(written(&mut redis).starts_with("-ERR "));
+    let errors = redis.take_errors();
+    assert_eq!(errors.0.iter().sum::<u64>(), 1);
+    let mut memcache = Outbox::new(Protocol::Memcache);
+    memcache.forwarded();
+    memcache.fail(0, ClientError::NoServer);
+    assert!(written(&mut memcache).starts_with("SERVER_ERROR "));
+}
+
+/// Concatenates the parts' replies, failures as `E`.
+struct Joined;
+
+impl Merger for Joined {
+    fn merge(&mut self, parts: Vec<Result<Bytes, BackendError>>) -> Bytes {
+        let texts: Vec<&[u8]> = parts
+            .iter()
+            .map(|p| p.as_ref().map_or(&b"E"[..], |b| &b[..]))
+            .collect();
+        Bytes::from(texts.concat())
+    }
+}
+
+#[test]
+fn a_gathered_request_is_ready_when_its_last_part_comes_in_part_order() {
+    let mut out = Outbox::new(Protocol::Redis);
+    out.gathering(Gather::new(3, Joined));
+    out.forwarded();
+    out.complete(1, 0, reply("+after\r\n"));
+    out.complete(0, 2, reply("c"));
+    out.complete(0, 0, reply("a"));
+    assert_eq!(written(&mut out), "");
+    out.complete(0, 1, failure());
+    assert_eq!(written(&mut out), "aEc+after\r\n");
+}
+
+#[test]
+fn pubsub_messages_wait_behind_replies_still_owed() {
+    let mut out = Outbox::new(Protocol::Redis);
+    out.push_message(Bytes::from_static(b"m1"));
+    out.forwarded();
+    out.push_message(Bytes::from_static(b"m2"));
+    assert_eq!(written(&mut out), "m1");
+    out.complete(0, 0, reply("r"));
+    assert_eq!(written(&mut out), "rm2");
+}
