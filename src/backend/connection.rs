@@ -16,7 +16,7 @@ use super::inbox::Late;
 use super::{ConnSettings, ConnectError, Delivery, Failure, Job, NodeShared, ReplyTo};
 use crate::config::Protocol;
 use crate::metrics::LatencyCounts;
-use crate::net::Stream;
+use crate::net::{Stream, Unwritten};
 use crate::protocol::resp::encode;
 use crate::protocol::{ReplyError, ReplyKind, memcache, resp};
 
@@ -27,9 +27,6 @@ const MAX_BATCH: usize = 1024;
 const FIRST_READ_CHUNK: u32 = 16 * 1024;
 /// …and bytes of requests taken but not yet written, past which no more are taken.
 const MAX_UNWRITTEN: usize = 4 * 1024 * 1024;
-const FIRST_WRITE_BUFFER: usize = 16 * 1024;
-/// The largest write buffer kept once empty.
-const KEPT_WRITE_BUFFER: usize = 1024 * 1024;
 
 /// The connection's life: connect (now with preconnect, else on the first request), serve until
 /// the connection fails, fail what was in flight, and reconnect, backing off while the node
@@ -238,7 +235,7 @@ async fn serve(
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut read_buf = BytesMut::new();
     let mut read_chunk = FIRST_READ_CHUNK;
-    let mut write_buf = BytesMut::with_capacity(FIRST_WRITE_BUFFER);
+    let mut unwritten = Unwritten::default();
     let mut framer = Framer::new(settings);
     let mut delivery = Delivery::default();
     let mut accepting = true;
@@ -266,7 +263,7 @@ async fn serve(
             let now = Instant::now();
             shared.metrics.requests.inc_by(queued.len() as u64);
             for job in queued.drain(..) {
-                write_buf.extend_from_slice(&job.payload);
+                unwritten.push(job.payload);
                 in_flight.push_back(InFlight {
                     reply_to: Some(job.reply_to),
                     late: None,
@@ -279,7 +276,7 @@ async fn serve(
         }
         // Written as far as the socket takes it now; the rest when it is writable again, while
         // replies are read and deadlines kept meanwhile.
-        if let Err(e) = write_some(&stream, &mut write_buf) {
+        if let Err(e) = unwritten.write_to(&stream) {
             break e.into();
         }
         if !accepting && in_flight.is_empty() {
@@ -291,7 +288,7 @@ async fn serve(
             timer.as_mut().reset(at);
             armed_at = Some(at);
         }
-        let unwritten = !write_buf.is_empty() || stream.is_holding_output();
+        let waiting = !unwritten.is_empty() || stream.is_holding_output();
         tokio::select! {
             biased;
             read = stream.read_some(&mut read_buf, &mut read_chunk) => {
@@ -310,14 +307,14 @@ async fn serve(
                 }
                 shared.record_success();
             }
-            writable = stream.writable(), if unwritten => {
+            writable = stream.writable(), if waiting => {
                 if let Err(e) = writable {
                     break e.into();
                 }
             }
             // While much is unwritten (a node that reads slowly), no more is taken: the jobs
             // wait in the queue, and their deadlines still run from when they are written.
-            job = rx.recv(), if accepting && write_buf.len() < MAX_UNWRITTEN => match job {
+            job = rx.recv(), if accepting && unwritten.len() < MAX_UNWRITTEN => match job {
                 Some(job) => {
                     queued.push_back(job);
                     // Written after the worker's other ready sessions and its next look at
@@ -325,7 +322,7 @@ async fn serve(
                     // the proxy and the node less per request than one write per wakeup.
                     tokio::task::yield_now().await;
                     let mut bytes =
-                        write_buf.len() + queued.iter().map(|j| j.payload.len()).sum::<usize>();
+                        unwritten.len() + queued.iter().map(|j| j.payload.len()).sum::<usize>();
                     while queued.len() < MAX_BATCH && bytes < MAX_UNWRITTEN {
                         match rx.try_recv() {
                             Ok(job) => {
@@ -379,20 +376,6 @@ async fn serve(
         &failure,
     );
     Some(failure)
-}
-
-/// Writes what the socket takes of `buf` now. A buffer that grew for a large batch is let go
-/// once written, so a spike does not hold its memory for the connection's life.
-pub(super) fn write_some(stream: &Stream, buf: &mut BytesMut) -> std::io::Result<()> {
-    if buf.is_empty() && !stream.is_holding_output() {
-        return Ok(());
-    }
-    let n = stream.try_write(buf)?;
-    bytes::Buf::advance(buf, n);
-    if buf.is_empty() && buf.capacity() > KEPT_WRITE_BUFFER {
-        *buf = BytesMut::with_capacity(FIRST_WRITE_BUFFER);
-    }
-    Ok(())
 }
 
 /// How long a connection with requests in flight may stay silent before it is reset: well past

@@ -13,8 +13,9 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::time::sleep;
 
-use super::connection::{connect, write_some};
+use super::connection::connect;
 use super::{Completion, ConnSettings, Mailbox, NodeShared, Token};
+use crate::net::Unwritten;
 use crate::protocol::resp::{ReplyScanner, bulk_elements, encode};
 
 /// What a subscription is to.
@@ -81,10 +82,12 @@ impl Subscriber {
     }
 }
 
-fn encode_change(buf: &mut BytesMut, change: &Change) {
-    encode::array(buf, 1 + change.names.len());
-    encode::bulk(buf, change.topic.command(change.subscribe));
-    change.names.iter().for_each(|n| encode::bulk(buf, n));
+fn encode_change(out: &mut Unwritten, change: &Change) {
+    let mut buf = BytesMut::new();
+    encode::array(&mut buf, 1 + change.names.len());
+    encode::bulk(&mut buf, change.topic.command(change.subscribe));
+    change.names.iter().for_each(|n| encode::bulk(&mut buf, n));
+    out.push(buf.freeze());
 }
 
 /// What a frame from the connection is: a message for the client, or the server's
@@ -234,7 +237,7 @@ async fn run(
         };
         // Subscribe again to everything held, then serve. Full duplex: what is to be written
         // waits in `out` while the connection goes on reading and keeping its timer.
-        let mut out = BytesMut::new();
+        let mut out = Unwritten::default();
         for (topic, name) in &held {
             let again = Change {
                 subscribe: true,
@@ -257,7 +260,7 @@ async fn run(
             if closing && awaiting.0.is_empty() {
                 return;
             }
-            if write_some(&stream, &mut out).is_err() {
+            if out.write_to(&stream).is_err() {
                 break;
             }
             let unwritten = !out.is_empty() || stream.is_holding_output();

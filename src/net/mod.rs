@@ -9,6 +9,7 @@
 
 pub mod descriptors;
 mod tls;
+mod unwritten;
 
 use std::io;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use tokio::net::{TcpStream, UnixStream};
 
 use tls::TlsSocket;
 pub use tls::{BackendTls, ServerTls, TlsConnector};
+pub use unwritten::Unwritten;
 
 /// The most a read buffer grows by at once.
 const MAX_READ_CHUNK: u32 = 64 * 1024;
@@ -42,6 +44,7 @@ enum Socket {
 trait Io {
     fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize>;
     fn try_write(&self, data: &[u8]) -> io::Result<usize>;
+    fn try_write_vectored(&self, data: &[io::IoSlice<'_>]) -> io::Result<usize>;
     fn clear_readable(&self);
     async fn ready(&self, interest: Interest) -> io::Result<Ready>;
 }
@@ -54,6 +57,9 @@ macro_rules! io_for {
             }
             fn try_write(&self, data: &[u8]) -> io::Result<usize> {
                 <$t>::try_write(self, data)
+            }
+            fn try_write_vectored(&self, data: &[io::IoSlice<'_>]) -> io::Result<usize> {
+                <$t>::try_write_vectored(self, data)
             }
             fn clear_readable(&self) {
                 let _ = self.try_io(Interest::READABLE, || {
@@ -158,6 +164,19 @@ impl Stream {
             Socket::Tcp(s) => s.try_write(data),
             Socket::Unix(s) => s.try_write(data),
             Socket::Tls(s) => s.try_write(data),
+        };
+        match written {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            other => other,
+        }
+    }
+
+    /// [`Stream::try_write`] of `data` one after the other, in one system call.
+    pub fn try_write_vectored(&self, data: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let written = match &self.socket {
+            Socket::Tcp(s) => Io::try_write_vectored(s, data),
+            Socket::Unix(s) => Io::try_write_vectored(s, data),
+            Socket::Tls(s) => s.try_write_vectored(data),
         };
         match written {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),

@@ -155,11 +155,16 @@ impl TlsSocket {
     /// Sends what is encrypted and unsent, then takes what it can of `data` and sends that:
     /// how many bytes of `data` it took (0 while earlier ones are still unsent).
     pub(super) fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+        self.try_write_vectored(&[io::IoSlice::new(data)])
+    }
+
+    /// [`TlsSocket::try_write`] of `data` one after the other.
+    pub(super) fn try_write_vectored(&self, data: &[io::IoSlice<'_>]) -> io::Result<usize> {
         let mut conn = self.conn();
-        if !send(&mut conn, &self.tcp)? || data.is_empty() {
+        if !send(&mut conn, &self.tcp)? || data.iter().all(|d| d.is_empty()) {
             return Ok(0);
         }
-        let taken = conn.writer().write(data)?;
+        let taken = conn.writer().write_vectored(data)?;
         send(&mut conn, &self.tcp)?;
         Ok(taken)
     }
