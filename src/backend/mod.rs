@@ -54,7 +54,8 @@ pub struct Job {
 pub struct NodeId(u64);
 
 impl NodeId {
-    fn next() -> NodeId {
+    /// A new identity, never given before.
+    pub(crate) fn next() -> NodeId {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         NodeId(NEXT.fetch_add(1, Ordering::Relaxed))
     }

@@ -42,23 +42,28 @@ pub(super) enum Slot {
     Quiet(Quiet),
     /// Several parts are awaited and merged.
     Gathering(Box<Gather>),
-    /// A request the proxy may send again: its reply is awaited as part 0.
-    Resend(Box<Resend>),
 }
 
-/// A request that is sent again when its first answer is not the last word.
-pub(super) struct Resend {
-    /// The shard's name: the request may be sent again after the pool's state changed.
+/// The token part of a reply to what was sent before a part sent again (the SCRIPT LOAD before
+/// an EVALSHA): it answers nothing the client asked.
+pub(super) const PREAMBLE: usize = usize::MAX;
+
+/// A backend request kept until it is answered, so that it can be sent again, to its node or
+/// another: its payload (the client's bytes, not a copy), where it went, and when to resend.
+pub(super) struct Sent {
+    pub(super) seq: u64,
+    pub(super) part: usize,
+    /// The shard's name: the part may be sent again after the pool's state changed.
     pub(super) shard: Arc<str>,
     /// The node it was last sent to.
     pub(super) node: NodeId,
-    /// How many more times it may be sent.
-    pub(super) retries_left: usize,
-    pub(super) job: (Bytes, ReplyKind),
-    pub(super) quiet: Option<Quiet>,
-    pub(super) when: ResendWhen,
+    pub(super) payload: Bytes,
+    pub(super) kind: ReplyKind,
     /// The client's connections to the node (its database and protocol level).
     pub(super) profile: Profile,
+    pub(super) when: ResendWhen,
+    /// How many more times it may be sent.
+    pub(super) retries_left: usize,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -71,9 +76,10 @@ pub(super) enum ResendWhen {
     Answered { prefix: &'static [u8], first: Bytes },
 }
 
-/// A resend to make: the request's sequence number and what to send before it.
+/// A resend to make: which part of which request, and what to send before it.
 pub(super) struct Retry {
     pub(super) seq: u64,
+    pub(super) part: usize,
     pub(super) first: Option<Bytes>,
 }
 
@@ -101,7 +107,10 @@ struct Queue {
     buf: BytesMut,
     /// Error replies made since the last [`Outbox::take_errors`], by kind.
     errors: ErrorCounts,
-    /// Requests to send again.
+    /// Parts that may be sent again, in request and part order, until their request is
+    /// answered.
+    sent: VecDeque<Sent>,
+    /// Parts to send again.
     retries: Vec<Retry>,
     /// Requests whose replies the client asked not to get (Redis's CLIENT REPLY), in order.
     muted: VecDeque<u64>,
@@ -208,12 +217,18 @@ impl Outbox {
         self.queue.as_ref().is_some_and(|q| !q.retries.is_empty())
     }
 
-    /// The resend state of request `seq`, if it is one awaiting its reply.
-    pub(super) fn resend_at(&mut self, seq: u64) -> Option<&mut Resend> {
-        match self.slot(seq)? {
-            Slot::Resend(resend) => Some(resend),
-            _ => None,
-        }
+    /// Part `part` of request `seq`, if it is kept to be sent again.
+    pub(super) fn sent_at(&mut self, seq: u64, part: usize) -> Option<&mut Sent> {
+        let sent = &mut self.queue.as_mut()?.sent;
+        let at = sent
+            .binary_search_by_key(&(seq, part), |s| (s.seq, s.part))
+            .ok()?;
+        sent.get_mut(at)
+    }
+
+    /// Keeps `sent`, a part of the request queued last, until that request is answered.
+    pub(super) fn keep(&mut self, sent: Sent) {
+        self.queue().sent.push_back(sent);
     }
 
     /// Answers request `seq` with an error, whatever it awaited.
@@ -260,11 +275,6 @@ impl Outbox {
         self.queue().slots.push_back(Slot::Quiet(quiet));
     }
 
-    /// Queues the slot of a request that may be sent again.
-    pub(super) fn resend(&mut self, resend: Resend) {
-        self.queue().slots.push_back(Slot::Resend(Box::new(resend)));
-    }
-
     /// Queues the slot of a request whose parts `gather` merges.
     pub(super) fn gathering(&mut self, gather: Gather) {
         self.queue()
@@ -289,19 +299,21 @@ impl Outbox {
         let Some(queue) = self.queue.as_deref_mut() else {
             return;
         };
+        if part == PREAMBLE {
+            return;
+        }
+        if !queue.sent.is_empty()
+            && let Ok(at) = queue
+                .sent
+                .binary_search_by_key(&(seq, part), |s| (s.seq, s.part))
+            && let Some(retry) = retry(&queue.sent[at], &c.result)
+        {
+            queue.retries.push(retry);
+            return;
+        }
         let Some(slot) = queue.slots.get_mut(index as usize) else {
             return;
         };
-        if let Slot::Resend(resend) = slot {
-            if part != 0 {
-                // The reply to what was sent before the request again.
-                return;
-            }
-            if let Some(retry) = retry(resend, &c.result, seq) {
-                queue.retries.push(retry);
-                return;
-            }
-        }
         let reply = match c.result {
             Ok(reply) => {
                 self.typical_reply = typical(self.typical_reply, reply.len());
@@ -315,7 +327,6 @@ impl Outbox {
         let ready = match slot {
             Slot::Forwarded => shown(protocol, None, reply),
             Slot::Quiet(quiet) => shown(protocol, Some(*quiet), reply),
-            Slot::Resend(resend) => shown(protocol, resend.quiet, reply),
             Slot::Gathering(g) => match g.add(part, reply) {
                 Some(merged) => merged,
                 None => return,
@@ -341,6 +352,9 @@ impl Outbox {
             }
             self.first_seq += 1;
         }
+        while queue.sent.front().is_some_and(|s| s.seq < self.first_seq) {
+            queue.sent.pop_front();
+        }
     }
 }
 
@@ -361,21 +375,23 @@ fn typical(typical: u32, len: usize) -> u32 {
     }
 }
 
-/// Whether `result` calls for sending `resend` again, and how.
-fn retry(resend: &Resend, result: &Result<Bytes, Box<BackendError>>, seq: u64) -> Option<Retry> {
-    if resend.retries_left == 0 {
+/// Whether `result` calls for sending `sent` again, and how.
+fn retry(sent: &Sent, result: &Result<Bytes, Box<BackendError>>) -> Option<Retry> {
+    if sent.retries_left == 0 {
         return None;
     }
-    match (&resend.when, result) {
-        (ResendWhen::NodeFails, Err(_)) => Some(Retry { seq, first: None }),
+    let first = match (&sent.when, result) {
+        (ResendWhen::NodeFails, Err(_)) => None,
         (ResendWhen::Answered { prefix, first }, Ok(reply)) if reply.starts_with(prefix) => {
-            Some(Retry {
-                seq,
-                first: Some(first.clone()),
-            })
+            Some(first.clone())
         }
-        _ => None,
-    }
+        _ => return None,
+    };
+    Some(Retry {
+        seq: sent.seq,
+        part: sent.part,
+        first,
+    })
 }
 
 /// What the client sees of a single backend reply: the reply or an error, unless it asked for

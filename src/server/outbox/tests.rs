@@ -1,5 +1,5 @@
 use super::*;
-use crate::backend::Failure;
+use crate::backend::{Failure, NodeId};
 use crate::server::merge::Merger;
 
 fn reply(text: &str) -> Completion {
@@ -161,4 +161,73 @@ fn pubsub_messages_wait_behind_replies_still_owed() {
     assert_eq!(written(&mut out), "m1");
     out.complete(0, 0, reply("r"));
     assert_eq!(written(&mut out), "rm2");
+}
+
+/// Part `part` of request `seq`, sent to a new node, resent `when`, `retries` more times.
+fn kept(seq: u64, part: usize, when: ResendWhen, retries: usize) -> Sent {
+    Sent {
+        seq,
+        part,
+        shard: "s".into(),
+        node: NodeId::next(),
+        payload: Bytes::from_static(b"request"),
+        kind: ReplyKind::Resp,
+        profile: Profile::default(),
+        when,
+        retries_left: retries,
+    }
+}
+
+#[test]
+fn a_part_answered_with_its_resend_prefix_is_retried_and_that_answer_never_written() {
+    let mut out = Outbox::new(Protocol::Redis);
+    out.forwarded();
+    let when = ResendWhen::Answered {
+        prefix: b"-NOSCRIPT",
+        first: Bytes::from_static(b"load"),
+    };
+    out.keep(kept(0, 0, when, 1));
+    out.complete(0, 0, reply("-NOSCRIPT No matching script\r\n"));
+    assert_eq!(written(&mut out), "");
+    let retries = out.take_retries();
+    assert_eq!(retries.len(), 1);
+    assert_eq!((retries[0].seq, retries[0].part), (0, 0));
+    assert_eq!(retries[0].first.as_deref(), Some(&b"load"[..]));
+    let sent = out.sent_at(0, 0).expect("kept while unanswered");
+    assert_eq!(&sent.payload[..], b"request");
+    sent.retries_left -= 1;
+    // What was sent first is answered as a preamble, then the part itself.
+    out.complete(0, PREAMBLE, reply("$40\r\n...\r\n"));
+    out.complete(0, 0, reply("-NOSCRIPT again\r\n"));
+    assert!(out.take_retries().is_empty(), "no retries left");
+    assert_eq!(written(&mut out), "-NOSCRIPT again\r\n");
+    assert!(out.sent_at(0, 0).is_none(), "let go once answered");
+}
+
+#[test]
+fn any_part_of_a_gathered_request_can_be_sent_again_alone() {
+    let mut out = Outbox::new(Protocol::Redis);
+    out.gathering(Gather::new(2, Joined));
+    out.keep(kept(0, 1, ResendWhen::NodeFails, 1));
+    out.complete(0, 0, reply("a"));
+    out.complete(0, 1, failure());
+    let retries = out.take_retries();
+    assert_eq!((retries[0].seq, retries[0].part), (0, 1));
+    assert_eq!(written(&mut out), "");
+    out.complete(0, 1, reply("b"));
+    assert_eq!(written(&mut out), "ab");
+}
+
+#[test]
+fn a_quiet_request_kept_for_resend_stays_quiet() {
+    let mut out = Outbox::new(Protocol::Memcache);
+    let quiet = Quiet {
+        hides: |r| r.starts_with(b"EN"),
+        shows_failures: true,
+    };
+    out.quiet(quiet);
+    out.keep(kept(0, 0, ResendWhen::NodeFails, 0));
+    out.complete(0, 0, reply("EN\r\n"));
+    assert_eq!(written(&mut out), "");
+    assert_eq!(out.pending(), 0);
 }

@@ -11,7 +11,7 @@ use super::{Frontend, Session};
 use crate::backend::{Job, Node, Profile, ReplyTo, Reserved, Token};
 use crate::protocol::ReplyKind;
 use crate::server::error::ClientError;
-use crate::server::outbox::{Resend, Retry};
+use crate::server::outbox::{PREAMBLE, Retry, Sent};
 use crate::server::plan::{Part, Plan, Target};
 use crate::topology::{BlockedOn, Client, PoolState};
 
@@ -95,16 +95,21 @@ impl<F: Frontend> Session<F> {
                 let (shard, node) = self.resolve(state, part.target);
                 let shard = &state.shards[shard];
                 let node = &shard.nodes[node];
-                let job = (part.payload, part.kind);
-                self.send_to(node, job.clone(), 0, profile);
-                self.out.resend(Resend {
+                self.send_to(node, (part.payload.clone(), part.kind), 0, profile);
+                match quiet {
+                    Some(quiet) => self.out.quiet(quiet),
+                    None => self.out.forwarded(),
+                }
+                self.out.keep(Sent {
+                    seq: next,
+                    part: 0,
                     shard: shard.name.clone(),
                     node: node.id(),
-                    retries_left: retries,
-                    job,
-                    quiet,
-                    when,
+                    payload: part.payload,
+                    kind: part.kind,
                     profile,
+                    when,
+                    retries_left: retries,
                 });
             }
             Plan::Reserved { part, wait } => {
@@ -208,14 +213,14 @@ impl<F> Session<F> {
     /// state; one that left it fails the request.
     pub(super) fn resend(&mut self) {
         let state = self.pool.state();
-        for Retry { seq, first } in self.out.take_retries() {
-            let Some(resend) = self.out.resend_at(seq) else {
+        for Retry { seq, part, first } in self.out.take_retries() {
+            let Some(sent) = self.out.sent_at(seq, part) else {
                 continue;
             };
-            let shard = state.shard_named(&resend.shard);
-            let last = shard.and_then(|shard| Some((shard, shard.index_of(resend.node)?)));
+            let shard = state.shard_named(&sent.shard);
+            let last = shard.and_then(|shard| Some((shard, shard.index_of(sent.node)?)));
             let Some((shard, last)) = last else {
-                let error = ClientError::ShardLeft(resend.shard.clone());
+                let error = ClientError::ShardLeft(sent.shard.clone());
                 self.out.fail(seq, error);
                 continue;
             };
@@ -224,15 +229,17 @@ impl<F> Session<F> {
                 None => shard.retry_index(last),
             };
             let node = &shard.nodes[node];
-            resend.node = node.id();
-            resend.retries_left -= 1;
-            let (job, profile) = (resend.job.clone(), resend.profile);
+            sent.node = node.id();
+            sent.retries_left -= 1;
+            let (job, profile) = ((sent.payload.clone(), sent.kind), sent.profile);
             if let Some(first) = first {
-                let first = (first, job.1);
-                let reply_to = self.reply_to(Token::Reply { seq, part: 1 });
-                self.send_job_to(node, first, reply_to, profile);
+                let reply_to = self.reply_to(Token::Reply {
+                    seq,
+                    part: PREAMBLE,
+                });
+                self.send_job_to(node, (first, job.1), reply_to, profile);
             }
-            let reply_to = self.reply_to(Token::Reply { seq, part: 0 });
+            let reply_to = self.reply_to(Token::Reply { seq, part });
             self.send_job_to(node, job, reply_to, profile);
         }
     }
