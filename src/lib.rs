@@ -3,40 +3,59 @@
 //!
 //! # Layout
 //!
-//! Data flows top to bottom; nothing calls back up.
+//! Data flows top to bottom; nothing calls back up. This is the one map of the code: every
+//! module is named here. The manual (configuration, operations, commands, errors) is in
+//! `docs/`; benchmarks and their history in `bench/`.
 //!
-//! - [`config`]: the YAML topology (ringproxy's schema or twemproxy's `nutcracker.yml`), read
-//!   and validated into typed pools, with `FILE:LINE:COLUMN` errors.
-//! - [`placement`]: key → server: twemproxy's hash functions, ketama / modula / random, hash
-//!   tags. Built from configuration only; health never rebuilds it.
-//! - [`command`]: the Redis command table: key positions, write flags, how each is routed.
-//! - [`protocol`]: I/O-free RESP and memcache parsers, reply scanners and encoders.
-//! - `net`: the one [`Stream`](net::Stream) type of client and backend sockets (TCP, Unix,
-//!   TLS over TCP with rustls driven on the same readiness) and the fast read path; the
-//!   certificates each side presents and trusts; the descriptors kept for backend
-//!   connections, which clients and admin connections may not take.
-//! - `backend`: a node's multiplexed, pipelined connections per worker, reserved connections,
-//!   subscriber connections, health checks (which also ask a Redis node its role, whether it
-//!   is in sync with its master, its key count and run id), a Sentinel client; failures keep their cause and are reported as node
-//!   events.
-//! - `topology`: pools and their live state: a `PoolState` snapshot (ring, shards by name,
-//!   each shard's master, node health and what each node says) that the pool's keeper swaps
-//!   when node events change routing. `failover` holds the decisions (which replica to
-//!   promote, whether a restarted master would wipe its replicas), `sentinel` follows Redis
-//!   Sentinel. `reload` works out what a new configuration file changes: pools kept,
-//!   reshaped, added, replaced or retired. `clients` lists each pool's clients (CLIENT LIST)
-//!   and carries what the pool asks of them (leave, CLIENT KILL).
-//! - `server`: listeners and sessions: one I/O loop per client with an outbox that keeps
-//!   reply order, and the Redis and memcache frontends that parse, route and merge (and
-//!   answer what one server would: INFO over the whole pool, CLIENT about the proxy's own
-//!   clients, SELECT on per-database backend connections); one
-//!   client-error type rendered per protocol; `timing` of each request for the latency
-//!   histograms and the slow log (`slowlog`, read with SLOWLOG).
+//! - `main.rs`: the command line only; [`service`] starts the workers, pools and admin
+//!   endpoint, binds listeners before a reload applies, applies reloads one at a time and
+//!   drains on SIGTERM; `workers`: thread-per-core runtimes.
+//! - [`config`]: the YAML topology, read and validated into typed pools with
+//!   `FILE:LINE:COLUMN` errors: `raw` (ringproxy's schema), `raw/twemproxy` (`nutcracker.yml`
+//!   as it is), `values` (values that check themselves as they are read).
+//! - [`placement`]: key → server: twemproxy's hash functions (`hash`), ketama / modula /
+//!   random, hash tags. Built from configuration only; health never rebuilds it.
+//! - [`command`]: the Redis command table (`table`), matched once into a typed command: key
+//!   positions, write flag, how each is routed. `keyword`: the enums of configuration
+//!   keywords, each with its YAML spelling.
+//! - [`protocol`]: I/O-free parsers, reply scanners and encoders: `resp` (`request`, `reply`,
+//!   `encode`) and `memcache` (`request`, `reply`).
+//! - `net`: the one `Stream` type of client and backend sockets (TCP, Unix, TLS over TCP
+//!   with rustls driven on the same readiness: `tls`) and the fast read path; `unwritten`,
+//!   bytes queued for vectored writes without a copy; `descriptors`, the share of the
+//!   open-file limit kept for backend connections.
+//! - `backend`: a node (`mod`: its connections per worker, reserved connections, what it
+//!   reports); `connection`, one full-duplex pipelined connection (replies matched first in,
+//!   first out, RESP3 pushes set aside, every request bounded by its deadline); `subscriber`,
+//!   a client's Pub/Sub connection per shard; `inbox`, where replies reach each session (and
+//!   what a timed-out request still counts); `health`, the checks (PING, INFO replication,
+//!   DBSIZE, run id, REPLICAOF); `sentinel`, a Sentinel client; `error`, failures that keep
+//!   their cause; `report`, node events for the pool's keeper.
+//! - `topology`: pools and their live state: `state`, the `PoolState` snapshot (ring, shards
+//!   by name, each shard's master as data, node health) sessions load per burst; `shards`, building a
+//!   pool's shards from its configuration (reusing nodes across a reload); `keeper`, the snapshot's one writer; `failover`, which replica
+//!   to promote and whether a restarted master would wipe its replicas; `sentinel`, following
+//!   Redis Sentinel; `reload`, what a new configuration file changes, and the file watcher;
+//!   `clients`, each pool's client list (CLIENT LIST, and what the pool asks of a client);
+//!   `scripts`, the scripts loaded through the pool.
+//! - `server`: `listener` (TCP and Unix sockets); `session`, the I/O loop of one client, and
+//!   `session/plans`, carrying out a plan on the nodes and the connections reserved for a
+//!   client; `outbox`, reply order, typed tokens, and the parts kept to be sent again; `plan`,
+//!   what routing decides; `merge`, collecting the parts of a fanned-out request; `error`, the
+//!   client-error type rendered per protocol; `timing`, each request's time for the latency
+//!   histograms and the slow log. The frontends: `redis` (`route`, `keyspace` for commands
+//!   over every shard, `transaction`, `pubsub`, `local` and `context` for what the proxy
+//!   answers itself, `client` for CLIENT, `info` for INFO over the pool, `merge`) and
+//!   `memcache` (`route`, `merge`).
+//! - `slowlog`: the pool's slow log (SLOWLOG), secrets redacted.
 //! - `admin`: the HTTP endpoint (`/health`, `/ready`, `/metrics`, `/topology`, `/reload`),
-//!   with a bounded number of connections, each closed when idle;
-//!   `metrics`: the Prometheus families, latency histograms and `process_*` metrics.
-//! - `workers`: thread-per-core runtimes; `service`: start, serve, apply reloads (binding
-//!   listeners first), drain on SIGTERM.
+//!   with a bounded number of connections, each closed when idle (`connections`); `metrics`:
+//!   the Prometheus families, latency histograms (`latency`), `process_*` metrics
+//!   (`process`), failed-AUTH delays per address (`auth`), and logs kept to one a second
+//!   (`throttle`).
+//! - Tests of a large module live beside it in `tests.rs` (`mod tests;`); `backend/fake`
+//!   holds what tests of backend connections share. Integration tests in `tests/` run real
+//!   servers.
 //!
 //! # One request
 //!

@@ -41,7 +41,7 @@ struct Args {
     /// Log lines as text or as JSON objects, one per line.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Print which Redis commands are served, restricted or refused (the README's lists) and
+    /// Print which Redis commands are served, restricted or refused (docs/commands.md's lists) and
     /// exit.
     #[arg(long)]
     commands: bool,

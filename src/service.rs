@@ -72,7 +72,7 @@ pub async fn run(mut config: Config, path: &Path, options: Options) -> Result<()
     };
     for pool in topology.pools().iter() {
         let addr = &pool.config.listen;
-        let listener = server::bind(addr, pool.config.backlog)
+        let listener = server::bind(addr, pool.config.clients.backlog)
             .await
             .map_err(|source| StartError::Listen {
                 pool: pool.config.name.clone(),

@@ -263,12 +263,12 @@ fn movable_keys_are_where_the_server_finds_them() {
 }
 
 #[test]
-fn readme_lists_the_commands_of_the_table() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+fn the_manual_lists_the_commands_of_the_table() {
+    let manual =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/commands.md")).unwrap();
     let lists = markdown();
     assert!(
-        readme.contains(&lists),
-        "README.md must hold the command lists as `ringproxy --commands` prints them:\n{lists}"
+        manual.contains(&lists),
+        "docs/commands.md must hold the command lists as `ringproxy --commands` prints them:\n{lists}"
     );
 }

@@ -313,7 +313,7 @@ fn pool_view(pool: &Pool) -> PoolView<'_> {
         hash: c.hash.name(),
         distribution: c.distribution.name(),
         read_from: c.read_from.name(),
-        failover: c.failover.name(),
+        failover: c.failover.kind().name(),
         servers,
     }
 }

@@ -324,7 +324,7 @@ impl Node {
                 tls: pool.backend_tls.as_ref().map(|t| t.connector(&addr.host)),
             })
         };
-        let settings: Vec<Arc<ConnSettings>> = (0..pool.databases)
+        let settings: Vec<Arc<ConnSettings>> = (0..pool.redis.databases)
             .flat_map(|db| [false, true].map(|resp3| settings(Profile { db, resp3 })))
             .collect();
         let per_worker = (0..workers.len())
@@ -510,7 +510,7 @@ fn handshake(pool: &PoolConfig, profile: Profile) -> (Bytes, usize) {
     if pool.protocol == Protocol::Memcache {
         return (buf.freeze(), replies);
     }
-    if let Some(auth) = &pool.backend_auth {
+    if let Some(auth) = &pool.redis.backend_auth {
         match &auth.username {
             Some(user) => encode::command(
                 &mut buf,
@@ -523,7 +523,7 @@ fn handshake(pool: &PoolConfig, profile: Profile) -> (Bytes, usize) {
         }
         replies += 1;
     }
-    let db = pool.db + u32::from(profile.db);
+    let db = pool.redis.db + u32::from(profile.db);
     if db != 0 {
         let db = db.to_string();
         encode::command(&mut buf, [&b"SELECT"[..], db.as_bytes()].into_iter());

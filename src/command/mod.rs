@@ -392,7 +392,7 @@ pub fn unsupported_reason(name: &[u8]) -> Option<&'static str> {
         .map(|(_, why)| *why)
 }
 
-/// The README's command lists, made from the table: what is served anywhere, what needs its
+/// The command lists of docs/commands.md, made from the table: what is served anywhere, what needs its
 /// keys on one shard, what reaches every shard, what the proxy answers, and what it refuses.
 pub fn markdown() -> String {
     let names = |pick: &dyn Fn(&Command) -> bool| {

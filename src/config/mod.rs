@@ -120,6 +120,8 @@ impl fmt::Debug for BackendAuth {
     }
 }
 
+/// One pool: settings common to both protocols, then by concern (what bounds each client, the
+/// failover mode with its own settings, what only Redis or only memcache pools have).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PoolConfig {
     pub name: String,
@@ -132,68 +134,116 @@ pub struct PoolConfig {
     pub server_connections: usize,
     pub preconnect: bool,
     pub read_from: ReadFrom,
-    pub failover: Failover,
-    /// With `failover: eject`: consecutive failures that take a server off the ring…
-    pub failure_limit: u32,
-    /// …and how long it stays off.
-    pub retry_timeout: Duration,
+    pub failover: FailoverMode,
     pub health_check: HealthCheck,
-    /// Who may connect: clients must AUTH as one of these first, unless there are none. The
-    /// pool's `auth` password is user `default`.
-    pub client_users: Vec<ClientUser>,
-    /// Sent on every backend connection.
-    pub backend_auth: Option<BackendAuth>,
     /// TLS for clients: new handshakes take new certificates at a reload, without replacing
     /// the pool.
     pub tls: Option<ServerTls>,
     /// TLS to every backend node (not to Sentinels).
     pub backend_tls: Option<BackendTls>,
-    /// With `failover: sentinel`: the Sentinels to ask and follow.
-    pub sentinels: Vec<Address>,
-    /// Sent on every Sentinel connection.
-    pub sentinel_auth: Option<BackendAuth>,
+    /// Deepest nesting accepted in a backend reply.
+    pub max_reply_depth: usize,
+    /// Whether commands that empty every server (FLUSHDB, FLUSHALL, memcache `flush_all`) are
+    /// forwarded.
+    pub allow_flush: bool,
+    pub clients: ClientLimits,
+    pub redis: RedisSettings,
+    pub memcache: MemcacheSettings,
+    pub servers: Vec<ServerConfig>,
+}
+
+/// How a pool's servers are failed over, with the settings that way alone has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FailoverMode {
+    None,
+    /// twemproxy's ejection: `failure_limit` consecutive failures take a server off the ring
+    /// for `retry_timeout`.
+    Eject {
+        failure_limit: u32,
+        retry_timeout: Duration,
+    },
+    Promote,
+    /// Redis Sentinel decides: the Sentinels to ask and follow, and what is sent on every
+    /// connection to them.
+    Sentinel {
+        sentinels: Vec<Address>,
+        auth: Option<BackendAuth>,
+    },
+}
+
+impl FailoverMode {
+    /// The mode's keyword in the configuration.
+    pub fn kind(&self) -> Failover {
+        match self {
+            FailoverMode::None => Failover::None,
+            FailoverMode::Eject { .. } => Failover::Eject,
+            FailoverMode::Promote => Failover::Promote,
+            FailoverMode::Sentinel { .. } => Failover::Sentinel,
+        }
+    }
+
+    pub fn is_sentinel(&self) -> bool {
+        matches!(self, FailoverMode::Sentinel { .. })
+    }
+}
+
+/// What bounds each client of a pool, and how many there may be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Clients served at once (`None`: no bound).
+    pub max_connections: Option<u32>,
+    /// The listen backlog.
+    pub backlog: u32,
+    /// What one request may hold.
+    pub requests: Limits,
+    /// Requests one client may have in flight before the proxy stops reading from it.
+    pub max_pipeline: usize,
+    /// A client with nothing in flight is closed after this long (Redis's `timeout`).
+    pub idle_timeout: Option<Duration>,
+    /// A client whose request stays incomplete this long is closed (slow senders).
+    pub request_timeout: Option<Duration>,
+    /// Unread replies a client may hold before the proxy stops forwarding its requests…
+    pub max_output_bytes: usize,
+    /// …and how long it may stay over that before it is closed.
+    pub output_timeout: Duration,
+    /// Unread replies past which a client is closed at once (Redis's hard
+    /// `client-output-buffer-limit`).
+    pub max_output_hard_bytes: usize,
+}
+
+/// What only Redis pools have.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// Who may connect: clients must AUTH as one of these first, unless there are none. The
+    /// pool's `auth` password is user `default`.
+    pub users: Vec<ClientUser>,
+    /// Sent on every backend connection.
+    pub backend_auth: Option<BackendAuth>,
     /// Backend database of the clients' database 0: a client's database n is the backends'
     /// `db` + n.
     pub db: u32,
     /// Databases clients may SELECT, 0 to `databases` - 1; each has its own backend
     /// connections, opened when a client first uses it.
     pub databases: u16,
-    pub client_connections: Option<u32>,
-    pub backlog: u32,
-    pub limits: Limits,
-    /// Requests one client may have in flight before the proxy stops reading from it.
-    pub max_pipeline: usize,
-    /// Deepest nesting accepted in a backend reply.
-    pub max_reply_depth: usize,
     /// SLOWLOG records requests at least this slow, in microseconds (negative: none)…
     pub slowlog_slower_than_us: i64,
     /// …and keeps this many.
     pub slowlog_max_len: usize,
     /// Failed AUTH attempts after which a connection is closed (0: never).
     pub auth_max_failures: u16,
-    /// A client with nothing in flight is closed after this long (Redis's `timeout`).
-    pub client_idle_timeout: Option<Duration>,
-    /// A client whose request stays incomplete this long is closed (slow senders).
-    pub client_request_timeout: Option<Duration>,
-    /// Unread replies a client may hold before the proxy stops forwarding its requests…
-    pub max_client_output_bytes: usize,
-    /// …and how long it may stay over that before it is closed.
-    pub client_output_timeout: Duration,
-    /// Unread replies past which a client is closed at once (Redis's hard
-    /// `client-output-buffer-limit`).
-    pub max_client_output_hard_bytes: usize,
-    /// memcache: the largest value a storage command may carry.
-    pub item_size_max: usize,
-    /// Whether commands that empty every server (FLUSHDB, FLUSHALL, memcache `flush_all`) are
-    /// forwarded.
-    pub allow_flush: bool,
     /// Whether KEYS, which scans every shard at once, is forwarded.
     pub allow_keys: bool,
     /// CONFIG SET and CONFIG RESETSTAT reach every node only when true.
     pub allow_config: bool,
-    /// memcache: refuse writes whose exptime is an absolute time already past.
+}
+
+/// What only memcache pools have.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemcacheSettings {
+    /// The largest value a storage command may carry.
+    pub item_size_max: usize,
+    /// Refuse writes whose exptime is an absolute time already past.
     pub reject_past_exptime: bool,
-    pub servers: Vec<ServerConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -270,7 +320,7 @@ impl Config {
                 p.hash_tag.map(|t| format!(" hash_tag {t}")).unwrap_or_default(),
                 p.timeout.as_millis(),
                 p.read_from,
-                p.failover,
+                p.failover.kind(),
             ));
             for s in &p.servers {
                 let replicas = if s.replicas.is_empty() {
@@ -346,6 +396,8 @@ struct PoolParts {
     at: Location,
     /// Whether a memcache-only setting was given.
     memcache_only: bool,
+    /// Whether Sentinels or their auth were given.
+    sentinel_keys: bool,
     config: PoolConfig,
     servers: Vec<Spanned<raw::Server>>,
 }
@@ -354,17 +406,22 @@ impl PoolParts {
     /// A setting that the pool's protocol has no use for.
     fn protocol_mismatch(&self, c: &PoolConfig) -> Option<&'static str> {
         match c.protocol {
-            Protocol::Memcache if !c.client_users.is_empty() => {
+            Protocol::Memcache if !c.redis.users.is_empty() => {
                 Some("auth and users are for redis pools: memcached's text protocol has no AUTH")
             }
-            Protocol::Memcache if c.backend_auth.is_some() => {
+            Protocol::Memcache if c.redis.backend_auth.is_some() => {
                 Some("backend_auth is for redis pools: memcached's text protocol has no AUTH")
             }
-            Protocol::Memcache if c.db != 0 => Some("db is for redis pools"),
-            Protocol::Memcache if c.databases != 1 => Some("databases is for redis pools"),
-            Protocol::Memcache if c.allow_keys => Some("allow_keys is for redis pools"),
-            Protocol::Memcache if c.allow_config => Some("allow_config is for redis pools"),
-            Protocol::Memcache if matches!(c.failover, Failover::Promote | Failover::Sentinel) => {
+            Protocol::Memcache if c.redis.db != 0 => Some("db is for redis pools"),
+            Protocol::Memcache if c.redis.databases != 1 => Some("databases is for redis pools"),
+            Protocol::Memcache if c.redis.allow_keys => Some("allow_keys is for redis pools"),
+            Protocol::Memcache if c.redis.allow_config => Some("allow_config is for redis pools"),
+            Protocol::Memcache
+                if matches!(
+                    c.failover,
+                    FailoverMode::Promote | FailoverMode::Sentinel { .. }
+                ) =>
+            {
                 Some(
                     "failover: promote and sentinel are for redis pools: a memcache server's replicas all take its writes already",
                 )
@@ -389,15 +446,16 @@ impl PoolParts {
                 format!("pool '{}' has no servers", config.name),
             ));
         }
-        let sentinel = config.failover == Failover::Sentinel;
-        if sentinel && config.sentinels.is_empty() {
+        let sentinel = config.failover.is_sentinel();
+        if matches!(&config.failover, FailoverMode::Sentinel { sentinels, .. } if sentinels.is_empty())
+        {
             let why = format!(
                 "pool '{}': failover: sentinel needs sentinels: [host:port, …]",
                 config.name
             );
             return Err(invalid(self.at, why));
         }
-        if !sentinel && (!config.sentinels.is_empty() || config.sentinel_auth.is_some()) {
+        if !sentinel && self.sentinel_keys {
             let why = format!(
                 "pool '{}': sentinels and sentinel_auth are for failover: sentinel",
                 config.name

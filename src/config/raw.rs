@@ -356,41 +356,43 @@ fn base_pool(listen: &Spanned<Listen>) -> PoolConfig {
         server_connections: 1,
         preconnect: false,
         read_from: ReadFrom::Master,
-        failover: Failover::None,
-        failure_limit: 2,
-        retry_timeout: millis(30_000),
+        failover: FailoverMode::None,
         health_check: HealthCheck {
             interval: millis(1000),
             timeout: millis(500),
             failures: 3,
             successes: 1,
         },
-        client_users: Vec::new(),
-        backend_auth: None,
         tls: None,
         backend_tls: None,
-        sentinels: Vec::new(),
-        sentinel_auth: None,
-        db: 0,
-        databases: 1,
-        client_connections: None,
-        backlog: 512,
-        limits: Limits::default(),
-        max_pipeline: 1024,
         max_reply_depth: 10_000,
-        slowlog_slower_than_us: 10_000,
-        slowlog_max_len: 128,
-        auth_max_failures: 10,
-        client_idle_timeout: None,
-        client_request_timeout: Some(Duration::from_secs(30)),
-        max_client_output_bytes: 16 * 1024 * 1024,
-        client_output_timeout: Duration::from_secs(10),
-        max_client_output_hard_bytes: DEFAULT_HARD_OUTPUT_BYTES,
-        item_size_max: 1024 * 1024,
         allow_flush: false,
-        allow_keys: false,
-        allow_config: false,
-        reject_past_exptime: false,
+        clients: ClientLimits {
+            max_connections: None,
+            backlog: 512,
+            requests: Limits::default(),
+            max_pipeline: 1024,
+            idle_timeout: None,
+            request_timeout: Some(Duration::from_secs(30)),
+            max_output_bytes: 16 * 1024 * 1024,
+            output_timeout: Duration::from_secs(10),
+            max_output_hard_bytes: DEFAULT_HARD_OUTPUT_BYTES,
+        },
+        redis: RedisSettings {
+            users: Vec::new(),
+            backend_auth: None,
+            db: 0,
+            databases: 1,
+            slowlog_slower_than_us: 10_000,
+            slowlog_max_len: 128,
+            auth_max_failures: 10,
+            allow_keys: false,
+            allow_config: false,
+        },
+        memcache: MemcacheSettings {
+            item_size_max: 1024 * 1024,
+            reject_past_exptime: false,
+        },
         servers: Vec::new(),
     }
 }
@@ -408,9 +410,23 @@ impl Pool {
         c.server_connections = p.server_connections.map_or(1, |n| n.0);
         c.preconnect = p.preconnect.unwrap_or(false);
         c.read_from = p.read_from.unwrap_or(c.read_from);
-        c.failover = p.failover.unwrap_or(c.failover);
-        c.failure_limit = p.server_failure_limit.unwrap_or(c.failure_limit).max(1);
-        c.retry_timeout = p.server_retry_timeout_ms.map_or(c.retry_timeout, millis);
+        let sentinel_keys =
+            p.sentinels.as_ref().is_some_and(|s| !s.is_empty()) || p.sentinel_auth.is_some();
+        c.failover = match p.failover.unwrap_or(Failover::None) {
+            Failover::None => FailoverMode::None,
+            Failover::Eject => FailoverMode::Eject {
+                failure_limit: p.server_failure_limit.unwrap_or(2).max(1),
+                retry_timeout: p.server_retry_timeout_ms.map_or(millis(30_000), millis),
+            },
+            Failover::Promote => FailoverMode::Promote,
+            Failover::Sentinel => FailoverMode::Sentinel {
+                sentinels: p.sentinels.unwrap_or_default(),
+                auth: p
+                    .sentinel_auth
+                    .map(|b| b.into_auth(at, "sentinel_auth"))
+                    .transpose()?,
+            },
+        };
         if let Some(h) = p.health_check {
             c.health_check = HealthCheck {
                 interval: h.interval_ms.map_or(c.health_check.interval, millis),
@@ -422,7 +438,7 @@ impl Pool {
         if let Some(a) = p.auth
             && let Some(password) = secret(a.password, a.password_env, at, "auth")?
         {
-            c.client_users.push(ClientUser {
+            c.redis.users.push(ClientUser {
                 name: "default".to_string(),
                 password,
             });
@@ -431,15 +447,15 @@ impl Pool {
             let what = format!("user '{}'", u.name);
             let password = secret(u.password, u.password_env, at, &what)?
                 .ok_or_else(|| invalid(at, format!("{what} needs a password or password_env")))?;
-            if c.client_users.iter().any(|known| known.name == u.name) {
+            if c.redis.users.iter().any(|known| known.name == u.name) {
                 return Err(invalid(at, format!("{what} is given twice")));
             }
-            c.client_users.push(ClientUser {
+            c.redis.users.push(ClientUser {
                 name: u.name,
                 password,
             });
         }
-        c.backend_auth = p
+        c.redis.backend_auth = p
             .backend_auth
             .map(|b| b.into_auth(at, "backend_auth"))
             .transpose()?;
@@ -456,71 +472,64 @@ impl Pool {
             .map(|t| BackendTls::load(&t.ca, t.cert.as_deref(), t.key.as_deref(), t.server_name))
             .transpose()
             .map_err(|e| invalid(at, format!("backend_tls: {e}")))?;
-        c.sentinels = p.sentinels.unwrap_or_default();
-        c.sentinel_auth = p
-            .sentinel_auth
-            .map(|b| b.into_auth(at, "sentinel_auth"))
-            .transpose()?;
-        c.db = p.db.unwrap_or(0);
-        c.databases = match p.databases {
+        c.redis.db = p.db.unwrap_or(0);
+        c.redis.databases = match p.databases {
             Some(0) => return Err(invalid(at, "databases must be at least 1")),
             databases => databases.unwrap_or(1),
         };
-        c.client_connections = p.client_connections.filter(|&n| n > 0);
-        c.backlog = p.backlog.unwrap_or(c.backlog);
+        let k = &mut c.clients;
+        k.max_connections = p.client_connections.filter(|&n| n > 0);
+        k.backlog = p.backlog.unwrap_or(k.backlog);
         if c.protocol == Protocol::Memcache {
             // The longest multi-get line: libmemcached's mget puts every key on one line.
-            c.limits.max_inline_bytes = crate::protocol::memcache::Limits::default().max_get_line;
+            k.requests.max_inline_bytes = crate::protocol::memcache::Limits::default().max_get_line;
         }
         if let Some(l) = p.limits {
-            c.limits.max_args = l.max_args.unwrap_or(c.limits.max_args);
-            c.limits.max_bulk_bytes = l.max_bulk_bytes.unwrap_or(c.limits.max_bulk_bytes);
-            c.limits.max_inline_bytes = l.max_inline_bytes.unwrap_or(c.limits.max_inline_bytes);
-            c.limits.max_request_bytes = l.max_request_bytes.unwrap_or(c.limits.max_request_bytes);
-            c.limits.max_unauthenticated_bytes = l
+            let r = &mut k.requests;
+            r.max_args = l.max_args.unwrap_or(r.max_args);
+            r.max_bulk_bytes = l.max_bulk_bytes.unwrap_or(r.max_bulk_bytes);
+            r.max_inline_bytes = l.max_inline_bytes.unwrap_or(r.max_inline_bytes);
+            r.max_request_bytes = l.max_request_bytes.unwrap_or(r.max_request_bytes);
+            r.max_unauthenticated_bytes = l
                 .max_unauthenticated_bytes
-                .unwrap_or(c.limits.max_unauthenticated_bytes);
-            c.max_client_output_bytes = l
-                .max_client_output_bytes
-                .unwrap_or(c.max_client_output_bytes);
+                .unwrap_or(r.max_unauthenticated_bytes);
+            k.max_output_bytes = l.max_client_output_bytes.unwrap_or(k.max_output_bytes);
             // By default never under the soft limit, which would then never apply.
-            c.max_client_output_hard_bytes = match l.max_client_output_hard_bytes {
-                Some(hard) if hard < c.max_client_output_bytes => {
+            k.max_output_hard_bytes = match l.max_client_output_hard_bytes {
+                Some(hard) if hard < k.max_output_bytes => {
                     return Err(invalid(
                         at,
                         "max_client_output_hard_bytes must be at least max_client_output_bytes",
                     ));
                 }
                 Some(hard) => hard,
-                None => DEFAULT_HARD_OUTPUT_BYTES.max(c.max_client_output_bytes),
+                None => DEFAULT_HARD_OUTPUT_BYTES.max(k.max_output_bytes),
             };
-            c.max_pipeline = l.max_pipeline.unwrap_or(c.max_pipeline).max(1);
+            k.max_pipeline = l.max_pipeline.unwrap_or(k.max_pipeline).max(1);
             c.max_reply_depth = l.max_reply_depth.unwrap_or(c.max_reply_depth).max(1);
         }
-        let memcache_only = p.item_size_max.is_some() || p.reject_past_exptime.is_some();
-        c.item_size_max = p.item_size_max.unwrap_or(c.item_size_max);
-        c.allow_flush = p.allow_flush.unwrap_or(false);
-        c.allow_keys = p.allow_keys.unwrap_or(false);
-        c.allow_config = p.allow_config.unwrap_or(false);
-        c.slowlog_slower_than_us = p.slowlog_slower_than_us.unwrap_or(c.slowlog_slower_than_us);
-        c.slowlog_max_len = p.slowlog_max_len.unwrap_or(c.slowlog_max_len);
-        c.auth_max_failures = p.auth_max_failures.unwrap_or(c.auth_max_failures);
         // 0: no bound.
         let bound = |ms: u64| (ms > 0).then(|| millis(ms));
-        c.client_idle_timeout = p
-            .client_idle_timeout_ms
-            .map_or(c.client_idle_timeout, bound);
-        c.client_request_timeout = p
-            .client_request_timeout_ms
-            .map_or(c.client_request_timeout, bound);
-        c.client_output_timeout = p
-            .client_output_timeout_ms
-            .map_or(c.client_output_timeout, millis);
-        c.reject_past_exptime = p.reject_past_exptime.unwrap_or(false);
+        let k = &mut c.clients;
+        k.idle_timeout = p.client_idle_timeout_ms.map_or(k.idle_timeout, bound);
+        k.request_timeout = p.client_request_timeout_ms.map_or(k.request_timeout, bound);
+        k.output_timeout = p.client_output_timeout_ms.map_or(k.output_timeout, millis);
+        let memcache_only = p.item_size_max.is_some() || p.reject_past_exptime.is_some();
+        let m = &mut c.memcache;
+        m.item_size_max = p.item_size_max.unwrap_or(m.item_size_max);
+        m.reject_past_exptime = p.reject_past_exptime.unwrap_or(false);
+        c.allow_flush = p.allow_flush.unwrap_or(false);
+        let r = &mut c.redis;
+        r.allow_keys = p.allow_keys.unwrap_or(false);
+        r.allow_config = p.allow_config.unwrap_or(false);
+        r.slowlog_slower_than_us = p.slowlog_slower_than_us.unwrap_or(r.slowlog_slower_than_us);
+        r.slowlog_max_len = p.slowlog_max_len.unwrap_or(r.slowlog_max_len);
+        r.auth_max_failures = p.auth_max_failures.unwrap_or(r.auth_max_failures);
         Ok(PoolParts {
             listen: p.listen,
             at,
             memcache_only,
+            sentinel_keys,
             config: c,
             servers: p.servers,
         })

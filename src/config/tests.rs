@@ -44,7 +44,7 @@ fn full_schema() {
     assert_eq!(p.timeout, Duration::from_millis(250));
     assert_eq!(p.server_connections, 2);
     assert_eq!(p.read_from, ReadFrom::ReplicaPreferred);
-    assert_eq!(p.failover, Failover::Eject);
+    assert_eq!(p.failover.kind(), Failover::Eject);
     assert_eq!(p.health_check.failures, 2);
     assert_eq!(p.health_check.successes, 2);
     let ids: Vec<&str> = p.servers.iter().map(|s| s.identity.as_str()).collect();
@@ -85,20 +85,23 @@ const TWEMPROXY_REDIS: &str = "alpha:
 fn twemproxy_redis_pool_as_is() {
     let c = parse(TWEMPROXY_REDIS).unwrap();
     let p = &c.pools[0];
-    assert_eq!(p.failover, Failover::Eject);
+    let eject = FailoverMode::Eject {
+        failure_limit: 1,
+        retry_timeout: Duration::from_millis(2000),
+    };
+    assert_eq!(p.failover, eject);
     assert_eq!(
-        p.client_users,
+        p.redis.users,
         [ClientUser {
             name: "default".to_string(),
             password: "secret".to_string()
         }]
     );
-    assert_eq!(p.backend_auth.as_ref().unwrap().password, "secret");
-    assert_eq!((p.db, p.failure_limit), (2, 1));
-    assert_eq!(p.retry_timeout, Duration::from_millis(2000));
+    assert_eq!(p.redis.backend_auth.as_ref().unwrap().password, "secret");
+    assert_eq!(p.redis.db, 2);
     assert_eq!(p.timeout, Duration::from_millis(400));
     assert_eq!(
-        (p.backlog, p.client_connections, p.preconnect),
+        (p.clients.backlog, p.clients.max_connections, p.preconnect),
         (1024, Some(100), true)
     );
     assert_eq!(p.hash_tag, Some(HashTag(*b"{}")));
@@ -114,10 +117,10 @@ fn twemproxy_pool_without_redis_is_memcache() {
     let config = parse(&text).unwrap();
     let mc = config.pools.iter().find(|p| p.name == "mc").unwrap();
     assert_eq!(mc.protocol, Protocol::Memcache);
-    assert_eq!(mc.failover, Failover::Eject);
+    assert_eq!(mc.failover.kind(), Failover::Eject);
     assert_eq!(mc.servers[0].identity, "127.0.0.1");
-    assert_eq!(mc.item_size_max, 1024 * 1024);
-    assert!(!mc.allow_flush && !mc.reject_past_exptime);
+    assert_eq!(mc.memcache.item_size_max, 1024 * 1024);
+    assert!(!mc.allow_flush && !mc.memcache.reject_past_exptime);
 }
 
 #[test]
@@ -125,7 +128,11 @@ fn memcache_settings() {
     let text = "pools:\n  mc:\n    listen: 127.0.0.1:22122\n    protocol: memcache\n    item_size_max: 2048\n    allow_flush: true\n    reject_past_exptime: true\n    servers:\n      - { name: a, master: 127.0.0.1:11211, replicas: [127.0.0.1:11212] }\n";
     let mc = &parse(text).unwrap().pools[0];
     assert_eq!(
-        (mc.item_size_max, mc.allow_flush, mc.reject_past_exptime),
+        (
+            mc.memcache.item_size_max,
+            mc.allow_flush,
+            mc.memcache.reject_past_exptime
+        ),
         (2048, true, true)
     );
     assert_eq!(mc.servers[0].replicas.len(), 1);
@@ -231,7 +238,8 @@ fn client_users_with_passwords_from_the_environment() {
     let text = "pools:\n  p:\n    listen: 127.0.0.1:6380\n    auth: { password: pool-pass }\n    users:\n      - { name: app, password: app-pass }\n      - { name: ops, password_env: PATH }\n    servers: [127.0.0.1:7000:1]\n";
     let p = &parse(text).unwrap().pools[0];
     let users: Vec<(&str, &str)> = p
-        .client_users
+        .redis
+        .users
         .iter()
         .map(|u| (u.name.as_str(), u.password.as_str()))
         .collect();
@@ -261,9 +269,11 @@ fn sentinel_pools_may_leave_masters_to_sentinel() {
     let text = "pools:\n  p:\n    listen: 127.0.0.1:6380\n    failover: sentinel\n    sentinels: [127.0.0.1:26379, 127.0.0.1:26380]\n    sentinel_auth: { password: s }\n    servers:\n      - { name: one }\n      - { name: two, master: 127.0.0.1:7001 }\n";
     let config = Config::parse("test.yml", text).unwrap();
     let p = &config.pools[0];
-    assert_eq!(p.failover, Failover::Sentinel);
-    assert_eq!(p.sentinels.len(), 2);
-    assert_eq!(p.sentinel_auth.as_ref().unwrap().password, "s");
+    let FailoverMode::Sentinel { sentinels, auth } = &p.failover else {
+        panic!("{:?}", p.failover);
+    };
+    assert_eq!(sentinels.len(), 2);
+    assert_eq!(auth.as_ref().unwrap().password, "s");
     assert_eq!(p.servers[0].master, None);
     assert_eq!(p.servers[1].master, Some("127.0.0.1:7001".parse().unwrap()));
 }
@@ -285,7 +295,7 @@ fn the_hard_output_limit_is_never_under_the_soft_one() {
             "pools:\n  p:\n    listen: 127.0.0.1:6380\n{limits}    servers: [127.0.0.1:7000:1]\n"
         );
         let c = parse(&text).unwrap().pools.remove(0);
-        (c.max_client_output_bytes, c.max_client_output_hard_bytes)
+        (c.clients.max_output_bytes, c.clients.max_output_hard_bytes)
     };
     assert_eq!(pool(""), (16 << 20, 64 << 20));
     let raised = "    limits: { max_client_output_bytes: 134217728 }\n";

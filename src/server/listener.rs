@@ -153,7 +153,8 @@ pub async fn serve(
         let tls = pool.client_tls();
         let over_limit = pool
             .config
-            .client_connections
+            .clients
+            .max_connections
             .is_some_and(|limit| pool.metrics.client_connections.get() >= i64::from(limit));
         let descriptor = match over_limit {
             true => None,
@@ -327,7 +328,8 @@ async fn accept_tls(
 ) -> Option<Stream> {
     let bound = pool
         .config
-        .client_request_timeout
+        .clients
+        .request_timeout
         .unwrap_or(HANDSHAKE_TIMEOUT);
     let secure = tokio::time::timeout(bound, stream.accept_tls(tls))
         .await

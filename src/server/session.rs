@@ -186,7 +186,7 @@ impl<F: Frontend> Session<F> {
                 // Like Redis's `timeout`, not for a Pub/Sub subscriber; counted from the last
                 // reply, so the burst's lingering is part of it. Only an idle client with a
                 // bound holds a timer.
-                let mut idle = (self.pool.config.client_idle_timeout)
+                let mut idle = (self.pool.config.clients.idle_timeout)
                     .filter(|_| !self.out.listening)
                     .map(|t| Box::pin(tokio::time::sleep(t.saturating_sub(self.linger()))));
                 let session = &mut self;
@@ -252,7 +252,7 @@ impl<F: Frontend> Session<F> {
 
     /// How long a burst outlives its last reply: [`LINGER`], or the idle timeout if shorter.
     fn linger(&self) -> Duration {
-        let idle_timeout = self.pool.config.client_idle_timeout;
+        let idle_timeout = self.pool.config.clients.idle_timeout;
         idle_timeout.map_or(LINGER, |t| t.min(LINGER))
     }
 
@@ -296,7 +296,7 @@ impl<F: Frontend> Session<F> {
         let mut closing = false;
         // Armed while the client holds more unread replies than it may: then it is closed.
         let mut unread_too_long: Option<Pin<Box<Sleep>>> = None;
-        let max_unread = self.pool.config.max_client_output_bytes;
+        let max_unread = self.pool.config.clients.max_output_bytes;
         if self.out.listening {
             // Messages that arrived while the session was idle.
             inbox.take(&mut completions);
@@ -350,7 +350,7 @@ impl<F: Frontend> Session<F> {
                             timing.read(first, self.out.next_seq(), at);
                             unparsed = !read_buf.is_empty() && !self.has_room();
                             // The bound is on one request: it starts again when one completes.
-                            let bound = self.pool.config.client_request_timeout;
+                            let bound = self.pool.config.clients.request_timeout;
                             let progressed = self.out.next_seq() > first;
                             match (&mut incomplete, bound) {
                                 _ if !self.fe.is_mid_request(&read_buf) || unparsed => incomplete = None,
@@ -410,7 +410,7 @@ impl<F: Frontend> Session<F> {
                     Err(_) => return Burst::Close,
                 }
             }
-            if self.out.owed() > self.pool.config.max_client_output_hard_bytes {
+            if self.out.owed() > self.pool.config.clients.max_output_hard_bytes {
                 return self.close_for_unread_replies("max_client_output_hard_bytes");
             }
             if self.out.owed() <= max_unread {
@@ -419,7 +419,7 @@ impl<F: Frontend> Session<F> {
                 // A publisher cannot be made to wait: a subscriber that does not read goes.
                 return self.close_for_unread_replies("max_client_output_bytes");
             } else if unread_too_long.is_none() {
-                let allowed = self.pool.config.client_output_timeout;
+                let allowed = self.pool.config.clients.output_timeout;
                 unread_too_long = Some(Box::pin(tokio::time::sleep(allowed)));
             }
             let answered = self.out.first_unanswered();
@@ -481,9 +481,9 @@ impl<F: Frontend> Session<F> {
     pub(super) fn has_room(&self) -> bool {
         let c = &self.pool.config;
         let in_flight = self.out.pending() + self.listing.inbox().late();
-        let each = (self.out.typical_reply()).unwrap_or(c.max_client_output_bytes / FIRST_REPLIES);
-        in_flight < c.max_pipeline
-            && self.out.owed() + in_flight.saturating_mul(each) <= c.max_client_output_bytes
+        let each = (self.out.typical_reply()).unwrap_or(c.clients.max_output_bytes / FIRST_REPLIES);
+        in_flight < c.clients.max_pipeline
+            && self.out.owed() + in_flight.saturating_mul(each) <= c.clients.max_output_bytes
             && !self.is_blocked()
     }
 

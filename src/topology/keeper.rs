@@ -16,7 +16,7 @@ use super::sentinel::MasterNamed;
 use super::shards::NodeMaker;
 use super::state::{PoolState, Shard};
 use crate::backend::{Health, NodeEvent, NodeId, Role};
-use crate::config::{Address, Failover, PoolConfig};
+use crate::config::{Address, FailoverMode, PoolConfig};
 use crate::metrics::ShardMetrics;
 use crate::placement::Ring;
 
@@ -232,7 +232,7 @@ impl Keeper {
         if self.follow_roles(s) {
             return true;
         }
-        if self.config.failover == Failover::Promote {
+        if self.config.failover == FailoverMode::Promote {
             self.start_promotion(s);
         }
         false
@@ -472,6 +472,9 @@ impl Keeper {
     /// rehash to the others meanwhile. A replicated shard stays while another of its nodes is
     /// up: its keys are served there without moving. Returns whether it left the ring now.
     fn eject(&mut self, s: usize) -> bool {
+        let FailoverMode::Eject { retry_timeout, .. } = self.config.failover else {
+            return false;
+        };
         let shard = &self.shards[s];
         let standby_up =
             shard.replicated && (0..shard.nodes.len()).any(|i| i != shard.master && shard.is_up(i));
@@ -481,9 +484,9 @@ impl Keeper {
         let leaves = self.out_until[s].is_none();
         if leaves {
             shard.master().count_ejection();
-            tracing::warn!(pool = %self.config.name, server = %shard.name, "ejecting server for {} ms", self.config.retry_timeout.as_millis());
+            tracing::warn!(pool = %self.config.name, server = %shard.name, "ejecting server for {} ms", retry_timeout.as_millis());
         }
-        self.out_until[s] = Some(Instant::now() + self.config.retry_timeout);
+        self.out_until[s] = Some(Instant::now() + retry_timeout);
         leaves
     }
 
@@ -565,3 +568,6 @@ async fn next<T>(rx: &mut Option<UnboundedReceiver<T>>) -> Option<T> {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -24,7 +24,7 @@ use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use tokio::sync::mpsc;
 
 use crate::backend::NodeEvent;
-use crate::config::{Config, Failover, PoolConfig};
+use crate::config::{Config, PoolConfig};
 use crate::metrics::{Metrics, PoolMetrics};
 use crate::net::ServerTls;
 use crate::slowlog::SlowLog;
@@ -148,7 +148,7 @@ impl Pool {
         };
         let (keeper, state, promoted) = Keeper::new(config.clone(), maker);
         let (reshape, reshape_rx) = mpsc::unbounded_channel();
-        let sentinel = (config.failover == Failover::Sentinel).then(|| {
+        let sentinel = (config.failover.is_sentinel()).then(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             sentinel::follow(config, tx);
             rx
@@ -162,7 +162,10 @@ impl Pool {
             metrics: metrics.pool(&config.name),
             started: std::time::Instant::now(),
             scripts: Arc::default(),
-            slowlog: SlowLog::new(config.slowlog_slower_than_us, config.slowlog_max_len),
+            slowlog: SlowLog::new(
+                config.redis.slowlog_slower_than_us,
+                config.redis.slowlog_max_len,
+            ),
             clients: Clients::default(),
             client_tls: ArcSwapOption::new(config.tls.as_ref().map(ServerTls::config)),
         }

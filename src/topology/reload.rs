@@ -24,7 +24,7 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Pool, Topology, lock, sentinel};
-use crate::config::{Config, Failover, Listen, PoolConfig, ServerConfig};
+use crate::config::{Config, FailoverMode, Listen, PoolConfig, ServerConfig};
 use crate::net::ServerTls;
 /// The configuration file being served, and what its last reload did.
 #[derive(Clone, Debug)]
@@ -173,7 +173,10 @@ impl Topology {
 impl Plan {
     /// The addresses the new configuration listens on, with each pool's backlog.
     pub fn listens(&self) -> impl Iterator<Item = (&Listen, u32)> {
-        self.config.pools.iter().map(|p| (&p.listen, p.backlog))
+        self.config
+            .pools
+            .iter()
+            .map(|p| (&p.listen, p.clients.backlog))
     }
 }
 
@@ -265,7 +268,7 @@ fn plan(served: &[Arc<Pool>], config: Config) -> Result<Plan, String> {
                 pool: served[i].clone(),
                 config: match new.failover {
                     // Sentinel named the nodes of these servers.
-                    Failover::Sentinel => PoolConfig {
+                    FailoverMode::Sentinel { .. } => PoolConfig {
                         servers: current[i].servers.clone(),
                         ..new.clone()
                     },
@@ -293,7 +296,7 @@ fn keep(current: &[PoolConfig], new: &[PoolConfig]) -> Vec<Option<usize>> {
                 tls: pool.tls.clone(),
                 ..old.clone()
             } == *pool;
-            let renamed_nodes = old.failover == Failover::Sentinel && servers_differ(old, pool);
+            let renamed_nodes = old.failover.is_sentinel() && servers_differ(old, pool);
             (settings_kept && !renamed_nodes).then_some(i)
         })
         .collect()
@@ -302,7 +305,7 @@ fn keep(current: &[PoolConfig], new: &[PoolConfig]) -> Vec<Option<usize>> {
 /// Whether `new` lists other servers than `old`. In a sentinel pool a server's nodes are
 /// Sentinel's to name, so only names, identities and weights count.
 fn servers_differ(old: &PoolConfig, new: &PoolConfig) -> bool {
-    if old.failover != Failover::Sentinel {
+    if !old.failover.is_sentinel() {
         return old.servers != new.servers;
     }
     let placed = |s: &ServerConfig| (s.name.clone(), s.identity.clone(), s.weight);

@@ -11,7 +11,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::{MissedTickBehavior, interval, sleep};
 
 use crate::backend::{Named, SentinelClient};
-use crate::config::{Address, Config, Failover, PoolConfig};
+use crate::config::{Address, Config, FailoverMode, PoolConfig};
 
 /// What a Sentinel says: server `server`'s master is now `master`.
 #[derive(Debug)]
@@ -21,9 +21,12 @@ pub(super) struct MasterNamed {
 }
 
 fn clients(pool: &PoolConfig) -> Vec<SentinelClient> {
-    pool.sentinels
+    let FailoverMode::Sentinel { sentinels, auth } = &pool.failover else {
+        return Vec::new();
+    };
+    sentinels
         .iter()
-        .map(|addr| SentinelClient::new(addr.clone(), pool.sentinel_auth.as_ref(), pool.timeout))
+        .map(|addr| SentinelClient::new(addr.clone(), auth.as_ref(), pool.timeout))
         .collect()
 }
 
@@ -52,7 +55,7 @@ pub async fn discover(config: &mut Config) -> Result<(), String> {
 
 /// What [`discover`] does for one pool (nothing unless it is a sentinel pool).
 pub async fn discover_pool(pool: &mut PoolConfig) -> Result<(), String> {
-    if pool.failover != Failover::Sentinel {
+    if !pool.failover.is_sentinel() {
         return Ok(());
     }
     let sentinels = clients(pool);

@@ -8,7 +8,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::state::{NodeStatus, Shard};
 use crate::backend::{Node, NodeEvent, NodeSpec};
-use crate::config::{Failover, PoolConfig, Protocol, ServerConfig};
+use crate::config::{FailoverMode, PoolConfig, Protocol, ServerConfig};
 use crate::metrics::{Metrics, ServerLabels};
 use crate::workers::Workers;
 
@@ -71,8 +71,10 @@ impl NodeMaker {
             addr: addr.clone(),
             metrics: self.metrics.server(labels),
             events: self.events.clone(),
-            failure_limit: (i == 0 && pool.failover == Failover::Eject)
-                .then_some(pool.failure_limit),
+            failure_limit: match pool.failover {
+                FailoverMode::Eject { failure_limit, .. } if i == 0 => Some(failure_limit),
+                _ => None,
+            },
             flush_when_back: pool.protocol == Protocol::Memcache && !server.replicas.is_empty(),
         };
         Arc::new(Node::start(&self.workers, pool, spec))

@@ -42,8 +42,8 @@ impl Frontend for Memcache {
     fn handle_input(s: &mut McSession, buf: &mut BytesMut) -> bool {
         let state = s.pool.state();
         let limits = Limits {
-            item_size_max: s.pool.config.item_size_max,
-            max_get_line: s.pool.config.limits.max_inline_bytes,
+            item_size_max: s.pool.config.memcache.item_size_max,
+            max_get_line: s.pool.config.clients.requests.max_inline_bytes,
         };
         let mut counts = ClassCounts::default();
         let closing = loop {
@@ -220,7 +220,7 @@ impl McSession {
                 "exptime over 30 days is read as a Unix time, and this one is past: the item expires at once"
             );
         }
-        if !self.pool.config.reject_past_exptime {
+        if !self.pool.config.memcache.reject_past_exptime {
             return true;
         }
         if !req.is_quiet() || req.verb.is_meta() {

@@ -146,7 +146,10 @@ fn section(pool: &Pool, state: &PoolState, name: &str) -> Section {
             &[
                 ("connected_clients", m.client_connections.get().to_string()),
                 ("cluster_connections", "0".into()),
-                ("maxclients", max_clients(c.client_connections).to_string()),
+                (
+                    "maxclients",
+                    max_clients(c.clients.max_connections).to_string(),
+                ),
                 ("client_recent_max_input_buffer", "0".into()),
                 ("client_recent_max_output_buffer", "0".into()),
                 ("blocked_clients", m.blocked_clients.get().to_string()),

@@ -38,7 +38,7 @@ pub(super) fn route<N>(
     };
     match fanout {
         Fanout::Scan => scan(state, req),
-        Fanout::Keys if !config.allow_keys => Plan::Fail(ClientError::Refused(
+        Fanout::Keys if !config.redis.allow_keys => Plan::Fail(ClientError::Refused(
             "KEYS would scan every shard; the pool needs allow_keys: true (or use SCAN)".into(),
         )),
         Fanout::Keys => masters(Merge::Concat),
@@ -71,7 +71,7 @@ fn config_admin<N>(state: &PoolState<N>, config: &PoolConfig, req: &Request) -> 
             },
             req.frame().clone(),
         )),
-        b"SET" | b"RESETSTAT" if !config.allow_config => Plan::Fail(ClientError::Refused(
+        b"SET" | b"RESETSTAT" if !config.redis.allow_config => Plan::Fail(ClientError::Refused(
             format!(
                 "CONFIG {} would change every node; the pool needs allow_config: true",
                 String::from_utf8_lossy(&sub)

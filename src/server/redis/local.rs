@@ -59,7 +59,7 @@ fn select(cx: Local<'_>, req: &Request) -> Plan {
         ));
     }
     match u16::try_from(db) {
-        Ok(db) if db < cx.pool.config.databases => {
+        Ok(db) if db < cx.pool.config.redis.databases => {
             cx.client.db = db;
             ok()
         }
@@ -71,7 +71,7 @@ fn select(cx: Local<'_>, req: &Request) -> Plan {
 /// needs AUTH (as Redis logs the client in as `default`). Failed AUTHs still count.
 fn reset(cx: Local<'_>) -> Plan {
     let failures = cx.client.auth_failures;
-    *cx.client = ClientState::new(cx.pool.config.client_users.is_empty());
+    *cx.client = ClientState::new(cx.pool.config.redis.users.is_empty());
     cx.client.auth_failures = failures;
     cx.listing.set_name(None);
     cx.listing.set_user("default");
@@ -176,7 +176,8 @@ fn check_password(cx: &mut Local<'_>, user: &[u8], password: &[u8]) -> Result<()
     let ok = cx
         .pool
         .config
-        .client_users
+        .redis
+        .users
         .iter()
         .filter(|u| u.name.as_bytes() == user)
         .fold(false, |ok, u| {
@@ -184,7 +185,7 @@ fn check_password(cx: &mut Local<'_>, user: &[u8], password: &[u8]) -> Result<()
         });
     if !ok {
         cx.client.auth_failures = cx.client.auth_failures.saturating_add(1);
-        let users = &cx.pool.config.client_users;
+        let users = &cx.pool.config.redis.users;
         let known = users.iter().find(|u| u.name.as_bytes() == user);
         let shown = known.map_or("unknown", |u| u.name.as_str());
         return Err(cx.pool.metrics.auth_failures.failed(shown, cx.listing.addr));
@@ -198,7 +199,7 @@ fn auth(mut cx: Local<'_>, req: &Request) -> Plan {
     if req.argc() > 3 {
         return Plan::Fail(ClientError::WrongArity("auth".into()));
     }
-    if cx.pool.config.client_users.is_empty() {
+    if cx.pool.config.redis.users.is_empty() {
         return Plan::Fail(ClientError::Exact("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?".into()));
     }
     let (user, password) = if req.argc() == 3 {

@@ -99,7 +99,7 @@ pub(super) type RespSession = Session<Resp>;
 
 impl Frontend for Resp {
     fn new(pool: &Pool) -> Resp {
-        let open = pool.config.client_users.is_empty();
+        let open = pool.config.redis.users.is_empty();
         Resp {
             parser: RequestParser::default(),
             client: ClientState::new(open),
@@ -129,7 +129,8 @@ impl Frontend for Resp {
 
     fn log_slow(s: &RespSession, request: Recorded, took: Duration) {
         let mut frame = BytesMut::from(&request.frame[..]);
-        let Ok(Some(req)) = RequestParser::default().parse(&mut frame, &s.pool.config.limits, true)
+        let Ok(Some(req)) =
+            RequestParser::default().parse(&mut frame, &s.pool.config.clients.requests, true)
         else {
             return;
         };
@@ -187,7 +188,7 @@ impl RespSession {
             }
             // AUTH (or HELLO … AUTH) lifts the bound on unauthenticated requests.
             let authenticated = self.fe.client.authenticated;
-            match (self.fe.parser).parse(buf, &self.pool.config.limits, authenticated) {
+            match (self.fe.parser).parse(buf, &self.pool.config.clients.requests, authenticated) {
                 Ok(Some(req)) => {
                     let cmd = command::lookup(req.arg(0));
                     counts.count(cmd.map_or(Class::Unknown, Command::class));
@@ -336,7 +337,7 @@ impl RespSession {
         };
         self.execute(state, plan);
         // A client guessing passwords is closed once its error reply is written.
-        let max = self.pool.config.auth_max_failures;
+        let max = self.pool.config.redis.auth_max_failures;
         let guessing = max > 0 && self.fe.client.auth_failures >= max;
         if guessing && !quit {
             self.pool.metrics.closed(CloseReason::AuthFailures);
