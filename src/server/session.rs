@@ -3,19 +3,20 @@
 //! request on the nodes of the pool's current snapshot; write the replies in request order,
 //! batched into one write per wakeup.
 
+mod burst;
 mod plans;
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::time::Sleep;
 
 use super::outbox::Outbox;
-use super::timing::{Recorded, Timing};
+use super::timing::Recorded;
 use crate::backend::{Completion, Mailbox, Profile, Token};
 use crate::metrics::CloseReason;
 use crate::net::Stream;
@@ -274,185 +275,6 @@ impl<F: Frontend> Session<F> {
                         self.out.push_message(message);
                     }
                 }
-            }
-        }
-    }
-
-    /// Serves requests until nothing has been in flight or buffered for `linger`
-    /// (`Burst::Idle`), or the connection is to close. `leaving`: the pool has asked the
-    /// client to leave already.
-    async fn burst(&mut self, leaving: bool) -> Burst {
-        // Asked to leave: the client is still read for a while and closed between requests,
-        // once everything it sent is answered and nothing more is waiting on its socket.
-        let mut leave_by = leaving.then(|| Instant::now() + LEAVE_GRACE);
-        let linger = self.linger();
-        let mut read_buf = BytesMut::new();
-        let mut completions = Vec::new();
-        let mut timing = Timing::default();
-        // Armed while a request is incomplete: a client that sends one slowly is closed.
-        let mut incomplete: Option<Pin<Box<Sleep>>> = None;
-        let listing = self.listing.clone();
-        let inbox = listing.inbox();
-        let mut closing = false;
-        // Armed while the client holds more unread replies than it may: then it is closed.
-        let mut unread_too_long: Option<Pin<Box<Sleep>>> = None;
-        let max_unread = self.pool.config.clients.max_output_bytes;
-        if self.out.listening {
-            // Messages that arrived while the session was idle.
-            inbox.take(&mut completions);
-            self.complete_all(&mut completions);
-        }
-        // Requests read but left unparsed for want of room (see `has_room`).
-        let mut unparsed = false;
-        // Armed (`quiet`) once everything asked is answered: the burst ends when it fires.
-        let lingering = tokio::time::sleep(linger);
-        tokio::pin!(lingering);
-        let mut quiet = false;
-        loop {
-            if unparsed && self.has_room() && !closing {
-                // Room again for requests already read.
-                let (first, at) = (self.out.next_seq(), Instant::now());
-                closing = F::handle_input(self, &mut read_buf);
-                timing.read(first, self.out.next_seq(), at);
-                unparsed = !read_buf.is_empty() && !self.has_room();
-            } else {
-                // While blocked, the client is still read (up to a bound), so that its
-                // leaving is seen and its blocking command's connection closed.
-                let can_read = !closing
-                    && (self.has_room() && !unparsed
-                        || self.is_blocked() && read_buf.len() < READ_WHILE_BLOCKED);
-                let unwritten = !self.out.output().is_empty() || self.stream.is_holding_output();
-                tokio::select! {
-                    biased;
-                    // Replies, messages, and what the pool asks of the client.
-                    _ = inbox.wait() => {
-                        let signals = self.listing.take_signals();
-                        if signals.kill() {
-                            self.count_kill(signals);
-                            return Burst::Close;
-                        }
-                        if signals.leave() && leave_by.is_none() {
-                            leave_by = Some(Instant::now() + LEAVE_GRACE);
-                        }
-                        inbox.take(&mut completions);
-                        self.complete_all(&mut completions);
-                        if self.out.has_retries() {
-                            self.resend();
-                        }
-                    }
-                    writable = self.stream.writable(), if unwritten => if writable.is_err() {
-                        return Burst::Close;
-                    },
-                    read = self.stream.read_some(&mut read_buf, &mut self.read_chunk), if can_read => {
-                        if matches!(read, Ok(n) if n > 0) {
-                            let (first, at) = (self.out.next_seq(), Instant::now());
-                            closing = F::handle_input(self, &mut read_buf);
-                            timing.read(first, self.out.next_seq(), at);
-                            unparsed = !read_buf.is_empty() && !self.has_room();
-                            // The bound is on one request: it starts again when one completes.
-                            let bound = self.pool.config.clients.request_timeout;
-                            let progressed = self.out.next_seq() > first;
-                            match (&mut incomplete, bound) {
-                                _ if !self.fe.is_mid_request(&read_buf) || unparsed => incomplete = None,
-                                (Some(timer), Some(t)) if progressed => {
-                                    timer.as_mut().reset(tokio::time::Instant::now() + t);
-                                }
-                                (None, Some(t)) => incomplete = Some(Box::pin(tokio::time::sleep(t))),
-                                _ => {}
-                            }
-                        } else {
-                            // The client is done sending: answer what it asked, then close; but
-                            // like Redis, do not wait on its blocking commands, which may never
-                            // return (their reserved connections close with the session).
-                            if self.fe.is_mid_request(&read_buf) {
-                                tracing::debug!(session = self.listing.id, "client closed in the middle of a request");
-                            }
-                            if self.holds_any() {
-                                return Burst::Close;
-                            }
-                            closing = true;
-                        }
-                    }
-                    // Only while reading: a client the proxy stops reading from is not slow.
-                    _ = fires(&mut incomplete), if can_read => {
-                        tracing::debug!(session = self.listing.id, "a request stayed incomplete too long: client closed");
-                        self.pool.metrics.closed(CloseReason::RequestTimeout);
-                        return Burst::Close;
-                    }
-                    _ = fires(&mut unread_too_long) => {
-                        return self.close_for_unread_replies("max_client_output_bytes");
-                    }
-                    _ = &mut lingering, if quiet => {
-                        self.out.shrink();
-                        match &mut self.in_flight {
-                            Some(f) if !f.held.is_empty() => f.recorded = VecDeque::new(),
-                            _ => self.in_flight = None,
-                        }
-                        return Burst::Idle;
-                    }
-                }
-            }
-            self.out.collect_ready();
-            if self.holds_any() {
-                self.give_back_done();
-            }
-            // Counted before the client can see them.
-            let errors = self.out.take_errors();
-            for (counter, n) in self.pool.metrics.errors.iter().zip(errors.0) {
-                if n > 0 {
-                    counter.inc_by(n);
-                }
-            }
-            // What the socket takes now is written; the rest waits until the client reads.
-            if !self.out.output().is_empty() || self.stream.is_holding_output() {
-                match self.stream.try_write(self.out.output()) {
-                    Ok(n) => self.out.consume_output(n),
-                    Err(_) => return Burst::Close,
-                }
-            }
-            if self.out.owed() > self.pool.config.clients.max_output_hard_bytes {
-                return self.close_for_unread_replies("max_client_output_hard_bytes");
-            }
-            if self.out.owed() <= max_unread {
-                unread_too_long = None;
-            } else if self.out.listening {
-                // A publisher cannot be made to wait: a subscriber that does not read goes.
-                return self.close_for_unread_replies("max_client_output_bytes");
-            } else if unread_too_long.is_none() {
-                let allowed = self.pool.config.clients.output_timeout;
-                unread_too_long = Some(Box::pin(tokio::time::sleep(allowed)));
-            }
-            let answered = self.out.first_unanswered();
-            let (metrics, slowlog) = (&self.pool.metrics, &self.pool.slowlog);
-            let mut none = VecDeque::new();
-            let recorded = self
-                .in_flight
-                .as_mut()
-                .map_or(&mut none, |f| &mut f.recorded);
-            let slow = timing.answered(answered, &metrics.latency, recorded, slowlog);
-            for (request, took) in slow {
-                F::log_slow(self, request, took);
-            }
-            let answered_all = self.out.pending() == 0
-                && self.out.output().is_empty()
-                && !self.stream.is_holding_output();
-            if answered_all && closing {
-                return Burst::Close;
-            }
-            if let Some(by) = leave_by {
-                // Past the grace, a client that keeps sending is closed once answered.
-                closing |= Instant::now() >= by;
-                let between_requests = answered_all && !self.fe.is_mid_request(&read_buf);
-                if between_requests && !self.has_input_waiting().await {
-                    return Burst::Close;
-                }
-            }
-            let was_quiet = quiet;
-            quiet = answered_all && read_buf.is_empty();
-            if quiet && !was_quiet {
-                lingering
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + linger);
             }
         }
     }
