@@ -40,8 +40,10 @@
 //!   `scripts`, the scripts loaded through the pool.
 //! - `server`: `listener` (TCP and Unix sockets); `session`, one client's connection and its
 //!   idle wait, `session/burst`, the loop that serves it while it is active (a handler per
-//!   wakeup: inbox, socket, timers; then the flush), and `session/plans`, carrying out a plan
-//!   on the nodes and the connections reserved for a client; `outbox`, reply order, typed tokens, and the parts kept to be sent again; `plan`,
+//!   wakeup: inbox, socket, timers; then the flush), `session/context`, the narrow seam a
+//!   frontend sees instead of the session (pool, client entry, replies owed, room, carrying
+//!   out plans), and `session/plans`, carrying out a plan on the nodes and the connections
+//!   reserved for a client; `outbox`, reply order, typed tokens, and the parts kept to be sent again; `plan`,
 //!   what routing decides; `merge`, collecting the parts of a fanned-out request; `error`, the
 //!   client-error type rendered per protocol; `timing`, each request's time for the latency
 //!   histograms and the slow log. The frontends: `redis` (`route`, `keyspace` for commands

@@ -376,11 +376,32 @@ fn kill_the_master_under_load(shard: &mut Replicated) -> Drill {
         let writes: Vec<Writes> = writers.into_iter().map(|w| w.join().unwrap()).collect();
         (writes, reader.join().unwrap(), (killed, dead))
     });
-    let masters: Vec<String> = shard
-        .instances
-        .iter()
-        .map(|(_, p)| routed_master(p))
-        .collect();
+    let routed = || -> Vec<String> {
+        shard
+            .instances
+            .iter()
+            .map(|(_, p)| routed_master(p))
+            .collect()
+    };
+    // Instances that heard of the failover at different moments may disagree for a moment;
+    // they must agree soon. A disagreement is shown with what each instance logged.
+    let first_seen = routed();
+    let agreed = poll_until(Duration::from_secs(5), || {
+        let masters = routed();
+        masters.iter().all(|m| *m == masters[0])
+    });
+    if first_seen.iter().any(|m| *m != first_seen[0]) {
+        eprintln!("instances routed writes to {first_seen:?} at first (agreed later: {agreed})");
+        for (port, p) in &shard.instances {
+            let log = p.log();
+            let moves: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("writes go") || l.contains("promot"))
+                .collect();
+            eprintln!("instance on {port}:\n{}", moves.join("\n"));
+        }
+    }
+    let masters = routed();
     let new_master = shard
         .replicas
         .iter()

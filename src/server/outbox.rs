@@ -88,8 +88,6 @@ pub(super) struct Outbox {
     /// Sequence number of the first slot.
     first_seq: u64,
     protocol: Protocol,
-    /// Subscribed to Pub/Sub: messages may arrive at any time.
-    pub(super) listening: bool,
     /// How large the client's backend replies are, in bytes (0: none seen yet): it rises at
     /// once with a larger reply and falls slowly, so a client that got large replies a moment
     /// ago is taken to get them still.
@@ -121,7 +119,6 @@ impl Outbox {
         Outbox {
             first_seq: 0,
             protocol,
-            listening: false,
             typical_reply: 0,
             queue: None,
         }

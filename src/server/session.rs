@@ -4,15 +4,15 @@
 //! batched into one write per wakeup.
 
 mod burst;
+mod context;
 mod plans;
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{self, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::time::Sleep;
 
 use super::outbox::Outbox;
@@ -22,7 +22,8 @@ use crate::metrics::CloseReason;
 use crate::net::Stream;
 use crate::net::descriptors::Descriptor;
 use crate::topology::{Client, Pool, Signals};
-use plans::Held;
+use context::Carrier;
+pub(super) use context::Context;
 
 /// A fresh read buffer's size: small, so a burst of idle clients costs little; it doubles
 /// while reads fill it.
@@ -42,25 +43,26 @@ const LINGER: Duration = Duration::from_millis(100);
 /// still read, so that requests it sent before it knew are answered rather than reset.
 const LEAVE_GRACE: Duration = Duration::from_secs(2);
 
-/// Until a client's first reply shows how large its replies are, each request in flight is
-/// taken to be owed this share of `max_client_output_bytes`: a first pipeline of GETs of large
-/// values does not have the node make a gigabyte of replies at once.
-const FIRST_REPLIES: usize = 16;
-
 /// A client protocol: how requests are parsed and routed.
 pub(super) trait Frontend: Sized {
     fn new(pool: &Pool) -> Self;
 
     /// Parses and routes every complete request in `buf`. Returns true when the session must
     /// close after the queued replies (quit, malformed input).
-    fn handle_input(s: &mut Session<Self>, buf: &mut BytesMut) -> bool;
+    fn handle_input(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> bool;
 
     /// Whether `buf` (what is left unparsed) ends in the middle of a request.
     fn is_mid_request(&self, buf: &BytesMut) -> bool;
 
     /// A backend answered part of request `seq` with an error: what the frontend took for
     /// granted when it sent the request (a subscription) is taken back.
-    fn refused(&mut self, _seq: u64, _out: &mut Outbox) {}
+    fn refused(&mut self, _seq: u64) {}
+
+    /// Whether the client listens for Pub/Sub messages, which may come at any time: it is
+    /// never idle, and one that does not read them is closed at once.
+    fn is_listening(&self) -> bool {
+        false
+    }
 
     /// Whether a Pub/Sub message is still for the client: one sent before its unsubscription
     /// reached the backend is not.
@@ -74,7 +76,7 @@ pub(super) trait Frontend: Sized {
     }
 
     /// Adds a request that took `took` to the pool's slow log.
-    fn log_slow(_s: &Session<Self>, _request: Recorded, _took: Duration) {}
+    fn log_slow(&self, _pool: &Pool, _listing: &Client, _request: Recorded, _took: Duration) {}
 }
 
 /// Waits for `timer`, or forever when there is none.
@@ -115,27 +117,14 @@ pub(super) struct Session<F> {
     pub(super) listing: Arc<Client>,
     pub(super) pool: Arc<Pool>,
     stream: Stream,
-    /// The worker thread this session runs on (see [`Session::worker`]).
-    worker: u32,
     /// How much the next read asks for: it doubles while reads fill it.
     read_chunk: u32,
+    /// Carries out the frontend's plans.
+    carrier: Carrier,
     pub(super) out: Outbox,
     pub(super) fe: F,
-    /// Allocated on first use and dropped when a burst ends with it empty: an idle client
-    /// holds none.
-    in_flight: Option<Box<InFlight>>,
     /// The client's socket, counted against the descriptors kept for backend connections.
     _descriptor: Descriptor,
-}
-
-/// What a session keeps of the requests it has not answered yet.
-#[derive(Default)]
-struct InFlight {
-    /// Reserved connections; dropped with the session, they close.
-    held: Vec<Held>,
-    /// Requests kept in case they turn out slow (when the pool keeps a slow log and the
-    /// frontend records them).
-    recorded: VecDeque<Recorded>,
 }
 
 impl<F> Drop for Session<F> {
@@ -160,10 +149,9 @@ impl<F: Frontend> Session<F> {
             out: Outbox::new(pool.config.protocol),
             listing,
             stream,
-            worker: worker as u32,
+            carrier: Carrier::new(worker),
             read_chunk: FIRST_READ_CHUNK,
             fe: F::new(&pool),
-            in_flight: None,
             pool,
         }
     }
@@ -188,7 +176,7 @@ impl<F: Frontend> Session<F> {
                 // reply, so the burst's lingering is part of it. Only an idle client with a
                 // bound holds a timer.
                 let mut idle = (self.pool.config.clients.idle_timeout)
-                    .filter(|_| !self.out.listening)
+                    .filter(|_| !self.fe.is_listening())
                     .map(|t| Box::pin(tokio::time::sleep(t.saturating_sub(self.linger()))));
                 let session = &mut self;
                 match std::future::poll_fn(move |cx| session.poll_idle(&mut idle, cx)).await {
@@ -220,7 +208,7 @@ impl<F: Frontend> Session<F> {
     fn poll_idle(
         &mut self,
         idle: &mut Option<Pin<Box<Sleep>>>,
-        cx: &mut Context<'_>,
+        cx: &mut task::Context<'_>,
     ) -> Poll<Woke> {
         while self.listing.inbox().poll_woken(cx).is_ready() {
             let signals = self.listing.take_signals();
@@ -232,7 +220,7 @@ impl<F: Frontend> Session<F> {
             if signals.kill() || signals.leave() {
                 return Poll::Ready(Woke::Asked(signals));
             }
-            if self.out.listening {
+            if self.fe.is_listening() {
                 return Poll::Ready(Woke::Messages);
             }
         }
@@ -263,7 +251,7 @@ impl<F: Frontend> Session<F> {
             match c.token {
                 Token::Reply { seq, part } => {
                     if matches!(&c.result, Ok(reply) if reply.first() == Some(&b'-')) {
-                        self.fe.refused(seq, &mut self.out);
+                        self.fe.refused(seq);
                     }
                     self.note_backend_time(seq, c.backend_us);
                     self.out.complete(seq, part, c);
@@ -281,32 +269,24 @@ impl<F: Frontend> Session<F> {
 }
 
 impl<F: Frontend> Session<F> {
-    /// Keeps `frame`, the request about to be carried out, until it is answered, in case it
-    /// turns out slow.
-    pub(super) fn record(&mut self, frame: &Bytes) {
-        if self.pool.slowlog.is_on() {
-            let seq = self.out.next_seq();
-            self.in_flight().recorded.push_back(Recorded {
-                seq,
-                frame: frame.clone(),
-                shard: None,
-                backend: Duration::ZERO,
-            });
-        }
+    /// The session split in two: its frontend, and the context that frontend sees.
+    fn split(&mut self) -> (&mut F, Context<'_>) {
+        let cx = Context {
+            pool: &self.pool,
+            listing: &self.listing,
+            out: &mut self.out,
+            carrier: &mut self.carrier,
+        };
+        (&mut self.fe, cx)
     }
 
-    /// Whether the client may have more requests sent: fewer than `max_pipeline` in flight
-    /// (a request that timed out counts until its node has answered it), no blocking command
-    /// waiting, and its unread replies together with those its requests in flight are expected
-    /// to bring no more than `max_client_output_bytes`. Requests read beyond that wait
-    /// unparsed, so what a client can make the proxy and its backends hold is bounded.
-    pub(super) fn has_room(&self) -> bool {
-        let c = &self.pool.config;
-        let in_flight = self.out.pending() + self.listing.inbox().late();
-        let each = (self.out.typical_reply()).unwrap_or(c.clients.max_output_bytes / FIRST_REPLIES);
-        in_flight < c.clients.max_pipeline
-            && self.out.owed() + in_flight.saturating_mul(each) <= c.clients.max_output_bytes
-            && !self.is_blocked()
+    /// What the frontend sees, for the session's own use of it.
+    fn cx(&mut self) -> Context<'_> {
+        self.split().1
+    }
+
+    fn has_room(&mut self) -> bool {
+        self.cx().has_room()
     }
 
     /// Closes a client that held more unread replies than `limit` allows, counting it.
@@ -324,7 +304,7 @@ impl<F: Frontend> Session<F> {
 
     /// A backend request of request `seq` took `backend_us`.
     fn note_backend_time(&mut self, seq: u64, backend_us: u32) {
-        let Some(recorded) = self.in_flight.as_mut().map(|f| &mut f.recorded) else {
+        let Some(recorded) = self.carrier.recorded() else {
             return;
         };
         let at = recorded.partition_point(|r| r.seq < seq);
@@ -337,15 +317,6 @@ impl<F: Frontend> Session<F> {
 }
 
 impl<F> Session<F> {
-    /// The worker thread this session runs on: it uses that worker's backend connections.
-    pub(super) fn worker(&self) -> usize {
-        self.worker as usize
-    }
-
-    fn in_flight(&mut self) -> &mut InFlight {
-        self.in_flight.get_or_insert_default()
-    }
-
     /// Counts a client closed by CLIENT KILL.
     fn count_kill(&self, signals: Signals) {
         if signals.kill() {

@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::backend::Profile;
 use crate::command::{Class, ClassCounts};
 use crate::protocol::ReplyKind;
 use crate::protocol::memcache::{
@@ -17,7 +18,7 @@ use crate::protocol::memcache::{
 };
 use crate::server::error::ClientError;
 use crate::server::plan::{Part, Plan, Target};
-use crate::server::session::{Frontend, Session};
+use crate::server::session::{Context, Frontend};
 use crate::topology::{Pool, PoolState};
 
 /// memcached reads an exptime above 30 days as a Unix time, not as seconds from now.
@@ -29,8 +30,6 @@ pub(super) struct Memcache {
     warned_past_exptime: bool,
 }
 
-type McSession = Session<Memcache>;
-
 impl Frontend for Memcache {
     fn new(_: &Pool) -> Memcache {
         Memcache {
@@ -39,45 +38,45 @@ impl Frontend for Memcache {
         }
     }
 
-    fn handle_input(s: &mut McSession, buf: &mut BytesMut) -> bool {
-        let state = s.pool.state();
+    fn handle_input(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> bool {
+        let state = cx.pool.state();
         let limits = Limits {
-            item_size_max: s.pool.config.memcache.item_size_max,
-            max_get_line: s.pool.config.clients.requests.max_inline_bytes,
+            item_size_max: cx.pool.config.memcache.item_size_max,
+            max_get_line: cx.pool.config.clients.requests.max_inline_bytes,
         };
         let mut counts = ClassCounts::default();
         let closing = loop {
             // The rest waits in `buf` until there is room for more requests.
-            if !s.has_room() {
+            if !cx.has_room() {
                 break false;
             }
-            match s.fe.parser.parse(buf, &limits) {
+            match self.parser.parse(buf, &limits) {
                 Ok(Some(Parsed::Request(req))) => {
                     counts.count(class(req.verb));
-                    if s.dispatch(&state, req) {
+                    if self.dispatch(cx, &state, req) {
                         break true;
                     }
                 }
                 Ok(Some(Parsed::Reject { reply, silent })) => {
                     counts.count(Class::Unknown);
                     if !silent {
-                        s.out.error(ClientError::Exact(reply.into()));
+                        cx.out.error(ClientError::Exact(reply.into()));
                     }
                 }
                 Ok(Some(Parsed::Binary(refusal))) => {
                     counts.count(Class::Unknown);
-                    s.out.ready(refusal);
+                    cx.out.ready(refusal);
                     break true;
                 }
                 Ok(None) => break false,
                 Err(e) => {
-                    s.out
+                    cx.out
                         .error(ClientError::Exact(format!("CLIENT_ERROR {e}").into()));
                     break true;
                 }
             }
         };
-        s.pool.metrics.count_requests(&counts);
+        cx.pool.metrics.count_requests(&counts);
         closing
     }
 
@@ -159,24 +158,26 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-impl McSession {
+impl Memcache {
     /// Routes one command. Returns true for `quit`.
-    fn dispatch(&mut self, state: &PoolState, req: Request) -> bool {
+    fn dispatch(&mut self, cx: &mut Context<'_>, state: &PoolState, req: Request) -> bool {
         match req.verb {
             Verb::Quit => return true,
-            Verb::MetaNoop => self.out.ready(Bytes::from_static(b"MN\r\n")),
+            Verb::MetaNoop => cx.out.ready(Bytes::from_static(b"MN\r\n")),
             Verb::Verbosity if req.is_quiet() => {}
-            Verb::Verbosity => self.out.ready(Bytes::from_static(b"OK\r\n")),
-            Verb::Stats => self.stats(state, &req),
+            Verb::Verbosity => cx.out.ready(Bytes::from_static(b"OK\r\n")),
+            Verb::Stats => self.stats(cx, state, &req),
             Verb::FlushAll => {
-                if let Some(plan) = route::flush_all(state, self.pool.config.allow_flush, &req) {
-                    self.execute(state, plan);
+                if let Some(plan) = route::flush_all(state, cx.pool.config.allow_flush, &req) {
+                    cx.execute(state, plan, Profile::default());
                 }
             }
-            Verb::Get | Verb::Gets => self.execute(state, route::get(state, &req)),
+            Verb::Get | Verb::Gets => {
+                cx.execute(state, route::get(state, &req), Profile::default())
+            }
             Verb::Gat | Verb::Gats => {
-                if self.exptime_allowed(&req, req.token(2).unwrap_or_default()) {
-                    self.execute(state, route::get(state, &req));
+                if self.exptime_allowed(cx, &req, req.token(2).unwrap_or_default()) {
+                    cx.execute(state, route::get(state, &req), Profile::default());
                 }
             }
             Verb::Shutdown
@@ -187,14 +188,14 @@ impl McSession {
             | Verb::CacheMemlimit
             | Verb::Misbehave
             | Verb::Debugtime
-            | Verb::Extstore => self.out.error(ClientError::Exact(
+            | Verb::Extstore => cx.out.error(ClientError::Exact(
                 format!(
                     "CLIENT_ERROR '{}' is not supported through the proxy",
                     req.verb
                 )
                 .into(),
             )),
-            _ => self.keyed(state, &req),
+            _ => self.keyed(cx, state, &req),
         }
         false
     }
@@ -202,29 +203,29 @@ impl McSession {
     /// Counts, logs (once per client) and, when the pool says so, refuses a command whose
     /// exptime is an absolute time already past, which memcached expires at once. Returns
     /// whether the command may go on.
-    fn exptime_allowed(&mut self, req: &Request, key: &[u8]) -> bool {
+    fn exptime_allowed(&mut self, cx: &mut Context<'_>, req: &Request, key: &[u8]) -> bool {
         let Some(t) = exptime(req) else {
             return true;
         };
         if t <= MAX_RELATIVE_EXPTIME || t > unix_now() {
             return true;
         }
-        self.pool.metrics.past_exptime.inc();
-        if !self.fe.warned_past_exptime {
-            self.fe.warned_past_exptime = true;
+        cx.pool.metrics.past_exptime.inc();
+        if !self.warned_past_exptime {
+            self.warned_past_exptime = true;
             tracing::warn!(
-                pool = %self.pool.config.name,
-                session = self.listing.id,
+                pool = %cx.pool.config.name,
+                session = cx.listing.id,
                 key = %String::from_utf8_lossy(key),
                 exptime = t,
                 "exptime over 30 days is read as a Unix time, and this one is past: the item expires at once"
             );
         }
-        if !self.pool.config.memcache.reject_past_exptime {
+        if !cx.pool.config.memcache.reject_past_exptime {
             return true;
         }
         if !req.is_quiet() || req.verb.is_meta() {
-            self.out.error(ClientError::Exact(format!(
+            cx.out.error(ClientError::Exact(format!(
                 "CLIENT_ERROR exptime {t} is in the past: over {MAX_RELATIVE_EXPTIME} s it is a Unix time"
             ).into()));
         }
@@ -233,7 +234,7 @@ impl McSession {
 
     /// A single-key command: to its shard's node, or to every node of a replicated shard if
     /// it writes.
-    fn keyed(&mut self, state: &PoolState, req: &Request) {
+    fn keyed(&mut self, cx: &mut Context<'_>, state: &PoolState, req: &Request) {
         let mut decoded = Key {
             buf: [0; MAX_KEY_BYTES],
         };
@@ -242,18 +243,18 @@ impl McSession {
             Verb::Version => &b""[..],
             _ => ring_key(req, &mut decoded),
         };
-        if !self.exptime_allowed(req, key) {
+        if !self.exptime_allowed(cx, req, key) {
             return;
         }
         let plan = route::keyed(state, req, key);
-        self.execute(state, plan);
+        cx.execute(state, plan, Profile::default());
     }
 
     /// `stats`: the servers' counters summed as one memcached would show the pool, with the
     /// proxy's own connections, uptime and counts. `stats backends [group]`: every node's
     /// `stats`, each line prefixed with the node's name. Other groups (`settings`, `items`,
     /// `slabs`, …) from the first server.
-    fn stats(&mut self, state: &PoolState, req: &Request) {
+    fn stats(&mut self, cx: &mut Context<'_>, state: &PoolState, req: &Request) {
         let mut args = req.tokens().skip(1);
         let plan = match args.next() {
             None => {
@@ -264,7 +265,8 @@ impl McSession {
                         kind: ReplyKind::Memcache(ReplyShape::Stats),
                     })
                     .collect();
-                let gather = merge::summed_stats(primaries.len(), self.own_stats(state));
+                let gather =
+                    merge::summed_stats(primaries.len(), Memcache::own_stats(cx.pool, state));
                 Plan::Gather(primaries, gather)
             }
             Some(b"backends") => route::stats_backends(state, args, |node| node.addr.to_string()),
@@ -274,12 +276,11 @@ impl McSession {
                 kind: ReplyKind::Memcache(ReplyShape::Stats),
             }),
         };
-        self.execute(state, plan);
+        cx.execute(state, plan, Profile::default());
     }
 
     /// The proxy's own stats: its process, its clients, what it counted.
-    fn own_stats(&self, state: &PoolState) -> Vec<(&'static str, String)> {
-        let pool = &self.pool;
+    fn own_stats(pool: &Pool, state: &PoolState) -> Vec<(&'static str, String)> {
         let m = &pool.metrics;
         let up = state
             .shards

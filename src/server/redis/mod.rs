@@ -19,20 +19,18 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::backend::{Job, Mailbox, Node, Profile, Reserved, Subscriber, Topic};
+use crate::backend::{Mailbox, Node, Profile, Reserved, Subscriber, Topic};
 use crate::command::{
     self, Class, ClassCounts, Command, Fanout, Kind, LocalCommand, PubSubCommand,
 };
 use crate::metrics::CloseReason;
-use crate::protocol::ReplyKind;
 use crate::protocol::resp::{Request, RequestParser};
 use crate::server::error::ClientError;
-use crate::server::outbox::Outbox;
 use crate::server::plan::Plan;
-use crate::server::session::{Frontend, Session};
+use crate::server::session::{Context, Frontend};
 use crate::server::timing::Recorded;
 use crate::slowlog::{self, Slow};
-use crate::topology::{Pool, PoolState, Second};
+use crate::topology::{Client, Pool, PoolState, Second};
 use context::{ClientState, Local, Replies};
 use pubsub::{Change, PubSub, Routed};
 use transaction::{Conn, Step, Transaction};
@@ -95,8 +93,6 @@ impl Resp {
     }
 }
 
-pub(super) type RespSession = Session<Resp>;
-
 impl Frontend for Resp {
     fn new(pool: &Pool) -> Resp {
         let open = pool.config.redis.users.is_empty();
@@ -107,11 +103,11 @@ impl Frontend for Resp {
         }
     }
 
-    fn handle_input(s: &mut RespSession, buf: &mut BytesMut) -> bool {
-        s.handle_input(buf)
+    fn handle_input(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> bool {
+        self.handle_batch(cx, buf)
     }
 
-    fn refused(&mut self, seq: u64, out: &mut Outbox) {
+    fn refused(&mut self, seq: u64) {
         let Some(modes) = self.modes.as_deref_mut() else {
             return;
         };
@@ -120,17 +116,16 @@ impl Frontend for Resp {
         };
         let (_, topic, names) = modes.unconfirmed.swap_remove(at);
         modes.pubsub.refused(topic, &names);
-        out.listening = modes.pubsub.active();
-        if !out.listening {
+        if !modes.pubsub.active() {
             modes.subscribers.clear();
         }
         self.settle();
     }
 
-    fn log_slow(s: &RespSession, request: Recorded, took: Duration) {
+    fn log_slow(&self, pool: &Pool, listing: &Client, request: Recorded, took: Duration) {
         let mut frame = BytesMut::from(&request.frame[..]);
         let Ok(Some(req)) =
-            RequestParser::default().parse(&mut frame, &s.pool.config.clients.requests, true)
+            RequestParser::default().parse(&mut frame, &pool.config.clients.requests, true)
         else {
             return;
         };
@@ -138,15 +133,15 @@ impl Frontend for Resp {
         let Some(args) = slowlog::redacted(&args) else {
             return;
         };
-        s.pool.slowlog.record(Slow {
+        pool.slowlog.record(Slow {
             took,
             args: &args,
             // Redis shows a Unix socket's clients as `path:0`.
-            client: match s.listing.addr {
+            client: match listing.addr {
                 Some(peer) => peer.to_string(),
-                None => format!("{}:0", s.pool.applied().listen),
+                None => format!("{}:0", pool.applied().listen),
             },
-            name: (s.listing.name().as_deref())
+            name: (listing.name().as_deref())
                 .map(Bytes::copy_from_slice)
                 .unwrap_or_default(),
             shard: match request.shard {
@@ -162,6 +157,10 @@ impl Frontend for Resp {
         self.parser.is_mid_request(buf)
     }
 
+    fn is_listening(&self) -> bool {
+        self.subscribed()
+    }
+
     fn wants(&self, message: &[u8]) -> bool {
         self.modes.as_ref().is_some_and(|m| m.pubsub.wants(message))
     }
@@ -174,54 +173,54 @@ impl Frontend for Resp {
     }
 }
 
-impl RespSession {
+impl Resp {
     /// Parses and dispatches every complete request in `buf`. Returns true when the session must
     /// close after the queued replies (QUIT, malformed input).
-    fn handle_input(&mut self, buf: &mut BytesMut) -> bool {
-        let state = self.pool.state();
+    fn handle_batch(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> bool {
+        let state = cx.pool.state();
         let mut counts = ClassCounts::default();
         let mut last = None;
         let closing = loop {
             // The rest waits in `buf` until there is room for more requests.
-            if !self.has_room() {
+            if !cx.has_room() {
                 break false;
             }
             // AUTH (or HELLO … AUTH) lifts the bound on unauthenticated requests.
-            let authenticated = self.fe.client.authenticated;
-            match (self.fe.parser).parse(buf, &self.pool.config.clients.requests, authenticated) {
+            let authenticated = self.client.authenticated;
+            match (self.parser).parse(buf, &cx.pool.config.clients.requests, authenticated) {
                 Ok(Some(req)) => {
                     let cmd = command::lookup(req.arg(0));
                     counts.count(cmd.map_or(Class::Unknown, Command::class));
                     last = cmd.or(last);
                     if cmd.is_some_and(|c| c.kind == Kind::Local(LocalCommand::Client)) {
                         // CLIENT LIST and INFO show the client as it is now.
-                        self.publish_facts(last);
+                        self.publish_facts(cx.listing, last);
                     }
-                    self.record(req.frame());
-                    if self.dispatch(&state, req, cmd) {
+                    cx.record(req.frame());
+                    if self.dispatch(cx, &state, req, cmd) {
                         break true;
                     }
                 }
                 Ok(None) => break false,
                 Err(e) => {
-                    self.out.error(ClientError::Protocol(e.to_string()));
+                    cx.out.error(ClientError::Protocol(e.to_string()));
                     break true;
                 }
             }
         };
-        self.pool.metrics.count_requests(&counts);
-        self.fe.settle();
-        self.publish_facts(last);
+        cx.pool.metrics.count_requests(&counts);
+        self.settle();
+        self.publish_facts(cx.listing, last);
         closing
     }
 
     /// Tells the pool's list of clients what this client is now (CLIENT LIST), once per batch
     /// of requests; `last` is the last command read.
-    fn publish_facts(&self, last: Option<&'static Command>) {
-        let mut facts = self.listing.facts();
-        facts.db = self.fe.client.db;
-        facts.resp3 = self.fe.client.resp3;
-        let modes = self.fe.modes.as_deref();
+    fn publish_facts(&self, listing: &Client, last: Option<&'static Command>) {
+        let mut facts = listing.facts();
+        facts.db = self.client.db;
+        facts.resp3 = self.client.resp3;
+        let modes = self.modes.as_deref();
         facts.update_rare(|rare| {
             rare.subscriptions = modes.map_or([0; 3], |m| m.pubsub.counts());
             rare.multi = modes.and_then(|m| m.tx.queued());
@@ -234,16 +233,22 @@ impl RespSession {
 
     /// Routes one request, of command `cmd` (`None`: one the proxy does not know), and drops
     /// its reply if the client said CLIENT REPLY OFF or SKIP. Returns true for QUIT.
-    fn dispatch(&mut self, state: &PoolState, req: Request, cmd: Option<&Command>) -> bool {
-        let first = self.out.next_seq();
-        let replies = self.fe.client.replies;
+    fn dispatch(
+        &mut self,
+        cx: &mut Context<'_>,
+        state: &PoolState,
+        req: Request,
+        cmd: Option<&Command>,
+    ) -> bool {
+        let first = cx.out.next_seq();
+        let replies = self.client.replies;
         // CLIENT REPLY, and RESET, which turns replies on again.
         let is_reply = cmd.is_some_and(|c| c.kind == Kind::Local(LocalCommand::Reset))
             || cmd.is_some_and(|c| c.kind == Kind::Local(LocalCommand::Client))
                 && req.argc() == 3
                 && req.arg(1).eq_ignore_ascii_case(b"REPLY");
         if !is_reply && replies == Replies::SkipNext {
-            self.fe.client.replies = Replies::On;
+            self.client.replies = Replies::On;
         }
         // Subscription confirmations are pushes, like the messages: Redis sends them whatever
         // CLIENT REPLY says.
@@ -253,28 +258,34 @@ impl RespSession {
                 Kind::PubSub(PubSubCommand::Subscribe(_) | PubSubCommand::Unsubscribe(_))
             )
         });
-        let quit = self.carry_out(state, req, cmd);
+        let quit = self.carry_out(cx, state, req, cmd);
         // As Redis: CLIENT REPLY OFF and SKIP are not answered themselves, ON is.
         let muted = match is_reply {
-            true => self.fe.client.replies != Replies::On,
+            true => self.client.replies != Replies::On,
             false => replies != Replies::On && !pushes,
         };
         if muted {
-            self.out.mute_from(first);
+            cx.out.mute_from(first);
         }
         quit
     }
 
     /// Carries out one request. Returns true for QUIT.
-    fn carry_out(&mut self, state: &PoolState, req: Request, cmd: Option<&Command>) -> bool {
+    fn carry_out(
+        &mut self,
+        cx: &mut Context<'_>,
+        state: &PoolState,
+        req: Request,
+        cmd: Option<&Command>,
+    ) -> bool {
         let name = req.arg(0);
         let is = |which| cmd.is_some_and(|c| c.kind == Kind::Local(which));
         let quit = is(LocalCommand::Quit);
         // As Redis, RESET is carried out at once inside MULTI (and before AUTH, and while
         // subscribed).
-        if self.fe.in_multi() && !quit && !is(LocalCommand::Reset) {
-            let step = transaction::queue(&mut self.fe.modes().tx, state, cmd, &req);
-            self.transaction_step(state, step);
+        if self.in_multi() && !quit && !is(LocalCommand::Reset) {
+            let step = transaction::queue(&mut self.modes().tx, state, cmd, &req);
+            self.transaction_step(cx, state, step);
             return false;
         }
         let plan = match self.check(name, cmd, &req) {
@@ -284,63 +295,62 @@ impl RespSession {
                     if which == LocalCommand::Reset {
                         // What RESET leaves beyond the client's own state: MULTI, WATCH (its
                         // reserved connection closes), every subscription.
-                        self.fe.modes = None;
-                        self.out.listening = false;
+                        self.modes = None;
                     }
-                    let (subscribed, watching) = (self.fe.subscribed(), self.fe.watching());
+                    let (subscribed, watching) = (self.subscribed(), self.watching());
                     let cx = Local {
-                        client: &mut self.fe.client,
-                        pool: &self.pool,
-                        listing: &self.listing,
+                        client: &mut self.client,
+                        pool: cx.pool,
+                        listing: cx.listing,
                         subscribed,
                         watching,
                     };
                     local::run(cx, state, which, &req)
                 }
-                _ if !self.fe.client.authenticated => Plan::Fail(ClientError::NoAuth),
-                Kind::Keyed => route::keyed(state, cmd, &req, self.pool.config.read_from),
+                _ if !self.client.authenticated => Plan::Fail(ClientError::NoAuth),
+                Kind::Keyed => route::keyed(state, cmd, &req, cx.pool.config.read_from),
                 Kind::Split(merge) => {
-                    let depth = self.pool.config.max_reply_depth;
+                    let depth = cx.pool.config.max_reply_depth;
                     route::split(state, cmd, merge, &req, depth)
                 }
-                Kind::Script(call) => route::script(state, &self.pool.scripts, cmd, call, &req),
+                Kind::Script(call) => route::script(state, &cx.pool.scripts, cmd, call, &req),
                 Kind::Keyspace(fanout) => {
-                    let (config, scripts) = (&self.pool.config, &self.pool.scripts);
+                    let (config, scripts) = (&cx.pool.config, &cx.pool.scripts);
                     let plan = keyspace::route(state, config, scripts, fanout, &req);
                     // A CONFIG SET sent to the servers sets the proxy's slow log too.
                     let is_set = req.argc() > 3 && req.arg(1).eq_ignore_ascii_case(b"SET");
                     if fanout == Fanout::Config && is_set && matches!(plan, Plan::Gather(..)) {
                         for i in (2..req.argc() - 1).step_by(2) {
-                            self.pool.slowlog.configure(req.arg(i), req.arg(i + 1));
+                            cx.pool.slowlog.configure(req.arg(i), req.arg(i + 1));
                         }
                     }
                     plan
                 }
                 Kind::Blocking(at) => route::blocking(state, cmd, &req, at),
                 Kind::Transaction(which) => {
-                    let step = transaction::run(&mut self.fe.modes().tx, state, cmd, which, &req);
-                    self.transaction_step(state, step);
+                    let step = transaction::run(&mut self.modes().tx, state, cmd, which, &req);
+                    self.transaction_step(cx, state, step);
                     return false;
                 }
-                Kind::PubSub(which) => match pubsub::route(state, &self.pool.config, which, &req) {
+                Kind::PubSub(which) => match pubsub::route(state, &cx.pool.config, which, &req) {
                     Routed::Plan(plan) => plan,
                     Routed::Change { topic, subscribe } => {
-                        let resp3 = self.fe.client.resp3;
-                        let subscriptions = &mut self.fe.modes().pubsub;
+                        let resp3 = self.client.resp3;
+                        let subscriptions = &mut self.modes().pubsub;
                         let change =
                             pubsub::change(subscriptions, state, topic, subscribe, &req, resp3);
-                        self.change_subscriptions(state, change);
+                        self.change_subscriptions(cx, state, change);
                         return false;
                     }
                 },
             },
         };
-        self.execute(state, plan);
+        cx.execute(state, plan, self.profile());
         // A client guessing passwords is closed once its error reply is written.
-        let max = self.pool.config.redis.auth_max_failures;
-        let guessing = max > 0 && self.fe.client.auth_failures >= max;
+        let max = cx.pool.config.redis.auth_max_failures;
+        let guessing = max > 0 && self.client.auth_failures >= max;
         if guessing && !quit {
-            self.pool.metrics.closed(CloseReason::AuthFailures);
+            cx.pool.metrics.closed(CloseReason::AuthFailures);
         }
         quit || guessing
     }
@@ -353,7 +363,7 @@ impl RespSession {
         req: &Request,
     ) -> Result<&'c Command, ClientError> {
         let Some(cmd) = cmd else {
-            if !self.fe.client.authenticated {
+            if !self.client.authenticated {
                 return Err(ClientError::NoAuth);
             }
             let shown = String::from_utf8_lossy(name).to_string();
@@ -373,7 +383,7 @@ impl RespSession {
             Kind::PubSub(PubSubCommand::Subscribe(_) | PubSubCommand::Unsubscribe(_))
                 | Kind::Local(LocalCommand::Ping | LocalCommand::Quit | LocalCommand::Reset)
         );
-        if self.fe.subscribed() && !self.fe.client.resp3 && !allowed_while_subscribed {
+        if self.subscribed() && !self.client.resp3 && !allowed_while_subscribed {
             return Err(ClientError::Exact(format!(
                 "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
                 cmd.name.to_ascii_lowercase()
@@ -383,13 +393,13 @@ impl RespSession {
     }
 
     /// Carries out a transaction step on the client's pinned connection.
-    fn transaction_step(&mut self, state: &PoolState, step: Step) {
+    fn transaction_step(&mut self, cx: &mut Context<'_>, state: &PoolState, step: Step) {
         let (conn, requests, keep) = match step {
-            Step::Plan(plan) => return self.execute(state, plan),
+            Step::Plan(plan) => return cx.execute(state, plan, self.profile()),
             Step::Abandon(plan) => {
                 // Closing the WATCH connection unwatches.
-                self.fe.modes().watch = None;
-                return self.execute(state, plan);
+                self.modes().watch = None;
+                return cx.execute(state, plan, self.profile());
             }
             Step::Send {
                 conn,
@@ -397,36 +407,27 @@ impl RespSession {
                 keep,
             } => (conn, requests, keep),
         };
-        let (node, reserved) = match (self.fe.modes().watch.take(), conn) {
+        let (node, reserved) = match (self.modes().watch.take(), conn) {
             (Some(held), _) => held,
             (None, Conn::Master(shard)) => {
                 let master = state.shards[shard].master().clone();
-                let reserved = master.reserve(self.worker(), self.fe.profile());
+                let reserved = master.reserve(cx.worker(), self.profile());
                 (master, reserved)
             }
-            (None, Conn::Watching) => return self.out.error(ClientError::NoNodeAnswered),
+            (None, Conn::Watching) => return cx.out.error(ClientError::NoNodeAnswered),
         };
         let parts = requests.len();
-        for (part, payload) in requests.into_iter().enumerate() {
-            let job = Job {
-                payload,
-                kind: ReplyKind::Resp,
-                reply_to: self.reply_to(self.out.token(part)),
-                timeout: None,
-            };
-            reserved.send(job);
-        }
+        cx.send_in_order(&reserved, requests, merge::last(parts));
         if keep {
-            self.fe.modes().watch = Some((node, reserved));
+            self.modes().watch = Some((node, reserved));
         } else {
-            self.hold_for_next(node, reserved);
+            cx.hold_for_next(node, reserved);
         }
-        self.out.gathering(merge::last(parts));
     }
 
     /// Applies a change of subscriptions to the subscriber connections, one per shard. The
     /// client's confirmations wait until every shard has confirmed its part.
-    fn change_subscriptions(&mut self, state: &PoolState, change: Change) {
+    fn change_subscriptions(&mut self, cx: &mut Context<'_>, state: &PoolState, change: Change) {
         let Change {
             topic,
             subscribe,
@@ -434,17 +435,17 @@ impl RespSession {
             reply,
             added,
         } = change;
-        let (seq, answered) = (self.out.next_seq(), self.out.first_unanswered());
-        let resp3 = self.fe.client.resp3;
-        let inbox: Arc<dyn Mailbox> = self.listing.clone();
-        let modes = self.fe.modes();
+        let (seq, answered) = (cx.out.next_seq(), cx.out.first_unanswered());
+        let resp3 = self.client.resp3;
+        let inbox: Arc<dyn Mailbox> = cx.listing.clone();
+        let modes = self.modes();
         let subscribers = &mut modes.subscribers;
         let mut parts = 0;
         for (shard, names) in state.shards.iter().zip(per_shard) {
             if names.is_empty() {
                 continue;
             }
-            let ack = self.out.token(parts);
+            let ack = cx.out.token(parts);
             match subscribers.iter().find(|(name, _)| *name == shard.name) {
                 Some((_, subscriber)) => subscriber.change(subscribe, topic, names, ack),
                 None if subscribe => {
@@ -460,14 +461,13 @@ impl RespSession {
             // Nothing left: the subscriber connections close once they have confirmed.
             subscribers.clear();
         }
-        self.out.listening = modes.pubsub.active();
         modes.unconfirmed.retain(|(seq, ..)| *seq >= answered);
         if parts > 0 && !added.is_empty() {
             modes.unconfirmed.push((seq, topic, added));
         }
         match parts {
-            0 => self.out.ready(reply),
-            _ => self.out.gathering(merge::confirmed(parts, reply)),
+            0 => cx.out.ready(reply),
+            _ => cx.out.gathering(merge::confirmed(parts, reply)),
         }
     }
 }

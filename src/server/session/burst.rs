@@ -27,7 +27,7 @@ impl<F: Frontend> Session<F> {
         // Armed (`b.quiet`) once everything asked is answered: the burst ends when it fires.
         let lingering = tokio::time::sleep(linger);
         tokio::pin!(lingering);
-        if self.out.listening {
+        if self.fe.is_listening() {
             // Messages that arrived while the session was idle.
             self.take_inbox(&mut b);
         }
@@ -70,16 +70,17 @@ impl<F: Frontend> Session<F> {
 
     /// Whether the client is read now. While blocked it is still read (up to a bound), so that
     /// its leaving is seen and its blocking command's connection closed.
-    fn can_read(&self, b: &Pass) -> bool {
+    fn can_read(&mut self, b: &Pass) -> bool {
         !b.closing
             && (self.has_room() && !b.unparsed
-                || self.is_blocked() && b.read_buf.len() < READ_WHILE_BLOCKED)
+                || self.carrier.is_blocked() && b.read_buf.len() < READ_WHILE_BLOCKED)
     }
 
     /// Parses and routes what was read, for as long as there is room.
     fn parse(&mut self, b: &mut Pass) {
         let (first, at) = (self.out.next_seq(), Instant::now());
-        b.closing = F::handle_input(self, &mut b.read_buf);
+        let (fe, mut cx) = self.split();
+        b.closing = fe.handle_input(&mut cx, &mut b.read_buf);
         b.timing.read(first, self.out.next_seq(), at);
         b.unparsed = !b.read_buf.is_empty() && !self.has_room();
     }
@@ -97,7 +98,7 @@ impl<F: Frontend> Session<F> {
         }
         self.take_inbox(b);
         if self.out.has_retries() {
-            self.resend();
+            self.cx().resend();
         }
         None
     }
@@ -119,7 +120,7 @@ impl<F: Frontend> Session<F> {
                     "client closed in the middle of a request"
                 );
             }
-            if self.holds_any() {
+            if self.carrier.holds_any() {
                 return Some(Burst::Close);
             }
             b.closing = true;
@@ -154,9 +155,9 @@ impl<F: Frontend> Session<F> {
     /// The burst lingered with nothing to do: its buffers go.
     fn go_idle(&mut self) -> Burst {
         self.out.shrink();
-        match &mut self.in_flight {
+        match &mut self.carrier.in_flight {
             Some(f) if !f.held.is_empty() => f.recorded = VecDeque::new(),
-            _ => self.in_flight = None,
+            _ => self.carrier.in_flight = None,
         }
         Burst::Idle
     }
@@ -166,8 +167,8 @@ impl<F: Frontend> Session<F> {
     /// (closing, or leaving between requests) and whether it is quiet.
     async fn flush(&mut self, b: &mut Pass) -> Option<Burst> {
         self.out.collect_ready();
-        if self.holds_any() {
-            self.give_back_done();
+        if self.carrier.holds_any() {
+            self.cx().give_back_done();
         }
         // Counted before the client can see them.
         let errors = self.out.take_errors();
@@ -214,7 +215,7 @@ impl<F: Frontend> Session<F> {
         }
         if self.out.owed() <= limits.max_output_bytes {
             b.unread_too_long = None;
-        } else if self.out.listening {
+        } else if self.fe.is_listening() {
             return Some(self.close_for_unread_replies("max_client_output_bytes"));
         } else if b.unread_too_long.is_none() {
             b.unread_too_long = Some(Box::pin(tokio::time::sleep(limits.output_timeout)));
@@ -227,15 +228,12 @@ impl<F: Frontend> Session<F> {
         let answered = self.out.first_unanswered();
         let (metrics, slowlog) = (&self.pool.metrics, &self.pool.slowlog);
         let mut none = VecDeque::new();
-        let recorded = self
-            .in_flight
-            .as_mut()
-            .map_or(&mut none, |f| &mut f.recorded);
+        let recorded = self.carrier.recorded().unwrap_or(&mut none);
         let slow = b
             .timing
             .answered(answered, &metrics.latency, recorded, slowlog);
         for (request, took) in slow {
-            F::log_slow(self, request, took);
+            self.fe.log_slow(&self.pool, &self.listing, request, took);
         }
     }
 }

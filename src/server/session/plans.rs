@@ -7,10 +7,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::{Frontend, Session};
+use super::Context;
 use crate::backend::{Job, Node, Profile, ReplyTo, Reserved, Token};
 use crate::protocol::ReplyKind;
 use crate::server::error::ClientError;
+use crate::server::merge::Gather;
 use crate::server::outbox::{PREAMBLE, Retry, Sent};
 use crate::server::plan::{Part, Plan, Target};
 use crate::topology::{BlockedOn, Client, PoolState};
@@ -32,6 +33,12 @@ struct Blocked {
     listing: Arc<Client>,
 }
 
+impl Held {
+    pub(super) fn is_blocked(&self) -> bool {
+        self.blocked.is_some()
+    }
+}
+
 impl Blocked {
     fn new(gauge: &Gauge, listing: &Arc<Client>, on: BlockedOn) -> Blocked {
         gauge.inc();
@@ -50,12 +57,16 @@ impl Drop for Blocked {
     }
 }
 
-impl<F: Frontend> Session<F> {
-    /// Carries out `plan` for the next request, on the nodes of `state`.
-    pub(in crate::server) fn execute(&mut self, state: &PoolState, plan: Plan) {
-        let profile = self.fe.profile();
+impl Context<'_> {
+    /// Carries out `plan` for the next request, on the nodes of `state`, on the client's
+    /// connections of `profile`.
+    pub(in crate::server) fn execute(&mut self, state: &PoolState, plan: Plan, profile: Profile) {
         let next = self.out.next_seq();
-        if let Some(r) = self.in_flight.as_mut().and_then(|f| f.recorded.back_mut())
+        if let Some(r) = self
+            .carrier
+            .in_flight
+            .as_mut()
+            .and_then(|f| f.recorded.back_mut())
             && r.seq == next
             && let Some((target, parts)) = plan.first_target()
         {
@@ -115,14 +126,14 @@ impl<F: Frontend> Session<F> {
             Plan::Reserved { part, wait } => {
                 // Like Redis, the time a blocking command waits does not make it slow.
                 let next = self.out.next_seq();
-                if let Some(f) = &mut self.in_flight
+                if let Some(f) = &mut self.carrier.in_flight
                     && f.recorded.back().is_some_and(|r| r.seq == next)
                 {
                     f.recorded.pop_back();
                 }
                 let (shard, node) = self.resolve(state, part.target);
                 let node = state.shards[shard].nodes[node].clone();
-                let conn = node.reserve(self.worker(), profile);
+                let conn = node.reserve(self.carrier.worker(), profile);
                 let job = Job {
                     payload: part.payload,
                     kind: part.kind,
@@ -134,7 +145,7 @@ impl<F: Frontend> Session<F> {
                     node: node.clone(),
                     connection: conn.server_id().clone(),
                 };
-                let blocked = Blocked::new(&self.pool.metrics.blocked_clients, &self.listing, on);
+                let blocked = Blocked::new(&self.pool.metrics.blocked_clients, self.listing, on);
                 self.hold(node, conn, Some(blocked));
                 self.out.forwarded();
             }
@@ -159,9 +170,26 @@ impl<F: Frontend> Session<F> {
         let node = &state.shards[shard].nodes[node];
         self.send_to(node, (part.payload, part.kind), index, profile);
     }
-}
 
-impl<F> Session<F> {
+    /// Sends `requests` in order on `conn`, a connection reserved for the client, as the parts
+    /// of the next request, whose replies `gather` merges (a transaction's: EXEC's).
+    pub(in crate::server) fn send_in_order(
+        &mut self,
+        conn: &Reserved,
+        requests: Vec<Bytes>,
+        gather: Gather,
+    ) {
+        for (part, payload) in requests.into_iter().enumerate() {
+            conn.send(Job {
+                payload,
+                kind: ReplyKind::Resp,
+                reply_to: self.reply_to(self.out.token(part)),
+                timeout: None,
+            });
+        }
+        self.out.gathering(gather);
+    }
+
     /// Holds `conn`, reserved on `node`, until the reply to the next request queued is
     /// written; then it is given back for another client.
     pub(in crate::server) fn hold_for_next(&mut self, node: Arc<Node>, conn: Reserved) {
@@ -170,7 +198,7 @@ impl<F> Session<F> {
 
     fn hold(&mut self, node: Arc<Node>, conn: Reserved, blocked: Option<Blocked>) {
         let until = self.out.next_seq();
-        self.in_flight().held.push(Held {
+        self.carrier.in_flight_mut().held.push(Held {
             node,
             conn,
             until,
@@ -178,23 +206,11 @@ impl<F> Session<F> {
         });
     }
 
-    /// Whether a blocking command of the client's waits for its reply. As on one server,
-    /// nothing the client sent after it is carried out until it is answered: pipelined
-    /// blocking commands run one at a time, in order, each on the one reserved connection.
-    pub(super) fn is_blocked(&self) -> bool {
-        (self.in_flight.as_ref()).is_some_and(|f| f.held.iter().any(|h| h.blocked.is_some()))
-    }
-
-    /// Whether the session holds reserved connections.
-    pub(super) fn holds_any(&self) -> bool {
-        self.in_flight.as_ref().is_some_and(|f| !f.held.is_empty())
-    }
-
     /// Gives back every reserved connection whose last reply has been written: each was left
     /// as it was found, with nothing in flight.
     pub(super) fn give_back_done(&mut self) {
-        let (first_unanswered, worker) = (self.out.first_unanswered(), self.worker());
-        let Some(f) = &mut self.in_flight else {
+        let (first_unanswered, worker) = (self.out.first_unanswered(), self.carrier.worker());
+        let Some(f) = &mut self.carrier.in_flight else {
             return;
         };
         let mut i = 0;
@@ -276,6 +292,11 @@ impl<F> Session<F> {
             reply_to,
             timeout: None,
         };
-        node.send(job, self.worker(), profile, self.listing.id as usize);
+        node.send(
+            job,
+            self.carrier.worker(),
+            profile,
+            self.listing.id as usize,
+        );
     }
 }

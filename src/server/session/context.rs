@@ -1,0 +1,119 @@
+//! The narrow seam between a session and its frontend: the [`Context`] a frontend sees while
+//! it handles input (the pool, the client's entry in the pool's list, the replies owed, room
+//! for more, and the carrying out of plans), never the session itself.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::plans::Held;
+use crate::backend::Mailbox;
+use crate::server::outbox::Outbox;
+use crate::server::timing::Recorded;
+use crate::topology::{Client, Pool};
+
+/// Until a client's first reply shows how large its replies are, each request in flight is
+/// taken to be owed this share of `max_client_output_bytes`: a first pipeline of GETs of large
+/// values does not have the node make a gigabyte of replies at once.
+const FIRST_REPLIES: usize = 16;
+
+/// What a frontend sees of its session while it handles input.
+pub(in crate::server) struct Context<'s> {
+    pub pool: &'s Arc<Pool>,
+    /// The client in the pool's list.
+    pub listing: &'s Arc<Client>,
+    /// The replies owed to the client, in request order.
+    pub out: &'s mut Outbox,
+    pub(super) carrier: &'s mut Carrier,
+}
+
+/// What carries out a session's plans keeps: its worker, and what it keeps of the requests
+/// not answered yet.
+pub(super) struct Carrier {
+    /// The worker thread the session runs on: it uses that worker's backend connections.
+    worker: u32,
+    /// Allocated on first use and dropped when a burst ends with it empty: an idle client
+    /// holds none.
+    pub(super) in_flight: Option<Box<InFlight>>,
+}
+
+/// What a session keeps of the requests it has not answered yet.
+#[derive(Default)]
+pub(super) struct InFlight {
+    /// Reserved connections; dropped with the session, they close.
+    pub(super) held: Vec<Held>,
+    /// Requests kept in case they turn out slow (when the pool keeps a slow log and the
+    /// frontend records them).
+    pub(super) recorded: VecDeque<Recorded>,
+}
+
+impl Carrier {
+    pub(super) fn new(worker: usize) -> Carrier {
+        Carrier {
+            worker: worker as u32,
+            in_flight: None,
+        }
+    }
+
+    pub(super) fn worker(&self) -> usize {
+        self.worker as usize
+    }
+
+    pub(super) fn in_flight_mut(&mut self) -> &mut InFlight {
+        self.in_flight.get_or_insert_default()
+    }
+
+    /// The requests kept in case they turn out slow, if any are.
+    pub(super) fn recorded(&mut self) -> Option<&mut VecDeque<Recorded>> {
+        self.in_flight.as_mut().map(|f| &mut f.recorded)
+    }
+
+    /// Whether a blocking command of the client's waits for its reply. As on one server,
+    /// nothing the client sent after it is carried out until it is answered: pipelined
+    /// blocking commands run one at a time, in order, each on the one reserved connection.
+    pub(super) fn is_blocked(&self) -> bool {
+        (self.in_flight.as_ref()).is_some_and(|f| f.held.iter().any(|h| h.is_blocked()))
+    }
+
+    /// Whether the session holds reserved connections.
+    pub(super) fn holds_any(&self) -> bool {
+        self.in_flight.as_ref().is_some_and(|f| !f.held.is_empty())
+    }
+}
+
+impl Context<'_> {
+    /// Keeps `frame`, the request about to be carried out, until it is answered, in case it
+    /// turns out slow.
+    pub(in crate::server) fn record(&mut self, frame: &Bytes) {
+        if self.pool.slowlog.is_on() {
+            let seq = self.out.next_seq();
+            self.carrier.in_flight_mut().recorded.push_back(Recorded {
+                seq,
+                frame: frame.clone(),
+                shard: None,
+                backend: Duration::ZERO,
+            });
+        }
+    }
+
+    /// Whether the client may have more requests sent: fewer than `max_pipeline` in flight
+    /// (a request that timed out counts until its node has answered it), no blocking command
+    /// waiting, and its unread replies together with those its requests in flight are expected
+    /// to bring no more than `max_client_output_bytes`. Requests read beyond that wait
+    /// unparsed, so what a client can make the proxy and its backends hold is bounded.
+    pub(in crate::server) fn has_room(&self) -> bool {
+        let c = &self.pool.config.clients;
+        let in_flight = self.out.pending() + self.listing.inbox().late();
+        let each = (self.out.typical_reply()).unwrap_or(c.max_output_bytes / FIRST_REPLIES);
+        in_flight < c.max_pipeline
+            && self.out.owed() + in_flight.saturating_mul(each) <= c.max_output_bytes
+            && !self.carrier.is_blocked()
+    }
+
+    /// The worker thread the session runs on.
+    pub(in crate::server) fn worker(&self) -> usize {
+        self.carrier.worker()
+    }
+}
