@@ -5,6 +5,8 @@
 
 mod burst;
 mod context;
+#[cfg(test)]
+pub(super) mod harness;
 mod plans;
 
 use std::pin::Pin;

@@ -171,6 +171,14 @@ impl Pool {
         }
     }
 
+    /// A pool of its own (its nodes on a worker of their own), for tests of what is built on
+    /// it: its nodes are never reached unless a test sends them something.
+    #[cfg(test)]
+    pub(crate) fn for_tests(config: &PoolConfig) -> Pool {
+        let workers = Arc::new(Workers::start(1).expect("a worker"));
+        Pool::start(config, &Arc::new(Metrics::default()), &workers)
+    }
+
     /// The TLS configuration for a client accepted now, if the pool serves TLS.
     pub fn client_tls(&self) -> Option<Arc<rustls::ServerConfig>> {
         self.client_tls.load_full()

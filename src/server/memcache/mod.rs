@@ -312,3 +312,6 @@ impl Memcache {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests;

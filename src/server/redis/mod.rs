@@ -471,3 +471,6 @@ impl Resp {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
