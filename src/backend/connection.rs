@@ -40,12 +40,12 @@ pub(super) async fn run(
     reserved_id: Option<Arc<AtomicU64>>,
 ) {
     let reserved = reserved_id.is_some();
-    let mut queued: VecDeque<Job> = VecDeque::new();
+    let mut queued: VecDeque<Queued> = VecDeque::new();
     let mut backoff = FIRST_BACKOFF;
     loop {
         if queued.is_empty() && !settings.preconnect {
             match rx.recv().await {
-                Some(job) => queued.push_back(job),
+                Some(job) => queued.push_back(Queued::now(job)),
                 None => return,
             }
         }
@@ -71,8 +71,7 @@ pub(super) async fn run(
                     // connection would silently lack it. What was sent to it fails, and so
                     // does anything sent later.
                     rx.close();
-                    let pending = queued
-                        .drain(..)
+                    let pending = (queued.drain(..).map(|q| q.job))
                         .chain(std::iter::from_fn(|| rx.try_recv().ok()));
                     fail_all(&shared, pending.map(|j| j.reply_to), &Failure::Closed);
                     return;
@@ -82,7 +81,7 @@ pub(super) async fn run(
                 tracing::warn!(node = %shared.label, "cannot connect: {why}");
                 shared.record_failure(&why);
                 let failure = Failure::Unreachable(why);
-                fail_all(&shared, queued.drain(..).map(|j| j.reply_to), &failure);
+                fail_all(&shared, queued.drain(..).map(|q| q.job.reply_to), &failure);
                 // Until the next attempt, requests fail at once instead of waiting.
                 let retry_at = Instant::now() + backoff;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -229,7 +228,7 @@ async fn serve(
     shared: &NodeShared,
     settings: &ConnSettings,
     rx: &mut UnboundedReceiver<Job>,
-    queued: &mut VecDeque<Job>,
+    queued: &mut VecDeque<Queued>,
     reserved: bool,
 ) -> Option<Failure> {
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
@@ -259,30 +258,37 @@ async fn serve(
             }
             replacements = now_replaced;
         }
-        if !queued.is_empty() {
-            let now = Instant::now();
-            shared.metrics.requests.inc_by(queued.len() as u64);
-            for job in queued.drain(..) {
-                unwritten.push(job.payload);
-                in_flight.push_back(InFlight {
-                    reply_to: Some(job.reply_to),
-                    late: None,
-                    kind: job.kind,
-                    sent: now,
-                    deadline: now + settings.timeout + job.timeout.unwrap_or_default(),
-                    waits: job.timeout.is_some(),
-                });
-            }
+        // Taken for writing while the node takes what was written before; the rest waits in
+        // the queue, its deadlines running from when it was queued.
+        let now = Instant::now();
+        let mut taken = 0;
+        while unwritten.len() < MAX_UNWRITTEN
+            && let Some(Queued { job, since }) = queued.pop_front()
+        {
+            unwritten.push(job.payload);
+            in_flight.push_back(InFlight {
+                reply_to: Some(job.reply_to),
+                late: None,
+                kind: job.kind,
+                sent: now,
+                deadline: since + settings.timeout + job.timeout.unwrap_or_default(),
+                waits: job.timeout.is_some(),
+            });
+            taken += 1;
+        }
+        if taken > 0 {
+            shared.metrics.requests.inc_by(taken);
         }
         // Written as far as the socket takes it now; the rest when it is writable again, while
         // replies are read and deadlines kept meanwhile.
         if let Err(e) = unwritten.write_to(&stream) {
             break e.into();
         }
-        if !accepting && in_flight.is_empty() {
+        if !accepting && in_flight.is_empty() && queued.is_empty() {
             return None;
         }
-        if let Some(at) = next_check(&in_flight, heard, silence)
+        let unsent = queued.front().map(|q| q.deadline(settings.timeout));
+        if let Some(at) = earliest(next_check(&in_flight, heard, silence), unsent)
             && armed_at.is_none_or(|armed| at < armed)
         {
             timer.as_mut().reset(at);
@@ -312,23 +318,17 @@ async fn serve(
                     break e.into();
                 }
             }
-            // While much is unwritten (a node that reads slowly), no more is taken: the jobs
-            // wait in the queue, and their deadlines still run from when they are written.
-            job = rx.recv(), if accepting && unwritten.len() < MAX_UNWRITTEN => match job {
+            job = rx.recv(), if accepting => match job {
                 Some(job) => {
-                    queued.push_back(job);
                     // Written after the worker's other ready sessions and its next look at
                     // its sockets: their requests join this write. Fewer, larger writes cost
                     // the proxy and the node less per request than one write per wakeup.
                     tokio::task::yield_now().await;
-                    let mut bytes =
-                        unwritten.len() + queued.iter().map(|j| j.payload.len()).sum::<usize>();
-                    while queued.len() < MAX_BATCH && bytes < MAX_UNWRITTEN {
+                    let since = Instant::now();
+                    queued.push_back(Queued { job, since });
+                    for _ in 1..MAX_BATCH {
                         match rx.try_recv() {
-                            Ok(job) => {
-                                bytes += job.payload.len();
-                                queued.push_back(job);
-                            }
+                            Ok(job) => queued.push_back(Queued { job, since }),
                             Err(_) => break,
                         }
                     }
@@ -351,6 +351,14 @@ async fn serve(
                         request.late = Some(to.time_out(shared.error(Failure::Timeout(settings.timeout))));
                         expired += 1;
                     }
+                }
+                // What a node that stopped reading never took fails too, as never sent.
+                while let Some(q) = queued.front()
+                    && q.deadline(settings.timeout) <= now
+                    && let Some(q) = queued.pop_front()
+                {
+                    q.job.reply_to.send(Err(shared.error(Failure::NotSent(settings.timeout))));
+                    expired += 1;
                 }
                 if expired > 0 {
                     shared.metrics.errors.inc_by(expired);
@@ -407,6 +415,35 @@ fn next_check(
 /// comes or its own timeout passes, which bounds it instead).
 fn silent_at(oldest: &InFlight, heard: Instant, silence: Duration) -> Option<Instant> {
     (!oldest.waits).then(|| heard.max(oldest.sent) + silence)
+}
+
+/// A request taken for the node and not written yet, and since when.
+struct Queued {
+    job: Job,
+    since: Instant,
+}
+
+impl Queued {
+    fn now(job: Job) -> Queued {
+        Queued {
+            job,
+            since: Instant::now(),
+        }
+    }
+
+    /// When it fails if it is still not written: the pool's `timeout` (and a blocking
+    /// command's own) from when it was queued.
+    fn deadline(&self, timeout: Duration) -> Instant {
+        self.since + timeout + self.job.timeout.unwrap_or_default()
+    }
+}
+
+/// The earlier of two instants, if either is.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// A request written to the backend and not answered yet.

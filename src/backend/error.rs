@@ -39,6 +39,10 @@ pub enum Failure {
     Unreachable(ConnectError),
     #[error("timed out after {} ms", .0.as_millis())]
     Timeout(Duration),
+    /// Never written: the node took none of what was queued for it (it stopped reading) for
+    /// this long. Not applied.
+    #[error("not sent within {} ms: the node is not reading requests", .0.as_millis())]
+    NotSent(Duration),
     /// Lost with a connection reset because the node sent nothing for this long while
     /// requests were in flight.
     #[error("connection reset: the node sent nothing for {} ms", .0.as_millis())]

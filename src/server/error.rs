@@ -15,7 +15,7 @@ use crate::protocol::resp::encode;
 /// The kind of a backend's failure, for the metrics.
 pub fn backend_error_kind(e: &BackendError) -> ErrorKind {
     match e.failure {
-        Failure::Timeout(_) => ErrorKind::Timeout,
+        Failure::Timeout(_) | Failure::NotSent(_) => ErrorKind::Timeout,
         Failure::BadReply(_) | Failure::Unexpected(_) => ErrorKind::Backend,
         _ => ErrorKind::Connection,
     }

@@ -166,3 +166,29 @@ async fn a_timed_out_request_counts_as_late_until_its_reply_comes() {
     session.0.take(&mut got);
     assert!(got.is_empty(), "the late reply is dropped");
 }
+
+/// Behind a write the node does not take (it stopped reading), requests wait unwritten, and
+/// each fails at its own deadline as never sent, not when the connection is given up.
+#[tokio::test(start_paused = true)]
+async fn requests_queued_behind_a_write_the_node_does_not_take_fail_at_their_deadline() {
+    let timeout = Duration::from_secs(1);
+    let jobs = connection(silent_node().await, timeout);
+    let big = vec![b'x'; 64 * 1024 * 1024];
+    let mut payload = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", big.len()).into_bytes();
+    payload.extend_from_slice(&big);
+    payload.extend_from_slice(b"\r\n");
+    let (first, _) = job(payload);
+    jobs.send(first).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ping, session) = job(PING);
+    let started = Instant::now();
+    jobs.send(ping).unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), answered(&session)).await;
+    let took = started.elapsed();
+    let error = got.expect("answered").result.unwrap_err();
+    assert_eq!(error.failure, Failure::NotSent(timeout));
+    assert!(
+        took >= timeout && took < timeout + Duration::from_millis(50),
+        "{took:?}"
+    );
+}
