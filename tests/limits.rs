@@ -331,11 +331,7 @@ fn a_request_that_times_out_leaves_the_connection_and_its_late_reply_is_dropped(
 #[test]
 fn a_client_that_never_reads_stops_being_served_then_is_closed_and_costs_others_nothing() {
     let redis = Redis::start();
-    let _: () = redis::cmd("SET")
-        .arg("big")
-        .arg(vec![b'v'; 100_000])
-        .query(&mut redis.client())
-        .unwrap();
+    redis.set_large("big", 100_000);
     let (port, proxy) = pool_over_one(
         &redis,
         "    limits: { max_client_output_bytes: 1048576, max_pipeline: 16 }\n    client_output_timeout_ms: 500\n",
@@ -366,11 +362,7 @@ fn a_client_that_never_reads_stops_being_served_then_is_closed_and_costs_others_
 #[test]
 fn a_client_over_the_hard_output_limit_is_closed_at_once() {
     let redis = Redis::start();
-    let _: () = redis::cmd("SET")
-        .arg("big")
-        .arg(vec![b'v'; 1024 * 1024])
-        .query(&mut redis.client())
-        .unwrap();
+    redis.set_large("big", 1024 * 1024);
     let (port, proxy) = pool_over_one(
         &redis,
         "    limits: { max_client_output_bytes: 1048576, max_client_output_hard_bytes: 1572864 }\n    client_output_timeout_ms: 600000\n",

@@ -47,11 +47,7 @@ fn non_reader(port: u16) -> TcpStream {
 /// `timeout_ms`, beside a client doing SET/GET. What the node and the proxy grew by, in KiB.
 fn scenario(non_readers: usize, timeout_ms: u64) -> (u64, u64) {
     let redis = Redis::start();
-    let _: () = redis::cmd("SET")
-        .arg("big")
-        .arg(vec![b'v'; 1024 * 1024])
-        .query(&mut redis.client())
-        .unwrap();
+    redis.set_large("big", 1024 * 1024);
     let extra = format!("    auth: {{ password: {PASSWORD} }}\n    timeout_ms: {timeout_ms}\n");
     let (port, proxy) = pool_over_one(&redis, &extra);
     let (redis_before, proxy_before) = (memory_kib(redis.pid(), "VmRSS"), proxy.rss_kib());

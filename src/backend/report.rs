@@ -69,6 +69,25 @@ pub struct Said {
     pub replid2: Arc<str>,
 }
 
+#[cfg(test)]
+impl Said {
+    /// What a node says in tests: `role` at `offset` with `keys` keys, in process `run_id`, in
+    /// sync if a replica, with no replication history.
+    pub(crate) fn for_tests(role: Role, offset: u64, keys: u64, run_id: &str) -> Said {
+        Said {
+            role,
+            offset,
+            keys,
+            run_id: run_id.into(),
+            version: "7.0.15".into(),
+            follows: None,
+            in_sync: role == Role::Replica,
+            replid: "".into(),
+            replid2: "".into(),
+        }
+    }
+}
+
 /// What a node reports to whoever keeps its pool's topology.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeEvent {

@@ -178,17 +178,7 @@ mod tests {
     use crate::topology::NodeStatus;
 
     fn said(role: Role, offset: u64, keys: u64, run_id: &str) -> Said {
-        Said {
-            role,
-            offset,
-            keys,
-            run_id: run_id.into(),
-            version: "7.0.15".into(),
-            follows: None,
-            in_sync: role == Role::Replica,
-            replid: "".into(),
-            replid2: "".into(),
-        }
+        Said::for_tests(role, offset, keys, run_id)
     }
 
     #[test]

@@ -384,17 +384,7 @@ mod tests {
     fn says(s: &mut Shard<()>, roles: [Option<(Role, u64)>; 3]) {
         for (node, role) in s.status.iter_mut().zip(roles) {
             node.checked = true;
-            node.said = role.map(|(role, offset)| Said {
-                role,
-                offset,
-                keys: 0,
-                run_id: "".into(),
-                version: "7.0.15".into(),
-                follows: None,
-                in_sync: role == Role::Replica,
-                replid: "".into(),
-                replid2: "".into(),
-            });
+            node.said = role.map(|(role, offset)| Said::for_tests(role, offset, 0, ""));
         }
     }
 
@@ -510,15 +500,8 @@ mod tests {
     #[test]
     fn in_sync_is_remembered_until_the_process_restarts_or_a_master_resyncs() {
         let said = |role, in_sync, run_id: &str| Said {
-            role,
-            offset: 500,
-            keys: 1,
-            run_id: run_id.into(),
-            version: "7.0.15".into(),
-            follows: None,
             in_sync,
-            replid: "".into(),
-            replid2: "".into(),
+            ..Said::for_tests(role, 500, 1, run_id)
         };
         let mut node = NodeStatus::unchecked();
         node.heard(said(Role::Replica, true, "a"), None);

@@ -348,6 +348,15 @@ impl Server {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Sets `key` to `len` bytes, directly.
+    pub fn set_large(&self, key: &str, len: usize) {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(vec![b'v'; len])
+            .query(&mut self.client())
+            .unwrap();
+    }
+
     /// How many keys the redis-server holds, asked directly.
     pub fn dbsize(&self) -> u64 {
         redis::cmd("DBSIZE").query(&mut self.client()).unwrap()

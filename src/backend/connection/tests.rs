@@ -57,6 +57,15 @@ fn job(payload: impl Into<bytes::Bytes>) -> (Job, Arc<Session>) {
 
 const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
 
+/// A SET of 64 MiB: more than the sockets' buffers take from a node that does not read.
+fn large_set() -> Vec<u8> {
+    let big = vec![b'x'; 64 * 1024 * 1024];
+    let mut payload = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", big.len()).into_bytes();
+    payload.extend_from_slice(&big);
+    payload.extend_from_slice(b"\r\n");
+    payload
+}
+
 /// Sequential requests to a node that never answers each get their timeout error at their
 /// own deadline, not at a later check armed for an older request.
 #[tokio::test(start_paused = true)]
@@ -83,10 +92,7 @@ async fn sequential_requests_to_a_silent_node_time_out_at_their_own_deadlines() 
 async fn a_deadline_fires_while_a_write_waits() {
     let timeout = Duration::from_secs(1);
     let jobs = connection(silent_node().await, timeout);
-    let big = vec![b'x'; 64 * 1024 * 1024];
-    let mut payload = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", big.len()).into_bytes();
-    payload.extend_from_slice(&big);
-    payload.extend_from_slice(b"\r\n");
+    let payload = large_set();
     let (job, session) = job(payload);
     let started = Instant::now();
     jobs.send(job).unwrap();
@@ -173,10 +179,7 @@ async fn a_timed_out_request_counts_as_late_until_its_reply_comes() {
 async fn requests_queued_behind_a_write_the_node_does_not_take_fail_at_their_deadline() {
     let timeout = Duration::from_secs(1);
     let jobs = connection(silent_node().await, timeout);
-    let big = vec![b'x'; 64 * 1024 * 1024];
-    let mut payload = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", big.len()).into_bytes();
-    payload.extend_from_slice(&big);
-    payload.extend_from_slice(b"\r\n");
+    let payload = large_set();
     let (first, _) = job(payload);
     jobs.send(first).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;

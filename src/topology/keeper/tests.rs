@@ -40,15 +40,9 @@ fn keeper(failover: &str, servers: &[(&str, usize)]) -> Keeper {
 /// What node `n` of shard `s` says: its role, offset, key count, run id and replication ids.
 fn said(role: Role, offset: u64, keys: u64, run_id: &str, replid: &str, replid2: &str) -> Said {
     Said {
-        role,
-        offset,
-        keys,
-        run_id: run_id.into(),
-        version: "7.0.15".into(),
-        follows: None,
-        in_sync: role == Role::Replica,
         replid: replid.into(),
         replid2: replid2.into(),
+        ..Said::for_tests(role, offset, keys, run_id)
     }
 }
 
