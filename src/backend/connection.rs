@@ -260,23 +260,21 @@ async fn serve(
         }
         // Taken for writing while the node takes what was written before; the rest waits in
         // the queue, its deadlines running from when it was queued.
-        let now = Instant::now();
-        let mut taken = 0;
-        while unwritten.len() < MAX_UNWRITTEN
-            && let Some(Queued { job, since }) = queued.pop_front()
-        {
-            unwritten.push(job.payload);
-            in_flight.push_back(InFlight {
-                reply_to: Some(job.reply_to),
-                late: None,
-                kind: job.kind,
-                sent: now,
-                deadline: since + settings.timeout + job.timeout.unwrap_or_default(),
-                waits: job.timeout.is_some(),
-            });
-            taken += 1;
-        }
-        if taken > 0 {
+        if !queued.is_empty() && unwritten.len() < MAX_UNWRITTEN {
+            let mut taken = 0;
+            while unwritten.len() < MAX_UNWRITTEN
+                && let Some(Queued { job, since }) = queued.pop_front()
+            {
+                unwritten.push(job.payload);
+                in_flight.push_back(InFlight {
+                    waiter: Waiter::Client(job.reply_to),
+                    kind: job.kind,
+                    sent: since,
+                    deadline: since + settings.timeout + job.timeout.unwrap_or_default(),
+                    waits: job.timeout.is_some(),
+                });
+                taken += 1;
+            }
             shared.metrics.requests.inc_by(taken);
         }
         // Written as far as the socket takes it now; the rest when it is writable again, while
@@ -347,8 +345,10 @@ async fn serve(
                 // theirs.
                 let mut expired = 0;
                 for request in in_flight.iter_mut().take_while(|r| r.deadline <= now) {
-                    if let Some(to) = request.reply_to.take() {
-                        request.late = Some(to.time_out(shared.error(Failure::Timeout(settings.timeout))));
+                    if let Waiter::Client(to) = std::mem::replace(&mut request.waiter, Waiter::Nobody) {
+                        request.waiter = Waiter::Late {
+                            _held: to.time_out(shared.error(Failure::Timeout(settings.timeout))),
+                        };
                         expired += 1;
                     }
                 }
@@ -380,7 +380,7 @@ async fn serve(
     // FIFO matching is lost with the connection: everything still unanswered fails.
     fail_all(
         shared,
-        in_flight.drain(..).filter_map(|f| f.reply_to),
+        in_flight.drain(..).filter_map(|f| f.waiter.client()),
         &failure,
     );
     Some(failure)
@@ -402,7 +402,7 @@ fn next_check(
     let silent_at = silent_at(in_flight.front()?, heard, silence);
     let deadline = in_flight
         .iter()
-        .find(|r| r.reply_to.is_some())
+        .find(|r| matches!(r.waiter, Waiter::Client(_)))
         .map(|r| r.deadline);
     match (deadline, silent_at) {
         (Some(d), Some(s)) => Some(d.min(s)),
@@ -415,6 +415,29 @@ fn next_check(
 /// comes or its own timeout passes, which bounds it instead).
 fn silent_at(oldest: &InFlight, heard: Instant, silence: Duration) -> Option<Instant> {
     (!oldest.waits).then(|| heard.max(oldest.sent) + silence)
+}
+
+/// Who waits for a request's reply.
+enum Waiter {
+    Client(ReplyTo),
+    /// The request timed out: its client has its error, its reply is dropped when it comes,
+    /// and until then (or until the connection fails) it still counts against the client's
+    /// in-flight bound.
+    Late {
+        _held: Late,
+    },
+    /// Only while a timed-out request's waiter is replaced.
+    Nobody,
+}
+
+impl Waiter {
+    /// Where the reply goes, unless the request timed out.
+    fn client(self) -> Option<ReplyTo> {
+        match self {
+            Waiter::Client(to) => Some(to),
+            Waiter::Late { .. } | Waiter::Nobody => None,
+        }
+    }
 }
 
 /// A request taken for the node and not written yet, and since when.
@@ -448,12 +471,9 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 
 /// A request written to the backend and not answered yet.
 struct InFlight {
-    /// Where the reply goes; `None` once the request has timed out (its reply is dropped).
-    reply_to: Option<ReplyTo>,
-    /// Set once the request has timed out: it still counts against its client's in-flight
-    /// bound until this is dropped, with its reply or the connection.
-    late: Option<Late>,
+    waiter: Waiter,
     kind: ReplyKind,
+    /// When it was queued: its latency counts its wait to be written.
     sent: Instant,
     deadline: Instant,
     /// Whether it has a timeout of its own: a blocking command's, which may be silent for as
@@ -500,7 +520,7 @@ fn answer(
                 if let Some(f) = in_flight.pop_front() {
                     let took = now.saturating_duration_since(f.sent);
                     latency.observe(took, 1);
-                    if let Some(to) = f.reply_to {
+                    if let Some(to) = f.waiter.client() {
                         delivery.add(to, Ok(reply), took);
                     }
                 }

@@ -7,8 +7,7 @@ fn request(sent: Instant, deadline: Instant, waits: bool) -> InFlight {
         token: crate::backend::Token::Push,
     };
     InFlight {
-        reply_to: Some(to),
-        late: None,
+        waiter: Waiter::Client(to),
         kind: ReplyKind::Resp,
         sent,
         deadline,
