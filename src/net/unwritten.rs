@@ -10,11 +10,12 @@ use bytes::{Buf, Bytes, BytesMut};
 use super::Stream;
 
 /// Parts handed to one system call at most: well under every system's `IOV_MAX`.
-const MAX_PARTS_PER_WRITE: usize = 128;
+const MAX_PARTS_PER_WRITE: usize = 64;
 
-/// The largest number of parts whose queue is kept once empty: a spike does not hold its
-/// memory for the connection's life.
+/// The largest number of parts whose queue is kept once empty, and the largest buffer of
+/// copied parts kept once written: a spike does not hold its memory for the connection's life.
 const KEPT_PARTS: usize = 1024;
+const KEPT_COPIED: usize = 1024 * 1024;
 
 /// Parts up to this size are copied together rather than written from their own buffers.
 const COPIED_UP_TO: usize = 1024;
@@ -58,12 +59,24 @@ impl Unwritten {
 
     /// Writes what the socket takes now, without waiting; on TLS, sends what it holds first.
     pub fn write_to(&mut self, stream: &Stream) -> io::Result<()> {
-        self.close_copied();
-        while !self.is_empty() || stream.is_holding_output() {
+        if self.parts.is_empty() {
+            // Only small parts, as usual: one buffer, one write.
+            if !self.copied.is_empty() || stream.is_holding_output() {
+                let written = stream.try_write(&self.copied)?;
+                self.consume(written);
+            }
+        }
+        while !self.parts.is_empty() || stream.is_holding_output() {
             let mut slices = [IoSlice::new(&[]); MAX_PARTS_PER_WRITE];
-            let n = self.parts.len().min(MAX_PARTS_PER_WRITE);
+            let mut n = 0;
             for (slice, part) in slices.iter_mut().zip(&self.parts) {
                 *slice = IoSlice::new(part);
+                n += 1;
+            }
+            // What was copied after the last part goes in the same write.
+            if n < MAX_PARTS_PER_WRITE && n == self.parts.len() && !self.copied.is_empty() {
+                slices[n] = IoSlice::new(&self.copied);
+                n += 1;
             }
             let offered: usize = slices[..n].iter().map(|s| s.len()).sum();
             let written = stream.try_write_vectored(&slices[..n])?;
@@ -75,14 +88,18 @@ impl Unwritten {
         if self.parts.is_empty() && self.parts.capacity() > KEPT_PARTS {
             self.parts = VecDeque::new();
         }
+        if self.copied.is_empty() && self.copied.capacity() > KEPT_COPIED {
+            self.copied = BytesMut::new();
+        }
         Ok(())
     }
 
-    /// The first `n` bytes were written.
+    /// The first `n` bytes were written: whole parts first, then what was copied after them.
     fn consume(&mut self, mut n: usize) {
         self.len -= n;
         while n > 0 {
             let Some(front) = self.parts.front_mut() else {
+                self.copied.advance(n);
                 return;
             };
             if n < front.len() {
@@ -127,7 +144,14 @@ mod tests {
         out.consume(COPIED_UP_TO + 5);
         assert_eq!(out.len(), COPIED_UP_TO + 2);
         assert_eq!(&out.parts[0][..2], b"bb");
-        out.consume(COPIED_UP_TO + 2);
-        assert!(out.is_empty() && out.parts.is_empty());
+        out.push(Bytes::from_static(b"tail"));
+        out.consume(COPIED_UP_TO + 3);
+        assert_eq!(
+            &out.copied[..],
+            b"ail",
+            "then what was copied after the parts"
+        );
+        out.consume(3);
+        assert!(out.is_empty() && out.parts.is_empty() && out.copied.is_empty());
     }
 }
