@@ -58,8 +58,12 @@ impl<F: Frontend> Session<F> {
                 }
             }
             let was_quiet = b.quiet;
-            if let Some(ended) = self.flush(&mut b).await {
+            if let Some(ended) = self.flush(&mut b) {
                 return ended;
+            }
+            // Asked to leave: closed between requests once nothing more waits on its socket.
+            if b.leave_by.is_some() && b.between_requests && !self.has_input_waiting().await {
+                return Burst::Close;
             }
             if b.quiet && !was_quiet {
                 let at = tokio::time::Instant::now() + linger;
@@ -165,7 +169,7 @@ impl<F: Frontend> Session<F> {
     /// After each wakeup: writes every reply next in order (what the socket takes now),
     /// applies the output limits, times what was answered, and says whether the burst ends
     /// (closing, or leaving between requests) and whether it is quiet.
-    async fn flush(&mut self, b: &mut Pass) -> Option<Burst> {
+    fn flush(&mut self, b: &mut Pass) -> Option<Burst> {
         self.out.collect_ready();
         if self.carrier.holds_any() {
             self.cx().give_back_done();
@@ -196,10 +200,7 @@ impl<F: Frontend> Session<F> {
         if let Some(by) = b.leave_by {
             // Past the grace, a client that keeps sending is closed once answered.
             b.closing |= Instant::now() >= by;
-            let between_requests = answered_all && !self.fe.is_mid_request(&b.read_buf);
-            if between_requests && !self.has_input_waiting().await {
-                return Some(Burst::Close);
-            }
+            b.between_requests = answered_all && !self.fe.is_mid_request(&b.read_buf);
         }
         b.quiet = answered_all && b.read_buf.is_empty();
         None
@@ -256,6 +257,9 @@ struct Pass {
     leave_by: Option<Instant>,
     /// Everything asked is answered and nothing is left unread.
     quiet: bool,
+    /// Asked to leave, the client has everything it asked answered and is not in the middle
+    /// of a request.
+    between_requests: bool,
 }
 
 impl Pass {
@@ -270,6 +274,7 @@ impl Pass {
             closing: false,
             leave_by: leaving.then(|| Instant::now() + LEAVE_GRACE),
             quiet: false,
+            between_requests: false,
         }
     }
 }

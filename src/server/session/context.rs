@@ -106,10 +106,15 @@ impl Context<'_> {
     pub(in crate::server) fn has_room(&self) -> bool {
         let c = &self.pool.config.clients;
         let in_flight = self.out.pending() + self.listing.inbox().late();
+        if in_flight >= c.max_pipeline || self.carrier.is_blocked() {
+            return false;
+        }
+        let owed = self.out.owed();
+        if in_flight == 0 {
+            return owed <= c.max_output_bytes;
+        }
         let each = (self.out.typical_reply()).unwrap_or(c.max_output_bytes / FIRST_REPLIES);
-        in_flight < c.max_pipeline
-            && self.out.owed() + in_flight.saturating_mul(each) <= c.max_output_bytes
-            && !self.carrier.is_blocked()
+        owed + in_flight.saturating_mul(each) <= c.max_output_bytes
     }
 
     /// The worker thread the session runs on.
