@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::backend::{Mailbox, Node, Profile, Reserved, Subscriber, Topic};
+use crate::backend::{Node, Profile, Reserved, Subscriber, Topic};
 use crate::command::{
     self, Class, ClassCounts, Command, Fanout, Kind, LocalCommand, PubSubCommand,
 };
@@ -437,7 +437,6 @@ impl Resp {
         } = change;
         let (seq, answered) = (cx.out.next_seq(), cx.out.first_unanswered());
         let resp3 = self.client.resp3;
-        let inbox: Arc<dyn Mailbox> = cx.listing.clone();
         let modes = self.modes();
         let subscribers = &mut modes.subscribers;
         let mut parts = 0;
@@ -449,7 +448,7 @@ impl Resp {
             match subscribers.iter().find(|(name, _)| *name == shard.name) {
                 Some((_, subscriber)) => subscriber.change(subscribe, topic, names, ack),
                 None if subscribe => {
-                    let subscriber = shard.master().subscriber(resp3, inbox.clone());
+                    let subscriber = cx.subscriber(shard.master(), resp3);
                     subscriber.change(true, topic, names, ack);
                     subscribers.push((shard.name.clone(), subscriber));
                 }

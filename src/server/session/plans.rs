@@ -8,7 +8,7 @@ use bytes::Bytes;
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::Context;
-use crate::backend::{Job, Node, Profile, ReplyTo, Reserved, Token};
+use crate::backend::{Job, Node, Profile, ReplyTo, Reserved, Subscriber, Token};
 use crate::protocol::ReplyKind;
 use crate::server::error::ClientError;
 use crate::server::merge::Gather;
@@ -169,6 +169,12 @@ impl Context<'_> {
         let (shard, node) = self.resolve(state, part.target);
         let node = &state.shards[shard].nodes[node];
         self.send_to(node, (part.payload, part.kind), index, profile);
+    }
+
+    /// A subscriber connection of the client's to `node`: it delivers messages to the
+    /// client's inbox, and acknowledges changes there.
+    pub(in crate::server) fn subscriber(&self, node: &Node, resp3: bool) -> Subscriber {
+        node.subscriber(resp3, self.listing.clone())
     }
 
     /// Sends `requests` in order on `conn`, a connection reserved for the client, as the parts
