@@ -215,8 +215,9 @@ fn idle_and_slow_clients_are_closed_but_subscribers_and_others_are_not() {
     assert_eq!(closed("request_timeout"), 1);
 }
 
-#[test]
-fn out_of_file_descriptors_new_clients_are_told_and_closed() {
+/// A proxy over one redis-server, a client on the side that has set `k`, and then the proxy
+/// allowed 64 open files.
+fn allowed_64_files() -> (Redis, u16, Proxy, Raw) {
     let redis = Redis::start();
     let port = free_port();
     let proxy = Proxy::start(&pool_over(port, &[&redis], &["one"]), port);
@@ -227,6 +228,12 @@ fn out_of_file_descriptors_new_clients_are_told_and_closed() {
         .status()
         .expect("prlimit (util-linux)");
     assert!(limit.success());
+    (redis, port, proxy, side)
+}
+
+#[test]
+fn out_of_file_descriptors_new_clients_are_told_and_closed() {
+    let (_redis, port, proxy, mut side) = allowed_64_files();
     let started = std::time::Instant::now();
     let (mut served, mut refused) = (Vec::new(), 0);
     for _ in 0..100 {
@@ -256,16 +263,7 @@ fn out_of_file_descriptors_new_clients_are_told_and_closed() {
 
 #[test]
 fn no_number_of_admin_or_client_connections_keeps_the_proxy_from_its_nodes() {
-    let mut redis = Redis::start();
-    let port = free_port();
-    let proxy = Proxy::start(&pool_over(port, &[&redis], &["one"]), port);
-    let mut side = Raw::connect(port);
-    side.roundtrip(&command(&[b"SET", b"k", b"v"]), b"+OK\r\n");
-    let limit = Command::new("prlimit")
-        .args(["--pid", &proxy.pid().to_string(), "--nofile=64:64"])
-        .status()
-        .expect("prlimit (util-linux)");
-    assert!(limit.success());
+    let (mut redis, port, proxy, mut side) = allowed_64_files();
     // Idle connections to the admin port and clients, far more than the limit allows.
     let admin: Vec<TcpStream> = (0..100)
         .filter_map(|_| TcpStream::connect(("127.0.0.1", proxy.admin)).ok())

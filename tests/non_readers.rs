@@ -5,17 +5,21 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use common::*;
 
 const PASSWORD: &str = "s3cret";
 const MIB: u64 = 1024;
 
-/// A client on the side: SET and GET of small keys until `stop`; how many rounds it made and
-/// how many replies were not the ones expected.
-fn side_client(port: u16, stop: &AtomicBool) -> (usize, usize) {
+/// Rounds the side client makes after the non-readers are closed: what they asked may still
+/// be ahead of its requests on the node's connection.
+const ROUNDS_AFTER: usize = 5_000;
+
+/// A client on the side: SET and GET of small keys until `stop`, counting its rounds in
+/// `made`; how many replies were not the ones expected.
+fn side_client(port: u16, stop: &AtomicBool, made: &AtomicUsize) -> usize {
     let mut c = Raw::connect(port);
     c.roundtrip(&command(&[b"AUTH", PASSWORD.as_bytes()]), b"+OK\r\n");
     let (mut rounds, mut errors) = (0, 0);
@@ -27,8 +31,9 @@ fn side_client(port: u16, stop: &AtomicBool) -> (usize, usize) {
         errors += usize::from(c.read_line() != "$1\r\n");
         errors += usize::from(c.read_line() != "v\r\n");
         rounds += 1;
+        made.store(rounds, Ordering::Relaxed);
     }
-    (rounds, errors)
+    errors
 }
 
 /// Authenticates and pipelines 20,000 `GET big`, never reading a byte. The connection is
@@ -52,26 +57,29 @@ fn scenario(non_readers: usize, timeout_ms: u64) -> (u64, u64) {
     let (port, proxy) = pool_over_one(&redis, &extra);
     let (redis_before, proxy_before) = (memory_kib(redis.pid(), "VmRSS"), proxy.rss_kib());
     let stop = AtomicBool::new(false);
+    let made = AtomicUsize::new(0);
     let closes = "ringproxy_client_closes_total{pool=\"main\",reason=\"output_limit\"}";
-    let (rounds, errors) = std::thread::scope(|scope| {
-        let side = scope.spawn(|| side_client(port, &stop));
+    let errors = std::thread::scope(|scope| {
+        let side = scope.spawn(|| side_client(port, &stop, &made));
         let non_readers: Vec<_> = (0..non_readers)
             .map(|_| scope.spawn(|| non_reader(port)))
             .collect();
-        let started = Instant::now();
         let closed = poll_until(Duration::from_secs(30), || {
             metric(&proxy.http("/metrics").1, closes) == non_readers.len() as u64
         });
-        // The side client goes on as long again (2 s at least): what the non-readers asked may
-        // still be ahead of its requests on the node's connection.
-        std::thread::sleep(started.elapsed().max(Duration::from_secs(2)));
+        let until = made.load(Ordering::Relaxed) + ROUNDS_AFTER;
+        let went_on = poll_until(Duration::from_secs(60), || {
+            made.load(Ordering::Relaxed) >= until
+        });
         stop.store(true, Ordering::Relaxed);
         assert!(closed, "non-readers closed within 30 s: {}", proxy.log());
+        assert!(went_on, "the side client made {ROUNDS_AFTER} rounds after");
         for n in non_readers {
             drop(n.join().unwrap());
         }
         side.join().unwrap()
     });
+    let rounds = made.load(Ordering::Relaxed);
     let redis_grew = memory_kib(redis.pid(), "VmHWM").saturating_sub(redis_before);
     let proxy_grew = proxy.peak_rss_kib().saturating_sub(proxy_before);
     eprintln!(

@@ -404,10 +404,7 @@ fn next_check(
         .iter()
         .find(|r| matches!(r.waiter, Waiter::Client(_)))
         .map(|r| r.deadline);
-    match (deadline, silent_at) {
-        (Some(d), Some(s)) => Some(d.min(s)),
-        (d, s) => d.or(s),
-    }
+    earliest(deadline, silent_at)
 }
 
 /// When the connection is given up if the node stays silent while `oldest` is its oldest

@@ -83,11 +83,11 @@ impl Subscriber {
 }
 
 fn encode_change(out: &mut Unwritten, change: &Change) {
-    let mut buf = BytesMut::new();
-    encode::array(&mut buf, 1 + change.names.len());
-    encode::bulk(&mut buf, change.topic.command(change.subscribe));
-    change.names.iter().for_each(|n| encode::bulk(&mut buf, n));
-    out.push(buf.freeze());
+    out.encode(|buf| {
+        encode::array(buf, 1 + change.names.len());
+        encode::bulk(buf, change.topic.command(change.subscribe));
+        change.names.iter().for_each(|n| encode::bulk(buf, n));
+    });
 }
 
 /// What a frame from the connection is: a message for the client, or the server's

@@ -40,6 +40,14 @@ impl Unwritten {
         }
     }
 
+    /// Writes what `encode` puts in the buffer of copied parts: what the proxy makes itself
+    /// goes there once, not through a buffer of its own.
+    pub fn encode(&mut self, encode: impl FnOnce(&mut BytesMut)) {
+        let before = self.copied.len();
+        encode(&mut self.copied);
+        self.len += self.copied.len() - before;
+    }
+
     /// Moves what was copied together into the parts, after those before it. The buffer's
     /// memory is reused once the part is written and let go.
     fn close_copied(&mut self) {
@@ -133,6 +141,12 @@ mod tests {
             out.parts[1].as_ptr(),
             large.as_ptr(),
             "the large part is not copied"
+        );
+        // What the proxy encodes itself goes straight into the copied buffer.
+        out.encode(|buf| buf.extend_from_slice(b"!"));
+        assert_eq!(
+            (&out.copied[..], out.len()),
+            (&b"!"[..], 7 + large.len() + 3)
         );
     }
 

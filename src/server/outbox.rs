@@ -231,12 +231,17 @@ impl Outbox {
     /// Answers request `seq` with an error, whatever it awaited.
     pub(super) fn fail(&mut self, seq: u64, e: ClientError) {
         let reply = e.render(self.protocol);
-        if let Some(slot) = self.slot(seq) {
-            *slot = Slot::Ready(reply.clone());
-            let queue = self.queue();
-            queue.held += reply.len();
-            queue.errors.count(e.kind());
+        let len = reply.len();
+        let Some(slot) = self.slot(seq) else {
+            return;
+        };
+        let before = std::mem::replace(slot, Slot::Ready(reply));
+        let queue = self.queue();
+        if let Slot::Ready(replaced) = before {
+            queue.held -= replaced.len();
         }
+        queue.held += len;
+        queue.errors.count(e.kind());
     }
 
     pub(super) fn next_seq(&self) -> u64 {
