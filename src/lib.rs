@@ -14,12 +14,14 @@
 //!   `FILE:LINE:COLUMN` errors: `raw` (ringproxy's schema), `raw/twemproxy` (`nutcracker.yml`
 //!   as it is), `values` (values that check themselves as they are read).
 //! - [`placement`]: key → server: twemproxy's hash functions (`hash`), ketama / modula /
-//!   random, hash tags. Built from configuration only; health never rebuilds it.
+//!   random, hash tags; or a Redis Cluster's slots (`slots`). Built from configuration (or
+//!   the cluster's agreed map) only; health never rebuilds it.
 //! - [`command`]: the Redis command table (`table`), matched once into a typed command: key
 //!   positions, write flag, how each is routed. `keyword`: the enums of configuration
 //!   keywords, each with its YAML spelling.
 //! - [`protocol`]: I/O-free parsers, reply scanners and encoders: `resp` (`request`, `reply`,
-//!   `encode`) and `memcache` (`request`, `reply`).
+//!   `encode`, and `value`, a reply read as a tree for what the proxy reads itself) and
+//!   `memcache` (`request`, `reply`).
 //! - `net`: the one `Stream` type of client and backend sockets (TCP, Unix, TLS over TCP
 //!   with rustls driven on the same readiness: `tls`) and the fast read path; `unwritten`,
 //!   bytes queued for vectored writes without a copy; `descriptors`, the share of the
@@ -33,7 +35,10 @@
 //!   their cause; `report`, node events for the pool's keeper.
 //! - `topology`: pools and their live state: `state`, the `PoolState` snapshot (ring, shards
 //!   by name, each shard's master as data, node health) sessions load per burst; `shards`, building a
-//!   pool's shards from its configuration (reusing nodes across a reload); `keeper`, the snapshot's one writer; `failover`, which replica
+//!   pool's shards from its configuration (reusing nodes across a reload); `keeper`, the
+//!   snapshot's one writer (`keeper/cluster`, its part in a cluster pool); `cluster`, a Redis
+//!   Cluster's slot map as its nodes give it, their agreement, redirects, and the task asking
+//!   them; `failover`, which replica
 //!   to promote and whether a restarted master would wipe its replicas; `sentinel`, following
 //!   Redis Sentinel; `reload`, what a new configuration file changes, and the file watcher;
 //!   `clients`, each pool's client list (CLIENT LIST, and what the pool asks of a client);
@@ -42,8 +47,9 @@
 //!   idle wait, `session/burst`, the loop that serves it while it is active (a handler per
 //!   wakeup: inbox, socket, timers; then the flush), `session/context`, the narrow seam a
 //!   frontend sees instead of the session (pool, client entry, replies owed, room, carrying
-//!   out plans), and `session/plans`, carrying out a plan on the nodes and the connections
-//!   reserved for a client; `outbox`, reply order, typed tokens, and the parts kept to be sent again; `plan`,
+//!   out plans), `session/plans`, carrying out a plan on the nodes and the connections
+//!   reserved for a client, and `session/resend`, sending again what asks for it (a failed
+//!   read, an EVALSHA, a cluster's redirect); `outbox`, reply order, typed tokens, and the parts kept to be sent again; `plan`,
 //!   what routing decides; `merge`, collecting the parts of a fanned-out request; `error`, the
 //!   client-error type rendered per protocol; `timing`, each request's time for the latency
 //!   histograms and the slow log. The frontends: `redis` (`route`, `keyspace` for commands

@@ -191,6 +191,45 @@ struct ConnSettings {
     tls: Option<TlsConnector>,
 }
 
+impl ConnSettings {
+    /// How `pool`'s connections of `profile` to `addr` are opened.
+    fn new(pool: &PoolConfig, addr: &Address, profile: Profile) -> ConnSettings {
+        let (handshake, handshake_replies) = handshake(pool, profile);
+        ConnSettings {
+            addr: addr.clone(),
+            protocol: pool.protocol,
+            timeout: pool.timeout,
+            handshake,
+            handshake_replies,
+            preconnect: pool.preconnect && profile == Profile::default(),
+            max_reply_depth: pool.max_reply_depth,
+            tls: pool.backend_tls.as_ref().map(|t| t.connector(&addr.host)),
+        }
+    }
+}
+
+/// Sends one command to `addr` on a connection of its own (with the pool's backend auth and
+/// TLS) and returns its reply, all within the pool's timeout: for what the proxy asks a node
+/// outside any client's request (a cluster's slot map).
+pub async fn ask_node(
+    pool: &PoolConfig,
+    addr: &Address,
+    args: &[&str],
+) -> Result<BytesMut, Failure> {
+    let settings = ConnSettings::new(pool, addr, Profile::default());
+    let asked = async {
+        let stream = connection::connect(&settings)
+            .await
+            .map_err(Failure::Unreachable)?;
+        let mut request = BytesMut::new();
+        encode::command(&mut request, args.iter().map(|a| a.as_bytes()));
+        stream.write_all(&request).await?;
+        let mut buf = BytesMut::new();
+        connection::read_reply(&stream, &mut buf, &settings, ReplyKind::Resp).await
+    };
+    within(pool.timeout, asked).await
+}
+
 /// What a backend connection carries for the clients whose requests it takes: their database
 /// (SELECT) and protocol level (HELLO 3). Requests go on connections of their client's profile.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -311,21 +350,11 @@ impl Node {
             flush_when_back,
             ..NodeShared::new(label, metrics, events)
         });
-        let settings = |profile: Profile| {
-            let (handshake, handshake_replies) = handshake(pool, profile);
-            Arc::new(ConnSettings {
-                addr: addr.clone(),
-                protocol: pool.protocol,
-                timeout: pool.timeout,
-                handshake,
-                handshake_replies,
-                preconnect: pool.preconnect && profile == Profile::default(),
-                max_reply_depth: pool.max_reply_depth,
-                tls: pool.backend_tls.as_ref().map(|t| t.connector(&addr.host)),
-            })
-        };
         let settings: Vec<Arc<ConnSettings>> = (0..pool.redis.databases)
-            .flat_map(|db| [false, true].map(|resp3| settings(Profile { db, resp3 })))
+            .flat_map(|db| {
+                [false, true]
+                    .map(|resp3| Arc::new(ConnSettings::new(pool, &addr, Profile { db, resp3 })))
+            })
             .collect();
         let per_worker = (0..workers.len())
             .map(|w| {

@@ -149,8 +149,21 @@ pub struct PoolConfig {
     pub clients: ClientLimits,
     pub redis: RedisSettings,
     pub memcache: MemcacheSettings,
+    /// A Redis Cluster backend: its slot map places keys instead of a ring over `servers`.
+    pub cluster: Option<ClusterConfig>,
     pub servers: Vec<ServerConfig>,
 }
+
+/// Where to learn a Redis Cluster's slot map, and how often to ask again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Any nodes of the cluster: the rest is discovered.
+    pub seeds: Vec<Address>,
+    /// The slot map is asked for again this often (and at once after a redirect or a failure).
+    pub refresh: Duration,
+}
+
+pub const DEFAULT_CLUSTER_REFRESH: Duration = Duration::from_millis(5000);
 
 /// How a pool's servers are failed over, with the settings that way alone has.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -310,6 +323,19 @@ impl Config {
             ));
         }
         for p in &self.pools {
+            if let Some(c) = &p.cluster {
+                let seeds: Vec<String> = c.seeds.iter().map(ToString::to_string).collect();
+                out.push_str(&format!(
+                    "pool {} listen {} protocol redis cluster seeds {} refresh {} ms timeout {} ms read_from {}\n",
+                    p.name,
+                    p.listen,
+                    seeds.join(","),
+                    c.refresh.as_millis(),
+                    p.timeout.as_millis(),
+                    p.read_from,
+                ));
+                continue;
+            }
             out.push_str(&format!(
                 "pool {} listen {} protocol {} hash {} distribution {}{} timeout {} ms read_from {} failover {}\n",
                 p.name,
@@ -398,6 +424,8 @@ struct PoolParts {
     memcache_only: bool,
     /// Whether Sentinels or their auth were given.
     sentinel_keys: bool,
+    /// Placement and failover keys that were given (a cluster pool refuses them).
+    placement_keys: Vec<&'static str>,
     config: PoolConfig,
     servers: Vec<Spanned<raw::Server>>,
 }
@@ -440,10 +468,16 @@ impl PoolParts {
         let mut config = self.config;
         config.name = name;
         config.listen = self.listen.value;
+        if config.cluster.is_some() {
+            return cluster_checked(config, &self.placement_keys, self.at);
+        }
         if self.servers.is_empty() {
             return Err(invalid(
                 self.at,
-                format!("pool '{}' has no servers", config.name),
+                format!(
+                    "pool '{}' has no servers (give servers, or cluster: {{ seeds: […] }} for a Redis Cluster)",
+                    config.name
+                ),
             ));
         }
         let sentinel = config.failover.is_sentinel();
@@ -499,6 +533,30 @@ impl PoolParts {
         }
         Ok(config)
     }
+}
+
+/// A cluster pool, checked: the cluster places keys and fails over itself, has one database,
+/// and speaks Redis.
+fn cluster_checked(
+    config: PoolConfig,
+    placement_keys: &[&str],
+    at: Location,
+) -> Result<PoolConfig, Invalid> {
+    let name = &config.name;
+    let why = if let Some(key) = placement_keys.first() {
+        format!(
+            "pool '{name}': {key} is not for a cluster pool: the cluster places keys (CRC16 slots, {{…}} hash tags) and fails over itself"
+        )
+    } else if config.protocol != Protocol::Redis {
+        format!("pool '{name}': cluster is for redis pools")
+    } else if config.redis.databases != 1 || config.redis.db != 0 {
+        format!("pool '{name}': a Redis Cluster has database 0 only: no db or databases")
+    } else if config.cluster.as_ref().is_some_and(|c| c.seeds.is_empty()) {
+        format!("pool '{name}': cluster needs seeds: [host:port, …]")
+    } else {
+        return Ok(config);
+    };
+    Err(invalid(at, why))
 }
 
 impl PoolConfig {

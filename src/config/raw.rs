@@ -91,7 +91,17 @@ struct Pool {
     #[serde(default, deserialize_with = "whole_millis")]
     client_output_timeout_ms: Option<u64>,
     reject_past_exptime: Option<bool>,
+    cluster: Option<RawCluster>,
+    #[serde(default)]
     servers: Vec<Spanned<Server>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    seeds: Vec<Address>,
+    #[serde(default, deserialize_with = "whole_millis")]
+    refresh_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -393,6 +403,7 @@ fn base_pool(listen: &Spanned<Listen>) -> PoolConfig {
             item_size_max: 1024 * 1024,
             reject_past_exptime: false,
         },
+        cluster: None,
         servers: Vec::new(),
     }
 }
@@ -402,6 +413,21 @@ impl Pool {
     fn into_parts(self, at: Location) -> Result<PoolParts, Invalid> {
         let p = self;
         let mut c = base_pool(&p.listen);
+        // What a cluster decides itself: given beside `cluster`, it is refused.
+        let placement_keys: Vec<&'static str> = [
+            ("servers", !p.servers.is_empty()),
+            ("hash", p.hash.is_some()),
+            ("distribution", p.distribution.is_some()),
+            ("hash_tag", p.hash_tag.is_some()),
+            ("failover", p.failover.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, given)| given.then_some(key))
+        .collect();
+        c.cluster = p.cluster.map(|cl| ClusterConfig {
+            seeds: cl.seeds,
+            refresh: cl.refresh_ms.map_or(DEFAULT_CLUSTER_REFRESH, millis),
+        });
         c.protocol = p.protocol.unwrap_or(c.protocol);
         c.hash = p.hash.unwrap_or(c.hash);
         c.distribution = p.distribution.unwrap_or(c.distribution);
@@ -530,6 +556,7 @@ impl Pool {
             at,
             memcache_only,
             sentinel_keys,
+            placement_keys,
             config: c,
             servers: p.servers,
         })

@@ -206,7 +206,14 @@ fn mistakes_are_located() {
         (pool("    protocol: memcache\n    failover: promote\n    servers: [127.0.0.1:7000:1]\n"), "failover: promote and sentinel are for redis pools"),
         (pool("    servers: []\n"), "has no servers"),
         (pool("    read_from: replica\n    servers: [127.0.0.1:7000:1]\n"), "has no replicas"),
-        ("pools:\n  p:\n    listen: 127.0.0.1:6380\n".to_string(), "missing field `servers`"),
+        ("pools:\n  p:\n    listen: 127.0.0.1:6380\n".to_string(), "test.yml:3:5: pool 'p' has no servers (give servers, or cluster"),
+        (pool("    cluster: { seeds: [127.0.0.1:7000] }\n    servers: [127.0.0.1:7000:1]\n"), "pool 'p': servers is not for a cluster pool: the cluster places keys"),
+        (pool("    cluster: { seeds: [127.0.0.1:7000] }\n    hash_tag: \"{}\"\n"), "hash_tag is not for a cluster pool"),
+        (pool("    cluster: { seeds: [127.0.0.1:7000] }\n    failover: promote\n"), "failover is not for a cluster pool"),
+        (pool("    cluster: { seeds: [] }\n"), "cluster needs seeds"),
+        (pool("    cluster: { seeds: [127.0.0.1:7000] }\n    databases: 4\n"), "a Redis Cluster has database 0 only"),
+        (pool("    cluster: { seeds: [127.0.0.1:7000] }\n    protocol: memcache\n"), "cluster is for redis pools"),
+        (pool("    cluster: { seeds: [127.0.0.1:7000], refresh: 5 }\n"), "unknown field `refresh`"),
         (
             "pools:\n  a:\n    listen: 127.0.0.1:6380\n    servers: [127.0.0.1:7000:1]\n  b:\n    listen: 127.0.0.1:6380\n    servers: [127.0.0.1:7000:1]\n".to_string(),
             "test.yml:6:13: listen address 127.0.0.1:6380 is already used by a",
@@ -303,4 +310,18 @@ fn the_hard_output_limit_is_never_under_the_soft_one() {
     let both =
         "    limits: { max_client_output_bytes: 1000, max_client_output_hard_bytes: 5000 }\n";
     assert_eq!(pool(both), (1000, 5000));
+}
+
+#[test]
+fn a_cluster_pool_takes_seeds_and_a_refresh_interval() {
+    let text = "pools:\n  c:\n    listen: 127.0.0.1:6380\n    read_from: replica_preferred\n    cluster:\n      seeds: [127.0.0.1:7000, 127.0.0.1:7001]\n      refresh_ms: 2000\n";
+    let p = &parse(text).unwrap().pools[0];
+    let cluster = p.cluster.as_ref().unwrap();
+    assert_eq!(cluster.seeds.len(), 2);
+    assert_eq!(cluster.refresh, Duration::from_millis(2000));
+    assert!(p.servers.is_empty());
+    let defaults =
+        "pools:\n  c:\n    listen: 127.0.0.1:6380\n    cluster: { seeds: [127.0.0.1:7000] }\n";
+    let p = &parse(defaults).unwrap().pools[0];
+    assert_eq!(p.cluster.as_ref().unwrap().refresh, DEFAULT_CLUSTER_REFRESH);
 }

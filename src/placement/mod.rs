@@ -1,9 +1,11 @@
 //! Key → server placement: twemproxy's ketama, modula and random distributions over its hash
-//! functions, with hash tags.
+//! functions, with hash tags; or a Redis Cluster's slots (`slots`).
 
 mod hash;
+pub mod slots;
 
 use std::cell::Cell;
+use std::sync::Arc;
 
 pub use hash::HashFn;
 
@@ -15,6 +17,40 @@ keywords! {
         Ketama = "ketama",
         Modula = "modula",
         Random = "random",
+    }
+}
+
+/// Where a pool's keys go: a ring built from the configuration, or the slot map a Redis
+/// Cluster agreed on. Neither knows anything of health.
+#[derive(Clone, Debug)]
+pub enum Placement {
+    Ring(Arc<Ring>),
+    Slots(Arc<slots::SlotMap>),
+}
+
+impl Placement {
+    /// The index of the shard owning `key`, or `None` when none does.
+    pub fn shard_for(&self, key: &[u8]) -> Option<usize> {
+        match self {
+            Placement::Ring(ring) => ring.server_for(key),
+            Placement::Slots(map) => map.shard_for(key),
+        }
+    }
+
+    /// The part of `key` that is hashed (its hash tag's content, or the whole key).
+    pub fn hashed_part<'k>(&self, key: &'k [u8]) -> &'k [u8] {
+        match self {
+            Placement::Ring(ring) => ring.hashed_part(key),
+            Placement::Slots(_) => slots::hashed_part(key),
+        }
+    }
+
+    /// Whether shard `index` is given keys: on the ring (not ejected), or owning a slot.
+    pub fn places_on(&self, index: usize) -> bool {
+        match self {
+            Placement::Ring(ring) => ring.contains(index),
+            Placement::Slots(map) => map.owns_any(index),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
@@ -12,6 +13,7 @@ use crate::backend::{BackendError, Completion, NodeId, Profile, Token};
 use crate::config::Protocol;
 use crate::metrics::ErrorKind;
 use crate::protocol::ReplyKind;
+use crate::topology::cluster::{self, Redirect};
 
 /// What a client that asked for no reply (memcache `noreply`, meta `q`) still sees.
 #[derive(Clone, Copy, Debug)]
@@ -61,9 +63,20 @@ pub(super) struct Sent {
     pub(super) kind: ReplyKind,
     /// The client's connections to the node (its database and protocol level).
     pub(super) profile: Profile,
-    pub(super) when: ResendWhen,
-    /// How many more times it may be sent.
+    /// When to send it again, besides a cluster's redirects.
+    pub(super) when: Option<ResendWhen>,
+    /// How many more times it may be sent for `when`.
     pub(super) retries_left: usize,
+    /// A cluster's part: its redirects are followed until its deadline.
+    pub(super) redirects: Option<Redirects>,
+}
+
+/// How far a cluster's part has been redirected.
+pub(super) struct Redirects {
+    /// Past it, the client gets the pool's timeout error instead of another redirect.
+    pub(super) deadline: Instant,
+    /// Redirects followed so far.
+    pub(super) hops: u32,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -76,11 +89,22 @@ pub(super) enum ResendWhen {
     Answered { prefix: &'static [u8], first: Bytes },
 }
 
-/// A resend to make: which part of which request, and what to send before it.
+/// A resend to make: which part of which request, and how.
 pub(super) struct Retry {
     pub(super) seq: u64,
     pub(super) part: usize,
-    pub(super) first: Option<Bytes>,
+    pub(super) how: Resend,
+    /// Not before then: it waits for a backoff, and every retry after it waits behind it.
+    pub(super) not_before: Option<Instant>,
+}
+
+pub(super) enum Resend {
+    /// To the next node of its shard.
+    NextNode,
+    /// To the same node, after `0`.
+    After(Bytes),
+    /// Where a cluster node said.
+    Redirect(Redirect),
 }
 
 /// Replies owed to the client, in request order.
@@ -108,8 +132,12 @@ struct Queue {
     /// Parts that may be sent again, in request and part order, until their request is
     /// answered.
     sent: VecDeque<Sent>,
-    /// Parts to send again.
-    retries: Vec<Retry>,
+    /// Parts to send again, in the order they are to be sent.
+    retries: VecDeque<Retry>,
+    /// Requests from before this one were redirected: until they are answered, no later one
+    /// is sent (one that went to a node the earlier ones are redirected away from would
+    /// overtake them).
+    redirected_before: u64,
     /// Requests whose replies the client asked not to get (Redis's CLIENT REPLY), in order.
     muted: VecDeque<u64>,
 }
@@ -202,16 +230,31 @@ impl Outbox {
             .unwrap_or_default()
     }
 
-    /// Requests to send again, taken.
-    pub(super) fn take_retries(&mut self) -> Vec<Retry> {
-        self.queue
-            .as_mut()
-            .map(|q| std::mem::take(&mut q.retries))
-            .unwrap_or_default()
+    /// The next part to send again, if it is due at `now`.
+    pub(super) fn take_retry(&mut self, now: Instant) -> Option<Retry> {
+        let retries = &mut self.queue.as_mut()?.retries;
+        match retries.front()?.not_before {
+            Some(at) if at > now => None,
+            _ => retries.pop_front(),
+        }
     }
 
+    /// Puts `retry` back first in line, to be sent at `at`.
+    pub(super) fn defer(&mut self, mut retry: Retry, at: Instant) {
+        retry.not_before = Some(at);
+        self.queue().retries.push_front(retry);
+    }
+
+    /// Whether a part waits to be sent again.
     pub(super) fn has_retries(&self) -> bool {
         self.queue.as_ref().is_some_and(|q| !q.retries.is_empty())
+    }
+
+    /// Whether new requests wait for redirected ones sent before them to be answered.
+    pub(super) fn behind_redirects(&self) -> bool {
+        self.queue
+            .as_ref()
+            .is_some_and(|q| q.redirected_before > self.first_seq)
     }
 
     /// Part `part` of request `seq`, if it is kept to be sent again.
@@ -308,9 +351,17 @@ impl Outbox {
             && let Ok(at) = queue
                 .sent
                 .binary_search_by_key(&(seq, part), |s| (s.seq, s.part))
-            && let Some(retry) = retry(&queue.sent[at], &c.result)
+            && let Some(how) = resend(&queue.sent[at], &c.result)
         {
-            queue.retries.push(retry);
+            if let Resend::Redirect(_) = how {
+                queue.redirected_before = self.first_seq + queue.slots.len() as u64;
+            }
+            queue.retries.push_back(Retry {
+                seq,
+                part,
+                how,
+                not_before: None,
+            });
             return;
         }
         let Some(slot) = queue.slots.get_mut(index as usize) else {
@@ -378,22 +429,24 @@ fn typical(typical: u32, len: usize) -> u32 {
 }
 
 /// Whether `result` calls for sending `sent` again, and how.
-fn retry(sent: &Sent, result: &Result<Bytes, Box<BackendError>>) -> Option<Retry> {
+fn resend(sent: &Sent, result: &Result<Bytes, Box<BackendError>>) -> Option<Resend> {
+    if sent.redirects.is_some()
+        && let Ok(reply) = result
+        && reply.first() == Some(&b'-')
+        && let Some(redirect) = cluster::redirect(reply)
+    {
+        return Some(Resend::Redirect(redirect));
+    }
     if sent.retries_left == 0 {
         return None;
     }
-    let first = match (&sent.when, result) {
-        (ResendWhen::NodeFails, Err(_)) => None,
+    match (sent.when.as_ref()?, result) {
+        (ResendWhen::NodeFails, Err(_)) => Some(Resend::NextNode),
         (ResendWhen::Answered { prefix, first }, Ok(reply)) if reply.starts_with(prefix) => {
-            Some(first.clone())
+            Some(Resend::After(first.clone()))
         }
-        _ => return None,
-    };
-    Some(Retry {
-        seq: sent.seq,
-        part: sent.part,
-        first,
-    })
+        _ => None,
+    }
 }
 
 /// What the client sees of a single backend reply: the reply or an error, unless it asked for

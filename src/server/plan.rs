@@ -2,6 +2,7 @@
 //! what becomes of the replies. The frontends' routing functions return a [`Plan`] from the
 //! request and a `PoolState` snapshot; the session carries it out.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -94,24 +95,39 @@ impl Plan {
     }
 }
 
-/// Groups keys by shard for a split request: the part of every key (one part per shard, in
-/// order of first use) and each part's shard.
+/// Groups of a split request found by a scan; past that, by a table.
+const SCANNED_GROUPS: usize = 16;
+
+/// Groups keys for a split request: the part of every key (one part per shard, or per slot in
+/// a cluster, in order of first use) and each part's shard.
 pub(super) fn parts_by_shard<'a, N>(
     state: &PoolState<N>,
     keys: impl Iterator<Item = &'a [u8]>,
 ) -> Result<(Vec<u32>, Vec<usize>), ClientError> {
     let mut key_parts = Vec::with_capacity(keys.size_hint().0);
     let mut part_shards: Vec<usize> = Vec::new();
+    let mut groups: Vec<u32> = Vec::new();
+    let mut index: HashMap<u32, u32> = HashMap::new();
     for key in keys {
-        let shard = state.shard_for(key).ok_or(ClientError::NoServer)?;
-        let part = match part_shards.iter().position(|&s| s == shard) {
-            Some(part) => part,
-            None => {
-                part_shards.push(shard);
-                part_shards.len() - 1
-            }
+        let (group, shard) = state.group_for(key).ok_or(ClientError::NoServer)?;
+        let known = match groups.len() <= SCANNED_GROUPS {
+            true => groups.iter().position(|&g| g == group).map(|p| p as u32),
+            false => index.get(&group).copied(),
         };
-        key_parts.push(part as u32);
+        let part = known.unwrap_or_else(|| {
+            groups.push(group);
+            part_shards.push(shard);
+            let part = groups.len() as u32 - 1;
+            match groups.len() {
+                n if n == SCANNED_GROUPS + 1 => {
+                    index.extend(groups.iter().enumerate().map(|(p, &g)| (g, p as u32)));
+                }
+                n if n > SCANNED_GROUPS + 1 => _ = index.insert(group, part),
+                _ => {}
+            }
+            part
+        });
+        key_parts.push(part);
     }
     Ok((key_parts, part_shards))
 }
@@ -124,7 +140,7 @@ pub(super) mod testing {
     use bytes::BytesMut;
 
     use crate::backend::Health;
-    use crate::placement::{Distribution, HashFn, Ring, RingMember};
+    use crate::placement::{Distribution, HashFn, Placement, Ring, RingMember};
     use crate::protocol::resp::{Request, RequestParser, encode};
     use crate::topology::{NodeStatus, PoolState, Shard};
 
@@ -172,7 +188,7 @@ pub(super) mod testing {
                 replicated,
             })
             .collect();
-        PoolState::new(Arc::new(ring), shards)
+        PoolState::new(Placement::Ring(Arc::new(ring)), shards)
     }
 
     /// The first key `<prefix><n>` on shard `shard`.

@@ -8,6 +8,7 @@ mod context;
 #[cfg(test)]
 pub(super) mod harness;
 mod plans;
+mod resend;
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -18,7 +18,11 @@ use super::state::{PoolState, Shard};
 use crate::backend::{Health, NodeEvent, NodeId, Role};
 use crate::config::{Address, FailoverMode, PoolConfig};
 use crate::metrics::ShardMetrics;
-use crate::placement::Ring;
+use crate::placement::{Placement, Ring};
+use cluster::{ClusterKeep, ClusterNews};
+
+mod cluster;
+pub use cluster::ClusterLink;
 
 /// Rings kept for sets of ejected servers that may recur.
 const MAX_RINGS_KEPT: usize = 64;
@@ -36,7 +40,19 @@ pub(super) struct Keeper {
     promotions: UnboundedSender<Promotion>,
     /// Rings by the set of shards on them, the full ring among them.
     rings: HashMap<Vec<bool>, Arc<Ring>>,
+    /// A cluster pool's slot map and the task asking the cluster.
+    cluster: Option<ClusterKeep>,
     state: Arc<ArcSwap<PoolState>>,
+}
+
+/// What a keeper hears.
+pub(super) struct Inputs {
+    pub events: UnboundedReceiver<NodeEvent>,
+    pub promoted: UnboundedReceiver<Promotion>,
+    pub sentinel: Option<UnboundedReceiver<MasterNamed>>,
+    pub cluster: Option<UnboundedReceiver<ClusterNews>>,
+    /// New shapes from reloads; closed when the pool is gone.
+    pub reshape: UnboundedReceiver<PoolConfig>,
 }
 
 /// A shard's failover bookkeeping.
@@ -88,15 +104,15 @@ pub(super) struct Promotion {
 }
 
 impl Keeper {
-    /// A keeper for `config`'s shards, and the pool's first snapshot.
+    /// A keeper for `config`'s shards (a cluster pool's come from the cluster) whose nodes
+    /// report to `events`, the pool's first snapshot, and what the keeper will hear (Sentinel
+    /// is the caller's to add).
     pub(super) fn new(
         config: PoolConfig,
         maker: NodeMaker,
-    ) -> (
-        Keeper,
-        Arc<ArcSwap<PoolState>>,
-        UnboundedReceiver<Promotion>,
-    ) {
+        events: UnboundedReceiver<NodeEvent>,
+        reshape: UnboundedReceiver<PoolConfig>,
+    ) -> (Keeper, Arc<ArcSwap<PoolState>>, Inputs) {
         let shards: Vec<Shard> = config
             .servers
             .iter()
@@ -109,11 +125,29 @@ impl Keeper {
             .collect();
         let live = vec![true; shards.len()];
         let ring = Arc::new(config.ring(&live));
+        let (cluster, news) = match &config.cluster {
+            Some(c) => {
+                let (keep, news) = ClusterKeep::start(&config, c);
+                (Some(keep), Some(news))
+            }
+            None => (None, None),
+        };
+        let placement = match &cluster {
+            Some(c) => Placement::Slots(c.slots.clone()),
+            None => Placement::Ring(ring.clone()),
+        };
         let state = Arc::new(ArcSwap::from_pointee(PoolState::new(
-            ring.clone(),
+            placement,
             shards.clone(),
         )));
         let (promotions, promoted) = mpsc::unbounded_channel();
+        let inputs = Inputs {
+            events,
+            promoted,
+            sentinel: None,
+            cluster: news,
+            reshape,
+        };
         let keeper = Keeper {
             out_until: vec![None; shards.len()],
             rings: HashMap::from([(live, ring)]),
@@ -122,21 +156,28 @@ impl Keeper {
             config,
             maker,
             shards,
+            cluster,
             state: state.clone(),
         };
-        (keeper, state, promoted)
+        (keeper, state, inputs)
+    }
+
+    /// What sessions of a cluster pool tell this keeper through.
+    pub(super) fn cluster_link(&self) -> Option<ClusterLink> {
+        self.cluster.as_ref().map(ClusterKeep::link)
     }
 
     /// Applies node events, promotions, what Sentinel says and new shapes (`reshape`) until
     /// the pool is gone (`reshape` closes). Every health interval it also looks again at each
     /// shard, so a promotion that failed is tried again.
-    pub(super) async fn run(
-        mut self,
-        mut events: UnboundedReceiver<NodeEvent>,
-        mut promoted: UnboundedReceiver<Promotion>,
-        mut sentinel: Option<UnboundedReceiver<MasterNamed>>,
-        mut reshape: UnboundedReceiver<PoolConfig>,
-    ) {
+    pub(super) async fn run(mut self, inputs: Inputs) {
+        let Inputs {
+            mut events,
+            mut promoted,
+            mut sentinel,
+            mut cluster,
+            mut reshape,
+        } = inputs;
         let mut tick = interval(self.config.health_check.interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -149,6 +190,7 @@ impl Keeper {
                 },
                 Some(promotion) = promoted.recv() => self.promoted(promotion),
                 Some(named) = next(&mut sentinel) => self.sentinel_named(named),
+                Some(news) = next(&mut cluster) => self.cluster_news(news),
                 _ = sleep_until(next_return.unwrap_or_else(Instant::now)), if next_return.is_some() => {
                     self.rejoin(Instant::now())
                 }
@@ -198,6 +240,9 @@ impl Keeper {
                 // what routes, is worth a new snapshot.
                 let changed = before.as_ref().map(|b| (b.role, b.keys)) != Some((role, keys))
                     || held_data != node.in_sync_at.is_some();
+                if self.cluster.is_some() {
+                    return changed;
+                }
                 let guarded = self.guard(s, n, before.as_ref());
                 let master_before = self.shards[s].master;
                 let healed = self.heal(s);
@@ -225,6 +270,11 @@ impl Keeper {
     /// elsewhere, or with `failover: promote` a replica is promoted in place of a master that is
     /// down. Returns whether routing changed now.
     fn heal(&mut self, s: usize) -> bool {
+        if self.cluster.is_some() {
+            // The cluster fails over itself; its new master comes with its slot map.
+            self.ask_while_failing();
+            return false;
+        }
         if self.failover[s].promoting {
             // Its outcome decides; until then what the nodes say may be its doing.
             return false;
@@ -496,6 +546,9 @@ impl Keeper {
     /// is answered. Placement is rebuilt from the new configuration. Returns true: routing
     /// changes.
     fn reshape(&mut self, config: PoolConfig) -> bool {
+        if self.cluster.is_some() {
+            return self.reshape_cluster(config);
+        }
         let before = std::mem::take(&mut self.shards);
         let mut failover: Vec<Option<ShardFailover>> = std::mem::take(&mut self.failover)
             .into_iter()
@@ -533,6 +586,12 @@ impl Keeper {
     }
 
     fn publish(&mut self) {
+        if let Some(cluster) = &self.cluster {
+            let placement = Placement::Slots(cluster.slots.clone());
+            let state = PoolState::new(placement, self.shards.clone());
+            self.state.store(Arc::new(state));
+            return;
+        }
         let live: Vec<bool> = self.out_until.iter().map(Option::is_none).collect();
         if self.rings.len() > MAX_RINGS_KEPT {
             self.rings.retain(|live, _| live.iter().all(|&l| l));
@@ -543,8 +602,8 @@ impl Keeper {
             .entry(live)
             .or_insert_with_key(|live| Arc::new(config.ring(live)))
             .clone();
-        self.state
-            .store(Arc::new(PoolState::new(ring, self.shards.clone())));
+        let state = PoolState::new(Placement::Ring(ring), self.shards.clone());
+        self.state.store(Arc::new(state));
     }
 }
 

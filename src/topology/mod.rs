@@ -5,6 +5,7 @@
 //! next request without any lock.
 
 mod clients;
+pub mod cluster;
 mod failover;
 mod keeper;
 pub mod reload;
@@ -29,6 +30,7 @@ use crate::metrics::{Metrics, PoolMetrics};
 use crate::net::ServerTls;
 use crate::slowlog::SlowLog;
 use crate::workers::Workers;
+pub use keeper::ClusterLink;
 use keeper::Keeper;
 use shards::NodeMaker;
 
@@ -51,6 +53,8 @@ pub struct Pool {
     applied: Mutex<PoolConfig>,
     /// Where a reload sends the pool's new shape to its keeper.
     reshape: mpsc::UnboundedSender<PoolConfig>,
+    /// A cluster pool's: where sessions tell its keeper of redirects.
+    pub cluster: Option<ClusterLink>,
     state: Arc<ArcSwap<PoolState>>,
     pub metrics: PoolMetrics,
     pub started: std::time::Instant,
@@ -103,11 +107,18 @@ impl Topology {
         let mut problems = Vec::new();
         for pool in self.pools().iter() {
             let state = pool.state();
-            if state.live_servers() == 0 {
-                problems.push(format!(
+            match state.slots() {
+                Some(slots) if !slots.covers_all() => problems.push(format!(
+                    "pool {}: the cluster's slot map serves {} of {} slots",
+                    pool.config.name,
+                    slots.owned(),
+                    crate::placement::slots::SLOTS
+                )),
+                None if state.live_servers() == 0 => problems.push(format!(
                     "pool {}: no server is on the ring",
                     pool.config.name
-                ));
+                )),
+                _ => {}
             }
             for (i, shard) in state.shards.iter().enumerate() {
                 // A shard off the ring (ejected) serves no key: its nodes need no answer yet.
@@ -146,18 +157,20 @@ impl Pool {
             metrics: metrics.clone(),
             events,
         };
-        let (keeper, state, promoted) = Keeper::new(config.clone(), maker);
         let (reshape, reshape_rx) = mpsc::unbounded_channel();
-        let sentinel = (config.failover.is_sentinel()).then(|| {
+        let (keeper, state, mut inputs) = Keeper::new(config.clone(), maker, events_rx, reshape_rx);
+        inputs.sentinel = (config.failover.is_sentinel()).then(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             sentinel::follow(config, tx);
             rx
         });
-        tokio::spawn(keeper.run(events_rx, promoted, sentinel, reshape_rx));
+        let cluster = keeper.cluster_link();
+        tokio::spawn(keeper.run(inputs));
         Pool {
             config: config.clone(),
             applied: Mutex::new(config.clone()),
             reshape,
+            cluster,
             state,
             metrics: metrics.pool(&config.name),
             started: std::time::Instant::now(),

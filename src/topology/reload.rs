@@ -4,6 +4,7 @@
 //! whole, pool by pool (matched by name):
 //! - a pool whose settings are unchanged is kept, with its clients and backend connections;
 //!   when its servers changed its keeper reshapes it (nodes at unchanged addresses are kept),
+//!   when a cluster pool's seeds or refresh interval changed its keeper asks the cluster anew,
 //!   when its listen address changed the service listens on the new one, and when its client
 //!   TLS files changed (or their contents) new clients' handshakes use the new ones;
 //! - a new pool is started; a pool whose other settings changed is replaced by a new one
@@ -102,7 +103,7 @@ impl Topology {
                     if applied.listen != config.listen {
                         summary.push(format!("pool {} listens on {}", config.name, config.listen));
                     }
-                    if applied.servers != config.servers {
+                    if applied.servers != config.servers || applied.cluster != config.cluster {
                         summary.push(format!("pool {}: servers changed", config.name));
                         // The keeper lives as long as the pool: the send cannot fail.
                         let _ = pool.reshape.send(config.clone());
@@ -283,7 +284,8 @@ fn plan(served: &[Arc<Pool>], config: Config) -> Result<Plan, String> {
 
 /// For each pool of `new`, the index of the pool now served (`current`, as last applied) that
 /// keeps serving it, or `None` when a new pool must start: there is no pool of that name, or
-/// it differs in more than its servers, listen address and client TLS, or it is a sentinel pool whose
+/// it differs in more than its servers (or cluster seeds), listen address and client TLS, or
+/// it turns from a ring into a cluster or back, or it is a sentinel pool whose
 /// servers changed.
 fn keep(current: &[PoolConfig], new: &[PoolConfig]) -> Vec<Option<usize>> {
     new.iter()
@@ -292,12 +294,14 @@ fn keep(current: &[PoolConfig], new: &[PoolConfig]) -> Vec<Option<usize>> {
             let old = &current[i];
             let settings_kept = PoolConfig {
                 servers: pool.servers.clone(),
+                cluster: pool.cluster.clone(),
                 listen: pool.listen.clone(),
                 tls: pool.tls.clone(),
                 ..old.clone()
             } == *pool;
             let renamed_nodes = old.failover.is_sentinel() && servers_differ(old, pool);
-            (settings_kept && !renamed_nodes).then_some(i)
+            let same_placement = old.cluster.is_some() == pool.cluster.is_some();
+            (settings_kept && !renamed_nodes && same_placement).then_some(i)
         })
         .collect()
 }
@@ -348,6 +352,19 @@ mod tests {
             "    listen: 127.0.0.1:6380\n    timeout_ms: 5\n",
         );
         assert_eq!(keep(&current, &pools(&timeout)), [None, Some(1)]);
+    }
+
+    #[test]
+    fn a_cluster_pool_is_kept_when_its_seeds_change_not_when_it_stops_being_one() {
+        let cluster =
+            "pools:\n  a:\n    listen: 127.0.0.1:6380\n    cluster: { seeds: [127.0.0.1:7000] }\n";
+        let current = pools(cluster);
+        let seeds = cluster.replace("[127.0.0.1:7000]", "[127.0.0.1:7001, 127.0.0.1:7002]");
+        assert_eq!(keep(&current, &pools(&seeds)), [Some(0)]);
+        let ring =
+            "pools:\n  a:\n    listen: 127.0.0.1:6380\n    servers: [127.0.0.1:7000:1 one]\n";
+        assert_eq!(keep(&current, &pools(ring)), [None]);
+        assert_eq!(keep(&pools(ring), &current), [None]);
     }
 
     #[test]

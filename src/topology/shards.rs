@@ -10,6 +10,7 @@ use super::state::{NodeStatus, Shard};
 use crate::backend::{Node, NodeEvent, NodeSpec};
 use crate::config::{FailoverMode, PoolConfig, Protocol, ServerConfig};
 use crate::metrics::{Metrics, ServerLabels};
+use crate::topology::cluster::ClusterShard;
 use crate::workers::Workers;
 
 /// What starting a node takes, kept by the pool's keeper for reloads.
@@ -39,7 +40,10 @@ impl NodeMaker {
                     }
                     Some((b.nodes[n].clone(), b.status[n].clone()))
                 });
-                kept.unwrap_or_else(|| (self.start(pool, server, i, addr), NodeStatus::unchecked()))
+                kept.unwrap_or_else(|| {
+                    let node = self.start(pool, &server.name, i == 0, addr, replicated);
+                    (node, NodeStatus::unchecked())
+                })
             })
             .unzip();
         Shard {
@@ -53,29 +57,66 @@ impl NodeMaker {
         }
     }
 
+    /// The shard of a cluster's `listed` shard: its master and replicas, each node of
+    /// `before` (any shard's) kept with what is known of it where its address is listed.
+    pub fn cluster_shard(
+        &self,
+        pool: &PoolConfig,
+        listed: &ClusterShard,
+        before: &[Shard],
+    ) -> Shard {
+        let name: Arc<str> = listed.name().into();
+        let (nodes, status) = std::iter::once(&listed.master)
+            .chain(&listed.replicas)
+            .enumerate()
+            .map(|(i, addr)| {
+                let kept = before.iter().find_map(|b| {
+                    let n = b.nodes.iter().position(|node| node.addr == *addr)?;
+                    Some((b.nodes[n].clone(), b.status[n].clone()))
+                });
+                kept.unwrap_or_else(|| {
+                    let node = self.start(pool, "cluster", i == 0, addr, false);
+                    (node, NodeStatus::unchecked())
+                })
+            })
+            .unzip();
+        Shard {
+            identity: name.clone(),
+            name,
+            weight: 1,
+            nodes,
+            status,
+            master: 0,
+            replicated: false,
+        }
+    }
+
+    /// Starts a node of server `server_name` (its `master` or a replica) at `addr`;
+    /// `replicated`: a memcache server with replicas.
     fn start(
         &self,
         pool: &PoolConfig,
-        server: &ServerConfig,
-        i: usize,
+        server_name: &str,
+        master: bool,
         addr: &crate::config::Address,
+        replicated: bool,
     ) -> Arc<Node> {
         let labels = ServerLabels {
             pool: pool.name.clone(),
-            server: server.name.clone(),
-            role: if i == 0 { "master" } else { "replica" }.to_string(),
+            server: server_name.to_string(),
+            role: if master { "master" } else { "replica" }.to_string(),
             address: addr.to_string(),
         };
         let spec = NodeSpec {
-            server_name: &server.name,
+            server_name,
             addr: addr.clone(),
             metrics: self.metrics.server(labels),
             events: self.events.clone(),
             failure_limit: match pool.failover {
-                FailoverMode::Eject { failure_limit, .. } if i == 0 => Some(failure_limit),
+                FailoverMode::Eject { failure_limit, .. } if master => Some(failure_limit),
                 _ => None,
             },
-            flush_when_back: pool.protocol == Protocol::Memcache && !server.replicas.is_empty(),
+            flush_when_back: replicated,
         };
         Arc::new(Node::start(&self.workers, pool, spec))
     }

@@ -6,42 +6,65 @@ use std::sync::Arc;
 
 use crate::backend::{Health, Node, NodeId, Role, Said};
 use crate::config::ReadFrom;
-use crate::placement::Ring;
+use crate::placement::Placement;
 
 /// One snapshot of a pool. Generic over the node type so routing is tested without sockets.
 #[derive(Debug)]
 pub struct PoolState<N = Arc<Node>> {
     /// Where keys go: the configured ring, or, while twemproxy-style ejection has taken
-    /// servers off, the ring of those left.
-    ring: Arc<Ring>,
+    /// servers off, the ring of those left; or a cluster's slot map.
+    placement: Placement,
     /// In configuration order, which is the ring's server order.
     pub shards: Vec<Shard<N>>,
 }
 
 impl<N> PoolState<N> {
-    pub(crate) fn new(ring: Arc<Ring>, shards: Vec<Shard<N>>) -> PoolState<N> {
-        PoolState { ring, shards }
+    pub(crate) fn new(placement: Placement, shards: Vec<Shard<N>>) -> PoolState<N> {
+        PoolState { placement, shards }
     }
 
     /// The shard owning `key` (its position in [`PoolState::shards`]), or `None` when no server
-    /// is on the ring.
+    /// is on the ring (or no shard owns its slot).
     pub fn shard_for(&self, key: &[u8]) -> Option<usize> {
-        self.ring.server_for(key)
+        self.placement.shard_for(key)
     }
 
-    /// The part of `key` the ring hashes: its hash tag's content, or the whole key.
+    /// The group `key` is sent in when a command's keys are split (its shard on a ring, its
+    /// slot in a cluster, where a request must not span slots) and that group's shard.
+    pub fn group_for(&self, key: &[u8]) -> Option<(u32, usize)> {
+        match &self.placement {
+            Placement::Slots(map) => {
+                let slot = crate::placement::slots::slot(key);
+                Some((u32::from(slot), map.owner(slot)?))
+            }
+            Placement::Ring(_) => {
+                let shard = self.shard_for(key)?;
+                Some((shard as u32, shard))
+            }
+        }
+    }
+
+    /// The part of `key` placement hashes: its hash tag's content, or the whole key.
     pub fn hashed_part<'k>(&self, key: &'k [u8]) -> &'k [u8] {
-        self.ring.hashed_part(key)
+        self.placement.hashed_part(key)
     }
 
-    /// How many shards are on the ring.
+    /// How many shards are given keys.
     pub fn live_servers(&self) -> usize {
-        self.ring.live_servers()
+        (0..self.shards.len()).filter(|&i| self.on_ring(i)).count()
     }
 
-    /// Whether shard `index` is on the ring (not ejected).
+    /// Whether shard `index` is given keys: on the ring (not ejected), or owning slots.
     pub fn on_ring(&self, index: usize) -> bool {
-        self.ring.contains(index)
+        self.placement.places_on(index)
+    }
+
+    /// The cluster's slot map, in a cluster pool.
+    pub fn slots(&self) -> Option<&crate::placement::slots::SlotMap> {
+        match &self.placement {
+            Placement::Slots(map) => Some(map),
+            Placement::Ring(_) => None,
+        }
     }
 
     /// The shard called `name`, a shard's lasting identity across snapshots.

@@ -2,6 +2,7 @@
 //! free loopback port, waited for until it answers, and stopped on drop.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod tls;
 
 use std::io::{Read, Write};

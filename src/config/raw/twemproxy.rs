@@ -95,6 +95,7 @@ impl From<TwemproxyPool> for Pool {
             allow_keys: None,
             allow_config: None,
             reject_past_exptime: None,
+            cluster: None,
             servers: t.servers,
         }
     }

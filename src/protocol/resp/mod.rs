@@ -3,10 +3,12 @@
 pub mod encode;
 mod reply;
 mod request;
+mod value;
 
 pub use reply::{ReplyError, ReplyScanner, bulk_elements};
 
 pub use request::{Limits, ProtocolError, Request, RequestParser};
+pub use value::Value;
 
 /// Most digits an integer may have (with its sign, it stays within `i64`).
 const MAX_DIGITS: usize = 18;

@@ -1,4 +1,6 @@
 use super::*;
+use std::time::Duration;
+
 use crate::backend::{Failure, NodeId};
 use crate::server::merge::Merger;
 
@@ -173,9 +175,15 @@ fn kept(seq: u64, part: usize, when: ResendWhen, retries: usize) -> Sent {
         payload: Bytes::from_static(b"request"),
         kind: ReplyKind::Resp,
         profile: Profile::default(),
-        when,
+        when: Some(when),
         retries_left: retries,
+        redirects: None,
     }
+}
+
+/// Every retry due now.
+fn due(out: &mut Outbox) -> Vec<Retry> {
+    std::iter::from_fn(|| out.take_retry(Instant::now())).collect()
 }
 
 #[test]
@@ -189,17 +197,17 @@ fn a_part_answered_with_its_resend_prefix_is_retried_and_that_answer_never_writt
     out.keep(kept(0, 0, when, 1));
     out.complete(0, 0, reply("-NOSCRIPT No matching script\r\n"));
     assert_eq!(written(&mut out), "");
-    let retries = out.take_retries();
+    let retries = due(&mut out);
     assert_eq!(retries.len(), 1);
     assert_eq!((retries[0].seq, retries[0].part), (0, 0));
-    assert_eq!(retries[0].first.as_deref(), Some(&b"load"[..]));
+    assert!(matches!(&retries[0].how, Resend::After(first) if first == "load"));
     let sent = out.sent_at(0, 0).expect("kept while unanswered");
     assert_eq!(&sent.payload[..], b"request");
     sent.retries_left -= 1;
     // What was sent first is answered as a preamble, then the part itself.
     out.complete(0, PREAMBLE, reply("$40\r\n...\r\n"));
     out.complete(0, 0, reply("-NOSCRIPT again\r\n"));
-    assert!(out.take_retries().is_empty(), "no retries left");
+    assert!(due(&mut out).is_empty(), "no retries left");
     assert_eq!(written(&mut out), "-NOSCRIPT again\r\n");
     assert!(out.sent_at(0, 0).is_none(), "let go once answered");
 }
@@ -211,7 +219,7 @@ fn any_part_of_a_gathered_request_can_be_sent_again_alone() {
     out.keep(kept(0, 1, ResendWhen::NodeFails, 1));
     out.complete(0, 0, reply("a"));
     out.complete(0, 1, failure());
-    let retries = out.take_retries();
+    let retries = due(&mut out);
     assert_eq!((retries[0].seq, retries[0].part), (0, 1));
     assert_eq!(written(&mut out), "");
     out.complete(0, 1, reply("b"));
@@ -230,4 +238,73 @@ fn a_quiet_request_kept_for_resend_stays_quiet() {
     out.complete(0, 0, reply("EN\r\n"));
     assert_eq!(written(&mut out), "");
     assert_eq!(out.pending(), 0);
+}
+
+/// A cluster's part: only what its node answers as a redirect is followed.
+fn redirectable(seq: u64, part: usize) -> Sent {
+    Sent {
+        when: None,
+        retries_left: 0,
+        redirects: Some(Redirects {
+            deadline: Instant::now() + Duration::from_secs(1),
+            hops: 0,
+        }),
+        ..kept(seq, part, ResendWhen::NodeFails, 0)
+    }
+}
+
+#[test]
+fn redirects_are_followed_in_order_and_hold_later_requests_back() {
+    let mut out = Outbox::new(Protocol::Redis);
+    for seq in 0..3 {
+        out.forwarded();
+        out.keep(redirectable(seq, 0));
+    }
+    // Nothing redirected: new requests may go.
+    assert!(!out.behind_redirects());
+    out.complete(0, 0, reply("-MOVED 12182 127.0.0.1:7002\r\n"));
+    out.complete(1, 0, reply("-ERR not a redirect\r\n"));
+    out.complete(2, 0, reply("-ASK 1 127.0.0.1:7003\r\n"));
+    assert!(
+        out.behind_redirects(),
+        "until the redirected requests are answered"
+    );
+    let retries = due(&mut out);
+    let sent_to: Vec<_> = retries
+        .iter()
+        .map(|r| match &r.how {
+            Resend::Redirect(Redirect::Moved { slot, to }) => (r.seq, *slot, to.port, false),
+            Resend::Redirect(Redirect::Ask { slot, to }) => (r.seq, *slot, to.port, true),
+            _ => panic!("not a redirect"),
+        })
+        .collect();
+    assert_eq!(sent_to, [(0, 12182, 7002, false), (2, 1, 7003, true)]);
+    // A retry put off holds back every retry after it.
+    let mut retries = retries.into_iter();
+    let later = Instant::now() + Duration::from_secs(60);
+    out.defer(retries.next().unwrap(), later);
+    out.complete(2, 0, reply("-TRYAGAIN\r\n"));
+    assert!(due(&mut out).is_empty());
+    assert!(out.take_retry(later).is_some_and(|r| r.seq == 0));
+    assert!(
+        out.take_retry(later)
+            .is_some_and(|r| matches!(r.how, Resend::Redirect(Redirect::Later)))
+    );
+    out.complete(0, 0, reply("+OK\r\n"));
+    out.complete(2, 0, reply("+QUEUED\r\n"));
+    assert_eq!(
+        written(&mut out),
+        "+OK\r\n-ERR not a redirect\r\n+QUEUED\r\n"
+    );
+    assert!(!out.behind_redirects());
+}
+
+#[test]
+fn a_redirect_of_a_part_not_from_a_cluster_is_the_reply() {
+    let mut out = Outbox::new(Protocol::Redis);
+    out.forwarded();
+    out.keep(kept(0, 0, ResendWhen::NodeFails, 1));
+    out.complete(0, 0, reply("-MOVED 1 127.0.0.1:7002\r\n"));
+    assert!(due(&mut out).is_empty());
+    assert_eq!(written(&mut out), "-MOVED 1 127.0.0.1:7002\r\n");
 }

@@ -15,27 +15,34 @@ use crate::server::outbox::ResendWhen;
 use crate::server::plan::{Part, Plan, Target, parts_by_shard};
 use crate::topology::{PoolState, Scripts};
 
+/// A cluster node's answer to a request whose keys are in several slots.
+pub(super) const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
+
 /// The one shard of the keys at `positions` (any shard when there are none); an error when
-/// the keys span shards or no server is left.
+/// the keys span shards (slots, in a cluster) or no server is left.
 pub(super) fn shard_of_keys<N>(
     state: &PoolState<N>,
     cmd: &Command,
     positions: impl Iterator<Item = usize>,
     req: &Request,
 ) -> Result<usize, ClientError> {
-    let mut shard = None;
+    let mut group = None;
     let mut positions = positions.peekable();
     if positions.peek().is_none() {
-        shard = state.shard_for(b"");
+        group = state.group_for(b"");
     }
     for pos in positions {
-        let s = state.shard_for(req.arg(pos));
-        if shard.is_some() && s != shard {
-            return Err(ClientError::CrossShard(cmd.name.to_ascii_lowercase()));
+        let g = state.group_for(req.arg(pos));
+        if group.is_some() && g != group {
+            return Err(match state.slots() {
+                // As a cluster node answers, before any node is asked.
+                Some(_) => ClientError::Exact(CROSSSLOT.into()),
+                None => ClientError::CrossShard(cmd.name.to_ascii_lowercase()),
+            });
         }
-        shard = s;
+        group = g;
     }
-    shard.ok_or(ClientError::NoServer)
+    group.map(|(_, shard)| shard).ok_or(ClientError::NoServer)
 }
 
 /// Every key position of `req`: the command's range and the ones only its arguments tell.
@@ -86,8 +93,11 @@ pub(super) fn keyed<N>(
         write: cmd.write,
     };
     let part = Part::resp(target, req.frame().clone());
-    let may_move =
-        !cmd.write && state.shards[shard].nodes.len() > 1 && read_from != ReadFrom::Replica;
+    // A cluster's replica answers MOVED to a client that did not ask for replica reads.
+    let may_move = !cmd.write
+        && state.shards[shard].nodes.len() > 1
+        && read_from != ReadFrom::Replica
+        && state.slots().is_none();
     match may_move {
         true => Plan::Resend {
             part,

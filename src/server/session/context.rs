@@ -100,13 +100,13 @@ impl Context<'_> {
 
     /// Whether the client may have more requests sent: fewer than `max_pipeline` in flight
     /// (a request that timed out counts until its node has answered it), no blocking command
-    /// waiting, and its unread replies together with those its requests in flight are expected
+    /// waiting, no request redirected by a cluster node still unanswered, and its unread replies together with those its requests in flight are expected
     /// to bring no more than `max_client_output_bytes`. Requests read beyond that wait
     /// unparsed, so what a client can make the proxy and its backends hold is bounded.
     pub(in crate::server) fn has_room(&self) -> bool {
         let c = &self.pool.config.clients;
         let in_flight = self.out.pending() + self.listing.inbox().late();
-        if in_flight >= c.max_pipeline || self.carrier.is_blocked() {
+        if in_flight >= c.max_pipeline || self.carrier.is_blocked() || self.out.behind_redirects() {
             return false;
         }
         let owed = self.out.owed();

@@ -3,18 +3,19 @@
 //! for a client (a blocking command, a transaction) until the reply they carry is written.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::Context;
 use crate::backend::{Job, Node, Profile, ReplyTo, Reserved, Subscriber, Token};
+use crate::config::ReadFrom;
 use crate::protocol::ReplyKind;
-use crate::server::error::ClientError;
 use crate::server::merge::Gather;
-use crate::server::outbox::{PREAMBLE, Retry, Sent};
+use crate::server::outbox::{Redirects, Sent};
 use crate::server::plan::{Part, Plan, Target};
-use crate::topology::{BlockedOn, Client, PoolState};
+use crate::topology::{BlockedOn, Client, PoolState, Shard};
 
 /// A connection reserved for this session until the reply to one request is written.
 pub(super) struct Held {
@@ -104,24 +105,16 @@ impl Context<'_> {
                 quiet,
             } => {
                 let (shard, node) = self.resolve(state, part.target);
-                let shard = &state.shards[shard];
-                let node = &shard.nodes[node];
+                let (shard, node) = (&state.shards[shard], &state.shards[shard].nodes[node]);
                 self.send_to(node, (part.payload.clone(), part.kind), 0, profile);
                 match quiet {
                     Some(quiet) => self.out.quiet(quiet),
                     None => self.out.forwarded(),
                 }
-                self.out.keep(Sent {
-                    seq: next,
-                    part: 0,
-                    shard: shard.name.clone(),
-                    node: node.id(),
-                    payload: part.payload,
-                    kind: part.kind,
-                    profile,
-                    when,
-                    retries_left: retries,
-                });
+                let mut sent = self.sent(state, shard, node, (next, 0), part, profile);
+                sent.when = Some(when);
+                sent.retries_left = retries;
+                self.out.keep(sent);
             }
             Plan::Reserved { part, wait } => {
                 // Like Redis, the time a blocking command waits does not make it slow.
@@ -156,7 +149,11 @@ impl Context<'_> {
     fn resolve(&self, state: &PoolState, target: Target) -> (usize, usize) {
         match target {
             Target::Shard { shard, write } => {
-                let read_from = self.pool.config.read_from;
+                // A cluster's replicas are not read yet: without READONLY they answer MOVED.
+                let read_from = match state.slots() {
+                    Some(_) => ReadFrom::Master,
+                    None => self.pool.config.read_from,
+                };
                 let node = state.shards[shard].node_for(write, read_from, self.listing.id as usize);
                 (shard, node)
             }
@@ -164,11 +161,47 @@ impl Context<'_> {
         }
     }
 
-    /// Sends `part` as part `index` of the next request.
-    fn send_part(&self, state: &PoolState, part: Part, index: usize, profile: Profile) {
+    /// Sends `part` as part `index` of the next request; in a cluster it is kept, so that a
+    /// redirect can send it again.
+    fn send_part(&mut self, state: &PoolState, part: Part, index: usize, profile: Profile) {
         let (shard, node) = self.resolve(state, part.target);
-        let node = &state.shards[shard].nodes[node];
-        self.send_to(node, (part.payload, part.kind), index, profile);
+        let (shard, node) = (&state.shards[shard], &state.shards[shard].nodes[node]);
+        if state.slots().is_none() {
+            self.send_to(node, (part.payload, part.kind), index, profile);
+            return;
+        }
+        self.send_to(node, (part.payload.clone(), part.kind), index, profile);
+        let seq = self.out.next_seq();
+        let sent = self.sent(state, shard, node, (seq, index), part, profile);
+        self.out.keep(sent);
+    }
+
+    /// What is kept of part `index` of request `seq`, sent to `node` of `shard`: it may be
+    /// sent again for a cluster's redirects (none other, until the caller says).
+    pub(super) fn sent(
+        &self,
+        state: &PoolState,
+        shard: &Shard,
+        node: &Node,
+        (seq, index): (u64, usize),
+        part: Part,
+        profile: Profile,
+    ) -> Sent {
+        Sent {
+            seq,
+            part: index,
+            shard: shard.name.clone(),
+            node: node.id(),
+            payload: part.payload,
+            kind: part.kind,
+            profile,
+            when: None,
+            retries_left: 0,
+            redirects: state.slots().map(|_| Redirects {
+                deadline: Instant::now() + self.pool.config.timeout,
+                hops: 0,
+            }),
+        }
     }
 
     /// A subscriber connection of the client's to `node`: it delivers messages to the
@@ -230,42 +263,6 @@ impl Context<'_> {
         }
     }
 
-    /// Sends again what asked for it: a failed read to the next node of its shard, an EVALSHA
-    /// to its node after loading the script there. The shard is found in the pool's current
-    /// state; one that left it fails the request.
-    pub(super) fn resend(&mut self) {
-        let state = self.pool.state();
-        for Retry { seq, part, first } in self.out.take_retries() {
-            let Some(sent) = self.out.sent_at(seq, part) else {
-                continue;
-            };
-            let shard = state.shard_named(&sent.shard);
-            let last = shard.and_then(|shard| Some((shard, shard.index_of(sent.node)?)));
-            let Some((shard, last)) = last else {
-                let error = ClientError::ShardLeft(sent.shard.clone());
-                self.out.fail(seq, error);
-                continue;
-            };
-            let node = match first {
-                Some(_) => last,
-                None => shard.retry_index(last),
-            };
-            let node = &shard.nodes[node];
-            sent.node = node.id();
-            sent.retries_left -= 1;
-            let (job, profile) = ((sent.payload.clone(), sent.kind), sent.profile);
-            if let Some(first) = first {
-                let reply_to = self.reply_to(Token::Reply {
-                    seq,
-                    part: PREAMBLE,
-                });
-                self.send_job_to(node, (first, job.1), reply_to, profile);
-            }
-            let reply_to = self.reply_to(Token::Reply { seq, part });
-            self.send_job_to(node, job, reply_to, profile);
-        }
-    }
-
     /// Sends part `part` of the next request to `node`.
     pub(in crate::server) fn send_to(
         &self,
@@ -285,7 +282,7 @@ impl Context<'_> {
         }
     }
 
-    fn send_job_to(
+    pub(super) fn send_job_to(
         &self,
         node: &Node,
         (payload, kind): (Bytes, ReplyKind),

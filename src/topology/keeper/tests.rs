@@ -34,7 +34,9 @@ fn keeper(failover: &str, servers: &[(&str, usize)]) -> Keeper {
         metrics: Arc::new(crate::metrics::Metrics::default()),
         events,
     };
-    Keeper::new(config, maker).0
+    let (_, events) = mpsc::unbounded_channel();
+    let (_, reshape) = mpsc::unbounded_channel();
+    Keeper::new(config, maker, events, reshape).0
 }
 
 /// What node `n` of shard `s` says: its role, offset, key count, run id and replication ids.

@@ -1,0 +1,140 @@
+//! Redis Cluster placement: a key's slot (CRC-16/XMODEM of its hash tag, or of the whole key,
+//! modulo 16,384) and the map from slots to the shards that own them, built from the
+//! cluster's agreed slot map.
+
+use crc::{CRC_16_XMODEM, Crc};
+
+/// How many slots a Redis Cluster has.
+pub const SLOTS: usize = 16_384;
+
+const CRC16: Crc<u16> = Crc::<u16>::new(&CRC_16_XMODEM);
+
+/// The part of `key` the cluster hashes: the text between the first `{` and the first `}`
+/// after it when that is not empty, else the whole key (the cluster specification's rule).
+pub fn hashed_part(key: &[u8]) -> &[u8] {
+    let Some(open) = memchr::memchr(b'{', key) else {
+        return key;
+    };
+    match memchr::memchr(b'}', &key[open + 1..]) {
+        Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+        _ => key,
+    }
+}
+
+/// The slot of `key`.
+pub fn slot(key: &[u8]) -> u16 {
+    CRC16.checksum(hashed_part(key)) & (SLOTS as u16 - 1)
+}
+
+/// Which shard (an index in the pool's shards) owns each slot.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SlotMap {
+    owners: Box<[u16]>,
+}
+
+/// A slot no shard owns.
+const UNOWNED: u16 = u16::MAX;
+
+impl std::fmt::Debug for SlotMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SlotMap({} of {SLOTS} slots owned)", self.owned())
+    }
+}
+
+impl Default for SlotMap {
+    fn default() -> SlotMap {
+        SlotMap {
+            owners: vec![UNOWNED; SLOTS].into_boxed_slice(),
+        }
+    }
+}
+
+impl SlotMap {
+    /// Gives slots `first..=last` to shard `shard`.
+    pub fn assign(&mut self, first: u16, last: u16, shard: usize) {
+        let last = usize::from(last).min(SLOTS - 1);
+        let owner = u16::try_from(shard).unwrap_or(UNOWNED);
+        for slot in &mut self.owners[usize::from(first).min(SLOTS)..=last] {
+            *slot = owner;
+        }
+    }
+
+    /// The shard owning `slot`, if one does.
+    pub fn owner(&self, slot: u16) -> Option<usize> {
+        match self.owners.get(usize::from(slot)) {
+            Some(&UNOWNED) | None => None,
+            Some(&owner) => Some(usize::from(owner)),
+        }
+    }
+
+    /// The shard owning `key`'s slot, if one does.
+    pub fn shard_for(&self, key: &[u8]) -> Option<usize> {
+        self.owner(slot(key))
+    }
+
+    /// How many slots have an owner.
+    pub fn owned(&self) -> usize {
+        self.owners.iter().filter(|&&o| o != UNOWNED).count()
+    }
+
+    /// Whether every slot has an owner: every key can be served.
+    pub fn covers_all(&self) -> bool {
+        self.owned() == SLOTS
+    }
+
+    /// Whether shard `shard` owns at least one slot.
+    pub fn owns_any(&self, shard: usize) -> bool {
+        let shard = u16::try_from(shard).unwrap_or(UNOWNED);
+        self.owners.contains(&shard)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn slots_match_cluster_keyslot() {
+        // What `CLUSTER KEYSLOT` answers on redis-server 7.0.
+        for (key, expected) in [
+            ("foo", 12182),
+            ("bar", 5061),
+            ("hello", 866),
+            ("", 0),
+            ("{user1000}.following", 3443),
+            ("{user1000}.followers", 3443),
+            ("user1000", 3443),
+            ("foo{}{bar}", 8363),
+            ("foo{{bar}}zap", 4015),
+            ("foo{bar}{zap}", 5061),
+        ] {
+            assert_eq!(slot(key.as_bytes()), expected, "{key}");
+        }
+    }
+
+    #[test]
+    fn a_map_routes_assigned_slots_only() {
+        let mut map = SlotMap::default();
+        assert_eq!(map.shard_for(b"foo"), None);
+        map.assign(0, 8191, 0);
+        map.assign(8192, 16383, 1);
+        assert!(map.covers_all());
+        assert_eq!(map.shard_for(b"bar"), Some(0));
+        assert_eq!(map.shard_for(b"foo"), Some(1));
+        map.assign(12182, 12182, 2);
+        assert_eq!(map.shard_for(b"foo"), Some(2));
+        assert!(map.owns_any(2));
+        assert_eq!(map.owned(), SLOTS);
+    }
+
+    proptest! {
+        #[test]
+        fn a_hash_tag_decides_the_slot(prefix in ".*", tag in "[^{}]+", suffix in ".*") {
+            let prefix: String = prefix.chars().filter(|&c| c != '{').collect();
+            let key = format!("{prefix}{{{tag}}}{suffix}");
+            prop_assert_eq!(slot(key.as_bytes()), slot(tag.as_bytes()));
+            prop_assert!(usize::from(slot(key.as_bytes())) < SLOTS);
+        }
+    }
+}

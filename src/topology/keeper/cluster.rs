@@ -1,0 +1,200 @@
+//! The keeper of a cluster pool: its shards and slot map are the cluster's agreed view, a
+//! redirect a session met moves its slot at once, and a failing master has the cluster asked
+//! again until it has been replaced. The cluster fails over itself: no promotion here.
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::task::AbortHandle;
+
+use super::{Keeper, ShardFailover};
+use crate::backend::Health;
+use crate::config::{Address, ClusterConfig, PoolConfig};
+use crate::placement::slots::SlotMap;
+use crate::topology::cluster::{self, ClusterView};
+
+/// What reaches a cluster pool's keeper.
+#[derive(Debug)]
+pub enum ClusterNews {
+    /// The view the nodes asked agree on, when it changed.
+    View(ClusterView),
+    /// A node answered MOVED: `slot` is served by `to` now.
+    Moved { slot: u16, to: Address },
+}
+
+/// What sessions of a cluster pool use to tell its keeper what they met.
+#[derive(Clone, Debug)]
+pub struct ClusterLink {
+    news: UnboundedSender<ClusterNews>,
+    refresh_now: Arc<Notify>,
+}
+
+impl ClusterLink {
+    /// `slot` was found moved to `to`: routing follows at once, and the cluster is asked.
+    pub fn moved(&self, slot: u16, to: Address) {
+        let _ = self.news.send(ClusterNews::Moved { slot, to });
+    }
+
+    /// Asks the cluster for its slot map now (rate-limited).
+    pub fn refresh(&self) {
+        self.refresh_now.notify_one();
+    }
+}
+
+/// The keeper's part of a cluster pool.
+pub(in crate::topology) struct ClusterKeep {
+    pub(super) slots: Arc<SlotMap>,
+    link: ClusterLink,
+    /// The task asking the cluster, stopped with the keeper or when a reload changes the
+    /// seeds.
+    follower: AbortHandle,
+}
+
+impl Drop for ClusterKeep {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
+
+impl ClusterKeep {
+    /// Starts asking the cluster of `pool` (which must have `cluster`); what it says arrives on
+    /// the receiver, as do the redirects sent through [`ClusterKeep::link`].
+    pub(in crate::topology) fn start(
+        pool: &PoolConfig,
+        cluster: &ClusterConfig,
+    ) -> (ClusterKeep, UnboundedReceiver<ClusterNews>) {
+        let (news, rx) = mpsc::unbounded_channel();
+        let link = ClusterLink {
+            news,
+            refresh_now: Arc::new(Notify::new()),
+        };
+        let follower = spawn_follower(pool, cluster, &link);
+        let keep = ClusterKeep {
+            slots: Arc::new(SlotMap::default()),
+            link,
+            follower,
+        };
+        (keep, rx)
+    }
+
+    pub(in crate::topology) fn link(&self) -> ClusterLink {
+        self.link.clone()
+    }
+}
+
+fn spawn_follower(pool: &PoolConfig, cluster: &ClusterConfig, link: &ClusterLink) -> AbortHandle {
+    let (news, now) = (link.news.clone(), link.refresh_now.clone());
+    let (agreed, mut views) = mpsc::unbounded_channel();
+    let follow = cluster::follow(
+        pool.clone(),
+        cluster.seeds.clone(),
+        cluster.refresh,
+        now,
+        agreed,
+    );
+    tokio::spawn(async move {
+        tokio::select! {
+            () = follow => {}
+            () = async {
+                while let Some(view) = views.recv().await {
+                    if news.send(ClusterNews::View(view)).is_err() {
+                        return;
+                    }
+                }
+            } => {}
+        }
+    })
+    .abort_handle()
+}
+
+impl Keeper {
+    /// Takes in what the cluster or a session says; returns whether routing changed.
+    pub(super) fn cluster_news(&mut self, news: ClusterNews) -> bool {
+        match news {
+            ClusterNews::View(view) => self.take_view(view),
+            ClusterNews::Moved { slot, to } => self.slot_moved(slot, &to),
+        }
+    }
+
+    /// The cluster's new view: shards rebuilt from it, each node kept (with what is known of
+    /// it) wherever its address is still listed.
+    fn take_view(&mut self, view: ClusterView) -> bool {
+        let before = std::mem::take(&mut self.shards);
+        let mut failover: Vec<(Arc<str>, ShardFailover)> = before
+            .iter()
+            .map(|s| s.name.clone())
+            .zip(std::mem::take(&mut self.failover))
+            .collect();
+        for listed in &view.shards {
+            let shard = self.maker.cluster_shard(&self.config, listed, &before);
+            let kept = failover.iter().position(|(name, _)| *name == shard.name);
+            self.failover.push(match kept {
+                Some(i) => failover.swap_remove(i).1,
+                None => {
+                    ShardFailover::new(self.maker.metrics.shard(&self.config.name, &shard.name))
+                }
+            });
+            self.shards.push(shard);
+        }
+        self.out_until = vec![None; self.shards.len()];
+        let slots = view.slot_map();
+        tracing::info!(
+            pool = %self.config.name,
+            "cluster slot map: {} shards, {} of {} slots served",
+            view.shards.iter().filter(|s| !s.slots.is_empty()).count(),
+            slots.owned(),
+            crate::placement::slots::SLOTS
+        );
+        if let Some(cluster) = &mut self.cluster {
+            cluster.slots = Arc::new(slots);
+        }
+        true
+    }
+
+    /// A node answered MOVED for `slot`: if `to` is a master the keeper knows, the slot is
+    /// routed there now; the cluster is asked either way.
+    fn slot_moved(&mut self, slot: u16, to: &Address) -> bool {
+        let Some(cluster) = &mut self.cluster else {
+            return false;
+        };
+        cluster.link.refresh();
+        let Some(s) = self.shards.iter().position(|s| s.master().addr == *to) else {
+            return false;
+        };
+        if cluster.slots.owner(slot) == Some(s) {
+            return false;
+        }
+        Arc::make_mut(&mut cluster.slots).assign(slot, slot, s);
+        true
+    }
+
+    /// While a master of a slot-owning shard is not up, the cluster is asked again (each
+    /// health interval, and when its health changes): a master that died is replaced as soon
+    /// as the cluster promotes its replica.
+    pub(super) fn ask_while_failing(&self) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let failing = self.shards.iter().enumerate().any(|(i, shard)| {
+            cluster.slots.owns_any(i) && shard.status[shard.master].state() != Health::Up
+        });
+        if failing {
+            cluster.link.refresh();
+        }
+    }
+
+    /// A reload of a cluster pool: new seeds or a new refresh interval restart the task that
+    /// asks the cluster; the shards stay what the cluster says.
+    pub(super) fn reshape_cluster(&mut self, config: PoolConfig) -> bool {
+        if let (Some(keep), Some(new)) = (&mut self.cluster, &config.cluster)
+            && config.cluster != self.config.cluster
+        {
+            keep.follower.abort();
+            keep.follower = spawn_follower(&config, new, &keep.link);
+            tracing::info!(pool = %config.name, "reloaded: the cluster is asked from {} seeds", new.seeds.len());
+        }
+        self.config = config;
+        false
+    }
+}

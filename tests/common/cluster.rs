@@ -1,0 +1,130 @@
+//! A real Redis Cluster for tests: redis-server nodes with `--cluster-enabled yes` on free
+//! loopback ports (their bus ports free too, set with `--cluster-port`), joined by
+//! `redis-cli --cluster create`, waited for until every node sees every slot served and every
+//! replica in sync.
+
+use std::process::Command;
+use std::time::Duration;
+
+use super::{Server, free_port, wait_until};
+
+/// A cluster's nodes, masters first as `redis-cli --cluster create` was given them.
+pub struct Cluster {
+    pub nodes: Vec<Server>,
+    masters: usize,
+}
+
+impl Cluster {
+    /// `masters` masters, each with `replicas` replicas; a node is judged failing after
+    /// `node_timeout_ms`.
+    pub fn start(masters: usize, replicas: usize, node_timeout_ms: u64) -> Cluster {
+        let nodes: Vec<Server> = (0..masters * (1 + replicas))
+            .map(|_| Cluster::node(node_timeout_ms))
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(Server::addr).collect();
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("redis-cli must be installed (scripts/test installs it)");
+        assert!(status.success(), "redis-cli --cluster create");
+        let cluster = Cluster { nodes, masters };
+        cluster.wait_settled();
+        cluster
+    }
+
+    /// A node of its own, not in any cluster yet.
+    pub fn node(node_timeout_ms: u64) -> Server {
+        let bus = free_port().to_string();
+        let timeout = node_timeout_ms.to_string();
+        Server::start_with(&[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-port",
+            &bus,
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            &timeout,
+        ])
+    }
+
+    /// The masters as created (a failover may have changed which nodes are masters now).
+    pub fn masters(&self) -> &[Server] {
+        &self.nodes[..self.masters]
+    }
+
+    /// Waits until every running node says the cluster is ok and sees all its nodes, and
+    /// every replica has finished its sync.
+    pub fn wait_settled(&self) {
+        wait_until("the cluster to settle", Duration::from_secs(30), || {
+            self.nodes.iter().all(|n| {
+                let Ok(mut c) = redis::Client::open(format!("redis://{}/", n.addr()))
+                    .and_then(|c| c.get_connection())
+                else {
+                    return false;
+                };
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut c)
+                    .unwrap_or_default();
+                let role: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut c)
+                    .unwrap_or_default();
+                let synced = role.contains("role:master") || role.contains("master_link_status:up");
+                info.contains("cluster_state:ok")
+                    && info.contains(&format!("cluster_known_nodes:{}", self.nodes.len()))
+                    && synced
+            })
+        });
+    }
+
+    /// The node id of `node`.
+    pub fn id(node: &Server) -> String {
+        redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query(&mut node.client())
+            .unwrap()
+    }
+
+    /// Moves `slots` slots from `from` to `to` with `redis-cli --cluster reshard`, keys and all.
+    pub fn reshard(&self, from: &Server, to: &Server, slots: usize) {
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "reshard", &from.addr()])
+            .args(["--cluster-from", &Cluster::id(from)])
+            .args(["--cluster-to", &Cluster::id(to)])
+            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "redis-cli --cluster reshard");
+    }
+
+    /// The address of the node serving `key` now, as `CLUSTER SLOTS` on `asked` says.
+    pub fn owner_of(asked: &Server, key: &str) -> String {
+        let mut c = asked.client();
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut c)
+            .unwrap();
+        let nodes: String = redis::cmd("CLUSTER").arg("NODES").query(&mut c).unwrap();
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let owns = fields.iter().skip(8).any(|range| {
+                let (first, last) = range.split_once('-').unwrap_or((range, range));
+                match (first.parse::<i64>(), last.parse::<i64>()) {
+                    (Ok(a), Ok(b)) => (a..=b).contains(&slot),
+                    _ => false,
+                }
+            });
+            if owns {
+                return fields[1].split('@').next().unwrap().to_string();
+            }
+        }
+        panic!("no node serves slot {slot}");
+    }
+}
