@@ -74,12 +74,59 @@ fn clients_see_one_server_over_the_cluster() {
 /// reply is the one before plus one (nothing lost, nothing counted twice, nothing going back).
 struct Load {
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<(Vec<i64>, Vec<String>)>>,
+    threads: Vec<JoinHandle<Seen>>,
+}
+
+/// What one client saw.
+#[derive(Default)]
+struct Seen {
+    /// The last value each counter was acknowledged at.
+    counts: Vec<i64>,
+    /// Requests that failed: the key, when, and the error.
+    errors: Vec<(String, Instant, String)>,
+    /// Replies that were not the value before plus one.
+    odd: Vec<String>,
+}
+
+/// What a load saw, all clients together.
+struct Outcome {
+    errors: Vec<(String, Instant, String)>,
+    odd: Vec<String>,
+    /// Counters holding less than their client was told at the end: increments lost.
+    lost: Vec<String>,
+    increments: i64,
+}
+
+impl Outcome {
+    fn assert_clean(&self) {
+        assert!(
+            self.errors.is_empty(),
+            "{} errors, first: {:?}",
+            self.errors.len(),
+            self.errors.first()
+        );
+        assert!(
+            self.odd.is_empty(),
+            "{} odd replies, first: {:?}",
+            self.odd.len(),
+            self.odd.first()
+        );
+        assert!(
+            self.lost.is_empty(),
+            "{} counters lost increments: {:?}",
+            self.lost.len(),
+            self.lost
+        );
+    }
 }
 
 impl Load {
     const CLIENTS: usize = 4;
     const KEYS: usize = 50;
+
+    fn key(client: usize, k: usize) -> String {
+        format!("counter:{client}:{k}")
+    }
 
     fn start(port: u16) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
@@ -88,62 +135,78 @@ impl Load {
                 let stop = stop.clone();
                 std::thread::spawn(move || {
                     let mut c = connect(port);
-                    let mut counts = vec![0i64; Load::KEYS];
-                    let mut errors = Vec::new();
+                    let mut seen = Seen {
+                        counts: vec![0; Load::KEYS],
+                        ..Seen::default()
+                    };
                     // Bounded in count as well as by the test's stop.
                     for round in 0..200_000 {
                         if stop.load(Ordering::Relaxed) {
                             break;
                         }
                         let k = round % Load::KEYS;
-                        let key = format!("counter:{t}:{k}");
+                        let key = Load::key(t, k);
                         match c.incr::<_, _, i64>(&key, 1) {
-                            Ok(n) if n == counts[k] + 1 => counts[k] = n,
-                            Ok(n) => errors.push(format!("{key}: {n} after {}", counts[k])),
-                            Err(e) => errors.push(format!("{key}: {e}")),
+                            Ok(n) if n == seen.counts[k] + 1 => seen.counts[k] = n,
+                            Ok(n) => {
+                                seen.odd
+                                    .push(format!("{key}: {n} after {}", seen.counts[k]));
+                                seen.counts[k] = n;
+                            }
+                            Err(e) => seen.errors.push((key, Instant::now(), e.to_string())),
                         }
                     }
-                    (counts, errors)
+                    seen
                 })
             })
             .collect();
         Load { stop, threads }
     }
 
-    /// Stops the clients; checks every counter holds what its client was told, and returns
-    /// the errors they saw and the increments made.
-    fn finish(self, port: u16) -> (Vec<String>, i64) {
+    /// Stops the clients, and reads every counter back.
+    fn finish(self, port: u16) -> Outcome {
         self.stop.store(true, Ordering::Relaxed);
         let mut c = connect(port);
-        let (mut errors, mut total) = (Vec::new(), 0);
+        let mut outcome = Outcome {
+            errors: Vec::new(),
+            odd: Vec::new(),
+            lost: Vec::new(),
+            increments: 0,
+        };
         for (t, thread) in self.threads.into_iter().enumerate() {
-            let (counts, seen) = thread.join().unwrap();
-            errors.extend(seen);
-            for (k, acked) in counts.into_iter().enumerate() {
-                let held: Option<i64> = c.get(format!("counter:{t}:{k}")).unwrap();
-                assert_eq!(held.unwrap_or(0), acked, "counter:{t}:{k}");
-                total += acked;
+            let seen = thread.join().unwrap();
+            outcome.errors.extend(seen.errors);
+            outcome.odd.extend(seen.odd);
+            for (k, acked) in seen.counts.into_iter().enumerate() {
+                let held: Option<i64> = c.get(Load::key(t, k)).unwrap();
+                if held.unwrap_or(0) < acked {
+                    outcome
+                        .lost
+                        .push(format!("{}: {held:?} < {acked}", Load::key(t, k)));
+                }
+                outcome.increments += acked;
             }
         }
-        (errors, total)
+        outcome
     }
 }
 
-/// Waits until the load has made `n` more increments than `from`, so an event lands while it
-/// runs.
+/// Waits until the load has made `n` more increments on the counters of `owner` (every
+/// counter when `None`), so an event lands while it runs.
 fn wait_for_increments(port: u16, n: i64) {
     let mut c = connect(port);
     let total = |c: &mut redis::Connection| -> i64 {
         (0..Load::CLIENTS)
-            .map(|t| {
-                c.get::<_, Option<i64>>(format!("counter:{t}:0"))
-                    .unwrap()
+            .flat_map(|t| (0..Load::KEYS).map(move |k| Load::key(t, k)))
+            .map(|key| {
+                c.get::<_, Option<i64>>(key)
+                    .unwrap_or_default()
                     .unwrap_or(0)
             })
             .sum()
     };
     let from = total(&mut c);
-    wait_until("increments", Duration::from_secs(20), || {
+    wait_until("increments", Duration::from_secs(30), || {
         total(&mut c) >= from + n
     });
 }
@@ -162,14 +225,12 @@ fn resharding_there_and_back_loses_nothing_and_shows_no_redirect() {
     cluster.reshard(b, a, 2000);
     let took = started.elapsed();
     wait_for_increments(port, 20);
-    let (errors, total) = load.finish(port);
-    assert!(
-        errors.is_empty(),
-        "{} errors, first: {:?}",
-        errors.len(),
-        errors.first()
+    let outcome = load.finish(port);
+    outcome.assert_clean();
+    println!(
+        "4000 slots moved in {took:?} under {} increments: 0 errors",
+        outcome.increments
     );
-    println!("4000 slots moved in {took:?} under {total} increments: 0 errors");
     let metrics = proxy.http("/metrics").1;
     assert!(metrics.contains("ringproxy"), "{metrics}");
 }
@@ -195,14 +256,12 @@ fn a_manual_failover_is_followed_without_errors() {
         });
         wait_for_increments(port, 20);
     }
-    let (errors, total) = load.finish(port);
-    assert!(
-        errors.is_empty(),
-        "{} errors, first: {:?}",
-        errors.len(),
-        errors.first()
+    let outcome = load.finish(port);
+    outcome.assert_clean();
+    println!(
+        "3 manual failovers under {} increments: 0 errors",
+        outcome.increments
     );
-    println!("3 manual failovers under {total} increments: 0 errors");
     // The proxy's map follows: the former replicas are the masters now.
     wait_until("the map to follow", Duration::from_secs(10), || {
         let (_, topology) = proxy.http("/topology");
@@ -210,4 +269,113 @@ fn a_manual_failover_is_followed_without_errors() {
             .iter()
             .all(|r| topology.contains(&format!("\"master\":{{\"address\":\"{}\"", r.addr())))
     });
+}
+
+#[test]
+fn a_killed_master_costs_only_its_slots_and_only_until_its_replica_takes_over() {
+    let mut cluster = Cluster::start(3, 1, 1000);
+    let (proxy, port) = proxy_for(
+        &cluster,
+        "    health_check: { interval_ms: 200, timeout_ms: 200 }\n",
+    );
+    let victim = cluster.nodes[0].addr();
+    let on_victim: Vec<String> = (0..Load::CLIENTS)
+        .flat_map(|t| (0..Load::KEYS).map(move |k| Load::key(t, k)))
+        .filter(|key| Cluster::owner_of(&cluster.nodes[1], key) == victim)
+        .collect();
+    let heir = cluster.nodes[3..]
+        .iter()
+        .position(|r| {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut r.client())
+                .unwrap();
+            info.contains(&format!("master_port:{}", cluster.nodes[0].port))
+        })
+        .map(|i| i + 3)
+        .expect("a replica of the first master");
+    let load = Load::start(port);
+    wait_for_increments(port, 100);
+    let killed = Instant::now();
+    cluster.nodes[0].signal("-KILL");
+    wait_until("the replica to take over", Duration::from_secs(30), || {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut cluster.nodes[heir].client())
+            .unwrap();
+        info.contains("role:master")
+    });
+    let promoted = killed.elapsed();
+    wait_until("the map to follow", Duration::from_secs(10), || {
+        let (_, topology) = proxy.http("/topology");
+        topology.contains(&format!(
+            "\"master\":{{\"address\":\"{}\",\"up\":true",
+            cluster.nodes[heir].addr()
+        ))
+    });
+    wait_for_increments(port, 200);
+    let outcome = load.finish(port);
+    let last_error = outcome.errors.iter().map(|(_, at, _)| *at).max();
+    let elsewhere: Vec<_> = outcome
+        .errors
+        .iter()
+        .filter(|(key, ..)| !on_victim.contains(key))
+        .collect();
+    assert!(
+        elsewhere.is_empty(),
+        "errors on other masters' slots: {:?}",
+        elsewhere.first()
+    );
+    let full_service = last_error.map_or(Duration::ZERO, |at| at - killed);
+    println!(
+        "kill -9 of a master: the cluster promoted its replica after {promoted:?}; {} errors, all on its slots; full service {full_service:?} after the kill; {} increments, {} lost, {} odd",
+        outcome.errors.len(),
+        outcome.increments,
+        outcome.lost.len(),
+        outcome.odd.len()
+    );
+    assert!(
+        full_service <= promoted + Duration::from_secs(2),
+        "errors went on {full_service:?} after the kill, the replica took over after {promoted:?}"
+    );
+    cluster.nodes[0].kill();
+}
+
+#[test]
+fn cluster_aware_clients_find_one_node_serving_every_slot() {
+    let cluster = Cluster::start(3, 0, 2000);
+    let (_proxy, port) = proxy_for(&cluster, "");
+    let mut raw = Raw::connect(port);
+    raw.roundtrip(&command(&[b"CLUSTER", b"KEYSLOT", b"foo"]), b":12182\r\n");
+    raw.roundtrip(&command(&[b"READONLY"]), b"+OK\r\n");
+    let id: String = redis::cmd("CLUSTER")
+        .arg("MYID")
+        .query(&mut connect(port))
+        .unwrap();
+    let slots =
+        format!("*1\r\n*3\r\n:0\r\n:16383\r\n*3\r\n$9\r\n127.0.0.1\r\n:{port}\r\n$40\r\n{id}\r\n");
+    raw.roundtrip(&command(&[b"CLUSTER", b"SLOTS"]), slots.as_bytes());
+    raw.roundtrip(
+        &command(&[b"CLUSTER", b"FAILOVER"]),
+        b"-ERR unsupported command 'CLUSTER FAILOVER': the proxy presents the cluster as one node serving every slot: CLUSTER INFO, MYID, KEYSLOT, SLOTS, SHARDS and NODES are answered; ask the cluster's nodes themselves for the rest\r\n",
+    );
+    assert_eq!(python("cluster_client.py", port).len(), 3);
+}
+
+#[test]
+fn a_ring_pool_has_cluster_support_disabled() {
+    let server = Redis::start();
+    let port = free_port();
+    let config = format!(
+        "pools:\n  main:\n    listen: 127.0.0.1:{port}\n    servers: [{}:1]\n",
+        server.addr()
+    );
+    let _proxy = Proxy::start(&config, port);
+    let mut raw = Raw::connect(port);
+    for request in [&command(&[b"CLUSTER", b"SLOTS"]), &command(&[b"READONLY"])] {
+        raw.roundtrip(
+            request,
+            b"-ERR This instance has cluster support disabled\r\n",
+        );
+    }
 }

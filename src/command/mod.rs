@@ -139,12 +139,16 @@ pub enum PubSubCommand {
 pub enum LocalCommand {
     Auth,
     Client,
+    /// CLUSTER, as a cluster pool presents itself.
+    Cluster,
     Command,
     Echo,
     Hello,
     Info,
     Ping,
     Quit,
+    /// READONLY and READWRITE.
+    ReadMode,
     Reset,
     Select,
     SlowLog,
@@ -348,7 +352,6 @@ pub static UNSUPPORTED: &[(&str, &str)] = &[
     ("ASKING", CLUSTER),
     ("BGREWRITEAOF", ADMIN),
     ("BGSAVE", ADMIN),
-    ("CLUSTER", CLUSTER),
     ("DEBUG", ADMIN),
     ("FAILOVER", ADMIN),
     ("LASTSAVE", ADMIN),
@@ -361,8 +364,6 @@ pub static UNSUPPORTED: &[(&str, &str)] = &[
     ("PFDEBUG", ADMIN),
     ("PFSELFTEST", ADMIN),
     ("PSYNC", ADMIN),
-    ("READONLY", CLUSTER),
-    ("READWRITE", CLUSTER),
     ("REPLCONF", ADMIN),
     ("REPLICAOF", ADMIN),
     ("RESTORE-ASKING", CLUSTER),

@@ -100,6 +100,7 @@ struct Pool {
 #[serde(deny_unknown_fields)]
 struct RawCluster {
     seeds: Vec<Address>,
+    announce: Option<Address>,
     #[serde(default, deserialize_with = "whole_millis")]
     refresh_ms: Option<u64>,
 }
@@ -426,6 +427,7 @@ impl Pool {
         .collect();
         c.cluster = p.cluster.map(|cl| ClusterConfig {
             seeds: cl.seeds,
+            announce: cl.announce,
             refresh: cl.refresh_ms.map_or(DEFAULT_CLUSTER_REFRESH, millis),
         });
         c.protocol = p.protocol.unwrap_or(c.protocol);

@@ -314,11 +314,12 @@ fn the_hard_output_limit_is_never_under_the_soft_one() {
 
 #[test]
 fn a_cluster_pool_takes_seeds_and_a_refresh_interval() {
-    let text = "pools:\n  c:\n    listen: 127.0.0.1:6380\n    read_from: replica_preferred\n    cluster:\n      seeds: [127.0.0.1:7000, 127.0.0.1:7001]\n      refresh_ms: 2000\n";
+    let text = "pools:\n  c:\n    listen: 127.0.0.1:6380\n    read_from: replica_preferred\n    cluster:\n      seeds: [127.0.0.1:7000, 127.0.0.1:7001]\n      refresh_ms: 2000\n      announce: 10.0.0.1:6380\n";
     let p = &parse(text).unwrap().pools[0];
     let cluster = p.cluster.as_ref().unwrap();
     assert_eq!(cluster.seeds.len(), 2);
     assert_eq!(cluster.refresh, Duration::from_millis(2000));
+    assert_eq!(cluster.announce, Some("10.0.0.1:6380".parse().unwrap()));
     assert!(p.servers.is_empty());
     let defaults =
         "pools:\n  c:\n    listen: 127.0.0.1:6380\n    cluster: { seeds: [127.0.0.1:7000] }\n";

@@ -40,6 +40,8 @@ pub(super) fn run(cx: Local<'_>, state: &PoolState, which: LocalCommand, req: &R
         LocalCommand::Auth => auth(cx, req),
         LocalCommand::Hello => hello(cx, state, req),
         LocalCommand::Client => super::client::run(cx, state, req),
+        LocalCommand::Cluster => super::cluster::run(&cx, state, req),
+        LocalCommand::ReadMode => super::cluster::read_mode(state),
         LocalCommand::Command => command(cx.client.resp3, state, req),
         LocalCommand::Info => super::info::route(cx.pool, state, req),
         LocalCommand::SlowLog => slowlog(cx.pool, req),

@@ -5,6 +5,7 @@
 //! subscriber connections.
 
 mod client;
+mod cluster;
 mod context;
 mod info;
 mod keyspace;
