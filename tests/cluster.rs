@@ -231,8 +231,20 @@ fn resharding_there_and_back_loses_nothing_and_shows_no_redirect() {
         "4000 slots moved in {took:?} under {} increments: 0 errors",
         outcome.increments
     );
+    // The redirects were followed, counted, and had the cluster asked again.
     let metrics = proxy.http("/metrics").1;
-    assert!(metrics.contains("ringproxy"), "{metrics}");
+    let count = |name: &str| metric(&metrics, &format!("ringproxy_cluster_{name}"));
+    let moved = count("redirects_total{pool=\"main\",kind=\"moved\"}");
+    let ask = count("redirects_total{pool=\"main\",kind=\"ask\"}");
+    assert!(moved > 0, "moved {moved}");
+    assert!(count("refreshes_total{pool=\"main\",cause=\"moved\"}") > 0);
+    assert!(count("slot_map_changes_total{pool=\"main\"}") >= 2);
+    println!("redirects followed: {moved} MOVED, {ask} ASK");
+    let (_, topology) = proxy.http("/topology");
+    assert!(
+        topology.contains("\"slots_served\":16384") && topology.contains("\"agreed\":true"),
+        "{topology}"
+    );
 }
 
 #[test]
@@ -378,4 +390,62 @@ fn a_ring_pool_has_cluster_support_disabled() {
             b"-ERR This instance has cluster support disabled\r\n",
         );
     }
+}
+
+#[test]
+fn a_migrating_slot_is_served_through_ask_then_moved() {
+    let cluster = Cluster::start(3, 0, 2000);
+    let (proxy, port) = proxy_for(&cluster, "");
+    let mut raw = Raw::connect(port);
+    raw.roundtrip(&command(&[b"SET", b"foo", b"bar"]), b"+OK\r\n");
+    let owner = Cluster::owner_of(&cluster.nodes[0], "foo");
+    let from = cluster
+        .masters()
+        .iter()
+        .find(|n| n.addr() == owner)
+        .unwrap();
+    let to = cluster
+        .masters()
+        .iter()
+        .find(|n| n.addr() != owner)
+        .unwrap();
+    let setslot = |node: &Redis, how: &str, id: &str| {
+        let _: () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(12182)
+            .arg(how)
+            .arg(id)
+            .query(&mut node.client())
+            .unwrap();
+    };
+    setslot(to, "IMPORTING", &Cluster::id(from));
+    setslot(from, "MIGRATING", &Cluster::id(to));
+    let _: () = redis::cmd("MIGRATE")
+        .arg("127.0.0.1")
+        .arg(to.port)
+        .arg("")
+        .arg(0)
+        .arg(5000)
+        .arg("KEYS")
+        .arg("foo")
+        .query(&mut from.client())
+        .unwrap();
+    // The key moved, its slot did not yet: the old node answers ASK, never seen by the client.
+    raw.roundtrip(&command(&[b"GET", b"foo"]), b"$3\r\nbar\r\n");
+    raw.roundtrip(&command(&[b"SET", b"foo", b"baz"]), b"+OK\r\n");
+    for node in cluster.masters() {
+        setslot(node, "NODE", &Cluster::id(to));
+    }
+    // The slot moved: MOVED, followed.
+    raw.roundtrip(&command(&[b"GET", b"foo"]), b"$3\r\nbaz\r\n");
+    let metrics = proxy.http("/metrics").1;
+    let count = |kind: &str| {
+        metric(
+            &metrics,
+            &format!("ringproxy_cluster_redirects_total{{pool=\"main\",kind=\"{kind}\"}}"),
+        )
+    };
+    assert_eq!((count("ask"), count("moved")), (2, 1));
+    let held: Option<String> = to.client().get("foo").unwrap();
+    assert_eq!(held.as_deref(), Some("baz"));
 }

@@ -193,7 +193,23 @@ struct PoolView<'a> {
     distribution: &'static str,
     read_from: &'static str,
     failover: &'static str,
+    /// A cluster pool's slot map and when it was last asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<ClusterView>,
     servers: Vec<ServerView>,
+}
+
+#[derive(Serialize)]
+struct ClusterView {
+    seeds: Vec<String>,
+    /// Slots some shard serves (16384 when the map is whole).
+    slots_served: usize,
+    /// When the cluster was last asked (Unix seconds), how many nodes were, how many answered
+    /// and whether most of them gave the same map.
+    last_asked: Option<u64>,
+    nodes_asked: usize,
+    nodes_answered: usize,
+    agreed: bool,
 }
 
 #[derive(Serialize)]
@@ -306,6 +322,24 @@ fn pool_view(pool: &Pool) -> PoolView<'_> {
             }
         })
         .collect();
+    let cluster = pool
+        .cluster
+        .as_ref()
+        .zip(c.cluster.as_ref())
+        .map(|(link, config)| {
+            let asked = link.last_asked();
+            ClusterView {
+                seeds: config.seeds.iter().map(ToString::to_string).collect(),
+                slots_served: state.slots().map_or(0, |s| s.owned()),
+                last_asked: asked
+                    .at
+                    .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs()),
+                nodes_asked: asked.nodes,
+                nodes_answered: asked.answered,
+                agreed: asked.agreed,
+            }
+        });
     PoolView {
         name: &c.name,
         listen: pool.applied().listen.to_string(),
@@ -314,6 +348,7 @@ fn pool_view(pool: &Pool) -> PoolView<'_> {
         distribution: c.distribution.name(),
         read_from: c.read_from.name(),
         failover: c.failover.kind().name(),
+        cluster,
         servers,
     }
 }

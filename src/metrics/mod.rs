@@ -15,12 +15,15 @@ use std::time::Instant;
 use crate::command::{Class, ClassCounts};
 
 mod auth;
+mod cluster;
 mod latency;
 mod process;
 mod throttle;
 
 pub use auth::AuthFailures;
 use auth::UserLabels;
+use cluster::ClusterFamilies;
+pub use cluster::{ClusterMetrics, RedirectKind, RefreshCause};
 pub use throttle::Throttle;
 
 pub use latency::{Latency, LatencyCounts};
@@ -193,6 +196,7 @@ pub struct Metrics {
     promotion_seconds: Family<ShardLabels, Histogram, fn() -> Histogram>,
     unwritable_seconds: Family<ShardLabels, Counter<f64, AtomicU64>>,
     config_reloads: Family<ResultLabels, Counter>,
+    cluster: ClusterFamilies,
 }
 
 /// One server's (shard's) failover handles.
@@ -358,6 +362,7 @@ impl Default for Metrics {
                 "Time a server had no master to take writes (its master down)",
             ),
             config_reloads: family(r, "config_reloads", "Configuration reloads, by result"),
+            cluster: ClusterFamilies::register(r),
             registry: std::mem::take(r),
             process: {
                 let mut process = Registry::default();
@@ -433,6 +438,11 @@ impl Metrics {
             }),
             tls_failures: Arc::default(),
         }
+    }
+
+    /// A cluster pool's handles.
+    pub fn cluster(&self, pool: &str) -> ClusterMetrics {
+        self.cluster.pool(pool)
     }
 
     pub fn server(&self, labels: ServerLabels) -> ServerMetrics {

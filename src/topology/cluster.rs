@@ -3,16 +3,18 @@
 //! keeps asking them — every `refresh_ms`, and at once (at most every [`MIN_SPACING`]) when a
 //! session meets a redirect or a node fails.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::backend::ask_node;
 use crate::config::{Address, PoolConfig};
+use crate::metrics::{ClusterMetrics, RedirectKind, RefreshCause};
 use crate::placement::slots::{SLOTS, SlotMap};
 use crate::protocol::resp::Value;
 
@@ -224,19 +226,91 @@ pub const MIN_SPACING: Duration = Duration::from_millis(100);
 /// The most nodes asked per refresh: the seeds and the masters last known.
 const MAX_ASKED: usize = 5;
 
-/// Asks the cluster for its slot map, and hands `agreed` every view the nodes agree on that
-/// differs from the last, until `agreed` closes. It asks every `refresh`, and at once when
-/// `now` is notified (after at least [`MIN_SPACING`]).
+/// What reaches a cluster pool's keeper.
+#[derive(Debug)]
+pub enum ClusterNews {
+    /// The view the nodes asked agree on, when it changed.
+    View(ClusterView),
+    /// A node answered MOVED: `slot` is served by `to` now.
+    Moved { slot: u16, to: Address },
+}
+
+/// What the sessions, the keeper and the task asking the cluster of one pool share: where to
+/// send news, how to have the cluster asked now, and what is counted and shown.
+#[derive(Clone, Debug)]
+pub struct ClusterLink {
+    news: UnboundedSender<ClusterNews>,
+    refresh_now: Arc<Notify>,
+    /// Why the cluster is asked now: the last [`RefreshCause`] given, as its index in `ALL`.
+    cause: Arc<AtomicU8>,
+    pub metrics: ClusterMetrics,
+    asked: Arc<Mutex<Asked>>,
+}
+
+/// The last time the cluster was asked, for `/topology`.
+#[derive(Clone, Debug, Default)]
+pub struct Asked {
+    pub at: Option<std::time::SystemTime>,
+    pub nodes: usize,
+    pub answered: usize,
+    /// Most of the nodes that answered gave the same map.
+    pub agreed: bool,
+}
+
+impl ClusterLink {
+    /// A link counting into `metrics`, and where its news arrive.
+    pub fn new(metrics: ClusterMetrics) -> (ClusterLink, UnboundedReceiver<ClusterNews>) {
+        let (news, rx) = tokio::sync::mpsc::unbounded_channel();
+        let link = ClusterLink {
+            news,
+            refresh_now: Arc::new(Notify::new()),
+            cause: Arc::default(),
+            metrics,
+            asked: Arc::default(),
+        };
+        (link, rx)
+    }
+
+    /// `slot` was found moved to `to`: routing follows at once, and the cluster is asked.
+    pub fn moved(&self, slot: u16, to: Address) {
+        let _ = self.news.send(ClusterNews::Moved { slot, to });
+    }
+
+    /// Asks the cluster for its slot map now (at most every [`MIN_SPACING`]), for `cause`.
+    pub fn refresh(&self, cause: RefreshCause) {
+        let index = RefreshCause::ALL
+            .iter()
+            .position(|&c| c == cause)
+            .unwrap_or(0);
+        self.cause.store(index as u8, Ordering::Relaxed);
+        self.refresh_now.notify_one();
+    }
+
+    /// Counts a redirect a request followed.
+    pub fn redirected(&self, kind: RedirectKind) {
+        self.metrics.redirects[kind as usize].inc();
+    }
+
+    /// When the cluster was last asked, and what came of it.
+    pub fn last_asked(&self) -> Asked {
+        self.asked.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Asks the cluster for its slot map, and sends its keeper every view the nodes agree on that
+/// differs from the last, until the keeper is gone. It asks every `refresh`, and at once when
+/// the link asks (after at least [`MIN_SPACING`]).
 pub(super) async fn follow(
     pool: PoolConfig,
     seeds: Vec<Address>,
     refresh: Duration,
-    now: Arc<Notify>,
-    agreed: UnboundedSender<ClusterView>,
+    link: ClusterLink,
 ) {
     let pool = Arc::new(pool);
     let mut last: Option<ClusterView> = None;
+    let mut cause = RefreshCause::Start;
     loop {
+        link.metrics.refreshes[cause as usize].inc();
         let asked_at = Instant::now();
         let mut asked: Vec<Address> = seeds.clone();
         for master in last.iter().flat_map(ClusterView::masters) {
@@ -248,10 +322,18 @@ pub(super) async fn follow(
         let seeds_first = seeds.len().min(asked.len());
         asked.rotate_left(seeds_first);
         asked.truncate(MAX_ASKED);
+        let nodes = asked.len();
         let answers = ask_all(&pool, asked).await;
-        match agree(&answers) {
+        let agreed = agree(&answers);
+        *link.asked.lock().unwrap_or_else(|p| p.into_inner()) = Asked {
+            at: Some(std::time::SystemTime::now()),
+            nodes,
+            answered: answers.len(),
+            agreed: agreed.is_some(),
+        };
+        match agreed {
             Some(view) if last.as_ref() != Some(view) => {
-                if agreed.send(view.clone()).is_err() {
+                if link.news.send(ClusterNews::View(view.clone())).is_err() {
                     return;
                 }
                 last = Some(view.clone());
@@ -264,13 +346,17 @@ pub(super) async fn follow(
                 tracing::warn!(pool = %pool.name, "the cluster nodes asked disagree on the slot map: keeping the last one");
             }
         }
-        if agreed.is_closed() {
+        if link.news.is_closed() {
             return;
         }
-        tokio::select! {
-            _ = sleep(refresh) => {}
-            _ = now.notified() => sleep_until(asked_at + MIN_SPACING).await,
-        }
+        cause = tokio::select! {
+            _ = sleep(refresh) => RefreshCause::Periodic,
+            _ = link.refresh_now.notified() => {
+                sleep_until(asked_at + MIN_SPACING).await;
+                let index = usize::from(link.cause.load(Ordering::Relaxed));
+                RefreshCause::ALL.get(index).copied().unwrap_or(RefreshCause::Moved)
+            }
+        };
     }
 }
 

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until};
 
+use super::cluster::ClusterNews;
 use super::failover;
 use super::sentinel::MasterNamed;
 use super::shards::NodeMaker;
@@ -19,10 +20,9 @@ use crate::backend::{Health, NodeEvent, NodeId, Role};
 use crate::config::{Address, FailoverMode, PoolConfig};
 use crate::metrics::ShardMetrics;
 use crate::placement::{Placement, Ring};
-use cluster::{ClusterKeep, ClusterNews};
+use cluster::ClusterKeep;
 
 mod cluster;
-pub use cluster::ClusterLink;
 
 /// Rings kept for sets of ejected servers that may recur.
 const MAX_RINGS_KEPT: usize = 64;
@@ -127,7 +127,7 @@ impl Keeper {
         let ring = Arc::new(config.ring(&live));
         let (cluster, news) = match &config.cluster {
             Some(c) => {
-                let (keep, news) = ClusterKeep::start(&config, c);
+                let (keep, news) = ClusterKeep::start(&config, c, &maker.metrics);
                 (Some(keep), Some(news))
             }
             None => (None, None),
@@ -163,7 +163,7 @@ impl Keeper {
     }
 
     /// What sessions of a cluster pool tell this keeper through.
-    pub(super) fn cluster_link(&self) -> Option<ClusterLink> {
+    pub(super) fn cluster_link(&self) -> Option<super::cluster::ClusterLink> {
         self.cluster.as_ref().map(ClusterKeep::link)
     }
 

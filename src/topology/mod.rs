@@ -30,7 +30,7 @@ use crate::metrics::{Metrics, PoolMetrics};
 use crate::net::ServerTls;
 use crate::slowlog::SlowLog;
 use crate::workers::Workers;
-pub use keeper::ClusterLink;
+pub use cluster::ClusterLink;
 use keeper::Keeper;
 use shards::NodeMaker;
 

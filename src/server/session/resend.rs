@@ -10,6 +10,7 @@ use bytes::Bytes;
 use super::Context;
 use crate::backend::{BackendError, Failure, Mailbox, Node, Token};
 use crate::config::Address;
+use crate::metrics::{RedirectKind, RefreshCause};
 use crate::server::error::ClientError;
 use crate::server::outbox::{PREAMBLE, Resend, Retry};
 use crate::topology::PoolState;
@@ -102,6 +103,14 @@ impl Context<'_> {
         waited: bool,
         now: Instant,
     ) -> Next {
+        let cluster = self.pool.cluster.as_ref();
+        if let Some(cluster) = cluster.filter(|_| !waited) {
+            cluster.redirected(match redirect {
+                Redirect::Moved { .. } => RedirectKind::Moved,
+                Redirect::Ask { .. } => RedirectKind::Ask,
+                Redirect::Later => RedirectKind::Later,
+            });
+        }
         let Some(sent) = self.out.sent_at(seq, part) else {
             return Next::Done;
         };
@@ -126,7 +135,6 @@ impl Context<'_> {
         if !wait.is_zero() {
             return Next::Wait(now + wait);
         }
-        let cluster = self.pool.cluster.as_ref();
         let (to, first) = match redirect {
             Redirect::Later => {
                 return match last {
@@ -154,7 +162,7 @@ impl Context<'_> {
             None => {
                 // A node the cluster has not been heard to list yet.
                 if let Some(cluster) = cluster {
-                    cluster.refresh();
+                    cluster.refresh(RefreshCause::UnknownNode);
                 }
                 Next::Wait(now + UNKNOWN_NODE_WAIT)
             }

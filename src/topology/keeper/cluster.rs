@@ -4,43 +4,15 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Notify;
-use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::AbortHandle;
 
 use super::{Keeper, ShardFailover};
 use crate::backend::Health;
 use crate::config::{Address, ClusterConfig, PoolConfig};
+use crate::metrics::{Metrics, RefreshCause};
 use crate::placement::slots::SlotMap;
-use crate::topology::cluster::{self, ClusterView};
-
-/// What reaches a cluster pool's keeper.
-#[derive(Debug)]
-pub enum ClusterNews {
-    /// The view the nodes asked agree on, when it changed.
-    View(ClusterView),
-    /// A node answered MOVED: `slot` is served by `to` now.
-    Moved { slot: u16, to: Address },
-}
-
-/// What sessions of a cluster pool use to tell its keeper what they met.
-#[derive(Clone, Debug)]
-pub struct ClusterLink {
-    news: UnboundedSender<ClusterNews>,
-    refresh_now: Arc<Notify>,
-}
-
-impl ClusterLink {
-    /// `slot` was found moved to `to`: routing follows at once, and the cluster is asked.
-    pub fn moved(&self, slot: u16, to: Address) {
-        let _ = self.news.send(ClusterNews::Moved { slot, to });
-    }
-
-    /// Asks the cluster for its slot map now (rate-limited).
-    pub fn refresh(&self) {
-        self.refresh_now.notify_one();
-    }
-}
+use crate::topology::cluster::{self, ClusterLink, ClusterNews, ClusterView};
 
 /// The keeper's part of a cluster pool.
 pub(in crate::topology) struct ClusterKeep {
@@ -63,19 +35,16 @@ impl ClusterKeep {
     pub(in crate::topology) fn start(
         pool: &PoolConfig,
         cluster: &ClusterConfig,
+        metrics: &Metrics,
     ) -> (ClusterKeep, UnboundedReceiver<ClusterNews>) {
-        let (news, rx) = mpsc::unbounded_channel();
-        let link = ClusterLink {
-            news,
-            refresh_now: Arc::new(Notify::new()),
-        };
+        let (link, news) = ClusterLink::new(metrics.cluster(&pool.name));
         let follower = spawn_follower(pool, cluster, &link);
         let keep = ClusterKeep {
             slots: Arc::new(SlotMap::default()),
             link,
             follower,
         };
-        (keep, rx)
+        (keep, news)
     }
 
     pub(in crate::topology) fn link(&self) -> ClusterLink {
@@ -84,28 +53,13 @@ impl ClusterKeep {
 }
 
 fn spawn_follower(pool: &PoolConfig, cluster: &ClusterConfig, link: &ClusterLink) -> AbortHandle {
-    let (news, now) = (link.news.clone(), link.refresh_now.clone());
-    let (agreed, mut views) = mpsc::unbounded_channel();
     let follow = cluster::follow(
         pool.clone(),
         cluster.seeds.clone(),
         cluster.refresh,
-        now,
-        agreed,
+        link.clone(),
     );
-    tokio::spawn(async move {
-        tokio::select! {
-            () = follow => {}
-            () = async {
-                while let Some(view) = views.recv().await {
-                    if news.send(ClusterNews::View(view)).is_err() {
-                        return;
-                    }
-                }
-            } => {}
-        }
-    })
-    .abort_handle()
+    tokio::spawn(follow).abort_handle()
 }
 
 impl Keeper {
@@ -148,6 +102,7 @@ impl Keeper {
         );
         if let Some(cluster) = &mut self.cluster {
             cluster.slots = Arc::new(slots);
+            cluster.link.metrics.map_changes.inc();
         }
         true
     }
@@ -158,7 +113,7 @@ impl Keeper {
         let Some(cluster) = &mut self.cluster else {
             return false;
         };
-        cluster.link.refresh();
+        cluster.link.refresh(RefreshCause::Moved);
         let Some(s) = self.shards.iter().position(|s| s.master().addr == *to) else {
             return false;
         };
@@ -166,6 +121,7 @@ impl Keeper {
             return false;
         }
         Arc::make_mut(&mut cluster.slots).assign(slot, slot, s);
+        cluster.link.metrics.map_changes.inc();
         true
     }
 
@@ -180,7 +136,7 @@ impl Keeper {
             cluster.slots.owns_any(i) && shard.status[shard.master].state() != Health::Up
         });
         if failing {
-            cluster.link.refresh();
+            cluster.link.refresh(RefreshCause::Failing);
         }
     }
 
