@@ -449,3 +449,120 @@ fn a_migrating_slot_is_served_through_ask_then_moved() {
     let held: Option<String> = to.client().get("foo").unwrap();
     assert_eq!(held.as_deref(), Some("baz"));
 }
+
+/// Gives the slot of `keys` (all of its keys) to `to`, on every master of `cluster`, without
+/// the proxy hearing of it.
+fn move_slot(cluster: &Cluster, keys: &[&str], to: &Redis) {
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(keys[0])
+        .query(&mut to.client())
+        .unwrap();
+    let from_addr = Cluster::owner_of(&cluster.nodes[0], keys[0]);
+    let from = cluster
+        .nodes
+        .iter()
+        .find(|n| n.addr() == from_addr)
+        .unwrap();
+    let setslot = |node: &Redis, how: &str, id: &str| {
+        let _: () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg(how)
+            .arg(id)
+            .query(&mut node.client())
+            .unwrap();
+    };
+    setslot(to, "IMPORTING", &Cluster::id(from));
+    setslot(from, "MIGRATING", &Cluster::id(to));
+    let _: () = redis::cmd("MIGRATE")
+        .arg("127.0.0.1")
+        .arg(to.port)
+        .arg("")
+        .arg(0)
+        .arg(5000)
+        .arg("KEYS")
+        .arg(keys)
+        .query(&mut from.client())
+        .unwrap();
+    for node in cluster.masters() {
+        setslot(node, "NODE", &Cluster::id(to));
+    }
+}
+
+#[test]
+fn transactions_keep_to_one_slot_and_a_slot_moved_under_one_is_a_clear_error() {
+    let cluster = Cluster::start(3, 0, 2000);
+    let (_proxy, port) = proxy_for(&cluster, "");
+    let mut raw = Raw::connect(port);
+    raw.roundtrip(&command(&[b"MULTI"]), b"+OK\r\n");
+    raw.roundtrip(&command(&[b"SET", b"{t}a", b"1"]), b"+QUEUED\r\n");
+    raw.roundtrip(&command(&[b"INCR", b"{t}b"]), b"+QUEUED\r\n");
+    raw.roundtrip(&command(&[b"EXEC"]), b"*2\r\n+OK\r\n:1\r\n");
+    // Another slot, even on the same node, aborts the transaction as a cluster node does.
+    raw.roundtrip(&command(&[b"MULTI"]), b"+OK\r\n");
+    raw.roundtrip(&command(&[b"SET", b"{t}a", b"2"]), b"+QUEUED\r\n");
+    raw.roundtrip(
+        &command(&[b"SET", b"{u}a", b"2"]),
+        b"-CROSSSLOT Keys in request don't hash to the same slot\r\n",
+    );
+    raw.roundtrip(
+        &command(&[b"EXEC"]),
+        b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+    );
+    // The slot of {t} moves while a transaction is queued: not applied, and said so.
+    raw.roundtrip(&command(&[b"MULTI"]), b"+OK\r\n");
+    raw.roundtrip(&command(&[b"INCR", b"{t}b"]), b"+QUEUED\r\n");
+    let owner = Cluster::owner_of(&cluster.nodes[0], "{t}b");
+    let to = cluster
+        .masters()
+        .iter()
+        .find(|n| n.addr() != owner)
+        .unwrap();
+    move_slot(&cluster, &["{t}a", "{t}b"], to);
+    raw.send(&command(&[b"EXEC"]));
+    let line = raw.read_line();
+    assert!(
+        line.starts_with("-ERR not applied: the slot moved under a transaction, WATCH or blocking command (MOVED 15891 "),
+        "{line}"
+    );
+    // The pool heard where the slot went: the transaction, sent again, is served there.
+    raw.roundtrip(&command(&[b"MULTI"]), b"+OK\r\n");
+    raw.roundtrip(&command(&[b"INCR", b"{t}b"]), b"+QUEUED\r\n");
+    raw.roundtrip(&command(&[b"EXEC"]), b"*1\r\n:2\r\n");
+    let held: Option<i64> = to.client().get("{t}b").unwrap();
+    assert_eq!(held, Some(2));
+}
+
+#[test]
+fn a_blocking_command_whose_slot_moves_gets_a_clear_error() {
+    let cluster = Cluster::start(3, 0, 2000);
+    let (_proxy, port) = proxy_for(&cluster, "");
+    let mut raw = Raw::connect(port);
+    raw.send(&command(&[b"BLPOP", b"{b}q", b"0"]));
+    let owner = Cluster::owner_of(&cluster.nodes[0], "{b}q");
+    let node = cluster.nodes.iter().find(|n| n.addr() == owner).unwrap();
+    wait_until("BLPOP to block", Duration::from_secs(10), || {
+        let info: String = redis::cmd("INFO")
+            .arg("clients")
+            .query(&mut node.client())
+            .unwrap();
+        info.contains("blocked_clients:1")
+    });
+    let to = cluster
+        .masters()
+        .iter()
+        .find(|n| n.addr() != owner)
+        .unwrap();
+    move_slot(&cluster, &["{b}q"], to);
+    let line = raw.read_line();
+    assert!(
+        line.starts_with("-ERR not applied: the slot moved under a transaction, WATCH or blocking command (MOVED "),
+        "{line}"
+    );
+    raw.roundtrip(&command(&[b"RPUSH", b"{b}q", b"x"]), b":1\r\n");
+    raw.roundtrip(
+        &command(&[b"BLPOP", b"{b}q", b"0"]),
+        b"*2\r\n$4\r\n{b}q\r\n$1\r\nx\r\n",
+    );
+}

@@ -43,6 +43,13 @@ pub enum ClientError {
     ShardLeft(Arc<str>),
     #[error("no node answered")]
     NoNodeAnswered,
+    /// A cluster node redirected a request the proxy cannot send again (on a connection
+    /// reserved for the client: a transaction, WATCH, a blocking command): `0` is what it
+    /// answered.
+    #[error(
+        "not applied: the slot moved under a transaction, WATCH or blocking command ({0}); send it again"
+    )]
+    SlotMoved(String),
     /// The pool's `client_connections` are all taken; the connection closes.
     #[error("max number of clients reached")]
     TooManyClients,
@@ -87,6 +94,24 @@ fn why_suffix(why: &str) -> String {
 }
 
 impl ClientError {
+    /// No shard serves a key: every server is ejected, or, in a cluster pool, its slot is
+    /// served by no node (as a cluster node says it).
+    pub fn unplaced<N>(state: &crate::topology::PoolState<N>) -> ClientError {
+        match state.slots() {
+            Some(_) => ClientError::Exact("CLUSTERDOWN Hash slot not served".into()),
+            None => ClientError::NoServer,
+        }
+    }
+
+    /// The error a client gets instead of a cluster's redirect `reply`, if it is one.
+    pub fn instead_of_redirect(reply: &[u8]) -> Option<ClientError> {
+        crate::topology::cluster::redirect(reply)?;
+        let text = reply.strip_prefix(b"-").unwrap_or(reply).trim_ascii_end();
+        Some(ClientError::SlotMoved(
+            String::from_utf8_lossy(text).into_owned(),
+        ))
+    }
+
     /// A command the proxy does not know, worded as Redis words it: the name, then the first
     /// 128 bytes or so of arguments, each quoted (line breaks become spaces).
     pub fn unknown_command<'a>(name: &[u8], args: impl Iterator<Item = &'a [u8]>) -> ClientError {
@@ -111,9 +136,10 @@ impl ClientError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ClientError::Backend(e) => backend_error_kind(e),
-            ClientError::NoServer | ClientError::ShardLeft(_) | ClientError::NoNodeAnswered => {
-                ErrorKind::Connection
-            }
+            ClientError::NoServer
+            | ClientError::ShardLeft(_)
+            | ClientError::NoNodeAnswered
+            | ClientError::SlotMoved(_) => ErrorKind::Connection,
             ClientError::OddBackendReply(_) => ErrorKind::Backend,
             ClientError::Protocol(_) => ErrorKind::Protocol,
             ClientError::NoAuth | ClientError::WrongPass => ErrorKind::Auth,

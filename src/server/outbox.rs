@@ -453,6 +453,14 @@ fn resend(sent: &Sent, result: &Result<Bytes, Box<BackendError>>) -> Option<Rese
 /// quiet and the command would not have shown it.
 fn shown(protocol: Protocol, quiet: Option<Quiet>, reply: Result<Bytes, BackendError>) -> Bytes {
     match (quiet, reply) {
+        // A redirect not followed (the request was on a connection of its own) never reaches
+        // a client as it is.
+        (_, Ok(r))
+            if r.first() == Some(&b'-')
+                && let Some(e) = ClientError::instead_of_redirect(&r) =>
+        {
+            e.render(protocol)
+        }
         (quiet, Ok(r)) => Quiet::apply(quiet, r),
         (Some(q), Err(_)) if !q.shows_failures => Bytes::new(),
         (_, Err(e)) => ClientError::Backend(e).render(protocol),

@@ -109,7 +109,9 @@ pub(super) fn parts_by_shard<'a, N>(
     let mut groups: Vec<u32> = Vec::new();
     let mut index: HashMap<u32, u32> = HashMap::new();
     for key in keys {
-        let (group, shard) = state.group_for(key).ok_or(ClientError::NoServer)?;
+        let (group, shard) = state
+            .group_for(key)
+            .ok_or_else(|| ClientError::unplaced(state))?;
         let known = match groups.len() <= SCANNED_GROUPS {
             true => groups.iter().position(|&g| g == group).map(|p| p as u32),
             false => index.get(&group).copied(),

@@ -24,6 +24,7 @@ use crate::backend::{Completion, Mailbox, Profile, Token};
 use crate::metrics::CloseReason;
 use crate::net::Stream;
 use crate::net::descriptors::Descriptor;
+use crate::topology::cluster::{self, Redirect};
 use crate::topology::{Client, Pool, Signals};
 use context::Carrier;
 pub(super) use context::Context;
@@ -253,8 +254,16 @@ impl<F: Frontend> Session<F> {
         for c in completions.drain(..) {
             match c.token {
                 Token::Reply { seq, part } => {
-                    if matches!(&c.result, Ok(reply) if reply.first() == Some(&b'-')) {
+                    if let Ok(reply) = &c.result
+                        && reply.first() == Some(&b'-')
+                    {
                         self.fe.refused(seq);
+                        // Wherever it came from, a MOVED says where its slot is now.
+                        if let Some(cluster) = &self.pool.cluster
+                            && let Some(Redirect::Moved { slot, to }) = cluster::redirect(reply)
+                        {
+                            cluster.moved(slot, to);
+                        }
                     }
                     self.note_backend_time(seq, c.backend_us);
                     self.out.complete(seq, part, c);

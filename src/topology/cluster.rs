@@ -223,6 +223,9 @@ pub fn agree(answers: &[ClusterView]) -> Option<&ClusterView> {
 /// The least time between two asks at once (a storm of redirects asks once).
 pub const MIN_SPACING: Duration = Duration::from_millis(100);
 
+/// How soon the cluster is asked again when no node answered or they disagreed.
+const UNSETTLED_RETRY: Duration = Duration::from_millis(250);
+
 /// The most nodes asked per refresh: the seeds and the masters last known.
 const MAX_ASKED: usize = 5;
 
@@ -325,6 +328,11 @@ pub(super) async fn follow(
         let nodes = asked.len();
         let answers = ask_all(&pool, asked).await;
         let agreed = agree(&answers);
+        // Until the nodes agree (a cluster just made, a change on its way), ask again soon.
+        let next = match agreed {
+            Some(_) => refresh,
+            None => refresh.min(UNSETTLED_RETRY),
+        };
         *link.asked.lock().unwrap_or_else(|p| p.into_inner()) = Asked {
             at: Some(std::time::SystemTime::now()),
             nodes,
@@ -350,7 +358,7 @@ pub(super) async fn follow(
             return;
         }
         cause = tokio::select! {
-            _ = sleep(refresh) => RefreshCause::Periodic,
+            _ = sleep(next) => RefreshCause::Periodic,
             _ = link.refresh_now.notified() => {
                 sleep_until(asked_at + MIN_SPACING).await;
                 let index = usize::from(link.cause.load(Ordering::Relaxed));

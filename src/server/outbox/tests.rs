@@ -300,11 +300,14 @@ fn redirects_are_followed_in_order_and_hold_later_requests_back() {
 }
 
 #[test]
-fn a_redirect_of_a_part_not_from_a_cluster_is_the_reply() {
+fn a_redirect_not_followed_reaches_the_client_as_an_error_that_says_so() {
     let mut out = Outbox::new(Protocol::Redis);
     out.forwarded();
     out.keep(kept(0, 0, ResendWhen::NodeFails, 1));
     out.complete(0, 0, reply("-MOVED 1 127.0.0.1:7002\r\n"));
     assert!(due(&mut out).is_empty());
-    assert_eq!(written(&mut out), "-MOVED 1 127.0.0.1:7002\r\n");
+    assert_eq!(
+        written(&mut out),
+        "-ERR not applied: the slot moved under a transaction, WATCH or blocking command (MOVED 1 127.0.0.1:7002); send it again\r\n"
+    );
 }

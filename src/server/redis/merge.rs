@@ -150,7 +150,11 @@ impl Merger for RespMerge {
                 for part in parts {
                     match part {
                         Err(e) => return failed(Protocol::Redis, e),
-                        Ok(reply) => last = Some(reply),
+                        // A command the slot's new node should have had: EXEC aborted.
+                        Ok(reply) => match ClientError::instead_of_redirect(&reply) {
+                            Some(moved) => return moved.render(Protocol::Redis),
+                            None => last = Some(reply),
+                        },
                     }
                 }
                 last.unwrap_or_else(|| ClientError::NoNodeAnswered.render(Protocol::Redis))

@@ -134,7 +134,7 @@ pub(super) fn route<N>(
                 let target = Target::Shard { shard, write: true };
                 Plan::Forward(Part::resp(target, req.frame().clone()))
             }
-            None => Plan::Fail(ClientError::NoServer),
+            None => Plan::Fail(ClientError::unplaced(state)),
         }),
         PubSubCommand::Introspect => Routed::Plan(introspection(state, config, req)),
     }

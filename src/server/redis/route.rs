@@ -42,7 +42,9 @@ pub(super) fn shard_of_keys<N>(
         }
         group = g;
     }
-    group.map(|(_, shard)| shard).ok_or(ClientError::NoServer)
+    group
+        .map(|(_, shard)| shard)
+        .ok_or_else(|| ClientError::unplaced(state))
 }
 
 /// Every key position of `req`: the command's range and the ones only its arguments tell.

@@ -1,5 +1,6 @@
 //! MULTI / EXEC / DISCARD / WATCH / UNWATCH, decided without I/O. A transaction is pinned to
-//! one shard: the shard of its first key (or of its WATCH). The proxy queues the commands
+//! one shard: the shard of its first key (or of its WATCH); in a cluster pool, to that key's
+//! slot, as on a cluster node. The proxy queues the commands
 //! itself, answering `+QUEUED`, and at EXEC sends MULTI, the commands and EXEC in one write on
 //! a backend connection reserved for the client, given back once EXEC is answered. WATCH
 //! reserves that connection early and keeps it until EXEC, DISCARD or UNWATCH.
@@ -8,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::route::shard_of_keys;
+use super::route::{CROSSSLOT, shard_of_keys};
 use crate::command::{Command, Kind, LocalCommand, TxCommand};
 use crate::protocol::resp::{Request, encode, parse_int};
 use crate::server::error::ClientError;
@@ -18,8 +19,8 @@ use crate::topology::PoolState;
 /// A client's open transaction, if any.
 #[derive(Debug, Default)]
 pub(super) struct Transaction {
-    /// The name of the shard every key must map to, once a key or WATCH chose it.
-    shard: Option<Arc<str>>,
+    /// Where every key must map to, once a key or WATCH chose it.
+    pin: Option<Pin>,
     /// Between MULTI and EXEC / DISCARD: the queued requests.
     queued: Option<Vec<Bytes>>,
     /// A command was refused while queueing: EXEC aborts.
@@ -35,13 +36,49 @@ impl Transaction {
 
     /// Neither in MULTI nor watching, nor bound to a shard.
     pub(super) fn is_idle(&self) -> bool {
-        !self.in_multi() && !self.watching && self.shard.is_none()
+        !self.in_multi() && !self.watching && self.pin.is_none()
     }
 
     /// In MULTI: how many commands are queued.
     pub(super) fn queued(&self) -> Option<u32> {
         let queued = self.queued.as_ref()?;
         Some(u32::try_from(queued.len()).unwrap_or(u32::MAX))
+    }
+}
+
+/// Where a transaction's keys must be.
+#[derive(Debug, PartialEq, Eq)]
+enum Pin {
+    /// On the shard of that name (a ring pool).
+    Shard(Arc<str>),
+    /// In that slot (a cluster pool: wherever the slot is served when EXEC comes).
+    Slot(u16),
+}
+
+impl Pin {
+    /// Where `key` is, or `None` when no shard serves it.
+    fn of<N>(state: &PoolState<N>, key: &[u8]) -> Option<Pin> {
+        let (group, shard) = state.group_for(key)?;
+        Some(match state.slots() {
+            Some(_) => Pin::Slot(group as u16),
+            None => Pin::Shard(state.shards[shard].name.clone()),
+        })
+    }
+
+    /// The shard (an index in `state`) it is on now.
+    fn shard<N>(&self, state: &PoolState<N>) -> Option<usize> {
+        match self {
+            Pin::Shard(name) => state.shards.iter().position(|s| s.name == *name),
+            Pin::Slot(slot) => state.slots()?.owner(*slot),
+        }
+    }
+
+    /// The error of a key elsewhere: a cluster node's words in a cluster pool.
+    fn elsewhere(&self, command: &str) -> ClientError {
+        match self {
+            Pin::Shard(_) => ClientError::CrossShardTransaction(command.to_ascii_lowercase()),
+            Pin::Slot(_) => ClientError::Exact(CROSSSLOT.into()),
+        }
     }
 }
 
@@ -90,7 +127,7 @@ pub(super) fn run<N>(
         TxCommand::Discard => fail("ERR DISCARD without MULTI"),
         TxCommand::Watch => watch(tx, state, cmd, req),
         TxCommand::Unwatch => {
-            tx.shard = None;
+            tx.pin = None;
             match std::mem::take(&mut tx.watching) {
                 true => Step::Send {
                     conn: Conn::Watching,
@@ -149,16 +186,12 @@ pub(super) fn queue<N>(
         keys.extend((3..3 + declared).take_while(|&i| i < req.argc()));
     }
     for pos in keys {
-        let Some(owner) = state.shard_for(req.arg(pos)) else {
-            return refuse(ClientError::NoServer);
+        let Some(at) = Pin::of(state, req.arg(pos)) else {
+            return refuse(ClientError::unplaced(state));
         };
-        let owner = &state.shards[owner].name;
-        match &tx.shard {
-            Some(pinned) if pinned != owner => {
-                let name = cmd.name.to_ascii_lowercase();
-                return refuse(ClientError::CrossShardTransaction(name));
-            }
-            _ => tx.shard = Some(owner.clone()),
+        match &tx.pin {
+            Some(pinned) if *pinned != at => return refuse(pinned.elsewhere(cmd.name)),
+            _ => tx.pin = Some(at),
         }
     }
     if let Some(queued) = &mut tx.queued {
@@ -173,11 +206,19 @@ fn watch<N>(tx: &mut Transaction, state: &PoolState<N>, cmd: &Command, req: &Req
         Ok(shard) => shard,
         Err(e) => return Step::Plan(Plan::Fail(e)),
     };
-    let name = &state.shards[shard].name;
-    if tx.shard.as_ref().is_some_and(|pinned| pinned != name) {
-        return Step::Plan(Plan::Fail(ClientError::CrossShardWatch));
+    let Some(at) = Pin::of(state, req.arg(1)) else {
+        return Step::Plan(Plan::Fail(ClientError::unplaced(state)));
+    };
+    if let Some(pinned) = &tx.pin
+        && *pinned != at
+    {
+        let elsewhere = match pinned {
+            Pin::Shard(_) => ClientError::CrossShardWatch,
+            Pin::Slot(_) => ClientError::Exact(CROSSSLOT.into()),
+        };
+        return Step::Plan(Plan::Fail(elsewhere));
     }
-    tx.shard = Some(name.clone());
+    tx.pin = Some(at);
     let conn = match tx.watching {
         true => Conn::Watching,
         false => Conn::Master(shard),
@@ -200,13 +241,13 @@ fn exec<N>(tx: &mut Transaction, state: &PoolState<N>) -> Step {
     let conn = match tx.watching {
         true => Conn::Watching,
         false => {
-            let shard = match &tx.shard {
-                Some(name) => state.shards.iter().position(|s| s.name == *name),
+            let shard = match &tx.pin {
+                Some(pin) => pin.shard(state),
                 None => state.shard_for(b""),
             };
             match shard {
                 Some(shard) => Conn::Master(shard),
-                None => return Step::Plan(Plan::Fail(ClientError::NoServer)),
+                None => return Step::Plan(Plan::Fail(ClientError::unplaced(state))),
             }
         }
     };

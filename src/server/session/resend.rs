@@ -146,13 +146,8 @@ impl Context<'_> {
                     }
                 };
             }
-            Redirect::Moved { slot, to } => {
-                let to = named(to, last.as_deref());
-                if let Some(cluster) = cluster {
-                    cluster.moved(*slot, to.clone());
-                }
-                (to, None)
-            }
+            // The pool heard of it as it came in.
+            Redirect::Moved { to, .. } => (named(to, last.as_deref()), None),
             Redirect::Ask { to, .. } => {
                 (named(to, last.as_deref()), Some(Bytes::from_static(ASKING)))
             }
