@@ -566,3 +566,41 @@ fn a_blocking_command_whose_slot_moves_gets_a_clear_error() {
         b"*2\r\n$4\r\n{b}q\r\n$1\r\nx\r\n",
     );
 }
+
+#[test]
+fn pubsub_over_a_cluster_delivers_each_message_once() {
+    let cluster = Cluster::start(3, 0, 2000);
+    let (_proxy, port) = proxy_for(&cluster, "");
+    let mut sub = Raw::connect(port);
+    sub.roundtrip(
+        &command(&[b"SUBSCRIBE", b"news"]),
+        b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n",
+    );
+    sub.roundtrip(
+        &command(&[b"PSUBSCRIBE", b"n*"]),
+        b"*3\r\n$10\r\npsubscribe\r\n$2\r\nn*\r\n:2\r\n",
+    );
+    sub.roundtrip(
+        &command(&[b"SSUBSCRIBE", b"{s}c"]),
+        b"*3\r\n$10\r\nssubscribe\r\n$4\r\n{s}c\r\n:1\r\n",
+    );
+    // Published through the proxy and straight to each node: heard once per subscription.
+    let mut publisher = Raw::connect(port);
+    publisher.roundtrip(&command(&[b"PUBLISH", b"news", b"a"]), b":2\r\n");
+    let message = b"*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$1\r\na\r\n*4\r\n$8\r\npmessage\r\n$2\r\nn*\r\n$4\r\nnews\r\n$1\r\na\r\n";
+    assert_eq!(sub.read_n(message.len()), message);
+    for node in cluster.masters() {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("news")
+            .arg("b")
+            .query(&mut node.client())
+            .unwrap();
+        let message = b"*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$1\r\nb\r\n*4\r\n$8\r\npmessage\r\n$2\r\nn*\r\n$4\r\nnews\r\n$1\r\nb\r\n";
+        assert_eq!(sub.read_n(message.len()), message);
+    }
+    publisher.roundtrip(&command(&[b"SPUBLISH", b"{s}c", b"x"]), b":1\r\n");
+    let smessage = b"*3\r\n$8\r\nsmessage\r\n$4\r\n{s}c\r\n$1\r\nx\r\n";
+    assert_eq!(sub.read_n(smessage.len()), smessage);
+    // Nothing more: no copy from another node.
+    sub.roundtrip(&command(&[b"PING"]), b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+}

@@ -160,10 +160,13 @@ pub(super) fn change<N>(
     }
 }
 
-/// The shards a subscription lives on: its channel's, or every shard for a pattern.
+/// The shards a subscription lives on: its channel's, or every shard for a pattern. In a
+/// cluster, where every node hears every PUBLISH, a channel or pattern lives on one node
+/// (slot 0's) and only a shard channel on its slot's.
 fn shards_of<N>(state: &PoolState<N>, topic: Topic, name: &[u8]) -> Vec<usize> {
-    match topic {
-        Topic::Pattern => (0..state.shards.len()).collect(),
+    match (topic, state.slots()) {
+        (Topic::Channel | Topic::Pattern, Some(slots)) => slots.owner(0).into_iter().collect(),
+        (Topic::Pattern, None) => (0..state.shards.len()).collect(),
         _ => state.shard_for(name).into_iter().collect(),
     }
 }
