@@ -604,3 +604,92 @@ fn pubsub_over_a_cluster_delivers_each_message_once() {
     // Nothing more: no copy from another node.
     sub.roundtrip(&command(&[b"PING"]), b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");
 }
+
+/// How many times `node` ran `command`, by its INFO commandstats.
+fn calls(node: &Redis, command: &str) -> u64 {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut node.client())
+        .unwrap();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn replica_reads_go_to_replicas_except_for_a_slot_on_the_move() {
+    let cluster = Cluster::start(3, 1, 2000);
+    let (proxy, port) = proxy_for(&cluster, "    read_from: replica\n");
+    let mut c = connect(port);
+    let _: () = c.set("foo", "bar").unwrap();
+    let owner = Cluster::owner_of(&cluster.nodes[0], "foo");
+    let master = cluster.nodes.iter().find(|n| n.addr() == owner).unwrap();
+    let replica = cluster.nodes[3..]
+        .iter()
+        .find(|r| {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut r.client())
+                .unwrap();
+            info.contains(&format!("master_port:{}", master.port))
+        })
+        .unwrap();
+    wait_until("replicated", Duration::from_secs(10), || {
+        let mut rc = replica.client();
+        let _: () = redis::cmd("READONLY").query(&mut rc).unwrap();
+        rc.get::<_, Option<String>>("foo").unwrap().as_deref() == Some("bar")
+    });
+    // Replicas are listed once the cluster sees them online.
+    wait_until("the replica listed", Duration::from_secs(10), || {
+        let (_, topology) = proxy.http("/topology");
+        topology.contains(&format!(
+            "\"replicas\":[{{\"address\":\"{}\",\"up\":true",
+            replica.addr()
+        ))
+    });
+    let before = (calls(master, "get"), calls(replica, "get"));
+    for _ in 0..20 {
+        let got: Option<String> = c.get("foo").unwrap();
+        assert_eq!(got.as_deref(), Some("bar"));
+    }
+    assert_eq!(calls(master, "get"), before.0, "no read reached the master");
+    assert_eq!(calls(replica, "get"), before.1 + 20);
+    // The slot starts moving; the key moves: its master answers ASK to a write, after which
+    // its reads go to masters (the replica would answer nil: it knows nothing of the move).
+    let to = cluster
+        .masters()
+        .iter()
+        .find(|n| n.addr() != owner)
+        .unwrap();
+    let setslot = |node: &Redis, how: &str, id: &str| {
+        let _: () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(12182)
+            .arg(how)
+            .arg(id)
+            .query(&mut node.client())
+            .unwrap();
+    };
+    setslot(to, "IMPORTING", &Cluster::id(master));
+    setslot(master, "MIGRATING", &Cluster::id(to));
+    let _: () = redis::cmd("MIGRATE")
+        .arg("127.0.0.1")
+        .arg(to.port)
+        .arg("")
+        .arg(0)
+        .arg(5000)
+        .arg("KEYS")
+        .arg("foo")
+        .query(&mut master.client())
+        .unwrap();
+    let _: () = c.set("foo", "baz").unwrap();
+    wait_until("the slot read from masters", Duration::from_secs(5), || {
+        c.get::<_, Option<String>>("foo").unwrap().as_deref() == Some("baz")
+    });
+    for _ in 0..20 {
+        let got: Option<String> = c.get("foo").unwrap();
+        assert_eq!(got.as_deref(), Some("baz"));
+    }
+}

@@ -30,7 +30,7 @@ use tokio::sync::Notify;
 use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::config::{Address, PoolConfig, Protocol};
+use crate::config::{Address, PoolConfig, Protocol, ReadFrom};
 use crate::metrics::ServerMetrics;
 use crate::net::TlsConnector;
 use crate::protocol::ReplyKind;
@@ -560,6 +560,12 @@ fn handshake(pool: &PoolConfig, profile: Profile) -> (Bytes, usize) {
     }
     if profile.resp3 {
         encode::command(&mut buf, [&b"HELLO"[..], b"3"].into_iter());
+        replies += 1;
+    }
+    // A cluster's replica serves reads only to a connection that said READONLY (a master
+    // ignores it, and a replica promoted keeps serving).
+    if pool.cluster.is_some() && pool.read_from != ReadFrom::Master {
+        encode::command(&mut buf, [&b"READONLY"[..]].into_iter());
         replies += 1;
     }
     (buf.freeze(), replies)

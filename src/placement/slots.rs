@@ -26,10 +26,14 @@ pub fn slot(key: &[u8]) -> u16 {
     CRC16.checksum(hashed_part(key)) & (SLOTS as u16 - 1)
 }
 
-/// Which shard (an index in the pool's shards) owns each slot.
+/// Which shard (an index in the pool's shards) owns each slot, and which slots are read from
+/// their master whatever `read_from` says.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SlotMap {
     owners: Box<[u16]>,
+    /// Slots a node redirected a request of lately: they may be migrating, and a replica of
+    /// the source answers nil for a key already moved (it does not know of the migration).
+    unsettled: Box<[bool]>,
 }
 
 /// A slot no shard owns.
@@ -45,6 +49,7 @@ impl Default for SlotMap {
     fn default() -> SlotMap {
         SlotMap {
             owners: vec![UNOWNED; SLOTS].into_boxed_slice(),
+            unsettled: vec![false; SLOTS].into_boxed_slice(),
         }
     }
 }
@@ -80,6 +85,23 @@ impl SlotMap {
     /// Whether every slot has an owner: every key can be served.
     pub fn covers_all(&self) -> bool {
         self.owned() == SLOTS
+    }
+
+    /// Marks `slot` as unsettled or settled; returns whether that changed it.
+    pub fn set_unsettled(&mut self, slot: u16, unsettled: bool) -> bool {
+        match self.unsettled.get_mut(usize::from(slot)) {
+            Some(mark) if *mark != unsettled => {
+                *mark = unsettled;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a read of `key` goes to its slot's master whatever `read_from` says: its slot
+    /// may be migrating.
+    pub fn reads_master(&self, key: &[u8]) -> bool {
+        self.unsettled[usize::from(slot(key))]
     }
 
     /// Whether shard `shard` owns at least one slot.
@@ -126,6 +148,14 @@ mod tests {
         assert_eq!(map.shard_for(b"foo"), Some(2));
         assert!(map.owns_any(2));
         assert_eq!(map.owned(), SLOTS);
+        // A slot on the move is read from its master; only a change is reported.
+        assert!(!map.reads_master(b"foo"));
+        assert!(map.set_unsettled(12182, true));
+        assert!(!map.set_unsettled(12182, true));
+        assert!(map.reads_master(b"foo") && map.reads_master(b"{foo}x"));
+        assert!(!map.reads_master(b"bar"));
+        assert!(map.set_unsettled(12182, false));
+        assert!(!map.reads_master(b"foo"));
     }
 
     proptest! {

@@ -258,11 +258,14 @@ impl<F: Frontend> Session<F> {
                         && reply.first() == Some(&b'-')
                     {
                         self.fe.refused(seq);
-                        // Wherever it came from, a MOVED says where its slot is now.
-                        if let Some(cluster) = &self.pool.cluster
-                            && let Some(Redirect::Moved { slot, to }) = cluster::redirect(reply)
-                        {
-                            cluster.moved(slot, to);
+                        // Wherever it came from, a MOVED says where its slot is now, an ASK
+                        // that it is migrating.
+                        if let Some(cluster) = &self.pool.cluster {
+                            match cluster::redirect(reply) {
+                                Some(Redirect::Moved { slot, to }) => cluster.moved(slot, to),
+                                Some(Redirect::Ask { slot, .. }) => cluster.asked(slot),
+                                _ => {}
+                            }
                         }
                     }
                     self.note_backend_time(seq, c.backend_us);

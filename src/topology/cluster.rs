@@ -236,6 +236,8 @@ pub enum ClusterNews {
     View(ClusterView),
     /// A node answered MOVED: `slot` is served by `to` now.
     Moved { slot: u16, to: Address },
+    /// A node answered ASK: `slot` is migrating.
+    Asked { slot: u16 },
 }
 
 /// What the sessions, the keeper and the task asking the cluster of one pool share: where to
@@ -277,6 +279,11 @@ impl ClusterLink {
     /// `slot` was found moved to `to`: routing follows at once, and the cluster is asked.
     pub fn moved(&self, slot: u16, to: Address) {
         let _ = self.news.send(ClusterNews::Moved { slot, to });
+    }
+
+    /// A node answered ASK for `slot`: reads of it go to its master for a while.
+    pub fn asked(&self, slot: u16) {
+        let _ = self.news.send(ClusterNews::Asked { slot });
     }
 
     /// Asks the cluster for its slot map now (at most every [`MIN_SPACING`]), for `cause`.

@@ -194,7 +194,10 @@ impl Keeper {
                 _ = sleep_until(next_return.unwrap_or_else(Instant::now)), if next_return.is_some() => {
                     self.rejoin(Instant::now())
                 }
-                _ = tick.tick() => (0..self.shards.len()).fold(false, |changed, s| self.heal(s) | changed),
+                _ = tick.tick() => {
+                    let settled = self.settle(Instant::now());
+                    (0..self.shards.len()).fold(settled, |changed, s| self.heal(s) | changed)
+                }
             };
             self.count_unwritable(Instant::now());
             // A storm of failures from a dead node changes routing once, not per failure.

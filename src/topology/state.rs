@@ -44,6 +44,12 @@ impl<N> PoolState<N> {
         }
     }
 
+    /// Whether a read of `key` goes to its shard's master whatever `read_from` says (in a
+    /// cluster, a slot that may be migrating).
+    pub fn reads_master(&self, key: &[u8]) -> bool {
+        self.slots().is_some_and(|slots| slots.reads_master(key))
+    }
+
     /// The part of `key` placement hashes: its hash tag's content, or the whole key.
     pub fn hashed_part<'k>(&self, key: &'k [u8]) -> &'k [u8] {
         self.placement.hashed_part(key)

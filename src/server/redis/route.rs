@@ -90,9 +90,14 @@ pub(super) fn keyed<N>(
             why: "MEMORY USAGE is served; the rest is one server's: ask the server itself".into(),
         });
     }
+    let reads_master = || {
+        let mut keys = cmd.key_positions(req.argc());
+        keys.next()
+            .is_some_and(|pos| state.reads_master(req.arg(pos)))
+    };
     let target = Target::Shard {
         shard,
-        write: cmd.write,
+        write: cmd.write || (state.slots().is_some() && reads_master()),
     };
     let part = Part::resp(target, req.frame().clone());
     // A cluster's replica answers MOVED to a client that did not ask for replica reads.
@@ -215,12 +220,17 @@ pub(super) fn split<N>(
         Ok(grouped) => grouped,
         Err(e) => return Plan::Fail(e),
     };
-    let target = |shard| Target::Shard {
+    // A part's keys share a slot in a cluster: one of them says whether it may be migrating.
+    let target = |shard, key: &[u8]| Target::Shard {
         shard,
-        write: cmd.write,
+        write: cmd.write || state.reads_master(key),
+    };
+    let first_key = |part: u32| {
+        let at = key_parts.iter().position(|&p| p == part).unwrap_or(0);
+        req.arg(cmd.first_key + at * step)
     };
     if let [s] = part_shards[..] {
-        return Plan::Forward(Part::resp(target(s), req.frame().clone()));
+        return Plan::Forward(Part::resp(target(s, first_key(0)), req.frame().clone()));
     }
     // Every part's request in one buffer, sent as slices of it.
     let mut payloads = BytesMut::with_capacity(req.frame().len() + 16 * part_shards.len());
@@ -243,8 +253,9 @@ pub(super) fn split<N>(
     let payloads = payloads.freeze();
     let mut start = 0;
     let mut parts = Vec::with_capacity(part_shards.len());
-    for (&s, &end) in part_shards.iter().zip(&ends) {
-        parts.push(Part::resp(target(s), payloads.slice(start..end)));
+    for (part, (&s, &end)) in part_shards.iter().zip(&ends).enumerate() {
+        let target = target(s, first_key(part as u32));
+        parts.push(Part::resp(target, payloads.slice(start..end)));
         start = end;
     }
     let gather = merge::split(merge, part_shards.len(), key_parts, max_depth);

@@ -10,7 +10,6 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use super::Context;
 use crate::backend::{Job, Node, Profile, ReplyTo, Reserved, Subscriber, Token};
-use crate::config::ReadFrom;
 use crate::protocol::ReplyKind;
 use crate::server::merge::Gather;
 use crate::server::outbox::{Redirects, Sent};
@@ -149,11 +148,7 @@ impl Context<'_> {
     fn resolve(&self, state: &PoolState, target: Target) -> (usize, usize) {
         match target {
             Target::Shard { shard, write } => {
-                // A cluster's replicas are not read yet: without READONLY they answer MOVED.
-                let read_from = match state.slots() {
-                    Some(_) => ReadFrom::Master,
-                    None => self.pool.config.read_from,
-                };
+                let read_from = self.pool.config.read_from;
                 let node = state.shards[shard].node_for(write, read_from, self.listing.id as usize);
                 (shard, node)
             }

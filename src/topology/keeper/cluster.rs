@@ -2,10 +2,13 @@
 //! redirect a session met moves its slot at once, and a failing master has the cluster asked
 //! again until it has been replaced. The cluster fails over itself: no promotion here.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
 use super::{Keeper, ShardFailover};
 use crate::backend::Health;
@@ -14,9 +17,15 @@ use crate::metrics::{Metrics, RefreshCause};
 use crate::placement::slots::SlotMap;
 use crate::topology::cluster::{self, ClusterLink, ClusterNews, ClusterView};
 
+/// How long a slot a node redirected is read from its master: longer than a slot's migration
+/// by `redis-cli --cluster reshard` takes, so its replicas are not read while it may be on its way.
+const UNSETTLED_FOR: Duration = Duration::from_secs(10);
+
 /// The keeper's part of a cluster pool.
 pub(in crate::topology) struct ClusterKeep {
     pub(super) slots: Arc<SlotMap>,
+    /// Slots redirected lately, read from their masters until then.
+    unsettled: HashMap<u16, Instant>,
     link: ClusterLink,
     /// The task asking the cluster, stopped with the keeper or when a reload changes the
     /// seeds.
@@ -41,6 +50,7 @@ impl ClusterKeep {
         let follower = spawn_follower(pool, cluster, &link);
         let keep = ClusterKeep {
             slots: Arc::new(SlotMap::default()),
+            unsettled: HashMap::new(),
             link,
             follower,
         };
@@ -67,7 +77,11 @@ impl Keeper {
     pub(super) fn cluster_news(&mut self, news: ClusterNews) -> bool {
         match news {
             ClusterNews::View(view) => self.take_view(view),
-            ClusterNews::Moved { slot, to } => self.slot_moved(slot, &to),
+            ClusterNews::Moved { slot, to } => {
+                let unsettled = self.unsettle(slot);
+                self.slot_moved(slot, &to) | unsettled
+            }
+            ClusterNews::Asked { slot } => self.unsettle(slot),
         }
     }
 
@@ -92,7 +106,7 @@ impl Keeper {
             self.shards.push(shard);
         }
         self.out_until = vec![None; self.shards.len()];
-        let slots = view.slot_map();
+        let mut slots = view.slot_map();
         tracing::info!(
             pool = %self.config.name,
             "cluster slot map: {} shards, {} of {} slots served",
@@ -101,6 +115,9 @@ impl Keeper {
             crate::placement::slots::SLOTS
         );
         if let Some(cluster) = &mut self.cluster {
+            for &slot in cluster.unsettled.keys() {
+                slots.set_unsettled(slot, true);
+            }
             cluster.slots = Arc::new(slots);
             cluster.link.metrics.map_changes.inc();
         }
@@ -123,6 +140,42 @@ impl Keeper {
         Arc::make_mut(&mut cluster.slots).assign(slot, slot, s);
         cluster.link.metrics.map_changes.inc();
         true
+    }
+
+    /// A node redirected a request of `slot`: its reads go to its master for
+    /// [`UNSETTLED_FOR`]. Returns whether routing changed.
+    fn unsettle(&mut self, slot: u16) -> bool {
+        let Some(cluster) = &mut self.cluster else {
+            return false;
+        };
+        let until = Instant::now() + UNSETTLED_FOR;
+        if cluster.unsettled.insert(slot, until).is_some() {
+            return false;
+        }
+        Arc::make_mut(&mut cluster.slots).set_unsettled(slot, true)
+    }
+
+    /// Lets the slots whose time is up be read from replicas again; returns whether any was.
+    pub(super) fn settle(&mut self, now: Instant) -> bool {
+        let Some(cluster) = &mut self.cluster else {
+            return false;
+        };
+        let before = cluster.unsettled.len();
+        let mut settled = Vec::new();
+        cluster.unsettled.retain(|&slot, until| {
+            let keep = *until > now;
+            if !keep {
+                settled.push(slot);
+            }
+            keep
+        });
+        if cluster.unsettled.len() == before {
+            return false;
+        }
+        let slots = Arc::make_mut(&mut cluster.slots);
+        settled.into_iter().fold(false, |changed, slot| {
+            slots.set_unsettled(slot, false) | changed
+        })
     }
 
     /// While a master of a slot-owning shard is not up, the cluster is asked again (each
