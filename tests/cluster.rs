@@ -1,7 +1,8 @@
-//! A Redis Cluster behind the proxy: real clusters made with `redis-cli --cluster create`,
-//! clients that speak to one server, and the cluster's own events (resharding, a manual
-//! failover) under a checked load: every acknowledged increment is there, no reply goes back,
-//! and clients see no error.
+//! A Redis Cluster behind the proxy: real clusters made with `redis-cli --cluster create`
+//! (redis-server 7 and valkey-server 8, each test on both), clients that speak to one server,
+//! and the cluster's own events (resharding, a manual failover, a master killed) under a
+//! checked load: every acknowledged increment is there, no reply goes back, and clients see no
+//! error.
 
 mod common;
 
@@ -27,9 +28,8 @@ fn proxy_for(cluster: &Cluster, extra: &str) -> (Proxy, u16) {
     (proxy, port)
 }
 
-#[test]
-fn clients_see_one_server_over_the_cluster() {
-    let cluster = Cluster::start(3, 1, 2000);
+fn clients_see_one_server_over_the_cluster(program: Program) {
+    let cluster = Cluster::start(program, 3, 1, 2000);
     let (proxy, port) = proxy_for(&cluster, "");
     let mut c = connect(port);
     for i in 0..200 {
@@ -211,9 +211,8 @@ fn wait_for_increments(port: u16, n: i64) {
     });
 }
 
-#[test]
-fn resharding_there_and_back_loses_nothing_and_shows_no_redirect() {
-    let cluster = Cluster::start(3, 0, 2000);
+fn resharding_there_and_back_loses_nothing_and_shows_no_redirect(program: Program) {
+    let cluster = Cluster::start(program, 3, 0, 2000);
     let (proxy, port) = proxy_for(&cluster, "");
     let load = Load::start(port);
     wait_for_increments(port, 20);
@@ -247,9 +246,8 @@ fn resharding_there_and_back_loses_nothing_and_shows_no_redirect() {
     );
 }
 
-#[test]
-fn a_manual_failover_is_followed_without_errors() {
-    let cluster = Cluster::start(3, 1, 2000);
+fn a_manual_failover_is_followed_without_errors(program: Program) {
+    let cluster = Cluster::start(program, 3, 1, 2000);
     let (proxy, port) = proxy_for(&cluster, "");
     let load = Load::start(port);
     wait_for_increments(port, 20);
@@ -283,9 +281,8 @@ fn a_manual_failover_is_followed_without_errors() {
     });
 }
 
-#[test]
-fn a_killed_master_costs_only_its_slots_and_only_until_its_replica_takes_over() {
-    let mut cluster = Cluster::start(3, 1, 1000);
+fn a_killed_master_costs_only_its_slots_and_only_until_its_replica_takes_over(program: Program) {
+    let mut cluster = Cluster::start(program, 3, 1, 1000);
     let (proxy, port) = proxy_for(
         &cluster,
         "    health_check: { interval_ms: 200, timeout_ms: 200 }\n",
@@ -353,9 +350,8 @@ fn a_killed_master_costs_only_its_slots_and_only_until_its_replica_takes_over() 
     cluster.nodes[0].kill();
 }
 
-#[test]
-fn cluster_aware_clients_find_one_node_serving_every_slot() {
-    let cluster = Cluster::start(3, 0, 2000);
+fn cluster_aware_clients_find_one_node_serving_every_slot(program: Program) {
+    let cluster = Cluster::start(program, 3, 0, 2000);
     let (_proxy, port) = proxy_for(&cluster, "");
     let mut raw = Raw::connect(port);
     raw.roundtrip(&command(&[b"CLUSTER", b"KEYSLOT", b"foo"]), b":12182\r\n");
@@ -392,9 +388,8 @@ fn a_ring_pool_has_cluster_support_disabled() {
     }
 }
 
-#[test]
-fn a_migrating_slot_is_served_through_ask_then_moved() {
-    let cluster = Cluster::start(3, 0, 2000);
+fn a_migrating_slot_is_served_through_ask_then_moved(program: Program) {
+    let cluster = Cluster::start(program, 3, 0, 2000);
     let (proxy, port) = proxy_for(&cluster, "");
     let mut raw = Raw::connect(port);
     raw.roundtrip(&command(&[b"SET", b"foo", b"bar"]), b"+OK\r\n");
@@ -490,9 +485,8 @@ fn move_slot(cluster: &Cluster, keys: &[&str], to: &Redis) {
     }
 }
 
-#[test]
-fn transactions_keep_to_one_slot_and_a_slot_moved_under_one_is_a_clear_error() {
-    let cluster = Cluster::start(3, 0, 2000);
+fn transactions_keep_to_one_slot_and_a_slot_moved_under_one_is_a_clear_error(program: Program) {
+    let cluster = Cluster::start(program, 3, 0, 2000);
     let (_proxy, port) = proxy_for(&cluster, "");
     let mut raw = Raw::connect(port);
     raw.roundtrip(&command(&[b"MULTI"]), b"+OK\r\n");
@@ -534,9 +528,8 @@ fn transactions_keep_to_one_slot_and_a_slot_moved_under_one_is_a_clear_error() {
     assert_eq!(held, Some(2));
 }
 
-#[test]
-fn a_blocking_command_whose_slot_moves_gets_a_clear_error() {
-    let cluster = Cluster::start(3, 0, 2000);
+fn a_blocking_command_whose_slot_moves_gets_a_clear_error(program: Program) {
+    let cluster = Cluster::start(program, 3, 0, 2000);
     let (_proxy, port) = proxy_for(&cluster, "");
     let mut raw = Raw::connect(port);
     raw.send(&command(&[b"BLPOP", b"{b}q", b"0"]));
@@ -567,9 +560,8 @@ fn a_blocking_command_whose_slot_moves_gets_a_clear_error() {
     );
 }
 
-#[test]
-fn pubsub_over_a_cluster_delivers_each_message_once() {
-    let cluster = Cluster::start(3, 0, 2000);
+fn pubsub_over_a_cluster_delivers_each_message_once(program: Program) {
+    let cluster = Cluster::start(program, 3, 0, 2000);
     let (_proxy, port) = proxy_for(&cluster, "");
     let mut sub = Raw::connect(port);
     sub.roundtrip(
@@ -618,9 +610,8 @@ fn calls(node: &Redis, command: &str) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-fn replica_reads_go_to_replicas_except_for_a_slot_on_the_move() {
-    let cluster = Cluster::start(3, 1, 2000);
+fn replica_reads_go_to_replicas_except_for_a_slot_on_the_move(program: Program) {
+    let cluster = Cluster::start(program, 3, 1, 2000);
     let (proxy, port) = proxy_for(&cluster, "    read_from: replica\n");
     let mut c = connect(port);
     let _: () = c.set("foo", "bar").unwrap();
@@ -693,3 +684,34 @@ fn replica_reads_go_to_replicas_except_for_a_slot_on_the_move() {
         assert_eq!(got.as_deref(), Some("baz"));
     }
 }
+
+/// Every test above that starts a cluster, against redis-server 7 and valkey-server 8.
+macro_rules! on_both_servers {
+    ($($test:ident),* $(,)?) => {
+        mod redis_7 {
+            $(#[test]
+            fn $test() {
+                super::$test(super::Program::Redis)
+            })*
+        }
+        mod valkey_8 {
+            $(#[test]
+            fn $test() {
+                super::$test(super::Program::Valkey)
+            })*
+        }
+    };
+}
+
+on_both_servers!(
+    clients_see_one_server_over_the_cluster,
+    resharding_there_and_back_loses_nothing_and_shows_no_redirect,
+    a_manual_failover_is_followed_without_errors,
+    a_killed_master_costs_only_its_slots_and_only_until_its_replica_takes_over,
+    cluster_aware_clients_find_one_node_serving_every_slot,
+    a_migrating_slot_is_served_through_ask_then_moved,
+    transactions_keep_to_one_slot_and_a_slot_moved_under_one_is_a_clear_error,
+    a_blocking_command_whose_slot_moves_gets_a_clear_error,
+    pubsub_over_a_cluster_delivers_each_message_once,
+    replica_reads_go_to_replicas_except_for_a_slot_on_the_move,
+);

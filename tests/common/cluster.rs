@@ -6,23 +6,30 @@
 use std::process::Command;
 use std::time::Duration;
 
-use super::{Server, free_port, wait_until};
+use super::{Program, Server, free_port, wait_until};
 
 /// A cluster's nodes, masters first as `redis-cli --cluster create` was given them.
 pub struct Cluster {
     pub nodes: Vec<Server>,
     masters: usize,
+    /// redis-server or valkey-server.
+    pub program: Program,
 }
 
 impl Cluster {
-    /// `masters` masters, each with `replicas` replicas; a node is judged failing after
-    /// `node_timeout_ms`.
-    pub fn start(masters: usize, replicas: usize, node_timeout_ms: u64) -> Cluster {
+    /// `masters` masters, each with `replicas` replicas, of `program`; a node is judged
+    /// failing after `node_timeout_ms`.
+    pub fn start(
+        program: Program,
+        masters: usize,
+        replicas: usize,
+        node_timeout_ms: u64,
+    ) -> Cluster {
         let nodes: Vec<Server> = (0..masters * (1 + replicas))
-            .map(|_| Cluster::node(node_timeout_ms))
+            .map(|_| Cluster::node(program, node_timeout_ms))
             .collect();
         let addrs: Vec<String> = nodes.iter().map(Server::addr).collect();
-        let status = Command::new("redis-cli")
+        let status = Command::new(program.cli())
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
@@ -30,25 +37,32 @@ impl Cluster {
             .status()
             .expect("redis-cli must be installed (scripts/test installs it)");
         assert!(status.success(), "redis-cli --cluster create");
-        let cluster = Cluster { nodes, masters };
+        let cluster = Cluster {
+            nodes,
+            masters,
+            program,
+        };
         cluster.wait_settled();
         cluster
     }
 
     /// A node of its own, not in any cluster yet.
-    pub fn node(node_timeout_ms: u64) -> Server {
+    pub fn node(program: Program, node_timeout_ms: u64) -> Server {
         let bus = free_port().to_string();
         let timeout = node_timeout_ms.to_string();
-        Server::start_with(&[
-            "--cluster-enabled",
-            "yes",
-            "--cluster-port",
-            &bus,
-            "--cluster-config-file",
-            "nodes.conf",
-            "--cluster-node-timeout",
-            &timeout,
-        ])
+        Server::start_on(
+            program,
+            &[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus,
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                &timeout,
+            ],
+        )
     }
 
     /// The masters as created (a failover may have changed which nodes are masters now).
@@ -92,7 +106,7 @@ impl Cluster {
 
     /// Moves `slots` slots from `from` to `to` with `redis-cli --cluster reshard`, keys and all.
     pub fn reshard(&self, from: &Server, to: &Server, slots: usize) {
-        let status = Command::new("redis-cli")
+        let status = Command::new(self.program.cli())
             .args(["--cluster", "reshard", &from.addr()])
             .args(["--cluster-from", &Cluster::id(from)])
             .args(["--cluster-to", &Cluster::id(to)])

