@@ -685,6 +685,35 @@ fn replica_reads_go_to_replicas_except_for_a_slot_on_the_move(program: Program) 
     }
 }
 
+fn a_node_added_given_slots_then_removed_costs_no_error(program: Program) {
+    let mut cluster = Cluster::start(program, 3, 0, 2000);
+    let (proxy, port) = proxy_for(&cluster, "");
+    let load = Load::start(port);
+    wait_for_increments(port, 20);
+    let added = cluster.add_node().addr();
+    let new = cluster.nodes.len() - 1;
+    cluster.reshard(&cluster.nodes[0], &cluster.nodes[new], 1000);
+    wait_until("the new node in the map", Duration::from_secs(10), || {
+        let (_, topology) = proxy.http("/topology");
+        topology.contains(&format!("\"master\":{{\"address\":\"{added}\""))
+    });
+    wait_for_increments(port, 20);
+    cluster.reshard(&cluster.nodes[new], &cluster.nodes[0], 1000);
+    cluster.remove_node(new);
+    wait_for_increments(port, 20);
+    let outcome = load.finish(port);
+    outcome.assert_clean();
+    println!(
+        "a node added, given 1000 slots, emptied and removed under {} increments: 0 errors",
+        outcome.increments
+    );
+    wait_until(
+        "the removed node out of the map",
+        Duration::from_secs(10),
+        || !proxy.http("/topology").1.contains(&added),
+    );
+}
+
 /// Every test above that starts a cluster, against redis-server 7 and valkey-server 8.
 macro_rules! on_both_servers {
     ($($test:ident),* $(,)?) => {
@@ -714,4 +743,5 @@ on_both_servers!(
     a_blocking_command_whose_slot_moves_gets_a_clear_error,
     pubsub_over_a_cluster_delivers_each_message_once,
     replica_reads_go_to_replicas_except_for_a_slot_on_the_move,
+    a_node_added_given_slots_then_removed_costs_no_error,
 );

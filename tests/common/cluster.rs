@@ -96,6 +96,38 @@ impl Cluster {
         });
     }
 
+    /// Starts a new node and joins it to the cluster, with no slots (`--cluster add-node`).
+    pub fn add_node(&mut self) -> &Server {
+        let node = Cluster::node(self.program, 2000);
+        let status = Command::new(self.program.cli())
+            .args(["--cluster", "add-node", &node.addr(), &self.nodes[0].addr()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "--cluster add-node");
+        self.nodes.push(node);
+        self.wait_settled();
+        self.nodes.last().unwrap()
+    }
+
+    /// Takes node `index`, which must serve no slot, out of the cluster (`--cluster del-node`,
+    /// which also stops it).
+    pub fn remove_node(&mut self, index: usize) {
+        let node = self.nodes.remove(index);
+        let status = Command::new(self.program.cli())
+            .args([
+                "--cluster",
+                "del-node",
+                &self.nodes[0].addr(),
+                &Cluster::id(&node),
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "--cluster del-node");
+        self.wait_settled();
+    }
+
     /// The node id of `node`.
     pub fn id(node: &Server) -> String {
         redis::cmd("CLUSTER")
