@@ -91,8 +91,10 @@ const CRC16_TABLE: [u16; 256] = {
 };
 
 /// twemproxy 0.5 keeps the CRC-16/XMODEM state in 32 bits and never masks it, so bits shifted
-/// past 16 stay in the result: equal to CRC-16 only for keys of one byte.
-fn crc16(key: &[u8]) -> u32 {
+/// past 16 stay in the result: equal to CRC-16 only for keys of one byte. Its low 16 bits are
+/// CRC-16/XMODEM all the same (a bit shifted past 16 never comes back down), which Redis
+/// Cluster's slots take.
+pub(super) fn crc16(key: &[u8]) -> u32 {
     key.iter().fold(0u32, |crc, &b| {
         (crc << 8) ^ u32::from(CRC16_TABLE[((crc >> 8) as u8 ^ b) as usize])
     })

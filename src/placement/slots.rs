@@ -2,12 +2,8 @@
 //! modulo 16,384) and the map from slots to the shards that own them, built from the
 //! cluster's agreed slot map.
 
-use crc::{CRC_16_XMODEM, Crc};
-
 /// How many slots a Redis Cluster has.
 pub const SLOTS: usize = 16_384;
-
-const CRC16: Crc<u16> = Crc::<u16>::new(&CRC_16_XMODEM);
 
 /// The part of `key` the cluster hashes: the text between the first `{` and the first `}`
 /// after it when that is not empty, else the whole key (the cluster specification's rule).
@@ -23,7 +19,7 @@ pub fn hashed_part(key: &[u8]) -> &[u8] {
 
 /// The slot of `key`.
 pub fn slot(key: &[u8]) -> u16 {
-    CRC16.checksum(hashed_part(key)) & (SLOTS as u16 - 1)
+    super::hash::crc16(hashed_part(key)) as u16 & (SLOTS as u16 - 1)
 }
 
 /// Which shard (an index in the pool's shards) owns each slot, and which slots are read from
@@ -98,10 +94,13 @@ impl SlotMap {
         }
     }
 
-    /// Whether a read of `key` goes to its slot's master whatever `read_from` says: its slot
-    /// may be migrating.
-    pub fn reads_master(&self, key: &[u8]) -> bool {
-        self.unsettled[usize::from(slot(key))]
+    /// Whether a read of `slot` goes to its master whatever `read_from` says: it may be
+    /// migrating.
+    pub fn reads_master(&self, slot: u16) -> bool {
+        self.unsettled
+            .get(usize::from(slot))
+            .copied()
+            .unwrap_or(false)
     }
 
     /// Whether shard `shard` owns at least one slot.
@@ -149,16 +148,24 @@ mod tests {
         assert!(map.owns_any(2));
         assert_eq!(map.owned(), SLOTS);
         // A slot on the move is read from its master; only a change is reported.
-        assert!(!map.reads_master(b"foo"));
+        assert!(!map.reads_master(slot(b"foo")));
         assert!(map.set_unsettled(12182, true));
         assert!(!map.set_unsettled(12182, true));
-        assert!(map.reads_master(b"foo") && map.reads_master(b"{foo}x"));
-        assert!(!map.reads_master(b"bar"));
+        assert!(map.reads_master(slot(b"foo")) && map.reads_master(slot(b"{foo}x")));
+        assert!(!map.reads_master(slot(b"bar")));
         assert!(map.set_unsettled(12182, false));
-        assert!(!map.reads_master(b"foo"));
+        assert!(!map.reads_master(slot(b"foo")));
     }
 
     proptest! {
+        /// The low bits of twemproxy's unmasked CRC-16 are CRC-16/XMODEM's.
+        #[test]
+        fn slots_are_crc16_xmodem(key in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let xmodem = crc::Crc::<u16>::new(&crc::CRC_16_XMODEM);
+            let key: Vec<u8> = key.into_iter().filter(|&b| b != b'{').collect();
+            prop_assert_eq!(slot(&key), xmodem.checksum(&key) & 0x3fff);
+        }
+
         #[test]
         fn a_hash_tag_decides_the_slot(prefix in ".*", tag in "[^{}]+", suffix in ".*") {
             let prefix: String = prefix.chars().filter(|&c| c != '{').collect();

@@ -55,8 +55,9 @@ pub(super) const PREAMBLE: usize = usize::MAX;
 pub(super) struct Sent {
     pub(super) seq: u64,
     pub(super) part: usize,
-    /// The shard's name: the part may be sent again after the pool's state changed.
-    pub(super) shard: Arc<str>,
+    /// The shard's name, for a part sent again within its shard (`when`): the pool's state may
+    /// have changed meanwhile.
+    pub(super) shard: Option<Arc<str>>,
     /// The node it was last sent to.
     pub(super) node: NodeId,
     pub(super) payload: Bytes,
@@ -132,6 +133,8 @@ struct Queue {
     /// Parts that may be sent again, in request and part order, until their request is
     /// answered.
     sent: VecDeque<Sent>,
+    /// Where in `sent` the next reply's part probably is: replies mostly come in order.
+    sent_next: usize,
     /// Parts to send again, in the order they are to be sent.
     retries: VecDeque<Retry>,
     /// Requests from before this one were redirected: until they are answered, no later one
@@ -260,9 +263,7 @@ impl Outbox {
     /// Part `part` of request `seq`, if it is kept to be sent again.
     pub(super) fn sent_at(&mut self, seq: u64, part: usize) -> Option<&mut Sent> {
         let sent = &mut self.queue.as_mut()?.sent;
-        let at = sent
-            .binary_search_by_key(&(seq, part), |s| (s.seq, s.part))
-            .ok()?;
+        let at = find(sent, 0, seq, part)?;
         sent.get_mut(at)
     }
 
@@ -347,10 +348,14 @@ impl Outbox {
         if part == PREAMBLE {
             return;
         }
-        if !queue.sent.is_empty()
-            && let Ok(at) = queue
-                .sent
-                .binary_search_by_key(&(seq, part), |s| (s.seq, s.part))
+        let found = match queue.sent.is_empty() {
+            true => None,
+            false => find(&queue.sent, queue.sent_next, seq, part),
+        };
+        if let Some(at) = found {
+            queue.sent_next = at + 1;
+        }
+        if let Some(at) = found
             && let Some(how) = resend(&queue.sent[at], &c.result)
         {
             if let Resend::Redirect(_) = how {
@@ -407,6 +412,7 @@ impl Outbox {
         }
         while queue.sent.front().is_some_and(|s| s.seq < self.first_seq) {
             queue.sent.pop_front();
+            queue.sent_next = queue.sent_next.saturating_sub(1);
         }
     }
 }
@@ -425,6 +431,17 @@ fn typical(typical: u32, len: usize) -> u32 {
     match len >= typical {
         true => len,
         false => typical - (typical - len) / 8,
+    }
+}
+
+/// Where part `part` of request `seq` is in `sent`: usually at `likely`, as replies come in
+/// order.
+fn find(sent: &VecDeque<Sent>, likely: usize, seq: u64, part: usize) -> Option<usize> {
+    match sent.get(likely) {
+        Some(s) if (s.seq, s.part) == (seq, part) => Some(likely),
+        _ => sent
+            .binary_search_by_key(&(seq, part), |s| (s.seq, s.part))
+            .ok(),
     }
 }
 

@@ -95,17 +95,20 @@ impl Plan {
     }
 }
 
+/// Where a part of a split request goes: its group (see `PoolState::group_for`) and shard.
+pub(super) type Placed = (u32, usize);
+
 /// Groups of a split request found by a scan; past that, by a table.
 const SCANNED_GROUPS: usize = 16;
 
 /// Groups keys for a split request: the part of every key (one part per shard, or per slot in
-/// a cluster, in order of first use) and each part's shard.
+/// a cluster, in order of first use) and each part's group and shard.
 pub(super) fn parts_by_shard<'a, N>(
     state: &PoolState<N>,
     keys: impl Iterator<Item = &'a [u8]>,
-) -> Result<(Vec<u32>, Vec<usize>), ClientError> {
+) -> Result<(Vec<u32>, Vec<Placed>), ClientError> {
     let mut key_parts = Vec::with_capacity(keys.size_hint().0);
-    let mut part_shards: Vec<usize> = Vec::new();
+    let mut part_shards: Vec<Placed> = Vec::new();
     let mut groups: Vec<u32> = Vec::new();
     let mut index: HashMap<u32, u32> = HashMap::new();
     for key in keys {
@@ -118,7 +121,7 @@ pub(super) fn parts_by_shard<'a, N>(
         };
         let part = known.unwrap_or_else(|| {
             groups.push(group);
-            part_shards.push(shard);
+            part_shards.push((group, shard));
             let part = groups.len() as u32 - 1;
             match groups.len() {
                 n if n == SCANNED_GROUPS + 1 => {

@@ -44,10 +44,11 @@ impl<N> PoolState<N> {
         }
     }
 
-    /// Whether a read of `key` goes to its shard's master whatever `read_from` says (in a
-    /// cluster, a slot that may be migrating).
-    pub fn reads_master(&self, key: &[u8]) -> bool {
-        self.slots().is_some_and(|slots| slots.reads_master(key))
+    /// Whether a read of group `group` (see [`PoolState::group_for`]) goes to its shard's
+    /// master whatever `read_from` says: in a cluster, a slot that may be migrating.
+    pub fn reads_master(&self, group: u32) -> bool {
+        self.slots()
+            .is_some_and(|slots| slots.reads_master(group as u16))
     }
 
     /// The part of `key` placement hashes: its hash tag's content, or the whole key.

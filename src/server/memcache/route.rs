@@ -138,7 +138,7 @@ pub(super) fn get<N>(state: &PoolState<N>, req: &Request) -> Plan {
     match part_shards[..] {
         // `gat 10` with no key: memcached answers END.
         [] => Plan::Reply(Bytes::from_static(b"END\r\n")),
-        [s] => get_from(state, s, req),
+        [(_, s)] => get_from(state, s, req),
         _ => {
             let kind = ReplyKind::Memcache(ReplyShape::Values);
             let head: Vec<&[u8]> = req.tokens().take(first_key).collect();
@@ -161,7 +161,7 @@ pub(super) fn get<N>(state: &PoolState<N>, req: &Request) -> Plan {
             let payloads = payloads.freeze();
             let mut start = 0;
             let mut parts = Vec::with_capacity(part_shards.len());
-            for (&s, &end) in part_shards.iter().zip(&ends) {
+            for (&(_, s), &end) in part_shards.iter().zip(&ends) {
                 parts.push(Part {
                     target: Target::Shard {
                         shard: s,

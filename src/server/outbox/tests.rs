@@ -170,7 +170,7 @@ fn kept(seq: u64, part: usize, when: ResendWhen, retries: usize) -> Sent {
     Sent {
         seq,
         part,
-        shard: "s".into(),
+        shard: Some("s".into()),
         node: NodeId::next(),
         payload: Bytes::from_static(b"request"),
         kind: ReplyKind::Resp,

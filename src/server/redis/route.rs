@@ -26,6 +26,17 @@ pub(super) fn shard_of_keys<N>(
     positions: impl Iterator<Item = usize>,
     req: &Request,
 ) -> Result<usize, ClientError> {
+    group_of_keys(state, cmd, positions, req).map(|(_, shard)| shard)
+}
+
+/// The one group of the keys at `positions` (their shard on a ring, their slot in a cluster)
+/// and its shard, as [`shard_of_keys`].
+fn group_of_keys<N>(
+    state: &PoolState<N>,
+    cmd: &Command,
+    positions: impl Iterator<Item = usize>,
+    req: &Request,
+) -> Result<(u32, usize), ClientError> {
     let mut group = None;
     let mut positions = positions.peekable();
     if positions.peek().is_none() {
@@ -42,9 +53,7 @@ pub(super) fn shard_of_keys<N>(
         }
         group = g;
     }
-    group
-        .map(|(_, shard)| shard)
-        .ok_or_else(|| ClientError::unplaced(state))
+    group.ok_or_else(|| ClientError::unplaced(state))
 }
 
 /// Every key position of `req`: the command's range and the ones only its arguments tell.
@@ -72,8 +81,8 @@ pub(super) fn keyed<N>(
         let wait = wait_limit(req.arg((at + 1).min(req.argc() - 1)), 0.001);
         return reserved(state, cmd, req, wait);
     }
-    let shard = match shard_of_keys(state, cmd, keys(cmd, req), req) {
-        Ok(shard) => shard,
+    let (group, shard) = match group_of_keys(state, cmd, keys(cmd, req), req) {
+        Ok(placed) => placed,
         Err(e) => return Plan::Fail(e),
     };
     if matches!(cmd.name, "SORT" | "SORT_RO")
@@ -90,14 +99,9 @@ pub(super) fn keyed<N>(
             why: "MEMORY USAGE is served; the rest is one server's: ask the server itself".into(),
         });
     }
-    let reads_master = || {
-        let mut keys = cmd.key_positions(req.argc());
-        keys.next()
-            .is_some_and(|pos| state.reads_master(req.arg(pos)))
-    };
     let target = Target::Shard {
         shard,
-        write: cmd.write || (state.slots().is_some() && reads_master()),
+        write: cmd.write || state.reads_master(group),
     };
     let part = Part::resp(target, req.frame().clone());
     // A cluster's replica answers MOVED to a client that did not ask for replica reads.
@@ -220,17 +224,12 @@ pub(super) fn split<N>(
         Ok(grouped) => grouped,
         Err(e) => return Plan::Fail(e),
     };
-    // A part's keys share a slot in a cluster: one of them says whether it may be migrating.
-    let target = |shard, key: &[u8]| Target::Shard {
+    let target = |(group, shard)| Target::Shard {
         shard,
-        write: cmd.write || state.reads_master(key),
+        write: cmd.write || state.reads_master(group),
     };
-    let first_key = |part: u32| {
-        let at = key_parts.iter().position(|&p| p == part).unwrap_or(0);
-        req.arg(cmd.first_key + at * step)
-    };
-    if let [s] = part_shards[..] {
-        return Plan::Forward(Part::resp(target(s, first_key(0)), req.frame().clone()));
+    if let [part] = part_shards[..] {
+        return Plan::Forward(Part::resp(target(part), req.frame().clone()));
     }
     // Every part's request in one buffer, sent as slices of it.
     let mut payloads = BytesMut::with_capacity(req.frame().len() + 16 * part_shards.len());
@@ -253,9 +252,8 @@ pub(super) fn split<N>(
     let payloads = payloads.freeze();
     let mut start = 0;
     let mut parts = Vec::with_capacity(part_shards.len());
-    for (part, (&s, &end)) in part_shards.iter().zip(&ends).enumerate() {
-        let target = target(s, first_key(part as u32));
-        parts.push(Part::resp(target, payloads.slice(start..end)));
+    for (&part, &end) in part_shards.iter().zip(&ends) {
+        parts.push(Part::resp(target(part), payloads.slice(start..end)));
         start = end;
     }
     let gather = merge::split(merge, part_shards.len(), key_parts, max_depth);

@@ -83,6 +83,7 @@ impl<F: Frontend> Session<F> {
     /// Parses and routes what was read, for as long as there is room.
     fn parse(&mut self, b: &mut Pass) {
         let (first, at) = (self.out.next_seq(), Instant::now());
+        self.carrier.now = at;
         let (fe, mut cx) = self.split();
         b.closing = fe.handle_input(&mut cx, &mut b.read_buf);
         b.timing.read(first, self.out.next_seq(), at);

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -37,6 +37,8 @@ pub(super) struct Carrier {
     /// Allocated on first use and dropped when a burst ends with it empty: an idle client
     /// holds none.
     pub(super) in_flight: Option<Box<InFlight>>,
+    /// When the requests being handled were read: a cluster's parts are bounded from then.
+    pub(super) now: Instant,
 }
 
 /// What a session keeps of the requests it has not answered yet.
@@ -54,6 +56,7 @@ impl Carrier {
         Carrier {
             worker: worker as u32,
             in_flight: None,
+            now: Instant::now(),
         }
     }
 

@@ -3,7 +3,6 @@
 //! for a client (a blocking command, a transaction) until the reply they carry is written.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use prometheus_client::metrics::gauge::Gauge;
@@ -14,7 +13,7 @@ use crate::protocol::ReplyKind;
 use crate::server::merge::Gather;
 use crate::server::outbox::{Redirects, Sent};
 use crate::server::plan::{Part, Plan, Target};
-use crate::topology::{BlockedOn, Client, PoolState, Shard};
+use crate::topology::{BlockedOn, Client, PoolState};
 
 /// A connection reserved for this session until the reply to one request is written.
 pub(super) struct Held {
@@ -110,7 +109,8 @@ impl Context<'_> {
                     Some(quiet) => self.out.quiet(quiet),
                     None => self.out.forwarded(),
                 }
-                let mut sent = self.sent(state, shard, node, (next, 0), part, profile);
+                let mut sent = self.sent(state, node, (next, 0), part, profile);
+                sent.shard = Some(shard.name.clone());
                 sent.when = Some(when);
                 sent.retries_left = retries;
                 self.out.keep(sent);
@@ -160,23 +160,22 @@ impl Context<'_> {
     /// redirect can send it again.
     fn send_part(&mut self, state: &PoolState, part: Part, index: usize, profile: Profile) {
         let (shard, node) = self.resolve(state, part.target);
-        let (shard, node) = (&state.shards[shard], &state.shards[shard].nodes[node]);
+        let node = &state.shards[shard].nodes[node];
         if state.slots().is_none() {
             self.send_to(node, (part.payload, part.kind), index, profile);
             return;
         }
         self.send_to(node, (part.payload.clone(), part.kind), index, profile);
         let seq = self.out.next_seq();
-        let sent = self.sent(state, shard, node, (seq, index), part, profile);
+        let sent = self.sent(state, node, (seq, index), part, profile);
         self.out.keep(sent);
     }
 
-    /// What is kept of part `index` of request `seq`, sent to `node` of `shard`: it may be
-    /// sent again for a cluster's redirects (none other, until the caller says).
+    /// What is kept of part `index` of request `seq`, sent to `node`: it may be sent again
+    /// for a cluster's redirects (for nothing else, until the caller says).
     pub(super) fn sent(
         &self,
         state: &PoolState,
-        shard: &Shard,
         node: &Node,
         (seq, index): (u64, usize),
         part: Part,
@@ -185,7 +184,7 @@ impl Context<'_> {
         Sent {
             seq,
             part: index,
-            shard: shard.name.clone(),
+            shard: None,
             node: node.id(),
             payload: part.payload,
             kind: part.kind,
@@ -193,7 +192,7 @@ impl Context<'_> {
             when: None,
             retries_left: 0,
             redirects: state.slots().map(|_| Redirects {
-                deadline: Instant::now() + self.pool.config.timeout,
+                deadline: self.carrier.now + self.pool.config.timeout,
                 hops: 0,
             }),
         }

@@ -80,10 +80,10 @@ impl Context<'_> {
         let Some(sent) = self.out.sent_at(retry.seq, retry.part) else {
             return Next::Done;
         };
-        let shard = state.shard_named(&sent.shard);
+        let name = sent.shard.clone().unwrap_or_default();
+        let shard = state.shard_named(&name);
         let Some((shard, last)) = shard.and_then(|s| Some((s, s.index_of(sent.node)?))) else {
-            let error = ClientError::ShardLeft(sent.shard.clone());
-            self.out.fail(retry.seq, error);
+            self.out.fail(retry.seq, ClientError::ShardLeft(name));
             return Next::Done;
         };
         sent.retries_left -= 1;
