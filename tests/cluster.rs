@@ -517,30 +517,45 @@ fn transactions_keep_to_one_slot_and_a_slot_moved_under_one_is_a_clear_error(pro
     raw.send(&command(&[b"EXEC"]));
     let line = raw.read_line();
     assert!(
-        line.starts_with("-ERR not applied: the slot moved under a transaction, WATCH or blocking command (MOVED 15891 "),
+        line.starts_with(
+            "-ERR not applied: the slot moved under a transaction or WATCH (MOVED 15891 "
+        ),
         "{line}"
     );
-    // The pool heard where the slot went: the transaction, sent again, is served there.
-    raw.roundtrip(&command(&[b"MULTI"]), b"+OK\r\n");
-    raw.roundtrip(&command(&[b"INCR", b"{t}b"]), b"+QUEUED\r\n");
-    raw.roundtrip(&command(&[b"EXEC"]), b"*1\r\n:2\r\n");
+    // The pool hears where the slot went (its keeper applies it a moment later): the
+    // transaction, sent again, is served there, once.
+    wait_until("the transaction served", Duration::from_secs(10), || {
+        raw.roundtrip(&command(&[b"MULTI"]), b"+OK\r\n");
+        raw.roundtrip(&command(&[b"INCR", b"{t}b"]), b"+QUEUED\r\n");
+        raw.send(&command(&[b"EXEC"]));
+        let line = raw.read_line();
+        if line.starts_with("-ERR not applied") {
+            return false;
+        }
+        assert_eq!(line, "*1\r\n");
+        assert_eq!(raw.read_line(), ":2\r\n");
+        true
+    });
     let held: Option<i64> = to.client().get("{t}b").unwrap();
     assert_eq!(held, Some(2));
 }
 
-fn a_blocking_command_whose_slot_moves_gets_a_clear_error(program: Program) {
+fn a_blocking_command_whose_slot_moves_waits_on_the_new_node(program: Program) {
     let cluster = Cluster::start(program, 3, 0, 2000);
-    let (_proxy, port) = proxy_for(&cluster, "");
+    let (proxy, port) = proxy_for(&cluster, "");
     let mut raw = Raw::connect(port);
     raw.send(&command(&[b"BLPOP", b"{b}q", b"0"]));
     let owner = Cluster::owner_of(&cluster.nodes[0], "{b}q");
-    let node = cluster.nodes.iter().find(|n| n.addr() == owner).unwrap();
-    wait_until("BLPOP to block", Duration::from_secs(10), || {
+    let blocked_on = |node: &Redis| {
         let info: String = redis::cmd("INFO")
             .arg("clients")
             .query(&mut node.client())
             .unwrap();
         info.contains("blocked_clients:1")
+    };
+    let node = cluster.nodes.iter().find(|n| n.addr() == owner).unwrap();
+    wait_until("BLPOP to block", Duration::from_secs(10), || {
+        blocked_on(node)
     });
     let to = cluster
         .masters()
@@ -548,16 +563,23 @@ fn a_blocking_command_whose_slot_moves_gets_a_clear_error(program: Program) {
         .find(|n| n.addr() != owner)
         .unwrap();
     move_slot(&cluster, &["{b}q"], to);
-    let line = raw.read_line();
-    assert!(
-        line.starts_with("-ERR not applied: the slot moved under a transaction, WATCH or blocking command (MOVED "),
-        "{line}"
+    // The old node lets it go with a MOVED; the proxy has it wait on the new one.
+    wait_until(
+        "BLPOP to block on the new node",
+        Duration::from_secs(10),
+        || blocked_on(to),
     );
-    raw.roundtrip(&command(&[b"RPUSH", b"{b}q", b"x"]), b":1\r\n");
-    raw.roundtrip(
-        &command(&[b"BLPOP", b"{b}q", b"0"]),
-        b"*2\r\n$4\r\n{b}q\r\n$1\r\nx\r\n",
+    let mut other = Raw::connect(port);
+    other.roundtrip(&command(&[b"RPUSH", b"{b}q", b"x"]), b":1\r\n");
+    let popped = b"*2\r\n$4\r\n{b}q\r\n$1\r\nx\r\n";
+    assert_eq!(raw.read_n(popped.len()), popped);
+    raw.roundtrip(&command(&[b"PING"]), b"+PONG\r\n");
+    let metrics = proxy.http("/metrics").1;
+    let moved = metric(
+        &metrics,
+        "ringproxy_cluster_redirects_total{pool=\"main\",kind=\"moved\"}",
     );
+    assert!(moved >= 1, "{moved}");
 }
 
 fn pubsub_over_a_cluster_delivers_each_message_once(program: Program) {
@@ -740,8 +762,41 @@ on_both_servers!(
     cluster_aware_clients_find_one_node_serving_every_slot,
     a_migrating_slot_is_served_through_ask_then_moved,
     transactions_keep_to_one_slot_and_a_slot_moved_under_one_is_a_clear_error,
-    a_blocking_command_whose_slot_moves_gets_a_clear_error,
+    a_blocking_command_whose_slot_moves_waits_on_the_new_node,
     pubsub_over_a_cluster_delivers_each_message_once,
     replica_reads_go_to_replicas_except_for_a_slot_on_the_move,
     a_node_added_given_slots_then_removed_costs_no_error,
 );
+
+#[test]
+fn without_a_slot_map_the_pool_is_not_ready_and_says_why() {
+    // A seed where nothing listens, and one that is no cluster node.
+    let standalone = Redis::start();
+    let (port, nowhere) = (free_port(), free_port());
+    let config = format!(
+        "pools:\n  main:\n    listen: 127.0.0.1:{port}\n    cluster:\n      seeds: [127.0.0.1:{nowhere}, {}]\n",
+        standalone.addr()
+    );
+    let proxy = Proxy::start(&config, port);
+    let (status, why) = proxy.http("/ready");
+    assert_eq!(status, 503);
+    assert!(
+        why.contains("the cluster's slot map serves 0 of 16384 slots"),
+        "{why}"
+    );
+    let mut raw = Raw::connect(port);
+    raw.roundtrip(
+        &command(&[b"GET", b"a"]),
+        b"-CLUSTERDOWN Hash slot not served\r\n",
+    );
+    raw.roundtrip(&command(&[b"PING"]), b"+PONG\r\n");
+    raw.roundtrip(
+        &command(&[b"CLUSTER", b"INFO"]),
+        b"$306\r\ncluster_state:fail\r\ncluster_slots_assigned:0\r\ncluster_slots_ok:0\r\ncluster_slots_pfail:0\r\ncluster_slots_fail:0\r\ncluster_known_nodes:1\r\ncluster_size:1\r\ncluster_current_epoch:1\r\ncluster_my_epoch:1\r\ncluster_stats_messages_sent:0\r\ncluster_stats_messages_received:0\r\ntotal_cluster_links_buffer_limit_exceeded:0\r\n\r\n",
+    );
+    wait_until("the warning", Duration::from_secs(10), || {
+        proxy
+            .log()
+            .contains("no cluster node answered CLUSTER SHARDS or CLUSTER SLOTS")
+    });
+}

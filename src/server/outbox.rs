@@ -70,6 +70,16 @@ pub(super) struct Sent {
     pub(super) retries_left: usize,
     /// A cluster's part: its redirects are followed until its deadline.
     pub(super) redirects: Option<Redirects>,
+    /// A blocking command, on a connection reserved for the client: sent again, it waits
+    /// on a new one.
+    pub(super) blocking: Option<Blocking>,
+}
+
+/// How long a blocking command may wait.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Blocking {
+    /// `None`: for ever.
+    pub(super) wait: Option<std::time::Duration>,
 }
 
 /// How far a cluster's part has been redirected.

@@ -3,6 +3,7 @@
 //! for a client (a blocking command, a transaction) until the reply they carry is written.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use prometheus_client::metrics::gauge::Gauge;
@@ -11,7 +12,7 @@ use super::Context;
 use crate::backend::{Job, Node, Profile, ReplyTo, Reserved, Subscriber, Token};
 use crate::protocol::ReplyKind;
 use crate::server::merge::Gather;
-use crate::server::outbox::{Redirects, Sent};
+use crate::server::outbox::{Blocking, Redirects, Sent};
 use crate::server::plan::{Part, Plan, Target};
 use crate::topology::{BlockedOn, Client, PoolState};
 
@@ -55,6 +56,9 @@ impl Drop for Blocked {
         self.listing.set_blocked_on(None);
     }
 }
+
+/// How long a blocking command without a timeout may wait: far enough ahead never to come.
+const NO_LIMIT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 impl Context<'_> {
     /// Carries out `plan` for the next request, on the nodes of `state`, on the client's
@@ -126,6 +130,11 @@ impl Context<'_> {
                 let (shard, node) = self.resolve(state, part.target);
                 let node = state.shards[shard].nodes[node].clone();
                 let conn = node.reserve(self.carrier.worker(), profile);
+                let resent = Part {
+                    target: part.target,
+                    payload: part.payload.clone(),
+                    kind: part.kind,
+                };
                 let job = Job {
                     payload: part.payload,
                     kind: part.kind,
@@ -138,6 +147,18 @@ impl Context<'_> {
                     connection: conn.server_id().clone(),
                 };
                 let blocked = Blocked::new(&self.pool.metrics.blocked_clients, self.listing, on);
+                if state.slots().is_some() {
+                    // Its slot may move while it waits: then it waits on the new node.
+                    let mut sent = self.sent(state, &node, (next, 0), resent, profile);
+                    let since = self.carrier.now;
+                    let limit = wait.unwrap_or(NO_LIMIT) + self.pool.config.timeout;
+                    sent.redirects = sent.redirects.map(|r| Redirects {
+                        deadline: since + limit,
+                        ..r
+                    });
+                    sent.blocking = Some(Blocking { wait });
+                    self.out.keep(sent);
+                }
                 self.hold(node, conn, Some(blocked));
                 self.out.forwarded();
             }
@@ -191,6 +212,7 @@ impl Context<'_> {
             profile,
             when: None,
             retries_left: 0,
+            blocking: None,
             redirects: state.slots().map(|_| Redirects {
                 deadline: self.carrier.now + self.pool.config.timeout,
                 hops: 0,
@@ -227,6 +249,44 @@ impl Context<'_> {
     /// written; then it is given back for another client.
     pub(in crate::server) fn hold_for_next(&mut self, node: Arc<Node>, conn: Reserved) {
         self.hold(node, conn, None);
+    }
+
+    /// Sends the blocking command `seq` again on a new connection reserved on `node`, after
+    /// `first`, to wait `wait` more: its slot moved. The connection it waited on closes.
+    pub(super) fn block_again(
+        &mut self,
+        seq: u64,
+        node: Arc<Node>,
+        (first, job): (Option<Bytes>, Job),
+        wait: Option<Duration>,
+        profile: Profile,
+    ) {
+        let conn = node.reserve(self.carrier.worker(), profile);
+        if let Some(first) = first {
+            conn.send(Job {
+                payload: first,
+                kind: job.kind,
+                reply_to: self.reply_to(Token::Reply {
+                    seq,
+                    part: crate::server::outbox::PREAMBLE,
+                }),
+                timeout: None,
+            });
+        }
+        conn.send_blocking(job, wait);
+        let Some(f) = &mut self.carrier.in_flight else {
+            return;
+        };
+        if let Some(held) = f.held.iter_mut().find(|h| h.until == seq) {
+            if let Some(blocked) = &held.blocked {
+                blocked.listing.set_blocked_on(Some(BlockedOn {
+                    node: node.clone(),
+                    connection: conn.server_id().clone(),
+                }));
+            }
+            held.node = node;
+            held.conn = conn;
+        }
     }
 
     fn hold(&mut self, node: Arc<Node>, conn: Reserved, blocked: Option<Blocked>) {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::Context;
-use crate::backend::{BackendError, Failure, Mailbox, Node, Token};
+use crate::backend::{BackendError, Failure, Job, Mailbox, Node, Token};
 use crate::config::Address;
 use crate::metrics::{RedirectKind, RefreshCause};
 use crate::server::error::ClientError;
@@ -62,6 +62,17 @@ impl Context<'_> {
             };
             sent.node = node.id();
             let (job, profile) = ((sent.payload.clone(), sent.kind), sent.profile);
+            if let Some(blocking) = sent.blocking {
+                let job = Job {
+                    payload: job.0,
+                    kind: job.1,
+                    reply_to: self.reply_to(Token::Reply { seq, part }),
+                    timeout: None,
+                };
+                // Its timeout is in its arguments: the new node waits it in full.
+                self.block_again(seq, node, (first, job), blocking.wait, profile);
+                continue;
+            }
             if let Some(first) = first {
                 let reply_to = self.reply_to(Token::Reply {
                     seq,
