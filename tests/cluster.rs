@@ -404,33 +404,11 @@ fn a_migrating_slot_is_served_through_ask_then_moved(program: Program) {
         .iter()
         .find(|n| n.addr() != owner)
         .unwrap();
-    let setslot = |node: &Redis, how: &str, id: &str| {
-        let _: () = redis::cmd("CLUSTER")
-            .arg("SETSLOT")
-            .arg(12182)
-            .arg(how)
-            .arg(id)
-            .query(&mut node.client())
-            .unwrap();
-    };
-    setslot(to, "IMPORTING", &Cluster::id(from));
-    setslot(from, "MIGRATING", &Cluster::id(to));
-    let _: () = redis::cmd("MIGRATE")
-        .arg("127.0.0.1")
-        .arg(to.port)
-        .arg("")
-        .arg(0)
-        .arg(5000)
-        .arg("KEYS")
-        .arg("foo")
-        .query(&mut from.client())
-        .unwrap();
+    let slot = cluster.migrate(&["foo"], from, to);
     // The key moved, its slot did not yet: the old node answers ASK, never seen by the client.
     raw.roundtrip(&command(&[b"GET", b"foo"]), b"$3\r\nbar\r\n");
     raw.roundtrip(&command(&[b"SET", b"foo", b"baz"]), b"+OK\r\n");
-    for node in cluster.masters() {
-        setslot(node, "NODE", &Cluster::id(to));
-    }
+    cluster.give_slot(slot, to);
     // The slot moved: MOVED, followed.
     raw.roundtrip(&command(&[b"GET", b"foo"]), b"$3\r\nbaz\r\n");
     let metrics = proxy.http("/metrics").1;
@@ -448,41 +426,14 @@ fn a_migrating_slot_is_served_through_ask_then_moved(program: Program) {
 /// Gives the slot of `keys` (all of its keys) to `to`, on every master of `cluster`, without
 /// the proxy hearing of it.
 fn move_slot(cluster: &Cluster, keys: &[&str], to: &Redis) {
-    let slot: u16 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(keys[0])
-        .query(&mut to.client())
-        .unwrap();
     let from_addr = Cluster::owner_of(&cluster.nodes[0], keys[0]);
     let from = cluster
         .nodes
         .iter()
         .find(|n| n.addr() == from_addr)
         .unwrap();
-    let setslot = |node: &Redis, how: &str, id: &str| {
-        let _: () = redis::cmd("CLUSTER")
-            .arg("SETSLOT")
-            .arg(slot)
-            .arg(how)
-            .arg(id)
-            .query(&mut node.client())
-            .unwrap();
-    };
-    setslot(to, "IMPORTING", &Cluster::id(from));
-    setslot(from, "MIGRATING", &Cluster::id(to));
-    let _: () = redis::cmd("MIGRATE")
-        .arg("127.0.0.1")
-        .arg(to.port)
-        .arg("")
-        .arg(0)
-        .arg(5000)
-        .arg("KEYS")
-        .arg(keys)
-        .query(&mut from.client())
-        .unwrap();
-    for node in cluster.masters() {
-        setslot(node, "NODE", &Cluster::id(to));
-    }
+    let slot = cluster.migrate(keys, from, to);
+    cluster.give_slot(slot, to);
 }
 
 fn transactions_keep_to_one_slot_and_a_slot_moved_under_one_is_a_clear_error(program: Program) {
@@ -676,27 +627,7 @@ fn replica_reads_go_to_replicas_except_for_a_slot_on_the_move(program: Program) 
         .iter()
         .find(|n| n.addr() != owner)
         .unwrap();
-    let setslot = |node: &Redis, how: &str, id: &str| {
-        let _: () = redis::cmd("CLUSTER")
-            .arg("SETSLOT")
-            .arg(12182)
-            .arg(how)
-            .arg(id)
-            .query(&mut node.client())
-            .unwrap();
-    };
-    setslot(to, "IMPORTING", &Cluster::id(master));
-    setslot(master, "MIGRATING", &Cluster::id(to));
-    let _: () = redis::cmd("MIGRATE")
-        .arg("127.0.0.1")
-        .arg(to.port)
-        .arg("")
-        .arg(0)
-        .arg(5000)
-        .arg("KEYS")
-        .arg("foo")
-        .query(&mut master.client())
-        .unwrap();
+    cluster.migrate(&["foo"], master, to);
     let _: () = c.set("foo", "baz").unwrap();
     wait_until("the slot read from masters", Duration::from_secs(5), || {
         c.get::<_, Option<String>>("foo").unwrap().as_deref() == Some("baz")

@@ -128,6 +128,53 @@ impl Cluster {
         self.wait_settled();
     }
 
+    /// Starts moving the slot of `keys` from `from` to `to` and moves those keys, as
+    /// `redis-cli --cluster reshard` does slot by slot; the slot stays `from`'s until
+    /// [`Cluster::give_slot`]. Returns the slot.
+    pub fn migrate(&self, keys: &[&str], from: &Server, to: &Server) -> u16 {
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(keys[0])
+            .query(&mut to.client())
+            .unwrap();
+        let setslot = |node: &Server, how: &str, id: &str| {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(how)
+                .arg(id)
+                .query(&mut node.client())
+                .unwrap();
+        };
+        setslot(to, "IMPORTING", &Cluster::id(from));
+        setslot(from, "MIGRATING", &Cluster::id(to));
+        let _: () = redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(to.port)
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(keys)
+            .query(&mut from.client())
+            .unwrap();
+        slot
+    }
+
+    /// Gives `slot` to `to` on every master as created.
+    pub fn give_slot(&self, slot: u16, to: &Server) {
+        let id = Cluster::id(to);
+        for node in self.masters() {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg("NODE")
+                .arg(&id)
+                .query(&mut node.client())
+                .unwrap();
+        }
+    }
+
     /// The node id of `node`.
     pub fn id(node: &Server) -> String {
         redis::cmd("CLUSTER")

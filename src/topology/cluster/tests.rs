@@ -22,18 +22,23 @@ fn shard(slots: &[(u16, u16)], master: &str, replicas: &[&str]) -> ClusterShard 
     }
 }
 
-#[test]
-fn cluster_shards_of_redis_7() {
-    let asked = addr("127.0.0.1:17001");
-    let reply = testdata("cluster-shards.resp");
-    let view = parse_shards(&reply, &asked, false).unwrap();
-    let expected = ClusterView {
+/// The cluster of `testdata/redis-cluster`: three masters with a replica each.
+fn testdata_view() -> ClusterView {
+    ClusterView {
         shards: vec![
             shard(&[(0, 5460)], "127.0.0.1:17001", &["127.0.0.1:17006"]),
             shard(&[(5461, 10922)], "127.0.0.1:17002", &["127.0.0.1:17004"]),
             shard(&[(10923, 16383)], "127.0.0.1:17003", &["127.0.0.1:17005"]),
         ],
-    };
+    }
+}
+
+#[test]
+fn cluster_shards_of_redis_7() {
+    let asked = addr("127.0.0.1:17001");
+    let reply = testdata("cluster-shards.resp");
+    let view = parse_shards(&reply, &asked, false).unwrap();
+    let expected = testdata_view();
     assert_eq!(view, expected);
     let map = view.slot_map();
     assert!(map.covers_all());
@@ -51,14 +56,7 @@ fn cluster_shards_of_redis_7() {
 fn cluster_slots_of_redis_7() {
     let asked = addr("127.0.0.1:17001");
     let view = parse_slots(&testdata("cluster-slots.resp"), &asked).unwrap();
-    let expected = ClusterView {
-        shards: vec![
-            shard(&[(0, 5460)], "127.0.0.1:17001", &["127.0.0.1:17006"]),
-            shard(&[(5461, 10922)], "127.0.0.1:17002", &["127.0.0.1:17004"]),
-            shard(&[(10923, 16383)], "127.0.0.1:17003", &["127.0.0.1:17005"]),
-        ],
-    };
-    assert_eq!(view, expected);
+    assert_eq!(view, testdata_view());
 }
 
 #[test]
