@@ -1,5 +1,5 @@
 //! ringproxy: a stateless Redis and memcached proxy over a twemproxy-compatible consistent-hash
-//! ring.
+//! ring, or over a Redis Cluster's slots.
 //!
 //! # Layout
 //!
@@ -27,22 +27,22 @@
 //!   bytes queued for vectored writes without a copy; `descriptors`, the share of the
 //!   open-file limit kept for backend connections.
 //! - `backend`: a node (`mod`: its connections per worker, reserved connections, what it
-//!   reports); `connection`, one full-duplex pipelined connection (replies matched first in,
+//!   reports, and `ask_node`, one command on a connection of its own); `connection`, one full-duplex pipelined connection (replies matched first in,
 //!   first out, RESP3 pushes set aside, every request bounded by its deadline); `subscriber`,
 //!   a client's Pub/Sub connection per shard; `inbox`, where replies reach each session (and
 //!   what a timed-out request still counts); `health`, the checks (PING, INFO replication,
 //!   DBSIZE, run id, REPLICAOF); `sentinel`, a Sentinel client; `error`, failures that keep
 //!   their cause; `report`, node events for the pool's keeper.
-//! - `topology`: pools and their live state: `state`, the `PoolState` snapshot (ring, shards
-//!   by name, each shard's master as data, node health) sessions load per burst; `shards`, building a
-//!   pool's shards from its configuration (reusing nodes across a reload); `keeper`, the
-//!   snapshot's one writer (`keeper/cluster`, its part in a cluster pool); `cluster`, a Redis
-//!   Cluster's slot map as its nodes give it, their agreement, redirects, and the task asking
-//!   them; `failover`, which replica
-//!   to promote and whether a restarted master would wipe its replicas; `sentinel`, following
-//!   Redis Sentinel; `reload`, what a new configuration file changes, and the file watcher;
-//!   `clients`, each pool's client list (CLIENT LIST, and what the pool asks of a client);
-//!   `scripts`, the scripts loaded through the pool.
+//! - `topology`: pools and their live state: `state`, the `PoolState` snapshot (placement,
+//!   shards by name, each shard's master as data, node health) sessions load per burst;
+//!   `shards`, building a pool's shards from its configuration (reusing nodes across a
+//!   reload); `keeper`, the snapshot's one writer (`keeper/promotion`, promoting a replica;
+//!   `keeper/cluster`, its part in a cluster pool); `cluster`, a Redis Cluster's slot map as
+//!   its nodes give it, their agreement, redirects, and the task asking them; `failover`,
+//!   which replica to promote and whether a restarted master would wipe its replicas;
+//!   `sentinel`, following Redis Sentinel; `reload`, what a new configuration file changes,
+//!   and the file watcher; `clients`, each pool's client list (CLIENT LIST, and what the pool
+//!   asks of a client); `scripts`, the scripts loaded through the pool.
 //! - `server`: `listener` (TCP and Unix sockets); `session`, one client's connection and its
 //!   idle wait, `session/burst`, the loop that serves it while it is active (a handler per
 //!   wakeup: inbox, socket, timers; then the flush), `session/context`, the narrow seam a
@@ -54,14 +54,15 @@
 //!   client-error type rendered per protocol; `timing`, each request's time for the latency
 //!   histograms and the slow log. The frontends: `redis` (`route`, `keyspace` for commands
 //!   over every shard, `transaction`, `pubsub`, `local` and `context` for what the proxy
-//!   answers itself, `client` for CLIENT, `info` for INFO over the pool, `merge`) and
+//!   answers itself, `client` for CLIENT, `cluster` for CLUSTER as a cluster pool presents
+//!   itself, `info` for INFO over the pool, `merge`) and
 //!   `memcache` (`route`, `merge`).
 //! - `slowlog`: the pool's slow log (SLOWLOG), secrets redacted.
 //! - `admin`: the HTTP endpoint (`/health`, `/ready`, `/metrics`, `/topology`, `/reload`),
 //!   with a bounded number of connections, each closed when idle (`connections`); `metrics`:
 //!   the Prometheus families, latency histograms (`latency`), `process_*` metrics
-//!   (`process`), failed-AUTH delays per address (`auth`), and logs kept to one a second
-//!   (`throttle`).
+//!   (`process`), failed-AUTH delays per address (`auth`), a cluster pool's redirects and
+//!   slot-map asks (`cluster`), and logs kept to one a second (`throttle`).
 //! - Tests of a large module live beside it in `tests.rs` (`mod tests;`); `backend/fake`
 //!   holds what tests of backend connections share. Integration tests in `tests/` run real
 //!   servers.

@@ -16,13 +16,15 @@ use super::failover;
 use super::sentinel::MasterNamed;
 use super::shards::NodeMaker;
 use super::state::{PoolState, Shard};
-use crate::backend::{Health, NodeEvent, NodeId, Role};
+use crate::backend::{NodeEvent, NodeId, Role};
 use crate::config::{Address, FailoverMode, PoolConfig};
 use crate::metrics::ShardMetrics;
 use crate::placement::{Placement, Ring};
 use cluster::ClusterKeep;
 
 mod cluster;
+mod promotion;
+pub(super) use promotion::Promotion;
 
 /// Rings kept for sets of ejected servers that may recur.
 const MAX_RINGS_KEPT: usize = 64;
@@ -91,16 +93,6 @@ impl ShardFailover {
             no_candidate_said: false,
         }
     }
-}
-
-/// What a promotion task reports.
-pub(super) struct Promotion {
-    /// The shard's name: a reload may move it meanwhile.
-    shard: Arc<str>,
-    /// The master it replaces.
-    replaces: NodeId,
-    /// The node that took the master's place, or why none did.
-    result: Result<failover::Successor, String>,
 }
 
 impl Keeper {
@@ -313,117 +305,6 @@ impl Keeper {
         move_writes(shard, new);
         self.failover[s].metrics.followed.inc();
         self.failover[s].moved_at = Some(Instant::now());
-        true
-    }
-
-    /// With `failover: promote`, when the shard's master has been found down by its checks
-    /// (not merely unchecked yet) and no promotion is under way, promotes one of the replicas
-    /// that are not down, off the keeper's loop; [`Keeper::promoted`] applies the outcome.
-    fn start_promotion(&mut self, s: usize) {
-        let shard = &self.shards[s];
-        let master = &shard.status[shard.master];
-        let failover = &mut self.failover[s];
-        if master.state() != Health::Down {
-            failover.no_candidate_said = false;
-        }
-        let held = failover.moved_at.is_some_and(|at| at.elapsed() < HOLD_DOWN);
-        if failover.promoting
-            || shard.replicated
-            || !master.checked
-            || master.state() != Health::Down
-            || held
-        {
-            return;
-        }
-        let candidates: Vec<_> = failover::candidates(shard)
-            .into_iter()
-            .map(|i| (i, shard.nodes[i].clone()))
-            .collect();
-        if candidates.is_empty() {
-            if !std::mem::replace(&mut failover.no_candidate_said, true) {
-                tracing::error!(pool = %self.config.name, server = %shard.name, "{} is down and no replica holds its data (none was seen in sync with it within {} bytes): writes fail until the master is back or a replica catches up", shard.master().label(), failover::MAX_LAG_BYTES);
-            }
-            return;
-        }
-        failover.no_candidate_said = false;
-        failover.promoting = true;
-        let replaces = shard.master().id();
-        let name = shard.name.clone();
-        let report = self.promotions.clone();
-        tokio::spawn(async move {
-            let result = failover::promote(candidates).await;
-            let _ = report.send(Promotion {
-                shard: name,
-                replaces,
-                result,
-            });
-        });
-    }
-
-    /// Applies a promotion's outcome: writes go to the promoted node, and the shard's other
-    /// nodes (the old master too, when it comes back) are made its replicas. Returns whether
-    /// routing changed.
-    fn promoted(&mut self, promotion: Promotion) -> bool {
-        let Promotion {
-            shard: name,
-            replaces,
-            result,
-        } = promotion;
-        let Some(s) = self.shards.iter().position(|s| s.name == name) else {
-            return false;
-        };
-        let failover = &mut self.failover[s];
-        failover.promoting = false;
-        let shard = &mut self.shards[s];
-        if shard.master().id() != replaces {
-            // Writes moved meanwhile (the nodes said so): nothing left to do.
-            return false;
-        }
-        let successor = match result {
-            Ok(successor) => successor,
-            Err(why) => {
-                tracing::error!(pool = %self.config.name, server = %shard.name, "cannot promote a replica in place of {}: {why}", shard.master().label());
-                return false;
-            }
-        };
-        let (old, new) = (shard.master, successor.index);
-        tracing::warn!(
-            pool = %self.config.name,
-            server = %shard.name,
-            "{} {} in place of {} ({}); the other nodes now replicate from it",
-            match successor.promoted_here {
-                true => "promoted",
-                false => "writes go to the node promoted elsewhere,",
-            },
-            shard.nodes[new].label(),
-            shard.nodes[old].label(),
-            shard.status[old].why()
-        );
-        move_writes(shard, new);
-        let addr = shard.nodes[new].addr.clone();
-        for (i, node) in shard.nodes.iter().enumerate() {
-            if i == new {
-                continue;
-            }
-            match failover::would_wipe(shard, new, i) {
-                true => {
-                    tracing::error!(pool = %self.config.name, server = %shard.name, "{} is not made a replica of {}, which holds far fewer keys: it would be emptied", node.label(), shard.nodes[new].label())
-                }
-                false => node.replicate_from(&addr),
-            }
-        }
-        failover.moved_at = Some(Instant::now());
-        if !successor.promoted_here {
-            failover.metrics.followed.inc();
-            return true;
-        }
-        failover.metrics.promoted.inc();
-        if let Some(since) = failover.down_since {
-            failover
-                .metrics
-                .promotion_seconds
-                .observe(since.elapsed().as_secs_f64());
-        }
         true
     }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::backend::Said;
+use crate::backend::{Health, Said};
 use crate::config::Config;
 use crate::workers::Workers;
 
