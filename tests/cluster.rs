@@ -667,6 +667,32 @@ fn a_node_added_given_slots_then_removed_costs_no_error(program: Program) {
     );
 }
 
+fn whole_cluster_commands_reach_every_master(program: Program) {
+    let cluster = Cluster::start(program, 3, 1, 2000);
+    let (_proxy, port) = proxy_for(&cluster, "    allow_keys: true\n    allow_flush: true\n");
+    let mut c = connect(port);
+    let keys: Vec<String> = (0..300).map(|i| format!("whole:{i}")).collect();
+    for key in &keys {
+        let _: () = c.set(key, 1).unwrap();
+    }
+    let size: u64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
+    assert_eq!(size, 300);
+    let mut scanned: Vec<String> = c
+        .scan_match("whole:*")
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    scanned.sort();
+    let mut expected = keys.clone();
+    expected.sort();
+    assert_eq!(scanned, expected);
+    let listed: Vec<String> = redis::cmd("KEYS").arg("whole:1?").query(&mut c).unwrap();
+    assert_eq!(listed.len(), 10);
+    let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
+    let size: u64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
+    assert_eq!(size, 0);
+}
+
 /// Every test above that starts a cluster, against redis-server 7 and valkey-server 8.
 macro_rules! on_both_servers {
     ($($test:ident),* $(,)?) => {
@@ -697,6 +723,7 @@ on_both_servers!(
     pubsub_over_a_cluster_delivers_each_message_once,
     replica_reads_go_to_replicas_except_for_a_slot_on_the_move,
     a_node_added_given_slots_then_removed_costs_no_error,
+    whole_cluster_commands_reach_every_master,
 );
 
 #[test]
