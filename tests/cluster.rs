@@ -469,7 +469,7 @@ fn transactions_keep_to_one_slot_and_a_slot_moved_under_one_is_a_clear_error(pro
     let line = raw.read_line();
     assert!(
         line.starts_with(
-            "-ERR not applied: the slot moved under a transaction or WATCH (MOVED 15891 "
+            "-ERR not applied: the slot moved under a transaction, WATCH or SSUBSCRIBE (MOVED 15891 "
         ),
         "{line}"
     );
@@ -568,6 +568,34 @@ fn pubsub_over_a_cluster_delivers_each_message_once(program: Program) {
     assert_eq!(sub.read_n(smessage.len()), smessage);
     // Nothing more: no copy from another node.
     sub.roundtrip(&command(&[b"PING"]), b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+    // The shard channel's slot moves: a new SSUBSCRIBE is either served where the slot went or
+    // said to be not applied, never answered MOVED.
+    let owner = Cluster::owner_of(&cluster.nodes[0], "{s}c");
+    let to = cluster
+        .masters()
+        .iter()
+        .find(|n| n.addr() != owner)
+        .unwrap();
+    move_slot(&cluster, &["{s}c"], to);
+    let mut again = Raw::connect(port);
+    wait_until(
+        "SSUBSCRIBE where the slot went",
+        Duration::from_secs(10),
+        || {
+            again.send(&command(&[b"SSUBSCRIBE", b"{s}c"]));
+            let line = again.read_line();
+            if line.starts_with("-ERR not applied: the slot moved") {
+                return false;
+            }
+            assert_eq!(line, "*3\r\n");
+            let rest = b"$10\r\nssubscribe\r\n$4\r\n{s}c\r\n:1\r\n";
+            assert_eq!(again.read_n(rest.len()), rest);
+            true
+        },
+    );
+    publisher.roundtrip(&command(&[b"SPUBLISH", b"{s}c", b"y"]), b":1\r\n");
+    let smessage = b"*3\r\n$8\r\nsmessage\r\n$4\r\n{s}c\r\n$1\r\ny\r\n";
+    assert_eq!(again.read_n(smessage.len()), smessage);
 }
 
 /// How many times `node` ran `command`, by its INFO commandstats.
