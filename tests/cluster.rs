@@ -721,6 +721,33 @@ fn whole_cluster_commands_reach_every_master(program: Program) {
     assert_eq!(size, 0);
 }
 
+fn a_cluster_with_a_password_is_served_with_backend_auth(program: Program) {
+    let cluster = Cluster::start_with_password(program, "s3cret");
+    let (proxy, port) = proxy_for(&cluster, "    backend_auth: { password: s3cret }\n");
+    let mut raw = Raw::connect(port);
+    raw.roundtrip(
+        &command(&[b"MSET", b"a", b"1", b"b", b"2", b"c", b"3"]),
+        b"+OK\r\n",
+    );
+    raw.roundtrip(
+        &command(&[b"MGET", b"a", b"b", b"c"]),
+        b"*3\r\n$1\r\n1\r\n$1\r\n2\r\n$1\r\n3\r\n",
+    );
+    let (_, topology) = proxy.http("/topology");
+    assert!(topology.contains("\"slots_served\":16384"), "{topology}");
+    // Without the password the pool is not ready, and says why.
+    let port = free_port();
+    let config = format!(
+        "pools:\n  main:\n    listen: 127.0.0.1:{port}\n    cluster:\n      seeds: [{}]\n",
+        cluster.nodes[0].addr()
+    );
+    let unauthenticated = Proxy::start(&config, port);
+    wait_until("the warning", Duration::from_secs(10), || {
+        unauthenticated.log().contains("Authentication required")
+    });
+    assert_eq!(unauthenticated.http("/ready").0, 503);
+}
+
 /// Every test above that starts a cluster, against redis-server 7 and valkey-server 8.
 macro_rules! on_both_servers {
     ($($test:ident),* $(,)?) => {
@@ -752,6 +779,7 @@ on_both_servers!(
     replica_reads_go_to_replicas_except_for_a_slot_on_the_move,
     a_node_added_given_slots_then_removed_costs_no_error,
     whole_cluster_commands_reach_every_master,
+    a_cluster_with_a_password_is_served_with_backend_auth,
 );
 
 #[test]
@@ -781,8 +809,6 @@ fn without_a_slot_map_the_pool_is_not_ready_and_says_why() {
         b"$306\r\ncluster_state:fail\r\ncluster_slots_assigned:0\r\ncluster_slots_ok:0\r\ncluster_slots_pfail:0\r\ncluster_slots_fail:0\r\ncluster_known_nodes:1\r\ncluster_size:1\r\ncluster_current_epoch:1\r\ncluster_my_epoch:1\r\ncluster_stats_messages_sent:0\r\ncluster_stats_messages_received:0\r\ntotal_cluster_links_buffer_limit_exceeded:0\r\n\r\n",
     );
     wait_until("the warning", Duration::from_secs(10), || {
-        proxy
-            .log()
-            .contains("no cluster node answered CLUSTER SHARDS or CLUSTER SLOTS")
+        proxy.log().contains("no cluster node gave its slot map (")
     });
 }

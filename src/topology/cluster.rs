@@ -333,7 +333,7 @@ pub(super) async fn follow(
         asked.rotate_left(seeds_first);
         asked.truncate(MAX_ASKED);
         let nodes = asked.len();
-        let answers = ask_all(&pool, asked).await;
+        let (answers, why) = ask_all(&pool, asked).await;
         let agreed = agree(&answers);
         // Until the nodes agree (a cluster just made, a change on its way), ask again soon.
         let next = match agreed {
@@ -355,7 +355,8 @@ pub(super) async fn follow(
             }
             Some(_) => {}
             None if answers.is_empty() => {
-                tracing::warn!(pool = %pool.name, "no cluster node answered CLUSTER SHARDS or CLUSTER SLOTS");
+                let why = why.unwrap_or_default();
+                tracing::warn!(pool = %pool.name, "no cluster node gave its slot map ({why})");
             }
             None => {
                 tracing::warn!(pool = %pool.name, "the cluster nodes asked disagree on the slot map: keeping the last one");
@@ -375,33 +376,49 @@ pub(super) async fn follow(
     }
 }
 
-/// What each of `nodes` says, asked at once, within the pool's timeout.
-async fn ask_all(pool: &Arc<PoolConfig>, nodes: Vec<Address>) -> Vec<ClusterView> {
+/// What each of `nodes` says, asked at once, within the pool's timeout; and, when none gave a
+/// slot map, why the first did not.
+async fn ask_all(
+    pool: &Arc<PoolConfig>,
+    nodes: Vec<Address>,
+) -> (Vec<ClusterView>, Option<String>) {
     let mut asks = JoinSet::new();
     for addr in nodes {
         let pool = pool.clone();
         asks.spawn(async move {
-            let tls = pool.backend_tls.is_some();
-            let shards = ask_node(&pool, &addr, &["CLUSTER", "SHARDS"]).await;
-            match shards {
-                Ok(reply) if !reply.starts_with(b"-") => parse_shards(&reply, &addr, tls),
-                // Before Redis 7.
-                Ok(_) => {
-                    let slots = ask_node(&pool, &addr, &["CLUSTER", "SLOTS"]).await;
-                    parse_slots(&slots.ok()?, &addr)
-                }
-                Err(why) => {
-                    tracing::debug!(node = %addr, "cluster node not asked: {why}");
-                    None
-                }
-            }
+            let view = ask_one(&pool, &addr).await;
+            view.map_err(|why| format!("{addr}: {why}"))
         });
     }
-    let mut views = Vec::new();
+    let (mut views, mut why) = (Vec::new(), None);
     while let Some(answer) = asks.join_next().await {
-        views.extend(answer.ok().flatten());
+        match answer {
+            Ok(Ok(view)) => views.push(view),
+            Ok(Err(e)) => _ = why.get_or_insert(e),
+            Err(_) => {}
+        }
     }
-    views
+    (views, why)
+}
+
+/// What node `addr` says of the cluster: CLUSTER SHARDS, or CLUSTER SLOTS before Redis 7.
+async fn ask_one(pool: &PoolConfig, addr: &Address) -> Result<ClusterView, String> {
+    let tls = pool.backend_tls.is_some();
+    let shards = ask_node(pool, addr, &["CLUSTER", "SHARDS"]).await;
+    let reply = match shards {
+        Ok(reply) if !reply.starts_with(b"-") => {
+            return parse_shards(&reply, addr, tls).ok_or_else(|| "an odd CLUSTER SHARDS".into());
+        }
+        Ok(_) => ask_node(pool, addr, &["CLUSTER", "SLOTS"]).await,
+        Err(why) => return Err(why.to_string()),
+    };
+    match reply {
+        Ok(reply) if reply.starts_with(b"-") => {
+            Err(String::from_utf8_lossy(&reply[1..]).trim_end().to_string())
+        }
+        Ok(reply) => parse_slots(&reply, addr).ok_or_else(|| "an odd CLUSTER SLOTS".into()),
+        Err(why) => Err(why.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ pub struct Cluster {
     masters: usize,
     /// redis-server or valkey-server.
     pub program: Program,
+    /// What every node asks of its clients (`requirepass`), if anything.
+    password: Option<String>,
 }
 
 impl Cluster {
@@ -25,11 +27,35 @@ impl Cluster {
         replicas: usize,
         node_timeout_ms: u64,
     ) -> Cluster {
+        Cluster::start_with(program, masters, replicas, node_timeout_ms, None)
+    }
+
+    /// Three masters whose clients (and replicas) must AUTH with `password`.
+    pub fn start_with_password(program: Program, password: &str) -> Cluster {
+        Cluster::start_with(program, 3, 0, 2000, Some(password))
+    }
+
+    fn start_with(
+        program: Program,
+        masters: usize,
+        replicas: usize,
+        node_timeout_ms: u64,
+        password: Option<&str>,
+    ) -> Cluster {
+        let auth: Vec<&str> = match password {
+            Some(p) => vec!["--requirepass", p, "--masterauth", p],
+            None => Vec::new(),
+        };
         let nodes: Vec<Server> = (0..masters * (1 + replicas))
-            .map(|_| Cluster::node(program, node_timeout_ms))
+            .map(|_| Cluster::node_with(program, node_timeout_ms, &auth))
             .collect();
         let addrs: Vec<String> = nodes.iter().map(Server::addr).collect();
+        let cli_auth: Vec<&str> = match password {
+            Some(p) => vec!["-a", p, "--no-auth-warning"],
+            None => Vec::new(),
+        };
         let status = Command::new(program.cli())
+            .args(&cli_auth)
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
@@ -41,6 +67,7 @@ impl Cluster {
             nodes,
             masters,
             program,
+            password: password.map(str::to_string),
         };
         cluster.wait_settled();
         cluster
@@ -48,6 +75,11 @@ impl Cluster {
 
     /// A node of its own, not in any cluster yet.
     pub fn node(program: Program, node_timeout_ms: u64) -> Server {
+        Cluster::node_with(program, node_timeout_ms, &[])
+    }
+
+    /// A node of its own with `extra` arguments.
+    fn node_with(program: Program, node_timeout_ms: u64, extra: &[&str]) -> Server {
         let bus = free_port().to_string();
         let timeout = node_timeout_ms.to_string();
         Server::start_on(
@@ -61,7 +93,10 @@ impl Cluster {
                 "nodes.conf",
                 "--cluster-node-timeout",
                 &timeout,
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
         )
     }
 
@@ -75,7 +110,9 @@ impl Cluster {
     pub fn wait_settled(&self) {
         wait_until("the cluster to settle", Duration::from_secs(30), || {
             self.nodes.iter().all(|n| {
-                let Ok(mut c) = redis::Client::open(format!("redis://{}/", n.addr()))
+                let password =
+                    (self.password.as_deref()).map_or(String::new(), |p| format!(":{p}@"));
+                let Ok(mut c) = redis::Client::open(format!("redis://{password}{}/", n.addr()))
                     .and_then(|c| c.get_connection())
                 else {
                     return false;
