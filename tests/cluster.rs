@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -748,6 +749,58 @@ fn a_cluster_with_a_password_is_served_with_backend_auth(program: Program) {
     assert_eq!(unauthenticated.http("/ready").0, 503);
 }
 
+fn subscriptions_move_off_a_master_that_died(program: Program) {
+    let cluster = Cluster::start(program, 3, 1, 1000);
+    let (proxy, port) = proxy_for(
+        &cluster,
+        "    health_check: { interval_ms: 200, timeout_ms: 200 }\n",
+    );
+    let mut sub = Raw::connect(port);
+    sub.roundtrip(
+        &command(&[b"SUBSCRIBE", b"news"]),
+        b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n",
+    );
+    // Channels live on the master of slot 0, the first created.
+    let first = cluster.nodes[0].addr();
+    assert_eq!(Cluster::owner_of(&cluster.nodes[1], ""), first);
+    let heir = cluster.nodes[3..]
+        .iter()
+        .find(|r| {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut r.client())
+                .unwrap();
+            info.contains(&format!("master_port:{}", cluster.nodes[0].port))
+        })
+        .unwrap();
+    cluster.nodes[0].signal("-KILL");
+    wait_until("the map to follow", Duration::from_secs(30), || {
+        let (_, topology) = proxy.http("/topology");
+        topology.contains(&format!(
+            "\"master\":{{\"address\":\"{}\",\"up\":true",
+            heir.addr()
+        ))
+    });
+    // Published through the proxy until the subscriber hears it: once its subscription has
+    // moved to the new master.
+    let mut publisher = Raw::connect(port);
+    let message = b"*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$5\r\nafter\r\n";
+    sub.stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut first = [0u8; 1];
+    wait_until("the subscription to move", Duration::from_secs(10), || {
+        publisher.send(&command(&[b"PUBLISH", b"news", b"after"]));
+        publisher.read_line();
+        matches!(sub.stream.read(&mut first), Ok(1))
+    });
+    sub.stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let rest = sub.read_n(message.len() - 1);
+    assert_eq!([&first[..], &rest].concat(), message);
+}
+
 /// Every test above that starts a cluster, against redis-server 7 and valkey-server 8.
 macro_rules! on_both_servers {
     ($($test:ident),* $(,)?) => {
@@ -780,6 +833,7 @@ on_both_servers!(
     a_node_added_given_slots_then_removed_costs_no_error,
     whole_cluster_commands_reach_every_master,
     a_cluster_with_a_password_is_served_with_backend_auth,
+    subscriptions_move_off_a_master_that_died,
 );
 
 #[test]

@@ -56,6 +56,7 @@ struct Change {
 #[derive(Debug)]
 pub struct Subscriber {
     tx: UnboundedSender<Change>,
+    node: super::NodeId,
 }
 
 impl Subscriber {
@@ -65,8 +66,25 @@ impl Subscriber {
         inbox: Arc<dyn Mailbox>,
     ) -> Subscriber {
         let (tx, rx) = mpsc::unbounded_channel();
+        let node = shared.id;
         tokio::spawn(run(shared, settings, inbox, rx));
-        Subscriber { tx }
+        Subscriber { tx, node }
+    }
+
+    /// The node it holds the subscriptions on.
+    pub fn node(&self) -> super::NodeId {
+        self.node
+    }
+
+    /// Subscribes to `names` the client holds already, without confirming anything to it
+    /// (the subscriptions move here from a node that is gone).
+    pub fn carry(&self, topic: Topic, names: Vec<Bytes>) {
+        let _ = self.tx.send(Change {
+            subscribe: true,
+            topic,
+            names,
+            ack: None,
+        });
     }
 
     /// Subscribes to `names`, or unsubscribes from them; `ack` arrives in the client's inbox
@@ -221,6 +239,13 @@ async fn run(
             Ok(stream) => stream,
             Err(why) => {
                 tracing::warn!(node = %shared.label, "subscriber cannot connect: {why}");
+                // The client's session hears of it: it may move the subscriptions elsewhere.
+                let lost = shared.error(super::Failure::Unreachable(why));
+                inbox.inbox().push(Completion {
+                    token: Token::Push,
+                    result: Err(Box::new(lost)),
+                    backend_us: 0,
+                });
                 // Keep the set current while waiting to retry; the client is not kept waiting.
                 tokio::select! {
                     _ = sleep(RETRY) => continue,

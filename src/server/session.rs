@@ -79,6 +79,10 @@ pub(super) trait Frontend: Sized {
         Profile::default()
     }
 
+    /// A subscriber connection of the client's cannot reach its node: the subscriptions it
+    /// holds may be moved to another.
+    fn subscriber_lost(&mut self, _cx: &mut Context<'_>) {}
+
     /// Adds a request that took `took` to the pool's slow log.
     fn log_slow(&self, _pool: &Pool, _listing: &Client, _request: Recorded, _took: Duration) {}
 }
@@ -271,13 +275,14 @@ impl<F: Frontend> Session<F> {
                     self.note_backend_time(seq, c.backend_us);
                     self.out.complete(seq, part, c);
                 }
-                Token::Push => {
-                    if let Ok(message) = c.result
-                        && self.fe.wants(&message)
-                    {
-                        self.out.push_message(message);
+                Token::Push => match c.result {
+                    Ok(message) if self.fe.wants(&message) => self.out.push_message(message),
+                    Ok(_) => {}
+                    Err(_) => {
+                        let (fe, mut cx) = self.split();
+                        fe.subscriber_lost(&mut cx);
                     }
-                }
+                },
             }
         }
     }

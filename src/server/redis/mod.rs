@@ -108,6 +108,48 @@ impl Frontend for Resp {
         self.handle_batch(cx, buf)
     }
 
+    /// In a cluster pool, a subscriber connection that is no longer on its shard's master (the
+    /// cluster failed its node over) is replaced by one to the master, holding the same
+    /// subscriptions; the client notices nothing but the messages lost meanwhile.
+    fn subscriber_lost(&mut self, cx: &mut Context<'_>) {
+        let state = cx.pool.state();
+        let resp3 = self.client.resp3;
+        let Some(modes) = self.modes.as_deref_mut() else {
+            return;
+        };
+        if state.slots().is_none() || !modes.pubsub.active() {
+            return;
+        }
+        let mut before: Vec<Option<(Arc<str>, Subscriber)>> =
+            std::mem::take(&mut modes.subscribers)
+                .into_iter()
+                .map(Some)
+                .collect();
+        // Each connection now, and whether it was made here (then it is given its names).
+        let mut now: Vec<(Arc<str>, Subscriber, bool)> = Vec::new();
+        for (shard, topic, names) in modes.pubsub.homes(&state) {
+            let (shard, master) = (&state.shards[shard], state.shards[shard].master().id());
+            let on_master =
+                |name: &Arc<str>, s: &Subscriber| *name == shard.name && s.node() == master;
+            if let Some((_, subscriber, made)) = now.iter().find(|(n, s, _)| on_master(n, s)) {
+                if *made {
+                    subscriber.carry(topic, names);
+                }
+            } else if let Some(kept) = (before.iter_mut())
+                .find(|e| e.as_ref().is_some_and(|(n, s)| on_master(n, s)))
+                .and_then(Option::take)
+            {
+                now.push((kept.0, kept.1, false));
+            } else {
+                let subscriber = cx.subscriber(shard.master(), resp3);
+                subscriber.carry(topic, names);
+                now.push((shard.name.clone(), subscriber, true));
+            }
+        }
+        // Those left close as they drop.
+        modes.subscribers = now.into_iter().map(|(name, s, _)| (name, s)).collect();
+    }
+
     fn refused(&mut self, seq: u64) {
         let Some(modes) = self.modes.as_deref_mut() else {
             return;

@@ -76,6 +76,31 @@ impl PubSub {
     }
 
     /// How many channels, patterns and shard channels the client listens to.
+    /// Where each of the client's subscriptions lives in `state`: per shard (index), its
+    /// names by topic.
+    pub(super) fn homes<N>(&self, state: &PoolState<N>) -> Vec<(usize, Topic, Vec<Bytes>)> {
+        let mut homes: Vec<(usize, Topic, Vec<Bytes>)> = Vec::new();
+        let sets = [
+            (Topic::Channel, &self.channels),
+            (Topic::Pattern, &self.patterns),
+            (Topic::ShardChannel, &self.shard_channels),
+        ];
+        for (topic, set) in sets {
+            for name in set.keys() {
+                for shard in shards_of(state, topic, name) {
+                    match homes
+                        .iter_mut()
+                        .find(|(s, t, _)| (*s, *t) == (shard, topic))
+                    {
+                        Some((.., names)) => names.push(name.clone()),
+                        None => homes.push((shard, topic, vec![name.clone()])),
+                    }
+                }
+            }
+        }
+        homes
+    }
+
     pub(super) fn counts(&self) -> [u32; 3] {
         [&self.channels, &self.patterns, &self.shard_channels]
             .map(|set| u32::try_from(set.len()).unwrap_or(u32::MAX))
