@@ -293,17 +293,7 @@ fn a_killed_master_costs_only_its_slots_and_only_until_its_replica_takes_over(pr
         .flat_map(|t| (0..Load::KEYS).map(move |k| Load::key(t, k)))
         .filter(|key| Cluster::owner_of(&cluster.nodes[1], key) == victim)
         .collect();
-    let heir = cluster.nodes[3..]
-        .iter()
-        .position(|r| {
-            let info: String = redis::cmd("INFO")
-                .arg("replication")
-                .query(&mut r.client())
-                .unwrap();
-            info.contains(&format!("master_port:{}", cluster.nodes[0].port))
-        })
-        .map(|i| i + 3)
-        .expect("a replica of the first master");
+    let heir = cluster.replica_of(&cluster.nodes[0]);
     let load = Load::start(port);
     wait_for_increments(port, 100);
     let killed = Instant::now();
@@ -619,16 +609,7 @@ fn replica_reads_go_to_replicas_except_for_a_slot_on_the_move(program: Program) 
     let _: () = c.set("foo", "bar").unwrap();
     let owner = Cluster::owner_of(&cluster.nodes[0], "foo");
     let master = cluster.nodes.iter().find(|n| n.addr() == owner).unwrap();
-    let replica = cluster.nodes[3..]
-        .iter()
-        .find(|r| {
-            let info: String = redis::cmd("INFO")
-                .arg("replication")
-                .query(&mut r.client())
-                .unwrap();
-            info.contains(&format!("master_port:{}", master.port))
-        })
-        .unwrap();
+    let replica = &cluster.nodes[cluster.replica_of(master)];
     wait_until("replicated", Duration::from_secs(10), || {
         let mut rc = replica.client();
         let _: () = redis::cmd("READONLY").query(&mut rc).unwrap();
@@ -763,16 +744,7 @@ fn subscriptions_move_off_a_master_that_died(program: Program) {
     // Channels live on the master of slot 0, the first created.
     let first = cluster.nodes[0].addr();
     assert_eq!(Cluster::owner_of(&cluster.nodes[1], ""), first);
-    let heir = cluster.nodes[3..]
-        .iter()
-        .find(|r| {
-            let info: String = redis::cmd("INFO")
-                .arg("replication")
-                .query(&mut r.client())
-                .unwrap();
-            info.contains(&format!("master_port:{}", cluster.nodes[0].port))
-        })
-        .unwrap();
+    let heir = &cluster.nodes[cluster.replica_of(&cluster.nodes[0])];
     cluster.nodes[0].signal("-KILL");
     wait_until("the map to follow", Duration::from_secs(30), || {
         let (_, topology) = proxy.http("/topology");

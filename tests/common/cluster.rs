@@ -212,6 +212,20 @@ impl Cluster {
         }
     }
 
+    /// The index in `nodes` of a replica of `master`.
+    pub fn replica_of(&self, master: &Server) -> usize {
+        let follows = format!("master_port:{}", master.port);
+        (self.nodes.iter())
+            .position(|node| {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut node.client())
+                    .unwrap();
+                info.contains("role:slave") && info.contains(&follows)
+            })
+            .expect("a replica of the master")
+    }
+
     /// The node id of `node`.
     pub fn id(node: &Server) -> String {
         redis::cmd("CLUSTER")
