@@ -414,17 +414,19 @@ fn a_migrating_slot_is_served_through_ask_then_moved(program: Program) {
     assert_eq!(held.as_deref(), Some("baz"));
 }
 
-/// Gives the slot of `keys` (all of its keys) to `to`, on every master of `cluster`, without
-/// the proxy hearing of it.
-fn move_slot(cluster: &Cluster, keys: &[&str], to: &Redis) {
-    let from_addr = Cluster::owner_of(&cluster.nodes[0], keys[0]);
-    let from = cluster
-        .nodes
+/// Gives the slot of `keys` (all of its keys) to another master of `cluster`, without the
+/// proxy hearing of it; returns that master.
+fn move_slot<'c>(cluster: &'c Cluster, keys: &[&str]) -> &'c Redis {
+    let owner = Cluster::owner_of(&cluster.nodes[0], keys[0]);
+    let from = cluster.nodes.iter().find(|n| n.addr() == owner).unwrap();
+    let to = cluster
+        .masters()
         .iter()
-        .find(|n| n.addr() == from_addr)
+        .find(|n| n.addr() != owner)
         .unwrap();
     let slot = cluster.migrate(keys, from, to);
     cluster.give_slot(slot, to);
+    to
 }
 
 fn transactions_keep_to_one_slot_and_a_slot_moved_under_one_is_a_clear_error(program: Program) {
@@ -449,13 +451,7 @@ fn transactions_keep_to_one_slot_and_a_slot_moved_under_one_is_a_clear_error(pro
     // The slot of {t} moves while a transaction is queued: not applied, and said so.
     raw.roundtrip(&command(&[b"MULTI"]), b"+OK\r\n");
     raw.roundtrip(&command(&[b"INCR", b"{t}b"]), b"+QUEUED\r\n");
-    let owner = Cluster::owner_of(&cluster.nodes[0], "{t}b");
-    let to = cluster
-        .masters()
-        .iter()
-        .find(|n| n.addr() != owner)
-        .unwrap();
-    move_slot(&cluster, &["{t}a", "{t}b"], to);
+    let to = move_slot(&cluster, &["{t}a", "{t}b"]);
     raw.send(&command(&[b"EXEC"]));
     let line = raw.read_line();
     assert!(
@@ -499,12 +495,7 @@ fn a_blocking_command_whose_slot_moves_waits_on_the_new_node(program: Program) {
     wait_until("BLPOP to block", Duration::from_secs(10), || {
         blocked_on(node)
     });
-    let to = cluster
-        .masters()
-        .iter()
-        .find(|n| n.addr() != owner)
-        .unwrap();
-    move_slot(&cluster, &["{b}q"], to);
+    let to = move_slot(&cluster, &["{b}q"]);
     // The old node lets it go with a MOVED; the proxy has it wait on the new one.
     wait_until(
         "BLPOP to block on the new node",
@@ -561,13 +552,7 @@ fn pubsub_over_a_cluster_delivers_each_message_once(program: Program) {
     sub.roundtrip(&command(&[b"PING"]), b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");
     // The shard channel's slot moves: a new SSUBSCRIBE is either served where the slot went or
     // said to be not applied, never answered MOVED.
-    let owner = Cluster::owner_of(&cluster.nodes[0], "{s}c");
-    let to = cluster
-        .masters()
-        .iter()
-        .find(|n| n.addr() != owner)
-        .unwrap();
-    move_slot(&cluster, &["{s}c"], to);
+    move_slot(&cluster, &["{s}c"]);
     let mut again = Raw::connect(port);
     wait_until(
         "SSUBSCRIBE where the slot went",

@@ -27,6 +27,9 @@ pub fn slot(key: &[u8]) -> u16 {
 #[derive(Clone, PartialEq, Eq)]
 pub struct SlotMap {
     owners: Box<[u16]>,
+    /// How many slots each shard owns, by shard index: kept as slots are assigned, so that
+    /// whether a shard owns any is not a scan of every slot.
+    counts: Vec<u32>,
     /// Slots a node redirected a request of lately: they may be migrating, and a replica of
     /// the source answers nil for a key already moved (it does not know of the migration).
     unsettled: Box<[bool]>,
@@ -45,6 +48,7 @@ impl Default for SlotMap {
     fn default() -> SlotMap {
         SlotMap {
             owners: vec![UNOWNED; SLOTS].into_boxed_slice(),
+            counts: Vec::new(),
             unsettled: vec![false; SLOTS].into_boxed_slice(),
         }
     }
@@ -55,7 +59,16 @@ impl SlotMap {
     pub fn assign(&mut self, first: u16, last: u16, shard: usize) {
         let last = usize::from(last).min(SLOTS - 1);
         let owner = u16::try_from(shard).unwrap_or(UNOWNED);
+        if owner != UNOWNED && self.counts.len() <= shard {
+            self.counts.resize(shard + 1, 0);
+        }
         for slot in &mut self.owners[usize::from(first).min(SLOTS)..=last] {
+            if let Some(before) = self.counts.get_mut(usize::from(*slot)) {
+                *before -= 1;
+            }
+            if let Some(after) = self.counts.get_mut(usize::from(owner)) {
+                *after += 1;
+            }
             *slot = owner;
         }
     }
@@ -75,7 +88,7 @@ impl SlotMap {
 
     /// How many slots have an owner.
     pub fn owned(&self) -> usize {
-        self.owners.iter().filter(|&&o| o != UNOWNED).count()
+        self.counts.iter().map(|&n| n as usize).sum()
     }
 
     /// Whether every slot has an owner: every key can be served.
@@ -105,8 +118,7 @@ impl SlotMap {
 
     /// Whether shard `shard` owns at least one slot.
     pub fn owns_any(&self, shard: usize) -> bool {
-        let shard = u16::try_from(shard).unwrap_or(UNOWNED);
-        self.owners.contains(&shard)
+        self.counts.get(shard).is_some_and(|&n| n > 0)
     }
 }
 
@@ -146,6 +158,9 @@ mod tests {
         map.assign(12182, 12182, 2);
         assert_eq!(map.shard_for(b"foo"), Some(2));
         assert!(map.owns_any(2));
+        assert_eq!(map.owned(), SLOTS);
+        map.assign(0, 8191, 2);
+        assert!(!map.owns_any(0) && map.owns_any(1));
         assert_eq!(map.owned(), SLOTS);
         // A slot on the move is read from its master; only a change is reported.
         assert!(!map.reads_master(slot(b"foo")));

@@ -130,11 +130,21 @@ impl Context<'_> {
                 let (shard, node) = self.resolve(state, part.target);
                 let node = state.shards[shard].nodes[node].clone();
                 let conn = node.reserve(self.carrier.worker(), profile);
-                let resent = Part {
-                    target: part.target,
-                    payload: part.payload.clone(),
-                    kind: part.kind,
-                };
+                if state.slots().is_some() {
+                    // Its slot may move while it waits: then it waits on the new node.
+                    let kept = Part {
+                        payload: part.payload.clone(),
+                        ..part
+                    };
+                    let mut sent = self.sent(state, &node, (next, 0), kept, profile);
+                    let limit = wait.unwrap_or(NO_LIMIT) + self.pool.config.timeout;
+                    sent.redirects = sent.redirects.map(|r| Redirects {
+                        deadline: self.carrier.now + limit,
+                        ..r
+                    });
+                    sent.blocking = Some(Blocking { wait });
+                    self.out.keep(sent);
+                }
                 let job = Job {
                     payload: part.payload,
                     kind: part.kind,
@@ -147,18 +157,6 @@ impl Context<'_> {
                     connection: conn.server_id().clone(),
                 };
                 let blocked = Blocked::new(&self.pool.metrics.blocked_clients, self.listing, on);
-                if state.slots().is_some() {
-                    // Its slot may move while it waits: then it waits on the new node.
-                    let mut sent = self.sent(state, &node, (next, 0), resent, profile);
-                    let since = self.carrier.now;
-                    let limit = wait.unwrap_or(NO_LIMIT) + self.pool.config.timeout;
-                    sent.redirects = sent.redirects.map(|r| Redirects {
-                        deadline: since + limit,
-                        ..r
-                    });
-                    sent.blocking = Some(Blocking { wait });
-                    self.out.keep(sent);
-                }
                 self.hold(node, conn, Some(blocked));
                 self.out.forwarded();
             }
