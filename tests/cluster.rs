@@ -456,7 +456,7 @@ fn transactions_keep_to_one_slot_and_a_slot_moved_under_one_is_a_clear_error(pro
     let line = raw.read_line();
     assert!(
         line.starts_with(
-            "-ERR not applied: the slot moved under a transaction, WATCH or SSUBSCRIBE (MOVED 15891 "
+            "-ERR not applied: the slot moved under a transaction or WATCH (MOVED 15891 "
         ),
         "{line}"
     );
@@ -550,28 +550,17 @@ fn pubsub_over_a_cluster_delivers_each_message_once(program: Program) {
     assert_eq!(sub.read_n(smessage.len()), smessage);
     // Nothing more: no copy from another node.
     sub.roundtrip(&command(&[b"PING"]), b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");
-    // The shard channel's slot moves: a new SSUBSCRIBE is either served where the slot went or
-    // said to be not applied, never answered MOVED.
+    // The shard channel's slot moves without the proxy hearing of it: a new SSUBSCRIBE, which
+    // the old node answers with a MOVED, is confirmed and made where the slot went.
     move_slot(&cluster, &["{s}c"]);
     let mut again = Raw::connect(port);
-    wait_until(
-        "SSUBSCRIBE where the slot went",
-        Duration::from_secs(10),
-        || {
-            again.send(&command(&[b"SSUBSCRIBE", b"{s}c"]));
-            let line = again.read_line();
-            if line.starts_with("-ERR not applied: the slot moved") {
-                return false;
-            }
-            assert_eq!(line, "*3\r\n");
-            let rest = b"$10\r\nssubscribe\r\n$4\r\n{s}c\r\n:1\r\n";
-            assert_eq!(again.read_n(rest.len()), rest);
-            true
-        },
+    again.roundtrip(
+        &command(&[b"SSUBSCRIBE", b"{s}c"]),
+        b"*3\r\n$10\r\nssubscribe\r\n$4\r\n{s}c\r\n:1\r\n",
     );
-    publisher.roundtrip(&command(&[b"SPUBLISH", b"{s}c", b"y"]), b":1\r\n");
+    let publish = command(&[b"SPUBLISH", b"{s}c", b"y"]);
     let smessage = b"*3\r\n$8\r\nsmessage\r\n$4\r\n{s}c\r\n$1\r\ny\r\n";
-    assert_eq!(again.read_n(smessage.len()), smessage);
+    heard_once_moved(&mut again, &mut publisher, &publish, smessage);
 }
 
 /// How many times `node` ran `command`, by its INFO commandstats.
@@ -742,12 +731,19 @@ fn subscriptions_move_off_a_master_that_died(program: Program) {
     // moved to the new master.
     let mut publisher = Raw::connect(port);
     let message = b"*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$5\r\nafter\r\n";
+    let publish = command(&[b"PUBLISH", b"news", b"after"]);
+    heard_once_moved(&mut sub, &mut publisher, &publish, message);
+}
+
+/// Publishes `publish` through `publisher` until `sub` hears it (once its subscription has
+/// moved where the message is published), and checks that what it hears first is `message`.
+fn heard_once_moved(sub: &mut Raw, publisher: &mut Raw, publish: &[u8], message: &[u8]) {
     sub.stream
         .set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     let mut first = [0u8; 1];
     wait_until("the subscription to move", Duration::from_secs(10), || {
-        publisher.send(&command(&[b"PUBLISH", b"news", b"after"]));
+        publisher.send(publish);
         publisher.read_line();
         matches!(sub.stream.read(&mut first), Ok(1))
     });
@@ -756,6 +752,43 @@ fn subscriptions_move_off_a_master_that_died(program: Program) {
         .unwrap();
     let rest = sub.read_n(message.len() - 1);
     assert_eq!([&first[..], &rest].concat(), message);
+}
+
+/// A shard channel's subscription follows its slot: to the master it was resharded to (the
+/// node it was on drops it with an `sunsubscribe` the client never sees), and to the replica
+/// that a manual failover made master in its place.
+fn a_shard_channel_subscription_follows_its_slot(program: Program) {
+    let cluster = Cluster::start(program, 3, 1, 2000);
+    let (_proxy, port) = proxy_for(&cluster, "");
+    let mut sub = Raw::connect(port);
+    sub.roundtrip(
+        &command(&[b"SSUBSCRIBE", b"{s}c", b"{s}d"]),
+        b"*3\r\n$10\r\nssubscribe\r\n$4\r\n{s}c\r\n:1\r\n*3\r\n$10\r\nssubscribe\r\n$4\r\n{s}d\r\n:2\r\n",
+    );
+    let mut publisher = Raw::connect(port);
+    let to = move_slot(&cluster, &["{s}c"]);
+    let publish = command(&[b"SPUBLISH", b"{s}d", b"moved"]);
+    let message = b"*3\r\n$8\r\nsmessage\r\n$4\r\n{s}d\r\n$5\r\nmoved\r\n";
+    heard_once_moved(&mut sub, &mut publisher, &publish, message);
+    let replica = &cluster.nodes[cluster.replica_of(to)];
+    let _: () = redis::cmd("CLUSTER")
+        .arg("FAILOVER")
+        .query(&mut replica.client())
+        .unwrap();
+    let publish = command(&[b"SPUBLISH", b"{s}c", b"failed over"]);
+    let message = b"*3\r\n$8\r\nsmessage\r\n$4\r\n{s}c\r\n$11\r\nfailed over\r\n";
+    wait_until("the replica to be master", Duration::from_secs(20), || {
+        Cluster::owner_of(replica, "{s}c") == replica.addr()
+    });
+    heard_once_moved(&mut sub, &mut publisher, &publish, message);
+    // Both channels are still held, once each, and given up as one server gives them up.
+    sub.roundtrip(
+        &command(&[b"SUNSUBSCRIBE", b"{s}c"]),
+        b"*3\r\n$12\r\nsunsubscribe\r\n$4\r\n{s}c\r\n:1\r\n",
+    );
+    publisher.roundtrip(&command(&[b"SPUBLISH", b"{s}d", b"last"]), b":1\r\n");
+    let message = b"*3\r\n$8\r\nsmessage\r\n$4\r\n{s}d\r\n$4\r\nlast\r\n";
+    assert_eq!(sub.read_n(message.len()), message);
 }
 
 /// Every test above that starts a cluster, against redis-server 7 and valkey-server 8.
@@ -791,6 +824,7 @@ on_both_servers!(
     whole_cluster_commands_reach_every_master,
     a_cluster_with_a_password_is_served_with_backend_auth,
     subscriptions_move_off_a_master_that_died,
+    a_shard_channel_subscription_follows_its_slot,
 );
 
 #[test]

@@ -146,6 +146,8 @@ pub enum Token {
     Reply { seq: u64, part: usize },
     /// A Pub/Sub message, which answers no request.
     Push,
+    /// A subscriber connection's notice: its node `from` no longer holds a subscription.
+    Notice { from: super::NodeId },
 }
 
 /// Where a backend's reply goes: the requesting session's inbox, with the session's token.

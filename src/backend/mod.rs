@@ -16,7 +16,7 @@ use inbox::Delivery;
 pub use inbox::{Completion, Inbox, Mailbox, ReplyTo, Token};
 pub use report::{Health, NodeEvent, Role, Said};
 pub use sentinel::{Named, SentinelClient};
-pub use subscriber::{Subscriber, Topic};
+pub use subscriber::{Subscriber, Topic, notice_after};
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};

@@ -3,7 +3,9 @@
 //! session once the server has confirmed it, so a client that has its confirmation is heard
 //! by the next PUBLISH (and no longer counted after UNSUBSCRIBE). It keeps the set of
 //! subscriptions itself, so after a lost connection it reconnects and subscribes again without
-//! the client noticing (messages published meanwhile are lost, as Pub/Sub loses them).
+//! the client noticing (messages published meanwhile are lost, as Pub/Sub loses them). A shard
+//! channel the node gives up (its slot moved: the server's own `sunsubscribe`) or will not take
+//! (a redirect) is handed to the session as a notice, to be subscribed where its slot is now.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -14,9 +16,10 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::time::sleep;
 
 use super::connection::connect;
-use super::{Completion, ConnSettings, Mailbox, NodeShared, Token};
+use super::{Completion, ConnSettings, Mailbox, NodeId, NodeShared, Token};
 use crate::net::Unwritten;
 use crate::protocol::resp::{ReplyScanner, bulk_elements, encode};
+use crate::topology::cluster::redirect;
 
 /// What a subscription is to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -56,7 +59,7 @@ struct Change {
 #[derive(Debug)]
 pub struct Subscriber {
     tx: UnboundedSender<Change>,
-    node: super::NodeId,
+    node: NodeId,
 }
 
 impl Subscriber {
@@ -72,7 +75,7 @@ impl Subscriber {
     }
 
     /// The node it holds the subscriptions on.
-    pub fn node(&self) -> super::NodeId {
+    pub fn node(&self) -> NodeId {
         self.node
     }
 
@@ -150,6 +153,22 @@ struct Sent {
 }
 
 impl Awaiting {
+    /// Whether `frame`, a confirmation, answers the oldest change. Every one does but an
+    /// `sunsubscribe` of a shard channel that change does not give up: the server sends that
+    /// of itself when the channel's slot leaves the node.
+    fn confirms(&self, frame: &[u8]) -> bool {
+        let mut elements = bulk_elements(frame);
+        if elements.next() != Some(b"sunsubscribe") {
+            return true;
+        }
+        let name = elements.next().unwrap_or_default();
+        self.0.front().is_some_and(|sent| {
+            !sent.subscribe
+                && sent.topic == Topic::ShardChannel
+                && sent.names.iter().any(|n| n == name)
+        })
+    }
+
     fn sent(&mut self, change: &Change) {
         self.0.push_back(Sent {
             left: change.names.len(),
@@ -175,12 +194,14 @@ impl Awaiting {
         }
     }
 
-    /// The server refused the oldest change with `error` (as `-NOPERM` for a channel the
-    /// user may not use): it is taken out of `held`, and its acknowledgement carries the
-    /// error to the client.
+    /// The server refused the oldest change with `error`: it is taken out of `held`. A
+    /// cluster node that does not serve a shard channel's slot (a redirect) has each name
+    /// handed to the session as a notice, and the client's change is acknowledged: the
+    /// channels are subscribed where their slot is. Otherwise (as `-NOPERM` for a channel the
+    /// user may not use) the acknowledgement carries the error to the client.
     fn refused(
         &mut self,
-        error: Bytes,
+        (error, from): (Bytes, NodeId),
         held: &mut HashSet<(Topic, Bytes)>,
         out: &mut Vec<Completion>,
     ) {
@@ -188,9 +209,14 @@ impl Awaiting {
             return;
         };
         if sent.subscribe {
-            for name in sent.names {
-                held.remove(&(sent.topic, name));
+            for name in &sent.names {
+                held.remove(&(sent.topic, name.clone()));
             }
+        }
+        if sent.subscribe && sent.topic == Topic::ShardChannel && redirect(&error).is_some() {
+            out.extend((sent.names.iter()).map(|name| notice(from, refusal(name, &error))));
+            out.extend(sent.ack.map(|t| acknowledgement(t, Bytes::new())));
+            return;
         }
         match sent.ack {
             Some(token) => out.push(acknowledgement(token, error)),
@@ -209,6 +235,35 @@ impl Awaiting {
                 .drain(..)
                 .filter_map(|sent| sent.ack.map(|t| acknowledgement(t, Bytes::new()))),
         );
+    }
+}
+
+/// `sunsubscribe` of `name` with the server's `error` in place of a count: the node refused to
+/// hold the shard channel.
+fn refusal(name: &[u8], error: &[u8]) -> Bytes {
+    let mut frame = BytesMut::new();
+    encode::array(&mut frame, 3);
+    encode::bulk(&mut frame, b"sunsubscribe");
+    encode::bulk(&mut frame, name);
+    frame.extend_from_slice(error);
+    frame.freeze()
+}
+
+/// Delivers `frame`, a notice from node `from`, to `inbox` again after `delay`.
+pub fn notice_after(inbox: Arc<dyn Mailbox>, delay: Duration, from: NodeId, frame: Bytes) {
+    tokio::spawn(async move {
+        sleep(delay).await;
+        inbox.inbox().push(notice(from, frame));
+    });
+}
+
+/// A notice from node `from` that it no longer holds a subscription: `frame`, an
+/// `sunsubscribe`.
+fn notice(from: NodeId, frame: Bytes) -> Completion {
+    Completion {
+        token: Token::Notice { from },
+        result: Ok(frame),
+        backend_us: 0,
     }
 }
 
@@ -319,11 +374,18 @@ async fn run(
                             result: Ok(frame),
                             backend_us: 0,
                         }),
-                        Frame::Confirmation => {
+                        Frame::Confirmation if awaiting.confirms(&frame) => {
                             awaiting.confirmed(&mut delivered);
                             silent_until.as_mut().reset(later());
                         }
-                        Frame::Error => awaiting.refused(frame, &mut held, &mut delivered),
+                        Frame::Confirmation => {
+                            // The node gave the shard channel up: the session moves it.
+                            if let Some(name) = bulk_elements(&frame).nth(1) {
+                                held.remove(&(Topic::ShardChannel, Bytes::copy_from_slice(name)));
+                            }
+                            delivered.push(notice(shared.id, frame));
+                        }
+                        Frame::Error => awaiting.refused((frame, shared.id), &mut held, &mut delivered),
                         Frame::Other => {}
                     });
                     if !delivered.is_empty() {
@@ -372,110 +434,4 @@ fn apply(held: &mut HashSet<(Topic, Bytes)>, change: &Change) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backend::fake::{Session, answered, fake_node};
-
-    fn reply(seq: u64) -> Token {
-        Token::Reply { seq, part: 0 }
-    }
-
-    #[test]
-    fn frames_are_told_apart_in_resp2_and_resp3() {
-        let kind = |f: &[u8]| frame_kind(f);
-        assert_eq!(
-            kind(b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n"),
-            Frame::Message
-        );
-        assert_eq!(
-            kind(b">4\r\n$8\r\npmessage\r\n$1\r\n*\r\n$1\r\nc\r\n$1\r\nm\r\n"),
-            Frame::Message
-        );
-        assert_eq!(
-            kind(b"*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n"),
-            Frame::Confirmation
-        );
-        assert_eq!(
-            kind(b">3\r\n$12\r\npunsubscribe\r\n$1\r\n*\r\n:0\r\n"),
-            Frame::Confirmation
-        );
-        // A channel named like a kind is still a message's second element.
-        assert_eq!(
-            kind(b"*3\r\n$7\r\nmessage\r\n$9\r\nsubscribe\r\n$1\r\nm\r\n"),
-            Frame::Message
-        );
-        assert_eq!(kind(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"), Frame::Other);
-        assert_eq!(kind(b"-NOPERM no\r\n"), Frame::Error);
-    }
-
-    #[test]
-    fn a_change_is_acknowledged_after_its_last_confirmation_in_order() {
-        let change = |names: usize, ack: Option<Token>| Change {
-            subscribe: true,
-            topic: Topic::Channel,
-            names: vec![Bytes::from_static(b"c"); names],
-            ack,
-        };
-        let mut awaiting = Awaiting::default();
-        awaiting.sent(&change(1, None));
-        awaiting.sent(&change(2, Some(reply(7))));
-        awaiting.sent(&change(1, Some(reply(8))));
-        let mut out = Vec::new();
-        let tokens = |out: &Vec<Completion>| out.iter().map(|c| c.token).collect::<Vec<_>>();
-        awaiting.confirmed(&mut out);
-        awaiting.confirmed(&mut out);
-        assert!(
-            out.is_empty(),
-            "the second change has one confirmation to come"
-        );
-        awaiting.confirmed(&mut out);
-        assert_eq!(tokens(&out), [reply(7)]);
-        // A lost connection releases what is still owed.
-        awaiting.release(&mut out);
-        assert_eq!(tokens(&out), [reply(7), reply(8)]);
-        assert!(awaiting.0.is_empty());
-    }
-
-    /// A node that sends a malformed frame has its connection made again, and the
-    /// subscriptions with it: messages come on the new connection.
-    #[tokio::test(start_paused = true)]
-    async fn a_malformed_frame_makes_the_connection_again() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        const CONFIRMED: &[u8] = b"*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n";
-        const MESSAGE: &[u8] = b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$2\r\nhi\r\n";
-        tokio::spawn(async move {
-            let mut buf = [0u8; 256];
-            // Confirmed, then garbage while nothing is awaited: no timer would notice.
-            let (mut first, _) = listener.accept().await.unwrap();
-            let _ = first.read(&mut buf).await.unwrap();
-            first
-                .write_all(&[CONFIRMED, b"?what\r\n", MESSAGE].concat())
-                .await
-                .unwrap();
-            let (mut second, _) = listener.accept().await.unwrap();
-            let _ = second.read(&mut buf).await.unwrap();
-            second
-                .write_all(&[CONFIRMED, MESSAGE].concat())
-                .await
-                .unwrap();
-            std::future::pending::<()>().await;
-        });
-        let (shared, settings) = fake_node(addr, Duration::from_secs(1));
-        let session = Arc::new(Session::default());
-        let subscriber = Subscriber::start(shared, settings, session.clone());
-        subscriber.change(
-            true,
-            Topic::Channel,
-            vec![Bytes::from_static(b"c")],
-            reply(0),
-        );
-        let ack = answered(&session).await;
-        assert_eq!(ack.token, reply(0));
-        let message = tokio::time::timeout(Duration::from_secs(10), answered(&session)).await;
-        let message = message.expect("a message on the new connection");
-        assert_eq!(message.token, Token::Push);
-        assert!(message.result.unwrap().ends_with(b"$2\r\nhi\r\n"));
-    }
-}
+mod tests;

@@ -46,9 +46,7 @@ pub enum ClientError {
     /// A cluster node redirected a request the proxy cannot send again (on a connection
     /// reserved for the client: a transaction, WATCH, a blocking command): `0` is what it
     /// answered.
-    #[error(
-        "not applied: the slot moved under a transaction, WATCH or SSUBSCRIBE ({0}); send it again"
-    )]
+    #[error("not applied: the slot moved under a transaction or WATCH ({0}); send it again")]
     SlotMoved(String),
     /// The pool's `client_connections` are all taken; the connection closes.
     #[error("max number of clients reached")]

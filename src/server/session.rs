@@ -20,7 +20,7 @@ use tokio::time::Sleep;
 
 use super::outbox::Outbox;
 use super::timing::Recorded;
-use crate::backend::{Completion, Mailbox, Profile, Token};
+use crate::backend::{Completion, Mailbox, NodeId, Profile, Token};
 use crate::metrics::CloseReason;
 use crate::net::Stream;
 use crate::net::descriptors::Descriptor;
@@ -82,6 +82,10 @@ pub(super) trait Frontend: Sized {
     /// A subscriber connection of the client's cannot reach its node: the subscriptions it
     /// holds may be moved to another.
     fn subscriber_lost(&mut self, _cx: &mut Context<'_>) {}
+
+    /// Node `from` no longer holds one of the client's subscriptions (`notice`, a cluster's
+    /// `sunsubscribe`): it may be made elsewhere.
+    fn subscription_dropped(&mut self, _cx: &mut Context<'_>, _from: NodeId, _notice: &[u8]) {}
 
     /// Adds a request that took `took` to the pool's slow log.
     fn log_slow(&self, _pool: &Pool, _listing: &Client, _request: Recorded, _took: Duration) {}
@@ -274,6 +278,12 @@ impl<F: Frontend> Session<F> {
                     }
                     self.note_backend_time(seq, c.backend_us);
                     self.out.complete(seq, part, c);
+                }
+                Token::Notice { from } => {
+                    if let Ok(notice) = c.result {
+                        let (fe, mut cx) = self.split();
+                        fe.subscription_dropped(&mut cx, from, &notice);
+                    }
                 }
                 Token::Push => match c.result {
                     Ok(message) if self.fe.wants(&message) => self.out.push_message(message),

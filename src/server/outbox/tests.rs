@@ -309,6 +309,6 @@ fn a_redirect_not_followed_reaches_the_client_as_an_error_that_says_so() {
     assert!(due(&mut out).is_empty());
     assert_eq!(
         written(&mut out),
-        "-ERR not applied: the slot moved under a transaction, WATCH or SSUBSCRIBE (MOVED 1 127.0.0.1:7002); send it again\r\n"
+        "-ERR not applied: the slot moved under a transaction or WATCH (MOVED 1 127.0.0.1:7002); send it again\r\n"
     );
 }

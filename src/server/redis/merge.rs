@@ -159,15 +159,11 @@ impl Merger for RespMerge {
                 }
                 last.unwrap_or_else(|| ClientError::NoNodeAnswered.render(Protocol::Redis))
             }
-            // A server that refused the change (-NOPERM) says why, as one server would; a
-            // cluster node that redirected it (SSUBSCRIBE of a slot that moved), in words.
+            // A server that refused the change (-NOPERM) says why, as one server would (a
+            // cluster node's redirect is followed by the subscriber, never seen here).
             RespMerge::Confirmed(reply) => parts
                 .into_iter()
                 .find_map(|p| p.ok().filter(|r| r.first() == Some(&b'-')))
-                .map(|refused| match ClientError::instead_of_redirect(&refused) {
-                    Some(moved) => moved.render(Protocol::Redis),
-                    None => refused,
-                })
                 .unwrap_or_else(|| reply.clone()),
             RespMerge::Scan { shard, shards } => match parts.into_iter().next() {
                 Some(Ok(reply)) => merge_scan(reply, *shard, *shards),

@@ -13,6 +13,7 @@ mod local;
 mod merge;
 mod pubsub;
 mod route;
+mod subscribers;
 mod transaction;
 
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::backend::{Node, Profile, Reserved, Subscriber, Topic};
+use crate::backend::{Node, NodeId, Profile, Reserved, Topic};
 use crate::command::{
     self, Class, ClassCounts, Command, Fanout, Kind, LocalCommand, PubSubCommand,
 };
@@ -34,6 +35,7 @@ use crate::slowlog::{self, Slow};
 use crate::topology::{Client, Pool, PoolState, Second};
 use context::{ClientState, Local, Replies};
 use pubsub::{Change, PubSub, Routed};
+use subscribers::Subscribers;
 use transaction::{Conn, Step, Transaction};
 
 /// A Redis client's parser and what the proxy remembers about it.
@@ -52,9 +54,7 @@ struct Modes {
     pubsub: PubSub,
     /// The connection WATCH reserved on its shard's master, kept until the transaction ends.
     watch: Option<(Arc<Node>, Reserved)>,
-    /// Subscriber connections by shard name: a subscription stays where it was made while the
-    /// pool's state changes.
-    subscribers: Vec<(Arc<str>, Subscriber)>,
+    subscribers: Subscribers,
     /// Subscriptions not confirmed yet by every shard: the request's number, and what it
     /// added, taken back if a server refuses it.
     unconfirmed: Vec<(u64, Topic, Vec<Bytes>)>,
@@ -108,46 +108,18 @@ impl Frontend for Resp {
         self.handle_batch(cx, buf)
     }
 
-    /// In a cluster pool, a subscriber connection that is no longer on its shard's master (the
-    /// cluster failed its node over) is replaced by one to the master, holding the same
-    /// subscriptions; the client notices nothing but the messages lost meanwhile.
     fn subscriber_lost(&mut self, cx: &mut Context<'_>) {
-        let state = cx.pool.state();
-        let resp3 = self.client.resp3;
-        let Some(modes) = self.modes.as_deref_mut() else {
-            return;
-        };
-        if state.slots().is_none() || !modes.pubsub.active() {
-            return;
+        if let Some(modes) = self.modes.as_deref_mut() {
+            modes
+                .subscribers
+                .rehome(cx, &modes.pubsub, self.client.resp3);
         }
-        let mut before: Vec<Option<(Arc<str>, Subscriber)>> =
-            std::mem::take(&mut modes.subscribers)
-                .into_iter()
-                .map(Some)
-                .collect();
-        // Each connection now, and whether it was made here (then it is given its names).
-        let mut now: Vec<(Arc<str>, Subscriber, bool)> = Vec::new();
-        for (shard, topic, names) in modes.pubsub.homes(&state) {
-            let (shard, master) = (&state.shards[shard], state.shards[shard].master().id());
-            let on_master =
-                |name: &Arc<str>, s: &Subscriber| *name == shard.name && s.node() == master;
-            if let Some((_, subscriber, made)) = now.iter().find(|(n, s, _)| on_master(n, s)) {
-                if *made {
-                    subscriber.carry(topic, names);
-                }
-            } else if let Some(kept) = (before.iter_mut())
-                .find(|e| e.as_ref().is_some_and(|(n, s)| on_master(n, s)))
-                .and_then(Option::take)
-            {
-                now.push((kept.0, kept.1, false));
-            } else {
-                let subscriber = cx.subscriber(shard.master(), resp3);
-                subscriber.carry(topic, names);
-                now.push((shard.name.clone(), subscriber, true));
-            }
+    }
+
+    fn subscription_dropped(&mut self, cx: &mut Context<'_>, from: NodeId, notice: &[u8]) {
+        if let Some(modes) = self.modes.as_deref_mut() {
+            (modes.subscribers).follow(cx, &modes.pubsub, (from, notice), self.client.resp3);
         }
-        // Those left close as they drop.
-        modes.subscribers = now.into_iter().map(|(name, s, _)| (name, s)).collect();
     }
 
     fn refused(&mut self, seq: u64) {
@@ -470,46 +442,27 @@ impl Resp {
 
     /// Applies a change of subscriptions to the subscriber connections, one per shard. The
     /// client's confirmations wait until every shard has confirmed its part.
-    fn change_subscriptions(&mut self, cx: &mut Context<'_>, state: &PoolState, change: Change) {
-        let Change {
-            topic,
-            subscribe,
-            per_shard,
-            reply,
-            added,
-        } = change;
+    fn change_subscriptions(
+        &mut self,
+        cx: &mut Context<'_>,
+        state: &PoolState,
+        mut change: Change,
+    ) {
         let (seq, answered) = (cx.out.next_seq(), cx.out.first_unanswered());
         let resp3 = self.client.resp3;
         let modes = self.modes();
-        let subscribers = &mut modes.subscribers;
-        let mut parts = 0;
-        for (shard, names) in state.shards.iter().zip(per_shard) {
-            if names.is_empty() {
-                continue;
-            }
-            let ack = cx.out.token(parts);
-            match subscribers.iter().find(|(name, _)| *name == shard.name) {
-                Some((_, subscriber)) => subscriber.change(subscribe, topic, names, ack),
-                None if subscribe => {
-                    let subscriber = cx.subscriber(shard.master(), resp3);
-                    subscriber.change(true, topic, names, ack);
-                    subscribers.push((shard.name.clone(), subscriber));
-                }
-                None => continue,
-            }
-            parts += 1;
-        }
+        let parts = modes.subscribers.change(cx, state, &mut change, resp3);
         if !modes.pubsub.active() {
             // Nothing left: the subscriber connections close once they have confirmed.
-            subscribers.clear();
+            modes.subscribers.clear();
         }
         modes.unconfirmed.retain(|(seq, ..)| *seq >= answered);
-        if parts > 0 && !added.is_empty() {
-            modes.unconfirmed.push((seq, topic, added));
+        if parts > 0 && !change.added.is_empty() {
+            modes.unconfirmed.push((seq, change.topic, change.added));
         }
         match parts {
-            0 => cx.out.ready(reply),
-            _ => cx.out.gathering(merge::confirmed(parts, reply)),
+            0 => cx.out.ready(change.reply),
+            _ => cx.out.gathering(merge::confirmed(parts, change.reply)),
         }
     }
 }

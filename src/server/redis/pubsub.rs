@@ -69,6 +69,15 @@ impl PubSub {
         set.contains_key(name)
     }
 
+    /// Whether the client holds a subscription of `name` to `topic`.
+    pub(super) fn holds(&self, topic: Topic, name: &[u8]) -> bool {
+        match topic {
+            Topic::Channel => self.channels.contains_key(name),
+            Topic::Pattern => self.patterns.contains_key(name),
+            Topic::ShardChannel => self.shard_channels.contains_key(name),
+        }
+    }
+
     /// Takes back the subscriptions of `names` to `topic` that a server refused.
     pub(super) fn refused(&mut self, topic: Topic, names: &[Bytes]) {
         let set = self.set(topic);

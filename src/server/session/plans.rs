@@ -9,7 +9,7 @@ use bytes::Bytes;
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::Context;
-use crate::backend::{Job, Node, Profile, ReplyTo, Reserved, Subscriber, Token};
+use crate::backend::{Job, Node, NodeId, Profile, ReplyTo, Reserved, Subscriber, Token};
 use crate::protocol::ReplyKind;
 use crate::server::merge::Gather;
 use crate::server::outbox::{Blocking, Redirects, Sent};
@@ -222,6 +222,12 @@ impl Context<'_> {
     /// client's inbox, and acknowledges changes there.
     pub(in crate::server) fn subscriber(&self, node: &Node, resp3: bool) -> Subscriber {
         node.subscriber(resp3, self.listing.clone())
+    }
+
+    /// Hands `frame`, a notice from a subscriber connection on node `from`, back to the
+    /// session after `delay`: what becomes of it is decided again then.
+    pub(in crate::server) fn notice_again(&self, delay: Duration, from: NodeId, frame: Bytes) {
+        crate::backend::notice_after(self.listing.clone(), delay, from, frame);
     }
 
     /// Sends `requests` in order on `conn`, a connection reserved for the client, as the parts
