@@ -5,6 +5,8 @@
 mod common;
 
 use std::collections::HashSet;
+use std::io::Read;
+use std::time::{Duration, Instant};
 
 use common::*;
 use redis::{Commands, Value};
@@ -137,24 +139,20 @@ fn script_load_reaches_every_node_and_a_lost_script_is_loaded_again() {
     for k in &keys {
         // The first request after a restart may find the proxy's old connection closed.
         let mut n = None;
-        wait_until(
-            "EVALSHA after the restart",
-            std::time::Duration::from_secs(10),
-            || {
-                match redis::cmd("EVALSHA")
-                    .arg(&sha)
-                    .arg(1)
-                    .arg(k)
-                    .arg(3)
-                    .query::<i64>(&mut c)
-                {
-                    Ok(v) => n = Some(v),
-                    Err(e) if e.to_string().contains("backend") => {}
-                    Err(e) => panic!("{e}"),
-                }
-                n.is_some()
-            },
-        );
+        wait_until("EVALSHA after the restart", Duration::from_secs(10), || {
+            match redis::cmd("EVALSHA")
+                .arg(&sha)
+                .arg(1)
+                .arg(k)
+                .arg(3)
+                .query::<i64>(&mut c)
+            {
+                Ok(v) => n = Some(v),
+                Err(e) if e.to_string().contains("backend") => {}
+                Err(e) => panic!("{e}"),
+            }
+            n.is_some()
+        });
         assert_eq!(n, Some(3), "{k}");
     }
     // A script the proxy never saw loaded: NOSCRIPT, as from one server.
@@ -177,8 +175,9 @@ fn script_load_reaches_every_node_and_a_lost_script_is_loaded_again() {
             .query(&mut c),
     );
     assert!(err.to_uppercase().contains("NOSCRIPT"), "{err}");
+    // Nothing runs on any node: SCRIPT KILL is answered as one server answers it.
     let err = error_of(redis::cmd("SCRIPT").arg("KILL").query(&mut c));
-    assert!(err.contains("unsupported command 'SCRIPT KILL'"), "{err}");
+    assert!(err.contains("No scripts in execution right now"), "{err}");
 }
 
 #[test]
@@ -354,4 +353,128 @@ fn a_script_reply_nested_as_deep_as_redis_makes_it_is_passed_through() {
         "{refused}"
     );
     c.roundtrip(&command(&[b"PING"]), b"+PONG\r\n");
+}
+
+/// A key of `port`'s pool that lands on `server` (one of its masters), found by writing.
+fn key_held_by(port: u16, server: &Redis, prefix: &str) -> String {
+    let mut c = connect(port);
+    (0..1000)
+        .map(|i| spread_key(prefix, i))
+        .find(|key| {
+            let _: () = c.set(key, 1).unwrap();
+            server.client().exists(key).unwrap()
+        })
+        .expect("a key on the server")
+}
+
+/// A script running past its time limit: its shard answers `-BUSY` as one server would and is
+/// shown busy, never down, so `failover: promote` keeps its master; the other shards serve
+/// throughout; SCRIPT KILL and FUNCTION KILL through the proxy end it, and it serves again.
+#[test]
+fn a_busy_script_is_killed_through_the_proxy_and_its_master_is_kept() {
+    let threshold = ["--busy-reply-threshold", "100"];
+    let (master, replica) = (Redis::start_with(&threshold), Redis::start_with(&threshold));
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(master.port)
+        .query(&mut replica.client())
+        .unwrap();
+    let others = [Redis::start(), Redis::start()];
+    let servers = vec![
+        format!(
+            "{{ name: one, master: \"{}\", replicas: [\"{}\"] }}",
+            master.addr(),
+            replica.addr()
+        ),
+        format!("{}:1 two", others[0].addr()),
+        format!("{}:1 three", others[1].addr()),
+    ];
+    let extra = "    failover: promote\n    timeout_ms: 2000\n    health_check: { interval_ms: 100, timeout_ms: 100, failures: 2 }\n";
+    let port = free_port();
+    let proxy = Proxy::start(&pool_config(port, &servers, extra), port);
+    proxy.wait_ready(true);
+    let busy_key = key_held_by(port, &master, "busy");
+    let free_keys: Vec<String> = others
+        .iter()
+        .map(|s| key_held_by(port, s, "free"))
+        .collect();
+    let spin_then_kill = |spin: &[&[u8]], kill: &[u8]| {
+        let mut spinning = Raw::connect(port);
+        spinning.send(&command(spin));
+        wait_until("the shard to be busy", Duration::from_secs(10), || {
+            proxy.http("/topology").1.contains("\"state\":\"busy\"")
+        });
+        // Its keys get the node's -BUSY (on a connection to the node other than the one the
+        // script came on: a request behind it there waits, as behind any slow request); the
+        // other shards serve as ever, and the master stays master for ten health intervals
+        // and more (two failed checks would have replaced it).
+        wait_until("a -BUSY reply", Duration::from_secs(10), || {
+            let mut asking = Raw::connect(port);
+            asking
+                .stream
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            asking.send(&command(&[b"GET", busy_key.as_bytes()]));
+            let mut first = [0u8; 6];
+            match asking.stream.read_exact(&mut first) {
+                Ok(()) => {
+                    assert_eq!(&first, b"-BUSY ");
+                    true
+                }
+                Err(_) => false,
+            }
+        });
+        let mut c = Raw::connect(port);
+        let until = Instant::now() + Duration::from_millis(1500);
+        let mut served = 0;
+        while Instant::now() < until {
+            for key in &free_keys {
+                c.roundtrip(&command(&[b"INCR", key.as_bytes()]), b":");
+                c.read_line();
+                served += 1;
+            }
+        }
+        assert!(served > 10, "{served}");
+        let topology = proxy.http("/topology").1;
+        assert!(topology.contains("\"state\":\"busy\""), "{topology}");
+        assert!(
+            topology.contains(&format!("\"master\":{{\"address\":\"{}\"", master.addr())),
+            "{topology}"
+        );
+        c.send(&command(&[kill, b"KILL"]));
+        assert_eq!(c.read_line(), "+OK\r\n");
+        let killed = spinning.read_line();
+        assert!(
+            killed.starts_with("-") && killed.contains("killed"),
+            "{killed}"
+        );
+        c.roundtrip(
+            &command(&[b"SET", busy_key.as_bytes(), b"again"]),
+            b"+OK\r\n",
+        );
+        c.roundtrip(
+            &command(&[kill, b"KILL"]),
+            b"-NOTBUSY No scripts in execution right now.\r\n",
+        );
+        wait_until("the shard to be up", Duration::from_secs(10), || {
+            !proxy.http("/topology").1.contains("\"state\":\"busy\"")
+        });
+    };
+    spin_then_kill(
+        &[b"EVAL", b"while true do end", b"1", busy_key.as_bytes()],
+        b"SCRIPT",
+    );
+    let mut c = connect(port);
+    let library = "#!lua name=spinner\nredis.register_function{function_name='spin', callback=function(keys, args) while true do end end, flags={'no-writes'}}";
+    let _: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(library)
+        .query(&mut c)
+        .unwrap();
+    spin_then_kill(&[b"FCALL", b"spin", b"1", busy_key.as_bytes()], b"FUNCTION");
+    let role: String = redis::cmd("INFO")
+        .arg("replication")
+        .query(&mut replica.client())
+        .unwrap();
+    assert!(role.contains("role:slave"), "the replica was promoted");
 }

@@ -154,6 +154,9 @@ async fn identify(
             .and_then(|n| n.trim_end().parse().ok())
         {
             Some(n) => Ok(n),
+            // A script runs past its time limit: the connection may carry SCRIPT KILL, and its
+            // id stays unknown (0), so CLIENT UNBLOCK and KILL through the proxy cannot name it.
+            None if text.starts_with("-BUSY") => Ok(0),
             None => Err(ConnectError::Refused(format!(
                 "CLIENT ID answered {}",
                 text.trim_end()

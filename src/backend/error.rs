@@ -57,6 +57,10 @@ pub enum Failure {
     Io(io::ErrorKind),
     #[error("sent a malformed reply: {0}")]
     BadReply(ReplyError),
+    /// A health check was answered `-BUSY`: a script or function has run past the node's
+    /// time limit, and the node answers nothing else until it ends or is killed.
+    #[error("busy: {0}")]
+    Busy(String),
     /// A health check got an answer other than the one a healthy node gives.
     #[error("answered {0:?}")]
     Unexpected(String),

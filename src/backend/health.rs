@@ -42,7 +42,8 @@ pub(super) async fn run(
                 failed_in_a_row = 0;
                 passed_in_a_row += 1;
                 shared.record_success();
-                if shared.health() != Health::Down || passed_in_a_row >= check.successes {
+                let was_down = shared.health() == Health::Down;
+                if !was_down || passed_in_a_row >= check.successes {
                     shared.set_health(Health::Up, &"health check passed");
                 }
                 // After the node is up: what a node says is only ever known of a node seen up.
@@ -52,6 +53,13 @@ pub(super) async fn run(
                     reported = Some(said.clone());
                     shared.report(said);
                 }
+            }
+            // Running a script past its time limit: it answers, so it is not down, and it is
+            // never replaced for it (a long script is no dead node).
+            Err(Failure::Busy(why)) => {
+                passed_in_a_row = 0;
+                failed_in_a_row = 0;
+                shared.set_health(Health::Busy, &why);
             }
             Err(failure) => {
                 asker = Asker::default();
@@ -214,7 +222,11 @@ async fn open<'a>(
 }
 
 fn unexpected(reply: &[u8]) -> Failure {
-    Failure::Unexpected(String::from_utf8_lossy(reply).trim_end().to_string())
+    let said = String::from_utf8_lossy(reply).trim_end().to_string();
+    match reply.starts_with(b"-BUSY") {
+        true => Failure::Busy(said),
+        false => Failure::Unexpected(said),
+    }
 }
 
 /// What `INFO replication` says: the role, the replication offset (`master_repl_offset`,
@@ -261,6 +273,34 @@ fn info_field(info: &[u8], name: &[u8]) -> Option<Arc<str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node running a script past its time limit answers PING with -BUSY: the check says
+    /// busy (not a failure that counts toward down), and the connection stays for the next.
+    #[tokio::test(start_paused = true)]
+    async fn a_node_answering_busy_is_busy_not_failing() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        const BUSY: &[u8] = b"-BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.\r\n";
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 64];
+            loop {
+                let _ = conn.read(&mut buf).await.unwrap();
+                conn.write_all(BUSY).await.unwrap();
+            }
+        });
+        let timeout = std::time::Duration::from_secs(1);
+        let (shared, settings) = crate::backend::fake::fake_node(addr, timeout);
+        let mut asker = Asker::default();
+        for _ in 0..2 {
+            let checked = asker.check(&shared, &settings).await;
+            let Err(Failure::Busy(said)) = checked else {
+                panic!("{checked:?}");
+            };
+            assert!(said.starts_with("-BUSY Redis is busy"), "{said}");
+        }
+    }
 
     #[test]
     fn roles_offsets_and_sync_from_info_replication() {

@@ -162,6 +162,7 @@ impl NodeShared {
             Health::Up => 2,
             Health::Suspect => 1,
             Health::Down => 0,
+            Health::Busy => 3,
         });
         match health {
             Health::Up => {

@@ -17,6 +17,10 @@ pub enum Health {
     /// Its health checks failed `failures` times in a row (or it may have missed writes), or it
     /// has not been checked yet.
     Down,
+    /// It answers `-BUSY`: a script or function runs past its time limit. In service (its
+    /// requests get `-BUSY`, as the node answers them), never replaced for it; reads go
+    /// elsewhere when they can.
+    Busy,
 }
 
 impl Health {
@@ -24,6 +28,7 @@ impl Health {
         match v {
             0 => Health::Up,
             1 => Health::Suspect,
+            3 => Health::Busy,
             _ => Health::Down,
         }
     }
@@ -33,6 +38,7 @@ impl Health {
             Health::Up => "up",
             Health::Suspect => "suspect",
             Health::Down => "down",
+            Health::Busy => "busy",
         }
     }
 }

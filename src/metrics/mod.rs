@@ -340,7 +340,7 @@ impl Default for Metrics {
             server_state: family(
                 r,
                 "server_state",
-                "The server's health: 2 up, 1 suspect (a recent failure), 0 down",
+                "The server's health: 2 up, 1 suspect (a recent failure), 0 down, 3 busy (running a script past its time limit)",
             ),
             empty_master_restarts: family(
                 r,

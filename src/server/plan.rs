@@ -64,6 +64,10 @@ pub(super) enum Plan {
     Quiet(Part, Quiet),
     /// One backend request per part, merged into one reply.
     Gather(Vec<Part>, Gather),
+    /// [`Plan::Gather`], each part on a connection reserved for it: SCRIPT KILL, which a node
+    /// running a script past its time limit reads on any connection but the one the script
+    /// came on, which may be the shared one its other requests wait behind.
+    Aside(Vec<Part>, Gather),
     /// A request that may be sent again (a read to the next node when its node fails; an
     /// EVALSHA after loading the script where it was lost).
     Resend {
@@ -90,7 +94,9 @@ impl Plan {
             | Plan::Quiet(part, _)
             | Plan::Resend { part, .. }
             | Plan::Reserved { part, .. } => Some((part.target, 1)),
-            Plan::Gather(parts, _) => parts.first().map(|p| (p.target, parts.len())),
+            Plan::Gather(parts, _) | Plan::Aside(parts, _) => {
+                parts.first().map(|p| (p.target, parts.len()))
+            }
         }
     }
 }

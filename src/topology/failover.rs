@@ -36,7 +36,8 @@ pub fn candidates<N>(shard: &Shard<N>) -> Vec<usize> {
         .max()
         .unwrap_or(0);
     others()
-        .filter(|&i| shard.status[i].state() != Health::Down)
+        // A busy replica would refuse REPLICAOF NO ONE until its script ends.
+        .filter(|&i| !matches!(shard.status[i].state(), Health::Down | Health::Busy))
         .filter(|&i| {
             (shard.status[i].in_sync_at).is_some_and(|at| at.saturating_add(MAX_LAG_BYTES) >= best)
         })

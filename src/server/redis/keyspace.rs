@@ -197,12 +197,22 @@ fn script_admin<N>(
             let gather = merge::split(Merge::Same, parts.len(), Vec::new(), depth);
             Plan::Gather(parts, gather)
         }
-        _ => unsupported_sub(req, "SCRIPT LOAD, EXISTS and FLUSH are served"),
+        b"KILL" if req.argc() == 2 => kill_everywhere(state, req),
+        _ => unsupported_sub(req, "SCRIPT LOAD, EXISTS, FLUSH and KILL are served"),
     }
 }
 
+/// SCRIPT KILL or FUNCTION KILL: to every node, replicas included (EVAL_RO and FCALL_RO run
+/// there), each on a connection of its own.
+fn kill_everywhere<N>(state: &PoolState<N>, req: &Request) -> Plan {
+    let parts = every_node(state, req);
+    let gather = merge::kill(parts.len());
+    Plan::Aside(parts, gather)
+}
+
 /// FUNCTION LOAD / DELETE / FLUSH / RESTORE on every master; LIST, DUMP and STATS from the
-/// first shard (every master holds the same libraries when they are loaded through the proxy).
+/// first shard (every master holds the same libraries when they are loaded through the proxy);
+/// KILL on every node.
 fn function_admin<N>(state: &PoolState<N>, config: &PoolConfig, req: &Request) -> Plan {
     let sub = req.arg(1).to_ascii_uppercase();
     match &sub[..] {
@@ -222,9 +232,10 @@ fn function_admin<N>(state: &PoolState<N>, config: &PoolConfig, req: &Request) -
             },
             req.frame().clone(),
         )),
+        b"KILL" if req.argc() == 2 => kill_everywhere(state, req),
         _ => unsupported_sub(
             req,
-            "FUNCTION LOAD, DELETE, FLUSH, RESTORE, LIST, DUMP and STATS are served",
+            "FUNCTION LOAD, DELETE, FLUSH, RESTORE, LIST, DUMP, STATS and KILL are served",
         ),
     }
 }

@@ -33,6 +33,8 @@ enum RespMerge {
     /// A change of subscriptions: the confirmations the proxy made, once every shard has
     /// confirmed its part.
     Confirmed(Bytes),
+    /// SCRIPT KILL or FUNCTION KILL on every node.
+    Kill,
 }
 
 /// Sees a merged reply that is not an error on its way to the client (SCRIPT LOAD: the
@@ -91,6 +93,11 @@ pub(super) fn last(parts: usize) -> Gather {
 /// confirmations.
 pub(super) fn confirmed(parts: usize, reply: Bytes) -> Gather {
     Gather::new(parts, RespMerge::Confirmed(reply))
+}
+
+/// SCRIPT KILL or FUNCTION KILL on `parts` nodes.
+pub(super) fn kill(parts: usize) -> Gather {
+    Gather::new(parts, RespMerge::Kill)
 }
 
 /// SCAN of shard `shard`.
@@ -161,6 +168,21 @@ impl Merger for RespMerge {
             }
             // A server that refused the change (-NOPERM) says why, as one server would (a
             // cluster node's redirect is followed by the subscriber, never seen here).
+            // +OK if a node killed what it ran; else why a node could not (-UNKILLABLE: the
+            // script wrote; or it was not reached); -NOTBUSY when none ran anything.
+            RespMerge::Kill => {
+                let (mut killed, mut not_busy, mut other) = (None, None, None);
+                for part in parts {
+                    match part {
+                        Ok(reply) if reply.starts_with(b"+") => killed = Some(reply),
+                        Ok(reply) if reply.starts_with(b"-NOTBUSY") => not_busy = Some(reply),
+                        Ok(reply) => _ = other.get_or_insert(reply),
+                        Err(e) => _ = other.get_or_insert_with(|| failed(Protocol::Redis, e)),
+                    }
+                }
+                (killed.or(other).or(not_busy))
+                    .unwrap_or_else(|| ClientError::NoNodeAnswered.render(Protocol::Redis))
+            }
             RespMerge::Confirmed(reply) => parts
                 .into_iter()
                 .find_map(|p| p.ok().filter(|r| r.first() == Some(&b'-')))
@@ -365,6 +387,7 @@ fn merge_sum(replies: &[Bytes]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Failure;
 
     fn b(s: &'static str) -> Bytes {
         Bytes::from_static(s.as_bytes())
@@ -405,6 +428,33 @@ mod tests {
     }
 
     #[test]
+    fn a_kill_is_ok_if_any_node_killed_and_notbusy_only_if_none_ran_anything() {
+        const NOTBUSY: &str = "-NOTBUSY No scripts in execution right now.\r\n";
+        const UNKILLABLE: &str = "-UNKILLABLE Sorry the script already executed write commands\r\n";
+        let kill = |replies: &[Result<&'static str, Failure>]| {
+            let mut g = kill(replies.len());
+            let mut merged = None;
+            for (i, reply) in replies.iter().enumerate() {
+                let reply = reply.clone().map(b).map_err(|failure| BackendError {
+                    node: "n".into(),
+                    failure,
+                });
+                merged = g.add(i, reply);
+            }
+            merged.unwrap()
+        };
+        assert_eq!(
+            kill(&[Ok(NOTBUSY), Ok("+OK\r\n"), Ok(UNKILLABLE)]),
+            b("+OK\r\n")
+        );
+        assert_eq!(kill(&[Ok(NOTBUSY), Ok(NOTBUSY)]), b(NOTBUSY));
+        assert_eq!(kill(&[Ok(NOTBUSY), Ok(UNKILLABLE)]), b(UNKILLABLE));
+        // A node not reached may be running one: not NOTBUSY.
+        let unreached = kill(&[Ok(NOTBUSY), Err(Failure::Closed)]);
+        assert_eq!(unreached, b("-ERR backend n connection closed\r\n"));
+    }
+
+    #[test]
     fn sums_and_oks() {
         let mut g = split(Merge::Sum, 3, vec![], 8);
         g.add(0, Ok(b(":2\r\n")));
@@ -421,7 +471,7 @@ mod tests {
         g.add(0, Ok(b(":1\r\n")));
         let err = BackendError {
             node: "s (h:1)".into(),
-            failure: crate::backend::Failure::Closed,
+            failure: Failure::Closed,
         };
         assert_eq!(
             g.add(1, Err(err)).unwrap(),

@@ -100,6 +100,21 @@ impl Context<'_> {
                 }
                 self.out.gathering(gather);
             }
+            Plan::Aside(parts, gather) => {
+                for (i, part) in parts.into_iter().enumerate() {
+                    let (shard, node) = self.resolve(state, part.target);
+                    let node = state.shards[shard].nodes[node].clone();
+                    let conn = node.reserve(self.carrier.worker(), profile);
+                    conn.send(Job {
+                        payload: part.payload,
+                        kind: part.kind,
+                        reply_to: self.reply_to(self.out.token(i)),
+                        timeout: None,
+                    });
+                    self.hold(node, conn, None);
+                }
+                self.out.gathering(gather);
+            }
             Plan::Resend {
                 part,
                 retries,

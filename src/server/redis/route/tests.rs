@@ -318,7 +318,7 @@ fn parts(plan: &Plan) -> Vec<&Part> {
         | Plan::Quiet(part, _)
         | Plan::Resend { part, .. }
         | Plan::Reserved { part, .. } => vec![part],
-        Plan::Gather(parts, _) => parts.iter().collect(),
+        Plan::Gather(parts, _) | Plan::Aside(parts, _) => parts.iter().collect(),
     }
 }
 
