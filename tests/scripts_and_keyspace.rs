@@ -478,3 +478,36 @@ fn a_busy_script_is_killed_through_the_proxy_and_its_master_is_kept() {
         .unwrap();
     assert!(role.contains("role:slave"), "the replica was promoted");
 }
+
+/// With `kill_busy_scripts_after_ms`, a script past its time limit is killed by the proxy
+/// itself, as Sentinel kills one, and the node serves again.
+#[test]
+fn a_pool_may_kill_busy_scripts_itself() {
+    let node = Redis::start_with(&["--busy-reply-threshold", "100"]);
+    let port = free_port();
+    let extra = "    kill_busy_scripts_after_ms: 300\n    health_check: { interval_ms: 100, timeout_ms: 100 }\n";
+    let proxy = Proxy::start(
+        &pool_config(port, &[format!("{}:1", node.addr())], extra),
+        port,
+    );
+    proxy.wait_ready(true);
+    let mut spinning = Raw::connect(port);
+    let started = Instant::now();
+    spinning.send(&command(&[b"EVAL", b"while true do end", b"0"]));
+    let killed = spinning.read_line();
+    assert!(
+        killed.starts_with("-") && killed.contains("killed"),
+        "{killed}"
+    );
+    // Busy after 100 ms, killed once seen busy for 300 ms more.
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut c = connect(port);
+    let _: () = c.set("after", 1).unwrap();
+    wait_until("the log", Duration::from_secs(10), || {
+        proxy.log().contains("SCRIPT KILL answered +OK")
+    });
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
-use tokio::time::{MissedTickBehavior, interval};
+use tokio::time::{Instant, MissedTickBehavior, interval};
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{connect, read_reply};
@@ -30,6 +30,8 @@ pub(super) async fn run(
     let mut asker = Asker::default();
     let (mut failed_in_a_row, mut passed_in_a_row) = (0, 0);
     let mut reported: Option<Said> = None;
+    // Since when the node has been seen busy, and what a SCRIPT KILL sent since got.
+    let mut busy: Option<(Instant, Option<String>)> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -39,6 +41,7 @@ pub(super) async fn run(
         let passed = within(check.timeout, asker.check(&shared, &settings)).await;
         match passed {
             Ok(said) => {
+                busy = None;
                 failed_in_a_row = 0;
                 passed_in_a_row += 1;
                 shared.record_success();
@@ -60,8 +63,23 @@ pub(super) async fn run(
                 passed_in_a_row = 0;
                 failed_in_a_row = 0;
                 shared.set_health(Health::Busy, &why);
+                let (since, answered) = busy.get_or_insert_with(|| (Instant::now(), None));
+                if let Some(after) = check.kill_busy_scripts_after
+                    && since.elapsed() >= after
+                {
+                    let answer = match within(check.timeout, asker.kill_busy(&settings)).await {
+                        Ok(answer) => answer,
+                        Err(failure) => failure.to_string(),
+                    };
+                    // Said once per answer: an unkillable script is not logged every check.
+                    if answered.as_ref() != Some(&answer) {
+                        tracing::warn!(node = %shared.label, "busy for {} ms: SCRIPT KILL answered {answer}", since.elapsed().as_millis());
+                        *answered = Some(answer);
+                    }
+                }
             }
             Err(failure) => {
+                busy = None;
                 asker = Asker::default();
                 passed_in_a_row = 0;
                 failed_in_a_row += 1;
@@ -167,6 +185,26 @@ impl Asker {
             version: process.version,
             ..replication
         })
+    }
+
+    /// SCRIPT KILL, then FUNCTION KILL when no script ran (`-NOTBUSY`): what the node
+    /// answered last.
+    async fn kill_busy(&mut self, settings: &ConnSettings) -> Result<String, Failure> {
+        let kills: [&[u8]; 2] = [
+            b"*2\r\n$6\r\nSCRIPT\r\n$4\r\nKILL\r\n",
+            b"*2\r\n$8\r\nFUNCTION\r\n$4\r\nKILL\r\n",
+        ];
+        let mut answer = String::new();
+        for kill in kills {
+            let stream = open(&mut self.conn, settings).await?;
+            stream.write_all(kill).await?;
+            let reply = read_reply(stream, &mut self.buf, settings, ReplyKind::Resp).await?;
+            answer = String::from_utf8_lossy(&reply).trim_end().to_string();
+            if !reply.starts_with(b"-NOTBUSY") {
+                break;
+            }
+        }
+        Ok(answer)
     }
 
     /// `REPLICAOF host port`: the node follows `master`; `None`: `REPLICAOF NO ONE`, the node

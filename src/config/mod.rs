@@ -74,6 +74,10 @@ pub struct HealthCheck {
     pub failures: u32,
     /// …and passed checks that bring a down node back.
     pub successes: u32,
+    /// How long a node may stay busy (a script or function past its time limit) before its
+    /// health checker sends SCRIPT KILL, then FUNCTION KILL, itself, as Sentinel does; `None`:
+    /// never.
+    pub kill_busy_scripts_after: Option<Duration>,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -447,6 +451,9 @@ impl PoolParts {
             Protocol::Memcache if c.redis.databases != 1 => Some("databases is for redis pools"),
             Protocol::Memcache if c.redis.allow_keys => Some("allow_keys is for redis pools"),
             Protocol::Memcache if c.redis.allow_config => Some("allow_config is for redis pools"),
+            Protocol::Memcache if c.health_check.kill_busy_scripts_after.is_some() => {
+                Some("kill_busy_scripts_after_ms is for redis pools: memcached runs no scripts")
+            }
             Protocol::Memcache
                 if matches!(
                     c.failover,

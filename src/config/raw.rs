@@ -5,17 +5,19 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::de::{self, MapAccess, Visitor};
+use serde::de;
 use serde::{Deserialize, Deserializer};
 use serde_saphyr::{Location, Spanned};
 
-use super::values::parse_weight;
 use super::*;
 
 /// Unread replies past which a client is closed at once, unless set.
 const DEFAULT_HARD_OUTPUT_BYTES: usize = 64 * 1024 * 1024;
 
+mod server;
 mod twemproxy;
+use server::Connections;
+pub(super) use server::Server;
 pub(super) use twemproxy::TwemproxyFile;
 
 /// What both formats reduce to before cross-field validation.
@@ -65,6 +67,8 @@ struct Pool {
     #[serde(default, deserialize_with = "whole_millis")]
     server_retry_timeout_ms: Option<u64>,
     health_check: Option<RawHealthCheck>,
+    #[serde(default, deserialize_with = "whole_millis")]
+    kill_busy_scripts_after_ms: Option<u64>,
     auth: Option<ClientAuth>,
     users: Option<Vec<RawUser>>,
     backend_auth: Option<RawBackendAuth>,
@@ -181,121 +185,6 @@ struct RawLimits {
     max_reply_depth: Option<usize>,
 }
 
-/// A count of connections: at least 1.
-struct Connections(usize);
-
-impl<'de> Deserialize<'de> for Connections {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match u32::deserialize(d)? {
-            0 => Err(de::Error::custom("server_connections must be at least 1")),
-            n => Ok(Connections(n as usize)),
-        }
-    }
-}
-
-/// A server entry: twemproxy's `host:port:weight [name]` string, or a map with replicas.
-pub(super) struct Server {
-    name: Option<String>,
-    /// The address part as written, for the ring identity of unnamed servers.
-    written: String,
-    weight: u32,
-    /// `None`: left to Sentinel to name.
-    master: Option<Address>,
-    replicas: Vec<Address>,
-}
-
-impl Server {
-    pub(super) fn has_name(&self) -> bool {
-        self.name.is_some()
-    }
-
-    pub(super) fn into_server_config(self) -> ServerConfig {
-        let identity = match &self.name {
-            Some(n) => n.clone(),
-            None => match &self.master {
-                Some(m) if m.port == 11211 => m.host.clone(),
-                _ => self.written.clone(),
-            },
-        };
-        ServerConfig {
-            name: self.name.unwrap_or_else(|| self.written.clone()),
-            identity,
-            weight: self.weight,
-            master: self.master,
-            replicas: self.replicas,
-        }
-    }
-
-    fn parse_short(s: &str) -> Result<Server, String> {
-        let mut words = s.split_whitespace();
-        let addr_weight = words.next().ok_or("empty server entry")?;
-        let name = words.next().map(str::to_string);
-        if words.next().is_some() {
-            return Err(format!(
-                "bad server '{s}' (expected \"host:port:weight [name]\")"
-            ));
-        }
-        let (addr, weight) = addr_weight
-            .rsplit_once(':')
-            .filter(|(a, _)| a.contains(':'))
-            .ok_or_else(|| format!("bad server '{s}' (expected \"host:port:weight [name]\")"))?;
-        Ok(Server {
-            name,
-            written: addr.to_string(),
-            weight: parse_weight(weight)?,
-            master: Some(addr.parse()?),
-            replicas: Vec::new(),
-        })
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServerMap {
-    name: Option<String>,
-    weight: Option<u32>,
-    master: Option<String>,
-    #[serde(default)]
-    replicas: Vec<Address>,
-}
-
-impl<'de> Deserialize<'de> for Server {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct ServerVisitor;
-        impl<'de> Visitor<'de> for ServerVisitor {
-            type Value = Server;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(
-                    "\"host:port:weight [name]\" or a map with name, weight, master, replicas",
-                )
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Server, E> {
-                Server::parse_short(s).map_err(E::custom)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Server, A::Error> {
-                let m = ServerMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                let weight = match m.weight {
-                    Some(0) => return Err(de::Error::custom("weight must be at least 1")),
-                    w => w.unwrap_or(1),
-                };
-                Ok(Server {
-                    name: m.name,
-                    master: m
-                        .master
-                        .as_deref()
-                        .map(str::parse)
-                        .transpose()
-                        .map_err(de::Error::custom)?,
-                    written: m.master.unwrap_or_default(),
-                    weight,
-                    replicas: m.replicas,
-                })
-            }
-        }
-        d.deserialize_any(ServerVisitor)
-    }
-}
-
 /// Reads a secret given inline or through an environment variable.
 fn secret(
     value: Option<String>,
@@ -373,6 +262,7 @@ fn base_pool(listen: &Spanned<Listen>) -> PoolConfig {
             timeout: millis(500),
             failures: 3,
             successes: 1,
+            kill_busy_scripts_after: None,
         },
         tls: None,
         backend_tls: None,
@@ -461,8 +351,14 @@ impl Pool {
                 timeout: h.timeout_ms.map_or(c.health_check.timeout, millis),
                 failures: h.failures.unwrap_or(c.health_check.failures).max(1),
                 successes: h.successes.unwrap_or(c.health_check.successes).max(1),
+                kill_busy_scripts_after: None,
             };
         }
+        // 0: never.
+        c.health_check.kill_busy_scripts_after = p
+            .kill_busy_scripts_after_ms
+            .filter(|&ms| ms > 0)
+            .map(millis);
         if let Some(a) = p.auth
             && let Some(password) = secret(a.password, a.password_env, at, "auth")?
         {
@@ -586,12 +482,5 @@ impl File {
             shutdown_grace: self.shutdown_grace_ms.map_or(DEFAULT_GRACE, millis),
             pools,
         })
-    }
-}
-
-#[cfg(test)]
-impl Server {
-    pub(super) fn parse_short_for_test(s: &str) -> ServerConfig {
-        Server::parse_short(s).unwrap().into_server_config()
     }
 }

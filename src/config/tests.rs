@@ -159,6 +159,10 @@ fn settings_of_the_other_protocol_are_refused() {
             "pool 'p': db is for redis pools",
         ),
         (
+            pool("memcache", "    kill_busy_scripts_after_ms: 5000\n"),
+            "pool 'p': kill_busy_scripts_after_ms is for redis pools",
+        ),
+        (
             pool("memcache", "    databases: 4\n"),
             "pool 'p': databases is for redis pools",
         ),

@@ -65,6 +65,7 @@ impl From<TwemproxyPool> for Pool {
             server_failure_limit: t.server_failure_limit,
             server_retry_timeout_ms: t.server_retry_timeout,
             health_check: None,
+            kill_busy_scripts_after_ms: None,
             auth: t.redis_auth.clone().map(|password| ClientAuth {
                 password: Some(password),
                 password_env: None,
