@@ -230,6 +230,15 @@ fn functions_load_on_every_master_and_fcall_routes_by_key() {
             .query(&mut c),
     );
     assert!(err.contains("Function not found"), "{err}");
+    // Errors in the server's own words: a number of keys that is none, a subcommand it does
+    // not know; SCRIPT DEBUG, which would make a shared connection a debugging session, is
+    // refused.
+    let err = error_of(redis::cmd("FCALL").arg("bump").arg("x").query(&mut c));
+    assert!(err.contains("Bad number of keys provided"), "{err}");
+    let err = error_of(redis::cmd("FUNCTION").arg("NOSUCH").query(&mut c));
+    assert!(err.contains("unknown subcommand"), "{err}");
+    let err = error_of(redis::cmd("SCRIPT").arg("DEBUG").arg("YES").query(&mut c));
+    assert!(err.contains("unsupported command 'SCRIPT DEBUG'"), "{err}");
 }
 
 #[test]
@@ -510,4 +519,18 @@ fn a_pool_may_kill_busy_scripts_itself() {
     wait_until("the log", Duration::from_secs(10), || {
         proxy.log().contains("SCRIPT KILL answered +OK")
     });
+    // A function, which SCRIPT KILL does not kill: FUNCTION KILL does.
+    let library = "#!lua name=spinner\nredis.register_function{function_name='spin', callback=function(keys, args) while true do end end, flags={'no-writes'}}";
+    let _: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(library)
+        .query(&mut c)
+        .unwrap();
+    spinning.send(&command(&[b"FCALL", b"spin", b"0"]));
+    let killed = spinning.read_line();
+    assert!(
+        killed.starts_with("-") && killed.contains("killed"),
+        "{killed}"
+    );
+    let _: () = c.set("after", 2).unwrap();
 }

@@ -187,8 +187,8 @@ impl Asker {
         })
     }
 
-    /// SCRIPT KILL, then FUNCTION KILL when no script ran (`-NOTBUSY`): what the node
-    /// answered last.
+    /// SCRIPT KILL, then FUNCTION KILL when no script ran (`-NOTBUSY`) or what runs is a
+    /// function (`-BUSY`: SCRIPT KILL does not kill those): what the node answered last.
     async fn kill_busy(&mut self, settings: &ConnSettings) -> Result<String, Failure> {
         let kills: [&[u8]; 2] = [
             b"*2\r\n$6\r\nSCRIPT\r\n$4\r\nKILL\r\n",
@@ -200,7 +200,7 @@ impl Asker {
             stream.write_all(kill).await?;
             let reply = read_reply(stream, &mut self.buf, settings, ReplyKind::Resp).await?;
             answer = String::from_utf8_lossy(&reply).trim_end().to_string();
-            if !reply.starts_with(b"-NOTBUSY") {
+            if !(reply.starts_with(b"-NOTBUSY") || reply.starts_with(b"-BUSY")) {
                 break;
             }
         }

@@ -64,13 +64,7 @@ pub(super) fn route<N>(
 fn config_admin<N>(state: &PoolState<N>, config: &PoolConfig, req: &Request) -> Plan {
     let sub = req.arg(1).to_ascii_uppercase();
     match &sub[..] {
-        b"GET" | b"HELP" => Plan::Forward(Part::resp(
-            Target::Shard {
-                shard: 0,
-                write: true,
-            },
-            req.frame().clone(),
-        )),
+        b"GET" | b"HELP" => first_master(req),
         b"SET" | b"RESETSTAT" if !config.redis.allow_config => Plan::Fail(ClientError::Refused(
             format!(
                 "CONFIG {} would change every node; the pool needs allow_config: true",
@@ -198,7 +192,10 @@ fn script_admin<N>(
             Plan::Gather(parts, gather)
         }
         b"KILL" if req.argc() == 2 => kill_everywhere(state, req),
-        _ => unsupported_sub(req, "SCRIPT LOAD, EXISTS, FLUSH and KILL are served"),
+        // It would turn the shared connection it came on into a debugging session.
+        b"DEBUG" => unsupported_sub(req, "scripts are debugged on a node itself"),
+        // HELP, and what the node refuses in its own words.
+        _ => first_master(req),
     }
 }
 
@@ -233,11 +230,20 @@ fn function_admin<N>(state: &PoolState<N>, config: &PoolConfig, req: &Request) -
             req.frame().clone(),
         )),
         b"KILL" if req.argc() == 2 => kill_everywhere(state, req),
-        _ => unsupported_sub(
-            req,
-            "FUNCTION LOAD, DELETE, FLUSH, RESTORE, LIST, DUMP, STATS and KILL are served",
-        ),
+        // HELP, and what the node refuses in its own words.
+        _ => first_master(req),
     }
+}
+
+/// The request to the first shard's master, whose reply is the client's.
+fn first_master(req: &Request) -> Plan {
+    Plan::Forward(Part::resp(
+        Target::Shard {
+            shard: 0,
+            write: true,
+        },
+        req.frame().clone(),
+    ))
 }
 
 fn unsupported_sub(req: &Request, served: &'static str) -> Plan {

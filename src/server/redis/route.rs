@@ -271,6 +271,10 @@ pub(super) fn script<N>(
     req: &Request,
 ) -> Plan {
     let declared = match parse_int(req.arg(2)) {
+        // As the server words it for each.
+        None if call == ScriptCall::Function => {
+            return Plan::Fail(ClientError::Exact("ERR Bad number of keys provided".into()));
+        }
         None => return Plan::Fail(ClientError::NotAnInteger),
         Some(n) if n < 0 => {
             return Plan::Fail(ClientError::Exact(
