@@ -245,6 +245,10 @@ fn connection_commands_answer_as_redis_does() {
                 &["COMMAND", "GETKEYS", "MSET", "a", "1", "b", "2"],
                 &["COMMAND", "GETKEYS", "EVAL", "return 1", "2", "x", "y", "z"],
                 &["COMMAND", "GETKEYS", "PING"],
+                &["COMMAND", "LIST", "FILTERBY", "PATTERN", "get"],
+                &["COMMAND", "LIST", "FILTERBY", "ACLCAT", "nosuch"],
+                &["COMMAND", "LIST", "FILTERBY", "MODULE", "nosuch"],
+                &["COMMAND", "LIST", "bad_arg"],
                 &["COMMAND", "GETKEYS", "GET"],
                 &[
                     "COMMAND",

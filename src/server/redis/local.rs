@@ -295,10 +295,11 @@ fn hello(mut cx: Local<'_>, state: &PoolState, req: &Request) -> Plan {
     Plan::Reply(b.freeze())
 }
 
-/// COMMAND: COUNT and LIST from the command table; the entries (COMMAND, COMMAND INFO) and
-/// docs (COMMAND DOCS) of what the proxy serves as the first shard's master describes them, so
-/// they are the server's own; GETKEYS and GETKEYSANDFLAGS from that master too, which tells a
-/// command line's keys from its arguments.
+/// COMMAND: COUNT from the command table; LIST (with its FILTERBY) as the first shard's master
+/// gives it, narrowed to what the proxy serves; the entries (COMMAND, COMMAND INFO) and docs
+/// (COMMAND DOCS) of what the proxy serves as that master describes them, so they are the
+/// server's own; GETKEYS and GETKEYSANDFLAGS from that master too, which tells a command
+/// line's keys from its arguments.
 fn command(resp3: bool, state: &PoolState, req: &Request) -> Plan {
     let sub = match req.argc() {
         1 => Vec::new(),
@@ -307,17 +308,18 @@ fn command(resp3: bool, state: &PoolState, req: &Request) -> Plan {
     let mut b = BytesMut::new();
     let asked = || (2..req.argc()).map(|i| req.arg(i));
     let served = || TABLE.iter().map(|c| c.name.as_bytes());
+    let first_master = Target::Shard {
+        shard: 0,
+        write: true,
+    };
     let forwarded: Vec<&[u8]> = match &sub[..] {
         b"COUNT" => {
             encode::integer(&mut b, TABLE.len() as i64);
             return Plan::Reply(b.freeze());
         }
-        b"LIST" => {
-            encode::array(&mut b, TABLE.len());
-            TABLE
-                .iter()
-                .for_each(|c| encode::bulk(&mut b, c.name.to_ascii_lowercase().as_bytes()));
-            return Plan::Reply(b.freeze());
+        b"LIST" if !state.shards.is_empty() => {
+            let part = Part::resp(first_master, req.frame().clone());
+            return Plan::Gather(vec![part], super::merge::served_commands());
         }
         // A command the proxy does not serve is asked under a name no server knows, so its
         // place in the reply is nil, as for an unknown command.
@@ -363,9 +365,5 @@ fn command(resp3: bool, state: &PoolState, req: &Request) -> Plan {
         return Plan::Fail(ClientError::NoServer);
     }
     encode::command(&mut b, forwarded.into_iter());
-    let master = Target::Shard {
-        shard: 0,
-        write: true,
-    };
-    Plan::Forward(Part::resp(master, b.freeze()))
+    Plan::Forward(Part::resp(first_master, b.freeze()))
 }

@@ -7,7 +7,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::backend::BackendError;
 use crate::command::Merge;
 use crate::config::Protocol;
-use crate::protocol::resp::{ReplyScanner, encode, int_line, parse_int};
+use crate::protocol::resp::{ReplyScanner, bulk_elements, encode, int_line, parse_int};
 use crate::server::error::ClientError;
 use crate::server::merge::{Gather, Merger, failed};
 
@@ -35,6 +35,8 @@ enum RespMerge {
     Confirmed(Bytes),
     /// SCRIPT KILL or FUNCTION KILL on every node.
     Kill,
+    /// COMMAND LIST as a node gives it: the names of the commands the proxy serves.
+    Served,
 }
 
 /// Sees a merged reply that is not an error on its way to the client (SCRIPT LOAD: the
@@ -98,6 +100,11 @@ pub(super) fn confirmed(parts: usize, reply: Bytes) -> Gather {
 /// SCRIPT KILL or FUNCTION KILL on `parts` nodes.
 pub(super) fn kill(parts: usize) -> Gather {
     Gather::new(parts, RespMerge::Kill)
+}
+
+/// COMMAND LIST [FILTERBY …] of one node, narrowed to what the proxy serves.
+pub(super) fn served_commands() -> Gather {
+    Gather::new(1, RespMerge::Served)
 }
 
 /// SCAN of shard `shard`.
@@ -183,6 +190,23 @@ impl Merger for RespMerge {
                 (killed.or(other).or(not_busy))
                     .unwrap_or_else(|| ClientError::NoNodeAnswered.render(Protocol::Redis))
             }
+            // A subcommand (`client|list`) is served with its command.
+            RespMerge::Served => match parts.into_iter().next() {
+                Some(Ok(reply)) if reply.first() == Some(&b'*') => {
+                    let served = |name: &&[u8]| {
+                        let command = name.split(|&b| b == b'|').next().unwrap_or(name);
+                        crate::command::lookup(command).is_some()
+                    };
+                    let names: Vec<&[u8]> = bulk_elements(&reply).filter(served).collect();
+                    let mut out = BytesMut::new();
+                    encode::array(&mut out, names.len());
+                    names.iter().for_each(|name| encode::bulk(&mut out, name));
+                    out.freeze()
+                }
+                Some(Ok(refused)) => refused,
+                Some(Err(e)) => failed(Protocol::Redis, e),
+                None => ClientError::NoNodeAnswered.render(Protocol::Redis),
+            },
             RespMerge::Confirmed(reply) => parts
                 .into_iter()
                 .find_map(|p| p.ok().filter(|r| r.first() == Some(&b'-')))
