@@ -489,6 +489,9 @@ fn config_get_answers_from_the_masters_and_set_reaches_every_node_when_allowed()
         rewrite.contains("unsupported command 'CONFIG REWRITE'"),
         "{rewrite}"
     );
+    // A subcommand no server knows: refused in the server's words.
+    let unknown = reply(&mut c, &["CONFIG", "GET_XX"]);
+    assert!(unknown.contains("unknown subcommand"), "{unknown}");
 
     // Without allow_config, reading is allowed and changing is refused with the reason.
     let (_shards, port, _proxy) = three_shards("config-off", "");

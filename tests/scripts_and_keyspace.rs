@@ -534,3 +534,19 @@ fn a_pool_may_kill_busy_scripts_itself() {
     );
     let _: () = c.set("after", 2).unwrap();
 }
+
+/// RANDOMKEY comes from a shard picked at random: keys on different shards all come up.
+#[test]
+fn randomkey_reaches_the_keys_of_every_shard() {
+    let (shards, port, _proxy) = three_shards("r", "");
+    let keys: Vec<String> = shards.iter().map(|s| key_held_by(port, s, "random")).collect();
+    let mut c = connect(port);
+    let mut seen = HashSet::new();
+    for _ in 0..200 {
+        let key: String = redis::cmd("RANDOMKEY").query(&mut c).unwrap();
+        seen.insert(key);
+    }
+    for key in &keys {
+        assert!(seen.contains(key), "{key} never came up: {seen:?}");
+    }
+}

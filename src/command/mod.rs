@@ -196,7 +196,7 @@ pub enum Merge {
     Same,
     /// KEYS: every shard's array, one after another.
     Concat,
-    /// RANDOMKEY: the first reply that is not nil.
+    /// RANDOMKEY: a reply that is not nil, the first from a shard picked at random.
     FirstNonNil,
     /// SCRIPT EXISTS: 1 at a position only where every node said 1.
     AllOf,

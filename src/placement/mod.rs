@@ -199,8 +199,9 @@ thread_local! {
     static RANDOM_STATE: Cell<u64> = const { Cell::new(0) };
 }
 
-/// A cheap per-thread xorshift for the `random` distribution: placement, not security.
-fn random_below(n: usize) -> usize {
+/// A cheap per-thread xorshift for the `random` distribution and RANDOMKEY's first shard:
+/// placement, not security.
+pub(crate) fn random_below(n: usize) -> usize {
     RANDOM_STATE.with(|s| {
         let mut x = s.get();
         if x == 0 {

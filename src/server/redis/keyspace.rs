@@ -91,7 +91,9 @@ fn config_admin<N>(state: &PoolState<N>, config: &PoolConfig, req: &Request) -> 
             let gather = merge::split(Merge::Same, parts.len(), Vec::new(), config.max_reply_depth);
             Plan::Gather(parts, gather)
         }
-        _ => unsupported_sub(req, "CONFIG GET, SET, RESETSTAT and HELP are served"),
+        b"REWRITE" => unsupported_sub(req, "CONFIG GET, SET, RESETSTAT and HELP are served"),
+        // What no server knows: the first master refuses it in its own words.
+        _ => first_master(req),
     }
 }
 

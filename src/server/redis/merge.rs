@@ -134,9 +134,12 @@ impl Merger for RespMerge {
                     Merge::Sum => merge_sum(&replies),
                     Merge::Same => replies.swap_remove(0),
                     Merge::Concat => merge_concat(&replies, *max_depth),
+                    // From a shard picked at random, so every shard's keys come up.
                     Merge::FirstNonNil => {
                         let nil = |r: &Bytes| &r[..] == b"$-1\r\n" || &r[..] == b"_\r\n";
-                        match replies.iter().position(|r| !nil(r)) {
+                        let start = crate::placement::random_below(replies.len());
+                        let mut order = (0..replies.len()).map(|i| (start + i) % replies.len());
+                        match order.find(|&i| !nil(&replies[i])) {
                             Some(i) => replies.swap_remove(i),
                             None => replies.swap_remove(0),
                         }
