@@ -539,7 +539,10 @@ fn a_pool_may_kill_busy_scripts_itself() {
 #[test]
 fn randomkey_reaches_the_keys_of_every_shard() {
     let (shards, port, _proxy) = three_shards("r", "");
-    let keys: Vec<String> = shards.iter().map(|s| key_held_by(port, s, "random")).collect();
+    let keys: Vec<String> = shards
+        .iter()
+        .map(|s| key_held_by(port, s, "random"))
+        .collect();
     let mut c = connect(port);
     let mut seen = HashSet::new();
     for _ in 0..200 {
