@@ -376,6 +376,16 @@ fn key_held_by(port: u16, server: &Redis, prefix: &str) -> String {
         .expect("a key on the server")
 }
 
+/// Loads `spin`, a function that runs until it is killed, on every master.
+fn load_spinner(c: &mut redis::Connection) {
+    let library = "#!lua name=spinner\nredis.register_function{function_name='spin', callback=function(keys, args) while true do end end, flags={'no-writes'}}";
+    let _: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(library)
+        .query(c)
+        .unwrap();
+}
+
 /// A script running past its time limit: its shard answers `-BUSY` as one server would and is
 /// shown busy, never down, so `failover: promote` keeps its master; the other shards serve
 /// throughout; SCRIPT KILL and FUNCTION KILL through the proxy end it, and it serves again.
@@ -474,12 +484,7 @@ fn a_busy_script_is_killed_through_the_proxy_and_its_master_is_kept() {
         b"SCRIPT",
     );
     let mut c = connect(port);
-    let library = "#!lua name=spinner\nredis.register_function{function_name='spin', callback=function(keys, args) while true do end end, flags={'no-writes'}}";
-    let _: String = redis::cmd("FUNCTION")
-        .arg("LOAD")
-        .arg(library)
-        .query(&mut c)
-        .unwrap();
+    load_spinner(&mut c);
     spin_then_kill(&[b"FCALL", b"spin", b"1", busy_key.as_bytes()], b"FUNCTION");
     let role: String = redis::cmd("INFO")
         .arg("replication")
@@ -520,12 +525,7 @@ fn a_pool_may_kill_busy_scripts_itself() {
         proxy.log().contains("SCRIPT KILL answered +OK")
     });
     // A function, which SCRIPT KILL does not kill: FUNCTION KILL does.
-    let library = "#!lua name=spinner\nredis.register_function{function_name='spin', callback=function(keys, args) while true do end end, flags={'no-writes'}}";
-    let _: String = redis::cmd("FUNCTION")
-        .arg("LOAD")
-        .arg(library)
-        .query(&mut c)
-        .unwrap();
+    load_spinner(&mut c);
     spinning.send(&command(&[b"FCALL", b"spin", b"0"]));
     let killed = spinning.read_line();
     assert!(
