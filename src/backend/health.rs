@@ -109,6 +109,7 @@ pub(super) struct Asker {
 #[derive(Clone)]
 struct Process {
     run_id: Arc<str>,
+    server: Arc<str>,
     version: Arc<str>,
 }
 
@@ -167,7 +168,11 @@ impl Asker {
                 let field = |name: &[u8]| info_field(&info, name).ok_or_else(|| unexpected(&info));
                 let process = Process {
                     run_id: field(b"run_id:")?,
-                    version: field(b"redis_version:")?,
+                    server: info_field(&info, b"server_name:").unwrap_or_else(|| "redis".into()),
+                    version: match info_field(&info, b"valkey_version:") {
+                        Some(version) => version,
+                        None => field(b"redis_version:")?,
+                    },
                 };
                 self.process = Some(process.clone());
                 process
@@ -182,6 +187,7 @@ impl Asker {
         Ok(Said {
             keys,
             run_id: process.run_id,
+            server: process.server,
             version: process.version,
             ..replication
         })
@@ -293,6 +299,7 @@ fn parse_replication(info: &[u8]) -> Option<Said> {
         offset: offset.max(0) as u64,
         keys: 0,
         run_id: "".into(),
+        server: "".into(),
         version: "".into(),
         follows,
         in_sync,

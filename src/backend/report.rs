@@ -61,7 +61,9 @@ pub struct Said {
     pub keys: u64,
     /// Its process's run id: a new one means the node restarted.
     pub run_id: Arc<str>,
-    /// Its `redis_version`, which HELLO reports to clients.
+    /// What it is (`server_name`: `valkey`; `redis` where INFO does not say) and its version
+    /// (`valkey_version`, else `redis_version`), which HELLO reports to clients.
+    pub server: Arc<str>,
     pub version: Arc<str>,
     /// The master a replica follows, as it names it.
     pub follows: Option<Address>,
@@ -85,6 +87,7 @@ impl Said {
             offset,
             keys,
             run_id: run_id.into(),
+            server: "redis".into(),
             version: "7.0.15".into(),
             follows: None,
             in_sync: role == Role::Replica,

@@ -345,13 +345,17 @@ impl Command {
     }
 }
 
-/// Redis commands the proxy does not serve, and why. Every command of a Redis 7 server is
-/// either in [`TABLE`] or here (a test checks it against a real server).
+/// Redis commands the proxy does not serve, and why. Every command of a Redis 7 or Valkey 8
+/// server is either in [`TABLE`] or here (a test checks it against a real server).
 pub static UNSUPPORTED: &[(&str, &str)] = &[
     ("ACL", ADMIN),
     ("ASKING", CLUSTER),
     ("BGREWRITEAOF", ADMIN),
     ("BGSAVE", ADMIN),
+    (
+        "COMMANDLOG",
+        "a node's own log of its commands (Valkey); the proxy keeps its SLOWLOG",
+    ),
     ("DEBUG", ADMIN),
     ("FAILOVER", ADMIN),
     ("LASTSAVE", ADMIN),
@@ -373,11 +377,12 @@ pub static UNSUPPORTED: &[(&str, &str)] = &[
     ("SLAVEOF", ADMIN),
     ("SWAPDB", DATABASES),
     ("SYNC", ADMIN),
-    (
-        "WAIT",
-        "WAIT counts one connection's writes; the proxy's backend connections are shared",
-    ),
+    ("WAIT", ONE_CONNECTION),
+    ("WAITAOF", ONE_CONNECTION),
 ];
+
+const ONE_CONNECTION: &str =
+    "it counts one connection's writes; the proxy's backend connections are shared";
 
 const ADMIN: &str = "server administration: connect to the server itself";
 const CLUSTER: &str = "Redis Cluster and migration commands address one server, not the pool";

@@ -194,6 +194,15 @@ pub enum Program {
 }
 
 impl Program {
+    /// The server most tests run: redis-server, or valkey-server when `RINGPROXY_TEST_SERVER`
+    /// is `valkey` (`scripts/test --valkey`).
+    pub fn default_server() -> Program {
+        match std::env::var("RINGPROXY_TEST_SERVER").as_deref() {
+            Ok("valkey") => Program::Valkey,
+            _ => Program::Redis,
+        }
+    }
+
     /// The server's executable.
     pub fn server(self) -> PathBuf {
         match self {
@@ -254,9 +263,10 @@ impl Server {
         Server::start_with(&[])
     }
 
-    /// A redis-server with extra arguments.
+    /// A redis-server with extra arguments (a valkey-server when the tests run against
+    /// Valkey: see [`Program::default_server`]).
     pub fn start_with(extra: &[&str]) -> Server {
-        Server::spawn(Program::Redis, extra)
+        Server::spawn(Program::default_server(), extra)
     }
 
     /// A redis-server, or a valkey-server, with extra arguments.
@@ -913,4 +923,22 @@ pub fn keys_on_two_shards(proxy: &Proxy, c: &mut redis::Connection) -> (String, 
         redis::cmd("SET").arg(key).arg(0).query::<()>(c).unwrap();
     }
     keys
+}
+
+/// A Lua script that keeps its server busy for ARGV[1] turns of an empty loop: counted rather
+/// than timed, since a script's clock stands still on Valkey.
+pub const SPIN: &str = "for i = 1, tonumber(ARGV[1]) do end return 1";
+
+/// How many turns of [`SPIN`] keep `server` busy about `ms` milliseconds, measured on it.
+pub fn spin_turns(server: &Server, ms: u64) -> String {
+    let probe = 2_000_000u64;
+    let started = Instant::now();
+    let _: i64 = redis::cmd("EVAL")
+        .arg(SPIN)
+        .arg(0)
+        .arg(probe)
+        .query(&mut server.client())
+        .unwrap();
+    let took = started.elapsed().as_secs_f64().max(0.000_1);
+    ((probe as f64 * ms as f64 / 1000.0 / took) as u64).to_string()
 }

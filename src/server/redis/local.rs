@@ -275,7 +275,7 @@ fn hello(mut cx: Local<'_>, state: &PoolState, req: &Request) -> Plan {
         .iter()
         .find_map(|s| s.status[s.master].said.as_ref());
     for (k, v) in [
-        ("server", "redis"),
+        ("server", said.map_or("redis", |s| &s.server)),
         ("version", said.map_or(SERVED_REDIS_VERSION, |s| &s.version)),
         ("proxy", concat!("ringproxy ", env!("CARGO_PKG_VERSION"))),
     ] {
