@@ -507,6 +507,23 @@ fn a_blocking_command_whose_slot_moves_waits_on_the_new_node(program: Program) {
     let popped = b"*2\r\n$4\r\n{b}q\r\n$1\r\nx\r\n";
     assert_eq!(raw.read_n(popped.len()), popped);
     raw.roundtrip(&command(&[b"PING"]), b"+PONG\r\n");
+    // A timeout runs from when the client sent the command: the slot moves a second into a
+    // 2.5 s wait, and the new node waits what is left, not 2.5 s more.
+    let started = Instant::now();
+    raw.send(&command(&[b"BLPOP", b"{c}q", b"2.5"]));
+    let owner = Cluster::owner_of(&cluster.nodes[0], "{c}q");
+    let node = cluster.nodes.iter().find(|n| n.addr() == owner).unwrap();
+    wait_until("BLPOP to block", Duration::from_secs(10), || {
+        blocked_on(node)
+    });
+    std::thread::sleep(Duration::from_secs(1).saturating_sub(started.elapsed()));
+    move_slot(&cluster, &["{c}q"]);
+    assert_eq!(raw.read_line(), "*-1\r\n");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(2400) && took < Duration::from_millis(3300),
+        "{took:?}"
+    );
     let metrics = proxy.http("/metrics").1;
     let moved = metric(
         &metrics,

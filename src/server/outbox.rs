@@ -75,11 +75,22 @@ pub(super) struct Sent {
     pub(super) blocking: Option<Blocking>,
 }
 
-/// How long a blocking command may wait.
+/// Where a blocking command's own timeout is among its arguments, so that when its slot moves
+/// it is sent again with what is left of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct TimeoutArg {
+    pub index: usize,
+    /// In milliseconds (XREAD BLOCK), else in seconds.
+    pub millis: bool,
+}
+
+/// How long a blocking command may wait, since when, and where its timeout argument is.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Blocking {
     /// `None`: for ever.
     pub(super) wait: Option<std::time::Duration>,
+    pub(super) since: Instant,
+    pub(super) timeout_at: Option<TimeoutArg>,
 }
 
 /// How far a cluster's part has been redirected.

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::error::ClientError;
 use super::merge::Gather;
-use super::outbox::{Quiet, ResendWhen};
+use super::outbox::{Quiet, ResendWhen, TimeoutArg};
 use crate::protocol::ReplyKind;
 use crate::topology::PoolState;
 
@@ -77,10 +77,12 @@ pub(super) enum Plan {
         quiet: Option<Quiet>,
     },
     /// A command that may wait on its backend, on a connection reserved for the client until
-    /// it answers; `wait` is how long it may wait (`None`: forever) beyond the pool's timeout.
+    /// it answers; `wait` is how long it may wait (`None`: forever) beyond the pool's timeout,
+    /// as its argument `timeout_at` says.
     Reserved {
         part: Part,
         wait: Option<Duration>,
+        timeout_at: Option<TimeoutArg>,
     },
 }
 

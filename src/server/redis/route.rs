@@ -11,7 +11,7 @@ use crate::command::{BlockTimeout, Command, Merge, Movable, ScriptCall};
 use crate::config::ReadFrom;
 use crate::protocol::resp::{Request, encode, parse_int};
 use crate::server::error::ClientError;
-use crate::server::outbox::ResendWhen;
+use crate::server::outbox::{ResendWhen, TimeoutArg};
 use crate::server::plan::{Part, Plan, Target, parts_by_shard};
 use crate::topology::{PoolState, Scripts};
 
@@ -78,8 +78,17 @@ pub(super) fn keyed<N>(
             .find(|&i| req.arg(i).eq_ignore_ascii_case(b"BLOCK"))
     {
         // XREAD … BLOCK milliseconds.
-        let wait = wait_limit(req.arg((at + 1).min(req.argc() - 1)), 0.001);
-        return reserved(state, cmd, req, wait);
+        let index = (at + 1).min(req.argc() - 1);
+        let timeout = TimeoutArg {
+            index,
+            millis: true,
+        };
+        return reserved(
+            state,
+            cmd,
+            req,
+            (wait_limit(req.arg(index), 0.001), timeout),
+        );
     }
     let (group, shard) = match group_of_keys(state, cmd, keys(cmd, req), req) {
         Ok(placed) => placed,
@@ -170,16 +179,25 @@ pub(super) fn blocking<N>(
     req: &Request,
     at: BlockTimeout,
 ) -> Plan {
-    let timeout = match at {
-        BlockTimeout::Last => req.arg(req.argc() - 1),
-        BlockTimeout::First => req.arg(1),
+    let index = match at {
+        BlockTimeout::Last => req.argc() - 1,
+        BlockTimeout::First => 1,
     };
-    reserved(state, cmd, req, wait_limit(timeout, 1.0))
+    let timeout = TimeoutArg {
+        index,
+        millis: false,
+    };
+    reserved(state, cmd, req, (wait_limit(req.arg(index), 1.0), timeout))
 }
 
 /// A command that may wait on its backend: on a connection reserved for this client until
 /// the reply comes, so no other client waits behind it.
-fn reserved<N>(state: &PoolState<N>, cmd: &Command, req: &Request, wait: Option<Duration>) -> Plan {
+fn reserved<N>(
+    state: &PoolState<N>,
+    cmd: &Command,
+    req: &Request,
+    (wait, timeout_at): (Option<Duration>, TimeoutArg),
+) -> Plan {
     match shard_of_keys(state, cmd, keys(cmd, req), req) {
         Ok(shard) => Plan::Reserved {
             part: Part::resp(
@@ -190,6 +208,7 @@ fn reserved<N>(state: &PoolState<N>, cmd: &Command, req: &Request, wait: Option<
                 req.frame().clone(),
             ),
             wait,
+            timeout_at: Some(timeout_at),
         },
         Err(e) => Plan::Fail(e),
     }

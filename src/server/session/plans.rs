@@ -134,7 +134,11 @@ impl Context<'_> {
                 sent.retries_left = retries;
                 self.out.keep(sent);
             }
-            Plan::Reserved { part, wait } => {
+            Plan::Reserved {
+                part,
+                wait,
+                timeout_at,
+            } => {
                 // Like Redis, the time a blocking command waits does not make it slow.
                 let next = self.out.next_seq();
                 if let Some(f) = &mut self.carrier.in_flight
@@ -157,7 +161,11 @@ impl Context<'_> {
                         deadline: self.carrier.now + limit,
                         ..r
                     });
-                    sent.blocking = Some(Blocking { wait });
+                    sent.blocking = Some(Blocking {
+                        wait,
+                        since: self.carrier.now,
+                        timeout_at,
+                    });
                     self.out.keep(sent);
                 }
                 let job = Job {

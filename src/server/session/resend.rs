@@ -5,14 +5,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::Context;
 use crate::backend::{BackendError, Failure, Job, Mailbox, Node, Token};
 use crate::config::Address;
 use crate::metrics::{RedirectKind, RefreshCause};
+use crate::protocol::resp::{Limits, RequestParser, encode};
 use crate::server::error::ClientError;
-use crate::server::outbox::{PREAMBLE, Resend, Retry};
+use crate::server::outbox::{Blocking, PREAMBLE, Resend, Retry};
 use crate::topology::PoolState;
 use crate::topology::cluster::Redirect;
 
@@ -69,8 +70,11 @@ impl Context<'_> {
                     reply_to: self.reply_to(Token::Reply { seq, part }),
                     timeout: None,
                 };
-                // Its timeout is in its arguments: the new node waits it in full.
-                self.block_again(seq, node, (first, job), blocking.wait, profile);
+                // Its timeout is in its arguments: the new node is given what is left of it.
+                let limits = &self.pool.config.clients.requests;
+                let (payload, wait) = what_is_left(&job.payload, &blocking, now, limits);
+                let job = Job { payload, ..job };
+                self.block_again(seq, node, (first, job), wait, profile);
                 continue;
             }
             if let Some(first) = first {
@@ -185,6 +189,36 @@ impl Context<'_> {
     }
 }
 
+/// `payload`, a blocking command, with its timeout argument made what is left at `now` of the
+/// wait it began at `blocking.since` (at least 1 ms: 0 would be for ever); and that wait.
+fn what_is_left(
+    payload: &Bytes,
+    blocking: &Blocking,
+    now: Instant,
+    limits: &Limits,
+) -> (Bytes, Option<Duration>) {
+    let (Some(wait), Some(at)) = (blocking.wait, blocking.timeout_at) else {
+        return (payload.clone(), blocking.wait);
+    };
+    let waited = now.saturating_duration_since(blocking.since);
+    let left = wait.saturating_sub(waited).max(Duration::from_millis(1));
+    let mut frame = BytesMut::from(&payload[..]);
+    let Ok(Some(req)) = RequestParser::default().parse(&mut frame, limits, true) else {
+        return (payload.clone(), Some(left));
+    };
+    let value = match at.millis {
+        true => left.as_millis().to_string(),
+        false => format!("{:.3}", left.as_secs_f64()),
+    };
+    let args = (0..req.argc()).map(|i| match i == at.index {
+        true => value.as_bytes(),
+        false => req.arg(i),
+    });
+    let mut out = BytesMut::with_capacity(payload.len() + 8);
+    encode::command(&mut out, args);
+    (out.freeze(), Some(left))
+}
+
 /// How long a part waits before following `redirect`, its `hops`-th: MOVED and ASK at once the
 /// first time (the usual case: one slot moved), then after a backoff that doubles from 5 ms up
 /// to 100 ms (a migration can bounce a request between two nodes for a moment); TRYAGAIN and
@@ -214,6 +248,43 @@ fn named(to: &Address, answered: Option<&Node>) -> Address {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_blocking_command_sent_again_waits_what_is_left_of_its_timeout() {
+        use crate::server::outbox::TimeoutArg;
+        let frame = |args: &[&str]| {
+            let mut out = BytesMut::new();
+            encode::command(&mut out, args.iter().map(|a| a.as_bytes()));
+            out.freeze()
+        };
+        let since = Instant::now();
+        let blocking = |wait: Option<u64>, index: usize, millis: bool| Blocking {
+            wait: wait.map(Duration::from_millis),
+            since,
+            timeout_at: Some(TimeoutArg { index, millis }),
+        };
+        let limits = Limits::default();
+        let later = since + Duration::from_millis(600);
+        let blpop = frame(&["BLPOP", "a", "b", "2"]);
+        let (payload, wait) = what_is_left(&blpop, &blocking(Some(2000), 3, false), later, &limits);
+        assert_eq!(payload, frame(&["BLPOP", "a", "b", "1.400"]));
+        assert_eq!(wait, Some(Duration::from_millis(1400)));
+        let xread = frame(&["XREAD", "BLOCK", "1000", "STREAMS", "s", "$"]);
+        let (payload, _) = what_is_left(&xread, &blocking(Some(1000), 2, true), later, &limits);
+        assert_eq!(
+            payload,
+            frame(&["XREAD", "BLOCK", "400", "STREAMS", "s", "$"])
+        );
+        // Past its timeout: the least wait, not 0, which would be for ever.
+        let long_after = since + Duration::from_secs(5);
+        let (payload, _) =
+            what_is_left(&blpop, &blocking(Some(2000), 3, false), long_after, &limits);
+        assert_eq!(payload, frame(&["BLPOP", "a", "b", "0.001"]));
+        // Waiting for ever: sent as it was.
+        let forever = frame(&["BLPOP", "a", "0"]);
+        let (payload, wait) = what_is_left(&forever, &blocking(None, 2, false), later, &limits);
+        assert_eq!((payload, wait), (forever, None));
+    }
 
     #[test]
     fn the_backoff_starts_at_the_second_hop_and_stays_bounded() {
