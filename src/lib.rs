@@ -53,7 +53,8 @@
 //!   what routing decides; `merge`, collecting the parts of a fanned-out request; `error`, the
 //!   client-error type rendered per protocol; `timing`, each request's time for the latency
 //!   histograms and the slow log. The frontends: `redis` (`route`, `keyspace` for commands
-//!   over every shard, `transaction`, `pubsub`, `local` and `context` for what the proxy
+//!   over every shard, `transaction`, `pubsub`, `subscribers` for the client's subscriber
+//!   connections as the pool changes under them, `local` and `context` for what the proxy
 //!   answers itself, `client` for CLIENT, `cluster` for CLUSTER as a cluster pool presents
 //!   itself, `info` for INFO over the pool, `merge`) and
 //!   `memcache` (`route`, `merge`).
