@@ -90,7 +90,7 @@ pub(super) struct Blocking {
     /// `None`: for ever.
     pub(super) wait: Option<std::time::Duration>,
     pub(super) since: Instant,
-    pub(super) timeout_at: Option<TimeoutArg>,
+    pub(super) timeout_at: TimeoutArg,
 }
 
 /// How far a cluster's part has been redirected.

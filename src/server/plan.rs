@@ -82,7 +82,7 @@ pub(super) enum Plan {
     Reserved {
         part: Part,
         wait: Option<Duration>,
-        timeout_at: Option<TimeoutArg>,
+        timeout_at: TimeoutArg,
     },
 }
 

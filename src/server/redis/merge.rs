@@ -176,8 +176,6 @@ impl Merger for RespMerge {
                 }
                 last.unwrap_or_else(|| ClientError::NoNodeAnswered.render(Protocol::Redis))
             }
-            // A server that refused the change (-NOPERM) says why, as one server would (a
-            // cluster node's redirect is followed by the subscriber, never seen here).
             // +OK if a node killed what it ran; else why a node could not (-UNKILLABLE: the
             // script wrote; or it was not reached); -NOTBUSY when none ran anything.
             RespMerge::Kill => {
@@ -210,6 +208,8 @@ impl Merger for RespMerge {
                 Some(Err(e)) => failed(Protocol::Redis, e),
                 None => ClientError::NoNodeAnswered.render(Protocol::Redis),
             },
+            // A server that refused the change (-NOPERM) says why, as one server would (a
+            // cluster node's redirect is followed by the subscriber, never seen here).
             RespMerge::Confirmed(reply) => parts
                 .into_iter()
                 .find_map(|p| p.ok().filter(|r| r.first() == Some(&b'-')))

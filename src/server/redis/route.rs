@@ -208,7 +208,7 @@ fn reserved<N>(
                 req.frame().clone(),
             ),
             wait,
-            timeout_at: Some(timeout_at),
+            timeout_at,
         },
         Err(e) => Plan::Fail(e),
     }

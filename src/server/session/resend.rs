@@ -64,16 +64,15 @@ impl Context<'_> {
             sent.node = node.id();
             let (job, profile) = ((sent.payload.clone(), sent.kind), sent.profile);
             if let Some(blocking) = sent.blocking {
+                // Its timeout is in its arguments: the new node is given what is left of it.
+                let limits = &self.pool.config.clients.requests;
+                let (payload, wait) = what_is_left(&job.0, &blocking, now, limits);
                 let job = Job {
-                    payload: job.0,
+                    payload,
                     kind: job.1,
                     reply_to: self.reply_to(Token::Reply { seq, part }),
                     timeout: None,
                 };
-                // Its timeout is in its arguments: the new node is given what is left of it.
-                let limits = &self.pool.config.clients.requests;
-                let (payload, wait) = what_is_left(&job.payload, &blocking, now, limits);
-                let job = Job { payload, ..job };
                 self.block_again(seq, node, (first, job), wait, profile);
                 continue;
             }
@@ -197,8 +196,8 @@ fn what_is_left(
     now: Instant,
     limits: &Limits,
 ) -> (Bytes, Option<Duration>) {
-    let (Some(wait), Some(at)) = (blocking.wait, blocking.timeout_at) else {
-        return (payload.clone(), blocking.wait);
+    let (Some(wait), at) = (blocking.wait, blocking.timeout_at) else {
+        return (payload.clone(), None);
     };
     let waited = now.saturating_duration_since(blocking.since);
     let left = wait.saturating_sub(waited).max(Duration::from_millis(1));
@@ -261,7 +260,7 @@ mod tests {
         let blocking = |wait: Option<u64>, index: usize, millis: bool| Blocking {
             wait: wait.map(Duration::from_millis),
             since,
-            timeout_at: Some(TimeoutArg { index, millis }),
+            timeout_at: TimeoutArg { index, millis },
         };
         let limits = Limits::default();
         let later = since + Duration::from_millis(600);
