@@ -80,6 +80,7 @@
 
 mod admin;
 mod backend;
+mod cache;
 pub mod command;
 pub mod config;
 mod keyword;

@@ -13,7 +13,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::inbox::Late;
-use super::{ConnSettings, ConnectError, Delivery, Failure, Job, NodeShared, ReplyTo};
+use super::{ConnSettings, ConnectError, Delivery, Failure, Job, NodeShared, ReplyTo, tracking};
 use crate::config::Protocol;
 use crate::metrics::LatencyCounts;
 use crate::net::{Stream, Unwritten};
@@ -49,17 +49,38 @@ pub(super) async fn run(
                 None => return,
             }
         }
-        let connected = match (connect(&settings).await, &reserved_id) {
-            (Ok(stream), Some(id)) => identify(stream, &settings, id).await,
-            (connected, _) => connected,
+        // Shared connections of a pool with a near cache track the keys they read.
+        let tracking = shared.tracking.as_ref().filter(|_| !reserved);
+        let mut followed = None;
+        let connected = match (connect(&settings).await, &reserved_id, tracking) {
+            (Ok(stream), Some(id), _) => identify(stream, &settings, id).await,
+            (Ok(stream), None, Some(tracking)) => {
+                match tracking::start(&stream, &shared, &settings, tracking).await {
+                    Ok(generation) => {
+                        followed = Some(generation);
+                        Ok(stream)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            (connected, ..) => connected,
         };
         match connected {
             Ok(stream) => {
                 backoff = FIRST_BACKOFF;
                 shared.metrics.connects.inc();
                 shared.metrics.connections.inc();
-                let ended = serve(stream, &shared, &settings, &mut rx, &mut queued, reserved).await;
+                let conn = Serving {
+                    stream,
+                    reserved,
+                    followed,
+                };
+                let ended = serve(conn, &shared, &settings, &mut rx, &mut queued).await;
                 shared.metrics.connections.dec();
+                if let Some(tracking) = tracking {
+                    // What the server tracked for the connection is gone with it.
+                    tracking.lost();
+                }
                 match ended {
                     Some(failure) => {
                         tracing::warn!(node = %shared.label, "backend connection failed: {failure}")
@@ -134,7 +155,7 @@ pub(super) async fn connect(settings: &ConnSettings) -> Result<Stream, ConnectEr
 }
 
 /// Asks the server the connection's id (CLIENT ID) and keeps it in `id`.
-async fn identify(
+pub(super) async fn identify(
     stream: Stream,
     settings: &ConnSettings,
     id: &AtomicU64,
@@ -176,6 +197,9 @@ struct Framer {
     memcache: memcache::ReplyScanner,
     /// A Redis connection, on which a RESP3 push frame (`>`) may come that answers no request.
     pushes: bool,
+    /// Of a request whose reply is several ([`ReplyKind::Resps`]): the bytes of those
+    /// complete so far, and how many they are.
+    partial: (usize, u8),
 }
 
 impl Framer {
@@ -184,13 +208,14 @@ impl Framer {
             resp: resp::ReplyScanner::new(settings.max_reply_depth),
             memcache: memcache::ReplyScanner::default(),
             pushes: settings.protocol == Protocol::Redis,
+            partial: (0, 0),
         }
     }
 
     /// The length of the complete reply at the start of `buf`, if it is complete.
     fn scan(&mut self, buf: &[u8], kind: ReplyKind) -> Result<Option<usize>, ReplyError> {
         Ok(match kind {
-            ReplyKind::Resp => self.resp.scan(buf)?,
+            ReplyKind::Resp | ReplyKind::Resps(_) => self.resp.scan(buf)?,
             ReplyKind::Memcache(shape) => self.memcache.scan(buf, shape)?,
         })
     }
@@ -224,16 +249,28 @@ fn fail_all(shared: &NodeShared, requests: impl Iterator<Item = ReplyTo>, failur
     shared.metrics.errors.inc_by(n);
 }
 
+/// An established connection, and what it is for.
+struct Serving {
+    stream: Stream,
+    reserved: bool,
+    /// A tracking connection's listener generation (see `tracking`).
+    followed: Option<u64>,
+}
+
 /// Serves one established connection. Returns why it ended, or `None` when the node was dropped
 /// and every request in flight was answered.
 async fn serve(
-    stream: Stream,
+    conn: Serving,
     shared: &NodeShared,
     settings: &ConnSettings,
     rx: &mut UnboundedReceiver<Job>,
     queued: &mut VecDeque<Queued>,
-    reserved: bool,
 ) -> Option<Failure> {
+    let Serving {
+        stream,
+        reserved,
+        mut followed,
+    } = conn;
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut read_buf = BytesMut::new();
     let mut read_chunk = FIRST_READ_CHUNK;
@@ -260,6 +297,21 @@ async fn serve(
                 break Failure::Replaced;
             }
             replacements = now_replaced;
+        }
+        // A new listener hears the node's invalidations: reads written from now on are
+        // tracked for it.
+        if let (Some(tracking), Some(followed)) = (&shared.tracking, &mut followed)
+            && let Some(command) = tracking.redirect(followed)
+        {
+            unwritten.push(command);
+            let now = Instant::now();
+            in_flight.push_back(InFlight {
+                waiter: Waiter::Nobody,
+                kind: ReplyKind::Resp,
+                sent: now,
+                deadline: now + settings.timeout,
+                waits: false,
+            });
         }
         // Taken for writing while the node takes what was written before; the rest waits in
         // the queue, its deadlines running from when it was queued.
@@ -426,7 +478,8 @@ enum Waiter {
     Late {
         _held: Late,
     },
-    /// Only while a timed-out request's waiter is replaced.
+    /// Nobody: a command the connection sends itself (CLIENT TRACKING), or a timed-out
+    /// request's while its waiter is replaced.
     Nobody,
 }
 
@@ -481,6 +534,16 @@ struct InFlight {
     waits: bool,
 }
 
+/// Removes `range` from `buf`: at the front, without a copy.
+fn set_aside(buf: &mut BytesMut, range: std::ops::Range<usize>) {
+    if range.start == 0 {
+        let _ = buf.split_to(range.end);
+    } else {
+        let after = buf.split_off(range.start);
+        buf.extend_from_slice(&after[range.len()..]);
+    }
+}
+
 /// Hands every complete reply in `buf` to the request waiting for it.
 fn answer(
     shared: &NodeShared,
@@ -495,11 +558,12 @@ fn answer(
         if buf.is_empty() {
             break Ok(());
         }
-        if framer.pushes && buf[0] == b'>' {
+        let (done, parts) = framer.partial;
+        if framer.pushes && buf.get(done) == Some(&b'>') {
             // A push is no request's reply: matched to one, it would shift every later reply.
-            match framer.resp.scan(buf) {
+            match framer.resp.scan(&buf[done..]) {
                 Ok(Some(len)) => {
-                    let _ = buf.split_to(len);
+                    set_aside(buf, done..done + len);
                     tracing::debug!(node = %shared.label, "a push frame no request asked for was set aside");
                     continue;
                 }
@@ -510,9 +574,16 @@ fn answer(
         let Some(kind) = in_flight.front().map(|f| f.kind) else {
             break Err(Failure::BadReply(ReplyError::Unsolicited));
         };
-        match framer.scan(buf, kind) {
+        match framer.scan(&buf[done..], kind) {
             Ok(Some(len)) => {
-                let reply = buf.split_to(len).freeze();
+                if let ReplyKind::Resps(n) = kind
+                    && parts + 1 < n
+                {
+                    framer.partial = (done + len, parts + 1);
+                    continue;
+                }
+                framer.partial = (0, 0);
+                let reply = buf.split_to(done + len).freeze();
                 if reply.first() == Some(&b'-') && reply.starts_with(b"-READONLY") {
                     // A write reached a node that is a replica now: learn its role at once.
                     shared.check_now.notify_one();

@@ -10,6 +10,7 @@ mod inbox;
 mod report;
 mod sentinel;
 mod subscriber;
+mod tracking;
 
 pub use error::{BackendError, ConnectError, Failure};
 use inbox::Delivery;
@@ -17,6 +18,8 @@ pub use inbox::{Completion, Inbox, Mailbox, ReplyTo, Token};
 pub use report::{Health, NodeEvent, Role, Said};
 pub use sentinel::{Named, SentinelClient};
 pub use subscriber::{Subscriber, Topic, notice_after};
+pub use tracking::Invalidations;
+use tracking::Tracking;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
@@ -88,6 +91,8 @@ pub(crate) struct NodeShared {
     /// connections fails what it has in flight when the count moves, woken by `replaced_now`.
     replacements: AtomicU64,
     replaced_now: Notify,
+    /// Key tracking for the pool's near cache, if it has one.
+    tracking: Option<Tracking>,
 }
 
 impl NodeShared {
@@ -108,6 +113,7 @@ impl NodeShared {
             attach_to: Mutex::new(None),
             replacements: AtomicU64::new(0),
             replaced_now: Notify::new(),
+            tracking: None,
         }
     }
 
@@ -310,6 +316,8 @@ pub struct NodeSpec<'a> {
     pub failure_limit: Option<u32>,
     /// See [`NodeShared::flush_when_back`].
     pub flush_when_back: bool,
+    /// The pool's near cache, which the node's invalidations go to.
+    pub invalidations: Option<Arc<dyn Invalidations>>,
 }
 
 /// A backend server: each worker's connections to it, and its shared state.
@@ -344,11 +352,13 @@ impl Node {
             events,
             failure_limit,
             flush_when_back,
+            invalidations,
         } = spec;
         let label = format!("{server_name} ({addr})").into();
         let shared = Arc::new(NodeShared {
             failure_limit,
             flush_when_back,
+            tracking: invalidations.as_ref().map(|_| Tracking::default()),
             ..NodeShared::new(label, metrics, events)
         });
         let settings: Vec<Arc<ConnSettings>> = (0..pool.redis.databases)
@@ -377,6 +387,10 @@ impl Node {
             })
             .collect();
         let stop = CancellationToken::new();
+        if let Some(sink) = invalidations {
+            let resp3 = settings[Profile { db: 0, resp3: true }.lane()].clone();
+            tokio::spawn(tracking::listen(shared.clone(), resp3, sink, stop.clone()));
+        }
         tokio::spawn(health::run(
             shared.clone(),
             settings[0].clone(),
@@ -429,8 +443,25 @@ impl Node {
     /// that come later are dropped. A stalled master that resumes would otherwise acknowledge
     /// writes sent to it before it was replaced, which its resync then loses.
     pub fn replaced(&self) {
+        if let Some(tracking) = &self.shared.tracking {
+            tracking.lost();
+        }
         self.shared.replacements.fetch_add(1, Ordering::Relaxed);
         self.shared.replaced_now.notify_waiters();
+    }
+
+    /// The node's near-cache generation, if its reads can be tracked now: a reply kept from a
+    /// read sent now is served while [`Node::cache_generation`] stays the same.
+    pub fn tracking_ready(&self) -> Option<u64> {
+        self.shared.tracking.as_ref()?.ready()
+    }
+
+    /// See [`Node::tracking_ready`].
+    pub fn cache_generation(&self) -> u64 {
+        self.shared
+            .tracking
+            .as_ref()
+            .map_or(0, Tracking::generation)
     }
 
     /// Runs a health check (with `INFO replication`) now rather than at the next tick.

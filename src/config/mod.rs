@@ -1,6 +1,8 @@
 //! The YAML topology: ringproxy's own schema and twemproxy's `nutcracker.yml`, both loaded into
 //! one validated [`Config`]. Every mistake is reported as `FILE:LINE:COLUMN: what is wrong`.
 
+mod cluster;
+mod near_cache;
 mod raw;
 mod values;
 
@@ -15,6 +17,8 @@ use thiserror::Error;
 use crate::net::{BackendTls, ServerTls};
 use crate::placement::{Distribution, HashFn};
 use crate::protocol::resp::Limits;
+pub use cluster::{ClusterConfig, DEFAULT_CLUSTER_REFRESH};
+pub use near_cache::NearCacheConfig;
 pub use values::{Address, Failover, HashTag, Listen, Protocol, ReadFrom};
 
 /// A configuration mistake, with where it is when that is known.
@@ -153,24 +157,12 @@ pub struct PoolConfig {
     pub clients: ClientLimits,
     pub redis: RedisSettings,
     pub memcache: MemcacheSettings,
+    /// Replies of reads kept in the proxy, kept exact by the servers' invalidations.
+    pub near_cache: Option<NearCacheConfig>,
     /// A Redis Cluster backend: its slot map places keys instead of a ring over `servers`.
     pub cluster: Option<ClusterConfig>,
     pub servers: Vec<ServerConfig>,
 }
-
-/// Where to learn a Redis Cluster's slot map, and how often to ask again.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClusterConfig {
-    /// Any nodes of the cluster: the rest is discovered.
-    pub seeds: Vec<Address>,
-    /// The slot map is asked for again this often (and at once after a redirect or a failure).
-    pub refresh: Duration,
-    /// The address CLUSTER SLOTS, SHARDS and NODES give for the proxy (instances behind a load
-    /// balancer: the balancer's); by default, the address each client connected to.
-    pub announce: Option<Address>,
-}
-
-pub const DEFAULT_CLUSTER_REFRESH: Duration = Duration::from_millis(5000);
 
 /// How a pool's servers are failed over, with the settings that way alone has.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -451,6 +443,9 @@ impl PoolParts {
             Protocol::Memcache if c.redis.databases != 1 => Some("databases is for redis pools"),
             Protocol::Memcache if c.redis.allow_keys => Some("allow_keys is for redis pools"),
             Protocol::Memcache if c.redis.allow_config => Some("allow_config is for redis pools"),
+            Protocol::Memcache if c.near_cache.is_some() => Some(
+                "near_cache is for redis pools: memcached cannot tell the proxy when a key changes, so a cached reply could not be kept exact",
+            ),
             Protocol::Memcache if c.health_check.kill_busy_scripts_after.is_some() => {
                 Some("kill_busy_scripts_after_ms is for redis pools: memcached runs no scripts")
             }
@@ -563,6 +558,10 @@ fn cluster_checked(
         format!("pool '{name}': a Redis Cluster has database 0 only: no db or databases")
     } else if config.cluster.as_ref().is_some_and(|c| c.seeds.is_empty()) {
         format!("pool '{name}': cluster needs seeds: [host:port, …]")
+    } else if config.near_cache.is_some() {
+        format!(
+            "pool '{name}': near_cache is not yet for cluster pools: a reply kept must be dropped when its slot moves, which they do not do yet"
+        )
     } else {
         return Ok(config);
     };

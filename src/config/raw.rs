@@ -14,8 +14,10 @@ use super::*;
 /// Unread replies past which a client is closed at once, unless set.
 const DEFAULT_HARD_OUTPUT_BYTES: usize = 64 * 1024 * 1024;
 
+mod near_cache;
 mod server;
 mod twemproxy;
+use near_cache::RawNearCache;
 use server::Connections;
 pub(super) use server::Server;
 pub(super) use twemproxy::TwemproxyFile;
@@ -96,6 +98,7 @@ struct Pool {
     client_output_timeout_ms: Option<u64>,
     reject_past_exptime: Option<bool>,
     cluster: Option<RawCluster>,
+    near_cache: Option<RawNearCache>,
     #[serde(default)]
     servers: Vec<Spanned<Server>>,
 }
@@ -294,6 +297,7 @@ fn base_pool(listen: &Spanned<Listen>) -> PoolConfig {
             item_size_max: 1024 * 1024,
             reject_past_exptime: false,
         },
+        near_cache: None,
         cluster: None,
         servers: Vec::new(),
     }
@@ -449,6 +453,11 @@ impl Pool {
         r.slowlog_slower_than_us = p.slowlog_slower_than_us.unwrap_or(r.slowlog_slower_than_us);
         r.slowlog_max_len = p.slowlog_max_len.unwrap_or(r.slowlog_max_len);
         r.auth_max_failures = p.auth_max_failures.unwrap_or(r.auth_max_failures);
+        c.near_cache = p
+            .near_cache
+            .map(RawNearCache::into_config)
+            .transpose()
+            .map_err(|why| invalid(at, why))?;
         Ok(PoolParts {
             listen: p.listen,
             at,

@@ -17,6 +17,7 @@ use crate::command::{Class, ClassCounts};
 mod auth;
 mod cluster;
 mod latency;
+mod near_cache;
 mod process;
 mod throttle;
 
@@ -24,6 +25,8 @@ pub use auth::AuthFailures;
 use auth::UserLabels;
 use cluster::ClusterFamilies;
 pub use cluster::{ClusterMetrics, RedirectKind, RefreshCause};
+use near_cache::NearCacheFamilies;
+pub use near_cache::{InvalidationCause, NearCacheMetrics, Refusal};
 pub use throttle::Throttle;
 
 pub use latency::{Latency, LatencyCounts};
@@ -197,6 +200,7 @@ pub struct Metrics {
     unwritable_seconds: Family<ShardLabels, Counter<f64, AtomicU64>>,
     config_reloads: Family<ResultLabels, Counter>,
     cluster: ClusterFamilies,
+    near_cache: NearCacheFamilies,
 }
 
 /// One server's (shard's) failover handles.
@@ -363,6 +367,7 @@ impl Default for Metrics {
             ),
             config_reloads: family(r, "config_reloads", "Configuration reloads, by result"),
             cluster: ClusterFamilies::register(r),
+            near_cache: NearCacheFamilies::register(r),
             registry: std::mem::take(r),
             process: {
                 let mut process = Registry::default();
@@ -443,6 +448,11 @@ impl Metrics {
     /// A cluster pool's handles.
     pub fn cluster(&self, pool: &str) -> ClusterMetrics {
         self.cluster.pool(pool)
+    }
+
+    /// A pool's near-cache handles.
+    pub fn near_cache(&self, pool: &str) -> NearCacheMetrics {
+        self.near_cache.pool(pool)
     }
 
     pub fn server(&self, labels: ServerLabels) -> ServerMetrics {

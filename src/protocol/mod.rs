@@ -9,6 +9,9 @@ pub mod resp;
 pub enum ReplyKind {
     /// One RESP value.
     Resp,
+    /// RESP values, one per command of a request that is several, taken together as one
+    /// reply (a near-cache read: CLIENT CACHING YES, the read, PTTL).
+    Resps(u8),
     Memcache(memcache::ReplyShape),
 }
 

@@ -5,6 +5,7 @@ mod error;
 mod listener;
 mod memcache;
 mod merge;
+mod near_cache;
 mod outbox;
 mod plan;
 mod redis;

@@ -9,9 +9,11 @@ use bytes::{Bytes, BytesMut};
 
 use super::error::{ClientError, backend_error_kind};
 use super::merge::Gather;
+use super::near_cache::Filling;
 use crate::backend::{BackendError, Completion, NodeId, Profile, Token};
+use crate::cache::NearCache;
 use crate::config::Protocol;
-use crate::metrics::ErrorKind;
+use crate::metrics::{ErrorKind, InvalidationCause};
 use crate::protocol::ReplyKind;
 use crate::topology::cluster::{self, Redirect};
 
@@ -44,6 +46,8 @@ pub(super) enum Slot {
     Quiet(Quiet),
     /// Several parts are awaited and merged.
     Gathering(Box<Gather>),
+    /// A read's reply is awaited, to be kept in the near cache if nothing changed its key.
+    Filling(Box<Filling>),
 }
 
 /// The token part of a reply to what was sent before a part sent again (the SCRIPT LOAD before
@@ -140,6 +144,7 @@ pub(super) struct Outbox {
     typical_reply: u32,
     /// Allocated on first use and dropped by [`Outbox::shrink`]: an idle client holds none.
     queue: Option<Box<Queue>>,
+    near_cache: Option<Arc<NearCache>>,
 }
 
 /// What an outbox holds while requests are answered.
@@ -164,6 +169,9 @@ struct Queue {
     redirected_before: u64,
     /// Requests whose replies the client asked not to get (Redis's CLIENT REPLY), in order.
     muted: VecDeque<u64>,
+    /// Keys written by requests not answered yet (`None`: every key), in request order:
+    /// invalidated in the near cache again when their request is answered.
+    written: VecDeque<(u64, Option<Bytes>)>,
 }
 
 impl Outbox {
@@ -173,7 +181,20 @@ impl Outbox {
             protocol,
             typical_reply: 0,
             queue: None,
+            near_cache: None,
         }
+    }
+
+    /// An outbox whose answered writes invalidate `cache`.
+    pub(super) fn invalidating(mut self, cache: Option<Arc<NearCache>>) -> Outbox {
+        self.near_cache = cache;
+        self
+    }
+
+    /// Request `seq` writes `key` (`None`: every key): it is invalidated in the near cache
+    /// when the request is answered.
+    pub(super) fn invalidate_when_answered(&mut self, seq: u64, key: Option<Bytes>) {
+        self.queue().written.push_back((seq, key));
     }
 
     fn queue(&mut self) -> &mut Queue {
@@ -337,6 +358,13 @@ impl Outbox {
         self.queue().slots.push_back(Slot::Forwarded);
     }
 
+    /// The request queued last, forwarded, is a read whose reply `filling` may keep.
+    pub(super) fn filling_last(&mut self, filling: Box<Filling>) {
+        if let Some(slot @ Slot::Forwarded) = self.queue().slots.back_mut() {
+            *slot = Slot::Filling(filling);
+        }
+    }
+
     /// Queues the slot of a memcache request whose client asked for no reply.
     pub(super) fn quiet(&mut self, quiet: Quiet) {
         self.queue().slots.push_back(Slot::Quiet(quiet));
@@ -382,6 +410,9 @@ impl Outbox {
             if let Resend::Redirect(_) = how {
                 queue.redirected_before = self.first_seq + queue.slots.len() as u64;
             }
+            if let Some(Slot::Filling(f)) = queue.slots.get_mut(index as usize) {
+                f.moved = true;
+            }
             queue.retries.push_back(Retry {
                 seq,
                 part,
@@ -405,6 +436,7 @@ impl Outbox {
         };
         let ready = match slot {
             Slot::Forwarded => shown(protocol, None, reply),
+            Slot::Filling(f) => shown(protocol, None, f.take(reply)),
             Slot::Quiet(quiet) => shown(protocol, Some(*quiet), reply),
             Slot::Gathering(g) => match g.add(part, reply) {
                 Some(merged) => merged,
@@ -430,6 +462,17 @@ impl Outbox {
                 }
             }
             self.first_seq += 1;
+        }
+        if let Some(cache) = &self.near_cache {
+            while let Some((seq, key)) = queue.written.front()
+                && *seq < self.first_seq
+            {
+                match key {
+                    Some(key) => cache.invalidate(key, InvalidationCause::Write),
+                    None => cache.flush(),
+                }
+                queue.written.pop_front();
+            }
         }
         while queue.sent.front().is_some_and(|s| s.seq < self.first_seq) {
             queue.sent.pop_front();

@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::error::ClientError;
 use super::merge::Gather;
+use super::near_cache::CachedRead;
 use super::outbox::{Quiet, ResendWhen, TimeoutArg};
 use crate::protocol::ReplyKind;
 use crate::topology::PoolState;
@@ -76,6 +77,13 @@ pub(super) enum Plan {
         when: ResendWhen,
         quiet: Option<Quiet>,
     },
+    /// A read the pool's near cache may answer, or else keep the reply of; `resend`: as
+    /// [`Plan::Resend`] to the next node of its shard if its node fails.
+    Cached {
+        part: Part,
+        read: CachedRead,
+        resend: bool,
+    },
     /// A command that may wait on its backend, on a connection reserved for the client until
     /// it answers; `wait` is how long it may wait (`None`: forever) beyond the pool's timeout,
     /// as its argument `timeout_at` says.
@@ -95,6 +103,7 @@ impl Plan {
             Plan::Forward(part)
             | Plan::Quiet(part, _)
             | Plan::Resend { part, .. }
+            | Plan::Cached { part, .. }
             | Plan::Reserved { part, .. } => Some((part.target, 1)),
             Plan::Gather(parts, _) | Plan::Aside(parts, _) => {
                 parts.first().map(|p| (p.target, parts.len()))

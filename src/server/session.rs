@@ -158,7 +158,7 @@ impl<F: Frontend> Session<F> {
     ) -> Session<F> {
         Session {
             _descriptor: descriptor,
-            out: Outbox::new(pool.config.protocol),
+            out: Outbox::new(pool.config.protocol).invalidating(pool.near_cache.clone()),
             listing,
             stream,
             carrier: Carrier::new(worker),

@@ -24,7 +24,8 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use tokio::sync::mpsc;
 
-use crate::backend::NodeEvent;
+use crate::backend::{Invalidations, NodeEvent};
+use crate::cache::NearCache;
 use crate::config::{Config, PoolConfig};
 use crate::metrics::{Metrics, PoolMetrics};
 use crate::net::ServerTls;
@@ -63,6 +64,8 @@ pub struct Pool {
     pub slowlog: SlowLog,
     /// Its clients, for CLIENT LIST, CLIENT KILL and closing them all.
     pub clients: Clients,
+    /// Replies of reads kept for the pool's clients, if it has `near_cache`.
+    pub near_cache: Option<Arc<NearCache>>,
     /// What new clients' TLS handshakes use (a reload may load new certificates).
     client_tls: ArcSwapOption<rustls::ServerConfig>,
 }
@@ -152,10 +155,13 @@ impl Topology {
 impl Pool {
     fn start(config: &PoolConfig, metrics: &Arc<Metrics>, workers: &Arc<Workers>) -> Pool {
         let (events, events_rx) = mpsc::unbounded_channel::<NodeEvent>();
+        let near_cache = (config.near_cache.as_ref())
+            .map(|c| Arc::new(NearCache::new(c, metrics.near_cache(&config.name))));
         let maker = NodeMaker {
             workers: workers.clone(),
             metrics: metrics.clone(),
             events,
+            invalidations: near_cache.clone().map(|c| c as Arc<dyn Invalidations>),
         };
         let (reshape, reshape_rx) = mpsc::unbounded_channel();
         let (keeper, state, mut inputs) = Keeper::new(config.clone(), maker, events_rx, reshape_rx);
@@ -180,6 +186,7 @@ impl Pool {
                 config.redis.slowlog_max_len,
             ),
             clients: Clients::default(),
+            near_cache,
             client_tls: ArcSwapOption::new(config.tls.as_ref().map(ServerTls::config)),
         }
     }

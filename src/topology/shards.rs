@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::state::{NodeStatus, Shard};
-use crate::backend::{Node, NodeEvent, NodeSpec};
+use crate::backend::{Invalidations, Node, NodeEvent, NodeSpec};
 use crate::config::{FailoverMode, PoolConfig, Protocol, ServerConfig};
 use crate::metrics::{Metrics, ServerLabels};
 use crate::topology::cluster::ClusterShard;
@@ -19,6 +19,8 @@ pub(super) struct NodeMaker {
     pub metrics: Arc<Metrics>,
     /// Where the pool's nodes report.
     pub events: UnboundedSender<NodeEvent>,
+    /// The pool's near cache, which its nodes' invalidations go to.
+    pub invalidations: Option<Arc<dyn Invalidations>>,
 }
 
 impl NodeMaker {
@@ -117,6 +119,7 @@ impl NodeMaker {
                 _ => None,
             },
             flush_when_back: replicated,
+            invalidations: self.invalidations.clone(),
         };
         Arc::new(Node::start(&self.workers, pool, spec))
     }

@@ -194,3 +194,45 @@ async fn requests_queued_behind_a_write_the_node_does_not_take_fail_at_their_dea
         "{took:?}"
     );
 }
+
+/// A request of several commands gets their replies as one, whatever way they arrive, and a
+/// push that comes between them is set aside, not made part of it.
+#[tokio::test]
+async fn the_replies_of_a_request_of_several_commands_come_as_one_without_pushes() {
+    let (shared, settings) = fake_node("127.0.0.1:9".parse().unwrap(), Duration::from_secs(1));
+    let mut framer = Framer::new(&settings);
+    let (mut delivery, mut in_flight) = (Delivery::default(), VecDeque::new());
+    let session = Arc::new(Session::default());
+    let now = Instant::now();
+    for kind in [ReplyKind::Resps(3), ReplyKind::Resp] {
+        in_flight.push_back(InFlight {
+            kind,
+            ..request(now, now + Duration::from_secs(1), false)
+        });
+        if let Some(last) = in_flight.back_mut() {
+            last.waiter = Waiter::Client(ReplyTo {
+                inbox: session.clone(),
+                token: crate::backend::Token::Push,
+            });
+        }
+    }
+    let push = "*2\r\n$21\r\ntracking-redir-broken\r\n:3\r\n".replacen('*', ">", 1);
+    let arriving = ["+OK\r\n$1\r", &format!("\nv\r\n{push}"), ":-1\r\n+PONG\r\n"];
+    let mut buf = BytesMut::new();
+    for bytes in arriving {
+        buf.extend_from_slice(bytes.as_bytes());
+        answer(
+            &shared,
+            &mut framer,
+            &mut buf,
+            &mut in_flight,
+            &mut delivery,
+        )
+        .unwrap();
+    }
+    assert!(buf.is_empty() && in_flight.is_empty());
+    let mut got = Vec::new();
+    session.0.take(&mut got);
+    let replies: Vec<_> = got.into_iter().map(|c| c.result.unwrap()).collect();
+    assert_eq!(replies, [&b"+OK\r\n$1\r\nv\r\n:-1\r\n"[..], b"+PONG\r\n"]);
+}

@@ -97,6 +97,7 @@ impl From<TwemproxyPool> for Pool {
             allow_config: None,
             reject_past_exptime: None,
             cluster: None,
+            near_cache: None,
             servers: t.servers,
         }
     }

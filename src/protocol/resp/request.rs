@@ -138,6 +138,11 @@ impl Request {
         &self.frame[self.args.get(i)]
     }
 
+    /// The frame after argument `i`: the arguments that follow it, as they were sent.
+    pub fn after(&self, i: usize) -> &[u8] {
+        &self.frame[self.args.get(i).end + 2..]
+    }
+
     pub fn args(&self) -> impl ExactSizeIterator<Item = &[u8]> + Clone {
         (0..self.args.len).map(|i| self.arg(i))
     }

@@ -212,9 +212,8 @@ fn section(pool: &Pool, state: &PoolState, name: &str) -> Section {
         "latencystats" => Section::Tallies("Latencystats"),
         "cluster" => own("Cluster", &[("cluster_enabled", "0".into())]),
         "keyspace" => Section::Tallies("Keyspace"),
-        _ => own(
-            "Proxy",
-            &[
+        _ => {
+            let mut fields = vec![
                 ("proxy", "ringproxy".into()),
                 ("proxy_version", env!("CARGO_PKG_VERSION").into()),
                 ("pool", c.name.clone()),
@@ -223,8 +222,17 @@ fn section(pool: &Pool, state: &PoolState, name: &str) -> Section {
                 ("servers", state.shards.len().to_string()),
                 ("servers_on_ring", state.live_servers().to_string()),
                 ("total_commands_processed", m.requests.get().to_string()),
-            ],
-        ),
+                (
+                    "near_cache",
+                    u8::from(pool.near_cache.is_some()).to_string(),
+                ),
+            ];
+            if let Some(cache) = &pool.near_cache {
+                let values = cache.metrics().values();
+                fields.extend(values.map(|(name, value)| (name, value.to_string())));
+            }
+            own("Proxy", &fields)
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! carries out what they decide and holds the client's reserved WATCH connection and
 //! subscriber connections.
 
+mod cached;
 mod client;
 mod cluster;
 mod context;
@@ -58,6 +59,8 @@ struct Modes {
     /// Subscriptions not confirmed yet by every shard: the request's number, and what it
     /// added, taken back if a server refuses it.
     unconfirmed: Vec<(u64, Topic, Vec<Bytes>)>,
+    /// Keys written by the transaction queued (`None`: every key), for the near cache.
+    written: Vec<Option<Bytes>>,
 }
 
 impl Modes {
@@ -299,6 +302,10 @@ impl Resp {
         // As Redis, RESET is carried out at once inside MULTI (and before AUTH, and while
         // subscribed).
         if self.in_multi() && !quit && !is(LocalCommand::Reset) {
+            if let (Some(cache), Some(cmd)) = (&cx.pool.near_cache, cmd) {
+                let pending = &mut self.modes().written;
+                cached::queued(cache, cx.out, pending, (cmd, &req));
+            }
             let step = transaction::queue(&mut self.modes().tx, state, cmd, &req);
             self.transaction_step(cx, state, step);
             return false;
@@ -323,6 +330,20 @@ impl Resp {
                     local::run(cx, state, which, &req)
                 }
                 _ if !self.client.authenticated => Plan::Fail(ClientError::NoAuth),
+                Kind::Keyed | Kind::Split(_) if !cmd.write && cx.pool.near_cache.is_some() => {
+                    let read_from = cx.pool.config.read_from;
+                    let plan = match cmd.kind {
+                        Kind::Split(merge) => {
+                            let depth = cx.pool.config.max_reply_depth;
+                            route::split(state, cmd, merge, &req, depth)
+                        }
+                        _ => route::keyed(state, cmd, &req, read_from),
+                    };
+                    match (&cx.pool.near_cache, state.slots()) {
+                        (Some(cache), None) => cached::read(cache, cmd, &req, plan),
+                        _ => plan,
+                    }
+                }
                 Kind::Keyed => route::keyed(state, cmd, &req, cx.pool.config.read_from),
                 Kind::Split(merge) => {
                     let depth = cx.pool.config.max_reply_depth;
@@ -360,6 +381,9 @@ impl Resp {
                 },
             },
         };
+        if let (Some(cache), Some(cmd), false) = (&cx.pool.near_cache, cmd, plan_failed(&plan)) {
+            cached::written(cache, cx.out, cmd, &req);
+        }
         cx.execute(state, plan, self.profile());
         // A client guessing passwords is closed once its error reply is written.
         let max = cx.pool.config.redis.auth_max_failures;
@@ -465,6 +489,11 @@ impl Resp {
             _ => cx.out.gathering(merge::confirmed(parts, change.reply)),
         }
     }
+}
+
+/// Whether the proxy answers `plan` with an error, before any backend sees the request.
+fn plan_failed(plan: &Plan) -> bool {
+    matches!(plan, Plan::Fail(_) | Plan::FailAfter(..))
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ fn group_of_keys<N>(
 }
 
 /// Every key position of `req`: the command's range and the ones only its arguments tell.
-fn keys(cmd: &Command, req: &Request) -> impl Iterator<Item = usize> {
+pub(super) fn keys(cmd: &Command, req: &Request) -> impl Iterator<Item = usize> {
     let movable = cmd.movable_keys(req);
     cmd.key_positions(req.argc()).chain(movable)
 }

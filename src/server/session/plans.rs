@@ -12,7 +12,8 @@ use super::Context;
 use crate::backend::{Job, Node, NodeId, Profile, ReplyTo, Reserved, Subscriber, Token};
 use crate::protocol::ReplyKind;
 use crate::server::merge::Gather;
-use crate::server::outbox::{Blocking, Redirects, Sent};
+use crate::server::near_cache::{CachedRead, FILL_REPLIES, Filling, fill_request, serves};
+use crate::server::outbox::{Blocking, Redirects, ResendWhen, Sent};
 use crate::server::plan::{Part, Plan, Target};
 use crate::topology::{BlockedOn, Client, PoolState};
 
@@ -134,6 +135,9 @@ impl Context<'_> {
                 sent.retries_left = retries;
                 self.out.keep(sent);
             }
+            Plan::Cached { part, read, resend } => {
+                self.cached(state, (part, read), resend, profile)
+            }
             Plan::Reserved {
                 part,
                 wait,
@@ -184,6 +188,57 @@ impl Context<'_> {
                 self.out.forwarded();
             }
         }
+    }
+
+    /// A read the near cache answers; else sent so that its reply is kept, when its node's
+    /// reads can be tracked now; else sent as it is.
+    fn cached(
+        &mut self,
+        state: &PoolState,
+        (part, read): (Part, CachedRead),
+        resend: bool,
+        profile: Profile,
+    ) {
+        let as_routed = |part| match resend {
+            true => Plan::Resend {
+                part,
+                retries: 1,
+                when: ResendWhen::NodeFails,
+                quiet: None,
+            },
+            false => Plan::Forward(part),
+        };
+        let Some(cache) = self.pool.near_cache.clone() else {
+            return self.execute(state, as_routed(part), profile);
+        };
+        let (shard, node) = self.resolve(state, part.target);
+        let read_from = self.pool.config.read_from;
+        let now = self.carrier.now;
+        let variant = read.variant(profile.db, profile.resp3);
+        let serves = |id, generation| serves(&state.shards[shard], read_from, id, generation);
+        if let Some(reply) = cache.get(&read.key, &variant, now, serves) {
+            return self.out.ready(reply);
+        }
+        let node = state.shards[shard].nodes[node].clone();
+        let Some(generation) = node.tracking_ready() else {
+            return self.execute(state, as_routed(part), profile);
+        };
+        let ticket = cache.ticket(&read.key, node.id(), generation, now);
+        let fill = Part {
+            target: part.target,
+            payload: fill_request(&part.payload, &read.key),
+            kind: FILL_REPLIES,
+        };
+        self.execute(state, as_routed(fill), profile);
+        self.out.filling_last(Box::new(Filling {
+            cache,
+            read,
+            profile: (profile.db, profile.resp3),
+            ticket,
+            node,
+            moved: false,
+            max_depth: self.pool.config.max_reply_depth,
+        }));
     }
 
     /// The shard and node (indices in `state`) a target names.

@@ -33,6 +33,7 @@ fn keeper(failover: &str, servers: &[(&str, usize)]) -> Keeper {
         workers: Arc::new(Workers::start(1).unwrap()),
         metrics: Arc::new(crate::metrics::Metrics::default()),
         events,
+        invalidations: None,
     };
     let (_, events) = mpsc::unbounded_channel();
     let (_, reshape) = mpsc::unbounded_channel();

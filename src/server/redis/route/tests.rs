@@ -317,6 +317,7 @@ fn parts(plan: &Plan) -> Vec<&Part> {
         Plan::Forward(part)
         | Plan::Quiet(part, _)
         | Plan::Resend { part, .. }
+        | Plan::Cached { part, .. }
         | Plan::Reserved { part, .. } => vec![part],
         Plan::Gather(parts, _) | Plan::Aside(parts, _) => parts.iter().collect(),
     }
