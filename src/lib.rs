@@ -31,8 +31,13 @@
 //!   first out, RESP3 pushes set aside, every request bounded by its deadline); `subscriber`,
 //!   a client's Pub/Sub connection per shard; `inbox`, where replies reach each session (and
 //!   what a timed-out request still counts); `health`, the checks (PING, INFO replication,
-//!   DBSIZE, run id, REPLICAOF); `sentinel`, a Sentinel client; `error`, failures that keep
+//!   DBSIZE, run id, REPLICAOF); `tracking`, CLIENT TRACKING for the near cache (a listening
+//!   connection per node, and the data connections' redirect to it); `sentinel`, a Sentinel client; `error`, failures that keep
 //!   their cause; `report`, node events for the pool's keeper.
+//! - `cache`: a pool's near cache: replies of one-key reads by key, sharded, within a byte
+//!   budget, kept only when no invalidation, write, flush or lost tracking connection came
+//!   while their read was in flight (`store`, one shard and its eviction; `pattern`, the
+//!   `keys` globs). `backend/tracking` feeds it each node's invalidations.
 //! - `topology`: pools and their live state: `state`, the `PoolState` snapshot (placement,
 //!   shards by name, each shard's master as data, node health) sessions load per burst;
 //!   `shards`, building a pool's shards from its configuration (reusing nodes across a
@@ -50,13 +55,15 @@
 //!   out plans), `session/plans`, carrying out a plan on the nodes and the connections
 //!   reserved for a client, and `session/resend`, sending again what asks for it (a failed
 //!   read, an EVALSHA, a cluster's redirect); `outbox`, reply order, typed tokens, and the parts kept to be sent again; `plan`,
-//!   what routing decides; `merge`, collecting the parts of a fanned-out request; `error`, the
+//!   what routing decides; `near_cache`, a read the near cache answers or keeps and the
+//!   request that keeps it exact; `merge`, collecting the parts of a fanned-out request; `error`, the
 //!   client-error type rendered per protocol; `timing`, each request's time for the latency
 //!   histograms and the slow log. The frontends: `redis` (`route`, `keyspace` for commands
 //!   over every shard, `transaction`, `pubsub`, `subscribers` for the client's subscriber
 //!   connections as the pool changes under them, `local` and `context` for what the proxy
 //!   answers itself, `client` for CLIENT, `cluster` for CLUSTER as a cluster pool presents
-//!   itself, `info` for INFO over the pool, `merge`) and
+//!   itself, `info` for INFO over the pool, `cached`
+//!   for which reads the near cache serves and which writes invalidate it, `merge`) and
 //!   `memcache` (`route`, `merge`).
 //! - `slowlog`: the pool's slow log (SLOWLOG), secrets redacted.
 //! - `admin`: the HTTP endpoint (`/health`, `/ready`, `/metrics`, `/topology`, `/reload`),

@@ -178,6 +178,26 @@ fn settings_of_the_other_protocol_are_refused() {
             pool("redis", "    reject_past_exptime: true\n"),
             "are for memcache pools",
         ),
+        (
+            pool("memcache", "    near_cache: {}\n"),
+            "pool 'p': near_cache is for redis pools: memcached cannot tell the proxy when a key changes",
+        ),
+        (
+            pool("redis", "    near_cache: { max_bytes: 1000 }\n"),
+            "near_cache: max_bytes must be at least 1048576",
+        ),
+        (
+            pool("redis", "    near_cache: { max_ttl_ms: 0 }\n"),
+            "near_cache: max_ttl_ms must be at least 1",
+        ),
+        (
+            pool("redis", "    near_cache: { hot_only: true }\n"),
+            "near_cache: hot_only needs the hot-key counter",
+        ),
+        (
+            pool("redis", "    near_cache: { keys: [\"\"] }\n"),
+            "near_cache: keys: an empty pattern matches no key",
+        ),
     ];
     for (text, want) in cases {
         let err = error_of(&text);
@@ -329,4 +349,25 @@ fn a_cluster_pool_takes_seeds_and_a_refresh_interval() {
         "pools:\n  c:\n    listen: 127.0.0.1:6380\n    cluster: { seeds: [127.0.0.1:7000] }\n";
     let p = &parse(defaults).unwrap().pools[0];
     assert_eq!(p.cluster.as_ref().unwrap().refresh, DEFAULT_CLUSTER_REFRESH);
+}
+
+#[test]
+fn a_near_cache_takes_its_defaults_and_is_not_for_cluster_pools() {
+    let text = "pools:\n  p:\n    listen: 127.0.0.1:6380\n    near_cache: {}\n    servers: [127.0.0.1:7000:1]\n";
+    let cache = parse(text).unwrap().pools[0].near_cache.clone().unwrap();
+    assert_eq!(cache.max_bytes, 256 * 1024 * 1024);
+    assert_eq!(cache.max_ttl, Duration::from_secs(60));
+    assert!(cache.keys.is_empty());
+    let keys = text.replace(
+        "{}",
+        "{ max_bytes: 2097152, max_ttl_ms: 500, keys: [\"user:*\"] }",
+    );
+    let cache = parse(&keys).unwrap().pools[0].near_cache.clone().unwrap();
+    assert_eq!(
+        (cache.max_bytes, cache.max_ttl),
+        (2097152, Duration::from_millis(500))
+    );
+    assert_eq!(cache.keys, ["user:*"]);
+    let cluster = "pools:\n  p:\n    listen: 127.0.0.1:6380\n    near_cache: {}\n    cluster: { seeds: [127.0.0.1:7000] }\n";
+    assert!(error_of(cluster).contains("near_cache is not yet for cluster pools"));
 }

@@ -9,7 +9,7 @@ use super::route;
 use crate::cache::NearCache;
 use crate::command::{Command, Fanout, Kind, TxCommand};
 use crate::metrics::InvalidationCause;
-use crate::protocol::resp::Request;
+use crate::protocol::resp::{Request, parse_int};
 use crate::server::near_cache::CachedRead;
 use crate::server::outbox::{Outbox, ResendWhen};
 use crate::server::plan::Plan;
@@ -126,11 +126,19 @@ pub(super) fn queued(
     }
 }
 
-/// The keys of `req`, as slices of its frame.
+/// The keys of `req`, as slices of its frame: a script's declared keys, any other command's
+/// keys.
 fn written_keys<'r>(cmd: &'r Command, req: &'r Request) -> impl Iterator<Item = Bytes> + 'r {
     let frame = req.frame();
-    route::keys(cmd, req)
-        .filter(|&pos| pos < req.argc())
+    let declared = match cmd.kind {
+        Kind::Script(_) => parse_int(req.arg(2)).and_then(|n| usize::try_from(n).ok()),
+        _ => None,
+    };
+    let script = declared.map(|n| 3..3usize.saturating_add(n).min(req.argc()));
+    let other = declared.is_none().then(|| route::keys(cmd, req));
+    (script.into_iter().flatten())
+        .chain(other.into_iter().flatten())
+        .filter(move |&pos| pos < req.argc())
         .map(move |pos| frame.slice_ref(req.arg(pos)))
 }
 

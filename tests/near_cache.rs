@@ -1,0 +1,346 @@
+//! The near cache against real redis-servers: reads answered from the proxy stay exact —
+//! never older than a write acknowledged through the same instance, and older than a write
+//! made elsewhere only for as long as the server's invalidation takes to arrive — while
+//! tracking connections are killed, a shard is flushed, the server forgets what it tracks, and
+//! keys expire.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use redis::Commands;
+
+/// Two shards; pool `cached` with a near cache, pool `plain` without, on the same servers.
+fn config(servers: &[&Redis], cached: u16, plain: u16) -> String {
+    let list: String = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("      - {{ name: s{i}, master: {} }}\n", s.addr()))
+        .collect();
+    format!(
+        "pools:
+  cached:
+    listen: 127.0.0.1:{cached}
+    hash_tag: \"{{}}\"
+    allow_flush: true
+    near_cache: {{ max_bytes: 16777216, max_ttl_ms: 60000 }}
+    servers:
+{list}  plain:
+    listen: 127.0.0.1:{plain}
+    hash_tag: \"{{}}\"
+    allow_flush: true
+    servers:
+{list}"
+    )
+}
+
+/// Two redis-servers and a proxy serving both pools: the cached pool's port, the plain one's.
+fn setup() -> (Vec<Redis>, Proxy, u16, u16) {
+    let servers = vec![Redis::start(), Redis::start()];
+    let (cached, plain) = (free_port(), free_port());
+    let proxy = Proxy::start(&config(&[&servers[0], &servers[1]], cached, plain), cached);
+    (servers, proxy, cached, plain)
+}
+
+fn near_cache_metric(proxy: &Proxy, name: &str) -> u64 {
+    metric(
+        &proxy.http("/metrics").1,
+        &format!("ringproxy_near_cache_{name}{{pool=\"cached\"}}"),
+    )
+}
+
+/// Reads `key` through `port` until it is `want`, within a second: what a server's
+/// invalidation takes to arrive.
+fn reads_within_a_second(port: u16, key: &str, want: Option<&str>) {
+    let mut c = connect(port);
+    let mut got = None;
+    let seen = poll_until(Duration::from_secs(1), || {
+        got = c.get::<_, Option<String>>(key).unwrap();
+        got.as_deref() == want
+    });
+    assert!(seen, "{key}: still {got:?}, not {want:?}, a second on");
+}
+
+#[test]
+fn a_read_is_answered_from_the_cache_until_its_key_changes() {
+    let (_servers, proxy, port, plain) = setup();
+    let mut c = connect(port);
+    let _: () = c.set("k", "v1").unwrap();
+    for _ in 0..3 {
+        assert_eq!(c.get::<_, String>("k").unwrap(), "v1");
+    }
+    assert_eq!(near_cache_metric(&proxy, "fills_total"), 1);
+    assert_eq!(near_cache_metric(&proxy, "hits_total"), 2);
+    // A write elsewhere (another pool, as another proxy instance would): the server's
+    // invalidation drops the reply.
+    let _: () = connect(plain).set("k", "v2").unwrap();
+    reads_within_a_second(port, "k", Some("v2"));
+    let server = "ringproxy_near_cache_invalidations_total{pool=\"cached\",cause=\"server\"}";
+    assert!(metric(&proxy.http("/metrics").1, server) >= 1);
+}
+
+/// Every write through the proxy is seen by the very next read, cached or not: a plain
+/// write, a transaction, a script, a deletion, a flush.
+#[test]
+fn a_read_after_a_write_through_the_proxy_sees_it_at_once() {
+    let (_servers, _proxy, port, _) = setup();
+    let mut c = connect(port);
+    let read = |c: &mut redis::Connection| {
+        let v: Option<String> = c.get("k").unwrap();
+        let again: Option<String> = c.get("k").unwrap();
+        assert_eq!(v, again);
+        v
+    };
+    let _: () = c.set("k", "1").unwrap();
+    assert_eq!(read(&mut c).as_deref(), Some("1"));
+    let _: () = redis::pipe()
+        .atomic()
+        .set("k", "2")
+        .ignore()
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(read(&mut c).as_deref(), Some("2"));
+    let _: () = redis::cmd("EVAL")
+        .arg("redis.call('SET', KEYS[1], ARGV[1])")
+        .arg(1)
+        .arg("k")
+        .arg("3")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(read(&mut c).as_deref(), Some("3"));
+    let _: () = c.incr("k", 1).unwrap();
+    assert_eq!(read(&mut c).as_deref(), Some("4"));
+    let _: () = c.del("k").unwrap();
+    assert_eq!(read(&mut c), None);
+    let _: () = c.set("k", "5").unwrap();
+    assert_eq!(read(&mut c).as_deref(), Some("5"));
+    let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
+    assert_eq!(read(&mut c), None);
+    // Other reads of a key are kept apart and dropped together.
+    let _: () = c.hset("h", "f", "a").unwrap();
+    assert_eq!(c.hget::<_, _, String>("h", "f").unwrap(), "a");
+    assert_eq!(c.hget::<_, _, Option<String>>("h", "g").unwrap(), None);
+    assert_eq!(c.hlen::<_, i64>("h").unwrap(), 1);
+    let _: () = c.hset("h", "g", "b").unwrap();
+    assert_eq!(c.hget::<_, _, String>("h", "g").unwrap(), "b");
+    assert_eq!(c.hlen::<_, i64>("h").unwrap(), 2);
+}
+
+/// RESP2 and RESP3 clients get their own protocol's reply from the cache.
+#[test]
+fn each_protocol_gets_its_own_reply() {
+    let (_servers, _proxy, port, _) = setup();
+    let mut c = connect(port);
+    let _: () = c.hset("h", "f", "v").unwrap();
+    let hgetall = command(&[b"HGETALL", b"h"]);
+    let mut resp2 = Raw::connect(port);
+    let mut resp3 = Raw::connect(port);
+    resp3.send(&command(&[b"HELLO", b"3"]));
+    let hello = resp3.read_line();
+    assert!(hello.starts_with('%'), "{hello}");
+    // Its last field: `modules`, an empty array.
+    while resp3.read_line() != "*0\r\n" {}
+    for _ in 0..2 {
+        resp2.roundtrip(&hgetall, b"*2\r\n$1\r\nf\r\n$1\r\nv\r\n");
+        resp3.roundtrip(&hgetall, b"%1\r\n$1\r\nf\r\n$1\r\nv\r\n");
+    }
+}
+
+/// A stale-read detector: writers INCR keys through the cached pool and through the plain one
+/// (as another instance without a cache would); readers GET through the cached pool. A read
+/// that returns less than a value acknowledged before it began is stale: never for keys
+/// written through the same pool, and for keys written elsewhere only within the
+/// invalidation's own delay.
+#[test]
+fn reads_are_never_older_than_a_write_acknowledged_through_the_same_instance() {
+    let (_servers, proxy, port, plain) = setup();
+    const KEYS: usize = 20;
+    let acked: Arc<Vec<(AtomicI64, Mutex<Option<Instant>>)>> = Arc::new(
+        (0..2 * KEYS)
+            .map(|_| (AtomicI64::new(0), Mutex::new(None)))
+            .collect(),
+    );
+    let key = |i: usize| match i < KEYS {
+        true => format!("same:{i}"),
+        false => format!("elsewhere:{i}"),
+    };
+    let stale_same = Arc::new(AtomicU64::new(0));
+    let stale_elsewhere = Arc::new(Mutex::new(Vec::<Duration>::new()));
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut threads = Vec::new();
+    for (through, first) in [(port, 0), (plain, KEYS)] {
+        let acked = acked.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut c = connect(through);
+            let mut n = 0;
+            while Instant::now() < until {
+                let i = first + n % KEYS;
+                let v: i64 = c.incr(key(i), 1).unwrap();
+                acked[i].0.fetch_max(v, Ordering::SeqCst);
+                *acked[i].1.lock().unwrap() = Some(Instant::now());
+                n += 1;
+            }
+        }));
+    }
+    for reader in 0..2 {
+        let (acked, same, elsewhere) = (acked.clone(), stale_same.clone(), stale_elsewhere.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut c = connect(port);
+            let mut n = reader;
+            while Instant::now() < until {
+                let i = n % (2 * KEYS);
+                let before = acked[i].0.load(Ordering::SeqCst);
+                let acked_at = *acked[i].1.lock().unwrap();
+                let started = Instant::now();
+                let got: Option<i64> = c.get(key(i)).unwrap();
+                if got.unwrap_or(0) < before {
+                    match i < KEYS {
+                        true => _ = same.fetch_add(1, Ordering::SeqCst),
+                        false => elsewhere
+                            .lock()
+                            .unwrap()
+                            .push(started - acked_at.unwrap_or(started)),
+                    }
+                }
+                n += 1;
+            }
+        }));
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    let hits = near_cache_metric(&proxy, "hits_total");
+    assert!(hits > 100, "only {hits} reads answered from the cache");
+    assert_eq!(
+        stale_same.load(Ordering::SeqCst),
+        0,
+        "stale reads of keys written through the proxy"
+    );
+    let elsewhere = stale_elsewhere.lock().unwrap();
+    let worst = elsewhere.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "stale reads of keys written elsewhere: {} (at most {worst:?} after the write), {hits} hits",
+        elsewhere.len()
+    );
+    assert!(worst < Duration::from_secs(1), "a read {worst:?} stale");
+}
+
+/// The proxy's tracking connections are killed and a key written while they are down: the
+/// server forgot what they tracked, so what was cached from that node is no longer served.
+#[test]
+fn killed_tracking_connections_drop_what_was_cached_from_their_node() {
+    let (servers, _proxy, port, _) = setup();
+    let mut c = connect(port);
+    let _: () = c.set("k", "old").unwrap();
+    assert_eq!(c.get::<_, String>("k").unwrap(), "old");
+    let holder = servers
+        .iter()
+        .find(|s| s.client().exists::<_, bool>("k").unwrap())
+        .unwrap();
+    let mut direct = holder.client();
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"][..])
+        .query(&mut direct)
+        .unwrap();
+    let _: () = direct.set("k", "new").unwrap();
+    reads_within_a_second(port, "k", Some("new"));
+}
+
+/// FLUSHALL on one shard, made on the server itself: it tells tracking connections that every
+/// key changed.
+#[test]
+fn a_shard_flushed_on_the_server_is_not_served_from_the_cache() {
+    let (servers, _proxy, port, _) = setup();
+    let mut c = connect(port);
+    let keys: Vec<String> = (0..40).map(|i| format!("key{i}")).collect();
+    for k in &keys {
+        let _: () = c.set(k, "v").unwrap();
+        assert_eq!(c.get::<_, String>(k).unwrap(), "v");
+    }
+    let holds = |s: &Redis, k: &str| s.client().exists::<_, bool>(k).unwrap();
+    let flushed = servers.iter().find(|s| holds(s, "key0")).unwrap();
+    let _: () = redis::cmd("FLUSHALL").query(&mut flushed.client()).unwrap();
+    for k in &keys {
+        let kept = servers.iter().any(|s| holds(s, k));
+        reads_within_a_second(port, k, kept.then_some("v"));
+    }
+}
+
+/// A server that may track fewer keys than the proxy reads evicts them from its table and
+/// says so: those keys are not served from the cache once it has.
+#[test]
+fn keys_the_server_stops_tracking_are_not_served_from_the_cache() {
+    let (servers, proxy, port, _) = setup();
+    for s in &servers {
+        let _: () = redis::cmd("CONFIG")
+            .arg(&["SET", "tracking-table-max-keys", "5"][..])
+            .query(&mut s.client())
+            .unwrap();
+    }
+    let mut c = connect(port);
+    let keys: Vec<String> = (0..50).map(|i| format!("key{i}")).collect();
+    for k in &keys {
+        let _: () = c.set(k, "old").unwrap();
+        let _: String = c.get(k).unwrap();
+    }
+    // Written on the servers themselves, where the proxy cannot see it.
+    for s in &servers {
+        for k in &keys {
+            if s.client().exists::<_, bool>(k).unwrap() {
+                let _: () = s.client().set(k, "new").unwrap();
+            }
+        }
+    }
+    for k in &keys {
+        reads_within_a_second(port, k, Some("new"));
+    }
+    assert!(near_cache_metric(&proxy, "fills_total") >= 50);
+}
+
+/// A key with a short expiry is never served past it.
+#[test]
+fn a_key_is_never_served_past_its_expiry() {
+    let (_servers, _proxy, port, _) = setup();
+    let mut c = connect(port);
+    let _: () = redis::cmd("SET")
+        .arg(&["k", "v", "PX", "300"][..])
+        .query(&mut c)
+        .unwrap();
+    let set = Instant::now();
+    assert_eq!(
+        c.get::<_, Option<String>>("k").unwrap().as_deref(),
+        Some("v")
+    );
+    let mut seen_after = 0;
+    while set.elapsed() < Duration::from_millis(600) {
+        let started = set.elapsed();
+        let got: Option<String> = c.get("k").unwrap();
+        if started > Duration::from_millis(305) {
+            assert_eq!(got, None, "served {started:?} after a 300 ms expiry");
+            seen_after += 1;
+        }
+    }
+    assert!(seen_after > 0);
+}
+
+/// What the proxy says of its cache: INFO's fields and the metrics.
+#[test]
+fn info_and_metrics_count_what_the_cache_did() {
+    let (_servers, proxy, port, _) = setup();
+    let mut c = connect(port);
+    let _: () = c.set("k", "v").unwrap();
+    let _: String = c.get("k").unwrap();
+    let _: String = c.get("k").unwrap();
+    let info: String = redis::cmd("INFO").arg("proxy").query(&mut c).unwrap();
+    let fields: HashMap<&str, &str> = info.lines().filter_map(|l| l.split_once(':')).collect();
+    assert_eq!(fields["near_cache"], "1");
+    assert_eq!(fields["near_cache_hits"], "1");
+    assert_eq!(fields["near_cache_fills"], "1");
+    assert_eq!(fields["near_cache_keys"], "1");
+    assert_eq!(near_cache_metric(&proxy, "keys"), 1);
+    assert!(near_cache_metric(&proxy, "bytes") > 0);
+}
