@@ -27,7 +27,8 @@
 //!   bytes queued for vectored writes without a copy; `descriptors`, the share of the
 //!   open-file limit kept for backend connections.
 //! - `backend`: a node (`mod`: its connections per worker, reserved connections, what it
-//!   reports, and `ask_node`, one command on a connection of its own); `connection`, one full-duplex pipelined connection (replies matched first in,
+//!   reports, and `ask_node`, one command on a connection of its own); `opening`, opening a
+//!   connection and framing replies; `connection`, one full-duplex pipelined connection (replies matched first in,
 //!   first out, RESP3 pushes set aside, every request bounded by its deadline); `subscriber`,
 //!   a client's Pub/Sub connection per shard; `inbox`, where replies reach each session (and
 //!   what a timed-out request still counts); `health`, the checks (PING, INFO replication,

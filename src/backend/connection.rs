@@ -10,15 +10,14 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until};
 
 use super::inbox::Late;
-use super::{ConnSettings, ConnectError, Delivery, Failure, Job, NodeShared, ReplyTo, tracking};
-use crate::config::Protocol;
+use super::opening::{Framer, connect, identify};
+use super::{ConnSettings, Delivery, Failure, Job, NodeShared, ReplyTo, tracking};
 use crate::metrics::LatencyCounts;
 use crate::net::{Stream, Unwritten};
-use crate::protocol::resp::encode;
-use crate::protocol::{ReplyError, ReplyKind, memcache, resp};
+use crate::protocol::{ReplyError, ReplyKind};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -116,126 +115,6 @@ pub(super) async fn run(
                     }
                 }
             }
-        }
-    }
-}
-
-/// Opens a connection and runs the handshake, within the pool's timeout.
-pub(super) async fn connect(settings: &ConnSettings) -> Result<Stream, ConnectError> {
-    let attempt = async {
-        let mut stream = Stream::connect(&settings.addr.host, settings.addr.port).await?;
-        if let Some(tls) = &settings.tls {
-            stream = stream
-                .connect_tls(tls)
-                .await
-                .map_err(|e| ConnectError::Tls(e.to_string()))?;
-        }
-        if settings.handshake_replies > 0 {
-            let handshake = |f: Failure| ConnectError::Handshake(Box::new(f));
-            stream
-                .write_all(&settings.handshake)
-                .await
-                .map_err(|e| handshake(e.into()))?;
-            let mut buf = BytesMut::with_capacity(256);
-            for _ in 0..settings.handshake_replies {
-                let reply = read_reply(&stream, &mut buf, settings, ReplyKind::Resp)
-                    .await
-                    .map_err(handshake)?;
-                if reply.first() == Some(&b'-') {
-                    let text = String::from_utf8_lossy(&reply[1..]).trim_end().to_string();
-                    return Err(ConnectError::Refused(text));
-                }
-            }
-        }
-        Ok(stream)
-    };
-    timeout(settings.timeout, attempt)
-        .await
-        .unwrap_or(Err(ConnectError::Timeout(settings.timeout)))
-}
-
-/// Asks the server the connection's id (CLIENT ID) and keeps it in `id`.
-pub(super) async fn identify(
-    stream: Stream,
-    settings: &ConnSettings,
-    id: &AtomicU64,
-) -> Result<Stream, ConnectError> {
-    let failed = |f: Failure| ConnectError::Handshake(Box::new(f));
-    let mut out = BytesMut::new();
-    encode::command(&mut out, [&b"CLIENT"[..], b"ID"].into_iter());
-    let asked = async {
-        stream.write_all(&out).await.map_err(|e| failed(e.into()))?;
-        let mut buf = BytesMut::with_capacity(64);
-        let reply = read_reply(&stream, &mut buf, settings, ReplyKind::Resp)
-            .await
-            .map_err(failed)?;
-        let text = std::str::from_utf8(&reply).unwrap_or_default();
-        match text
-            .strip_prefix(':')
-            .and_then(|n| n.trim_end().parse().ok())
-        {
-            Some(n) => Ok(n),
-            // A script runs past its time limit: the connection may carry SCRIPT KILL, and its
-            // id stays unknown (0), so CLIENT UNBLOCK and KILL through the proxy cannot name it.
-            None if text.starts_with("-BUSY") => Ok(0),
-            None => Err(ConnectError::Refused(format!(
-                "CLIENT ID answered {}",
-                text.trim_end()
-            ))),
-        }
-    };
-    let n = timeout(settings.timeout, asked)
-        .await
-        .unwrap_or(Err(ConnectError::Timeout(settings.timeout)))?;
-    id.store(n, Ordering::Relaxed);
-    Ok(stream)
-}
-
-/// Finds where each reply ends, in the protocol of the request it answers.
-struct Framer {
-    resp: resp::ReplyScanner,
-    memcache: memcache::ReplyScanner,
-    /// A Redis connection, on which a RESP3 push frame (`>`) may come that answers no request.
-    pushes: bool,
-    /// Of a request whose reply is several ([`ReplyKind::Resps`]): the bytes of those
-    /// complete so far, and how many they are.
-    partial: (usize, u8),
-}
-
-impl Framer {
-    fn new(settings: &ConnSettings) -> Framer {
-        Framer {
-            resp: resp::ReplyScanner::new(settings.max_reply_depth),
-            memcache: memcache::ReplyScanner::default(),
-            pushes: settings.protocol == Protocol::Redis,
-            partial: (0, 0),
-        }
-    }
-
-    /// The length of the complete reply at the start of `buf`, if it is complete.
-    fn scan(&mut self, buf: &[u8], kind: ReplyKind) -> Result<Option<usize>, ReplyError> {
-        Ok(match kind {
-            ReplyKind::Resp | ReplyKind::Resps(_) => self.resp.scan(buf)?,
-            ReplyKind::Memcache(shape) => self.memcache.scan(buf, shape)?,
-        })
-    }
-}
-
-/// Reads one complete reply from a stream that has nothing else in flight.
-pub(super) async fn read_reply(
-    stream: &Stream,
-    buf: &mut BytesMut,
-    settings: &ConnSettings,
-    kind: ReplyKind,
-) -> Result<BytesMut, Failure> {
-    let mut framer = Framer::new(settings);
-    let mut chunk = 256;
-    loop {
-        if let Some(len) = framer.scan(buf, kind).map_err(Failure::BadReply)? {
-            return Ok(buf.split_to(len));
-        }
-        if stream.read_some(buf, &mut chunk).await? == 0 {
-            return Err(Failure::Closed);
         }
     }
 }

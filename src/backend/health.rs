@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use tokio::time::{Instant, MissedTickBehavior, interval};
 use tokio_util::sync::CancellationToken;
 
-use super::connection::{connect, read_reply};
+use super::opening::{connect, read_reply};
 use super::{ConnSettings, Failure, Health, NodeShared, Role, Said, within};
 use crate::config::{Address, HealthCheck, Protocol};
 use crate::net::Stream;

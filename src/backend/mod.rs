@@ -7,6 +7,7 @@ mod error;
 mod fake;
 mod health;
 mod inbox;
+mod opening;
 mod report;
 mod sentinel;
 mod subscriber;
@@ -33,7 +34,7 @@ use tokio::sync::Notify;
 use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::config::{Address, PoolConfig, Protocol, ReadFrom};
+use crate::config::{Address, PoolConfig, Protocol};
 use crate::metrics::ServerMetrics;
 use crate::net::TlsConnector;
 use crate::protocol::ReplyKind;
@@ -201,7 +202,7 @@ struct ConnSettings {
 impl ConnSettings {
     /// How `pool`'s connections of `profile` to `addr` are opened.
     fn new(pool: &PoolConfig, addr: &Address, profile: Profile) -> ConnSettings {
-        let (handshake, handshake_replies) = handshake(pool, profile);
+        let (handshake, handshake_replies) = opening::handshake(pool, profile);
         ConnSettings {
             addr: addr.clone(),
             protocol: pool.protocol,
@@ -225,14 +226,14 @@ pub async fn ask_node(
 ) -> Result<BytesMut, Failure> {
     let settings = ConnSettings::new(pool, addr, Profile::default());
     let asked = async {
-        let stream = connection::connect(&settings)
+        let stream = opening::connect(&settings)
             .await
             .map_err(Failure::Unreachable)?;
         let mut request = BytesMut::new();
         encode::command(&mut request, args.iter().map(|a| a.as_bytes()));
         stream.write_all(&request).await?;
         let mut buf = BytesMut::new();
-        connection::read_reply(&stream, &mut buf, &settings, ReplyKind::Resp).await
+        opening::read_reply(&stream, &mut buf, &settings, ReplyKind::Resp).await
     };
     within(pool.timeout, asked).await
 }
@@ -562,43 +563,4 @@ async fn within<T>(
     tokio::time::timeout(limit, work)
         .await
         .unwrap_or(Err(Failure::Timeout(limit)))
-}
-
-/// The commands every new connection of `profile` starts with, pre-encoded.
-fn handshake(pool: &PoolConfig, profile: Profile) -> (Bytes, usize) {
-    let mut buf = BytesMut::new();
-    let mut replies = 0;
-    if pool.protocol == Protocol::Memcache {
-        return (buf.freeze(), replies);
-    }
-    if let Some(auth) = &pool.redis.backend_auth {
-        match &auth.username {
-            Some(user) => encode::command(
-                &mut buf,
-                [&b"AUTH"[..], user.as_bytes(), auth.password.as_bytes()].into_iter(),
-            ),
-            None => encode::command(
-                &mut buf,
-                [&b"AUTH"[..], auth.password.as_bytes()].into_iter(),
-            ),
-        }
-        replies += 1;
-    }
-    let db = pool.redis.db + u32::from(profile.db);
-    if db != 0 {
-        let db = db.to_string();
-        encode::command(&mut buf, [&b"SELECT"[..], db.as_bytes()].into_iter());
-        replies += 1;
-    }
-    if profile.resp3 {
-        encode::command(&mut buf, [&b"HELLO"[..], b"3"].into_iter());
-        replies += 1;
-    }
-    // A cluster's replica serves reads only to a connection that said READONLY (a master
-    // ignores it, and a replica promoted keeps serving).
-    if pool.cluster.is_some() && pool.read_from != ReadFrom::Master {
-        encode::command(&mut buf, [&b"READONLY"[..]].into_iter());
-        replies += 1;
-    }
-    (buf.freeze(), replies)
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
-use super::connection::{connect, read_reply};
+use super::opening::{connect, read_reply};
 use super::{ConnSettings, Failure, flat_fields, within};
 use crate::config::{Address, BackendAuth, Protocol};
 use crate::net::Stream;

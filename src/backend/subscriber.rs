@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::time::sleep;
 
-use super::connection::connect;
+use super::opening::connect;
 use super::{Completion, ConnSettings, Mailbox, NodeId, NodeShared, Token};
 use crate::net::Unwritten;
 use crate::protocol::resp::{ReplyScanner, bulk_elements, encode};

@@ -18,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 
-use super::connection::{self, identify};
+use super::opening::{self, identify};
 use super::{ConnSettings, ConnectError, Failure, NodeShared};
 use crate::net::Stream;
 use crate::protocol::resp::{ReplyScanner, Value, encode};
@@ -117,7 +117,7 @@ pub(super) async fn start(
             .map_err(|e| failed(e.into()))?;
         let mut buf = BytesMut::with_capacity(64);
         let kind = crate::protocol::ReplyKind::Resp;
-        connection::read_reply(stream, &mut buf, settings, kind)
+        opening::read_reply(stream, &mut buf, settings, kind)
             .await
             .map_err(failed)
     };
@@ -144,7 +144,7 @@ pub(super) async fn listen(
     let mut backoff = FIRST_BACKOFF;
     let id = AtomicU64::new(0);
     loop {
-        let connected = match connection::connect(&settings).await {
+        let connected = match opening::connect(&settings).await {
             Ok(stream) => identify(stream, &settings, &id).await,
             Err(e) => Err(e),
         };
