@@ -55,37 +55,29 @@ fn a_reply_is_served_until_its_key_is_invalidated() {
 fn a_reply_to_a_read_in_flight_while_its_key_changed_is_not_kept() {
     let cache = cache(1 << 20, &[]);
     let now = Instant::now();
-    let ticket = cache.ticket(b"k", NodeId::next(), NODE_GENERATION, now);
+    // The read of `k` is sent, `meanwhile` happens, and its reply comes from a node at
+    // `generation`.
+    let read = |meanwhile: &dyn Fn(), generation: u64| {
+        let ticket = cache.ticket(b"k", NodeId::next(), NODE_GENERATION, now);
+        meanwhile();
+        let keyed = (Bytes::from_static(b"k"), get());
+        let reply = Bytes::from_static(b"$1\r\nv\r\n");
+        cache.fill(keyed, &ticket, reply, (generation, -1));
+        cache.get(b"k", &get(), now, any_node)
+    };
     // A write through the proxy, or the server's invalidation, while the read is in flight.
-    cache.invalidate(b"k", InvalidationCause::Write);
-    let keyed = (Bytes::from_static(b"k"), get());
-    cache.fill(
-        keyed,
-        &ticket,
-        Bytes::from_static(b"$1\r\nv\r\n"),
-        (NODE_GENERATION, -1),
+    assert_eq!(
+        read(
+            &|| cache.invalidate(b"k", InvalidationCause::Write),
+            NODE_GENERATION
+        ),
+        None
     );
-    assert_eq!(cache.get(b"k", &get(), now, any_node), None);
     // Nor after a flush through the proxy, nor once the node lost a tracking connection.
-    let ticket = cache.ticket(b"k", NodeId::next(), NODE_GENERATION, now);
-    cache.flush();
-    let keyed = (Bytes::from_static(b"k"), get());
-    cache.fill(
-        keyed,
-        &ticket,
-        Bytes::from_static(b"$1\r\nv\r\n"),
-        (NODE_GENERATION, -1),
-    );
-    assert_eq!(cache.get(b"k", &get(), now, any_node), None);
-    let ticket = cache.ticket(b"k", NodeId::next(), NODE_GENERATION, now);
-    let keyed = (Bytes::from_static(b"k"), get());
-    cache.fill(
-        keyed,
-        &ticket,
-        Bytes::from_static(b"$1\r\nv\r\n"),
-        (NODE_GENERATION + 1, -1),
-    );
-    assert_eq!(cache.get(b"k", &get(), now, any_node), None);
+    assert_eq!(read(&|| cache.flush(), NODE_GENERATION), None);
+    assert_eq!(read(&|| {}, NODE_GENERATION + 1), None);
+    // With nothing in between, it is kept.
+    assert!(read(&|| {}, NODE_GENERATION).is_some());
 }
 
 #[test]

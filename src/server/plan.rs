@@ -95,6 +95,20 @@ pub(super) enum Plan {
 }
 
 impl Plan {
+    /// A read of one node; `may_move`: sent once more, to the next node of its shard, if its
+    /// node fails before answering.
+    pub(super) fn read(part: Part, may_move: bool) -> Plan {
+        match may_move {
+            true => Plan::Resend {
+                part,
+                retries: 1,
+                when: ResendWhen::NodeFails,
+                quiet: None,
+            },
+            false => Plan::Forward(part),
+        }
+    }
+
     /// Where its first backend request goes, and how many it makes; `None` when the proxy
     /// answers.
     pub(super) fn first_target(&self) -> Option<(Target, usize)> {

@@ -330,20 +330,6 @@ impl Resp {
                     local::run(cx, state, which, &req)
                 }
                 _ if !self.client.authenticated => Plan::Fail(ClientError::NoAuth),
-                Kind::Keyed | Kind::Split(_) if !cmd.write && cx.pool.near_cache.is_some() => {
-                    let read_from = cx.pool.config.read_from;
-                    let plan = match cmd.kind {
-                        Kind::Split(merge) => {
-                            let depth = cx.pool.config.max_reply_depth;
-                            route::split(state, cmd, merge, &req, depth)
-                        }
-                        _ => route::keyed(state, cmd, &req, read_from),
-                    };
-                    match (&cx.pool.near_cache, state.slots()) {
-                        (Some(cache), None) => cached::read(cache, cmd, &req, plan),
-                        _ => plan,
-                    }
-                }
                 Kind::Keyed => route::keyed(state, cmd, &req, cx.pool.config.read_from),
                 Kind::Split(merge) => {
                     let depth = cx.pool.config.max_reply_depth;
@@ -380,6 +366,12 @@ impl Resp {
                     }
                 },
             },
+        };
+        let plan = match (&cx.pool.near_cache, cmd) {
+            (Some(cache), Some(cmd)) if state.slots().is_none() => {
+                cached::read(cache, cmd, &req, plan)
+            }
+            _ => plan,
         };
         if let (Some(cache), Some(cmd), false) = (&cx.pool.near_cache, cmd, plan_failed(&plan)) {
             cached::written(cache, cx.out, cmd, &req);

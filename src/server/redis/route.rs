@@ -118,15 +118,7 @@ pub(super) fn keyed<N>(
         && state.shards[shard].nodes.len() > 1
         && read_from != ReadFrom::Replica
         && state.slots().is_none();
-    match may_move {
-        true => Plan::Resend {
-            part,
-            retries: 1,
-            when: ResendWhen::NodeFails,
-            quiet: None,
-        },
-        false => Plan::Forward(part),
-    }
+    Plan::read(part, may_move)
 }
 
 /// SORT's BY and GET patterns name other keys, one per element (`weight_*`, `obj_*->field`):

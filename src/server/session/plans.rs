@@ -13,7 +13,7 @@ use crate::backend::{Job, Node, NodeId, Profile, ReplyTo, Reserved, Subscriber, 
 use crate::protocol::ReplyKind;
 use crate::server::merge::Gather;
 use crate::server::near_cache::{CachedRead, FILL_REPLIES, Filling, fill_request, serves};
-use crate::server::outbox::{Blocking, Redirects, ResendWhen, Sent};
+use crate::server::outbox::{Blocking, Redirects, Sent};
 use crate::server::plan::{Part, Plan, Target};
 use crate::topology::{BlockedOn, Client, PoolState};
 
@@ -199,15 +199,7 @@ impl Context<'_> {
         resend: bool,
         profile: Profile,
     ) {
-        let as_routed = |part| match resend {
-            true => Plan::Resend {
-                part,
-                retries: 1,
-                when: ResendWhen::NodeFails,
-                quiet: None,
-            },
-            false => Plan::Forward(part),
-        };
+        let as_routed = |part| Plan::read(part, resend);
         let Some(cache) = self.pool.near_cache.clone() else {
             return self.execute(state, as_routed(part), profile);
         };
