@@ -161,7 +161,11 @@ fn each_protocol_gets_its_own_reply() {
 /// invalidation's own delay.
 #[test]
 fn reads_are_never_older_than_a_write_acknowledged_through_the_same_instance() {
-    let (_servers, proxy, port, plain) = setup();
+    let (servers, proxy, port, plain) = setup();
+    // A second instance with its own cache, on the same servers.
+    let (other, other_plain) = (free_port(), free_port());
+    let servers: Vec<&Redis> = servers.iter().collect();
+    let _other_proxy = Proxy::start(&config(&servers, other, other_plain), other);
     const KEYS: usize = 20;
     let acked: Arc<Vec<(AtomicI64, Mutex<Option<Instant>>)>> = Arc::new(
         (0..2 * KEYS)
@@ -190,19 +194,38 @@ fn reads_are_never_older_than_a_write_acknowledged_through_the_same_instance() {
             }
         }));
     }
-    for reader in 0..2 {
+    // Readers of both instances, by GET and by MGET of three keys (on both shards): for the
+    // other instance, every write is one made elsewhere.
+    for (reader, through) in [port, port, other, other].into_iter().enumerate() {
         let (acked, same, elsewhere) = (acked.clone(), stale_same.clone(), stale_elsewhere.clone());
         threads.push(std::thread::spawn(move || {
-            let mut c = connect(port);
+            let mut c = connect(through);
             let mut n = reader;
             while Instant::now() < until {
-                let i = n % (2 * KEYS);
-                let before = acked[i].0.load(Ordering::SeqCst);
-                let acked_at = *acked[i].1.lock().unwrap();
+                let read: Vec<usize> = match reader % 2 {
+                    0 => vec![n % (2 * KEYS)],
+                    _ => (0..3).map(|k| (n + 7 * k) % (2 * KEYS)).collect(),
+                };
+                let before: Vec<(i64, Option<Instant>)> = (read.iter())
+                    .map(|&i| {
+                        (
+                            acked[i].0.load(Ordering::SeqCst),
+                            *acked[i].1.lock().unwrap(),
+                        )
+                    })
+                    .collect();
                 let started = Instant::now();
-                let got: Option<i64> = c.get(key(i)).unwrap();
-                if got.unwrap_or(0) < before {
-                    match i < KEYS {
+                let got: Vec<Option<i64>> = match read.len() {
+                    1 => vec![c.get(key(read[0])).unwrap()],
+                    _ => c
+                        .mget(read.iter().map(|&i| key(i)).collect::<Vec<_>>())
+                        .unwrap(),
+                };
+                for ((&i, (before, acked_at)), got) in read.iter().zip(before).zip(got) {
+                    if got.unwrap_or(0) >= before {
+                        continue;
+                    }
+                    match i < KEYS && through == port {
                         true => _ = same.fetch_add(1, Ordering::SeqCst),
                         false => elsewhere
                             .lock()
@@ -231,6 +254,45 @@ fn reads_are_never_older_than_a_write_acknowledged_through_the_same_instance() {
         elsewhere.len()
     );
     assert!(worst < Duration::from_secs(1), "a read {worst:?} stale");
+}
+
+/// MGET takes what the cache holds from it and reads the rest, one request per shard, whose
+/// values are then kept: a string's for GET too, a nil for MGET alone (GET of a key of another
+/// type is an error).
+#[test]
+fn mget_is_answered_partly_from_the_cache() {
+    let (_servers, proxy, port, _) = setup();
+    let mut c = connect(port);
+    let keys: Vec<String> = (0..8).map(|i| format!("m{i}")).collect();
+    for k in &keys[..6] {
+        let _: () = c.set(k, format!("v-{k}")).unwrap();
+    }
+    let _: () = c.hset("m6", "f", "x").unwrap();
+    let want: Vec<Option<String>> = (0..8).map(|i| (i < 6).then(|| format!("v-m{i}"))).collect();
+    let hits = || near_cache_metric(&proxy, "hits_total");
+    wait_until(
+        "an MGET answered from the cache",
+        Duration::from_secs(5),
+        || {
+            assert_eq!(c.mget::<_, Vec<Option<String>>>(&keys).unwrap(), want);
+            let before = hits();
+            assert_eq!(c.mget::<_, Vec<Option<String>>>(&keys).unwrap(), want);
+            hits() == before + 8
+        },
+    );
+    // The values MGET kept answer GET; the hash is still GET's error.
+    let before = hits();
+    assert_eq!(c.get::<_, String>("m0").unwrap(), "v-m0");
+    assert_eq!(hits(), before + 1);
+    let wrong: redis::RedisResult<String> = c.get("m6");
+    assert!(wrong.unwrap_err().to_string().contains("WRONGTYPE"));
+    // A write to one key: MGET reads that one again, the others from the cache.
+    let _: () = c.set("m3", "new").unwrap();
+    let mut now = want.clone();
+    now[3] = Some("new".into());
+    let before = hits();
+    assert_eq!(c.mget::<_, Vec<Option<String>>>(&keys).unwrap(), now);
+    assert_eq!(hits(), before + 7);
 }
 
 /// The proxy's tracking connections are killed and a key written while they are down: the

@@ -101,17 +101,18 @@ impl NearCache {
         &self.epochs[hash as usize % EPOCHS]
     }
 
-    /// The cached reply of `key` for `variant`, if `serves` says where it came from still
-    /// serves the key (with the same generation) and it has not expired by `now`.
+    /// The cached reply of `key` for the first of `variants` that has one, if `serves` says
+    /// where it came from still serves the key (with the same generation) and it has not
+    /// expired by `now`.
     pub(crate) fn get(
         &self,
         key: &[u8],
-        variant: &Variant<'_>,
+        variants: &[Variant<'_>],
         now: Instant,
         serves: impl Fn(NodeId, u64) -> bool,
     ) -> Option<Bytes> {
         let flushes = self.flushes.load(Ordering::SeqCst);
-        let found = self.shard(self.hash(key)).get(key, variant, flushes, |o| {
+        let found = self.shard(self.hash(key)).get(key, variants, flushes, |o| {
             o.expires > now && serves(o.node, o.generation)
         });
         match found {

@@ -90,15 +90,15 @@ impl Store {
     pub(super) fn get(
         &mut self,
         key: &[u8],
-        variant: &Variant<'_>,
+        variants: &[Variant<'_>],
         flushes: u32,
         valid: impl Fn(&Origin) -> bool,
     ) -> Option<Bytes> {
         let entry = self.entries.get_mut(key)?;
-        let reply = entry.replies.iter().find(|r| r.is(variant))?;
-        if reply.flushes != flushes || !valid(&reply.origin) {
-            return None;
-        }
+        let reply = variants.iter().find_map(|v| {
+            let reply = entry.replies.iter().find(|r| r.is(v))?;
+            (reply.flushes == flushes && valid(&reply.origin)).then_some(reply)
+        })?;
         entry.referenced = true;
         Some(reply.reply.clone())
     }

@@ -3,16 +3,24 @@
 //! what it holds, once when sent and again when answered (a read sent meanwhile on another
 //! connection may have been served before the write).
 
-use bytes::Bytes;
+use std::sync::Arc;
 
-use super::route;
-use crate::cache::NearCache;
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::{merge, route};
+use crate::backend::{BackendError, Profile};
+use crate::cache::{NearCache, Ticket, Variant};
 use crate::command::{Command, Fanout, Kind, TxCommand};
-use crate::metrics::InvalidationCause;
-use crate::protocol::resp::{Request, parse_int};
-use crate::server::near_cache::CachedRead;
+use crate::config::Protocol;
+use crate::metrics::{InvalidationCause, Refusal};
+use crate::protocol::ReplyKind;
+use crate::protocol::resp::{ReplyScanner, Request, encode, int_line, parse_int};
+use crate::server::merge::{Gather, Merger, failed};
+use crate::server::near_cache::{CACHING_YES, CachedRead, FillReplies, Keeper, serves};
 use crate::server::outbox::{Outbox, ResendWhen};
-use crate::server::plan::Plan;
+use crate::server::plan::{Part, Plan, Target, parts_by_shard};
+use crate::server::session::Context;
+use crate::topology::PoolState;
 
 /// The reads kept, by the command table's names, sorted. Not: anything that depends on time or
 /// chance (TTL, SRANDMEMBER, RANDOMKEY…), on other keys (SORT), or that blocks.
@@ -77,6 +85,202 @@ pub(super) fn read(cache: &NearCache, cmd: &Command, req: &Request, plan: Plan) 
         rest: frame.slice_ref(req.after(1)),
     };
     Plan::Cached { part, read, resend }
+}
+
+/// How an MGET's value of a key is kept: a string's as GET's reply (the same bytes), nil as
+/// MGET's own (GET of a key of another type is an error, not nil).
+const MGET_VALUES: [&str; 2] = ["GET", "MGET"];
+
+/// The keys of one fill request at most: its replies are counted in a byte.
+const MAX_FILLED_KEYS: usize = u8::MAX as usize - 2;
+
+/// MGET through the near cache: the values it holds answered from it, the rest read from their
+/// shards, each shard's with one fill request whose values are then kept. `None` when a key
+/// has no shard (the routed plan says so).
+pub(super) fn mget(
+    cx: &Context<'_>,
+    cache: &Arc<NearCache>,
+    state: &PoolState,
+    req: &Request,
+    profile: Profile,
+) -> Option<Plan> {
+    let read_from = cx.pool.config.read_from;
+    let variants = MGET_VALUES.map(|command| Variant {
+        command,
+        db: profile.db,
+        resp3: profile.resp3,
+        rest: b"",
+    });
+    let mut hits = Vec::new();
+    let mut missed = Vec::new();
+    let mut hit = Vec::with_capacity(req.argc() - 1);
+    for pos in 1..req.argc() {
+        let key = req.arg(pos);
+        let (_, shard) = state.group_for(key)?;
+        let serves = |id, generation| serves(&state.shards[shard], read_from, id, generation);
+        let found = cache
+            .caches(key)
+            .then(|| cache.get(key, &variants, cx.now(), serves));
+        match found.flatten() {
+            Some(value) => hits.push(value),
+            None => missed.push(pos),
+        }
+        hit.push(missed.last() != Some(&pos));
+    }
+    let mut values = BytesMut::new();
+    encode::array(&mut values, hits.len());
+    hits.iter().for_each(|v| values.put_slice(v));
+    if missed.is_empty() {
+        return Some(Plan::Reply(values.freeze()));
+    }
+    let (miss_parts, part_shards) =
+        parts_by_shard(state, missed.iter().map(|&p| req.arg(p))).ok()?;
+    let hits_part = part_shards.len() as u32;
+    let mut misses = miss_parts.iter();
+    let key_parts = hit
+        .iter()
+        .map(|&hit| match hit {
+            true => hits_part,
+            false => *misses.next().unwrap_or(&hits_part),
+        })
+        .collect();
+    let frame = req.frame();
+    let mut parts = Vec::with_capacity(part_shards.len());
+    let mut fills = Vec::with_capacity(part_shards.len());
+    for (part, &(_, shard)) in part_shards.iter().enumerate() {
+        let keys: Vec<Bytes> = (missed.iter().zip(&miss_parts))
+            .filter(|&(_, &p)| p as usize == part)
+            .map(|(&pos, _)| frame.slice_ref(req.arg(pos)))
+            .collect();
+        let node = state.shards[shard].node_for(false, read_from, cx.listing.id as usize);
+        let target = Target::Node { shard, node };
+        let node = &state.shards[shard].nodes[node];
+        let (payload, kind, fill) = match node.tracking_ready() {
+            Some(generation) if keys.len() <= MAX_FILLED_KEYS => {
+                let now = cx.now();
+                let fill = keys
+                    .iter()
+                    .map(|k| (cache.caches(k)).then(|| cache.ticket(k, node.id(), generation, now)))
+                    .collect();
+                let keeper = Keeper {
+                    cache: cache.clone(),
+                    node: node.clone(),
+                    profile: (profile.db, profile.resp3),
+                };
+                let kind = ReplyKind::Resps(keys.len() as u8 + 2);
+                (
+                    mget_request(&keys, true),
+                    kind,
+                    Some(KeyFills {
+                        keeper,
+                        keys,
+                        tickets: fill,
+                    }),
+                )
+            }
+            _ => (mget_request(&keys, false), ReplyKind::Resp, None),
+        };
+        parts.push(Part {
+            target,
+            payload,
+            kind,
+        });
+        fills.push(fill);
+    }
+    let max_depth = cx.pool.config.max_reply_depth;
+    let merger = FilledMget {
+        fills,
+        hits: values.freeze(),
+        key_parts,
+        max_depth,
+    };
+    Some(Plan::Gather(parts, Gather::new(part_shards.len(), merger)))
+}
+
+/// MGET of `keys`; `tracked`: as a fill request (CLIENT CACHING YES first, each key's PTTL
+/// after).
+fn mget_request(keys: &[Bytes], tracked: bool) -> Bytes {
+    let mut buf = BytesMut::with_capacity(keys.iter().map(|k| k.len() + 24).sum::<usize>() + 64);
+    if tracked {
+        buf.put_slice(CACHING_YES);
+    }
+    encode::array(&mut buf, 1 + keys.len());
+    encode::bulk(&mut buf, b"MGET");
+    keys.iter().for_each(|key| encode::bulk(&mut buf, key));
+    for key in keys.iter().filter(|_| tracked) {
+        encode::command(&mut buf, [&b"PTTL"[..], key].into_iter());
+    }
+    buf.freeze()
+}
+
+/// What one shard's MGET fill request keeps: each key's value, where the key is cached.
+struct KeyFills {
+    keeper: Keeper,
+    keys: Vec<Bytes>,
+    tickets: Vec<Option<Ticket>>,
+}
+
+impl KeyFills {
+    /// MGET's reply, out of the fill request's, after keeping its values.
+    fn take(&self, reply: &Bytes, max_depth: usize) -> Bytes {
+        let mut replies = FillReplies::new(reply, max_depth);
+        let tracked = replies.tracked();
+        let values = replies.next();
+        let Some((_, mut at)) = (values.first() == Some(&b'*'))
+            .then(|| int_line(&values, 1))
+            .flatten()
+        else {
+            return values;
+        };
+        let mut scanner = ReplyScanner::new(max_depth);
+        for (key, ticket) in self.keys.iter().zip(&self.tickets) {
+            let Ok(Some(len)) = scanner.scan(&values[at..]) else {
+                break;
+            };
+            let value = values.slice(at..at + len);
+            at += len;
+            let pttl = replies.pttl();
+            match ticket {
+                _ if !tracked => self.keeper.refuse(Refusal::Untracked),
+                None => {}
+                Some(ticket) => {
+                    let nil = &value[..] == b"$-1\r\n" || &value[..] == b"_\r\n";
+                    let command = MGET_VALUES[usize::from(nil)];
+                    (self.keeper).keep(key.clone(), (command, b""), (ticket, &value, pttl));
+                }
+            }
+        }
+        values
+    }
+}
+
+/// MGET's values in key order: from the fill requests' replies and from the cache's hits.
+struct FilledMget {
+    fills: Vec<Option<KeyFills>>,
+    /// The hits, as an array: the last part of `key_parts`.
+    hits: Bytes,
+    key_parts: Vec<u32>,
+    max_depth: usize,
+}
+
+impl Merger for FilledMget {
+    fn merge(&mut self, parts: Vec<Result<Bytes, BackendError>>) -> Bytes {
+        let mut replies = Vec::with_capacity(parts.len() + 1);
+        for (reply, fill) in parts.into_iter().zip(&self.fills) {
+            let reply = match (reply, fill) {
+                (Err(e), _) => return failed(Protocol::Redis, e),
+                (Ok(reply), Some(fill)) => fill.take(&reply, self.max_depth),
+                (Ok(reply), None) => reply,
+            };
+            // A failed shard fails the whole request, as a single server would.
+            if reply.first() == Some(&b'-') {
+                return reply;
+            }
+            replies.push(reply);
+        }
+        replies.push(self.hits.clone());
+        merge::values(&replies, &self.key_parts, self.max_depth)
+    }
 }
 
 /// Invalidates what request `seq`, `cmd`, may change: the keys of a write, or everything

@@ -130,7 +130,7 @@ impl Merger for RespMerge {
                     }
                 }
                 match merge {
-                    Merge::Values => merge_values(&replies, key_parts, *max_depth),
+                    Merge::Values => values(&replies, key_parts, *max_depth),
                     Merge::Sum => merge_sum(&replies),
                     Merge::Same => replies.swap_remove(0),
                     Merge::Concat => merge_concat(&replies, *max_depth),
@@ -370,7 +370,7 @@ fn next_cursor(backend: u64, shard: usize, shards: usize) -> Option<u64> {
 
 /// MGET: walks each part's array reply with a cursor, taking the next value of key i's part,
 /// so the values come out in key order without collecting them first.
-fn merge_values(replies: &[Bytes], key_parts: &[u32], max_depth: usize) -> Bytes {
+pub(super) fn values(replies: &[Bytes], key_parts: &[u32], max_depth: usize) -> Bytes {
     const NOT_AN_ARRAY: &str = "MGET with something other than an array";
     let mut cursors = Vec::with_capacity(replies.len());
     for r in replies {

@@ -368,9 +368,12 @@ impl Resp {
             },
         };
         let plan = match (&cx.pool.near_cache, cmd) {
-            (Some(cache), Some(cmd)) if state.slots().is_none() => {
-                cached::read(cache, cmd, &req, plan)
-            }
+            (Some(cache), Some(cmd)) if state.slots().is_none() => match cmd.name {
+                "MGET" if !plan_failed(&plan) => {
+                    cached::mget(cx, cache, state, &req, self.profile()).unwrap_or(plan)
+                }
+                _ => cached::read(cache, cmd, &req, plan),
+            },
             _ => plan,
         };
         if let (Some(cache), Some(cmd), false) = (&cx.pool.near_cache, cmd, plan_failed(&plan)) {

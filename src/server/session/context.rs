@@ -120,6 +120,11 @@ impl Context<'_> {
         owed + in_flight.saturating_mul(each) <= c.max_output_bytes
     }
 
+    /// When the requests being handled were read.
+    pub(in crate::server) fn now(&self) -> Instant {
+        self.carrier.now
+    }
+
     /// The worker thread the session runs on.
     pub(in crate::server) fn worker(&self) -> usize {
         self.carrier.worker()

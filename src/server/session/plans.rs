@@ -12,7 +12,7 @@ use super::Context;
 use crate::backend::{Job, Node, NodeId, Profile, ReplyTo, Reserved, Subscriber, Token};
 use crate::protocol::ReplyKind;
 use crate::server::merge::Gather;
-use crate::server::near_cache::{CachedRead, FILL_REPLIES, Filling, fill_request, serves};
+use crate::server::near_cache::{CachedRead, FILL_REPLIES, Filling, Keeper, fill_request, serves};
 use crate::server::outbox::{Blocking, Redirects, Sent};
 use crate::server::plan::{Part, Plan, Target};
 use crate::topology::{BlockedOn, Client, PoolState};
@@ -208,7 +208,7 @@ impl Context<'_> {
         let now = self.carrier.now;
         let variant = read.variant(profile.db, profile.resp3);
         let serves = |id, generation| serves(&state.shards[shard], read_from, id, generation);
-        if let Some(reply) = cache.get(&read.key, &variant, now, serves) {
+        if let Some(reply) = cache.get(&read.key, &[variant], now, serves) {
             return self.out.ready(reply);
         }
         let node = state.shards[shard].nodes[node].clone();
@@ -223,11 +223,13 @@ impl Context<'_> {
         };
         self.execute(state, as_routed(fill), profile);
         self.out.filling_last(Box::new(Filling {
-            cache,
+            keeper: Keeper {
+                cache,
+                node,
+                profile: (profile.db, profile.resp3),
+            },
             read,
-            profile: (profile.db, profile.resp3),
             ticket,
-            node,
             moved: false,
             max_depth: self.pool.config.max_reply_depth,
         }));
