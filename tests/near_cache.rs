@@ -299,10 +299,14 @@ fn mget_is_answered_partly_from_the_cache() {
 /// server forgot what they tracked, so what was cached from that node is no longer served.
 #[test]
 fn killed_tracking_connections_drop_what_was_cached_from_their_node() {
-    let (servers, _proxy, port, _) = setup();
+    let (servers, proxy, port, _) = setup();
     let mut c = connect(port);
     let _: () = c.set("k", "old").unwrap();
     assert_eq!(c.get::<_, String>("k").unwrap(), "old");
+    wait_until("tracking on", Duration::from_secs(5), || {
+        tracking(&proxy).0 == 2
+    });
+    let (_, before) = tracking(&proxy);
     let holder = servers
         .iter()
         .find(|s| s.client().exists::<_, bool>("k").unwrap())
@@ -314,6 +318,22 @@ fn killed_tracking_connections_drop_what_was_cached_from_their_node() {
         .unwrap();
     let _: () = direct.set("k", "new").unwrap();
     reads_within_a_second(port, "k", Some("new"));
+    // /topology shows each node's tracking back on, at a later generation only for the node
+    // whose connections were killed.
+    wait_until("tracking on again", Duration::from_secs(5), || {
+        let (on, now) = tracking(&proxy);
+        on == 2 && now.iter().zip(&before).filter(|(n, b)| n > b).count() == 1
+    });
+}
+
+/// How many nodes of the cached pool `/topology` shows tracking, and each node's generation.
+fn tracking(proxy: &Proxy) -> (usize, Vec<u64>) {
+    let topology = proxy.http("/topology").1;
+    let on = topology.matches("\"tracking\":{\"on\":true").count();
+    let generations = (topology.split("\"generation\":").skip(1))
+        .map(|g| g[..g.find('}').unwrap()].parse().unwrap())
+        .collect();
+    (on, generations)
 }
 
 /// FLUSHALL on one shard, made on the server itself: it tells tracking connections that every
@@ -415,4 +435,53 @@ fn info_and_metrics_count_what_the_cache_did() {
     assert_eq!(fields["near_cache_keys"], "1");
     assert_eq!(near_cache_metric(&proxy, "keys"), 1);
     assert!(near_cache_metric(&proxy, "bytes") > 0);
+}
+
+/// `failover: promote` replaces a dead master: what was cached from it is not served, though
+/// the promoted replica never tracked those reads for the proxy (a write made on it directly
+/// would never invalidate them).
+#[test]
+fn a_promoted_replica_is_not_answered_for_by_what_its_old_master_gave() {
+    let quick = ["--repl-diskless-sync-delay", "0"];
+    let (master, replica) = (Redis::start_with(&quick), Redis::start_with(&quick));
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(master.port)
+        .query(&mut replica.client())
+        .unwrap();
+    let extra = "    failover: promote
+    near_cache: { max_bytes: 16777216 }
+    health_check: { interval_ms: 100, timeout_ms: 200, failures: 3 }
+";
+    let (mut master, replica, port, proxy) = one_server(master, replica, extra);
+    let mut c = connect(port);
+    let _: () = c.set("k", "v1").unwrap();
+    wait_until("the replica holds k", Duration::from_secs(10), || {
+        replica
+            .client()
+            .get::<_, Option<String>>("k")
+            .unwrap()
+            .is_some()
+    });
+    let hits = || {
+        metric(
+            &proxy.http("/metrics").1,
+            "ringproxy_near_cache_hits_total{pool=\"main\"}",
+        )
+    };
+    wait_until("k answered from the cache", Duration::from_secs(10), || {
+        assert_eq!(c.get::<_, String>("k").unwrap(), "v1");
+        hits() >= 1
+    });
+    wait_until("the replica seen in sync", Duration::from_secs(10), || {
+        proxy.http("/topology").1.contains("\"holds_data\":true")
+    });
+    master.kill();
+    wait_until("the replica promoted", Duration::from_secs(10), || {
+        let topology = proxy.http("/topology").1;
+        topology.contains(&format!("\"master\":{{\"address\":\"{}\"", replica.addr()))
+    });
+    let _: () = replica.client().set("k", "v2").unwrap();
+    let mut c = connect(port);
+    assert_eq!(c.get::<_, String>("k").unwrap(), "v2");
 }

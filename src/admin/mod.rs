@@ -243,6 +243,17 @@ struct NodeView {
     /// take the master's place.
     holds_data: bool,
     keys: Option<u64>,
+    /// With a near cache: whether the node's invalidations are heard (its tracking listener is
+    /// connected), and its cache generation (moved on by each lost tracking connection, flush
+    /// or failover: what was cached from it before is not served).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tracking: Option<TrackingView>,
+}
+
+#[derive(Serialize)]
+struct TrackingView {
+    on: bool,
+    generation: u64,
 }
 
 fn role_name(role: Role) -> &'static str {
@@ -296,6 +307,10 @@ fn pool_view(pool: &Pool) -> PoolView<'_> {
                 says: status.says().map(role_name),
                 holds_data: status.in_sync_at.is_some(),
                 keys: status.said.as_ref().map(|s| s.keys),
+                tracking: pool.near_cache.as_ref().map(|_| TrackingView {
+                    on: shard.nodes[n].tracking_ready().is_some(),
+                    generation: shard.nodes[n].cache_generation(),
+                }),
             };
             ServerView {
                 name: shard.name.to_string(),
