@@ -38,7 +38,9 @@
 //! - `cache`: a pool's near cache: replies of one-key reads by key, sharded, within a byte
 //!   budget, kept only when no invalidation, write, flush or lost tracking connection came
 //!   while their read was in flight (`store`, one shard and its eviction; `pattern`, the
-//!   `keys` globs). `backend/tracking` feeds it each node's invalidations.
+//!   `keys` globs). `backend/tracking` feeds it each node's invalidations. `cache/hotkeys`:
+//!   every pool's requests per key over the last minute (a count-min sketch and a ranking per
+//!   worker, merged when asked).
 //! - `topology`: pools and their live state: `state`, the `PoolState` snapshot (placement,
 //!   shards by name, each shard's master as data, node health) sessions load per burst;
 //!   `shards`, building a pool's shards from its configuration (reusing nodes across a
@@ -67,11 +69,13 @@
 //!   for which reads the near cache serves and which writes invalidate it, `merge`) and
 //!   `memcache` (`route`, `merge`).
 //! - `slowlog`: the pool's slow log (SLOWLOG), secrets redacted.
-//! - `admin`: the HTTP endpoint (`/health`, `/ready`, `/metrics`, `/topology`, `/reload`),
-//!   with a bounded number of connections, each closed when idle (`connections`); `metrics`:
+//! - `admin`: the HTTP endpoint (`/health`, `/ready`, `/metrics`, `/topology`, `/reload`,
+//!   `/hotkeys` in `hotkeys`), with a bounded number of connections, each closed when idle
+//!   (`connections`); `metrics`:
 //!   the Prometheus families, latency histograms (`latency`), `process_*` metrics
 //!   (`process`), failed-AUTH delays per address (`auth`), a cluster pool's redirects and
-//!   slot-map asks (`cluster`), and logs kept to one a second (`throttle`).
+//!   slot-map asks (`cluster`), the hottest keys' rates (`hotkeys`), and logs kept to one a
+//!   second (`throttle`).
 //! - Tests of a large module live beside it in `tests.rs` (`mod tests;`); `backend/fake`
 //!   holds what tests of backend connections share. Integration tests in `tests/` run real
 //!   servers.

@@ -3,6 +3,7 @@
 //! JSON serde_json's. Its connections are bounded ([`connections`]).
 
 mod connections;
+mod hotkeys;
 
 use std::sync::Arc;
 
@@ -44,6 +45,7 @@ pub async fn serve(
     let guarded = Router::new()
         .route("/metrics", get(metrics))
         .route("/topology", get(topology_view))
+        .route("/hotkeys", get(hotkeys::hot_keys_view))
         .route("/reload", post(reload))
         .route_layer(middleware::from_fn_with_state(admin.clone(), authorize));
     let app = Router::new()
@@ -53,7 +55,7 @@ pub async fn serve(
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                "not found: try /health /ready /metrics /topology\n",
+                "not found: try /health /ready /metrics /topology /hotkeys\n",
             )
         })
         .with_state(admin);
@@ -110,6 +112,7 @@ async fn ready(State(admin): State<Arc<Admin>>) -> Response {
 
 /// OpenMetrics for scrapers that ask for it (Prometheus does), else the classic text format.
 async fn metrics(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
+    hotkeys::show_in_metrics(&admin.topology);
     let metrics = &admin.topology.metrics;
     let openmetrics = headers
         .get(header::ACCEPT)

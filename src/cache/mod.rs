@@ -15,6 +15,7 @@
 //! Each also removes what it invalidates (an epoch move removes the key; a generation or
 //! flush move leaves stale entries that are never served and are evicted in time).
 
+pub(crate) mod hotkeys;
 mod pattern;
 mod store;
 
@@ -41,6 +42,7 @@ const EPOCHS: usize = 1 << 16;
 /// A pool's near cache, shared by its workers.
 pub(crate) struct NearCache {
     max_ttl: Duration,
+    hot_only: bool,
     patterns: Vec<Box<[u8]>>,
     /// Bytes each shard may hold.
     budget: usize,
@@ -65,6 +67,7 @@ impl NearCache {
     pub(crate) fn new(config: &NearCacheConfig, metrics: NearCacheMetrics) -> NearCache {
         NearCache {
             max_ttl: config.max_ttl,
+            hot_only: config.hot_only,
             patterns: config.keys.iter().map(|k| k.as_bytes().into()).collect(),
             budget: config.max_bytes / SHARDS,
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
@@ -82,6 +85,12 @@ impl NearCache {
     /// Whether replies of `key` are cached at all (the pool's `keys` patterns).
     pub(crate) fn caches(&self, key: &[u8]) -> bool {
         self.patterns.is_empty() || self.patterns.iter().any(|p| matches(p, key))
+    }
+
+    /// Whether a reply of `key` may be kept now: `is_hot` says whether the hot-key counter ranks
+    /// it hot, asked only when the pool caches hot keys alone.
+    pub(crate) fn keeps(&self, key: &[u8], is_hot: impl FnOnce() -> bool) -> bool {
+        self.caches(key) && (!self.hot_only || is_hot())
     }
 
     fn hash(&self, key: &[u8]) -> u64 {

@@ -10,6 +10,7 @@ fn cache(max_bytes: usize, keys: &[&str]) -> NearCache {
         max_bytes,
         max_ttl: Duration::from_secs(60),
         keys: keys.iter().map(|k| k.to_string()).collect(),
+        hot_only: false,
     };
     NearCache::new(&config, Metrics::default().near_cache("test"))
 }

@@ -11,4 +11,6 @@ pub struct NearCacheConfig {
     pub max_ttl: Duration,
     /// Glob patterns (as KEYS takes them) of the keys cached; empty: every key.
     pub keys: Vec<String>,
+    /// Only keys the hot-key counter ranks among a worker's hottest are kept.
+    pub hot_only: bool,
 }

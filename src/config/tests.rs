@@ -191,10 +191,6 @@ fn settings_of_the_other_protocol_are_refused() {
             "near_cache: max_ttl_ms must be at least 1",
         ),
         (
-            pool("redis", "    near_cache: { hot_only: true }\n"),
-            "near_cache: hot_only needs the hot-key counter",
-        ),
-        (
             pool("redis", "    near_cache: { keys: [\"\"] }\n"),
             "near_cache: keys: an empty pattern matches no key",
         ),
@@ -358,9 +354,10 @@ fn a_near_cache_takes_its_defaults_and_is_not_for_cluster_pools() {
     assert_eq!(cache.max_bytes, 256 * 1024 * 1024);
     assert_eq!(cache.max_ttl, Duration::from_secs(60));
     assert!(cache.keys.is_empty());
+    assert!(!cache.hot_only);
     let keys = text.replace(
         "{}",
-        "{ max_bytes: 2097152, max_ttl_ms: 500, keys: [\"user:*\"] }",
+        "{ max_bytes: 2097152, max_ttl_ms: 500, keys: [\"user:*\"], hot_only: true }",
     );
     let cache = parse(&keys).unwrap().pools[0].near_cache.clone().unwrap();
     assert_eq!(
@@ -368,6 +365,7 @@ fn a_near_cache_takes_its_defaults_and_is_not_for_cluster_pools() {
         (2097152, Duration::from_millis(500))
     );
     assert_eq!(cache.keys, ["user:*"]);
+    assert!(cache.hot_only);
     let cluster = "pools:\n  p:\n    listen: 127.0.0.1:6380\n    near_cache: {}\n    cluster: { seeds: [127.0.0.1:7000] }\n";
     assert!(error_of(cluster).contains("near_cache is not yet for cluster pools"));
 }

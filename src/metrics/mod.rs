@@ -16,6 +16,7 @@ use crate::command::{Class, ClassCounts};
 
 mod auth;
 mod cluster;
+mod hotkeys;
 mod latency;
 mod near_cache;
 mod process;
@@ -25,6 +26,8 @@ pub use auth::AuthFailures;
 use auth::UserLabels;
 use cluster::ClusterFamilies;
 pub use cluster::{ClusterMetrics, RedirectKind, RefreshCause};
+use hotkeys::HotKeyFamily;
+pub use hotkeys::{SHOWN as HOT_KEYS_SHOWN, ShownKey};
 use near_cache::NearCacheFamilies;
 pub use near_cache::{InvalidationCause, NearCacheMetrics, Refusal};
 pub use throttle::Throttle;
@@ -201,6 +204,7 @@ pub struct Metrics {
     config_reloads: Family<ResultLabels, Counter>,
     cluster: ClusterFamilies,
     near_cache: NearCacheFamilies,
+    hot_keys: HotKeyFamily,
 }
 
 /// One server's (shard's) failover handles.
@@ -368,6 +372,7 @@ impl Default for Metrics {
             config_reloads: family(r, "config_reloads", "Configuration reloads, by result"),
             cluster: ClusterFamilies::register(r),
             near_cache: NearCacheFamilies::register(r),
+            hot_keys: HotKeyFamily::register(r),
             registry: std::mem::take(r),
             process: {
                 let mut process = Registry::default();
@@ -448,6 +453,11 @@ impl Metrics {
     /// A cluster pool's handles.
     pub fn cluster(&self, pool: &str) -> ClusterMetrics {
         self.cluster.pool(pool)
+    }
+
+    /// Shows `pools`' hottest keys (each pool's name and keys, hottest first).
+    pub fn show_hot_keys<'a>(&self, pools: impl Iterator<Item = (&'a str, Vec<ShownKey>)>) {
+        self.hot_keys.show(pools);
     }
 
     /// A pool's near-cache handles.

@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 
 use crate::backend::{Invalidations, NodeEvent};
 use crate::cache::NearCache;
+use crate::cache::hotkeys::{HotKey, HotKeys};
 use crate::config::{Config, PoolConfig};
 use crate::metrics::{Metrics, PoolMetrics};
 use crate::net::ServerTls;
@@ -66,6 +67,8 @@ pub struct Pool {
     pub clients: Clients,
     /// Replies of reads kept for the pool's clients, if it has `near_cache`.
     pub near_cache: Option<Arc<NearCache>>,
+    /// Requests per key over the last minute, per worker.
+    pub hot_keys: HotKeys,
     /// What new clients' TLS handshakes use (a reload may load new certificates).
     client_tls: ArcSwapOption<rustls::ServerConfig>,
 }
@@ -187,6 +190,7 @@ impl Pool {
             ),
             clients: Clients::default(),
             near_cache,
+            hot_keys: HotKeys::new(workers.len(), std::time::Instant::now()),
             client_tls: ArcSwapOption::new(config.tls.as_ref().map(ServerTls::config)),
         }
     }
@@ -227,6 +231,21 @@ impl Pool {
     /// answered. For shutdown, and for a pool a reload removed or replaced.
     pub fn close_clients(&self) {
         self.clients.close_all();
+    }
+
+    /// The pool's `n` hottest keys over the last minute, hottest first, each with the name of
+    /// the shard it is on now.
+    pub fn hottest(&self, n: usize) -> Vec<(HotKey, Option<Arc<str>>)> {
+        let state = self.state();
+        let keys = self.hot_keys.top(n, std::time::Instant::now());
+        keys.into_iter()
+            .map(|k| {
+                let shard = state
+                    .shard_for(&k.key)
+                    .map(|i| state.shards[i].name.clone());
+                (k, shard)
+            })
+            .collect()
     }
 
     /// The pool's current state. Load it per burst of requests and do not keep it: the next

@@ -38,13 +38,11 @@ impl RawNearCache {
         if keys.iter().any(String::is_empty) {
             return Err("near_cache: keys: an empty pattern matches no key; give '*' for every key, or leave keys out".into());
         }
-        if self.hot_only == Some(true) {
-            return Err("near_cache: hot_only needs the hot-key counter, which this version does not have; leave it out (or false)".into());
-        }
         Ok(NearCacheConfig {
             max_bytes,
             max_ttl,
             keys,
+            hot_only: self.hot_only.unwrap_or(false),
         })
     }
 }

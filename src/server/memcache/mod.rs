@@ -172,12 +172,10 @@ impl Memcache {
                     cx.execute(state, plan, Profile::default());
                 }
             }
-            Verb::Get | Verb::Gets => {
-                cx.execute(state, route::get(state, &req), Profile::default())
-            }
+            Verb::Get | Verb::Gets => self.get(cx, state, &req),
             Verb::Gat | Verb::Gats => {
                 if self.exptime_allowed(cx, &req, req.token(2).unwrap_or_default()) {
-                    cx.execute(state, route::get(state, &req), Profile::default());
+                    self.get(cx, state, &req);
                 }
             }
             Verb::Shutdown
@@ -247,7 +245,16 @@ impl Memcache {
             return;
         }
         let plan = route::keyed(state, req, key);
+        if !key.is_empty() {
+            cx.pool.hot_keys.count(cx.worker(), [key], cx.now());
+        }
         cx.execute(state, plan, Profile::default());
+    }
+
+    /// get / gets / gat / gats, of one key or several.
+    fn get(&mut self, cx: &mut Context<'_>, state: &PoolState, req: &Request) {
+        (cx.pool.hot_keys).count(cx.worker(), route::get_keys(req), cx.now());
+        cx.execute(state, route::get(state, req), Profile::default());
     }
 
     /// `stats`: the servers' counters summed as one memcached would show the pool, with the

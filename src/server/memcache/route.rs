@@ -116,14 +116,23 @@ fn invalidation(req: &Request) -> Option<(Bytes, Verb)> {
     Some((Bytes::from(delete), verb))
 }
 
+/// The keys of get / gets / gat / gats.
+pub(super) fn get_keys(req: &Request) -> impl Iterator<Item = &[u8]> {
+    req.tokens().skip(first_get_key(req))
+}
+
+/// Where the keys of get / gets / gat / gats start among its tokens.
+fn first_get_key(req: &Request) -> usize {
+    match req.verb {
+        Verb::Gat | Verb::Gats => 2,
+        _ => 1,
+    }
+}
+
 /// get / gets / gat / gats: one request per shard with that shard's keys, merged in key order.
 pub(super) fn get<N>(state: &PoolState<N>, req: &Request) -> Plan {
-    let first_key = if matches!(req.verb, Verb::Gat | Verb::Gats) {
-        2
-    } else {
-        1
-    };
-    let mut keys = req.tokens().skip(first_key);
+    let first_key = first_get_key(req);
+    let mut keys = get_keys(req);
     if let (Some(key), None) = (keys.next(), keys.next()) {
         // The common single-key get: nothing to group.
         return match state.shard_for(key) {
@@ -131,7 +140,7 @@ pub(super) fn get<N>(state: &PoolState<N>, req: &Request) -> Plan {
             None => Plan::Fail(ClientError::NoServer),
         };
     }
-    let (key_parts, part_shards) = match parts_by_shard(state, req.tokens().skip(first_key)) {
+    let (key_parts, part_shards) = match parts_by_shard(state, get_keys(req)) {
         Ok(grouped) => grouped,
         Err(e) => return Plan::Fail(e),
     };

@@ -160,7 +160,11 @@ pub(super) fn mget(
                 let now = cx.now();
                 let fill = keys
                     .iter()
-                    .map(|k| (cache.caches(k)).then(|| cache.ticket(k, node.id(), generation, now)))
+                    .map(|k| {
+                        let hot = || cx.pool.hot_keys.is_hot(cx.worker(), k);
+                        let keeps = cache.keeps(k, hot);
+                        keeps.then(|| cache.ticket(k, node.id(), generation, now))
+                    })
                     .collect();
                 let keeper = Keeper {
                     cache: cache.clone(),

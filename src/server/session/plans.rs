@@ -212,7 +212,11 @@ impl Context<'_> {
             return self.out.ready(reply);
         }
         let node = state.shards[shard].nodes[node].clone();
-        let Some(generation) = node.tracking_ready() else {
+        let hot = || self.pool.hot_keys.is_hot(self.carrier.worker(), &read.key);
+        let Some(generation) = node
+            .tracking_ready()
+            .filter(|_| cache.keeps(&read.key, hot))
+        else {
             return self.execute(state, as_routed(part), profile);
         };
         let ticket = cache.ticket(&read.key, node.id(), generation, now);

@@ -1,0 +1,254 @@
+//! Hot keys: how many requests each key got over the last minute, estimated within a bounded
+//! memory — per worker a count-min sketch of the minute (six ten-second slices, so the minute
+//! slides) and the keys it ranks highest, merged when asked (`/hotkeys`, the metric, a near
+//! cache with `hot_only`). A worker's counter is locked only by its own sessions and by a
+//! reader now and then: no lock is shared by every session.
+
+use std::hash::BuildHasher;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+/// Counters per row of a sketch: over-estimates stay within 1/2048 of the minute's requests.
+const WIDTH: usize = 2048;
+const ROWS: usize = 4;
+/// The minute is counted in slices, the oldest dropped as a new one starts.
+const SLICES: usize = 6;
+const SLICE: Duration = Duration::from_secs(10);
+/// Keys a worker ranks: twice what is shown, so that a key high on one worker and lower on
+/// another is still merged.
+const RANKED: usize = 64;
+/// Keys shown, and ranked as hot for `hot_only`.
+pub(crate) const TOP: usize = 32;
+
+/// A pool's hot-key counters, one per worker.
+pub(crate) struct HotKeys {
+    workers: Box<[Mutex<Counter>]>,
+    hasher: std::hash::RandomState,
+}
+
+/// A key among the hottest: its requests over the window, and the window's length.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct HotKey {
+    pub key: Bytes,
+    pub requests: u64,
+    pub per_second: f64,
+}
+
+/// A key as people read it: UTF-8 as it is, other bytes (and control characters) as `\xNN`.
+pub(crate) fn shown(key: &[u8]) -> String {
+    match std::str::from_utf8(key) {
+        Ok(text) if !text.chars().any(char::is_control) => text.to_string(),
+        _ => key
+            .iter()
+            .map(|&b| match b {
+                b' '..=b'~' if b != b'\\' => char::from(b).to_string(),
+                _ => format!("\\x{b:02x}"),
+            })
+            .collect(),
+    }
+}
+
+type Sketch = Box<[[u32; WIDTH]; ROWS]>;
+
+struct Counter {
+    slices: [Sketch; SLICES],
+    /// The sum of the slices: what estimates read.
+    total: Sketch,
+    current: usize,
+    /// When the current slice started, and when the first did (the window is shorter than a
+    /// minute until a minute has passed).
+    slice_started: Instant,
+    started: Instant,
+    ranked: Vec<Ranked>,
+}
+
+struct Ranked {
+    hash: u64,
+    key: Bytes,
+    count: u32,
+}
+
+fn sketch() -> Sketch {
+    Box::new([[0; WIDTH]; ROWS])
+}
+
+/// The counter of each row a hash picks.
+fn cells(hash: u64) -> impl Iterator<Item = (usize, usize)> {
+    let (low, high) = (hash as u32 as usize, (hash >> 32) as usize | 1);
+    (0..ROWS).map(move |row| (row, low.wrapping_add(row.wrapping_mul(high)) % WIDTH))
+}
+
+impl HotKeys {
+    pub(crate) fn new(workers: usize, now: Instant) -> HotKeys {
+        HotKeys {
+            workers: (0..workers.max(1))
+                .map(|_| Mutex::new(Counter::new(now)))
+                .collect(),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    fn counter(&self, worker: usize) -> std::sync::MutexGuard<'_, Counter> {
+        (self.workers[worker % self.workers.len()])
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a request for each of `keys` on `worker`, made `now`.
+    pub(crate) fn count<'k>(
+        &self,
+        worker: usize,
+        keys: impl IntoIterator<Item = &'k [u8]>,
+        now: Instant,
+    ) {
+        let mut counter = self.counter(worker);
+        for key in keys {
+            counter.count(self.hasher.hash_one(key), key, now);
+        }
+    }
+
+    /// Whether `key` is among the [`TOP`] keys of `worker`, the worker asking.
+    pub(crate) fn is_hot(&self, worker: usize, key: &[u8]) -> bool {
+        let hash = self.hasher.hash_one(key);
+        let counter = self.counter(worker);
+        let Some(count) = counter
+            .ranked
+            .iter()
+            .find(|r| r.hash == hash && r.key == key)
+        else {
+            return false;
+        };
+        counter
+            .ranked
+            .iter()
+            .filter(|r| r.count > count.count)
+            .count()
+            < TOP
+    }
+
+    /// The `n` hottest keys over the window ending `now`, hottest first.
+    pub(crate) fn top(&self, n: usize, now: Instant) -> Vec<HotKey> {
+        let mut merged: Vec<HotKey> = Vec::new();
+        for worker in 0..self.workers.len() {
+            let mut counter = self.counter(worker);
+            counter.rotate(now);
+            let window = counter.window(now).as_secs_f64().max(1.0);
+            for r in &counter.ranked {
+                let requests = u64::from(r.count);
+                match merged.iter_mut().find(|h| h.key == r.key) {
+                    Some(h) => {
+                        h.requests += requests;
+                        h.per_second += requests as f64 / window;
+                    }
+                    None => merged.push(HotKey {
+                        key: r.key.clone(),
+                        requests,
+                        per_second: requests as f64 / window,
+                    }),
+                }
+            }
+        }
+        merged.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.key.cmp(&b.key)));
+        merged.truncate(n);
+        merged
+    }
+}
+
+impl Counter {
+    fn new(now: Instant) -> Counter {
+        Counter {
+            slices: std::array::from_fn(|_| sketch()),
+            total: sketch(),
+            current: 0,
+            slice_started: now,
+            started: now,
+            ranked: Vec::with_capacity(RANKED),
+        }
+    }
+
+    fn count(&mut self, hash: u64, key: &[u8], now: Instant) {
+        self.rotate(now);
+        let mut estimate = u32::MAX;
+        for (row, cell) in cells(hash) {
+            let slice = &mut self.slices[self.current][row][cell];
+            *slice = slice.saturating_add(1);
+            let total = &mut self.total[row][cell];
+            *total = total.saturating_add(1);
+            estimate = estimate.min(*total);
+        }
+        self.rank(hash, key, estimate);
+    }
+
+    /// Keeps `key` among the ranked keys with its new estimate, if it ranks.
+    fn rank(&mut self, hash: u64, key: &[u8], estimate: u32) {
+        if let Some(r) = self
+            .ranked
+            .iter_mut()
+            .find(|r| r.hash == hash && r.key == key)
+        {
+            r.count = estimate;
+            return;
+        }
+        let entry = || Ranked {
+            hash,
+            key: Bytes::copy_from_slice(key),
+            count: estimate,
+        };
+        if self.ranked.len() < RANKED {
+            return self.ranked.push(entry());
+        }
+        let lowest = (self.ranked.iter().enumerate())
+            .min_by_key(|(_, r)| r.count)
+            .map(|(i, r)| (i, r.count));
+        if let Some((i, count)) = lowest
+            && estimate > count
+        {
+            self.ranked[i] = entry();
+        }
+    }
+
+    /// Starts the slices due by `now`, each dropping the oldest slice's counts.
+    fn rotate(&mut self, now: Instant) {
+        let mut rotated = false;
+        for _ in 0..SLICES {
+            if now < self.slice_started + SLICE {
+                break;
+            }
+            self.current = (self.current + 1) % SLICES;
+            let dropped = &mut self.slices[self.current];
+            for (total, old) in self.total.iter_mut().zip(dropped.iter_mut()) {
+                for (t, o) in total.iter_mut().zip(old.iter_mut()) {
+                    *t -= *o;
+                    *o = 0;
+                }
+            }
+            self.slice_started += SLICE;
+            rotated = true;
+        }
+        if now >= self.slice_started + SLICE {
+            // Idle for a minute or more: everything has been dropped.
+            self.slice_started = now;
+        }
+        if rotated {
+            let total = &self.total;
+            for r in &mut self.ranked {
+                r.count = cells(r.hash)
+                    .map(|(row, cell)| total[row][cell])
+                    .min()
+                    .unwrap_or(0);
+            }
+            self.ranked.retain(|r| r.count > 0);
+        }
+    }
+
+    /// How long the counts cover: the minute, or less since the counter started.
+    fn window(&self, now: Instant) -> Duration {
+        let full = SLICE * (SLICES as u32 - 1) + now.saturating_duration_since(self.slice_started);
+        full.min(now.saturating_duration_since(self.started))
+    }
+}
+
+#[cfg(test)]
+mod tests;
