@@ -53,9 +53,10 @@ fn a_skewed_load_lists_its_hot_keys_with_their_counts_and_shards() {
     for ((key, requests, shard), (want, times)) in top.iter().zip(load) {
         // Control characters are shown escaped.
         assert_eq!(key, &want.replace('\u{1}', "\\x01"));
-        let exact = times * 1000 + 1;
-        // Estimated: never fewer, a few more at most (8,003 requests counted).
-        assert!((exact..exact + 40).contains(requests), "{key}: {requests}");
+        let exact = (times * 1000 + 1) as f64;
+        // One request in eight is counted: within 20% (more than 4 standard deviations).
+        let off = (*requests as f64 - exact).abs() / exact;
+        assert!(off < 0.2, "{key}: {requests} for {exact}");
         let holder = (shards.iter())
             .position(|s| s.client().exists::<_, bool>(want).unwrap())
             .unwrap();
@@ -85,7 +86,7 @@ fn memcache_pools_count_their_keys_too() {
     c.write_all(b"set page 0 0 1\r\nx\r\n").unwrap();
     replies.read_line(&mut line).unwrap();
     assert_eq!(line, "STORED\r\n");
-    for _ in 0..50 {
+    for _ in 0..1000 {
         // A multi-key get counts each key; a meta get counts its key.
         c.write_all(b"get page other\r\nmg page v\r\n").unwrap();
         for want in [
@@ -101,7 +102,9 @@ fn memcache_pools_count_their_keys_too() {
         }
     }
     let top = hot_keys(&proxy, "main");
-    assert_eq!(top[0], ("page".to_string(), 101, "mc0".to_string()));
+    let (key, requests, shard) = &top[0];
+    assert_eq!((key.as_str(), shard.as_str()), ("page", "mc0"));
+    assert!((1600..2400).contains(requests), "{requests} for 2,001");
     assert_eq!(top[1].0, "other");
 }
 
@@ -126,17 +129,21 @@ fn hot_only_keeps_only_hot_keys_in_the_near_cache() {
             .count()
             == 3
     });
-    // 40 keys read 5 times each: each is hot (none ranks above it), kept, then answered.
-    for round in 0..5 {
+    // 40 keys read 200 times each: each is hot (none ranks far above it) once one of its
+    // requests has been counted, then kept and answered.
+    for round in 0..200 {
+        let mut pipe = redis::pipe();
         for i in 0..40 {
-            let _: Option<String> = c.get(format!("warm:{i}")).unwrap();
+            pipe.get(format!("warm:{i}")).ignore();
         }
+        let _: () = pipe.query(&mut c).unwrap();
         if round == 0 {
             assert_eq!(hits(), 0);
         }
     }
-    assert!(hits() >= 40 * 3, "{}", hits());
-    // A key read twice now ranks below those 40: it is not kept.
+    assert!(hits() >= 40 * 150, "{}", hits());
+    // A key read twice now ranks below those 40 (about 25 requests of each counted): it is
+    // not kept.
     let before = hits();
     let _: Option<String> = c.get("cold").unwrap();
     let _: Option<String> = c.get("cold").unwrap();

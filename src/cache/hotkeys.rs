@@ -3,6 +3,10 @@
 //! slides) and the keys it ranks highest, merged when asked (`/hotkeys`, the metric, a near
 //! cache with `hot_only`). A worker's counter is locked only by its own sessions and by a
 //! reader now and then: no lock is shared by every session.
+//!
+//! One request in [`SAMPLED`] is counted, chosen at random, and counts are scaled back up: a
+//! hot key has many requests, so its estimate stays close, while the cost of counting every
+//! request (a lock, a hash, a dozen counters) would be paid by every request of every pool.
 
 use std::hash::BuildHasher;
 use std::sync::Mutex;
@@ -21,11 +25,33 @@ const SLICE: Duration = Duration::from_secs(10);
 const RANKED: usize = 64;
 /// Keys shown, and ranked as hot for `hot_only`.
 pub(crate) const TOP: usize = 32;
+/// One request in this many is counted.
+const SAMPLED: u32 = 8;
+
+thread_local! {
+    /// Each worker thread's own pseudo-random sequence for sampling (xorshift).
+    static DRAWS: std::cell::Cell<u32> = const { std::cell::Cell::new(0x9e37_79b9) };
+}
+
+/// Whether this request is one of the one in `sampled` counted.
+fn drawn(sampled: u32) -> bool {
+    sampled <= 1
+        || DRAWS.with(|d| {
+            let mut x = d.get();
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            d.set(x);
+            x % sampled == 0
+        })
+}
 
 /// A pool's hot-key counters, one per worker.
 pub(crate) struct HotKeys {
     workers: Box<[Mutex<Counter>]>,
-    hasher: std::hash::RandomState,
+    seed: u64,
+    /// One request in this many is counted.
+    sampled: u32,
 }
 
 /// A key among the hottest: its requests over the window, and the window's length.
@@ -57,11 +83,15 @@ struct Counter {
     /// The sum of the slices: what estimates read.
     total: Sketch,
     current: usize,
-    /// When the current slice started, and when the first did (the window is shorter than a
-    /// minute until a minute has passed).
+    /// When the current slice started and ends, and when the first started (the window is
+    /// shorter than a minute until a minute has passed).
     slice_started: Instant,
+    slice_ends: Instant,
     started: Instant,
     ranked: Vec<Ranked>,
+    /// With every place taken, the lowest count ranked (or lower): a key estimated at no more
+    /// is not ranked, without looking.
+    floor: u32,
 }
 
 struct Ranked {
@@ -74,6 +104,23 @@ fn sketch() -> Sketch {
     Box::new([[0; WIDTH]; ROWS])
 }
 
+/// A key's hash for the sketch: quick (a multiply per 8 bytes), seeded per process so that
+/// which keys share counters cannot be chosen from outside.
+fn hash(seed: u64, key: &[u8]) -> u64 {
+    let mut h = seed ^ key.len() as u64;
+    for chunk in key.chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        h = (h.rotate_left(23) ^ u64::from_le_bytes(word)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    // MurmurHash3's finalizer: every bit of the key moves every bit of the hash.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
 /// The counter of each row a hash picks.
 fn cells(hash: u64) -> impl Iterator<Item = (usize, usize)> {
     let (low, high) = (hash as u32 as usize, (hash >> 32) as usize | 1);
@@ -82,11 +129,17 @@ fn cells(hash: u64) -> impl Iterator<Item = (usize, usize)> {
 
 impl HotKeys {
     pub(crate) fn new(workers: usize, now: Instant) -> HotKeys {
+        HotKeys::sampling(workers, now, SAMPLED)
+    }
+
+    /// Counters that count one request in `sampled`.
+    fn sampling(workers: usize, now: Instant, sampled: u32) -> HotKeys {
         HotKeys {
             workers: (0..workers.max(1))
                 .map(|_| Mutex::new(Counter::new(now)))
                 .collect(),
-            hasher: std::hash::RandomState::new(),
+            seed: std::hash::RandomState::new().hash_one(0u8),
+            sampled,
         }
     }
 
@@ -96,22 +149,26 @@ impl HotKeys {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts a request for each of `keys` on `worker`, made `now`.
-    pub(crate) fn count<'k>(
+    /// Counts a request made `now` on `worker`, for each of the keys `keys` gives (asked only
+    /// for the requests counted).
+    pub(crate) fn count<'k, K: IntoIterator<Item = &'k [u8]>>(
         &self,
         worker: usize,
-        keys: impl IntoIterator<Item = &'k [u8]>,
+        keys: impl FnOnce() -> K,
         now: Instant,
     ) {
+        if !drawn(self.sampled) {
+            return;
+        }
         let mut counter = self.counter(worker);
-        for key in keys {
-            counter.count(self.hasher.hash_one(key), key, now);
+        for key in keys() {
+            counter.count(hash(self.seed, key), key, now);
         }
     }
 
     /// Whether `key` is among the [`TOP`] keys of `worker`, the worker asking.
     pub(crate) fn is_hot(&self, worker: usize, key: &[u8]) -> bool {
-        let hash = self.hasher.hash_one(key);
+        let hash = hash(self.seed, key);
         let counter = self.counter(worker);
         let Some(count) = counter
             .ranked
@@ -136,7 +193,7 @@ impl HotKeys {
             counter.rotate(now);
             let window = counter.window(now).as_secs_f64().max(1.0);
             for r in &counter.ranked {
-                let requests = u64::from(r.count);
+                let requests = u64::from(r.count) * u64::from(self.sampled);
                 match merged.iter_mut().find(|h| h.key == r.key) {
                     Some(h) => {
                         h.requests += requests;
@@ -163,8 +220,10 @@ impl Counter {
             total: sketch(),
             current: 0,
             slice_started: now,
+            slice_ends: now + SLICE,
             started: now,
             ranked: Vec::with_capacity(RANKED),
+            floor: 0,
         }
     }
 
@@ -178,7 +237,11 @@ impl Counter {
             *total = total.saturating_add(1);
             estimate = estimate.min(*total);
         }
-        self.rank(hash, key, estimate);
+        // Most keys rank nowhere near: they are not looked for among the ranked. (One that is
+        // ranked, at the floor, keeps its count a little longer.)
+        if self.ranked.len() < RANKED || estimate > self.floor {
+            self.rank(hash, key, estimate);
+        }
     }
 
     /// Keeps `key` among the ranked keys with its new estimate, if it ranks.
@@ -207,10 +270,14 @@ impl Counter {
         {
             self.ranked[i] = entry();
         }
+        self.floor = self.ranked.iter().map(|r| r.count).min().unwrap_or(0);
     }
 
     /// Starts the slices due by `now`, each dropping the oldest slice's counts.
     fn rotate(&mut self, now: Instant) {
+        if now < self.slice_ends {
+            return;
+        }
         let mut rotated = false;
         for _ in 0..SLICES {
             if now < self.slice_started + SLICE {
@@ -231,6 +298,7 @@ impl Counter {
             // Idle for a minute or more: everything has been dropped.
             self.slice_started = now;
         }
+        self.slice_ends = self.slice_started + SLICE;
         if rotated {
             let total = &self.total;
             for r in &mut self.ranked {
@@ -240,6 +308,7 @@ impl Counter {
                     .unwrap_or(0);
             }
             self.ranked.retain(|r| r.count > 0);
+            self.floor = 0;
         }
     }
 
@@ -247,6 +316,14 @@ impl Counter {
     fn window(&self, now: Instant) -> Duration {
         let full = SLICE * (SLICES as u32 - 1) + now.saturating_duration_since(self.slice_started);
         full.min(now.saturating_duration_since(self.started))
+    }
+}
+
+#[cfg(test)]
+impl HotKeys {
+    /// Counters that count every request, for tests.
+    fn counting_all(workers: usize, now: Instant) -> HotKeys {
+        HotKeys::sampling(workers, now, 1)
     }
 }
 

@@ -5,7 +5,7 @@ use super::{HotKeys, TOP};
 /// Counts `times` requests for `key` on `worker` at `at`.
 fn count(hot: &HotKeys, worker: usize, key: &str, times: u32, at: Instant) {
     for _ in 0..times {
-        hot.count(worker, [key.as_bytes()], at);
+        hot.count(worker, || [key.as_bytes()], at);
     }
 }
 
@@ -18,10 +18,11 @@ fn counts(hot: &HotKeys, n: usize, at: Instant) -> Vec<(String, u64)> {
 #[test]
 fn a_skewed_load_ranks_its_hot_keys_with_their_counts() {
     let now = Instant::now();
-    let hot = HotKeys::new(1, now);
+    let hot = HotKeys::counting_all(1, now);
     // Interleaved: the hot keys' first requests come among thousands of others.
     for i in 0..5000u32 {
-        hot.count(0, [format!("cold:{i}").as_bytes()], now);
+        let cold = format!("cold:{i}");
+        hot.count(0, || [cold.as_bytes()], now);
         match i % 10 {
             0..=4 => count(&hot, 0, "a", 2, now),
             5..=7 => count(&hot, 0, "b", 1, now),
@@ -40,7 +41,7 @@ fn a_skewed_load_ranks_its_hot_keys_with_their_counts() {
 #[test]
 fn the_minute_slides() {
     let start = Instant::now();
-    let hot = HotKeys::new(1, start);
+    let hot = HotKeys::counting_all(1, start);
     count(&hot, 0, "early", 100, start);
     count(&hot, 0, "later", 50, start + Duration::from_secs(30));
     let at = |s| start + Duration::from_secs(s);
@@ -59,7 +60,7 @@ fn the_minute_slides() {
 #[test]
 fn workers_counts_are_merged_and_rates_cover_the_window() {
     let start = Instant::now();
-    let hot = HotKeys::new(2, start);
+    let hot = HotKeys::counting_all(2, start);
     count(&hot, 0, "k", 300, start);
     count(&hot, 1, "k", 200, start);
     count(&hot, 1, "other", 100, start);
@@ -79,7 +80,7 @@ fn workers_counts_are_merged_and_rates_cover_the_window() {
 #[test]
 fn a_key_is_hot_when_its_worker_ranks_it_in_the_top() {
     let now = Instant::now();
-    let hot = HotKeys::new(2, now);
+    let hot = HotKeys::counting_all(2, now);
     for i in 0..TOP {
         count(&hot, 0, &format!("warm:{i}"), 10, now);
     }
@@ -89,4 +90,18 @@ fn a_key_is_hot_when_its_worker_ranks_it_in_the_top() {
     assert!(!hot.is_hot(0, b"once"), "ranked below {TOP} others");
     assert!(!hot.is_hot(1, b"hottest"), "counted by another worker");
     assert!(!hot.is_hot(0, b"never"));
+}
+
+#[test]
+fn one_request_in_eight_is_counted_and_scaled_back() {
+    let now = Instant::now();
+    let hot = HotKeys::new(1, now);
+    for _ in 0..4000 {
+        hot.count(0, || [&b"a"[..], b"b", b"b"], now);
+    }
+    let top = hot.top(2, now);
+    let (a, b) = (top[1].requests as f64, top[0].requests as f64);
+    // 500 and 1,000 counted on average, each well within 20% (about 4 and 3 standard deviations of the count).
+    assert!((a - 4000.0).abs() < 4000.0 * 0.2, "{a}");
+    assert!((b - 8000.0).abs() < 8000.0 * 0.2, "{b}");
 }

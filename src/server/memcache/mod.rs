@@ -246,14 +246,14 @@ impl Memcache {
         }
         let plan = route::keyed(state, req, key);
         if !key.is_empty() {
-            cx.pool.hot_keys.count(cx.worker(), [key], cx.now());
+            cx.pool.hot_keys.count(cx.worker(), || [key], cx.now());
         }
         cx.execute(state, plan, Profile::default());
     }
 
     /// get / gets / gat / gats, of one key or several.
     fn get(&mut self, cx: &mut Context<'_>, state: &PoolState, req: &Request) {
-        (cx.pool.hot_keys).count(cx.worker(), route::get_keys(req), cx.now());
+        (cx.pool.hot_keys).count(cx.worker(), || route::get_keys(req), cx.now());
         cx.execute(state, route::get(state, req), Profile::default());
     }
 

@@ -371,8 +371,12 @@ impl Resp {
             && matches!(cmd.kind, Kind::Keyed | Kind::Split(_))
             && !plan_failed(&plan)
         {
-            let keys = route::keys(cmd, &req).filter(|&p| p < req.argc());
-            (cx.pool.hot_keys).count(cx.worker(), keys.map(|p| req.arg(p)), cx.now());
+            let keys = || {
+                route::keys(cmd, &req)
+                    .filter(|&p| p < req.argc())
+                    .map(|p| req.arg(p))
+            };
+            cx.pool.hot_keys.count(cx.worker(), keys, cx.now());
         }
         let plan = match (&cx.pool.near_cache, cmd) {
             (Some(cache), Some(cmd)) if state.slots().is_none() => match cmd.name {
