@@ -148,6 +148,8 @@ pub enum Token {
     Push,
     /// A subscriber connection's notice: its node `from` no longer holds a subscription.
     Notice { from: super::NodeId },
+    /// Keys a client tracks changed (see `cache::clients`), which answers no request.
+    Invalidate,
 }
 
 /// Where a backend's reply goes: the requesting session's inbox, with the session's token.

@@ -359,7 +359,7 @@ impl Node {
         let shared = Arc::new(NodeShared {
             failure_limit,
             flush_when_back,
-            tracking: invalidations.as_ref().map(|_| Tracking::default()),
+            tracking: invalidations.clone().map(Tracking::new),
             ..NodeShared::new(label, metrics, events)
         });
         let settings: Vec<Arc<ConnSettings>> = (0..pool.redis.databases)

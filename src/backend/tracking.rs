@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use tokio::sync::watch;
 use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 
@@ -26,15 +27,26 @@ use crate::protocol::resp::{ReplyScanner, Value, encode};
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Where a node's invalidations go: the pool's near cache.
+/// Where a node's invalidations go: the pool's near cache, and its clients that track keys.
 pub trait Invalidations: Send + Sync {
     /// `key` changed on the node.
     fn key(&self, key: &[u8]);
+
+    /// Any key of the node may have changed unheard: the node's generation moved.
+    fn all(&self);
+
+    /// Whether the listener should hear every key's changes (`CLIENT TRACKING ON BCAST` on
+    /// itself), as it changes: some client listens to key prefixes.
+    fn broadcast(&self) -> Option<watch::Receiver<bool>> {
+        None
+    }
 }
 
 /// A node's tracking state, shared by its listener and data connections.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Tracking {
+    /// Told whenever the generation moves.
+    sink: Option<Arc<dyn Invalidations>>,
     /// The listener's id on the server (CLIENT ID); 0 while it is not connected.
     listener: AtomicU64,
     /// Moves each time the listener connects: data connections then redirect to it.
@@ -43,7 +55,24 @@ pub(crate) struct Tracking {
     generation: AtomicU64,
 }
 
+impl std::fmt::Debug for Tracking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracking")
+            .field("listener", &self.listener)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Tracking {
+    /// A node's tracking, whose generation moves are told to `sink`.
+    pub(crate) fn new(sink: Arc<dyn Invalidations>) -> Tracking {
+        Tracking {
+            sink: Some(sink),
+            ..Tracking::default()
+        }
+    }
+
     /// The cache generation, if the node's reads can be tracked now (its listener is
     /// connected).
     pub(crate) fn ready(&self) -> Option<u64> {
@@ -58,6 +87,9 @@ impl Tracking {
     /// Cached replies from the node may have missed an invalidation.
     pub(crate) fn lost(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+        if let Some(sink) = &self.sink {
+            sink.all();
+        }
     }
 
     /// The listener's generation and id, read in that order: a connection that redirects to
@@ -143,6 +175,7 @@ pub(super) async fn listen(
     };
     let mut backoff = FIRST_BACKOFF;
     let id = AtomicU64::new(0);
+    let mut broadcast = sink.broadcast();
     loop {
         let connected = match opening::connect(&settings).await {
             Ok(stream) => identify(stream, &settings, &id).await,
@@ -164,7 +197,7 @@ pub(super) async fn listen(
             tracking.listener_generation.fetch_add(1, Ordering::SeqCst);
             tracking.lost();
             let ended = tokio::select! {
-                ended = hear(&stream, &settings, tracking, sink.as_ref()) => ended,
+                ended = hear(&stream, &settings, (tracking, sink.as_ref()), broadcast.as_mut()) => ended,
                 _ = stop.cancelled() => return,
             };
             tracking.listener.store(0, Ordering::SeqCst);
@@ -179,22 +212,44 @@ pub(super) async fn listen(
     }
 }
 
-/// Reads the listener's pushes until the connection fails.
+/// Reads the listener's pushes until the connection fails; turns BCAST on and off on the
+/// listener itself as `broadcast` says.
 async fn hear(
     stream: &Stream,
     settings: &ConnSettings,
-    tracking: &Tracking,
-    sink: &dyn Invalidations,
+    (tracking, sink): (&Tracking, &dyn Invalidations),
+    mut broadcast: Option<&mut watch::Receiver<bool>>,
 ) -> Failure {
     let mut buf = BytesMut::new();
     let mut chunk = 4096;
     let mut scanner = ReplyScanner::new(settings.max_reply_depth);
+    // BCAST asked and not yet confirmed: until the server's +OK, changes may go unheard.
+    let mut confirming = false;
+    if let Some(rx) = broadcast.as_deref_mut()
+        && *rx.borrow_and_update()
+    {
+        if let Err(e) = stream.write_all(&broadcast_command(true)).await {
+            return e.into();
+        }
+        confirming = true;
+    }
     loop {
-        match stream.read_some(&mut buf, &mut chunk).await {
+        let read = tokio::select! {
+            read = stream.read_some(&mut buf, &mut chunk) => read,
+            Some(on) = changed(broadcast.as_deref_mut()) => {
+                if let Err(e) = stream.write_all(&broadcast_command(on)).await {
+                    return e.into();
+                }
+                confirming = on;
+                continue;
+            }
+        };
+        match read {
             Ok(0) => return Failure::Closed,
             Err(e) => return e.into(),
             Ok(_) => {}
         }
+        let mut everything = false;
         loop {
             let len = match scanner.scan(&buf) {
                 Ok(Some(len)) => len,
@@ -202,31 +257,64 @@ async fn hear(
                 Err(e) => return Failure::BadReply(e.into()),
             };
             let frame = buf.split_to(len);
-            invalidated(&frame, settings.max_reply_depth, tracking, sink);
+            if confirming && frame.starts_with(b"+OK") {
+                // What changed before BCAST took effect went unheard.
+                confirming = false;
+                everything = true;
+            }
+            everything |= invalidated(&frame, settings.max_reply_depth, sink);
+        }
+        if everything {
+            tracking.lost();
         }
     }
 }
 
+/// The next value `broadcast` takes; never, without one.
+async fn changed(broadcast: Option<&mut watch::Receiver<bool>>) -> Option<bool> {
+    match broadcast {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(*rx.borrow_and_update()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// `CLIENT TRACKING ON BCAST` (every key's changes, on the connection itself), or OFF.
+fn broadcast_command(on: bool) -> Bytes {
+    let mut buf = BytesMut::new();
+    let args: &[&[u8]] = match on {
+        true => &[b"CLIENT", b"TRACKING", b"ON", b"BCAST"],
+        false => &[b"CLIENT", b"TRACKING", b"OFF"],
+    };
+    encode::command(&mut buf, args.iter().copied());
+    buf.freeze()
+}
+
 /// Takes in one frame the listener heard: `invalidate` with the keys, or with a null when
 /// every key changed.
-fn invalidated(frame: &[u8], depth: usize, tracking: &Tracking, sink: &dyn Invalidations) {
+/// Returns whether it said every key changed: the caller moves the generation once for a run
+/// of those (a flush sends one for each connection redirecting to the listener).
+fn invalidated(frame: &[u8], depth: usize, sink: &dyn Invalidations) -> bool {
     let Some(value) = Value::read(frame, depth) else {
-        return;
+        return false;
     };
     let Some([kind, keys]) = value.list() else {
-        return;
+        return false;
     };
     if kind.text() != Some(b"invalidate") {
-        return;
+        return false;
     }
     match keys {
-        Value::Nil => tracking.lost(),
+        Value::Nil => return true,
         Value::List(keys) => keys
             .iter()
             .filter_map(Value::text)
             .for_each(|k| sink.key(k)),
         _ => {}
     }
+    false
 }
 
 #[cfg(test)]
@@ -242,25 +330,24 @@ mod tests {
         fn key(&self, key: &[u8]) {
             self.0.lock().unwrap().push(key.to_vec());
         }
+
+        fn all(&self) {}
     }
 
     #[test]
-    fn keys_are_handed_on_and_a_null_moves_the_generation() {
-        let (tracking, heard) = (Tracking::default(), Heard::default());
+    fn keys_are_handed_on_and_a_null_says_every_key_changed() {
+        let heard = Heard::default();
         let keys = b">2\r\n$10\r\ninvalidate\r\n*2\r\n$1\r\na\r\n$3\r\nb\nc\r\n";
-        invalidated(keys, 8, &tracking, &heard);
+        assert!(!invalidated(keys, 8, &heard));
         assert_eq!(*heard.0.lock().unwrap(), [b"a".to_vec(), b"b\nc".to_vec()]);
-        assert_eq!(tracking.generation(), 0);
-        invalidated(b">2\r\n$10\r\ninvalidate\r\n_\r\n", 8, &tracking, &heard);
-        assert_eq!(tracking.generation(), 1);
+        assert!(invalidated(b">2\r\n$10\r\ninvalidate\r\n_\r\n", 8, &heard));
         // Anything else is not an invalidation.
-        invalidated(
+        assert!(!invalidated(
             b">2\r\n$7\r\nmessage\r\n*1\r\n$1\r\nx\r\n",
             8,
-            &tracking,
-            &heard,
-        );
-        invalidated(b"+OK\r\n", 8, &tracking, &heard);
+            &heard
+        ));
+        assert!(!invalidated(b"+OK\r\n", 8, &heard));
         assert_eq!(heard.0.lock().unwrap().len(), 2);
     }
 

@@ -15,11 +15,14 @@
 //! Each also removes what it invalidates (an epoch move removes the key; a generation or
 //! flush move leaves stale entries that are never served and are evicted in time).
 
+pub(crate) mod clients;
+use clients::ClientTracking;
 pub(crate) mod hotkeys;
 mod pattern;
 mod store;
 
 use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -85,6 +88,11 @@ impl NearCache {
     /// Whether replies of `key` are cached at all (the pool's `keys` patterns).
     pub(crate) fn caches(&self, key: &[u8]) -> bool {
         self.patterns.is_empty() || self.patterns.iter().any(|p| matches(p, key))
+    }
+
+    /// Whether only hot keys are kept (`hot_only`).
+    pub(crate) fn hot_only(&self) -> bool {
+        self.hot_only
     }
 
     /// Whether a reply of `key` may be kept now: `is_hot` says whether the hot-key counter ranks
@@ -211,10 +219,25 @@ impl NearCache {
     }
 }
 
-/// What a node's tracking connection hears is handed here.
-impl Invalidations for NearCache {
+/// Where a pool's nodes' invalidations go: its near cache and its clients that track keys.
+pub(crate) struct Heard {
+    pub cache: Arc<NearCache>,
+    pub clients: Arc<ClientTracking>,
+}
+
+impl Invalidations for Heard {
     fn key(&self, key: &[u8]) {
-        self.invalidate(key, InvalidationCause::Server);
+        self.cache.invalidate(key, InvalidationCause::Server);
+        self.clients.changed(key, None);
+    }
+
+    /// The cache needs nothing: it compares generations itself.
+    fn all(&self) {
+        self.clients.all_changed();
+    }
+
+    fn broadcast(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        Some(self.clients.broadcast())
     }
 }
 

@@ -62,8 +62,8 @@ pub(super) trait Frontend: Sized {
     /// granted when it sent the request (a subscription) is taken back.
     fn refused(&mut self, _seq: u64) {}
 
-    /// Whether the client listens for Pub/Sub messages, which may come at any time: it is
-    /// never idle, and one that does not read them is closed at once.
+    /// Whether the client listens for Pub/Sub messages or invalidations, which may come at
+    /// any time: it is never idle, and one that does not read them is closed at once.
     fn is_listening(&self) -> bool {
         false
     }
@@ -86,6 +86,9 @@ pub(super) trait Frontend: Sized {
     /// Node `from` no longer holds one of the client's subscriptions (`notice`, a cluster's
     /// `sunsubscribe`): it may be made elsewhere.
     fn subscription_dropped(&mut self, _cx: &mut Context<'_>, _from: NodeId, _notice: &[u8]) {}
+
+    /// Keys the client tracks changed (`changed`: a RESP array of them; empty: every key).
+    fn invalidated(&mut self, _cx: &mut Context<'_>, _changed: &[u8]) {}
 
     /// Adds a request that took `took` to the pool's slow log.
     fn log_slow(&self, _pool: &Pool, _listing: &Client, _request: Recorded, _took: Duration) {}
@@ -283,6 +286,12 @@ impl<F: Frontend> Session<F> {
                     if let Ok(notice) = c.result {
                         let (fe, mut cx) = self.split();
                         fe.subscription_dropped(&mut cx, from, &notice);
+                    }
+                }
+                Token::Invalidate => {
+                    if let Ok(changed) = c.result {
+                        let (fe, mut cx) = self.split();
+                        fe.invalidated(&mut cx, &changed);
                     }
                 }
                 Token::Push => match c.result {

@@ -25,8 +25,9 @@ use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use tokio::sync::mpsc;
 
 use crate::backend::{Invalidations, NodeEvent};
-use crate::cache::NearCache;
+use crate::cache::clients::ClientTracking;
 use crate::cache::hotkeys::{HotKey, HotKeys};
+use crate::cache::{Heard, NearCache};
 use crate::config::{Config, PoolConfig};
 use crate::metrics::{Metrics, PoolMetrics};
 use crate::net::ServerTls;
@@ -67,6 +68,9 @@ pub struct Pool {
     pub clients: Clients,
     /// Replies of reads kept for the pool's clients, if it has `near_cache`.
     pub near_cache: Option<Arc<NearCache>>,
+    /// The pool's clients that track keys (CLIENT TRACKING), if it has `near_cache`: only
+    /// then does the proxy hear its nodes' invalidations.
+    pub client_tracking: Option<Arc<ClientTracking>>,
     /// Requests per key over the last minute, per worker.
     pub hot_keys: HotKeys,
     /// What new clients' TLS handshakes use (a reload may load new certificates).
@@ -160,11 +164,16 @@ impl Pool {
         let (events, events_rx) = mpsc::unbounded_channel::<NodeEvent>();
         let near_cache = (config.near_cache.as_ref())
             .map(|c| Arc::new(NearCache::new(c, metrics.near_cache(&config.name))));
+        let client_tracking = near_cache
+            .as_ref()
+            .map(|_| Arc::new(ClientTracking::default()));
         let maker = NodeMaker {
             workers: workers.clone(),
             metrics: metrics.clone(),
             events,
-            invalidations: near_cache.clone().map(|c| c as Arc<dyn Invalidations>),
+            invalidations: near_cache.clone().zip(client_tracking.clone()).map(
+                |(cache, clients)| Arc::new(Heard { cache, clients }) as Arc<dyn Invalidations>,
+            ),
         };
         let (reshape, reshape_rx) = mpsc::unbounded_channel();
         let (keeper, state, mut inputs) = Keeper::new(config.clone(), maker, events_rx, reshape_rx);
@@ -190,6 +199,7 @@ impl Pool {
             ),
             clients: Clients::default(),
             near_cache,
+            client_tracking,
             hot_keys: HotKeys::new(workers.len(), std::time::Instant::now()),
             client_tls: ArcSwapOption::new(config.tls.as_ref().map(ServerTls::config)),
         }
@@ -224,6 +234,9 @@ impl Pool {
     /// Takes a client that left out of the list and the count.
     pub fn forget_client(&self, id: u64) {
         self.clients.remove(id);
+        if let Some(tracking) = &self.client_tracking {
+            tracking.stop(id);
+        }
         self.metrics.client_connections.dec();
     }
 

@@ -85,6 +85,15 @@ pub fn map(buf: &mut BytesMut, pairs: usize, resp3: bool) {
     }
 }
 
+/// A set header: `~n` in RESP3, an array in RESP2.
+pub fn set(buf: &mut BytesMut, len: usize, resp3: bool) {
+    if resp3 {
+        line(buf, b'~', len as i64);
+    } else {
+        array(buf, len);
+    }
+}
+
 /// A request as RESP array of bulk strings: how the proxy sends commands to backends.
 pub fn command<'a>(buf: &mut BytesMut, args: impl ExactSizeIterator<Item = &'a [u8]>) {
     array(buf, args.len());

@@ -9,6 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{merge, route};
 use crate::backend::{BackendError, Profile};
+use crate::cache::clients::ClientTracking;
 use crate::cache::{NearCache, Ticket, Variant};
 use crate::command::{Command, Fanout, Kind, TxCommand};
 use crate::config::Protocol;
@@ -95,15 +96,16 @@ const MGET_VALUES: [&str; 2] = ["GET", "MGET"];
 const MAX_FILLED_KEYS: usize = u8::MAX as usize - 2;
 
 /// MGET through the near cache: the values it holds answered from it, the rest read from their
-/// shards, each shard's with one fill request whose values are then kept. `None` when a key
-/// has no shard (the routed plan says so).
+/// shards, each shard's with one fill request whose values are then kept; and whether every
+/// key's read is tracked by its server. `None` when a key has no shard (the routed plan says
+/// so).
 pub(super) fn mget(
     cx: &Context<'_>,
     cache: &Arc<NearCache>,
     state: &PoolState,
     req: &Request,
     profile: Profile,
-) -> Option<Plan> {
+) -> Option<(Plan, bool)> {
     let read_from = cx.pool.config.read_from;
     let variants = MGET_VALUES.map(|command| Variant {
         command,
@@ -131,7 +133,7 @@ pub(super) fn mget(
     encode::array(&mut values, hits.len());
     hits.iter().for_each(|v| values.put_slice(v));
     if missed.is_empty() {
-        return Some(Plan::Reply(values.freeze()));
+        return Some((Plan::Reply(values.freeze()), true));
     }
     let (miss_parts, part_shards) =
         parts_by_shard(state, missed.iter().map(|&p| req.arg(p))).ok()?;
@@ -192,13 +194,26 @@ pub(super) fn mget(
         fills.push(fill);
     }
     let max_depth = cx.pool.config.max_reply_depth;
+    let tracked = fills.iter().all(Option::is_some);
     let merger = FilledMget {
         fills,
         hits: values.freeze(),
         key_parts,
         max_depth,
     };
-    Some(Plan::Gather(parts, Gather::new(part_shards.len(), merger)))
+    let gather = Gather::new(part_shards.len(), merger);
+    Some((Plan::Gather(parts, gather), tracked))
+}
+
+/// Whether `plan`, a read of one key, is tracked by its server: answered from the cache (only
+/// while it is tracked) or sent with CLIENT CACHING YES, as it is on a shard whose nodes all
+/// track (if one stops before the read is sent, its clients are told every key changed).
+pub(super) fn tracked(plan: &Plan, state: &PoolState, cache: &NearCache) -> bool {
+    let Plan::Cached { part, .. } = plan else {
+        return false;
+    };
+    let nodes = &state.shards[part.target.shard()].nodes;
+    !cache.hot_only() && nodes.iter().all(|n| n.tracking_ready().is_some())
 }
 
 /// MGET of `keys`; `tracked`: as a fill request (CLIENT CACHING YES first, each key's PTTL
@@ -287,27 +302,49 @@ impl Merger for FilledMget {
     }
 }
 
+/// What a write through the proxy invalidates: the pool's near cache, and what its tracking
+/// clients read, told by `writer`.
+pub(super) struct Written<'a> {
+    pub cache: &'a NearCache,
+    pub clients: Option<&'a ClientTracking>,
+    pub writer: u64,
+}
+
+impl Written<'_> {
+    fn key(&self, key: &[u8]) {
+        self.cache.invalidate(key, InvalidationCause::Write);
+        if let Some(clients) = self.clients {
+            clients.changed(key, Some(self.writer));
+        }
+    }
+
+    /// The tracking clients are told by the servers, whose flush says every key changed.
+    fn flush(&self) {
+        self.cache.flush();
+    }
+}
+
 /// Invalidates what request `seq`, `cmd`, may change: the keys of a write, or everything
-/// for FLUSHALL and FLUSHDB; now, and again once it is answered.
-pub(super) fn written(cache: &NearCache, out: &mut Outbox, cmd: &Command, req: &Request) {
+/// for FLUSHALL and FLUSHDB; now, and in the cache again once it is answered.
+pub(super) fn written(to: &Written<'_>, out: &mut Outbox, cmd: &Command, req: &Request) {
     let seq = out.next_seq();
     if cmd.kind == Kind::Keyspace(Fanout::Flush) {
-        cache.flush();
+        to.flush();
         return out.invalidate_when_answered(seq, None);
     }
     if !cmd.writes() {
         return;
     }
     for key in written_keys(cmd, req) {
-        cache.invalidate(&key, InvalidationCause::Write);
+        to.key(&key);
         out.invalidate_when_answered(seq, Some(key));
     }
 }
 
-/// Inside MULTI: a queued write is invalidated now, and again when EXEC, which carries it out,
-/// is answered; `pending` keeps those keys until then.
+/// Inside MULTI: a queued write is invalidated now, and in the cache again when EXEC, which
+/// carries it out, is answered; `pending` keeps those keys until then.
 pub(super) fn queued(
-    cache: &NearCache,
+    to: &Written<'_>,
     out: &mut Outbox,
     pending: &mut Vec<Option<Bytes>>,
     (cmd, req): (&Command, &Request),
@@ -321,12 +358,12 @@ pub(super) fn queued(
         }
         Kind::Transaction(TxCommand::Discard) => pending.clear(),
         Kind::Keyspace(Fanout::Flush) => {
-            cache.flush();
+            to.flush();
             pending.push(None);
         }
         _ if cmd.writes() => {
             for key in written_keys(cmd, req) {
-                cache.invalidate(&key, InvalidationCause::Write);
+                to.key(&key);
                 pending.push(Some(key));
             }
         }

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use bytes::{Bytes, BytesMut};
 
 use super::context::{Local, Replies, ok, valid_name};
+use super::tracking;
 use crate::config::Listen;
 use crate::protocol::resp::{Request, encode, parse_int};
 use crate::server::error::ClientError;
@@ -77,11 +78,15 @@ pub(super) fn run(cx: Local<'_>, state: &PoolState, req: &Request) -> Plan {
             b"ON" | b"OFF" => ok(),
             _ => exact("ERR syntax error"),
         },
-        (b"GETREDIR", 2) => integer(-1),
+        (b"TRACKING", n) if n >= 3 => tracking::tracking(cx, req),
+        (b"CACHING", 3) => tracking::caching(cx, req),
+        (b"TRACKINGINFO", 2) => tracking::info(cx),
+        (b"GETREDIR", 2) => integer(tracking::redirect(cx.client.tracking.as_deref())),
         (b"HELP", 2) => help(),
         (
             b"SETNAME" | b"GETNAME" | b"SETINFO" | b"ID" | b"INFO" | b"KILL" | b"UNBLOCK"
-            | b"NO-EVICT" | b"NO-TOUCH" | b"GETREDIR" | b"HELP" | b"REPLY",
+            | b"NO-EVICT" | b"NO-TOUCH" | b"GETREDIR" | b"HELP" | b"REPLY" | b"TRACKING"
+            | b"CACHING" | b"TRACKINGINFO",
             _,
         ) => {
             let shown = String::from_utf8_lossy(&sub).to_lowercase();
@@ -302,6 +307,7 @@ fn unblock(pool: &Pool, state: &PoolState, req: &Request) -> Plan {
 fn help() -> Plan {
     let lines = [
         "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are (about ringproxy's own clients):",
+        "CACHING (YES|NO)",
         "GETNAME",
         "GETREDIR",
         "ID",
@@ -314,6 +320,8 @@ fn help() -> Plan {
         "REPLY (ON|OFF|SKIP)",
         "SETINFO <option> <value>",
         "SETNAME <name>",
+        "TRACKING (ON|OFF) [REDIRECT <id>] [BCAST] [PREFIX <prefix> [...]] [OPTIN] [OPTOUT] [NOLOOP]",
+        "TRACKINGINFO",
         "UNBLOCK <clientid> [TIMEOUT|ERROR]",
         "HELP",
     ];

@@ -21,6 +21,8 @@ pub(super) struct ClientState {
     pub replies: Replies,
     /// The database SELECT chose.
     pub db: u16,
+    /// CLIENT TRACKING, while it is on.
+    pub tracking: Option<Box<super::tracking::Mode>>,
 }
 
 /// What CLIENT REPLY asked for.
@@ -40,6 +42,7 @@ impl ClientState {
             auth_failures: 0,
             replies: Replies::On,
             db: 0,
+            tracking: None,
         }
     }
 }

@@ -73,6 +73,9 @@ fn select(cx: Local<'_>, req: &Request) -> Plan {
 /// needs AUTH (as Redis logs the client in as `default`). Failed AUTHs still count.
 fn reset(cx: Local<'_>) -> Plan {
     let failures = cx.client.auth_failures;
+    if let Some(tracking) = &cx.pool.client_tracking {
+        tracking.stop(cx.listing.id);
+    }
     *cx.client = ClientState::new(cx.pool.config.redis.users.is_empty());
     cx.client.auth_failures = failures;
     cx.listing.set_name(None);

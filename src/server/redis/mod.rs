@@ -15,6 +15,7 @@ mod merge;
 mod pubsub;
 mod route;
 mod subscribers;
+mod tracking;
 mod transaction;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use crate::backend::{Node, NodeId, Profile, Reserved, Topic};
+use crate::cache::NearCache;
 use crate::command::{
     self, Class, ClassCounts, Command, Fanout, Kind, LocalCommand, PubSubCommand,
 };
@@ -176,11 +178,18 @@ impl Frontend for Resp {
     }
 
     fn is_listening(&self) -> bool {
-        self.subscribed()
+        self.subscribed() || self.client.tracking.is_some()
     }
 
     fn wants(&self, message: &[u8]) -> bool {
         self.modes.as_ref().is_some_and(|m| m.pubsub.wants(message))
+    }
+
+    fn invalidated(&mut self, cx: &mut Context<'_>, changed: &[u8]) {
+        let resp3 = self.client.resp3;
+        if let Some(message) = tracking::message(changed, resp3, self.subscribed()) {
+            cx.out.push_message(message);
+        }
     }
 
     fn profile(&self) -> Profile {
@@ -262,9 +271,7 @@ impl Resp {
         let replies = self.client.replies;
         // CLIENT REPLY, and RESET, which turns replies on again.
         let is_reply = cmd.is_some_and(|c| c.kind == Kind::Local(LocalCommand::Reset))
-            || cmd.is_some_and(|c| c.kind == Kind::Local(LocalCommand::Client))
-                && req.argc() == 3
-                && req.arg(1).eq_ignore_ascii_case(b"REPLY");
+            || is_client_about_next(cmd, &req, b"REPLY");
         if !is_reply && replies == Replies::SkipNext {
             self.client.replies = Replies::On;
         }
@@ -276,7 +283,11 @@ impl Resp {
                 Kind::PubSub(PubSubCommand::Subscribe(_) | PubSubCommand::Unsubscribe(_))
             )
         });
+        let caching = is_client_about_next(cmd, &req, b"CACHING");
         let quit = self.carry_out(cx, state, req, cmd);
+        if let (Some(mode), false) = (&mut self.client.tracking, caching) {
+            mode.command_done();
+        }
         // As Redis: CLIENT REPLY OFF and SKIP are not answered themselves, ON is.
         let muted = match is_reply {
             true => self.client.replies != Replies::On,
@@ -303,8 +314,9 @@ impl Resp {
         // subscribed).
         if self.in_multi() && !quit && !is(LocalCommand::Reset) {
             if let (Some(cache), Some(cmd)) = (&cx.pool.near_cache, cmd) {
+                let to = written_to(cx, cache);
                 let pending = &mut self.modes().written;
-                cached::queued(cache, cx.out, pending, (cmd, &req));
+                cached::queued(&to, cx.out, pending, (cmd, &req));
             }
             let step = transaction::queue(&mut self.modes().tx, state, cmd, &req);
             self.transaction_step(cx, state, step);
@@ -378,17 +390,25 @@ impl Resp {
             };
             cx.pool.hot_keys.count(cx.worker(), keys, cx.now());
         }
-        let plan = match (&cx.pool.near_cache, cmd) {
+        let (plan, tracked) = match (&cx.pool.near_cache, cmd) {
             (Some(cache), Some(cmd)) if state.slots().is_none() => match cmd.name {
                 "MGET" if !plan_failed(&plan) => {
-                    cached::mget(cx, cache, state, &req, self.profile()).unwrap_or(plan)
+                    let mget = cached::mget(cx, cache, state, &req, self.profile());
+                    mget.unwrap_or((plan, false))
                 }
-                _ => cached::read(cache, cmd, &req, plan),
+                _ => {
+                    let plan = cached::read(cache, cmd, &req, plan);
+                    let tracked = cached::tracked(&plan, state, cache);
+                    (plan, tracked)
+                }
             },
-            _ => plan,
+            _ => (plan, false),
         };
+        if let (Some(mode), Some(cmd), false) = (&self.client.tracking, cmd, plan_failed(&plan)) {
+            tracking::read(cx, mode, (cmd, &req), tracked);
+        }
         if let (Some(cache), Some(cmd), false) = (&cx.pool.near_cache, cmd, plan_failed(&plan)) {
-            cached::written(cache, cx.out, cmd, &req);
+            cached::written(&written_to(cx, cache), cx.out, cmd, &req);
         }
         cx.execute(state, plan, self.profile());
         // A client guessing passwords is closed once its error reply is written.
@@ -498,6 +518,23 @@ impl Resp {
 }
 
 /// Whether the proxy answers `plan` with an error, before any backend sees the request.
+/// Whether the request is `CLIENT <sub> <one argument>` (REPLY, CACHING: about the next
+/// command).
+fn is_client_about_next(cmd: Option<&Command>, req: &Request, sub: &[u8]) -> bool {
+    cmd.is_some_and(|c| c.kind == Kind::Local(LocalCommand::Client))
+        && req.argc() == 3
+        && req.arg(1).eq_ignore_ascii_case(sub)
+}
+
+/// Where a write of this client's through the proxy is invalidated.
+fn written_to<'a>(cx: &Context<'a>, cache: &'a NearCache) -> cached::Written<'a> {
+    cached::Written {
+        cache,
+        clients: cx.pool.client_tracking.as_deref(),
+        writer: cx.listing.id,
+    }
+}
+
 fn plan_failed(plan: &Plan) -> bool {
     matches!(plan, Plan::Fail(_) | Plan::FailAfter(..))
 }
