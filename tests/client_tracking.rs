@@ -196,6 +196,12 @@ fn optin_optout_and_noloop_as_a_server_offers_them() {
     set(port, "k", "3");
     nothing_pending(&mut c);
     c.roundtrip(&command(&[b"CLIENT", b"TRACKING", b"OFF"]), b"+OK\r\n");
+    // Without NOLOOP, told of its own write right after the write's reply, as by a server.
+    c.roundtrip(&command(&[b"CLIENT", b"TRACKING", b"ON"]), b"+OK\r\n");
+    c.roundtrip(&command(&[b"GET", b"k"]), b"$1\r\n3\r\n");
+    let told = format!("+OK\r\n{}", push("k"));
+    c.roundtrip(&command(&[b"SET", b"k", b"3"]), told.as_bytes());
+    c.roundtrip(&command(&[b"CLIENT", b"TRACKING", b"OFF"]), b"+OK\r\n");
     // NOLOOP: not told of its own writes, told of others'.
     c.roundtrip(&on(b"NOLOOP"), b"+OK\r\n");
     c.roundtrip(&command(&[b"GET", b"k"]), b"$1\r\n3\r\n");
@@ -286,4 +292,34 @@ fn bad_requests_get_a_servers_errors() {
         &command(&[b"CLIENT", b"TRACKING", b"ON"]),
         b"-ERR client tracking through this proxy needs the pool's near_cache: only there does it hear its servers' invalidations\r\n",
     );
+}
+
+/// redis-py turns its client-side cache on only for a server that says it is Redis 7.4 or
+/// later: a pool states what it announces.
+#[test]
+fn a_pool_announces_the_version_it_is_told_to() {
+    let server = Redis::start();
+    let port = free_port();
+    let config = format!(
+        "pools:\n  main:\n    listen: 127.0.0.1:{port}\n    announce_version: \"7.4.0\"\n    servers: [\"{}:1 s0\"]\n",
+        server.addr()
+    );
+    let _proxy = Proxy::start(&config, port);
+    let hello: Vec<redis::Value> = redis::cmd("HELLO")
+        .arg(2)
+        .query(&mut connect(port))
+        .unwrap();
+    let text: Vec<String> = hello
+        .iter()
+        .map(|v| match v {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(b).to_string(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(&text[..4], ["server", "redis", "version", "7.4.0"]);
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query(&mut connect(port))
+        .unwrap();
+    assert!(info.contains("redis_version:7.4.0\r\n"), "{info}");
 }

@@ -29,6 +29,9 @@ const SHARDS: usize = 64;
 pub(crate) struct Tracker {
     /// Where the invalidations are delivered: the client itself, or the one it redirects to.
     pub to: Arc<dyn Mailbox>,
+    /// `to` is the client itself: of its own writes, it is told on its connection right
+    /// after the write's reply, as a server tells it, rather than whenever its inbox is read.
+    pub own: bool,
     /// BCAST: the prefixes it listens to (empty: every key); `None`: the keys it reads.
     pub bcast: Option<Vec<Bytes>>,
     /// NOLOOP: not told of keys it wrote itself.
@@ -141,18 +144,22 @@ impl ClientTracking {
     }
 
     /// `key` changed; `writer`: the client that wrote it through the proxy, if one did.
-    pub(crate) fn changed(&self, key: &[u8], writer: Option<u64>) {
+    /// Returns whether the writer is to be told by the caller, on its own connection after
+    /// its write's reply (it read the key, without NOLOOP, and redirects nowhere).
+    pub(crate) fn changed(&self, key: &[u8], writer: Option<u64>) -> bool {
         if !self.any() {
-            return;
+            return false;
         }
         let readers = self.shard(key).remove(key);
         let message = one_key(key);
-        self.tell_all(
-            readers.as_deref().unwrap_or_default(),
-            &message,
-            writer,
-            Some(key),
-        );
+        let readers = readers.as_deref().unwrap_or_default();
+        self.tell_all(readers, &message, writer, Some(key))
+    }
+
+    /// Whether client `id` tracks on its own connection: told there that every key changed
+    /// when it flushes through the proxy, right after the reply.
+    pub(crate) fn tracks_own(&self, id: u64) -> bool {
+        self.any() && self.read_clients().get(&id).is_some_and(|t| t.own)
     }
 
     /// Every key may have changed: every tracking client is told so, and no key is tracked.
@@ -170,26 +177,30 @@ impl ClientTracking {
 
     /// Tells `readers`, and the BCAST clients whose prefixes `key` has (unless the change is a
     /// `writer`'s, or there is no key: it was only let go of), that it changed; a NOLOOP
-    /// `writer` is not told.
+    /// `writer` is not told. Returns whether the writer is to be told by the caller (see
+    /// [`ClientTracking::changed`]).
     fn tell_all(
         &self,
         readers: &[u64],
         message: &Changed,
         writer: Option<u64>,
         key: Option<&[u8]>,
-    ) {
+    ) -> bool {
         let clients = self.read_clients();
         let told = |id: &u64, t: &Tracker| !(t.noloop && writer == Some(*id));
+        let mut writer_told = false;
         for id in readers {
-            if let Some(t) = clients.get(id).filter(|t| t.bcast.is_none() && told(id, t)) {
-                deliver(t, message.clone());
+            match clients.get(id).filter(|t| t.bcast.is_none() && told(id, t)) {
+                Some(t) if t.own && writer == Some(*id) => writer_told = true,
+                Some(t) => deliver(t, message.clone()),
+                None => {}
             }
         }
         // BCAST clients hear every change from the servers (whose listeners then hear every
         // key's), a write through the proxy included: told of it here too, they would hear of
         // it twice.
         let Some(key) = key.filter(|_| writer.is_none()) else {
-            return;
+            return writer_told;
         };
         for (id, t) in clients.iter() {
             let listens = (t.bcast.as_ref())
@@ -198,11 +209,12 @@ impl ClientTracking {
                 deliver(t, message.clone());
             }
         }
+        false
     }
 }
 
 /// The keys changed as a client is told them: an array of one.
-fn one_key(key: &[u8]) -> Changed {
+pub(crate) fn one_key(key: &[u8]) -> Changed {
     let mut buf = BytesMut::with_capacity(key.len() + 16);
     encode::array(&mut buf, 1);
     encode::bulk(&mut buf, key);

@@ -247,6 +247,9 @@ pub struct RedisSettings {
     pub allow_keys: bool,
     /// CONFIG SET and CONFIG RESETSTAT reach every node only when true.
     pub allow_config: bool,
+    /// HELLO and INFO announce `redis` of this version rather than what the backends run
+    /// (client libraries that enable features by version: redis-py's client-side cache).
+    pub announce_version: Option<String>,
 }
 
 /// What only memcache pools have.
@@ -443,6 +446,9 @@ impl PoolParts {
             Protocol::Memcache if c.redis.databases != 1 => Some("databases is for redis pools"),
             Protocol::Memcache if c.redis.allow_keys => Some("allow_keys is for redis pools"),
             Protocol::Memcache if c.redis.allow_config => Some("allow_config is for redis pools"),
+            Protocol::Memcache if c.redis.announce_version.is_some() => {
+                Some("announce_version is for redis pools")
+            }
             Protocol::Memcache if c.near_cache.is_some() => Some(
                 "near_cache is for redis pools: memcached cannot tell the proxy when a key changes, so a cached reply could not be kept exact",
             ),

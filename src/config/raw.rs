@@ -87,6 +87,7 @@ struct Pool {
     allow_flush: Option<bool>,
     allow_keys: Option<bool>,
     allow_config: Option<bool>,
+    announce_version: Option<String>,
     slowlog_slower_than_us: Option<i64>,
     slowlog_max_len: Option<usize>,
     auth_max_failures: Option<u16>,
@@ -292,6 +293,7 @@ fn base_pool(listen: &Spanned<Listen>) -> PoolConfig {
             auth_max_failures: 10,
             allow_keys: false,
             allow_config: false,
+            announce_version: None,
         },
         memcache: MemcacheSettings {
             item_size_max: 1024 * 1024,
@@ -450,6 +452,13 @@ impl Pool {
         let r = &mut c.redis;
         r.allow_keys = p.allow_keys.unwrap_or(false);
         r.allow_config = p.allow_config.unwrap_or(false);
+        r.announce_version = match p.announce_version {
+            Some(v) if !is_version(&v) => {
+                let why = format!("announce_version must be a version such as 7.4.0, not '{v}'");
+                return Err(invalid(at, why));
+            }
+            v => v,
+        };
         r.slowlog_slower_than_us = p.slowlog_slower_than_us.unwrap_or(r.slowlog_slower_than_us);
         r.slowlog_max_len = p.slowlog_max_len.unwrap_or(r.slowlog_max_len);
         r.auth_max_failures = p.auth_max_failures.unwrap_or(r.auth_max_failures);
@@ -492,4 +501,11 @@ impl File {
             pools,
         })
     }
+}
+
+/// Whether `v` is a version as Redis gives its own: numbers joined by dots (7.4.0).
+fn is_version(v: &str) -> bool {
+    !v.is_empty()
+        && v.split('.')
+            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }

@@ -191,6 +191,14 @@ fn settings_of_the_other_protocol_are_refused() {
             "near_cache: max_ttl_ms must be at least 1",
         ),
         (
+            pool("redis", "    announce_version: latest\n"),
+            "announce_version must be a version such as 7.4.0, not 'latest'",
+        ),
+        (
+            pool("memcache", "    announce_version: \"7.4.0\"\n"),
+            "announce_version is for redis pools",
+        ),
+        (
             pool("redis", "    near_cache: { keys: [\"\"] }\n"),
             "near_cache: keys: an empty pattern matches no key",
         ),

@@ -11,6 +11,7 @@ fn client(id: u64) -> Arc<Client> {
 fn tracker(to: &Arc<Client>, bcast: Option<&[&str]>, noloop: bool) -> Tracker {
     Tracker {
         to: to.clone(),
+        own: false,
         bcast: bcast.map(|p| p.iter().map(|p| Bytes::from(p.to_string())).collect()),
         noloop,
     }
@@ -107,4 +108,30 @@ fn everyone_is_told_when_every_key_may_have_changed() {
     // A read the server does not track is told at once.
     table.tell(1, b"x");
     assert_eq!(told(&a), ["*1\r\n$1\r\nx\r\n"]);
+}
+
+#[test]
+fn a_writer_tracking_on_its_own_connection_is_told_by_the_caller() {
+    let table = ClientTracking::default();
+    let (a, b) = (client(1), client(2));
+    table.start(
+        1,
+        Tracker {
+            own: true,
+            ..tracker(&a, None, false)
+        },
+    );
+    table.start(2, tracker(&b, None, false));
+    for id in [1, 2] {
+        table.read(id, b"k");
+    }
+    // The writer is told right after its reply, by its session: not through its inbox.
+    assert!(table.changed(b"k", Some(1)));
+    assert!(told(&a).is_empty());
+    assert_eq!(told(&b).len(), 1);
+    assert!(table.tracks_own(1) && !table.tracks_own(2));
+    // Another's write reaches it through its inbox, as any change.
+    table.read(1, b"k");
+    assert!(!table.changed(b"k", Some(2)));
+    assert_eq!(told(&a).len(), 1);
 }

@@ -95,6 +95,7 @@ impl From<TwemproxyPool> for Pool {
             allow_flush: None,
             allow_keys: None,
             allow_config: None,
+            announce_version: None,
             reject_past_exptime: None,
             cluster: None,
             near_cache: None,

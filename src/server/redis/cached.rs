@@ -9,7 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{merge, route};
 use crate::backend::{BackendError, Profile};
-use crate::cache::clients::ClientTracking;
+use crate::cache::clients::{Changed, ClientTracking, one_key};
 use crate::cache::{NearCache, Ticket, Variant};
 use crate::command::{Command, Fanout, Kind, TxCommand};
 use crate::config::Protocol;
@@ -310,45 +310,66 @@ pub(super) struct Written<'a> {
     pub writer: u64,
 }
 
+/// What the writer itself is to be told, right after its write's reply: the keys changed
+/// (see `cache::clients`), each as a client is told them.
+pub(super) type OwnChanges = Vec<Changed>;
+
 impl Written<'_> {
-    fn key(&self, key: &[u8]) {
+    fn key(&self, key: &[u8], own: &mut OwnChanges) {
         self.cache.invalidate(key, InvalidationCause::Write);
-        if let Some(clients) = self.clients {
-            clients.changed(key, Some(self.writer));
+        if self
+            .clients
+            .is_some_and(|c| c.changed(key, Some(self.writer)))
+        {
+            own.push(one_key(key));
         }
     }
 
-    /// The tracking clients are told by the servers, whose flush says every key changed.
-    fn flush(&self) {
+    /// Other tracking clients are told by the servers, whose flush says every key changed.
+    fn flush(&self, own: &mut OwnChanges) {
         self.cache.flush();
+        if self.clients.is_some_and(|c| c.tracks_own(self.writer)) {
+            own.push(Changed::new());
+        }
     }
 }
 
 /// Invalidates what request `seq`, `cmd`, may change: the keys of a write, or everything
-/// for FLUSHALL and FLUSHDB; now, and in the cache again once it is answered.
-pub(super) fn written(to: &Written<'_>, out: &mut Outbox, cmd: &Command, req: &Request) {
+/// for FLUSHALL and FLUSHDB; now, and in the cache again once it is answered. Returns what the
+/// writer is to be told.
+pub(super) fn written(
+    to: &Written<'_>,
+    out: &mut Outbox,
+    cmd: &Command,
+    req: &Request,
+) -> OwnChanges {
     let seq = out.next_seq();
+    let mut own = OwnChanges::new();
     if cmd.kind == Kind::Keyspace(Fanout::Flush) {
-        to.flush();
-        return out.invalidate_when_answered(seq, None);
+        to.flush(&mut own);
+        out.invalidate_when_answered(seq, None);
+        return own;
     }
     if !cmd.writes() {
-        return;
+        return own;
     }
     for key in written_keys(cmd, req) {
-        to.key(&key);
+        to.key(&key, &mut own);
         out.invalidate_when_answered(seq, Some(key));
     }
+    own
 }
 
 /// Inside MULTI: a queued write is invalidated now, and in the cache again when EXEC, which
-/// carries it out, is answered; `pending` keeps those keys until then.
+/// carries it out, is answered; `pending` keeps those keys until then. Returns what the
+/// writer is to be told.
 pub(super) fn queued(
     to: &Written<'_>,
     out: &mut Outbox,
     pending: &mut Vec<Option<Bytes>>,
     (cmd, req): (&Command, &Request),
-) {
+) -> OwnChanges {
+    let mut own = OwnChanges::new();
     match cmd.kind {
         Kind::Transaction(TxCommand::Exec) => {
             let seq = out.next_seq();
@@ -358,17 +379,18 @@ pub(super) fn queued(
         }
         Kind::Transaction(TxCommand::Discard) => pending.clear(),
         Kind::Keyspace(Fanout::Flush) => {
-            to.flush();
+            to.flush(&mut own);
             pending.push(None);
         }
         _ if cmd.writes() => {
             for key in written_keys(cmd, req) {
-                to.key(&key);
+                to.key(&key, &mut own);
                 pending.push(Some(key));
             }
         }
         _ => {}
     }
+    own
 }
 
 /// The keys of `req`, as slices of its frame: a script's declared keys, any other command's

@@ -129,7 +129,9 @@ fn section(pool: &Pool, state: &PoolState, name: &str) -> Section {
             let executable = std::env::current_exe()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default();
-            Section::Server(vec![
+            let announced = c.redis.announce_version.clone();
+            let announced = announced.map(|v| ("redis_version", v));
+            Section::Server(Vec::from_iter(announced.into_iter().chain([
                 ("redis_mode", "standalone".to_string()),
                 ("process_id", std::process::id().to_string()),
                 ("run_id", run_id().to_string()),
@@ -139,7 +141,7 @@ fn section(pool: &Pool, state: &PoolState, name: &str) -> Section {
                 ("executable", executable),
                 ("config_file", String::new()),
                 ("ringproxy_version", env!("CARGO_PKG_VERSION").to_string()),
-            ])
+            ])))
         }
         "clients" => own(
             "Clients",
@@ -389,7 +391,10 @@ fn render(sections: &[Section], parts: &[BackendInfo]) -> Bytes {
                     .unwrap_or_else(|| "unknown".to_string());
                 let first: Vec<&Fields> = backend("server").take(1).collect();
                 let mut own = own.clone();
-                own.insert(0, ("redis_version", version));
+                // Unless the pool announces a version of its own.
+                if !own.iter().any(|(k, _)| *k == "redis_version") {
+                    own.insert(0, ("redis_version", version));
+                }
                 lines(&mut text, "Server", &as_one_server(&first, |_| false, &own));
             }
             Section::Summed { title, own } => {

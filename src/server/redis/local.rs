@@ -277,9 +277,16 @@ fn hello(mut cx: Local<'_>, state: &PoolState, req: &Request) -> Plan {
         .shards
         .iter()
         .find_map(|s| s.status[s.master].said.as_ref());
+    let (server, version) = match &cx.pool.config.redis.announce_version {
+        Some(announced) => ("redis", &announced[..]),
+        None => (
+            said.map_or("redis", |s| &s.server),
+            said.map_or(SERVED_REDIS_VERSION, |s| &s.version),
+        ),
+    };
     for (k, v) in [
-        ("server", said.map_or("redis", |s| &s.server)),
-        ("version", said.map_or(SERVED_REDIS_VERSION, |s| &s.version)),
+        ("server", server),
+        ("version", version),
         ("proxy", concat!("ringproxy ", env!("CARGO_PKG_VERSION"))),
     ] {
         encode::bulk(&mut b, k.as_bytes());

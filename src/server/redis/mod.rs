@@ -313,13 +313,15 @@ impl Resp {
         // As Redis, RESET is carried out at once inside MULTI (and before AUTH, and while
         // subscribed).
         if self.in_multi() && !quit && !is(LocalCommand::Reset) {
+            let mut own = cached::OwnChanges::new();
             if let (Some(cache), Some(cmd)) = (&cx.pool.near_cache, cmd) {
                 let to = written_to(cx, cache);
                 let pending = &mut self.modes().written;
-                cached::queued(&to, cx.out, pending, (cmd, &req));
+                own = cached::queued(&to, cx.out, pending, (cmd, &req));
             }
             let step = transaction::queue(&mut self.modes().tx, state, cmd, &req);
             self.transaction_step(cx, state, step);
+            own.iter().for_each(|changed| self.invalidated(cx, changed));
             return false;
         }
         let plan = match self.check(name, cmd, &req) {
@@ -407,10 +409,14 @@ impl Resp {
         if let (Some(mode), Some(cmd), false) = (&self.client.tracking, cmd, plan_failed(&plan)) {
             tracking::read(cx, mode, (cmd, &req), tracked);
         }
+        let mut own = cached::OwnChanges::new();
         if let (Some(cache), Some(cmd), false) = (&cx.pool.near_cache, cmd, plan_failed(&plan)) {
-            cached::written(&written_to(cx, cache), cx.out, cmd, &req);
+            own = cached::written(&written_to(cx, cache), cx.out, cmd, &req);
         }
         cx.execute(state, plan, self.profile());
+        // A client that tracks what it writes hears of it right after the reply, as from a
+        // server.
+        own.iter().for_each(|changed| self.invalidated(cx, changed));
         // A client guessing passwords is closed once its error reply is written.
         let max = cx.pool.config.redis.auth_max_failures;
         let guessing = max > 0 && self.client.auth_failures >= max;

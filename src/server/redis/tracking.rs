@@ -169,6 +169,7 @@ fn check(current: Option<&Mode>, asked: &Mode) -> Result<(), String> {
 fn start(table: &ClientTracking, id: u64, mode: &Mode, to: Arc<dyn Mailbox>) {
     let tracker = Tracker {
         to,
+        own: mode.redirect == 0,
         bcast: mode.bcast.then(|| mode.prefixes.clone()),
         noloop: mode.noloop,
     };
