@@ -22,7 +22,7 @@ pub(super) struct ClientState {
     /// The database SELECT chose.
     pub db: u16,
     /// CLIENT TRACKING, while it is on.
-    pub tracking: Option<Box<super::tracking::Mode>>,
+    pub tracking: Option<Box<TrackingMode>>,
 }
 
 /// What CLIENT REPLY asked for.
@@ -44,6 +44,38 @@ impl ClientState {
             db: 0,
             tracking: None,
         }
+    }
+}
+
+/// How a client tracks, while it does.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct TrackingMode {
+    /// The client its invalidations go to (0: itself).
+    pub(super) redirect: u64,
+    pub(super) bcast: bool,
+    pub(super) prefixes: Vec<Bytes>,
+    pub(super) optin: bool,
+    pub(super) optout: bool,
+    pub(super) noloop: bool,
+    /// CLIENT CACHING YES or NO, for the next command.
+    pub(super) caching: Option<bool>,
+}
+
+impl TrackingMode {
+    /// Whether a read the client makes now is tracked for it (not in BCAST, where its
+    /// prefixes are); takes the CLIENT CACHING it said for this command.
+    pub(super) fn tracks_read(&self) -> bool {
+        !self.bcast
+            && match (self.optin, self.optout) {
+                (true, _) => self.caching == Some(true),
+                (_, true) => self.caching != Some(false),
+                _ => true,
+            }
+    }
+
+    /// A command other than CLIENT CACHING ran: what CLIENT CACHING said is spent.
+    pub(super) fn command_done(&mut self) {
+        self.caching = None;
     }
 }
 

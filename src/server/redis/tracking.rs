@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::context::{Local, ok};
+use super::context::{Local, TrackingMode as Mode, ok};
 use super::route;
 use crate::backend::Mailbox;
 use crate::cache::clients::{ClientTracking, Tracker};
@@ -20,38 +20,6 @@ use crate::protocol::resp::{Request, encode, parse_int};
 use crate::server::error::ClientError;
 use crate::server::plan::Plan;
 use crate::server::session::Context;
-
-/// How a client tracks, while it does.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(super) struct Mode {
-    /// The client its invalidations go to (0: itself).
-    redirect: u64,
-    bcast: bool,
-    prefixes: Vec<Bytes>,
-    optin: bool,
-    optout: bool,
-    noloop: bool,
-    /// CLIENT CACHING YES or NO, for the next command.
-    caching: Option<bool>,
-}
-
-impl Mode {
-    /// Whether a read the client makes now is tracked for it (not in BCAST, where its
-    /// prefixes are); takes the CLIENT CACHING it said for this command.
-    pub(super) fn tracks_read(&self) -> bool {
-        !self.bcast
-            && match (self.optin, self.optout) {
-                (true, _) => self.caching == Some(true),
-                (_, true) => self.caching != Some(false),
-                _ => true,
-            }
-    }
-
-    /// A command other than CLIENT CACHING ran: what CLIENT CACHING said is spent.
-    pub(super) fn command_done(&mut self) {
-        self.caching = None;
-    }
-}
 
 fn exact(text: &str) -> Plan {
     Plan::Fail(ClientError::Exact(text.to_string().into()))
