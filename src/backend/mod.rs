@@ -1,6 +1,7 @@
 //! Backend nodes: a few multiplexed, pipelined connections per node carrying every client's
 //! requests, replies matched first-in first-out, plus a health checker.
 
+mod broadcast;
 mod connection;
 mod error;
 #[cfg(test)]
@@ -19,8 +20,8 @@ pub use inbox::{Completion, Inbox, Mailbox, ReplyTo, Token};
 pub use report::{Health, NodeEvent, Role, Said};
 pub use sentinel::{Named, SentinelClient};
 pub use subscriber::{Subscriber, Topic, notice_after};
-pub use tracking::Invalidations;
 use tracking::Tracking;
+pub use tracking::{Invalidations, Source};
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
@@ -390,6 +391,12 @@ impl Node {
         let stop = CancellationToken::new();
         if let Some(sink) = invalidations {
             let resp3 = settings[Profile { db: 0, resp3: true }.lane()].clone();
+            tokio::spawn(broadcast::follow(
+                shared.clone(),
+                resp3.clone(),
+                sink.clone(),
+                stop.clone(),
+            ));
             tokio::spawn(tracking::listen(shared.clone(), resp3, sink, stop.clone()));
         }
         tokio::spawn(health::run(
@@ -455,6 +462,12 @@ impl Node {
     /// read sent now is served while [`Node::cache_generation`] stays the same.
     pub fn tracking_ready(&self) -> Option<u64> {
         self.shared.tracking.as_ref()?.ready()
+    }
+
+    /// Whether the node's tracking listener hears every key's changes (BCAST), as it changes;
+    /// `None` without a near cache.
+    pub fn broadcasting(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.shared.tracking.as_ref().map(Tracking::broadcasting)
     }
 
     /// See [`Node::tracking_ready`].

@@ -24,22 +24,31 @@ use super::{ConnSettings, ConnectError, Failure, NodeShared};
 use crate::net::Stream;
 use crate::protocol::resp::{ReplyScanner, Value, encode};
 
-const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+pub(super) const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Where a node's invalidations go: the pool's near cache, and its clients that track keys.
 pub trait Invalidations: Send + Sync {
-    /// `key` changed on the node.
-    fn key(&self, key: &[u8]);
+    /// `keys` changed on the node, as one invalidation heard from `source` said.
+    fn keys(&self, keys: &[&[u8]], source: Source);
 
     /// Any key of the node may have changed unheard: the node's generation moved.
     fn all(&self);
 
-    /// Whether the listener should hear every key's changes (`CLIENT TRACKING ON BCAST` on
-    /// itself), as it changes: some client listens to key prefixes.
+    /// Whether a node should hear every key's changes for the clients that listen to key
+    /// prefixes (see `backend::broadcast`), as it changes.
     fn broadcast(&self) -> Option<watch::Receiver<bool>> {
         None
     }
+}
+
+/// Which connection heard an invalidation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The listener, of keys read by the data connections that redirect to it.
+    Reads,
+    /// The broadcast connection, of every key (see `backend::broadcast`).
+    Broadcast,
 }
 
 /// A node's tracking state, shared by its listener and data connections.
@@ -53,6 +62,9 @@ pub(crate) struct Tracking {
     listener_generation: AtomicU64,
     /// See the module's doc.
     generation: AtomicU64,
+    /// Whether the node's broadcast connection hears every key's changes (its BCAST
+    /// confirmed by the server).
+    pub(super) broadcasting: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Tracking {
@@ -78,6 +90,11 @@ impl Tracking {
     pub(crate) fn ready(&self) -> Option<u64> {
         let generation = self.generation.load(Ordering::SeqCst);
         (self.listener.load(Ordering::SeqCst) != 0).then_some(generation)
+    }
+
+    /// Whether the node's broadcast connection hears every key's changes, as it changes.
+    pub(crate) fn broadcasting(&self) -> watch::Receiver<bool> {
+        self.broadcasting.subscribe()
     }
 
     pub(crate) fn generation(&self) -> u64 {
@@ -175,7 +192,6 @@ pub(super) async fn listen(
     };
     let mut backoff = FIRST_BACKOFF;
     let id = AtomicU64::new(0);
-    let mut broadcast = sink.broadcast();
     loop {
         let connected = match opening::connect(&settings).await {
             Ok(stream) => identify(stream, &settings, &id).await,
@@ -197,7 +213,7 @@ pub(super) async fn listen(
             tracking.listener_generation.fetch_add(1, Ordering::SeqCst);
             tracking.lost();
             let ended = tokio::select! {
-                ended = hear(&stream, &settings, (tracking, sink.as_ref()), broadcast.as_mut()) => ended,
+                ended = hear(&stream, &settings, (sink.as_ref(), Source::Reads), || tracking.lost()) => ended,
                 _ = stop.cancelled() => return,
             };
             tracking.listener.store(0, Ordering::SeqCst);
@@ -212,44 +228,24 @@ pub(super) async fn listen(
     }
 }
 
-/// Reads the listener's pushes until the connection fails; turns BCAST on and off on the
-/// listener itself as `broadcast` says.
-async fn hear(
+/// Reads the pushes a tracking connection hears, until it fails: keys go to `sink` as from
+/// `source`; a run of invalidations of every key is `everything`.
+pub(super) async fn hear(
     stream: &Stream,
     settings: &ConnSettings,
-    (tracking, sink): (&Tracking, &dyn Invalidations),
-    mut broadcast: Option<&mut watch::Receiver<bool>>,
+    (sink, source): (&dyn Invalidations, Source),
+    everything: impl Fn(),
 ) -> Failure {
     let mut buf = BytesMut::new();
     let mut chunk = 4096;
     let mut scanner = ReplyScanner::new(settings.max_reply_depth);
-    // BCAST asked and not yet confirmed: until the server's +OK, changes may go unheard.
-    let mut confirming = false;
-    if let Some(rx) = broadcast.as_deref_mut()
-        && *rx.borrow_and_update()
-    {
-        if let Err(e) = stream.write_all(&broadcast_command(true)).await {
-            return e.into();
-        }
-        confirming = true;
-    }
     loop {
-        let read = tokio::select! {
-            read = stream.read_some(&mut buf, &mut chunk) => read,
-            Some(on) = changed(broadcast.as_deref_mut()) => {
-                if let Err(e) = stream.write_all(&broadcast_command(on)).await {
-                    return e.into();
-                }
-                confirming = on;
-                continue;
-            }
-        };
-        match read {
+        match stream.read_some(&mut buf, &mut chunk).await {
             Ok(0) => return Failure::Closed,
             Err(e) => return e.into(),
             Ok(_) => {}
         }
-        let mut everything = false;
+        let mut all = false;
         loop {
             let len = match scanner.scan(&buf) {
                 Ok(Some(len)) => len,
@@ -257,46 +253,19 @@ async fn hear(
                 Err(e) => return Failure::BadReply(e.into()),
             };
             let frame = buf.split_to(len);
-            if confirming && frame.starts_with(b"+OK") {
-                // What changed before BCAST took effect went unheard.
-                confirming = false;
-                everything = true;
-            }
-            everything |= invalidated(&frame, settings.max_reply_depth, sink);
+            all |= invalidated(&frame, settings.max_reply_depth, (sink, source));
         }
-        if everything {
-            tracking.lost();
+        if all {
+            everything();
         }
     }
-}
-
-/// The next value `broadcast` takes; never, without one.
-async fn changed(broadcast: Option<&mut watch::Receiver<bool>>) -> Option<bool> {
-    match broadcast {
-        Some(rx) => match rx.changed().await {
-            Ok(()) => Some(*rx.borrow_and_update()),
-            Err(_) => std::future::pending().await,
-        },
-        None => std::future::pending().await,
-    }
-}
-
-/// `CLIENT TRACKING ON BCAST` (every key's changes, on the connection itself), or OFF.
-fn broadcast_command(on: bool) -> Bytes {
-    let mut buf = BytesMut::new();
-    let args: &[&[u8]] = match on {
-        true => &[b"CLIENT", b"TRACKING", b"ON", b"BCAST"],
-        false => &[b"CLIENT", b"TRACKING", b"OFF"],
-    };
-    encode::command(&mut buf, args.iter().copied());
-    buf.freeze()
 }
 
 /// Takes in one frame the listener heard: `invalidate` with the keys, or with a null when
 /// every key changed.
 /// Returns whether it said every key changed: the caller moves the generation once for a run
 /// of those (a flush sends one for each connection redirecting to the listener).
-fn invalidated(frame: &[u8], depth: usize, sink: &dyn Invalidations) -> bool {
+fn invalidated(frame: &[u8], depth: usize, (sink, source): (&dyn Invalidations, Source)) -> bool {
     let Some(value) = Value::read(frame, depth) else {
         return false;
     };
@@ -308,10 +277,10 @@ fn invalidated(frame: &[u8], depth: usize, sink: &dyn Invalidations) -> bool {
     }
     match keys {
         Value::Nil => return true,
-        Value::List(keys) => keys
-            .iter()
-            .filter_map(Value::text)
-            .for_each(|k| sink.key(k)),
+        Value::List(keys) => {
+            let keys: Vec<&[u8]> = keys.iter().filter_map(Value::text).collect();
+            sink.keys(&keys, source);
+        }
         _ => {}
     }
     false
@@ -327,8 +296,9 @@ mod tests {
     struct Heard(Mutex<Vec<Vec<u8>>>);
 
     impl Invalidations for Heard {
-        fn key(&self, key: &[u8]) {
-            self.0.lock().unwrap().push(key.to_vec());
+        fn keys(&self, keys: &[&[u8]], _: Source) {
+            let mut heard = self.0.lock().unwrap();
+            heard.extend(keys.iter().map(|k| k.to_vec()));
         }
 
         fn all(&self) {}
@@ -336,19 +306,17 @@ mod tests {
 
     #[test]
     fn keys_are_handed_on_and_a_null_says_every_key_changed() {
-        let heard = Heard::default();
+        let sink = Heard::default();
+        let heard = (&sink as &dyn Invalidations, Source::Reads);
         let keys = b">2\r\n$10\r\ninvalidate\r\n*2\r\n$1\r\na\r\n$3\r\nb\nc\r\n";
-        assert!(!invalidated(keys, 8, &heard));
-        assert_eq!(*heard.0.lock().unwrap(), [b"a".to_vec(), b"b\nc".to_vec()]);
-        assert!(invalidated(b">2\r\n$10\r\ninvalidate\r\n_\r\n", 8, &heard));
+        assert!(!invalidated(keys, 8, heard));
+        assert_eq!(*sink.0.lock().unwrap(), [b"a".to_vec(), b"b\nc".to_vec()]);
+        assert!(invalidated(b">2\r\n$10\r\ninvalidate\r\n_\r\n", 8, heard));
         // Anything else is not an invalidation.
-        assert!(!invalidated(
-            b">2\r\n$7\r\nmessage\r\n*1\r\n$1\r\nx\r\n",
-            8,
-            &heard
-        ));
-        assert!(!invalidated(b"+OK\r\n", 8, &heard));
-        assert_eq!(heard.0.lock().unwrap().len(), 2);
+        let message = b">2\r\n$7\r\nmessage\r\n*1\r\n$1\r\nx\r\n";
+        assert!(!invalidated(message, 8, heard));
+        assert!(!invalidated(b"+OK\r\n", 8, heard));
+        assert_eq!(sink.0.lock().unwrap().len(), 2);
     }
 
     #[test]

@@ -43,8 +43,8 @@ pub(crate) struct ClientTracking {
     clients: RwLock<HashMap<u64, Tracker>>,
     /// How many clients track: with none, an invalidation costs nothing more.
     tracking: AtomicUsize,
-    /// Whether some client listens to prefixes (BCAST): the nodes' listeners then hear every
-    /// key's changes.
+    /// Whether some client listens to prefixes (BCAST): each node then has a broadcast
+    /// connection that hears every key's changes (`backend::broadcast`).
     broadcast: watch::Sender<bool>,
     /// Each key read by a tracking client, and who read it; sharded by the key's hash.
     keys: Box<[Mutex<Readers>]>,
@@ -132,7 +132,51 @@ impl ClientTracking {
         shard.insert(Bytes::copy_from_slice(key), vec![id]);
         drop(shard);
         if let Some((key, readers)) = dropped {
-            self.tell_all(&readers, &one_key(&key), None, None);
+            self.tell_readers(&readers, &one_key(&key), None);
+        }
+    }
+
+    /// A server said `keys` changed, read by the proxy's connections: each reader is told of
+    /// each key.
+    pub(crate) fn heard(&self, keys: &[&[u8]]) {
+        if !self.any() {
+            return;
+        }
+        for key in keys {
+            let readers = self.shard(key).remove(*key);
+            if let Some(readers) = readers {
+                self.tell_readers(&readers, &one_key(key), None);
+            }
+        }
+    }
+
+    /// A server said `keys` changed, in one broadcast: each BCAST client is told of the keys
+    /// under each of its prefixes, in one message per prefix, as a server tells them.
+    pub(crate) fn broadcast_heard(&self, keys: &[&[u8]]) {
+        if !self.any() {
+            return;
+        }
+        let clients = self.read_clients();
+        for t in clients.values() {
+            let Some(prefixes) = &t.bcast else {
+                continue;
+            };
+            let every_key = [Bytes::new()];
+            let prefixes = if prefixes.is_empty() {
+                &every_key[..]
+            } else {
+                prefixes
+            };
+            for prefix in prefixes {
+                let under: Vec<&[u8]> = keys
+                    .iter()
+                    .copied()
+                    .filter(|k| k.starts_with(prefix))
+                    .collect();
+                if !under.is_empty() {
+                    deliver(t, some_keys(&under));
+                }
+            }
         }
     }
 
@@ -143,17 +187,17 @@ impl ClientTracking {
         }
     }
 
-    /// `key` changed; `writer`: the client that wrote it through the proxy, if one did.
+    /// `key` was written through the proxy by client `writer`.
     /// Returns whether the writer is to be told by the caller, on its own connection after
-    /// its write's reply (it read the key, without NOLOOP, and redirects nowhere).
-    pub(crate) fn changed(&self, key: &[u8], writer: Option<u64>) -> bool {
+    /// its write's reply (it read the key, without NOLOOP, and redirects nowhere). BCAST
+    /// clients are not told here: they hear the server's own change, which every write makes.
+    pub(crate) fn changed(&self, key: &[u8], writer: u64) -> bool {
         if !self.any() {
             return false;
         }
         let readers = self.shard(key).remove(key);
-        let message = one_key(key);
         let readers = readers.as_deref().unwrap_or_default();
-        self.tell_all(readers, &message, writer, Some(key))
+        self.tell_readers(readers, &one_key(key), Some(writer))
     }
 
     /// Whether client `id` tracks on its own connection: told there that every key changed
@@ -175,49 +219,34 @@ impl ClientTracking {
         }
     }
 
-    /// Tells `readers`, and the BCAST clients whose prefixes `key` has (unless the change is a
-    /// `writer`'s, or there is no key: it was only let go of), that it changed; a NOLOOP
-    /// `writer` is not told. Returns whether the writer is to be told by the caller (see
-    /// [`ClientTracking::changed`]).
-    fn tell_all(
-        &self,
-        readers: &[u64],
-        message: &Changed,
-        writer: Option<u64>,
-        key: Option<&[u8]>,
-    ) -> bool {
+    /// Tells `readers` that a key changed (`message`); a NOLOOP `writer` is not told. Returns
+    /// whether the writer is to be told by the caller (see [`ClientTracking::changed`]).
+    fn tell_readers(&self, readers: &[u64], message: &Changed, writer: Option<u64>) -> bool {
         let clients = self.read_clients();
-        let told = |id: &u64, t: &Tracker| !(t.noloop && writer == Some(*id));
         let mut writer_told = false;
         for id in readers {
-            match clients.get(id).filter(|t| t.bcast.is_none() && told(id, t)) {
-                Some(t) if t.own && writer == Some(*id) => writer_told = true,
-                Some(t) => deliver(t, message.clone()),
-                None => {}
+            let Some(t) = clients.get(id).filter(|t| t.bcast.is_none()) else {
+                continue;
+            };
+            match writer == Some(*id) {
+                true if t.noloop => {}
+                true if t.own => writer_told = true,
+                _ => deliver(t, message.clone()),
             }
         }
-        // BCAST clients hear every change from the servers (whose listeners then hear every
-        // key's), a write through the proxy included: told of it here too, they would hear of
-        // it twice.
-        let Some(key) = key.filter(|_| writer.is_none()) else {
-            return writer_told;
-        };
-        for (id, t) in clients.iter() {
-            let listens = (t.bcast.as_ref())
-                .is_some_and(|p| p.is_empty() || p.iter().any(|p| key.starts_with(p)));
-            if listens && told(id, t) {
-                deliver(t, message.clone());
-            }
-        }
-        false
+        writer_told
     }
 }
 
 /// The keys changed as a client is told them: an array of one.
 pub(crate) fn one_key(key: &[u8]) -> Changed {
-    let mut buf = BytesMut::with_capacity(key.len() + 16);
-    encode::array(&mut buf, 1);
-    encode::bulk(&mut buf, key);
+    some_keys(&[key])
+}
+
+fn some_keys(keys: &[&[u8]]) -> Changed {
+    let mut buf = BytesMut::with_capacity(keys.iter().map(|k| k.len() + 16).sum::<usize>() + 8);
+    encode::array(&mut buf, keys.len());
+    keys.iter().for_each(|k| encode::bulk(&mut buf, k));
     buf.freeze()
 }
 

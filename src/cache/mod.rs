@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::backend::{Invalidations, NodeId};
+use crate::backend::{Invalidations, NodeId, Source};
 use crate::config::NearCacheConfig;
 use crate::metrics::{InvalidationCause, NearCacheMetrics, Refusal};
 pub(crate) use pattern::matches;
@@ -226,9 +226,14 @@ pub(crate) struct Heard {
 }
 
 impl Invalidations for Heard {
-    fn key(&self, key: &[u8]) {
-        self.cache.invalidate(key, InvalidationCause::Server);
-        self.clients.changed(key, None);
+    fn keys(&self, keys: &[&[u8]], source: Source) {
+        for key in keys {
+            self.cache.invalidate(key, InvalidationCause::Server);
+        }
+        match source {
+            Source::Reads => self.clients.heard(keys),
+            Source::Broadcast => self.clients.broadcast_heard(keys),
+        }
     }
 
     /// The cache needs nothing: it compares generations itself.

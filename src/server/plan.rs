@@ -3,6 +3,7 @@
 //! request and a `PoolState` snapshot; the session carries it out.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -50,6 +51,15 @@ impl Part {
     }
 }
 
+/// A reply still to be made: see [`Plan::Later`].
+pub(super) struct Waiting(pub Pin<Box<dyn Future<Output = Bytes> + Send>>);
+
+impl std::fmt::Debug for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Waiting")
+    }
+}
+
 /// What the session does with one request.
 #[derive(Debug)]
 pub(super) enum Plan {
@@ -58,6 +68,9 @@ pub(super) enum Plan {
     Fail(ClientError),
     /// An error answered only after a while: a failed AUTH, slowed per client address.
     FailAfter(ClientError, Duration),
+    /// A reply the proxy makes once something it waits for has happened (CLIENT TRACKING ON
+    /// BCAST, once every node hears every key's changes).
+    Later(Waiting),
     /// One backend request; its reply is the client's.
     Forward(Part),
     /// A request whose client asked for no reply (memcache `noreply`, `q`): its reply is
@@ -113,7 +126,7 @@ impl Plan {
     /// answers.
     pub(super) fn first_target(&self) -> Option<(Target, usize)> {
         match self {
-            Plan::Reply(_) | Plan::Fail(_) | Plan::FailAfter(..) => None,
+            Plan::Reply(_) | Plan::Fail(_) | Plan::FailAfter(..) | Plan::Later(_) => None,
             Plan::Forward(part)
             | Plan::Quiet(part, _)
             | Plan::Resend { part, .. }

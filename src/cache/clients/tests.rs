@@ -38,14 +38,14 @@ fn a_reader_is_told_once_per_read() {
     table.start(2, tracker(&b, None, false));
     table.read(1, b"k");
     table.read(1, b"k");
-    table.changed(b"k", None);
-    table.changed(b"k", None);
+    table.heard(&[b"k"]);
+    table.heard(&[b"k"]);
     assert_eq!(told(&a), ["*1\r\n$1\r\nk\r\n"]);
     assert!(told(&b).is_empty(), "never read k");
     // Stopped: nothing more, though it read the key.
     table.read(1, b"k");
     table.stop(1);
-    table.changed(b"k", None);
+    table.heard(&[b"k"]);
     assert!(told(&a).is_empty());
     assert_eq!(
         table.tracking.load(Ordering::Relaxed),
@@ -63,12 +63,12 @@ fn a_noloop_writer_is_not_told_of_its_own_writes() {
     for id in [1, 2] {
         table.read(id, b"k");
     }
-    table.changed(b"k", Some(1));
+    table.changed(b"k", 1);
     assert!(told(&a).is_empty());
     assert_eq!(told(&b), ["*1\r\n$1\r\nk\r\n"]);
     // Without NOLOOP, a writer is told like any reader.
     table.read(2, b"k");
-    table.changed(b"k", Some(2));
+    table.changed(b"k", 2);
     assert_eq!(told(&b).len(), 1);
 }
 
@@ -81,12 +81,20 @@ fn bcast_clients_hear_the_servers_changes_under_their_prefixes() {
     table.start(1, tracker(&a, Some(&["user:", "cfg:"]), false));
     table.start(2, tracker(&every, Some(&[]), false));
     assert!(broadcast.has_changed().unwrap() && *broadcast.borrow_and_update());
-    table.changed(b"user:1", None);
-    table.changed(b"other", None);
+    table.broadcast_heard(&[b"user:1", b"other", b"cfg:1", b"user:2"]);
+    // A read key's change, heard by the listener, is not theirs: it comes again as a broadcast.
+    table.heard(&[b"user:9"]);
     // A write through the proxy: the server's change will say it.
-    table.changed(b"cfg:1", Some(9));
-    assert_eq!(told(&a), ["*1\r\n$6\r\nuser:1\r\n"]);
-    assert_eq!(told(&every).len(), 2);
+    table.changed(b"cfg:1", 9);
+    // One message per prefix, with the keys under it, as a server sends them.
+    assert_eq!(
+        told(&a),
+        [
+            "*2\r\n$6\r\nuser:1\r\n$6\r\nuser:2\r\n",
+            "*1\r\n$5\r\ncfg:1\r\n"
+        ]
+    );
+    assert_eq!(told(&every).len(), 1);
     table.stop(1);
     table.stop(2);
     assert!(!*broadcast.borrow_and_update());
@@ -103,7 +111,7 @@ fn everyone_is_told_when_every_key_may_have_changed() {
     assert_eq!(told(&a), [""]);
     assert_eq!(told(&b), [""]);
     // What was tracked is forgotten with it.
-    table.changed(b"k", Some(3));
+    table.changed(b"k", 3);
     assert!(told(&a).is_empty());
     // A read the server does not track is told at once.
     table.tell(1, b"x");
@@ -126,12 +134,12 @@ fn a_writer_tracking_on_its_own_connection_is_told_by_the_caller() {
         table.read(id, b"k");
     }
     // The writer is told right after its reply, by its session: not through its inbox.
-    assert!(table.changed(b"k", Some(1)));
+    assert!(table.changed(b"k", 1));
     assert!(told(&a).is_empty());
     assert_eq!(told(&b).len(), 1);
     assert!(table.tracks_own(1) && !table.tracks_own(2));
     // Another's write reaches it through its inbox, as any change.
     table.read(1, b"k");
-    assert!(!table.changed(b"k", Some(2)));
+    assert!(!table.changed(b"k", 2));
     assert_eq!(told(&a).len(), 1);
 }

@@ -317,10 +317,7 @@ pub(super) type OwnChanges = Vec<Changed>;
 impl Written<'_> {
     fn key(&self, key: &[u8], own: &mut OwnChanges) {
         self.cache.invalidate(key, InvalidationCause::Write);
-        if self
-            .clients
-            .is_some_and(|c| c.changed(key, Some(self.writer)))
-        {
+        if self.clients.is_some_and(|c| c.changed(key, self.writer)) {
             own.push(one_key(key));
         }
     }

@@ -78,7 +78,7 @@ pub(super) fn run(cx: Local<'_>, state: &PoolState, req: &Request) -> Plan {
             b"ON" | b"OFF" => ok(),
             _ => exact("ERR syntax error"),
         },
-        (b"TRACKING", n) if n >= 3 => tracking::tracking(cx, req),
+        (b"TRACKING", n) if n >= 3 => tracking::tracking(cx, state, req),
         (b"CACHING", 3) => tracking::caching(cx, req),
         (b"TRACKINGINFO", 2) => tracking::info(cx),
         (b"GETREDIR", 2) => integer(tracking::redirect(cx.client.tracking.as_deref())),

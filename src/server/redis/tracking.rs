@@ -8,6 +8,7 @@
 //! changes from the servers (the near cache's tracking) and from the writes it passes on.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
@@ -18,8 +19,9 @@ use crate::cache::clients::{ClientTracking, Tracker};
 use crate::command::{Command, Kind};
 use crate::protocol::resp::{Request, encode, parse_int};
 use crate::server::error::ClientError;
-use crate::server::plan::Plan;
+use crate::server::plan::{Plan, Waiting};
 use crate::server::session::Context;
+use crate::topology::PoolState;
 
 fn exact(text: &str) -> Plan {
     Plan::Fail(ClientError::Exact(text.to_string().into()))
@@ -30,7 +32,7 @@ fn syntax() -> Plan {
 }
 
 /// CLIENT TRACKING ON|OFF [REDIRECT id] [BCAST] [PREFIX p]… [OPTIN] [OPTOUT] [NOLOOP].
-pub(super) fn tracking(cx: Local<'_>, req: &Request) -> Plan {
+pub(super) fn tracking(cx: Local<'_>, state: &PoolState, req: &Request) -> Plan {
     let Some(table) = &cx.pool.client_tracking else {
         return exact(
             "ERR client tracking through this proxy needs the pool's near_cache: only there does it hear its servers' invalidations",
@@ -90,8 +92,36 @@ pub(super) fn tracking(cx: Local<'_>, req: &Request) -> Plan {
         ..asked
     };
     start(table, cx.listing.id, &mode, to);
+    let bcast = mode.bcast;
     cx.client.tracking = Some(Box::new(mode));
-    ok()
+    match bcast {
+        true => broadcasting(state, cx.pool.config.timeout),
+        false => ok(),
+    }
+}
+
+/// OK once every node whose listener is connected hears every key's changes (its broadcast
+/// connection confirmed), so that none made after the reply goes unheard (a node that connects
+/// later tells its clients that everything may have changed); at most `limit` later.
+fn broadcasting(state: &PoolState, limit: Duration) -> Plan {
+    let nodes = state.shards.iter().flat_map(|s| s.nodes.iter());
+    let waits: Vec<_> = nodes
+        .filter(|n| n.tracking_ready().is_some())
+        .filter_map(|n| n.broadcasting())
+        .filter(|on| !*on.borrow())
+        .collect();
+    if waits.is_empty() {
+        return ok();
+    }
+    Plan::Later(Waiting(Box::pin(async move {
+        let all = async {
+            for mut on in waits {
+                let _ = on.wait_for(|on| *on).await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, all).await;
+        Bytes::from_static(b"+OK\r\n")
+    })))
 }
 
 /// What Redis refuses of CLIENT TRACKING ON, with its words.

@@ -87,6 +87,11 @@ impl Context<'_> {
                     to.answer(reply);
                 });
             }
+            Plan::Later(reply) => {
+                let to = self.reply_to(self.out.token(0));
+                self.out.forwarded();
+                tokio::spawn(async move { to.answer(reply.0.await) });
+            }
             Plan::Forward(part) => {
                 self.send_part(state, part, 0, profile);
                 self.out.forwarded();

@@ -313,7 +313,7 @@ fn routed_request() -> impl Strategy<Value = (&'static Command, Vec<Vec<u8>>)> {
 
 fn parts(plan: &Plan) -> Vec<&Part> {
     match plan {
-        Plan::Reply(_) | Plan::Fail(_) | Plan::FailAfter(..) => Vec::new(),
+        Plan::Reply(_) | Plan::Fail(_) | Plan::FailAfter(..) | Plan::Later(_) => Vec::new(),
         Plan::Forward(part)
         | Plan::Quiet(part, _)
         | Plan::Resend { part, .. }
