@@ -30,8 +30,8 @@ struct Args {
     /// Serve the admin HTTP endpoint here (overrides `admin.listen`).
     #[arg(long, env = "RINGPROXY_ADMIN_LISTEN")]
     admin_listen: Option<Address>,
-    /// Worker threads serving clients, each with its own backend connections
-    /// (default: one per CPU).
+    /// Worker threads serving clients, each with its own backend connections (default: the
+    /// configuration's `workers`, else the CPUs this process may use).
     #[arg(long)]
     workers: Option<usize>,
     /// Do not reload when the configuration file changes (SIGHUP and `POST /reload` still
@@ -99,9 +99,17 @@ fn main() -> ExitCode {
         println!("configuration OK");
         return ExitCode::SUCCESS;
     }
-    let workers = args
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let (workers, from) = match (args.workers, config.workers) {
+        (Some(n), _) => (n, "--workers"),
+        (None, Some(n)) => (n, "the configuration's workers"),
+        // The standard library counts what this process may use: its affinity mask, and the
+        // CPU quota of its cgroup (v1 or v2).
+        (None, None) => (
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            "the CPUs this process may use (its affinity mask and cgroup CPU quota)",
+        ),
+    };
+    tracing::info!("{workers} worker threads, from {from}");
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

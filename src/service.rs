@@ -197,6 +197,9 @@ impl Service {
                     .to_string(),
             );
         }
+        if plan.config.workers != self.config.workers {
+            return Err("workers changes only with a restart".to_string());
+        }
         // Every new address is bound before anything changes, so one in use refuses the
         // reload whole.
         let mut bound = Vec::new();

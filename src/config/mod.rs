@@ -61,6 +61,9 @@ fn invalid(at: Location, message: impl Into<String>) -> Invalid {
 
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Worker threads, when the file says (else the command line's, else the CPUs this
+    /// process may use).
+    pub workers: Option<usize>,
     pub admin_listen: Option<Address>,
     /// Bearer token the admin endpoint asks for, except on `/health` and `/ready`.
     pub admin_token: Option<AdminToken>,
@@ -412,6 +415,7 @@ fn validate(parts: raw::Parts) -> Result<Config, Invalid> {
         return Err(invalid(Location::UNKNOWN, "no pools are configured"));
     }
     Ok(Config {
+        workers: parts.workers,
         admin_listen: parts.admin_listen.map(|a| a.value),
         admin_token: parts.admin_token,
         drain: parts.drain,

@@ -24,6 +24,7 @@ pub(super) use twemproxy::TwemproxyFile;
 
 /// What both formats reduce to before cross-field validation.
 pub(super) struct Parts {
+    pub workers: Option<usize>,
     pub admin_listen: Option<Spanned<Address>>,
     pub admin_token: Option<AdminToken>,
     pub drain: Duration,
@@ -35,6 +36,7 @@ pub(super) struct Parts {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct File {
+    workers: Option<Spanned<usize>>,
     admin: Option<Admin>,
     #[serde(default, deserialize_with = "whole_millis")]
     drain_ms: Option<u64>,
@@ -493,7 +495,12 @@ impl File {
             }
             None => None,
         };
+        if let Some(w) = self.workers.as_ref().filter(|w| w.value == 0) {
+            let why = "workers must be at least 1 (leave it out for the CPUs this process may use)";
+            return Err(invalid(w.referenced, why));
+        }
         Ok(Parts {
+            workers: self.workers.map(|w| w.value),
             admin_listen: self.admin.map(|a| a.listen),
             admin_token,
             drain: self.drain_ms.map_or(DEFAULT_DRAIN, millis),

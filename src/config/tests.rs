@@ -377,3 +377,15 @@ fn a_near_cache_takes_its_defaults_and_is_not_for_cluster_pools() {
     let cluster = "pools:\n  p:\n    listen: 127.0.0.1:6380\n    near_cache: {}\n    cluster: { seeds: [127.0.0.1:7000] }\n";
     assert!(error_of(cluster).contains("near_cache is not yet for cluster pools"));
 }
+
+#[test]
+fn workers_is_a_count_of_at_least_one() {
+    let pool = "pools:\n  p:\n    listen: 127.0.0.1:6380\n    servers: [127.0.0.1:7000:1]\n";
+    assert_eq!(parse(pool).unwrap().workers, None);
+    assert_eq!(
+        parse(&format!("workers: 3\n{pool}")).unwrap().workers,
+        Some(3)
+    );
+    let e = error_of(&format!("workers: 0\n{pool}"));
+    assert!(e.contains("workers must be at least 1"), "{e}");
+}

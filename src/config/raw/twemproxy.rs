@@ -112,6 +112,7 @@ impl TwemproxyFile {
             .map(|(name, pool)| Ok((name, Pool::from(pool.value).into_parts(pool.referenced)?)))
             .collect::<Result<_, Invalid>>()?;
         Ok(Parts {
+            workers: None,
             admin_listen: None,
             admin_token: None,
             drain: DEFAULT_DRAIN,
