@@ -12,7 +12,8 @@
 //!   drains on SIGTERM; `workers`: thread-per-core runtimes.
 //! - [`config`]: the YAML topology, read and validated into typed pools with
 //!   `FILE:LINE:COLUMN` errors: `raw` (ringproxy's schema), `raw/twemproxy` (`nutcracker.yml`
-//!   as it is), `values` (values that check themselves as they are read).
+//!   as it is), `values` (values that check themselves as they are read), `pool` (a pool's
+//!   checks across its fields).
 //! - [`placement`]: key → server: twemproxy's hash functions (`hash`), ketama / modula /
 //!   random, hash tags; or a Redis Cluster's slots (`slots`). Built from configuration (or
 //!   the cluster's agreed map) only; health never rebuilds it.
@@ -33,12 +34,16 @@
 //!   a client's Pub/Sub connection per shard; `inbox`, where replies reach each session (and
 //!   what a timed-out request still counts); `health`, the checks (PING, INFO replication,
 //!   DBSIZE, run id, REPLICAOF); `tracking`, CLIENT TRACKING for the near cache (a listening
-//!   connection per node, and the data connections' redirect to it); `sentinel`, a Sentinel client; `error`, failures that keep
-//!   their cause; `report`, node events for the pool's keeper.
+//!   connection per node, and the data connections' redirect to it); `broadcast`, one more
+//!   connection per node hearing every key's changes while a client tracks prefixes (BCAST);
+//!   `sentinel`, a Sentinel client; `error`, failures that keep their cause; `report`, node
+//!   events for the pool's keeper.
 //! - `cache`: a pool's near cache: replies of one-key reads by key, sharded, within a byte
 //!   budget, kept only when no invalidation, write, flush or lost tracking connection came
 //!   while their read was in flight (`store`, one shard and its eviction; `pattern`, the
-//!   `keys` globs). `backend/tracking` feeds it each node's invalidations. `cache/hotkeys`:
+//!   `keys` globs). `backend/tracking` feeds it each node's invalidations. `cache/clients`:
+//!   tracking for the proxy's own clients (who read which key, who listens to which prefix,
+//!   and telling them). `cache/hotkeys`:
 //!   every pool's requests per key over the last minute (a count-min sketch and a ranking per
 //!   worker, merged when asked).
 //! - `topology`: pools and their live state: `state`, the `PoolState` snapshot (placement,
@@ -65,7 +70,8 @@
 //!   over every shard, `transaction`, `pubsub`, `subscribers` for the client's subscriber
 //!   connections as the pool changes under them, `local` and `context` for what the proxy
 //!   answers itself, `client` for CLIENT, `cluster` for CLUSTER as a cluster pool presents
-//!   itself, `info` for INFO over the pool, `cached`
+//!   itself, `info` for INFO over the pool, `tracking` for CLIENT TRACKING and how a client
+//!   is told of invalidations, `cached`
 //!   for which reads the near cache serves and which writes invalidate it, `merge`) and
 //!   `memcache` (`route`, `merge`).
 //! - `slowlog`: the pool's slow log (SLOWLOG), secrets redacted.
