@@ -62,10 +62,17 @@ pub(super) trait Frontend: Sized {
     /// granted when it sent the request (a subscription) is taken back.
     fn refused(&mut self, _seq: u64) {}
 
-    /// Whether the client listens for Pub/Sub messages or invalidations, which may come at
-    /// any time: it is never idle, and one that does not read them is closed at once.
+    /// Whether the client listens for Pub/Sub messages, which may come at any time: it hears
+    /// pushes (below), and one that does not read them is closed at once (a publisher cannot
+    /// be made to wait).
     fn is_listening(&self) -> bool {
         false
+    }
+
+    /// Whether messages may come to the client at any time (Pub/Sub, invalidations of keys it
+    /// tracks): it is woken for them while idle, and never closed for being idle.
+    fn hears_pushes(&self) -> bool {
+        self.is_listening()
     }
 
     /// Whether a Pub/Sub message is still for the client: one sent before its unsubscription
@@ -191,7 +198,7 @@ impl<F: Frontend> Session<F> {
                 // reply, so the burst's lingering is part of it. Only an idle client with a
                 // bound holds a timer.
                 let mut idle = (self.pool.config.clients.idle_timeout)
-                    .filter(|_| !self.fe.is_listening())
+                    .filter(|_| !self.fe.hears_pushes())
                     .map(|t| Box::pin(tokio::time::sleep(t.saturating_sub(self.linger()))));
                 let session = &mut self;
                 match std::future::poll_fn(move |cx| session.poll_idle(&mut idle, cx)).await {
@@ -235,7 +242,7 @@ impl<F: Frontend> Session<F> {
             if signals.kill() || signals.leave() {
                 return Poll::Ready(Woke::Asked(signals));
             }
-            if self.fe.is_listening() {
+            if self.fe.hears_pushes() {
                 return Poll::Ready(Woke::Messages);
             }
         }

@@ -178,6 +178,10 @@ impl Frontend for Resp {
     }
 
     fn is_listening(&self) -> bool {
+        self.subscribed()
+    }
+
+    fn hears_pushes(&self) -> bool {
         self.subscribed() || self.client.tracking.is_some()
     }
 

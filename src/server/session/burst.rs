@@ -27,7 +27,7 @@ impl<F: Frontend> Session<F> {
         // Armed (`b.quiet`) once everything asked is answered: the burst ends when it fires.
         let lingering = tokio::time::sleep(linger);
         tokio::pin!(lingering);
-        if self.fe.is_listening() {
+        if self.fe.hears_pushes() {
             // Messages that arrived while the session was idle.
             self.take_inbox(&mut b);
         }
