@@ -120,7 +120,7 @@ impl NearCache {
 
     /// The cached reply of `key` for the first of `variants` that has one, if `serves` says
     /// where it came from still serves the key (with the same generation) and it has not
-    /// expired by `now`.
+    /// expired by `now`. The caller counts it ([`NearCache::count_reads`]).
     pub(crate) fn get(
         &self,
         key: &[u8],
@@ -129,14 +129,20 @@ impl NearCache {
         serves: impl Fn(NodeId, u64) -> bool,
     ) -> Option<Bytes> {
         let flushes = self.flushes.load(Ordering::SeqCst);
-        let found = self.shard(self.hash(key)).get(key, variants, flushes, |o| {
+        self.shard(self.hash(key)).get(key, variants, flushes, |o| {
             o.expires > now && serves(o.node, o.generation)
-        });
-        match found {
-            Some(_) => self.metrics.hits.inc(),
-            None => self.metrics.misses.inc(),
-        };
-        found
+        })
+    }
+
+    /// Counts reads answered from the cache and not, as a session adds them up: one shared
+    /// counter touched per burst, not per read.
+    pub(crate) fn count_reads(&self, [hits, misses]: [u32; 2]) {
+        if hits > 0 {
+            self.metrics.hits.inc_by(u64::from(hits));
+        }
+        if misses > 0 {
+            self.metrics.misses.inc_by(u64::from(misses));
+        }
     }
 
     /// What to check when the reply of a read of `key` comes, sent now to `node` whose cache

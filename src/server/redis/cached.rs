@@ -100,7 +100,7 @@ const MAX_FILLED_KEYS: usize = u8::MAX as usize - 2;
 /// key's read is tracked by its server. `None` when a key has no shard (the routed plan says
 /// so).
 pub(super) fn mget(
-    cx: &Context<'_>,
+    cx: &mut Context<'_>,
     cache: &Arc<NearCache>,
     state: &PoolState,
     req: &Request,
@@ -120,10 +120,12 @@ pub(super) fn mget(
         let key = req.arg(pos);
         let (_, shard) = state.group_for(key)?;
         let serves = |id, generation| serves(&state.shards[shard], read_from, id, generation);
-        let found = cache
-            .caches(key)
-            .then(|| cache.get(key, &variants, cx.now(), serves));
-        match found.flatten() {
+        let mut found = None;
+        if cache.caches(key) {
+            found = cache.get(key, &variants, cx.now(), serves);
+            cx.cache_read(found.is_some());
+        }
+        match found {
             Some(value) => hits.push(value),
             None => missed.push(pos),
         }

@@ -176,6 +176,11 @@ impl<F: Frontend> Session<F> {
             self.cx().give_back_done();
         }
         // Counted before the client can see them.
+        if let Some(cache) = &self.pool.near_cache
+            && self.carrier.cache_reads != [0; 2]
+        {
+            cache.count_reads(std::mem::take(&mut self.carrier.cache_reads));
+        }
         let errors = self.out.take_errors();
         for (counter, n) in self.pool.metrics.errors.iter().zip(errors.0) {
             if n > 0 {

@@ -39,6 +39,8 @@ pub(super) struct Carrier {
     pub(super) in_flight: Option<Box<InFlight>>,
     /// When the requests being handled were read: a cluster's parts are bounded from then.
     pub(super) now: Instant,
+    /// Reads the near cache answered and did not, not yet counted in its metrics.
+    pub(super) cache_reads: [u32; 2],
 }
 
 /// What a session keeps of the requests it has not answered yet.
@@ -57,6 +59,7 @@ impl Carrier {
             worker: worker as u32,
             in_flight: None,
             now: Instant::now(),
+            cache_reads: [0; 2],
         }
     }
 
@@ -118,6 +121,11 @@ impl Context<'_> {
         }
         let each = (self.out.typical_reply()).unwrap_or(c.max_output_bytes / FIRST_REPLIES);
         owed + in_flight.saturating_mul(each) <= c.max_output_bytes
+    }
+
+    /// A read looked up in the near cache: answered from it (`hit`) or not.
+    pub(in crate::server) fn cache_read(&mut self, hit: bool) {
+        self.carrier.cache_reads[usize::from(!hit)] += 1;
     }
 
     /// When the requests being handled were read.

@@ -213,7 +213,9 @@ impl Context<'_> {
         let now = self.carrier.now;
         let variant = read.variant(profile.db, profile.resp3);
         let serves = |id, generation| serves(&state.shards[shard], read_from, id, generation);
-        if let Some(reply) = cache.get(&read.key, &[variant], now, serves) {
+        let found = cache.get(&read.key, &[variant], now, serves);
+        self.cache_read(found.is_some());
+        if let Some(reply) = found {
             return self.out.ready(reply);
         }
         let node = state.shards[shard].nodes[node].clone();
