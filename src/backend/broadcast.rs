@@ -35,7 +35,7 @@ pub(super) async fn follow(
         return;
     };
     let mut backoff = FIRST_BACKOFF;
-    // A connection was lost while wanted: changes may have gone unheard.
+    // BCAST was wanted while no connection heard it: changes may have gone unheard.
     let mut missed = false;
     loop {
         if !*wanted.borrow_and_update() {
@@ -67,6 +67,8 @@ pub(super) async fn follow(
                 continue;
             }
             Err(e) => {
+                // Wanted and not there: what changes until it is goes unheard.
+                missed = true;
                 tracing::debug!(node = %shared.label, "broadcast tracking connection cannot open: {e}");
             }
         }
