@@ -331,3 +331,52 @@ fn a_pool_announces_the_version_it_is_told_to() {
         .unwrap();
     assert!(info.contains("redis_version:7.4.0\r\n"), "{info}");
 }
+
+/// The proxy's connections to the server are killed under a BCAST client: it is told that
+/// every key may have changed, and hears its prefixes' changes again once the proxy has
+/// reconnected.
+#[test]
+fn bcast_resumes_after_the_proxys_connections_are_lost() {
+    let (server, _proxy, port, _) = setup();
+    let mut c = resp3(port);
+    let on = [
+        &b"CLIENT"[..],
+        b"TRACKING",
+        b"ON",
+        b"BCAST",
+        b"PREFIX",
+        b"user:",
+    ];
+    c.roundtrip(&command(&on), b"+OK\r\n");
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"][..])
+        .query(&mut server.client())
+        .unwrap();
+    expect(&mut c, PUSH_ALL);
+    // Written on the server until the change is heard: none is before the proxy's broadcast
+    // connection is back.
+    let mut heard = Vec::new();
+    let resumed = poll_until(Duration::from_secs(10), || {
+        let _: () = server.client().set("user:7", "x").unwrap();
+        c.send(&command(&[b"PING"]));
+        loop {
+            let line = c.read_line();
+            match line.as_str() {
+                "+PONG\r\n" => return heard.iter().any(|h: &String| h.contains("user:7")),
+                ">2\r\n" => {
+                    let mut rest = String::new();
+                    for _ in 0..3 {
+                        rest.push_str(&c.read_line());
+                    }
+                    if rest.starts_with("$10\r\ninvalidate\r\n*") {
+                        rest.push_str(&c.read_line());
+                        rest.push_str(&c.read_line());
+                    }
+                    heard.push(rest);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    });
+    assert!(resumed, "heard only {heard:?}");
+}
