@@ -76,6 +76,9 @@ fn push(key: &str) -> String {
     )
 }
 
+/// CLIENT TRACKING for the keys under `user:`.
+const USER_BCAST: &[&[u8]] = &[b"CLIENT", b"TRACKING", b"ON", b"BCAST", b"PREFIX", b"user:"];
+
 const PUSH_ALL: &str = ">2\r\n$10\r\ninvalidate\r\n_\r\n";
 
 fn expect(c: &mut Raw, want: &str) {
@@ -217,16 +220,8 @@ fn optin_optout_and_noloop_as_a_server_offers_them() {
 fn bcast_clients_hear_every_change_to_their_prefixes() {
     let (server, _proxy, port, _) = setup();
     let mut c = resp3(port);
-    let on = [
-        &b"CLIENT"[..],
-        b"TRACKING",
-        b"ON",
-        b"BCAST",
-        b"PREFIX",
-        b"user:",
-    ];
     // OK once the server hears every change for the proxy.
-    c.roundtrip(&command(&on), b"+OK\r\n");
+    c.roundtrip(&command(USER_BCAST), b"+OK\r\n");
     // Keys never read, written on the server itself.
     let _: () = server.client().set("other:1", "x").unwrap();
     let _: () = server.client().set("user:1", "x").unwrap();
@@ -258,10 +253,7 @@ fn a_lost_tracking_connection_invalidates_everything() {
     let mut c = resp3(port);
     c.roundtrip(&command(&[b"CLIENT", b"TRACKING", b"ON"]), b"+OK\r\n");
     c.roundtrip(&command(&[b"GET", b"k"]), b"_\r\n");
-    let _: () = redis::cmd("CLIENT")
-        .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"][..])
-        .query(&mut server.client())
-        .unwrap();
+    server.kill_clients();
     expect(&mut c, PUSH_ALL);
 }
 
@@ -308,10 +300,8 @@ fn bad_requests_get_a_servers_errors() {
 fn a_pool_announces_the_version_it_is_told_to() {
     let server = Redis::start();
     let port = free_port();
-    let config = format!(
-        "pools:\n  main:\n    listen: 127.0.0.1:{port}\n    announce_version: \"7.4.0\"\n    servers: [\"{}:1 s0\"]\n",
-        server.addr()
-    );
+    let servers = [format!("{}:1 s0", server.addr())];
+    let config = pool_config(port, &servers, "    announce_version: \"7.4.0\"\n");
     let _proxy = Proxy::start(&config, port);
     let hello: Vec<redis::Value> = redis::cmd("HELLO")
         .arg(2)
@@ -339,19 +329,8 @@ fn a_pool_announces_the_version_it_is_told_to() {
 fn bcast_resumes_after_the_proxys_connections_are_lost() {
     let (server, _proxy, port, _) = setup();
     let mut c = resp3(port);
-    let on = [
-        &b"CLIENT"[..],
-        b"TRACKING",
-        b"ON",
-        b"BCAST",
-        b"PREFIX",
-        b"user:",
-    ];
-    c.roundtrip(&command(&on), b"+OK\r\n");
-    let _: () = redis::cmd("CLIENT")
-        .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"][..])
-        .query(&mut server.client())
-        .unwrap();
+    c.roundtrip(&command(USER_BCAST), b"+OK\r\n");
+    server.kill_clients();
     expect(&mut c, PUSH_ALL);
     // Written on the server until the change is heard: none is before the proxy's broadcast
     // connection is back.

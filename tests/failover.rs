@@ -10,15 +10,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use redis::Commands;
 
-/// `server` follows `of` (REPLICAOF).
-fn replica_of(server: &Redis, of: &Redis) {
-    let _: () = redis::cmd("REPLICAOF")
-        .arg("127.0.0.1")
-        .arg(of.port)
-        .query(&mut server.client())
-        .unwrap();
-}
-
 /// A failover made outside the proxy: `replica` becomes master and `master` follows it.
 fn swap_roles(master: &Redis, replica: &Redis) {
     let _: () = redis::cmd("REPLICAOF")

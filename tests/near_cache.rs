@@ -311,12 +311,8 @@ fn killed_tracking_connections_drop_what_was_cached_from_their_node() {
         .iter()
         .find(|s| s.client().exists::<_, bool>("k").unwrap())
         .unwrap();
-    let mut direct = holder.client();
-    let _: () = redis::cmd("CLIENT")
-        .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"][..])
-        .query(&mut direct)
-        .unwrap();
-    let _: () = direct.set("k", "new").unwrap();
+    holder.kill_clients();
+    let _: () = holder.client().set("k", "new").unwrap();
     reads_within_a_second(port, "k", Some("new"));
     // /topology shows each node's tracking back on, at a later generation only for the node
     // whose connections were killed.
@@ -444,11 +440,7 @@ fn info_and_metrics_count_what_the_cache_did() {
 fn a_promoted_replica_is_not_answered_for_by_what_its_old_master_gave() {
     let quick = ["--repl-diskless-sync-delay", "0"];
     let (master, replica) = (Redis::start_with(&quick), Redis::start_with(&quick));
-    let _: () = redis::cmd("REPLICAOF")
-        .arg("127.0.0.1")
-        .arg(master.port)
-        .query(&mut replica.client())
-        .unwrap();
+    replica_of(&replica, &master);
     let extra = "    failover: promote
     near_cache: { max_bytes: 16777216 }
     health_check: { interval_ms: 100, timeout_ms: 200, failures: 3 }

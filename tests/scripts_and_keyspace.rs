@@ -393,11 +393,7 @@ fn load_spinner(c: &mut redis::Connection) {
 fn a_busy_script_is_killed_through_the_proxy_and_its_master_is_kept() {
     let threshold = ["--busy-reply-threshold", "100"];
     let (master, replica) = (Redis::start_with(&threshold), Redis::start_with(&threshold));
-    let _: () = redis::cmd("REPLICAOF")
-        .arg("127.0.0.1")
-        .arg(master.port)
-        .query(&mut replica.client())
-        .unwrap();
+    replica_of(&replica, &master);
     let others = [Redis::start(), Redis::start()];
     let servers = vec![
         format!(

@@ -21,7 +21,6 @@ use super::opening::{self, identify};
 use super::tracking::{FIRST_BACKOFF, Invalidations, MAX_BACKOFF, Source, hear};
 use super::{ConnSettings, ConnectError, NodeShared};
 use crate::net::Stream;
-use crate::protocol::ReplyKind;
 use crate::protocol::resp::encode;
 
 /// Keeps the node's broadcast connection open while `sink` wants it, until `stop`.
@@ -91,17 +90,7 @@ async fn open(settings: &ConnSettings) -> Result<Stream, ConnectError> {
     let mut command = BytesMut::new();
     let args: [&[u8]; 4] = [b"CLIENT", b"TRACKING", b"ON", b"BCAST"];
     encode::command(&mut command, args.into_iter());
-    let failed = |f| ConnectError::Handshake(Box::new(f));
-    stream
-        .write_all(&command)
-        .await
-        .map_err(|e| failed(e.into()))?;
-    let mut buf = BytesMut::with_capacity(64);
-    let asked = opening::read_reply(&stream, &mut buf, settings, ReplyKind::Resp);
-    let reply = tokio::time::timeout(settings.timeout, asked)
-        .await
-        .map_err(|_| ConnectError::Timeout(settings.timeout))?
-        .map_err(failed)?;
+    let reply = opening::ask(&stream, settings, &command).await?;
     match reply.starts_with(b"+OK") {
         true => Ok(stream),
         false => Err(ConnectError::Refused(

@@ -137,6 +137,29 @@ pub(super) async fn read_reply(
     }
 }
 
+/// Sends `command` on a connection just opened and reads its one reply, within the
+/// connection's timeout.
+pub(super) async fn ask(
+    stream: &Stream,
+    settings: &ConnSettings,
+    command: &[u8],
+) -> Result<BytesMut, ConnectError> {
+    let failed = |f: Failure| ConnectError::Handshake(Box::new(f));
+    let asked = async {
+        stream
+            .write_all(command)
+            .await
+            .map_err(|e| failed(e.into()))?;
+        let mut buf = BytesMut::with_capacity(64);
+        read_reply(stream, &mut buf, settings, ReplyKind::Resp)
+            .await
+            .map_err(failed)
+    };
+    timeout(settings.timeout, asked)
+        .await
+        .unwrap_or(Err(ConnectError::Timeout(settings.timeout)))
+}
+
 /// The commands every new connection of `profile` starts with, pre-encoded.
 pub(super) fn handshake(pool: &PoolConfig, profile: Profile) -> (Bytes, usize) {
     let mut buf = BytesMut::new();

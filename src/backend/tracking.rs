@@ -158,21 +158,7 @@ pub(super) async fn start(
     let Some(command) = tracking.redirect(&mut followed) else {
         return Ok(followed);
     };
-    let failed = |f: Failure| ConnectError::Handshake(Box::new(f));
-    let asked = async {
-        stream
-            .write_all(&command)
-            .await
-            .map_err(|e| failed(e.into()))?;
-        let mut buf = BytesMut::with_capacity(64);
-        let kind = crate::protocol::ReplyKind::Resp;
-        opening::read_reply(stream, &mut buf, settings, kind)
-            .await
-            .map_err(failed)
-    };
-    let reply = tokio::time::timeout(settings.timeout, asked)
-        .await
-        .unwrap_or(Err(ConnectError::Timeout(settings.timeout)))?;
+    let reply = opening::ask(stream, settings, &command).await?;
     if reply.first() == Some(&b'-') {
         tracing::warn!(node = %shared.label, "CLIENT TRACKING refused: {}; reads from it are not cached", String::from_utf8_lossy(&reply).trim_end());
     }

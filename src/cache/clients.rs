@@ -143,10 +143,7 @@ impl ClientTracking {
             return;
         }
         for key in keys {
-            let readers = self.shard(key).remove(*key);
-            if let Some(readers) = readers {
-                self.tell_readers(&readers, &one_key(key), None);
-            }
+            self.forget(key, None);
         }
     }
 
@@ -192,12 +189,14 @@ impl ClientTracking {
     /// its write's reply (it read the key, without NOLOOP, and redirects nowhere). BCAST
     /// clients are not told here: they hear the server's own change, which every write makes.
     pub(crate) fn changed(&self, key: &[u8], writer: u64) -> bool {
-        if !self.any() {
-            return false;
-        }
+        self.any() && self.forget(key, Some(writer))
+    }
+
+    /// `key` changed: its readers are told and it is no longer tracked. Returns whether
+    /// `writer` is to be told by the caller (see [`ClientTracking::changed`]).
+    fn forget(&self, key: &[u8], writer: Option<u64>) -> bool {
         let readers = self.shard(key).remove(key);
-        let readers = readers.as_deref().unwrap_or_default();
-        self.tell_readers(readers, &one_key(key), Some(writer))
+        readers.is_some_and(|readers| self.tell_readers(&readers, &one_key(key), writer))
     }
 
     /// Whether client `id` tracks on its own connection: told there that every key changed

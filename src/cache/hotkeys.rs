@@ -170,19 +170,11 @@ impl HotKeys {
     pub(crate) fn is_hot(&self, worker: usize, key: &[u8]) -> bool {
         let hash = hash(self.seed, key);
         let counter = self.counter(worker);
-        let Some(count) = counter
-            .ranked
-            .iter()
-            .find(|r| r.hash == hash && r.key == key)
-        else {
+        let Some(at) = counter.position(hash, key) else {
             return false;
         };
-        counter
-            .ranked
-            .iter()
-            .filter(|r| r.count > count.count)
-            .count()
-            < TOP
+        let count = counter.ranked[at].count;
+        counter.ranked.iter().filter(|r| r.count > count).count() < TOP
     }
 
     /// The `n` hottest keys over the window ending `now`, hottest first.
@@ -244,14 +236,17 @@ impl Counter {
         }
     }
 
+    /// Where `key` (of `hash`) is among the ranked keys, if it is.
+    fn position(&self, hash: u64, key: &[u8]) -> Option<usize> {
+        self.ranked
+            .iter()
+            .position(|r| r.hash == hash && r.key == key)
+    }
+
     /// Keeps `key` among the ranked keys with its new estimate, if it ranks.
     fn rank(&mut self, hash: u64, key: &[u8], estimate: u32) {
-        if let Some(r) = self
-            .ranked
-            .iter_mut()
-            .find(|r| r.hash == hash && r.key == key)
-        {
-            r.count = estimate;
+        if let Some(at) = self.position(hash, key) {
+            self.ranked[at].count = estimate;
             return;
         }
         let entry = || Ranked {

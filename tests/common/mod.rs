@@ -415,6 +415,14 @@ impl Server {
             .unwrap();
     }
 
+    /// Closes the server's client connections but the one asking: the proxy's.
+    pub fn kill_clients(&self) {
+        let _: () = redis::cmd("CLIENT")
+            .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"][..])
+            .query(&mut self.client())
+            .unwrap();
+    }
+
     /// How many keys the redis-server holds, asked directly.
     pub fn dbsize(&self) -> u64 {
         redis::cmd("DBSIZE").query(&mut self.client()).unwrap()
@@ -796,6 +804,15 @@ pub fn pool_config(port: u16, servers: &[String], extra: &str) -> String {
         yaml.push_str(&format!("      - {s}\n"));
     }
     yaml
+}
+
+/// `server` follows `of` (REPLICAOF).
+pub fn replica_of(server: &Redis, of: &Redis) {
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(of.port)
+        .query(&mut server.client())
+        .unwrap();
 }
 
 /// `master` and `replica` behind one server (`one`) of a pool with `extra` lines.

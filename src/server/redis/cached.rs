@@ -401,11 +401,11 @@ fn written_keys<'r>(cmd: &'r Command, req: &'r Request) -> impl Iterator<Item = 
         _ => None,
     };
     let script = declared.map(|n| 3..3usize.saturating_add(n).min(req.argc()));
-    let other = declared.is_none().then(|| route::keys(cmd, req));
-    (script.into_iter().flatten())
+    let script = (script.into_iter().flatten()).map(|pos| req.arg(pos));
+    let other = declared.is_none().then(|| route::key_args(cmd, req));
+    script
         .chain(other.into_iter().flatten())
-        .filter(move |&pos| pos < req.argc())
-        .map(move |pos| frame.slice_ref(req.arg(pos)))
+        .map(move |key| frame.slice_ref(key))
 }
 
 #[cfg(test)]

@@ -9,17 +9,13 @@ use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 
-use super::context::{Local, Replies, ok, valid_name};
+use super::context::{Local, Replies, exact, ok, valid_name};
 use super::tracking;
 use crate::config::Listen;
 use crate::protocol::resp::{Request, encode, parse_int};
 use crate::server::error::ClientError;
 use crate::server::plan::{Part, Plan, Target};
 use crate::topology::{Client, Pool, PoolState, Second};
-
-fn exact(text: &str) -> Plan {
-    Plan::Fail(ClientError::Exact(text.to_string().into()))
-}
 
 fn integer(n: i64) -> Plan {
     let mut b = BytesMut::new();

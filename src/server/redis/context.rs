@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::server::error::ClientError;
 use crate::server::plan::Plan;
 use crate::topology::{Client, Pool};
 
@@ -93,6 +94,11 @@ pub(super) struct Local<'a> {
 
 pub(super) fn ok() -> Plan {
     Plan::Reply(Bytes::from_static(b"+OK\r\n"))
+}
+
+/// An error reply in the server's own words.
+pub(super) fn exact(text: &str) -> Plan {
+    Plan::Fail(ClientError::Exact(text.to_string().into()))
 }
 
 /// Whether a client name is one Redis accepts: no spaces, newlines or special characters.

@@ -385,36 +385,33 @@ impl Resp {
                 },
             },
         };
-        if let Some(cmd) = cmd
-            && matches!(cmd.kind, Kind::Keyed | Kind::Split(_))
-            && !plan_failed(&plan)
-        {
-            let keys = || {
-                route::keys(cmd, &req)
-                    .filter(|&p| p < req.argc())
-                    .map(|p| req.arg(p))
-            };
+        // What follows leaves a refused request as it is.
+        let failed = plan_failed(&plan);
+        let cmd = cmd.filter(|_| !failed);
+        if let Some(cmd) = cmd.filter(|c| matches!(c.kind, Kind::Keyed | Kind::Split(_))) {
+            let keys = || route::key_args(cmd, &req);
             cx.pool.hot_keys.count(cx.worker(), keys, cx.now());
         }
+        let tracks = self.client.tracking.is_some();
         let (plan, tracked) = match (&cx.pool.near_cache, cmd) {
             (Some(cache), Some(cmd)) if state.slots().is_none() => match cmd.name {
-                "MGET" if !plan_failed(&plan) => {
+                "MGET" => {
                     let mget = cached::mget(cx, cache, state, &req, self.profile());
                     mget.unwrap_or((plan, false))
                 }
                 _ => {
                     let plan = cached::read(cache, cmd, &req, plan);
-                    let tracked = cached::tracked(&plan, state, cache);
+                    let tracked = tracks && cached::tracked(&plan, state, cache);
                     (plan, tracked)
                 }
             },
             _ => (plan, false),
         };
-        if let (Some(mode), Some(cmd), false) = (&self.client.tracking, cmd, plan_failed(&plan)) {
+        if let (Some(mode), Some(cmd)) = (&self.client.tracking, cmd) {
             tracking::read(cx, mode, (cmd, &req), tracked);
         }
         let mut own = cached::OwnChanges::new();
-        if let (Some(cache), Some(cmd), false) = (&cx.pool.near_cache, cmd, plan_failed(&plan)) {
+        if let (Some(cache), Some(cmd)) = (&cx.pool.near_cache, cmd) {
             own = cached::written(&written_to(cx, cache), cx.out, cmd, &req);
         }
         cx.execute(state, plan, self.profile());
@@ -527,7 +524,6 @@ impl Resp {
     }
 }
 
-/// Whether the proxy answers `plan` with an error, before any backend sees the request.
 /// Whether the request is `CLIENT <sub> <one argument>` (REPLY, CACHING: about the next
 /// command).
 fn is_client_about_next(cmd: Option<&Command>, req: &Request, sub: &[u8]) -> bool {
@@ -545,6 +541,7 @@ fn written_to<'a>(cx: &Context<'a>, cache: &'a NearCache) -> cached::Written<'a>
     }
 }
 
+/// Whether the proxy answers `plan` with an error, before any backend sees the request.
 fn plan_failed(plan: &Plan) -> bool {
     matches!(plan, Plan::Fail(_) | Plan::FailAfter(..))
 }

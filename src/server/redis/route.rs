@@ -62,6 +62,11 @@ pub(super) fn keys(cmd: &Command, req: &Request) -> impl Iterator<Item = usize> 
     cmd.key_positions(req.argc()).chain(movable)
 }
 
+/// Every key of `req`, as [`keys`] places them.
+pub(super) fn key_args<'r>(cmd: &Command, req: &'r Request) -> impl Iterator<Item = &'r [u8]> {
+    keys(cmd, req).map(|pos| req.arg(pos))
+}
+
 /// A command on the shard of its keys; XREAD / XREADGROUP with BLOCK on a reserved
 /// connection. A read on a shard with replicas moves once to another node of the shard if its
 /// node fails before answering (not with `read_from: replica`, which keeps reads off the

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use super::context::{Local, TrackingMode as Mode, ok};
+use super::context::{Local, TrackingMode as Mode, exact, ok};
 use super::route;
 use crate::backend::Mailbox;
 use crate::cache::clients::{ClientTracking, Tracker};
@@ -22,14 +22,6 @@ use crate::server::error::ClientError;
 use crate::server::plan::{Plan, Waiting};
 use crate::server::session::Context;
 use crate::topology::PoolState;
-
-fn exact(text: &str) -> Plan {
-    Plan::Fail(ClientError::Exact(text.to_string().into()))
-}
-
-fn syntax() -> Plan {
-    exact("ERR syntax error")
-}
 
 /// CLIENT TRACKING ON|OFF [REDIRECT id] [BCAST] [PREFIX p]… [OPTIN] [OPTOUT] [NOLOOP].
 pub(super) fn tracking(cx: Local<'_>, state: &PoolState, req: &Request) -> Plan {
@@ -41,7 +33,7 @@ pub(super) fn tracking(cx: Local<'_>, state: &PoolState, req: &Request) -> Plan 
     let on = match &req.arg(2).to_ascii_uppercase()[..] {
         b"ON" => true,
         b"OFF" => false,
-        _ => return syntax(),
+        _ => return exact("ERR syntax error"),
     };
     let mut asked = Mode::default();
     let mut i = 3;
@@ -63,7 +55,7 @@ pub(super) fn tracking(cx: Local<'_>, state: &PoolState, req: &Request) -> Plan 
             b"OPTIN" => asked.optin = true,
             b"OPTOUT" => asked.optout = true,
             b"NOLOOP" => asked.noloop = true,
-            _ => return syntax(),
+            _ => return exact("ERR syntax error"),
         }
         i += 1;
     }
@@ -199,7 +191,7 @@ pub(super) fn caching(cx: Local<'_>, req: &Request) -> Plan {
                 "ERR CLIENT CACHING NO is only valid when tracking is enabled in OPTOUT mode.",
             );
         }
-        _ => return syntax(),
+        _ => return exact("ERR syntax error"),
     }
     ok()
 }
@@ -258,8 +250,7 @@ pub(super) fn read(cx: &Context<'_>, mode: &Mode, (cmd, req): (&Command, &Reques
     else {
         return;
     };
-    let keys = route::keys(cmd, req).filter(|&p| p < req.argc());
-    for key in keys.map(|p| req.arg(p)) {
+    for key in route::key_args(cmd, req) {
         match tracked {
             true => table.read(cx.listing.id, key),
             false => table.tell(cx.listing.id, key),
