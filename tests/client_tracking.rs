@@ -37,45 +37,6 @@ fn setup() -> (Redis, Proxy, u16, u16) {
     (server, proxy, port, plain)
 }
 
-fn resp3(port: u16) -> Raw {
-    let mut c = Raw::connect(port);
-    c.send(&command(&[b"HELLO", b"3"]));
-    let line = c.read_line();
-    assert!(line.starts_with('%'), "{line}");
-    let pairs: usize = line[1..].trim().parse().unwrap();
-    for _ in 0..pairs * 2 {
-        skip_value(&mut c);
-    }
-    c
-}
-
-/// Reads one RESP value off `c` (a bulk, a simple line, or an aggregate of those).
-fn skip_value(c: &mut Raw) {
-    let line = c.read_line();
-    match line.as_bytes()[0] {
-        b'$' => {
-            let n: usize = line[1..].trim().parse().unwrap();
-            c.read_n(n + 2);
-        }
-        b'*' | b'~' | b'>' => {
-            let n: usize = line[1..].trim().parse().unwrap();
-            (0..n).for_each(|_| skip_value(c));
-        }
-        b'%' => {
-            let n: usize = line[1..].trim().parse().unwrap();
-            (0..2 * n).for_each(|_| skip_value(c));
-        }
-        _ => {}
-    }
-}
-
-fn push(key: &str) -> String {
-    format!(
-        ">2\r\n$10\r\ninvalidate\r\n*1\r\n${}\r\n{key}\r\n",
-        key.len()
-    )
-}
-
 /// CLIENT TRACKING for the keys under `user:`.
 const USER_BCAST: &[&[u8]] = &[b"CLIENT", b"TRACKING", b"ON", b"BCAST", b"PREFIX", b"user:"];
 

@@ -808,24 +808,6 @@ fn a_shard_channel_subscription_follows_its_slot(program: Program) {
     assert_eq!(sub.read_n(message.len()), message);
 }
 
-/// Every test above that starts a cluster, against redis-server 7 and valkey-server 8.
-macro_rules! on_both_servers {
-    ($($test:ident),* $(,)?) => {
-        mod redis_7 {
-            $(#[test]
-            fn $test() {
-                super::$test(super::Program::Redis)
-            })*
-        }
-        mod valkey_8 {
-            $(#[test]
-            fn $test() {
-                super::$test(super::Program::Valkey)
-            })*
-        }
-    };
-}
-
 on_both_servers!(
     clients_see_one_server_over_the_cluster,
     resharding_there_and_back_loses_nothing_and_shows_no_redirect,

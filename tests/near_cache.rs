@@ -7,8 +7,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -154,11 +152,9 @@ fn each_protocol_gets_its_own_reply() {
     }
 }
 
-/// A stale-read detector: writers INCR keys through the cached pool and through the plain one
-/// (as another instance without a cache would); readers GET through the cached pool. A read
-/// that returns less than a value acknowledged before it began is stale: never for keys
-/// written through the same pool, and for keys written elsewhere only within the
-/// invalidation's own delay.
+/// The stale-read detector (`common::stale`) over two instances with their own caches: reads
+/// are never older than a write through the same instance, and older than a write elsewhere
+/// only within the invalidation's own delay.
 #[test]
 fn reads_are_never_older_than_a_write_acknowledged_through_the_same_instance() {
     let (servers, proxy, port, plain) = setup();
@@ -166,94 +162,15 @@ fn reads_are_never_older_than_a_write_acknowledged_through_the_same_instance() {
     let (other, other_plain) = (free_port(), free_port());
     let servers: Vec<&Redis> = servers.iter().collect();
     let _other_proxy = Proxy::start(&config(&servers, other, other_plain), other);
-    const KEYS: usize = 20;
-    let acked: Arc<Vec<(AtomicI64, Mutex<Option<Instant>>)>> = Arc::new(
-        (0..2 * KEYS)
-            .map(|_| (AtomicI64::new(0), Mutex::new(None)))
-            .collect(),
-    );
-    let key = |i: usize| match i < KEYS {
-        true => format!("same:{i}"),
-        false => format!("elsewhere:{i}"),
+    let ports = stale::Ports {
+        cached: port,
+        other,
+        plain,
     };
-    let stale_same = Arc::new(AtomicU64::new(0));
-    let stale_elsewhere = Arc::new(Mutex::new(Vec::<Duration>::new()));
-    let until = Instant::now() + Duration::from_secs(3);
-    let mut threads = Vec::new();
-    for (through, first) in [(port, 0), (plain, KEYS)] {
-        let acked = acked.clone();
-        threads.push(std::thread::spawn(move || {
-            let mut c = connect(through);
-            let mut n = 0;
-            while Instant::now() < until {
-                let i = first + n % KEYS;
-                let v: i64 = c.incr(key(i), 1).unwrap();
-                acked[i].0.fetch_max(v, Ordering::SeqCst);
-                *acked[i].1.lock().unwrap() = Some(Instant::now());
-                n += 1;
-            }
-        }));
-    }
-    // Readers of both instances, by GET and by MGET of three keys (on both shards): for the
-    // other instance, every write is one made elsewhere.
-    for (reader, through) in [port, port, other, other].into_iter().enumerate() {
-        let (acked, same, elsewhere) = (acked.clone(), stale_same.clone(), stale_elsewhere.clone());
-        threads.push(std::thread::spawn(move || {
-            let mut c = connect(through);
-            let mut n = reader;
-            while Instant::now() < until {
-                let read: Vec<usize> = match reader % 2 {
-                    0 => vec![n % (2 * KEYS)],
-                    _ => (0..3).map(|k| (n + 7 * k) % (2 * KEYS)).collect(),
-                };
-                let before: Vec<(i64, Option<Instant>)> = (read.iter())
-                    .map(|&i| {
-                        (
-                            acked[i].0.load(Ordering::SeqCst),
-                            *acked[i].1.lock().unwrap(),
-                        )
-                    })
-                    .collect();
-                let started = Instant::now();
-                let got: Vec<Option<i64>> = match read.len() {
-                    1 => vec![c.get(key(read[0])).unwrap()],
-                    _ => c
-                        .mget(read.iter().map(|&i| key(i)).collect::<Vec<_>>())
-                        .unwrap(),
-                };
-                for ((&i, (before, acked_at)), got) in read.iter().zip(before).zip(got) {
-                    if got.unwrap_or(0) >= before {
-                        continue;
-                    }
-                    match i < KEYS && through == port {
-                        true => _ = same.fetch_add(1, Ordering::SeqCst),
-                        false => elsewhere
-                            .lock()
-                            .unwrap()
-                            .push(started - acked_at.unwrap_or(started)),
-                    }
-                }
-                n += 1;
-            }
-        }));
-    }
-    for t in threads {
-        t.join().unwrap();
-    }
+    let seen = stale::detect(ports, 20, Duration::from_secs(3), || {});
     let hits = near_cache_metric(&proxy, "hits_total");
     assert!(hits > 100, "only {hits} reads answered from the cache");
-    assert_eq!(
-        stale_same.load(Ordering::SeqCst),
-        0,
-        "stale reads of keys written through the proxy"
-    );
-    let elsewhere = stale_elsewhere.lock().unwrap();
-    let worst = elsewhere.iter().max().copied().unwrap_or_default();
-    eprintln!(
-        "stale reads of keys written elsewhere: {} (at most {worst:?} after the write), {hits} hits",
-        elsewhere.len()
-    );
-    assert!(worst < Duration::from_secs(1), "a read {worst:?} stale");
+    seen.assert_exact();
 }
 
 /// MGET takes what the cache holds from it and reads the rest, one request per shard, whose

@@ -154,10 +154,6 @@ fn cluster_checked(
         format!("pool '{name}': a Redis Cluster has database 0 only: no db or databases")
     } else if config.cluster.as_ref().is_some_and(|c| c.seeds.is_empty()) {
         format!("pool '{name}': cluster needs seeds: [host:port, …]")
-    } else if config.near_cache.is_some() {
-        format!(
-            "pool '{name}': near_cache is not yet for cluster pools: a reply kept must be dropped when its slot moves, which they do not do yet"
-        )
     } else {
         return Ok(config);
     };

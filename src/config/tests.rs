@@ -356,7 +356,7 @@ fn a_cluster_pool_takes_seeds_and_a_refresh_interval() {
 }
 
 #[test]
-fn a_near_cache_takes_its_defaults_and_is_not_for_cluster_pools() {
+fn a_near_cache_takes_its_defaults_in_any_redis_pool() {
     let text = "pools:\n  p:\n    listen: 127.0.0.1:6380\n    near_cache: {}\n    servers: [127.0.0.1:7000:1]\n";
     let cache = parse(text).unwrap().pools[0].near_cache.clone().unwrap();
     assert_eq!(cache.max_bytes, 256 * 1024 * 1024);
@@ -375,7 +375,7 @@ fn a_near_cache_takes_its_defaults_and_is_not_for_cluster_pools() {
     assert_eq!(cache.keys, ["user:*"]);
     assert!(cache.hot_only);
     let cluster = "pools:\n  p:\n    listen: 127.0.0.1:6380\n    near_cache: {}\n    cluster: { seeds: [127.0.0.1:7000] }\n";
-    assert!(error_of(cluster).contains("near_cache is not yet for cluster pools"));
+    assert!(parse(cluster).unwrap().pools[0].near_cache.is_some());
 }
 
 #[test]

@@ -22,15 +22,19 @@ pub enum Refusal {
     Expiring,
     /// The node did not take the read as tracked (CLIENT CACHING failed).
     Untracked,
+    /// The read was sent again (a cluster's redirect, a failed node), untracked: its ticket
+    /// was for the first node.
+    Resent,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 5] = [
+    pub const ALL: [Refusal; 6] = [
         Refusal::Invalidated,
         Refusal::Reconnected,
         Refusal::Flushed,
         Refusal::Expiring,
         Refusal::Untracked,
+        Refusal::Resent,
     ];
 
     fn name(self) -> &'static str {
@@ -40,6 +44,7 @@ impl Refusal {
             Refusal::Flushed => "flushed",
             Refusal::Expiring => "expiring",
             Refusal::Untracked => "untracked",
+            Refusal::Resent => "resent",
         }
     }
 }
@@ -109,7 +114,7 @@ impl NearCacheFamilies {
             refused: family(
                 r,
                 "near_cache_fills_refused",
-                "Replies not kept, by reason: the key may have changed while its read was in flight",
+                "Replies not kept, by reason: the key may have changed while its read was in flight, or its server did not track the read",
             ),
             invalidations: family(
                 r,

@@ -11,6 +11,9 @@ use crate::config::Protocol;
 pub(super) trait Merger: Send {
     /// The client's reply from every part's reply (or failure), in part order.
     fn merge(&mut self, parts: Vec<Result<Bytes, BackendError>>) -> Bytes;
+
+    /// Part `part` is sent again as a request of its own (see `near_cache::plain_read`).
+    fn resent(&mut self, _part: usize) {}
 }
 
 /// Collects one reply per part; the merged reply is ready when the last arrives.
@@ -37,6 +40,11 @@ impl Gather {
             missing: parts,
             merger: Box::new(merger),
         }
+    }
+
+    /// Part `part` is sent again as a request of its own.
+    pub(super) fn resent(&mut self, part: usize) {
+        self.merger.resent(part);
     }
 
     /// Records part `part`; returns the client's reply once every part is in.

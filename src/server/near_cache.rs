@@ -1,18 +1,23 @@
 //! What a session does for the pool's near cache: a read it may answer from the cache or keep
 //! the reply of ([`CachedRead`]), the request that keeps it exact (CLIENT CACHING YES, the
-//! read, PTTL of its key), and the reply's way back ([`Filling`]).
+//! read, PTTL of its key), and the reply's way back ([`Filling`]). A fill request sent again
+//! (a cluster's redirect, a failed node) goes as its plain read: its ticket was for the first
+//! node, and after an ASK no tracked read can follow (ASKING and CLIENT CACHING YES each hold
+//! for the next command alone).
 
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
 use crate::backend::{BackendError, Node, NodeId};
+use crate::cache::clients::ClientTracking;
 use crate::cache::{NearCache, Ticket, Variant};
 use crate::config::ReadFrom;
 use crate::metrics::Refusal;
 use crate::protocol::ReplyKind;
 use crate::protocol::resp::{ReplyScanner, encode, parse_int};
 use crate::topology::Shard;
+use crate::topology::cluster::{self, Redirect};
 
 /// The reply framing of [`fill_request`]: its three commands' replies, taken together.
 pub(super) const FILL_REPLIES: ReplyKind = ReplyKind::Resps(3);
@@ -29,6 +34,9 @@ pub(super) struct CachedRead {
     pub command: &'static str,
     /// The request's bytes after the key: its other arguments.
     pub rest: Bytes,
+    /// The client, tracking through the proxy, that this read is tracked for: told at once
+    /// that the key changed if the server does not track the read after all.
+    pub reader: Option<u64>,
 }
 
 impl CachedRead {
@@ -52,6 +60,28 @@ pub(super) fn fill_request(read: &[u8], key: &[u8]) -> Bytes {
     buf.freeze()
 }
 
+/// The read of `payload`, if it is a fill request (as [`fill_request`] or an MGET's makes
+/// them): what is sent instead when it is sent again.
+pub(super) fn plain_read(payload: &Bytes) -> Option<Bytes> {
+    let read = payload.strip_prefix(CACHING_YES)?;
+    // A request is an array of bulk strings: a reply's scanner finds where it ends.
+    let len = ReplyScanner::new(2).scan(read).ok()??;
+    Some(payload.slice_ref(&read[..len]))
+}
+
+/// The cluster's redirect `reply` is: the reply itself, or the read's in a fill request's
+/// replies (CLIENT CACHING YES answered, then the read redirected).
+pub(in crate::server) fn redirect_in(reply: &[u8]) -> Option<Redirect> {
+    let read = match reply.first()? {
+        b'-' => reply,
+        _ => reply
+            .strip_prefix(b"+OK\r\n")
+            .filter(|r| r.first() == Some(&b'-'))?,
+    };
+    let line = memchr::memmem::find(read, b"\r\n").map_or(read, |end| &read[..end + 2]);
+    cluster::redirect(line)
+}
+
 /// Whether a reply cached from node `id` at cache generation `generation` may answer a read
 /// of `shard` now: the node is still the shard's (its master, unless the pool reads from
 /// replicas) and has lost nothing since.
@@ -68,6 +98,8 @@ pub(in crate::server) struct Keeper {
     pub(super) cache: Arc<NearCache>,
     pub(super) node: Arc<Node>,
     pub(super) profile: (u16, bool),
+    /// The tracking client the read is tracked for (see [`CachedRead::reader`]).
+    pub(super) reader: Option<(Arc<ClientTracking>, u64)>,
 }
 
 impl Keeper {
@@ -88,9 +120,13 @@ impl Keeper {
         }
     }
 
-    /// Counts a fill not made, for `why`.
-    pub(super) fn refuse(&self, why: Refusal) {
+    /// The read of `key` was not tracked by its server (`why`): nothing is kept, and the
+    /// client it was tracked for is told the key changed, after the reply it is owed.
+    pub(super) fn untracked(&self, key: &[u8], why: Refusal) {
         self.cache.metrics().refused(why);
+        if let Some((clients, id)) = &self.reader {
+            clients.tell(*id, key);
+        }
     }
 }
 
@@ -124,6 +160,7 @@ impl<'r> FillReplies<'r> {
     }
 
     /// Whether CLIENT CACHING YES, the first reply, was taken: the read is tracked.
+    /// (A fill sent again as its plain read is not taken here: see [`Filling::resent`].)
     pub(super) fn tracked(&mut self) -> bool {
         self.next().starts_with(b"+OK")
     }
@@ -141,8 +178,6 @@ pub(in crate::server) struct Filling {
     pub(super) keeper: Keeper,
     pub(super) read: CachedRead,
     pub(super) ticket: Ticket,
-    /// Sent again to another node: its ticket was for the first.
-    pub(super) moved: bool,
     pub(super) max_depth: usize,
 }
 
@@ -155,14 +190,50 @@ impl Filling {
         let answer = replies.next();
         let pttl = replies.pttl();
         let read = &self.read;
-        if !tracked {
-            self.keeper.refuse(Refusal::Untracked);
-        } else if self.moved {
-            self.keeper.refuse(Refusal::Reconnected);
-        } else {
-            let fill = (&self.ticket, &answer, pttl);
-            (self.keeper).keep(read.key.clone(), (read.command, &read.rest), fill);
+        match tracked {
+            false => self.keeper.untracked(&read.key, Refusal::Untracked),
+            true => {
+                let fill = (&self.ticket, &answer, pttl);
+                (self.keeper).keep(read.key.clone(), (read.command, &read.rest), fill);
+            }
         }
         Ok(answer)
+    }
+
+    /// The read is sent again as it is, untracked: its reply is the client's alone.
+    pub(super) fn resent(&self) {
+        self.keeper.untracked(&self.read.key, Refusal::Resent);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redirect_is_found_alone_or_as_a_fill_requests_read() {
+        let to = |port| crate::config::Address {
+            host: "h".into(),
+            port,
+        };
+        let moved = Some(Redirect::Moved { slot: 1, to: to(1) });
+        assert_eq!(redirect_in(b"-MOVED 1 h:1\r\n"), moved);
+        let ask = Some(Redirect::Ask { slot: 2, to: to(2) });
+        assert_eq!(redirect_in(b"+OK\r\n-ASK 2 h:2\r\n-ASK 2 h:2\r\n"), ask);
+        for not in [
+            &b"+OK\r\n"[..],
+            b"+OK\r\n$1\r\na\r\n:-1\r\n",
+            b"-ERR CLIENT CACHING refused\r\n-MOVED 1 h:1\r\n",
+            b"",
+        ] {
+            assert_eq!(redirect_in(not), None);
+        }
+    }
+
+    #[test]
+    fn a_fill_requests_plain_read_is_its_second_command() {
+        let get = Bytes::from_static(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+        assert_eq!(plain_read(&fill_request(&get, b"k")), Some(get.clone()));
+        assert_eq!(plain_read(&get), None);
     }
 }

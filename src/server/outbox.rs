@@ -9,13 +9,13 @@ use bytes::{Bytes, BytesMut};
 
 use super::error::{ClientError, backend_error_kind};
 use super::merge::Gather;
-use super::near_cache::Filling;
+use super::near_cache::{self, Filling};
 use crate::backend::{BackendError, Completion, NodeId, Profile, Token};
 use crate::cache::NearCache;
 use crate::config::Protocol;
 use crate::metrics::{ErrorKind, InvalidationCause};
 use crate::protocol::ReplyKind;
-use crate::topology::cluster::{self, Redirect};
+use crate::topology::cluster::Redirect;
 
 /// What a client that asked for no reply (memcache `noreply`, meta `q`) still sees.
 #[derive(Clone, Copy, Debug)]
@@ -410,8 +410,18 @@ impl Outbox {
             if let Resend::Redirect(_) = how {
                 queue.redirected_before = self.first_seq + queue.slots.len() as u64;
             }
-            if let Some(Slot::Filling(f)) = queue.slots.get_mut(index as usize) {
-                f.moved = true;
+            let sent = &mut queue.sent[at];
+            if let Some(read) = near_cache::plain_read(&sent.payload) {
+                (sent.payload, sent.kind) = (read, ReplyKind::Resp);
+                match queue.slots.get_mut(index as usize) {
+                    Some(slot @ Slot::Filling(_)) => {
+                        if let Slot::Filling(f) = std::mem::replace(slot, Slot::Forwarded) {
+                            f.resent();
+                        }
+                    }
+                    Some(Slot::Gathering(g)) => g.resent(part),
+                    _ => {}
+                }
             }
             queue.retries.push_back(Retry {
                 seq,
@@ -513,8 +523,7 @@ fn find(sent: &VecDeque<Sent>, likely: usize, seq: u64, part: usize) -> Option<u
 fn resend(sent: &Sent, result: &Result<Bytes, Box<BackendError>>) -> Option<Resend> {
     if sent.redirects.is_some()
         && let Ok(reply) = result
-        && reply.first() == Some(&b'-')
-        && let Some(redirect) = cluster::redirect(reply)
+        && let Some(redirect) = near_cache::redirect_in(reply)
     {
         return Some(Resend::Redirect(redirect));
     }

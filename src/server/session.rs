@@ -18,13 +18,14 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::time::Sleep;
 
+use super::near_cache;
 use super::outbox::Outbox;
 use super::timing::Recorded;
 use crate::backend::{Completion, Mailbox, NodeId, Profile, Token};
 use crate::metrics::CloseReason;
 use crate::net::Stream;
 use crate::net::descriptors::Descriptor;
-use crate::topology::cluster::{self, Redirect};
+use crate::topology::cluster::Redirect;
 use crate::topology::{Client, Pool, Signals};
 use context::Carrier;
 pub(super) use context::Context;
@@ -272,14 +273,14 @@ impl<F: Frontend> Session<F> {
         for c in completions.drain(..) {
             match c.token {
                 Token::Reply { seq, part } => {
-                    if let Ok(reply) = &c.result
-                        && reply.first() == Some(&b'-')
-                    {
-                        self.fe.refused(seq);
+                    if let Ok(reply) = &c.result {
+                        if reply.first() == Some(&b'-') {
+                            self.fe.refused(seq);
+                        }
                         // Wherever it came from, a MOVED says where its slot is now, an ASK
                         // that it is migrating.
                         if let Some(cluster) = &self.pool.cluster {
-                            match cluster::redirect(reply) {
+                            match near_cache::redirect_in(reply) {
                                 Some(Redirect::Moved { slot, to }) => cluster.moved(slot, to),
                                 Some(Redirect::Ask { slot, .. }) => cluster.asked(slot),
                                 _ => {}

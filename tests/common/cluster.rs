@@ -272,3 +272,23 @@ impl Cluster {
         panic!("no node serves slot {slot}");
     }
 }
+
+/// Each named test of the calling file, which starts a cluster of the `Program` it is given,
+/// run against redis-server 7 and valkey-server 8.
+#[macro_export]
+macro_rules! on_both_servers {
+    ($($test:ident),* $(,)?) => {
+        mod redis_7 {
+            $(#[test]
+            fn $test() {
+                super::$test(super::Program::Redis)
+            })*
+        }
+        mod valkey_8 {
+            $(#[test]
+            fn $test() {
+                super::$test(super::Program::Valkey)
+            })*
+        }
+    };
+}

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod stale;
 pub mod tls;
 
 use std::io::{Read, Write};
@@ -159,6 +160,47 @@ impl<S: Read + Write> Raw<S> {
             ),
         }
     }
+}
+
+/// A client that said HELLO 3, its reply read.
+pub fn resp3(port: u16) -> Raw {
+    let mut c = Raw::connect(port);
+    c.send(&command(&[b"HELLO", b"3"]));
+    let line = c.read_line();
+    assert!(line.starts_with('%'), "{line}");
+    let pairs: usize = line[1..].trim().parse().unwrap();
+    for _ in 0..pairs * 2 {
+        skip_value(&mut c);
+    }
+    c
+}
+
+/// Reads one RESP value off `c` (a bulk, a simple line, or an aggregate of those).
+pub fn skip_value(c: &mut Raw) {
+    let line = c.read_line();
+    match line.as_bytes()[0] {
+        b'$' => {
+            let n: usize = line[1..].trim().parse().unwrap();
+            c.read_n(n + 2);
+        }
+        b'*' | b'~' | b'>' => {
+            let n: usize = line[1..].trim().parse().unwrap();
+            (0..n).for_each(|_| skip_value(c));
+        }
+        b'%' => {
+            let n: usize = line[1..].trim().parse().unwrap();
+            (0..2 * n).for_each(|_| skip_value(c));
+        }
+        _ => {}
+    }
+}
+
+/// The invalidation push of `key`, as a RESP3 client gets it.
+pub fn push(key: &str) -> String {
+    format!(
+        ">2\r\n$10\r\ninvalidate\r\n*1\r\n${}\r\n{key}\r\n",
+        key.len()
+    )
 }
 
 pub fn command(args: &[&[u8]]) -> Vec<u8> {

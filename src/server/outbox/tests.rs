@@ -312,3 +312,52 @@ fn a_redirect_not_followed_reaches_the_client_as_an_error_that_says_so() {
         "-ERR not applied: the slot moved under a transaction or WATCH (MOVED 1 127.0.0.1:7002); send it again\r\n"
     );
 }
+
+/// A merger that says which parts were sent again as requests of their own.
+struct Resent(Arc<std::sync::Mutex<Vec<usize>>>);
+
+impl Merger for Resent {
+    fn merge(&mut self, parts: Vec<Result<Bytes, BackendError>>) -> Bytes {
+        Joined.merge(parts)
+    }
+
+    fn resent(&mut self, part: usize) {
+        self.0.lock().unwrap().push(part);
+    }
+}
+
+#[test]
+fn a_fill_redirected_inside_its_replies_is_sent_again_as_its_plain_read() {
+    use crate::server::near_cache::fill_request;
+    let get = Bytes::from_static(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+    let resent = Arc::default();
+    let mut out = Outbox::new(Protocol::Redis);
+    out.gathering(Gather::new(2, Resent(Arc::clone(&resent))));
+    for part in 0..2 {
+        out.keep(Sent {
+            payload: fill_request(&get, b"k"),
+            kind: ReplyKind::Resps(3),
+            ..redirectable(0, part)
+        });
+    }
+    // CLIENT CACHING YES taken, then the read and its PTTL redirected.
+    let asked = "+OK\r\n-ASK 1 127.0.0.1:7003\r\n-ASK 1 127.0.0.1:7003\r\n";
+    out.complete(0, 1, reply(asked));
+    let retries = due(&mut out);
+    assert!(matches!(
+        &retries[..],
+        [Retry {
+            seq: 0,
+            part: 1,
+            how: Resend::Redirect(Redirect::Ask { slot: 1, .. }),
+            ..
+        }]
+    ));
+    let sent = out.sent_at(0, 1).unwrap();
+    assert_eq!((&sent.payload, sent.kind), (&get, ReplyKind::Resp));
+    assert_eq!(*resent.lock().unwrap(), [1]);
+    // The other part, answered as a fill, is the merger's to read.
+    out.complete(0, 0, reply("+OK\r\n$1\r\na\r\n:-1\r\n"));
+    out.complete(0, 1, reply("$1\r\nb\r\n"));
+    assert_eq!(written(&mut out), "+OK\r\n$1\r\na\r\n:-1\r\n$1\r\nb\r\n");
+}

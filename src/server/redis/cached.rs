@@ -62,8 +62,14 @@ const CACHEABLE: &[&str] = &[
     "ZSCORE",
 ];
 
-/// `plan`, routed for a read of `cmd`, as a read the near cache may answer or keep.
-pub(super) fn read(cache: &NearCache, cmd: &Command, req: &Request, plan: Plan) -> Plan {
+/// `plan`, routed for a read of `cmd`, as a read the near cache may answer or keep; `reader`:
+/// the tracking client it is tracked for, if any.
+pub(super) fn read(
+    cache: &NearCache,
+    (cmd, req): (&Command, &Request),
+    plan: Plan,
+    reader: Option<u64>,
+) -> Plan {
     // EXISTS of one key only: of several, it is split by shard.
     let one_key = req.argc() >= 2 && (cmd.name != "EXISTS" || req.argc() == 2);
     if !one_key || CACHEABLE.binary_search(&cmd.name).is_err() || !cache.caches(req.arg(1)) {
@@ -84,6 +90,7 @@ pub(super) fn read(cache: &NearCache, cmd: &Command, req: &Request, plan: Plan) 
         key: frame.slice_ref(req.arg(1)),
         command: cmd.name,
         rest: frame.slice_ref(req.after(1)),
+        reader,
     };
     Plan::Cached { part, read, resend }
 }
@@ -98,13 +105,12 @@ const MAX_FILLED_KEYS: usize = u8::MAX as usize - 2;
 /// MGET through the near cache: the values it holds answered from it, the rest read from their
 /// shards, each shard's with one fill request whose values are then kept; and whether every
 /// key's read is tracked by its server. `None` when a key has no shard (the routed plan says
-/// so).
+/// so). `reader`: the tracking client the keys' reads are tracked for, if any.
 pub(super) fn mget(
     cx: &mut Context<'_>,
-    cache: &Arc<NearCache>,
-    state: &PoolState,
+    (cache, state): (&Arc<NearCache>, &PoolState),
     req: &Request,
-    profile: Profile,
+    (profile, reader): (Profile, Option<u64>),
 ) -> Option<(Plan, bool)> {
     let read_from = cx.pool.config.read_from;
     let variants = MGET_VALUES.map(|command| Variant {
@@ -151,12 +157,14 @@ pub(super) fn mget(
     let frame = req.frame();
     let mut parts = Vec::with_capacity(part_shards.len());
     let mut fills = Vec::with_capacity(part_shards.len());
-    for (part, &(_, shard)) in part_shards.iter().enumerate() {
+    for (part, &(group, shard)) in part_shards.iter().enumerate() {
         let keys: Vec<Bytes> = (missed.iter().zip(&miss_parts))
             .filter(|&(_, &p)| p as usize == part)
             .map(|(&pos, _)| frame.slice_ref(req.arg(pos)))
             .collect();
-        let node = state.shards[shard].node_for(false, read_from, cx.listing.id as usize);
+        // As routing has it: a cluster's slot on the move is read from its master.
+        let master = state.reads_master(group);
+        let node = state.shards[shard].node_for(master, read_from, cx.listing.id as usize);
         let target = Target::Node { shard, node };
         let node = &state.shards[shard].nodes[node];
         let (payload, kind, fill) = match node.tracking_ready() {
@@ -174,6 +182,7 @@ pub(super) fn mget(
                     cache: cache.clone(),
                     node: node.clone(),
                     profile: (profile.db, profile.resp3),
+                    reader: reader.and_then(|id| Some((cx.pool.client_tracking.clone()?, id))),
                 };
                 let kind = ReplyKind::Resps(keys.len() as u8 + 2);
                 (
@@ -262,7 +271,7 @@ impl KeyFills {
             at += len;
             let pttl = replies.pttl();
             match ticket {
-                _ if !tracked => self.keeper.refuse(Refusal::Untracked),
+                _ if !tracked => self.keeper.untracked(key, Refusal::Untracked),
                 None => {}
                 Some(ticket) => {
                     let nil = &value[..] == b"$-1\r\n" || &value[..] == b"_\r\n";
@@ -301,6 +310,13 @@ impl Merger for FilledMget {
         }
         replies.push(self.hits.clone());
         merge::values(&replies, &self.key_parts, self.max_depth)
+    }
+
+    fn resent(&mut self, part: usize) {
+        if let Some(fill) = self.fills.get_mut(part).and_then(Option::take) {
+            let untracked = |key: &Bytes| fill.keeper.untracked(key, Refusal::Resent);
+            fill.keys.iter().for_each(untracked);
+        }
     }
 }
 

@@ -393,14 +393,18 @@ impl Resp {
             cx.pool.hot_keys.count(cx.worker(), keys, cx.now());
         }
         let tracks = self.client.tracking.is_some();
+        // The client is told of a key if its server does not track the read after all.
+        let reader = (self.client.tracking.as_ref())
+            .filter(|mode| mode.tracks_read())
+            .map(|_| cx.listing.id);
         let (plan, tracked) = match (&cx.pool.near_cache, cmd) {
-            (Some(cache), Some(cmd)) if state.slots().is_none() => match cmd.name {
+            (Some(cache), Some(cmd)) => match cmd.name {
                 "MGET" => {
-                    let mget = cached::mget(cx, cache, state, &req, self.profile());
+                    let mget = cached::mget(cx, (cache, state), &req, (self.profile(), reader));
                     mget.unwrap_or((plan, false))
                 }
                 _ => {
-                    let plan = cached::read(cache, cmd, &req, plan);
+                    let plan = cached::read(cache, (cmd, &req), plan, reader);
                     let tracked = tracks && cached::tracked(&plan, state, cache);
                     (plan, tracked)
                 }

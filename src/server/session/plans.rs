@@ -238,10 +238,10 @@ impl Context<'_> {
                 cache,
                 node,
                 profile: (profile.db, profile.resp3),
+                reader: (read.reader).and_then(|id| Some((self.pool.client_tracking.clone()?, id))),
             },
             read,
             ticket,
-            moved: false,
             max_depth: self.pool.config.max_reply_depth,
         }));
     }
