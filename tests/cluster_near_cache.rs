@@ -183,6 +183,39 @@ fn replica_reads_are_kept_and_told_by_the_replica(program: Program) {
     }
 }
 
+/// A master killed and its replica promoted by the cluster: nothing kept from the dead master
+/// is served, though the new master never tracked those reads for the proxy.
+fn a_failover_drops_what_the_dead_master_gave(program: Program) {
+    let mut cluster = Cluster::start(program, 3, 1, 1000);
+    let (proxy, port, _) = proxy_for(&cluster, "");
+    let mut c = connect(port);
+    let key = (0..100)
+        .map(|i| format!("k{i}"))
+        .find(|k| Cluster::owner_of(&cluster.nodes[1], k) == cluster.nodes[0].addr())
+        .unwrap();
+    let _: () = c.set(&key, "old").unwrap();
+    let heir = cluster.replica_of(&cluster.nodes[0]);
+    wait_until("replicated", Duration::from_secs(10), || {
+        let mut rc = cluster.nodes[heir].client();
+        let _: () = redis::cmd("READONLY").query(&mut rc).unwrap();
+        rc.get::<_, Option<String>>(&key).unwrap().is_some()
+    });
+    until_cached(&proxy, &mut c, &key, "old");
+    cluster.nodes[0].signal("-KILL");
+    wait_until("the map to follow", Duration::from_secs(30), || {
+        let (_, topology) = proxy.http("/topology");
+        let master = format!(
+            "\"master\":{{\"address\":\"{}\",\"up\":true",
+            cluster.nodes[heir].addr()
+        );
+        topology.contains(&master)
+    });
+    let _: () = cluster.nodes[heir].client().set(&key, "new").unwrap();
+    assert_eq!(c.get::<_, String>(&key).unwrap(), "new");
+    until_cached(&proxy, &mut c, &key, "new");
+    cluster.nodes[0].kill();
+}
+
 /// The detector (`common::stale`) through two instances while 2000 slots move there and back.
 fn reads_stay_exact_through_a_reshard(program: Program) {
     let cluster = Cluster::start(program, 3, 0, 2000);
@@ -216,5 +249,6 @@ on_both_servers!(
     a_slot_moved_is_never_answered_for_by_its_old_node,
     a_read_redirected_by_ask_is_not_kept_and_its_tracking_client_is_told,
     replica_reads_are_kept_and_told_by_the_replica,
+    a_failover_drops_what_the_dead_master_gave,
     reads_stay_exact_through_a_reshard,
 );
