@@ -234,6 +234,7 @@ fn reads_stay_exact_through_a_reshard(program: Program) {
         cluster.reshard(b, a, 2000);
     });
     seen.assert_exact();
+    assert_eq!(seen.errors, 0, "a reshard costs clients no error");
     for proxy in [&proxy, &other_proxy] {
         let hits = cache_metric(proxy, "hits_total{pool=\"cached\"}");
         let moved = metric(

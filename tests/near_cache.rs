@@ -171,6 +171,52 @@ fn reads_are_never_older_than_a_write_acknowledged_through_the_same_instance() {
     let hits = near_cache_metric(&proxy, "hits_total");
     assert!(hits > 100, "only {hits} reads answered from the cache");
     seen.assert_exact();
+    assert_eq!(seen.errors, 0);
+}
+
+/// The same detector while the servers forget what they tracked for the proxy: its
+/// connections killed (writes go on elsewhere while they are down) and the servers' tracking
+/// tables shrunk to a few keys, so that they evict tracked keys and say so.
+#[test]
+fn reads_stay_exact_while_the_servers_forget_what_they_track() {
+    let (servers, proxy, port, plain) = setup();
+    let (other, other_plain) = (free_port(), free_port());
+    let listed: Vec<&Redis> = servers.iter().collect();
+    let other_proxy = Proxy::start(&config(&listed, other, other_plain), other);
+    let ports = stale::Ports {
+        cached: port,
+        other,
+        plain,
+    };
+    let tracking_back = |proxy: &Proxy| {
+        wait_until("tracking back on", Duration::from_secs(10), || {
+            let generations = tracking(proxy);
+            generations.0 == servers.len()
+        })
+    };
+    let seen = stale::detect(ports, 20, Duration::from_secs(3), || {
+        for round in 0..4 {
+            // Reads answered from the cache again before each cut.
+            let hits = near_cache_metric(&proxy, "hits_total");
+            wait_until("hits", Duration::from_secs(10), || {
+                near_cache_metric(&proxy, "hits_total") > hits + 100
+            });
+            servers.iter().for_each(Server::kill_clients);
+            if round == 1 {
+                for s in &servers {
+                    let _: () = redis::cmd("CONFIG")
+                        .arg(&["SET", "tracking-table-max-keys", "5"][..])
+                        .query(&mut s.client())
+                        .unwrap();
+                }
+            }
+            tracking_back(&proxy);
+            tracking_back(&other_proxy);
+        }
+    });
+    seen.assert_exact();
+    let hits = near_cache_metric(&proxy, "hits_total");
+    assert!(hits > 100, "only {hits} reads answered from the cache");
 }
 
 /// MGET takes what the cache holds from it and reads the rest, one request per shard, whose

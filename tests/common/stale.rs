@@ -1,7 +1,8 @@
 //! The near cache's stale-read detector: writers INCR keys, one through a cached proxy
 //! instance and one through an instance without a cache; readers GET and MGET them through two
 //! cached instances. A read that returns less than a value acknowledged before it began is
-//! stale.
+//! stale. A request that fails (a test may cut the proxy's connections) is counted and skipped:
+//! a write not acknowledged is not counted on.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,6 +30,8 @@ pub struct Stale {
     /// Stale reads of keys written elsewhere: how long after the write each was.
     pub elsewhere: Vec<Duration>,
     pub reads: u64,
+    /// Requests that failed.
+    pub errors: u64,
 }
 
 impl Stale {
@@ -42,8 +45,9 @@ impl Stale {
         );
         let worst = self.elsewhere.iter().max().copied().unwrap_or_default();
         eprintln!(
-            "{} reads; stale reads of keys written elsewhere: {} (at most {worst:?} after the write)",
+            "{} reads, {} failed requests; stale reads of keys written elsewhere: {} (at most {worst:?} after the write)",
             self.reads,
+            self.errors,
             self.elsewhere.len()
         );
         assert!(worst < Duration::from_secs(1), "a read {worst:?} stale");
@@ -65,10 +69,11 @@ pub fn detect(ports: Ports, keys: usize, at_least: Duration, during: impl FnOnce
     let stop = Arc::new(AtomicBool::new(false));
     let same = Arc::new(AtomicU64::new(0));
     let reads = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
     let elsewhere = Arc::new(Mutex::new(Vec::<Duration>::new()));
     let mut threads = Vec::new();
     for (through, first) in [(ports.cached, 0), (ports.plain, keys)] {
-        let (acked, stop) = (acked.clone(), stop.clone());
+        let (acked, stop, errors) = (acked.clone(), stop.clone(), errors.clone());
         threads.push(std::thread::spawn(move || {
             let mut c = connect(through);
             // Bounded in count as well as by the stop.
@@ -77,7 +82,10 @@ pub fn detect(ports: Ports, keys: usize, at_least: Duration, during: impl FnOnce
                     break;
                 }
                 let i = first + n % keys;
-                let v: i64 = c.incr(key(i), 1).unwrap();
+                let Ok(v) = c.incr::<_, _, i64>(key(i), 1) else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
                 acked[i].0.fetch_max(v, Ordering::SeqCst);
                 *acked[i].1.lock().unwrap() = Some(Instant::now());
             }
@@ -91,6 +99,7 @@ pub fn detect(ports: Ports, keys: usize, at_least: Duration, during: impl FnOnce
     {
         let (acked, stop) = (acked.clone(), stop.clone());
         let (same, elsewhere, reads) = (same.clone(), elsewhere.clone(), reads.clone());
+        let errors = errors.clone();
         threads.push(std::thread::spawn(move || {
             let mut c = connect(through);
             for n in reader..10_000_000 {
@@ -110,11 +119,13 @@ pub fn detect(ports: Ports, keys: usize, at_least: Duration, during: impl FnOnce
                     })
                     .collect();
                 let started = Instant::now();
-                let got: Vec<Option<i64>> = match read.len() {
-                    1 => vec![c.get(key(read[0])).unwrap()],
-                    _ => c
-                        .mget(read.iter().map(|&i| key(i)).collect::<Vec<_>>())
-                        .unwrap(),
+                let got: redis::RedisResult<Vec<Option<i64>>> = match read.len() {
+                    1 => c.get(key(read[0])).map(|v| vec![v]),
+                    _ => c.mget(read.iter().map(|&i| key(i)).collect::<Vec<_>>()),
+                };
+                let Ok(got) = got else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
                 };
                 reads.fetch_add(1, Ordering::Relaxed);
                 for ((&i, (before, acked_at)), got) in read.iter().zip(before).zip(got) {
@@ -144,5 +155,6 @@ pub fn detect(ports: Ports, keys: usize, at_least: Duration, during: impl FnOnce
         same: same.load(Ordering::SeqCst),
         elsewhere,
         reads: reads.load(Ordering::SeqCst),
+        errors: errors.load(Ordering::SeqCst),
     }
 }
