@@ -77,6 +77,8 @@ pub struct Ring {
     distribution: Distribution,
     hash_tag: Option<[u8; 2]>,
     points: Vec<Point>,
+    /// Where each range of hash values starts among `points` (see [`Buckets`]).
+    buckets: Buckets,
     servers: usize,
     live: Vec<bool>,
 }
@@ -119,6 +121,7 @@ impl Ring {
             hash,
             distribution,
             hash_tag,
+            buckets: Buckets::of(&points),
             points,
             servers: members.len(),
             live: members.iter().map(|m| m.live).collect(),
@@ -158,7 +161,7 @@ impl Ring {
         let point = match self.distribution {
             Distribution::Ketama => {
                 let h = self.key_hash(key);
-                let i = self.points.partition_point(|p| p.value < h);
+                let i = self.buckets.first_at_or_after(&self.points, h);
                 self.points[if i == self.points.len() { 0 } else { i }]
             }
             Distribution::Modula => self.points[self.key_hash(key) as usize % self.points.len()],
@@ -170,6 +173,33 @@ impl Ring {
     /// Whether server `index` holds points (is not ejected).
     pub fn contains(&self, index: usize) -> bool {
         self.live.get(index).copied().unwrap_or(false)
+    }
+}
+
+/// An index over a ketama continuum's points, sorted by value: for each of `2^BUCKET_BITS`
+/// equal ranges of hash values, where its points start. A lookup searches one range's few
+/// points, not the whole continuum: a key's server is found in a few steps, not a binary
+/// search's unpredictable dozen.
+#[derive(Clone, Debug, Default)]
+struct Buckets(Vec<u32>);
+
+const BUCKET_BITS: u32 = 10;
+
+impl Buckets {
+    fn of(points: &[Point]) -> Buckets {
+        let starts = (0..=1u64 << BUCKET_BITS).map(|b| {
+            let from = b << (32 - BUCKET_BITS);
+            points.partition_point(|p| u64::from(p.value) < from) as u32
+        });
+        Buckets(starts.collect())
+    }
+
+    /// The index of the first of `points` (those it was made of) whose value is at least
+    /// `h`; their number if there is none.
+    fn first_at_or_after(&self, points: &[Point], h: u32) -> usize {
+        let b = (h >> (32 - BUCKET_BITS)) as usize;
+        let (from, to) = (self.0[b] as usize, self.0[b + 1] as usize);
+        from + points[from..to].partition_point(|p| p.value < h)
     }
 }
 
@@ -312,5 +342,24 @@ mod tests {
             seen[ring.server_for(b"same-key").unwrap()] = true;
         }
         assert_eq!(seen, [true; 3]);
+    }
+
+    proptest::proptest! {
+        /// The buckets find the point a binary search of the whole continuum finds, wherever
+        /// the hash falls (bucket edges, past the last point, before the first).
+        #[test]
+        fn buckets_find_what_a_binary_search_finds(
+            servers in 1usize..12,
+            hashes in proptest::collection::vec(proptest::prelude::any::<u32>(), 64),
+        ) {
+            let ids: Vec<String> = (0..servers).map(|i| format!("10.0.0.{i}:6379")).collect();
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let ring = Ring::new(HashFn::Md5, Distribution::Ketama, None, &members(&ids));
+            let edges = [0, u32::MAX, 1 << (32 - BUCKET_BITS), ring.points[0].value];
+            for h in hashes.into_iter().chain(edges) {
+                let want = ring.points.partition_point(|p| p.value < h);
+                proptest::prop_assert_eq!(ring.buckets.first_at_or_after(&ring.points, h), want);
+            }
+        }
     }
 }
