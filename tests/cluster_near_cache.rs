@@ -70,19 +70,29 @@ fn owner_and_other<'c>(cluster: &'c Cluster, key: &str) -> (&'c Server, &'c Serv
     (from, to)
 }
 
-fn a_slot_moved_is_never_answered_for_by_its_old_node(program: Program) {
+/// Three masters, a proxy in front of them, and a client of its cached pool that has had
+/// `foo` (= `bar`) answered from the cache.
+fn foo_cached(program: Program) -> (Cluster, Proxy, u16, redis::Connection) {
     let cluster = Cluster::start(program, 3, 0, 2000);
     let (proxy, port, _) = proxy_for(&cluster, "");
     let mut c = connect(port);
     let _: () = c.set("foo", "bar").unwrap();
     until_cached(&proxy, &mut c, "foo", "bar");
+    (cluster, proxy, port, c)
+}
+
+/// Reads sent again untracked, not kept (a fill redirected or its node failed).
+fn resent(proxy: &Proxy) -> u64 {
+    cache_metric(
+        proxy,
+        "fills_refused_total{pool=\"cached\",reason=\"resent\"}",
+    )
+}
+
+fn a_slot_moved_is_never_answered_for_by_its_old_node(program: Program) {
+    let (cluster, proxy, _, mut c) = foo_cached(program);
     let (from, to) = owner_and_other(&cluster, "foo");
-    let resent = || {
-        cache_metric(
-            &proxy,
-            "fills_refused_total{pool=\"cached\",reason=\"resent\"}",
-        )
-    };
+    let resent = || resent(&proxy);
     // There and back, keys and all, each time written on the new node directly: every write
     // is seen, within an invalidation's delay of it.
     for (from, to) in [(from, to), (to, from)] {
@@ -111,22 +121,13 @@ fn a_slot_moved_is_never_answered_for_by_its_old_node(program: Program) {
 }
 
 fn a_read_redirected_by_ask_is_not_kept_and_its_tracking_client_is_told(program: Program) {
-    let cluster = Cluster::start(program, 3, 0, 2000);
-    let (proxy, port, _) = proxy_for(&cluster, "");
-    let mut c = connect(port);
-    let _: () = c.set("foo", "bar").unwrap();
-    until_cached(&proxy, &mut c, "foo", "bar");
+    let (cluster, proxy, port, mut c) = foo_cached(program);
     // The key moves, its slot not yet: the old node answers ASK.
     let (from, to) = owner_and_other(&cluster, "foo");
     let slot = cluster.migrate(&["foo"], from, to);
     let mut tracking = resp3(port);
     tracking.roundtrip(&command(&[b"CLIENT", b"TRACKING", b"ON"]), b"+OK\r\n");
-    let resent = || {
-        cache_metric(
-            &proxy,
-            "fills_refused_total{pool=\"cached\",reason=\"resent\"}",
-        )
-    };
+    let resent = || resent(&proxy);
     let before = resent();
     // The read after ASKING is not tracked: not kept, and the client told right after it.
     let told = format!("$3\r\nbar\r\n{}", push("foo"));
