@@ -46,6 +46,7 @@ trait Io {
     fn try_write(&self, data: &[u8]) -> io::Result<usize>;
     fn try_write_vectored(&self, data: &[io::IoSlice<'_>]) -> io::Result<usize>;
     fn clear_readable(&self);
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     async fn ready(&self, interest: Interest) -> io::Result<Ready>;
 }
 
@@ -65,6 +66,9 @@ macro_rules! io_for {
                 let _ = self.try_io(Interest::READABLE, || {
                     Err::<(), _>(io::ErrorKind::WouldBlock.into())
                 });
+            }
+            fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                <$t>::poll_read_ready(self, cx)
             }
             async fn ready(&self, interest: Interest) -> io::Result<Ready> {
                 <$t>::ready(self, interest).await
@@ -211,28 +215,36 @@ impl Stream {
     }
 }
 
+/// Waits through the socket's own slot for its reader's waker, not a readiness future: such a
+/// future links itself into the socket's list of waiters, and out again each time a `select!`
+/// drops it, and a session polls its read on every wakeup.
 async fn read_some(stream: &impl Io, buf: &mut BytesMut, chunk: &mut u32) -> io::Result<usize> {
-    loop {
-        let want = *chunk as usize;
-        if buf.capacity() - buf.len() < want / 4 {
-            buf.reserve(want);
-        }
-        let room = buf.capacity() - buf.len();
-        match stream.try_read_buf(buf) {
-            Ok(n) => {
-                if n == room {
-                    *chunk = (*chunk * 2).min(MAX_READ_CHUNK);
-                } else if n > 0 {
-                    stream.clear_readable();
+    std::future::poll_fn(|cx| {
+        loop {
+            let want = *chunk as usize;
+            if buf.capacity() - buf.len() < want / 4 {
+                buf.reserve(want);
+            }
+            let room = buf.capacity() - buf.len();
+            match stream.try_read_buf(buf) {
+                Ok(n) => {
+                    if n == room {
+                        *chunk = (*chunk * 2).min(MAX_READ_CHUNK);
+                    } else if n > 0 {
+                        stream.clear_readable();
+                    }
+                    return Poll::Ready(Ok(n));
                 }
-                return Ok(n);
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = std::task::ready!(stream.poll_read_ready(cx)) {
+                        return Poll::Ready(Err(e));
+                    }
+                }
+                Err(e) => return Poll::Ready(Err(e)),
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                stream.ready(Interest::READABLE).await?;
-            }
-            Err(e) => return Err(e),
         }
-    }
+    })
+    .await
 }
 
 async fn write_all(stream: &impl Io, mut data: &[u8]) -> io::Result<()> {
