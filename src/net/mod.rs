@@ -151,7 +151,7 @@ impl Stream {
 
     /// Reads what the socket has, waiting for it if need be. `Ok(0)` means the peer closed.
     /// `chunk` is how much room to make in `buf`; it doubles each time a read fills the room.
-    /// (A `u32`, for it is kept by every client's session.)
+    /// (A `u32`, for it is kept by every active client.)
     pub async fn read_some(&self, buf: &mut BytesMut, chunk: &mut u32) -> io::Result<usize> {
         match &self.socket {
             Socket::Tcp(s) => read_some(s, buf, chunk).await,

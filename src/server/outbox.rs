@@ -144,7 +144,6 @@ pub(super) struct Outbox {
     typical_reply: u32,
     /// Allocated on first use and dropped by [`Outbox::shrink`]: an idle client holds none.
     queue: Option<Box<Queue>>,
-    near_cache: Option<Arc<NearCache>>,
 }
 
 /// What an outbox holds while requests are answered.
@@ -181,14 +180,7 @@ impl Outbox {
             protocol,
             typical_reply: 0,
             queue: None,
-            near_cache: None,
         }
-    }
-
-    /// An outbox whose answered writes invalidate `cache`.
-    pub(super) fn invalidating(mut self, cache: Option<Arc<NearCache>>) -> Outbox {
-        self.near_cache = cache;
-        self
     }
 
     /// Request `seq` writes `key` (`None`: every key): it is invalidated in the near cache
@@ -458,8 +450,9 @@ impl Outbox {
         *slot = Slot::Ready(ready);
     }
 
-    /// Moves every reply that is next in order into the write buffer.
-    pub(super) fn collect_ready(&mut self) {
+    /// Moves every reply that is next in order into the write buffer; the writes among them
+    /// invalidate their keys in `near_cache`.
+    pub(super) fn collect_ready(&mut self, near_cache: Option<&NearCache>) {
         let Some(queue) = self.queue.as_deref_mut() else {
             return;
         };
@@ -473,7 +466,7 @@ impl Outbox {
             }
             self.first_seq += 1;
         }
-        if let Some(cache) = &self.near_cache {
+        if let Some(cache) = near_cache {
             while let Some((seq, key)) = queue.written.front()
                 && *seq < self.first_seq
             {

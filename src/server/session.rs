@@ -30,10 +30,6 @@ use crate::topology::{Client, Pool, Signals};
 use context::Carrier;
 pub(super) use context::Context;
 
-/// A fresh read buffer's size: small, so a burst of idle clients costs little; it doubles
-/// while reads fill it.
-const FIRST_READ_CHUNK: u32 = 1024;
-
 /// What is read of a blocked client's next requests before reading stops until it is
 /// answered.
 const READ_WHILE_BLOCKED: usize = 64 * 1024;
@@ -140,8 +136,6 @@ pub(super) struct Session<F> {
     pub(super) listing: Arc<Client>,
     pub(super) pool: Arc<Pool>,
     stream: Stream,
-    /// How much the next read asks for: it doubles while reads fill it.
-    read_chunk: u32,
     /// Carries out the frontend's plans.
     carrier: Carrier,
     pub(super) out: Outbox,
@@ -161,7 +155,6 @@ impl<F> Drop for Session<F> {
 
 impl<F: Frontend> Session<F> {
     pub(super) fn new(
-        worker: usize,
         pool: Arc<Pool>,
         listing: Arc<Client>,
         stream: Stream,
@@ -169,11 +162,10 @@ impl<F: Frontend> Session<F> {
     ) -> Session<F> {
         Session {
             _descriptor: descriptor,
-            out: Outbox::new(pool.config.protocol).invalidating(pool.near_cache.clone()),
+            out: Outbox::new(pool.config.protocol),
             listing,
             stream,
-            carrier: Carrier::new(worker),
-            read_chunk: FIRST_READ_CHUNK,
+            carrier: Carrier::new(),
             fe: F::new(&pool),
             pool,
         }

@@ -22,6 +22,9 @@ pub struct Client {
     pub laddr: Option<SocketAddr>,
     /// The connection's file descriptor.
     pub fd: i32,
+    /// The worker thread that serves the client: its requests use that worker's backend
+    /// connections.
+    pub worker: u32,
     pub since: Second,
     facts: Mutex<Facts>,
     signals: AtomicU8,
@@ -149,13 +152,20 @@ impl Signals {
 }
 
 impl Client {
-    pub fn new(id: u64, addr: Option<SocketAddr>, laddr: Option<SocketAddr>, fd: i32) -> Client {
+    pub fn new(
+        id: u64,
+        worker: usize,
+        addr: Option<SocketAddr>,
+        laddr: Option<SocketAddr>,
+        fd: i32,
+    ) -> Client {
         let now = Second::now();
         Client {
             id,
             addr,
             laddr,
             fd,
+            worker: worker as u32,
             since: now,
             facts: Mutex::new(Facts {
                 db: 0,
@@ -301,7 +311,7 @@ mod tests {
     #[tokio::test]
     async fn signals_wake_the_inbox_and_are_taken_once() {
         let clients = Clients::default();
-        let client = clients.admit(Client::new(7, None, None, -1));
+        let client = clients.admit(Client::new(7, 0, None, None, -1));
         client.kill();
         client.inbox().wait().await;
         let got = client.take_signals();
@@ -314,7 +324,7 @@ mod tests {
         client.inbox().wait().await;
         assert!(client.take_signals().leave());
         // A client admitted after the pool closed is asked to leave at once.
-        let late = clients.admit(Client::new(8, None, None, -1));
+        let late = clients.admit(Client::new(8, 0, None, None, -1));
         late.inbox().wait().await;
         assert!(late.take_signals().leave());
         assert!(clients.list().is_empty());
@@ -324,10 +334,10 @@ mod tests {
     fn clients_are_listed_by_id_until_removed() {
         let clients = Clients::default();
         for id in [5, 2, 9] {
-            clients.admit(Client::new(id, None, None, -1));
+            clients.admit(Client::new(id, 0, None, None, -1));
         }
         clients.remove(5);
-        let killed = clients.admit(Client::new(3, None, None, -1));
+        let killed = clients.admit(Client::new(3, 0, None, None, -1));
         killed.kill();
         let ids: Vec<u64> = clients.list().iter().map(|c| c.id).collect();
         assert_eq!(ids, [2, 9]);

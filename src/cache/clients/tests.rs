@@ -5,7 +5,7 @@ use crate::backend::{Completion, Token};
 use crate::topology::Client;
 
 fn client(id: u64) -> Arc<Client> {
-    Arc::new(Client::new(id, None, None, 0))
+    Arc::new(Client::new(id, 0, None, None, 0))
 }
 
 fn tracker(to: &Arc<Client>, bcast: Option<&[&str]>, noloop: bool) -> Tracker {

@@ -26,7 +26,7 @@ fn failure() -> Completion {
 
 /// What the outbox has ready to write, taken as written.
 fn written(out: &mut Outbox) -> String {
-    out.collect_ready();
+    out.collect_ready(None);
     let text = String::from_utf8(out.output().to_vec()).unwrap();
     out.consume_output(out.output().len());
     text
@@ -66,7 +66,7 @@ fn owed_bytes_count_replies_held_for_an_earlier_one_and_those_unwritten() {
     out.complete(1, 0, reply("$5\r\nhello\r\n"));
     assert_eq!(out.owed(), 11, "held behind request 0");
     out.complete(0, 0, reply("+OK\r\n"));
-    out.collect_ready();
+    out.collect_ready(None);
     assert_eq!(out.owed(), 16);
     assert_eq!(out.output().len(), 16);
     out.consume_output(10);

@@ -14,6 +14,10 @@ use crate::backend::{Completion, Mailbox};
 use crate::metrics::CloseReason;
 use crate::server::timing::Timing;
 
+/// A fresh read buffer's size: small, so a burst of idle clients costs little; it doubles
+/// while reads fill it.
+const FIRST_READ_CHUNK: u32 = 1024;
+
 impl<F: Frontend> Session<F> {
     /// Serves requests until nothing has been in flight or buffered for `linger`
     /// (`Burst::Idle`), or the connection is to close. `leaving`: the pool has asked the
@@ -43,7 +47,7 @@ impl<F: Frontend> Session<F> {
                     // Replies, messages, and what the pool asks of the client.
                     _ = inbox.wait() => self.on_inbox(&mut b),
                     writable = self.stream.writable(), if unwritten => writable.err().map(|_| Burst::Close),
-                    read = self.stream.read_some(&mut b.read_buf, &mut self.read_chunk), if can_read => {
+                    read = self.stream.read_some(&mut b.read_buf, &mut b.read_chunk), if can_read => {
                         self.on_read(&mut b, matches!(read, Ok(n) if n > 0))
                     }
                     // Only while reading: a client the proxy stops reading from is not slow.
@@ -83,7 +87,7 @@ impl<F: Frontend> Session<F> {
     /// Parses and routes what was read, for as long as there is room.
     fn parse(&mut self, b: &mut Pass) {
         let (first, at) = (self.out.next_seq(), Instant::now());
-        self.carrier.now = at;
+        self.carrier.in_flight_mut().read_at = at;
         let (fe, mut cx) = self.split();
         b.closing = fe.handle_input(&mut cx, &mut b.read_buf);
         b.timing.read(first, self.out.next_seq(), at);
@@ -171,15 +175,16 @@ impl<F: Frontend> Session<F> {
     /// applies the output limits, times what was answered, and says whether the burst ends
     /// (closing, or leaving between requests) and whether it is quiet.
     fn flush(&mut self, b: &mut Pass) -> Option<Burst> {
-        self.out.collect_ready();
+        self.out.collect_ready(self.pool.near_cache.as_deref());
         if self.carrier.holds_any() {
             self.cx().give_back_done();
         }
         // Counted before the client can see them.
         if let Some(cache) = &self.pool.near_cache
-            && self.carrier.cache_reads != [0; 2]
+            && let Some(f) = &mut self.carrier.in_flight
+            && f.cache_reads != [0; 2]
         {
-            cache.count_reads(std::mem::take(&mut self.carrier.cache_reads));
+            cache.count_reads(std::mem::take(&mut f.cache_reads));
         }
         let errors = self.out.take_errors();
         for (counter, n) in self.pool.metrics.errors.iter().zip(errors.0) {
@@ -248,6 +253,9 @@ impl<F: Frontend> Session<F> {
 /// What a burst keeps between its wakeups.
 struct Pass {
     read_buf: BytesMut,
+    /// How much the next read asks for: it doubles while reads fill it, from
+    /// [`FIRST_READ_CHUNK`] in each burst.
+    read_chunk: u32,
     completions: Vec<Completion>,
     timing: Timing,
     /// Armed while a request is incomplete: a client that sends one slowly is closed.
@@ -272,6 +280,7 @@ impl Pass {
     fn new(leaving: bool) -> Pass {
         Pass {
             read_buf: BytesMut::new(),
+            read_chunk: FIRST_READ_CHUNK,
             completions: Vec::new(),
             timing: Timing::default(),
             incomplete: None,

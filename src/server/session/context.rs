@@ -29,46 +29,40 @@ pub(in crate::server) struct Context<'s> {
     pub(super) carrier: &'s mut Carrier,
 }
 
-/// What carries out a session's plans keeps: its worker, and what it keeps of the requests
-/// not answered yet.
+/// What carries out a session's plans keeps: what it keeps of the requests not answered yet.
 pub(super) struct Carrier {
-    /// The worker thread the session runs on: it uses that worker's backend connections.
-    worker: u32,
     /// Allocated on first use and dropped when a burst ends with it empty: an idle client
     /// holds none.
     pub(super) in_flight: Option<Box<InFlight>>,
-    /// When the requests being handled were read: a cluster's parts are bounded from then.
-    pub(super) now: Instant,
-    /// Reads the near cache answered and did not, not yet counted in its metrics.
-    pub(super) cache_reads: [u32; 2],
 }
 
-/// What a session keeps of the requests it has not answered yet.
-#[derive(Default)]
+/// What a session keeps of the requests it has not answered yet, and of their reading.
 pub(super) struct InFlight {
     /// Reserved connections; dropped with the session, they close.
     pub(super) held: Vec<Held>,
     /// Requests kept in case they turn out slow (when the pool keeps a slow log and the
     /// frontend records them).
     pub(super) recorded: VecDeque<Recorded>,
+    /// When the requests being handled were read: a cluster's parts are bounded from then.
+    pub(super) read_at: Instant,
+    /// Reads the near cache answered and did not, not yet counted in its metrics.
+    pub(super) cache_reads: [u32; 2],
 }
 
 impl Carrier {
-    pub(super) fn new(worker: usize) -> Carrier {
-        Carrier {
-            worker: worker as u32,
-            in_flight: None,
-            now: Instant::now(),
-            cache_reads: [0; 2],
-        }
-    }
-
-    pub(super) fn worker(&self) -> usize {
-        self.worker as usize
+    pub(super) fn new() -> Carrier {
+        Carrier { in_flight: None }
     }
 
     pub(super) fn in_flight_mut(&mut self) -> &mut InFlight {
-        self.in_flight.get_or_insert_default()
+        self.in_flight.get_or_insert_with(|| {
+            Box::new(InFlight {
+                held: Vec::new(),
+                recorded: VecDeque::new(),
+                read_at: Instant::now(),
+                cache_reads: [0; 2],
+            })
+        })
     }
 
     /// The requests kept in case they turn out slow, if any are.
@@ -125,16 +119,16 @@ impl Context<'_> {
 
     /// A read looked up in the near cache: answered from it (`hit`) or not.
     pub(in crate::server) fn cache_read(&mut self, hit: bool) {
-        self.carrier.cache_reads[usize::from(!hit)] += 1;
+        self.carrier.in_flight_mut().cache_reads[usize::from(!hit)] += 1;
     }
 
     /// When the requests being handled were read.
     pub(in crate::server) fn now(&self) -> Instant {
-        self.carrier.now
+        (self.carrier.in_flight.as_ref()).map_or_else(Instant::now, |f| f.read_at)
     }
 
     /// The worker thread the session runs on.
     pub(in crate::server) fn worker(&self) -> usize {
-        self.carrier.worker()
+        self.listing.worker as usize
     }
 }

@@ -30,11 +30,11 @@ impl<F: Frontend> Harness<F> {
         );
         let config = Config::parse("test.yml", &text).unwrap().pools.remove(0);
         let pool = Arc::new(Pool::for_tests(&config));
-        let listing = pool.admit_client(Client::new(1, None, None, -1));
+        let listing = pool.admit_client(Client::new(1, 0, None, None, -1));
         Harness {
             fe: F::new(&pool),
             out: Outbox::new(config.protocol),
-            carrier: Carrier::new(0),
+            carrier: Carrier::new(),
             unparsed: BytesMut::new(),
             pool,
             listing,
@@ -52,7 +52,7 @@ impl<F: Frontend> Harness<F> {
             carrier: &mut self.carrier,
         };
         let closing = self.fe.handle_input(&mut cx, &mut self.unparsed);
-        self.out.collect_ready();
+        self.out.collect_ready(self.pool.near_cache.as_deref());
         let read = String::from_utf8_lossy(self.out.output()).into_owned();
         self.out.consume_output(self.out.output().len());
         (read, closing)

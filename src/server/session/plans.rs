@@ -110,7 +110,7 @@ impl Context<'_> {
                 for (i, part) in parts.into_iter().enumerate() {
                     let (shard, node) = self.resolve(state, part.target);
                     let node = state.shards[shard].nodes[node].clone();
-                    let conn = node.reserve(self.carrier.worker(), profile);
+                    let conn = node.reserve(self.worker(), profile);
                     conn.send(Job {
                         payload: part.payload,
                         kind: part.kind,
@@ -157,7 +157,7 @@ impl Context<'_> {
                 }
                 let (shard, node) = self.resolve(state, part.target);
                 let node = state.shards[shard].nodes[node].clone();
-                let conn = node.reserve(self.carrier.worker(), profile);
+                let conn = node.reserve(self.worker(), profile);
                 if state.slots().is_some() {
                     // Its slot may move while it waits: then it waits on the new node.
                     let kept = Part {
@@ -167,12 +167,12 @@ impl Context<'_> {
                     let mut sent = self.sent(state, &node, (next, 0), kept, profile);
                     let limit = wait.unwrap_or(NO_LIMIT) + self.pool.config.timeout;
                     sent.redirects = sent.redirects.map(|r| Redirects {
-                        deadline: self.carrier.now + limit,
+                        deadline: self.now() + limit,
                         ..r
                     });
                     sent.blocking = Some(Blocking {
                         wait,
-                        since: self.carrier.now,
+                        since: self.now(),
                         timeout_at,
                     });
                     self.out.keep(sent);
@@ -210,7 +210,7 @@ impl Context<'_> {
         };
         let (shard, node) = self.resolve(state, part.target);
         let read_from = self.pool.config.read_from;
-        let now = self.carrier.now;
+        let now = self.now();
         let variant = read.variant(profile.db, profile.resp3);
         let serves = |id, generation| serves(&state.shards[shard], read_from, id, generation);
         let found = cache.get(&read.key, &[variant], now, serves);
@@ -219,7 +219,7 @@ impl Context<'_> {
             return self.out.ready(reply);
         }
         let node = state.shards[shard].nodes[node].clone();
-        let hot = || self.pool.hot_keys.is_hot(self.carrier.worker(), &read.key);
+        let hot = || self.pool.hot_keys.is_hot(self.worker(), &read.key);
         let Some(generation) = node
             .tracking_ready()
             .filter(|_| cache.keeps(&read.key, hot))
@@ -295,7 +295,7 @@ impl Context<'_> {
             retries_left: 0,
             blocking: None,
             redirects: state.slots().map(|_| Redirects {
-                deadline: self.carrier.now + self.pool.config.timeout,
+                deadline: self.now() + self.pool.config.timeout,
                 hops: 0,
             }),
         }
@@ -348,7 +348,7 @@ impl Context<'_> {
         wait: Option<Duration>,
         profile: Profile,
     ) {
-        let conn = node.reserve(self.carrier.worker(), profile);
+        let conn = node.reserve(self.worker(), profile);
         if let Some(first) = first {
             conn.send(Job {
                 payload: first,
@@ -389,7 +389,7 @@ impl Context<'_> {
     /// Gives back every reserved connection whose last reply has been written: each was left
     /// as it was found, with nothing in flight.
     pub(super) fn give_back_done(&mut self) {
-        let (first_unanswered, worker) = (self.out.first_unanswered(), self.carrier.worker());
+        let (first_unanswered, worker) = (self.out.first_unanswered(), self.worker());
         let Some(f) = &mut self.carrier.in_flight else {
             return;
         };
@@ -436,11 +436,6 @@ impl Context<'_> {
             reply_to,
             timeout: None,
         };
-        node.send(
-            job,
-            self.carrier.worker(),
-            profile,
-            self.listing.id as usize,
-        );
+        node.send(job, self.worker(), profile, self.listing.id as usize);
     }
 }
