@@ -4,8 +4,10 @@
 //! counted is the proxy's.
 //!
 //! The bound on allocations is far below one per request, not zero: health checks and metrics
-//! allocate a few times a second, and a client's read buffer is replaced now and then
-//! (measured: 0.03 to 0.09 allocations per request, 9 before bursts lingered between requests).
+//! allocate a few times a second (measured: 0.002 to 0.008 allocations per request; 0.03 to
+//! 0.09 while a client's read buffer was replaced every 20 or so requests, because room was made
+//! in it before the requests last read from it were answered; 9 before bursts lingered between
+//! requests).
 
 mod common;
 
@@ -23,7 +25,7 @@ static ALLOC: dhat::Alloc = dhat::Alloc;
 /// Requests measured per case.
 const REQUESTS: u64 = 20_000;
 /// Allocations allowed per request measured (they are not about requests).
-const ALLOWED_PER_REQUEST: f64 = 0.1;
+const ALLOWED_PER_REQUEST: f64 = 0.02;
 
 /// Idle clients measured.
 const IDLE_CLIENTS: usize = 1_000;

@@ -223,6 +223,12 @@ async fn read_some(stream: &impl Io, buf: &mut BytesMut, chunk: &mut u32) -> io:
         loop {
             let want = *chunk as usize;
             if buf.capacity() - buf.len() < want / 4 {
+                // Only once there is something to read: until then the requests last taken off
+                // the buffer may still hold its memory, and once they are answered it is reused
+                // in place instead of allocated again.
+                if let Err(e) = std::task::ready!(stream.poll_read_ready(cx)) {
+                    return Poll::Ready(Err(e));
+                }
                 buf.reserve(want);
             }
             let room = buf.capacity() - buf.len();
