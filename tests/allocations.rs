@@ -35,17 +35,17 @@ const IDLE_CLIENTS: usize = 1_000;
 /// In release builds, 875 when the session had grown to 168 bytes and its task to Tokio's
 /// 384-byte cell again (now the time its requests were read and its near-cache counts are kept
 /// with its requests in flight, its worker in its entry, the near cache only in the pool, and
-/// its read size in its burst; `listener.rs` asserts the session's size); 867 before the session's task fit Tokio's 256-byte task cell instead of
-/// 384 (the stream kept in the session, a name only in the client's entry, parsers that keep
-/// no copy of what the session knows); 891 before the entry kept its times in seconds (4
-/// bytes each, not an `Instant`'s 16), which takes it from jemalloc's 224-byte class to 192;
-/// 894 before the facts few clients have (name, subscriptions, transaction, blocked command)
-/// were boxed apart; 971 before the inbox moved into the entry; 1,114 before the task was the
-/// session's own future, holding no async-fn copies of it, and the RESP parser borrowed the
-/// pool's limits instead of keeping a copy; 1,754 before the outbox's queue and a Redis
-/// client's transaction and Pub/Sub state were allocated on first use; 2,047 before an idle
-/// session waited without futures of its own, 2,687 before its task stopped holding the
-/// session twice.
+/// its read size in its burst; `listener.rs` asserts the session's size); 867 before the
+/// session's task fit Tokio's 256-byte task cell instead of 384 (the stream kept in the
+/// session, a name only in the client's entry, parsers that keep no copy of what the session
+/// knows); 891 before the entry kept its times in seconds (4 bytes each, not an `Instant`'s
+/// 16), which takes it from jemalloc's 224-byte class to 192; 894 before the facts few clients
+/// have (name, subscriptions, transaction, blocked command) were boxed apart; 971 before the
+/// inbox moved into the entry; 1,114 before the task was the session's own future, holding no
+/// async-fn copies of it, and the RESP parser borrowed the pool's limits instead of keeping a
+/// copy; 1,754 before the outbox's queue and a Redis client's transaction and Pub/Sub state
+/// were allocated on first use; 2,047 before an idle session waited without futures of its own,
+/// 2,687 before its task stopped holding the session twice.
 const ALLOWED_PER_IDLE_CLIENT: usize = if cfg!(debug_assertions) { 900 } else { 760 };
 
 /// Held by each test: the counting allocator has one profiler at a time.

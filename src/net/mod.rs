@@ -226,9 +226,7 @@ async fn read_some(stream: &impl Io, buf: &mut BytesMut, chunk: &mut u32) -> io:
                 // Only once there is something to read: until then the requests last taken off
                 // the buffer may still hold its memory, and once they are answered it is reused
                 // in place instead of allocated again.
-                if let Err(e) = std::task::ready!(stream.poll_read_ready(cx)) {
-                    return Poll::Ready(Err(e));
-                }
+                std::task::ready!(stream.poll_read_ready(cx))?;
                 buf.reserve(want);
             }
             let room = buf.capacity() - buf.len();
@@ -242,9 +240,7 @@ async fn read_some(stream: &impl Io, buf: &mut BytesMut, chunk: &mut u32) -> io:
                     return Poll::Ready(Ok(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Err(e) = std::task::ready!(stream.poll_read_ready(cx)) {
-                        return Poll::Ready(Err(e));
-                    }
+                    std::task::ready!(stream.poll_read_ready(cx))?;
                 }
                 Err(e) => return Poll::Ready(Err(e)),
             }

@@ -165,7 +165,7 @@ impl<F: Frontend> Session<F> {
             out: Outbox::new(pool.config.protocol),
             listing,
             stream,
-            carrier: Carrier::new(),
+            carrier: Carrier::default(),
             fe: F::new(&pool),
             pool,
         }

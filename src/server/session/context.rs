@@ -30,6 +30,7 @@ pub(in crate::server) struct Context<'s> {
 }
 
 /// What carries out a session's plans keeps: what it keeps of the requests not answered yet.
+#[derive(Default)]
 pub(super) struct Carrier {
     /// Allocated on first use and dropped when a burst ends with it empty: an idle client
     /// holds none.
@@ -50,10 +51,6 @@ pub(super) struct InFlight {
 }
 
 impl Carrier {
-    pub(super) fn new() -> Carrier {
-        Carrier { in_flight: None }
-    }
-
     pub(super) fn in_flight_mut(&mut self) -> &mut InFlight {
         self.in_flight.get_or_insert_with(|| {
             Box::new(InFlight {

@@ -34,7 +34,7 @@ impl<F: Frontend> Harness<F> {
         Harness {
             fe: F::new(&pool),
             out: Outbox::new(config.protocol),
-            carrier: Carrier::new(),
+            carrier: Carrier::default(),
             unparsed: BytesMut::new(),
             pool,
             listing,
